@@ -1,0 +1,429 @@
+"""The async core: a fixed set of workers pulls requests from a source and yields results.
+
+    engine = Engine(client, EngineConfig(max_concurrency=32))
+    async with contextlib.aclosing(engine.stream(requests, timeout=600)) as results:
+        async for result in results:          # completion order
+            print(result.id, result.error or result.response.content)
+
+Guarantees:
+- Memory is bounded by the concurrency, not by the number of requests: the source (a list,
+  an iterator or an async iterator) is pulled lazily, and at most `max_pending` requests are
+  in flight or waiting to be consumed.
+- Every request that was pulled gets exactly one result. On the batch deadline or on
+  cancellation no new attempt starts, in-flight attempts are cancelled and their requests get
+  a `BatchTimeoutError` / `BatchCancelledError`; with `finish_unstarted=True` the requests
+  never pulled get one too (the seed's `ProcessBatch` returns a result per request).
+- One attempt = one admission: retries pass the `Admission` hook (the rate limiter) again.
+- After `max_auth_failures` authentication errors the batch stops calling the provider: the
+  key is wrong and every further call would fail the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from dataclasses import dataclass, field
+
+import orjson
+
+from .clients.base import LLMClient
+from .errors import (
+    AuthenticationError,
+    BatchCancelledError,
+    BatchTimeoutError,
+    InvalidResponseError,
+    LLMBatchError,
+    RequestTimeoutError,
+    RetryableError,
+)
+from .events import (
+    Admission,
+    BatchFinished,
+    BatchStarted,
+    Event,
+    Listener,
+    Permit,
+    RequestFinished,
+    RequestRetrying,
+    RequestStarted,
+)
+from .retry import RetryPolicy
+from .types import BatchRequest, BatchResult, CompletionResponse
+
+__all__ = ["Engine", "EngineConfig", "RequestSource"]
+
+log = logging.getLogger("llmbatch")
+
+DEFAULT_CONCURRENCY = 10
+DEFAULT_REQUEST_TIMEOUT = 600.0
+DEFAULT_MAX_AUTH_FAILURES = 5
+
+RequestSource = Iterable[BatchRequest] | AsyncIterable[BatchRequest]
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """How the engine runs a batch. Every bound has a finite default.
+
+    `request_timeout` bounds one attempt (None: unbounded); `max_pending` bounds requests
+    pulled but whose result the consumer has not taken yet (default 2 x concurrency).
+    `clock` and `sleep` are injectable so backoff tests never really wait.
+    """
+
+    max_concurrency: int = DEFAULT_CONCURRENCY
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    admission: Admission | None = None
+    listeners: Sequence[Listener] = ()
+    max_pending: int | None = None
+    validate_json: bool = True
+    max_auth_failures: int | None = DEFAULT_MAX_AUTH_FAILURES
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
+
+
+def _is_retryable(error: BaseException) -> bool:
+    # Plain ConnectionError/TimeoutError come from hand-written clients; treat them as the
+    # transient failures they almost always are. Batch-level timeouts are never retried.
+    if isinstance(error, RetryableError):
+        return True
+    if isinstance(error, LLMBatchError):
+        return False
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
+class _Source:
+    """Pulls (index, request) pairs from any kind of source, one at a time."""
+
+    def __init__(self, source: RequestSource):
+        self._sync: Iterator[BatchRequest] | None = None
+        self._async: AsyncIterator[BatchRequest] | None = None
+        self._lock = asyncio.Lock()
+        self._index = 0
+        self.exhausted = False
+        if isinstance(source, AsyncIterable):
+            self._async = aiter(source)
+        else:
+            self._sync = iter(source)
+
+    async def next(self) -> tuple[int, BatchRequest] | None:
+        if self.exhausted:
+            return None
+        if self._sync is not None:
+            item = next(self._sync, None)
+        else:
+            assert self._async is not None
+            # An async generator cannot be advanced by two tasks at once.
+            async with self._lock:
+                if self.exhausted:
+                    return None
+                item = await anext(self._async, None)
+        if item is None:
+            self.exhausted = True
+            return None
+        if not isinstance(item, BatchRequest):
+            raise TypeError(
+                f"request #{self._index} is a {type(item).__name__}, expected BatchRequest"
+            )
+        index = self._index
+        self._index += 1
+        return index, item
+
+
+class _Run:
+    """The state of one `Engine.stream` call."""
+
+    def __init__(
+        self, engine: Engine, source: RequestSource, listeners: Sequence[Listener]
+    ) -> None:
+        self.cfg = engine.config
+        self.client = engine.client
+        self.listeners = [*engine.listeners, *listeners]
+        self.source = _Source(source)
+        self.ready: collections.deque[BatchResult] = collections.deque()
+        self.wakeup = asyncio.Event()
+        self.room = asyncio.Semaphore(self.cfg.max_pending or 2 * self.cfg.max_concurrency)
+        self.workers: list[asyncio.Task[None]] = []
+        # Only workers inside `process` are cancelled on stop: a worker pulling from an async
+        # generator must not be, or the generator itself would be killed mid-item.
+        self.busy: set[asyncio.Task[None]] = set()
+        self.stop_error: BaseException | None = None  # set on deadline / cancellation
+        self.crash: BaseException | None = None  # the source or a listener broke
+        self.abort_error: AuthenticationError | None = None  # set after repeated auth failures
+        self.auth_failures = 0
+        self.completed = 0
+        self.failed = 0
+        self.started = self.cfg.clock()
+
+    def emit(self, event: Event) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("llmbatch listener %r failed on %s", listener, type(event).__name__)
+
+    def stop(self, error: BaseException) -> None:
+        if self.stop_error is None:
+            self.stop_error = error
+            for task in self.busy:
+                task.cancel()
+            # Wake workers waiting for room (the consumer may be gone): each then pulls one
+            # request, sees the stop and records it, so nothing pulled is left without a result.
+            for _ in self.workers:
+                self.room.release()
+            self.wakeup.set()
+
+    def deliver(self, item: BatchRequest, result: BatchResult) -> None:
+        self.completed += 1
+        if result.error is not None:
+            self.failed += 1
+        self.ready.append(result)
+        self.wakeup.set()
+        self.emit(RequestFinished(item, result, self.cfg.clock()))
+
+    def stopped_result(self, index: int, item: BatchRequest, started: float, n: int) -> BatchResult:
+        assert self.stop_error is not None
+        return BatchResult(
+            item.id,
+            error=self.stop_error,
+            duration=self.cfg.clock() - started,
+            attempts=n,
+            index=index,
+        )
+
+    async def worker(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            while self.stop_error is None:
+                await self.room.acquire()
+                pulled = await self.source.next()
+                if pulled is None:
+                    self.room.release()
+                    return
+                index, item = pulled
+                started = self.cfg.clock()
+                if self.stop_error is not None:
+                    self.deliver(item, self.stopped_result(index, item, started, 0))
+                    return
+                state = _Attempts()
+                self.busy.add(task)
+                try:
+                    result = await self.process(index, item, started, state)
+                except asyncio.CancelledError:
+                    if self.stop_error is None:
+                        raise
+                    result = self.stopped_result(index, item, started, state.count)
+                finally:
+                    self.busy.discard(task)
+                self.deliver(item, result)
+        except Exception as exc:  # the source raised, or yielded something that is not a request
+            if self.crash is None:
+                self.crash = exc
+            self.stop(BatchCancelledError(f"the batch stopped: {exc!r}"))
+        finally:
+            self.wakeup.set()
+
+    async def process(
+        self, index: int, item: BatchRequest, started: float, state: _Attempts
+    ) -> BatchResult:
+        cfg = self.cfg
+        req = item.request
+        invalid = 0
+        while True:
+            if self.abort_error is not None:
+                return BatchResult(
+                    item.id, error=self.abort_error, attempts=state.count, index=index
+                )
+            permit: Permit | None = None
+            response: CompletionResponse | None = None
+            error: BaseException | None = None
+            try:
+                if cfg.admission is not None:
+                    permit = await cfg.admission.admit(req)
+                state.count += 1
+                self.emit(RequestStarted(item, state.count, cfg.clock()))
+                try:
+                    async with asyncio.timeout(cfg.request_timeout):
+                        response = await self.client.complete(req)
+                except TimeoutError as exc:
+                    if isinstance(exc, LLMBatchError):
+                        raise
+                    raise RequestTimeoutError(
+                        f"attempt exceeded request_timeout={cfg.request_timeout}s"
+                    ) from exc
+                if cfg.validate_json and req.response_format == "json":
+                    _check_json(response)
+            except asyncio.CancelledError:
+                if permit is not None:
+                    permit.release(None, BatchCancelledError("cancelled"))
+                raise
+            except Exception as exc:
+                error, response = exc, None
+            if permit is not None:
+                permit.release(response, error)
+            if error is None:
+                assert response is not None
+                return BatchResult(
+                    item.id,
+                    response=response,
+                    duration=cfg.clock() - started,
+                    attempts=state.count,
+                    index=index,
+                )
+            if isinstance(error, AuthenticationError):
+                self.note_auth_failure(error)
+            if isinstance(error, InvalidResponseError):
+                invalid += 1
+            delay = None
+            if _is_retryable(error):
+                delay = cfg.retry.next_delay(
+                    _as_retryable(error),
+                    attempt=state.count,
+                    elapsed=cfg.clock() - started,
+                    invalid_count=invalid,
+                )
+            if delay is None:
+                return BatchResult(
+                    item.id,
+                    error=error,
+                    duration=cfg.clock() - started,
+                    attempts=state.count,
+                    index=index,
+                )
+            self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
+            if delay > 0:
+                await cfg.sleep(delay)
+
+    def note_auth_failure(self, error: AuthenticationError) -> None:
+        limit = self.cfg.max_auth_failures
+        self.auth_failures += 1
+        if limit is not None and self.auth_failures >= limit and self.abort_error is None:
+            self.abort_error = AuthenticationError(
+                f"not sent: the batch stopped after {self.auth_failures} authentication "
+                f"failures (last: {error})",
+                status_code=error.status_code,
+            )
+
+    async def fail_unstarted(self) -> None:
+        assert self.stop_error is not None
+        while (pulled := await self.source.next()) is not None:
+            index, item = pulled
+            self.deliver(item, BatchResult(item.id, error=self.stop_error, index=index))
+
+
+@dataclass(slots=True)
+class _Attempts:
+    count: int = 0
+
+
+def _as_retryable(error: BaseException) -> BaseException:
+    return error if isinstance(error, RetryableError) else RetryableError(str(error))
+
+
+def _check_json(response: CompletionResponse) -> None:
+    try:
+        orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        snippet = response.content[:200]
+        raise InvalidResponseError(
+            f"response_format='json' but the reply is not valid JSON: {snippet!r}",
+            body=response.content,
+        ) from exc
+
+
+class Engine:
+    """Runs batches of requests through one client. Reusable and safe to share between
+    concurrent batches: all per-batch state lives in the call to `stream`."""
+
+    def __init__(self, client: LLMClient, config: EngineConfig | None = None) -> None:
+        self.client = client
+        self.config = config or EngineConfig()
+        self.listeners: list[Listener] = list(self.config.listeners)
+
+    async def stream(
+        self,
+        source: RequestSource,
+        *,
+        timeout: float | None = None,
+        total: int | None = None,
+        finish_unstarted: bool = True,
+        listeners: Sequence[Listener] = (),
+    ) -> AsyncGenerator[BatchResult, None]:
+        """Yield one result per request, in completion order.
+
+        `timeout` is the whole batch's deadline in seconds. `total` is only reported to
+        listeners (taken from `len(source)` when it has one). `listeners` are added for this
+        batch only. With `finish_unstarted=False`, requests never pulled from the source when
+        the batch stops get no result (the CLI's journal leaves them for the next run).
+        Closing the iterator early (`contextlib.aclosing`) or cancelling the consuming task
+        cancels in-flight requests; their results then reach listeners only.
+        """
+        if total is None and isinstance(source, Sequence):
+            total = len(source)
+        run = _Run(self, source, listeners)
+        loop = asyncio.get_running_loop()
+        deadline: asyncio.TimerHandle | None = None
+        interrupted = False
+        try:
+            run.emit(BatchStarted(total, self.config.clock()))
+            run.workers.extend(
+                loop.create_task(run.worker()) for _ in range(self.config.max_concurrency)
+            )
+            if timeout is not None:
+                deadline = loop.call_later(
+                    timeout, run.stop, BatchTimeoutError(f"the batch deadline of {timeout}s passed")
+                )
+            while True:
+                while run.ready:
+                    result = run.ready.popleft()
+                    run.room.release()
+                    yield result
+                if all(w.done() for w in run.workers):
+                    break
+                run.wakeup.clear()
+                if not run.ready:
+                    await run.wakeup.wait()
+            if run.crash is not None:
+                raise run.crash
+            if run.stop_error is not None:
+                interrupted = True
+                if finish_unstarted:
+                    await run.fail_unstarted()
+                while run.ready:
+                    yield run.ready.popleft()
+        except (asyncio.CancelledError, GeneratorExit):
+            interrupted = True
+            run.stop(BatchCancelledError("the batch was cancelled before this request finished"))
+            await asyncio.gather(*run.workers, return_exceptions=True)
+            if finish_unstarted and run.crash is None:
+                await run.fail_unstarted()
+            raise
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            for w in run.workers:
+                w.cancel()
+            run.emit(
+                BatchFinished(
+                    run.completed, run.failed, self.config.clock() - run.started, interrupted
+                )
+            )

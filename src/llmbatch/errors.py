@@ -1,0 +1,174 @@
+"""The exception tree. Clients map provider failures onto it once, at their boundary.
+
+    if isinstance(result.error, llmbatch.RateLimitError): ...
+    if isinstance(result.error, TimeoutError): ...   # per-attempt and batch deadlines alike
+
+    LLMBatchError
+    ├── RetryableError                   retried under the RetryPolicy
+    │   ├── RateLimitError               429; carries retry_after and rate-limit headers
+    │   ├── ServerError                  5xx, 408, 409
+    │   │   └── OverloadedError          529 (Anthropic) / 503 overloaded
+    │   ├── RequestTimeoutError          one attempt took too long      (also a TimeoutError)
+    │   ├── APIConnectionError           refused, reset, DNS            (also a ConnectionError)
+    │   └── InvalidResponseError         body not the expected JSON, or JSON mode reply not JSON
+    ├── FatalError                       never retried
+    │   ├── AuthenticationError          401, 403
+    │   ├── BadRequestError              400, 404, 422
+    │   │   └── TokenBudgetError         one request is larger than the whole token budget
+    │   └── UnsupportedRequestError      the client cannot express this request
+    ├── BatchTimeoutError                the batch deadline passed first (also a TimeoutError)
+    └── BatchCancelledError              the batch was cancelled or interrupted first
+
+`InvalidResponseError` is retryable because providers do send truncated or non-JSON bodies
+under load, and a JSON-mode reply that does not parse often parses on the second try; the
+RetryPolicy bounds those retries separately (`json_retries`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .types import RateLimitInfo
+
+__all__ = [
+    "APIConnectionError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchCancelledError",
+    "BatchTimeoutError",
+    "FatalError",
+    "InvalidResponseError",
+    "LLMBatchError",
+    "OverloadedError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "RetryableError",
+    "ServerError",
+    "TokenBudgetError",
+    "UnsupportedRequestError",
+    "error_code",
+]
+
+
+class LLMBatchError(Exception):
+    """Base of every error llmbatch raises or records. `status_code` is the HTTP status, if any."""
+
+    status_code: int | None = None
+
+    def __init__(self, message: str = "", *, status_code: int | None = None, body: object = None):
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+        self.body = body
+
+
+class RetryableError(LLMBatchError):
+    """A failure that may succeed if tried again."""
+
+
+class FatalError(LLMBatchError):
+    """A failure that will fail again: retrying would only burn quota."""
+
+
+class RateLimitError(RetryableError):
+    """HTTP 429. `retry_after` is the server's wait in seconds, already capped, or None."""
+
+    status_code = 429
+
+    def __init__(
+        self,
+        message: str = "rate limited",
+        *,
+        retry_after: float | None = None,
+        rate_limit: RateLimitInfo | None = None,
+        status_code: int | None = None,
+        body: object = None,
+    ):
+        super().__init__(message, status_code=status_code, body=body)
+        self.retry_after = retry_after
+        self.rate_limit = rate_limit
+
+
+class ServerError(RetryableError):
+    """HTTP 5xx, 408 or 409."""
+
+    status_code = 500
+
+
+class OverloadedError(ServerError):
+    """The provider says it is overloaded (Anthropic's 529)."""
+
+    status_code = 529
+
+
+class RequestTimeoutError(RetryableError, TimeoutError):
+    """One attempt exceeded the per-request timeout."""
+
+
+class APIConnectionError(RetryableError, ConnectionError):
+    """The connection could not be made or was lost mid-request."""
+
+
+class InvalidResponseError(RetryableError):
+    """The body was not what the API promises, or a JSON-mode reply did not parse."""
+
+
+class AuthenticationError(FatalError):
+    """HTTP 401/403: the key is missing, wrong, or not allowed this model."""
+
+    status_code = 401
+
+
+class BadRequestError(FatalError):
+    """HTTP 400/404/422: the request itself is wrong."""
+
+    status_code = 400
+
+
+class TokenBudgetError(BadRequestError):
+    """A single request needs more tokens than the per-minute budget allows: it can never run."""
+
+
+class UnsupportedRequestError(FatalError):
+    """The client cannot express this request (e.g. embeddings on Anthropic)."""
+
+
+class BatchTimeoutError(LLMBatchError, TimeoutError):
+    """The whole batch's deadline passed before this request finished."""
+
+
+class BatchCancelledError(LLMBatchError):
+    """The batch was cancelled (Ctrl-C, task cancellation) before this request finished.
+
+    Deliberately not a subclass of `asyncio.CancelledError`: it is a value recorded on a
+    result, not a signal, and must not unwind the caller.
+    """
+
+
+_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (RateLimitError, "rate_limit"),
+    (TimeoutError, "timeout"),
+    (InvalidResponseError, "parse_failed"),
+    (ServerError, "server_error"),
+    (AuthenticationError, "auth"),
+    (BadRequestError, "bad_request"),
+    (UnsupportedRequestError, "bad_request"),
+    (ConnectionError, "connection"),
+    (BatchCancelledError, "cancelled"),
+)
+
+
+def error_code(error: BaseException | None) -> str:
+    """The short error type used in logs, stats and output files.
+
+    One of rate_limit, timeout, parse_failed, server_error, auth, bad_request, connection,
+    cancelled, unknown.
+    """
+    if error is None:
+        return ""
+    for cls, code in _CODES:
+        if isinstance(error, cls):
+            return code
+    return "unknown"

@@ -1,0 +1,271 @@
+"""The seed's face: `BatchProcessor` and `BatchProcessorWithProgress`, thin over the engine.
+
+    processor = BatchProcessor(client, BatchProcessorConfig(max_concurrency=10))
+    results = processor.process_batch(requests, timeout=600)   # input order
+    stats = calculate_batch_stats(results)
+
+The sync methods work inside a running event loop too (Jupyter, an async web handler): the
+batch then runs on a helper thread with its own loop and the caller's thread blocks until it
+ends. From async code prefer `await processor.aprocess_batch(...)`, which does not block.
+A Ctrl-C during the sync `process_batch` cancels what is in flight and raises
+`BatchInterrupted` (a `KeyboardInterrupt`) carrying every result known at that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .clients.base import LLMClient
+from .engine import DEFAULT_REQUEST_TIMEOUT, Engine, EngineConfig, RequestSource
+from .errorlog import ErrorHandler
+from .events import Admission, BatchFinished, Event, Listener, RequestFinished
+from .progress import ProgressLogger, ProgressTracker, RichProgress
+from .retry import RetryPolicy
+from .stats import BatchStats, StatsCollector
+from .types import BatchProgress, BatchRequest, BatchResult, PromptSection
+
+__all__ = [
+    "BatchInterrupted",
+    "BatchProcessor",
+    "BatchProcessorConfig",
+    "BatchProcessorWithProgress",
+    "run_sync",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class BatchProcessorConfig:
+    """The seed's `BatchProcessorConfig`, plus the engine's knobs.
+
+    `progress_callback` is called with a `BatchProgress` after every completed request.
+    `rate_limiter` is any `Admission` (a `RateLimiter`); it may be shared by processors.
+    """
+
+    max_concurrency: int = 10
+    progress_callback: Callable[[BatchProgress], None] | None = None
+    error_handler: ErrorHandler | None = None
+    prompt_section: PromptSection | str = ""
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rate_limiter: Admission | None = None
+    listeners: Sequence[Listener] = ()
+    validate_json: bool = True
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            max_concurrency=self.max_concurrency,
+            request_timeout=self.request_timeout,
+            retry=self.retry,
+            admission=self.rate_limiter,
+            listeners=self.listeners,
+            validate_json=self.validate_json,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a sync batch; `results` holds what finished, in input order.
+
+    Requests that were in flight or not started have a `BatchCancelledError` result.
+    """
+
+    def __init__(self, results: list[BatchResult]) -> None:
+        super().__init__(f"batch interrupted; {sum(r.ok for r in results)} results succeeded")
+        self.results = results
+
+
+def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(factory())
+    # A loop already runs on this thread: run on a helper thread with its own loop.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llmbatch") as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+class BatchProcessor:
+    """Runs batches of requests through one client with the seed's semantics."""
+
+    def __init__(self, client: LLMClient, config: BatchProcessorConfig | None = None) -> None:
+        self.client = client
+        self.config = config or BatchProcessorConfig()
+        self.engine = Engine(client, self.config.engine_config())
+
+    def _batch_listeners(self, total: int | None) -> list[Listener]:
+        listeners: list[Listener] = []
+        cfg = self.config
+        if cfg.progress_callback is not None:
+            tracker = ProgressTracker(total, clock=cfg.clock)
+            callback = cfg.progress_callback
+
+            def on_progress(event: Event) -> None:
+                if isinstance(event, RequestFinished):
+                    callback(tracker.on_complete(event.result.ok))
+
+            listeners.append(on_progress)
+        if cfg.error_handler is not None:
+            handler, section = cfg.error_handler, cfg.prompt_section
+
+            def on_error(event: Event) -> None:
+                if isinstance(event, RequestFinished) and event.result.error is not None:
+                    req = event.request.request
+                    handler.record(
+                        event.result.error,
+                        prompt=req.prompt,
+                        retry_count=max(0, event.result.attempts - 1),
+                        request_id=event.result.id,
+                        prompt_section=section or None,
+                    )
+
+            listeners.append(on_error)
+        return listeners
+
+    async def stream(
+        self,
+        requests: RequestSource,
+        *,
+        timeout: float | None = None,
+        listeners: Sequence[Listener] = (),
+    ) -> AsyncGenerator[BatchResult, None]:
+        """Yield results in completion order."""
+        total = len(requests) if isinstance(requests, Sequence) else None
+        async with contextlib.aclosing(
+            self.engine.stream(
+                requests,
+                timeout=timeout,
+                total=total,
+                listeners=[*self._batch_listeners(total), *listeners],
+            )
+        ) as results:
+            async for result in results:
+                yield result
+
+    async def aprocess_batch(
+        self,
+        requests: Iterable[BatchRequest],
+        *,
+        timeout: float | None = None,
+        listeners: Sequence[Listener] = (),
+    ) -> list[BatchResult]:
+        """Run every request; return one result per request, in input order."""
+        return await self._collect(requests, timeout, listeners, [])
+
+    async def _collect(
+        self,
+        requests: Iterable[BatchRequest],
+        timeout: float | None,
+        listeners: Sequence[Listener],
+        sink: list[BatchResult],
+    ) -> list[BatchResult]:
+        # Results are gathered by a listener, not from the stream, so that the requests
+        # cancelled by an interrupt are in `sink` too.
+        def collect(event: Event) -> None:
+            if isinstance(event, RequestFinished):
+                sink.append(event.result)
+
+        async with contextlib.aclosing(
+            self.stream(requests, timeout=timeout, listeners=[collect, *listeners])
+        ) as results:
+            async for _ in results:
+                pass
+        sink.sort(key=lambda r: r.index)
+        return sink
+
+    def process_batch(
+        self, requests: Iterable[BatchRequest], *, timeout: float | None = None
+    ) -> list[BatchResult]:
+        """The seed's `ProcessBatch`: blocks until every request has a result."""
+        return self._sync(requests, timeout, ())
+
+    def _sync(
+        self,
+        requests: Iterable[BatchRequest],
+        timeout: float | None,
+        listeners: Sequence[Listener],
+    ) -> list[BatchResult]:
+        if not isinstance(requests, Sequence):
+            requests = list(requests)
+        sink: list[BatchResult] = []
+        try:
+            return run_sync(lambda: self._collect(requests, timeout, listeners, sink))
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, BatchInterrupted):
+                raise
+            sink.sort(key=lambda r: r.index)
+            raise BatchInterrupted(sink) from exc
+
+
+class BatchProcessorWithProgress:
+    """A `BatchProcessor` that draws a progress bar, logs progress and returns stats.
+
+        processor = BatchProcessorWithProgress(client, BatchProcessorConfig(), logger, True)
+        results, stats = processor.process_batch(requests)
+
+    The bar is drawn on stderr with `rich`, and only when stderr is a terminal.
+    """
+
+    def __init__(
+        self,
+        client: LLMClient,
+        config: BatchProcessorConfig | None = None,
+        logger: ProgressLogger | None = None,
+        show_progress_bar: bool = True,
+    ) -> None:
+        self.processor = BatchProcessor(client, config)
+        self.logger = logger
+        self.show_progress_bar = show_progress_bar
+
+    def _listeners(self, total: int) -> tuple[list[Listener], StatsCollector]:
+        stats = StatsCollector()
+        tracker = ProgressTracker(total, self.logger, clock=self.processor.config.clock)
+        logger = self.logger
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, RequestFinished):
+                tracker.on_complete(event.result.ok)
+            elif isinstance(event, BatchFinished) and logger is not None:
+                logger.log_final(tracker.get_progress(), stats.snapshot())
+
+        listeners: list[Listener] = [stats, on_event]
+        if self.show_progress_bar:
+            listeners.append(RichProgress(description="llmbatch"))
+        return listeners, stats
+
+    async def aprocess_batch(
+        self, requests: Sequence[BatchRequest], *, timeout: float | None = None
+    ) -> tuple[list[BatchResult], BatchStats]:
+        listeners, stats = self._listeners(len(requests))
+        results = await self.processor.aprocess_batch(
+            requests, timeout=timeout, listeners=listeners
+        )
+        return results, stats.snapshot()
+
+    def process_batch(
+        self, requests: Iterable[BatchRequest], *, timeout: float | None = None
+    ) -> tuple[list[BatchResult], BatchStats]:
+        requests = list(requests)
+        listeners, stats = self._listeners(len(requests))
+        results = self.processor._sync(requests, timeout, listeners)
+        return results, stats.snapshot()

@@ -1,0 +1,196 @@
+"""Statistics over a batch's results, computed in one pass and in bounded memory.
+
+    stats = calculate_batch_stats(results)
+    print(stats)             # Total: 100 | Success: 98 | Failed: 2 (98.0%) | Avg: 1.20s ...
+    stats.p95_duration, stats.failed_requests, stats.errors_by_type
+
+`StatsCollector` is the incremental form: feed it results as they finish (it is also an
+engine listener) and take a `BatchStats` snapshot at any time. It keeps one float per request
+for the percentiles (8 MB per million) and the failed ids.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .errors import error_code
+from .events import Event, RequestFinished
+from .types import BatchResult
+
+__all__ = ["BatchStats", "StatsCollector", "calculate_batch_stats"]
+
+
+@dataclass(slots=True, frozen=True)
+class BatchStats:
+    """Summary of a batch. Durations are seconds; `cost` is None unless prices were given."""
+
+    total_requests: int = 0
+    success_count: int = 0
+    failure_count: int = 0
+    cached_count: int = 0
+    average_duration: float = 0.0
+    min_duration: float = 0.0
+    max_duration: float = 0.0
+    p50_duration: float = 0.0
+    p95_duration: float = 0.0
+    p99_duration: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_attempts: int = 0
+    failed_requests: tuple[str, ...] = ()
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+    cost: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def success_rate(self) -> float:
+        return 100.0 * self.success_count / self.total_requests if self.total_requests else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "total_requests": self.total_requests,
+            "success_count": self.success_count,
+            "failure_count": self.failure_count,
+            "cached_count": self.cached_count,
+            "success_rate": round(self.success_rate, 3),
+            "avg_duration_ms": round(self.average_duration * 1000, 3),
+            "min_duration_ms": round(self.min_duration * 1000, 3),
+            "max_duration_ms": round(self.max_duration * 1000, 3),
+            "p50_duration_ms": round(self.p50_duration * 1000, 3),
+            "p95_duration_ms": round(self.p95_duration * 1000, 3),
+            "p99_duration_ms": round(self.p99_duration * 1000, 3),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "total_attempts": self.total_attempts,
+            "errors_by_type": dict(self.errors_by_type),
+            "failed_requests": list(self.failed_requests),
+            "cost": self.cost,
+        }
+
+    def __str__(self) -> str:
+        parts = [
+            f"Total: {self.total_requests}",
+            f"Success: {self.success_count}",
+            f"Failed: {self.failure_count} ({self.success_rate:.1f}% success)",
+            f"Avg: {self.average_duration:.2f}s",
+            f"Min: {self.min_duration:.2f}s",
+            f"Max: {self.max_duration:.2f}s",
+            f"p50: {self.p50_duration:.2f}s",
+            f"p95: {self.p95_duration:.2f}s",
+            f"p99: {self.p99_duration:.2f}s",
+            f"Tokens: {self.prompt_tokens} in / {self.completion_tokens} out",
+        ]
+        if self.cached_count:
+            parts.append(f"Cached: {self.cached_count}")
+        if self.cost is not None:
+            parts.append(f"Cost: ${self.cost:.4f}")
+        return " | ".join(parts)
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not ordered:
+        return 0.0
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+class StatsCollector:
+    """Accumulates results one by one; usable as an engine listener.
+
+    `prices` is (USD per million prompt tokens, USD per million completion tokens).
+    """
+
+    def __init__(self, prices: tuple[float, float] | None = None) -> None:
+        self.prices = prices
+        self._durations = array("d")
+        self._success = 0
+        self._cached = 0
+        self._prompt = 0
+        self._completion = 0
+        self._attempts = 0
+        self._failed: list[str] = []
+        self._errors: Counter[str] = Counter()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RequestFinished):
+            self.add(event.result)
+
+    def add(self, result: BatchResult) -> None:
+        self._durations.append(result.duration)
+        self._attempts += result.attempts
+        if result.error is None:
+            self._success += 1
+            if result.response is not None:
+                self._prompt += result.response.usage.prompt_tokens
+                self._completion += result.response.usage.completion_tokens
+                self._cached += result.response.cached
+        else:
+            self._failed.append(result.id)
+            self._errors[error_code(result.error)] += 1
+
+    def add_raw(
+        self,
+        *,
+        request_id: str,
+        duration: float,
+        attempts: int,
+        error_type: str | None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cached: bool = False,
+    ) -> None:
+        """Add a result read back from an output file rather than a live `BatchResult`."""
+        self._durations.append(duration)
+        self._attempts += attempts
+        if error_type is None:
+            self._success += 1
+            self._prompt += prompt_tokens
+            self._completion += completion_tokens
+            self._cached += cached
+        else:
+            self._failed.append(request_id)
+            self._errors[error_type] += 1
+
+    def snapshot(self) -> BatchStats:
+        durations = sorted(self._durations)
+        n = len(durations)
+        cost = None
+        if self.prices is not None:
+            cost = (self._prompt * self.prices[0] + self._completion * self.prices[1]) / 1e6
+        return BatchStats(
+            total_requests=n,
+            success_count=self._success,
+            failure_count=n - self._success,
+            cached_count=self._cached,
+            average_duration=math.fsum(durations) / n if n else 0.0,
+            min_duration=durations[0] if n else 0.0,
+            max_duration=durations[-1] if n else 0.0,
+            p50_duration=_percentile(durations, 50),
+            p95_duration=_percentile(durations, 95),
+            p99_duration=_percentile(durations, 99),
+            prompt_tokens=self._prompt,
+            completion_tokens=self._completion,
+            total_attempts=self._attempts,
+            failed_requests=tuple(self._failed),
+            errors_by_type=dict(self._errors.most_common()),
+            cost=cost,
+        )
+
+
+def calculate_batch_stats(
+    results: Iterable[BatchResult], *, prices: tuple[float, float] | None = None
+) -> BatchStats:
+    """The seed's `CalculateBatchStats`: counts, durations, percentiles, tokens, failed ids."""
+    collector = StatsCollector(prices)
+    for result in results:
+        collector.add(result)
+    return collector.snapshot()

@@ -1,0 +1,207 @@
+"""The values that flow through a batch: requests, responses, results and progress.
+
+    req = BatchRequest("a.py", CompletionRequest(prompt="Summarize: ...", max_tokens=400))
+    result = processor.process_batch([req])[0]   # BatchResult(id="a.py", response=..., ...)
+
+All are slotted dataclasses: the hot path creates one of each per request, so they stay small
+and free of validation frameworks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "BatchProgress",
+    "BatchRequest",
+    "BatchResult",
+    "CompletionRequest",
+    "CompletionResponse",
+    "Message",
+    "PromptSection",
+    "RateLimitInfo",
+    "ResponseFormat",
+    "Usage",
+]
+
+ResponseFormat = Literal["text", "json"]
+Message = Mapping[str, Any]
+
+
+class PromptSection(enum.StrEnum):
+    """Label recorded with every error-log line; any other string is accepted too."""
+
+    FILE_SUMMARY = "file_summary"
+    CHUNK_SUMMARY = "chunk_summary"
+    DOMAIN_CLASSIFICATION = "domain_classification"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(slots=True)
+class CompletionRequest:
+    """One call to a model: a prompt or a list of chat messages.
+
+        CompletionRequest(prompt="Classify: ...", temperature=0.0, max_tokens=150,
+                          response_format="json")
+
+    `extra` is merged into the provider's request body as is (e.g. `{"top_p": 0.9}`).
+    `endpoint` selects the route for OpenAI-compatible servers: "chat", "completions" or
+    "embeddings" (for embeddings, `prompt` is the input text).
+    """
+
+    prompt: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    response_format: ResponseFormat = "text"
+    model: str | None = None
+    messages: Sequence[Message] | None = None
+    system: str | None = None
+    extra: Mapping[str, Any] | None = None
+    endpoint: Literal["chat", "completions", "embeddings"] = "chat"
+
+    def text_length(self) -> int:
+        """Characters of input text, the basis of the token estimate."""
+        n = len(self.prompt) + (len(self.system) if self.system else 0)
+        if self.messages:
+            for m in self.messages:
+                content = m.get("content")
+                if isinstance(content, str):
+                    n += len(content)
+                elif isinstance(content, list):
+                    for part in content:
+                        if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                            n += len(part["text"])
+        return n
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    """Tokens the provider says it used."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True, frozen=True)
+class RateLimitInfo:
+    """What a provider's rate-limit headers said; `None` where a header was absent.
+
+    Reset values are seconds from the moment the response was received.
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+
+@dataclass(slots=True)
+class CompletionResponse:
+    """A model's answer. `raw` is the provider's decoded body, kept for the output file."""
+
+    content: str
+    model: str = ""
+    usage: Usage = field(default_factory=Usage)
+    request_id: str | None = None
+    finish_reason: str | None = None
+    raw: Any = None
+    status_code: int = 200
+    rate_limit: RateLimitInfo | None = None
+    cached: bool = False
+
+    @property
+    def tokens_used(self) -> int:
+        """The seed's `TokensUsed`."""
+        return self.usage.total_tokens
+
+
+@dataclass(slots=True)
+class BatchRequest:
+    """A request with the caller's id, which comes back on its result."""
+
+    id: str
+    request: CompletionRequest
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """The outcome of one request: exactly one of `response` and `error` is set.
+
+    `duration` is seconds from first admission to the final outcome, retries included;
+    `attempts` counts calls made to the client (0 if the request never started).
+    """
+
+    id: str
+    response: CompletionResponse | None = None
+    error: BaseException | None = None
+    duration: float = 0.0
+    attempts: int = 0
+    index: int = -1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m}m{s}s"
+    if m:
+        return f"{m}m{s}s"
+    return f"{s}s"
+
+
+@dataclass(slots=True, frozen=True)
+class BatchProgress:
+    """A snapshot of a batch, passed to progress callbacks.
+
+        str(progress)  # 'Progress: 40/100 (40.0%) | Failed: 2 | Elapsed: 3s | ETA: 5s'
+
+    `total` is None when the source's length is unknown (a generator).
+    """
+
+    total: int | None
+    completed: int
+    failed: int
+    elapsed_time: float
+    estimated_time_remaining: float | None
+
+    @property
+    def percent(self) -> float | None:
+        if not self.total:
+            return None
+        return 100.0 * self.completed / self.total
+
+    @property
+    def rate(self) -> float:
+        """Completed requests per second so far."""
+        return self.completed / self.elapsed_time if self.elapsed_time > 0 else 0.0
+
+    def __str__(self) -> str:
+        if self.total is None:
+            head = f"Progress: {self.completed}"
+        else:
+            head = f"Progress: {self.completed}/{self.total} ({self.percent or 0.0:.1f}%)"
+        eta = (
+            "?"
+            if self.estimated_time_remaining is None
+            else _fmt_seconds(self.estimated_time_remaining)
+        )
+        return (
+            f"{head} | Failed: {self.failed} | Elapsed: {_fmt_seconds(self.elapsed_time)}"
+            f" | ETA: {eta}"
+        )

@@ -410,11 +410,13 @@ class Engine:
                     await run.fail_unstarted()
                 while run.ready:
                     yield run.ready.popleft()
-        except (asyncio.CancelledError, GeneratorExit):
+        except (asyncio.CancelledError, GeneratorExit) as exc:
             interrupted = True
             run.stop(BatchCancelledError("the batch was cancelled before this request finished"))
             await asyncio.gather(*run.workers, return_exceptions=True)
-            if finish_unstarted and run.crash is None:
+            # A consumer that closed the stream early wants no more results; a cancelled one
+            # (Ctrl-C, a timeout around the caller) is owed one per request.
+            if isinstance(exc, asyncio.CancelledError) and finish_unstarted and run.crash is None:
                 await run.fail_unstarted()
             raise
         finally:

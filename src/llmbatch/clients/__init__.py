@@ -1,6 +1,8 @@
 """Clients: the `LLMClient` protocol and its implementations."""
 
+from .anthropic import AnthropicClient
 from .base import LLMClient
 from .fake import FakeClient, fake_reply
+from .openai import OpenAIClient
 
-__all__ = ["FakeClient", "LLMClient", "fake_reply"]
+__all__ = ["AnthropicClient", "FakeClient", "LLMClient", "OpenAIClient", "fake_reply"]

@@ -80,12 +80,16 @@ class EngineConfig:
     `request_timeout` bounds one attempt (None: unbounded); `max_pending` bounds requests
     pulled but whose result the consumer has not taken yet (default 2 x concurrency).
     `clock` and `sleep` are injectable so backoff tests never really wait.
+    `admission` paces attempts (a `RateLimiter`); when None and `adaptive` is true, each engine
+    gets its own `RateLimiter()` with no limits, which admits freely until the server answers
+    429 and then converges to its limit.
     """
 
     max_concurrency: int = DEFAULT_CONCURRENCY
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     admission: Admission | None = None
+    adaptive: bool = True
     listeners: Sequence[Listener] = ()
     max_pending: int | None = None
     validate_json: bool = True
@@ -156,6 +160,7 @@ class _Run:
     ) -> None:
         self.cfg = engine.config
         self.client = engine.client
+        self.admission = engine.admission
         self.listeners = [*engine.listeners, *listeners]
         self.source = _Source(source)
         self.ready: collections.deque[BatchResult] = collections.deque()
@@ -257,8 +262,8 @@ class _Run:
             response: CompletionResponse | None = None
             error: BaseException | None = None
             try:
-                if cfg.admission is not None:
-                    permit = await cfg.admission.admit(req)
+                if self.admission is not None:
+                    permit = await self.admission.admit(req)
                 state.count += 1
                 self.emit(RequestStarted(item, state.count, cfg.clock()))
                 try:
@@ -358,6 +363,11 @@ class Engine:
         self.client = client
         self.config = config or EngineConfig()
         self.listeners: list[Listener] = list(self.config.listeners)
+        self.admission = self.config.admission
+        if self.admission is None and self.config.adaptive:
+            from .limiter import RateLimiter
+
+            self.admission = RateLimiter(clock=self.config.clock, sleep=self.config.sleep)
 
     async def stream(
         self,

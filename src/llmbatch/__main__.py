@@ -1,0 +1,7 @@
+"""`python -m llmbatch ...` is `llmbatch ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""`ThrottledLLMClient`: any client, paced by a `RateLimiter` (the seed's face).
+
+    client = ThrottledLLMClient(OpenAIClient(model="gpt-4o-mini"), requests_per_minute=10)
+    shared = RateLimiter(requests_per_minute=500)          # one provider account
+    a, b = ThrottledLLMClient(c1, limiter=shared), ThrottledLLMClient(c2, limiter=shared)
+
+Each call to `complete` is one admission, so retries made by the engine are paced too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .clients.base import LLMClient
+from .errors import BatchCancelledError
+from .limiter import RateLimiter, RateLimiterStatus
+from .types import CompletionRequest, CompletionResponse
+
+__all__ = ["ThrottledLLMClient"]
+
+
+class ThrottledLLMClient:
+    """Wraps `client` so every call first waits for the limiter."""
+
+    def __init__(
+        self,
+        client: LLMClient,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        if limiter is not None and (requests_per_minute or tokens_per_minute):
+            raise ValueError("pass either limiter= or the per-minute limits, not both")
+        self.client = client
+        self.limiter = limiter or RateLimiter(requests_per_minute, tokens_per_minute)
+
+    def get_status(self) -> RateLimiterStatus:
+        return self.limiter.status()
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        reservation = await self.limiter.admit(request)
+        try:
+            response = await self.client.complete(request)
+        except asyncio.CancelledError:
+            reservation.release(None, BatchCancelledError("cancelled"))
+            raise
+        except Exception as exc:
+            reservation.release(None, exc)
+            raise
+        reservation.release(response, None)
+        return response
+
+    async def aclose(self) -> None:
+        close = getattr(self.client, "aclose", None)
+        if close is not None:
+            await close()

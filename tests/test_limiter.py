@@ -1,0 +1,286 @@
+"""The rate limiter, with an injected clock: spacing, bursts, tokens, fairness, feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from llmbatch import (
+    BatchProcessor,
+    BatchProcessorConfig,
+    BatchRequest,
+    CompletionRequest,
+    CompletionResponse,
+    PromptSection,
+    RateLimitError,
+    RateLimitInfo,
+    TokenBudgetError,
+    Usage,
+    calculate_batch_stats,
+)
+from llmbatch.clients import FakeClient
+from llmbatch.limiter import RateLimiter, estimate_tokens
+from llmbatch.throttled import ThrottledLLMClient
+
+from .conftest import FakeClock
+
+
+def limiter(clock: FakeClock, rpm: float | None = None, tpm: float | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    kw.setdefault("safety_margin", 0.0)
+    return RateLimiter(rpm, tpm, clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
+
+
+async def admit_times(lim: RateLimiter, clock: FakeClock, n: int, tokens: int = 0) -> list[float]:
+    start = clock.now
+    times = []
+    for _ in range(n):
+        await lim.acquire(tokens)
+        times.append(round(clock.now - start, 6))
+    return times
+
+
+async def test_exact_spacing_at_10_per_minute(clock: FakeClock) -> None:
+    lim = limiter(clock, 10, burst_seconds=0)
+    assert await admit_times(lim, clock, 5) == [0, 6, 12, 18, 24]
+
+
+async def test_exact_spacing_at_1200_per_minute(clock: FakeClock) -> None:
+    lim = limiter(clock, 1200, burst_seconds=0)
+    times = await admit_times(lim, clock, 101)
+    gaps = {round(b - a, 6) for a, b in zip(times, times[1:], strict=False)}
+    assert gaps == {0.05}
+    assert times[-1] == pytest.approx(5.0)
+
+
+async def test_burst_is_one_second_worth_never_a_minute(clock: FakeClock) -> None:
+    lim = limiter(clock, 600)  # default burst: 1 s = 10 requests
+    times = await admit_times(lim, clock, 30)
+    assert times.count(0) == 10
+    assert times[10:] == pytest.approx([0.1 * k for k in range(1, 21)])
+    # Over any minute, never more than the limit plus the burst.
+    lim2 = limiter(clock, 60)
+    times = await admit_times(lim2, clock, 70)
+    assert sum(t < 60 for t in times) <= 60 + 1
+
+
+async def test_safety_margin_paces_slightly_under_the_limit(clock: FakeClock) -> None:
+    lim = RateLimiter(60, safety_margin=0.02, burst_seconds=0, clock=clock, sleep=clock.sleep)
+    times = await admit_times(lim, clock, 3)
+    assert times == pytest.approx([0, 60 / 58.8, 2 * 60 / 58.8])
+
+
+async def test_tokens_per_minute_bound(clock: FakeClock) -> None:
+    lim = limiter(clock, tpm=6000, burst_seconds=0)
+    # 1000 tokens each at 6000/min: one every 10 s.
+    assert await admit_times(lim, clock, 4, tokens=1000) == [0, 10, 20, 30]
+
+
+async def test_both_limits_at_once_take_the_later_slot(clock: FakeClock) -> None:
+    lim = limiter(clock, rpm=60, tpm=600, burst_seconds=0)
+    # rpm alone: 1 s apart; tpm: 100 tokens = 10 s apart. Tokens win.
+    assert await admit_times(lim, clock, 3, tokens=100) == [0, 10, 20]
+
+
+async def test_settle_refunds_and_charges_extra(clock: FakeClock) -> None:
+    lim = limiter(clock, tpm=6000, burst_seconds=0)
+    r = await lim.acquire(1000)  # books 10 s
+    lim.settle(r, 400)  # used only 400: 6 s refunded
+    await lim.acquire(100)
+    assert clock.now - 1000.0 == pytest.approx(4.0)
+    r = await lim.acquire(100)
+    lim.settle(r, 1100)  # used 1000 more than booked: 10 s extra
+    t0 = clock.now
+    await lim.acquire(0)
+    assert clock.now - t0 == pytest.approx(11.0)
+
+
+async def test_oversized_request_fails_at_once(clock: FakeClock) -> None:
+    lim = limiter(clock, tpm=1000)
+    with pytest.raises(TokenBudgetError, match="1000 tokens/min"):
+        await lim.acquire(5000)
+    assert clock.sleeps == []
+
+
+async def test_waiters_are_served_in_arrival_order(clock: FakeClock) -> None:
+    lim = limiter(clock, 60, burst_seconds=0)
+    order: list[int] = []
+
+    async def waiter(k: int) -> None:
+        await lim.acquire()
+        order.append(k)
+
+    tasks = []
+    for k in range(6):
+        tasks.append(asyncio.create_task(waiter(k)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == list(range(6))
+    assert lim.status().waiting == 0
+
+
+async def test_a_cancelled_waiter_gives_its_slot_back(clock: FakeClock) -> None:
+    lim = limiter(clock, 60, burst_seconds=0)
+    gate = asyncio.Event()
+
+    async def blocked_sleep(seconds: float) -> None:
+        await gate.wait()
+
+    lim._sleep = blocked_sleep
+    await lim.acquire()  # t=0, books 1 s
+    waiter = asyncio.create_task(lim.acquire())  # books t=1, sleeping
+    await asyncio.sleep(0)
+    assert lim.status().waiting == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert lim.status().waiting == 0
+    lim._sleep = clock.sleep
+    await lim.acquire()  # takes the slot the cancelled waiter gave back
+    assert clock.now - 1000.0 == pytest.approx(1.0)
+
+
+async def test_a_429_pauses_the_whole_limiter(clock: FakeClock) -> None:
+    lim = limiter(clock, 6000)
+    r = await lim.acquire()
+    r.release(None, RateLimitError(retry_after=5.0))
+    assert lim.status().paused_for == pytest.approx(5.0)
+    await lim.acquire()
+    assert clock.now - 1000.0 == pytest.approx(5.0)
+    assert lim.status().rate_limited == 1
+
+
+async def test_sleeping_waiters_are_rescheduled_after_a_pause(clock: FakeClock) -> None:
+    lim = limiter(clock, 60, burst_seconds=0)
+    await lim.acquire()  # t=0
+    lim.pause(30)  # a 429 arrives while others wait
+    await lim.acquire()
+    assert clock.now - 1000.0 >= 30
+
+
+async def test_headers_tighten_the_limit_and_sync_remaining(clock: FakeClock) -> None:
+    lim = limiter(clock)  # nothing configured: free until told
+    assert await admit_times(lim, clock, 3) == [0, 0, 0]
+    r = await lim.acquire()
+    resp = CompletionResponse(
+        "x", rate_limit=RateLimitInfo(limit_requests=600, remaining_requests=0)
+    )
+    r.release(resp, None)
+    assert lim.requests_per_minute == 600
+    # No budget left at the server: the next goes when it has refilled one, then every 0.1 s.
+    assert await admit_times(lim, clock, 3) == pytest.approx([0.1, 0.2, 0.3])
+
+
+async def test_headers_never_loosen_a_configured_limit(clock: FakeClock) -> None:
+    lim = limiter(clock, 100)
+    lim.observe(RateLimitInfo(limit_requests=10_000))
+    assert lim.requests_per_minute == 100
+    lim.observe(RateLimitInfo(limit_requests=50))
+    assert lim.requests_per_minute == 50
+
+
+async def test_aimd_without_headers_cuts_then_regrows_up_to_the_limit(clock: FakeClock) -> None:
+    lim = limiter(clock, 1000)
+    r = await lim.acquire()
+    r.release(None, RateLimitError(retry_after=0.0))
+    assert lim.requests_per_minute == pytest.approx(700)
+    for _ in range(200):
+        r = await lim.acquire()
+        r.release(CompletionResponse("ok"), None)
+    assert lim.requests_per_minute == 1000  # regrown, capped at the configured limit
+
+
+async def test_estimate_is_chars_over_four_plus_max_tokens() -> None:
+    req = CompletionRequest(prompt="x" * 400, max_tokens=50)
+    assert estimate_tokens(req) == 150
+    msgs = CompletionRequest(messages=[{"role": "user", "content": "y" * 40}])
+    assert estimate_tokens(msgs, chars_per_token=2) == 20
+
+
+async def test_retries_go_through_the_limiter_again(clock: FakeClock) -> None:
+    from llmbatch import RetryPolicy, ServerError
+
+    client = FakeClient(failures={"p": [ServerError("x"), ServerError("y")]})
+    lim = limiter(clock, 60, burst_seconds=0)
+    admissions: list[float] = []
+    real_admit = lim.admit
+
+    async def counting_admit(request: CompletionRequest):  # type: ignore[no-untyped-def]
+        reservation = await real_admit(request)
+        admissions.append(clock.now)
+        return reservation
+
+    lim.admit = counting_admit  # type: ignore[method-assign]
+    cfg = BatchProcessorConfig(
+        rate_limiter=lim, retry=RetryPolicy(base_delay=0), clock=clock, sleep=clock.sleep
+    )
+    [result] = await BatchProcessor(client, cfg).aprocess_batch(
+        [BatchRequest("a", CompletionRequest(prompt="p"))]
+    )
+    assert result.ok and result.attempts == 3
+    assert len(admissions) == 3
+    assert admissions[2] - admissions[0] == pytest.approx(2.0)  # still one per second
+
+
+async def test_one_limiter_shared_by_two_clients(clock: FakeClock) -> None:
+    shared = limiter(clock, 60, burst_seconds=0)
+    a = ThrottledLLMClient(FakeClient(), limiter=shared)
+    b = ThrottledLLMClient(FakeClient(), limiter=shared)
+    start = clock.now
+    await asyncio.gather(*(c.complete(CompletionRequest(prompt="q")) for c in (a, b, a, b)))
+    assert clock.now - start == pytest.approx(3.0)
+    assert a.get_status().requests_per_minute == 60
+
+
+async def test_token_usage_from_the_provider_is_settled(clock: FakeClock) -> None:
+    # The client reports 10 tokens used where 1000 were estimated: capacity comes back.
+    client = FakeClient(lambda r: CompletionResponse("ok", usage=Usage(5, 5)))
+    lim = limiter(clock, tpm=6000, burst_seconds=0)
+    throttled = ThrottledLLMClient(client, limiter=lim)
+    start = clock.now
+    for _ in range(5):
+        await throttled.complete(CompletionRequest(prompt="", max_tokens=1000))
+    # Without settling: 40 s. With it: each call costs 10 tokens = 0.1 s after the first.
+    assert clock.now - start < 11
+
+
+def test_seed_example2_chunk_summaries_with_throttled_client(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    chunks = [(f"chunk-{i}", f"content of chunk {i}") for i in range(200)]
+    client = FakeClient()
+    throttled = ThrottledLLMClient(client, 10)
+    throttled.limiter = RateLimiter(10, clock=clock, sleep=clock.sleep)
+    log = logging.getLogger("example2")
+    logged: list[str] = []
+
+    def on_progress(progress):  # type: ignore[no-untyped-def]
+        if progress.completed % 100 == 0:
+            logged.append(f"Processed {progress.completed}/{progress.total} chunks")
+            log.info(logged[-1])
+
+    processor = BatchProcessor(
+        throttled,
+        BatchProcessorConfig(
+            max_concurrency=10,
+            progress_callback=on_progress,
+            prompt_section=PromptSection.CHUNK_SUMMARY,
+            clock=clock,
+            sleep=clock.sleep,
+        ),
+    )
+    requests = [
+        BatchRequest(
+            cid, CompletionRequest(prompt=f"Summarize: {c}", temperature=0.2, max_tokens=80)
+        )
+        for cid, c in chunks
+    ]
+    start = clock.now
+    results = processor.process_batch(requests, timeout=600)
+    stats = calculate_batch_stats(results)
+    assert (stats.total_requests, stats.success_count, stats.failure_count) == (200, 200, 0)
+    assert logged == ["Processed 100/200 chunks", "Processed 200/200 chunks"]
+    # 10 per minute, paced evenly: 200 requests take ~20 virtual minutes, never faster.
+    elapsed = clock.now - start
+    assert 199 * 6.0 <= elapsed <= 199 * 6.0 / 0.98 + 1

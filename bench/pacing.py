@@ -15,10 +15,10 @@ import argparse
 import asyncio
 import time
 
-from _sim import sim_reset, sim_stats, simulator
 from rich.console import Console
 from rich.table import Table
 
+from _sim import sim_reset, sim_stats, simulator
 from llmbatch import BatchProcessor, BatchProcessorConfig, BatchRequest, CompletionRequest
 from llmbatch.clients import OpenAIClient
 from llmbatch.limiter import RateLimiter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import pytest
@@ -49,7 +50,7 @@ async def test_exact_spacing_at_10_per_minute(clock: FakeClock) -> None:
 async def test_exact_spacing_at_1200_per_minute(clock: FakeClock) -> None:
     lim = limiter(clock, 1200, burst_seconds=0)
     times = await admit_times(lim, clock, 101)
-    gaps = {round(b - a, 6) for a, b in zip(times, times[1:], strict=False)}
+    gaps = {round(b - a, 6) for a, b in itertools.pairwise(times)}
     assert gaps == {0.05}
     assert times[-1] == pytest.approx(5.0)
 

@@ -208,8 +208,19 @@ class BatchProcessor:
         if not isinstance(requests, Sequence):
             requests = list(requests)
         sink: list[BatchResult] = []
+
+        async def job() -> list[BatchResult]:
+            try:
+                return await self._collect(requests, timeout, listeners, sink)
+            finally:
+                # The loop ends with this call: close the client's connections made on it
+                # (the client opens new ones on its next loop).
+                release = getattr(self.client, "release_loop_resources", None)
+                if release is not None:
+                    await release()
+
         try:
-            return run_sync(lambda: self._collect(requests, timeout, listeners, sink))
+            return run_sync(job)
         except KeyboardInterrupt as exc:
             if isinstance(exc, BatchInterrupted):
                 raise

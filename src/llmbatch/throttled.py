@@ -51,6 +51,11 @@ class ThrottledLLMClient:
         reservation.release(response, None)
         return response
 
+    async def release_loop_resources(self) -> None:
+        release = getattr(self.client, "release_loop_resources", None)
+        if release is not None:
+            await release()
+
     async def aclose(self) -> None:
         close = getattr(self.client, "aclose", None)
         if close is not None:

@@ -108,6 +108,10 @@ class OpenAIClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    async def release_loop_resources(self) -> None:
+        """Close what is bound to the current event loop; the client stays usable."""
+        await self.http.aclose()
+
     async def __aenter__(self) -> OpenAIClient:
         return self
 

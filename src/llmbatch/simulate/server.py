@@ -328,7 +328,8 @@ class Simulator:
             transport = request.transport
             if transport is not None:
                 transport.abort()
-            raise ConnectionResetError("simulated reset")
+            # Nothing can be written any more; aiohttp drops this reply silently.
+            return web.Response(status=200)
         delay = c.latency_ms
         if c.latency_jitter_ms:
             delay += rng.uniform(-c.latency_jitter_ms, c.latency_jitter_ms)

@@ -1,0 +1,237 @@
+"""Real HTTP on 127.0.0.1: the OpenAI and Anthropic clients against the simulator."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from llmbatch import (
+    APIConnectionError,
+    AuthenticationError,
+    BadRequestError,
+    BatchProcessor,
+    BatchProcessorConfig,
+    BatchRequest,
+    CompletionRequest,
+    ErrorHandler,
+    InvalidResponseError,
+    OverloadedError,
+    RateLimitError,
+    RequestTimeoutError,
+    RetryPolicy,
+    ServerError,
+    calculate_batch_stats,
+)
+from llmbatch.clients import AnthropicClient, OpenAIClient
+from llmbatch.clients._http import error_for_status, parse_duration, rate_limit_info
+from llmbatch.simulate import Simulator, SimulatorConfig
+
+KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimulatorConfig(api_key=KEY)) as s:
+        yield s
+
+
+def openai(sim: Simulator, key: str = KEY) -> OpenAIClient:
+    return OpenAIClient(base_url=sim.url + "/v1", api_key=key, model="gpt-sim")
+
+
+def reqs(n: int, **kw: object) -> list[BatchRequest]:
+    return [BatchRequest(f"r{i}", CompletionRequest(prompt=f"q{i}", **kw)) for i in range(n)]  # type: ignore[arg-type]
+
+
+async def test_chat_completion_round_trip(sim: Simulator) -> None:
+    async with openai(sim) as client:
+        resp = await client.complete(CompletionRequest(prompt="Summarize: hello", max_tokens=20))
+        again = await client.complete(CompletionRequest(prompt="Summarize: hello", max_tokens=20))
+    assert resp.content and resp.content == again.content  # deterministic from the prompt
+    assert resp.model == "gpt-sim" and resp.finish_reason == "stop"
+    assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
+    assert resp.request_id and resp.request_id.startswith("req_")
+    assert resp.raw["object"] == "chat.completion"
+
+
+async def test_json_mode_asks_for_json_object_and_gets_json(sim: Simulator) -> None:
+    async with openai(sim) as client:
+        req = CompletionRequest(prompt="Classify x", response_format="json", extra={"seed": 3})
+        assert client.body_for(req)["response_format"] == {"type": "json_object"}
+        assert client.body_for(req)["seed"] == 3  # extra fields pass through
+        resp = await client.complete(req)
+    assert isinstance(orjson.loads(resp.content), dict)
+
+
+async def test_embeddings_and_completions_routes(sim: Simulator) -> None:
+    async with openai(sim) as client:
+        emb = await client.complete(CompletionRequest(prompt="vector me", endpoint="embeddings"))
+        cmp = await client.complete(CompletionRequest(prompt="Once upon", endpoint="completions"))
+    assert len(emb.raw["data"][0]["embedding"]) == 8
+    assert cmp.raw["object"] == "text_completion" and cmp.content
+    assert sim.stats()["by_path"] == {"embeddings": 1, "completions": 1}
+
+
+async def test_wrong_key_is_fatal_and_stops_the_batch_early(sim: Simulator, tmp_path: Path) -> None:
+    wrong = "sk-wrong-key-9999999999"
+    handler = ErrorHandler(tmp_path)
+    async with openai(sim, key=wrong) as client:
+        cfg = BatchProcessorConfig(max_concurrency=4, error_handler=handler)
+        results = await BatchProcessor(client, cfg).aprocess_batch(reqs(300))
+    handler.close()
+    assert all(isinstance(r.error, AuthenticationError) for r in results)
+    assert all(r.attempts <= 1 for r in results)
+    assert sim.stats()["received"] <= 5 + 4
+    # The key is in no error message, no log line, no repr.
+    log_text = "".join(p.read_text() for p in sorted(tmp_path.glob("*.jsonl")))  # noqa: ASYNC240
+    assert wrong not in log_text and "9999999999" not in log_text
+    assert all(wrong not in str(r.error) for r in results)
+    assert wrong not in repr(client) and KEY not in repr(openai(sim))
+
+
+async def test_429_carries_retry_after_and_rate_limit_headers() -> None:
+    async with Simulator(SimulatorConfig(rpm=60)) as sim, openai(sim) as client:
+        await client.complete(CompletionRequest(prompt="a"))
+        with pytest.raises(RateLimitError) as info:
+            await client.complete(CompletionRequest(prompt="b"))
+    err = info.value
+    assert err.status_code == 429
+    assert err.retry_after is not None and 0.5 < err.retry_after <= 1.0
+    assert err.rate_limit is not None and err.rate_limit.limit_requests == 60
+
+
+async def test_retry_after_is_honoured_by_a_batch() -> None:
+    # 60/min with no client limit: the adaptive limiter must wait out the server's
+    # Retry-After, and every request must still succeed.
+    async with Simulator(SimulatorConfig(rpm=120)) as sim, openai(sim) as client:
+        start = time.monotonic()
+        results = await BatchProcessor(client).aprocess_batch(reqs(6))
+        elapsed = time.monotonic() - start
+        stats = sim.stats()
+    assert all(r.ok for r in results)
+    assert elapsed >= 2.0  # 2 allowed at once, then one per 0.5 s: the wait was real
+    # Only the first concurrent wave (6 sent, 2 allowed) may be refused; after it, paced.
+    assert stats["rate_limited"] <= 4
+
+
+async def test_resets_hangs_and_malformed_bodies_are_classified() -> None:
+    async with Simulator(SimulatorConfig(reset_rate=1.0)) as sim, openai(sim) as client:
+        with pytest.raises(APIConnectionError):
+            await client.complete(CompletionRequest(prompt="x"))
+    async with Simulator(SimulatorConfig(malformed_rate=1.0)) as sim, openai(sim) as client:
+        with pytest.raises(InvalidResponseError):
+            await client.complete(CompletionRequest(prompt="x"))
+    cfg = SimulatorConfig(hang_rate=1.0, hang_seconds=0.5)
+    async with Simulator(cfg) as sim, openai(sim) as client:
+        pcfg = BatchProcessorConfig(
+            request_timeout=0.1, retry=RetryPolicy(max_attempts=2, base_delay=0)
+        )
+        [result] = await BatchProcessor(client, pcfg).aprocess_batch(reqs(1))
+    assert isinstance(result.error, RequestTimeoutError) and result.attempts == 2
+
+
+async def test_server_errors_are_retried_until_success() -> None:
+    async with Simulator(SimulatorConfig(fail_rate=0.5, seed=7)) as sim, openai(sim) as client:
+        cfg = BatchProcessorConfig(retry=RetryPolicy(max_attempts=20, base_delay=0.001))
+        results = await BatchProcessor(client, cfg).aprocess_batch(reqs(40))
+        assert sim.stats()["by_status"].get("500", 0) > 0
+    assert all(r.ok for r in results)
+    assert any(r.attempts > 1 for r in results)
+
+
+async def test_anthropic_messages_mapping(sim: Simulator) -> None:
+    client = AnthropicClient(base_url=sim.url, api_key=KEY, model="claude-sim")
+    async with client:
+        req = CompletionRequest(
+            messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+        )
+        body = client.body_for(req)
+        assert body["system"] == "Be brief." and body["max_tokens"] == 1024
+        assert body["messages"] == [{"role": "user", "content": "hi"}]
+        resp = await client.complete(req)
+        js = await client.complete(CompletionRequest(prompt="x", response_format="json"))
+    assert resp.content and resp.finish_reason == "end_turn" and resp.model == "claude-sim"
+    assert resp.usage.prompt_tokens > 0 and resp.request_id
+    assert isinstance(orjson.loads(js.content), dict)
+    bad = AnthropicClient(base_url=sim.url, api_key="nope", model="m")
+    async with bad:
+        with pytest.raises(AuthenticationError):
+            await bad.complete(CompletionRequest(prompt="x"))
+
+
+async def test_anthropic_rate_limit_headers_are_read() -> None:
+    async with Simulator(SimulatorConfig(rpm=600)) as sim:
+        client = AnthropicClient(base_url=sim.url, api_key="k", model="m")
+        resp = await client.complete(CompletionRequest(prompt="x"))
+        await client.aclose()
+    assert resp.rate_limit is not None and resp.rate_limit.limit_requests == 600
+    assert resp.rate_limit.reset_requests is not None and resp.rate_limit.reset_requests < 2
+
+
+def test_error_mapping_by_status_and_typed_body() -> None:
+    cases = {
+        400: BadRequestError,
+        404: BadRequestError,
+        422: BadRequestError,
+        401: AuthenticationError,
+        403: AuthenticationError,
+        408: ServerError,
+        409: ServerError,
+        500: ServerError,
+        503: ServerError,
+        529: OverloadedError,
+    }
+    for status, cls in cases.items():
+        err = error_for_status(status, {}, {"error": {"message": "m", "type": "t"}})
+        assert type(err) is cls, status
+        assert err.status_code == status
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    assert isinstance(error_for_status(500, {}, overloaded), OverloadedError)
+
+
+def test_retry_after_header_forms() -> None:
+    assert error_for_status(429, {"retry-after-ms": "1500"}, None).retry_after == 1.5  # type: ignore[attr-defined]
+    assert error_for_status(429, {"retry-after": "7"}, None).retry_after == 7.0  # type: ignore[attr-defined]
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    after = error_for_status(429, {"retry-after": date}, None).retry_after  # type: ignore[attr-defined]
+    assert 25 <= after <= 31
+    capped = error_for_status(429, {"retry-after": "86400"}, None, max_retry_after=60)
+    assert capped.retry_after == 60  # type: ignore[attr-defined]
+    assert error_for_status(429, {"retry-after": "soon"}, None).retry_after is None  # type: ignore[attr-defined]
+
+
+def test_openai_reset_durations_and_headers() -> None:
+    assert parse_duration("6m0s") == 360
+    assert parse_duration("1s") == 1
+    assert parse_duration("20ms") == pytest.approx(0.02)
+    assert parse_duration("1h2m3.5s") == pytest.approx(3723.5)
+    info = rate_limit_info(
+        {
+            "x-ratelimit-limit-requests": "500",
+            "x-ratelimit-remaining-requests": "499",
+            "x-ratelimit-reset-requests": "120ms",
+            "x-ratelimit-limit-tokens": "30000",
+            "x-ratelimit-remaining-tokens": "29000",
+            "x-ratelimit-reset-tokens": "2s",
+        }
+    )
+    assert info is not None
+    assert (info.limit_requests, info.remaining_requests) == (500, 499)
+    assert info.reset_requests == pytest.approx(0.12) and info.limit_tokens == 30000
+
+
+async def test_two_thousand_requests_with_faults_lose_nothing() -> None:
+    cfg = SimulatorConfig(fail_rate=0.10, reset_rate=0.05, hang_rate=0.01, hang_seconds=2, seed=11)
+    async with Simulator(cfg) as sim, openai(sim) as client:
+        pcfg = BatchProcessorConfig(max_concurrency=64, request_timeout=1.0)
+        results = await BatchProcessor(client, pcfg).aprocess_batch(reqs(2000))
+        stats = sim.stats()
+    summary = calculate_batch_stats(results)
+    assert summary.failure_count == 0, summary.errors_by_type
+    assert len(results) == 2000 and len({r.id for r in results}) == 2000
+    assert stats["resets"] > 0 and stats["hangs"] > 0 and stats["by_status"].get("500", 0) > 0

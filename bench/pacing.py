@@ -71,7 +71,7 @@ def main() -> None:
                 f"{100 * n429 / n:.1f}",
                 str(lost),
             )
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

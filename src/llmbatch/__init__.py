@@ -38,6 +38,7 @@ from .events import (
     RequestRetrying,
     RequestStarted,
 )
+from .limiter import RateLimiter, RateLimiterStatus, Reservation, estimate_tokens
 from .processor import (
     BatchInterrupted,
     BatchProcessor,
@@ -47,6 +48,7 @@ from .processor import (
 from .progress import ProgressLogger, ProgressTracker, RichProgress
 from .retry import RetryPolicy, parse_retry_after
 from .stats import BatchStats, StatsCollector, calculate_batch_stats
+from .throttled import ThrottledLLMClient
 from .types import (
     BatchProgress,
     BatchRequest,
@@ -95,20 +97,25 @@ __all__ = [
     "PromptSection",
     "RateLimitError",
     "RateLimitInfo",
+    "RateLimiter",
+    "RateLimiterStatus",
     "RequestFinished",
     "RequestRetrying",
     "RequestStarted",
     "RequestTimeoutError",
+    "Reservation",
     "RetryPolicy",
     "RetryableError",
     "RichProgress",
     "ServerError",
     "StatsCollector",
+    "ThrottledLLMClient",
     "TokenBudgetError",
     "UnsupportedRequestError",
     "Usage",
     "__version__",
     "calculate_batch_stats",
     "error_code",
+    "estimate_tokens",
     "parse_retry_after",
 ]

@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import orjson
@@ -29,9 +29,9 @@ from ..errors import (
     ServerError,
 )
 from ..retry import DEFAULT_MAX_RETRY_AFTER, parse_retry_after
-from ..types import RateLimitInfo
+from ..types import CompletionRequest, CompletionResponse, RateLimitInfo
 
-__all__ = ["HTTPClient", "error_for_status", "parse_duration"]
+__all__ = ["HTTPClient", "ProviderClient", "error_for_status", "parse_duration"]
 
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_CONNECT_TIMEOUT = 30.0
@@ -230,3 +230,57 @@ class HTTPClient:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+
+class ProviderClient:
+    """The shape both HTTP clients share: build a body, POST it, parse the reply.
+
+    Subclasses set `http` and `model` and implement `path_for`, `body_for` and `parse`;
+    a reply missing the fields `parse` reads becomes an `InvalidResponseError`.
+    """
+
+    http: HTTPClient
+    model: str | None
+
+    @property
+    def base_url(self) -> str:
+        return self.http.base_url
+
+    def __repr__(self) -> str:  # never the headers: they hold the key
+        return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r})"
+
+    def path_for(self, request: CompletionRequest) -> str:
+        raise NotImplementedError
+
+    def body_for(self, request: CompletionRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse(
+        self, request: CompletionRequest, status: int, headers: Mapping[str, str], body: Any
+    ) -> CompletionResponse:
+        raise NotImplementedError
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        path, payload = self.path_for(request), self.body_for(request)
+        status, headers, body = await self.http.post_json(path, payload)
+        try:
+            return self.parse(request, status, headers, body)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise InvalidResponseError(
+                f"HTTP {status} body lacks the expected fields ({exc!r}): {str(body)[:200]}",
+                status_code=status,
+                body=body,
+            ) from None
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def release_loop_resources(self) -> None:
+        """Close what is bound to the current event loop; the client stays usable."""
+        await self.http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

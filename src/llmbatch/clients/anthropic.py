@@ -14,9 +14,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import AuthenticationError, InvalidResponseError, UnsupportedRequestError
+from ..errors import AuthenticationError, UnsupportedRequestError
 from ..types import CompletionRequest, CompletionResponse, Usage
-from ._http import DEFAULT_MAX_CONNECTIONS, HTTPClient, rate_limit_info
+from ._http import DEFAULT_MAX_CONNECTIONS, HTTPClient, ProviderClient, rate_limit_info
 
 __all__ = ["AnthropicClient"]
 
@@ -26,7 +26,7 @@ DEFAULT_MAX_TOKENS = 1024
 _JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 
 
-class AnthropicClient:
+class AnthropicClient(ProviderClient):
     """`LLMClient` for Anthropic. The key comes from `api_key` or `ANTHROPIC_API_KEY`, the
     base URL from `base_url` or `ANTHROPIC_BASE_URL`."""
 
@@ -51,13 +51,6 @@ class AnthropicClient:
         if key:
             headers["x-api-key"] = key
         self.http = HTTPClient(url, headers, max_connections=max_connections)
-
-    @property
-    def base_url(self) -> str:
-        return self.http.base_url
-
-    def __repr__(self) -> str:
-        return f"AnthropicClient(base_url={self.base_url!r}, model={self.model!r})"
 
     def body_for(self, request: CompletionRequest) -> dict[str, Any]:
         if request.endpoint != "chat":
@@ -88,29 +81,13 @@ class AnthropicClient:
             body.update(request.extra)
         return body
 
-    async def complete(self, request: CompletionRequest) -> CompletionResponse:
-        status, headers, body = await self.http.post_json("/v1/messages", self.body_for(request))
-        try:
-            return _parse(status, headers, body)
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise InvalidResponseError(
-                f"HTTP {status} body lacks the expected fields ({exc!r}): {str(body)[:200]}",
-                status_code=status,
-                body=body,
-            ) from None
+    def path_for(self, request: CompletionRequest) -> str:
+        return "/v1/messages"
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def release_loop_resources(self) -> None:
-        """Close what is bound to the current event loop; the client stays usable."""
-        await self.http.aclose()
-
-    async def __aenter__(self) -> AnthropicClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    def parse(
+        self, request: CompletionRequest, status: int, headers: Mapping[str, str], body: Any
+    ) -> CompletionResponse:
+        return _parse(status, headers, body)
 
 
 def _parse(status: int, headers: Mapping[str, str], body: Any) -> CompletionResponse:

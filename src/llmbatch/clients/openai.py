@@ -16,9 +16,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import AuthenticationError, InvalidResponseError
+from ..errors import AuthenticationError
 from ..types import CompletionRequest, CompletionResponse, Usage
-from ._http import DEFAULT_MAX_CONNECTIONS, HTTPClient, rate_limit_info
+from ._http import DEFAULT_MAX_CONNECTIONS, HTTPClient, ProviderClient, rate_limit_info
 
 __all__ = ["OpenAIClient"]
 
@@ -26,7 +26,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
-class OpenAIClient:
+class OpenAIClient(ProviderClient):
     """`LLMClient` for the OpenAI HTTP API. The key comes from `api_key` or `OPENAI_API_KEY`,
     the base URL from `base_url` or `OPENAI_BASE_URL`. One connection pool of
     `max_connections`, reused across requests; close it with `aclose()` or `async with`.
@@ -54,13 +54,6 @@ class OpenAIClient:
         if organization:
             headers["OpenAI-Organization"] = organization
         self.http = HTTPClient(url, headers, max_connections=max_connections)
-
-    @property
-    def base_url(self) -> str:
-        return self.http.base_url
-
-    def __repr__(self) -> str:
-        return f"OpenAIClient(base_url={self.base_url!r}, model={self.model!r})"
 
     def body_for(self, request: CompletionRequest) -> dict[str, Any]:
         """The JSON body this client sends for `request` (also the cache key's basis)."""
@@ -92,31 +85,13 @@ class OpenAIClient:
             body.update(request.extra)
         return body
 
-    async def complete(self, request: CompletionRequest) -> CompletionResponse:
-        status, headers, body = await self.http.post_json(
-            _PATHS[request.endpoint], self.body_for(request)
-        )
-        try:
-            return _parse(request, status, headers, body)
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise InvalidResponseError(
-                f"HTTP {status} body lacks the expected fields ({exc!r}): {str(body)[:200]}",
-                status_code=status,
-                body=body,
-            ) from None
+    def path_for(self, request: CompletionRequest) -> str:
+        return _PATHS[request.endpoint]
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def release_loop_resources(self) -> None:
-        """Close what is bound to the current event loop; the client stays usable."""
-        await self.http.aclose()
-
-    async def __aenter__(self) -> OpenAIClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    def parse(
+        self, request: CompletionRequest, status: int, headers: Mapping[str, str], body: Any
+    ) -> CompletionResponse:
+        return _parse(request, status, headers, body)
 
 
 def _parse(

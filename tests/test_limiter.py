@@ -7,6 +7,8 @@ import itertools
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmbatch import (
     BatchProcessor,
@@ -285,3 +287,46 @@ def test_seed_example2_chunk_summaries_with_throttled_client(
     # 10 per minute, paced evenly: 200 requests take ~20 virtual minutes, never faster.
     elapsed = clock.now - start
     assert 199 * 6.0 <= elapsed <= 199 * 6.0 / 0.98 + 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rpm=st.integers(min_value=1, max_value=5000),
+    burst=st.floats(min_value=0.0, max_value=3.0),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=120),
+)
+def test_never_more_than_the_rate_plus_the_burst_in_any_window(
+    rpm: int, burst: float, gaps: list[float]
+) -> None:
+    clock = FakeClock()
+    lim = RateLimiter(rpm, burst_seconds=burst, safety_margin=0.0, clock=clock, sleep=clock.sleep)
+
+    async def run() -> list[float]:
+        times = []
+        for gap in gaps:
+            clock.advance(gap)
+            await lim.acquire()
+            times.append(clock.now)
+        return times
+
+    times = asyncio.run(run())
+    rate = rpm / 60.0
+    for i, start in enumerate(times):
+        for j in range(i, len(times)):
+            window = times[j] - start
+            # j - i + 1 admissions within `window` seconds: bounded by the burst plus the rate.
+            assert j - i + 1 <= max(1.0, burst * rate) + window * rate + 1e-6
+
+
+async def test_an_oversized_request_fails_in_a_batch_without_waiting(clock: FakeClock) -> None:
+    lim = limiter(clock, tpm=1000)
+    client = FakeClient()
+    cfg = BatchProcessorConfig(rate_limiter=lim, clock=clock, sleep=clock.sleep)
+    big = CompletionRequest(prompt="x" * 8000, max_tokens=100)
+    small = CompletionRequest(prompt="hi", max_tokens=10)
+    results = await BatchProcessor(client, cfg).aprocess_batch(
+        [BatchRequest("big", big), BatchRequest("small", small)]
+    )
+    assert isinstance(results[0].error, TokenBudgetError) and results[0].attempts == 0
+    assert results[1].ok
+    assert [c.prompt for c in client.calls] == ["hi"]

@@ -251,3 +251,10 @@ def test_plain_connection_and_timeout_errors_from_custom_clients_are_retried() -
     cfg = BatchProcessorConfig(retry=RetryPolicy(base_delay=0))
     [result] = BatchProcessor(client, cfg).process_batch(reqs(1))
     assert result.ok and result.attempts == 3
+
+
+async def test_a_source_yielding_something_else_stops_with_a_clear_error() -> None:
+    engine = Engine(FakeClient())
+    with pytest.raises(TypeError, match="request #1 is a NoneType"):
+        async for _ in engine.stream([reqs(1)[0], None]):  # type: ignore[list-item]
+            pass

@@ -35,6 +35,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -114,6 +115,9 @@ def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, ConnectionError | TimeoutError)
 
 
+_END: Any = object()
+
+
 class _Source:
     """Pulls (index, request) pairs from any kind of source, one at a time."""
 
@@ -132,15 +136,15 @@ class _Source:
         if self.exhausted:
             return None
         if self._sync is not None:
-            item = next(self._sync, None)
+            item = next(self._sync, _END)
         else:
             assert self._async is not None
             # An async generator cannot be advanced by two tasks at once.
             async with self._lock:
                 if self.exhausted:
                     return None
-                item = await anext(self._async, None)
-        if item is None:
+                item = await anext(self._async, _END)
+        if item is _END:
             self.exhausted = True
             return None
         if not isinstance(item, BatchRequest):

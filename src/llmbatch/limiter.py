@@ -147,6 +147,7 @@ class RateLimiter:
         self._in_flight = 0
         self._rate_limited = 0
         self._pauses = 0
+        self._grow_step = 0.0  # set when a 429 without headers made us guess the rate
 
     # -- public ---------------------------------------------------------------------------
 
@@ -320,8 +321,6 @@ class RateLimiter:
             self._rpm = max(floor, current * 0.7)
             self._grow_step = max(0.5, self._rpm * 0.01)
         self.pause(error.retry_after if error.retry_after is not None else self.default_pause)
-
-    _grow_step = 0.0
 
     def _grow(self) -> None:
         # AIMD's additive increase, only for a rate we learned by cutting (not one the server

@@ -7,7 +7,8 @@ process of its own so CPU time and peak RSS are its alone. Scenarios:
   S0  0 ms latency, 4,000 requests, concurrency 64 (bare aiohttp): the simulator's ceiling
   S1  50 ms latency, 4,000 requests, concurrency 128
   S2  200 ms latency, 6,000 requests, concurrency 512
-Targets: llmbatch >= 0.9x bare aiohttp req/s, CPU per request <= 1.2x bare.
+Targets: llmbatch >= 0.9x bare aiohttp req/s, CPU per request <= 1.2x bare. Each figure is
+the median of `--repeat` interleaved runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -127,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", nargs=4)
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
     args = parser.parse_args()
     if args.worker:
         name, url, n, conc = args.worker
@@ -153,7 +156,15 @@ def main() -> None:
     for label, latency, n, conc, names in scenarios:
         with simulator("--latency-ms", str(latency)) as url:
             measure("bare aiohttp", url, min(n, 500), conc)  # warm-up
-            rows = {name: measure(name, url, n, conc) for name in names}
+            # Interleaved repeats, median of each figure: this machine is shared and noisy.
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+            for _ in range(args.repeat):
+                for name in names:
+                    runs[name].append(measure(name, url, n, conc))
+            rows = {
+                name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+                for name, rs in runs.items()
+            }
         bare = rows["bare aiohttp"]
         bare_rps, bare_cpu = n / bare["elapsed"], bare["cpu"] / n
         for name, r in rows.items():

@@ -47,7 +47,6 @@ from .errors import (
     InvalidResponseError,
     LLMBatchError,
     RequestTimeoutError,
-    RetryableError,
 )
 from .events import (
     Admission,
@@ -103,16 +102,6 @@ class EngineConfig:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
-
-
-def _is_retryable(error: BaseException) -> bool:
-    # Plain ConnectionError/TimeoutError come from hand-written clients; treat them as the
-    # transient failures they almost always are. Batch-level timeouts are never retried.
-    if isinstance(error, RetryableError):
-        return True
-    if isinstance(error, LLMBatchError):
-        return False
-    return isinstance(error, ConnectionError | TimeoutError)
 
 
 _END: Any = object()
@@ -206,7 +195,8 @@ class _Run:
             self.failed += 1
         self.ready.append(result)
         self.wakeup.set()
-        self.emit(RequestFinished(item, result, self.cfg.clock()))
+        if self.listeners:
+            self.emit(RequestFinished(item, result, self.cfg.clock()))
 
     def stopped_result(self, index: int, item: BatchRequest, started: float, n: int) -> BatchResult:
         assert self.stop_error is not None
@@ -269,7 +259,8 @@ class _Run:
                 if self.admission is not None:
                     permit = await self.admission.admit(req)
                 state.count += 1
-                self.emit(RequestStarted(item, state.count, cfg.clock()))
+                if self.listeners:
+                    self.emit(RequestStarted(item, state.count, cfg.clock()))
                 try:
                     async with asyncio.timeout(cfg.request_timeout):
                         response = await self.client.complete(req)
@@ -302,14 +293,9 @@ class _Run:
                 self.note_auth_failure(error)
             if isinstance(error, InvalidResponseError):
                 invalid += 1
-            delay = None
-            if _is_retryable(error):
-                delay = cfg.retry.next_delay(
-                    _as_retryable(error),
-                    attempt=state.count,
-                    elapsed=cfg.clock() - started,
-                    invalid_count=invalid,
-                )
+            delay = cfg.retry.next_delay(
+                error, attempt=state.count, elapsed=cfg.clock() - started, invalid_count=invalid
+            )
             if delay is None:
                 return BatchResult(
                     item.id,
@@ -342,10 +328,6 @@ class _Run:
 @dataclass(slots=True)
 class _Attempts:
     count: int = 0
-
-
-def _as_retryable(error: BaseException) -> BaseException:
-    return error if isinstance(error, RetryableError) else RetryableError(str(error))
 
 
 def _check_json(response: CompletionResponse) -> None:

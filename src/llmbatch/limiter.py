@@ -146,7 +146,6 @@ class RateLimiter:
         self._waiting = 0
         self._in_flight = 0
         self._rate_limited = 0
-        self._pauses = 0
         self._grow_step = 0.0  # set when a 429 without headers made us guess the rate
 
     # -- public ---------------------------------------------------------------------------
@@ -234,7 +233,6 @@ class RateLimiter:
             return
         self._pause_until = until
         self._epoch += 1
-        self._pauses += 1
         # After a pause the server's bucket is nearly empty: resume at one request per
         # interval, without a burst into it.
         if self._rpm:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import InvalidResponseError, RateLimitError, RetryableError
+from .errors import InvalidResponseError, LLMBatchError, RateLimitError, RetryableError
 
 __all__ = ["RetryPolicy", "is_retryable", "parse_retry_after"]
 
@@ -29,8 +29,17 @@ DEFAULT_MAX_RETRY_TIME = 600.0
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Classification by type only: the clients already turned statuses into types."""
-    return isinstance(error, RetryableError)
+    """Classification by type only: the clients already turned statuses into types.
+
+    Plain `ConnectionError`/`TimeoutError` come from hand-written clients; they are treated
+    as the transient failures they almost always are. llmbatch's own non-retryable errors
+    (batch deadline, cancellation, fatal errors) never are.
+    """
+    if isinstance(error, RetryableError):
+        return True
+    if isinstance(error, LLMBatchError):
+        return False
+    return isinstance(error, ConnectionError | TimeoutError)
 
 
 @dataclass(slots=True, frozen=True)

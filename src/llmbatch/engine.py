@@ -58,6 +58,7 @@ from .events import (
     RequestFinished,
     RequestRetrying,
     RequestStarted,
+    ResponseCache,
 )
 from .retry import RetryPolicy
 from .types import BatchRequest, BatchResult, CompletionResponse
@@ -80,6 +81,7 @@ class EngineConfig:
     `request_timeout` bounds one attempt (None: unbounded); `max_pending` bounds requests
     pulled but whose result the consumer has not taken yet (default 2 x concurrency).
     `clock` and `sleep` are injectable so backoff tests never really wait.
+    `cache` answers requests it has seen before without admission or a call.
     `admission` paces attempts (a `RateLimiter`); when None and `adaptive` is true, each engine
     gets its own `RateLimiter()` with no limits, which admits freely until the server answers
     429 and then converges to its limit.
@@ -90,6 +92,7 @@ class EngineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     admission: Admission | None = None
     adaptive: bool = True
+    cache: ResponseCache | None = None
     listeners: Sequence[Listener] = ()
     max_pending: int | None = None
     validate_json: bool = True
@@ -247,6 +250,8 @@ class _Run:
         cfg = self.cfg
         req = item.request
         invalid = 0
+        if cfg.cache is not None and (hit := cfg.cache.get(req)) is not None:
+            return BatchResult(item.id, response=hit, duration=0.0, attempts=0, index=index)
         while True:
             if self.abort_error is not None:
                 return BatchResult(
@@ -282,6 +287,8 @@ class _Run:
                 permit.release(response, error)
             if error is None:
                 assert response is not None
+                if cfg.cache is not None:
+                    cfg.cache.put(req, response)
                 return BatchResult(
                     item.id,
                     response=response,

@@ -29,6 +29,7 @@ __all__ = [
     "RequestFinished",
     "RequestRetrying",
     "RequestStarted",
+    "ResponseCache",
 ]
 
 
@@ -94,3 +95,14 @@ class Admission(Protocol):
     """
 
     async def admit(self, request: CompletionRequest) -> Permit: ...
+
+
+class ResponseCache(Protocol):
+    """Answers a request without calling the provider; checked before admission.
+
+    `get` returns a response marked `cached=True`, or None; `put` stores a fresh success.
+    """
+
+    def get(self, request: CompletionRequest) -> CompletionResponse | None: ...
+
+    def put(self, request: CompletionRequest, response: CompletionResponse) -> None: ...

@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 from .clients.base import LLMClient
 from .engine import DEFAULT_REQUEST_TIMEOUT, Engine, EngineConfig, RequestSource
 from .errorlog import ErrorHandler
-from .events import Admission, BatchFinished, Event, Listener, RequestFinished
+from .events import (
+    Admission,
+    BatchFinished,
+    Event,
+    Listener,
+    RequestFinished,
+    ResponseCache,
+)
 from .progress import ProgressLogger, ProgressTracker, RichProgress
 from .retry import RetryPolicy
 from .stats import BatchStats, StatsCollector
@@ -56,6 +63,7 @@ class BatchProcessorConfig:
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rate_limiter: Admission | None = None
+    cache: ResponseCache | None = None
     listeners: Sequence[Listener] = ()
     validate_json: bool = True
     clock: Callable[[], float] = time.monotonic
@@ -67,6 +75,7 @@ class BatchProcessorConfig:
             request_timeout=self.request_timeout,
             retry=self.retry,
             admission=self.rate_limiter,
+            cache=self.cache,
             listeners=self.listeners,
             validate_json=self.validate_json,
             clock=self.clock,

@@ -137,6 +137,29 @@ class StatsCollector:
             self._failed.append(result.id)
             self._errors[error_code(result.error)] += 1
 
+    def add_values(
+        self,
+        request_id: str,
+        *,
+        duration: float,
+        attempts: int,
+        error_type: str | None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cached: bool = False,
+    ) -> None:
+        """Add a result read back from an output file rather than a live `BatchResult`."""
+        self._durations.append(duration)
+        self._attempts += attempts
+        if error_type is None:
+            self._success += 1
+            self._prompt += prompt_tokens
+            self._completion += completion_tokens
+            self._cached += cached
+        else:
+            self._failed.append(request_id)
+            self._errors[error_type] += 1
+
     def snapshot(self) -> BatchStats:
         durations = sorted(self._durations)
         n = len(durations)

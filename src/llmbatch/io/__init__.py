@@ -1,0 +1,1 @@
+"""Files: input line formats, the results journal, the response cache."""

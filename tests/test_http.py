@@ -88,7 +88,7 @@ async def test_wrong_key_is_fatal_and_stops_the_batch_early(sim: Simulator, tmp_
     assert all(r.attempts <= 1 for r in results)
     assert sim.stats()["received"] <= 5 + 4
     # The key is in no error message, no log line, no repr.
-    log_text = "".join(p.read_text() for p in sorted(tmp_path.glob("*.jsonl")))  # noqa: ASYNC240
+    log_text = "".join(p.read_text() for p in sorted(tmp_path.glob("*.jsonl")))
     assert wrong not in log_text and "9999999999" not in log_text
     assert all(wrong not in str(r.error) for r in results)
     assert wrong not in repr(client) and KEY not in repr(openai(sim))

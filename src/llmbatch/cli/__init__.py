@@ -1,0 +1,43 @@
+"""The command line: the only place that reads argv and the environment.
+
+    llmbatch run requests.jsonl -o results.jsonl --model gpt-4o-mini --rpm 500
+    llmbatch run --template "Summarize this file: {content}" --files "src/**/*.py" -o out.jsonl
+    llmbatch stats results.jsonl
+    llmbatch simulate --port 8080 --latency-ms 200 --rpm 600 --fail-rate 0.05
+
+Exit codes: 0 all succeeded; 1 some requests failed (results written); 2 usage or input
+error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import run, simulate, stats
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmbatch",
+        description="Run thousands to millions of LLM requests, as fast as the provider allows.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run.add_parser(sub)
+    stats.add_parser(sub)
+    simulate.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"run": run.main, "stats": stats.main, "simulate": simulate.main}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

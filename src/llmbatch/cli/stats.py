@@ -1,0 +1,71 @@
+"""`llmbatch stats OUTPUT`: the summary of an output file, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from ..io.journal import journal_stats
+from ..stats import BatchStats
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+__all__ = ["add_parser", "main", "stats_table"]
+
+_MAX_IDS_SHOWN = 20
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "stats",
+        help="summarise an output file: counts, durations, tokens, errors, failed ids",
+        description="Read an llmbatch output file and print its statistics.",
+    )
+    p.add_argument("output", metavar="OUTPUT", help="an output file written by `llmbatch run`")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def stats_table(stats: BatchStats, title: str = "llmbatch") -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("requests", f"{stats.total_requests:,}"),
+        ("succeeded", f"{stats.success_count:,}"),
+        ("failed", f"{stats.failure_count:,}"),
+        ("success rate", f"{stats.success_rate:.1f}%"),
+        ("cached", f"{stats.cached_count:,}"),
+        ("attempts", f"{stats.total_attempts:,}"),
+        ("duration p50", f"{stats.p50_duration * 1000:,.0f} ms"),
+        ("duration p95", f"{stats.p95_duration * 1000:,.0f} ms"),
+        ("duration p99", f"{stats.p99_duration * 1000:,.0f} ms"),
+        ("duration max", f"{stats.max_duration * 1000:,.0f} ms"),
+        ("prompt tokens", f"{stats.prompt_tokens:,}"),
+        ("completion tokens", f"{stats.completion_tokens:,}"),
+    ]
+    for code, count in stats.errors_by_type.items():
+        rows.append((f"errors: {code}", f"{count:,}"))
+    if stats.failed_requests:
+        shown = ", ".join(stats.failed_requests[:_MAX_IDS_SHOWN])
+        more = len(stats.failed_requests) - _MAX_IDS_SHOWN
+        rows.append(("failed ids", shown + (f" ... and {more:,} more" if more > 0 else "")))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    path = Path(args.output)
+    if not path.is_file():
+        print(f"llmbatch stats: error: {path} does not exist or is not a file", file=sys.stderr)
+        return EXIT_USAGE
+    stats = journal_stats(path)
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(stats.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        Console().print(stats_table(stats, title=str(path)))
+    return EXIT_FAILED if stats.failure_count else EXIT_OK

@@ -439,7 +439,8 @@ async def _run_with_journal(
 
 
 def main(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    # soft_wrap: messages name files and lines; never break them across terminal rows.
+    console = Console(stderr=True, soft_wrap=True)
     install_uvloop()
 
     async def guarded() -> int:

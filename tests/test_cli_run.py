@@ -1,0 +1,421 @@
+"""`llmbatch run` and `llmbatch stats` as real subprocesses against the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import SimProcess
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, **kw: Any):  # type: ignore[no-untyped-def]
+    base_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    return subprocess.run(
+        [sys.executable, "-m", "llmbatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**base_env, **(env or {})},
+        timeout=120,
+        **kw,
+    )
+
+
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def write_simple(path: Path, n: int, prefix: str = "q") -> list[str]:
+    ids = [f"{prefix}{i}" for i in range(n)]
+    path.write_text(
+        "".join(
+            json.dumps({"id": i, "prompt": f"question {i}", "max_tokens": 16}) + "\n" for i in ids
+        )
+    )
+    return ids
+
+
+def read_out(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_args(sim: SimProcess, inp: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        str(inp),
+        "-o",
+        str(out),
+        "--base-url",
+        sim.url + "/v1",
+        "--model",
+        "sim",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def wait_for_lines(path: Path, n: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            count = path.read_bytes().count(b"\n")
+            if count >= n:
+                return count
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never reached {n} lines")
+
+
+def test_both_line_formats_give_one_output_line_per_id(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--latency-ms", "5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [
+        {"id": "s1", "prompt": "hello", "temperature": 0.2, "max_tokens": 10},
+        {"id": 7, "prompt": "numeric id", "response_format": "json"},
+        {
+            "custom_id": "b1",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}], "top_p": 0.5},
+        },
+        {
+            "custom_id": "e1",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "emb", "input": "vector me"},
+        },
+        {
+            "custom_id": "c1",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "m", "prompt": "Once upon"},
+        },
+    ]
+    inp.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    proc = cli(*run_args(sim, inp, out))
+    assert proc.returncode == 0, proc.stderr
+    records = {r["custom_id"]: r for r in read_out(out)}
+    assert set(records) == {"s1", "7", "b1", "e1", "c1"}
+    assert len(read_out(out)) == 5
+    for r in records.values():
+        assert r["error"] is None and r["response"]["status_code"] == 200
+        assert r["id"].startswith("batch_req_") and r["llmbatch"]["attempts"] == 1
+    assert json.loads(records["7"]["response"]["body"]["choices"][0]["message"]["content"])
+    assert records["e1"]["response"]["body"]["object"] == "list"
+    assert records["c1"]["response"]["body"]["object"] == "text_completion"
+    assert sim.stats()["by_path"] == {"chat": 3, "embeddings": 1, "completions": 1}
+
+
+def test_files_template_one_request_per_file(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    for name in ("pkg/a.py", "pkg/b.py", "pkg/sub/c.py", "pkg/notes.txt"):
+        (tmp_path / name).write_text(f"# {name}\nprint('x')\n")
+    proc = cli(
+        "run",
+        "--template",
+        "Summarize this file {path}: {content}",
+        "--files",
+        "pkg/**/*.py",
+        "-o",
+        "out.jsonl",
+        "--base-url",
+        sim.url + "/v1",
+        "--model",
+        "sim",
+        "--json",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ids = sorted(r["custom_id"] for r in read_out(tmp_path / "out.jsonl"))
+    assert ids == ["pkg/a.py", "pkg/b.py", "pkg/sub/c.py"]
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_rows_template(tmp_path: Path, start_sim, kind: str) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    rows = tmp_path / f"data.{kind}"
+    if kind == "csv":
+        rows.write_text("key,title\nk1,First\nk2,Second\n")
+    else:
+        rows.write_text('{"key": "k1", "title": "First"}\n{"key": "k2", "title": "Second"}\n')
+    out = tmp_path / "out.jsonl"
+    proc = cli(
+        "run",
+        "--template",
+        "Classify: {title}",
+        "--rows",
+        str(rows),
+        "--id-field",
+        "key",
+        "-o",
+        str(out),
+        "--base-url",
+        sim.url + "/v1",
+        "--model",
+        "sim",
+        "--no-progress",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["custom_id"] for r in read_out(out)) == ["k1", "k2"]
+
+
+def test_resume_after_kill_9_sends_only_what_is_missing(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--latency-ms", "40")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 300)
+    proc = start_cli(*run_args(sim, inp, out, "--concurrency", "8"))
+    wait_for_lines(out, 120)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    written = {r["custom_id"] for r in read_out_tolerant(out)}
+    assert 120 <= len(written) < 300
+    sim.reset()
+    again = cli(*run_args(sim, inp, out, "--concurrency", "8"))
+    assert again.returncode == 0, again.stderr
+    counts = Counter(r["custom_id"] for r in read_out(out))
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+    # Finished ids were not requested again.
+    assert sim.stats()["received"] == 300 - len(written)
+
+
+def read_out_tolerant(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_bytes().split(b"\n") if x.endswith(b"}")]
+
+
+def test_ctrl_c_exits_130_with_an_intact_journal(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--latency-ms", "40")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 300)
+    proc = start_cli(*run_args(sim, inp, out, "--concurrency", "8"))
+    wait_for_lines(out, 60)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    data = out.read_bytes()
+    assert data.endswith(b"\n")
+    records = read_out(out)
+    assert len({r["custom_id"] for r in records}) == len(records)
+    assert all(r["error"] is None for r in records)  # cancelled requests are not written
+    again = cli(*run_args(sim, inp, out, "--concurrency", "8"))
+    assert again.returncode == 0, again.stderr
+    assert sorted(r["custom_id"] for r in read_out(out)) == sorted(ids)
+
+
+def test_failed_lines_are_kept_until_retry_failed(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    flaky = start_sim("--fail-rate", "0.5", "--seed", "3")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 60)
+    first = cli(*run_args(flaky, inp, out, "--max-retries", "0"))
+    assert first.returncode == 1, first.stderr
+    failed = {r["custom_id"] for r in read_out(out) if r["error"]}
+    assert failed and all(r["error"]["code"] == "server_error" for r in read_out(out) if r["error"])
+    flaky.reset()
+    second = cli(*run_args(flaky, inp, out, "--max-retries", "0"))
+    assert second.returncode == 1
+    assert flaky.stats()["received"] == 0  # errors are results too: not redone by default
+    healthy = start_sim()
+    third = cli(*run_args(healthy, inp, out, "--retry-failed"))
+    assert third.returncode == 0, third.stderr
+    records = read_out(out)
+    assert sorted(r["custom_id"] for r in records) == sorted(ids)  # one line per id
+    assert all(r["error"] is None for r in records)
+    assert healthy.stats()["received"] == len(failed)
+
+
+def test_cache_hits_cost_no_requests(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    inp = tmp_path / "in.jsonl"
+    write_simple(inp, 25)
+    cache = tmp_path / "cache.db"
+    first = cli(*run_args(sim, inp, tmp_path / "a.jsonl", "--cache", str(cache)))
+    assert first.returncode == 0, first.stderr
+    assert sim.stats()["received"] == 25
+    sim.reset()
+    second = cli(
+        *run_args(
+            sim,
+            inp,
+            tmp_path / "b.jsonl",
+            "--cache",
+            str(cache),
+            "--stats-json",
+            str(tmp_path / "s.json"),
+        )
+    )
+    assert second.returncode == 0, second.stderr
+    assert sim.stats()["received"] == 0
+    b = read_out(tmp_path / "b.jsonl")
+    assert len(b) == 25 and all(r["llmbatch"]["cached"] for r in b)
+    a = {r["custom_id"]: r["response"]["body"] for r in read_out(tmp_path / "a.jsonl")}
+    assert all(a[r["custom_id"]] == r["response"]["body"] for r in b)
+    assert json.loads((tmp_path / "s.json").read_text())["cached_count"] == 25
+    # A different model is a different key: not answered from the cache.
+    third = cli(*run_args(sim, inp, tmp_path / "c.jsonl", "--cache", str(cache), "--model", "x"))
+    assert third.returncode == 0 and sim.stats()["received"] == 25
+
+
+BAD_CASES = {
+    "malformed": ('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": \n', "line 2: malformed JSON"),
+    "no_id": (
+        '{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y"}\n{"prompt": "z"}\n',
+        "line 3: id must be",
+    ),
+    "duplicate": (
+        '{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y"}\n{"id": "a", "prompt": "z"}\n',
+        "line 3: duplicate id 'a' (first on line 1)",
+    ),
+    "url": (
+        '{"id": "a", "prompt": "x"}\n'
+        '{"custom_id": "b", "url": "/v1/images/generations", "body": {}}\n',
+        "line 2: url '/v1/images/generations' is not supported",
+    ),
+    "unknown_simple_field": (
+        '{"id": "a", "prompt": "x", "max_token": 5}\n',
+        "line 1: unknown field 'max_token'",
+    ),
+    "empty": ("\n\n", "holds no requests"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_stops_before_sending_and_names_the_line(
+    tmp_path: Path,
+    start_sim,
+    case: str,  # type: ignore[no-untyped-def]
+) -> None:
+    sim = start_sim()
+    text, message = BAD_CASES[case]
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(text)
+    proc = cli(*run_args(sim, inp, out))
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert sim.stats()["received"] == 0
+
+
+def test_non_utf8_and_oversized_prompt(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_bytes(b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "caf\xe9"}\n')
+    proc = cli(*run_args(sim, inp, out))
+    assert proc.returncode == 2 and "line 2: not valid UTF-8" in proc.stderr
+    inp.write_text(
+        '{"id": "a", "prompt": "x"}\n' + json.dumps({"id": "big", "prompt": "w " * 200}) + "\n"
+    )
+    proc = cli(*run_args(sim, inp, out, "--max-input-tokens", "50"))
+    assert proc.returncode == 2 and "line 2: prompt is ~100 tokens" in proc.stderr
+    assert sim.stats()["received"] == 0
+
+
+def test_skip_mode_reports_bad_lines_and_runs_the_rest(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(
+        '{"id": "a", "prompt": "x"}\nnot json\n'
+        '{"id": "c", "prompt": "z"}\n{"id": "a", "prompt": "dup"}\n'
+    )
+    proc = cli(*run_args(sim, inp, out, "--on-bad-line", "skip"))
+    assert proc.returncode == 1
+    assert "line 2: malformed JSON" in proc.stderr and "line 4: duplicate id 'a'" in proc.stderr
+    assert sorted(r["custom_id"] for r in read_out(out)) == ["a", "c"]
+    assert sim.stats()["received"] == 2
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--latency-ms", "300")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_simple(inp, 40)
+    first = start_cli(*run_args(sim, inp, out, "--concurrency", "2"))
+    try:
+        wait_for_lines(out, 1)
+        second = cli(*run_args(sim, inp, out))
+        assert second.returncode == 2
+        assert "being written by another llmbatch run" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_keys_never_reach_output_logs_or_terminal(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    secret = "sk-live-SECRET0123456789"
+    sim = start_sim()
+    guarded = SimProcess("--api-key-env", "SIM_KEY", env={"SIM_KEY": "sk-the-right-one"})
+    try:
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        write_simple(inp, 10)
+        proc = cli(
+            *run_args(
+                guarded, inp, out, "--api-key-env", "MY_KEY", "--error-log", str(tmp_path / "logs")
+            ),
+            env={"MY_KEY": secret},
+        )
+        assert proc.returncode == 1
+        records = read_out(out)
+        assert all(r["error"]["code"] == "auth" for r in records)
+        everything = out.read_text() + proc.stdout + proc.stderr
+        everything += "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
+        assert secret not in everything and "SECRET0123456789" not in everything
+        missing = cli(*run_args(sim, inp, tmp_path / "o2.jsonl", "--api-key-env", "NOPE_KEY"))
+        assert missing.returncode == 2 and "NOPE_KEY" in missing.stderr
+    finally:
+        guarded.close()
+
+
+def test_a_torn_last_line_is_repaired_and_redone(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 20)
+    assert cli(*run_args(sim, inp, out)).returncode == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    # A crash in the middle of writing the 18th line: 17 whole lines and half of one.
+    out.write_bytes(b"".join(lines[:17]) + lines[17][: len(lines[17]) // 2])
+    sim.reset()
+    proc = cli(*run_args(sim, inp, out))
+    assert proc.returncode == 0, proc.stderr
+    assert "torn last line" in proc.stderr
+    assert sorted(r["custom_id"] for r in read_out(out)) == sorted(ids)
+    assert sim.stats()["received"] == 3
+
+
+def test_stats_command(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--fail-rate", "0.3", "--seed", "5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_simple(inp, 40)
+    cli(*run_args(sim, inp, out, "--max-retries", "0"))
+    table = cli("stats", str(out))
+    assert "requests" in table.stdout and "p95" in table.stdout and "failed ids" in table.stdout
+    js = json.loads(cli("stats", str(out), "--json").stdout)
+    assert js["total_requests"] == 40
+    assert js["failure_count"] == sum(1 for r in read_out(out) if r["error"])
+    assert js["errors_by_type"] == {"server_error": js["failure_count"]}
+    assert cli("stats", str(tmp_path / "nope.jsonl")).returncode == 2
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert cli("run", "-o", str(tmp_path / "o.jsonl")).returncode == 2
+    proc = cli("run", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"))
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+    proc = cli(
+        "run", "--template", "{x}", "--files", "*.py", "-o", str(tmp_path / "o.jsonl"), cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    proc = cli("run", str(tmp_path / "x"), "-o", "o", "--concurrency", "0")
+    assert proc.returncode == 2 and "--concurrency" in proc.stderr

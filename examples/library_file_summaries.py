@@ -1,6 +1,6 @@
-"""The demo: summarise this project's own source files through a simulated provider.
+"""The seed's first example through the library API, against a simulated provider.
 
-    python examples/demo.py
+    python examples/library_file_summaries.py
 
 Starts `llmbatch simulate` (150 ms latency, 600 req/min, 5% server errors, 2% resets) in its
 own process, then runs the seed's first example (file summaries, JSON mode) with

@@ -419,3 +419,17 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     proc = cli("run", str(tmp_path / "x"), "-o", "o", "--concurrency", "0")
     assert proc.returncode == 2 and "--concurrency" in proc.stderr
+
+
+def test_whole_run_timeout_leaves_the_rest_for_a_rerun(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--latency-ms", "100")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 100)
+    proc = cli(*run_args(sim, inp, out, "--concurrency", "4", "--timeout", "0.6"))
+    assert proc.returncode == 1, proc.stderr
+    assert "unfinished" in proc.stderr
+    done = read_out(out)
+    assert 0 < len(done) < 100 and all(r["error"] is None for r in done)
+    again = cli(*run_args(sim, inp, out, "--concurrency", "16"))
+    assert again.returncode == 0, again.stderr
+    assert sorted(r["custom_id"] for r in read_out(out)) == sorted(ids)

@@ -182,10 +182,16 @@ def _source(args: argparse.Namespace) -> Callable[[], Iterator[InputItem | BadLi
 
 
 def _precheck(
-    items: Iterator[InputItem | BadLine], skip: Callable[[str], bool], args: argparse.Namespace
+    source: Callable[[], Iterator[InputItem | BadLine]],
+    skip: Callable[[str], bool],
+    args: argparse.Namespace,
 ) -> Precheck:
     check = Precheck()
-    first_line: dict[int, int] = {}  # hash(id) -> line: a collision only costs a false alarm
+    # Duplicates are found by a set of hashes (a third of the memory of a dict of ids), and
+    # confirmed, with their first line, by a second look only when some are suspected. Ids
+    # already done are left out: they are never sent twice whatever the input says.
+    seen: set[int] = set()
+    suspects: list[InputItem] = []
     tpm = args.tpm
 
     def bad(entry: BadLine) -> None:
@@ -194,16 +200,19 @@ def _precheck(
         if len(check.bad) < MAX_BAD_LINES_SHOWN:
             check.bad.append(entry)
 
-    for item in items:
+    for item in source():
         check.items += 1
         if isinstance(item, BadLine):
             bad(item)
             continue
-        key = hash(item.id)
-        if key in first_line:
-            bad(BadLine(item.line, f"duplicate id {item.id!r} (first on line {first_line[key]})"))
+        if skip(item.id):
+            check.skipped_done += 1
             continue
-        first_line[key] = item.line
+        key = hash(item.id)
+        if key in seen:
+            suspects.append(item)
+            continue
+        seen.add(key)
         req = item.request
         if args.max_input_tokens:
             prompt_tokens = math.ceil(req.text_length() / 4)
@@ -225,11 +234,30 @@ def _precheck(
                 )
             )
             continue
-        if skip(item.id):
-            check.skipped_done += 1
-        else:
-            check.runnable += 1
+        check.runnable += 1
+    del seen
+    if suspects:
+        _confirm_duplicates(source, suspects, check, bad)
     return check
+
+
+def _confirm_duplicates(
+    source: Callable[[], Iterator[InputItem | BadLine]],
+    suspects: list[InputItem],
+    check: Precheck,
+    bad: Callable[[BadLine], None],
+) -> None:
+    first: dict[str, int] = {}
+    wanted = {s.id for s in suspects}
+    for item in source():
+        if isinstance(item, InputItem) and item.id in wanted and item.id not in first:
+            first[item.id] = item.line
+    for item in suspects:
+        line = first.get(item.id)
+        if line is not None and line < item.line:
+            bad(BadLine(item.line, f"duplicate id {item.id!r} (first on line {line})"))
+        else:  # two ids with one hash: not a duplicate after all
+            check.runnable += 1
 
 
 def _client(args: argparse.Namespace) -> ProviderClient:
@@ -329,7 +357,7 @@ async def _run_with_journal(
         return rid in done or (rid in failed and not retry_failed)
 
     try:
-        check = _precheck(source(), skip, args)
+        check = _precheck(source, skip, args)
     except TemplateError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

@@ -213,6 +213,30 @@ class RateLimiter:
         self._in_flight += 1
         return Reservation(self, tokens)
 
+    def lease(self, count: int, tokens: int = 0) -> list[float]:
+        """Reserve `count` request slots at once (`tokens` charged with the first); return
+        each slot's delay in seconds from now.
+
+        For handing capacity to other processes in slices (the Ray cluster limiter): they
+        wait out the delays locally instead of asking once per request.
+        """
+        if self._tpm is not None and tokens > self._tpm:
+            raise TokenBudgetError(
+                f"a lease of {tokens} tokens exceeds the limit of {self._tpm:.0f} tokens/min"
+            )
+        now = self._clock()
+        delays = []
+        for i in range(count):
+            slot, _, _ = self._reserve(tokens if i == 0 else 0)
+            delays.append(max(0.0, slot - now))
+        return delays
+
+    def give_back(self, count: int, tokens: int = 0) -> None:
+        """Return leased slots and tokens that were not used."""
+        cost_r = count * self._interval_r() if self._rpm else 0.0
+        cost_t = tokens * self._interval_t() if self._tpm else 0.0
+        self._unreserve(cost_r, cost_t)
+
     def settle(self, reservation_or_estimate: Reservation | int, actual_tokens: int) -> None:
         """Correct a charge with the tokens actually used: refund the rest or charge extra."""
         estimate = (
@@ -297,9 +321,13 @@ class RateLimiter:
         error: BaseException | None,
     ) -> None:
         self._in_flight -= 1
+        if response is not None and self._tpm:
+            self.settle(reservation, response.usage.total_tokens or reservation.estimate)
+        self.report(response, error)
+
+    def report(self, response: CompletionResponse | None, error: BaseException | None) -> None:
+        """Feed back how an attempt ended: headers tighten, a 429 pauses, successes regrow."""
         if response is not None:
-            if self._tpm:
-                self.settle(reservation, response.usage.total_tokens or reservation.estimate)
             if response.rate_limit is not None:
                 self.observe(response.rate_limit)
             self._grow()

@@ -206,15 +206,19 @@ class RichProgress:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RequestFinished):
-            if event.result.error is not None:
-                self._failed += 1
-                self._progress.update(self._task, advance=1, failed=self._failed)
-            else:
-                self._progress.advance(self._task)
+            self.add(event.result.error is None)
         elif isinstance(event, BatchStarted):
             self.start(event.total)
         elif isinstance(event, BatchFinished):
             self.stop()
+
+    def add(self, ok: bool, count: int = 1) -> None:
+        """Count finished requests (for results that arrive without engine events)."""
+        if ok:
+            self._progress.advance(self._task, count)
+        else:
+            self._failed += count
+            self._progress.update(self._task, advance=count, failed=self._failed)
 
     def start(self, total: int | None) -> None:
         self._progress.update(self._task, total=total)

@@ -203,16 +203,19 @@ class Journal:
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, result: BatchResult) -> None:
+        self.write_line(result.id, result_line(result))
+
+    def write_line(self, custom_id: str, line: bytes) -> None:
+        """Append a line made by `result_line` (possibly in another process)."""
         assert self._fd is not None, "journal is not open"
-        line = result_line(result)
         view = memoryview(line)
         while view:  # a regular file takes it all at once; the loop is for the odd EINTR
             n = os.write(self._fd, view)
             view = view[n:]
         self.written += 1
         self._dirty = True
-        if result.id in self.scan.ok or result.id in self.scan.failed:
-            self._rewritten.add(result.id)
+        if custom_id in self.scan.ok or custom_id in self.scan.failed:
+            self._rewritten.add(custom_id)
         self.sync_if_due()
 
     def sync_if_due(self) -> None:

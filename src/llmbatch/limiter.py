@@ -158,6 +158,11 @@ class RateLimiter:
     def tokens_per_minute(self) -> float | None:
         return self._tpm
 
+    @property
+    def epoch(self) -> int:
+        """Bumped by every pause: slots reserved before it belong to a discarded schedule."""
+        return self._epoch
+
     def status(self) -> RateLimiterStatus:
         now = self._clock()
         avail_r = avail_t = None

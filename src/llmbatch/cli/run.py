@@ -136,6 +136,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument("--prompt-section", default="", help="label recorded in the error log")
     g.add_argument("--stats-json", metavar="PATH", help="write the final stats as JSON")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("Ray (pip install 'llmbatch[ray]')")
+    g.add_argument(
+        "--ray",
+        action="store_true",
+        help="spread the requests over Ray workers sharing one cluster-wide rate limit",
+    )
+    g.add_argument("--ray-address", help="an existing cluster (default: start a local one)")
+    g.add_argument(
+        "--workers", type=positive_int, default=2, help="Ray workers (each --concurrency)"
+    )
 
 
 @dataclass(slots=True)
@@ -317,6 +327,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(
             f"{output} exists and --no-resume was given: remove it, or drop --no-resume"
         )
+    if args.ray and (args.cache or args.error_log):
+        raise UsageError("--cache and --error-log are not supported with --ray yet")
     client = _client(args)
     try:
         journal = Journal(output)
@@ -389,6 +401,10 @@ async def _run_with_journal(
                 continue
             yield BatchRequest(item.id, item.request)
 
+    progress = RichProgress(description="llmbatch", console=console, disable=args.no_progress)
+    if args.ray:
+        return await _execute_ray(args, console, requests(), journal, check, progress)
+
     cache = None
     if args.cache:
         provider, base_url = args.provider, client.base_url
@@ -401,9 +417,7 @@ async def _run_with_journal(
         ErrorHandler(args.error_log, prompt_section=args.prompt_section) if args.error_log else None
     )
     writer = _JournalListener(journal, error_log)
-    listeners: list[Listener] = [writer]
-    if not args.no_progress:
-        listeners.append(RichProgress(description="llmbatch", console=console))
+    listeners: list[Listener] = [writer, progress]
     limiter = RateLimiter(args.rpm, args.tpm) if (args.rpm or args.tpm) else None
     engine = Engine(
         client,
@@ -441,29 +455,98 @@ async def _run_with_journal(
             cache.close()
         if error_log is not None:
             error_log.close()
+    return _finish(args, console, journal, check, writer.unfinished, interrupted)
+
+
+def _finish(
+    args: argparse.Namespace,
+    console: Console,
+    journal: Journal,
+    check: Precheck,
+    unfinished: int,
+    interrupted: bool,
+) -> int:
+    """Close the journal, print the stats of the whole output file, choose the exit code."""
     journal.close()  # fsync, and compaction where ids were redone
     stats = journal_stats(args.output)
     console.print(stats_table(stats, title=f"llmbatch: {args.output}"))
     if args.stats_json:
         payload = stats.to_dict() | {
             "bad_lines": check.bad_count,
-            "unfinished": writer.unfinished,
+            "unfinished": unfinished,
             "interrupted": interrupted,
         }
         Path(args.stats_json).write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
     if interrupted:
         console.print(
-            f"interrupted: {writer.unfinished:,} request(s) in flight were not written; "
+            f"interrupted: {unfinished:,} request(s) in flight were not written; "
             "rerun the same command to finish"
         )
         return EXIT_INTERRUPTED
-    if writer.unfinished:
-        console.print(
-            f"--timeout passed: {writer.unfinished:,} request(s) unfinished; rerun to finish"
-        )
-    if stats.failure_count or writer.unfinished or check.bad_count:
+    if unfinished:
+        console.print(f"--timeout passed: {unfinished:,} request(s) unfinished; rerun to finish")
+    if stats.failure_count or unfinished or check.bad_count:
         return EXIT_FAILED
     return EXIT_OK
+
+
+async def _execute_ray(
+    args: argparse.Namespace,
+    console: Console,
+    requests: Iterator[BatchRequest],
+    journal: Journal,
+    check: Precheck,
+    progress: RichProgress,
+) -> int:
+    try:
+        import ray
+
+        from .. import ray as lray
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'llmbatch[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
+        started = True
+    written = 0
+
+    def on_lines(lines: list[tuple[str, bytes, bool]]) -> None:
+        nonlocal written
+        for custom_id, line, ok in lines:
+            journal.write_line(custom_id, line)
+            progress.add(ok)
+        written += len(lines)
+        journal.sync_if_due()
+
+    spec = lray.ClientSpec(
+        provider=args.provider,
+        base_url=args.base_url,
+        model=args.model,
+        api_key_env=args.api_key_env,
+        max_connections=args.concurrency,
+    )
+    config = lray.RayRunConfig(
+        workers=args.workers,
+        concurrency=args.concurrency,
+        request_timeout=args.request_timeout,
+        retry=RetryPolicy(max_attempts=max(1, args.max_retries + 1)),
+    )
+    interrupted = timed_out = False
+    progress.start(check.runnable)
+    try:
+        limiter = lray.ClusterLimiter.create(args.rpm, args.tpm)
+        async with asyncio.timeout(args.timeout):
+            await lray.run_on_ray(requests, spec, limiter, config, on_lines)
+    except TimeoutError:
+        timed_out = True
+    except asyncio.CancelledError:
+        interrupted = True
+    finally:
+        progress.stop()
+        if started:
+            ray.shutdown()
+    unfinished = check.runnable - written if (timed_out or interrupted) else 0
+    return _finish(args, console, journal, check, unfinished, interrupted)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,0 +1,173 @@
+"""Ray: one limit for the cluster, exactly-once output when a worker dies, the Ray Data path.
+
+A local Ray cluster is started once for this module (2 CPUs, no dashboard); the simulator
+runs in its own process so that Ray's worker processes can reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from llmbatch import BatchRequest, CompletionRequest  # noqa: E402
+from llmbatch.ray import (  # noqa: E402
+    ClientSpec,
+    ClusterLimiter,
+    LLMMapper,
+    RayRunConfig,
+    run_on_ray,
+)
+
+from .conftest import SimProcess  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def requests(n: int) -> Iterator[BatchRequest]:
+    for i in range(n):
+        yield BatchRequest(f"r{i}", CompletionRequest(prompt=f"question {i}", max_tokens=8))
+
+
+def run(sim: SimProcess, limiter: ClusterLimiter, n: int, workers: int) -> tuple[list, float]:  # type: ignore[type-arg]
+    lines: list = []  # type: ignore[type-arg]
+    start = time.monotonic()
+    asyncio.run(
+        run_on_ray(
+            requests(n),
+            ClientSpec(base_url=sim.url + "/v1", model="sim"),
+            limiter,
+            RayRunConfig(workers=workers, concurrency=16),
+            lines.extend,
+        )
+    )
+    return lines, time.monotonic() - start
+
+
+def test_four_workers_share_one_limit_without_a_single_429() -> None:
+    sim = SimProcess("--latency-ms", "50", "--rpm", "1200")
+    try:
+        lines, elapsed = run(sim, ClusterLimiter.create(requests_per_minute=1200), 400, 4)
+        stats = sim.stats()
+    finally:
+        sim.close()
+    counts = Counter(cid for cid, _, _ in lines)
+    assert len(counts) == 400 and set(counts.values()) == {1}
+    assert all(ok for _, _, ok in lines)
+    assert stats["rate_limited"] == 0
+    # Four workers pacing themselves would finish in a quarter of the time (and draw 429s):
+    # one shared limit cannot beat 400 requests at 20/s minus the one-second burst.
+    assert elapsed >= (400 - 20) / 20 * 0.98
+
+
+def test_with_no_limit_given_the_cluster_converges() -> None:
+    sim = SimProcess("--latency-ms", "50", "--rpm", "1200")
+    try:
+        lines, _ = run(sim, ClusterLimiter.create(), 400, 4)
+        stats = sim.stats()
+    finally:
+        sim.close()
+    assert len({cid for cid, _, _ in lines}) == 400 and len(lines) == 400
+    assert all(ok for _, _, ok in lines)
+    assert stats["rate_limited"] <= 0.15 * 400
+
+
+def test_ray_data_mapper_adds_result_columns() -> None:
+    sim = SimProcess("--latency-ms", "10")
+    try:
+        ds = ray.data.from_items([{"key": i, "text": f"document {i}"} for i in range(120)])
+        out = ds.map_batches(
+            LLMMapper,
+            fn_constructor_kwargs={
+                "client": ClientSpec(base_url=sim.url + "/v1", model="sim"),
+                "template": "Summarize: {text}",
+                "limiter": ClusterLimiter.create(requests_per_minute=6000),
+                "max_tokens": 16,
+            },
+            concurrency=2,
+            batch_size=30,
+            num_cpus=0.5,
+        ).take_all()
+        received = sim.stats()["received"]
+    finally:
+        sim.close()
+    assert sorted(row["key"] for row in out) == list(range(120))
+    assert all(row["error"] is None and row["content"] for row in out)
+    assert all(row["attempts"] == 1 and row["completion_tokens"] > 0 for row in out)
+    assert received == 120
+
+
+def test_cli_on_ray_survives_a_killed_worker(tmp_path: Path) -> None:
+    import psutil
+
+    sim = SimProcess("--latency-ms", "100")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(600)]
+    inp.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}"}) + "\n" for i in ids))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmbatch",
+            "run",
+            str(inp),
+            "-o",
+            str(out),
+            "--ray",
+            "--workers",
+            "3",
+            "--concurrency",
+            "8",
+            "--base-url",
+            sim.url + "/v1",
+            "--model",
+            "sim",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if out.exists() and out.read_bytes().count(b"\n") >= 150:
+                break
+            time.sleep(0.05)
+        victims = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if any("_BatchWorker" in part for part in (p.info["cmdline"] or []))
+            and p.pid != os.getpid()
+        ]
+        assert victims, "no Ray worker process found"
+        os.kill(victims[0].pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+        # The dead worker's chunks were redone elsewhere: some requests were sent twice...
+        assert sim.stats()["received"] > 600
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sim.close()
+    # ...yet every id has exactly one line.
+    counts = Counter(json.loads(line)["custom_id"] for line in out.read_text().splitlines())
+    assert set(counts) == set(ids) and set(counts.values()) == {1}

@@ -209,10 +209,11 @@ class RateLimiter:
                 except BaseException:
                     self._unreserve(cost_r, cost_t)
                     raise
-                if self._epoch == epoch:
+                if self._epoch == epoch or self._clock() >= self._pause_until:
                     break
-                # A 429 paused the limiter while we slept: our slot belongs to the old
-                # schedule, which was discarded. Take a new one.
+                # A 429 paused the limiter while we slept and our slot falls inside the
+                # pause: give it back and queue again behind the pause.
+                self._unreserve(cost_r, cost_t)
         finally:
             self._waiting -= 1
         self._in_flight += 1
@@ -263,9 +264,12 @@ class RateLimiter:
         self._pause_until = until
         self._epoch += 1
         # After a pause the server's bucket is nearly empty: resume at one request per
-        # interval, without a burst into it.
+        # interval, without a burst into it. The schedule is only ever pushed back, never
+        # pulled forward: slots already handed out (to sleeping waiters here, or leased to
+        # other processes) keep their place, so a pause cannot double-book them.
         if self._rpm:
-            self._tat_r = until + max(0.0, self.burst_seconds - self._interval_r())
+            resume = until + max(0.0, self.burst_seconds - self._interval_r())
+            self._tat_r = max(self._tat_r, resume)
         self._tat_t = max(self._tat_t, until)
 
     def observe(self, info: RateLimitInfo) -> None:
@@ -313,11 +317,14 @@ class RateLimiter:
         return slot, cost_r, cost_t
 
     def _unreserve(self, cost_r: float, cost_t: float) -> None:
+        # Never below "bucket full now", and never so low that a slot would fall inside a
+        # pause (or burst right after one).
         floor = self._clock() - self.burst_seconds
         if self._rpm:
-            self._tat_r = max(floor, self._tat_r - cost_r)
+            after_pause = self._pause_until + max(0.0, self.burst_seconds - self._interval_r())
+            self._tat_r = max(floor, after_pause, self._tat_r - cost_r)
         if self._tpm:
-            self._tat_t = max(floor, self._tat_t - cost_t)
+            self._tat_t = max(floor, self._pause_until, self._tat_t - cost_t)
 
     def _finish(
         self,

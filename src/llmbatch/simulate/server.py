@@ -107,6 +107,8 @@ class _Stats:
         self.malformed = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.first_received: float | None = None  # wall clock, for measuring makespans
+        self.last_answered: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +123,8 @@ class _Stats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "rate_limited": self.by_status.get("429", 0),
+            "first_received": self.first_received,
+            "last_answered": self.last_answered,
         }
 
 
@@ -267,6 +271,8 @@ class Simulator:
     ) -> web.StreamResponse:
         st = self._stats
         st.received += 1
+        if st.first_received is None:
+            st.first_received = time.time()
         st.by_path[kind] = st.by_path.get(kind, 0) + 1
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
@@ -274,6 +280,7 @@ class Simulator:
             return await self._serve(request, kind, anthropic)
         finally:
             st.in_flight -= 1
+            st.last_answered = time.time()
 
     async def _serve(self, request: web.Request, kind: str, anthropic: bool) -> web.StreamResponse:
         c = self.config

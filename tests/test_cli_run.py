@@ -17,27 +17,31 @@ import pytest
 from .conftest import SimProcess
 
 
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This machine's environment without any real API key, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    return {**env, **(extra or {})}
+
+
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, **kw: Any):  # type: ignore[no-untyped-def]
-    base_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     return subprocess.run(
         [sys.executable, "-m", "llmbatch", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**base_env, **(env or {})},
+        env=clean_env(env),
         timeout=120,
         **kw,
     )
 
 
 def start_cli(*args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     return subprocess.Popen(
         [sys.executable, "-m", "llmbatch", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=clean_env(),
     )
 
 

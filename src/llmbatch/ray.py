@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import ray
 
-from .clients import AnthropicClient, OpenAIClient
+from .clients import ClientSpec
 from .clients._http import ProviderClient
 from .engine import Engine, EngineConfig
 from .errors import RateLimitError, error_code
@@ -73,36 +73,6 @@ T = TypeVar("T")
 DEFAULT_SLICE_SECONDS = 0.25
 UNLIMITED_SLICE = 64  # slots per lease while no rate is known
 OBSERVE_EVERY = 1.0  # seconds between forwarded rate-limit headers, per worker
-
-
-@dataclass(slots=True, frozen=True)
-class ClientSpec:
-    """How a worker builds its client. Holds the key's variable name, never the key."""
-
-    provider: str = "openai"
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str | None = None
-    max_connections: int = 256
-
-    def build(self) -> ProviderClient:
-        env = self.api_key_env or (
-            "ANTHROPIC_API_KEY" if self.provider == "anthropic" else "OPENAI_API_KEY"
-        )
-        key = os.environ.get(env, "")
-        if self.provider == "anthropic":
-            return AnthropicClient(
-                model=self.model,
-                base_url=self.base_url,
-                api_key=key,
-                max_connections=self.max_connections,
-            )
-        return OpenAIClient(
-            model=self.model,
-            base_url=self.base_url,
-            api_key=key,
-            max_connections=self.max_connections,
-        )
 
 
 class _LimiterState:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 from rich.console import Console
 
-from ..clients import AnthropicClient, OpenAIClient
+from ..clients import ClientSpec
 from ..clients._http import ProviderClient
 from ..engine import Engine, EngineConfig
 from ..errorlog import ErrorHandler
@@ -40,7 +38,7 @@ from ..io.formats import (
     read_rows,
 )
 from ..io.journal import Journal, JournalLocked, journal_stats
-from ..limiter import RateLimiter, estimate_tokens
+from ..limiter import RateLimiter
 from ..progress import RichProgress
 from ..retry import RetryPolicy
 from ..types import BatchRequest, CompletionRequest
@@ -53,16 +51,11 @@ from ._common import (
     positive_float,
     positive_int,
 )
+from .precheck import Precheck, precheck
 from .stats import stats_table
+from .usage import UsageError
 
 __all__ = ["add_parser", "main"]
-
-MAX_BAD_LINES_SHOWN = 10
-DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-
-
-class UsageError(Exception):
-    """A flag or the input is unusable: exit 2 with this message, nothing sent."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -148,18 +141,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
-@dataclass(slots=True)
-class Precheck:
-    """What the first pass over the input found."""
-
-    items: int = 0
-    runnable: int = 0
-    skipped_done: int = 0
-    bad: list[BadLine] = field(default_factory=list)
-    bad_count: int = 0
-    bad_lines: set[int] = field(default_factory=set)
-
-
 def _source(args: argparse.Namespace) -> Callable[[], Iterator[InputItem | BadLine]]:
     if args.template is not None:
         if args.input:
@@ -191,103 +172,17 @@ def _source(args: argparse.Namespace) -> Callable[[], Iterator[InputItem | BadLi
     return lambda: read_jsonl(path)
 
 
-def _precheck(
-    source: Callable[[], Iterator[InputItem | BadLine]],
-    skip: Callable[[str], bool],
-    args: argparse.Namespace,
-) -> Precheck:
-    check = Precheck()
-    # Duplicates are found by a set of hashes (a third of the memory of a dict of ids), and
-    # confirmed, with their first line, by a second look only when some are suspected. Ids
-    # already done are left out: they are never sent twice whatever the input says.
-    seen: set[int] = set()
-    suspects: list[InputItem] = []
-    tpm = args.tpm
-
-    def bad(entry: BadLine) -> None:
-        check.bad_count += 1
-        check.bad_lines.add(entry.line)
-        if len(check.bad) < MAX_BAD_LINES_SHOWN:
-            check.bad.append(entry)
-
-    for item in source():
-        check.items += 1
-        if isinstance(item, BadLine):
-            bad(item)
-            continue
-        if skip(item.id):
-            check.skipped_done += 1
-            continue
-        key = hash(item.id)
-        if key in seen:
-            suspects.append(item)
-            continue
-        seen.add(key)
-        req = item.request
-        if args.max_input_tokens:
-            prompt_tokens = math.ceil(req.text_length() / 4)
-            if prompt_tokens > args.max_input_tokens:
-                bad(
-                    BadLine(
-                        item.line,
-                        f"prompt is ~{prompt_tokens} tokens, over --max-input-tokens "
-                        f"{args.max_input_tokens}",
-                    )
-                )
-                continue
-        if tpm and estimate_tokens(req) > tpm:
-            bad(
-                BadLine(
-                    item.line,
-                    f"needs ~{estimate_tokens(req)} tokens, more than --tpm {tpm:.0f} allows "
-                    "in a minute: it could never be sent",
-                )
-            )
-            continue
-        check.runnable += 1
-    del seen
-    if suspects:
-        _confirm_duplicates(source, suspects, check, bad)
-    return check
-
-
-def _confirm_duplicates(
-    source: Callable[[], Iterator[InputItem | BadLine]],
-    suspects: list[InputItem],
-    check: Precheck,
-    bad: Callable[[BadLine], None],
-) -> None:
-    first: dict[str, int] = {}
-    wanted = {s.id for s in suspects}
-    for item in source():
-        if isinstance(item, InputItem) and item.id in wanted and item.id not in first:
-            first[item.id] = item.line
-    for item in suspects:
-        line = first.get(item.id)
-        if line is not None and line < item.line:
-            bad(BadLine(item.line, f"duplicate id {item.id!r} (first on line {line})"))
-        else:  # two ids with one hash: not a duplicate after all
-            check.runnable += 1
-
-
-def _client(args: argparse.Namespace) -> ProviderClient:
-    env = args.api_key_env or DEFAULT_KEY_ENV[args.provider]
-    key = os.environ.get(env)
-    if args.api_key_env and not key:
-        raise UsageError(f"--api-key-env {env}: that environment variable is not set")
-    if args.provider == "anthropic":
-        return AnthropicClient(
-            model=args.model,
-            base_url=args.base_url,
-            api_key=key or "",
-            max_connections=args.concurrency,
-        )
-    return OpenAIClient(
-        model=args.model,
+def _client_spec(args: argparse.Namespace) -> ClientSpec:
+    spec = ClientSpec(
+        provider=args.provider,
         base_url=args.base_url,
-        api_key=key or "",
+        model=args.model,
+        api_key_env=args.api_key_env,
         max_connections=args.concurrency,
     )
+    if args.api_key_env and not os.environ.get(spec.key_env):
+        raise UsageError(f"--api-key-env {spec.key_env}: that environment variable is not set")
+    return spec
 
 
 class _JournalListener:
@@ -329,7 +224,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         )
     if args.ray and (args.cache or args.error_log):
         raise UsageError("--cache and --error-log are not supported with --ray yet")
-    client = _client(args)
+    spec = _client_spec(args)
+    client = spec.build()
     try:
         journal = Journal(output)
         try:
@@ -369,7 +265,7 @@ async def _run_with_journal(
         return rid in done or (rid in failed and not retry_failed)
 
     try:
-        check = _precheck(source, skip, args)
+        check = precheck(source, skip, args)
     except TemplateError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -403,7 +299,12 @@ async def _run_with_journal(
 
     progress = RichProgress(description="llmbatch", console=console, disable=args.no_progress)
     if args.ray:
-        return await _execute_ray(args, console, requests(), journal, check, progress)
+        from .ray_run import execute_on_ray
+
+        unfinished, interrupted = await execute_on_ray(
+            args, _client_spec(args), requests(), journal, check, progress
+        )
+        return _finish(args, console, journal, check, unfinished, interrupted)
 
     cache = None
     if args.cache:
@@ -488,65 +389,6 @@ def _finish(
     if stats.failure_count or unfinished or check.bad_count:
         return EXIT_FAILED
     return EXIT_OK
-
-
-async def _execute_ray(
-    args: argparse.Namespace,
-    console: Console,
-    requests: Iterator[BatchRequest],
-    journal: Journal,
-    check: Precheck,
-    progress: RichProgress,
-) -> int:
-    try:
-        import ray
-
-        from .. import ray as lray
-    except ImportError:
-        raise UsageError("--ray needs Ray: pip install 'llmbatch[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
-        started = True
-    written = 0
-
-    def on_lines(lines: list[tuple[str, bytes, bool]]) -> None:
-        nonlocal written
-        for custom_id, line, ok in lines:
-            journal.write_line(custom_id, line)
-            progress.add(ok)
-        written += len(lines)
-        journal.sync_if_due()
-
-    spec = lray.ClientSpec(
-        provider=args.provider,
-        base_url=args.base_url,
-        model=args.model,
-        api_key_env=args.api_key_env,
-        max_connections=args.concurrency,
-    )
-    config = lray.RayRunConfig(
-        workers=args.workers,
-        concurrency=args.concurrency,
-        request_timeout=args.request_timeout,
-        retry=RetryPolicy(max_attempts=max(1, args.max_retries + 1)),
-    )
-    interrupted = timed_out = False
-    progress.start(check.runnable)
-    try:
-        limiter = lray.ClusterLimiter.create(args.rpm, args.tpm)
-        async with asyncio.timeout(args.timeout):
-            await lray.run_on_ray(requests, spec, limiter, config, on_lines)
-    except TimeoutError:
-        timed_out = True
-    except asyncio.CancelledError:
-        interrupted = True
-    finally:
-        progress.stop()
-        if started:
-            ray.shutdown()
-    unfinished = check.runnable - written if (timed_out or interrupted) else 0
-    return _finish(args, console, journal, check, unfinished, interrupted)
 
 
 def main(args: argparse.Namespace) -> int:

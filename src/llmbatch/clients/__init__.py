@@ -4,5 +4,13 @@ from .anthropic import AnthropicClient
 from .base import LLMClient
 from .fake import FakeClient, fake_reply
 from .openai import OpenAIClient
+from .spec import ClientSpec
 
-__all__ = ["AnthropicClient", "FakeClient", "LLMClient", "OpenAIClient", "fake_reply"]
+__all__ = [
+    "AnthropicClient",
+    "ClientSpec",
+    "FakeClient",
+    "LLMClient",
+    "OpenAIClient",
+    "fake_reply",
+]

@@ -1,0 +1,110 @@
+"""The first pass over `llmbatch run`'s input: validate every line and count the work.
+
+Nothing is sent until this pass is over, so bad input (malformed lines, missing or duplicate
+ids, prompts over the token budget) stops a run before it costs anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ..io.formats import BadLine, InputItem
+from ..limiter import estimate_tokens
+
+__all__ = ["MAX_BAD_LINES_SHOWN", "Precheck", "precheck"]
+
+MAX_BAD_LINES_SHOWN = 10
+
+
+@dataclass(slots=True)
+class Precheck:
+    """What the first pass over the input found."""
+
+    items: int = 0
+    runnable: int = 0
+    skipped_done: int = 0
+    bad: list[BadLine] = field(default_factory=list)
+    bad_count: int = 0
+    bad_lines: set[int] = field(default_factory=set)
+
+
+def precheck(
+    source: Callable[[], Iterator[InputItem | BadLine]],
+    skip: Callable[[str], bool],
+    args: argparse.Namespace,
+) -> Precheck:
+    check = Precheck()
+    # Duplicates are found by a set of hashes (a third of the memory of a dict of ids), and
+    # confirmed, with their first line, by a second look only when some are suspected. Ids
+    # already done are left out: they are never sent twice whatever the input says.
+    seen: set[int] = set()
+    suspects: list[InputItem] = []
+    tpm = args.tpm
+
+    def bad(entry: BadLine) -> None:
+        check.bad_count += 1
+        check.bad_lines.add(entry.line)
+        if len(check.bad) < MAX_BAD_LINES_SHOWN:
+            check.bad.append(entry)
+
+    for item in source():
+        check.items += 1
+        if isinstance(item, BadLine):
+            bad(item)
+            continue
+        if skip(item.id):
+            check.skipped_done += 1
+            continue
+        key = hash(item.id)
+        if key in seen:
+            suspects.append(item)
+            continue
+        seen.add(key)
+        req = item.request
+        if args.max_input_tokens:
+            prompt_tokens = math.ceil(req.text_length() / 4)
+            if prompt_tokens > args.max_input_tokens:
+                bad(
+                    BadLine(
+                        item.line,
+                        f"prompt is ~{prompt_tokens} tokens, over --max-input-tokens "
+                        f"{args.max_input_tokens}",
+                    )
+                )
+                continue
+        if tpm and estimate_tokens(req) > tpm:
+            bad(
+                BadLine(
+                    item.line,
+                    f"needs ~{estimate_tokens(req)} tokens, more than --tpm {tpm:.0f} allows "
+                    "in a minute: it could never be sent",
+                )
+            )
+            continue
+        check.runnable += 1
+    del seen
+    if suspects:
+        _confirm_duplicates(source, suspects, check, bad)
+    return check
+
+
+def _confirm_duplicates(
+    source: Callable[[], Iterator[InputItem | BadLine]],
+    suspects: list[InputItem],
+    check: Precheck,
+    bad: Callable[[BadLine], None],
+) -> None:
+    first: dict[str, int] = {}
+    wanted = {s.id for s in suspects}
+    for item in source():
+        if isinstance(item, InputItem) and item.id in wanted and item.id not in first:
+            first[item.id] = item.line
+    for item in suspects:
+        line = first.get(item.id)
+        if line is not None and line < item.line:
+            bad(BadLine(item.line, f"duplicate id {item.id!r} (first on line {line})"))
+        else:  # two ids with one hash: not a duplicate after all
+            check.runnable += 1

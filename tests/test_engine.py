@@ -123,11 +123,23 @@ async def test_retry_after_overrides_backoff_and_is_capped(clock: FakeClock) -> 
         failures={"p0": [RateLimitError(retry_after=7.5), RateLimitError(retry_after=999)]}
     )
     policy = RetryPolicy(base_delay=0.01, max_retry_after=60.0)
+    cfg = EngineConfig(retry=policy, adaptive=False, clock=clock, sleep=clock.sleep)
+    [result] = [r async for r in Engine(client, cfg).stream(reqs(1))]
+    assert result.ok
+    assert clock.sleeps == [7.5, 60.0]  # no limiter: the retry policy waits, capped
+
+
+async def test_a_retry_after_the_limiter_waits_out_is_not_slept_twice(clock: FakeClock) -> None:
+    client = FakeClient(
+        failures={"p0": [RateLimitError(retry_after=7.5), RateLimitError(retry_after=999)]}
+    )
+    policy = RetryPolicy(base_delay=0.01)
     engine = Engine(client, EngineConfig(retry=policy, clock=clock, sleep=clock.sleep))
     [result] = [r async for r in engine.stream(reqs(1))]
-    assert result.ok
-    # The engine's waits; the default limiter's own 429 pause may add one after them.
-    assert clock.sleeps[:2] == [7.5, 60.0]
+    assert result.ok and result.attempts == 3
+    # The default limiter pauses every admission (capped at its max_pause of 120 s); the
+    # retry then waits for admission, and nothing sleeps the same Retry-After again.
+    assert clock.sleeps == [7.5, 120.0]
 
 
 async def test_attempts_and_total_retry_time_are_bounded(clock: FakeClock) -> None:

@@ -6,7 +6,10 @@ and never lose a result.
         [BatchRequest("q1", CompletionRequest(prompt="Hello"))])
 """
 
+from .admission import Admission, AdmissionChain, Feedback, Permit, feedback
+from .breaker import Outage, OutageBreaker
 from .clients.base import LLMClient
+from .concurrency import ConcurrencyLimiter
 from .engine import Engine, EngineConfig
 from .errorlog import ErrorHandler
 from .errors import (
@@ -19,6 +22,7 @@ from .errors import (
     InvalidResponseError,
     LLMBatchError,
     OverloadedError,
+    ProviderOutageError,
     RateLimitError,
     RequestTimeoutError,
     RetryableError,
@@ -28,17 +32,23 @@ from .errors import (
     error_code,
 )
 from .events import (
-    Admission,
     BatchFinished,
     BatchStarted,
     Event,
     Listener,
-    Permit,
+    ProviderOutage,
     RequestFinished,
     RequestRetrying,
     RequestStarted,
 )
-from .limiter import RateLimiter, RateLimiterStatus, Reservation, estimate_tokens
+from .limiter import (
+    Estimate,
+    RateLimiter,
+    RateLimiterStatus,
+    RatePermit,
+    Reservation,
+    estimate_tokens,
+)
 from .processor import (
     BatchInterrupted,
     BatchProcessor,
@@ -46,6 +56,7 @@ from .processor import (
     BatchProcessorWithProgress,
 )
 from .progress import ProgressLogger, ProgressTracker, RichProgress
+from .rate_control import CubicRate
 from .retry import RetryPolicy, parse_retry_after
 from .stats import BatchStats, StatsCollector, calculate_batch_stats
 from .throttled import ThrottledLLMClient
@@ -65,6 +76,7 @@ __version__ = "0.1.0"
 __all__ = [
     "APIConnectionError",
     "Admission",
+    "AdmissionChain",
     "AuthenticationError",
     "BadRequestError",
     "BatchCancelledError",
@@ -81,24 +93,33 @@ __all__ = [
     "BatchTimeoutError",
     "CompletionRequest",
     "CompletionResponse",
+    "ConcurrencyLimiter",
+    "CubicRate",
     "Engine",
     "EngineConfig",
     "ErrorHandler",
+    "Estimate",
     "Event",
     "FatalError",
+    "Feedback",
     "InvalidResponseError",
     "LLMBatchError",
     "LLMClient",
     "Listener",
+    "Outage",
+    "OutageBreaker",
     "OverloadedError",
     "Permit",
     "ProgressLogger",
     "ProgressTracker",
     "PromptSection",
+    "ProviderOutage",
+    "ProviderOutageError",
     "RateLimitError",
     "RateLimitInfo",
     "RateLimiter",
     "RateLimiterStatus",
+    "RatePermit",
     "RequestFinished",
     "RequestRetrying",
     "RequestStarted",
@@ -117,5 +138,6 @@ __all__ = [
     "calculate_batch_stats",
     "error_code",
     "estimate_tokens",
+    "feedback",
     "parse_retry_after",
 ]

@@ -13,7 +13,12 @@ Guarantees:
   cancellation no new attempt starts, in-flight attempts are cancelled and their requests get
   a `BatchTimeoutError` / `BatchCancelledError`; with `finish_unstarted=True` the requests
   never pulled get one too (the seed's `ProcessBatch` returns a result per request).
-- One attempt = one admission: retries pass the `Admission` hook (the rate limiter) again.
+- One attempt = one admission: every attempt, retries included, passes the run's admission
+  chain: the outage breaker, the limiter (a `RateLimiter` unless told otherwise) and, with
+  `max_concurrency="auto"`, the adaptive concurrency gate. The per-attempt timeout starts
+  after admission: time queued on our side never counts against it.
+- A server-wide outage (refused connections, 5xx on everything) pauses the batch instead of
+  burning every request's retries; attempts lost to it do not count as retries.
 - After `max_auth_failures` authentication errors the batch stops calling the provider: the
   key is wrong and every further call would fail the same way.
 """
@@ -24,6 +29,7 @@ import asyncio
 import collections
 import logging
 import time
+import warnings
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -35,11 +41,15 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
+from .admission import Admission, AdmissionChain, Permit
+from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
 from .clients.base import LLMClient
+from .concurrency import DEFAULT_MAX as AUTO_MAX_CONCURRENCY
+from .concurrency import ConcurrencyLimiter
 from .errors import (
     AuthenticationError,
     BatchCancelledError,
@@ -49,12 +59,11 @@ from .errors import (
     RequestTimeoutError,
 )
 from .events import (
-    Admission,
     BatchFinished,
     BatchStarted,
     Event,
     Listener,
-    Permit,
+    ProviderOutage,
     RequestFinished,
     RequestRetrying,
     RequestStarted,
@@ -63,7 +72,7 @@ from .events import (
 from .retry import RetryPolicy
 from .types import BatchRequest, BatchResult, CompletionResponse
 
-__all__ = ["Engine", "EngineConfig", "RequestSource"]
+__all__ = ["Concurrency", "Engine", "EngineConfig", "RequestSource"]
 
 log = logging.getLogger("llmbatch")
 
@@ -72,39 +81,70 @@ DEFAULT_REQUEST_TIMEOUT = 600.0
 DEFAULT_MAX_AUTH_FAILURES = 5
 
 RequestSource = Iterable[BatchRequest] | AsyncIterable[BatchRequest]
+Concurrency = int | Literal["auto"]
 
 
 @dataclass(slots=True)
 class EngineConfig:
     """How the engine runs a batch. Every bound has a finite default.
 
+    `max_concurrency`: attempts in flight at most, or "auto" to find the best number from
+    latency (`llmbatch.concurrency`; for servers that queue rather than refuse).
     `request_timeout` bounds one attempt (None: unbounded); `max_pending` bounds requests
     pulled but whose result the consumer has not taken yet (default 2 x concurrency).
     `clock` and `sleep` are injectable so backoff tests never really wait.
     `cache` answers requests it has seen before without admission or a call.
-    `admission` paces attempts (a `RateLimiter`); when None and `adaptive` is true, each engine
-    gets its own `RateLimiter()` with no limits, which admits freely until the server answers
-    429 and then converges to its limit.
+    `limiter` paces attempts (any `Admission`, usually a `RateLimiter`, possibly shared);
+    when None and `adaptive` is true, each engine gets its own `RateLimiter()` with no limits,
+    which admits freely until the server pushes back and then converges to its limit.
+    `max_outage`: seconds a server-wide outage is waited out before the waiting requests fail
+    (None: fail per request, no breaker).
     """
 
-    max_concurrency: int = DEFAULT_CONCURRENCY
+    max_concurrency: Concurrency = DEFAULT_CONCURRENCY
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    admission: Admission | None = None
+    limiter: Admission | None = None
     adaptive: bool = True
     cache: ResponseCache | None = None
     listeners: Sequence[Listener] = ()
     max_pending: int | None = None
     validate_json: bool = True
     max_auth_failures: int | None = DEFAULT_MAX_AUTH_FAILURES
+    max_outage: float | None = DEFAULT_MAX_OUTAGE
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    admission: Admission | None = None  # deprecated name of `limiter`
 
     def __post_init__(self) -> None:
-        if self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        check_concurrency(self.max_concurrency)
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
+        if self.max_outage is not None and self.max_outage < 0:
+            raise ValueError(f"max_outage must be >= 0, got {self.max_outage}")
+        if self.admission is not None:
+            warnings.warn(
+                "EngineConfig(admission=) is deprecated; use limiter=",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if self.limiter is None:
+                self.limiter = self.admission
+            self.admission = None
+
+    @property
+    def workers(self) -> int:
+        if self.max_concurrency == "auto":
+            return AUTO_MAX_CONCURRENCY
+        return self.max_concurrency
+
+
+def check_concurrency(value: object) -> None:
+    """Raise ValueError unless `value` is a positive int or "auto"."""
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'max_concurrency must be an integer >= 1 or "auto", got {value!r}')
 
 
 _END: Any = object()
@@ -156,12 +196,21 @@ class _Run:
     ) -> None:
         self.cfg = engine.config
         self.client = engine.client
-        self.admission = engine.admission
+        self.breaker: OutageBreaker | None = None
+        if self.cfg.max_outage is not None:
+            self.breaker = OutageBreaker(
+                max_outage=self.cfg.max_outage, clock=self.cfg.clock, sleep=self.cfg.sleep
+            )
+        links = [x for x in (self.breaker, engine.limiter, engine.gate) if x is not None]
+        self.admission: Admission | None = (
+            links[0] if len(links) == 1 else AdmissionChain(*links) if links else None
+        )
+        self.outages_reported = 0
         self.listeners = [*engine.listeners, *listeners]
         self.source = _Source(source)
         self.ready: collections.deque[BatchResult] = collections.deque()
         self.wakeup = asyncio.Event()
-        self.room = asyncio.Semaphore(self.cfg.max_pending or 2 * self.cfg.max_concurrency)
+        self.room = asyncio.Semaphore(self.cfg.max_pending or 2 * self.cfg.workers)
         self.workers: list[asyncio.Task[None]] = []
         # Only workers inside `process` are cancelled on stop: a worker pulling from an async
         # generator must not be, or the generator itself would be killed mid-item.
@@ -257,34 +306,17 @@ class _Run:
                 return BatchResult(
                     item.id, error=self.abort_error, attempts=state.count, index=index
                 )
-            permit: Permit | None = None
             response: CompletionResponse | None = None
             error: BaseException | None = None
+            paused = False
             try:
-                if self.admission is not None:
-                    permit = await self.admission.admit(req)
-                state.count += 1
-                if self.listeners:
-                    self.emit(RequestStarted(item, state.count, cfg.clock()))
-                try:
-                    async with asyncio.timeout(cfg.request_timeout):
-                        response = await self.client.complete(req)
-                except TimeoutError as exc:
-                    if isinstance(exc, LLMBatchError):
-                        raise
-                    raise RequestTimeoutError(
-                        f"attempt exceeded request_timeout={cfg.request_timeout}s"
-                    ) from exc
-                if cfg.validate_json and req.response_format == "json":
-                    _check_json(response)
+                response = await self.attempt(item, state)
             except asyncio.CancelledError:
-                if permit is not None:
-                    permit.release(None, BatchCancelledError("cancelled"))
                 raise
             except Exception as exc:
-                error, response = exc, None
-            if permit is not None:
-                permit.release(response, error)
+                error = exc
+                paused = state.paused
+            self.report_outages()
             if error is None:
                 assert response is not None
                 if cfg.cache is not None:
@@ -300,8 +332,18 @@ class _Run:
                 self.note_auth_failure(error)
             if isinstance(error, InvalidResponseError):
                 invalid += 1
+            if self.breaker is not None and self.breaker.excuses(error):
+                # The server is down for everyone: wait at the breaker, not in a backoff,
+                # and do not count this attempt against the request's retries.
+                state.excused += 1
+                self.emit(RequestRetrying(item, state.count, error, 0.0, cfg.clock()))
+                continue
             delay = cfg.retry.next_delay(
-                error, attempt=state.count, elapsed=cfg.clock() - started, invalid_count=invalid
+                error,
+                attempt=state.count - state.excused,
+                elapsed=cfg.clock() - started - state.waited,
+                invalid_count=invalid,
+                retry_after_handled=paused,
             )
             if delay is None:
                 return BatchResult(
@@ -314,6 +356,52 @@ class _Run:
             self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
             if delay > 0:
                 await cfg.sleep(delay)
+
+    async def attempt(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
+        """One admitted call. Raises what the call raised; the permit hears it first."""
+        cfg = self.cfg
+        req = item.request
+        if self.admission is None:
+            state.count += 1
+            return await self.call(item, state)
+        asked = cfg.clock()
+        permit: Permit | None = None
+        try:
+            async with self.admission.admit(req) as permit:
+                state.waited += cfg.clock() - asked
+                state.count += 1
+                response = await self.call(item, state)
+                permit.record(response)
+        finally:
+            # Read after the permit's release: did the limiter wait out the Retry-After?
+            state.paused = permit is not None and permit.paused_for_retry
+        return response
+
+    async def call(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
+        cfg = self.cfg
+        req = item.request
+        if self.listeners:
+            self.emit(RequestStarted(item, state.count, cfg.clock()))
+        try:
+            async with asyncio.timeout(cfg.request_timeout):
+                response = await self.client.complete(req)
+        except TimeoutError as exc:
+            if isinstance(exc, LLMBatchError):
+                raise
+            raise RequestTimeoutError(
+                f"attempt exceeded request_timeout={cfg.request_timeout}s"
+            ) from exc
+        if cfg.validate_json and req.response_format == "json":
+            _check_json(response)
+        return response
+
+    def report_outages(self) -> None:
+        if self.breaker is None or not self.listeners:
+            return
+        while self.outages_reported < len(self.breaker.outages):
+            outage = self.breaker.outages[self.outages_reported]
+            self.outages_reported += 1
+            self.emit(ProviderOutage(outage, self.cfg.clock()))
 
     def note_auth_failure(self, error: AuthenticationError) -> None:
         limit = self.cfg.max_auth_failures
@@ -334,7 +422,10 @@ class _Run:
 
 @dataclass(slots=True)
 class _Attempts:
-    count: int = 0
+    count: int = 0  # calls made
+    excused: int = 0  # of those, lost to an outage the breaker waited out
+    waited: float = 0.0  # seconds spent waiting for admission
+    paused: bool = False  # the limiter waited out the last refusal's Retry-After
 
 
 def _check_json(response: CompletionResponse) -> None:
@@ -356,11 +447,15 @@ class Engine:
         self.client = client
         self.config = config or EngineConfig()
         self.listeners: list[Listener] = list(self.config.listeners)
-        self.admission = self.config.admission
-        if self.admission is None and self.config.adaptive:
+        cfg = self.config
+        self.limiter = cfg.limiter
+        if self.limiter is None and cfg.adaptive:
             from .limiter import RateLimiter
 
-            self.admission = RateLimiter(clock=self.config.clock, sleep=self.config.sleep)
+            self.limiter = RateLimiter(clock=cfg.clock, sleep=cfg.sleep)
+        self.gate: ConcurrencyLimiter | None = None
+        if cfg.max_concurrency == "auto":
+            self.gate = ConcurrencyLimiter(max_limit=cfg.workers, clock=cfg.clock)
 
     async def stream(
         self,
@@ -388,9 +483,7 @@ class Engine:
         interrupted = False
         try:
             run.emit(BatchStarted(total, self.config.clock()))
-            run.workers.extend(
-                loop.create_task(run.worker()) for _ in range(self.config.max_concurrency)
-            )
+            run.workers.extend(loop.create_task(run.worker()) for _ in range(self.config.workers))
             if timeout is not None:
                 deadline = loop.call_later(
                     timeout, run.stop, BatchTimeoutError(f"the batch deadline of {timeout}s passed")

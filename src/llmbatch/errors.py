@@ -15,7 +15,8 @@
     │   ├── AuthenticationError          401, 403
     │   ├── BadRequestError              400, 404, 422
     │   │   └── TokenBudgetError         one request is larger than the whole token budget
-    │   └── UnsupportedRequestError      the client cannot express this request
+    │   ├── UnsupportedRequestError      the client cannot express this request
+    │   └── ProviderOutageError          the server stayed down past max_outage (a ConnectionError)
     ├── BatchTimeoutError                the batch deadline passed first (also a TimeoutError)
     └── BatchCancelledError              the batch was cancelled or interrupted first
 
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidResponseError",
     "LLMBatchError",
     "OverloadedError",
+    "ProviderOutageError",
     "RateLimitError",
     "RequestTimeoutError",
     "RetryableError",
@@ -133,6 +135,11 @@ class TokenBudgetError(BadRequestError):
 
 class UnsupportedRequestError(FatalError):
     """The client cannot express this request (e.g. embeddings on Anthropic)."""
+
+
+class ProviderOutageError(FatalError, ConnectionError):
+    """The server was unreachable (refused, reset, 5xx on everything) for longer than the
+    outage tolerance (`max_outage`); requests still waiting then fail with this."""
 
 
 class BatchTimeoutError(LLMBatchError, TimeoutError):

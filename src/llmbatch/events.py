@@ -1,4 +1,4 @@
-"""What the engine reports, and the two plug points it offers: listeners and admission.
+"""What the engine reports, and its plug points: listeners, admission and the cache.
 
     def on_event(event: Event) -> None:
         if isinstance(event, RequestFinished) and event.result.error:
@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .admission import Admission, Permit
+from .breaker import Outage
 from .types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "Event",
     "Listener",
     "Permit",
+    "ProviderOutage",
     "RequestFinished",
     "RequestRetrying",
     "RequestStarted",
@@ -76,25 +79,23 @@ class BatchFinished:
     interrupted: bool
 
 
-Event = BatchStarted | RequestStarted | RequestRetrying | RequestFinished | BatchFinished
+@dataclass(slots=True, frozen=True)
+class ProviderOutage:
+    """The server was down for everyone and the batch waited (`outage.recovered`) or gave up."""
+
+    outage: Outage
+    time: float
+
+
+Event = (
+    BatchStarted
+    | RequestStarted
+    | RequestRetrying
+    | RequestFinished
+    | BatchFinished
+    | ProviderOutage
+)
 Listener = Callable[[Event], None]
-
-
-class Permit(Protocol):
-    """Returned by `Admission.admit`; told how the attempt ended exactly once."""
-
-    def release(self, response: CompletionResponse | None, error: BaseException | None) -> None: ...
-
-
-class Admission(Protocol):
-    """Decides when an attempt may start; the rate limiter is one.
-
-    `admit` may wait; it may raise a `FatalError` (e.g. a request larger than the whole token
-    budget), which becomes the request's result. If the waiting task is cancelled, the
-    implementation must give back whatever it reserved.
-    """
-
-    async def admit(self, request: CompletionRequest) -> Permit: ...
 
 
 class ResponseCache(Protocol):

@@ -1,24 +1,28 @@
-"""Pacing to requests/min and tokens/min: smooth, fair, cancellation-safe and adaptive.
+"""Pacing to requests and tokens per minute: smooth, fair, cancellation-safe and adaptive.
 
     limiter = RateLimiter(requests_per_minute=1200, tokens_per_minute=400_000)
-    processor = BatchProcessor(client, BatchProcessorConfig(rate_limiter=limiter))
-    client = ThrottledLLMClient(client, requests_per_minute=10)     # the seed's face
+    processor = BatchProcessor(client, BatchProcessorConfig(limiter=limiter))
+    async with limiter.admit(request) as permit: ...          # what the engine does
 
 How it paces: GCRA (the "virtual scheduling" form of a leaky bucket). Each admission reserves
 the next slot on a timeline and sleeps until it: waiters are served strictly in arrival order,
 each wakes exactly once at its own time (no thundering herd), and at most `burst_seconds`
 worth of requests (default one second's) can go at once after an idle spell. The seed's Go
 limiter released a whole minute's quota at start and then stalled; this one never does.
-Requests and tokens are two timelines; a request takes the later of its two slots.
+There is one timeline per budget: requests, tokens (input + output, OpenAI's one limit), and
+input and output tokens apart (Anthropic limits them separately); a request takes the latest
+of its slots. Tokens are charged from an estimate before the call (input characters / 4;
+output `max_tokens`) and settled with the usage the provider reports.
 
-Tokens are charged from an estimate before the call (characters / 4 plus `max_tokens`) and
-settled with the usage the provider returns: unused tokens are refunded, extra ones charged.
-
-Adaptive: rate-limit headers (`x-ratelimit-*`, `anthropic-ratelimit-*`) tighten the limits to
-what the server says and sync the remaining budget; a 429 pauses the whole limiter for its
-Retry-After (or a backoff) instead of letting every worker hammer again, and with no header
-to go by the rate is cut multiplicatively and regrown additively (AIMD). With no limits
-configured the limiter admits freely until the server first pushes back, then converges.
+Adaptive (the default): rate-limit headers (`x-ratelimit-*`, `anthropic-ratelimit-*`) state
+the server's limits and remaining budgets; the limiter tightens to them and syncs. A server
+that refuses without saying its limit (429 with only a `retry-after` or nothing at all, 503
+or 529 "overloaded") is probed with CUBIC congestion control, one cut per congestion event
+(see `llmbatch.rate_control`). A Retry-After the server states precisely (with its limits, or
+longer than a second) pauses the whole limiter, so no worker hammers the server meanwhile;
+a bare `retry-after: 1` (the smallest a seconds-granular header can say) only delays the
+refused request, since the cut already lets the server's bucket refill. With no limits
+configured the limiter admits freely until the server first pushes back.
 
 Written here rather than taken from aiolimiter: that library has no token/request pair, no
 settle step, no pause, and no adaptation to server feedback.
@@ -27,17 +31,21 @@ settle step, no pause, and no adaptation to server feedback.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .errors import RateLimitError, TokenBudgetError
+from .admission import Feedback, PermitBase, feedback
+from .errors import TokenBudgetError
+from .rate_control import CubicRate
+from .text import estimate_input_tokens
 from .types import CompletionRequest, CompletionResponse, RateLimitInfo
 
 __all__ = [
+    "Estimate",
     "RateLimiter",
     "RateLimiterStatus",
+    "RatePermit",
     "Reservation",
     "estimate_tokens",
 ]
@@ -49,7 +57,28 @@ DEFAULT_BURST_SECONDS = 1.0
 DEFAULT_SAFETY_MARGIN = 0.02
 DEFAULT_PAUSE = 1.0
 DEFAULT_MAX_PAUSE = 120.0
-MIN_ADAPTIVE_RPM = 1.0
+# A seconds-granular Retry-After of 1 says "within a second", usually far less: not worth
+# stopping every worker for. Longer ones, and precise ones sent with the limits, are.
+SHORT_RETRY_AFTER = 1.0
+
+
+@dataclass(slots=True, frozen=True)
+class Estimate:
+    """Tokens a request is charged before the call: input from its text, output from
+    `max_tokens` (0 when unset; settled with the real usage afterwards)."""
+
+    input: int
+    output: int
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output
+
+    @classmethod
+    def of(
+        cls, request: CompletionRequest, chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
+    ) -> Estimate:
+        return cls(estimate_input_tokens(request, chars_per_token), request.max_tokens or 0)
 
 
 def estimate_tokens(
@@ -59,14 +88,14 @@ def estimate_tokens(
 
     Never downloads a tokenizer; the provider's reported usage corrects the estimate later.
     """
-    return math.ceil(request.text_length() / chars_per_token) + (request.max_tokens or 0)
+    return Estimate.of(request, chars_per_token).total
 
 
 @dataclass(slots=True, frozen=True)
 class RateLimiterStatus:
     """A snapshot, like the seed's `GetStatus()`. Limits are the effective ones (after
     adaptation); `available_*` is what could go right now; `paused_for` is seconds left of a
-    429 pause."""
+    pause; `cuts` counts congestion events answered by a rate cut."""
 
     requests_per_minute: float | None
     tokens_per_minute: float | None
@@ -76,27 +105,62 @@ class RateLimiterStatus:
     in_flight: int
     paused_for: float
     rate_limited: int
+    input_tokens_per_minute: float | None = None
+    output_tokens_per_minute: float | None = None
+    cuts: int = 0
 
 
-class Reservation:
-    """One admitted attempt. `release` settles tokens and feeds back the outcome."""
+class _Budget:
+    """One timeline: a per-minute limit (configured, stated by the server) and its GCRA state."""
 
-    __slots__ = ("_done", "estimate", "limiter")
+    __slots__ = ("configured", "name", "stated", "tat")
 
-    def __init__(self, limiter: RateLimiter, estimate: int) -> None:
+    def __init__(self, name: str, configured: float | None, start: float) -> None:
+        if configured is not None and configured <= 0:
+            raise ValueError(f"{name} must be > 0, got {configured}")
+        self.name = name
+        self.configured = configured
+        self.stated: float | None = None
+        self.tat = start  # theoretical arrival time: when the next unit would be "on time"
+
+    def limit(self) -> float | None:
+        if self.stated is None:
+            return self.configured
+        if self.configured is None:
+            return self.stated
+        return min(self.configured, self.stated)
+
+
+class RatePermit(PermitBase):
+    """One attempt admitted by a `RateLimiter`: `async with limiter.admit(req) as permit`."""
+
+    __slots__ = ("costs", "estimate", "generation", "limiter")
+
+    def __init__(self, limiter: RateLimiter, estimate: Estimate) -> None:
+        super().__init__()
         self.limiter = limiter
         self.estimate = estimate
-        self._done = False
+        self.generation = 0
+        self.costs: tuple[float, ...] = ()
+
+    async def _acquire(self) -> None:
+        await self.limiter._acquire(self)
+
+    def _release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
+        self.limiter._finish(self, response, error)
 
     def release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        self.limiter._finish(self, response, error)
+        """Release a permit taken with `acquire()` (the context manager does this itself)."""
+        if self._entered:
+            self._entered = False
+            self._release(response, error)
+
+
+Reservation = RatePermit  # deprecated name, kept for one release
 
 
 class RateLimiter:
-    """Requests-per-minute and tokens-per-minute limits for any number of batches and clients.
+    """Requests and tokens per minute for any number of batches and clients.
 
     `None` for a limit means "unknown": admit freely, learn it from the server. Set
     `adaptive=False` to ignore server feedback entirely. `clock` and `sleep` are injectable.
@@ -108,6 +172,8 @@ class RateLimiter:
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         *,
+        input_tokens_per_minute: float | None = None,
+        output_tokens_per_minute: float | None = None,
         burst_seconds: float = DEFAULT_BURST_SECONDS,
         safety_margin: float = DEFAULT_SAFETY_MARGIN,
         adaptive: bool = True,
@@ -117,16 +183,13 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        for name, value in (
-            ("requests_per_minute", requests_per_minute),
-            ("tokens_per_minute", tokens_per_minute),
-        ):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
         if burst_seconds < 0 or not 0 <= safety_margin < 1:
             raise ValueError("burst_seconds must be >= 0 and safety_margin in [0, 1)")
-        self.configured_rpm = requests_per_minute
-        self.configured_tpm = tokens_per_minute
+        start = clock()
+        self._req = _Budget("requests_per_minute", requests_per_minute, start)
+        self._tok = _Budget("tokens_per_minute", tokens_per_minute, start)
+        self._in = _Budget("input_tokens_per_minute", input_tokens_per_minute, start)
+        self._out = _Budget("output_tokens_per_minute", output_tokens_per_minute, start)
         self.burst_seconds = burst_seconds
         self.safety_margin = safety_margin
         self.adaptive = adaptive
@@ -135,89 +198,94 @@ class RateLimiter:
         self.max_pause = max_pause
         self._clock = clock
         self._sleep = sleep
-        self._rpm = requests_per_minute  # effective limits, after adaptation
-        self._tpm = tokens_per_minute
-        start = clock()
-        # Theoretical arrival times: the earliest moment the next unit would be "on time".
-        self._tat_r = start
-        self._tat_t = start
+        self.control = CubicRate(clock=clock)
+        self.control.ceiling = _per_second(requests_per_minute)
         self._pause_until = start
         self._epoch = 0  # bumped by a pause: sleeping waiters must then take a new slot
         self._waiting = 0
         self._in_flight = 0
         self._rate_limited = 0
-        self._grow_step = 0.0  # set when a 429 without headers made us guess the rate
 
     # -- public ---------------------------------------------------------------------------
 
     @property
+    def configured_rpm(self) -> float | None:
+        return self._req.configured
+
+    @property
+    def configured_tpm(self) -> float | None:
+        return self._tok.configured
+
+    @property
     def requests_per_minute(self) -> float | None:
-        return self._rpm
+        """The effective request limit: configured, stated by the server, or learned."""
+        limit = self._req.limit()
+        learned = self.control.rate
+        if learned is None:
+            return limit
+        learned_rpm = learned * 60.0
+        return learned_rpm if limit is None else min(limit, learned_rpm)
 
     @property
     def tokens_per_minute(self) -> float | None:
-        return self._tpm
+        return self._tok.limit()
+
+    @property
+    def input_tokens_per_minute(self) -> float | None:
+        return self._in.limit()
+
+    @property
+    def output_tokens_per_minute(self) -> float | None:
+        return self._out.limit()
 
     @property
     def epoch(self) -> int:
         """Bumped by every pause: slots reserved before it belong to a discarded schedule."""
         return self._epoch
 
+    @property
+    def generation(self) -> int:
+        """Congestion events answered by a cut so far; attempts carry the one they were
+        admitted under, so the refusals of one event cut once."""
+        return self.control.generation
+
     def status(self) -> RateLimiterStatus:
         now = self._clock()
+        rpm, tpm = self.requests_per_minute, self.tokens_per_minute
         avail_r = avail_t = None
-        if self._rpm:
-            avail_r = max(0.0, (now + self.burst_seconds - self._tat_r) / self._interval_r())
-        if self._tpm:
-            avail_t = max(0.0, (now + self.burst_seconds - self._tat_t) / self._interval_t())
+        if rpm:
+            avail_r = max(0.0, (now + self.burst_seconds - self._req.tat) / self._interval(rpm))
+        if tpm:
+            avail_t = max(0.0, (now + self.burst_seconds - self._tok.tat) / self._interval(tpm))
         return RateLimiterStatus(
-            requests_per_minute=self._rpm,
-            tokens_per_minute=self._tpm,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
             available_requests=avail_r,
             available_tokens=avail_t,
             waiting=self._waiting,
             in_flight=self._in_flight,
             paused_for=max(0.0, self._pause_until - now),
             rate_limited=self._rate_limited,
+            input_tokens_per_minute=self.input_tokens_per_minute,
+            output_tokens_per_minute=self.output_tokens_per_minute,
+            cuts=self.control.cuts,
         )
 
-    async def admit(self, request: CompletionRequest) -> Reservation:
-        """The engine's admission hook: wait for a slot sized to the request's estimate."""
-        return await self.acquire(estimate_tokens(request, self.chars_per_token))
+    def admit(self, request: CompletionRequest) -> RatePermit:
+        """`async with limiter.admit(request) as permit:` waits for a slot sized to the
+        request's token estimate; leaving the block feeds the outcome back."""
+        return RatePermit(self, Estimate.of(request, self.chars_per_token))
 
-    async def acquire(self, tokens: int = 0) -> Reservation:
-        """Wait until one request of `tokens` estimated tokens may start.
+    async def acquire(self, tokens: int = 0, *, output_tokens: int = 0) -> RatePermit:
+        """Wait until one request of `tokens` estimated input tokens (plus `output_tokens`)
+        may start; release the returned permit with `permit.release(response, error)`.
 
-        Raises `TokenBudgetError` at once if `tokens` exceeds the whole per-minute budget.
-        If the waiting task is cancelled, its reservation is given back.
+        Raises `TokenBudgetError` at once if the request exceeds a whole per-minute budget.
+        If the waiting task is cancelled, its slot is given back.
         """
-        if self._tpm is not None and tokens > self._tpm:
-            raise TokenBudgetError(
-                f"request needs ~{tokens} tokens but the limit is {self._tpm:.0f} tokens/min:"
-                " it can never be sent (shorten the prompt or lower max_tokens)"
-            )
-        self._waiting += 1
-        try:
-            while True:
-                epoch = self._epoch
-                slot, cost_r, cost_t = self._reserve(tokens)
-                delay = slot - self._clock()
-                if delay <= 0:
-                    break
-                try:
-                    await self._sleep(delay)
-                except BaseException:
-                    self._unreserve(cost_r, cost_t)
-                    raise
-                if self._epoch == epoch or self._clock() >= self._pause_until:
-                    break
-                # A 429 paused the limiter while we slept and our slot falls inside the
-                # pause: give it back and queue again behind the pause.
-                self._unreserve(cost_r, cost_t)
-        finally:
-            self._waiting -= 1
-        self._in_flight += 1
-        return Reservation(self, tokens)
+        permit = RatePermit(self, Estimate(tokens, output_tokens))
+        await permit.__aenter__()
+        return permit
 
     def lease(self, count: int, tokens: int = 0) -> list[float]:
         """Reserve `count` request slots at once (`tokens` charged with the first); return
@@ -226,37 +294,49 @@ class RateLimiter:
         For handing capacity to other processes in slices (the Ray cluster limiter): they
         wait out the delays locally instead of asking once per request.
         """
-        if self._tpm is not None and tokens > self._tpm:
-            raise TokenBudgetError(
-                f"a lease of {tokens} tokens exceeds the limit of {self._tpm:.0f} tokens/min"
-            )
+        self._check_fits(Estimate(tokens, 0))
         now = self._clock()
         delays = []
         for i in range(count):
-            slot, _, _ = self._reserve(tokens if i == 0 else 0)
+            slot, _ = self._reserve(Estimate(tokens, 0) if i == 0 else _NOTHING)
             delays.append(max(0.0, slot - now))
+        self.control.sent(count)
         return delays
 
     def give_back(self, count: int, tokens: int = 0) -> None:
         """Return leased slots and tokens that were not used."""
-        cost_r = count * self._interval_r() if self._rpm else 0.0
-        cost_t = tokens * self._interval_t() if self._tpm else 0.0
-        self._unreserve(cost_r, cost_t)
+        rpm, tpm = self.requests_per_minute, self.tokens_per_minute
+        cost_r = count * self._interval(rpm) if rpm else 0.0
+        cost_t = tokens * self._interval(tpm) if tpm else 0.0
+        self._unreserve((cost_r, cost_t, 0.0, 0.0))
 
-    def settle(self, reservation_or_estimate: Reservation | int, actual_tokens: int) -> None:
-        """Correct a charge with the tokens actually used: refund the rest or charge extra."""
-        estimate = (
-            reservation_or_estimate.estimate
-            if isinstance(reservation_or_estimate, Reservation)
-            else reservation_or_estimate
-        )
-        if self._tpm:
-            self._tat_t += (actual_tokens - estimate) * self._interval_t()
-            # A refund never creates more than the burst allowance.
-            self._tat_t = max(self._tat_t, self._clock() - self.burst_seconds)
+    def settle(
+        self, permit_or_estimate: RatePermit | int, actual_tokens: int, actual_output: int = 0
+    ) -> None:
+        """Correct a charge with the tokens actually used: refund the rest or charge extra.
+
+        With a permit, `actual_tokens` is the input tokens used and `actual_output` the output
+        tokens; with a bare estimate (the old form), `actual_tokens` is the total.
+        """
+        if isinstance(permit_or_estimate, RatePermit):
+            est = permit_or_estimate.estimate
+            actual = Estimate(actual_tokens, actual_output)
+        else:
+            est = Estimate(permit_or_estimate, 0)
+            actual = Estimate(actual_tokens, 0)
+        floor = self._clock() - self.burst_seconds
+        for budget, delta in (
+            (self._tok, actual.total - est.total),
+            (self._in, actual.input - est.input),
+            (self._out, actual.output - est.output),
+        ):
+            limit = budget.limit()
+            if limit and delta:
+                # A refund never creates more than the burst allowance.
+                budget.tat = max(budget.tat + delta * self._interval(limit), floor)
 
     def pause(self, seconds: float) -> None:
-        """Stop all admissions for `seconds` (a 429). Waiters are rescheduled after it."""
+        """Stop all admissions for `seconds`. Waiters are rescheduled after it."""
         now = self._clock()
         until = now + min(max(0.0, seconds), self.max_pause)
         if until <= self._pause_until:
@@ -267,110 +347,175 @@ class RateLimiter:
         # interval, without a burst into it. The schedule is only ever pushed back, never
         # pulled forward: slots already handed out (to sleeping waiters here, or leased to
         # other processes) keep their place, so a pause cannot double-book them.
-        if self._rpm:
-            resume = until + max(0.0, self.burst_seconds - self._interval_r())
-            self._tat_r = max(self._tat_r, resume)
-        self._tat_t = max(self._tat_t, until)
+        self._restart_schedule(until)
 
     def observe(self, info: RateLimitInfo) -> None:
-        """Tighten to the limits a server reports, and sync to its remaining budget."""
+        """Tighten to the limits a server states, and sync to its remaining budgets."""
         if not self.adaptive:
             return
         now = self._clock()
-        if info.limit_requests:
-            self._rpm = _tighter(self.configured_rpm, info.limit_requests)
-            if info.remaining_requests is not None and self._rpm:
-                floor = now + self.burst_seconds - info.remaining_requests * self._interval_r()
-                self._tat_r = max(self._tat_r, floor)
-        if info.limit_tokens:
-            self._tpm = _tighter(self.configured_tpm, info.limit_tokens)
-            if info.remaining_tokens is not None and self._tpm:
-                floor = now + self.burst_seconds - info.remaining_tokens * self._interval_t()
-                self._tat_t = max(self._tat_t, floor)
+        for budget, limit, remaining in (
+            (self._req, info.limit_requests, info.remaining_requests),
+            (self._tok, info.limit_tokens, info.remaining_tokens),
+            (self._in, info.limit_input_tokens, info.remaining_input_tokens),
+            (self._out, info.limit_output_tokens, info.remaining_output_tokens),
+        ):
+            if not limit or limit <= 0:
+                continue
+            budget.stated = float(limit)
+            if budget is self._req:
+                # A stated limit is the ceiling of whatever the probing learned.
+                self.control.ceiling = _per_second(budget.limit())
+            effective = self.requests_per_minute if budget is self._req else budget.limit()
+            if remaining is not None and 0 <= remaining <= limit and effective:
+                floor = now + self.burst_seconds - remaining * self._interval(effective)
+                budget.tat = max(budget.tat, floor)
+
+    def report(self, response: CompletionResponse | None, error: BaseException | None) -> None:
+        """Feed back how an attempt ended, for callers that hold no permit."""
+        self.apply(feedback(response, error), self.generation)
+
+    def apply(self, fb: Feedback, generation: int) -> bool:
+        """Act on one attempt's feedback; `generation` is the one it was admitted under.
+
+        Returns True when the limiter paused for the server's Retry-After (so the refused
+        request need not sleep it again before its retry).
+        """
+        if fb.ok:
+            if fb.rate_limit is not None:
+                self.observe(fb.rate_limit)
+            self.control.succeeded()
+            return False
+        if not fb.congested:
+            return False
+        self._rate_limited += 1
+        if not self.adaptive:
+            return False
+        stated = False
+        if fb.rate_limit is not None:
+            self.observe(fb.rate_limit)
+            stated = bool(fb.rate_limit.limit_requests or fb.rate_limit.limit_tokens)
+        # The server said its limits: it refused because we ran ahead of its budget, which
+        # the headers have just resynced. Otherwise probe: one cut per congestion event.
+        cut = not stated and self.control.congested(generation)
+        if fb.retry_after is not None and (stated or fb.retry_after > SHORT_RETRY_AFTER):
+            self.pause(fb.retry_after)
+            return True
+        if cut:
+            self._restart_schedule(self._clock())
+        return False
 
     # -- internals ------------------------------------------------------------------------
 
-    def _interval_r(self) -> float:
-        assert self._rpm
-        return 60.0 / (self._rpm * (1.0 - self.safety_margin))
+    def _interval(self, per_minute: float) -> float:
+        return 60.0 / (per_minute * (1.0 - self.safety_margin))
 
-    def _interval_t(self) -> float:
-        assert self._tpm
-        return 60.0 / (self._tpm * (1.0 - self.safety_margin))
+    def _limits(self) -> tuple[float | None, float | None, float | None, float | None]:
+        return (
+            self.requests_per_minute,
+            self._tok.limit(),
+            self._in.limit(),
+            self._out.limit(),
+        )
 
-    def _reserve(self, tokens: int) -> tuple[float, float, float]:
-        """Book the next slot; return (start time, request cost, token cost) in seconds."""
+    def _check_fits(self, est: Estimate) -> None:
+        needs = ((self._tok, est.total), (self._in, est.input), (self._out, est.output))
+        for budget, need in needs:
+            limit = budget.limit()
+            if limit is not None and need > limit:
+                unit = budget.name.removesuffix("_per_minute").replace("_", " ")
+                raise TokenBudgetError(
+                    f"request needs ~{need} {unit} but the limit is {limit:.0f} {unit}/min:"
+                    " it can never be sent (shorten the prompt or lower max_tokens)"
+                )
+
+    async def _acquire(self, permit: RatePermit) -> None:
+        est = permit.estimate
+        self._check_fits(est)
+        self._waiting += 1
+        try:
+            while True:
+                epoch = self._epoch
+                slot, costs = self._reserve(est)
+                delay = slot - self._clock()
+                if delay <= 0:
+                    break
+                try:
+                    await self._sleep(delay)
+                except BaseException:
+                    self._unreserve(costs)
+                    raise
+                if self._epoch == epoch or self._clock() >= self._pause_until:
+                    break
+                # A pause began while we slept and our slot falls inside it: give the slot
+                # back and queue again behind the pause.
+                self._unreserve(costs)
+        finally:
+            self._waiting -= 1
+        self._in_flight += 1
+        self.control.sent()
+        permit.costs = costs
+        permit.generation = self.control.generation
+
+    def _reserve(self, est: Estimate) -> tuple[float, tuple[float, ...]]:
+        """Book the next slot; return (start time, the cost booked on each timeline)."""
         now = self._clock()
         slot = max(now, self._pause_until)
-        cost_r = self._interval_r() if self._rpm else 0.0
-        cost_t = tokens * self._interval_t() if self._tpm else 0.0
+        budgets = (self._req, self._tok, self._in, self._out)
+        units = (1, est.total, est.input, est.output)
+        limits = self._limits()
+        costs = tuple(
+            u * self._interval(lim) if lim else 0.0 for u, lim in zip(units, limits, strict=True)
+        )
         # A unit fits when, with its own cost added, the bucket holds at most `burst_seconds`
         # of work; a unit larger than the burst needs the bucket empty.
-        if self._rpm:
-            slot = max(slot, self._tat_r - max(0.0, self.burst_seconds - cost_r))
-        if self._tpm:
-            slot = max(slot, self._tat_t - max(0.0, self.burst_seconds - cost_t))
-        if self._rpm:
-            self._tat_r = max(self._tat_r, slot) + cost_r
-        if self._tpm:
-            self._tat_t = max(self._tat_t, slot) + cost_t
-        return slot, cost_r, cost_t
+        for budget, cost, lim in zip(budgets, costs, limits, strict=True):
+            if lim:
+                slot = max(slot, budget.tat - max(0.0, self.burst_seconds - cost))
+        for budget, cost, lim in zip(budgets, costs, limits, strict=True):
+            if lim:
+                budget.tat = max(budget.tat, slot) + cost
+        return slot, costs
 
-    def _unreserve(self, cost_r: float, cost_t: float) -> None:
+    def _unreserve(self, costs: tuple[float, ...]) -> None:
         # Never below "bucket full now", and never so low that a slot would fall inside a
         # pause (or burst right after one).
         floor = self._clock() - self.burst_seconds
-        if self._rpm:
-            after_pause = self._pause_until + max(0.0, self.burst_seconds - self._interval_r())
-            self._tat_r = max(floor, after_pause, self._tat_r - cost_r)
-        if self._tpm:
-            self._tat_t = max(floor, self._pause_until, self._tat_t - cost_t)
+        rpm = self.requests_per_minute
+        for budget, cost in zip((self._req, self._tok, self._in, self._out), costs, strict=True):
+            if not cost:
+                continue
+            after_pause = self._pause_until
+            if budget is self._req and rpm:
+                after_pause += max(0.0, self.burst_seconds - self._interval(rpm))
+            budget.tat = max(floor, after_pause, budget.tat - cost)
+
+    def _restart_schedule(self, at: float) -> None:
+        """No burst into a server whose bucket is empty: the next slots start at `at`, one
+        interval apart."""
+        rpm = self.requests_per_minute
+        if rpm:
+            resume = at + max(0.0, self.burst_seconds - self._interval(rpm))
+            self._req.tat = max(self._req.tat, resume)
+        for budget in (self._tok, self._in, self._out):
+            budget.tat = max(budget.tat, at)
 
     def _finish(
         self,
-        reservation: Reservation,
+        permit: RatePermit,
         response: CompletionResponse | None,
         error: BaseException | None,
     ) -> None:
         self._in_flight -= 1
-        if response is not None and self._tpm:
-            self.settle(reservation, response.usage.total_tokens or reservation.estimate)
-        self.report(response, error)
-
-    def report(self, response: CompletionResponse | None, error: BaseException | None) -> None:
-        """Feed back how an attempt ended: headers tighten, a 429 pauses, successes regrow."""
         if response is not None:
-            if response.rate_limit is not None:
-                self.observe(response.rate_limit)
-            self._grow()
-        elif isinstance(error, RateLimitError):
-            self._on_rate_limited(error)
-
-    def _on_rate_limited(self, error: RateLimitError) -> None:
-        self._rate_limited += 1
-        if not self.adaptive:
-            return
-        if error.rate_limit is not None:
-            self.observe(error.rate_limit)
-        if error.rate_limit is None or not error.rate_limit.limit_requests:
-            # Nothing to go by: cut the rate (AIMD's multiplicative decrease).
-            current = self._rpm or self._observed_rpm()
-            floor = MIN_ADAPTIVE_RPM
-            self._rpm = max(floor, current * 0.7)
-            self._grow_step = max(0.5, self._rpm * 0.01)
-        self.pause(error.retry_after if error.retry_after is not None else self.default_pause)
-
-    def _grow(self) -> None:
-        # AIMD's additive increase, only for a rate we learned by cutting (not one the server
-        # or the user stated), and never past the configured limit.
-        if self._grow_step and self._rpm is not None:
-            ceiling = self.configured_rpm or math.inf
-            self._rpm = min(ceiling, self._rpm + self._grow_step)
-
-    def _observed_rpm(self) -> float:
-        # With no rate known, assume what is in flight turns over about once a second.
-        return max(MIN_ADAPTIVE_RPM, 60.0 * max(1, self._in_flight + 1))
+            usage = response.usage
+            if usage.prompt_tokens or usage.completion_tokens:
+                self.settle(permit, usage.prompt_tokens, usage.completion_tokens)
+        permit.paused_for_retry = self.apply(feedback(response, error), permit.generation)
 
 
-def _tighter(configured: float | None, reported: int) -> float:
-    return float(reported) if configured is None else min(configured, float(reported))
+_NOTHING = Estimate(0, 0)
+
+
+def _per_second(per_minute: float | None) -> float | None:
+    return None if per_minute is None else per_minute / 60.0

@@ -17,15 +17,24 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
+import warnings
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .admission import Admission
+from .breaker import DEFAULT_MAX_OUTAGE
 from .clients.base import LLMClient
-from .engine import DEFAULT_REQUEST_TIMEOUT, Engine, EngineConfig, RequestSource
+from .engine import (
+    DEFAULT_REQUEST_TIMEOUT,
+    Concurrency,
+    Engine,
+    EngineConfig,
+    RequestSource,
+    check_concurrency,
+)
 from .errorlog import ErrorHandler
 from .events import (
-    Admission,
     BatchFinished,
     Event,
     Listener,
@@ -35,6 +44,7 @@ from .events import (
 from .progress import ProgressLogger, ProgressTracker, RichProgress
 from .retry import RetryPolicy
 from .stats import BatchStats, StatsCollector
+from .throttled import ThrottledLLMClient
 from .types import BatchProgress, BatchRequest, BatchResult, PromptSection
 
 __all__ = [
@@ -53,28 +63,46 @@ class BatchProcessorConfig:
     """The seed's `BatchProcessorConfig`, plus the engine's knobs.
 
     `progress_callback` is called with a `BatchProgress` after every completed request.
-    `rate_limiter` is any `Admission` (a `RateLimiter`); it may be shared by processors.
+    `max_concurrency` is a number, or "auto" to find it from latency (self-hosted servers).
+    `limiter` is any `Admission` (a `RateLimiter`); it may be shared by processors. When
+    None, a `ThrottledLLMClient`'s limiter is used, else an adaptive `RateLimiter()`.
+    `max_outage`: seconds a server-wide outage is waited out before requests fail.
     """
 
-    max_concurrency: int = 10
+    max_concurrency: Concurrency = 10
     progress_callback: Callable[[BatchProgress], None] | None = None
     error_handler: ErrorHandler | None = None
     prompt_section: PromptSection | str = ""
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    rate_limiter: Admission | None = None
+    limiter: Admission | None = None
     cache: ResponseCache | None = None
     listeners: Sequence[Listener] = ()
     validate_json: bool = True
+    max_outage: float | None = DEFAULT_MAX_OUTAGE
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rate_limiter: Admission | None = None  # deprecated name of `limiter`
 
-    def engine_config(self) -> EngineConfig:
+    def __post_init__(self) -> None:
+        check_concurrency(self.max_concurrency)
+        if self.rate_limiter is not None:
+            warnings.warn(
+                "BatchProcessorConfig(rate_limiter=) is deprecated; use limiter=",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if self.limiter is None:
+                self.limiter = self.rate_limiter
+            self.rate_limiter = None
+
+    def engine_config(self, limiter: Admission | None = None) -> EngineConfig:
         return EngineConfig(
             max_concurrency=self.max_concurrency,
             request_timeout=self.request_timeout,
             retry=self.retry,
-            admission=self.rate_limiter,
+            limiter=limiter or self.limiter,
+            max_outage=self.max_outage,
             cache=self.cache,
             listeners=self.listeners,
             validate_json=self.validate_json,
@@ -120,7 +148,13 @@ class BatchProcessor:
     def __init__(self, client: LLMClient, config: BatchProcessorConfig | None = None) -> None:
         self.client = client
         self.config = config or BatchProcessorConfig()
-        self.engine = Engine(client, self.config.engine_config())
+        # One limiter per processor: a ThrottledLLMClient's limiter becomes the engine's
+        # (instead of a second, adaptive one stacked on it); both run only when the user
+        # composed them on purpose (a limiter in the config too).
+        limiter: Admission | None = None
+        if isinstance(client, ThrottledLLMClient):
+            client, limiter = client.unwrap(self.config.limiter)
+        self.engine = Engine(client, self.config.engine_config(limiter))
 
     def _batch_listeners(self, total: int | None) -> list[Listener]:
         listeners: list[Listener] = []

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import InvalidResponseError, LLMBatchError, RateLimitError, RetryableError
+from .errors import InvalidResponseError, LLMBatchError, RetryableError
 
 __all__ = ["RetryPolicy", "is_retryable", "parse_retry_after"]
 
@@ -73,20 +73,31 @@ class RetryPolicy:
         return self.rng.uniform(0.0, ceiling)
 
     def next_delay(
-        self, error: BaseException, *, attempt: int, elapsed: float, invalid_count: int = 0
+        self,
+        error: BaseException,
+        *,
+        attempt: int,
+        elapsed: float,
+        invalid_count: int = 0,
+        retry_after_handled: bool = False,
     ) -> float | None:
         """Seconds to wait before the next attempt, or None when `error` is final.
 
         `attempt` is the number of calls made so far; `invalid_count` the number of those that
-        ended in `InvalidResponseError`.
+        ended in `InvalidResponseError`. `retry_after_handled`: the limiter already paused all
+        admissions for the server's Retry-After, so the retry waits for admission instead of
+        sleeping the same time again.
         """
         if not is_retryable(error) or attempt >= self.max_attempts:
             return None
         if isinstance(error, InvalidResponseError) and invalid_count > self.json_retries:
             return None
         delay = self.backoff(attempt)
-        if isinstance(error, RateLimitError) and error.retry_after is not None:
-            delay = min(max(error.retry_after, 0.0), self.max_retry_after)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after_handled:
+            delay = 0.0
+        elif isinstance(error, RetryableError) and retry_after is not None:
+            delay = min(max(float(retry_after), 0.0), self.max_retry_after)
         if elapsed + delay > self.max_retry_time:
             return None
         return delay

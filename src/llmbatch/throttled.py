@@ -5,14 +5,14 @@
     a, b = ThrottledLLMClient(c1, limiter=shared), ThrottledLLMClient(c2, limiter=shared)
 
 Each call to `complete` is one admission, so retries made by the engine are paced too.
+Given to a `BatchProcessor`, the wrapper is taken apart: its limiter becomes the processor's
+one limiter, instead of a second one stacked on the engine's own.
 """
 
 from __future__ import annotations
 
-import asyncio
-
+from .admission import Admission, AdmissionChain
 from .clients.base import LLMClient
-from .errors import BatchCancelledError
 from .limiter import RateLimiter, RateLimiterStatus
 from .types import CompletionRequest, CompletionResponse
 
@@ -38,17 +38,17 @@ class ThrottledLLMClient:
     def get_status(self) -> RateLimiterStatus:
         return self.limiter.status()
 
+    def unwrap(self, limiter: Admission | None = None) -> tuple[LLMClient, Admission]:
+        """(the wrapped client, the admission to run it under): this wrapper's limiter, or
+        both chained when the caller brings a limiter of its own on purpose."""
+        if limiter is None or limiter is self.limiter:
+            return self.client, self.limiter
+        return self.client, AdmissionChain(limiter, self.limiter)
+
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
-        reservation = await self.limiter.admit(request)
-        try:
+        async with self.limiter.admit(request) as permit:
             response = await self.client.complete(request)
-        except asyncio.CancelledError:
-            reservation.release(None, BatchCancelledError("cancelled"))
-            raise
-        except Exception as exc:
-            reservation.release(None, exc)
-            raise
-        reservation.release(response, None)
+            permit.record(response)
         return response
 
     async def release_loop_resources(self) -> None:

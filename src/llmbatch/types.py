@@ -104,6 +104,11 @@ class RateLimitInfo:
     limit_tokens: int | None = None
     remaining_tokens: int | None = None
     reset_tokens: float | None = None
+    # Anthropic limits input and output tokens per minute apart.
+    limit_input_tokens: int | None = None
+    remaining_input_tokens: int | None = None
+    limit_output_tokens: int | None = None
+    remaining_output_tokens: int | None = None
 
 
 @dataclass(slots=True)

@@ -1,0 +1,229 @@
+"""Admission: the one plug point that decides when an attempt may start, and hears how it ended.
+
+    async with limiter.admit(request) as permit:      # waits for a slot; gives it back if cancelled
+        response = await client.complete(request)     # an exception here is fed back on exit
+        permit.record(response)                       # a success: settle tokens, learn headers
+
+Every pacing component speaks this one protocol: the `RateLimiter` (requests and tokens per
+minute), the `ConcurrencyLimiter` (how many attempts are in flight), and the Ray cluster's
+leased limiter. A `Permit` is released exactly once, on every exit path of the `async with`
+block: a success recorded with `record`, an exception escaping the block, or a cancellation.
+
+How an attempt ended is read in exactly one place, `feedback()` below: it turns a response or
+an error into the signals a limiter acts on (the server's rate-limit headers, a congestion
+refusal with its Retry-After, an overload timeout). Clients only map statuses to the error
+tree; limiters only act on signals; the retry policy only decides whether to try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from .errors import (
+    APIConnectionError,
+    FatalError,
+    OverloadedError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServerError,
+)
+from .types import CompletionRequest, CompletionResponse, RateLimitInfo
+
+__all__ = [
+    "Admission",
+    "AdmissionChain",
+    "Feedback",
+    "Permit",
+    "PermitBase",
+    "feedback",
+]
+
+# 5xx statuses that say "too busy", not "broken": vLLM, Ollama and most gateways answer 503
+# above their capacity, Anthropic 529.
+_CONGESTION_STATUSES = frozenset({429, 503, 529})
+
+
+@dataclass(slots=True, frozen=True)
+class Feedback:
+    """What one attempt tells a limiter.
+
+    `congested`: the server refused for load (429, 503, 529, "overloaded"): slow down.
+    `retry_after`: the server's wait, in seconds, when it gave one.
+    `rate_limit`: the server's rate-limit headers, from a success or a refusal.
+    `timed_out`: the attempt hit our request timeout (queueing servers: an overload sign).
+    `down`: the connection failed or the server answered a 5xx: a possible outage.
+    `ok`: a success. All false: the attempt ended for a reason that says nothing about load
+    (a bad request, cancellation).
+    """
+
+    ok: bool = False
+    congested: bool = False
+    timed_out: bool = False
+    down: bool = False
+    retry_after: float | None = None
+    rate_limit: RateLimitInfo | None = None
+
+
+_NEUTRAL = Feedback()
+
+
+def feedback(response: CompletionResponse | None, error: BaseException | None) -> Feedback:
+    """Read how an attempt ended: the one place a 429 / 503 / 529 becomes "slow down".
+
+    `error` wins over `response` (a reply that arrived but failed validation is no success).
+    """
+    if error is None:
+        info = response.rate_limit if response is not None else None
+        return Feedback(ok=True, rate_limit=info)
+    if isinstance(error, FatalError):
+        return _NEUTRAL  # ours or the request's fault, nothing about the server's load
+    if isinstance(error, RateLimitError):
+        return Feedback(congested=True, retry_after=error.retry_after, rate_limit=error.rate_limit)
+    if isinstance(error, OverloadedError) or (
+        isinstance(error, ServerError) and error.status_code in _CONGESTION_STATUSES
+    ):
+        retry_after = getattr(error, "retry_after", None)
+        # A 503 is also what a gateway answers when the model server behind it is gone.
+        return Feedback(congested=True, down=error.status_code == 503, retry_after=retry_after)
+    if isinstance(error, RequestTimeoutError):
+        return Feedback(timed_out=True)
+    if isinstance(error, APIConnectionError | ServerError):
+        return Feedback(down=True)
+    if isinstance(error, ConnectionError):  # hand-written clients
+        return Feedback(down=True)
+    if isinstance(error, TimeoutError) and not isinstance(error, asyncio.CancelledError):
+        return Feedback(timed_out=True)
+    return _NEUTRAL
+
+
+@runtime_checkable
+class Permit(Protocol):
+    """One admitted attempt, held for the duration of an `async with admission.admit(...)`."""
+
+    def record(self, response: CompletionResponse) -> None:
+        """The attempt succeeded with `response` (settles tokens, reads headers on release)."""
+        ...
+
+    @property
+    def paused_for_retry(self) -> bool:
+        """True when releasing this permit made the limiter itself wait out the server's
+        Retry-After, so a retry need not sleep it again."""
+        ...
+
+
+@runtime_checkable
+class Admission(Protocol):
+    """Decides when an attempt may start; a `RateLimiter` is one.
+
+    `admit(request)` returns an async context manager. Entering it may wait, and may raise a
+    `FatalError` (e.g. a request larger than the whole token budget), which becomes the
+    request's result; a cancelled waiter gives back whatever it reserved. Leaving it releases
+    the permit with the outcome.
+    """
+
+    def admit(self, request: CompletionRequest) -> AbstractAsyncContextManager[Permit]: ...
+
+
+class PermitBase:
+    """A permit that is its own context manager: `admit` returns one, entering it acquires.
+
+    Subclasses implement `_acquire()` (wait for the slot; on cancellation give it back) and
+    `_release(response, error)` (called exactly once after a successful `_acquire`).
+    """
+
+    __slots__ = ("_entered", "_response", "paused_for_retry")
+
+    def __init__(self) -> None:
+        self._response: CompletionResponse | None = None
+        self._entered = False
+        self.paused_for_retry = False
+
+    def record(self, response: CompletionResponse) -> None:
+        self._response = response
+
+    async def _acquire(self) -> None:
+        raise NotImplementedError
+
+    def _release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> PermitBase:
+        await self._acquire()
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._entered:
+            return
+        self._entered = False
+        # A recorded response is passed even when the block then failed (a JSON-mode reply
+        # that does not parse): its usage was still spent.
+        self._release(self._response, exc)
+
+
+class _ChainPermit:
+    """The permits of a chain, entered in order and released in reverse."""
+
+    __slots__ = ("_entered", "_links", "_request", "permits")
+
+    def __init__(self, links: tuple[Admission, ...], request: CompletionRequest) -> None:
+        self._links = links
+        self._request = request
+        self._entered: list[AbstractAsyncContextManager[Permit]] = []
+        self.permits: list[Permit] = []
+
+    def record(self, response: CompletionResponse) -> None:
+        for permit in self.permits:
+            permit.record(response)
+
+    @property
+    def paused_for_retry(self) -> bool:
+        return any(p.paused_for_retry for p in self.permits)
+
+    async def __aenter__(self) -> _ChainPermit:
+        try:
+            for link in self._links:
+                manager = link.admit(self._request)
+                self.permits.append(await manager.__aenter__())
+                self._entered.append(manager)
+        except BaseException as exc:
+            await self._unwind(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._unwind(exc_type, exc, tb)
+
+    async def _unwind(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        while self._entered:
+            await self._entered.pop().__aexit__(exc_type, exc, tb)
+
+
+class AdmissionChain:
+    """Several admissions as one: `AdmissionChain(breaker, limiter, gate)`. An attempt waits
+    for each in turn; a cancellation or failure part-way gives back what it already holds."""
+
+    def __init__(self, *links: Admission) -> None:
+        self.links = links
+
+    def admit(self, request: CompletionRequest) -> _ChainPermit:
+        return _ChainPermit(self.links, request)

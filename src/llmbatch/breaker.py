@@ -1,0 +1,185 @@
+"""A circuit breaker for server-wide outages: pause, probe with backoff, resume, or give up.
+
+    breaker = OutageBreaker(max_outage=300)
+    async with breaker.admit(request) as permit:   # waits while the server is down
+        ...
+
+When the server goes away (connection refused, resets, 5xx on everything in flight), retrying
+each request on its own burns every request's retries within seconds and marks the whole
+batch failed, though the server may be back in twenty seconds. The breaker sees the outage
+instead: after `trip_after` consecutive attempts that failed that way, of at least three
+different requests, with no success in between, it opens. While open, admissions wait and a single probe goes out after a backoff
+(0.5 s doubling to 15 s); the first probe that gets an answer closes it and releases everyone.
+Attempts that failed because of the outage do not count against a request's retries (the
+engine asks `excuses(error)`). Only after `max_outage` seconds of outage do the waiting and
+remaining requests fail, with `ProviderOutageError`.
+
+Outages are kept in `outages` (start, duration, recovered) for the run's summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from .admission import PermitBase, feedback
+from .errors import BatchCancelledError, ProviderOutageError
+from .types import CompletionRequest, CompletionResponse
+
+__all__ = ["Outage", "OutageBreaker"]
+
+DEFAULT_MAX_OUTAGE = 300.0
+DEFAULT_TRIP_AFTER = 5
+_MIN_REQUESTS = 3
+_PROBE_FIRST = 0.5
+_PROBE_MAX = 15.0
+
+
+@dataclass(slots=True, frozen=True)
+class Outage:
+    """One outage: when it began (the breaker's clock), how long it lasted, and whether the
+    server came back before the tolerance ran out."""
+
+    started: float
+    duration: float
+    recovered: bool
+
+
+class _BreakerPermit(PermitBase):
+    __slots__ = ("breaker", "probe", "request_key", "waited")
+
+    def __init__(self, breaker: OutageBreaker, request: CompletionRequest) -> None:
+        super().__init__()
+        self.breaker = breaker
+        self.request_key = id(request)
+        self.probe = False
+        self.waited = 0.0
+
+    async def _acquire(self) -> None:
+        await self.breaker._acquire(self)
+
+    def _release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
+        self.breaker._finish(self, response, error)
+
+
+class OutageBreaker:
+    """Closed (normal), open (waiting out an outage, one probe at a time), or given up."""
+
+    def __init__(
+        self,
+        *,
+        max_outage: float = DEFAULT_MAX_OUTAGE,
+        trip_after: int = DEFAULT_TRIP_AFTER,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if max_outage < 0 or trip_after < 1:
+            raise ValueError("max_outage must be >= 0 and trip_after >= 1")
+        self.max_outage = max_outage
+        self.trip_after = trip_after
+        self._clock = clock
+        self._sleep = sleep
+        self._failures = 0
+        self._failing: set[int] = set()  # requests among the consecutive failures
+        self._opened_at: float | None = None
+        self._probe_out = False
+        self._next_probe = 0.0
+        self._backoff = _PROBE_FIRST
+        self._closed = asyncio.Event()
+        self._closed.set()
+        self.gave_up: ProviderOutageError | None = None
+        self.outages: list[Outage] = []
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened_at is not None
+
+    def admit(self, request: CompletionRequest) -> _BreakerPermit:
+        return _BreakerPermit(self, request)
+
+    def excuses(self, error: BaseException) -> bool:
+        """True when `error` is part of an outage the breaker is waiting out: the attempt
+        should not count against the request's retries."""
+        return self._opened_at is not None and self.gave_up is None and feedback(None, error).down
+
+    async def _acquire(self, permit: _BreakerPermit) -> None:
+        start = self._clock()
+        try:
+            while True:
+                if self.gave_up is not None:
+                    raise ProviderOutageError(str(self.gave_up))  # fresh: one traceback each
+                if self._opened_at is None:
+                    return
+                now = self._clock()
+                if now - self._opened_at > self.max_outage:
+                    self._give_up(now)
+                    continue
+                if not self._probe_out and now >= self._next_probe:
+                    self._probe_out = True
+                    permit.probe = True
+                    return
+                # Wake at the next probe time (or after a backoff while a probe is out), or
+                # as soon as the breaker closes.
+                wait = self._backoff if self._probe_out else self._next_probe - now
+                wait = max(0.0, min(wait, self._opened_at + self.max_outage - now + 1e-3))
+                await self._closed_or_timer(wait)
+        finally:
+            permit.waited = self._clock() - start
+
+    def _finish(
+        self,
+        permit: _BreakerPermit,
+        response: CompletionResponse | None,
+        error: BaseException | None,
+    ) -> None:
+        fb = feedback(response, error)
+        if permit.probe:
+            self._probe_out = False
+        if fb.down:
+            self._failures += 1
+            self._failing.add(permit.request_key)
+            now = self._clock()
+            # One request failing again and again is that request's retries' business; an
+            # outage is failures across requests.
+            tripped = self._failures >= self.trip_after and len(self._failing) >= _MIN_REQUESTS
+            if self._opened_at is None and tripped:
+                self._opened_at = now
+                self._closed.clear()
+                self._backoff = _PROBE_FIRST
+                self._next_probe = now + self._backoff
+            elif permit.probe:
+                self._backoff = min(_PROBE_MAX, self._backoff * 2)
+                self._next_probe = now + self._backoff
+            return
+        if isinstance(error, asyncio.CancelledError | BatchCancelledError):
+            return  # a cancelled attempt says nothing about the server
+        # Any answer that is not an outage (a success, a 400, a 429) means the server is up.
+        self._failures = 0
+        self._failing.clear()
+        if self._opened_at is not None:
+            now = self._clock()
+            self.outages.append(Outage(self._opened_at, now - self._opened_at, True))
+            self._opened_at = None
+            self._closed.set()
+
+    async def _closed_or_timer(self, seconds: float) -> None:
+        # The timer is the injected sleep, so tests run the breaker in virtual time.
+        closed = asyncio.ensure_future(self._closed.wait())
+        timer = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait({closed, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            timer.cancel()
+
+    def _give_up(self, now: float) -> None:
+        assert self._opened_at is not None
+        duration = now - self._opened_at
+        self.outages.append(Outage(self._opened_at, duration, False))
+        self.gave_up = ProviderOutageError(
+            f"the server was unreachable for {duration:.0f}s, longer than "
+            f"max_outage={self.max_outage:g}s; not sent"
+        )
+        self._closed.set()

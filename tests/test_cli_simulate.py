@@ -1,15 +1,21 @@
-"""`llmbatch simulate` as a real process: starts, serves, counts, stops on SIGTERM."""
+"""`llmbatch simulate` as a real process: starts, serves, counts, stops on SIGTERM; its flags;
+the `SimulatorProcess` helper that tests and benchmarks start it with."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
+
+from llmbatch.simulate import SimulatorProcess
 
 
 def test_simulate_command_serves_limits_and_stops_cleanly() -> None:
@@ -55,3 +61,72 @@ def test_simulate_rejects_a_bad_rate() -> None:
         timeout=30,
     )
     assert out.returncode == 2 and "--fail-rate" in out.stderr and "between 0 and 1" in out.stderr
+
+
+def test_style_flags_reach_the_server(start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim(
+        "--limit-style", "anthropic", "--rpm", "600", "--itpm", "6000", "--otpm", "1200",
+        "--over-limit-status", "529", "--overload-rate", "0.25",
+        "--outage-at", "30", "--outage-for", "2",
+    )  # fmt: skip
+    with urllib.request.urlopen(sim.url + "/config", timeout=5) as resp:
+        config = json.loads(resp.read())
+    assert config["limit_style"] == "anthropic" and config["over_limit_status"] == 529
+    assert (config["rpm"], config["itpm"], config["otpm"]) == (600, 6000, 1200)
+    assert config["overload_rate"] == 0.25
+    assert (config["outage_at"], config["outage_for"]) == (30, 2)
+    queue = start_sim("--limit-style", "queue", "--slots", "3", "--latency-ms", "5")
+    with urllib.request.urlopen(queue.url + "/config", timeout=5) as resp:
+        assert json.loads(resp.read())["slots"] == 3
+    assert queue.stats()["max_queue_depth"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--limit-style", "queue", "--rpm", "60"], "queue"),
+        (["--outage-at", "5"], "--outage-for"),
+        (["--slots", "4"], "--slots"),
+        (["--over-limit-status", "500"], "--over-limit-status"),
+    ],
+)
+def test_simulate_rejects_contradictory_flags(args: list[str], message: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "llmbatch", "simulate", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_simulator_process_start_up_is_bounded(tmp_path: Path) -> None:
+    silent = tmp_path / "silent"
+    silent.write_text("#!/bin/sh\nexec sleep 30\n")
+    silent.chmod(0o755)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        SimulatorProcess(python=str(silent), startup_timeout=0.5)
+    assert time.monotonic() - started < 10
+    failing = tmp_path / "failing"
+    failing.write_text("#!/bin/sh\nexit 3\n")
+    failing.chmod(0o755)
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        SimulatorProcess(python=str(failing))
+
+
+def test_simulator_process_serves_counts_and_stops() -> None:
+    with SimulatorProcess("--rpm", "60") as sim:
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+        for _ in range(2):
+            request = urllib.request.Request(
+                sim.url + "/v1/chat/completions",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=5).close()
+        assert sim.stats()["by_status"] == {"200": 1, "429": 1}
+        sim.reset()
+        assert sim.stats()["received"] == 0
+    assert sim.proc.returncode == 0

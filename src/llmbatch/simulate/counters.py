@@ -32,6 +32,7 @@ class Counters:
         self.resets = 0
         self.hangs = 0
         self.malformed = 0
+        self.undelivered = 0  # answers whose connection was already gone (not in by_status)
         self.abandoned = 0  # queue style: the client had gone when its turn came
         self.max_queue_depth = 0
         self.outages = 0
@@ -58,6 +59,7 @@ class Counters:
             "resets": self.resets,
             "hangs": self.hangs,
             "malformed": self.malformed,
+            "undelivered": self.undelivered,
             "abandoned": self.abandoned,
             "max_queue_depth": self.max_queue_depth,
             "outages": self.outages,

@@ -196,7 +196,6 @@ class Simulator:
     def _respond(
         self, status: int, body: Any, headers: dict[str, str] | None = None
     ) -> web.Response:
-        self._counters.answered(status)
         return web.Response(
             status=status,
             body=orjson.dumps(body),
@@ -224,7 +223,13 @@ class Simulator:
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         try:
-            return await self._serve(request, kind, dialect)
+            response = await self._serve(request, kind, dialect)
+            # Count what the client gets: an answer to a cut connection never arrives.
+            if _gone(request):
+                st.undelivered += 1
+            else:
+                st.answered(response.status)
+            return response
         finally:
             st.in_flight -= 1
             st.last_answered = time.time()
@@ -312,7 +317,6 @@ class Simulator:
             return self._respond(*dialect.server_failure(rng))
         if c.malformed_rate and rng.random() < c.malformed_rate:
             st.malformed += 1
-            st.answered(200)
             return web.Response(status=200, body=b'{"id": "cmpl-broken", "choices": [{"mess')
         return self._answer(kind, dialect, body, prompt, max_tokens)
 

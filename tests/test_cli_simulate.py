@@ -3,9 +3,7 @@ the `SimulatorProcess` helper that tests and benchmarks start it with."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -19,23 +17,15 @@ from llmbatch.simulate import SimulatorProcess
 
 
 def test_simulate_command_serves_limits_and_stops_cleanly() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", "simulate", "--port", "0", "--rpm", "60"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("listening on http://127.0.0.1:")
-        url = line.split()[-1]
-        with urllib.request.urlopen(url + "/v1/models", timeout=5) as resp:
+    with SimulatorProcess("--rpm", "60") as sim:
+        assert sim.url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(sim.url + "/v1/models", timeout=5) as resp:
             assert json.loads(resp.read())["data"][0]["id"] == "sim-1"
         body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
 
         def post() -> urllib.request.Request:
             return urllib.request.Request(
-                url + "/v1/chat/completions",
+                sim.url + "/v1/chat/completions",
                 data=body,
                 headers={"Content-Type": "application/json"},
             )
@@ -45,12 +35,11 @@ def test_simulate_command_serves_limits_and_stops_cleanly() -> None:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(post(), timeout=5)
         assert info.value.code == 429 and info.value.headers["retry-after"] == "1"
-        with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
-            stats = json.loads(resp.read())
+        stats = sim.stats()
         assert stats["received"] == 2 and stats["by_status"] == {"200": 1, "429": 1}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        sim.reset()
+        assert sim.stats()["received"] == 0
+    assert sim.proc.returncode == 0  # SIGTERM is a clean stop
 
 
 def test_simulate_rejects_a_bad_rate() -> None:
@@ -115,18 +104,29 @@ def test_simulator_process_start_up_is_bounded(tmp_path: Path) -> None:
         SimulatorProcess(python=str(failing))
 
 
-def test_simulator_process_serves_counts_and_stops() -> None:
-    with SimulatorProcess("--rpm", "60") as sim:
-        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
-        for _ in range(2):
-            request = urllib.request.Request(
-                sim.url + "/v1/chat/completions",
-                data=body,
-                headers={"Content-Type": "application/json"},
-            )
-            with contextlib.suppress(urllib.error.HTTPError):
-                urllib.request.urlopen(request, timeout=5).close()
-        assert sim.stats()["by_status"] == {"200": 1, "429": 1}
-        sim.reset()
-        assert sim.stats()["received"] == 0
-    assert sim.proc.returncode == 0
+def test_outage_through_the_command_refuses_then_serves_on_the_same_url() -> None:
+    # The command runs on uvloop when installed: the outage must work there too.
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    def post(url: str) -> int | str:
+        request = urllib.request.Request(
+            url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.URLError as exc:
+            return type(exc.reason).__name__
+
+    with SimulatorProcess("--outage-at", "0.2", "--outage-for", "1") as sim:
+        outcomes = [post(sim.url)]
+        deadline = time.monotonic() + 10
+        while outcomes[-1] != 200 or "ConnectionRefusedError" not in outcomes:
+            assert time.monotonic() < deadline, outcomes
+            time.sleep(0.05)
+            outcome = post(sim.url)
+            if outcome != outcomes[-1]:
+                outcomes.append(outcome)
+        stats = sim.stats()
+    assert outcomes == [200, "ConnectionRefusedError", 200]
+    assert stats["outages"] == 1 and not stats["down"]

@@ -107,7 +107,7 @@ def refusals(stats: dict[str, Any]) -> tuple[int, str]:
     return refused, detail or "-"
 
 
-def limits_matrix(console: Console, n: int, rpm: int) -> None:
+def limits_matrix(console: Console, n: int, rpm: int, only: list[str] | None) -> None:
     ideal = n / (rpm / 60)
     cut = 5 * ideal
     full_bucket = (n - rpm / 60) / (rpm / 60)
@@ -121,6 +121,8 @@ def limits_matrix(console: Console, n: int, rpm: int) -> None:
     for col in ("refusals %", "lost", "verdict"):
         table.add_column(col, justify="right" if col != "verdict" else "left")
     for label, flags, kind in STYLES:
+        if only and label not in only:
+            continue
         server = ("--rpm", str(rpm), "--latency-ms", str(LATENCY_MS), "--seed", "1", *flags)
         for mode in ("limit given", "adaptive"):
             limiter = RateLimiter(requests_per_minute=rpm) if mode == "limit given" else None
@@ -221,12 +223,18 @@ def main() -> None:
     parser.add_argument("--queue-requests", type=int, help="requests per queue run (default 200)")
     parser.add_argument("--rpm", type=int, default=1200)
     parser.add_argument("--only", choices=("limits", "queue"))
+    parser.add_argument(
+        "--style",
+        action="append",
+        choices=[label for label, _, _ in STYLES],
+        help="run only this server style (repeatable)",
+    )
     args = parser.parse_args()
     n = args.requests or (100 if args.quick else 400)
     nq = args.queue_requests or (60 if args.quick else 200)
     console = Console(width=170)
     if args.only != "queue":
-        limits_matrix(console, n, args.rpm)
+        limits_matrix(console, n, args.rpm, args.style)
     if args.only != "limits":
         queue_matrix(console, nq)
 

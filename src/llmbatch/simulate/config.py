@@ -31,9 +31,12 @@ class SimulatorConfig:
     when the reply is sent, as Anthropic does). `limit_style` says how limits are told:
     `openai` (the route's native headers on every reply, `retry-after` and `retry-after-ms`
     on refusals), `anthropic` (`anthropic-ratelimit-*` with split input/output tokens and
-    `retry-after`), `retry-after` (only that header, on refusals), `bare` (no header at all),
-    or `queue` (no limits: `slots` requests are served at a time, first come first served).
-    `over_limit_status` is the status of a refusal (429, or 503/529 "overloaded").
+    `retry-after`, on every route), `retry-after` (only that header, on refusals), `bare`
+    (no header at all), or `queue` (no limits: `slots` requests are served at a time, each
+    for `latency_ms`, first come first served; a request whose client has gone when its
+    turn comes is skipped and counted `abandoned`, as vLLM does, where llama.cpp may still
+    generate it). `over_limit_status` is the status of a refusal (429, or 503/529
+    "overloaded"); the style's headers go with it whatever the status.
 
     Faults, each an independent probability: `fail_rate` (500, or 529 on /v1/messages),
     `overload_rate` (503 on OpenAI routes, 529 on /v1/messages, before any limit is

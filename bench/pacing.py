@@ -1,77 +1,242 @@
-"""Pacing against a 1200 req/min server: configured limit vs. adaptive (no limit given).
+"""Pacing on every kind of server: limit given vs adaptive, and fixed vs `auto` concurrency.
 
-    python bench/pacing.py [--requests 400] [--rpm 1200]
+    python bench/pacing.py [--quick] [--requests 400] [--rpm 1200] [--only limits|queue]
 
-The simulator runs in its own process with 50 ms latency; llmbatch sends 400 requests at
-concurrency 32. Ideal makespan: requests / (rpm/60) seconds (20 s for 400 at 1200/min);
-the server's bucket starts full (one second's worth), so a perfect pacer can finish one
-second earlier ("full-bucket ideal"). Targets: configured <= 1.02x ideal,
-0 429s; adaptive <= 1.25x ideal, 429s <= 10% of requests; 0 lost in both.
+Everything is built as a user would build it: library defaults, no hand-set pool sizes.
+Each run gets a fresh `llmbatch simulate` process (its bucket starts full).
+
+Matrix 1, server styles at `--rpm` (1200/min) with 50 ms latency, 400 requests, concurrency
+32: openai (x-ratelimit-* headers), anthropic (anthropic-ratelimit-*, AnthropicClient on
+/v1/messages), retry-after (only that header), bare (429 with nothing), and a server that
+answers 503 "overloaded" with no header over its limit. Modes: "limit given"
+(`rate_limiter=RateLimiter(requests_per_minute=rpm)`) and "adaptive" (nothing given).
+Ideal makespan: requests / (rpm/60). Targets: adaptive <= 1.15x ideal, refusals <= 5% of
+requests, 0 lost; limit given <= 1.05x ideal, 0 refusals, 0 lost. A run is cut at 5x ideal
+(what is unfinished then counts as lost).
+
+Matrix 2, the `queue` style (2 model slots, 200 ms a request, no refusals: latency grows
+with the queue), 200 requests at fixed concurrency 1, 4, 16, 64 and `auto`: throughput,
+p50/p95 latency (`BatchResult.duration`). Targets: auto >= 0.9x the best fixed throughput,
+auto p95 <= 2x the best fixed one's (best: the highest throughput, ties within 2% going to
+the lower p95). If the installed engine does not take `max_concurrency="auto"` yet, its row
+says so instead of failing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from _sim import sim_reset, sim_stats, simulator
 from llmbatch import BatchProcessor, BatchProcessorConfig, BatchRequest, CompletionRequest
-from llmbatch.clients import OpenAIClient
+from llmbatch.clients import AnthropicClient, OpenAIClient
 from llmbatch.limiter import RateLimiter
+from llmbatch.simulate import SimulatorProcess
+
+LATENCY_MS = 50
+CONCURRENCY = 32
+# style label, simulator flags, client ("openai" or "anthropic")
+STYLES = (
+    ("openai", ("--limit-style", "openai"), "openai"),
+    ("anthropic", ("--limit-style", "anthropic"), "anthropic"),
+    ("retry-after", ("--limit-style", "retry-after"), "openai"),
+    ("bare", ("--limit-style", "bare"), "openai"),
+    ("503 over limit", ("--limit-style", "bare", "--over-limit-status", "503"), "openai"),
+)
+QUEUE_FLAGS = ("--limit-style", "queue", "--slots", "2", "--latency-ms", "200")
+QUEUE_CONCURRENCIES: tuple[int | str, ...] = (1, 4, 16, 64, "auto")
 
 
-async def run(url: str, n: int, limiter: RateLimiter | None) -> tuple[float, int]:
-    async with OpenAIClient(base_url=url + "/v1", api_key="sk-bench", model="sim") as client:
-        processor = BatchProcessor(
-            client, BatchProcessorConfig(max_concurrency=32, rate_limiter=limiter)
-        )
-        requests = [
-            BatchRequest(str(i), CompletionRequest(prompt=f"question {i}", max_tokens=16))
-            for i in range(n)
-        ]
+@dataclass
+class Run:
+    makespan: float
+    lost: int
+    durations: list[float]
+    stats: dict[str, Any]
+
+
+def make_client(kind: str, url: str) -> OpenAIClient | AnthropicClient:
+    if kind == "anthropic":
+        return AnthropicClient(base_url=url, api_key="sk-bench", model="sim")
+    return OpenAIClient(base_url=url + "/v1", api_key="sk-bench", model="sim")
+
+
+async def run_batch(kind: str, url: str, n: int, config: BatchProcessorConfig, cut: float) -> Run:
+    requests = [
+        BatchRequest(str(i), CompletionRequest(prompt=f"question {i}", max_tokens=16))
+        for i in range(n)
+    ]
+    async with make_client(kind, url) as client:
+        processor = BatchProcessor(client, config)
         start = time.perf_counter()
-        results = await processor.aprocess_batch(requests)
-        elapsed = time.perf_counter() - start
-    return elapsed, sum(r.error is not None for r in results)
+        results = await processor.aprocess_batch(requests, timeout=cut)
+        makespan = time.perf_counter() - start
+    return Run(
+        makespan,
+        sum(r.error is not None for r in results),
+        [r.duration for r in results if r.ok],
+        {},
+    )
+
+
+def measure(
+    flags: tuple[str, ...], kind: str, n: int, config: BatchProcessorConfig, cut: float
+) -> Run:
+    with SimulatorProcess(*flags) as sim:
+        run = asyncio.run(run_batch(kind, sim.url, n, config, cut))
+        run.stats = sim.stats()
+    return run
+
+
+def verdict(checks: list[tuple[bool, str]]) -> str:
+    misses = [label for ok, label in checks if not ok]
+    return "[green]PASS[/]" if not misses else "[red]MISS[/] " + ", ".join(misses)
+
+
+def refusals(stats: dict[str, Any]) -> tuple[int, str]:
+    """The server's refusals (over its limit, whatever the status), and them by status."""
+    by_status: dict[str, int] = stats.get("by_status", {})
+    refused = int(stats.get("over_limit", 0))
+    detail = " ".join(f"{s}: {n}" for s, n in sorted(by_status.items()) if s != "200")
+    return refused, detail or "-"
+
+
+def limits_matrix(console: Console, n: int, rpm: int, only: list[str] | None) -> None:
+    ideal = n / (rpm / 60)
+    cut = 5 * ideal
+    full_bucket = (n - rpm / 60) / (rpm / 60)
+    table = Table(
+        title=f"Server styles: {n} requests, limit {rpm} req/min, {LATENCY_MS} ms latency, "
+        f"concurrency {CONCURRENCY}; run cut at {cut:.0f} s; the server's bucket starts full, "
+        f"so a perfect pacer takes {full_bucket:.2f} s ({full_bucket / ideal:.2f}x ideal)"
+    )
+    for col in ("style", "mode", "makespan s", "ideal s", "x ideal", "refusals", "by status"):
+        table.add_column(col, justify="right")
+    for col in ("refusals %", "lost", "verdict"):
+        table.add_column(col, justify="right" if col != "verdict" else "left")
+    for label, flags, kind in STYLES:
+        if only and label not in only:
+            continue
+        server = ("--rpm", str(rpm), "--latency-ms", str(LATENCY_MS), "--seed", "1", *flags)
+        for mode in ("limit given", "adaptive"):
+            limiter = RateLimiter(requests_per_minute=rpm) if mode == "limit given" else None
+            config = BatchProcessorConfig(max_concurrency=CONCURRENCY, rate_limiter=limiter)
+            run = measure(server, kind, n, config, cut)
+            refused, detail = refusals(run.stats)
+            ratio = run.makespan / ideal
+            if mode == "limit given":
+                checks = [(ratio <= 1.05, "> 1.05x"), (refused == 0, "refusals")]
+            else:
+                checks = [(ratio <= 1.15, "> 1.15x"), (refused <= 0.05 * n, "refusals > 5%")]
+            checks.append((run.lost == 0, "lost"))
+            table.add_row(
+                label,
+                mode,
+                f"{run.makespan:.2f}",
+                f"{ideal:.2f}",
+                f"{ratio:.2f}x",
+                str(refused),
+                detail,
+                f"{100 * refused / n:.1f}",
+                str(run.lost),
+                verdict(checks),
+            )
+            console.print(f"  done: {label} / {mode}: {run.makespan:.1f} s", style="dim")
+    console.print(table)
+
+
+def queue_config(concurrency: int | str) -> BatchProcessorConfig:
+    value: Any = concurrency  # "auto" may not be in the installed version's type yet
+    return BatchProcessorConfig(max_concurrency=value)
+
+
+def queue_matrix(console: Console, n: int) -> None:
+    table = Table(
+        title=f"Queueing server (2 slots, 200 ms each, ideal 10 req/s): {n} requests, "
+        "fixed concurrency vs auto"
+    )
+    for col in ("concurrency", "req/s", "p50 s", "p95 s", "max queue", "lost"):
+        table.add_column(col, justify="right")
+    table.add_column("vs best fixed", justify="left")
+    rows: dict[str, tuple[float, float, float, int, int] | str] = {}
+    for concurrency in QUEUE_CONCURRENCIES:
+        try:
+            config = queue_config(concurrency)
+            # 1 request at a time on 200 ms is 5 req/s; anything slower than 1 req/s is stuck.
+            run = measure(QUEUE_FLAGS, "openai", n, config, cut=max(60.0, n))
+        except (TypeError, ValueError) as exc:
+            rows[str(concurrency)] = f"n/a (not supported: {type(exc).__name__}: {exc})"
+            continue
+        if len(run.durations) >= 2:
+            q = statistics.quantiles(run.durations, n=20, method="inclusive")
+            p50, p95 = statistics.median(run.durations), q[18]
+        else:
+            p50 = p95 = float("nan")
+        rows[str(concurrency)] = (
+            (n - run.lost) / run.makespan,
+            p50,
+            p95,
+            int(run.stats.get("max_queue_depth", 0)),
+            run.lost,
+        )
+        console.print(f"  done: queue / concurrency {concurrency}", style="dim")
+    fixed = {k: v for k, v in rows.items() if k != "auto" and isinstance(v, tuple)}
+    # The best fixed concurrency: the highest throughput, and among those within 2% of it
+    # (noise), the lowest p95: 4 and 16 both saturate 2 slots, but 16 only adds queueing.
+    top = max((v[0] for v in fixed.values()), default=0.0)
+    near = [k for k, v in fixed.items() if v[0] >= 0.98 * top]
+    best_key = min(near, key=lambda k: fixed[k][2]) if near else None
+    for key, row in rows.items():
+        if isinstance(row, str):
+            table.add_row(key, "n/a", "", "", "", "", row)
+            continue
+        rps, p50, p95, depth, lost = row
+        note = ""
+        if best_key is not None:
+            best_rps, best_p95 = fixed[best_key][0], fixed[best_key][2]
+            if key == best_key:
+                note = "best fixed"
+            else:
+                note = f"{rps / best_rps:.2f}x req/s, {p95 / best_p95:.2f}x p95"
+            if key == "auto":
+                note += "  " + verdict(
+                    [
+                        (rps >= 0.9 * best_rps, "< 0.9x req/s"),
+                        (p95 <= 2 * best_p95, "> 2x p95"),
+                        (lost == 0, "lost"),
+                    ]
+                )
+        table.add_row(key, f"{rps:.2f}", f"{p50:.2f}", f"{p95:.2f}", str(depth), str(lost), note)
+    console.print(table)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=400)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 + 60 requests, not 400 + 200")
+    parser.add_argument("--requests", type=int, help="requests per style run (default 400)")
+    parser.add_argument("--queue-requests", type=int, help="requests per queue run (default 200)")
     parser.add_argument("--rpm", type=int, default=1200)
+    parser.add_argument("--only", choices=("limits", "queue"))
+    parser.add_argument(
+        "--style",
+        action="append",
+        choices=[label for label, _, _ in STYLES],
+        help="run only this server style (repeatable)",
+    )
     args = parser.parse_args()
-    n, rpm = args.requests, args.rpm
-    ideal = n / (rpm / 60)
-    full_bucket = max(0.0, (n - rpm / 60) / (rpm / 60))
-    table = Table(title=f"Pacing: {n} requests, server limit {rpm} req/min, 50 ms latency")
-    cols = ("mode", "makespan s", "ideal s", "x ideal", "full-bucket ideal s", "429s", "429 %")
-    for col in (*cols, "lost"):
-        table.add_column(col, justify="right")
-    with simulator("--latency-ms", "50", "--rpm", str(rpm), "--seed", "1") as url:
-        for mode, limiter in (
-            ("configured rpm", RateLimiter(requests_per_minute=rpm)),
-            ("adaptive (none given)", None),
-        ):
-            sim_reset(url)
-            time.sleep(1.5)  # let the server's bucket refill between runs
-            elapsed, lost = asyncio.run(run(url, n, limiter))
-            stats = sim_stats(url)
-            n429 = int(stats.get("rate_limited", 0))  # type: ignore[call-overload]
-            table.add_row(
-                mode,
-                f"{elapsed:.2f}",
-                f"{ideal:.2f}",
-                f"{elapsed / ideal:.3f}",
-                f"{full_bucket:.2f}",
-                str(n429),
-                f"{100 * n429 / n:.1f}",
-                str(lost),
-            )
-    Console(width=150).print(table)
+    n = args.requests or (100 if args.quick else 400)
+    nq = args.queue_requests or (60 if args.quick else 200)
+    console = Console(width=170)
+    if args.only != "queue":
+        limits_matrix(console, n, args.rpm, args.style)
+    if args.only != "limits":
+        queue_matrix(console, nq)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Shared test helpers: a fake clock whose sleep advances time instantly."""
+"""Shared test helpers: a fake clock whose sleep advances time instantly; simulator processes."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 
 import pytest
+
+from llmbatch.simulate import SimulatorProcess
 
 
 class FakeClock:
@@ -31,49 +34,17 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-class SimProcess:
-    """`llmbatch simulate` in its own process, as users run it."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        import os
-        import subprocess
-        import sys
-
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmbatch", "simulate", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("listening on "), line
-        self.url = line.split()[-1]
-
-    def stats(self) -> dict:  # type: ignore[type-arg]
-        import json
-        import urllib.request
-
-        with urllib.request.urlopen(self.url + "/stats", timeout=10) as resp:
-            return json.loads(resp.read())  # type: ignore[no-any-return]
-
-    def reset(self) -> None:
-        import urllib.request
-
-        req = urllib.request.Request(self.url + "/stats/reset", method="POST")
-        urllib.request.urlopen(req, timeout=10).close()
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+# `llmbatch simulate` in its own process, as users run it; the name tests have always used.
+SimProcess = SimulatorProcess
 
 
 @pytest.fixture
-def start_sim():  # type: ignore[no-untyped-def]
-    started: list[SimProcess] = []
+def start_sim() -> Iterator[Callable[..., SimulatorProcess]]:
+    """`start_sim(*args)` starts a simulator process that is stopped after the test."""
+    started: list[SimulatorProcess] = []
 
-    def start(*args: str) -> SimProcess:
-        sim = SimProcess(*args)
+    def start(*args: str) -> SimulatorProcess:
+        sim = SimulatorProcess(*args)
         started.append(sim)
         return sim
 

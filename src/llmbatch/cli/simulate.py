@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 
-from ..simulate import Simulator, SimulatorConfig
-from ._common import EXIT_OK, fraction, install_uvloop, positive_int
+from ..simulate import LIMIT_STYLES, OVER_LIMIT_STATUSES, Simulator, SimulatorConfig
+from ._common import EXIT_OK, EXIT_USAGE, fraction, install_uvloop, positive_float, positive_int
 
 __all__ = ["add_parser", "main"]
 
@@ -18,15 +19,55 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "simulate",
         help="run the provider simulator (OpenAI + Anthropic routes) on this machine",
         description="An OpenAI/Anthropic-compatible server with latency, limits and faults. "
-        "Prints 'listening on URL' once ready; stops on Ctrl-C or SIGTERM.",
+        "Prints 'listening on URL' once ready; stops on Ctrl-C or SIGTERM. "
+        "Counters at GET /stats, zeroed by POST /stats/reset.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
     p.add_argument("--latency-ms", type=float, default=0.0, help="latency per reply")
     p.add_argument("--latency-jitter-ms", type=float, default=0.0, help="+/- uniform jitter")
     p.add_argument("--rpm", type=positive_int, help="requests per minute before 429s")
-    p.add_argument("--tpm", type=positive_int, help="tokens per minute before 429s")
+    p.add_argument(
+        "--tpm", type=positive_int, help="tokens per minute (prompt + max_tokens) before 429s"
+    )
+    p.add_argument("--itpm", type=positive_int, help="input (prompt) tokens per minute")
+    p.add_argument(
+        "--otpm",
+        type=positive_int,
+        help="output tokens per minute, charged from max_tokens at admission and settled "
+        "with the real output, as Anthropic does",
+    )
+    p.add_argument(
+        "--limit-style",
+        choices=LIMIT_STYLES,
+        default="openai",
+        help="how limits are told: openai (x-ratelimit-* on every reply, retry-after and "
+        "retry-after-ms on refusals; anthropic-ratelimit-* on /v1/messages), anthropic "
+        "(anthropic-ratelimit-* with input/output tokens apart, retry-after), retry-after "
+        "(only that header, on refusals), bare (no header at all), queue (no limits: "
+        "--slots requests served at a time, the rest wait in order). Default openai",
+    )
+    p.add_argument(
+        "--over-limit-status",
+        type=int,
+        choices=OVER_LIMIT_STATUSES,
+        default=429,
+        help="status of an answer over a rate limit: 429, or 503/529 'overloaded' (default 429)",
+    )
+    p.add_argument(
+        "--slots",
+        type=positive_int,
+        default=1,
+        help="queue style: requests generated at once, each for --latency-ms (default 1)",
+    )
     p.add_argument("--fail-rate", type=fraction, default=0.0, help="share of 500/529 replies")
+    p.add_argument(
+        "--overload-rate",
+        type=fraction,
+        default=0.0,
+        help="share of requests answered 'overloaded' at once, whatever the limits: "
+        "503 on OpenAI routes, 529 on /v1/messages",
+    )
     p.add_argument("--reset-rate", type=fraction, default=0.0, help="share of connection resets")
     p.add_argument(
         "--hang-rate", type=fraction, default=0.0, help="share of requests never answered"
@@ -34,28 +75,57 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--malformed-rate", type=fraction, default=0.0, help="share of broken bodies")
     p.add_argument("--hang-seconds", type=float, default=120.0, help="how long a hang lasts")
     p.add_argument("--api-key-env", help="require the key held by this environment variable")
-    p.add_argument("--no-rate-limit-headers", action="store_true", help="omit x-ratelimit-*")
+    p.add_argument(
+        "--outage-at",
+        type=float,
+        metavar="S",
+        help="go down S seconds after the first request (again after each POST /stats/reset): "
+        "the port refuses connections and open ones are cut",
+    )
+    p.add_argument(
+        "--outage-for", type=positive_float, metavar="S", help="how long the outage lasts"
+    )
+    p.add_argument(
+        "--no-rate-limit-headers",
+        action="store_true",
+        help="deprecated: same as --limit-style retry-after",
+    )
     p.add_argument("--seed", type=int, help="random seed for faults and jitter")
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> SimulatorConfig:
+    if (args.outage_at is None) != (args.outage_for is None):
+        raise ValueError("--outage-at and --outage-for go together")
+    if args.slots != 1 and args.limit_style != "queue":
+        raise ValueError("--slots is for --limit-style queue")
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    config = SimulatorConfig(
+    return SimulatorConfig(
         host=args.host,
         port=args.port,
         latency_ms=args.latency_ms,
         latency_jitter_ms=args.latency_jitter_ms,
         rpm=args.rpm,
         tpm=args.tpm,
+        itpm=args.itpm,
+        otpm=args.otpm,
+        limit_style=args.limit_style,
+        over_limit_status=args.over_limit_status,
+        slots=args.slots,
         fail_rate=args.fail_rate,
+        overload_rate=args.overload_rate,
         reset_rate=args.reset_rate,
         hang_rate=args.hang_rate,
         malformed_rate=args.malformed_rate,
+        outage_at=args.outage_at,
+        outage_for=args.outage_for or 0.0,
         hang_seconds=args.hang_seconds,
         seed=args.seed,
         api_key=key,
         send_rate_limit_headers=not args.no_rate_limit_headers,
     )
+
+
+async def _serve(config: SimulatorConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -67,5 +137,11 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+    except ValueError as exc:
+        # The config checks combinations argparse cannot (e.g. queue style with --rpm).
+        print(f"llmbatch simulate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     install_uvloop()
-    return asyncio.run(_serve(args))
+    return asyncio.run(_serve(config))

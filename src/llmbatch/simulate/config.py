@@ -1,0 +1,98 @@
+"""What the simulated server does: latency, limits, the limit style, faults and outages.
+
+    SimulatorConfig(latency_ms=50, rpm=1200, limit_style="retry-after")
+    SimulatorConfig(limit_style="queue", slots=2, latency_ms=200)
+
+A config is checked when it is built (`ValueError` names the field), so the CLI and the
+library refuse the same nonsense. Limits are per minute and policed per second, as providers
+do (see `limits.py`); how a refusal is told to the client is the style's job (`styles.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+__all__ = ["LIMIT_STYLES", "OVER_LIMIT_STATUSES", "LimitStyleName", "SimulatorConfig"]
+
+LimitStyleName = Literal["openai", "anthropic", "retry-after", "bare", "queue"]
+LIMIT_STYLES: tuple[LimitStyleName, ...] = get_args(LimitStyleName)
+# 429 is the standard; 503 is what vLLM, Ollama and many gateways answer when full, 529 is
+# Anthropic's "overloaded". A limiter must treat all three as "slow down".
+OVER_LIMIT_STATUSES = (429, 503, 529)
+
+
+@dataclass(slots=True)
+class SimulatorConfig:
+    """Every knob of the simulator; the defaults are a fast, unlimited, well-behaved server.
+
+    Limits: `rpm` (requests), `tpm` (prompt + max_tokens), `itpm` (prompt tokens) and `otpm`
+    (output tokens, charged from `max_tokens` at admission and settled with the real output
+    when the reply is sent, as Anthropic does). `limit_style` says how limits are told:
+    `openai` (the route's native headers on every reply, `retry-after` and `retry-after-ms`
+    on refusals), `anthropic` (`anthropic-ratelimit-*` with split input/output tokens and
+    `retry-after`, on every route), `retry-after` (only that header, on refusals), `bare`
+    (no header at all), or `queue` (no limits: `slots` requests are served at a time, each
+    for `latency_ms`, first come first served; a request whose client has gone when its
+    turn comes is skipped and counted `abandoned`, as vLLM does, where llama.cpp may still
+    generate it). `over_limit_status` is the status of a refusal (429, or 503/529
+    "overloaded"); the style's headers go with it whatever the status.
+
+    Faults, each an independent probability: `fail_rate` (500, or 529 on /v1/messages),
+    `overload_rate` (503 on OpenAI routes, 529 on /v1/messages, before any limit is
+    charged), `reset_rate`, `hang_rate` (no answer for `hang_seconds`), `malformed_rate`.
+    `outage_at`/`outage_for`: `outage_at` seconds after the first request (counted again
+    after a stats reset) the server goes down for `outage_for` seconds.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    rpm: int | None = None
+    tpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
+    limit_style: LimitStyleName = "openai"
+    over_limit_status: int = 429
+    slots: int = 1
+    fail_rate: float = 0.0
+    overload_rate: float = 0.0
+    reset_rate: float = 0.0
+    hang_rate: float = 0.0
+    malformed_rate: float = 0.0
+    outage_at: float | None = None
+    outage_for: float = 0.0
+    seed: int | None = None
+    api_key: str | None = None  # when set, requests must carry it
+    hang_seconds: float = 120.0
+    # Deprecated: `False` is `limit_style="retry-after"`; kept for one release.
+    send_rate_limit_headers: bool = True
+    model: str = "sim-1"
+
+    def __post_init__(self) -> None:
+        if self.limit_style not in LIMIT_STYLES:
+            raise ValueError(f"limit_style must be one of {', '.join(LIMIT_STYLES)}")
+        if not self.send_rate_limit_headers and self.limit_style == "openai":
+            self.limit_style = "retry-after"
+        if self.over_limit_status not in OVER_LIMIT_STATUSES:
+            raise ValueError(f"over_limit_status must be one of {OVER_LIMIT_STATUSES}")
+        for name in ("rpm", "tpm", "itpm", "otpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.limit_style == "queue" and self.has_limits:
+            # A queueing server has no rate limits: it is slow instead of refusing.
+            raise ValueError("limit_style 'queue' takes no rpm/tpm/itpm/otpm")
+        if self.slots < 1:
+            raise ValueError(f"slots must be at least 1, got {self.slots}")
+        for name in ("fail_rate", "overload_rate", "reset_rate", "hang_rate", "malformed_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.outage_at is not None and (self.outage_at < 0 or self.outage_for <= 0):
+            raise ValueError("an outage needs outage_at >= 0 and outage_for > 0")
+
+    @property
+    def has_limits(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.itpm, self.otpm))

@@ -92,3 +92,11 @@ def test_one_message_flattening_and_token_estimate() -> None:
     assert AnthropicClient(api_key="k").body_for(req)["system"] == "S0\n\nSys"
     fake = FakeClient()
     assert fake.model == "fake-model"
+
+
+def test_url_credentials_and_a_bearer_key_clash_at_construction_not_per_request() -> None:
+    with pytest.raises(ValueError, match="holds credentials") as info:
+        OpenAIClient(api_key="sk-abcdef123456", base_url="http://u:secretpw@127.0.0.1:9/v1")
+    assert "secretpw" not in str(info.value)
+    client = AnthropicClient(api_key="k-123456", base_url="http://u:secretpw@127.0.0.1:9")
+    assert "secretpw" not in repr(client)  # x-api-key and Basic credentials can coexist

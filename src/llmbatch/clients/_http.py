@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -249,12 +250,19 @@ class HTTPClient:
         if max_response_bytes < 1:
             raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
         self.base_url = base_url.rstrip("/")
+        self.redactor = redactor or Redactor()
+        has_credentials = urlsplit(self.base_url).username is not None
+        if has_credentials and any(k.lower() == "authorization" for k in headers):
+            # aiohttp sends URL credentials as an Authorization header: the two clash.
+            raise ValueError(
+                f"base_url {self.redactor(self.base_url)!r} holds credentials and an "
+                "Authorization header is set too (the API key): use one of them"
+            )
         self._headers = {**dict(headers), "Content-Type": "application/json"}
         self.max_connections = max_connections
         self._connect_timeout = connect_timeout
         self.max_retry_after = max_retry_after
         self.max_response_bytes = max_response_bytes
-        self.redactor = redactor or Redactor()
         self._injected = session
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

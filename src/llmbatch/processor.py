@@ -143,6 +143,9 @@ def _run_on_helper_thread(
         finally:
             started.set()
 
+    # A cancel already pending on the caller (sync code in a `finally` during cancellation)
+    # is not an interrupt of this batch: only a new one is.
+    cancels_before = caller.cancelling() if caller is not None else 0
     thread = threading.Thread(target=thread_main, name="llmbatch-run-sync", daemon=True)
     thread.start()
     try:
@@ -153,7 +156,7 @@ def _run_on_helper_thread(
             try:
                 return outcome.result(timeout=_POLL_SECONDS)
             except concurrent.futures.TimeoutError:
-                if caller is not None and caller.cancelling():
+                if caller is not None and caller.cancelling() > cancels_before:
                     raise KeyboardInterrupt from None
     except KeyboardInterrupt:
         _cancel_and_wait(thread, started, handle)

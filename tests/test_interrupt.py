@@ -101,7 +101,7 @@ def test_ctrl_c_inside_a_running_loop_stops_admissions(start_sim: Any, style: st
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     report = json.loads(out.strip().splitlines()[-1])
-    assert report["at"] - sent < 2.0  # stopped within about a second, not at the end
+    assert report["at"] - sent < 3.0  # stopped within about a second (slack for a busy CI)
     assert report["n"] == 400 and report["ok"] < 100
     assert report["errors"] == ["BatchCancelledError"]
     received = sim.stats()["received"]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import email.utils
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 
 from llmbatch import (
     APIConnectionError,
@@ -28,8 +33,15 @@ from llmbatch import (
     calculate_batch_stats,
 )
 from llmbatch.clients import AnthropicClient, OpenAIClient
-from llmbatch.clients._http import error_for_status, parse_duration, rate_limit_info
+from llmbatch.clients._http import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    error_for_status,
+    parse_duration,
+    rate_limit_info,
+)
 from llmbatch.simulate import Simulator, SimulatorConfig
+from llmbatch.types import RateLimitInfo
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -235,3 +247,175 @@ async def test_two_thousand_requests_with_faults_lose_nothing() -> None:
     assert summary.failure_count == 0, summary.errors_by_type
     assert len(results) == 2000 and len({r.id for r in results}) == 2000
     assert stats["resets"] > 0 and stats["hangs"] > 0 and stats["by_status"].get("500", 0) > 0
+
+
+# --- hostile servers: endless or huge bodies, impossible headers, never accepting ---
+
+_CHAT_OK = {
+    "id": "c1",
+    "model": "m",
+    "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+}
+
+
+async def _endless(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    chunk = b"[" * 65536
+    while True:  # until the client goes away
+        await resp.write(chunk)
+
+
+async def _huge(request: web.Request) -> web.Response:
+    return web.Response(body=b" " * (3 * 1024 * 1024), content_type="application/json")
+
+
+async def _impossible_headers(request: web.Request) -> web.Response:
+    headers = {
+        "x-ratelimit-limit-requests": "NaN",
+        "x-ratelimit-remaining-requests": "-1000000",
+        "x-ratelimit-reset-requests": "99999999s",
+        "x-ratelimit-limit-tokens": "1e400",
+        "x-ratelimit-remaining-tokens": "inf",
+        "x-ratelimit-reset-tokens": "-5",
+    }
+    return web.json_response(_CHAT_OK, headers=headers)
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/endless/chat/completions", _endless)
+    app.router.add_post("/huge/chat/completions", _huge)
+    app.router.add_post("/headers/chat/completions", _impossible_headers)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_an_endless_body_fails_the_request_at_the_cap(hostile: str) -> None:
+    assert DEFAULT_MAX_RESPONSE_BYTES == 32 * 1024 * 1024  # generous, but finite
+    client = OpenAIClient(base_url=hostile + "/endless", api_key="k", max_response_bytes=2**20)
+    async with client:
+        with pytest.raises(InvalidResponseError, match=r"max_response_bytes=1048576"):
+            await asyncio.wait_for(client.complete(CompletionRequest(prompt="x")), 20)
+
+
+async def test_a_huge_body_fails_the_request_and_a_small_one_still_passes(hostile: str) -> None:
+    client = OpenAIClient(base_url=hostile + "/huge", api_key="k", max_response_bytes=2**20)
+    async with client:
+        with pytest.raises(InvalidResponseError, match="exceeds max_response_bytes") as info:
+            await client.complete(CompletionRequest(prompt="x"))
+    assert info.value.status_code == 200
+    ok = OpenAIClient(base_url=hostile + "/headers", api_key="k", max_response_bytes=2**20)
+    async with ok:
+        assert (await ok.complete(CompletionRequest(prompt="x"))).content == "ok"
+
+
+async def test_impossible_rate_limit_headers_are_ignored(hostile: str) -> None:
+    async with OpenAIClient(base_url=hostile + "/headers", api_key="k") as client:
+        resp = await client.complete(CompletionRequest(prompt="x"))
+    assert resp.rate_limit == RateLimitInfo()  # every field None: nothing to stall on
+    info = rate_limit_info(
+        {
+            "x-ratelimit-limit-requests": "0",
+            "x-ratelimit-remaining-requests": "12",
+            "x-ratelimit-reset-requests": "inf",
+            "x-ratelimit-limit-tokens": "-3",
+        }
+    )
+    assert info == RateLimitInfo(remaining_requests=12)
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=400)
+    anthropic = rate_limit_info(
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "-1",
+            "anthropic-ratelimit-requests-reset": future.isoformat(),
+        }
+    )
+    assert anthropic == RateLimitInfo(limit_requests=50)
+
+
+def _never_accepting() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full: the kernel drops further SYNs, so a
+    connect hangs (until the client's own timeout), deterministically on 127.0.0.1."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(server.getsockname())
+        fillers.append(s)
+    time.sleep(0.1)
+    return server, fillers
+
+
+async def test_a_server_that_never_accepts_fails_within_the_connect_timeout() -> None:
+    server, fillers = _never_accepting()
+    port = server.getsockname()[1]
+    try:
+        assert 0 < DEFAULT_CONNECT_TIMEOUT <= 30  # bounded by default
+        assert OpenAIClient(api_key="k").http._connect_timeout == DEFAULT_CONNECT_TIMEOUT
+        client = OpenAIClient(base_url=f"http://127.0.0.1:{port}", api_key="k", connect_timeout=0.5)
+        start = time.monotonic()
+        async with client:
+            with pytest.raises(APIConnectionError, match=r"not established within 0.5s"):
+                await asyncio.wait_for(client.complete(CompletionRequest(prompt="x")), 10)
+        assert time.monotonic() - start < 3
+    finally:
+        for s in [server, *fillers]:
+            s.close()
+
+
+# --- the pool follows the engine's concurrency ---
+
+
+async def test_default_pool_does_not_cap_concurrency_at_256() -> None:
+    async with Simulator(SimulatorConfig(latency_ms=1500)) as sim:
+        async with openai(sim) as client:
+            cfg = BatchProcessorConfig(max_concurrency=300)
+            results = await BatchProcessor(client, cfg).aprocess_batch(reqs(300))
+        stats = sim.stats()
+    assert all(r.ok for r in results)
+    assert stats["max_in_flight"] > 256
+
+
+async def test_an_explicit_pool_cap_is_honoured_and_connections_are_reused() -> None:
+    async with Simulator(SimulatorConfig(latency_ms=200)) as sim:
+        client = OpenAIClient(base_url=sim.url + "/v1", api_key=KEY, max_connections=8)
+        async with client:
+            cfg = BatchProcessorConfig(max_concurrency=32)
+            await BatchProcessor(client, cfg).aprocess_batch(reqs(32))
+        assert sim.stats()["max_in_flight"] <= 8
+
+
+async def test_keep_alive_reuses_one_connection_for_sequential_requests() -> None:
+    peers: set[tuple[str, int]] = set()
+
+    async def handler(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+        return web.json_response(_CHAT_OK)
+
+    app = web.Application()
+    app.router.add_post("/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with OpenAIClient(base_url=f"http://127.0.0.1:{port}", api_key="k") as client:
+            for _ in range(20):
+                await client.complete(CompletionRequest(prompt="x"))
+    finally:
+        await runner.cleanup()
+    assert len(peers) == 1

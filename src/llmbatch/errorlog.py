@@ -16,7 +16,6 @@ Writes are serialised by a lock, so one handler may be shared by threads and eve
 from __future__ import annotations
 
 import datetime as dt
-import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,23 +25,14 @@ import orjson
 
 from .errors import error_code
 from .events import Event, RequestFinished
+from .redact import redact
+from .text import flatten_messages
 from .types import BatchResult, PromptSection
 
 __all__ = ["ErrorHandler", "redact"]
 
 MAX_PROMPT_CHARS = 5000
 MAX_RESPONSE_CHARS = 5000
-
-_SECRET = re.compile(
-    r"(?i)(bearer\s+)[^\s\"',]+"
-    r"|((?:authorization|x-api-key|api[_-]?key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',]+"
-    r"|\b(sk-(?:ant-)?)[A-Za-z0-9_\-]{6,}"
-)
-
-
-def redact(text: str) -> str:
-    """Mask API keys and Authorization values in `text`."""
-    return _SECRET.sub(lambda m: (m.group(1) or m.group(2) or m.group(3) or "") + "***", text)
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -144,6 +134,4 @@ class ErrorHandler:
 
 def _prompt_text(event: RequestFinished) -> str:
     req = event.request.request
-    if req.prompt or not req.messages:
-        return req.prompt
-    return "\n".join(str(m.get("content", "")) for m in req.messages)
+    return req.prompt or flatten_messages(req.messages)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from .admission import Feedback, PermitBase, feedback
 from .errors import TokenBudgetError
 from .rate_control import CubicRate
-from .text import estimate_input_tokens
+from .text import estimate_tokens as _chars_to_tokens
 from .types import CompletionRequest, CompletionResponse, RateLimitInfo
 
 __all__ = [
@@ -78,7 +78,7 @@ class Estimate:
     def of(
         cls, request: CompletionRequest, chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
     ) -> Estimate:
-        return cls(estimate_input_tokens(request, chars_per_token), request.max_tokens or 0)
+        return cls(_chars_to_tokens(request.text_length(), chars_per_token), request.max_tokens or 0)
 
 
 def estimate_tokens(

@@ -8,7 +8,9 @@ The sync methods work inside a running event loop too (Jupyter, an async web han
 batch then runs on a helper thread with its own loop and the caller's thread blocks until it
 ends. From async code prefer `await processor.aprocess_batch(...)`, which does not block.
 A Ctrl-C during the sync `process_batch` cancels what is in flight and raises
-`BatchInterrupted` (a `KeyboardInterrupt`) carrying every result known at that moment.
+`BatchInterrupted` (a `KeyboardInterrupt`) carrying every result known at that moment; inside
+a running loop too, where the interrupt cancels the batch on the helper thread, so no request
+is admitted after it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import threading
 import time
 import warnings
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -122,16 +125,92 @@ class BatchInterrupted(KeyboardInterrupt):
         self.results = results
 
 
+# How often the caller's thread wakes while a batch runs on the helper thread: short, so a
+# Ctrl-C is noticed at once; how long it then waits for the batch to wind down.
+_POLL_SECONDS = 0.1
+_CANCEL_GRACE_SECONDS = 30.0
+
+
 def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    """Run a coroutine to completion from sync code, even inside a running event loop.
+
+        results = run_sync(lambda: processor.aprocess_batch(requests))
+
+    Inside a running loop (Jupyter) the coroutine runs on a helper thread with its own loop.
+    A Ctrl-C in the calling thread then cancels it there, waits for the cancellation to
+    finish (so what was in flight is recorded), and re-raises `KeyboardInterrupt`.
+    """
     try:
-        asyncio.get_running_loop()
+        caller_loop = asyncio.get_running_loop()
     except RuntimeError:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(factory())
-    # A loop already runs on this thread: run on a helper thread with its own loop.
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llmbatch") as pool:
-        return pool.submit(lambda: asyncio.run(factory())).result()
+    return _run_on_helper_thread(factory, asyncio.current_task(caller_loop))
+
+
+def _run_on_helper_thread(
+    factory: Callable[[], Coroutine[Any, Any, T]], caller: asyncio.Task[Any] | None
+) -> T:
+    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+    started = threading.Event()
+    handle: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        handle.append((asyncio.get_running_loop(), task))
+        started.set()
+        return await factory()
+
+    def thread_main() -> None:
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                outcome.set_result(runner.run(main()))
+        except BaseException as exc:  # handed to the caller's thread, which re-raises it
+            outcome.set_exception(exc)
+        finally:
+            started.set()
+
+    # A cancel already pending on the caller (sync code in a `finally` during cancellation)
+    # is not an interrupt of this batch: only a new one is.
+    cancels_before = caller.cancelling() if caller is not None else 0
+    thread = threading.Thread(target=thread_main, name="llmbatch-run-sync", daemon=True)
+    thread.start()
+    try:
+        # Short waits rather than one blocking `result()`: the caller's thread stays
+        # responsive to Ctrl-C, and sees the cancel that `asyncio.run`'s own SIGINT handler
+        # puts on the caller's (blocked) task instead of raising.
+        while True:
+            try:
+                return outcome.result(timeout=_POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                if caller is not None and caller.cancelling() > cancels_before:
+                    raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        _cancel_and_wait(thread, started, handle)
+        raise
+    except concurrent.futures.CancelledError:
+        raise KeyboardInterrupt from None
+
+
+def _cancel_and_wait(
+    thread: threading.Thread,
+    started: threading.Event,
+    handle: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]],
+) -> None:
+    """Cancel the helper's task and wait (bounded) for it to finish; a second Ctrl-C stops
+    the wait."""
+    try:
+        started.wait(_CANCEL_GRACE_SECONDS)
+        if handle:
+            loop, task = handle[0]
+            with contextlib.suppress(RuntimeError):  # the loop already closed: it finished
+                loop.call_soon_threadsafe(task.cancel)
+        deadline = time.monotonic() + _CANCEL_GRACE_SECONDS
+        while thread.is_alive() and time.monotonic() < deadline:
+            thread.join(_POLL_SECONDS)
+    except KeyboardInterrupt:
+        pass  # the user insists: return now, the helper thread is a daemon
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .text import text_length
+
 __all__ = [
     "BatchProgress",
     "BatchRequest",
@@ -65,18 +67,8 @@ class CompletionRequest:
     endpoint: Literal["chat", "completions", "embeddings"] = "chat"
 
     def text_length(self) -> int:
-        """Characters of input text, the basis of the token estimate."""
-        n = len(self.prompt) + (len(self.system) if self.system else 0)
-        if self.messages:
-            for m in self.messages:
-                content = m.get("content")
-                if isinstance(content, str):
-                    n += len(content)
-                elif isinstance(content, list):
-                    for part in content:
-                        if isinstance(part, Mapping) and isinstance(part.get("text"), str):
-                            n += len(part["text"])
-        return n
+        """Characters of input text, the basis of the token estimate (`llmbatch.text`)."""
+        return text_length(self.messages, system=self.system, prompt=self.prompt)
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,16 +1,21 @@
-"""Clients: the `LLMClient` protocol and its implementations."""
+"""Clients: the `LLMClient` protocol, the `ProviderClient` base and its implementations."""
 
 from .anthropic import AnthropicClient
 from .base import LLMClient
 from .fake import FakeClient, fake_reply
 from .openai import OpenAIClient
-from .spec import ClientSpec
+from .provider import ClientOptions, ProviderClient
+from .spec import DEFAULT_KEY_ENV, PROVIDERS, ClientSpec
 
 __all__ = [
+    "DEFAULT_KEY_ENV",
+    "PROVIDERS",
     "AnthropicClient",
+    "ClientOptions",
     "ClientSpec",
     "FakeClient",
     "LLMClient",
     "OpenAIClient",
+    "ProviderClient",
     "fake_reply",
 ]

@@ -1,18 +1,26 @@
-"""What the HTTP clients share: one aiohttp session per event loop, transport-error mapping,
-and the parsing of rate-limit headers.
+"""What the HTTP clients share: one aiohttp session per event loop (or one injected),
+transport-error mapping, and the parsing of rate-limit headers.
 
 aiohttp rather than httpx: measured on this project's machines it moves several times more
 requests per CPU second at 100+ concurrent requests, and the client side is where a batch
 runner spends its CPU.
+
+A response is treated as hostile until read: its body is read in chunks up to
+`max_response_bytes` (an endless or huge body fails that request, it is never read to
+exhaustion), rate-limit headers with impossible values (negative, NaN, infinite, a reset
+beyond `MAX_RESET_SECONDS`) are ignored, and every error is passed through the client's
+`Redactor` before it leaves, so an error body that echoes the key never carries it further.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import re
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -28,30 +36,64 @@ from ..errors import (
     RequestTimeoutError,
     ServerError,
 )
+from ..redact import Redactor, scrub_error
 from ..retry import DEFAULT_MAX_RETRY_AFTER, parse_retry_after
-from ..types import CompletionRequest, CompletionResponse, RateLimitInfo
+from ..types import RateLimitInfo
 
-__all__ = ["HTTPClient", "ProviderClient", "error_for_status", "parse_duration"]
+if TYPE_CHECKING:
+    from .provider import ProviderClient
 
-DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_CONNECT_TIMEOUT = 30.0
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "MAX_RESET_SECONDS",
+    "HTTPClient",
+    "ProviderClient",
+    "error_for_status",
+    "parse_duration",
+    "rate_limit_info",
+]
+
+# None: the pool never limits concurrency; the engine's `max_concurrency` is the one bound.
+DEFAULT_MAX_CONNECTIONS: int | None = None
+# Covers the TCP (and TLS) handshake only, not the wait for a pool slot: a host that never
+# accepts fails the attempt after this many seconds, instead of after the kernel's ~2 min.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# Generous (the largest legitimate answers, long embeddings batches, are a few MiB) but finite.
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# A rate-limit reset further away than a day is not a reset, it is a broken header.
+MAX_RESET_SECONDS = 86400.0
+# No provider's limit or remaining count comes near this; beyond it the header is garbage.
+_MAX_COUNT = 10**12
+_READ_CHUNK = 64 * 1024
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
+def _seconds(value: float) -> float | None:
+    """A reset in seconds, or None if it is impossible (NaN, infinite, negative, absurd)."""
+    if not math.isfinite(value) or value < 0 or value > MAX_RESET_SECONDS:
+        return None
+    return value
+
+
 def parse_duration(text: str | None) -> float | None:
-    """Seconds from OpenAI's reset format ("1s", "6m0s", "20ms", "1h2m3.5s") or a number."""
+    """Seconds from OpenAI's reset format ("1s", "6m0s", "20ms", "1h2m3.5s") or a number.
+
+    Impossible values (negative, NaN, infinite, over `MAX_RESET_SECONDS`) give None.
+    """
     if not text:
         return None
     try:
-        return max(0.0, float(text))
+        return _seconds(float(text))
     except ValueError:
         pass
     parts = _DURATION.findall(text)
     if not parts:
         return None
     scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    return sum(float(n) * scale[unit] for n, unit in parts)
+    return _seconds(sum(float(n) * scale[unit] for n, unit in parts))
 
 
 def _parse_reset_time(text: str | None, now: float) -> float | None:
@@ -62,39 +104,50 @@ def _parse_reset_time(text: str | None, now: float) -> float | None:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return parse_duration(text)
-    return max(0.0, when.timestamp() - now)
+    if when.tzinfo is None:
+        return None
+    return _seconds(max(0.0, when.timestamp() - now))
 
 
-def _int(text: str | None) -> int | None:
+def _count(text: str | None, *, positive: bool = False) -> int | None:
+    """A non-negative header count (positive for limits), or None if absent or impossible."""
     if text is None:
         return None
     try:
-        return int(float(text))
+        value = float(text)
     except ValueError:
         return None
+    if not math.isfinite(value) or value < (1 if positive else 0) or value > _MAX_COUNT:
+        return None
+    return int(value)
 
 
 def rate_limit_info(headers: Mapping[str, str]) -> RateLimitInfo | None:
-    """Read OpenAI-style `x-ratelimit-*` or Anthropic's `anthropic-ratelimit-*` headers."""
+    """Read OpenAI-style `x-ratelimit-*` or Anthropic's `anthropic-ratelimit-*` headers.
+
+    A field whose header is absent or impossible (a negative remaining count, a limit that
+    is zero, negative, NaN or infinite, a reset beyond a day) is None: the limiter then
+    ignores it rather than stalling the run on it.
+    """
     if "x-ratelimit-limit-requests" in headers or "x-ratelimit-limit-tokens" in headers:
         return RateLimitInfo(
-            limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
-            remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
+            limit_requests=_count(headers.get("x-ratelimit-limit-requests"), positive=True),
+            remaining_requests=_count(headers.get("x-ratelimit-remaining-requests")),
             reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
-            limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
-            remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
+            limit_tokens=_count(headers.get("x-ratelimit-limit-tokens"), positive=True),
+            remaining_tokens=_count(headers.get("x-ratelimit-remaining-tokens")),
             reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
         )
     if "anthropic-ratelimit-requests-limit" in headers:
         now = dt.datetime.now(dt.UTC).timestamp()
         return RateLimitInfo(
-            limit_requests=_int(headers.get("anthropic-ratelimit-requests-limit")),
-            remaining_requests=_int(headers.get("anthropic-ratelimit-requests-remaining")),
+            limit_requests=_count(headers.get("anthropic-ratelimit-requests-limit"), positive=True),
+            remaining_requests=_count(headers.get("anthropic-ratelimit-requests-remaining")),
             reset_requests=_parse_reset_time(
                 headers.get("anthropic-ratelimit-requests-reset"), now
             ),
-            limit_tokens=_int(headers.get("anthropic-ratelimit-tokens-limit")),
-            remaining_tokens=_int(headers.get("anthropic-ratelimit-tokens-remaining")),
+            limit_tokens=_count(headers.get("anthropic-ratelimit-tokens-limit"), positive=True),
+            remaining_tokens=_count(headers.get("anthropic-ratelimit-tokens-remaining")),
             reset_tokens=_parse_reset_time(headers.get("anthropic-ratelimit-tokens-reset"), now),
         )
     return None
@@ -149,11 +202,35 @@ def error_for_status(
     return InvalidResponseError(f"unexpected HTTP {status}", status_code=status, body=body)
 
 
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body, read in chunks; raises `_TooLarge` as soon as it passes `cap` bytes."""
+    declared = resp.content_length
+    if declared is not None and declared > cap:
+        raise _TooLarge(f"declared {declared} bytes")
+    buf = bytearray()
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        buf += chunk
+        if len(buf) > cap:
+            raise _TooLarge(f"more than {cap} bytes sent")
+    return bytes(buf)
+
+
 class HTTPClient:
     """An aiohttp session per event loop, created on first use and closed by `aclose()`.
 
+        http = HTTPClient("http://127.0.0.1:8000/v1", {"Authorization": "Bearer k"})
+        status, headers, body = await http.post_json("/chat/completions", payload)
+
     A session is bound to the loop it was made on; the sync API runs each batch on a fresh
-    loop, so the session is remade when the loop changes.
+    loop, so the session is remade when the loop changes. An injected `session` is used as
+    is (its own pool and timeouts) and never closed here: its owner closes it.
+
+    `max_connections=None` (the default) leaves the pool unbounded, so the engine's
+    concurrency is the only limit; connections are still kept alive and reused.
     """
 
     def __init__(
@@ -161,30 +238,50 @@ class HTTPClient:
         base_url: str,
         headers: Mapping[str, str],
         *,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        redactor: Redactor | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1 or None, got {max_connections}")
+        if max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
         self.base_url = base_url.rstrip("/")
-        self._headers = dict(headers)
+        self.redactor = redactor or Redactor()
+        has_credentials = urlsplit(self.base_url).username is not None
+        if has_credentials and any(k.lower() == "authorization" for k in headers):
+            # aiohttp sends URL credentials as an Authorization header: the two clash.
+            raise ValueError(
+                f"base_url {self.redactor(self.base_url)!r} holds credentials and an "
+                "Authorization header is set too (the API key): use one of them"
+            )
+        self._headers = {**dict(headers), "Content-Type": "application/json"}
         self.max_connections = max_connections
         self._connect_timeout = connect_timeout
         self.max_retry_after = max_retry_after
+        self.max_response_bytes = max_response_bytes
+        self._injected = session
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:  # never show headers: they hold the key
-        return f"{type(self).__name__}(base_url={self.base_url!r})"
+        return f"{type(self).__name__}(base_url={self.redactor(self.base_url)!r})"
 
     def _get_session(self) -> aiohttp.ClientSession:
+        if self._injected is not None:
+            return self._injected
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections, limit_per_host=0, ttl_dns_cache=300
+                limit=self.max_connections or 0, limit_per_host=0, ttl_dns_cache=300
             )
             self._session = aiohttp.ClientSession(
-                headers=self._headers,
                 connector=connector,
+                # sock_connect, not connect: `connect` would also count the wait for a pool
+                # slot, failing healthy requests when the user caps the pool.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
                 json_serialize=lambda o: orjson.dumps(o).decode(),
                 skip_auto_headers=("User-Agent",),
@@ -195,25 +292,48 @@ class HTTPClient:
     async def post_json(
         self, path: str, payload: Mapping[str, Any]
     ) -> tuple[int, Mapping[str, str], Any]:
-        """POST and decode; raise the mapped error for non-2xx and transport failures."""
+        """POST and decode; raise the mapped error for non-2xx and transport failures.
+
+        Every error raised here has been through the client's `Redactor`.
+        """
+        try:
+            return await self._post_json(path, payload)
+        except LLMBatchError as exc:
+            raise scrub_error(exc, self.redactor) from None
+
+    async def _post_json(
+        self, path: str, payload: Mapping[str, Any]
+    ) -> tuple[int, Mapping[str, str], Any]:
         session = self._get_session()
         data = orjson.dumps(payload)
+        # Transport errors are translated here, once, and without their aiohttp chain
+        # (`from None`): the cause's text is kept in the message, where it can be redacted.
+        where = self.redactor(self.base_url)
         try:
-            async with session.post(
-                self.base_url + path,
-                data=data,
-                headers={"Content-Type": "application/json"},
-            ) as resp:
-                raw = await resp.read()
+            async with session.post(self.base_url + path, data=data, headers=self._headers) as resp:
                 status, headers = resp.status, resp.headers
+                try:
+                    raw = await _read_capped(resp, self.max_response_bytes)
+                except _TooLarge as too_large:
+                    resp.close()  # drop the connection: the rest of the body is never read
+                    raise InvalidResponseError(
+                        f"HTTP {status} response body from {where} exceeds "
+                        f"max_response_bytes={self.max_response_bytes} ({too_large}); "
+                        "the request failed",
+                        status_code=status,
+                    ) from None
+        except aiohttp.ConnectionTimeoutError:
+            raise APIConnectionError(
+                f"connection to {where} not established within {self._connect_timeout}s"
+            ) from None
         except aiohttp.ClientConnectionError as exc:
-            raise APIConnectionError(f"connection to {self.base_url} failed: {exc}") from exc
+            raise APIConnectionError(f"connection to {where} failed: {exc}") from None
         except aiohttp.ClientPayloadError as exc:
-            raise APIConnectionError(f"response from {self.base_url} cut short: {exc}") from exc
+            raise APIConnectionError(f"response from {where} cut short: {exc}") from None
         except aiohttp.ClientResponseError as exc:
-            raise APIConnectionError(f"bad response from {self.base_url}: {exc}") from exc
-        except TimeoutError as exc:
-            raise RequestTimeoutError(f"request to {self.base_url} timed out") from exc
+            raise APIConnectionError(f"bad response from {where}: {exc}") from None
+        except TimeoutError:
+            raise RequestTimeoutError(f"request to {where} timed out") from None
         try:
             body: Any = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -227,60 +347,16 @@ class HTTPClient:
         return status, headers, body
 
     async def aclose(self) -> None:
+        """Close the session this client made (an injected one is left to its owner)."""
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
 
 
-class ProviderClient:
-    """The shape both HTTP clients share: build a body, POST it, parse the reply.
+def __getattr__(name: str) -> Any:
+    # `ProviderClient` moved to `.provider`; kept importable from here for old imports.
+    if name == "ProviderClient":
+        from .provider import ProviderClient
 
-    Subclasses set `http` and `model` and implement `path_for`, `body_for` and `parse`;
-    a reply missing the fields `parse` reads becomes an `InvalidResponseError`.
-    """
-
-    http: HTTPClient
-    model: str | None
-
-    @property
-    def base_url(self) -> str:
-        return self.http.base_url
-
-    def __repr__(self) -> str:  # never the headers: they hold the key
-        return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r})"
-
-    def path_for(self, request: CompletionRequest) -> str:
-        raise NotImplementedError
-
-    def body_for(self, request: CompletionRequest) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def parse(
-        self, request: CompletionRequest, status: int, headers: Mapping[str, str], body: Any
-    ) -> CompletionResponse:
-        raise NotImplementedError
-
-    async def complete(self, request: CompletionRequest) -> CompletionResponse:
-        path, payload = self.path_for(request), self.body_for(request)
-        status, headers, body = await self.http.post_json(path, payload)
-        try:
-            return self.parse(request, status, headers, body)
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise InvalidResponseError(
-                f"HTTP {status} body lacks the expected fields ({exc!r}): {str(body)[:200]}",
-                status_code=status,
-                body=body,
-            ) from None
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def release_loop_resources(self) -> None:
-        """Close what is bound to the current event loop; the client stays usable."""
-        await self.http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        return ProviderClient
+    raise AttributeError(name)

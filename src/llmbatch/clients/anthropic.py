@@ -10,13 +10,17 @@ the engine checks the reply (retrying once if it does not parse).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import AuthenticationError, UnsupportedRequestError
+from ..errors import UnsupportedRequestError
+from ..text import content_text
 from ..types import CompletionRequest, CompletionResponse, Usage
-from ._http import DEFAULT_MAX_CONNECTIONS, HTTPClient, ProviderClient, rate_limit_info
+from ._http import rate_limit_info
+from .provider import ClientOptions, ProviderClient
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AnthropicClient"]
 
@@ -28,29 +32,31 @@ _JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 
 class AnthropicClient(ProviderClient):
     """`LLMClient` for Anthropic. The key comes from `api_key` or `ANTHROPIC_API_KEY`, the
-    base URL from `base_url` or `ANTHROPIC_BASE_URL`."""
+    base URL from `base_url` or `ANTHROPIC_BASE_URL`; sent as `x-api-key` with the
+    `anthropic-version` header. Other options are those of `ProviderClient`."""
+
+    name: ClassVar[str] = "anthropic"
+    key_env: ClassVar[str] = "ANTHROPIC_API_KEY"
+    base_url_env: ClassVar[str] = "ANTHROPIC_BASE_URL"
+    default_base_url: ClassVar[str] = DEFAULT_BASE_URL
 
     def __init__(
         self,
         *,
-        model: str | None = None,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         api_version: str = API_VERSION,
-        require_api_key: bool = False,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
-        if require_api_key and not key:
-            raise AuthenticationError("no API key: pass api_key= or set ANTHROPIC_API_KEY")
-        self.model = model
         self.default_max_tokens = default_max_tokens
-        url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
-        headers = {"anthropic-version": api_version, "Accept": "application/json"}
-        if key:
-            headers["x-api-key"] = key
-        self.http = HTTPClient(url, headers, max_connections=max_connections)
+        self.api_version = api_version
+        options["extra_headers"] = {
+            "anthropic-version": api_version,
+            **(options.get("extra_headers") or {}),
+        }
+        super().__init__(**options)
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
 
     def body_for(self, request: CompletionRequest) -> dict[str, Any]:
         if request.endpoint != "chat":
@@ -61,7 +67,7 @@ class AnthropicClient(ProviderClient):
         system = request.system
         for m in request.messages or ():
             if m.get("role") == "system":  # OpenAI-style system message -> top-level field
-                system = "\n\n".join(filter(None, [system, str(m.get("content", ""))]))
+                system = "\n\n".join(filter(None, [system, content_text(m.get("content"))]))
             else:
                 messages.append(dict(m))
         if request.prompt:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import orjson
 
+from ..text import estimate_tokens, flatten_messages
 from ..types import CompletionRequest, CompletionResponse, Usage
 
 __all__ = ["FakeClient", "fake_reply"]
@@ -28,7 +29,7 @@ Responder = Callable[[CompletionRequest], Reply]
 
 def fake_reply(request: CompletionRequest) -> str:
     """The default answer: short, deterministic, JSON when JSON mode is asked."""
-    text = request.prompt or " ".join(str(m.get("content", "")) for m in request.messages or ())
+    text = request.prompt or flatten_messages(request.messages)
     digest = hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
     words = text.split()
     gist = " ".join(words[:8])
@@ -88,7 +89,9 @@ class FakeClient:
             return CompletionResponse(
                 content=reply,
                 model=request.model or self.model,
-                usage=Usage(max(1, request.text_length() // 4), max(1, len(reply) // 4)),
+                usage=Usage(
+                    max(1, estimate_tokens(request.text_length())), max(1, estimate_tokens(reply))
+                ),
                 finish_reason="stop",
             )
         finally:

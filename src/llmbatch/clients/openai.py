@@ -12,13 +12,15 @@ LM Studio, Together, Groq...), on aiohttp.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import AuthenticationError
 from ..types import CompletionRequest, CompletionResponse, Usage
-from ._http import DEFAULT_MAX_CONNECTIONS, HTTPClient, ProviderClient, rate_limit_info
+from ._http import rate_limit_info
+from .provider import ClientOptions, ProviderClient
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["OpenAIClient"]
 
@@ -28,32 +30,26 @@ _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embedding
 
 class OpenAIClient(ProviderClient):
     """`LLMClient` for the OpenAI HTTP API. The key comes from `api_key` or `OPENAI_API_KEY`,
-    the base URL from `base_url` or `OPENAI_BASE_URL`. One connection pool of
-    `max_connections`, reused across requests; close it with `aclose()` or `async with`.
+    the base URL from `base_url` or `OPENAI_BASE_URL`; sent as `Authorization: Bearer KEY`.
+    Options (pool, timeouts, body cap, injected session) are those of `ProviderClient`.
     """
 
+    name: ClassVar[str] = "openai"
+    key_env: ClassVar[str] = "OPENAI_API_KEY"
+    base_url_env: ClassVar[str] = "OPENAI_BASE_URL"
+    default_base_url: ClassVar[str] = DEFAULT_BASE_URL
+
     def __init__(
-        self,
-        *,
-        model: str | None = None,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        organization: str | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        require_api_key: bool = False,
+        self, *, organization: str | None = None, **options: Unpack[ClientOptions]
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        if require_api_key and not key:
-            raise AuthenticationError("no API key: pass api_key= or set OPENAI_API_KEY")
-        self.model = model
-        url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        headers = {"Accept": "application/json", **(extra_headers or {})}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        if organization:
-            headers["OpenAI-Organization"] = organization
-        self.http = HTTPClient(url, headers, max_connections=max_connections)
+        self.organization = organization
+        super().__init__(**options)
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {key}"}
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        return headers
 
     def body_for(self, request: CompletionRequest) -> dict[str, Any]:
         """The JSON body this client sends for `request` (also the cache key's basis)."""

@@ -4,7 +4,8 @@
     client = spec.build()          # reads OPENAI_API_KEY (or api_key_env) now, here
 
 Used where a client must be made somewhere else (a Ray worker) or from flags (the CLI):
-the spec can be pickled and logged safely because it holds no secret.
+the spec can be pickled and logged safely because it holds no secret. `provider` is one of
+`PROVIDERS` (checked when the spec is made: a typo is an error, never silently OpenAI).
 """
 
 from __future__ import annotations
@@ -12,39 +13,47 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ._http import DEFAULT_MAX_CONNECTIONS, ProviderClient
 from .anthropic import AnthropicClient
 from .openai import OpenAIClient
+from .provider import ProviderClient
 
-__all__ = ["DEFAULT_KEY_ENV", "ClientSpec"]
+__all__ = ["DEFAULT_KEY_ENV", "PROVIDERS", "ClientSpec"]
 
-DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+PROVIDERS: dict[str, type[ProviderClient]] = {
+    cls.name: cls for cls in (OpenAIClient, AnthropicClient)
+}
+DEFAULT_KEY_ENV = {name: cls.key_env for name, cls in PROVIDERS.items()}
 
 
 @dataclass(slots=True, frozen=True)
 class ClientSpec:
-    """How a worker builds its client. Holds the key's variable name, never the key."""
+    """How a worker builds its client. Holds the key's variable name, never the key.
+
+    `max_connections=None` leaves the pool unbounded (the engine's concurrency decides).
+    """
 
     provider: str = "openai"
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            valid = ", ".join(sorted(PROVIDERS))
+            raise ValueError(f"unknown provider {self.provider!r}: use one of {valid}")
+
+    @property
+    def client_class(self) -> type[ProviderClient]:
+        return PROVIDERS[self.provider]
 
     @property
     def key_env(self) -> str:
-        return self.api_key_env or DEFAULT_KEY_ENV[self.provider]
+        return self.api_key_env or self.client_class.key_env
 
     def build(self) -> ProviderClient:
         key = os.environ.get(self.key_env, "")
-        if self.provider == "anthropic":
-            return AnthropicClient(
-                model=self.model,
-                base_url=self.base_url,
-                api_key=key,
-                max_connections=self.max_connections,
-            )
-        return OpenAIClient(
+        return self.client_class(
             model=self.model,
             base_url=self.base_url,
             api_key=key,

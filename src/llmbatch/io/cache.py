@@ -6,11 +6,23 @@
 The key is a SHA-256 of everything that decides the answer: provider, base URL, model and the
 full request body. Writes are batched into a transaction committed at most every
 `commit_interval` seconds and on `close()`; WAL mode lets another process read meanwhile.
+
+The cache is an optimisation, never a reason to lose an answer or stop a batch:
+
+- a path that cannot be a cache (a directory, a file that is not SQLite, a database that
+  cannot be opened) raises `CacheError` here, at construction, naming the path;
+- once running, `get` and `put` never raise. A request the cache cannot key or store (the
+  key function refuses it, as Anthropic's body does for an embeddings line; a response that
+  does not serialise) is skipped; a database error (disk full, read-only, corrupted under
+  us) is logged once and turns writes off for the rest of the run, and a failed read is a
+  miss. The caller still returns and writes the answer; `errors` counts what was skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -21,7 +33,18 @@ import orjson
 
 from ..types import CompletionRequest, CompletionResponse, Usage
 
-__all__ = ["SQLiteCache", "request_key"]
+__all__ = ["CacheError", "SQLiteCache", "request_key"]
+
+log = logging.getLogger("llmbatch.cache")
+
+
+class CacheError(Exception):
+    """The cache path cannot be used (`str(err)` names it); raised only at construction."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 def request_key(provider: str, base_url: str, model: str | None, body: Any) -> str:
@@ -30,8 +53,40 @@ def request_key(provider: str, base_url: str, model: str | None, body: Any) -> s
     return hashlib.sha256(blob).hexdigest()
 
 
+def _open(path: Path) -> sqlite3.Connection:
+    if path.is_dir():
+        raise CacheError(path, "is a directory, not a SQLite file")
+    if not path.parent.is_dir():
+        raise CacheError(path, f"directory {path.parent} does not exist")
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise CacheError(path, f"cannot be opened ({exc})") from None
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # reads the header
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
+        )
+        db.execute("SELECT key, value FROM responses LIMIT 0")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            raise CacheError(path, "not a SQLite database (or a corrupt one)") from None
+        if "no such column" in text:
+            raise CacheError(path, "a SQLite database, but not an llmbatch cache") from None
+        raise CacheError(path, f"cannot be used as a cache ({text})") from None
+    return db
+
+
 class SQLiteCache:
-    """A `ResponseCache` backed by one SQLite file. Use from one thread."""
+    """A `ResponseCache` backed by one SQLite file. Use from one thread.
+
+    `errors` counts requests the cache skipped; `writable` turns False after a database
+    error on write (the run goes on without caching new answers).
+    """
 
     def __init__(
         self,
@@ -43,71 +98,109 @@ class SQLiteCache:
         self.path = Path(path)
         self._key = key
         self._commit_interval = commit_interval
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
-        )
+        self._db = _open(self.path)
         self._in_tx = False
         self._last_commit = time.monotonic()
         self.hits = 0
         self.misses = 0
+        self.errors = 0
+        self.writable = True
+        self._warned: set[str] = set()
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.errors += 1
+        if what not in self._warned:  # once per kind: a full disk must not flood the log
+            self._warned.add(what)
+            log.warning(
+                "cache %s: %s failed (%r); the answer is not affected", self.path, what, exc
+            )
 
     def get(self, request: CompletionRequest) -> CompletionResponse | None:
-        row = self._db.execute(
-            "SELECT value FROM responses WHERE key = ?", (self._key(request),)
-        ).fetchone()
-        if row is None:
+        """The cached answer, or None (a miss, or the cache could not answer)."""
+        try:
+            key = self._key(request)
+            row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                self.misses += 1
+                return None
+            v = orjson.loads(row[0])
+            response = CompletionResponse(
+                content=v["content"],
+                model=v["model"],
+                usage=Usage(v["prompt_tokens"], v["completion_tokens"]),
+                request_id=v["request_id"],
+                finish_reason=v["finish_reason"],
+                raw=v["raw"],
+                status_code=v["status_code"],
+                cached=True,
+            )
+        except Exception as exc:  # the key function, the database or a foreign row
+            self._failed("read", exc)
             self.misses += 1
             return None
         self.hits += 1
-        v = orjson.loads(row[0])
-        return CompletionResponse(
-            content=v["content"],
-            model=v["model"],
-            usage=Usage(v["prompt_tokens"], v["completion_tokens"]),
-            request_id=v["request_id"],
-            finish_reason=v["finish_reason"],
-            raw=v["raw"],
-            status_code=v["status_code"],
-            cached=True,
-        )
+        return response
 
     def put(self, request: CompletionRequest, response: CompletionResponse) -> None:
-        if response.cached:
+        """Store a fresh answer; skips (never raises) what cannot be stored."""
+        if response.cached or not self.writable:
             return
-        value = orjson.dumps(
-            {
-                "content": response.content,
-                "model": response.model,
-                "prompt_tokens": response.usage.prompt_tokens,
-                "completion_tokens": response.usage.completion_tokens,
-                "request_id": response.request_id,
-                "finish_reason": response.finish_reason,
-                "raw": response.raw,
-                "status_code": response.status_code,
-            }
-        )
-        if not self._in_tx:
-            self._db.execute("BEGIN")
-            self._in_tx = True
-        self._db.execute(
-            "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
-            (self._key(request), value),
-        )
-        if time.monotonic() - self._last_commit >= self._commit_interval:
-            self.commit()
+        try:
+            key = self._key(request)
+            value = orjson.dumps(
+                {
+                    "content": response.content,
+                    "model": response.model,
+                    "prompt_tokens": response.usage.prompt_tokens,
+                    "completion_tokens": response.usage.completion_tokens,
+                    "request_id": response.request_id,
+                    "finish_reason": response.finish_reason,
+                    "raw": response.raw,
+                    "status_code": response.status_code,
+                }
+            )
+        except Exception as exc:  # this request only: its key or its body
+            self._failed("store", exc)
+            return
+        try:
+            if not self._in_tx:
+                self._db.execute("BEGIN")
+                self._in_tx = True
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", (key, value)
+            )
+            if time.monotonic() - self._last_commit >= self._commit_interval:
+                self._commit()
+        except sqlite3.Error as exc:
+            self._disable(exc)
 
-    def commit(self) -> None:
+    def _disable(self, exc: sqlite3.Error) -> None:
+        self.writable = False
+        self._failed("write", exc)
+        if self._in_tx:
+            # SQLite may have rolled back already (SQLITE_FULL does).
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            self._in_tx = False
+
+    def _commit(self) -> None:
         if self._in_tx:
             self._db.execute("COMMIT")
             self._in_tx = False
         self._last_commit = time.monotonic()
 
+    def commit(self) -> None:
+        """Make the writes so far durable; a failure turns writes off, it does not raise."""
+        try:
+            self._commit()
+        except sqlite3.Error as exc:
+            self._disable(exc)
+
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     def close(self) -> None:
-        self.commit()
-        self._db.close()
+        try:
+            self.commit()
+        finally:
+            self._db.close()

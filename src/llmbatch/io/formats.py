@@ -16,21 +16,25 @@ naming the line (or row, or file) so the caller decides whether to stop or skip.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
+import re
 import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal
 
 import orjson
 
 from ..types import CompletionRequest, ResponseFormat
 
 __all__ = [
+    "MAX_FIELD_CHARS",
     "BadLine",
     "InputItem",
+    "MissingField",
     "TemplateError",
     "parse_line",
     "read_files",
@@ -47,6 +51,11 @@ URLS = {
 SIMPLE_KEYS = frozenset(
     {"id", "prompt", "temperature", "max_tokens", "response_format", "model", "system"}
 )
+# The largest CSV field read (the csv module's own default, 128 KiB, drops ordinary long
+# abstracts and source files); a larger one is a bad row, not a reason to stop reading.
+MAX_FIELD_CHARS = 64 * 1024 * 1024
+MissingField = Literal["error", "empty"]
+_SURROGATE = re.compile("[\udc80-\udcff]")
 _BODY_FIELDS = frozenset({"model", "messages", "temperature", "max_tokens", "response_format"})
 
 
@@ -231,6 +240,21 @@ def _render(template: str, values: Mapping[str, Any], base: CompletionRequest) -
     )
 
 
+def _fill(row: Mapping[str, Any], fields: list[str], missing: MissingField) -> dict[str, Any]:
+    """The template's values from `row`: a field absent, null or empty is a bad row, unless
+    `missing="empty"`, which fills it with ""."""
+    values: dict[str, Any] = {}
+    for name in fields:
+        value = row.get(name)
+        if value is None or value == "":
+            if missing == "error":
+                state = "empty" if value == "" else "missing"
+                raise _Bad(f"template field {{{name}}} is {state}")
+            value = ""
+        values[name] = value
+    return values
+
+
 def read_files(
     template: str, pattern: str, base: CompletionRequest
 ) -> Iterator[InputItem | BadLine]:
@@ -253,11 +277,29 @@ def read_files(
 
 
 def read_rows(
-    template: str, path: str | Path, id_field: str, base: CompletionRequest
+    template: str,
+    path: str | Path,
+    id_field: str,
+    base: CompletionRequest,
+    *,
+    missing: MissingField = "error",
+    max_field_chars: int = MAX_FIELD_CHARS,
 ) -> Iterator[InputItem | BadLine]:
-    """One request per CSV row or JSONL object; fields by name; id from `id_field`."""
-    template_fields(template)
-    rows = _csv_rows(path) if str(path).endswith(".csv") else _jsonl_rows(path)
+    """One request per CSV row or JSONL object; fields by name; id from `id_field`.
+
+        read_rows("T: {title} A: {abstract}", "papers.csv", "id", base, missing="empty")
+
+    A row whose template field is absent, null or empty is a `BadLine` naming the field
+    (`row 12: template field {abstract} is missing`); `missing="empty"` fills it with "".
+    Rows are numbered as records, from 1: in a CSV the header is not a row and a record
+    whose quoted field spans several lines is one row (its first line is in the message of a
+    bad row); in a JSONL file a row is a line. A bad row never costs more than itself: a
+    field longer than `max_field_chars`, bytes that are not UTF-8, or malformed CSV are
+    reported with that row's true number and reading goes on.
+    """
+    fields = template_fields(template)
+    csv_file = str(path).endswith(".csv")
+    rows = _csv_rows(path, max_field_chars) if csv_file else _jsonl_rows(path)
     for n, row in rows:
         if isinstance(row, BadLine):
             yield row
@@ -267,27 +309,94 @@ def read_rows(
             yield BadLine(n, f"no value for the id field {id_field!r}", where="row")
             continue
         try:
-            yield InputItem(n, str(rid), _render(template, row, base))
+            yield InputItem(n, str(rid), _render(template, _fill(row, fields, missing), base))
         except _Bad as exc:
             yield BadLine(n, str(exc), where="row")
 
 
-def _csv_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        n = 1
+def _decoded_lines(f: IO[bytes]) -> Iterator[str]:
+    """The file's lines, decoded one at a time: a bad byte is kept as a lone surrogate
+    (`surrogateescape`) so it spoils only its own row, which is then reported."""
+    first = True
+    for raw in f:
+        if first and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        first = False
+        yield raw.decode("utf-8", "surrogateescape")
+
+
+def _bad_utf8(values: list[str]) -> int | None:
+    """The column index of the first field holding undecodable bytes, or None."""
+    for i, value in enumerate(values):
+        if _SURROGATE.search(value):
+            return i
+    return None
+
+
+def _csv_rows(
+    path: str | Path, max_field_chars: int
+) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    # The csv module's field limit is process-wide; it is only ever raised here (so no other
+    # reader is affected), and the limit that applies to this file is checked per row below.
+    # Raised to at least MAX_FIELD_CHARS, so that the csv module never trips over a field
+    # first: its error comes mid-record and would leave the record's tail to be misread.
+    wanted = max(MAX_FIELD_CHARS, max_field_chars) + 1
+    if csv.field_size_limit() < wanted:
+        csv.field_size_limit(wanted)
+    with open(path, "rb") as f:
+        reader = csv.reader(_decoded_lines(f))
         try:
-            for n, row in enumerate(reader, 1):
-                yield n, row
-        except UnicodeDecodeError as exc:
-            yield n + 1, BadLine(n + 1, f"not valid UTF-8 (byte {exc.start})", where="row")
+            header = next(reader)
+        except StopIteration:
+            return
         except csv.Error as exc:
-            yield n + 1, BadLine(n + 1, f"malformed CSV: {exc}", where="row")
+            yield 0, BadLine(0, f"the CSV header is malformed: {exc}", where="row")
+            return
+        if _bad_utf8(header) is not None:
+            yield 0, BadLine(0, "the CSV header is not valid UTF-8", where="row")
+            return
+        n = 0
+        while True:
+            first_line = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                n += 1
+                yield n, BadLine(n, f"malformed CSV (line {first_line}): {exc}", where="row")
+                continue
+            if not values:  # a blank line is not a row
+                continue
+            n += 1
+            where = (
+                f"line {first_line}"
+                if reader.line_num == first_line
+                else (f"lines {first_line}-{reader.line_num}")
+            )
+            if (col := _bad_utf8(values)) is not None:
+                name = header[col] if col < len(header) else f"#{col + 1}"
+                yield n, BadLine(n, f"field {name!r} is not valid UTF-8 ({where})", where="row")
+                continue
+            if (big := max(map(len, values), default=0)) > max_field_chars:
+                yield (
+                    n,
+                    BadLine(
+                        n,
+                        f"a field of {big} characters is over the limit of "
+                        f"{max_field_chars} ({where})",
+                        where="row",
+                    ),
+                )
+                continue
+            yield n, dict(zip(header, values, strict=False))
 
 
 def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
             if not raw.strip():
                 continue
             try:

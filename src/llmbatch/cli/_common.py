@@ -1,14 +1,18 @@
-"""Small pieces the subcommands share: exit codes, argument types, the event loop."""
+"""Small pieces the subcommands share: exit codes, argument types, the event loop, retries."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from ..retry import RetryPolicy
+
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+EXIT_FAILED = 1  # some requests failed (their lines hold the error), or unfinished
+EXIT_USAGE = 2  # nothing sent
+EXIT_OUTPUT = 3  # the output file could not be written: the run stopped; rerun to resume
 EXIT_INTERRUPTED = 130
 
 
@@ -36,9 +40,18 @@ positive_int = _positive(int, "integer")
 positive_float = _positive(float, "number")
 
 
-def install_uvloop() -> None:
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when installed, for `asyncio.Runner(loop_factory=...)`.
+
+    (`uvloop.install()` sets a global policy, deprecated from Python 3.12.)
+    """
     try:
         import uvloop
     except ImportError:
-        return
-    uvloop.install()
+        return None
+    return uvloop.new_event_loop
+
+
+def retry_policy(args: argparse.Namespace) -> RetryPolicy:
+    """The one retry policy of a run, local or on Ray: --max-retries after the first try."""
+    return RetryPolicy(max_attempts=max(1, args.max_retries + 1))

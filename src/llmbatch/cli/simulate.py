@@ -8,7 +8,7 @@ import os
 import signal
 
 from ..simulate import Simulator, SimulatorConfig
-from ._common import EXIT_OK, fraction, install_uvloop, positive_int
+from ._common import EXIT_OK, event_loop_factory, fraction, positive_int
 
 __all__ = ["add_parser", "main"]
 
@@ -67,5 +67,5 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    install_uvloop()
-    return asyncio.run(_serve(args))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(_serve(args))

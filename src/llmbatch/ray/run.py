@@ -1,9 +1,12 @@
-"""`llmbatch run --ray`'s engine room: workers that return output lines, and their scheduler.
+"""`llmbatch run --ray`'s engine room: workers that return results, and their scheduler.
 
-    await run_on_ray(requests, spec, ClusterLimiter.create(rpm), RayRunConfig(workers=4), on_lines)
+    await run_on_ray(requests, spec, ClusterLimiter.create(rpm), RayRunConfig(workers=4),
+                     on_results=sink.write_all)
 
-The driver alone writes the output: workers send back finished lines, a chunk at a time, and
-a chunk whose worker died is redone elsewhere, so every request ends with exactly one line.
+The driver alone writes the output: workers send back finished results, a chunk at a time, and
+a chunk whose worker died is redone elsewhere, so every request ends with exactly one result.
+Results (not pre-rendered lines) come back so the driver renders, logs and caches them exactly
+as a local run does; `on_lines` is kept for callers of the first version.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import collections
 import contextlib
 import itertools
 import os
+import pickle
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +24,7 @@ from typing import Any
 import ray
 
 from ..clients import ClientSpec
+from ..errors import LLMBatchError
 from ..io.journal import result_line
 from ..retry import RetryPolicy
 from ..types import BatchRequest, BatchResult, CompletionRequest
@@ -29,8 +34,24 @@ from .limiter import ClusterLimiter
 __all__ = ["Lines", "RayRunConfig", "RayWorker", "run_on_ray"]
 
 
+def _portable(result: BatchResult) -> BatchResult:
+    """`result`, with an error that pickle cannot carry back replaced by a plain one.
+
+    Our errors and the builtins travel fine; an exotic one from a hand-written client might
+    not, and would then fail the whole chunk on the driver. Only failures pay for the check.
+    """
+    error = result.error
+    if error is None:
+        return result
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        error = LLMBatchError(f"{type(error).__name__}: {error}")
+    return BatchResult(result.id, result.response, error, result.duration, result.attempts)
+
+
 class _BatchWorker:
-    """A CLI worker: requests in, finished output lines out (the driver alone writes them)."""
+    """A CLI worker: requests in, finished results out (the driver alone writes them)."""
 
     def __init__(
         self,
@@ -61,9 +82,7 @@ class _BatchWorker:
             if future is not None and not future.done():
                 future.set_result(result)
 
-    async def run_chunk(
-        self, chunk: list[tuple[str, CompletionRequest]]
-    ) -> list[tuple[str, bytes, bool]]:
+    async def run_chunk(self, chunk: list[tuple[str, CompletionRequest]]) -> list[BatchResult]:
         """Run a chunk through this worker's single engine (shared by concurrent chunks)."""
         loop = asyncio.get_running_loop()
         if self.queue is None:
@@ -76,7 +95,7 @@ class _BatchWorker:
             self.queue.put_nowait(BatchRequest(rid, request))
             futures.append(future)
         results = await asyncio.gather(*futures)
-        return [(r.id, result_line(r), r.error is None) for r in results]
+        return [_portable(r) for r in results]
 
     def close(self) -> None:
         if self.limiter is not None:
@@ -87,6 +106,7 @@ RayWorker: Any = ray.remote(num_cpus=0)(_BatchWorker)
 
 
 Lines = list[tuple[str, bytes, bool]]
+Chunk = list[tuple[str, CompletionRequest]]
 
 
 @dataclass(slots=True)
@@ -107,15 +127,29 @@ async def run_on_ray(
     client: ClientSpec,
     limiter: ClusterLimiter,
     config: RayRunConfig,
-    on_lines: Callable[[Lines], None],
+    on_lines: Callable[[Lines], None] | None = None,
+    *,
+    on_results: Callable[[list[BatchResult]], None] | None = None,
 ) -> None:
-    """Spread `requests` over Ray workers; hand every finished chunk's lines to `on_lines`.
+    """Spread `requests` over Ray workers; hand every finished chunk to `on_results` (or, as
+    rendered output lines `(custom_id, line, ok)`, to `on_lines`): give exactly one.
+
+    An exception from the callback (the output file failed) stops the run: no more chunks
+    are sent, chunks in flight are cancelled and the workers killed.
 
     Requests are pulled lazily, a chunk at a time, two chunks in flight per worker. A chunk
-    reaches `on_lines` exactly once: if its worker dies first, the whole chunk is sent to
+    reaches the callback exactly once: if its worker dies first, the whole chunk is sent to
     another worker (and a replacement worker started), so every request ends with exactly one
     line even though a few may have been sent to the provider twice.
     """
+    if (on_lines is None) == (on_results is None):
+        raise TypeError("give exactly one of on_lines and on_results")
+
+    def render(results: list[BatchResult]) -> None:
+        assert on_lines is not None
+        on_lines([(r.id, result_line(r), r.error is None) for r in results])
+
+    deliver = on_results or render
     chunk_size = config.chunk_size or config.concurrency
     replacements = config.workers if config.max_replacements is None else config.max_replacements
 
@@ -126,12 +160,12 @@ async def run_on_ray(
 
     live: list[Any] = [start() for _ in range(config.workers)]
     load: dict[Any, int] = dict.fromkeys(live, 0)
-    inflight: dict[asyncio.Future[Lines], tuple[Any, list[tuple[str, CompletionRequest]]]] = {}
-    redo: collections.deque[list[tuple[str, CompletionRequest]]] = collections.deque()
+    inflight: dict[asyncio.Future[list[BatchResult]], tuple[Any, Chunk]] = {}
+    redo: collections.deque[Chunk] = collections.deque()
     failures: dict[int, int] = {}
     exhausted = False
 
-    def next_chunk() -> list[tuple[str, CompletionRequest]] | None:
+    def next_chunk() -> Chunk | None:
         nonlocal exhausted
         if redo:
             return redo.popleft()
@@ -159,7 +193,7 @@ async def run_on_ray(
                 worker, chunk = inflight.pop(future)
                 load[worker] = load.get(worker, 1) - 1
                 try:
-                    lines = future.result()
+                    results = future.result()
                 except ray.exceptions.RayActorError:
                     # The worker died (killed, crashed, node lost): redo its chunk elsewhere.
                     redo.append(chunk)
@@ -181,7 +215,7 @@ async def run_on_ray(
                         raise
                     redo.append(chunk)
                     continue
-                on_lines(lines)
+                deliver(results)
     finally:
         for future in inflight:
             future.cancel()

@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ import pytest
 from llmbatch.errors import ServerError
 from llmbatch.io.journal import Journal, JournalLocked, journal_stats, result_line
 from llmbatch.types import BatchResult, CompletionResponse, Usage
+
+from .filesystems import fill, tiny_fs
 
 
 def ok(rid: str, content: str = "fine") -> BatchResult:
@@ -143,50 +144,24 @@ def test_a_failed_compaction_removes_its_temp_file_and_keeps_the_original(tmp_pa
     assert sorted(r["custom_id"] for r in lines(out)) == ["a", "b"]
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs: a real disk that fills up. Needs root (skipped otherwise)."""
-    where = tmp_path / "tiny"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"x" * 512)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-
-
-def test_compaction_on_a_full_disk_leaves_the_original_intact(tiny_fs: Path) -> None:
-    out = tiny_fs / "out.jsonl"
-    with Journal(out) as j:
-        for i in range(100):
-            j.write(failed(f"r{i}"))
-    with Journal(out) as j:
-        j.write(ok("r0"))
-    fill(tiny_fs / "filler")  # take what is left, so the rewrite cannot fit
-    journal = Journal(out)
-    journal.open()
-    journal.write(ok("r1"))
-    before = out.read_bytes()
-    with pytest.raises(OSError) as info:
-        journal.close()
-    assert info.value.errno == errno.ENOSPC
-    assert out.read_bytes() == before
-    assert not (tiny_fs / "out.jsonl.compact.tmp").exists()
+def test_compaction_on_a_full_disk_leaves_the_original_intact(tmp_path: Path) -> None:
+    with tiny_fs(tmp_path) as disk:
+        out = disk / "out.jsonl"
+        with Journal(out) as j:
+            for i in range(100):
+                j.write(failed(f"r{i}"))
+        with Journal(out) as j:
+            j.write(ok("r0"))
+        fill(disk / "filler")  # take what is left, so the rewrite cannot fit
+        journal = Journal(out)
+        journal.open()
+        journal.write(ok("r1"))
+        before = out.read_bytes()
+        with pytest.raises(OSError) as info:
+            journal.close()
+        assert info.value.errno == errno.ENOSPC
+        assert out.read_bytes() == before
+        assert not (disk / "out.jsonl.compact.tmp").exists()
 
 
 def test_foreign_lines_are_ignored_by_resume_and_stats(tmp_path: Path) -> None:

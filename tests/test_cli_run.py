@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from .conftest import SimProcess
-from .filesystems import readonly_fs, tiny_fs
+from .filesystems import fill, readonly_fs, tiny_fs
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -679,3 +679,33 @@ def test_retry_failed_compaction_keeps_a_symlink_and_the_mode(tmp_path: Path, st
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert os.stat(real).st_mode & 0o777 == 0o600
     assert sorted(r["custom_id"] for r in read_out(real)) == sorted(ids)
+
+
+def test_a_full_disk_in_compaction_keeps_the_output_and_exits_1(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    flaky = start_sim("--fail-rate", "0.1", "--seed", "2")
+    inp = tmp_path / "in.jsonl"
+    ids = write_simple(inp, 100)
+    first = tmp_path / "first.jsonl"
+    assert cli(*run_args(flaky, inp, first, "--max-retries", "0")).returncode == 1
+    failed = {r["custom_id"] for r in read_out(first) if r["error"]}
+    assert 0 < len(failed) < 20
+    with tiny_fs(tmp_path, size="128k") as disk:
+        out = disk / "out.jsonl"
+        out.write_bytes(first.read_bytes())
+        filler = disk / "filler"
+        fill(filler)
+        # Room for the redone lines, not for a second copy of the whole file.
+        os.truncate(filler, filler.stat().st_size - 16 * 1024)
+        healthy = start_sim()
+        proc = cli(*run_args(healthy, inp, out, "--retry-failed"))
+        assert proc.returncode == 1, proc.stderr
+        assert f"cannot rewrite (compact) {out}: [Errno 28] No space left on device" in (
+            proc.stderr
+        )
+        assert "Traceback" not in proc.stderr
+        assert not (disk / "out.jsonl.compact.tmp").exists()
+        records = read_out(out)
+    # Intact: every old line, then one fresh line per redone id; a rerun would compact it.
+    assert len(records) == 100 + len(failed)
+    newest = {r["custom_id"]: r for r in records}
+    assert set(newest) == set(ids) and all(r["error"] is None for r in newest.values())

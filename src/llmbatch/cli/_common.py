@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from rich.console import Console
+
 from ..retry import RetryPolicy
 
 EXIT_OK = 0
@@ -55,3 +57,13 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def retry_policy(args: argparse.Namespace) -> RetryPolicy:
     """The one retry policy of a run, local or on Ray: --max-retries after the first try."""
     return RetryPolicy(max_attempts=max(1, args.max_retries + 1))
+
+
+def os_reason(exc: OSError) -> str:
+    """`[Errno 28] No space left on device`, without the file name Python may append."""
+    return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else str(exc)
+
+
+def say(console: Console, message: str) -> None:
+    """Print a message that may hold paths, ids or OS errors: never read as markup."""
+    console.print(message, markup=False, highlight=False)

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,24 +27,10 @@ from rich.console import Console
 from rich.text import Text
 
 from ..clients import ClientSpec
-from ..clients._http import ProviderClient
-from ..engine import Engine, EngineConfig
-from ..errorlog import ErrorHandler
-from ..io import cache as cache_module
-from ..io.cache import SQLiteCache, request_key
-from ..io.formats import (
-    BadLine,
-    InputItem,
-    TemplateError,
-    read_files,
-    read_jsonl,
-    read_rows,
-)
+from ..io.formats import BadLine, TemplateError
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
-from ..limiter import RateLimiter
-from ..progress import RichProgress
-from ..types import BatchRequest, CompletionRequest
+from ..types import BatchRequest
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -54,25 +38,18 @@ from ._common import (
     EXIT_OUTPUT,
     EXIT_USAGE,
     event_loop_factory,
+    os_reason,
     positive_float,
     positive_int,
-    retry_policy,
+    say,
 )
+from .execute import build_sink, execute
+from .paths import Source, check_paths, source_of
 from .precheck import Precheck, precheck
 from .stats import stats_table
 from .usage import UsageError
 
 __all__ = ["add_parser", "main"]
-
-Source = Callable[[], Iterator[InputItem | BadLine]]
-
-# `llmbatch.io.cache.CacheError` is being added by another change (a bad cache file raises it
-# at construction); until it lands, sqlite's and the OS's errors are what a bad path gives.
-_CACHE_OPEN_ERRORS: tuple[type[BaseException], ...] = (
-    sqlite3.Error,
-    OSError,
-    *([cache_module.CacheError] if hasattr(cache_module, "CacheError") else []),
-)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -168,8 +145,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 async def _run(args: argparse.Namespace, console: Console) -> int:
-    source = _source(args)
-    _check_paths(args)
+    source = source_of(args)
+    check_paths(args)
     spec = _client_spec(args)
     client = spec.build()
     try:
@@ -177,10 +154,10 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         try:
             skip = _report_resume(console, args, journal.scan)
             check = _check_input(console, args, source, skip, journal.scan)
-            sink = _build_sink(args, console, client, journal, check)
+            sink = build_sink(args, console, client, journal, check)
             try:
                 requests = _requests(source, check, skip, sink)
-                interrupted = await _execute(args, spec, client, sink, requests, check)
+                interrupted = await execute(args, spec, client, sink, requests, check)
                 sink.close()  # fsync, and compaction where ids were redone
             except OutputError as exc:
                 sink.abandon()
@@ -192,99 +169,6 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         return _finish(console, args, sink, check, interrupted)
     finally:
         await client.aclose()
-
-
-def _source(args: argparse.Namespace) -> Source:
-    """What to read: INPUT, or requests built from --template over --files or --rows."""
-    if args.template is not None:
-        if args.input:
-            raise UsageError("give either INPUT or --template, not both")
-        base = CompletionRequest(
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            response_format="json" if args.json else "text",
-            model=None,
-            system=args.system,
-        )
-        if bool(args.files) == bool(args.rows):
-            raise UsageError("--template needs exactly one of --files or --rows")
-        if args.files:
-            return _files_source(args.template, args.files, base, _own_files(args.output))
-        rows = Path(args.rows)
-        if not rows.is_file():
-            raise UsageError(f"--rows {rows}: no such file")
-        template, id_field = args.template, args.id_field
-        # TODO(missing-field): when io.formats.read_rows takes `missing=`, pass
-        # `missing=args.missing_field` here (the flag is parsed already; default "error").
-        return lambda: read_rows(template, rows, id_field, base)
-    if args.files or args.rows:
-        raise UsageError("--files and --rows need --template")
-    if not args.input:
-        raise UsageError("give INPUT (a JSONL file) or --template with --files/--rows")
-    path = Path(args.input)
-    if not path.is_file():
-        raise UsageError(f"INPUT {path}: no such file")
-    return lambda: read_jsonl(path)
-
-
-def _own_files(output: str) -> set[str]:
-    """The files a run itself writes: the output, its lock and its compaction temp file."""
-    real = Path(os.path.realpath(output))
-    names = [real, real.with_name(real.name + ".lock"), real.with_name(real.name + ".compact.tmp")]
-    return {str(p) for p in names} | {os.path.abspath(output)}
-
-
-def _files_source(template: str, pattern: str, base: CompletionRequest, own: set[str]) -> Source:
-    # The output is created before the files are listed: a glob like "**/*" would otherwise
-    # send the run's own output and lock file as requests.
-    def items() -> Iterator[InputItem | BadLine]:
-        for item in read_files(template, pattern, base):
-            if isinstance(item, InputItem) and os.path.realpath(item.id) in own:
-                continue
-            yield item
-
-    return items
-
-
-def _check_paths(args: argparse.Namespace) -> None:
-    """Refuse unusable output paths before anything is opened or sent, one line each."""
-    output = Path(args.output)
-    for flag, other in (("INPUT", args.input), ("--rows", args.rows)):
-        if other and _same_file(output, Path(other)):
-            raise UsageError(f"OUTPUT {output} is {flag}: results would overwrite the input")
-    if output.is_dir():
-        raise UsageError(f"OUTPUT {output} is a directory")
-    if not output.parent.is_dir():
-        raise UsageError(f"OUTPUT {output}: directory {output.parent} does not exist")
-    if output.exists() and output.stat().st_size and not args.resume:
-        raise UsageError(
-            f"{output} exists and --no-resume was given: remove it, or drop --no-resume"
-        )
-    if args.error_log:
-        log_dir = Path(args.error_log)
-        try:
-            log_dir.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise UsageError(f"--error-log {log_dir} is a file; it needs a directory") from None
-        except OSError as exc:
-            raise UsageError(f"--error-log {log_dir}: {_reason(exc)}") from None
-    if args.stats_json:
-        stats = Path(args.stats_json)
-        if stats.is_dir():
-            raise UsageError(f"--stats-json {stats} is a directory")
-        if not stats.parent.is_dir():
-            raise UsageError(f"--stats-json {stats}: directory {stats.parent} does not exist")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one does not exist yet
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _reason(exc: OSError) -> str:
-    return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else str(exc)
 
 
 def _client_spec(args: argparse.Namespace) -> ClientSpec:
@@ -307,7 +191,7 @@ def _open_output(args: argparse.Namespace) -> Journal:
     except JournalLocked as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise UsageError(f"cannot open OUTPUT {args.output}: {_reason(exc)}") from None
+        raise UsageError(f"cannot open OUTPUT {args.output}: {os_reason(exc)}") from None
     return journal
 
 
@@ -316,7 +200,7 @@ def _report_resume(
 ) -> Callable[[str], bool]:
     """Say what the existing output holds; return the test for ids this run leaves alone."""
     if scan.repaired_bytes:
-        _say(
+        say(
             console,
             f"repaired {args.output}: cut a torn last line ({scan.repaired_bytes} bytes) left "
             "by an interrupted run; that request will be redone",
@@ -363,10 +247,10 @@ def _check_input(
                 f"{check.bad_count:,} bad input line(s); nothing was sent "
                 "(fix them, or pass --on-bad-line skip)"
             )
-        _say(console, f"skipping {check.bad_count:,} bad line(s)")
+        say(console, f"skipping {check.bad_count:,} bad line(s)")
     if check.skipped_done:
         kept = 0 if args.retry_failed else len(scan.failed)
-        _say(
+        say(
             console,
             f"resuming {args.output}: {check.skipped_done:,} already done"
             + (f" ({kept:,} failed, kept; --retry-failed redoes them)" if kept else "")
@@ -384,39 +268,6 @@ def _print_bad(console: Console, where: str, check: Precheck) -> None:
         console.print(Text.assemble(("bad input", "red"), f": ... and {more:,} more"))
 
 
-def _build_sink(
-    args: argparse.Namespace,
-    console: Console,
-    client: ProviderClient,
-    journal: Journal,
-    check: Precheck,
-) -> ResultSink:
-    """The one owner of results: output file, progress, error log, cache, what is left."""
-    cache = None
-    if args.cache:
-        provider, base_url = args.provider, client.base_url
-
-        def key(req: CompletionRequest) -> str:
-            return request_key(provider, base_url, req.model or client.model, client.body_for(req))
-
-        try:
-            cache = SQLiteCache(args.cache, key)
-        except _CACHE_OPEN_ERRORS as exc:
-            raise UsageError(f"--cache {args.cache}: cannot be used as a cache ({exc})") from None
-    error_log = (
-        ErrorHandler(args.error_log, prompt_section=args.prompt_section) if args.error_log else None
-    )
-    progress = RichProgress(description="llmbatch", console=console, disable=args.no_progress)
-    return ResultSink(
-        journal,
-        expected=check.runnable,
-        progress=progress,
-        error_log=error_log,
-        cache=cache,
-        warn=lambda message: _say(console, f"warning: {message}"),
-    )
-
-
 def _requests(
     source: Source, check: Precheck, skip: Callable[[str], bool], sink: ResultSink
 ) -> Iterator[BatchRequest]:
@@ -427,85 +278,6 @@ def _requests(
         request = BatchRequest(item.id, item.request)
         if sink.needs_call(request):
             yield request
-
-
-async def _execute(
-    args: argparse.Namespace,
-    spec: ClientSpec,
-    client: ProviderClient,
-    sink: ResultSink,
-    requests: Iterator[BatchRequest],
-    check: Precheck,
-) -> bool:
-    """Send the requests (here or on Ray) into the sink; return True if interrupted.
-
-    A periodic fsync runs beside the results loop in one task group: if either fails (an
-    `OutputError`), the other is cancelled and the error propagates.
-    """
-    progress = sink.progress
-    assert isinstance(progress, RichProgress)
-    progress.start(check.runnable)
-    try:
-        async with asyncio.TaskGroup() as group:
-            syncer = group.create_task(sink.keep_synced())
-            try:
-                if args.ray:
-                    from .ray_run import execute_on_ray
-
-                    await execute_on_ray(args, spec, requests, sink)
-                else:
-                    await _execute_here(args, client, sink, requests, check)
-            finally:
-                syncer.cancel()
-    except asyncio.CancelledError:
-        return True
-    except BaseExceptionGroup as group:
-        raise _first(group) from None
-    finally:
-        progress.stop()
-    return False
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report from a task group: an `OutputError` if there is one."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return next((e for e in leaves if isinstance(e, OutputError)), leaves[0])
-
-
-async def _execute_here(
-    args: argparse.Namespace,
-    client: ProviderClient,
-    sink: ResultSink,
-    requests: Iterator[BatchRequest],
-    check: Precheck,
-) -> None:
-    limiter = RateLimiter(args.rpm, args.tpm) if (args.rpm or args.tpm) else None
-    engine = Engine(
-        client,
-        EngineConfig(
-            max_concurrency=args.concurrency,
-            request_timeout=args.request_timeout,
-            retry=retry_policy(args),
-            admission=limiter,
-        ),
-    )
-    stream = engine.stream(
-        requests, timeout=args.timeout, total=check.runnable, finish_unstarted=False
-    )
-    # Leaving this block by an exception (the sink's OutputError) closes the stream, which
-    # stops admissions and cancels the requests in flight.
-    async with contextlib.aclosing(stream) as results:
-        async for result in results:
-            sink.write(result)
 
 
 def _finish(
@@ -528,16 +300,16 @@ def _finish(
         try:
             Path(args.stats_json).write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
         except OSError as exc:
-            _say(console, f"llmbatch run: error: cannot write {args.stats_json}: {_reason(exc)}")
+            say(console, f"llmbatch run: error: cannot write {args.stats_json}: {os_reason(exc)}")
             return EXIT_FAILED
     if interrupted:
-        _say(
+        say(
             console,
             f"interrupted: {unfinished:,} request(s) not written; rerun the same command to finish",
         )
         return EXIT_INTERRUPTED
     if unfinished:
-        _say(console, f"--timeout passed: {unfinished:,} request(s) unfinished; rerun to finish")
+        say(console, f"--timeout passed: {unfinished:,} request(s) unfinished; rerun to finish")
     if stats.failure_count or unfinished or check.bad_count:
         return EXIT_FAILED
     return EXIT_OK
@@ -553,23 +325,18 @@ def _output_failed(
     if exc.compacting:
         # Every result is in the file; only superseded lines of redone ids remain in it.
         console.print(stats_table(journal_stats(args.output), title=f"llmbatch: {args.output}"))
-        _say(
+        say(
             console,
             f"llmbatch run: error: {exc}; it is intact and holds every result (with the older "
             "lines of redone ids); rerun to compact it",
         )
         return EXIT_FAILED
-    _say(
+    say(
         console,
         f"llmbatch run: error: {exc}; stopped after {sink.written:,} of {check.runnable:,} "
         "result(s); what was written is kept: rerun the same command to resume",
     )
     return EXIT_OUTPUT
-
-
-def _say(console: Console, message: str) -> None:
-    """Print a message that may hold paths, ids or OS errors: never read as markup."""
-    console.print(message, markup=False, highlight=False)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -588,7 +355,7 @@ def main(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             return runner.run(guarded())
     except UsageError as exc:
-        _say(console, f"llmbatch run: error: {exc}")
+        say(console, f"llmbatch run: error: {exc}")
         return EXIT_USAGE
     except asyncio.CancelledError:
         return EXIT_INTERRUPTED

@@ -59,6 +59,18 @@ def test_a_write_failure_is_raised_naming_the_file_and_the_os_error(tmp_path: Pa
     assert sink.written == 2 and sink.unfinished == 3
 
 
+def test_an_fsync_failure_is_raised_too(tmp_path: Path) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    journal = Journal(tmp_path / "out.jsonl", fsync=fsync, fsync_interval=0.0)
+    journal.open()
+    sink = ResultSink(journal, expected=1)
+    with pytest.raises(OutputError, match=r"cannot write .*out.jsonl: \[Errno 5\] Input/output"):
+        sink.write(ok("a"))
+    sink.abandon()
+
+
 def test_cut_short_results_are_not_written_but_counted_unfinished(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "out.jsonl")
     journal.open()

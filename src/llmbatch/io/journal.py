@@ -48,6 +48,7 @@ from ..stats import BatchStats, StatsCollector
 from ..types import BatchResult
 
 __all__ = [
+    "CompactionError",
     "Journal",
     "JournalLocked",
     "JournalScan",
@@ -59,6 +60,11 @@ __all__ = [
 
 class JournalLocked(RuntimeError):
     """Another run is writing the same output file."""
+
+
+class CompactionError(OSError):
+    """The rewrite at close failed (a full disk): the original file is intact, every result in
+    it; only the superseded lines of redone ids are still there. Carries the OS errno."""
 
 
 @dataclass(slots=True)
@@ -260,10 +266,6 @@ class Journal:
         finally:
             self._unlock()
 
-    @property
-    def needs_compaction(self) -> bool:
-        return bool(self.scan.duplicated or self._rewritten)
-
     def __enter__(self) -> Journal:
         self.open()
         return self
@@ -392,9 +394,11 @@ class Journal:
                 dst.flush()
                 self._fsync(dst.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise CompactionError(exc.errno, exc.strerror) from exc
             raise
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:

@@ -30,7 +30,7 @@ from ..errors import BatchCancelledError, BatchTimeoutError
 from ..events import RequestFinished
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from .cache import SQLiteCache
-from .journal import Journal
+from .journal import CompactionError, Journal
 
 __all__ = ["OutputError", "ProgressCounter", "ResultSink", "is_unfinished"]
 
@@ -162,10 +162,10 @@ class ResultSink:
         self._closed = True
         try:
             self.journal.close()
+        except CompactionError as exc:
+            raise OutputError(self.journal.path, exc, compacting=True) from exc
         except OSError as exc:
-            raise OutputError(
-                self.journal.path, exc, compacting=self.journal.needs_compaction
-            ) from exc
+            raise OutputError(self.journal.path, exc) from exc
         finally:
             self._close_extras()
 

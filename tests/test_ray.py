@@ -218,3 +218,32 @@ def test_cli_on_ray_with_a_cache_and_an_error_log(tmp_path: Path) -> None:
         )
     finally:
         sim.close()
+
+
+def test_cli_on_ray_stops_when_the_output_disk_is_full(tmp_path: Path) -> None:
+    from .filesystems import tiny_fs
+
+    sim = SimProcess("--latency-ms", "5")
+    inp = tmp_path / "in.jsonl"
+    ids = [f"q{i}" for i in range(2000)]
+    inp.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}"}) + "\n" for i in ids))
+    common = ["--base-url", sim.url + "/v1", "--model", "sim", "--no-progress"]
+    try:
+        with tiny_fs(tmp_path) as disk:
+            out = disk / "out.jsonl"
+            proc = ray_cli(str(inp), "-o", str(out), *common, "--concurrency", "8")
+            assert proc.returncode == 3, proc.stderr[-2000:]
+            assert f"cannot write {out}: [Errno 28] No space left on device" in proc.stderr
+            written = out.read_bytes().count(b"\n")
+            # Two workers, two chunks of 8 each in flight: nothing beyond those was sent.
+            assert written > 0 and sim.stats()["received"] <= written + 2 * 2 * 8 + 8
+            moved = tmp_path / "out.jsonl"
+            moved.write_bytes(out.read_bytes())
+        sim.reset()
+        again = ray_cli(str(inp), "-o", str(moved), *common, "--concurrency", "8")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert sim.stats()["received"] == 2000 - written
+    finally:
+        sim.close()
+    counts = Counter(json.loads(line)["custom_id"] for line in moved.read_text().splitlines())
+    assert set(counts) == set(ids) and set(counts.values()) == {1}

@@ -1,7 +1,7 @@
 """`llmbatch run --ray`'s engine room: workers that return results, and their scheduler.
 
     await run_on_ray(requests, spec, ClusterLimiter.create(rpm), RayRunConfig(workers=4),
-                     on_results=sink.write_all)
+                     on_results=lambda results: [sink.write(r) for r in results])
 
 The driver alone writes the output: workers send back finished results, a chunk at a time, and
 a chunk whose worker died is redone elsewhere, so every request ends with exactly one result.

@@ -91,8 +91,8 @@ async def execute(
     `OutputError`), the other is cancelled and the error propagates.
     """
     progress = sink.progress
-    assert isinstance(progress, RichProgress)
-    progress.start(check.runnable)
+    if progress is not None:
+        progress.start(check.runnable)
     try:
         async with asyncio.TaskGroup() as group:
             syncer = group.create_task(sink.keep_synced())
@@ -110,7 +110,8 @@ async def execute(
     except BaseExceptionGroup as group:
         raise _first(group) from None
     finally:
-        progress.stop()
+        if progress is not None:
+            progress.stop()
     return False
 
 

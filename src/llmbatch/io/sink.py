@@ -32,7 +32,7 @@ from ..types import BatchRequest, BatchResult, CompletionRequest
 from .cache import SQLiteCache
 from .journal import CompactionError, Journal
 
-__all__ = ["OutputError", "ProgressCounter", "ResultSink", "is_unfinished"]
+__all__ = ["OutputError", "ProgressDisplay", "ResultSink", "is_unfinished"]
 
 log = logging.getLogger("llmbatch")
 
@@ -51,10 +51,15 @@ class OutputError(Exception):
         super().__init__(f"cannot {verb} {path}: {reason}")
 
 
-class ProgressCounter(Protocol):
-    """What the sink needs of a progress display (`RichProgress` is one)."""
+class ProgressDisplay(Protocol):
+    """A progress display the sink advances (`RichProgress` is one); its owner starts and
+    stops it around the run."""
+
+    def start(self, total: int | None) -> None: ...
 
     def add(self, ok: bool, count: int = 1) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def is_unfinished(result: BatchResult) -> bool:
@@ -71,7 +76,7 @@ class ResultSink:
         journal: Journal,
         *,
         expected: int,
-        progress: ProgressCounter | None = None,
+        progress: ProgressDisplay | None = None,
         error_log: ErrorHandler | None = None,
         cache: SQLiteCache | None = None,
         warn: Callable[[str], None] = log.warning,

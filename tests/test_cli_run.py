@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .conftest import SimProcess
+from .filesystems import fill, readonly_fs, tiny_fs
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -437,3 +438,274 @@ def test_whole_run_timeout_leaves_the_rest_for_a_rerun(tmp_path: Path, start_sim
     again = cli(*run_args(sim, inp, out, "--concurrency", "16"))
     assert again.returncode == 0, again.stderr
     assert sorted(r["custom_id"] for r in read_out(out)) == sorted(ids)
+
+
+# -- the output file is the product: a failure to write it stops the run ----------------------
+
+
+def assert_stopped_on_a_full_disk(
+    proc: subprocess.CompletedProcess[str], out: Path, sim: SimProcess, oserror: str
+) -> int:
+    """Exit 3, one line naming the file and the OS error, no calls beyond those in flight."""
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"cannot write {out}: {oserror}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    whole = read_out_tolerant(out)
+    assert 0 < len(whole) < 2000
+    # --concurrency 8: at most 8 in flight and 16 pulled but not yet written when it failed.
+    assert sim.stats()["received"] <= len(whole) + 1 + 3 * 8
+    return len(whole)
+
+
+def test_a_full_disk_stops_the_run_and_a_rerun_elsewhere_resumes(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--latency-ms", "5")
+    inp = tmp_path / "in.jsonl"
+    ids = write_simple(inp, 2000)
+    with tiny_fs(tmp_path) as disk:
+        out = disk / "out.jsonl"
+        proc = cli(*run_args(sim, inp, out, "--concurrency", "8"))
+        done = assert_stopped_on_a_full_disk(proc, out, sim, "[Errno 28] No space left on device")
+        moved = tmp_path / "out.jsonl"
+        moved.write_bytes(out.read_bytes())  # possibly with a torn last line
+    sim.reset()
+    again = cli(*run_args(sim, inp, moved, "--concurrency", "8"))
+    assert again.returncode == 0, again.stderr
+    counts = Counter(r["custom_id"] for r in read_out(moved))
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+    assert sim.stats()["received"] == 2000 - done
+
+
+def test_a_file_size_limit_stops_the_run_and_a_rerun_resumes(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    """The same without root: RLIMIT_FSIZE makes the kernel refuse the write (EFBIG)."""
+    import resource
+
+    sim = start_sim("--latency-ms", "5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 2000)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = cli(*run_args(sim, inp, out, "--concurrency", "8"), preexec_fn=limit)
+    done = assert_stopped_on_a_full_disk(proc, out, sim, "[Errno 27] File too large")
+    sim.reset()
+    again = cli(*run_args(sim, inp, out, "--concurrency", "8"))
+    assert again.returncode == 0, again.stderr
+    counts = Counter(r["custom_id"] for r in read_out(out))
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+    assert sim.stats()["received"] == 2000 - done
+
+
+# -- the output never destroys or swallows the input -------------------------------------------
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,title\nk1,First\nk2,Second\n")
+    before = rows.read_bytes()
+    alias = tmp_path / "alias.csv"
+    alias.symlink_to(rows)
+    for output in (rows, alias):
+        proc = cli(
+            "run", "--template", "T: {title}", "--rows", str(rows), "-o", str(output),
+            "--base-url", sim.url + "/v1", "--model", "sim", "--no-progress",
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert f"OUTPUT {output} is --rows" in proc.stderr
+    inp = tmp_path / "in.jsonl"
+    write_simple(inp, 3)
+    proc = cli(*run_args(sim, inp, tmp_path / "." / "in.jsonl"))
+    assert proc.returncode == 2 and "is INPUT" in proc.stderr
+    assert rows.read_bytes() == before and sim.stats()["received"] == 0
+
+
+def test_files_never_picks_up_the_output_or_its_lock(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(name)
+    args = [
+        "run", "--template", "{path}: {content}", "--files", "*", "-o", "out.jsonl",
+        "--base-url", sim.url + "/v1", "--model", "sim", "--no-progress",
+    ]  # fmt: skip
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = cli(*args, cwd=tmp_path)  # now out.jsonl and out.jsonl.lock exist beforehand
+    assert again.returncode == 0, again.stderr
+    assert sorted(r["custom_id"] for r in read_out(tmp_path / "out.jsonl")) == ["a.txt", "b.txt"]
+    assert sim.stats()["received"] == 2
+
+
+def test_a_second_run_through_a_symlink_is_refused(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--latency-ms", "300")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_simple(inp, 40)
+    (tmp_path / "alias.jsonl").symlink_to(out)
+    first = start_cli(*run_args(sim, inp, out, "--concurrency", "2"))
+    try:
+        wait_for_lines(out, 1)
+        second = cli(*run_args(sim, inp, tmp_path / "alias.jsonl"))
+        assert second.returncode == 2, second.stderr
+        assert "being written by another llmbatch run" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+# -- user data is printed as it is, never as markup --------------------------------------------
+
+MARKUP_IDS = ["app/[slug]/page.tsx", "[/bold]", "[red]x[/red]"]
+
+
+def test_ids_that_look_like_markup_print_verbatim(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--fail-rate", "1")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(
+        "".join(json.dumps({"id": i, "prompt": "x"}) + "\n" for i in [*MARKUP_IDS, "[/bold]"])
+    )
+    bad = cli(*run_args(sim, inp, out))  # the duplicate is reported with its id
+    assert bad.returncode == 2, bad.stderr
+    assert "duplicate id '[/bold]'" in bad.stderr and "Traceback" not in bad.stderr
+    proc = cli(*run_args(sim, inp, out, "--on-bad-line", "skip", "--max-retries", "0"))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    table = cli("stats", str(out))
+    assert table.returncode == 1, table.stderr
+    for rid in MARKUP_IDS:
+        assert rid in proc.stderr  # the end-of-run table's failed ids
+        assert rid in table.stdout
+
+
+# -- unusable paths: one line naming the path, exit 2, nothing sent ----------------------------
+
+
+def test_unusable_paths_are_one_line_usage_errors(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    inp = tmp_path / "in.jsonl"
+    write_simple(inp, 3)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "corrupt.db").write_bytes(b"this is not a database" * 100)
+    out = str(tmp_path / "out.jsonl")
+    cases = {
+        "output is a directory": (
+            run_args(sim, inp, tmp_path / "adir"),
+            f"OUTPUT {tmp_path / 'adir'} is a directory",
+        ),
+        "output in a missing directory": (
+            run_args(sim, inp, tmp_path / "nope" / "out.jsonl"),
+            f"directory {tmp_path / 'nope'} does not exist",
+        ),
+        "--error-log is a file": (
+            [*run_args(sim, inp, Path(out)), "--error-log", str(tmp_path / "afile")],
+            f"--error-log {tmp_path / 'afile'} is a file",
+        ),
+        "--stats-json in a missing directory": (
+            [*run_args(sim, inp, Path(out)), "--stats-json", str(tmp_path / "nope" / "s.json")],
+            f"--stats-json {tmp_path / 'nope' / 's.json'}: directory",
+        ),
+        "--cache is a directory": (
+            [*run_args(sim, inp, Path(out)), "--cache", str(tmp_path / "adir")],
+            f"--cache {tmp_path / 'adir'}",
+        ),
+        "--cache is not a database": (
+            [*run_args(sim, inp, Path(out)), "--cache", str(tmp_path / "corrupt.db")],
+            f"--cache {tmp_path / 'corrupt.db'}",
+        ),
+    }
+    for name, (args, message) in cases.items():
+        proc = cli(*args)
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert message in proc.stderr, (name, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, (name, proc.stderr)
+    assert sim.stats()["received"] == 0
+
+
+def test_an_output_on_a_read_only_filesystem_is_a_usage_error(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    inp = tmp_path / "in.jsonl"
+    write_simple(inp, 3)
+    with readonly_fs(tmp_path) as ro:
+        proc = cli(*run_args(sim, inp, ro / "out.jsonl"))
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot open OUTPUT {ro / 'out.jsonl'}: [Errno 30] Read-only file system" in (
+        proc.stderr
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert sim.stats()["received"] == 0
+
+
+def test_foreign_lines_in_a_resumed_output_are_kept_and_ignored(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 5)
+    foreign = ['{"custom_id": 5}', '{"custom_id": "q1", "error": "x"}', '{"note": "[/bold]"}']
+    out.write_text("\n".join(foreign) + "\n")
+    proc = cli(*run_args(sim, inp, out))
+    assert proc.returncode == 0, proc.stderr
+    assert "line(s) 1, 2, 3 are not llmbatch result lines" in proc.stderr
+    text = out.read_text().splitlines()
+    assert text[:3] == foreign
+    assert sorted(json.loads(x)["custom_id"] for x in text[3:]) == sorted(ids)
+    stats = json.loads(cli("stats", str(out), "--json").stdout)
+    assert stats["total_requests"] == 5 and stats["failure_count"] == 0
+
+
+def test_stats_on_an_uncompacted_file_count_each_id_once(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_simple(inp, 10)
+    assert cli(*run_args(sim, inp, out)).returncode == 0
+    # A run killed after redoing every id, before its close compacted: each id twice.
+    out.write_bytes(out.read_bytes() * 2)
+    js = json.loads(cli("stats", str(out), "--json").stdout)
+    assert js["total_requests"] == 10 and js["success_count"] == 10
+
+
+def test_retry_failed_compaction_keeps_a_symlink_and_the_mode(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    flaky = start_sim("--fail-rate", "0.5", "--seed", "3")
+    inp = tmp_path / "in.jsonl"
+    ids = write_simple(inp, 30)
+    real = tmp_path / "private" / "out.jsonl"
+    real.parent.mkdir()
+    real.touch()
+    os.chmod(real, 0o600)
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(real)
+    assert cli(*run_args(flaky, inp, link, "--max-retries", "0")).returncode == 1
+    healthy = start_sim()
+    proc = cli(*run_args(healthy, inp, link, "--retry-failed"))
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert os.stat(real).st_mode & 0o777 == 0o600
+    assert sorted(r["custom_id"] for r in read_out(real)) == sorted(ids)
+
+
+def test_a_full_disk_in_compaction_keeps_the_output_and_exits_1(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    flaky = start_sim("--fail-rate", "0.1", "--seed", "2")
+    inp = tmp_path / "in.jsonl"
+    ids = write_simple(inp, 100)
+    first = tmp_path / "first.jsonl"
+    assert cli(*run_args(flaky, inp, first, "--max-retries", "0")).returncode == 1
+    failed = {r["custom_id"] for r in read_out(first) if r["error"]}
+    assert 0 < len(failed) < 20
+    with tiny_fs(tmp_path, size="128k") as disk:
+        out = disk / "out.jsonl"
+        out.write_bytes(first.read_bytes())
+        filler = disk / "filler"
+        fill(filler)
+        # Room for the redone lines, not for a second copy of the whole file.
+        os.truncate(filler, filler.stat().st_size - 16 * 1024)
+        healthy = start_sim()
+        proc = cli(*run_args(healthy, inp, out, "--retry-failed"))
+        assert proc.returncode == 1, proc.stderr
+        assert f"cannot rewrite (compact) {out}: [Errno 28] No space left on device" in (
+            proc.stderr
+        )
+        assert "Traceback" not in proc.stderr
+        assert not (disk / "out.jsonl.compact.tmp").exists()
+        records = read_out(out)
+    # Intact: every old line, then one fresh line per redone id; a rerun would compact it.
+    assert len(records) == 100 + len(failed)
+    newest = {r["custom_id"]: r for r in records}
+    assert set(newest) == set(ids) and all(r["error"] is None for r in newest.values())

@@ -45,9 +45,8 @@ def requests(n: int) -> Iterator[BatchRequest]:
         yield BatchRequest(f"r{i}", CompletionRequest(prompt=f"question {i}", max_tokens=8))
 
 
-def run(sim: SimProcess, limiter: ClusterLimiter, n: int, workers: int) -> tuple[list, float]:  # type: ignore[type-arg]
+def run(sim: SimProcess, limiter: ClusterLimiter, n: int, workers: int) -> list:  # type: ignore[type-arg]
     lines: list = []  # type: ignore[type-arg]
-    start = time.monotonic()
     asyncio.run(
         run_on_ray(
             requests(n),
@@ -57,13 +56,13 @@ def run(sim: SimProcess, limiter: ClusterLimiter, n: int, workers: int) -> tuple
             lines.extend,
         )
     )
-    return lines, time.monotonic() - start
+    return lines
 
 
 def test_four_workers_share_one_limit_without_a_single_429() -> None:
     sim = SimProcess("--latency-ms", "50", "--rpm", "1200")
     try:
-        lines, elapsed = run(sim, ClusterLimiter.create(requests_per_minute=1200), 400, 4)
+        lines = run(sim, ClusterLimiter.create(requests_per_minute=1200), 400, 4)
         stats = sim.stats()
     finally:
         sim.close()
@@ -72,14 +71,16 @@ def test_four_workers_share_one_limit_without_a_single_429() -> None:
     assert all(ok for _, _, ok in lines)
     assert stats["rate_limited"] == 0
     # Four workers pacing themselves would finish in a quarter of the time (and draw 429s):
-    # one shared limit cannot beat 400 requests at 20/s minus the one-second burst.
-    assert elapsed >= (400 - 20) / 20 * 0.98
+    # one shared limit cannot beat 400 requests at 20/s minus the one-second burst, as the
+    # server saw them arrive.
+    makespan = stats["last_answered"] - stats["first_received"]
+    assert makespan >= (400 - 20) / 20 * 0.98
 
 
 def test_with_no_limit_given_the_cluster_converges() -> None:
     sim = SimProcess("--latency-ms", "50", "--rpm", "1200")
     try:
-        lines, _ = run(sim, ClusterLimiter.create(), 400, 4)
+        lines = run(sim, ClusterLimiter.create(), 400, 4)
         stats = sim.stats()
     finally:
         sim.close()
@@ -170,4 +171,79 @@ def test_cli_on_ray_survives_a_killed_worker(tmp_path: Path) -> None:
         sim.close()
     # ...yet every id has exactly one line.
     counts = Counter(json.loads(line)["custom_id"] for line in out.read_text().splitlines())
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+
+
+def ray_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    return subprocess.run(
+        [sys.executable, "-m", "llmbatch", "run", *args, "--ray", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_cli_on_ray_with_a_cache_and_an_error_log(tmp_path: Path) -> None:
+    sim = SimProcess("--fail-rate", "0.3", "--seed", "4")
+    inp, logs, cache = tmp_path / "in.jsonl", tmp_path / "logs", tmp_path / "cache.db"
+    ids = [f"q{i}" for i in range(60)]
+    inp.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}"}) + "\n" for i in ids))
+    common = ["--base-url", sim.url + "/v1", "--model", "sim", "--no-progress"]
+    try:
+        first = ray_cli(
+            str(inp), "-o", str(tmp_path / "a.jsonl"), *common,
+            "--max-retries", "0", "--cache", str(cache), "--error-log", str(logs),
+        )  # fmt: skip
+        assert first.returncode == 1, first.stderr[-2000:]
+        records = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+        failed = {r["custom_id"] for r in records if r["error"]}
+        assert sorted(r["custom_id"] for r in records) == sorted(ids) and failed
+        # The driver's sink logged each failure, with its prompt.
+        logged = [json.loads(x) for p in logs.iterdir() for x in p.read_text().splitlines()]
+        assert {e["request_id"] for e in logged} == failed
+        assert all(e["prompt"] == f"question {e['request_id']}" for e in logged)
+        # A second run answers every success from the cache: only the failures are sent.
+        sim.reset()
+        second = ray_cli(
+            str(inp), "-o", str(tmp_path / "b.jsonl"), *common,
+            "--max-retries", "0", "--cache", str(cache),
+        )  # fmt: skip
+        assert second.returncode in (0, 1), second.stderr[-2000:]
+        assert sim.stats()["received"] == len(failed)
+        cached = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
+        assert len(cached) == 60 and sum(r["llmbatch"]["cached"] for r in cached) == 60 - len(
+            failed
+        )
+    finally:
+        sim.close()
+
+
+def test_cli_on_ray_stops_when_the_output_disk_is_full(tmp_path: Path) -> None:
+    from .filesystems import tiny_fs
+
+    sim = SimProcess("--latency-ms", "5")
+    inp = tmp_path / "in.jsonl"
+    ids = [f"q{i}" for i in range(2000)]
+    inp.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}"}) + "\n" for i in ids))
+    common = ["--base-url", sim.url + "/v1", "--model", "sim", "--no-progress"]
+    try:
+        with tiny_fs(tmp_path) as disk:
+            out = disk / "out.jsonl"
+            proc = ray_cli(str(inp), "-o", str(out), *common, "--concurrency", "8")
+            assert proc.returncode == 3, proc.stderr[-2000:]
+            assert f"cannot write {out}: [Errno 28] No space left on device" in proc.stderr
+            written = out.read_bytes().count(b"\n")
+            # Two workers, two chunks of 8 each in flight: nothing beyond those was sent.
+            assert written > 0 and sim.stats()["received"] <= written + 2 * 2 * 8 + 8
+            moved = tmp_path / "out.jsonl"
+            moved.write_bytes(out.read_bytes())
+        sim.reset()
+        again = ray_cli(str(inp), "-o", str(moved), *common, "--concurrency", "8")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert sim.stats()["received"] == 2000 - written
+    finally:
+        sim.close()
+    counts = Counter(json.loads(line)["custom_id"] for line in moved.read_text().splitlines())
     assert set(counts) == set(ids) and set(counts.values()) == {1}

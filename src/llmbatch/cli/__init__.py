@@ -6,7 +6,8 @@
     llmbatch simulate --port 8080 --latency-ms 200 --rpm 600 --fail-rate 0.05
 
 Exit codes: 0 all succeeded; 1 some requests failed (results written); 2 usage or input
-error; 130 interrupted.
+error; 3 the output file could not be written (the run stopped; rerun to resume);
+130 interrupted.
 """
 
 from __future__ import annotations

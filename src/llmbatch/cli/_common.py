@@ -1,14 +1,20 @@
-"""Small pieces the subcommands share: exit codes, argument types, the event loop."""
+"""Small pieces the subcommands share: exit codes, argument types, the event loop, retries."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from rich.console import Console
+
+from ..retry import RetryPolicy
+
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+EXIT_FAILED = 1  # some requests failed (their lines hold the error), or unfinished
+EXIT_USAGE = 2  # nothing sent
+EXIT_OUTPUT = 3  # the output file could not be written: the run stopped; rerun to resume
 EXIT_INTERRUPTED = 130
 
 
@@ -36,9 +42,28 @@ positive_int = _positive(int, "integer")
 positive_float = _positive(float, "number")
 
 
-def install_uvloop() -> None:
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when installed, for `asyncio.Runner(loop_factory=...)`.
+
+    (`uvloop.install()` sets a global policy, deprecated from Python 3.12.)
+    """
     try:
         import uvloop
     except ImportError:
-        return
-    uvloop.install()
+        return None
+    return uvloop.new_event_loop
+
+
+def retry_policy(args: argparse.Namespace) -> RetryPolicy:
+    """The one retry policy of a run, local or on Ray: --max-retries after the first try."""
+    return RetryPolicy(max_attempts=max(1, args.max_retries + 1))
+
+
+def os_reason(exc: OSError) -> str:
+    """`[Errno 28] No space left on device`, without the file name Python may append."""
+    return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else str(exc)
+
+
+def say(console: Console, message: str) -> None:
+    """Print a message that may hold paths, ids or OS errors: never read as markup."""
+    console.print(message, markup=False, highlight=False)

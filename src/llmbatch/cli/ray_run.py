@@ -1,7 +1,12 @@
 """`llmbatch run --ray`: the same run, its requests spread over Ray workers.
 
-The driver (this process) keeps the journal: workers send back finished lines, so resume
-and exactly-once hold as in a local run. Ray is imported only here, and only with --ray.
+    await execute_on_ray(args, spec, requests, sink)   # results into the run's one sink
+
+Workers send back finished results and the driver (this process) writes them through the
+same `ResultSink` as a local run: resume, exactly-once, the error log and "unfinished" mean
+the same. The cache stays in the driver too: `requests` already left out the ids the cache
+answered, and the sink stores fresh answers; one SQLite file on one machine, never written by
+several processes (or nodes) at once. Ray is imported only here, and only with --ray.
 """
 
 from __future__ import annotations
@@ -11,11 +16,9 @@ import asyncio
 from collections.abc import Iterator
 
 from ..clients import ClientSpec
-from ..io.journal import Journal
-from ..progress import RichProgress
-from ..retry import RetryPolicy
-from ..types import BatchRequest
-from .precheck import Precheck
+from ..io.sink import ResultSink
+from ..types import BatchRequest, BatchResult
+from ._common import retry_policy
 from .usage import UsageError
 
 __all__ = ["execute_on_ray"]
@@ -25,11 +28,9 @@ async def execute_on_ray(
     args: argparse.Namespace,
     spec: ClientSpec,
     requests: Iterator[BatchRequest],
-    journal: Journal,
-    check: Precheck,
-    progress: RichProgress,
-) -> tuple[int, bool]:
-    """Run the requests on Ray workers; return (requests left unfinished, interrupted)."""
+    sink: ResultSink,
+) -> None:
+    """Run the requests on Ray workers until done, --timeout, or a sink failure (raised)."""
     try:
         import ray
 
@@ -40,35 +41,23 @@ async def execute_on_ray(
     if not ray.is_initialized():
         ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
         started = True
-    written = 0
 
-    def on_lines(lines: list[tuple[str, bytes, bool]]) -> None:
-        nonlocal written
-        for custom_id, line, ok in lines:
-            journal.write_line(custom_id, line)
-            progress.add(ok)
-        written += len(lines)
-        journal.sync_if_due()
+    def on_results(results: list[BatchResult]) -> None:
+        for result in results:
+            sink.write(result)
 
     config = lray.RayRunConfig(
         workers=args.workers,
         concurrency=args.concurrency,
         request_timeout=args.request_timeout,
-        retry=RetryPolicy(max_attempts=max(1, args.max_retries + 1)),
+        retry=retry_policy(args),
     )
-    interrupted = timed_out = False
-    progress.start(check.runnable)
     try:
         limiter = lray.ClusterLimiter.create(args.rpm, args.tpm)
         async with asyncio.timeout(args.timeout):
-            await lray.run_on_ray(requests, spec, limiter, config, on_lines)
+            await lray.run_on_ray(requests, spec, limiter, config, on_results=on_results)
     except TimeoutError:
-        timed_out = True
-    except asyncio.CancelledError:
-        interrupted = True
+        pass  # what was not written is counted by the sink as unfinished
     finally:
-        progress.stop()
         if started:
             ray.shutdown()
-    unfinished = check.runnable - written if (timed_out or interrupted) else 0
-    return unfinished, interrupted

@@ -3,17 +3,20 @@
     llmbatch run requests.jsonl -o results.jsonl --model gpt-4o-mini --rpm 500
     llmbatch run --template "Summarize: {content}" --files "docs/**/*.md" -o out.jsonl
 
-The input is read twice, streaming both times: a first pass checks every line (and counts the
-work) so that bad input stops the run before anything is sent; the second feeds the engine.
-The output file is the journal (see `llmbatch.io.journal`): rerunning the same command skips
-every id it already holds.
+A run is a few steps, read top to bottom in `_run`: check the paths, open the output (the
+journal, see `llmbatch.io.journal`: rerunning the same command skips every id it holds), check
+every input line before anything is sent, build the one sink every result goes through
+(`llmbatch.io.sink`), execute (here, or on Ray workers), finish. The input is read twice,
+streaming both times: the check, then the requests themselves.
+
+If the output file cannot be written mid-run (a full disk), the run stops sending at once,
+cancels what is in flight and exits 3; what was written stays and a rerun resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -21,36 +24,27 @@ from pathlib import Path
 
 import orjson
 from rich.console import Console
+from rich.text import Text
 
 from ..clients import ClientSpec
-from ..clients._http import ProviderClient
-from ..engine import Engine, EngineConfig
-from ..errorlog import ErrorHandler
-from ..errors import BatchCancelledError, BatchTimeoutError
-from ..events import Event, Listener, RequestFinished
-from ..io.cache import SQLiteCache, request_key
-from ..io.formats import (
-    BadLine,
-    InputItem,
-    TemplateError,
-    read_files,
-    read_jsonl,
-    read_rows,
-)
-from ..io.journal import Journal, JournalLocked, journal_stats
-from ..limiter import RateLimiter
-from ..progress import RichProgress
-from ..retry import RetryPolicy
-from ..types import BatchRequest, CompletionRequest
+from ..io.formats import BadLine, TemplateError
+from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
+from ..io.sink import OutputError, ResultSink
+from ..types import BatchRequest
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_OUTPUT,
     EXIT_USAGE,
-    install_uvloop,
+    event_loop_factory,
+    os_reason,
     positive_float,
     positive_int,
+    say,
 )
+from .execute import build_sink, execute
+from .paths import Source, check_paths, source_of
 from .precheck import Precheck, precheck
 from .stats import stats_table
 from .usage import UsageError
@@ -108,6 +102,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument("--temperature", type=float, help="temperature for template requests")
     g.add_argument("--max-tokens", type=positive_int, help="max_tokens for template requests")
     g.add_argument("--json", action="store_true", help="ask template requests for JSON replies")
+    g.add_argument(
+        "--missing-field",
+        choices=("error", "empty"),
+        default="error",
+        help="a --rows row without a template field: error (a bad row, default) or empty text",
+    )
     g = p.add_argument_group("output and bookkeeping")
     g.add_argument(
         "--resume",
@@ -141,35 +141,34 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
-def _source(args: argparse.Namespace) -> Callable[[], Iterator[InputItem | BadLine]]:
-    if args.template is not None:
-        if args.input:
-            raise UsageError("give either INPUT or --template, not both")
-        base = CompletionRequest(
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            response_format="json" if args.json else "text",
-            model=None,
-            system=args.system,
-        )
-        if bool(args.files) == bool(args.rows):
-            raise UsageError("--template needs exactly one of --files or --rows")
-        if args.files:
-            files, template = args.files, args.template
-            return lambda: read_files(template, files, base)
-        rows = Path(args.rows)
-        if not rows.is_file():
-            raise UsageError(f"--rows {rows}: no such file")
-        template, id_field = args.template, args.id_field
-        return lambda: read_rows(template, rows, id_field, base)
-    if args.files or args.rows:
-        raise UsageError("--files and --rows need --template")
-    if not args.input:
-        raise UsageError("give INPUT (a JSONL file) or --template with --files/--rows")
-    path = Path(args.input)
-    if not path.is_file():
-        raise UsageError(f"INPUT {path}: no such file")
-    return lambda: read_jsonl(path)
+# -- the steps of a run, in order -------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace, console: Console) -> int:
+    source = source_of(args)
+    check_paths(args)
+    spec = _client_spec(args)
+    client = spec.build()
+    try:
+        journal = _open_output(args)
+        try:
+            skip = _report_resume(console, args, journal.scan)
+            check = _check_input(console, args, source, skip, journal.scan)
+            sink = build_sink(args, console, client, journal, check)
+            try:
+                requests = _requests(source, check, skip, sink)
+                interrupted = await execute(args, spec, client, sink, requests, check)
+                sink.close()  # fsync, and compaction where ids were redone
+            except OutputError as exc:
+                sink.abandon()
+                return _output_failed(console, args, sink, check, exc)
+            finally:
+                sink.abandon()  # after an exception; a no-op once closed
+        finally:
+            journal.abandon()  # the same
+        return _finish(console, args, sink, check, interrupted)
+    finally:
+        await client.aclose()
 
 
 def _client_spec(args: argparse.Namespace) -> ClientSpec:
@@ -185,85 +184,54 @@ def _client_spec(args: argparse.Namespace) -> ClientSpec:
     return spec
 
 
-class _JournalListener:
-    """Writes final results; leaves requests cut short by Ctrl-C or --timeout for next time."""
-
-    def __init__(self, journal: Journal, error_log: ErrorHandler | None) -> None:
-        self.journal = journal
-        self.error_log = error_log
-        self.unfinished = 0
-
-    def __call__(self, event: Event) -> None:
-        if not isinstance(event, RequestFinished):
-            return
-        result = event.result
-        if isinstance(result.error, BatchCancelledError | BatchTimeoutError):
-            self.unfinished += 1
-            return
-        self.journal.write(result)
-        if self.error_log is not None and result.error is not None:
-            self.error_log(event)
-
-
-def _print_bad(console: Console, where: str, check: Precheck) -> None:
-    for entry in check.bad:
-        console.print(f"[red]bad input[/]: {where} {entry}", highlight=False, markup=True)
-    more = check.bad_count - len(check.bad)
-    if more > 0:
-        console.print(f"[red]bad input[/]: ... and {more:,} more", highlight=False)
-
-
-async def _run(args: argparse.Namespace, console: Console) -> int:
-    source = _source(args)
-    output = Path(args.output)
-    if args.input and output.resolve() == Path(args.input).resolve():
-        raise UsageError("OUTPUT must not be INPUT")
-    if output.exists() and output.stat().st_size and not args.resume:
-        raise UsageError(
-            f"{output} exists and --no-resume was given: remove it, or drop --no-resume"
-        )
-    if args.ray and (args.cache or args.error_log):
-        raise UsageError("--cache and --error-log are not supported with --ray yet")
-    spec = _client_spec(args)
-    client = spec.build()
+def _open_output(args: argparse.Namespace) -> Journal:
+    journal = Journal(args.output)
     try:
-        journal = Journal(output)
-        try:
-            journal.open()
-        except JournalLocked as exc:
-            raise UsageError(str(exc)) from None
-        try:
-            return await _run_with_journal(args, console, source, client, journal)
-        finally:
-            journal.close()
-    finally:
-        await client.aclose()
+        journal.open()
+    except JournalLocked as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot open OUTPUT {args.output}: {os_reason(exc)}") from None
+    return journal
 
 
-async def _run_with_journal(
-    args: argparse.Namespace,
-    console: Console,
-    source: Callable[[], Iterator[InputItem | BadLine]],
-    client: ProviderClient,
-    journal: Journal,
-) -> int:
-    scan = journal.scan
-    where = args.input or args.rows or "files"
+def _report_resume(
+    console: Console, args: argparse.Namespace, scan: JournalScan
+) -> Callable[[str], bool]:
+    """Say what the existing output holds; return the test for ids this run leaves alone."""
     if scan.repaired_bytes:
-        console.print(
+        say(
+            console,
             f"repaired {args.output}: cut a torn last line ({scan.repaired_bytes} bytes) left "
-            "by an interrupted run; that request will be redone"
+            "by an interrupted run; that request will be redone",
         )
     if scan.corrupt_lines:
+        shown = ", ".join(str(n) for n in scan.corrupt_lines[:5])
+        more = len(scan.corrupt_lines) - 5
         console.print(
-            f"[yellow]warning[/]: {args.output} lines {scan.corrupt_lines[:5]} do not parse; "
-            "they are kept but ignored"
+            Text.assemble(
+                ("warning", "yellow"),
+                f": {args.output} line(s) {shown}{f' and {more:,} more' if more > 0 else ''} "
+                "are not llmbatch result lines; they are kept but ignored",
+            )
         )
     done, failed, retry_failed = scan.ok, scan.failed, args.retry_failed
 
     def skip(rid: str) -> bool:
         return rid in done or (rid in failed and not retry_failed)
 
+    return skip
+
+
+def _check_input(
+    console: Console,
+    args: argparse.Namespace,
+    source: Source,
+    skip: Callable[[str], bool],
+    scan: JournalScan,
+) -> Precheck:
+    """The first pass: every line checked, the work counted; bad input stops the run here."""
+    where = args.input or args.rows or "files"
     try:
         check = precheck(source, skip, args)
     except TemplateError as exc:
@@ -272,129 +240,108 @@ async def _run_with_journal(
         raise UsageError(f"cannot read {where}: {exc}") from None
     if check.items == 0:
         raise UsageError(f"{where} holds no requests")
-    if check.bad_count and args.on_bad_line == "fail":
-        _print_bad(console, where, check)
-        raise UsageError(
-            f"{check.bad_count:,} bad input line(s); nothing was sent "
-            "(fix them, or pass --on-bad-line skip)"
-        )
     if check.bad_count:
         _print_bad(console, where, check)
-        console.print(f"skipping {check.bad_count:,} bad line(s)")
+        if args.on_bad_line == "fail":
+            raise UsageError(
+                f"{check.bad_count:,} bad input line(s); nothing was sent "
+                "(fix them, or pass --on-bad-line skip)"
+            )
+        say(console, f"skipping {check.bad_count:,} bad line(s)")
     if check.skipped_done:
-        kept = len(failed) if not retry_failed else 0
-        console.print(
+        kept = 0 if args.retry_failed else len(scan.failed)
+        say(
+            console,
             f"resuming {args.output}: {check.skipped_done:,} already done"
             + (f" ({kept:,} failed, kept; --retry-failed redoes them)" if kept else "")
-            + f", {check.runnable:,} to run"
+            + f", {check.runnable:,} to run",
         )
+    return check
 
-    bad_lines = check.bad_lines
 
-    def requests() -> Iterator[BatchRequest]:
-        for item in source():
-            if isinstance(item, BadLine) or item.line in bad_lines or skip(item.id):
-                continue
-            yield BatchRequest(item.id, item.request)
+def _print_bad(console: Console, where: str, check: Precheck) -> None:
+    # Lines and ids are user data: printed as plain text, never read as rich markup.
+    for entry in check.bad:
+        console.print(Text.assemble(("bad input", "red"), f": {where} {entry}"))
+    more = check.bad_count - len(check.bad)
+    if more > 0:
+        console.print(Text.assemble(("bad input", "red"), f": ... and {more:,} more"))
 
-    progress = RichProgress(description="llmbatch", console=console, disable=args.no_progress)
-    if args.ray:
-        from .ray_run import execute_on_ray
 
-        unfinished, interrupted = await execute_on_ray(
-            args, _client_spec(args), requests(), journal, check, progress
-        )
-        return _finish(args, console, journal, check, unfinished, interrupted)
-
-    cache = None
-    if args.cache:
-        provider, base_url = args.provider, client.base_url
-
-        def key(req: CompletionRequest) -> str:
-            return request_key(provider, base_url, req.model or client.model, client.body_for(req))
-
-        cache = SQLiteCache(args.cache, key)
-    error_log = (
-        ErrorHandler(args.error_log, prompt_section=args.prompt_section) if args.error_log else None
-    )
-    writer = _JournalListener(journal, error_log)
-    listeners: list[Listener] = [writer, progress]
-    limiter = RateLimiter(args.rpm, args.tpm) if (args.rpm or args.tpm) else None
-    engine = Engine(
-        client,
-        EngineConfig(
-            max_concurrency=args.concurrency,
-            request_timeout=args.request_timeout,
-            retry=RetryPolicy(max_attempts=max(1, args.max_retries + 1)),
-            admission=limiter,
-            cache=cache,
-            listeners=listeners,
-        ),
-    )
-
-    async def keep_synced() -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            journal.sync_if_due()
-            if cache is not None:
-                cache.commit()
-
-    syncer = asyncio.create_task(keep_synced())
-    interrupted = False
-    try:
-        stream = engine.stream(
-            requests(), timeout=args.timeout, total=check.runnable, finish_unstarted=False
-        )
-        async with contextlib.aclosing(stream) as results:
-            async for _ in results:
-                pass
-    except asyncio.CancelledError:
-        interrupted = True
-    finally:
-        syncer.cancel()
-        if cache is not None:
-            cache.close()
-        if error_log is not None:
-            error_log.close()
-    return _finish(args, console, journal, check, writer.unfinished, interrupted)
+def _requests(
+    source: Source, check: Precheck, skip: Callable[[str], bool], sink: ResultSink
+) -> Iterator[BatchRequest]:
+    """The second pass: the requests to send, minus bad lines, ids done, and cache hits."""
+    for item in source():
+        if isinstance(item, BadLine) or item.line in check.bad_lines or skip(item.id):
+            continue
+        request = BatchRequest(item.id, item.request)
+        if sink.needs_call(request):
+            yield request
 
 
 def _finish(
-    args: argparse.Namespace,
     console: Console,
-    journal: Journal,
+    args: argparse.Namespace,
+    sink: ResultSink,
     check: Precheck,
-    unfinished: int,
     interrupted: bool,
 ) -> int:
-    """Close the journal, print the stats of the whole output file, choose the exit code."""
-    journal.close()  # fsync, and compaction where ids were redone
+    """Print the stats of the whole output file, write --stats-json, choose the exit code."""
     stats = journal_stats(args.output)
     console.print(stats_table(stats, title=f"llmbatch: {args.output}"))
+    unfinished = sink.unfinished
     if args.stats_json:
         payload = stats.to_dict() | {
             "bad_lines": check.bad_count,
             "unfinished": unfinished,
             "interrupted": interrupted,
         }
-        Path(args.stats_json).write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+        try:
+            Path(args.stats_json).write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            say(console, f"llmbatch run: error: cannot write {args.stats_json}: {os_reason(exc)}")
+            return EXIT_FAILED
     if interrupted:
-        console.print(
-            f"interrupted: {unfinished:,} request(s) in flight were not written; "
-            "rerun the same command to finish"
+        say(
+            console,
+            f"interrupted: {unfinished:,} request(s) not written; rerun the same command to finish",
         )
         return EXIT_INTERRUPTED
     if unfinished:
-        console.print(f"--timeout passed: {unfinished:,} request(s) unfinished; rerun to finish")
+        say(console, f"--timeout passed: {unfinished:,} request(s) unfinished; rerun to finish")
     if stats.failure_count or unfinished or check.bad_count:
         return EXIT_FAILED
     return EXIT_OK
 
 
+def _output_failed(
+    console: Console,
+    args: argparse.Namespace,
+    sink: ResultSink,
+    check: Precheck,
+    exc: OutputError,
+) -> int:
+    if exc.compacting:
+        # Every result is in the file; only superseded lines of redone ids remain in it.
+        console.print(stats_table(journal_stats(args.output), title=f"llmbatch: {args.output}"))
+        say(
+            console,
+            f"llmbatch run: error: {exc}; it is intact and holds every result (with the older "
+            "lines of redone ids); rerun to compact it",
+        )
+        return EXIT_FAILED
+    say(
+        console,
+        f"llmbatch run: error: {exc}; stopped after {sink.written:,} of {check.runnable:,} "
+        "result(s); what was written is kept: rerun the same command to resume",
+    )
+    return EXIT_OUTPUT
+
+
 def main(args: argparse.Namespace) -> int:
     # soft_wrap: messages name files and lines; never break them across terminal rows.
     console = Console(stderr=True, soft_wrap=True)
-    install_uvloop()
 
     async def guarded() -> int:
         task = asyncio.current_task()
@@ -405,9 +352,10 @@ def main(args: argparse.Namespace) -> int:
         return await _run(args, console)
 
     try:
-        return asyncio.run(guarded())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(guarded())
     except UsageError as exc:
-        console.print(f"llmbatch run: error: {exc}", highlight=False, markup=False)
+        say(console, f"llmbatch run: error: {exc}")
         return EXIT_USAGE
     except asyncio.CancelledError:
         return EXIT_INTERRUPTED

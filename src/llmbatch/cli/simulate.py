@@ -9,7 +9,14 @@ import signal
 import sys
 
 from ..simulate import LIMIT_STYLES, OVER_LIMIT_STATUSES, Simulator, SimulatorConfig
-from ._common import EXIT_OK, EXIT_USAGE, fraction, install_uvloop, positive_float, positive_int
+from ._common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    event_loop_factory,
+    fraction,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_parser", "main"]
 
@@ -143,5 +150,5 @@ def main(args: argparse.Namespace) -> int:
         # The config checks combinations argparse cannot (e.g. queue style with --rpm).
         print(f"llmbatch simulate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    install_uvloop()
-    return asyncio.run(_serve(config))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(_serve(config))

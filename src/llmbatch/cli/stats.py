@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..io.journal import journal_stats
 from ..stats import BatchStats
@@ -30,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def stats_table(stats: BatchStats, title: str = "llmbatch") -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
+    """The stats as a two-column table. Ids, error codes and the title (a path) are user data:
+    they go in as `Text`, never parsed as rich markup (`app/[slug]/page.tsx` stays itself)."""
+    table = Table(title=Text(title), show_header=False, title_justify="left")
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     rows = [
@@ -54,7 +57,7 @@ def stats_table(stats: BatchStats, title: str = "llmbatch") -> Table:
         more = len(stats.failed_requests) - _MAX_IDS_SHOWN
         rows.append(("failed ids", shown + (f" ... and {more:,} more" if more > 0 else "")))
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(Text(name), Text(value))
     return table
 
 
@@ -63,7 +66,11 @@ def main(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"llmbatch stats: error: {path} does not exist or is not a file", file=sys.stderr)
         return EXIT_USAGE
-    stats = journal_stats(path)
+    try:
+        stats = journal_stats(path)
+    except OSError as exc:
+        print(f"llmbatch stats: error: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(stats.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
     else:

@@ -15,12 +15,22 @@ last line, which the next open cuts off (that request is then simply redone). Da
 fsync'ed at least every `fsync_interval` seconds (via `sync_if_due`) and on close. When an id
 ends up with more than one line (a failed one redone with --retry-failed, or a crash in
 between), close rewrites the file keeping each id's newest line, through a temp file and an
-atomic rename. A second process on the same file is refused by a `flock` on `FILE.lock`,
-which the kernel releases even when the holder is killed with -9.
+atomic rename; the rename goes to the real file when the path is a symlink, and the rewritten
+file keeps the original's mode (and owner, where permitted). If the rewrite fails (a full
+disk), the temp file is removed and the original is left as it was: it still holds every
+result, and the next close tries again.
+
+A second process on the same file is refused by a `flock` on `REAL.lock`, where REAL is the
+path with symlinks resolved (two names for one file share one lock); the kernel releases it
+even when the holder is killed with -9.
+
+Lines that parse as JSON but are not result lines (hand edits, another tool's output) are
+reported as corrupt and otherwise ignored, by resume and statistics alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -38,6 +48,7 @@ from ..stats import BatchStats, StatsCollector
 from ..types import BatchResult
 
 __all__ = [
+    "CompactionError",
     "Journal",
     "JournalLocked",
     "JournalScan",
@@ -49,6 +60,11 @@ __all__ = [
 
 class JournalLocked(RuntimeError):
     """Another run is writing the same output file."""
+
+
+class CompactionError(OSError):
+    """The rewrite at close failed (a full disk): the original file is intact, every result in
+    it; only the superseded lines of redone ids are still there. Carries the OS errno."""
 
 
 @dataclass(slots=True)
@@ -114,8 +130,20 @@ def result_line(result: BatchResult) -> bytes:
     return orjson.dumps(line) + b"\n"
 
 
+def _is_result(obj: Any) -> bool:
+    """A line this journal could have written: a string id, an error that is null or an object,
+    and bookkeeping that is an object if present. Anything else is a foreign line."""
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("custom_id"), str)
+        and obj["custom_id"] != ""
+        and (obj.get("error") is None or isinstance(obj["error"], dict))
+        and isinstance(obj.get("llmbatch") or {}, dict)
+    )
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(line number, decoded line or None if it does not parse) for each complete line."""
+    """(line number, decoded result line, or None if it is not one) for each complete line."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
@@ -125,32 +153,52 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None]
             except orjson.JSONDecodeError:
                 yield n, None
                 continue
-            yield n, obj if isinstance(obj, dict) and "custom_id" in obj else None
+            yield n, obj if _is_result(obj) else None
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    # Hand-edited lines may hold anything: a statistic that cannot be read counts as 0.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return kind(0)
+    return kind(value)
 
 
 def journal_stats(path: str | Path) -> BatchStats:
-    """Statistics of an output file, one line per request (as the journal leaves it)."""
+    """Statistics of an output file: the newest line of each id, as a resume reads it.
+
+    A file not compacted yet (a run killed after redoing failed ids) holds superseded lines;
+    they are not counted. Two passes, so memory holds one line number per id, not the lines.
+    """
+    newest: dict[str, int] = {}
+    for n, rec in iter_records(path):
+        if rec is not None:
+            newest[rec["custom_id"]] = n
     collector = StatsCollector()
-    for _, rec in iter_records(path):
-        if rec is None:
+    for n, rec in iter_records(path):
+        if rec is None or newest.get(rec["custom_id"]) != n:
             continue
         meta = rec.get("llmbatch") or {}
-        usage = meta.get("usage") or {}
+        usage = meta.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
         err = rec.get("error")
         collector.add_values(
-            str(rec["custom_id"]),
-            duration=float(meta.get("duration", 0.0)),
-            attempts=int(meta.get("attempts", 0)),
+            rec["custom_id"],
+            duration=_number(meta.get("duration"), float),
+            attempts=_number(meta.get("attempts"), int),
             error_type=None if err is None else str(err.get("code") or "unknown"),
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
+            prompt_tokens=_number(usage.get("prompt_tokens"), int),
+            completion_tokens=_number(usage.get("completion_tokens"), int),
             cached=bool(meta.get("cached", False)),
         )
     return collector.snapshot()
 
 
 class Journal:
-    """The output file of one run. Open it with `with` (or `open()` / `close()`)."""
+    """The output file of one run. Open it with `with` (or `open()` / `close()`).
+
+    `write` and `fsync` default to the `os` functions; tests pass failing ones to play a full
+    disk. Any `OSError` from writing or syncing propagates: the caller must stop the run.
+    """
 
     def __init__(
         self,
@@ -158,11 +206,17 @@ class Journal:
         *,
         fsync_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        write: Callable[[int, memoryview], int] = os.write,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        # Symlinks resolved: the lock and the compaction act on the file, whatever its name.
+        self.real_path = Path(os.path.realpath(self.path))
+        self.lock_path = self.real_path.with_name(self.real_path.name + ".lock")
         self.fsync_interval = fsync_interval
         self._clock = clock
+        self._write = write
+        self._fsync = fsync
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._last_sync = 0.0
@@ -185,13 +239,32 @@ class Journal:
         return self.scan
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            if self.scan.duplicated or self._rewritten:
-                self._compact()
-        self._unlock()
+        """fsync, compact where ids have several lines, unlock. Unlocks even if those fail."""
+        try:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                try:
+                    self._fsync(fd)
+                finally:
+                    os.close(fd)
+                if self.scan.duplicated or self._rewritten:
+                    self._compact()
+        finally:
+            self._unlock()
+
+    def abandon(self) -> None:
+        """Close after a failed write: keep what reached the file, skip compaction, unlock.
+
+        The next run's open repairs a torn last line and compacts.
+        """
+        try:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                with contextlib.suppress(OSError):  # the disk already failed once
+                    self._fsync(fd)
+                os.close(fd)
+        finally:
+            self._unlock()
 
     def __enter__(self) -> Journal:
         self.open()
@@ -210,7 +283,7 @@ class Journal:
         assert self._fd is not None, "journal is not open"
         view = memoryview(line)
         while view:  # a regular file takes it all at once; the loop is for the odd EINTR
-            n = os.write(self._fd, view)
+            n = self._write(self._fd, view)
             view = view[n:]
         self.written += 1
         self._dirty = True
@@ -222,7 +295,7 @@ class Journal:
         if self._dirty and self._fd is not None:
             now = self._clock()
             if now - self._last_sync >= self.fsync_interval:
-                os.fsync(self._fd)
+                self._fsync(self._fd)
                 self._last_sync = now
                 self._dirty = False
 
@@ -289,28 +362,45 @@ class Journal:
         return scan
 
     def _compact(self) -> None:
-        """Keep only the newest line of every id that has several; atomic via rename."""
+        """Keep only the newest line of every id that has several; atomic via rename.
+
+        Works on the real file (symlinks resolved), keeps its mode and, where permitted, its
+        owner; on failure removes the temp file and leaves the original untouched.
+        """
+        target = self.real_path
         multi = self.scan.duplicated | self._rewritten
         newest: dict[str, int] = {}
-        for n, rec in iter_records(self.path):
+        for n, rec in iter_records(target):
             if rec is not None and rec["custom_id"] in multi:
                 newest[rec["custom_id"]] = n
-        tmp = self.path.with_name(self.path.name + ".compact.tmp")
-        with open(self.path, "rb") as src, open(tmp, "wb") as dst:
-            for n, raw in enumerate(src, 1):
-                if not raw.endswith(b"\n"):
-                    break
-                try:
-                    cid = orjson.loads(raw).get("custom_id")
-                except (orjson.JSONDecodeError, AttributeError):
-                    cid = None
-                if cid in newest and newest[cid] != n:
-                    continue
-                dst.write(raw)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        st = os.stat(target)
+        tmp = target.with_name(target.name + ".compact.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(target, "rb") as src, open(fd, "wb") as dst:
+                os.fchmod(dst.fileno(), st.st_mode & 0o7777)
+                with contextlib.suppress(OSError):  # only root may give a file away
+                    os.fchown(dst.fileno(), st.st_uid, st.st_gid)
+                for n, raw in enumerate(src, 1):
+                    if not raw.endswith(b"\n"):
+                        break
+                    try:
+                        cid = orjson.loads(raw).get("custom_id")
+                    except (orjson.JSONDecodeError, AttributeError):
+                        cid = None
+                    if isinstance(cid, str) and cid in newest and newest[cid] != n:
+                        continue
+                    dst.write(raw)
+                dst.flush()
+                self._fsync(dst.fileno())
+            os.replace(tmp, target)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise CompactionError(exc.errno, exc.strerror) from exc
+            raise
+        dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:

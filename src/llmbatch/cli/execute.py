@@ -1,0 +1,157 @@
+"""Executing a run: the sink every result goes through, and the engine (or Ray) feeding it.
+
+    sink = build_sink(args, console, client, journal, check)
+    interrupted = await execute(args, spec, client, sink, requests, check)
+
+The sink's `write` is called by the loop consuming results, so an `OutputError` (the output
+file cannot be written) leaves that loop, which closes the engine's stream: admissions stop
+and requests in flight are cancelled. A periodic fsync runs beside it in one task group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+
+from rich.console import Console
+
+from ..clients import ClientSpec
+from ..clients._http import ProviderClient
+from ..engine import Engine, EngineConfig
+from ..errorlog import ErrorHandler
+from ..io import cache as cache_module
+from ..io.cache import SQLiteCache, request_key
+from ..io.journal import Journal
+from ..io.sink import OutputError, ResultSink
+from ..limiter import RateLimiter
+from ..progress import RichProgress
+from ..types import BatchRequest, CompletionRequest
+from ._common import retry_policy, say
+from .precheck import Precheck
+from .usage import UsageError
+
+__all__ = ["build_sink", "execute"]
+
+# `llmbatch.io.cache.CacheError` is being added by another change (a bad cache file raises it
+# at construction); until it lands, sqlite's and the OS's errors are what a bad path gives.
+_CACHE_OPEN_ERRORS: tuple[type[BaseException], ...] = (
+    sqlite3.Error,
+    OSError,
+    *([cache_module.CacheError] if hasattr(cache_module, "CacheError") else []),
+)
+
+
+def build_sink(
+    args: argparse.Namespace,
+    console: Console,
+    client: ProviderClient,
+    journal: Journal,
+    check: Precheck,
+) -> ResultSink:
+    """The one owner of results: output file, progress, error log, cache, what is left."""
+    cache = None
+    if args.cache:
+        provider, base_url = args.provider, client.base_url
+
+        def key(req: CompletionRequest) -> str:
+            return request_key(provider, base_url, req.model or client.model, client.body_for(req))
+
+        try:
+            cache = SQLiteCache(args.cache, key)
+        except _CACHE_OPEN_ERRORS as exc:
+            raise UsageError(f"--cache {args.cache}: cannot be used as a cache ({exc})") from None
+    error_log = (
+        ErrorHandler(args.error_log, prompt_section=args.prompt_section) if args.error_log else None
+    )
+    progress = RichProgress(description="llmbatch", console=console, disable=args.no_progress)
+    return ResultSink(
+        journal,
+        expected=check.runnable,
+        progress=progress,
+        error_log=error_log,
+        cache=cache,
+        warn=lambda message: say(console, f"warning: {message}"),
+    )
+
+
+async def execute(
+    args: argparse.Namespace,
+    spec: ClientSpec,
+    client: ProviderClient,
+    sink: ResultSink,
+    requests: Iterator[BatchRequest],
+    check: Precheck,
+) -> bool:
+    """Send the requests (here or on Ray) into the sink; return True if interrupted.
+
+    A periodic fsync runs beside the results loop in one task group: if either fails (an
+    `OutputError`), the other is cancelled and the error propagates.
+    """
+    progress = sink.progress
+    if progress is not None:
+        progress.start(check.runnable)
+    try:
+        async with asyncio.TaskGroup() as group:
+            syncer = group.create_task(sink.keep_synced())
+            try:
+                if args.ray:
+                    from .ray_run import execute_on_ray
+
+                    await execute_on_ray(args, spec, requests, sink)
+                else:
+                    await _execute_here(args, client, sink, requests, check)
+            finally:
+                syncer.cancel()
+    except asyncio.CancelledError:
+        return True
+    except BaseExceptionGroup as group:
+        raise _first(group) from None
+    finally:
+        if progress is not None:
+            progress.stop()
+    return False
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a task group: an `OutputError` if there is one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, OutputError)), leaves[0])
+
+
+async def _execute_here(
+    args: argparse.Namespace,
+    client: ProviderClient,
+    sink: ResultSink,
+    requests: Iterator[BatchRequest],
+    check: Precheck,
+) -> None:
+    limiter = RateLimiter(args.rpm, args.tpm) if (args.rpm or args.tpm) else None
+    engine = Engine(
+        client,
+        EngineConfig(
+            max_concurrency=args.concurrency,
+            request_timeout=args.request_timeout,
+            retry=retry_policy(args),
+            admission=limiter,
+        ),
+    )
+    stream = engine.stream(
+        requests, timeout=args.timeout, total=check.runnable, finish_unstarted=False
+    )
+    # Leaving this block by an exception (the sink's OutputError) closes the stream, which
+    # stops admissions and cancels the requests in flight.
+    async with contextlib.aclosing(stream) as results:
+        async for result in results:
+            sink.write(result)

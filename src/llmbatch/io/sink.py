@@ -1,0 +1,223 @@
+"""Where every result of a run goes: the output journal, progress, the error log and the cache.
+
+    sink = ResultSink(journal, expected=check.runnable, progress=bar, error_log=log, cache=cache)
+    requests = (item for item in items if sink.needs_call(item))   # cache hits written here
+    async for result in engine.stream(requests, finish_unstarted=False):
+        sink.write(result)              # raises OutputError when the file cannot take it
+
+Every way of executing a run (the local engine, Ray workers, later a provider batch API)
+feeds this one sink, so resume, exactly-once and "unfinished" mean the same on each.
+
+`write` is called by the loop that consumes results, never as an engine listener: a listener's
+exception is logged and ignored, and the output file is the product. An `OSError` from the
+journal becomes `OutputError` and propagates, so the caller stops admitting, cancels what is in
+flight and exits; everything written before stays, and a rerun resumes. The error log and the
+cache are conveniences: if either fails, a warning is printed once and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from ..errorlog import ErrorHandler
+from ..errors import BatchCancelledError, BatchTimeoutError
+from ..events import RequestFinished
+from ..types import BatchRequest, BatchResult, CompletionRequest
+from .cache import SQLiteCache
+from .journal import CompactionError, Journal
+
+__all__ = ["OutputError", "ProgressDisplay", "ResultSink", "is_unfinished"]
+
+log = logging.getLogger("llmbatch")
+
+SYNC_INTERVAL = 0.5  # seconds between checks for a due fsync while results are sparse
+
+
+class OutputError(Exception):
+    """The output file could not be written (or rewritten). `str()` is the one-line message."""
+
+    def __init__(self, path: Path, error: OSError, *, compacting: bool = False) -> None:
+        self.path = path
+        self.error = error
+        self.compacting = compacting
+        reason = f"[Errno {error.errno}] {error.strerror}" if error.errno else str(error)
+        verb = "rewrite (compact)" if compacting else "write"
+        super().__init__(f"cannot {verb} {path}: {reason}")
+
+
+class ProgressDisplay(Protocol):
+    """A progress display the sink advances (`RichProgress` is one); its owner starts and
+    stops it around the run."""
+
+    def start(self, total: int | None) -> None: ...
+
+    def add(self, ok: bool, count: int = 1) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def is_unfinished(result: BatchResult) -> bool:
+    """True for a request cut short by the batch deadline or an interrupt: it gets no line,
+    so the next run sends it again."""
+    return isinstance(result.error, BatchCancelledError | BatchTimeoutError)
+
+
+class ResultSink:
+    """The single owner of a run's output. Use from one thread (the event loop's)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        expected: int,
+        progress: ProgressDisplay | None = None,
+        error_log: ErrorHandler | None = None,
+        cache: SQLiteCache | None = None,
+        warn: Callable[[str], None] = log.warning,
+    ) -> None:
+        self.journal = journal
+        self.expected = expected
+        self.progress = progress
+        self.error_log = error_log
+        self.cache = cache
+        self._warn = warn
+        self.written = 0
+        self.cut_short = 0
+        # The requests in flight, by id: the error log shows the prompt, the cache keys by the
+        # request. Only kept when one of them is on; bounded by what is in flight.
+        self._remember = error_log is not None or cache is not None
+        self._pending: dict[str, CompletionRequest] = {}
+        self._closed = False
+
+    @property
+    def unfinished(self) -> int:
+        """Requests of this run with no line in the output: cut short, or never sent."""
+        return max(0, self.expected - self.written)
+
+    # -- the way in ---------------------------------------------------------------------------
+
+    def needs_call(self, item: BatchRequest) -> bool:
+        """False if the cache answered `item` (its line is written here); True to send it."""
+        if self.cache is not None:
+            try:
+                hit = self.cache.get(item.request)
+            except (sqlite3.Error, OSError) as exc:
+                self._cache_failed(exc)
+                hit = None
+            if hit is not None:
+                self.write(BatchResult(item.id, response=hit, duration=0.0, attempts=0))
+                return False
+        if self._remember:
+            self._pending[item.id] = item.request
+        return True
+
+    def write(self, result: BatchResult) -> None:
+        """Record one final result. Raises `OutputError` if the output file cannot take it."""
+        request = self._pending.pop(result.id, None)
+        if is_unfinished(result):
+            self.cut_short += 1
+            return
+        try:
+            self.journal.write(result)
+        except OSError as exc:
+            raise OutputError(self.journal.path, exc) from exc
+        self.written += 1
+        if self.progress is not None:
+            self.progress.add(result.error is None)
+        if result.error is not None:
+            self._log_error(result, request)
+        elif self.cache is not None and request is not None and result.response is not None:
+            # After the line is written: a cache that fails loses nothing already paid for.
+            try:
+                self.cache.put(request, result.response)
+            except (sqlite3.Error, OSError) as exc:
+                self._cache_failed(exc)
+
+    # -- durability ---------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """fsync the output if due, commit the cache. `OutputError` if the fsync fails."""
+        try:
+            self.journal.sync_if_due()
+        except OSError as exc:
+            raise OutputError(self.journal.path, exc) from exc
+        if self.cache is not None:
+            try:
+                self.cache.commit()
+            except (sqlite3.Error, OSError) as exc:
+                self._cache_failed(exc)
+
+    async def keep_synced(self, interval: float = SYNC_INTERVAL) -> None:
+        """Run beside the results loop: results that trickle in still reach the disk in time."""
+        while True:
+            await asyncio.sleep(interval)
+            self.sync()
+
+    def close(self) -> None:
+        """Flush and close everything. `OutputError(compacting=True)` if the rewrite failed:
+        the original file is then intact and holds every result."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.journal.close()
+        except CompactionError as exc:
+            raise OutputError(self.journal.path, exc, compacting=True) from exc
+        except OSError as exc:
+            raise OutputError(self.journal.path, exc) from exc
+        finally:
+            self._close_extras()
+
+    def abandon(self) -> None:
+        """Close after a failure: keep what reached the file, skip the rewrite."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.journal.abandon()
+        finally:
+            self._close_extras()
+
+    # -- the optional parts -------------------------------------------------------------------
+
+    def _log_error(self, result: BatchResult, request: CompletionRequest | None) -> None:
+        if self.error_log is None:
+            return
+        item = BatchRequest(result.id, request or CompletionRequest())
+        try:
+            self.error_log(RequestFinished(item, result, 0.0))
+        except OSError as exc:
+            self._warn(
+                f"the error log in {self.error_log.log_dir} failed ({exc}); "
+                "failures are still in the output file"
+            )
+            self.error_log = None
+            self._remember = self.cache is not None
+
+    def _cache_failed(self, exc: BaseException) -> None:
+        assert self.cache is not None
+        self._warn(
+            f"the cache {self.cache.path} failed ({exc}); going on without it "
+            "(answers are still written to the output)"
+        )
+        cache, self.cache = self.cache, None
+        self._remember = self.error_log is not None
+        with contextlib.suppress(sqlite3.Error, OSError):  # already reported above
+            cache.close()
+
+    def _close_extras(self) -> None:
+        if self.cache is not None:
+            try:
+                self.cache.close()
+            except (sqlite3.Error, OSError) as exc:
+                self._warn(f"the cache {self.cache.path} could not be saved: {exc}")
+            self.cache = None
+        if self.error_log is not None:
+            self.error_log.close()
+            self.error_log = None

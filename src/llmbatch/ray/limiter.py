@@ -1,0 +1,198 @@
+"""The cluster-wide limiter: one actor owns a `RateLimiter`; workers lease slices of it.
+
+    limiter = ClusterLimiter.create(requests_per_minute=1200)   # starts the actor
+    admission = limiter.local()                                  # in a worker: a LeasedLimiter
+
+Workers do not ask the actor once per request: each leases a slice of capacity (the request
+slots of `slice_seconds`, default 0.25 s, and a token budget), waits out each slot locally,
+returns what it did not use, and settles actual token usage with its next lease. A 429 seen by
+any worker pauses the actor's limiter, and every worker learns it at its next lease (within
+one slice), dropping slots of the discarded schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from dataclasses import asdict
+from typing import Any
+
+import ray
+
+from ..errors import RateLimitError
+from ..limiter import RateLimiter, estimate_tokens
+from ..types import CompletionRequest, CompletionResponse, RateLimitInfo
+
+__all__ = ["ClusterLimiter", "LeasedLimiter"]
+
+DEFAULT_SLICE_SECONDS = 0.25
+UNLIMITED_SLICE = 64  # slots per lease while no rate is known
+OBSERVE_EVERY = 1.0  # seconds between forwarded rate-limit headers, per worker
+
+
+class _LimiterState:
+    """Owns the cluster's `RateLimiter`; its methods run one at a time."""
+
+    def __init__(self, rpm: float | None, tpm: float | None, slice_seconds: float) -> None:
+        self.limiter = RateLimiter(rpm, tpm)
+        self.slice = slice_seconds
+
+    def lease(self, tokens_needed: int, settle_delta: int) -> tuple[list[float], int, int]:
+        lim = self.limiter
+        if settle_delta and lim.tokens_per_minute:
+            lim.settle(0, settle_delta)
+        rpm, tpm = lim.requests_per_minute, lim.tokens_per_minute
+        count = max(1, math.ceil(rpm * self.slice / 60)) if rpm else UNLIMITED_SLICE
+        tokens = max(tokens_needed, math.ceil(tpm * self.slice / 60)) if tpm else 0
+        if tpm and tokens > tpm:
+            tokens = tokens_needed  # the caller raises TokenBudgetError for this one
+        return lim.lease(count, tokens), tokens, lim.epoch
+
+    def give_back(self, count: int, tokens: int) -> None:
+        self.limiter.give_back(count, tokens)
+
+    def rate_limited(self, retry_after: float | None, info: dict[str, Any] | None) -> None:
+        rate_limit = RateLimitInfo(**info) if info else None
+        self.limiter.report(None, RateLimitError(retry_after=retry_after, rate_limit=rate_limit))
+
+    def observe(self, info: dict[str, Any]) -> None:
+        self.limiter.report(CompletionResponse("", rate_limit=RateLimitInfo(**info)), None)
+
+    def status(self) -> dict[str, Any]:
+        return asdict(self.limiter.status())
+
+
+# Actors need no CPU of their own: they wait on the network and on timers.
+_LimiterActor: Any = ray.remote(num_cpus=0)(_LimiterState)
+
+
+class ClusterLimiter:
+    """A handle on the cluster's limiter actor; picklable, so it travels to workers.
+
+    `ClusterLimiter.create(...)` starts the actor; `local()` gives a worker its `Admission`.
+    With no limits the actor starts adaptive and learns the server's limit from its headers
+    and 429s, for the whole cluster at once.
+    """
+
+    def __init__(self, actor: Any, slice_seconds: float = DEFAULT_SLICE_SECONDS) -> None:
+        self.actor = actor
+        self.slice_seconds = slice_seconds
+
+    @classmethod
+    def create(
+        cls,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        *,
+        slice_seconds: float = DEFAULT_SLICE_SECONDS,
+    ) -> ClusterLimiter:
+        actor = _LimiterActor.remote(requests_per_minute, tokens_per_minute, slice_seconds)
+        return cls(actor, slice_seconds)
+
+    def local(self) -> LeasedLimiter:
+        return LeasedLimiter(self.actor, self.slice_seconds)
+
+    def status(self) -> dict[str, Any]:
+        return ray.get(self.actor.status.remote())  # type: ignore[no-any-return]
+
+
+class _LeasedPermit:
+    __slots__ = ("estimate", "owner")
+
+    def __init__(self, owner: LeasedLimiter, estimate: int) -> None:
+        self.owner = owner
+        self.estimate = estimate
+
+    def release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
+        self.owner._release(self, response, error)
+
+
+class LeasedLimiter:
+    """A worker's view of the cluster limiter: an `Admission` that spends leased slices.
+
+    Bound to the event loop it is first used on.
+    """
+
+    def __init__(self, actor: Any, slice_seconds: float = DEFAULT_SLICE_SECONDS) -> None:
+        self.actor = actor
+        self.slice_seconds = slice_seconds
+        self._slots: collections.deque[float] = collections.deque()
+        self._tokens = 0
+        self._token_limited = False
+        self._epoch = -1
+        self._settle = 0
+        self._paused_until = 0.0
+        self._last_observe = 0.0
+        self._lock: asyncio.Lock | None = None
+        self.leases = 0
+
+    async def admit(self, request: CompletionRequest) -> _LeasedPermit:
+        estimate = estimate_tokens(request)
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        while True:
+            now = time.monotonic()
+            # Slots far in the past belong to an idle spell; using them now would be a burst.
+            while self._slots and self._slots[0] < now - self.slice_seconds:
+                self._slots.popleft()
+            enough = not self._token_limited or self._tokens >= estimate
+            if self._slots and enough and now >= self._paused_until:
+                slot = self._slots.popleft()
+                if self._token_limited:
+                    self._tokens -= estimate
+                break
+            async with self._lock:
+                if not self._slots or (self._token_limited and self._tokens < estimate):
+                    await self._refill(estimate)
+            if self._paused_until > time.monotonic():
+                await asyncio.sleep(self._paused_until - time.monotonic())
+        delay = slot - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return _LeasedPermit(self, estimate)
+
+    async def _refill(self, estimate: int) -> None:
+        settle, self._settle = self._settle, 0
+        delays, tokens, epoch = await self.actor.lease.remote(estimate, settle)
+        self.leases += 1
+        now = time.monotonic()
+        if epoch != self._epoch:
+            self._slots.clear()  # a pause discarded the schedule these came from
+            self._epoch = epoch
+        self._slots.extend(now + d for d in delays)
+        self._token_limited = tokens > 0
+        self._tokens += tokens
+
+    def _release(
+        self,
+        permit: _LeasedPermit,
+        response: CompletionResponse | None,
+        error: BaseException | None,
+    ) -> None:
+        if response is not None:
+            used = response.usage.total_tokens
+            if used and self._token_limited:
+                self._settle += used - permit.estimate
+            info = response.rate_limit
+            now = time.monotonic()
+            if info is not None and now - self._last_observe >= OBSERVE_EVERY:
+                self._last_observe = now
+                self.actor.observe.remote(asdict(info))
+        elif isinstance(error, RateLimitError):
+            pause = error.retry_after if error.retry_after is not None else 1.0
+            self._paused_until = max(self._paused_until, time.monotonic() + pause)
+            self._slots.clear()
+            info_dict = asdict(error.rate_limit) if error.rate_limit is not None else None
+            self.actor.rate_limited.remote(error.retry_after, info_dict)
+
+    def close(self) -> None:
+        """Give unused slots and tokens back to the cluster."""
+        now = time.monotonic()
+        unused = sum(1 for t in self._slots if t >= now)
+        if unused or self._tokens or self._settle:
+            self.actor.give_back.remote(unused, max(0, self._tokens - self._settle))
+        self._slots.clear()
+        self._tokens = 0
+        self._settle = 0

@@ -1,0 +1,227 @@
+"""`llmbatch run --ray`'s engine room: workers that return results, and their scheduler.
+
+    await run_on_ray(requests, spec, ClusterLimiter.create(rpm), RayRunConfig(workers=4),
+                     on_results=lambda results: [sink.write(r) for r in results])
+
+The driver alone writes the output: workers send back finished results, a chunk at a time, and
+a chunk whose worker died is redone elsewhere, so every request ends with exactly one result.
+Results (not pre-rendered lines) come back so the driver renders, logs and caches them exactly
+as a local run does; `on_lines` is kept for callers of the first version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import os
+import pickle
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from ..clients import ClientSpec
+from ..errors import LLMBatchError
+from ..io.journal import result_line
+from ..retry import RetryPolicy
+from ..types import BatchRequest, BatchResult, CompletionRequest
+from ._engine import worker_engine
+from .limiter import ClusterLimiter
+
+__all__ = ["Lines", "RayRunConfig", "RayWorker", "run_on_ray"]
+
+
+def _portable(result: BatchResult) -> BatchResult:
+    """`result`, with an error that pickle cannot carry back replaced by a plain one.
+
+    Our errors and the builtins travel fine; an exotic one from a hand-written client might
+    not, and would then fail the whole chunk on the driver. Only failures pay for the check.
+    """
+    error = result.error
+    if error is None:
+        return result
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        error = LLMBatchError(f"{type(error).__name__}: {error}")
+    return BatchResult(result.id, result.response, error, result.duration, result.attempts)
+
+
+class _BatchWorker:
+    """A CLI worker: requests in, finished results out (the driver alone writes them)."""
+
+    def __init__(
+        self,
+        client: ClientSpec,
+        limiter: ClusterLimiter | None,
+        concurrency: int,
+        request_timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> None:
+        self.client = client.build()
+        self.limiter = limiter.local() if limiter is not None else None
+        self.engine = worker_engine(self.client, self.limiter, concurrency, request_timeout, retry)
+        self.queue: asyncio.Queue[BatchRequest] | None = None
+        self.waiting: dict[str, asyncio.Future[BatchResult]] = {}
+        self.feeder: asyncio.Task[None] | None = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def _source(self) -> AsyncIterator[BatchRequest]:
+        assert self.queue is not None
+        while True:
+            yield await self.queue.get()
+
+    async def _drive(self) -> None:
+        async for result in self.engine.stream(self._source()):
+            future = self.waiting.pop(result.id, None)
+            if future is not None and not future.done():
+                future.set_result(result)
+
+    async def run_chunk(self, chunk: list[tuple[str, CompletionRequest]]) -> list[BatchResult]:
+        """Run a chunk through this worker's single engine (shared by concurrent chunks)."""
+        loop = asyncio.get_running_loop()
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.feeder = loop.create_task(self._drive())
+        futures = []
+        for rid, request in chunk:
+            future: asyncio.Future[BatchResult] = loop.create_future()
+            self.waiting[rid] = future
+            self.queue.put_nowait(BatchRequest(rid, request))
+            futures.append(future)
+        results = await asyncio.gather(*futures)
+        return [_portable(r) for r in results]
+
+    def close(self) -> None:
+        if self.limiter is not None:
+            self.limiter.close()
+
+
+RayWorker: Any = ray.remote(num_cpus=0)(_BatchWorker)
+
+
+Lines = list[tuple[str, bytes, bool]]
+Chunk = list[tuple[str, CompletionRequest]]
+
+
+@dataclass(slots=True)
+class RayRunConfig:
+    """How `run_on_ray` spreads a batch over workers."""
+
+    workers: int = 2
+    concurrency: int = 32  # per worker
+    chunk_size: int | None = None  # default: the per-worker concurrency
+    request_timeout: float | None = 600.0
+    retry: RetryPolicy | None = None
+    max_replacements: int | None = None  # dead workers replaced; default: `workers`
+    max_chunk_failures: int = 5
+
+
+async def run_on_ray(
+    requests: Iterator[BatchRequest],
+    client: ClientSpec,
+    limiter: ClusterLimiter,
+    config: RayRunConfig,
+    on_lines: Callable[[Lines], None] | None = None,
+    *,
+    on_results: Callable[[list[BatchResult]], None] | None = None,
+) -> None:
+    """Spread `requests` over Ray workers; hand every finished chunk to `on_results` (or, as
+    rendered output lines `(custom_id, line, ok)`, to `on_lines`): give exactly one.
+
+    An exception from the callback (the output file failed) stops the run: no more chunks
+    are sent, chunks in flight are cancelled and the workers killed.
+
+    Requests are pulled lazily, a chunk at a time, two chunks in flight per worker. A chunk
+    reaches the callback exactly once: if its worker dies first, the whole chunk is sent to
+    another worker (and a replacement worker started), so every request ends with exactly one
+    line even though a few may have been sent to the provider twice.
+    """
+    if (on_lines is None) == (on_results is None):
+        raise TypeError("give exactly one of on_lines and on_results")
+
+    def render(results: list[BatchResult]) -> None:
+        assert on_lines is not None
+        on_lines([(r.id, result_line(r), r.error is None) for r in results])
+
+    deliver = on_results or render
+    chunk_size = config.chunk_size or config.concurrency
+    replacements = config.workers if config.max_replacements is None else config.max_replacements
+
+    def start() -> Any:
+        return RayWorker.remote(
+            client, limiter, config.concurrency, config.request_timeout, config.retry
+        )
+
+    live: list[Any] = [start() for _ in range(config.workers)]
+    load: dict[Any, int] = dict.fromkeys(live, 0)
+    inflight: dict[asyncio.Future[list[BatchResult]], tuple[Any, Chunk]] = {}
+    redo: collections.deque[Chunk] = collections.deque()
+    failures: dict[int, int] = {}
+    exhausted = False
+
+    def next_chunk() -> Chunk | None:
+        nonlocal exhausted
+        if redo:
+            return redo.popleft()
+        if exhausted:
+            return None
+        chunk = [(r.id, r.request) for r in itertools.islice(requests, chunk_size)]
+        if len(chunk) < chunk_size:
+            exhausted = True
+        return chunk or None
+
+    try:
+        while True:
+            for worker in list(live):
+                while load[worker] < 2:
+                    chunk = next_chunk()
+                    if chunk is None:
+                        break
+                    ref = worker.run_chunk.remote(chunk)
+                    inflight[asyncio.wrap_future(ref.future())] = (worker, chunk)
+                    load[worker] += 1
+            if not inflight:
+                return
+            done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                worker, chunk = inflight.pop(future)
+                load[worker] = load.get(worker, 1) - 1
+                try:
+                    results = future.result()
+                except ray.exceptions.RayActorError:
+                    # The worker died (killed, crashed, node lost): redo its chunk elsewhere.
+                    redo.append(chunk)
+                    if worker in live:
+                        live.remove(worker)
+                        load.pop(worker, None)
+                        if replacements > 0:
+                            replacements -= 1
+                            fresh = start()
+                            live.append(fresh)
+                            load[fresh] = 0
+                    if not live:
+                        raise RuntimeError("every Ray worker died; no replacements left") from None
+                    continue
+                except ray.exceptions.RayTaskError:
+                    key = id(chunk)
+                    failures[key] = failures.get(key, 0) + 1
+                    if failures[key] >= config.max_chunk_failures:
+                        raise
+                    redo.append(chunk)
+                    continue
+                deliver(results)
+    finally:
+        for future in inflight:
+            future.cancel()
+        for worker in live:
+            with contextlib.suppress(Exception):
+                worker.close.remote()
+        await asyncio.sleep(0.1)  # let the give-backs leave before the workers go
+        for worker in live:
+            ray.kill(worker)

@@ -8,8 +8,9 @@ When the server goes away (connection refused, resets, 5xx on everything in flig
 each request on its own burns every request's retries within seconds and marks the whole
 batch failed, though the server may be back in twenty seconds. The breaker sees the outage
 instead: after `trip_after` consecutive attempts that failed that way, of at least three
-different requests, with no success in between, it opens. While open, admissions wait and a single probe goes out after a backoff
-(0.5 s doubling to 15 s); the first probe that gets an answer closes it and releases everyone.
+different requests, with no success in between, it opens. While open, admissions wait and a
+single probe goes out after a backoff (0.5 s doubling to 15 s); the first probe that gets an
+answer closes it and releases everyone.
 Attempts that failed because of the outage do not count against a request's retries (the
 engine asks `excuses(error)`). Only after `max_outage` seconds of outage do the waiting and
 remaining requests fail, with `ProviderOutageError`.

@@ -27,9 +27,9 @@ from .errors import error_code
 from .events import Event, RequestFinished
 from .redact import redact
 from .text import flatten_messages
-from .types import BatchResult, PromptSection
+from .types import BatchResult, CompletionRequest, PromptSection
 
-__all__ = ["ErrorHandler", "redact"]
+__all__ = ["ErrorHandler", "redact", "request_text"]
 
 MAX_PROMPT_CHARS = 5000
 MAX_RESPONSE_CHARS = 5000
@@ -103,18 +103,21 @@ class ErrorHandler:
             self._file.flush()
             self.count += 1
 
-    def record_result(self, result: BatchResult, prompt: str) -> None:
+    def record_result(
+        self, result: BatchResult, prompt: str, *, prompt_section: PromptSection | str | None = None
+    ) -> None:
         if result.error is not None:
             self.record(
                 result.error,
                 prompt=prompt,
                 retry_count=max(0, result.attempts - 1),
                 request_id=result.id,
+                prompt_section=prompt_section,
             )
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RequestFinished) and event.result.error is not None:
-            self.record_result(event.result, _prompt_text(event))
+            self.record_result(event.result, request_text(event.request.request))
 
     def close(self) -> None:
         with self._lock:
@@ -132,6 +135,6 @@ class ErrorHandler:
         self.close()
 
 
-def _prompt_text(event: RequestFinished) -> str:
-    req = event.request.request
-    return req.prompt or flatten_messages(req.messages)
+def request_text(request: CompletionRequest) -> str:
+    """What the error log shows as a request's prompt: the prompt, or its messages' text."""
+    return request.prompt or flatten_messages(request.messages)

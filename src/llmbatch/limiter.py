@@ -78,7 +78,8 @@ class Estimate:
     def of(
         cls, request: CompletionRequest, chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
     ) -> Estimate:
-        return cls(_chars_to_tokens(request.text_length(), chars_per_token), request.max_tokens or 0)
+        chars = request.text_length()
+        return cls(_chars_to_tokens(chars, chars_per_token), request.max_tokens or 0)
 
 
 def estimate_tokens(
@@ -300,7 +301,6 @@ class RateLimiter:
         for i in range(count):
             slot, _ = self._reserve(Estimate(tokens, 0) if i == 0 else _NOTHING)
             delays.append(max(0.0, slot - now))
-        self.control.sent(count)
         return delays
 
     def give_back(self, count: int, tokens: int = 0) -> None:

@@ -36,7 +36,7 @@ from .engine import (
     RequestSource,
     check_concurrency,
 )
-from .errorlog import ErrorHandler
+from .errorlog import ErrorHandler, request_text
 from .events import (
     BatchFinished,
     Event,
@@ -252,14 +252,8 @@ class BatchProcessor:
 
             def on_error(event: Event) -> None:
                 if isinstance(event, RequestFinished) and event.result.error is not None:
-                    req = event.request.request
-                    handler.record(
-                        event.result.error,
-                        prompt=req.prompt,
-                        retry_count=max(0, event.result.attempts - 1),
-                        request_id=event.result.id,
-                        prompt_section=section or None,
-                    )
+                    text = request_text(event.request.request)
+                    handler.record_result(event.result, text, prompt_section=section or None)
 
             listeners.append(on_error)
         return listeners

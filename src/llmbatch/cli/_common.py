@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..limiter import RateLimiter
 from ..retry import RetryPolicy
 
 EXIT_OK = 0
@@ -40,6 +41,38 @@ def _positive(kind: type[int] | type[float], name: str) -> Callable[[str], Any]:
 
 positive_int = _positive(int, "integer")
 positive_float = _positive(float, "number")
+
+
+def concurrency(text: str) -> int | str:
+    """`--concurrency`: a positive integer, or "auto"."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)  # type: ignore[no-any-return]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f'must be a positive integer or "auto", got {text!r}'
+        ) from None
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def rate_limiter(args: argparse.Namespace) -> RateLimiter | None:
+    """The limiter the pace flags ask for, or None to let the engine adapt on its own."""
+    limits = (args.rpm, args.tpm, args.itpm, args.otpm)
+    if not any(limits):
+        return None
+    return RateLimiter(
+        args.rpm, args.tpm, input_tokens_per_minute=args.itpm, output_tokens_per_minute=args.otpm
+    )
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

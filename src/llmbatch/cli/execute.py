@@ -26,10 +26,9 @@ from ..io import cache as cache_module
 from ..io.cache import SQLiteCache, request_key
 from ..io.journal import Journal
 from ..io.sink import OutputError, ResultSink
-from ..limiter import RateLimiter
 from ..progress import RichProgress
 from ..types import BatchRequest, CompletionRequest
-from ._common import retry_policy, say
+from ._common import rate_limiter, retry_policy, say
 from .precheck import Precheck
 from .usage import UsageError
 
@@ -137,14 +136,15 @@ async def _execute_here(
     requests: Iterator[BatchRequest],
     check: Precheck,
 ) -> None:
-    limiter = RateLimiter(args.rpm, args.tpm) if (args.rpm or args.tpm) else None
     engine = Engine(
         client,
         EngineConfig(
             max_concurrency=args.concurrency,
             request_timeout=args.request_timeout,
             retry=retry_policy(args),
-            admission=limiter,
+            limiter=rate_limiter(args),
+            max_outage=args.max_outage,
+            listeners=[sink],
         ),
     )
     stream = engine.stream(

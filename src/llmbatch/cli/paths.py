@@ -43,11 +43,8 @@ def source_of(args: argparse.Namespace) -> Source:
         if not rows.is_file():
             raise UsageError(f"--rows {rows}: no such file")
         template, id_field = args.template, args.id_field
-        # TODO(missing-field): when io.formats.read_rows takes `missing=`, pass
-        # `missing=args.missing_field` below and drop this refusal.
-        if args.missing_field != "error":
-            raise UsageError("--missing-field empty is not available in this version yet")
-        return lambda: read_rows(template, rows, id_field, base)
+        missing = args.missing_field
+        return lambda: read_rows(template, rows, id_field, base, missing=missing)
     if args.files or args.rows:
         raise UsageError("--files and --rows need --template")
     if not args.input:

@@ -51,9 +51,15 @@ async def execute_on_ray(
         concurrency=args.concurrency,
         request_timeout=args.request_timeout,
         retry=retry_policy(args),
+        max_outage=args.max_outage,
     )
     try:
-        limiter = lray.ClusterLimiter.create(args.rpm, args.tpm)
+        limiter = lray.ClusterLimiter.create(
+            args.rpm,
+            args.tpm,
+            input_tokens_per_minute=args.itpm,
+            output_tokens_per_minute=args.otpm,
+        )
         async with asyncio.timeout(args.timeout):
             await lray.run_on_ray(requests, spec, limiter, config, on_results=on_results)
     except TimeoutError:

@@ -26,7 +26,8 @@ import orjson
 from rich.console import Console
 from rich.text import Text
 
-from ..clients import ClientSpec
+from ..breaker import DEFAULT_MAX_OUTAGE
+from ..clients import PROVIDERS, ClientSpec
 from ..io.formats import BadLine, TemplateError
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
@@ -37,7 +38,9 @@ from ._common import (
     EXIT_OK,
     EXIT_OUTPUT,
     EXIT_USAGE,
+    concurrency,
     event_loop_factory,
+    non_negative_float,
     os_reason,
     positive_float,
     positive_int,
@@ -66,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g = p.add_argument_group("provider")
     g.add_argument(
         "--provider",
-        choices=("openai", "anthropic"),
+        choices=sorted(PROVIDERS),
         default="openai",
         help="API flavour (default openai: OpenAI and every OpenAI-compatible server)",
     )
@@ -78,9 +81,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)",
     )
     g = p.add_argument_group("pace and limits")
-    g.add_argument("--concurrency", type=positive_int, default=32, help="requests in flight")
+    g.add_argument(
+        "--concurrency",
+        type=concurrency,
+        default=32,
+        help='requests in flight (default 32), or "auto": found from latency, for servers '
+        "that queue instead of refusing (llama.cpp, vLLM, Ollama)",
+    )
     g.add_argument("--rpm", type=positive_float, help="requests per minute (default: adaptive)")
     g.add_argument("--tpm", type=positive_float, help="tokens per minute (default: adaptive)")
+    g.add_argument(
+        "--itpm", type=positive_float, help="input tokens per minute (Anthropic-style split limit)"
+    )
+    g.add_argument(
+        "--otpm", type=positive_float, help="output tokens per minute (charged from max_tokens)"
+    )
+    g.add_argument(
+        "--max-outage",
+        type=non_negative_float,
+        default=DEFAULT_MAX_OUTAGE,
+        metavar="SECONDS",
+        help="wait out a server-wide outage this long before failing the remaining requests "
+        f"(default {DEFAULT_MAX_OUTAGE:g})",
+    )
     g.add_argument(
         "--request-timeout", type=positive_float, default=600.0, help="seconds per attempt"
     )
@@ -177,7 +200,6 @@ def _client_spec(args: argparse.Namespace) -> ClientSpec:
         base_url=args.base_url,
         model=args.model,
         api_key_env=args.api_key_env,
-        max_connections=args.concurrency,
     )
     if args.api_key_env and not os.environ.get(spec.key_env):
         raise UsageError(f"--api-key-env {spec.key_env}: that environment variable is not set")
@@ -302,6 +324,9 @@ def _finish(
         except OSError as exc:
             say(console, f"llmbatch run: error: cannot write {args.stats_json}: {os_reason(exc)}")
             return EXIT_FAILED
+    for outage in sink.outages:
+        how = "came back" if outage.recovered else "did not come back; remaining requests failed"
+        say(console, f"server outage: {outage.duration:.1f}s without an answer, then it {how}")
     if interrupted:
         say(
             console,

@@ -25,9 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from ..breaker import Outage
 from ..errorlog import ErrorHandler
 from ..errors import BatchCancelledError, BatchTimeoutError
-from ..events import RequestFinished
+from ..events import Event, ProviderOutage, RequestFinished
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from .cache import SQLiteCache
 from .journal import CompactionError, Journal
@@ -89,6 +90,7 @@ class ResultSink:
         self._warn = warn
         self.written = 0
         self.cut_short = 0
+        self.outages: list[Outage] = []  # server-wide outages the run waited out (or not)
         # The requests in flight, by id: the error log shows the prompt, the cache keys by the
         # request. Only kept when one of them is on; bounded by what is in flight.
         self._remember = error_log is not None or cache is not None
@@ -99,6 +101,11 @@ class ResultSink:
     def unfinished(self) -> int:
         """Requests of this run with no line in the output: cut short, or never sent."""
         return max(0, self.expected - self.written)
+
+    def __call__(self, event: Event) -> None:
+        """As an engine listener: keeps the outages for the run's summary."""
+        if isinstance(event, ProviderOutage):
+            self.outages.append(event.outage)
 
     # -- the way in ---------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..admission import Admission
+from ..breaker import DEFAULT_MAX_OUTAGE
 from ..clients._http import ProviderClient
-from ..engine import Engine, EngineConfig
-from ..events import Admission
+from ..engine import Concurrency, Engine, EngineConfig
 from ..retry import RetryPolicy
 
 __all__ = ["worker_engine"]
@@ -12,10 +13,11 @@ __all__ = ["worker_engine"]
 
 def worker_engine(
     client: ProviderClient,
-    admission: Admission | None,
-    concurrency: int,
+    limiter: Admission | None,
+    concurrency: Concurrency,
     request_timeout: float | None,
     retry: RetryPolicy | None,
+    max_outage: float | None = DEFAULT_MAX_OUTAGE,
 ) -> Engine:
     return Engine(
         client,
@@ -23,6 +25,7 @@ def worker_engine(
             max_concurrency=concurrency,
             request_timeout=request_timeout,
             retry=retry or RetryPolicy(),
-            admission=admission,
+            limiter=limiter,
+            max_outage=max_outage,
         ),
     )

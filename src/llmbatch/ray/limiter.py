@@ -2,12 +2,16 @@
 
     limiter = ClusterLimiter.create(requests_per_minute=1200)   # starts the actor
     admission = limiter.local()                                  # in a worker: a LeasedLimiter
+    async with admission.admit(request) as permit: ...           # the same contract as local
 
 Workers do not ask the actor once per request: each leases a slice of capacity (the request
 slots of `slice_seconds`, default 0.25 s, and a token budget), waits out each slot locally,
-returns what it did not use, and settles actual token usage with its next lease. A 429 seen by
-any worker pauses the actor's limiter, and every worker learns it at its next lease (within
-one slice), dropping slots of the discarded schedule.
+returns what it did not use, and settles actual token usage with its next lease. The actor's
+limiter adapts exactly as a local one does, for the whole cluster: workers forward signals
+(headers, a congestion refusal with the generation its slot was leased under, how many slots
+they really used and whether they succeeded), never fabricated errors. One congestion event
+seen by several workers is one cut; a pause or a cut reaches every worker at its next lease
+(within one slice), which drops the slots of the discarded schedule.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from typing import Any
 
 import ray
 
-from ..errors import RateLimitError
-from ..limiter import RateLimiter, estimate_tokens
+from ..admission import Feedback, PermitBase, feedback
+from ..limiter import SHORT_RETRY_AFTER, Estimate, RateLimiter
 from ..types import CompletionRequest, CompletionResponse, RateLimitInfo
 
 __all__ = ["ClusterLimiter", "LeasedLimiter"]
@@ -35,30 +39,51 @@ OBSERVE_EVERY = 1.0  # seconds between forwarded rate-limit headers, per worker
 class _LimiterState:
     """Owns the cluster's `RateLimiter`; its methods run one at a time."""
 
-    def __init__(self, rpm: float | None, tpm: float | None, slice_seconds: float) -> None:
-        self.limiter = RateLimiter(rpm, tpm)
+    def __init__(
+        self,
+        rpm: float | None,
+        tpm: float | None,
+        slice_seconds: float,
+        itpm: float | None = None,
+        otpm: float | None = None,
+    ) -> None:
+        self.limiter = RateLimiter(
+            rpm, tpm, input_tokens_per_minute=itpm, output_tokens_per_minute=otpm
+        )
         self.slice = slice_seconds
 
-    def lease(self, tokens_needed: int, settle_delta: int) -> tuple[list[float], int, int]:
+    def lease(
+        self, tokens_needed: int, settle_delta: int, used: int = 0, succeeded: int = 0
+    ) -> tuple[list[float], int, int, int]:
+        """(slot delays, tokens leased, pause epoch, congestion generation)."""
         lim = self.limiter
         if settle_delta and lim.tokens_per_minute:
             lim.settle(0, settle_delta)
+        # The send rate the control law measures is what workers really sent, not what they
+        # leased (an unlimited lease hands out far more slots than get used).
+        if used:
+            lim.control.sent(used)
+        if succeeded:
+            lim.control.succeeded()
         rpm, tpm = lim.requests_per_minute, lim.tokens_per_minute
         count = max(1, math.ceil(rpm * self.slice / 60)) if rpm else UNLIMITED_SLICE
         tokens = max(tokens_needed, math.ceil(tpm * self.slice / 60)) if tpm else 0
         if tpm and tokens > tpm:
             tokens = tokens_needed  # the caller raises TokenBudgetError for this one
-        return lim.lease(count, tokens), tokens, lim.epoch
+        return lim.lease(count, tokens), tokens, lim.epoch, lim.generation
 
     def give_back(self, count: int, tokens: int) -> None:
         self.limiter.give_back(count, tokens)
 
-    def rate_limited(self, retry_after: float | None, info: dict[str, Any] | None) -> None:
+    def congested(
+        self, generation: int, retry_after: float | None, info: dict[str, Any] | None
+    ) -> bool:
         rate_limit = RateLimitInfo(**info) if info else None
-        self.limiter.report(None, RateLimitError(retry_after=retry_after, rate_limit=rate_limit))
+        fb = Feedback(congested=True, retry_after=retry_after, rate_limit=rate_limit)
+        return self.limiter.apply(fb, generation)
 
     def observe(self, info: dict[str, Any]) -> None:
-        self.limiter.report(CompletionResponse("", rate_limit=RateLimitInfo(**info)), None)
+        self.limiter.observe(RateLimitInfo(**info))
 
     def status(self) -> dict[str, Any]:
         return asdict(self.limiter.status())
@@ -73,7 +98,7 @@ class ClusterLimiter:
 
     `ClusterLimiter.create(...)` starts the actor; `local()` gives a worker its `Admission`.
     With no limits the actor starts adaptive and learns the server's limit from its headers
-    and 429s, for the whole cluster at once.
+    and refusals, for the whole cluster at once.
     """
 
     def __init__(self, actor: Any, slice_seconds: float = DEFAULT_SLICE_SECONDS) -> None:
@@ -86,9 +111,17 @@ class ClusterLimiter:
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         *,
+        input_tokens_per_minute: float | None = None,
+        output_tokens_per_minute: float | None = None,
         slice_seconds: float = DEFAULT_SLICE_SECONDS,
     ) -> ClusterLimiter:
-        actor = _LimiterActor.remote(requests_per_minute, tokens_per_minute, slice_seconds)
+        actor = _LimiterActor.remote(
+            requests_per_minute,
+            tokens_per_minute,
+            slice_seconds,
+            input_tokens_per_minute,
+            output_tokens_per_minute,
+        )
         return cls(actor, slice_seconds)
 
     def local(self) -> LeasedLimiter:
@@ -98,14 +131,21 @@ class ClusterLimiter:
         return ray.get(self.actor.status.remote())  # type: ignore[no-any-return]
 
 
-class _LeasedPermit:
-    __slots__ = ("estimate", "owner")
+class LeasedPermit(PermitBase):
+    """One attempt admitted from a leased slice."""
+
+    __slots__ = ("estimate", "generation", "owner")
 
     def __init__(self, owner: LeasedLimiter, estimate: int) -> None:
+        super().__init__()
         self.owner = owner
         self.estimate = estimate
+        self.generation = 0
 
-    def release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
+    async def _acquire(self) -> None:
+        await self.owner._acquire(self)
+
+    def _release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
         self.owner._release(self, response, error)
 
 
@@ -122,14 +162,20 @@ class LeasedLimiter:
         self._tokens = 0
         self._token_limited = False
         self._epoch = -1
+        self._generation = 0
         self._settle = 0
+        self._used = 0  # slots spent since the last lease
+        self._succeeded = 0
         self._paused_until = 0.0
         self._last_observe = 0.0
         self._lock: asyncio.Lock | None = None
         self.leases = 0
 
-    async def admit(self, request: CompletionRequest) -> _LeasedPermit:
-        estimate = estimate_tokens(request)
+    def admit(self, request: CompletionRequest) -> LeasedPermit:
+        return LeasedPermit(self, Estimate.of(request).total)
+
+    async def _acquire(self, permit: LeasedPermit) -> None:
+        estimate = permit.estimate
         if self._lock is None:
             self._lock = asyncio.Lock()
         while True:
@@ -148,26 +194,39 @@ class LeasedLimiter:
                     await self._refill(estimate)
             if self._paused_until > time.monotonic():
                 await asyncio.sleep(self._paused_until - time.monotonic())
+        permit.generation = self._generation
         delay = slot - time.monotonic()
         if delay > 0:
-            await asyncio.sleep(delay)
-        return _LeasedPermit(self, estimate)
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                # Cancelled while waiting for our slot: it goes back, at the front.
+                self._slots.appendleft(slot)
+                if self._token_limited:
+                    self._tokens += estimate
+                raise
+        self._used += 1
 
     async def _refill(self, estimate: int) -> None:
         settle, self._settle = self._settle, 0
-        delays, tokens, epoch = await self.actor.lease.remote(estimate, settle)
+        used, self._used = self._used, 0
+        succeeded, self._succeeded = self._succeeded, 0
+        delays, tokens, epoch, generation = await self.actor.lease.remote(
+            estimate, settle, used, succeeded
+        )
         self.leases += 1
         now = time.monotonic()
-        if epoch != self._epoch:
-            self._slots.clear()  # a pause discarded the schedule these came from
+        if epoch != self._epoch or generation != self._generation:
+            self._slots.clear()  # a pause or a cut discarded the schedule these came from
             self._epoch = epoch
+            self._generation = generation
         self._slots.extend(now + d for d in delays)
         self._token_limited = tokens > 0
         self._tokens += tokens
 
     def _release(
         self,
-        permit: _LeasedPermit,
+        permit: LeasedPermit,
         response: CompletionResponse | None,
         error: BaseException | None,
     ) -> None:
@@ -175,17 +234,28 @@ class LeasedLimiter:
             used = response.usage.total_tokens
             if used and self._token_limited:
                 self._settle += used - permit.estimate
-            info = response.rate_limit
+        fb = feedback(response, error)
+        if fb.ok:
+            self._succeeded += 1
+            info = fb.rate_limit
             now = time.monotonic()
             if info is not None and now - self._last_observe >= OBSERVE_EVERY:
                 self._last_observe = now
                 self.actor.observe.remote(asdict(info))
-        elif isinstance(error, RateLimitError):
-            pause = error.retry_after if error.retry_after is not None else 1.0
-            self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        elif fb.congested:
+            if permit.generation < self._generation:
+                return  # this event was already answered by a cut
+            stated = fb.rate_limit is not None and bool(
+                fb.rate_limit.limit_requests or fb.rate_limit.limit_tokens
+            )
+            # The same pause rule as a local RateLimiter, applied here at once rather than
+            # after a round trip to the actor; the actor applies it for the cluster.
+            if fb.retry_after is not None and (stated or fb.retry_after > SHORT_RETRY_AFTER):
+                self._paused_until = max(self._paused_until, time.monotonic() + fb.retry_after)
+                permit.paused_for_retry = True
             self._slots.clear()
-            info_dict = asdict(error.rate_limit) if error.rate_limit is not None else None
-            self.actor.rate_limited.remote(error.retry_after, info_dict)
+            info_dict = asdict(fb.rate_limit) if fb.rate_limit is not None else None
+            self.actor.congested.remote(permit.generation, fb.retry_after, info_dict)
 
     def close(self) -> None:
         """Give unused slots and tokens back to the cluster."""

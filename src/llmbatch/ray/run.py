@@ -23,7 +23,9 @@ from typing import Any
 
 import ray
 
+from ..breaker import DEFAULT_MAX_OUTAGE
 from ..clients import ClientSpec
+from ..engine import Concurrency
 from ..errors import LLMBatchError
 from ..io.journal import result_line
 from ..retry import RetryPolicy
@@ -32,6 +34,8 @@ from ._engine import worker_engine
 from .limiter import ClusterLimiter
 
 __all__ = ["Lines", "RayRunConfig", "RayWorker", "run_on_ray"]
+
+AUTO_CHUNK = 64
 
 
 def _portable(result: BatchResult) -> BatchResult:
@@ -57,13 +61,16 @@ class _BatchWorker:
         self,
         client: ClientSpec,
         limiter: ClusterLimiter | None,
-        concurrency: int,
+        concurrency: Concurrency,
         request_timeout: float | None,
         retry: RetryPolicy | None,
+        max_outage: float | None = DEFAULT_MAX_OUTAGE,
     ) -> None:
         self.client = client.build()
         self.limiter = limiter.local() if limiter is not None else None
-        self.engine = worker_engine(self.client, self.limiter, concurrency, request_timeout, retry)
+        self.engine = worker_engine(
+            self.client, self.limiter, concurrency, request_timeout, retry, max_outage
+        )
         self.queue: asyncio.Queue[BatchRequest] | None = None
         self.waiting: dict[str, asyncio.Future[BatchResult]] = {}
         self.feeder: asyncio.Task[None] | None = None
@@ -114,12 +121,13 @@ class RayRunConfig:
     """How `run_on_ray` spreads a batch over workers."""
 
     workers: int = 2
-    concurrency: int = 32  # per worker
+    concurrency: Concurrency = 32  # per worker, or "auto"
     chunk_size: int | None = None  # default: the per-worker concurrency
     request_timeout: float | None = 600.0
     retry: RetryPolicy | None = None
     max_replacements: int | None = None  # dead workers replaced; default: `workers`
     max_chunk_failures: int = 5
+    max_outage: float | None = DEFAULT_MAX_OUTAGE
 
 
 async def run_on_ray(
@@ -150,12 +158,20 @@ async def run_on_ray(
         on_lines([(r.id, result_line(r), r.error is None) for r in results])
 
     deliver = on_results or render
-    chunk_size = config.chunk_size or config.concurrency
+    # With "auto" a worker's own gate decides how many of its requests are in flight; two
+    # chunks of AUTO_CHUNK keep it supplied.
+    per_worker = AUTO_CHUNK if config.concurrency == "auto" else config.concurrency
+    chunk_size = config.chunk_size or per_worker
     replacements = config.workers if config.max_replacements is None else config.max_replacements
 
     def start() -> Any:
         return RayWorker.remote(
-            client, limiter, config.concurrency, config.request_timeout, config.retry
+            client,
+            limiter,
+            config.concurrency,
+            config.request_timeout,
+            config.retry,
+            config.max_outage,
         )
 
     live: list[Any] = [start() for _ in range(config.workers)]

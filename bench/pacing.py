@@ -126,7 +126,7 @@ def limits_matrix(console: Console, n: int, rpm: int, only: list[str] | None) ->
         server = ("--rpm", str(rpm), "--latency-ms", str(LATENCY_MS), "--seed", "1", *flags)
         for mode in ("limit given", "adaptive"):
             limiter = RateLimiter(requests_per_minute=rpm) if mode == "limit given" else None
-            config = BatchProcessorConfig(max_concurrency=CONCURRENCY, rate_limiter=limiter)
+            config = BatchProcessorConfig(max_concurrency=CONCURRENCY, limiter=limiter)
             run = measure(server, kind, n, config, cut)
             refused, detail = refusals(run.stats)
             ratio = run.makespan / ideal

@@ -36,11 +36,12 @@ from .types import CompletionRequest, CompletionResponse
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyStatus"]
 
-DEFAULT_INITIAL = 4
+DEFAULT_INITIAL = 1  # start low: the first latencies are then the server's unloaded ones
 DEFAULT_MAX = 256
 _DROP_FACTOR = 0.7
 _RTT_WINDOW = 30.0  # seconds after which the lowest latency is measured afresh
-_SMOOTHING = 0.3  # weight of a new latency sample in the recent average
+_RTT_MIN_DRIFT = 1.01  # at most +1% per window
+_SMOOTHING = 0.3  # weight of a new latency sample in the recent average (reported only)
 
 
 @dataclass(slots=True, frozen=True)
@@ -145,11 +146,14 @@ class ConcurrencyLimiter:
         if rtt <= 0:
             return
         if now - self._window_start > _RTT_WINDOW:
-            # Forget old minima slowly: the server may have become slower for good.
-            self._rtt_min = self._rtt_min_next or self._rtt_min
+            # Forget an old minimum slowly, in case the server became slower for good; not at
+            # once, since while we keep it busy every recent latency includes its queue.
+            if self._rtt_min is not None and self._rtt_min_next is not None:
+                self._rtt_min = min(self._rtt_min_next, self._rtt_min * _RTT_MIN_DRIFT)
             self._rtt_min_next = None
             self._window_start = now
         self._rtt_min = rtt if self._rtt_min is None else min(self._rtt_min, rtt)
+        assert self._rtt_min is not None
         self._rtt_min_next = rtt if self._rtt_min_next is None else min(self._rtt_min_next, rtt)
         self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
         limit = self._limit
@@ -157,7 +161,9 @@ class ConcurrencyLimiter:
             return  # not using the limit: the latency says nothing about it
         step = max(1.0, math.log10(limit))
         alpha, beta = 2 * step, 4 * step
-        queue = limit * (1 - self._rtt_min / self._rtt)
+        # The sample itself, not the smoothed latency: a lagging average lets the limit
+        # overshoot while the queue builds.
+        queue = limit * (1 - self._rtt_min / rtt)
         if queue < alpha:
             limit += step
         elif queue > beta:

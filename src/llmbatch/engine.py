@@ -206,6 +206,9 @@ class _Run:
             links[0] if len(links) == 1 else AdmissionChain(*links) if links else None
         )
         self.outages_reported = 0
+        self.gate = engine.gate
+        self.active = 0  # requests pulled and not yet finished
+        self.gate_changed = asyncio.Event()
         self.listeners = [*engine.listeners, *listeners]
         self.source = _Source(source)
         self.ready: collections.deque[BatchResult] = collections.deque()
@@ -239,7 +242,17 @@ class _Run:
             # request, sees the stop and records it, so nothing pulled is left without a result.
             for _ in self.workers:
                 self.room.release()
+            self.gate_changed.set()
             self.wakeup.set()
+
+    async def gate_room(self) -> None:
+        """With `max_concurrency="auto"`, pull a request only when the gate has room for it:
+        a request must not wait inside the engine (its duration running) for a slot that
+        the gate will not give for a while."""
+        gate = self.gate
+        while gate is not None and self.active >= gate.limit and self.stop_error is None:
+            self.gate_changed.clear()
+            await self.gate_changed.wait()
 
     def deliver(self, item: BatchRequest, result: BatchResult) -> None:
         self.completed += 1
@@ -265,6 +278,7 @@ class _Run:
         assert task is not None
         try:
             while self.stop_error is None:
+                await self.gate_room()
                 await self.room.acquire()
                 pulled = await self.source.next()
                 if pulled is None:
@@ -277,6 +291,7 @@ class _Run:
                     return
                 state = _Attempts()
                 self.busy.add(task)
+                self.active += 1
                 try:
                     result = await self.process(index, item, started, state)
                 except asyncio.CancelledError:
@@ -285,6 +300,8 @@ class _Run:
                     result = self.stopped_result(index, item, started, state.count)
                 finally:
                     self.busy.discard(task)
+                    self.active -= 1
+                    self.gate_changed.set()
                 self.deliver(item, result)
         except Exception as exc:  # the source raised, or yielded something that is not a request
             if self.crash is None:

@@ -16,18 +16,27 @@ time does not depend on the rate, is fast far from the last known limit and flat
 
 - **One decrease per congestion event.** Every admission carries the `generation` (the number
   of cuts so far) it was admitted under. A refusal cuts only if its attempt was admitted after
-  the last cut: the burst of 429s answering one overshoot is one event, as TCP cuts once per
-  window of losses.
+  the last cut, and not within `cooldown` (1 s) of it: the burst of 429s answering one
+  overshoot is one event, as TCP cuts once per window of losses, and a server whose bucket
+  the overshoot emptied needs a moment to refill before its answers say anything new.
 - **The cut is relative to the measured send rate**: the admissions of the last second, not a
-  guess from what is in flight. `rate = beta * min(current rate, measured)`, beta = 0.7.
-- **Regrowth** follows `rate(t) = w_max + c * (t - K)**3` where `w_max` is the rate at the
-  last cut and `K = regrow_seconds`: concave back to `w_max` within K seconds, a plateau near
-  it, then convex probing above it in case the limit rose. `c` scales with `w_max`, so the
-  shape in time is the same at 10 req/min and at 10,000. When cuts keep finding the same
-  `w_max`, the probe above it slows down (doubling the convex phase's time scale up to 8x):
-  a stable limit is then overshot rarely, which matters because each overshoot of a server
-  that sends `retry-after: 1` costs a whole second. CUBIC's fast convergence applies: a cut
-  below the previous `w_max` lowers `w_max` further (the limit probably fell).
+  guess from what is in flight. The rate at the cut is `min(current rate, measured)`; the
+  limit estimate `w_max` (below) lies between `beta` times it and it, and the new rate is
+  `beta * w_max`, beta = 0.7.
+- **Regrowth** follows `rate(t) = w_max + C * (t - K)**3` where `w_max` is the limit
+  estimate made at the last cut, `C = 0.4` (requests/s per s^3, the AWS SDKs' constant) and
+  `K = cbrt(w_max * (1 - beta) / C)`: concave back to `w_max` within K seconds (2.5 s at
+  20 req/s, 9 s at 1,000 req/s), a plateau near it, then convex probing above it in case the
+  limit rose. Above `w_max` the probe is gentle, `(w_max / 20**3 + 0.005) * t'**3` on top of
+  `w_max` (at 20 req/s: +22% after 10 s), relative to `w_max` with a small absolute part so
+  that a collapsed rate climbs back too (+5 req/s after 10 s, +17 after 15):
+  a server's bucket hides an overshoot until it is empty, so feedback comes late, and limits
+  rarely change mid-run. When cuts keep finding the same `w_max`, the probe slows further
+  (its time scale doubling up to 8x), so a stable limit is overshot rarely.
+- **The limit estimate** (`w_max`) is the goodput, what the server accepted in the second it
+  began refusing, when there is one; without it, CUBIC's fast convergence: the first cut (an
+  unpaced opening burst overstates the limit) and a cut well below the last one aim lower
+  still, at `(1 + beta) / 2` of the rate at the cut.
 - **Growth is bounded by use**: the rate never grows past twice the measured send rate, so a
   run held back by its concurrency does not build up a rate it never tested.
 """
@@ -41,12 +50,18 @@ from collections.abc import Callable
 __all__ = ["CubicRate"]
 
 DEFAULT_BETA = 0.7
-DEFAULT_REGROW_SECONDS = 2.0
+DEFAULT_SCALE = 0.4  # requests/s per s^3
+DEFAULT_COOLDOWN = 1.0
 DEFAULT_MIN_RATE = 1.0 / 60.0  # one request a minute
 _WINDOW = 1.0  # seconds of admissions that make the measured send rate
 _BUCKETS = 10
 _STABLE_BAND = 0.15  # two cuts this close in w_max: the limit looks stable
 _MAX_PROBE_SLOWDOWN = 8.0
+_FIRST_PROBE_SLOWDOWN = 1.0
+_PROBE_SECONDS = 20.0  # seconds above w_max to double it, before any slowdown
+# An absolute part of the probe (requests/s per s^3), so that a rate that collapsed (a w_max
+# near zero) still climbs back: +5 req/s after 10 s, +17 after 15.
+_PROBE_FLOOR = 0.005
 
 
 class CubicRate:
@@ -56,14 +71,16 @@ class CubicRate:
         self,
         *,
         beta: float = DEFAULT_BETA,
-        regrow_seconds: float = DEFAULT_REGROW_SECONDS,
+        scale: float = DEFAULT_SCALE,
+        cooldown: float = DEFAULT_COOLDOWN,
         min_rate: float = DEFAULT_MIN_RATE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not 0 < beta < 1 or regrow_seconds <= 0 or min_rate <= 0:
-            raise ValueError("beta must be in (0, 1), regrow_seconds and min_rate > 0")
+        if not 0 < beta < 1 or scale <= 0 or min_rate <= 0 or cooldown < 0:
+            raise ValueError("beta must be in (0, 1), scale and min_rate > 0, cooldown >= 0")
         self.beta = beta
-        self.regrow_seconds = regrow_seconds
+        self.scale = scale
+        self.cooldown = cooldown
         self.min_rate = min_rate
         self.ceiling: float | None = None  # a limit stated by the user or the server
         self.rate: float | None = None
@@ -73,54 +90,52 @@ class CubicRate:
         self._w_max = 0.0
         self._cut_at = 0.0
         self._probe_slowdown = 1.0
-        # Admissions per 1/_BUCKETS of the window, as a ring: O(1) per admission.
-        self._counts = [0] * _BUCKETS
-        self._slot = math.floor(clock() * _BUCKETS / _WINDOW)
+        self._sent = _Window(clock)
+        self._ok = _Window(clock)
 
     # -- measuring ----------------------------------------------------------------------------
 
-    def _advance(self, now: float) -> None:
-        slot = math.floor(now * _BUCKETS / _WINDOW)
-        gap = slot - self._slot
-        if gap > 0:
-            for i in range(1, min(gap, _BUCKETS) + 1):
-                self._counts[(self._slot + i) % _BUCKETS] = 0
-            self._slot = slot
-
     def sent(self, count: int = 1) -> None:
         """`count` attempts were admitted now."""
-        self._advance(self._clock())
-        self._counts[self._slot % _BUCKETS] += count
+        self._sent.add(count)
 
     def measured(self) -> float:
         """Admissions per second over the last second (a run younger than that reads low,
         which errs on the side of a gentler first cut)."""
-        self._advance(self._clock())
-        return sum(self._counts) / _WINDOW
+        return self._sent.rate()
 
     # -- reacting -----------------------------------------------------------------------------
 
     def congested(self, generation: int) -> bool:
         """A refusal of an attempt admitted under `generation`. Returns True if it cut."""
-        if generation < self.generation:
-            return False  # part of an event already answered by a cut
         now = self._clock()
+        if generation < self.generation or (self.cuts and now - self._cut_at < self.cooldown):
+            return False  # part of an event already answered by a cut
         measured = self.measured()
         current = self.rate if self.rate is not None else math.inf
         at_cut = min(current, measured) if measured > 0 else current
         if not math.isfinite(at_cut):
             at_cut = 1.0  # a refusal before anything was measured: start low, regrow fast
+        goodput = self._ok.rate()
         previous = self._w_max
-        # Fast convergence: a cut below the last one says the limit fell; aim lower still.
-        fell = previous and at_cut < previous
-        w_max = at_cut * (1 + self.beta) / 2 if fell else at_cut
+        if goodput > 0:
+            # What the server accepted in the second it began refusing is its limit, as near
+            # as can be measured (bounded: a young or idle window reads low).
+            w_max = min(at_cut, max(goodput, self.beta * at_cut))
+        elif not self.cuts or at_cut < previous * (1 - _STABLE_BAND):
+            # No success to go by: the first cut answers an unpaced opening burst, which
+            # overstates the limit, and a cut well below the last says the limit fell. Aim
+            # lower still (CUBIC's fast convergence).
+            w_max = at_cut * (1 + self.beta) / 2
+        else:
+            w_max = at_cut
         if previous and abs(w_max - previous) <= _STABLE_BAND * previous:
             self._probe_slowdown = min(_MAX_PROBE_SLOWDOWN, self._probe_slowdown * 2)
         else:
-            self._probe_slowdown = 1.0
+            self._probe_slowdown = _FIRST_PROBE_SLOWDOWN
         self._w_max = w_max
         self._cut_at = now
-        self.rate = max(self.min_rate, at_cut * self.beta)
+        self.rate = max(self.min_rate, w_max * self.beta)
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling)
         self.generation += 1
@@ -129,18 +144,21 @@ class CubicRate:
 
     def succeeded(self) -> None:
         """An attempt succeeded: move the rate along the regrowth curve."""
+        self._ok.add(1)
         if self.rate is None:
             return
         self.rate = self._target(self._clock())
 
     def _target(self, now: float) -> float:
-        k = self.regrow_seconds
         t = now - self._cut_at
         w_max = self._w_max
-        c = w_max * (1 - self.beta) / k**3
-        if t > k:  # above w_max: probe, slower when the limit has looked stable
-            scale = self._probe_slowdown
-            target = w_max + c * ((t - k) / scale) ** 3
+        c = self.scale
+        k = math.cbrt(w_max * (1 - self.beta) / c)
+        if t > k:
+            # Above w_max: probe, slowly (a server's bucket hides an overshoot for a while, so
+            # feedback comes late), and slower still when the limit has looked stable.
+            tau = (t - k) / self._probe_slowdown
+            target = w_max + (w_max / _PROBE_SECONDS**3 + _PROBE_FLOOR) * tau**3
         else:
             target = w_max + c * (t - k) ** 3
         assert self.rate is not None
@@ -150,3 +168,30 @@ class CubicRate:
         if self.ceiling is not None:
             target = min(target, self.ceiling)
         return target
+
+
+class _Window:
+    """Events per second over the last `_WINDOW` seconds, in a ring of buckets: O(1) each."""
+
+    __slots__ = ("_clock", "_counts", "_slot")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._counts = [0] * _BUCKETS
+        self._slot = math.floor(clock() * _BUCKETS / _WINDOW)
+
+    def _advance(self) -> None:
+        slot = math.floor(self._clock() * _BUCKETS / _WINDOW)
+        gap = slot - self._slot
+        if gap > 0:
+            for i in range(1, min(gap, _BUCKETS) + 1):
+                self._counts[(self._slot + i) % _BUCKETS] = 0
+            self._slot = slot
+
+    def add(self, count: int) -> None:
+        self._advance()
+        self._counts[self._slot % _BUCKETS] += count
+
+    def rate(self) -> float:
+        self._advance()
+        return sum(self._counts) / _WINDOW

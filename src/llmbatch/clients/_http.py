@@ -138,7 +138,7 @@ def rate_limit_info(headers: Mapping[str, str]) -> RateLimitInfo | None:
             remaining_tokens=_count(headers.get("x-ratelimit-remaining-tokens")),
             reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
         )
-    if "anthropic-ratelimit-requests-limit" in headers:
+    if any(f"anthropic-ratelimit-{kind}-limit" in headers for kind in _ANTHROPIC_KINDS):
         now = dt.datetime.now(dt.UTC).timestamp()
         return RateLimitInfo(
             limit_requests=_count(headers.get("anthropic-ratelimit-requests-limit"), positive=True),
@@ -149,8 +149,24 @@ def rate_limit_info(headers: Mapping[str, str]) -> RateLimitInfo | None:
             limit_tokens=_count(headers.get("anthropic-ratelimit-tokens-limit"), positive=True),
             remaining_tokens=_count(headers.get("anthropic-ratelimit-tokens-remaining")),
             reset_tokens=_parse_reset_time(headers.get("anthropic-ratelimit-tokens-reset"), now),
+            # Anthropic limits input and output tokens per minute apart.
+            limit_input_tokens=_count(
+                headers.get("anthropic-ratelimit-input-tokens-limit"), positive=True
+            ),
+            remaining_input_tokens=_count(
+                headers.get("anthropic-ratelimit-input-tokens-remaining")
+            ),
+            limit_output_tokens=_count(
+                headers.get("anthropic-ratelimit-output-tokens-limit"), positive=True
+            ),
+            remaining_output_tokens=_count(
+                headers.get("anthropic-ratelimit-output-tokens-remaining")
+            ),
         )
     return None
+
+
+_ANTHROPIC_KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
 
 
 def _error_message(body: Any, fallback: str) -> str:

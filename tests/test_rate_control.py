@@ -1,0 +1,358 @@
+"""The control laws of adaptive pacing, in virtual time: CUBIC cuts and regrowth, split token
+budgets, the adaptive concurrency gate and the outage breaker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llmbatch import (
+    APIConnectionError,
+    CompletionRequest,
+    CompletionResponse,
+    ConcurrencyLimiter,
+    OutageBreaker,
+    ProviderOutageError,
+    RateLimiter,
+    RateLimitError,
+    RateLimitInfo,
+    RequestTimeoutError,
+    ServerError,
+    TokenBudgetError,
+    Usage,
+)
+from llmbatch.rate_control import CubicRate
+
+from .conftest import FakeClock
+
+REQ = CompletionRequest(prompt="x" * 400, max_tokens=100)  # 100 input + 100 output tokens
+
+
+def control(clock: FakeClock) -> CubicRate:
+    return CubicRate(clock=clock)
+
+
+def test_a_burst_of_refusals_from_one_event_cuts_once(clock: FakeClock) -> None:
+    c = control(clock)
+    c.sent(30)
+    generation = c.generation  # every attempt of the burst was admitted under it
+    cuts = [c.congested(generation) for _ in range(12)]
+    assert cuts == [True] + [False] * 11
+    assert c.cuts == 1 and c.generation == generation + 1
+
+
+def test_a_new_event_cuts_again_but_not_within_the_cooldown(clock: FakeClock) -> None:
+    c = control(clock)
+    c.sent(30)
+    assert c.congested(c.generation)
+    first = c.rate
+    clock.advance(0.5)
+    assert not c.congested(c.generation)  # admitted after the cut, but the server still refills
+    clock.advance(1.0)
+    c.sent(10)
+    assert c.congested(c.generation)
+    assert c.rate is not None and first is not None and c.rate < first
+
+
+def test_the_cut_is_relative_to_the_measured_send_rate(clock: FakeClock) -> None:
+    c = control(clock)
+    c.sent(40)  # 40 admissions in the last second, no success yet
+    c.congested(c.generation)
+    # No goodput to go by: the opening burst overstates the limit (CUBIC fast convergence).
+    w_max = 40 * (1 + 0.7) / 2
+    assert c.rate == pytest.approx(0.7 * w_max)
+
+
+def test_goodput_is_the_limit_estimate_when_there_is_one(clock: FakeClock) -> None:
+    c = control(clock)
+    c.sent(30)
+    for _ in range(25):
+        c.succeeded()  # the server accepted 25 of them in this second
+    c.congested(c.generation)
+    assert c.rate == pytest.approx(0.7 * 25)
+
+
+def test_regrowth_reaches_90_percent_of_the_estimate_within_seconds(clock: FakeClock) -> None:
+    c = control(clock)
+    for _ in range(20):
+        c.sent()
+        c.succeeded()
+    c.sent(5)
+    c.congested(c.generation)  # 25 sent, 20 accepted: w_max = 20 (goodput), rate 14
+    assert c.rate == pytest.approx(14.0)
+    elapsed = 0.0
+    while c.rate < 0.9 * 20:
+        clock.advance(0.05)
+        elapsed += 0.05
+        c.sent()  # keep sending at about the rate, so growth is not held back by use
+        c.succeeded()
+        assert elapsed < 10, "regrowth stalled"
+    k = (20 * 0.3 / 0.4) ** (1 / 3)
+    assert elapsed <= k  # concave: 90% well before the curve's plateau at K (~2.5 s)
+    # Then a plateau: five more seconds later it is still within 10% of the estimate.
+    for _ in range(100):
+        clock.advance(0.05)
+        c.sent()
+        c.succeeded()
+    assert 0.9 * 20 <= c.rate <= 1.1 * 20
+
+
+def test_a_collapse_recovers_within_seconds(clock: FakeClock) -> None:
+    c = control(clock)
+    c.sent(1)
+    c.congested(c.generation)
+    clock.advance(2)
+    c.sent(1)
+    c.congested(c.generation)  # now crawling at under one request a second
+    assert c.rate is not None and c.rate < 1
+    for _ in range(300):  # fifteen seconds of successes while sending
+        clock.advance(0.05)
+        c.sent(max(1, round(c.rate * 0.05)))
+        c.succeeded()
+    assert c.rate > 5
+
+
+def test_ceiling_and_floor(clock: FakeClock) -> None:
+    c = CubicRate(clock=clock, min_rate=0.5)
+    c.ceiling = 10.0
+    c.sent(100)
+    c.congested(c.generation)
+    assert c.rate is not None and c.rate <= 10.0
+    for _ in range(2000):
+        clock.advance(0.05)
+        c.sent(2)
+        c.succeeded()
+    assert c.rate == pytest.approx(10.0)  # grown back, capped at the stated limit
+    for _ in range(30):
+        clock.advance(1.1)
+        c.congested(c.generation)
+    assert c.rate == pytest.approx(0.5)  # never below the floor
+
+
+def test_growth_is_bounded_by_what_is_really_sent(clock: FakeClock) -> None:
+    c = control(clock)
+    c.sent(20)
+    c.congested(c.generation)
+    for _ in range(600):  # a minute of successes while sending only one a second
+        clock.advance(0.1)
+        c.succeeded()
+        if round(clock.now * 10) % 10 == 0:
+            c.sent()
+    assert c.rate is not None and c.rate <= 2 * 1 + 15  # never far above what was tested
+
+
+# -- the RateLimiter: adaptive feedback, split budgets --------------------------------------
+
+
+def limiter(clock: FakeClock, **kw: object) -> RateLimiter:
+    kw.setdefault("safety_margin", 0.0)
+    kw.setdefault("burst_seconds", 0.0)
+    return RateLimiter(clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
+
+
+async def test_refusals_without_headers_cut_once_and_do_not_pause(clock: FakeClock) -> None:
+    lim = limiter(clock)
+    permits = [await lim.acquire() for _ in range(20)]  # an unpaced opening burst
+    for p in permits:
+        p.release(None, RateLimitError(retry_after=1.0))  # retry-after: 1, no limit stated
+    status = lim.status()
+    assert status.cuts == 1 and status.rate_limited == 20
+    assert status.paused_for == 0  # a 1 s retry-after delays the refused request, not all
+    assert status.requests_per_minute == pytest.approx(60 * 0.7 * 20 * 0.85)
+
+
+async def test_a_long_or_stated_retry_after_pauses_everyone(clock: FakeClock) -> None:
+    lim = limiter(clock)
+    p = await lim.acquire()
+    p.release(None, RateLimitError(retry_after=5.0))
+    assert lim.status().paused_for == pytest.approx(5.0)
+    lim2 = limiter(clock)
+    p = await lim2.acquire()
+    stated = RateLimitInfo(limit_requests=600, remaining_requests=0)
+    p.release(None, RateLimitError(retry_after=0.3, rate_limit=stated))
+    assert lim2.status().paused_for == pytest.approx(0.3)
+    assert lim2.status().cuts == 0  # the server said its limit: sync, no probing
+    assert lim2.requests_per_minute == 600
+
+
+async def test_503_and_529_slow_the_sender_like_a_429(clock: FakeClock) -> None:
+    for error in (ServerError("busy", status_code=503), ServerError("x", status_code=529)):
+        lim = limiter(clock)
+        p = await lim.acquire()
+        p.release(None, error)
+        assert lim.status().cuts == 1
+    lim = limiter(clock)
+    p = await lim.acquire()
+    p.release(None, ServerError("bug", status_code=500))
+    assert lim.status().cuts == 0  # a plain 500 is a fault, not load
+
+
+async def test_input_and_output_token_budgets_pace_apart(clock: FakeClock) -> None:
+    # 100 input tokens at 600/min: one every 10 s; 100 output at 1200/min: every 5 s.
+    lim = limiter(clock, input_tokens_per_minute=600, output_tokens_per_minute=1200)
+    start = clock.now
+    times = []
+    for _ in range(3):
+        async with lim.admit(REQ):
+            times.append(clock.now - start)
+    assert times == pytest.approx([0, 10, 20])
+    lim = limiter(clock, input_tokens_per_minute=6000, output_tokens_per_minute=600)
+    start = clock.now
+    times = []
+    for _ in range(3):
+        async with lim.admit(REQ):
+            times.append(clock.now - start)
+    assert times == pytest.approx([0, 10, 20])  # the output budget binds now
+
+
+async def test_output_tokens_are_charged_from_max_tokens_then_settled(clock: FakeClock) -> None:
+    lim = limiter(clock, output_tokens_per_minute=600)  # 100 output tokens = 10 s
+    async with lim.admit(REQ) as permit:
+        permit.record(CompletionResponse("ok", usage=Usage(100, 10)))  # used only 10 of 100
+    start = clock.now
+    async with lim.admit(REQ):
+        pass
+    assert clock.now - start == pytest.approx(1.0)  # 9 of the 10 s were refunded
+
+
+async def test_a_request_over_a_split_budget_fails_at_once(clock: FakeClock) -> None:
+    lim = limiter(clock, output_tokens_per_minute=50)
+    with pytest.raises(TokenBudgetError, match="output tokens"):
+        async with lim.admit(REQ):
+            pass
+
+
+async def test_split_limits_are_learned_from_anthropic_headers(clock: FakeClock) -> None:
+    lim = limiter(clock)
+    info = RateLimitInfo(limit_input_tokens=6000, limit_output_tokens=1200)
+    async with lim.admit(REQ) as permit:
+        permit.record(CompletionResponse("ok", rate_limit=info))
+    assert lim.input_tokens_per_minute == 6000
+    assert lim.output_tokens_per_minute == 1200
+
+
+async def test_a_cancelled_waiter_gives_back_its_permit(clock: FakeClock) -> None:
+    lim = limiter(clock, requests_per_minute=60)
+    gate = asyncio.Event()
+
+    async def blocked(seconds: float) -> None:
+        await gate.wait()
+
+    async with lim.admit(REQ):
+        pass
+    lim._sleep = blocked
+    waiter = asyncio.create_task(lim.admit(REQ).__aenter__())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert lim.status().in_flight == 0 and lim.status().waiting == 0
+    lim._sleep = clock.sleep
+    start = clock.now
+    async with lim.admit(REQ):
+        pass
+    assert clock.now - start == pytest.approx(1.0)  # the slot the waiter gave back
+
+
+# -- the adaptive concurrency gate ------------------------------------------------------------
+
+
+async def test_the_gate_finds_the_knee_of_a_queueing_server(clock: FakeClock) -> None:
+    # A server with 2 slots, 200 ms each: latency = 0.2 * max(1, in_flight / 2).
+    gate = ConcurrencyLimiter(clock=clock)
+    for _ in range(400):
+        n = gate.limit
+        slots = [gate.admit(REQ) for _ in range(n)]
+        for s in slots:
+            await s.__aenter__()
+        clock.advance(0.2 * max(1.0, n / 2))
+        for s in slots:
+            s.record(CompletionResponse("ok"))
+            await s.__aexit__(None, None, None)
+    assert 2 <= gate.limit <= 8  # enough to keep both slots busy, without a long queue
+
+
+async def test_timeouts_cut_the_concurrency(clock: FakeClock) -> None:
+    gate = ConcurrencyLimiter(initial=64, clock=clock)
+    slot = gate.admit(REQ)
+    await slot.__aenter__()
+    await slot.__aexit__(RequestTimeoutError, RequestTimeoutError("t"), None)
+    assert gate.limit == int(64 * 0.7)
+
+
+async def test_the_gate_serves_waiters_in_order_and_cancellation_is_clean(
+    clock: FakeClock,
+) -> None:
+    gate = ConcurrencyLimiter(initial=1, min_limit=1, max_limit=4, clock=clock)
+    first = gate.admit(REQ)
+    await first.__aenter__()
+    order: list[int] = []
+
+    async def wait(k: int) -> None:
+        async with gate.admit(REQ):
+            order.append(k)
+
+    tasks = [asyncio.create_task(wait(k)) for k in range(3)]
+    await asyncio.sleep(0)
+    tasks[1].cancel()
+    await first.__aexit__(None, None, None)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert order == [0, 2]
+    assert gate.status().in_flight == 0 and gate.status().waiting == 0
+
+
+# -- the outage breaker -------------------------------------------------------------------------
+
+
+async def fail(breaker: OutageBreaker, error: BaseException, n: int = 1) -> None:
+    requests = [CompletionRequest(prompt=str(i)) for i in range(n)]  # n different requests
+    for request in requests:
+        permit = breaker.admit(request)
+        await permit.__aenter__()
+        await permit.__aexit__(type(error), error, None)
+
+
+async def test_the_breaker_opens_on_failures_across_requests_and_closes_on_a_probe(
+    clock: FakeClock,
+) -> None:
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    await fail(breaker, APIConnectionError("refused"), 4)
+    assert not breaker.is_open
+    await fail(breaker, APIConnectionError("refused"))
+    assert breaker.is_open and breaker.excuses(APIConnectionError("refused"))
+    start = clock.now
+    probe = breaker.admit(REQ)
+    await probe.__aenter__()  # waits for the first probe time
+    assert probe.probe and clock.now - start == pytest.approx(0.5)
+    await probe.__aexit__(APIConnectionError, APIConnectionError("still down"), None)
+    probe = breaker.admit(REQ)
+    await probe.__aenter__()
+    assert clock.now - start == pytest.approx(0.5 + 1.0)  # the probe backs off
+    probe.record(CompletionResponse("up"))
+    await probe.__aexit__(None, None, None)
+    assert not breaker.is_open
+    assert breaker.outages[0].recovered and breaker.outages[0].duration == pytest.approx(1.5)
+
+
+async def test_one_request_failing_alone_is_not_an_outage(clock: FakeClock) -> None:
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    for _ in range(10):
+        permit = breaker.admit(REQ)  # the same request, again and again
+        await permit.__aenter__()
+        await permit.__aexit__(APIConnectionError, APIConnectionError("x"), None)
+    assert not breaker.is_open
+
+
+async def test_the_breaker_gives_up_after_max_outage(clock: FakeClock) -> None:
+    breaker = OutageBreaker(max_outage=20, clock=clock, sleep=clock.sleep)
+    await fail(breaker, ServerError("bad gateway", status_code=502), 5)
+    with pytest.raises(ProviderOutageError, match="max_outage=20"):
+        for _ in range(100):
+            permit = breaker.admit(REQ)
+            await permit.__aenter__()
+            await permit.__aexit__(APIConnectionError, APIConnectionError("down"), None)
+    assert clock.now - 1000.0 > 20
+    assert not breaker.outages[-1].recovered
+    with pytest.raises(ProviderOutageError):  # the rest fail at once
+        await breaker.admit(REQ).__aenter__()

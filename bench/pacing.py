@@ -9,7 +9,7 @@ Matrix 1, server styles at `--rpm` (1200/min) with 50 ms latency, 400 requests, 
 32: openai (x-ratelimit-* headers), anthropic (anthropic-ratelimit-*, AnthropicClient on
 /v1/messages), retry-after (only that header), bare (429 with nothing), and a server that
 answers 503 "overloaded" with no header over its limit. Modes: "limit given"
-(`rate_limiter=RateLimiter(requests_per_minute=rpm)`) and "adaptive" (nothing given).
+(`limiter=RateLimiter(requests_per_minute=rpm)`) and "adaptive" (nothing given).
 Ideal makespan: requests / (rpm/60). Targets: adaptive <= 1.15x ideal, refusals <= 5% of
 requests, 0 lost; limit given <= 1.05x ideal, 0 refusals, 0 lost. A run is cut at 5x ideal
 (what is unfinished then counts as lost).

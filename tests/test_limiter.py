@@ -183,15 +183,21 @@ async def test_headers_never_loosen_a_configured_limit(clock: FakeClock) -> None
     assert lim.requests_per_minute == 50
 
 
-async def test_aimd_without_headers_cuts_then_regrows_up_to_the_limit(clock: FakeClock) -> None:
-    lim = limiter(clock, 1000)
-    r = await lim.acquire()
-    r.release(None, RateLimitError(retry_after=0.0))
-    assert lim.requests_per_minute == pytest.approx(700)
-    for _ in range(200):
+async def test_without_headers_a_refusal_cuts_then_regrows_up_to_the_limit(
+    clock: FakeClock,
+) -> None:
+    lim = limiter(clock, 1200)
+    for _ in range(20):  # a second's worth, all accepted
         r = await lim.acquire()
         r.release(CompletionResponse("ok"), None)
-    assert lim.requests_per_minute == 1000  # regrown, capped at the configured limit
+    r = await lim.acquire()
+    r.release(None, RateLimitError(retry_after=0.0))  # refused, no limit stated
+    cut = lim.requests_per_minute
+    assert cut is not None and cut < 1200
+    for _ in range(2000):
+        r = await lim.acquire()
+        r.release(CompletionResponse("ok"), None)
+    assert lim.requests_per_minute == 1200  # regrown, capped at the configured limit
 
 
 async def test_estimate_is_chars_over_four_plus_max_tokens() -> None:
@@ -207,16 +213,15 @@ async def test_retries_go_through_the_limiter_again(clock: FakeClock) -> None:
     client = FakeClient(failures={"p": [ServerError("x"), ServerError("y")]})
     lim = limiter(clock, 60, burst_seconds=0)
     admissions: list[float] = []
-    real_admit = lim.admit
+    real_acquire = lim._acquire
 
-    async def counting_admit(request: CompletionRequest):  # type: ignore[no-untyped-def]
-        reservation = await real_admit(request)
+    async def counting_acquire(permit):  # type: ignore[no-untyped-def]
+        await real_acquire(permit)
         admissions.append(clock.now)
-        return reservation
 
-    lim.admit = counting_admit  # type: ignore[method-assign]
+    lim._acquire = counting_acquire  # type: ignore[method-assign]
     cfg = BatchProcessorConfig(
-        rate_limiter=lim, retry=RetryPolicy(base_delay=0), clock=clock, sleep=clock.sleep
+        limiter=lim, retry=RetryPolicy(base_delay=0), clock=clock, sleep=clock.sleep
     )
     [result] = await BatchProcessor(client, cfg).aprocess_batch(
         [BatchRequest("a", CompletionRequest(prompt="p"))]
@@ -321,7 +326,7 @@ def test_never_more_than_the_rate_plus_the_burst_in_any_window(
 async def test_an_oversized_request_fails_in_a_batch_without_waiting(clock: FakeClock) -> None:
     lim = limiter(clock, tpm=1000)
     client = FakeClient()
-    cfg = BatchProcessorConfig(rate_limiter=lim, clock=clock, sleep=clock.sleep)
+    cfg = BatchProcessorConfig(limiter=lim, clock=clock, sleep=clock.sleep)
     big = CompletionRequest(prompt="x" * 8000, max_tokens=100)
     small = CompletionRequest(prompt="hi", max_tokens=10)
     results = await BatchProcessor(client, cfg).aprocess_batch(
@@ -330,3 +335,33 @@ async def test_an_oversized_request_fails_in_a_batch_without_waiting(clock: Fake
     assert isinstance(results[0].error, TokenBudgetError) and results[0].attempts == 0
     assert results[1].ok
     assert [c.prompt for c in client.calls] == ["hi"]
+
+
+async def test_deprecated_names_still_work_for_one_release(clock: FakeClock) -> None:
+    from llmbatch import EngineConfig, Reservation
+
+    lim = limiter(clock, 60)
+    with pytest.warns(DeprecationWarning, match="limiter="):
+        cfg = BatchProcessorConfig(rate_limiter=lim)
+    assert cfg.limiter is lim and cfg.rate_limiter is None
+    with pytest.warns(DeprecationWarning, match="limiter="):
+        assert EngineConfig(admission=lim).limiter is lim
+    assert isinstance(await lim.acquire(), Reservation)
+
+
+async def test_a_throttled_client_in_a_processor_is_paced_by_one_limiter(clock: FakeClock) -> None:
+    # The wrapper's limiter becomes the processor's: no second, adaptive limiter stacked on it
+    # that would react to every 429 again.
+    lim = limiter(clock, 60, burst_seconds=0)
+    client = FakeClient()
+    processor = BatchProcessor(
+        ThrottledLLMClient(client, limiter=lim),
+        BatchProcessorConfig(clock=clock, sleep=clock.sleep),
+    )
+    assert processor.engine.limiter is lim and processor.engine.client is client
+    start = clock.now
+    results = await processor.aprocess_batch(
+        [BatchRequest(str(i), CompletionRequest(prompt=str(i))) for i in range(3)]
+    )
+    assert all(r.ok for r in results) and len(client.calls) == 3
+    assert clock.now - start == pytest.approx(2.0)  # one limiter: one per second, not slower

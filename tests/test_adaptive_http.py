@@ -1,0 +1,109 @@
+"""Adaptive pacing over real HTTP, against every kind of server the simulator plays: nothing
+given, nothing lost, and the learned rate ends near the server's limit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from llmbatch import (
+    BatchProcessor,
+    BatchProcessorConfig,
+    BatchRequest,
+    CompletionRequest,
+    Event,
+    ProviderOutage,
+    ProviderOutageError,
+    RateLimiter,
+)
+from llmbatch.clients import AnthropicClient, OpenAIClient
+from llmbatch.simulate import SimulatorProcess
+
+RPM = 1200
+N = 160
+
+
+def reqs(n: int) -> list[BatchRequest]:
+    return [
+        BatchRequest(str(i), CompletionRequest(prompt=f"q {i}", max_tokens=8)) for i in range(n)
+    ]
+
+
+def client_for(style: str, url: str) -> OpenAIClient | AnthropicClient:
+    if style == "anthropic":
+        return AnthropicClient(base_url=url, api_key="sk-ant-test", model="sim")
+    return OpenAIClient(base_url=url + "/v1", api_key="sk-test", model="sim")
+
+
+@pytest.mark.parametrize(
+    ("style", "extra"),
+    [
+        ("openai", ()),
+        ("anthropic", ()),
+        ("retry-after", ()),
+        ("bare", ()),
+        ("bare", ("--over-limit-status", "503")),
+    ],
+    ids=["openai", "anthropic", "retry-after", "bare", "503-over-limit"],
+)
+async def test_adaptive_pacing_converges_on_every_server_style(
+    start_sim: Callable[..., SimulatorProcess], style: str, extra: tuple[str, ...]
+) -> None:
+    sim = start_sim(
+        "--latency-ms", "20", "--rpm", str(RPM), "--limit-style", style, "--seed", "3", *extra
+    )
+    async with client_for(style, sim.url) as client:
+        processor = BatchProcessor(client, BatchProcessorConfig(max_concurrency=16))
+        results = await processor.aprocess_batch(reqs(N), timeout=120)
+    assert [r.error for r in results if not r.ok] == []  # nothing lost
+    stats = sim.stats()
+    assert stats["by_status"].get("200") == N
+    refusals = stats["over_limit"]
+    assert refusals <= 0.15 * N, f"{refusals} refusals"
+    limiter = processor.engine.limiter
+    assert isinstance(limiter, RateLimiter)
+    learned = limiter.requests_per_minute
+    assert learned is not None and 0.5 * RPM <= learned <= 1.3 * RPM, learned
+
+
+async def test_auto_concurrency_keeps_a_queueing_server_busy_without_a_long_queue(
+    start_sim: Callable[..., SimulatorProcess],
+) -> None:
+    sim = start_sim("--limit-style", "queue", "--slots", "2", "--latency-ms", "100")
+    async with OpenAIClient(base_url=sim.url + "/v1", api_key="sk-test") as client:
+        processor = BatchProcessor(client, BatchProcessorConfig(max_concurrency="auto"))
+        results = await processor.aprocess_batch(reqs(60), timeout=120)
+    assert all(r.ok for r in results)
+    gate = processor.engine.gate
+    assert gate is not None and 2 <= gate.limit <= 10
+    # A fixed concurrency of 64 would have queued all 60 at the server.
+    assert sim.stats()["max_queue_depth"] <= 10
+
+
+async def test_an_outage_is_waited_out_not_charged_to_every_request(
+    start_sim: Callable[..., SimulatorProcess],
+) -> None:
+    sim = start_sim("--latency-ms", "50", "--outage-at", "0.5", "--outage-for", "2")
+    events: list[Event] = []
+    async with OpenAIClient(base_url=sim.url + "/v1", api_key="sk-test") as client:
+        processor = BatchProcessor(client, BatchProcessorConfig(max_concurrency=8))
+        results = await processor.aprocess_batch(reqs(120), timeout=120, listeners=[events.append])
+    assert [r.error for r in results if not r.ok] == []  # the outage cost no request
+    outages = [e.outage for e in events if isinstance(e, ProviderOutage)]
+    assert len(outages) == 1 and outages[0].recovered
+    assert 1.0 <= outages[0].duration <= 10.0
+
+
+async def test_past_max_outage_the_remaining_requests_fail_fast(
+    start_sim: Callable[..., SimulatorProcess],
+) -> None:
+    sim = start_sim("--latency-ms", "20", "--outage-at", "0.3", "--outage-for", "60")
+    async with OpenAIClient(base_url=sim.url + "/v1", api_key="sk-test") as client:
+        processor = BatchProcessor(client, BatchProcessorConfig(max_concurrency=8, max_outage=2.0))
+        results = await processor.aprocess_batch(reqs(400), timeout=60)
+    ok = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    assert ok and failed  # some before the outage, the rest failed: none timed out
+    assert all(isinstance(r.error, ProviderOutageError | ConnectionError) for r in failed)
+    assert sum(isinstance(r.error, ProviderOutageError) for r in failed) >= len(failed) - 16

@@ -709,3 +709,51 @@ def test_a_full_disk_in_compaction_keeps_the_output_and_exits_1(tmp_path: Path, 
     assert len(records) == 100 + len(failed)
     newest = {r["custom_id"]: r for r in records}
     assert set(newest) == set(ids) and all(r["error"] is None for r in newest.values())
+
+
+def test_concurrency_auto_on_a_queueing_server(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--limit-style", "queue", "--slots", "2", "--latency-ms", "50")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 60)
+    proc = cli(*run_args(sim, inp, out, "--concurrency", "auto"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["custom_id"] for r in read_out(out)) == sorted(ids)
+    assert sim.stats()["max_queue_depth"] <= 10  # --concurrency 32 would queue 30 at once
+    bad = cli(*run_args(sim, inp, tmp_path / "o2.jsonl", "--concurrency", "lots"))
+    assert bad.returncode == 2 and '"auto"' in bad.stderr
+
+
+def test_a_server_outage_is_waited_out_and_reported(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--latency-ms", "30", "--outage-at", "0.5", "--outage-for", "2")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 150)
+    proc = cli(*run_args(sim, inp, out, "--concurrency", "8", "--max-retries", "2"))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    lines = read_out(out)
+    assert sorted(r["custom_id"] for r in lines) == sorted(ids)
+    assert all(r["error"] is None for r in lines)  # 2 retries each would not have survived it
+    assert "server outage" in proc.stdout + proc.stderr and "came back" in proc.stdout + proc.stderr
+
+
+def test_past_max_outage_the_rest_fail_and_a_rerun_redoes_them(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--latency-ms", "20", "--outage-at", "0.3", "--outage-for", "600")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_simple(inp, 300)
+    proc = cli(*run_args(sim, inp, out, "--concurrency", "8", "--max-outage", "1.5"))
+    assert proc.returncode == 1, proc.stderr
+    lines = read_out(out)
+    assert len(lines) == 300  # every request has its line: done, or failed by the outage
+    failed = [r for r in lines if r["error"] is not None]
+    assert failed and all(r["error"]["code"] == "connection" for r in failed)
+    assert "did not come back" in proc.stdout + proc.stderr
+
+
+def test_split_token_limits_from_flags(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--limit-style", "anthropic", "--itpm", "60000", "--otpm", "6000")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_simple(inp, 20)  # 16 output tokens each: 320 of the 6000/min output budget
+    args = run_args(sim, inp, out, "--itpm", "60000", "--otpm", "6000")
+    args[args.index("--base-url") + 1] = sim.url
+    proc = cli(*args, "--provider", "anthropic", env={"ANTHROPIC_API_KEY": "sk-ant-test"})
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_out(out)) == 20 and sim.stats()["over_limit"] == 0

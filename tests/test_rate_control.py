@@ -356,3 +356,60 @@ async def test_the_breaker_gives_up_after_max_outage(clock: FakeClock) -> None:
     assert not breaker.outages[-1].recovered
     with pytest.raises(ProviderOutageError):  # the rest fail at once
         await breaker.admit(REQ).__aenter__()
+
+
+class SteppedClock:
+    """Virtual time in which many tasks sleep at once: `advance_to` wakes them in order."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        import heapq
+
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._timers, (self.now + max(0.0, seconds), self._seq, future))
+        await future
+
+    async def advance_to(self, until: float) -> None:
+        import heapq
+
+        for _ in range(10):
+            await asyncio.sleep(0)
+        while self._timers and self._timers[0][0] <= until:
+            wake, _, future = heapq.heappop(self._timers)
+            self.now = max(self.now, wake)
+            if not future.done():
+                future.set_result(None)
+            for _ in range(10):
+                await asyncio.sleep(0)
+        self.now = max(self.now, until)
+
+
+async def test_a_cut_rebooks_the_waiters_already_sleeping_at_the_old_rate() -> None:
+    clock = SteppedClock()
+    lim = RateLimiter(600, burst_seconds=0, safety_margin=0, clock=clock, sleep=clock.sleep)
+    admitted: list[float] = []
+
+    async def one() -> None:
+        async with lim.admit(REQ) as permit:
+            admitted.append(clock.now)
+            permit.record(CompletionResponse("ok"))
+
+    first = await lim.acquire()  # t=0
+    waiters = [asyncio.create_task(one()) for _ in range(10)]  # booked 0.1 s apart
+    await clock.advance_to(0.0)
+    first.release(None, RateLimitError())  # a bare 429: cut to far below 10/s
+    rate = lim.requests_per_minute
+    assert rate is not None and rate < 60
+    await clock.advance_to(1000.0)
+    await asyncio.gather(*waiters)
+    # At the old rate all ten would have gone within a second; rebooked, they keep the new one.
+    assert admitted == sorted(admitted)
+    assert admitted[-1] > 5.0

@@ -203,6 +203,7 @@ class RateLimiter:
         self.control.ceiling = _per_second(requests_per_minute)
         self._pause_until = start
         self._epoch = 0  # bumped by a pause: sleeping waiters must then take a new slot
+        self._cut_epoch = 0  # bumped by a cut: the booked schedule is void, rebook at the new rate
         self._waiting = 0
         self._in_flight = 0
         self._rate_limited = 0
@@ -402,7 +403,7 @@ class RateLimiter:
             self.pause(fb.retry_after)
             return True
         if cut:
-            self._restart_schedule(self._clock())
+            self._rebook(self._clock())
         return False
 
     # -- internals ------------------------------------------------------------------------
@@ -435,7 +436,7 @@ class RateLimiter:
         self._waiting += 1
         try:
             while True:
-                epoch = self._epoch
+                epoch, cut_epoch = self._epoch, self._cut_epoch
                 slot, costs = self._reserve(est)
                 delay = slot - self._clock()
                 if delay <= 0:
@@ -443,8 +444,13 @@ class RateLimiter:
                 try:
                     await self._sleep(delay)
                 except BaseException:
-                    self._unreserve(costs)
+                    if cut_epoch == self._cut_epoch:
+                        self._unreserve(costs)
                     raise
+                if cut_epoch != self._cut_epoch:
+                    # A cut voided the schedule our slot was on: take one on the new, slower
+                    # one. Waiters wake in their old order, so they rebook in it too.
+                    continue
                 if self._epoch == epoch or self._clock() >= self._pause_until:
                     break
                 # A pause began while we slept and our slot falls inside it: give the slot
@@ -489,6 +495,17 @@ class RateLimiter:
             if budget is self._req and rpm:
                 after_pause += max(0.0, self.burst_seconds - self._interval(rpm))
             budget.tat = max(floor, after_pause, budget.tat - cost)
+
+    def _rebook(self, now: float) -> None:
+        """After a cut: the slots booked at the old rate would keep sending too fast for as
+        long as the queue of waiters is long. Void them; the schedule starts again now, at
+        the new rate, without a burst into the server's emptied bucket."""
+        self._cut_epoch += 1
+        rpm = self.requests_per_minute
+        if rpm:
+            self._req.tat = max(now, self._pause_until) + max(
+                0.0, self.burst_seconds - self._interval(rpm)
+            )
 
     def _restart_schedule(self, at: float) -> None:
         """No burst into a server whose bucket is empty: the next slots start at `at`, one

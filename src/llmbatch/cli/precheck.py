@@ -7,12 +7,12 @@ ids, prompts over the token budget) stops a run before it costs anything.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..io.formats import BadLine, InputItem
-from ..limiter import estimate_tokens
+from ..limiter import Estimate
+from ..text import estimate_tokens as chars_to_tokens
 
 __all__ = ["MAX_BAD_LINES_SHOWN", "Precheck", "precheck"]
 
@@ -42,7 +42,6 @@ def precheck(
     # already done are left out: they are never sent twice whatever the input says.
     seen: set[int] = set()
     suspects: list[InputItem] = []
-    tpm = args.tpm
 
     def bad(entry: BadLine) -> None:
         check.bad_count += 1
@@ -65,7 +64,7 @@ def precheck(
         seen.add(key)
         req = item.request
         if args.max_input_tokens:
-            prompt_tokens = math.ceil(req.text_length() / 4)
+            prompt_tokens = chars_to_tokens(req.text_length())
             if prompt_tokens > args.max_input_tokens:
                 bad(
                     BadLine(
@@ -75,14 +74,8 @@ def precheck(
                     )
                 )
                 continue
-        if tpm and estimate_tokens(req) > tpm:
-            bad(
-                BadLine(
-                    item.line,
-                    f"needs ~{estimate_tokens(req)} tokens, more than --tpm {tpm:.0f} allows "
-                    "in a minute: it could never be sent",
-                )
-            )
+        if too_big := _over_a_budget(Estimate.of(req), args):
+            bad(BadLine(item.line, too_big))
             continue
         check.runnable += 1
     del seen
@@ -108,3 +101,18 @@ def _confirm_duplicates(
             bad(BadLine(item.line, f"duplicate id {item.id!r} (first on line {line})"))
         else:  # two ids with one hash: not a duplicate after all
             check.runnable += 1
+
+
+def _over_a_budget(est: Estimate, args: argparse.Namespace) -> str | None:
+    """Why a request could never be sent under the per-minute flags, or None."""
+    for need, limit, what, flag in (
+        (est.total, getattr(args, "tpm", None), "tokens", "--tpm"),
+        (est.input, getattr(args, "itpm", None), "input tokens", "--itpm"),
+        (est.output, getattr(args, "otpm", None), "output tokens", "--otpm"),
+    ):
+        if limit and need > limit:
+            return (
+                f"needs ~{need} {what}, more than {flag} {limit:.0f} allows in a minute: "
+                "it could never be sent"
+            )
+    return None

@@ -14,7 +14,6 @@ rate-limit headers are sent at all is the limit style's (`styles.py`).
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import time
 from abc import ABC, abstractmethod
@@ -23,6 +22,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from ..text import estimate_tokens
 from .limits import BucketState
 
 __all__ = [
@@ -46,7 +46,7 @@ Body = dict[str, Any]
 
 def token_count(text: str) -> int:
     """About one token per four characters, as the simulator counts usage and limits."""
-    return max(1, math.ceil(len(text) / 4))
+    return max(1, estimate_tokens(text))
 
 
 def reply_text(prompt: str, max_tokens: int | None, json_mode: bool) -> str:

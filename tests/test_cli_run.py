@@ -757,3 +757,13 @@ def test_split_token_limits_from_flags(tmp_path: Path, start_sim) -> None:  # ty
     proc = cli(*args, "--provider", "anthropic", env={"ANTHROPIC_API_KEY": "sk-ant-test"})
     assert proc.returncode == 0, proc.stderr
     assert len(read_out(out)) == 20 and sim.stats()["over_limit"] == 0
+
+
+def test_a_request_over_a_split_budget_is_a_bad_line(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_simple(inp, 3)  # max_tokens 16 each
+    proc = cli(*run_args(sim, inp, out, "--otpm", "10"))
+    assert proc.returncode == 2
+    assert "line 1" in proc.stdout + proc.stderr and "--otpm 10" in proc.stdout + proc.stderr
+    assert sim.stats()["received"] == 0

@@ -216,13 +216,54 @@ def queue_matrix(console: Console, n: int) -> None:
     console.print(table)
 
 
+# A cloud-like API: a high limit it states in headers, no queueing, but latency that varies
+# with the length of each answer (100 to 700 ms): does `auto` hold the pace of a fixed 32?
+CLOUD_FLAGS = (
+    "--limit-style",
+    "openai",
+    "--rpm",
+    "12000",
+    "--latency-ms",
+    "400",
+    "--latency-jitter-ms",
+    "300",
+    "--seed",
+    "5",
+)
+
+
+def cloud_matrix(console: Console, n: int) -> None:
+    table = Table(
+        title=f"Cloud-like server (12,000 req/min stated, latency 100-700 ms): {n} requests, "
+        f"concurrency {CONCURRENCY} (the CLI default) vs auto"
+    )
+    for col in ("concurrency", "req/s", "p50 s", "p95 s", "lost", f"vs {CONCURRENCY}"):
+        table.add_column(col, justify="right")
+    base: float | None = None
+    for concurrency in (CONCURRENCY, "auto"):
+        run = measure(CLOUD_FLAGS, "openai", n, queue_config(concurrency), cut=120.0)
+        q = statistics.quantiles(run.durations, n=20, method="inclusive")
+        rps = (n - run.lost) / run.makespan
+        base = base or rps
+        table.add_row(
+            str(concurrency),
+            f"{rps:.1f}",
+            f"{statistics.median(run.durations):.2f}",
+            f"{q[18]:.2f}",
+            str(run.lost),
+            f"{rps / base:.2f}x",
+        )
+        console.print(f"  done: cloud / concurrency {concurrency}", style="dim")
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 + 60 requests, not 400 + 200")
     parser.add_argument("--requests", type=int, help="requests per style run (default 400)")
     parser.add_argument("--queue-requests", type=int, help="requests per queue run (default 200)")
     parser.add_argument("--rpm", type=int, default=1200)
-    parser.add_argument("--only", choices=("limits", "queue"))
+    parser.add_argument("--only", choices=("limits", "queue", "cloud"))
     parser.add_argument(
         "--style",
         action="append",
@@ -233,10 +274,12 @@ def main() -> None:
     n = args.requests or (100 if args.quick else 400)
     nq = args.queue_requests or (60 if args.quick else 200)
     console = Console(width=170)
-    if args.only != "queue":
+    if args.only in (None, "limits"):
         limits_matrix(console, n, args.rpm, args.style)
-    if args.only != "limits":
+    if args.only in (None, "queue"):
         queue_matrix(console, nq)
+    if args.only in (None, "cloud"):
+        cloud_matrix(console, 3 * nq)
 
 
 if __name__ == "__main__":

@@ -356,3 +356,23 @@ async def test_the_breaker_gives_up_after_max_outage(clock: FakeClock) -> None:
     assert not breaker.outages[-1].recovered
     with pytest.raises(ProviderOutageError):  # the rest fail at once
         await breaker.admit(REQ).__aenter__()
+
+
+async def test_a_waiter_cancelled_as_a_slot_frees_still_ends_cancelled(clock: FakeClock) -> None:
+    # The waiter's future is cancelled, then a release pops it from the queue before the
+    # waiter's task runs: its cleanup must not fail looking for it there.
+    gate = ConcurrencyLimiter(initial=1, clock=clock)
+    first = gate.admit(REQ)
+    await first.__aenter__()
+
+    async def wait() -> None:
+        async with gate.admit(REQ):
+            pass
+
+    waiter = asyncio.create_task(wait())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await first.__aexit__(None, None, None)  # no await inside: runs before the waiter wakes
+    (outcome,) = await asyncio.gather(waiter, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert gate.status().in_flight == 0 and gate.status().waiting == 0

@@ -118,7 +118,7 @@ class ConcurrencyLimiter:
             if future.done() and not future.cancelled():
                 self._in_flight -= 1  # handed a slot as we were cancelled: give it back
                 self._wake()
-            else:
+            elif future in self._waiters:  # `_wake` may have dropped it, being cancelled
                 self._waiters.remove(future)
             raise
 

@@ -270,3 +270,30 @@ async def test_a_source_yielding_something_else_stops_with_a_clear_error() -> No
     with pytest.raises(TypeError, match="request #1 is a NoneType"):
         async for _ in engine.stream([reqs(1)[0], None]):  # type: ignore[list-item]
             pass
+
+
+async def test_an_outage_behind_a_gateway_does_not_collapse_the_rate(clock: FakeClock) -> None:
+    # A gateway answers 503 while the model server behind it is gone for 60 s. The breaker
+    # waits it out with probes; the probes' 503s must not cut the rate again and again, or
+    # the run crawls long after the server is back.
+    from llmbatch import CompletionResponse, RateLimiter
+
+    back_at = clock.now + 60
+    sent: list[float] = []
+
+    class Gateway:
+        async def complete(self, request: CompletionRequest) -> CompletionResponse:
+            sent.append(clock.now)
+            await clock.sleep(0.05)
+            if clock.now < back_at:
+                raise ServerError("no upstream", status_code=503)
+            return CompletionResponse("ok")
+
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    cfg = EngineConfig(max_concurrency=10, limiter=limiter, clock=clock, sleep=clock.sleep)
+    results = [r async for r in Engine(Gateway(), cfg).stream(reqs(20))]
+    assert all(r.ok for r in results)
+    # The refusals before the breaker opened are one event; each probe used to cut again
+    # (five cuts here: 357 -> 7.5 requests a minute when the server came back).
+    assert limiter.status().cuts == 1
+    assert limiter.requests_per_minute is not None and limiter.requests_per_minute > 300

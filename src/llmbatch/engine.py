@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .admission import Admission, AdmissionChain, Permit
+from .admission import Admission, AdmissionChain, Permit, mark_outage
 from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
 from .clients.base import LLMClient
 from .concurrency import DEFAULT_MAX as AUTO_MAX_CONCURRENCY
@@ -387,7 +387,12 @@ class _Run:
             async with self.admission.admit(req) as permit:
                 state.waited += cfg.clock() - asked
                 state.count += 1
-                response = await self.call(item, state)
+                try:
+                    response = await self.call(item, state)
+                except Exception as exc:
+                    if self.breaker is not None and self.breaker.excuses(exc):
+                        mark_outage(permit)  # the breaker waits it out; limiters must not cut
+                    raise
                 permit.record(response)
         finally:
             # Read after the permit's release: did the limiter wait out the Retry-After?

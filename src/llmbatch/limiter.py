@@ -511,7 +511,8 @@ class RateLimiter:
             usage = response.usage
             if usage.prompt_tokens or usage.completion_tokens:
                 self.settle(permit, usage.prompt_tokens, usage.completion_tokens)
-        permit.paused_for_retry = self.apply(feedback(response, error), permit.generation)
+        fb = permit.load_feedback(response, error)
+        permit.paused_for_retry = self.apply(fb, permit.generation)
 
 
 _NOTHING = Estimate(0, 0)

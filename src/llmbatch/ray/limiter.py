@@ -25,7 +25,7 @@ from typing import Any
 
 import ray
 
-from ..admission import Feedback, PermitBase, feedback
+from ..admission import Feedback, PermitBase
 from ..limiter import SHORT_RETRY_AFTER, Estimate, RateLimiter
 from ..types import CompletionRequest, CompletionResponse, RateLimitInfo
 
@@ -234,7 +234,7 @@ class LeasedLimiter:
             used = response.usage.total_tokens
             if used and self._token_limited:
                 self._settle += used - permit.estimate
-        fb = feedback(response, error)
+        fb = permit.load_feedback(response, error)
         if fb.ok:
             self._succeeded += 1
             info = fb.rate_limit

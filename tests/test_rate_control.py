@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from llmbatch import (
+    AdmissionChain,
     APIConnectionError,
     CompletionRequest,
     CompletionResponse,
@@ -376,3 +377,19 @@ async def test_a_waiter_cancelled_as_a_slot_frees_still_ends_cancelled(clock: Fa
     (outcome,) = await asyncio.gather(waiter, return_exceptions=True)
     assert isinstance(outcome, asyncio.CancelledError)
     assert gate.status().in_flight == 0 and gate.status().waiting == 0
+
+
+async def test_a_request_refused_by_a_later_limiter_does_not_close_the_breaker(
+    clock: FakeClock,
+) -> None:
+    # The probe slot goes to a request that the limiter then refuses as too large for the
+    # token budget: it never reached the server, so it says nothing about the outage.
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    chain = AdmissionChain(breaker, RateLimiter(tokens_per_minute=1000, clock=clock))
+    await fail(breaker, APIConnectionError("refused"), 5)
+    assert breaker.is_open
+    huge = CompletionRequest(prompt="x" * 40_000)
+    with pytest.raises(TokenBudgetError):
+        async with chain.admit(huge):
+            pass
+    assert breaker.is_open and not breaker._probe_out

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .admission import PermitBase, feedback
-from .errors import BatchCancelledError, ProviderOutageError
+from .errors import BatchCancelledError, ProviderOutageError, TokenBudgetError
 from .types import CompletionRequest, CompletionResponse
 
 __all__ = ["Outage", "OutageBreaker"]
@@ -154,8 +154,10 @@ class OutageBreaker:
                 self._backoff = min(_PROBE_MAX, self._backoff * 2)
                 self._next_probe = now + self._backoff
             return
-        if isinstance(error, asyncio.CancelledError | BatchCancelledError):
-            return  # a cancelled attempt says nothing about the server
+        if isinstance(error, asyncio.CancelledError | BatchCancelledError | TokenBudgetError):
+            # Cancelled, or refused by a limiter after this link (the request is larger than
+            # the token budget): the attempt never got an answer from the server.
+            return
         # Any answer that is not an outage (a success, a 400, a 429) means the server is up.
         self._failures = 0
         self._failing.clear()

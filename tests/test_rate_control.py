@@ -393,3 +393,19 @@ async def test_a_request_refused_by_a_later_limiter_does_not_close_the_breaker(
         async with chain.admit(huge):
             pass
     assert breaker.is_open and not breaker._probe_out
+
+
+async def test_an_answer_after_giving_up_does_not_log_a_second_outage(clock: FakeClock) -> None:
+    breaker = OutageBreaker(max_outage=20, clock=clock, sleep=clock.sleep)
+    await fail(breaker, APIConnectionError("refused"), 5)
+    clock.advance(1)
+    probe = breaker.admit(REQ)
+    await probe.__aenter__()
+    clock.advance(30)  # the probe hangs past max_outage; the next waiter gives up
+    with pytest.raises(ProviderOutageError):
+        await breaker.admit(REQ).__aenter__()
+    probe.record(CompletionResponse("late"))
+    await probe.__aexit__(None, None, None)
+    assert [o.recovered for o in breaker.outages] == [False]
+    with pytest.raises(ProviderOutageError):
+        await breaker.admit(REQ).__aenter__()

@@ -138,6 +138,8 @@ class OutageBreaker:
         fb = feedback(response, error)
         if permit.probe:
             self._probe_out = False
+        if self.gave_up is not None:
+            return  # the outage is over for this run, and already logged as not recovered
         if fb.down:
             self._failures += 1
             self._failing.add(permit.request_key)

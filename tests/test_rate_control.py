@@ -409,3 +409,62 @@ async def test_an_answer_after_giving_up_does_not_log_a_second_outage(clock: Fak
     assert [o.recovered for o in breaker.outages] == [False]
     with pytest.raises(ProviderOutageError):
         await breaker.admit(REQ).__aenter__()
+
+
+async def test_a_cancellation_at_any_link_of_a_chain_leaks_nothing(clock: FakeClock) -> None:
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    limiter = RateLimiter(requests_per_minute=60, burst_seconds=0, clock=clock, sleep=clock.sleep)
+    gate = ConcurrencyLimiter(initial=1, clock=clock)
+    chain = AdmissionChain(breaker, limiter, gate)
+    holder = chain.admit(REQ)
+    await holder.__aenter__()  # holds the gate's only slot
+    at_gate = asyncio.create_task(chain.admit(REQ).__aenter__())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert gate.status().waiting == 1
+    at_gate.cancel()
+    await asyncio.gather(at_gate, return_exceptions=True)
+    assert gate.status().waiting == 0 and gate.status().in_flight == 1
+    assert limiter.status().in_flight == 1 and limiter.status().waiting == 0
+    await holder.__aexit__(None, None, None)
+
+    # The probe slot is taken, then its holder is cancelled at the limiter: another probe goes.
+    await fail(breaker, APIConnectionError("refused"), 5)
+    clock.advance(1)
+    probe = asyncio.create_task(chain.admit(REQ).__aenter__())
+    await asyncio.sleep(0)
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+    assert not breaker._probe_out
+    assert limiter.status().in_flight == 0 and limiter.status().waiting == 0
+    assert gate.status().in_flight == 0 and gate.status().waiting == 0
+    again = chain.admit(REQ)
+    await asyncio.wait_for(again.__aenter__(), 5)
+    assert again.permits[0].probe  # type: ignore[attr-defined]
+    await again.__aexit__(None, None, None)
+
+
+async def test_a_link_failing_on_release_still_releases_the_links_before_it(
+    clock: FakeClock,
+) -> None:
+    class Broken:
+        def admit(self, request: CompletionRequest) -> Broken:
+            return self
+
+        async def __aenter__(self) -> Broken:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            raise RuntimeError("broken release")
+
+        def record(self, response: CompletionResponse) -> None:
+            pass
+
+        paused_for_retry = False
+
+    gate = ConcurrencyLimiter(initial=1, clock=clock)
+    chain = AdmissionChain(gate, Broken())
+    with pytest.raises(RuntimeError, match="broken release"):
+        async with chain.admit(REQ):
+            pass
+    assert gate.status().in_flight == 0

@@ -240,8 +240,14 @@ class _ChainPermit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        while self._entered:
+        # Every link is released even if one fails to: a slot (or the breaker's probe) held
+        # for ever would stall every later attempt.
+        if not self._entered:
+            return
+        try:
             await self._entered.pop().__aexit__(exc_type, exc, tb)
+        finally:
+            await self._unwind(exc_type, exc, tb)
 
 
 class AdmissionChain:

@@ -49,14 +49,13 @@ class Outage:
 
 
 class _BreakerPermit(PermitBase):
-    __slots__ = ("breaker", "probe", "request_key", "waited")
+    __slots__ = ("breaker", "probe", "request_key")
 
     def __init__(self, breaker: OutageBreaker, request: CompletionRequest) -> None:
         super().__init__()
         self.breaker = breaker
         self.request_key = id(request)
         self.probe = False
-        self.waited = 0.0
 
     async def _acquire(self) -> None:
         await self.breaker._acquire(self)
@@ -106,28 +105,24 @@ class OutageBreaker:
         return self._opened_at is not None and self.gave_up is None and feedback(None, error).down
 
     async def _acquire(self, permit: _BreakerPermit) -> None:
-        start = self._clock()
-        try:
-            while True:
-                if self.gave_up is not None:
-                    raise ProviderOutageError(str(self.gave_up))  # fresh: one traceback each
-                if self._opened_at is None:
-                    return
-                now = self._clock()
-                if now - self._opened_at > self.max_outage:
-                    self._give_up(now)
-                    continue
-                if not self._probe_out and now >= self._next_probe:
-                    self._probe_out = True
-                    permit.probe = True
-                    return
-                # Wake at the next probe time (or after a backoff while a probe is out), or
-                # as soon as the breaker closes.
-                wait = self._backoff if self._probe_out else self._next_probe - now
-                wait = max(0.0, min(wait, self._opened_at + self.max_outage - now + 1e-3))
-                await self._closed_or_timer(wait)
-        finally:
-            permit.waited = self._clock() - start
+        while True:
+            if self.gave_up is not None:
+                raise ProviderOutageError(str(self.gave_up))  # fresh: one traceback each
+            if self._opened_at is None:
+                return
+            now = self._clock()
+            if now - self._opened_at > self.max_outage:
+                self._give_up(now)
+                continue
+            if not self._probe_out and now >= self._next_probe:
+                self._probe_out = True
+                permit.probe = True
+                return
+            # Wake at the next probe time (or after a backoff while a probe is out), or as
+            # soon as the breaker closes.
+            wait = self._backoff if self._probe_out else self._next_probe - now
+            wait = max(0.0, min(wait, self._opened_at + self.max_outage - now + 1e-3))
+            await self._closed_or_timer(wait)
 
     def _finish(
         self,

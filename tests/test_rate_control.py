@@ -468,3 +468,17 @@ async def test_a_link_failing_on_release_still_releases_the_links_before_it(
         async with chain.admit(REQ):
             pass
     assert gate.status().in_flight == 0
+
+
+async def test_a_refusal_stating_only_split_token_limits_resyncs_and_does_not_cut(
+    clock: FakeClock,
+) -> None:
+    # Anthropic's 429 for an exhausted input-token budget states that budget: the headers
+    # resync it, and the request rate is not what ran ahead, so it must not be cut.
+    lim = limiter(clock)
+    info = RateLimitInfo(limit_input_tokens=6000, remaining_input_tokens=0)
+    permit = await lim.acquire(100)
+    permit.release(None, RateLimitError(retry_after=1.0, rate_limit=info))
+    status = lim.status()
+    assert status.cuts == 0 and status.requests_per_minute is None
+    assert status.paused_for == pytest.approx(1.0) and permit.paused_for_retry

@@ -297,3 +297,34 @@ async def test_an_outage_behind_a_gateway_does_not_collapse_the_rate(clock: Fake
     # (five cuts here: 357 -> 7.5 requests a minute when the server came back).
     assert limiter.status().cuts == 1
     assert limiter.requests_per_minute is not None and limiter.requests_per_minute > 300
+
+
+@pytest.mark.parametrize("concurrency", [4, "auto"])
+async def test_a_blocked_async_source_does_not_hold_the_deadline_or_an_early_close(
+    concurrency: int | str,
+) -> None:
+    never = asyncio.Event()
+
+    async def source():  # type: ignore[no-untyped-def]
+        for r in reqs(2):
+            yield r
+        await never.wait()  # e.g. a queue nobody feeds any more
+
+    engine = Engine(FakeClient(), EngineConfig(max_concurrency=concurrency))  # type: ignore[arg-type]
+
+    async def run() -> list[str]:
+        results = [r async for r in engine.stream(source(), timeout=0.2)]
+        assert all(r.ok for r in results)
+        async with contextlib.aclosing(engine.stream(source())) as stream:
+            async for _ in stream:
+                break
+        return sorted(r.id for r in results)
+
+    task = asyncio.create_task(run())
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if not done:  # it hung (on the source): free the test's loop, then fail
+        for _ in range(3):
+            task.cancel()
+            await asyncio.sleep(0.01)
+        pytest.fail("the run waited on a blocked source")
+    assert task.result() == ["r0", "r1"]

@@ -215,8 +215,10 @@ class _Run:
         self.wakeup = asyncio.Event()
         self.room = asyncio.Semaphore(self.cfg.max_pending or 2 * self.cfg.workers)
         self.workers: list[asyncio.Task[None]] = []
-        # Only workers inside `process` are cancelled on stop: a worker pulling from an async
-        # generator must not be, or the generator itself would be killed mid-item.
+        # Workers cancelled on stop: those inside `process`, and those awaiting an async
+        # source (a source that blocks must not hold the run past its deadline or an early
+        # close; cancelling the pull closes an async generator, so requests it had not yet
+        # yielded get no result).
         self.busy: set[asyncio.Task[None]] = set()
         self.stop_error: BaseException | None = None  # set on deadline / cancellation
         self.crash: BaseException | None = None  # the source or a listener broke
@@ -280,7 +282,15 @@ class _Run:
             while self.stop_error is None:
                 await self.gate_room()
                 await self.room.acquire()
-                pulled = await self.source.next()
+                self.busy.add(task)
+                try:
+                    pulled = await self.source.next()
+                except asyncio.CancelledError:
+                    if self.stop_error is None:
+                        raise
+                    return
+                finally:
+                    self.busy.discard(task)
                 if pulled is None:
                     self.room.release()
                     return
@@ -495,7 +505,9 @@ class Engine:
         batch only. With `finish_unstarted=False`, requests never pulled from the source when
         the batch stops get no result (the CLI's journal leaves them for the next run).
         Closing the iterator early (`contextlib.aclosing`) or cancelling the consuming task
-        cancels in-flight requests; their results then reach listeners only.
+        cancels in-flight requests; their results then reach listeners only. A pull from an
+        async source in progress when the batch stops is cancelled too, so a source that
+        blocks cannot hold the run (an async generator is then closed).
         """
         if total is None and isinstance(source, Sequence):
             total = len(source)

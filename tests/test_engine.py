@@ -328,3 +328,19 @@ async def test_a_blocked_async_source_does_not_hold_the_deadline_or_an_early_clo
             await asyncio.sleep(0.01)
         pytest.fail("the run waited on a blocked source")
     assert task.result() == ["r0", "r1"]
+
+
+async def test_retry_afters_the_limiter_waits_out_count_against_max_retry_time(
+    clock: FakeClock,
+) -> None:
+    # The same bound with or without a limiter: a server that keeps answering
+    # "retry after 100 s" is given up on once that would pass max_retry_time.
+    always = FakeClient(lambda r: RateLimitError(retry_after=100))
+    policy = RetryPolicy(max_attempts=10, max_retry_time=150)
+    for adaptive in (False, True):
+        cfg = EngineConfig(retry=policy, adaptive=adaptive, clock=clock, sleep=clock.sleep)
+        start = clock.now
+        [result] = [r async for r in Engine(always, cfg).stream(reqs(1))]
+        assert isinstance(result.error, RateLimitError)
+        assert result.attempts == 2, adaptive
+        assert clock.now - start <= 150

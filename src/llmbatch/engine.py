@@ -392,10 +392,14 @@ class _Run:
             state.count += 1
             return await self.call(item, state)
         asked = cfg.clock()
+        # After a refusal whose Retry-After the limiter paused for, this admission's wait is
+        # that Retry-After: the retry's delay, which counts against max_retry_time.
+        retry_delay = state.paused
         permit: Permit | None = None
         try:
             async with self.admission.admit(req) as permit:
-                state.waited += cfg.clock() - asked
+                if not retry_delay:
+                    state.waited += cfg.clock() - asked
                 state.count += 1
                 try:
                     response = await self.call(item, state)

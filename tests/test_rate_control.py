@@ -482,3 +482,19 @@ async def test_a_refusal_stating_only_split_token_limits_resyncs_and_does_not_cu
     status = lim.status()
     assert status.cuts == 0 and status.requests_per_minute is None
     assert status.paused_for == pytest.approx(1.0) and permit.paused_for_retry
+
+
+async def test_a_slot_booked_before_a_cut_is_part_of_the_event_that_cut(clock: FakeClock) -> None:
+    # Waiters keep the slots they booked on the old schedule; their refusals answer the same
+    # overshoot and must not cut again once the cooldown has passed (a long backlog would
+    # otherwise cut every second until it drained, collapsing the rate).
+    lim = limiter(clock, requests_per_minute=60)
+    first = await lim.acquire()
+    booked = asyncio.create_task(lim.acquire())  # its slot is a second away
+    await asyncio.sleep(0)
+    first.release(None, RateLimitError())
+    assert lim.status().cuts == 1
+    clock.advance(2)
+    late = await booked
+    late.release(None, RateLimitError())
+    assert lim.status().cuts == 1

@@ -435,6 +435,9 @@ class RateLimiter:
         try:
             while True:
                 epoch = self._epoch
+                # The schedule the slot belongs to: a cut while we sleep keeps our slot, and
+                # our refusal is then part of the event that cut.
+                generation = self.control.generation
                 slot, costs = self._reserve(est)
                 delay = slot - self._clock()
                 if delay <= 0:
@@ -454,7 +457,7 @@ class RateLimiter:
         self._in_flight += 1
         self.control.sent()
         permit.costs = costs
-        permit.generation = self.control.generation
+        permit.generation = generation
 
     def _reserve(self, est: Estimate) -> tuple[float, tuple[float, ...]]:
         """Book the next slot; return (start time, the cost booked on each timeline)."""

@@ -343,6 +343,8 @@ class _Run:
             except Exception as exc:
                 error = exc
                 paused = state.paused
+                retry_after = getattr(exc, "retry_after", None) if paused else None
+                state.pause = float(retry_after or 0.0)
             self.report_outages()
             if error is None:
                 assert response is not None
@@ -392,14 +394,14 @@ class _Run:
             state.count += 1
             return await self.call(item, state)
         asked = cfg.clock()
-        # After a refusal whose Retry-After the limiter paused for, this admission's wait is
-        # that Retry-After: the retry's delay, which counts against max_retry_time.
-        retry_delay = state.paused
         permit: Permit | None = None
         try:
             async with self.admission.admit(req) as permit:
-                if not retry_delay:
-                    state.waited += cfg.clock() - asked
+                # After a refusal whose Retry-After the limiter paused for, that much of this
+                # wait is the retry's delay, which counts against max_retry_time; the rest
+                # (pacing, an outage) is queueing on our side, which does not.
+                state.waited += max(0.0, cfg.clock() - asked - state.pause)
+                state.pause = 0.0
                 state.count += 1
                 try:
                     response = await self.call(item, state)
@@ -462,6 +464,7 @@ class _Attempts:
     excused: int = 0  # of those, lost to an outage the breaker waited out
     waited: float = 0.0  # seconds spent waiting for admission
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
+    pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
 
 
 def _check_json(response: CompletionResponse) -> None:

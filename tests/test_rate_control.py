@@ -498,3 +498,22 @@ async def test_a_slot_booked_before_a_cut_is_part_of_the_event_that_cut(clock: F
     late = await booked
     late.release(None, RateLimitError())
     assert lim.status().cuts == 1
+
+
+async def test_an_attempt_marked_as_lost_to_an_outage_cuts_neither_rate_nor_concurrency(
+    clock: FakeClock,
+) -> None:
+    from llmbatch.admission import mark_outage
+
+    lim = limiter(clock)
+    gate = ConcurrencyLimiter(initial=64, clock=clock)
+    chain = AdmissionChain(lim, gate)
+    gateway_down = ServerError("no upstream", status_code=503)
+    for _ in range(3):
+        permit = chain.admit(REQ)
+        await permit.__aenter__()
+        mark_outage(permit)
+        await permit.__aexit__(ServerError, gateway_down, None)
+        clock.advance(5)
+    assert lim.status().cuts == 0 and lim.status().requests_per_minute is None
+    assert gate.limit == 64

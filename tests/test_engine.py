@@ -270,3 +270,77 @@ async def test_a_source_yielding_something_else_stops_with_a_clear_error() -> No
     with pytest.raises(TypeError, match="request #1 is a NoneType"):
         async for _ in engine.stream([reqs(1)[0], None]):  # type: ignore[list-item]
             pass
+
+
+async def test_an_outage_behind_a_gateway_does_not_collapse_the_rate(clock: FakeClock) -> None:
+    # A gateway answers 503 while the model server behind it is gone for 60 s. The breaker
+    # waits it out with probes; the probes' 503s must not cut the rate again and again, or
+    # the run crawls long after the server is back.
+    from llmbatch import CompletionResponse, RateLimiter
+
+    back_at = clock.now + 60
+    sent: list[float] = []
+
+    class Gateway:
+        async def complete(self, request: CompletionRequest) -> CompletionResponse:
+            sent.append(clock.now)
+            await clock.sleep(0.05)
+            if clock.now < back_at:
+                raise ServerError("no upstream", status_code=503)
+            return CompletionResponse("ok")
+
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    cfg = EngineConfig(max_concurrency=10, limiter=limiter, clock=clock, sleep=clock.sleep)
+    results = [r async for r in Engine(Gateway(), cfg).stream(reqs(20))]
+    assert all(r.ok for r in results)
+    # The refusals before the breaker opened are one event; each probe used to cut again
+    # (five cuts here: 357 -> 7.5 requests a minute when the server came back).
+    assert limiter.status().cuts == 1
+    assert limiter.requests_per_minute is not None and limiter.requests_per_minute > 300
+
+
+@pytest.mark.parametrize("concurrency", [4, "auto"])
+async def test_a_blocked_async_source_does_not_hold_the_deadline_or_an_early_close(
+    concurrency: int | str,
+) -> None:
+    never = asyncio.Event()
+
+    async def source():  # type: ignore[no-untyped-def]
+        for r in reqs(2):
+            yield r
+        await never.wait()  # e.g. a queue nobody feeds any more
+
+    engine = Engine(FakeClient(), EngineConfig(max_concurrency=concurrency))  # type: ignore[arg-type]
+
+    async def run() -> list[str]:
+        results = [r async for r in engine.stream(source(), timeout=0.2)]
+        assert all(r.ok for r in results)
+        async with contextlib.aclosing(engine.stream(source())) as stream:
+            async for _ in stream:
+                break
+        return sorted(r.id for r in results)
+
+    task = asyncio.create_task(run())
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if not done:  # it hung (on the source): free the test's loop, then fail
+        for _ in range(3):
+            task.cancel()
+            await asyncio.sleep(0.01)
+        pytest.fail("the run waited on a blocked source")
+    assert task.result() == ["r0", "r1"]
+
+
+async def test_retry_afters_the_limiter_waits_out_count_against_max_retry_time(
+    clock: FakeClock,
+) -> None:
+    # The same bound with or without a limiter: a server that keeps answering
+    # "retry after 100 s" is given up on once that would pass max_retry_time.
+    always = FakeClient(lambda r: RateLimitError(retry_after=100))
+    policy = RetryPolicy(max_attempts=10, max_retry_time=150)
+    for adaptive in (False, True):
+        cfg = EngineConfig(retry=policy, adaptive=adaptive, clock=clock, sleep=clock.sleep)
+        start = clock.now
+        [result] = [r async for r in Engine(always, cfg).stream(reqs(1))]
+        assert isinstance(result.error, RateLimitError)
+        assert result.attempts == 2, adaptive
+        assert clock.now - start <= 150

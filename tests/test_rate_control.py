@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from llmbatch import (
+    AdmissionChain,
     APIConnectionError,
     CompletionRequest,
     CompletionResponse,
@@ -413,3 +414,162 @@ async def test_a_cut_rebooks_the_waiters_already_sleeping_at_the_old_rate() -> N
     # At the old rate all ten would have gone within a second; rebooked, they keep the new one.
     assert admitted == sorted(admitted)
     assert admitted[-1] > 5.0
+
+
+async def test_a_waiter_cancelled_as_a_slot_frees_still_ends_cancelled(clock: FakeClock) -> None:
+    # The waiter's future is cancelled, then a release pops it from the queue before the
+    # waiter's task runs: its cleanup must not fail looking for it there.
+    gate = ConcurrencyLimiter(initial=1, clock=clock)
+    first = gate.admit(REQ)
+    await first.__aenter__()
+
+    async def wait() -> None:
+        async with gate.admit(REQ):
+            pass
+
+    waiter = asyncio.create_task(wait())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await first.__aexit__(None, None, None)  # no await inside: runs before the waiter wakes
+    (outcome,) = await asyncio.gather(waiter, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert gate.status().in_flight == 0 and gate.status().waiting == 0
+
+
+async def test_a_request_refused_by_a_later_limiter_does_not_close_the_breaker(
+    clock: FakeClock,
+) -> None:
+    # The probe slot goes to a request that the limiter then refuses as too large for the
+    # token budget: it never reached the server, so it says nothing about the outage.
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    chain = AdmissionChain(breaker, RateLimiter(tokens_per_minute=1000, clock=clock))
+    await fail(breaker, APIConnectionError("refused"), 5)
+    assert breaker.is_open
+    huge = CompletionRequest(prompt="x" * 40_000)
+    with pytest.raises(TokenBudgetError):
+        async with chain.admit(huge):
+            pass
+    assert breaker.is_open and not breaker._probe_out
+
+
+async def test_an_answer_after_giving_up_does_not_log_a_second_outage(clock: FakeClock) -> None:
+    breaker = OutageBreaker(max_outage=20, clock=clock, sleep=clock.sleep)
+    await fail(breaker, APIConnectionError("refused"), 5)
+    clock.advance(1)
+    probe = breaker.admit(REQ)
+    await probe.__aenter__()
+    clock.advance(30)  # the probe hangs past max_outage; the next waiter gives up
+    with pytest.raises(ProviderOutageError):
+        await breaker.admit(REQ).__aenter__()
+    probe.record(CompletionResponse("late"))
+    await probe.__aexit__(None, None, None)
+    assert [o.recovered for o in breaker.outages] == [False]
+    with pytest.raises(ProviderOutageError):
+        await breaker.admit(REQ).__aenter__()
+
+
+async def test_a_cancellation_at_any_link_of_a_chain_leaks_nothing(clock: FakeClock) -> None:
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    limiter = RateLimiter(requests_per_minute=60, burst_seconds=0, clock=clock, sleep=clock.sleep)
+    gate = ConcurrencyLimiter(initial=1, clock=clock)
+    chain = AdmissionChain(breaker, limiter, gate)
+    holder = chain.admit(REQ)
+    await holder.__aenter__()  # holds the gate's only slot
+    at_gate = asyncio.create_task(chain.admit(REQ).__aenter__())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert gate.status().waiting == 1
+    at_gate.cancel()
+    await asyncio.gather(at_gate, return_exceptions=True)
+    assert gate.status().waiting == 0 and gate.status().in_flight == 1
+    assert limiter.status().in_flight == 1 and limiter.status().waiting == 0
+    await holder.__aexit__(None, None, None)
+
+    # The probe slot is taken, then its holder is cancelled at the limiter: another probe goes.
+    await fail(breaker, APIConnectionError("refused"), 5)
+    clock.advance(1)
+    probe = asyncio.create_task(chain.admit(REQ).__aenter__())
+    await asyncio.sleep(0)
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+    assert not breaker._probe_out
+    assert limiter.status().in_flight == 0 and limiter.status().waiting == 0
+    assert gate.status().in_flight == 0 and gate.status().waiting == 0
+    again = chain.admit(REQ)
+    await asyncio.wait_for(again.__aenter__(), 5)
+    assert again.permits[0].probe  # type: ignore[attr-defined]
+    await again.__aexit__(None, None, None)
+
+
+async def test_a_link_failing_on_release_still_releases_the_links_before_it(
+    clock: FakeClock,
+) -> None:
+    class Broken:
+        def admit(self, request: CompletionRequest) -> Broken:
+            return self
+
+        async def __aenter__(self) -> Broken:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            raise RuntimeError("broken release")
+
+        def record(self, response: CompletionResponse) -> None:
+            pass
+
+        paused_for_retry = False
+
+    gate = ConcurrencyLimiter(initial=1, clock=clock)
+    chain = AdmissionChain(gate, Broken())
+    with pytest.raises(RuntimeError, match="broken release"):
+        async with chain.admit(REQ):
+            pass
+    assert gate.status().in_flight == 0
+
+
+async def test_a_refusal_stating_only_split_token_limits_resyncs_and_does_not_cut(
+    clock: FakeClock,
+) -> None:
+    # Anthropic's 429 for an exhausted input-token budget states that budget: the headers
+    # resync it, and the request rate is not what ran ahead, so it must not be cut.
+    lim = limiter(clock)
+    info = RateLimitInfo(limit_input_tokens=6000, remaining_input_tokens=0)
+    permit = await lim.acquire(100)
+    permit.release(None, RateLimitError(retry_after=1.0, rate_limit=info))
+    status = lim.status()
+    assert status.cuts == 0 and status.requests_per_minute is None
+    assert status.paused_for == pytest.approx(1.0) and permit.paused_for_retry
+
+
+async def test_an_attempt_booked_before_a_cut_and_already_due_is_part_of_its_event(
+    clock: FakeClock,
+) -> None:
+    # Sleeping waiters are rebooked by a cut (see the rebooking test); an attempt admitted on
+    # the old schedule before it, refused after the cooldown, is still the same event.
+    lim = limiter(clock, requests_per_minute=60)
+    first = await lim.acquire()
+    old = await lim.acquire()  # admitted on the old schedule
+    first.release(None, RateLimitError())
+    assert lim.status().cuts == 1
+    clock.advance(2)
+    old.release(None, RateLimitError())
+    assert lim.status().cuts == 1
+
+
+async def test_an_attempt_marked_as_lost_to_an_outage_cuts_neither_rate_nor_concurrency(
+    clock: FakeClock,
+) -> None:
+    from llmbatch.admission import mark_outage
+
+    lim = limiter(clock)
+    gate = ConcurrencyLimiter(initial=64, clock=clock)
+    chain = AdmissionChain(lim, gate)
+    gateway_down = ServerError("no upstream", status_code=503)
+    for _ in range(3):
+        permit = chain.admit(REQ)
+        await permit.__aenter__()
+        mark_outage(permit)
+        await permit.__aexit__(ServerError, gateway_down, None)
+        clock.advance(5)
+    assert lim.status().cuts == 0 and lim.status().requests_per_minute is None
+    assert gate.limit == 64

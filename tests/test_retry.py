@@ -120,3 +120,10 @@ def test_retry_after_headers_in_milliseconds_seconds_and_dates() -> None:
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480) == 10
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
+
+
+def test_a_retry_after_the_limiter_waits_out_still_counts_against_max_retry_time() -> None:
+    policy = RetryPolicy(max_retry_time=150)
+    error = RateLimitError(retry_after=100)
+    assert policy.next_delay(error, attempt=1, elapsed=10, retry_after_handled=True) == 0.0
+    assert policy.next_delay(error, attempt=1, elapsed=60, retry_after_handled=True) is None

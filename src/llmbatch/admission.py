@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -40,6 +40,7 @@ __all__ = [
     "Permit",
     "PermitBase",
     "feedback",
+    "mark_outage",
 ]
 
 # 5xx statuses that say "too busy", not "broken": vLLM, Ollama and most gateways answer 503
@@ -135,15 +136,26 @@ class PermitBase:
     `_release(response, error)` (called exactly once after a successful `_acquire`).
     """
 
-    __slots__ = ("_entered", "_response", "paused_for_retry")
+    __slots__ = ("_entered", "_response", "outage", "paused_for_retry")
 
     def __init__(self) -> None:
         self._response: CompletionResponse | None = None
         self._entered = False
         self.paused_for_retry = False
+        self.outage = False  # set by `mark_outage`
 
     def record(self, response: CompletionResponse) -> None:
         self._response = response
+
+    def load_feedback(
+        self, response: CompletionResponse | None, error: BaseException | None
+    ) -> Feedback:
+        """`feedback(response, error)` as a pacing limiter should read it: an attempt lost to
+        a server-wide outage (see `mark_outage`) says nothing about our sending rate."""
+        fb = feedback(response, error)
+        if self.outage:
+            return replace(fb, congested=False, timed_out=False, retry_after=None)
+        return fb
 
     async def _acquire(self) -> None:
         raise NotImplementedError
@@ -168,6 +180,20 @@ class PermitBase:
         # A recorded response is passed even when the block then failed (a JSON-mode reply
         # that does not parse): its usage was still spent.
         self._release(self._response, exc)
+
+
+def mark_outage(permit: Permit) -> None:
+    """The attempt under `permit` failed in a server-wide outage the breaker is waiting out.
+
+    A gateway whose model server is gone answers 503, which also reads as "too busy": without
+    this, every probe of the outage would cut the rate (and the concurrency) again, and the
+    run would crawl for minutes after the server came back. The breaker still hears "down".
+    """
+    if isinstance(permit, _ChainPermit):
+        for inner in permit.permits:
+            mark_outage(inner)
+    elif isinstance(permit, PermitBase):
+        permit.outage = True
 
 
 class _ChainPermit:
@@ -214,8 +240,14 @@ class _ChainPermit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        while self._entered:
+        # Every link is released even if one fails to: a slot (or the breaker's probe) held
+        # for ever would stall every later attempt.
+        if not self._entered:
+            return
+        try:
             await self._entered.pop().__aexit__(exc_type, exc, tb)
+        finally:
+            await self._unwind(exc_type, exc, tb)
 
 
 class AdmissionChain:

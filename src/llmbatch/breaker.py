@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .admission import PermitBase, feedback
-from .errors import BatchCancelledError, ProviderOutageError
+from .errors import BatchCancelledError, ProviderOutageError, TokenBudgetError
 from .types import CompletionRequest, CompletionResponse
 
 __all__ = ["Outage", "OutageBreaker"]
@@ -49,14 +49,13 @@ class Outage:
 
 
 class _BreakerPermit(PermitBase):
-    __slots__ = ("breaker", "probe", "request_key", "waited")
+    __slots__ = ("breaker", "probe", "request_key")
 
     def __init__(self, breaker: OutageBreaker, request: CompletionRequest) -> None:
         super().__init__()
         self.breaker = breaker
         self.request_key = id(request)
         self.probe = False
-        self.waited = 0.0
 
     async def _acquire(self) -> None:
         await self.breaker._acquire(self)
@@ -106,28 +105,24 @@ class OutageBreaker:
         return self._opened_at is not None and self.gave_up is None and feedback(None, error).down
 
     async def _acquire(self, permit: _BreakerPermit) -> None:
-        start = self._clock()
-        try:
-            while True:
-                if self.gave_up is not None:
-                    raise ProviderOutageError(str(self.gave_up))  # fresh: one traceback each
-                if self._opened_at is None:
-                    return
-                now = self._clock()
-                if now - self._opened_at > self.max_outage:
-                    self._give_up(now)
-                    continue
-                if not self._probe_out and now >= self._next_probe:
-                    self._probe_out = True
-                    permit.probe = True
-                    return
-                # Wake at the next probe time (or after a backoff while a probe is out), or
-                # as soon as the breaker closes.
-                wait = self._backoff if self._probe_out else self._next_probe - now
-                wait = max(0.0, min(wait, self._opened_at + self.max_outage - now + 1e-3))
-                await self._closed_or_timer(wait)
-        finally:
-            permit.waited = self._clock() - start
+        while True:
+            if self.gave_up is not None:
+                raise ProviderOutageError(str(self.gave_up))  # fresh: one traceback each
+            if self._opened_at is None:
+                return
+            now = self._clock()
+            if now - self._opened_at > self.max_outage:
+                self._give_up(now)
+                continue
+            if not self._probe_out and now >= self._next_probe:
+                self._probe_out = True
+                permit.probe = True
+                return
+            # Wake at the next probe time (or after a backoff while a probe is out), or as
+            # soon as the breaker closes.
+            wait = self._backoff if self._probe_out else self._next_probe - now
+            wait = max(0.0, min(wait, self._opened_at + self.max_outage - now + 1e-3))
+            await self._closed_or_timer(wait)
 
     def _finish(
         self,
@@ -138,6 +133,8 @@ class OutageBreaker:
         fb = feedback(response, error)
         if permit.probe:
             self._probe_out = False
+        if self.gave_up is not None:
+            return  # the outage is over for this run, and already logged as not recovered
         if fb.down:
             self._failures += 1
             self._failing.add(permit.request_key)
@@ -154,8 +151,10 @@ class OutageBreaker:
                 self._backoff = min(_PROBE_MAX, self._backoff * 2)
                 self._next_probe = now + self._backoff
             return
-        if isinstance(error, asyncio.CancelledError | BatchCancelledError):
-            return  # a cancelled attempt says nothing about the server
+        if isinstance(error, asyncio.CancelledError | BatchCancelledError | TokenBudgetError):
+            # Cancelled, or refused by a limiter after this link (the request is larger than
+            # the token budget): the attempt never got an answer from the server.
+            return
         # Any answer that is not an outage (a success, a 400, a 429) means the server is up.
         self._failures = 0
         self._failing.clear()

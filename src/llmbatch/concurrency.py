@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .admission import PermitBase, feedback
+from .admission import PermitBase
 from .types import CompletionRequest, CompletionResponse
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyStatus"]
@@ -118,7 +118,7 @@ class ConcurrencyLimiter:
             if future.done() and not future.cancelled():
                 self._in_flight -= 1  # handed a slot as we were cancelled: give it back
                 self._wake()
-            else:
+            elif future in self._waiters:  # `_wake` may have dropped it, being cancelled
                 self._waiters.remove(future)
             raise
 
@@ -135,7 +135,7 @@ class ConcurrencyLimiter:
         now = self._clock()
         in_flight = self._in_flight
         self._in_flight -= 1
-        fb = feedback(response, error)
+        fb = slot.load_feedback(response, error)
         if fb.ok:
             self._sample(now - slot.started, now, in_flight)
         elif fb.timed_out or fb.congested:

@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .admission import Admission, AdmissionChain, Permit
+from .admission import Admission, AdmissionChain, Permit, mark_outage
 from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
 from .clients.base import LLMClient
 from .concurrency import DEFAULT_MAX as AUTO_MAX_CONCURRENCY
@@ -215,8 +215,10 @@ class _Run:
         self.wakeup = asyncio.Event()
         self.room = asyncio.Semaphore(self.cfg.max_pending or 2 * self.cfg.workers)
         self.workers: list[asyncio.Task[None]] = []
-        # Only workers inside `process` are cancelled on stop: a worker pulling from an async
-        # generator must not be, or the generator itself would be killed mid-item.
+        # Workers cancelled on stop: those inside `process`, and those awaiting an async
+        # source (a source that blocks must not hold the run past its deadline or an early
+        # close; cancelling the pull closes an async generator, so requests it had not yet
+        # yielded get no result).
         self.busy: set[asyncio.Task[None]] = set()
         self.stop_error: BaseException | None = None  # set on deadline / cancellation
         self.crash: BaseException | None = None  # the source or a listener broke
@@ -280,7 +282,15 @@ class _Run:
             while self.stop_error is None:
                 await self.gate_room()
                 await self.room.acquire()
-                pulled = await self.source.next()
+                self.busy.add(task)
+                try:
+                    pulled = await self.source.next()
+                except asyncio.CancelledError:
+                    if self.stop_error is None:
+                        raise
+                    return
+                finally:
+                    self.busy.discard(task)
                 if pulled is None:
                     self.room.release()
                     return
@@ -333,6 +343,8 @@ class _Run:
             except Exception as exc:
                 error = exc
                 paused = state.paused
+                retry_after = getattr(exc, "retry_after", None) if paused else None
+                state.pause = float(retry_after or 0.0)
             self.report_outages()
             if error is None:
                 assert response is not None
@@ -385,9 +397,18 @@ class _Run:
         permit: Permit | None = None
         try:
             async with self.admission.admit(req) as permit:
-                state.waited += cfg.clock() - asked
+                # After a refusal whose Retry-After the limiter paused for, that much of this
+                # wait is the retry's delay, which counts against max_retry_time; the rest
+                # (pacing, an outage) is queueing on our side, which does not.
+                state.waited += max(0.0, cfg.clock() - asked - state.pause)
+                state.pause = 0.0
                 state.count += 1
-                response = await self.call(item, state)
+                try:
+                    response = await self.call(item, state)
+                except Exception as exc:
+                    if self.breaker is not None and self.breaker.excuses(exc):
+                        mark_outage(permit)  # the breaker waits it out; limiters must not cut
+                    raise
                 permit.record(response)
         finally:
             # Read after the permit's release: did the limiter wait out the Retry-After?
@@ -443,6 +464,7 @@ class _Attempts:
     excused: int = 0  # of those, lost to an outage the breaker waited out
     waited: float = 0.0  # seconds spent waiting for admission
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
+    pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
 
 
 def _check_json(response: CompletionResponse) -> None:
@@ -490,7 +512,9 @@ class Engine:
         batch only. With `finish_unstarted=False`, requests never pulled from the source when
         the batch stops get no result (the CLI's journal leaves them for the next run).
         Closing the iterator early (`contextlib.aclosing`) or cancelling the consuming task
-        cancels in-flight requests; their results then reach listeners only.
+        cancels in-flight requests; their results then reach listeners only. A pull from an
+        async source in progress when the batch stops is cancelled too, so a source that
+        blocks cannot hold the run (an async generator is then closed).
         """
         if total is None and isinstance(source, Sequence):
             total = len(source)

@@ -392,14 +392,13 @@ class RateLimiter:
         self._rate_limited += 1
         if not self.adaptive:
             return False
-        stated = False
         if fb.rate_limit is not None:
             self.observe(fb.rate_limit)
-            stated = bool(fb.rate_limit.limit_requests or fb.rate_limit.limit_tokens)
         # The server said its limits: it refused because we ran ahead of its budget, which
         # the headers have just resynced. Otherwise probe: one cut per congestion event.
-        cut = not stated and self.control.congested(generation)
-        if fb.retry_after is not None and (stated or fb.retry_after > SHORT_RETRY_AFTER):
+        cut = not states_limits(fb) and self.control.congested(generation)
+        if pauses_everyone(fb):
+            assert fb.retry_after is not None
             self.pause(fb.retry_after)
             return True
         if cut:
@@ -437,6 +436,9 @@ class RateLimiter:
         try:
             while True:
                 epoch, cut_epoch = self._epoch, self._cut_epoch
+                # The schedule the slot belongs to: a refusal of an attempt booked before a
+                # cut is part of the event that cut.
+                generation = self.control.generation
                 slot, costs = self._reserve(est)
                 delay = slot - self._clock()
                 if delay <= 0:
@@ -461,7 +463,7 @@ class RateLimiter:
         self._in_flight += 1
         self.control.sent()
         permit.costs = costs
-        permit.generation = self.control.generation
+        permit.generation = generation
 
     def _reserve(self, est: Estimate) -> tuple[float, tuple[float, ...]]:
         """Book the next slot; return (start time, the cost booked on each timeline)."""
@@ -528,10 +530,29 @@ class RateLimiter:
             usage = response.usage
             if usage.prompt_tokens or usage.completion_tokens:
                 self.settle(permit, usage.prompt_tokens, usage.completion_tokens)
-        permit.paused_for_retry = self.apply(feedback(response, error), permit.generation)
+        fb = permit.load_feedback(response, error)
+        permit.paused_for_retry = self.apply(fb, permit.generation)
 
 
 _NOTHING = Estimate(0, 0)
+
+
+def states_limits(fb: Feedback) -> bool:
+    """The refusal came with the server's limits (any of its budgets)."""
+    info = fb.rate_limit
+    return info is not None and bool(
+        info.limit_requests
+        or info.limit_tokens
+        or info.limit_input_tokens
+        or info.limit_output_tokens
+    )
+
+
+def pauses_everyone(fb: Feedback) -> bool:
+    """The pause rule, shared by the local and the Ray limiters: a refusal's Retry-After stops
+    every admission when the server states it precisely (with its limits, or longer than a
+    second); a bare `retry-after: 1` only delays the refused request."""
+    return fb.retry_after is not None and (states_limits(fb) or fb.retry_after > SHORT_RETRY_AFTER)
 
 
 def _per_second(per_minute: float | None) -> float | None:

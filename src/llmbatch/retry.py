@@ -94,13 +94,12 @@ class RetryPolicy:
             return None
         delay = self.backoff(attempt)
         retry_after = getattr(error, "retry_after", None)
-        if retry_after_handled:
-            delay = 0.0
-        elif isinstance(error, RetryableError) and retry_after is not None:
+        if isinstance(error, RetryableError) and retry_after is not None:
             delay = min(max(float(retry_after), 0.0), self.max_retry_after)
         if elapsed + delay > self.max_retry_time:
             return None
-        return delay
+        # Waited out by the limiter instead, at the retry's admission; still within the bound.
+        return 0.0 if retry_after_handled else delay
 
 
 def parse_retry_after(

@@ -25,8 +25,8 @@ from typing import Any
 
 import ray
 
-from ..admission import Feedback, PermitBase, feedback
-from ..limiter import SHORT_RETRY_AFTER, Estimate, RateLimiter
+from ..admission import Feedback, PermitBase
+from ..limiter import Estimate, RateLimiter, pauses_everyone
 from ..types import CompletionRequest, CompletionResponse, RateLimitInfo
 
 __all__ = ["ClusterLimiter", "LeasedLimiter"]
@@ -234,7 +234,7 @@ class LeasedLimiter:
             used = response.usage.total_tokens
             if used and self._token_limited:
                 self._settle += used - permit.estimate
-        fb = feedback(response, error)
+        fb = permit.load_feedback(response, error)
         if fb.ok:
             self._succeeded += 1
             info = fb.rate_limit
@@ -245,12 +245,10 @@ class LeasedLimiter:
         elif fb.congested:
             if permit.generation < self._generation:
                 return  # this event was already answered by a cut
-            stated = fb.rate_limit is not None and bool(
-                fb.rate_limit.limit_requests or fb.rate_limit.limit_tokens
-            )
             # The same pause rule as a local RateLimiter, applied here at once rather than
             # after a round trip to the actor; the actor applies it for the cluster.
-            if fb.retry_after is not None and (stated or fb.retry_after > SHORT_RETRY_AFTER):
+            if pauses_everyone(fb):
+                assert fb.retry_after is not None
                 self._paused_until = max(self._paused_until, time.monotonic() + fb.retry_after)
                 permit.paused_for_retry = True
             self._slots.clear()

@@ -365,3 +365,14 @@ async def test_a_throttled_client_in_a_processor_is_paced_by_one_limiter(clock: 
     )
     assert all(r.ok for r in results) and len(client.calls) == 3
     assert clock.now - start == pytest.approx(2.0)  # one limiter: one per second, not slower
+
+
+async def test_an_engine_also_unwraps_a_throttled_client(clock: FakeClock) -> None:
+    from llmbatch import Engine, EngineConfig
+
+    lim = limiter(clock, 60)
+    client = FakeClient()
+    engine = Engine(ThrottledLLMClient(client, limiter=lim), EngineConfig(clock=clock))
+    assert engine.limiter is lim and engine.client is client
+    with pytest.raises(ValueError, match="not both"):
+        EngineConfig(admission=lim, limiter=limiter(clock, 10))

@@ -341,7 +341,7 @@ async def test_one_request_failing_alone_is_not_an_outage(clock: FakeClock) -> N
     for _ in range(10):
         permit = breaker.admit(REQ)  # the same request, again and again
         await permit.__aenter__()
-        await permit.__aexit__(APIConnectionError, APIConnectionError("x"), None)
+        await permit.__aexit__(ServerError, ServerError("crash", status_code=500), None)
     assert not breaker.is_open
 
 
@@ -573,3 +573,29 @@ async def test_an_attempt_marked_as_lost_to_an_outage_cuts_neither_rate_nor_conc
         clock.advance(5)
     assert lim.status().cuts == 0 and lim.status().requests_per_minute is None
     assert gate.limit == 64
+
+
+async def test_refused_connections_trip_the_breaker_even_with_one_request_in_flight(
+    clock: FakeClock,
+) -> None:
+    # Low or "auto" concurrency: one request at a time. A refused connection is never that
+    # request's fault, so its failures alone show the outage; a 5xx repeated by one request
+    # may be the request's own (see test_one_request_failing_alone_is_not_an_outage).
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        permit = breaker.admit(REQ)
+        await permit.__aenter__()
+        await permit.__aexit__(APIConnectionError, APIConnectionError("refused"), None)
+    assert breaker.is_open
+
+
+async def test_a_probe_that_times_out_keeps_the_breaker_open(clock: FakeClock) -> None:
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    await fail(breaker, APIConnectionError("refused"), 5)
+    probe = breaker.admit(REQ)
+    await probe.__aenter__()
+    assert probe.probe
+    await probe.__aexit__(RequestTimeoutError, RequestTimeoutError("no answer"), None)
+    assert breaker.is_open  # a hanging server gave no proof of life
+    await fail(breaker, RequestTimeoutError("queue"), 1)  # nor does a timeout trip or close it
+    assert breaker.is_open

@@ -83,6 +83,7 @@ class OutageBreaker:
         self._sleep = sleep
         self._failures = 0
         self._failing: set[int] = set()  # requests among the consecutive failures
+        self._only_refused = True  # all of them refused or reset connections
         self._opened_at: float | None = None
         self._probe_out = False
         self._next_probe = 0.0
@@ -138,10 +139,15 @@ class OutageBreaker:
         if fb.down:
             self._failures += 1
             self._failing.add(permit.request_key)
+            if not isinstance(error, ConnectionError):
+                self._only_refused = False
             now = self._clock()
-            # One request failing again and again is that request's retries' business; an
-            # outage is failures across requests.
-            tripped = self._failures >= self.trip_after and len(self._failing) >= _MIN_REQUESTS
+            # One request failing with a 5xx again and again may be that request's fault (and
+            # its retries' business); an outage is failures across requests. A refused or
+            # reset connection is never one request's fault: with one or two requests in
+            # flight (low or "auto" concurrency) those alone are enough.
+            across = len(self._failing) >= _MIN_REQUESTS or self._only_refused
+            tripped = self._failures >= self.trip_after and across
             if self._opened_at is None and tripped:
                 self._opened_at = now
                 self._closed.clear()
@@ -155,9 +161,19 @@ class OutageBreaker:
             # Cancelled, or refused by a limiter after this link (the request is larger than
             # the token budget): the attempt never got an answer from the server.
             return
+        if fb.timed_out:
+            # No answer either: not an outage sign on its own (a queueing server times out
+            # under load; the concurrency gate answers that), but no proof of life: a probe
+            # that timed out keeps the breaker open.
+            if permit.probe:
+                now = self._clock()
+                self._backoff = min(_PROBE_MAX, self._backoff * 2)
+                self._next_probe = now + self._backoff
+            return
         # Any answer that is not an outage (a success, a 400, a 429) means the server is up.
         self._failures = 0
         self._failing.clear()
+        self._only_refused = True
         if self._opened_at is not None:
             now = self._clock()
             self.outages.append(Outage(self._opened_at, now - self._opened_at, True))

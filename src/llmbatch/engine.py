@@ -70,6 +70,7 @@ from .events import (
     ResponseCache,
 )
 from .retry import RetryPolicy
+from .throttled import ThrottledLLMClient
 from .types import BatchRequest, BatchResult, CompletionResponse
 
 __all__ = ["Concurrency", "Engine", "EngineConfig", "RequestSource"]
@@ -123,6 +124,8 @@ class EngineConfig:
         if self.max_outage is not None and self.max_outage < 0:
             raise ValueError(f"max_outage must be >= 0, got {self.max_outage}")
         if self.admission is not None:
+            if self.limiter is not None and self.limiter is not self.admission:
+                raise ValueError("pass limiter= (admission= is its deprecated name), not both")
             warnings.warn(
                 "EngineConfig(admission=) is deprecated; use limiter=",
                 DeprecationWarning,
@@ -483,11 +486,16 @@ class Engine:
     concurrent batches: all per-batch state lives in the call to `stream`."""
 
     def __init__(self, client: LLMClient, config: EngineConfig | None = None) -> None:
-        self.client = client
         self.config = config or EngineConfig()
         self.listeners: list[Listener] = list(self.config.listeners)
         cfg = self.config
         self.limiter = cfg.limiter
+        # One limiter per engine: a ThrottledLLMClient's limiter becomes the engine's (not a
+        # second, adaptive one stacked on it that would react to every 429 again); both run
+        # only when the user composed them on purpose (a limiter in the config too).
+        if isinstance(client, ThrottledLLMClient):
+            client, self.limiter = client.unwrap(cfg.limiter)
+        self.client = client
         if self.limiter is None and cfg.adaptive:
             from .limiter import RateLimiter
 

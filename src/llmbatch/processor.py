@@ -47,7 +47,6 @@ from .events import (
 from .progress import ProgressLogger, ProgressTracker, RichProgress
 from .retry import RetryPolicy
 from .stats import BatchStats, StatsCollector
-from .throttled import ThrottledLLMClient
 from .types import BatchProgress, BatchRequest, BatchResult, PromptSection
 
 __all__ = [
@@ -90,6 +89,8 @@ class BatchProcessorConfig:
     def __post_init__(self) -> None:
         check_concurrency(self.max_concurrency)
         if self.rate_limiter is not None:
+            if self.limiter is not None and self.limiter is not self.rate_limiter:
+                raise ValueError("pass limiter= (rate_limiter= is its deprecated name), not both")
             warnings.warn(
                 "BatchProcessorConfig(rate_limiter=) is deprecated; use limiter=",
                 DeprecationWarning,
@@ -99,12 +100,12 @@ class BatchProcessorConfig:
                 self.limiter = self.rate_limiter
             self.rate_limiter = None
 
-    def engine_config(self, limiter: Admission | None = None) -> EngineConfig:
+    def engine_config(self) -> EngineConfig:
         return EngineConfig(
             max_concurrency=self.max_concurrency,
             request_timeout=self.request_timeout,
             retry=self.retry,
-            limiter=limiter or self.limiter,
+            limiter=self.limiter,
             max_outage=self.max_outage,
             cache=self.cache,
             listeners=self.listeners,
@@ -227,13 +228,7 @@ class BatchProcessor:
     def __init__(self, client: LLMClient, config: BatchProcessorConfig | None = None) -> None:
         self.client = client
         self.config = config or BatchProcessorConfig()
-        # One limiter per processor: a ThrottledLLMClient's limiter becomes the engine's
-        # (instead of a second, adaptive one stacked on it); both run only when the user
-        # composed them on purpose (a limiter in the config too).
-        limiter: Admission | None = None
-        if isinstance(client, ThrottledLLMClient):
-            client, limiter = client.unwrap(self.config.limiter)
-        self.engine = Engine(client, self.config.engine_config(limiter))
+        self.engine = Engine(client, self.config.engine_config())
 
     def _batch_listeners(self, total: int | None) -> list[Listener]:
         listeners: list[Listener] = []

@@ -89,6 +89,34 @@ def test_with_no_limit_given_the_cluster_converges() -> None:
     assert stats["rate_limited"] <= 0.15 * 400
 
 
+def test_with_no_header_at_all_the_cluster_still_converges() -> None:
+    # A bare 429 says nothing: the actor's limiter probes (CUBIC) for all workers at once,
+    # one cut per congestion event however many workers saw it.
+    sim = SimProcess("--latency-ms", "50", "--rpm", "1200", "--limit-style", "bare")
+    try:
+        lines = run(sim, ClusterLimiter.create(), 300, 3)
+        stats = sim.stats()
+    finally:
+        sim.close()
+    assert len({cid for cid, _, _ in lines}) == 300 and all(ok for _, _, ok in lines)
+    assert stats["over_limit"] <= 0.15 * 300
+
+
+def test_split_output_token_budget_is_shared_by_the_cluster() -> None:
+    # 8 output tokens a request (max_tokens) at 1920 output tokens/min: 4 requests a second
+    # for the whole cluster, whatever the number of workers.
+    sim = SimProcess("--latency-ms", "20", "--otpm", "1920", "--limit-style", "anthropic")
+    try:
+        lines = run(sim, ClusterLimiter.create(output_tokens_per_minute=1920), 40, 2)
+        stats = sim.stats()
+    finally:
+        sim.close()
+    assert len(lines) == 40 and all(ok for _, _, ok in lines)
+    assert stats["over_limit"] == 0
+    makespan = stats["last_answered"] - stats["first_received"]
+    assert makespan >= (40 - 4) / 4 * 0.9  # one shared budget, less the first second's burst
+
+
 def test_ray_data_mapper_adds_result_columns() -> None:
     sim = SimProcess("--latency-ms", "10")
     try:

@@ -289,27 +289,47 @@ class RateLimiter:
         await permit.__aenter__()
         return permit
 
-    def lease(self, count: int, tokens: int = 0) -> list[float]:
-        """Reserve `count` request slots at once (`tokens` charged with the first); return
-        each slot's delay in seconds from now.
+    def lease(
+        self, count: int, tokens: int = 0, *, input_tokens: int = 0, output_tokens: int = 0
+    ) -> list[float]:
+        """Reserve `count` request slots at once (the tokens of each budget charged with the
+        first); return each slot's delay in seconds from now.
 
         For handing capacity to other processes in slices (the Ray cluster limiter): they
         wait out the delays locally instead of asking once per request.
         """
-        self._check_fits(Estimate(tokens, 0))
+        self._check_needs(tokens, input_tokens, output_tokens)
         now = self._clock()
         delays = []
         for i in range(count):
-            slot, _ = self._reserve(Estimate(tokens, 0) if i == 0 else _NOTHING)
+            units = (1, tokens, input_tokens, output_tokens) if i == 0 else (1, 0, 0, 0)
+            slot, _ = self._reserve_units(units)
             delays.append(max(0.0, slot - now))
         return delays
 
-    def give_back(self, count: int, tokens: int = 0) -> None:
+    def give_back(
+        self, count: int, tokens: int = 0, *, input_tokens: int = 0, output_tokens: int = 0
+    ) -> None:
         """Return leased slots and tokens that were not used."""
-        rpm, tpm = self.requests_per_minute, self.tokens_per_minute
-        cost_r = count * self._interval(rpm) if rpm else 0.0
-        cost_t = tokens * self._interval(tpm) if tpm else 0.0
-        self._unreserve((cost_r, cost_t, 0.0, 0.0))
+        units = (count, tokens, input_tokens, output_tokens)
+        costs = tuple(
+            u * self._interval(lim) if lim else 0.0
+            for u, lim in zip(units, self._limits(), strict=True)
+        )
+        self._unreserve(costs)
+
+    def settle_tokens(self, tokens: int = 0, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """Charge (positive) or refund (negative) tokens on each budget: usage reported
+        against an estimate made elsewhere (a Ray worker's)."""
+        floor = self._clock() - self.burst_seconds
+        for budget, delta in (
+            (self._tok, tokens),
+            (self._in, input_tokens),
+            (self._out, output_tokens),
+        ):
+            limit = budget.limit()
+            if limit and delta:
+                budget.tat = max(budget.tat + delta * self._interval(limit), floor)
 
     def settle(
         self, permit_or_estimate: RatePermit | int, actual_tokens: int, actual_output: int = 0
@@ -419,7 +439,10 @@ class RateLimiter:
         )
 
     def _check_fits(self, est: Estimate) -> None:
-        needs = ((self._tok, est.total), (self._in, est.input), (self._out, est.output))
+        self._check_needs(est.total, est.input, est.output)
+
+    def _check_needs(self, tokens: int, input_tokens: int, output_tokens: int) -> None:
+        needs = ((self._tok, tokens), (self._in, input_tokens), (self._out, output_tokens))
         for budget, need in needs:
             limit = budget.limit()
             if limit is not None and need > limit:
@@ -467,10 +490,12 @@ class RateLimiter:
 
     def _reserve(self, est: Estimate) -> tuple[float, tuple[float, ...]]:
         """Book the next slot; return (start time, the cost booked on each timeline)."""
+        return self._reserve_units((1, est.total, est.input, est.output))
+
+    def _reserve_units(self, units: tuple[int, int, int, int]) -> tuple[float, tuple[float, ...]]:
         now = self._clock()
         slot = max(now, self._pause_until)
         budgets = (self._req, self._tok, self._in, self._out)
-        units = (1, est.total, est.input, est.output)
         limits = self._limits()
         costs = tuple(
             u * self._interval(lim) if lim else 0.0 for u, lim in zip(units, limits, strict=True)
@@ -532,9 +557,6 @@ class RateLimiter:
                 self.settle(permit, usage.prompt_tokens, usage.completion_tokens)
         fb = permit.load_feedback(response, error)
         permit.paused_for_retry = self.apply(fb, permit.generation)
-
-
-_NOTHING = Estimate(0, 0)
 
 
 def states_limits(fb: Feedback) -> bool:

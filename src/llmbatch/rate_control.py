@@ -142,9 +142,9 @@ class CubicRate:
         self.cuts += 1
         return True
 
-    def succeeded(self) -> None:
-        """An attempt succeeded: move the rate along the regrowth curve."""
-        self._ok.add(1)
+    def succeeded(self, count: int = 1) -> None:
+        """`count` attempts succeeded: move the rate along the regrowth curve."""
+        self._ok.add(count)
         if self.rate is None:
             return
         self.rate = self._target(self._clock())

@@ -35,6 +35,8 @@ DEFAULT_SLICE_SECONDS = 0.25
 UNLIMITED_SLICE = 64  # slots per lease while no rate is known
 OBSERVE_EVERY = 1.0  # seconds between forwarded rate-limit headers, per worker
 
+Tokens = tuple[int, int, int]  # per budget: total, input, output
+
 
 class _LimiterState:
     """Owns the cluster's `RateLimiter`; its methods run one at a time."""
@@ -53,31 +55,54 @@ class _LimiterState:
         self.slice = slice_seconds
 
     def lease(
-        self, tokens_needed: int, settle_delta: int, used: int = 0, succeeded: int = 0
-    ) -> tuple[list[float], int, int, int]:
-        """(slot delays, tokens leased, pause epoch, congestion generation)."""
+        self,
+        need: Tokens,
+        settle: Tokens = (0, 0, 0),
+        used: int = 0,
+        succeeded: int = 0,
+        returned: int = 0,
+    ) -> tuple[list[float], Tokens, int, int]:
+        """(slot delays, tokens leased per budget, pause epoch, congestion generation).
+
+        `need` is the next request's estimate per budget (total, input, output); `settle`
+        what the worker's finished requests used beyond (or below) their estimates;
+        `returned` request slots of an older lease the worker will not use.
+        """
         lim = self.limiter
-        if settle_delta and lim.tokens_per_minute:
-            lim.settle(0, settle_delta)
+        if any(settle):
+            lim.settle_tokens(*settle)
+        if returned:
+            lim.give_back(returned)
+        self.report(used, succeeded)
+        rpm = lim.requests_per_minute
+        count = max(1, math.ceil(rpm * self.slice / 60)) if rpm else UNLIMITED_SLICE
+        limits = (lim.tokens_per_minute, lim.input_tokens_per_minute, lim.output_tokens_per_minute)
+        grant = tuple(_grant(n, limit, self.slice) for n, limit in zip(need, limits, strict=True))
+        t, i, o = grant
+        delays = lim.lease(count, t, input_tokens=i, output_tokens=o)
+        return delays, (t, i, o), lim.epoch, lim.generation
+
+    def give_back(self, count: int, tokens: Tokens = (0, 0, 0)) -> None:
+        t, i, o = tokens
+        self.limiter.give_back(count, t, input_tokens=i, output_tokens=o)
+
+    def report(self, used: int, succeeded: int) -> None:
         # The send rate the control law measures is what workers really sent, not what they
         # leased (an unlimited lease hands out far more slots than get used).
         if used:
-            lim.control.sent(used)
+            self.limiter.control.sent(used)
         if succeeded:
-            lim.control.succeeded()
-        rpm, tpm = lim.requests_per_minute, lim.tokens_per_minute
-        count = max(1, math.ceil(rpm * self.slice / 60)) if rpm else UNLIMITED_SLICE
-        tokens = max(tokens_needed, math.ceil(tpm * self.slice / 60)) if tpm else 0
-        if tpm and tokens > tpm:
-            tokens = tokens_needed  # the caller raises TokenBudgetError for this one
-        return lim.lease(count, tokens), tokens, lim.epoch, lim.generation
-
-    def give_back(self, count: int, tokens: int) -> None:
-        self.limiter.give_back(count, tokens)
+            self.limiter.control.succeeded(succeeded)
 
     def congested(
-        self, generation: int, retry_after: float | None, info: dict[str, Any] | None
+        self,
+        generation: int,
+        retry_after: float | None,
+        info: dict[str, Any] | None,
+        used: int = 0,
+        succeeded: int = 0,
     ) -> bool:
+        self.report(used, succeeded)  # first: the cut is relative to the measured rates
         rate_limit = RateLimitInfo(**info) if info else None
         fb = Feedback(congested=True, retry_after=retry_after, rate_limit=rate_limit)
         return self.limiter.apply(fb, generation)
@@ -87,6 +112,15 @@ class _LimiterState:
 
     def status(self) -> dict[str, Any]:
         return asdict(self.limiter.status())
+
+
+def _grant(need: int, limit: float | None, slice_seconds: float) -> int:
+    """Tokens of one budget to lease: a slice's worth, at least the next request's need
+    (0 for a budget with no limit; a need over the whole limit is the worker's to refuse)."""
+    if not limit:
+        return 0
+    grant = max(need, math.ceil(limit * slice_seconds / 60))
+    return need if grant > limit else grant
 
 
 # Actors need no CPU of their own: they wait on the network and on timers.
@@ -136,7 +170,7 @@ class LeasedPermit(PermitBase):
 
     __slots__ = ("estimate", "generation", "owner")
 
-    def __init__(self, owner: LeasedLimiter, estimate: int) -> None:
+    def __init__(self, owner: LeasedLimiter, estimate: Tokens) -> None:
         super().__init__()
         self.owner = owner
         self.estimate = estimate
@@ -159,11 +193,13 @@ class LeasedLimiter:
         self.actor = actor
         self.slice_seconds = slice_seconds
         self._slots: collections.deque[float] = collections.deque()
-        self._tokens = 0
-        self._token_limited = False
+        # Leased tokens per budget (total, input, output); a budget the cluster does not
+        # limit is leased as 0 and never checked.
+        self._tokens = [0, 0, 0]
+        self._limited = [False, False, False]
         self._epoch = -1
         self._generation = 0
-        self._settle = 0
+        self._settle = [0, 0, 0]
         self._used = 0  # slots spent since the last lease
         self._succeeded = 0
         self._paused_until = 0.0
@@ -172,10 +208,22 @@ class LeasedLimiter:
         self.leases = 0
 
     def admit(self, request: CompletionRequest) -> LeasedPermit:
-        return LeasedPermit(self, Estimate.of(request).total)
+        est = Estimate.of(request)
+        return LeasedPermit(self, (est.total, est.input, est.output))
+
+    def _enough(self, need: Tokens) -> bool:
+        return all(
+            not limited or have >= n
+            for limited, have, n in zip(self._limited, self._tokens, need, strict=True)
+        )
+
+    def _take(self, need: Tokens, sign: int) -> None:
+        for k in range(3):
+            if self._limited[k]:
+                self._tokens[k] -= sign * need[k]
 
     async def _acquire(self, permit: LeasedPermit) -> None:
-        estimate = permit.estimate
+        need = permit.estimate
         if self._lock is None:
             self._lock = asyncio.Lock()
         while True:
@@ -183,15 +231,13 @@ class LeasedLimiter:
             # Slots far in the past belong to an idle spell; using them now would be a burst.
             while self._slots and self._slots[0] < now - self.slice_seconds:
                 self._slots.popleft()
-            enough = not self._token_limited or self._tokens >= estimate
-            if self._slots and enough and now >= self._paused_until:
+            if self._slots and self._enough(need) and now >= self._paused_until:
                 slot = self._slots.popleft()
-                if self._token_limited:
-                    self._tokens -= estimate
+                self._take(need, 1)
                 break
             async with self._lock:
-                if not self._slots or (self._token_limited and self._tokens < estimate):
-                    await self._refill(estimate)
+                if not self._slots or not self._enough(need):
+                    await self._refill(need)
             if self._paused_until > time.monotonic():
                 await asyncio.sleep(self._paused_until - time.monotonic())
         permit.generation = self._generation
@@ -202,17 +248,24 @@ class LeasedLimiter:
             except BaseException:
                 # Cancelled while waiting for our slot: it goes back, at the front.
                 self._slots.appendleft(slot)
-                if self._token_limited:
-                    self._tokens += estimate
+                self._take(need, -1)
                 raise
         self._used += 1
 
-    async def _refill(self, estimate: int) -> None:
-        settle, self._settle = self._settle, 0
+    async def _refill(self, need: Tokens) -> None:
+        settle = (self._settle[0], self._settle[1], self._settle[2])
+        self._settle = [0, 0, 0]
         used, self._used = self._used, 0
         succeeded, self._succeeded = self._succeeded, 0
+        returned = 0
+        if any(self._limited):
+            # Tokens pace by the delay of a lease's first slot: a slot left from an older
+            # lease would let the request go before it. Give those back.
+            now = time.monotonic()
+            returned = sum(1 for t in self._slots if t >= now)
+            self._slots.clear()
         delays, tokens, epoch, generation = await self.actor.lease.remote(
-            estimate, settle, used, succeeded
+            need, settle, used, succeeded, returned
         )
         self.leases += 1
         now = time.monotonic()
@@ -221,8 +274,9 @@ class LeasedLimiter:
             self._epoch = epoch
             self._generation = generation
         self._slots.extend(now + d for d in delays)
-        self._token_limited = tokens > 0
-        self._tokens += tokens
+        for k in range(3):
+            self._limited[k] = tokens[k] > 0
+            self._tokens[k] += tokens[k]
 
     def _release(
         self,
@@ -231,9 +285,12 @@ class LeasedLimiter:
         error: BaseException | None,
     ) -> None:
         if response is not None:
-            used = response.usage.total_tokens
-            if used and self._token_limited:
-                self._settle += used - permit.estimate
+            usage = response.usage
+            actual = (usage.total_tokens, usage.prompt_tokens, usage.completion_tokens)
+            if any(actual):
+                for k in range(3):
+                    if self._limited[k]:
+                        self._settle[k] += actual[k] - permit.estimate[k]
         fb = permit.load_feedback(response, error)
         if fb.ok:
             self._succeeded += 1
@@ -253,14 +310,21 @@ class LeasedLimiter:
                 permit.paused_for_retry = True
             self._slots.clear()
             info_dict = asdict(fb.rate_limit) if fb.rate_limit is not None else None
-            self.actor.congested.remote(permit.generation, fb.retry_after, info_dict)
+            used, self._used = self._used, 0
+            succeeded, self._succeeded = self._succeeded, 0
+            self.actor.congested.remote(
+                permit.generation, fb.retry_after, info_dict, used, succeeded
+            )
 
     def close(self) -> None:
         """Give unused slots and tokens back to the cluster."""
         now = time.monotonic()
         unused = sum(1 for t in self._slots if t >= now)
-        if unused or self._tokens or self._settle:
-            self.actor.give_back.remote(unused, max(0, self._tokens - self._settle))
+        back = tuple(
+            max(0, have - owed) for have, owed in zip(self._tokens, self._settle, strict=True)
+        )
+        if unused or any(self._tokens) or any(self._settle):
+            self.actor.give_back.remote(unused, back)
         self._slots.clear()
-        self._tokens = 0
-        self._settle = 0
+        self._tokens = [0, 0, 0]
+        self._settle = [0, 0, 0]

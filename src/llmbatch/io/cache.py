@@ -105,14 +105,15 @@ class SQLiteCache:
         self.misses = 0
         self.errors = 0
         self.writable = True
-        self._warned: set[str] = set()
+        # Where the one warning goes (the CLI's sink points it at the terminal).
+        self.warn: Callable[[str], None] = log.warning
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.errors += 1
-        if what not in self._warned:  # once per kind: a full disk must not flood the log
-            self._warned.add(what)
-            log.warning(
-                "cache %s: %s failed (%r); the answer is not affected", self.path, what, exc
+        if self.errors == 1:  # once: a full disk must not flood the log
+            self.warn(
+                f"the cache {self.path}: {what} failed ({exc!r}); going on without it where "
+                "it fails (answers are not affected)"
             )
 
     def get(self, request: CompletionRequest) -> CompletionResponse | None:

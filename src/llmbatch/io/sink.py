@@ -87,6 +87,8 @@ class ResultSink:
         self.progress = progress
         self.error_log = error_log
         self.cache = cache
+        if cache is not None:
+            cache.warn = warn  # the cache's own failures reach the same place, once
         self._warn = warn
         self.written = 0
         self.cut_short = 0

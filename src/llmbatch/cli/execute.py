@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from rich.console import Console
 
 from ..clients import ClientSpec
-from ..clients._http import ProviderClient
+from ..clients.provider import ProviderClient
 from ..engine import Engine, EngineConfig
 from ..errorlog import ErrorHandler
 from ..io import cache as cache_module

@@ -19,7 +19,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -40,16 +40,12 @@ from ..redact import Redactor, scrub_error
 from ..retry import DEFAULT_MAX_RETRY_AFTER, parse_retry_after
 from ..types import RateLimitInfo
 
-if TYPE_CHECKING:
-    from .provider import ProviderClient
-
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "MAX_RESET_SECONDS",
     "HTTPClient",
-    "ProviderClient",
     "error_for_status",
     "parse_duration",
     "rate_limit_info",
@@ -367,12 +363,3 @@ class HTTPClient:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
-
-
-def __getattr__(name: str) -> Any:
-    # `ProviderClient` moved to `.provider`; kept importable from here for old imports.
-    if name == "ProviderClient":
-        from .provider import ProviderClient
-
-        return ProviderClient
-    raise AttributeError(name)

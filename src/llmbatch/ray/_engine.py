@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..admission import Admission
 from ..breaker import DEFAULT_MAX_OUTAGE
-from ..clients._http import ProviderClient
+from ..clients.provider import ProviderClient
 from ..engine import Concurrency, Engine, EngineConfig
 from ..retry import RetryPolicy
 

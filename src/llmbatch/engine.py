@@ -336,21 +336,12 @@ class _Run:
                 return BatchResult(
                     item.id, error=self.abort_error, attempts=state.count, index=index
                 )
-            response: CompletionResponse | None = None
-            error: BaseException | None = None
-            paused = False
             try:
                 response = await self.attempt(item, state)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 error = exc
-                paused = state.paused
-                retry_after = getattr(exc, "retry_after", None) if paused else None
-                state.pause = float(retry_after or 0.0)
-            self.report_outages()
-            if error is None:
-                assert response is not None
+            else:
+                self.report_outages()
                 if cfg.cache is not None:
                     cfg.cache.put(req, response)
                 return BatchResult(
@@ -360,6 +351,11 @@ class _Run:
                     attempts=state.count,
                     index=index,
                 )
+            self.report_outages()
+            # The Retry-After the limiter paused every admission for, if it did: that much of
+            # the next admission wait is this retry's delay (see `attempt`).
+            retry_after = getattr(error, "retry_after", None) if state.paused else None
+            state.pause = float(retry_after or 0.0)
             if isinstance(error, AuthenticationError):
                 self.note_auth_failure(error)
             if isinstance(error, InvalidResponseError):
@@ -375,7 +371,7 @@ class _Run:
                 attempt=state.count - state.excused,
                 elapsed=cfg.clock() - started - state.waited,
                 invalid_count=invalid,
-                retry_after_handled=paused,
+                retry_after_handled=state.paused,
             )
             if delay is None:
                 return BatchResult(

@@ -55,7 +55,6 @@ DEFAULT_BURST_SECONDS = 1.0
 # Pace a little under the limit: a server's bucket has no slack once we run at exactly its
 # rate, and any jitter in arrival times would then cost a 429.
 DEFAULT_SAFETY_MARGIN = 0.02
-DEFAULT_PAUSE = 1.0
 DEFAULT_MAX_PAUSE = 120.0
 # A seconds-granular Retry-After of 1 says "within a second", usually far less: not worth
 # stopping every worker for. Longer ones, and precise ones sent with the limits, are.
@@ -179,7 +178,7 @@ class RateLimiter:
         safety_margin: float = DEFAULT_SAFETY_MARGIN,
         adaptive: bool = True,
         chars_per_token: float = DEFAULT_CHARS_PER_TOKEN,
-        default_pause: float = DEFAULT_PAUSE,
+        default_pause: float | None = None,  # unused since refusals without Retry-After cut
         max_pause: float = DEFAULT_MAX_PAUSE,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -195,7 +194,6 @@ class RateLimiter:
         self.safety_margin = safety_margin
         self.adaptive = adaptive
         self.chars_per_token = chars_per_token
-        self.default_pause = default_pause
         self.max_pause = max_pause
         self._clock = clock
         self._sleep = sleep
@@ -329,6 +327,7 @@ class RateLimiter:
         ):
             limit = budget.limit()
             if limit and delta:
+                # A refund never creates more than the burst allowance.
                 budget.tat = max(budget.tat + delta * self._interval(limit), floor)
 
     def settle(
@@ -345,16 +344,9 @@ class RateLimiter:
         else:
             est = Estimate(permit_or_estimate, 0)
             actual = Estimate(actual_tokens, 0)
-        floor = self._clock() - self.burst_seconds
-        for budget, delta in (
-            (self._tok, actual.total - est.total),
-            (self._in, actual.input - est.input),
-            (self._out, actual.output - est.output),
-        ):
-            limit = budget.limit()
-            if limit and delta:
-                # A refund never creates more than the burst allowance.
-                budget.tat = max(budget.tat + delta * self._interval(limit), floor)
+        self.settle_tokens(
+            actual.total - est.total, actual.input - est.input, actual.output - est.output
+        )
 
     def pause(self, seconds: float) -> None:
         """Stop all admissions for `seconds`. Waiters are rescheduled after it."""

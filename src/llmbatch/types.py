@@ -73,10 +73,17 @@ class CompletionRequest:
 
 @dataclass(slots=True, frozen=True)
 class Usage:
-    """Tokens the provider says it used."""
+    """Tokens the provider says it used.
+
+    `prompt_tokens` counts every input token; `cached_tokens` of them were read from the
+    provider's prompt cache (billed lower) and `cache_write_tokens` were written to it
+    (Anthropic bills those higher).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -116,6 +123,8 @@ class CompletionResponse:
     status_code: int = 200
     rate_limit: RateLimitInfo | None = None
     cached: bool = False
+    # Answered through a provider's batch API (billed at the batch price), not realtime.
+    batch_api: bool = False
 
     @property
     def tokens_used(self) -> int:
@@ -137,6 +146,8 @@ class BatchResult:
 
     `duration` is seconds from first admission to the final outcome, retries included;
     `attempts` counts calls made to the client (0 if the request never started).
+    `cost` is in USD, set where prices are known; `parsed` is the reply decoded and validated
+    against the request's schema, when it had one.
     """
 
     id: str
@@ -145,6 +156,8 @@ class BatchResult:
     duration: float = 0.0
     attempts: int = 0
     index: int = -1
+    cost: float | None = None
+    parsed: Any = None
 
     @property
     def ok(self) -> bool:

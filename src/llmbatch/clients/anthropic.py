@@ -102,10 +102,23 @@ def _parse(status: int, headers: Mapping[str, str], body: Any) -> CompletionResp
     return CompletionResponse(
         content=text,
         model=body.get("model", ""),
-        usage=Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))),
+        usage=_usage(usage),
         request_id=headers.get("request-id") or body.get("id"),
         finish_reason=body.get("stop_reason"),
         raw=body,
         status_code=status,
         rate_limit=rate_limit_info(headers),
+    )
+
+
+def _usage(usage: Mapping[str, Any]) -> Usage:
+    # Anthropic's input_tokens leaves out the tokens read from or written to the prompt
+    # cache; our prompt_tokens counts every input token, as OpenAI's does.
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    return Usage(
+        int(usage.get("input_tokens") or 0) + read + written,
+        int(usage.get("output_tokens") or 0),
+        cached_tokens=read,
+        cache_write_tokens=written,
     )

@@ -109,10 +109,20 @@ def _parse(
     return CompletionResponse(
         content=content,
         model=body.get("model", ""),
-        usage=Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))),
+        usage=_usage(usage),
         request_id=headers.get("x-request-id") or body.get("id"),
         finish_reason=finish,
         raw=body,
         status_code=status,
         rate_limit=rate_limit_info(headers),
+    )
+
+
+def _usage(usage: Mapping[str, Any]) -> Usage:
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    return Usage(
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        cached_tokens=int(cached or 0),
     )

@@ -8,7 +8,7 @@ Lines are in the OpenAI Batch output format, one per request, appended as result
 
     {"id": "batch_req_...", "custom_id": "...", "response": {"status_code", "request_id",
      "body"}, "error": null | {"code", "message"}, "llmbatch": {"duration", "attempts",
-     "cached", "usage"}}
+     "cached", "usage", and where they apply "batch_api", "cost" (USD), "parsed"}}
 
 Each line is one `write(2)` on an O_APPEND descriptor, so a crash leaves at worst one torn
 last line, which the next open cuts off (that request is then simply redone). Data is
@@ -108,10 +108,19 @@ def result_line(result: BatchResult) -> bytes:
             "request_id": resp.request_id,
             "body": body,
         }
+        usage = resp.usage
         meta["usage"] = {
-            "prompt_tokens": resp.usage.prompt_tokens,
-            "completion_tokens": resp.usage.completion_tokens,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
         }
+        if usage.cached_tokens:
+            meta["usage"]["cached_tokens"] = usage.cached_tokens
+        if usage.cache_write_tokens:
+            meta["usage"]["cache_write_tokens"] = usage.cache_write_tokens
+        if resp.batch_api:
+            meta["batch_api"] = True
+        if result.parsed is not None:
+            meta["parsed"] = result.parsed
         error = None
     else:
         status = getattr(err, "status_code", None)
@@ -120,6 +129,8 @@ def result_line(result: BatchResult) -> bytes:
             body = _safe_body(getattr(err, "body", None))
             response = {"status_code": status, "request_id": None, "body": body}
         error = {"code": error_code(err), "message": redact(f"{type(err).__name__}: {err}")}
+    if result.cost is not None:
+        meta["cost"] = round(result.cost, 10)
     line = {
         "id": f"batch_req_{uuid.uuid4().hex}",
         "custom_id": result.id,

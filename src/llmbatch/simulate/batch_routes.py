@@ -420,26 +420,26 @@ class BatchRoutes:
         )
         return _json(200, batch.openai_obj(self.store.clock()))
 
-    def _openai_batch(self, request: web.Request) -> SimBatch | web.Response:
+    async def _openai_batch(self, request: web.Request) -> SimBatch | web.Response:
         batch_id = request.match_info["id"]
-        batch = self.store.get(batch_id, "openai")
+        batch = await self.store.get(batch_id, "openai")
         if batch is None:
             return _openai_error(404, f"No batch found with id '{batch_id}'.", "batch_id")
         return batch
 
     async def get_openai(self, request: web.Request) -> web.StreamResponse:
-        batch = self._openai_batch(request)
+        batch = await self._openai_batch(request)
         if isinstance(batch, web.Response):
             return batch
         self.store.counters.batch_polls += 1
         return _json(200, batch.openai_obj(self.store.clock()))
 
     async def cancel_openai(self, request: web.Request) -> web.StreamResponse:
-        batch = self._openai_batch(request)
+        batch = await self._openai_batch(request)
         if isinstance(batch, web.Response):
             return batch
         now = self.store.clock()
-        if not self.store.cancel(batch):
+        if not await self.store.cancel(batch):
             status = batch.openai_status(now)
             return _openai_error(400, f"Cannot cancel a batch with status '{status}'.")
         return _json(200, batch.openai_obj(now))
@@ -448,7 +448,7 @@ class BatchRoutes:
         limit = _limit(request.query.get("limit"), 20, 100)
         if limit is None:
             return _openai_error(400, "Invalid value for 'limit': 1 to 100.", "limit")
-        batches = self.store.listing("openai")
+        batches = await self.store.listing("openai")
         after = request.query.get("after")
         if after is not None:
             ids = [b.id for b in batches]
@@ -494,9 +494,9 @@ class BatchRoutes:
         batch = self.store.create_anthropic(items)
         return _json(200, batch.anthropic_obj(_base_url(request)))
 
-    def _anthropic_batch(self, request: web.Request) -> SimBatch | web.Response:
+    async def _anthropic_batch(self, request: web.Request) -> SimBatch | web.Response:
         batch_id = request.match_info["id"]
-        batch = self.store.get(batch_id, "anthropic")
+        batch = await self.store.get(batch_id, "anthropic")
         if batch is None:
             return _anthropic_error(
                 404, "not_found_error", f"No message batch found with id '{batch_id}'."
@@ -504,17 +504,17 @@ class BatchRoutes:
         return batch
 
     async def get_anthropic(self, request: web.Request) -> web.StreamResponse:
-        batch = self._anthropic_batch(request)
+        batch = await self._anthropic_batch(request)
         if isinstance(batch, web.Response):
             return batch
         self.store.counters.batch_polls += 1
         return _json(200, batch.anthropic_obj(_base_url(request)))
 
     async def cancel_anthropic(self, request: web.Request) -> web.StreamResponse:
-        batch = self._anthropic_batch(request)
+        batch = await self._anthropic_batch(request)
         if isinstance(batch, web.Response):
             return batch
-        if not self.store.cancel(batch):
+        if not await self.store.cancel(batch):
             return _anthropic_error(
                 400,
                 "invalid_request_error",
@@ -523,7 +523,7 @@ class BatchRoutes:
         return _json(200, batch.anthropic_obj(_base_url(request)))
 
     async def anthropic_results(self, request: web.Request) -> web.StreamResponse:
-        batch = self._anthropic_batch(request)
+        batch = await self._anthropic_batch(request)
         if isinstance(batch, web.Response):
             return batch
         if batch.results is None:
@@ -535,7 +535,7 @@ class BatchRoutes:
         return web.Response(body=batch.results, content_type="application/x-jsonl")
 
     async def delete_anthropic(self, request: web.Request) -> web.StreamResponse:
-        batch = self._anthropic_batch(request)
+        batch = await self._anthropic_batch(request)
         if isinstance(batch, web.Response):
             return batch
         if batch.end is None:
@@ -551,22 +551,24 @@ class BatchRoutes:
         limit = _limit(request.query.get("limit"), 20, 1000)
         if limit is None:
             return _anthropic_error(400, "invalid_request_error", "limit: 1 to 1000")
-        batches = self.store.listing("anthropic")
+        batches = await self.store.listing("anthropic")
         ids = [b.id for b in batches]
         after, before = request.query.get("after_id"), request.query.get("before_id")
-        if after is not None:
-            batches = batches[ids.index(after) + 1 :] if after in ids else []
-        elif before is not None:
-            batches = batches[: ids.index(before)] if before in ids else []
-            batches = batches[-limit:]
-        page = batches[:limit]
+        if before is not None:
+            # The page just newer than `before_id` (the list is newest first).
+            end = ids.index(before) if before in ids else 0
+            page, has_more = batches[max(0, end - limit) : end], end > limit
+        else:
+            if after is not None:
+                batches = batches[ids.index(after) + 1 :] if after in ids else []
+            page, has_more = batches[:limit], len(batches) > limit
         base = _base_url(request)
         data = [b.anthropic_obj(base) for b in page]
         return _json(
             200,
             {
                 "data": data,
-                "has_more": len(batches) > limit,
+                "has_more": has_more,
                 "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None,
             },

@@ -33,6 +33,7 @@ outputs as bytes, so a 50,000-line batch costs little more than its file.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import secrets
@@ -65,6 +66,7 @@ EndState = Literal["completed", "expired", "cancelled", "failed"]
 _VALIDATE_SHARE = 0.1  # OpenAI: share of S spent validating
 _FINALIZE_SHARE = 0.1  # OpenAI: share of S spent finalizing (and cancelling)
 _ANTHROPIC_END_SHARE = 0.05  # Anthropic: from the last line to `ended`
+_LINES_PER_SLICE = 2000  # lines answered between two yields to the event loop
 
 
 def new_id(prefix: str) -> str:
@@ -181,6 +183,14 @@ class SimBatch:
         self.output_file_id: str | None = None
         self.error_file_id: str | None = None
         self.results: bytes | None = None  # Anthropic: the results JSONL once ended
+        self.lock = asyncio.Lock()  # one refresh at a time: lines are answered once
+        self._line_ids = secrets.token_hex(6)
+        self._next_line = 0
+
+    def line_id(self) -> str:
+        """A unique `batch_req_...` id (cheaper than fresh randomness per line)."""
+        self._next_line += 1
+        return f"batch_req_{self._line_ids}{self._next_line:012x}"
 
     # -- clock -----------------------------------------------------------------------------
 
@@ -384,24 +394,24 @@ class BatchStore:
         self.counters.batches_created += 1
         self.counters.batch_lines += batch.n
 
-    def get(self, batch_id: str, provider: Provider) -> SimBatch | None:
+    async def get(self, batch_id: str, provider: Provider) -> SimBatch | None:
         batch = self.batches.get(batch_id)
         if batch is None or batch.provider != provider:
             return None
-        self.advance(batch)
+        await self.refresh(batch)
         return batch
 
-    def listing(self, provider: Provider) -> list[SimBatch]:
-        """This provider's batches, newest first, each advanced to now."""
+    async def listing(self, provider: Provider) -> list[SimBatch]:
+        """This provider's batches, newest first, each brought up to now."""
         found = [b for b in reversed(self.batches.values()) if b.provider == provider]
         for b in found:
-            self.advance(b)
+            await self.refresh(b)
         return found
 
-    def cancel(self, batch: SimBatch) -> bool:
+    async def cancel(self, batch: SimBatch) -> bool:
         """Start cancelling; False if the batch can no longer be cancelled."""
+        await self.refresh(batch)
         now = self.clock()
-        self.advance(batch)
         if not batch.in_window(now):
             return False
         if batch.provider == "openai" and batch.answered == batch.n and now >= batch.timeline.start:
@@ -412,18 +422,32 @@ class BatchStore:
 
     # -- the state machine -----------------------------------------------------------------
 
-    def advance(self, batch: SimBatch) -> None:
-        """Bring `batch` up to the clock: answer the lines due, then end it if it is time."""
+    async def refresh(self, batch: SimBatch) -> None:
+        """`advance` in slices, letting other requests in between: answering 50,000 lines
+        at once would hold the event loop for seconds."""
+        async with batch.lock:
+            while True:
+                if self.advance(batch, _LINES_PER_SLICE):
+                    return
+                await asyncio.sleep(0)
+
+    def advance(self, batch: SimBatch, most: int | None = None) -> bool:
+        """Bring `batch` up to the clock: answer the lines due (at most `most` of them),
+        then end it if it is time. False if lines due are left for another call."""
         if batch.end is not None:
-            return
+            return True
         now = self.clock()
         tl = batch.timeline
         if batch.errors is not None:
             if now >= tl.start:
                 self._finish(batch, "failed", tl.start)
-            return
+            return True
         cut = now if batch.cancel_at is None else min(now, batch.cancel_at)
-        self._answer_lines(batch, tl.done_by(cut))
+        due = tl.done_by(cut)
+        upto = due if most is None else min(due, batch.answered + most)
+        self._answer_lines(batch, upto)
+        if upto < due:
+            return False
         if batch.cancel_at is not None:
             if now >= batch.cancel_at + batch.stop_grace:
                 self._finish(batch, "cancelled", batch.cancel_at + batch.stop_grace)
@@ -433,6 +457,7 @@ class BatchStore:
                 self._finish(batch, "completed", done_at + batch.finalize)
         elif now >= tl.deadline:
             self._finish(batch, "expired", tl.deadline)
+        return True
 
     def _answer_lines(self, batch: SimBatch, upto: int) -> None:
         items = batch.items
@@ -442,12 +467,16 @@ class BatchStore:
         for i in range(batch.answered, upto):
             custom_id, raw = items[i]
             body = orjson.loads(raw)
-            if rate and self.rng.random() < rate:
+            problem = _line_problem(batch.dialect, body)
+            if problem is not None:
+                status, payload = batch.dialect.bad_request(problem)
+                body_bytes, rid = orjson.dumps(payload), "req_" + secrets.token_hex(8)
+            elif rate and self.rng.random() < rate:
                 status, rid = 500, "req_" + secrets.token_hex(8)
                 body_bytes = orjson.dumps(_line_failure(batch.provider))
             else:
                 status, body_bytes, _rid = self.answer(batch.kind, batch.dialect, body)
-                rid = "req_" + secrets.token_hex(8)  # unique per line, as real ids are
+                rid = "req_" + batch.line_id()[10:]  # unique per line, as real ids are
             ok = status == 200
             if ok:
                 batch.succeeded += 1
@@ -455,7 +484,7 @@ class BatchStore:
                 batch.errored += 1
             if batch.provider == "openai":
                 line = {
-                    "id": new_id("batch_req_"),
+                    "id": batch.line_id(),
                     "custom_id": custom_id,
                     "response": {
                         "status_code": status,
@@ -504,7 +533,7 @@ class BatchStore:
                     batch.err_lines.append(
                         orjson.dumps(
                             {
-                                "id": new_id("batch_req_"),
+                                "id": batch.line_id(),
                                 "custom_id": custom_id,
                                 "response": None,
                                 "error": {"code": code, "message": message},
@@ -533,6 +562,15 @@ class BatchStore:
         batch.ok_lines = []
         batch.err_lines = []
         batch.items = None  # the input is no longer needed
+
+
+def _line_problem(dialect: Dialect, body: dict[str, Any]) -> str | None:
+    """Why one line is answered 400 although its batch was accepted: what the realtime
+    route refuses, and `max_tokens` below 1 (not allowed in a batch)."""
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens < 1:
+        return f"max_tokens: must be at least 1, got {max_tokens}"
+    return dialect.invalid(body)
 
 
 def _line_failure(provider: Provider) -> dict[str, Any]:

@@ -8,6 +8,8 @@ against. Waits are bounded polls of the batch's own state, never timed assertion
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -574,3 +576,72 @@ def test_config_refuses_bad_batch_settings() -> None:
         with pytest.raises(ValueError, match=next(iter(bad))):
             SimulatorConfig(**bad)  # type: ignore[arg-type]
     assert SimulatorConfig(batch_seconds=3.0).expire_seconds == 15.0
+
+
+async def test_delay_stretches_a_batch_past_its_window(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    # Without the delay this batch completes in 0.5 s; a 100 s delay (no spread) outlasts
+    # its 1 s window, so it expires with nothing done.
+    a = api(
+        start_sim,
+        http,
+        "--batch-delay-median",
+        "100",
+        "--batch-delay-sigma",
+        "0",
+        "--batch-expire-seconds",
+        "1",
+    )
+    batch = await a.create([chat_line(i) for i in range(10)])
+    seen = await a.wait(batch["id"], OPENAI_DONE)
+    assert seen[-1]["status"] == "expired"
+    assert seen[-1]["output_file_id"] is None
+    assert len(await a.content(seen[-1]["error_file_id"])) == 10
+
+
+async def test_cancel_while_validating_cancels_every_line(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    a = api(start_sim, http, "--batch-seconds", "20")  # validating lasts 2 s
+    batch = await a.create([chat_line(i) for i in range(3)])
+    status, cancelling = await a.call("POST", f"/v1/batches/{batch['id']}/cancel")
+    assert status == 200 and cancelling["status"] == "cancelling"
+    done = (await a.wait(batch["id"], OPENAI_DONE))[-1]
+    assert done["status"] == "cancelled" and done["output_file_id"] is None
+    err = await a.content(done["error_file_id"])
+    assert sorted(ln["custom_id"] for ln in err) == ["req-0", "req-1", "req-2"]
+
+
+async def test_cli_flags_reach_the_config(start_sim: StartSim, http: aiohttp.ClientSession) -> None:
+    sim = start_sim(
+        "--batch-seconds", "3", "--batch-error-rate", "0.25", "--batch-expire-after", "0.5",
+        "--batch-stall-rate", "0.1", "--batch-fail-validation", "--batch-max-requests", "9",
+    )  # fmt: skip
+    async with http.get(sim.url + "/config") as resp:
+        config = await resp.json()
+    assert config["batch_seconds"] == 3.0 and config["batch_error_rate"] == 0.25
+    assert config["batch_expire_after"] == 0.5 and config["batch_stall_rate"] == 0.1
+    assert config["batch_fail_validation"] is True and config["batch_max_requests"] == 9
+
+
+def test_simulate_help_documents_the_batch_flags() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "llmbatch", "simulate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in (
+        "--batch-seconds",
+        "--batch-expire-seconds",
+        "--batch-error-rate",
+        "--batch-expire-after",
+        "--batch-fail-validation",
+        "--batch-stall-rate",
+        "--batch-delay-median",
+        "--batch-delay-sigma",
+        "--batch-max-requests",
+        "--batch-max-bytes",
+    ):
+        assert flag in out, flag

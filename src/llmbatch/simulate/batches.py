@@ -1,12 +1,12 @@
 """Simulated provider batches: a scaled clock, lines answered progressively, faults.
 
-    store = BatchStore(config, counters, answer)          # answer: a line as realtime would
-    batch = store.create_openai(file, "/v1/chat/completions", {}, "chat", items)
-    batch.advance(time.monotonic())                       # lazily, on each GET
-    batch.status(now)                                     # "validating" ... "completed"
+    store = BatchStore(config, counters, answer)     # answer: one line, as realtime would
+    batch = store.create_anthropic([("req-1", params_json_bytes)])
+    await store.refresh(batch)                       # brought up to the clock, on each GET
+    batch.anthropic_status()                         # "in_progress" ... "ended"
 
 A batch is a timeline fixed at creation, read from the clock whenever a client looks; no
-background task moves it. With `S = batch_seconds` (plus a random lognormal delay when
+background task moves it (a refresh answers the lines due in slices, yielding between). With `S = batch_seconds` (plus a random lognormal delay when
 `batch_delay_median` is set):
 
     OpenAI:    validating [0, 0.1 S) -> in_progress (lines finish evenly over 0.8 S)
@@ -19,7 +19,8 @@ a batch not done by then is `expired` / ended, its finished lines kept and the r
 the window as soon as a fraction F of the lines has finished (so expiry tests take
 seconds), `batch_stall_rate` makes a share of batches finish nothing until cancelled or
 expired, `batch_error_rate` answers a share of lines with a 500 (`server_error`) /
-`errored` (`api_error`). A cancel freezes the lines finished so far; after 0.1 S the
+`errored` (`api_error`); a line the API refuses (`max_tokens` below 1, or what the
+realtime route refuses) is answered 400 `invalid_request_error`. A cancel freezes the lines finished so far; after 0.1 S the
 batch is `cancelled` / ended, the rest `batch_cancelled` (error file; the real API writes
 only finished lines to the output file and documents `batch_cancelled` for the others)
 / `canceled`. Anthropic results are written in a shuffled order, as the real API promises
@@ -197,7 +198,7 @@ class SimBatch:
     def wall(self, mono: float | None) -> float | None:
         return None if mono is None else self.wall0 + (mono - self.timeline.t0)
 
-    def in_window(self, now: float) -> bool:
+    def cancellable(self) -> bool:
         """Still running and not yet being cancelled (what a cancel may act on)."""
         return self.end is None and self.cancel_at is None and self.errors is None
 
@@ -282,15 +283,6 @@ class SimBatch:
             "archived_at": None,
             "results_url": f"{base_url}/v1/messages/batches/{self.id}/results" if ended else None,
         }
-
-
-@dataclass(slots=True)
-class _Faults:
-    error_rate: float
-    expire_after: float | None
-    stall_rate: float
-    delay_median: float
-    delay_sigma: float
 
 
 class BatchStore:
@@ -412,7 +404,7 @@ class BatchStore:
         """Start cancelling; False if the batch can no longer be cancelled."""
         await self.refresh(batch)
         now = self.clock()
-        if not batch.in_window(now):
+        if not batch.cancellable():
             return False
         if batch.provider == "openai" and batch.answered == batch.n and now >= batch.timeline.start:
             return False  # finalizing: too late to cancel

@@ -6,8 +6,8 @@
     batch.anthropic_status()                         # "in_progress" ... "ended"
 
 A batch is a timeline fixed at creation, read from the clock whenever a client looks; no
-background task moves it (a refresh answers the lines due in slices, yielding between). With `S = batch_seconds` (plus a random lognormal delay when
-`batch_delay_median` is set):
+background task moves it (a refresh answers the lines due in slices, yielding between).
+With `S = batch_seconds` (plus a random lognormal delay when `batch_delay_median` is set):
 
     OpenAI:    validating [0, 0.1 S) -> in_progress (lines finish evenly over 0.8 S)
                -> finalizing (0.1 S) -> completed, with output and error files
@@ -20,10 +20,10 @@ the window as soon as a fraction F of the lines has finished (so expiry tests ta
 seconds), `batch_stall_rate` makes a share of batches finish nothing until cancelled or
 expired, `batch_error_rate` answers a share of lines with a 500 (`server_error`) /
 `errored` (`api_error`); a line the API refuses (`max_tokens` below 1, or what the
-realtime route refuses) is answered 400 `invalid_request_error`. A cancel freezes the lines finished so far; after 0.1 S the
-batch is `cancelled` / ended, the rest `batch_cancelled` (error file; the real API writes
-only finished lines to the output file and documents `batch_cancelled` for the others)
-/ `canceled`. Anthropic results are written in a shuffled order, as the real API promises
+realtime route refuses) is answered 400 `invalid_request_error`. A cancel freezes the
+lines finished so far; after 0.1 S the batch is `cancelled` / ended, the rest
+`batch_cancelled` (error file; the real API writes only finished lines to the output file
+and documents `batch_cancelled` for the others) / `canceled`. Anthropic results are written in a shuffled order, as the real API promises
 no order.
 
 Each line is answered by the `answer` callable with the realtime routes' logic (same body,

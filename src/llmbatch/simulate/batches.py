@@ -23,8 +23,8 @@ expired, `batch_error_rate` answers a share of lines with a 500 (`server_error`)
 realtime route refuses) is answered 400 `invalid_request_error`. A cancel freezes the
 lines finished so far; after 0.1 S the batch is `cancelled` / ended, the rest
 `batch_cancelled` (error file; the real API writes only finished lines to the output file
-and documents `batch_cancelled` for the others) / `canceled`. Anthropic results are written in a shuffled order, as the real API promises
-no order.
+and documents `batch_cancelled` for the others) / `canceled`. Anthropic results are
+written in a shuffled order, as the real API promises no order.
 
 Each line is answered by the `answer` callable with the realtime routes' logic (same body,
 same usage), but outside the realtime limits, latency and faults: batch pools are

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from .batches import BatchStore, Item, SimBatch
+from .batches import BatchStore, Item, SimBatch, dumps
 from .config import SimulatorConfig
 from .dialects import ANTHROPIC, OPENAI, Dialect
 
@@ -192,7 +192,7 @@ def parse_openai_input(
             )
             continue
         seen.add(custom_id)
-        items.append((custom_id, orjson.dumps(body)))
+        items.append((custom_id, dumps(body)))
     if count == 0:
         bad("empty_file", "The batch input file is empty.", None)
     elif count > max_requests:
@@ -240,7 +240,7 @@ def parse_anthropic_requests(body: Any, max_requests: int) -> tuple[list[Item], 
                 return [], f"{where}.params.{name}: Field required"
             if not isinstance(params[name], kind) or isinstance(params[name], bool):
                 return [], f"{where}.params.{name}: Input should be a valid {kind.__name__}"
-        items.append((custom_id, orjson.dumps(params)))
+        items.append((custom_id, dumps(params)))
     return items, None
 
 

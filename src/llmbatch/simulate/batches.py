@@ -55,6 +55,7 @@ __all__ = [
     "SimBatch",
     "StoredFile",
     "Timeline",
+    "dumps",
     "new_id",
 ]
 
@@ -68,6 +69,12 @@ _VALIDATE_SHARE = 0.1  # OpenAI: share of S spent validating
 _FINALIZE_SHARE = 0.1  # OpenAI: share of S spent finalizing (and cancelling)
 _ANTHROPIC_END_SHARE = 0.05  # Anthropic: from the last line to `ended`
 _LINES_PER_SLICE = 2000  # lines answered between two yields to the event loop
+
+
+def dumps(obj: Any) -> bytes:
+    """`orjson.dumps` into a right-sized bytes object. orjson's own result keeps its whole
+    growth buffer (4 KiB for a short line), which for 50,000 kept lines is 200 MB."""
+    return bytes(memoryview(orjson.dumps(obj)))
 
 
 def new_id(prefix: str) -> str:
@@ -485,7 +492,7 @@ class BatchStore:
                     },
                     "error": None,
                 }
-                (batch.ok_lines if ok else batch.err_lines).append(orjson.dumps(line))
+                (batch.ok_lines if ok else batch.err_lines).append(dumps(line))
             else:
                 if ok:
                     result: dict[str, Any] = {
@@ -494,7 +501,7 @@ class BatchStore:
                     }
                 else:
                     result = {"type": "errored", "error": orjson.Fragment(body_bytes)}
-                batch.ok_lines.append(orjson.dumps({"custom_id": custom_id, "result": result}))
+                batch.ok_lines.append(dumps({"custom_id": custom_id, "result": result}))
         self.counters.batch_lines_answered += upto - batch.answered
         batch.answered = upto
 
@@ -523,7 +530,7 @@ class BatchStore:
                 )
                 for custom_id, _ in rest:
                     batch.err_lines.append(
-                        orjson.dumps(
+                        dumps(
                             {
                                 "id": batch.line_id(),
                                 "custom_id": custom_id,
@@ -545,9 +552,7 @@ class BatchStore:
         else:
             kind = "expired" if end == "expired" else "canceled"
             for custom_id, _ in rest:
-                batch.ok_lines.append(
-                    orjson.dumps({"custom_id": custom_id, "result": {"type": kind}})
-                )
+                batch.ok_lines.append(dumps({"custom_id": custom_id, "result": {"type": kind}}))
             # The real API promises no order; a client that relies on one breaks here.
             self.rng.shuffle(batch.ok_lines)
             batch.results = _jsonl(batch.ok_lines)

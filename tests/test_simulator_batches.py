@@ -393,7 +393,11 @@ async def test_openai_forced_validation_failure_and_caps(
     )
     assert status == 404
     status, f = await b.upload(jsonl([chat_line(0)]))
-    for field, value in (("endpoint", "/v1/nope"), ("completion_window", "48h")):
+    for field, value in (
+        ("endpoint", "/v1/nope"),
+        ("completion_window", "48h"),
+        ("metadata", {"k": "v" * 513}),
+    ):
         payload = {"input_file_id": f["id"], "endpoint": CHAT, "completion_window": "24h"}
         status, err = await b.call("POST", "/v1/batches", json=payload | {field: value})
         assert status == 400 and err["error"]["param"] == field

@@ -386,10 +386,14 @@ class BatchRoutes:
         if metadata is not None and not (
             isinstance(metadata, dict)
             and len(metadata) <= 16
-            and all(isinstance(v, str) for v in metadata.values())
+            and all(len(k) <= 64 for k in metadata)
+            and all(isinstance(v, str) and len(v) <= 512 for v in metadata.values())
         ):
             return _openai_error(
-                400, "metadata: at most 16 string keys with string values.", "metadata"
+                400,
+                "metadata: at most 16 pairs, keys up to 64 characters, string values up to "
+                "512 characters.",
+                "metadata",
             )
         f = self.store.files.get(body["input_file_id"])
         if f is None:

@@ -30,7 +30,7 @@ from .errors import BatchCancelledError, InvalidResponseError, RequestTimeoutErr
 from .pricing import Pricer
 from .types import CompletionRequest, CompletionResponse
 
-__all__ = ["Budget", "BudgetExceededError", "BudgetPermit"]
+__all__ = ["Budget", "BudgetExceededError", "BudgetPermit", "attempt_cost"]
 
 
 class BudgetExceededError(BatchCancelledError):
@@ -92,10 +92,19 @@ class Budget:
 
         None (no price known) never fits. Settle with `settle_amount` when the cost is known.
         """
-        if self.exhausted is None and worst_case is not None and self._fits(worst_case):
-            self.reserved += worst_case
-            self.in_flight += 1
-            return True
+        return bool(self.try_reserve(worst_case, wait=False))
+
+    def try_reserve(self, worst_case: float | None, *, wait: bool = True) -> bool | None:
+        """Reserve `worst_case` USD: True if reserved; None if it does not fit yet but may once
+        what is in flight settles (only with `wait`); False if refused: the budget is then
+        exhausted, for this and every later request."""
+        if self.exhausted is None and worst_case is not None:
+            if self._fits(worst_case):
+                self.reserved += worst_case
+                self.in_flight += 1
+                return True
+            if wait and self.in_flight > 0:
+                return None
         self._exhaust(worst_case)
         self.refused += 1
         return False
@@ -129,22 +138,15 @@ class Budget:
 
     async def _reserve(self, request: CompletionRequest) -> float:
         worst = self.pricer.worst_case(request)
-        while True:
-            if self.exhausted is None and worst is not None:
-                if self._fits(worst):
-                    self.reserved += worst
-                    self.in_flight += 1
-                    return worst
-                if self.in_flight > 0:
-                    # What is in flight may cost less than it reserved: wait for it to settle.
-                    if self._changed is None:
-                        self._changed = asyncio.Event()
-                    self._changed.clear()
-                    await self._changed.wait()
-                    continue
-            self._exhaust(worst)
-            self.refused += 1
+        while (fits := self.try_reserve(worst)) is None:
+            # What is in flight may cost less than it reserved: wait for it to settle.
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            self._changed.clear()
+            await self._changed.wait()
+        if not fits or worst is None:
             raise BudgetExceededError(f"not sent: the budget of ${self.max_cost:g} is spent")
+        return worst
 
     def _settle_attempt(
         self,
@@ -152,12 +154,21 @@ class Budget:
         response: CompletionResponse | None,
         error: BaseException | None,
     ) -> None:
-        if response is not None:
-            actual = self.pricer.cost(response, permit.request.model)
-            if actual is None:
-                actual = permit.reserved
-        elif isinstance(error, RequestTimeoutError | InvalidResponseError):
-            actual = permit.reserved  # it may have been billed: count the worst
-        else:
-            actual = 0.0
+        actual = attempt_cost(self.pricer, permit.reserved, permit.request, response, error)
         self.settle_amount(permit.reserved, actual)
+
+
+def attempt_cost(
+    pricer: Pricer,
+    reserved: float,
+    request: CompletionRequest,
+    response: CompletionResponse | None,
+    error: BaseException | None,
+) -> float:
+    """What one ended attempt is counted as spending (see the module doc)."""
+    if response is not None:
+        actual = pricer.cost(response, request.model)
+        return reserved if actual is None else actual
+    if isinstance(error, RequestTimeoutError | InvalidResponseError):
+        return reserved  # it may have been billed: count the worst
+    return 0.0

@@ -57,8 +57,9 @@ class PriceSource(Protocol):
     `batch`: the answer came through the provider's batch API.
     """
 
-    def price(self, model: str, provider: str | None, usage: Usage, batch: bool) -> float | None:
-        ...
+    def price(
+        self, model: str, provider: str | None, usage: Usage, batch: bool
+    ) -> float | None: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,8 +106,9 @@ class GenaiPrices:
 
     def price(self, model: str, provider: str | None, usage: Usage, batch: bool) -> float | None:
         key = (model, provider, batch)
-        rates = self._rates.get(key, _UNSET)
-        if rates is _UNSET:
+        if key in self._rates:
+            rates = self._rates[key]
+        else:
             rates = self._rates[key] = _lookup(model, provider, batch)
         if rates is None:
             return None
@@ -145,9 +147,6 @@ class _Rates:
     linear: _Linear | None  # None: tiered prices, computed by the library each time
 
 
-_UNSET: Any = object()
-
-
 def _library_usage(usage: Usage) -> Any:
     import genai_prices
 
@@ -178,7 +177,9 @@ def _lookup(model: str, provider: str | None, batch: bool) -> _Rates | None:
     try:
         import genai_prices
 
-        found = genai_prices.calc_price(_library_usage(probe), model_ref=model, provider_id=provider)
+        found = genai_prices.calc_price(
+            _library_usage(probe), model_ref=model, provider_id=provider
+        )
     except LookupError:
         return None
     except Exception:  # malformed data for one model must not stop a run

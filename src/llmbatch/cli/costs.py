@@ -1,8 +1,8 @@
 """The cost flags of `llmbatch run` and `llmbatch plan`: prices, and the budget.
 
-    add_cost_arguments(parser)                       # --price-in/--price-out/--price-cached-in/--max-cost
-    pricer = pricer_of(args, warn)                   # genai-prices, or the flags' fixed prices
-    budget = budget_of(args, pricer, spent=scan.cost)  # None without --max-cost
+add_cost_arguments(parser)               # --max-cost, --price-in/-out/-cached-in
+pricer = pricer_of(args, warn)           # genai-prices, or the flags' fixed prices
+budget = budget_of(args, pricer, spent)  # None without --max-cost
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from rich.console import Console
 
+from ..budget import Budget
 from ..clients import ClientSpec
 from ..clients.provider import ProviderClient
 from ..engine import Engine, EngineConfig
@@ -27,7 +28,6 @@ from ..io.cache import SQLiteCache, request_key
 from ..io.journal import Journal
 from ..io.sink import OutputError, ResultSink
 from ..progress import RichProgress
-from ..budget import Budget
 from ..types import BatchRequest, CompletionRequest
 from ._common import rate_limiter, retry_policy, say
 from .costs import pricer_of, until_budget_spent

@@ -216,7 +216,9 @@ def _cost(meta: dict[str, Any]) -> float | None:
 
 def _model(rec: dict[str, Any]) -> str:
     """The model that answered, as its body says (OpenAI and Anthropic bodies name it)."""
-    body = (rec.get("response") or {}).get("body") if isinstance(rec.get("response"), dict) else None
+    body = (
+        (rec.get("response") or {}).get("body") if isinstance(rec.get("response"), dict) else None
+    )
     model = body.get("model") if isinstance(body, dict) else None
     return model if isinstance(model, str) else ""
 

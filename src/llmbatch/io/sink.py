@@ -146,10 +146,10 @@ class ResultSink:
             if isinstance(result.error, BudgetExceededError):
                 self.budget_stopped = True
             return
-        if self.pricer is not None and result.cost is None and result.response is not None:
-            if result.error is None:
-                model = request.model if request is not None else None
-                result.cost = self.pricer.cost(result.response, model)
+        response = result.response
+        if self.pricer and result.cost is None and response is not None and result.error is None:
+            model = request.model if request is not None else None
+            result.cost = self.pricer.cost(response, model)
         try:
             self.journal.write(result)
         except OSError as exc:

@@ -271,7 +271,8 @@ def test_sink_sets_cost_once_and_journal_and_stats_read_it(tmp_path: Path) -> No
     with Journal(out) as journal:
         sink = ResultSink(journal, expected=4, pricer=pricer)
         body = {"model": "gpt-4o-mini", "choices": []}  # the model is read back from the body
-        sink.write(BatchResult("a", response=CompletionResponse("x", "gpt-4o-mini", usage, raw=body)))
+        realtime_answer = CompletionResponse("x", "gpt-4o-mini", usage, raw=body)
+        sink.write(BatchResult("a", response=realtime_answer))
         batch = CompletionResponse("x", "gpt-4o-mini", usage, raw=body, batch_api=True)
         sink.write(BatchResult("b", response=batch))
         sink.write(BatchResult("c", error=ServerError("no", status_code=500)))
@@ -305,3 +306,29 @@ def test_stats_collector_cost_per_model_and_unpriced() -> None:
     assert stats.cost_by_model == {"gpt-4o": 1.0, "gpt-4o-mini": pytest.approx(mini)}
     assert stats.cost == pytest.approx(1.0 + mini) and stats.unpriced_count == 1
     assert StatsCollector().snapshot().cost is None
+
+
+def test_processor_budget_against_the_simulator(start_sim) -> None:  # type: ignore[no-untyped-def]
+    from llmbatch import BatchProcessor, BatchProcessorConfig, BatchRequest
+    from llmbatch.clients.openai import OpenAIClient
+
+    sim = start_sim("--latency-ms", "10")
+    pricer = Pricer(provider="openai", model="gpt-4o-mini", notice=pytest.fail)
+    budget = Budget(0.0003, pricer)
+    client = OpenAIClient(base_url=sim.url + "/v1", api_key="sk-test", model="gpt-4o-mini")
+    processor = BatchProcessor(client, BatchProcessorConfig(max_concurrency=4, budget=budget))
+    requests = [
+        BatchRequest(f"r{i}", CompletionRequest(prompt=f"q {i} " + "word " * 80, max_tokens=16))
+        for i in range(40)
+    ]
+    results = processor.process_batch(requests)
+    done = [r for r in results if r.ok]
+    refused = [r for r in results if isinstance(r.error, BudgetExceededError)]
+    assert len(done) + len(refused) == 40 and done and refused
+    stats = sim.stats()
+    billed = library_price(
+        "gpt-4o-mini", "openai", Usage(stats["prompt_tokens"], stats["completion_tokens"])
+    )
+    assert stats["received"] == len(done)
+    assert budget.spent == pytest.approx(billed) and billed <= budget.max_cost
+    assert budget.exhausted is not None

@@ -43,7 +43,7 @@ def precheck(
     check = Precheck()
     # Without per-minute flags no request can be over a budget: skip the estimate (a third
     # of this pass's time on a million short lines).
-    limited = any(getattr(args, name, None) for name in ("tpm", "itpm", "otpm"))
+    over_a_budget = _budget_check(args)
     # Duplicates are found by a set of hashes (a third of the memory of a dict of ids), and
     # confirmed, with their first line, by a second look only when some are suspected. Ids
     # already done are left out: they are never sent twice whatever the input says.
@@ -81,7 +81,7 @@ def precheck(
                     )
                 )
                 continue
-        if limited and (too_big := _over_a_budget(Estimate.of(req), args)):
+        if over_a_budget is not None and (too_big := over_a_budget(Estimate.of(req))):
             bad(BadLine(item.line, too_big))
             continue
         check.runnable += 1
@@ -115,16 +115,29 @@ def _confirm_duplicates(
                 observe(item.request)
 
 
-def _over_a_budget(est: Estimate, args: argparse.Namespace) -> str | None:
-    """Why a request could never be sent under the per-minute flags, or None."""
-    for need, limit, what, flag in (
-        (est.total, getattr(args, "tpm", None), "tokens", "--tpm"),
-        (est.input, getattr(args, "itpm", None), "input tokens", "--itpm"),
-        (est.output, getattr(args, "otpm", None), "output tokens", "--otpm"),
-    ):
-        if limit and need > limit:
-            return (
-                f"needs ~{need} {what}, more than {flag} {limit:.0f} allows in a minute: "
-                "it could never be sent"
-            )
-    return None
+def _budget_check(args: argparse.Namespace) -> Callable[[Estimate], str | None] | None:
+    """The test "why could this request never be sent under the per-minute flags (or None)",
+    or None when no such flag is given. The flags are read once, not per line."""
+    checks = [
+        (part, limit, what, flag)
+        for part, name, what, flag in (
+            ("total", "tpm", "tokens", "--tpm"),
+            ("input", "itpm", "input tokens", "--itpm"),
+            ("output", "otpm", "output tokens", "--otpm"),
+        )
+        if (limit := getattr(args, name, None))
+    ]
+    if not checks:
+        return None
+
+    def over(est: Estimate) -> str | None:
+        for part, limit, what, flag in checks:
+            need = getattr(est, part)
+            if need > limit:
+                return (
+                    f"needs ~{need} {what}, more than {flag} {limit:.0f} allows in a minute: "
+                    "it could never be sent"
+                )
+        return None
+
+    return over

@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .text import flatten_messages
 from .types import CompletionRequest, CompletionResponse, Usage
@@ -94,14 +94,17 @@ class FixedPrices:
 class GenaiPrices:
     """Prices from the `genai-prices` package's bundled data (no network, no auto-update).
 
-    A model the data does not know (a self-hosted one) prices as None. Lookups are cached per
-    (model, provider, batch); for models with flat per-token prices (almost all), the cost of
-    a usage is then a few multiplications, not a call into the library per result.
+    `base_url`: the API the run talks to; the data knows many providers by their URL (Groq,
+    Mistral, Together, ...), so that one is asked first, then `provider` by id. A model the
+    data does not know (a self-hosted one) prices as None. Lookups are cached per (model,
+    provider, batch); for models with flat per-token prices (almost all), the cost of a usage
+    is then a few multiplications, not a call into the library per result.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, base_url: str | None = None) -> None:
         import genai_prices  # noqa: F401  (fails here, at construction, if it is missing)
 
+        self.base_url = base_url
         self._rates: dict[tuple[str, str | None, bool], _Rates | None] = {}
 
     def price(self, model: str, provider: str | None, usage: Usage, batch: bool) -> float | None:
@@ -109,12 +112,17 @@ class GenaiPrices:
         if key in self._rates:
             rates = self._rates[key]
         else:
-            rates = self._rates[key] = _lookup(model, provider, batch)
+            rates = None
+            if self.base_url:
+                rates = _lookup(model, _Route(None, self.base_url), batch)
+            if rates is None:
+                rates = _lookup(model, _Route(provider, None), batch)
+            self._rates[key] = rates
         if rates is None:
             return None
         if rates.linear is not None:
             return rates.linear.apply(usage)
-        return _calc(model, provider, batch and rates.variant, usage) * rates.factor
+        return _calc(model, rates.route, batch and rates.variant, usage) * rates.factor
 
 
 @dataclass(slots=True, frozen=True)
@@ -140,8 +148,16 @@ class _Linear:
         return usd * self.factor
 
 
+class _Route(NamedTuple):
+    """How genai-prices finds the provider: by its id, or by the API's URL."""
+
+    provider: str | None
+    api_url: str | None
+
+
 @dataclass(slots=True, frozen=True)
 class _Rates:
+    route: _Route  # how the library finds the provider: by id or by URL
     variant: bool  # the library has a batch price for this model
     factor: float  # applied on top: BATCH_DISCOUNT for batch answers without a batch price
     linear: _Linear | None  # None: tiered prices, computed by the library each time
@@ -158,28 +174,37 @@ def _library_usage(usage: Usage) -> Any:
     )
 
 
-def _calc(model: str, provider: str | None, batch: bool, usage: Usage) -> float:
+def _calc(model: str, route: _Route, batch: bool, usage: Usage) -> float:
     import genai_prices
 
-    result = genai_prices.calc_price(
-        _library_usage(usage),
-        model_ref=model,
-        provider_id=provider,
-        price_context={"processing": "batch"} if batch else None,
-    )
+    context = {"processing": "batch"} if batch else None
+    if route.api_url is not None:
+        result = genai_prices.calc_price(
+            _library_usage(usage),
+            model_ref=model,
+            provider_api_url=route.api_url,
+            price_context=context,
+        )
+    else:
+        result = genai_prices.calc_price(
+            _library_usage(usage),
+            model_ref=model,
+            provider_id=route.provider,
+            price_context=context,
+        )
     return float(result.total_price)
 
 
-def _lookup(model: str, provider: str | None, batch: bool) -> _Rates | None:
+def _lookup(model: str, route: _Route, batch: bool) -> _Rates | None:
+    import genai_prices
     from genai_prices.types import TieredPrices
 
-    probe = Usage(prompt_tokens=_MILLION)
+    probe = _library_usage(Usage(prompt_tokens=_MILLION))
     try:
-        import genai_prices
-
-        found = genai_prices.calc_price(
-            _library_usage(probe), model_ref=model, provider_id=provider
-        )
+        if route.api_url is not None:
+            found = genai_prices.calc_price(probe, model_ref=model, provider_api_url=route.api_url)
+        else:
+            found = genai_prices.calc_price(probe, model_ref=model, provider_id=route.provider)
     except LookupError:
         return None
     except Exception:  # malformed data for one model must not stop a run
@@ -191,10 +216,10 @@ def _lookup(model: str, provider: str | None, batch: bool) -> _Rates | None:
     factor = BATCH_DISCOUNT if batch and not variant else 1.0
     prices = found.model_price.__dict__.values()
     if any(isinstance(p, TieredPrices) for p in prices):
-        return _Rates(variant, factor, None)
+        return _Rates(route, variant, factor, None)
 
     def per_million(**kinds: int) -> float:
-        return _calc(model, provider, use_variant, Usage(**kinds))
+        return _calc(model, route, use_variant, Usage(**kinds))
 
     linear = _Linear(
         input=per_million(prompt_tokens=_MILLION),
@@ -203,7 +228,7 @@ def _lookup(model: str, provider: str | None, batch: bool) -> _Rates | None:
         cache_write=per_million(prompt_tokens=_MILLION, cache_write_tokens=_MILLION),
         factor=factor,
     )
-    return _Rates(variant, factor, linear)
+    return _Rates(route, variant, factor, linear)
 
 
 def worst_input_tokens(request: CompletionRequest) -> int:

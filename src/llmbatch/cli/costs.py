@@ -62,7 +62,7 @@ def pricer_of(args: argparse.Namespace, warn: Callable[[str], None]) -> Pricer:
     if args.price_in is not None:
         source = FixedPrices(args.price_in, args.price_out, args.price_cached_in)
     else:
-        source = GenaiPrices()
+        source = GenaiPrices(base_url=args.base_url)
     return Pricer(
         source, provider=_PRICE_PROVIDER.get(args.provider), model=args.model, notice=warn
     )

@@ -57,6 +57,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     for action in p._actions:
         if "--output" in action.option_strings:
             action.required = False  # the plan of a fresh run needs no output file
+    # Run's --json (JSON replies for template requests) changes no count or price here.
+    p.set_defaults(json=False)
     g = p.add_argument_group("plan")
     g.add_argument("--json", dest="plan_json", action="store_true", help="print JSON")
     g.add_argument(
@@ -280,7 +282,9 @@ def _time(plan: Plan, args: argparse.Namespace) -> None:
 
 
 def _money(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:,.4f}"
+    if value is None:
+        return "unknown"
+    return f"${value:,.2f}" if value >= 100 else f"${value:,.6f}"
 
 
 def _duration(seconds: float) -> str:

@@ -332,3 +332,18 @@ def test_processor_budget_against_the_simulator(start_sim) -> None:  # type: ign
     assert stats["received"] == len(done)
     assert budget.spent == pytest.approx(billed) and billed <= budget.max_cost
     assert budget.exhausted is not None
+
+
+def test_progress_bar_shows_spend_and_projected_total() -> None:
+    from rich.progress import Task
+
+    from llmbatch.progress import RichProgress, _CostColumn
+
+    bar = RichProgress(disable=True)
+    column = _CostColumn(bar)
+    task = Task(0, "llmbatch", total=100, completed=0, _get_time=lambda: 0.0)
+    assert column.render(task).plain == ""  # nothing priced yet: no column text
+    bar.add_cost(0.25)
+    bar.add_cost(0.25)
+    task.completed = 10
+    assert column.render(task).plain == "$0.5000 of ~$5.0000"

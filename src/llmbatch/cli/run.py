@@ -186,8 +186,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             skip = _report_resume(console, args, journal.scan)
             check = _check_input(console, args, source, skip, journal.scan)
             sink = build_sink(args, console, client, journal, check)
-            budget = budget_of(args, sink.pricer, journal.scan.cost) if sink.pricer else None
             try:
+                budget = budget_of(args, sink.pricer, journal.scan.cost) if sink.pricer else None
                 requests = _requests(source, check, skip, sink)
                 interrupted = await execute(
                     args, spec, client, sink, requests, check, budget=budget

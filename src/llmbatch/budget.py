@@ -145,7 +145,9 @@ class Budget:
             self._changed.clear()
             await self._changed.wait()
         if not fits or worst is None:
-            raise BudgetExceededError(f"not sent: the budget of ${self.max_cost:g} is spent")
+            raise BudgetExceededError(
+                f"not sent under --max-cost ${self.max_cost:g}: {self.exhausted}"
+            )
         return worst
 
     def _settle_attempt(

@@ -349,8 +349,9 @@ def _finish(
         say(
             console,
             f"--max-cost ${args.max_cost:g} reached: ${spent:.6f} spent on {args.output} "
-            f"(${sink.spent:.6f} by this run); {unfinished:,} request(s) not sent. Rerun "
-            "with a higher --max-cost to go on: nothing done is bought again",
+            f"(${sink.spent:.6f} by this run); {unfinished:,} request(s) not sent "
+            f"({sink.budget_reason.removeprefix('not sent under ')}). Rerun with a higher "
+            "--max-cost to go on: nothing done is bought again",
         )
         return EXIT_BUDGET
     if unfinished:

@@ -94,6 +94,7 @@ class ResultSink:
         self.pricer = pricer
         self.spent = 0.0  # USD of the results written by this run
         self.budget_stopped = False
+        self.budget_reason = ""  # the first refusal's message
         self._add_cost = getattr(progress, "add_cost", None)
         self.expected = expected
         self.progress = progress
@@ -143,8 +144,9 @@ class ResultSink:
         request = self._pending.pop(result.id, None)
         if is_unfinished(result):
             self.cut_short += 1
-            if isinstance(result.error, BudgetExceededError):
+            if isinstance(result.error, BudgetExceededError) and not self.budget_stopped:
                 self.budget_stopped = True
+                self.budget_reason = str(result.error)
             return
         response = result.response
         if self.pricer and result.cost is None and response is not None and result.error is None:

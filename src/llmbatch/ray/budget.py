@@ -52,20 +52,20 @@ class ClusterBudget:
         self.actor = actor
         self.pricer = pricer
         self.max_cost = max_cost
-        self.refused = False
+        self.refused: str | None = None  # why the cluster's budget stopped admitting
 
     def admit(self, request: CompletionRequest) -> _ClusterPermit:
         return _ClusterPermit(self, request)
 
     async def _reserve(self, request: CompletionRequest) -> float:
         worst = self.pricer.worst_case(request)
-        while not self.refused:
+        while self.refused is None:
             fits = await self.actor.budget_reserve.remote(worst)
-            if fits:
+            if fits is True:
                 assert worst is not None
                 return worst
-            if fits is False:
-                self.refused = True
+            if isinstance(fits, str):
+                self.refused = fits
                 break
             await asyncio.sleep(RETRY_SECONDS)
-        raise BudgetExceededError(f"not sent: the budget of ${self.max_cost:g} is spent")
+        raise BudgetExceededError(f"not sent under --max-cost ${self.max_cost:g}: {self.refused}")

@@ -61,9 +61,11 @@ class _LimiterState:
         # The cluster's one money cap (`llmbatch.ray.budget`); workers price, it adds up.
         self.budget = None if max_cost is None else Budget(max_cost, _NO_PRICES, spent=spent)
 
-    def budget_reserve(self, worst_case: float | None) -> bool | None:
+    def budget_reserve(self, worst_case: float | None) -> bool | str | None:
+        """True: reserved; None: ask again after others settle; a str: refused, and why."""
         assert self.budget is not None
-        return self.budget.try_reserve(worst_case)
+        fits = self.budget.try_reserve(worst_case)
+        return self.budget.exhausted or "refused" if fits is False else fits
 
     def budget_settle(self, reserved: float, actual: float) -> None:
         assert self.budget is not None

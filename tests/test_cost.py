@@ -347,3 +347,14 @@ def test_progress_bar_shows_spend_and_projected_total() -> None:
     bar.add_cost(0.25)
     task.completed = 10
     assert column.render(task).plain == "$0.5000 of ~$5.0000"
+
+
+def test_calculate_batch_stats_with_a_pricer() -> None:
+    from llmbatch import calculate_batch_stats
+
+    usage = Usage(10_000, 1_000)
+    results = [
+        BatchResult(f"r{i}", response=CompletionResponse("x", "gpt-4o", usage)) for i in range(3)
+    ]
+    stats = calculate_batch_stats(results, pricer=Pricer(provider="openai"))
+    assert stats.cost == pytest.approx(3 * library_price("gpt-4o", "openai", usage))

@@ -220,10 +220,15 @@ class StatsCollector:
 
 
 def calculate_batch_stats(
-    results: Iterable[BatchResult], *, prices: tuple[float, float] | None = None
+    results: Iterable[BatchResult],
+    *,
+    prices: tuple[float, float] | None = None,
+    pricer: Any = None,
 ) -> BatchStats:
-    """The seed's `CalculateBatchStats`: counts, durations, percentiles, tokens, failed ids."""
-    collector = StatsCollector(prices)
+    """The seed's `CalculateBatchStats`: counts, durations, percentiles, tokens, failed ids.
+
+    `pricer` (`llmbatch.Pricer()`) prices results that carry no `cost`, per model."""
+    collector = StatsCollector(prices, pricer=pricer)
     for result in results:
         collector.add(result)
     return collector.snapshot()

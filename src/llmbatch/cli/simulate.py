@@ -98,6 +98,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="deprecated: same as --limit-style retry-after",
     )
     p.add_argument("--seed", type=int, help="random seed for faults and jitter")
+    g = p.add_argument_group("structured output faults (drawn per request body)")
+    g.add_argument(
+        "--invalid-rate",
+        type=fraction,
+        default=0.0,
+        help="share of schema replies that parse but break the schema",
+    )
+    g.add_argument(
+        "--refusal-rate", type=fraction, default=0.0, help="share of chat replies refused"
+    )
+    g.add_argument(
+        "--truncate-rate",
+        type=fraction,
+        default=0.0,
+        help="share of chat replies cut off (finish_reason length / stop_reason max_tokens)",
+    )
 
 
 def _config(args: argparse.Namespace) -> SimulatorConfig:
@@ -129,6 +145,9 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         seed=args.seed,
         api_key=key,
         send_rate_limit_headers=not args.no_rate_limit_headers,
+        invalid_rate=args.invalid_rate,
+        refusal_rate=args.refusal_rate,
+        truncate_rate=args.truncate_rate,
     )
 
 

@@ -30,6 +30,7 @@ from ..progress import RichProgress
 from ..types import BatchRequest, CompletionRequest
 from ._common import rate_limiter, retry_policy, say
 from .precheck import Precheck
+from .structured import reply_policy
 from .usage import UsageError
 
 __all__ = ["build_sink", "execute"]
@@ -145,6 +146,7 @@ async def _execute_here(
             limiter=rate_limiter(args),
             max_outage=args.max_outage,
             listeners=[sink],
+            replies=reply_policy(args),
         ),
     )
     stream = engine.stream(

@@ -6,6 +6,7 @@ from ..admission import Admission
 from ..breaker import DEFAULT_MAX_OUTAGE
 from ..clients.provider import ProviderClient
 from ..engine import Concurrency, Engine, EngineConfig
+from ..replies import ReplyPolicy
 from ..retry import RetryPolicy
 
 __all__ = ["worker_engine"]
@@ -18,6 +19,7 @@ def worker_engine(
     request_timeout: float | None,
     retry: RetryPolicy | None,
     max_outage: float | None = DEFAULT_MAX_OUTAGE,
+    replies: ReplyPolicy | None = None,
 ) -> Engine:
     return Engine(
         client,
@@ -27,5 +29,6 @@ def worker_engine(
             retry=retry or RetryPolicy(),
             limiter=limiter,
             max_outage=max_outage,
+            replies=replies or ReplyPolicy(),
         ),
     )

@@ -279,3 +279,40 @@ def test_cli_on_ray_stops_when_the_output_disk_is_full(tmp_path: Path) -> None:
         sim.close()
     counts = Counter(json.loads(line)["custom_id"] for line in moved.read_text().splitlines())
     assert set(counts) == set(ids) and set(counts.values()) == {1}
+
+
+def test_schema_requests_are_validated_and_re_asked_on_workers() -> None:
+    # The schema travels with each request (pickled without its compiled validator) and the
+    # reply policy with the run's config; parsed objects come back to the driver.
+    from llmbatch.replies import ReplyPolicy
+    from llmbatch.schema import Schema
+
+    schema = Schema.from_dict(
+        {
+            "type": "object",
+            "properties": {"label": {"enum": ["a", "b"]}, "n": {"type": "integer"}},
+            "required": ["label", "n"],
+            "additionalProperties": False,
+        }
+    )
+    sim = SimProcess("--invalid-rate", "0.5")
+    results: list = []  # type: ignore[type-arg]
+    try:
+        asyncio.run(
+            run_on_ray(
+                (
+                    BatchRequest(f"s{i}", CompletionRequest(prompt=f"q {i}", schema=schema))
+                    for i in range(40)
+                ),
+                ClientSpec(base_url=sim.url + "/v1", model="sim"),
+                ClusterLimiter.create(),
+                RayRunConfig(workers=2, concurrency=8, replies=ReplyPolicy(max_invalid_retries=10)),
+                on_results=results.extend,
+            )
+        )
+        stats = sim.stats()
+    finally:
+        sim.close()
+    assert sorted(r.id for r in results) == sorted(f"s{i}" for i in range(40))
+    assert all(r.error is None and r.parsed["label"] in ("a", "b") for r in results)
+    assert stats["invalid"] > 0 and stats["received"] == sum(r.attempts for r in results)

@@ -17,6 +17,7 @@ where a line has no parsed object. Memory stays bounded for any size: see
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 from rich.console import Console
@@ -32,7 +33,7 @@ from ..io.export import (
     ordered_records,
     row_columns,
 )
-from ..io.writers import FORMATS, open_writer
+from ..io.writers import FORMATS, format_of, open_writer
 from ._common import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, os_reason, say
 from .usage import UsageError
 
@@ -106,6 +107,14 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     target = Path(args.file)
     if target.exists() and target.resolve() == out.resolve():
         raise UsageError(f"FILE {target} is OUTPUT: the export would overwrite the results")
+    fmt = args.format or format_of(target)
+    if fmt is None:
+        raise UsageError(
+            f"cannot tell the format of {target}: name it .jsonl, .csv or .parquet, "
+            "or pass --format"
+        )
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise UsageError("Parquet export needs pyarrow: pip install 'llmbatch[parquet]'")
     join = bool(args.join)
     prefix = args.prefix if args.prefix is not None else ("out_" if join else "")
     inputs, input_columns = _inputs(args)
@@ -117,7 +126,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(str(exc)) from None
     counts = ExportCounts()
     try:
-        writer = open_writer(target, columns, index.columns.kinds, fmt=args.format)
+        writer = open_writer(target, columns, index.columns.kinds, fmt=fmt)
     except (ValueError, ImportError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

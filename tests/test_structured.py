@@ -377,3 +377,35 @@ class Strict(BaseModel):
     model_config = {"extra": "forbid"}
     vendor: str
     total: float
+
+
+def test_a_batch_line_json_schema_is_that_lines_schema(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--invalid-rate", "0.4")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+
+    def line(i: int, schema: Any) -> str:
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": f"review {i}"}],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "label", "schema": schema, "strict": True},
+            },
+        }
+        return json.dumps(
+            {"custom_id": f"b{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        )
+
+    inp.write_text("".join(line(i, LABEL) + "\n" for i in range(10)))
+    proc = cli(*run_args(sim, inp, out, "--max-invalid-retries", "10"))
+    assert proc.returncode == 0, proc.stderr
+    for r in read_out(out):
+        jsonschema.validate(r["llmbatch"]["parsed"], LABEL)
+    assert sim.stats()["invalid"] > 0
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(line(0, LABEL) + "\n" + line(1, {"type": "object", "required": "x"}) + "\n")
+    proc = cli(*run_args(sim, broken, tmp_path / "o2.jsonl"))
+    assert proc.returncode == 2
+    assert (
+        "line 2: body.response_format.json_schema.schema is not a valid JSON Schema" in proc.stderr
+    )

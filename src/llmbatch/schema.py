@@ -28,7 +28,14 @@ from typing import Any, Literal, get_args
 
 import orjson
 
-__all__ = ["SCHEMA_MODES", "Schema", "SchemaError", "SchemaMode", "SchemaViolation"]
+__all__ = [
+    "SCHEMA_MODES",
+    "Schema",
+    "SchemaError",
+    "SchemaMode",
+    "SchemaViolation",
+    "schema_of_response_format",
+]
 
 SchemaMode = Literal["native", "prompt"]
 SCHEMA_MODES: tuple[SchemaMode, ...] = get_args(SchemaMode)
@@ -233,6 +240,33 @@ class Schema:
         ):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_validator", [])
+
+
+_LINE_SCHEMAS: dict[bytes, Schema] = {}
+
+
+def schema_of_response_format(value: Mapping[str, Any], *, where: str) -> Schema:
+    """The `Schema` of an OpenAI `{"type": "json_schema", "json_schema": {"name", "schema"}}`.
+
+    A million input lines usually share a few schemas: each distinct one is checked once.
+    """
+    key = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    schema = _LINE_SCHEMAS.get(key)
+    if schema is not None:
+        return schema
+    spec = value.get("json_schema")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
+        raise SchemaError(f"{where}.json_schema.schema must be a JSON Schema object")
+    name = spec.get("name")
+    schema = Schema.from_dict(
+        spec["schema"],
+        name=name if isinstance(name, str) else "response",
+        where=f"{where}.json_schema.schema",
+    )
+    if len(_LINE_SCHEMAS) >= 256:
+        _LINE_SCHEMAS.clear()
+    _LINE_SCHEMAS[key] = schema
+    return schema
 
 
 _MODEL_SCHEMAS: dict[tuple[type[Any], SchemaMode], Schema] = {}

@@ -9,7 +9,8 @@ for another endpoint (embeddings, completions) becomes a bad line naming the fla
 
 `--json` asks template requests for JSON; a JSONL line says what it wants itself
 (`response_format`), so `--json` with INPUT is refused rather than silently ignored
-(`--schema` is the flag that applies to every line).
+(`--schema` is the flag that applies to every line; a batch line's own `json_schema`
+response format is that line's schema and wins over the flag).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def structured_source(args: argparse.Namespace, source: Source) -> Source:
                         f"{item.request.endpoint!r}",
                     )
                     continue
-                item.request.schema = schema
+                if item.request.schema is None:  # a line's own json_schema wins
+                    item.request.schema = schema
             yield item
 
     return items

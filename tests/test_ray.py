@@ -185,11 +185,18 @@ def test_cli_on_ray_survives_a_killed_worker(tmp_path: Path) -> None:
             if out.exists() and out.read_bytes().count(b"\n") >= 150:
                 break
             time.sleep(0.05)
+        # Only this run's workers (descendants of its driver): on a shared machine other
+        # Ray runs have `_BatchWorker` processes too.
+        def cmdline(p: psutil.Process) -> list[str]:
+            try:
+                return p.cmdline()
+            except psutil.Error:  # gone meanwhile
+                return []
+
         victims = [
             p
-            for p in psutil.process_iter(["cmdline"])
-            if any("_BatchWorker" in part for part in (p.info["cmdline"] or []))
-            and p.pid != os.getpid()
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if any("_BatchWorker" in part for part in cmdline(p))
         ]
         assert victims, "no Ray worker process found"
         os.kill(victims[0].pid, signal.SIGKILL)

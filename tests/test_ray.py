@@ -185,6 +185,7 @@ def test_cli_on_ray_survives_a_killed_worker(tmp_path: Path) -> None:
             if out.exists() and out.read_bytes().count(b"\n") >= 150:
                 break
             time.sleep(0.05)
+
         # Only this run's workers (descendants of its driver): on a shared machine other
         # Ray runs have `_BatchWorker` processes too.
         def cmdline(p: psutil.Process) -> list[str]:

@@ -409,3 +409,11 @@ def test_a_batch_line_json_schema_is_that_lines_schema(tmp_path: Path, start_sim
     assert (
         "line 2: body.response_format.json_schema.schema is not a valid JSON Schema" in proc.stderr
     )
+
+
+def test_the_schema_counts_in_the_token_estimate() -> None:
+    plain = CompletionRequest(prompt="classify this")
+    shaped = CompletionRequest(prompt="classify this", schema=Schema.from_dict(LABEL))
+    assert shaped.text_length() == plain.text_length() + len(
+        json.dumps(LABEL, separators=(",", ":"))
+    )

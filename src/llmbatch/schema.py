@@ -69,7 +69,8 @@ class Schema:
     mode: SchemaMode = "native"
     model: Any = None  # a pydantic BaseModel subclass, or None
     description: str = ""
-    _validator: list[Any] = field(default_factory=list, repr=False)  # lazily compiled, 0 or 1
+    # Computed on first use, never pickled: "validator" (compiled), "chars" (JSON length).
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -171,6 +172,13 @@ class Schema:
         """True when OpenAI's strict mode accepts this schema (see the module docstring)."""
         return _strict_ok(self.json_schema)
 
+    def text_length(self) -> int:
+        """Characters the schema adds to a request (its JSON), for token estimates."""
+        chars = self._memo.get("chars")
+        if chars is None:
+            chars = self._memo["chars"] = len(orjson.dumps(self.json_schema))
+        return int(chars)
+
     def instruction(self) -> str:
         """The system-prompt text of prompt mode."""
         return (
@@ -205,11 +213,12 @@ class Schema:
         return parsed
 
     def _errors(self, value: Any) -> Iterator[str]:
-        if not self._validator:
+        validator = self._memo.get("validator")
+        if validator is None:
             from jsonschema import Draft202012Validator
 
-            self._validator.append(Draft202012Validator(self.json_schema))
-        for error in sorted(self._validator[0].iter_errors(value), key=lambda e: list(e.path)):
+            validator = self._memo["validator"] = Draft202012Validator(self.json_schema)
+        for error in sorted(validator.iter_errors(value), key=lambda e: list(e.path)):
             at = "/".join(str(p) for p in error.absolute_path)
             yield f"at {at or '(root)'}: {error.message}"
 
@@ -239,7 +248,7 @@ class Schema:
             ("json_schema", "name", "mode", "model", "description"), state, strict=True
         ):
             object.__setattr__(self, name, value)
-        object.__setattr__(self, "_validator", [])
+        object.__setattr__(self, "_memo", {})
 
 
 _LINE_SCHEMAS: dict[bytes, Schema] = {}

@@ -77,8 +77,10 @@ class CompletionRequest:
             self.schema = Schema.of(self.schema)
 
     def text_length(self) -> int:
-        """Characters of input text, the basis of the token estimate (`llmbatch.text`)."""
-        return text_length(self.messages, system=self.system, prompt=self.prompt)
+        """Characters of input text, the basis of the token estimate (`llmbatch.text`); a
+        schema is sent too (as a response format, a tool or in the system prompt)."""
+        chars = text_length(self.messages, system=self.system, prompt=self.prompt)
+        return chars + (self.schema.text_length() if self.schema is not None else 0)
 
 
 @dataclass(slots=True, frozen=True)

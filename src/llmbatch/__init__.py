@@ -20,15 +20,19 @@ from .errors import (
     BatchCancelledError,
     BatchTimeoutError,
     FatalError,
+    InvalidOutputError,
     InvalidResponseError,
     LLMBatchError,
     OverloadedError,
     ProviderOutageError,
     RateLimitError,
+    RefusalError,
+    ReplyError,
     RequestTimeoutError,
     RetryableError,
     ServerError,
     TokenBudgetError,
+    TruncatedReplyError,
     UnsupportedRequestError,
     error_code,
 )
@@ -59,7 +63,9 @@ from .processor import (
 )
 from .progress import ProgressLogger, ProgressTracker, RichProgress
 from .rate_control import CubicRate
+from .replies import ReplyPolicy, check_reply
 from .retry import RetryPolicy, parse_retry_after
+from .schema import Schema, SchemaError, SchemaViolation
 from .stats import BatchStats, StatsCollector, calculate_batch_stats
 from .throttled import ThrottledLLMClient
 from .types import (
@@ -104,6 +110,7 @@ __all__ = [
     "Event",
     "FatalError",
     "Feedback",
+    "InvalidOutputError",
     "InvalidResponseError",
     "LLMBatchError",
     "LLMClient",
@@ -122,6 +129,9 @@ __all__ = [
     "RateLimiter",
     "RateLimiterStatus",
     "RatePermit",
+    "RefusalError",
+    "ReplyError",
+    "ReplyPolicy",
     "RequestFinished",
     "RequestRetrying",
     "RequestStarted",
@@ -130,14 +140,19 @@ __all__ = [
     "RetryPolicy",
     "RetryableError",
     "RichProgress",
+    "Schema",
+    "SchemaError",
+    "SchemaViolation",
     "ServerError",
     "StatsCollector",
     "ThrottledLLMClient",
     "TokenBudgetError",
+    "TruncatedReplyError",
     "UnsupportedRequestError",
     "Usage",
     "__version__",
     "calculate_batch_stats",
+    "check_reply",
     "error_code",
     "estimate_tokens",
     "feedback",

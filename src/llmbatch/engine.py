@@ -19,6 +19,10 @@ Guarantees:
   after admission: time queued on our side never counts against it.
 - A server-wide outage (refused connections, 5xx on everything) pauses the batch instead of
   burning every request's retries; attempts lost to it do not count as retries.
+- A reply is checked as part of its attempt (`llmbatch.replies.check_reply`): refusals,
+  truncated JSON and replies that break the request's schema fail with a `ReplyError`
+  holding the reply; the reply policy (`EngineConfig.replies`) may re-ask (the validator's
+  message added to the conversation) or retry a truncated reply with more room.
 - After `max_auth_failures` authentication errors the batch stops calling the provider: the
   key is wrong and every further call would fail the same way.
 """
@@ -43,8 +47,6 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
 from .admission import Admission, AdmissionChain, Permit, mark_outage
 from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
 from .clients.base import LLMClient
@@ -56,6 +58,7 @@ from .errors import (
     BatchTimeoutError,
     InvalidResponseError,
     LLMBatchError,
+    ReplyError,
     RequestTimeoutError,
 )
 from .events import (
@@ -69,9 +72,10 @@ from .events import (
     RequestStarted,
     ResponseCache,
 )
+from .replies import ReplyPolicy, ReplyTries, check_reply
 from .retry import RetryPolicy
 from .throttled import ThrottledLLMClient
-from .types import BatchRequest, BatchResult, CompletionResponse
+from .types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse
 
 __all__ = ["Concurrency", "Engine", "EngineConfig", "RequestSource"]
 
@@ -102,6 +106,7 @@ class EngineConfig:
     (None: fail per request, no breaker).
     `budget`: a hard cap on money (`llmbatch.budget.Budget`), the last link of the admission
     chain; requests it refuses end with `BudgetExceededError` (unfinished, not failed).
+    `replies`: how invalid (schema) and truncated replies are re-asked (`llmbatch.replies`).
     """
 
     max_concurrency: Concurrency = DEFAULT_CONCURRENCY
@@ -119,6 +124,7 @@ class EngineConfig:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     admission: Admission | None = None  # deprecated name of `limiter`
     budget: Admission | None = None
+    replies: ReplyPolicy = field(default_factory=ReplyPolicy)
 
     def __post_init__(self) -> None:
         check_concurrency(self.max_concurrency)
@@ -334,7 +340,11 @@ class _Run:
         req = item.request
         invalid = 0
         if cfg.cache is not None and (hit := cfg.cache.get(req)) is not None:
-            return BatchResult(item.id, response=hit, duration=0.0, attempts=0, index=index)
+            cached = _cached_answer(req, hit, cfg.validate_json)
+            if cached is not None:
+                return BatchResult(
+                    item.id, response=hit, attempts=0, index=index, parsed=cached.parsed
+                )
         while True:
             if self.abort_error is not None:
                 return BatchResult(
@@ -342,6 +352,8 @@ class _Run:
                 )
             try:
                 response = await self.attempt(item, state)
+                # After the attempt's permit recorded the tokens the reply really used.
+                parsed = check_reply(item.request, response, validate_json=cfg.validate_json)
             except Exception as exc:
                 error = exc
             else:
@@ -354,6 +366,7 @@ class _Run:
                     duration=cfg.clock() - started,
                     attempts=state.count,
                     index=index,
+                    parsed=parsed,
                 )
             self.report_outages()
             # The Retry-After the limiter paused every admission for, if it did: that much of
@@ -364,6 +377,9 @@ class _Run:
                 self.note_auth_failure(error)
             if isinstance(error, InvalidResponseError):
                 invalid += 1
+            if isinstance(error, ReplyError) and (follow := self.follow_up(item, error, state)):
+                item = follow
+                continue
             if self.breaker is not None and self.breaker.excuses(error):
                 # The server is down for everyone: wait at the breaker, not in a backoff,
                 # and do not count this attempt against the request's retries.
@@ -432,9 +448,17 @@ class _Run:
             raise RequestTimeoutError(
                 f"attempt exceeded request_timeout={cfg.request_timeout}s"
             ) from exc
-        if cfg.validate_json and req.response_format == "json":
-            _check_json(response)
         return response
+
+    def follow_up(
+        self, item: BatchRequest, error: ReplyError, state: _Attempts
+    ) -> BatchRequest | None:
+        """The re-ask (or roomier retry) the reply policy allows after `error`, or None."""
+        request = self.cfg.replies.follow_up(item.request, error, state.replies)
+        if request is None:
+            return None
+        self.emit(RequestRetrying(item, state.count, error, 0.0, self.cfg.clock()))
+        return BatchRequest(item.id, request)
 
     def report_outages(self) -> None:
         if self.breaker is None or not self.listeners:
@@ -468,17 +492,22 @@ class _Attempts:
     waited: float = 0.0  # seconds spent waiting for admission
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
     pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
+    replies: ReplyTries = field(default_factory=ReplyTries)  # re-asks used
 
 
-def _check_json(response: CompletionResponse) -> None:
+@dataclass(slots=True)
+class _Cached:
+    parsed: Any
+
+
+def _cached_answer(
+    request: CompletionRequest, response: CompletionResponse, validate_json: bool
+) -> _Cached | None:
+    """A cache hit, decoded; None if it is no answer now (then the request is sent)."""
     try:
-        orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
-        snippet = response.content[:200]
-        raise InvalidResponseError(
-            f"response_format='json' but the reply is not valid JSON: {snippet!r}",
-            body=response.content,
-        ) from exc
+        return _Cached(check_reply(request, response, validate_json=validate_json))
+    except (ReplyError, InvalidResponseError):
+        return None
 
 
 class Engine:

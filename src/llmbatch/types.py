@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .schema import Schema
 from .text import text_length
 
 __all__ = [
@@ -54,6 +55,9 @@ class CompletionRequest:
     `extra` is merged into the provider's request body as is (e.g. `{"top_p": 0.9}`).
     `endpoint` selects the route for OpenAI-compatible servers: "chat", "completions" or
     "embeddings" (for embeddings, `prompt` is the input text).
+    `schema` (a `llmbatch.Schema`, or a pydantic model class or JSON Schema dict made into
+    one; chat only) is the shape the reply must have: sent the provider's native way (or in
+    the system prompt), every reply validated against it, `result.parsed` the decoded reply.
     """
 
     prompt: str = ""
@@ -65,10 +69,18 @@ class CompletionRequest:
     system: str | None = None
     extra: Mapping[str, Any] | None = None
     endpoint: Literal["chat", "completions", "embeddings"] = "chat"
+    schema: Schema | None = None
+
+    def __post_init__(self) -> None:
+        if self.schema is not None and not isinstance(self.schema, Schema):
+            # A pydantic model class or a JSON Schema dict (a model class: once per class).
+            self.schema = Schema.of(self.schema)
 
     def text_length(self) -> int:
-        """Characters of input text, the basis of the token estimate (`llmbatch.text`)."""
-        return text_length(self.messages, system=self.system, prompt=self.prompt)
+        """Characters of input text, the basis of the token estimate (`llmbatch.text`); a
+        schema is sent too (as a response format, a tool or in the system prompt)."""
+        chars = text_length(self.messages, system=self.system, prompt=self.prompt)
+        return chars + (self.schema.text_length() if self.schema is not None else 0)
 
 
 @dataclass(slots=True, frozen=True)
@@ -112,7 +124,11 @@ class RateLimitInfo:
 
 @dataclass(slots=True)
 class CompletionResponse:
-    """A model's answer. `raw` is the provider's decoded body, kept for the output file."""
+    """A model's answer. `raw` is the provider's decoded body, kept for the output file.
+
+    `refusal` is set when the model declined (OpenAI's `message.refusal` text; for
+    Anthropic's `stop_reason: "refusal"`, whatever text came with it).
+    """
 
     content: str
     model: str = ""
@@ -125,6 +141,7 @@ class CompletionResponse:
     cached: bool = False
     # Answered through a provider's batch API (billed at the batch price), not realtime.
     batch_api: bool = False
+    refusal: str | None = None
 
     @property
     def tokens_used(self) -> int:

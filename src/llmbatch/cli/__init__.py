@@ -4,6 +4,7 @@
     llmbatch run --template "Summarize this file: {content}" --files "src/**/*.py" -o out.jsonl
     llmbatch stats results.jsonl
     llmbatch plan requests.jsonl --model gpt-4o-mini --rpm 500      # cost and time, sends nothing
+    llmbatch export results.jsonl -o labels.csv --join papers.csv
     llmbatch simulate --port 8080 --latency-ms 200 --rpm 600 --fail-rate 0.05
 
 Exit codes: 0 all succeeded; 1 some requests failed (results written); 2 usage or input
@@ -17,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import plan, run, simulate, stats
+from . import export, plan, run, simulate, stats
 
 __all__ = ["main"]
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_parser(sub)
     plan.add_parser(sub)
     simulate.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 
@@ -43,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stats": stats.main,
         "simulate": simulate.main,
         "plan": plan.main,
+        "export": export.main,
     }
     return handlers[args.command](args)
 

@@ -32,6 +32,7 @@ from ..types import BatchRequest, CompletionRequest
 from ._common import rate_limiter, retry_policy, say
 from .costs import pricer_of, until_budget_spent
 from .precheck import Precheck
+from .structured import reply_policy
 from .usage import UsageError
 
 __all__ = ["build_sink", "execute"]
@@ -166,6 +167,7 @@ async def _execute_here(
             max_outage=args.max_outage,
             listeners=[sink],
             budget=budget,
+            replies=reply_policy(args),
         ),
     )
     stream = engine.stream(

@@ -21,6 +21,7 @@ from ..io.sink import ResultSink
 from ..pricing import Pricer
 from ..types import BatchRequest, BatchResult
 from ._common import retry_policy
+from .structured import reply_policy
 from .usage import UsageError
 
 __all__ = ["execute_on_ray"]
@@ -59,6 +60,7 @@ async def execute_on_ray(
         request_timeout=args.request_timeout,
         retry=retry_policy(args),
         max_outage=args.max_outage,
+        replies=reply_policy(args),
     )
     try:
         limiter = lray.ClusterLimiter.create(

@@ -52,6 +52,8 @@ from .execute import build_sink, execute
 from .paths import Source, check_paths, source_of
 from .precheck import Precheck, precheck
 from .stats import stats_table
+from .structured import add_arguments as add_structured_arguments
+from .structured import structured_source
 from .usage import UsageError
 
 __all__ = ["add_parser", "main"]
@@ -159,6 +161,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-section", default="", help="label recorded in the error log")
     g.add_argument("--stats-json", metavar="PATH", help="write the final stats as JSON")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_structured_arguments(p)
     g = p.add_argument_group("Ray (pip install 'llmbatch[ray]')")
     g.add_argument(
         "--ray",
@@ -176,7 +179,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _run(args: argparse.Namespace, console: Console) -> int:
-    source = source_of(args)
+    source = structured_source(args, source_of(args))
     check_paths(args)
     spec = _client_spec(args)
     client = spec.build()

@@ -94,6 +94,12 @@ def _safe_body(body: Any) -> Any:
         return masked
 
 
+def _plain(parsed: Any) -> Any:
+    """A parsed reply as JSON data: a pydantic model instance is dumped."""
+    dump = getattr(parsed, "model_dump", None)
+    return dump(mode="json") if callable(dump) else parsed
+
+
 def result_line(result: BatchResult) -> bytes:
     """The output line for one result, newline included."""
     resp, err = result.response, result.error
@@ -121,14 +127,16 @@ def result_line(result: BatchResult) -> bytes:
         if resp.batch_api:
             meta["batch_api"] = True
         if result.parsed is not None:
-            meta["parsed"] = result.parsed
+            meta["parsed"] = _plain(result.parsed)
         error = None
     else:
         status = getattr(err, "status_code", None)
         response = None
         if status is not None:
             body = _safe_body(getattr(err, "body", None))
-            response = {"status_code": status, "request_id": None, "body": body}
+            # A ReplyError carries the reply: its line keeps the raw (or partial) body.
+            rid = getattr(err, "request_id", None)
+            response = {"status_code": status, "request_id": rid, "body": body}
         error = {"code": error_code(err), "message": redact(f"{type(err).__name__}: {err}")}
     if result.cost is not None:
         meta["cost"] = round(result.cost, 10)

@@ -28,15 +28,16 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..breaker import Outage
 from ..budget import BudgetExceededError
 from ..errorlog import ErrorHandler
-from ..errors import BatchCancelledError, BatchTimeoutError
+from ..errors import BatchCancelledError, BatchTimeoutError, InvalidResponseError, ReplyError
 from ..events import Event, ProviderOutage, RequestFinished
 from ..pricing import Pricer
-from ..types import BatchRequest, BatchResult, CompletionRequest
+from ..replies import check_reply
+from ..types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse
 from .cache import SQLiteCache
 from .journal import CompactionError, Journal
 
@@ -74,6 +75,14 @@ def is_unfinished(result: BatchResult) -> bool:
     """True for a request cut short by the batch deadline or an interrupt: it gets no line,
     so the next run sends it again."""
     return isinstance(result.error, BatchCancelledError | BatchTimeoutError)
+
+
+def _decoded(request: CompletionRequest, hit: CompletionResponse) -> tuple[Any] | None:
+    """A cache hit's parsed reply, in a 1-tuple; None if it is no answer now (sent again)."""
+    try:
+        return (check_reply(request, hit),)
+    except (ReplyError, InvalidResponseError):
+        return None
 
 
 class ResultSink:
@@ -132,8 +141,10 @@ class ResultSink:
             except (sqlite3.Error, OSError) as exc:
                 self._cache_failed(exc)
                 hit = None
-            if hit is not None:
-                self.write(BatchResult(item.id, response=hit, duration=0.0, attempts=0))
+            cached = _decoded(item.request, hit) if hit is not None else None
+            if hit is not None and cached is not None:
+                result = BatchResult(item.id, response=hit, attempts=0, parsed=cached[0])
+                self.write(result)
                 return False
         if self._remember:
             self._pending[item.id] = item.request

@@ -28,6 +28,7 @@ from ..clients import ClientSpec
 from ..engine import Concurrency
 from ..errors import LLMBatchError
 from ..io.journal import result_line
+from ..replies import ReplyPolicy
 from ..retry import RetryPolicy
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from ._engine import worker_engine
@@ -65,12 +66,20 @@ class _BatchWorker:
         request_timeout: float | None,
         retry: RetryPolicy | None,
         max_outage: float | None = DEFAULT_MAX_OUTAGE,
+        replies: ReplyPolicy | None = None,
     ) -> None:
         self.client = client.build()
         self.limiter = limiter.local() if limiter is not None else None
         budget = limiter.budget() if limiter is not None else None
         self.engine = worker_engine(
-            self.client, self.limiter, concurrency, request_timeout, retry, max_outage, budget
+            self.client,
+            self.limiter,
+            concurrency,
+            request_timeout,
+            retry,
+            max_outage,
+            budget,
+            replies,
         )
         self.queue: asyncio.Queue[BatchRequest] | None = None
         self.waiting: dict[str, asyncio.Future[BatchResult]] = {}
@@ -129,6 +138,8 @@ class RayRunConfig:
     max_replacements: int | None = None  # dead workers replaced; default: `workers`
     max_chunk_failures: int = 5
     max_outage: float | None = DEFAULT_MAX_OUTAGE
+    # Re-asks of invalid replies, retries of truncated ones; requests carry their schema.
+    replies: ReplyPolicy | None = None
 
 
 async def run_on_ray(
@@ -173,6 +184,7 @@ async def run_on_ray(
             config.request_timeout,
             config.retry,
             config.max_outage,
+            config.replies,
         )
 
     live: list[Any] = [start() for _ in range(config.workers)]

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -127,7 +127,7 @@ class BatchAPIRunner:
         *,
         done: Callable[[str], bool] = _never,
         flush: Callable[[], None] | None = None,
-    ) -> AsyncIterator[BatchResult]:
+    ) -> AsyncGenerator[BatchResult, None]:
         """Submit `requests`, re-attach the ledger's live batches, yield every result.
 
         `done(id)`: the id's answer is already in the output (skipped if a re-attached batch

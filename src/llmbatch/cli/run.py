@@ -6,7 +6,8 @@
 A run is a few steps, read top to bottom in `_run`: check the paths, open the output (the
 journal, see `llmbatch.io.journal`: rerunning the same command skips every id it holds), check
 every input line before anything is sent, build the one sink every result goes through
-(`llmbatch.io.sink`), execute (here, or on Ray workers), finish. The input is read twice,
+(`llmbatch.io.sink`), execute (here, on Ray workers, or through the provider's batch API with
+--batch-api), finish. The input is read twice,
 streaming both times: the check, then the requests themselves.
 
 If the output file cannot be written mid-run (a full disk), the run stops sending at once,
@@ -46,6 +47,7 @@ from ._common import (
     positive_int,
     say,
 )
+from .batch_run import add_batch_arguments, check_batch_args
 from .execute import build_sink, execute
 from .paths import Source, check_paths, source_of
 from .precheck import Precheck, precheck
@@ -162,6 +164,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument(
         "--workers", type=positive_int, default=2, help="Ray workers (each --concurrency)"
     )
+    add_batch_arguments(p)
 
 
 # -- the steps of a run, in order -------------------------------------------------------------
@@ -170,6 +173,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 async def _run(args: argparse.Namespace, console: Console) -> int:
     source = source_of(args)
     check_paths(args)
+    check_batch_args(args)
     spec = _client_spec(args)
     client = spec.build()
     try:
@@ -180,7 +184,15 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             sink = build_sink(args, console, client, journal, check)
             try:
                 requests = _requests(source, check, skip, sink)
-                interrupted = await execute(args, spec, client, sink, requests, check)
+                interrupted = await execute(
+                    args,
+                    spec,
+                    client,
+                    sink,
+                    requests,
+                    check,
+                    reread=lambda: _requests(source, check, skip, sink),
+                )
                 sink.close()  # fsync, and compaction where ids were redone
             except OutputError as exc:
                 sink.abandon()

@@ -8,6 +8,7 @@ are tested on real files.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -23,6 +24,11 @@ import pytest
 
 from llmbatch.batch_api import (
     AnthropicBatches,
+    BatchAPIConfig,
+    BatchAPIRunner,
+    BatchEnded,
+    BatchPolled,
+    BatchSubmitted,
     Ledger,
     LedgerError,
     OpenAIBatches,
@@ -33,6 +39,7 @@ from llmbatch.batch_api import (
 from llmbatch.batch_api.ledger import CREATED, UPLOADED, write_atomic
 from llmbatch.batch_api.split import JSON_REQUESTS, JSONL, Caps, TooLarge, ids_digest
 from llmbatch.clients import AnthropicClient, OpenAIClient
+from llmbatch.errors import error_code
 from llmbatch.types import BatchRequest, CompletionRequest
 
 from .conftest import SimProcess
@@ -468,3 +475,76 @@ def test_ledger_saves_atomically_and_refuses_what_it_cannot_trust(tmp_path) -> N
     path.write_text("{not json")
     with pytest.raises(LedgerError, match="cannot be read"):
         Ledger.open(out, provider="openai", base_url="http://h/v1")
+
+
+# -- the library face ----------------------------------------------------------------------------
+
+
+def test_runner_reports_events_and_backs_off_between_polls(start_sim, tmp_path) -> None:
+    # A batch that finishes nothing until its window passes: a long stretch without change.
+    sim = start_sim(
+        "--batch-seconds", "0.2", "--batch-stall-rate", "1", "--batch-expire-seconds", "1.5"
+    )
+    events: list[Any] = []
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # never waits the interval itself
+        sleeps.append(seconds)
+        await asyncio.sleep(0.005)
+
+    async def go() -> list[Any]:
+        client = OpenAIClient(base_url=sim.url + "/v1", api_key="sk", model="gpt-4o-mini")
+        config = BatchAPIConfig(
+            tmp_path / "out.jsonl",
+            poll_interval=0.1,
+            max_poll_interval=0.5,
+            listeners=[events.append],
+            sleep=sleep,
+        )
+        requests = [
+            BatchRequest(f"r{i}", CompletionRequest(prompt=f"q {i}", max_tokens=8))
+            for i in range(5)
+        ]
+        try:
+            return [r async for r in BatchAPIRunner(client, config).stream(requests)]
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(go())
+    assert sorted(r.id for r in results) == [f"r{i}" for i in range(5)]
+    assert all(error_code(r.error) == "batch_expired" for r in results)
+    kinds = [type(e) for e in events]
+    assert kinds[0] is BatchSubmitted and kinds[-1] is BatchEnded
+    assert BatchPolled in kinds
+    assert events[-1].outcome == "expired" and events[-1].written == 5
+    # Backoff: first the base interval; then x1.5 while nothing changes, capped; back to the
+    # base after a change of status.
+    assert sleeps[0] == 0.1 and max(sleeps) <= 0.5
+    grew = [b for a, b in itertools.pairwise(sleeps) if b > a]
+    assert grew and all(
+        b == pytest.approx(min(a * 1.5, 0.5)) for a, b in itertools.pairwise(sleeps) if b > a
+    )
+    assert 0.5 in sleeps  # reached the cap while the batch ran
+
+
+def test_mixed_endpoints_go_to_separate_openai_batches(start_sim, tmp_path) -> None:
+    sim = start_sim("--batch-seconds", "0.3")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [
+        {"custom_id": "e0", "method": "POST", "url": "/v1/embeddings", "body": {"input": "a"}},
+        {
+            "custom_id": "c0",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": "hi"}]},
+        },
+        {"custom_id": "e1", "method": "POST", "url": "/v1/embeddings", "body": {"input": "b"}},
+    ]
+    inp.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    proc = cli(*run_args(sim, "openai", inp, out))
+    assert proc.returncode == 0, proc.stderr
+    recs = {rec["custom_id"]: rec for rec in read_out(out)}
+    assert set(recs) == {"e0", "e1", "c0"}
+    assert recs["e0"]["response"]["body"]["data"][0]["embedding"]
+    assert recs["c0"]["response"]["body"]["object"] == "chat.completion"
+    assert sim.stats()["batches_created"] == 2

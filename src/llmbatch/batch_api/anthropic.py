@@ -64,6 +64,7 @@ class AnthropicBatches:
     caps = ANTHROPIC_CAPS
     framing = JSON_REQUESTS
     uploads = False
+    tags = False
 
     def __init__(self, client: ProviderClient) -> None:
         self.client = client

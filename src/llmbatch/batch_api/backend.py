@@ -56,12 +56,14 @@ class LineOutcome:
 
 
 class BatchBackend(Protocol):
-    """One provider's batch API. `uploads` says whether inputs go up as files first."""
+    """One provider's batch API. `uploads`: inputs go up as files first; `tags`: a batch
+    carries our metadata tag (`BatchInfo.tag`), so a lost create is found exactly."""
 
     name: str
     caps: Caps
     framing: Framing
     uploads: bool
+    tags: bool
 
     def encode(self, item: BatchRequest) -> tuple[str, bytes]:
         """(chunk key, the request's line on the wire). Raises `LLMBatchError` if the

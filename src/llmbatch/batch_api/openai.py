@@ -46,6 +46,7 @@ class OpenAIBatches:
     caps = OPENAI_CAPS
     framing = JSONL
     uploads = True
+    tags = True
 
     def __init__(self, client: ProviderClient) -> None:
         self.client = client

@@ -248,7 +248,7 @@ class BatchAPIRunner:
         async def scan() -> None:
             candidates.clear()
             async for info in self.backend.recent(record.intent_at - CLOCK_SKEW):
-                if info.tag is not None:  # a provider with metadata: an exact match
+                if self.backend.tags:  # the batch carries our tag: an exact match
                     if info.tag == tag:
                         candidates[:] = [info]
                         return

@@ -548,3 +548,14 @@ def test_mixed_endpoints_go_to_separate_openai_batches(start_sim, tmp_path) -> N
     assert recs["e0"]["response"]["body"]["data"][0]["embedding"]
     assert recs["c0"]["response"]["body"]["object"] == "chat.completion"
     assert sim.stats()["batches_created"] == 2
+
+
+def test_a_refused_key_stops_the_run_with_a_message_not_a_traceback(tmp_path) -> None:
+    with SimProcess("--api-key-env", "SIM_KEY", env={"SIM_KEY": "the-right-key"}) as sim:
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        write_input(inp, ["a", "b"])
+        proc = cli(*run_args(sim, "openai", inp, out))  # sends sk-test
+    assert proc.returncode == 2, proc.stderr
+    assert "the batch API failed" in proc.stderr and "401" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "rerun the same command" in proc.stderr

@@ -29,9 +29,11 @@ from ..batch_api import (
     BatchSubmitted,
     LedgerError,
     is_redoable,
+    ledger_paths,
 )
 from ..batch_api.runner import DEFAULT_POLL_INTERVAL
 from ..clients.provider import ProviderClient
+from ..errors import LLMBatchError
 from ..io.sink import ResultSink
 from ..types import BatchRequest
 from ._common import positive_float, positive_int, say
@@ -228,6 +230,13 @@ async def execute_batch_api(
         return True
     except LedgerError as exc:
         raise UsageError(str(exc)) from None
+    except LLMBatchError as exc:
+        # The provider refused a call (key, permissions) or stayed unreachable through the
+        # retries: what was recorded is safe, and the same command picks it up again.
+        raise UsageError(
+            f"the batch API failed: {exc}; every batch already created is recorded in "
+            f"{ledger_paths(args.output)[0]}: rerun the same command to resume"
+        ) from None
     finally:
         view.stop()
         sink.progress = realtime_progress

@@ -8,6 +8,7 @@ are tested on real files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -40,6 +41,8 @@ from llmbatch.batch_api.ledger import CREATED, UPLOADED, write_atomic
 from llmbatch.batch_api.split import JSON_REQUESTS, JSONL, Caps, TooLarge, ids_digest
 from llmbatch.clients import AnthropicClient, OpenAIClient
 from llmbatch.errors import error_code
+from llmbatch.io.journal import Journal
+from llmbatch.io.sink import ResultSink
 from llmbatch.types import BatchRequest, CompletionRequest
 
 from .conftest import SimProcess
@@ -559,3 +562,39 @@ def test_a_refused_key_stops_the_run_with_a_message_not_a_traceback(tmp_path) ->
     assert "the batch API failed" in proc.stderr and "401" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "rerun the same command" in proc.stderr
+
+
+def test_stopped_mid_merge_the_rerun_writes_only_the_missing_answers(start_sim, tmp_path) -> None:
+    sim = start_sim("--batch-seconds", "0.3")
+    out = tmp_path / "out.jsonl"
+    requests = [
+        BatchRequest(f"r{i}", CompletionRequest(prompt=f"q {i}", max_tokens=8)) for i in range(12)
+    ]
+
+    async def run(stop_after: int | None) -> int:
+        client = OpenAIClient(base_url=sim.url + "/v1", api_key="sk", model="gpt-4o-mini")
+        journal = Journal(out)
+        scan = journal.open()
+        sink = ResultSink(journal, expected=len(requests))
+        runner = BatchAPIRunner(client, BatchAPIConfig(out, poll_interval=0.05))
+        todo = [r for r in requests if r.id not in scan.ok]
+        try:
+            stream = runner.stream(todo, done=scan.ok.__contains__, flush=sink.flush)
+            async with contextlib.aclosing(stream) as results:
+                async for result in results:
+                    sink.write(result)
+                    if sink.written == stop_after:
+                        break  # the process dies here: the batch is not marked collected
+            sink.close()
+        finally:
+            sink.abandon()
+            await client.aclose()
+        return sink.written
+
+    assert asyncio.run(run(stop_after=5)) == 5
+    (chunk,) = ledger_chunks(out)
+    assert chunk["state"] == "created"  # not collected: the rerun re-attaches
+    assert asyncio.run(run(stop_after=None)) == 7  # only the answers not yet written
+    assert Counter(rec["custom_id"] for rec in read_out(out)) == Counter(r.id for r in requests)
+    assert sim.stats()["batches_created"] == 1
+    assert ledger_chunks(out)[0]["state"] == "ended"

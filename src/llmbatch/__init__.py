@@ -7,6 +7,7 @@ and never lose a result.
 """
 
 from .admission import Admission, AdmissionChain, Feedback, Permit, feedback
+from .batch_api import BatchAPIConfig, BatchAPIRunner
 from .breaker import Outage, OutageBreaker
 from .clients.base import LLMClient
 from .concurrency import ConcurrencyLimiter
@@ -16,6 +17,7 @@ from .errors import (
     APIConnectionError,
     AuthenticationError,
     BadRequestError,
+    BatchAPIError,
     BatchCancelledError,
     BatchTimeoutError,
     FatalError,
@@ -79,6 +81,9 @@ __all__ = [
     "AdmissionChain",
     "AuthenticationError",
     "BadRequestError",
+    "BatchAPIConfig",
+    "BatchAPIError",
+    "BatchAPIRunner",
     "BatchCancelledError",
     "BatchFinished",
     "BatchInterrupted",

@@ -67,6 +67,7 @@ async def _main(args: argparse.Namespace, ledger: Ledger, console: Console, erro
     backend = backend_for(client)
     live: dict[int, BatchInfo | str] = {}
     failed = False
+    cancelled = 0
     try:
         for record in ledger.chunks:
             if not record.live or record.batch_id is None:
@@ -74,10 +75,11 @@ async def _main(args: argparse.Namespace, ledger: Ledger, console: Console, erro
             if args.action == "list" and args.offline:
                 continue
             try:
-                if args.action == "cancel":
-                    live[record.n] = await backend.cancel(record.batch_id)
-                else:
-                    live[record.n] = await backend.get(record.batch_id)
+                now = await backend.get(record.batch_id)
+                if args.action == "cancel" and not now.ended:  # an ended one has nothing to stop
+                    now = await backend.cancel(record.batch_id)
+                    cancelled += 1
+                live[record.n] = now
             except LLMBatchError as exc:
                 live[record.n] = f"error: {exc}"
                 failed = True
@@ -126,10 +128,9 @@ async def _main(args: argparse.Namespace, ledger: Ledger, console: Console, erro
             "batch; rerun the run's command to find or create it",
         )
     if args.action == "cancel":
-        n = sum(isinstance(i, BatchInfo) for i in live.values())
         say(
             errors,
-            f"cancel requested for {n} batch(es); rerun the run's command to collect what "
+            f"cancel requested for {cancelled} batch(es); rerun the run's command to collect what "
             "they finished (the rest become batch_cancelled lines)",
         )
     return EXIT_FAILED if failed else EXIT_OK

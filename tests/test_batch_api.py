@@ -200,9 +200,12 @@ def test_kill_9_after_first_batch_then_rerun_creates_each_batch_once(
     assert len(ledger_chunks(out)) == 3
 
 
-def _half_submitted(tmp_path: Path, sim: SimProcess, provider: str, out: Path) -> int:
+def _half_submitted(
+    tmp_path: Path, sim: SimProcess, provider: str, out: Path, *, foreign: int = 0
+) -> int:
     """Do what a run killed right after its create does: intent recorded, batch created at
-    the provider, its id never recorded. Returns the number of ids."""
+    the provider, its id never recorded; and `foreign` more batches of the same size created
+    by someone else. Returns the number of ids."""
     ids = [f"q{i}" for i in range(7)]
 
     async def go() -> None:
@@ -225,7 +228,10 @@ def _half_submitted(tmp_path: Path, sim: SimProcess, provider: str, out: Path) -
             record.file_id = await backend.upload(chunk.input_path, "x.jsonl")
             record.state = UPLOADED
             ledger.save()
-        await backend.create(record.key, chunk.input_path, record.file_id, f"{ledger.run_key}:0")
+        for _ in range(1 + foreign):
+            await backend.create(
+                record.key, chunk.input_path, record.file_id, f"{ledger.run_key}:0"
+            )
         await client.aclose()
 
     asyncio.run(go())
@@ -247,6 +253,18 @@ def test_a_create_whose_answer_was_lost_is_found_not_repeated(
     assert Counter(rec["custom_id"] for rec in read_out(out)) == Counter(f"q{i}" for i in range(n))
     (chunk,) = ledger_chunks(out)
     assert chunk["state"] == "ended" and chunk["batch_id"]
+
+
+def test_two_anthropic_batches_matching_a_lost_create_stop_the_run(start_sim, tmp_path) -> None:
+    sim = start_sim("--batch-seconds", "0.3")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    n = _half_submitted(tmp_path, sim, "anthropic", out, foreign=1)
+    write_input(inp, [f"q{i}" for i in range(n)])
+    proc = cli(*run_args(sim, "anthropic", inp, out))
+    assert proc.returncode == 2, proc.stderr
+    assert "2 batches match it" in proc.stderr and proc.stderr.count("msgbatch_") >= 2
+    assert sim.stats()["batches_created"] == 2  # nothing created on a guess
+    assert not out.exists() or out.read_text() == ""
 
 
 def test_ctrl_c_leaves_batches_running_and_the_rerun_collects_them(start_sim, tmp_path) -> None:

@@ -209,8 +209,10 @@ class BatchAPIRunner:
                 record.state = UPLOADED
                 ledger.save()
             info = await self._create_once(record, tag, path, search=reattach)
-        except (BadRequestError, InvalidResponseError) as exc:
-            # The provider refused the batch as a whole: every line of it fails, saying why.
+        except BadRequestError as exc:
+            # The provider refused the batch as a whole (a 4xx naming the problem): every line
+            # of it fails, saying why. Anything less clear (a garbled answer, a timeout)
+            # propagates instead: the batch may exist, and the rerun looks for it first.
             message = _name_lines(str(exc), ledger.ids(record))
             async for result in self._end_unsent(record, message):
                 yield result

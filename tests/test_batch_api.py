@@ -152,6 +152,12 @@ def test_openai_run_splits_into_batches_and_writes_every_line_once(start_sim, tm
     # Inputs and outputs removed at the provider (no --keep-files); no error files.
     assert stats["files_deleted"] == 6
     assert [c["state"] for c in ledger_chunks(out)] == ["ended"] * 3
+    # Not a terminal: one log line per change of a batch's status, unless --no-progress.
+    assert "batch 0: submitted batch_" not in proc.stderr
+    again = cli(
+        *[a for a in run_args(sim, "openai", inp, out) if a != "--no-progress"], "--retry-failed"
+    )
+    assert "submitted" not in again.stderr  # all done: nothing to submit
     # The usual tools read the file unchanged.
     assert "25" in cli("stats", str(out)).stdout
 
@@ -161,8 +167,13 @@ def test_anthropic_run_maps_unsafe_custom_ids_and_back(start_sim, tmp_path) -> N
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = ["src/a b.py", "x" * 80, "llmb_0123", "plain-id_1", "naïve.txt", "q5"]
     write_input(inp, ids)
-    proc = cli(*run_args(sim, "anthropic", inp, out, "--batch-max-requests", "4"))
+    args = run_args(sim, "anthropic", inp, out, "--batch-max-requests", "4")
+    proc = cli(*[a for a in args if a != "--no-progress"])
     assert proc.returncode == 0, proc.stderr
+    assert "batch 0: submitted msgbatch_" in proc.stderr
+    assert (
+        "batch 1: ended" in proc.stderr and "batch 1: completed, 2 line(s) written" in proc.stderr
+    )
     lines = read_out(out)
     assert Counter(rec["custom_id"] for rec in lines) == Counter(ids)
     assert all(rec["response"]["body"]["type"] == "message" for rec in lines)

@@ -104,11 +104,15 @@ def check_batch_args(args: argparse.Namespace) -> None:
 class BatchProgressView:
     """Per-batch progress bars (status, succeeded+failed of count, elapsed) and a total row.
 
-    A `BatchAPIRunner` listener and the sink's progress display. Draws nothing when stderr
-    is not a terminal or `disable` is set.
+    A `BatchAPIRunner` listener and the sink's progress display. When stderr is not a
+    terminal (a batch job left running overnight, its log in a file) it prints one line per
+    change of a batch's status instead. `disable` silences both.
     """
 
     def __init__(self, console: Console, *, disable: bool = False) -> None:
+        self.console = console
+        self.log_lines = not disable and not console.is_terminal
+        self._seen: dict[int, str] = {}
         self.disabled = disable or not console.is_terminal
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -128,6 +132,8 @@ class BatchProgressView:
         self._tasks: dict[int, TaskID] = {}
 
     def __call__(self, event: BatchEvent) -> None:
+        if self.log_lines:
+            self._log(event)
         p = self._progress
         if isinstance(event, BatchSubmitted):
             self._tasks[event.n] = p.add_task(
@@ -152,6 +158,22 @@ class BatchProgressView:
                     f"batch {event.n}", total=event.count, failed="", elapsed="", status=""
                 )
             p.update(task, completed=event.count, status=event.outcome)
+
+    def _log(self, event: BatchEvent) -> None:
+        if isinstance(event, BatchSubmitted):
+            how = "re-attached" if event.reattached else "submitted"
+            line = f"batch {event.n}: {how} {event.batch_id} ({event.count:,} requests)"
+        elif isinstance(event, BatchPolled):
+            if self._seen.get(event.n) == event.status:
+                return
+            self._seen[event.n] = event.status
+            line = (
+                f"batch {event.n}: {event.status}, {event.succeeded:,} done, "
+                f"{event.failed:,} failed of {event.total:,} ({_clock(event.elapsed)})"
+            )
+        else:
+            line = f"batch {event.n}: {event.outcome}, {event.written:,} line(s) written"
+        self.console.print(line, markup=False, highlight=False)
 
     def start(self, total: int | None) -> None:
         self._progress.update(self._total, total=total)

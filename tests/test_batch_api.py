@@ -212,7 +212,13 @@ def test_kill_9_after_first_batch_then_rerun_creates_each_batch_once(
 
 
 def _half_submitted(
-    tmp_path: Path, sim: SimProcess, provider: str, out: Path, *, foreign: int = 0
+    tmp_path: Path,
+    sim: SimProcess,
+    provider: str,
+    out: Path,
+    *,
+    foreign: int = 0,
+    upload_only: bool = False,
 ) -> int:
     """Do what a run killed right after its create does: intent recorded, batch created at
     the provider, its id never recorded; and `foreign` more batches of the same size created
@@ -236,8 +242,12 @@ def _half_submitted(
         (chunk,) = splitter.finish()
         record = ledger.add(chunk, time.time())
         if backend.uploads:
-            record.file_id = await backend.upload(chunk.input_path, "x.jsonl")
-            record.state = UPLOADED
+            name = f"llmbatch-{ledger.run_key}-0.jsonl"
+            file_id = await backend.upload(chunk.input_path, name)
+            if upload_only:  # killed before the file id was recorded
+                await client.aclose()
+                return
+            record.file_id, record.state = file_id, UPLOADED
             ledger.save()
         for _ in range(1 + foreign):
             await backend.create(
@@ -264,6 +274,19 @@ def test_a_create_whose_answer_was_lost_is_found_not_repeated(
     assert Counter(rec["custom_id"] for rec in read_out(out)) == Counter(f"q{i}" for i in range(n))
     (chunk,) = ledger_chunks(out)
     assert chunk["state"] == "ended" and chunk["batch_id"]
+
+
+def test_an_upload_whose_answer_was_lost_is_used_not_repeated(start_sim, tmp_path) -> None:
+    sim = start_sim("--batch-seconds", "0.3")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    n = _half_submitted(tmp_path, sim, "openai", out, upload_only=True)
+    write_input(inp, [f"q{i}" for i in range(n)])
+    proc = cli(*run_args(sim, "openai", inp, out))
+    assert proc.returncode == 0, proc.stderr
+    stats = sim.stats()
+    assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
+    assert stats["files_deleted"] == 2  # that input and the output: nothing left behind
+    assert Counter(rec["custom_id"] for rec in read_out(out)) == Counter(f"q{i}" for i in range(n))
 
 
 def test_two_anthropic_batches_matching_a_lost_create_stop_the_run(start_sim, tmp_path) -> None:

@@ -83,6 +83,9 @@ class AnthropicBatches:
     async def upload(self, path: Path, filename: str) -> str:
         raise NotImplementedError("Anthropic batches take their requests inline")
 
+    async def find_upload(self, filename: str, size: int, since: float) -> str | None:
+        return None
+
     async def create(self, key: str, path: Path, file_id: str | None, tag: str) -> BatchInfo:
         return _info(await self.api.post_file(ROUTE, str(path), "application/json"))
 

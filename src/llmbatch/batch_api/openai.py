@@ -74,6 +74,21 @@ class OpenAIBatches:
         )
         return str(_field(body, "id"))
 
+    async def find_upload(self, filename: str, size: int, since: float) -> str | None:
+        params = {"purpose": "batch", "limit": "10000", "order": "desc"}
+        while True:
+            page = await self.api.json("GET", "/files", params=params)
+            data = _field(page, "data")
+            for f in data:
+                created = f.get("created_at")
+                if isinstance(created, int | float) and created < since:
+                    return None
+                if f.get("filename") == filename and f.get("bytes") == size:
+                    return str(f["id"])
+            if not page.get("has_more") or not data:
+                return None
+            params = {**params, "after": str(data[-1]["id"])}
+
     async def create(self, key: str, path: Path, file_id: str | None, tag: str) -> BatchInfo:
         payload = {
             "input_file_id": file_id,

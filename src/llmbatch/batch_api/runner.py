@@ -20,6 +20,8 @@ Guarantees, after a crash or `kill -9` at any moment and a rerun with the same l
   the ledger, with the chunk's request count. Two such candidates stop the run with both ids
   rather than guess; a third party creating a batch of exactly that size in that minute is
   the remaining window;
+- an OpenAI upload whose answer was lost is found by its name and size and used, not
+  uploaded again;
 - results of a re-attached batch for ids `done` says are written are skipped.
 Cancelling the task (Ctrl-C) leaves the batches running at the provider; the rerun collects.
 """
@@ -205,7 +207,12 @@ class BatchAPIRunner:
         try:
             if backend.uploads and record.file_id is None:
                 name = f"llmbatch-{ledger.run_key}-{record.n}.jsonl"
-                record.file_id = await self._call(lambda: backend.upload(path, name))
+                size = path.stat().st_size
+                since = record.intent_at - CLOCK_SKEW
+                found = None
+                if reattach:  # an upload whose answer was lost is used, not repeated
+                    found = await self._call(lambda: backend.find_upload(name, size, since))
+                record.file_id = found or await self._call(lambda: backend.upload(path, name))
                 record.state = UPLOADED
                 ledger.save()
             info = await self._create_once(record, tag, path, search=reattach)

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from .batches import BatchStore, Item, SimBatch
+from .batches import BatchStore, Item, SimBatch, dumps
 from .config import SimulatorConfig
 from .dialects import ANTHROPIC, OPENAI, Dialect
 
@@ -192,7 +192,7 @@ def parse_openai_input(
             )
             continue
         seen.add(custom_id)
-        items.append((custom_id, orjson.dumps(body)))
+        items.append((custom_id, dumps(body)))
     if count == 0:
         bad("empty_file", "The batch input file is empty.", None)
     elif count > max_requests:
@@ -240,7 +240,7 @@ def parse_anthropic_requests(body: Any, max_requests: int) -> tuple[list[Item], 
                 return [], f"{where}.params.{name}: Field required"
             if not isinstance(params[name], kind) or isinstance(params[name], bool):
                 return [], f"{where}.params.{name}: Input should be a valid {kind.__name__}"
-        items.append((custom_id, orjson.dumps(params)))
+        items.append((custom_id, dumps(params)))
     return items, None
 
 
@@ -386,10 +386,14 @@ class BatchRoutes:
         if metadata is not None and not (
             isinstance(metadata, dict)
             and len(metadata) <= 16
-            and all(isinstance(v, str) for v in metadata.values())
+            and all(len(k) <= 64 for k in metadata)
+            and all(isinstance(v, str) and len(v) <= 512 for v in metadata.values())
         ):
             return _openai_error(
-                400, "metadata: at most 16 string keys with string values.", "metadata"
+                400,
+                "metadata: at most 16 pairs, keys up to 64 characters, string values up to "
+                "512 characters.",
+                "metadata",
             )
         f = self.store.files.get(body["input_file_id"])
         if f is None:
@@ -420,26 +424,26 @@ class BatchRoutes:
         )
         return _json(200, batch.openai_obj(self.store.clock()))
 
-    def _openai_batch(self, request: web.Request) -> SimBatch | web.Response:
+    async def _openai_batch(self, request: web.Request) -> SimBatch | web.Response:
         batch_id = request.match_info["id"]
-        batch = self.store.get(batch_id, "openai")
+        batch = await self.store.get(batch_id, "openai")
         if batch is None:
             return _openai_error(404, f"No batch found with id '{batch_id}'.", "batch_id")
         return batch
 
     async def get_openai(self, request: web.Request) -> web.StreamResponse:
-        batch = self._openai_batch(request)
+        batch = await self._openai_batch(request)
         if isinstance(batch, web.Response):
             return batch
         self.store.counters.batch_polls += 1
         return _json(200, batch.openai_obj(self.store.clock()))
 
     async def cancel_openai(self, request: web.Request) -> web.StreamResponse:
-        batch = self._openai_batch(request)
+        batch = await self._openai_batch(request)
         if isinstance(batch, web.Response):
             return batch
         now = self.store.clock()
-        if not self.store.cancel(batch):
+        if not await self.store.cancel(batch):
             status = batch.openai_status(now)
             return _openai_error(400, f"Cannot cancel a batch with status '{status}'.")
         return _json(200, batch.openai_obj(now))
@@ -448,7 +452,7 @@ class BatchRoutes:
         limit = _limit(request.query.get("limit"), 20, 100)
         if limit is None:
             return _openai_error(400, "Invalid value for 'limit': 1 to 100.", "limit")
-        batches = self.store.listing("openai")
+        batches = await self.store.listing("openai")
         after = request.query.get("after")
         if after is not None:
             ids = [b.id for b in batches]
@@ -494,9 +498,9 @@ class BatchRoutes:
         batch = self.store.create_anthropic(items)
         return _json(200, batch.anthropic_obj(_base_url(request)))
 
-    def _anthropic_batch(self, request: web.Request) -> SimBatch | web.Response:
+    async def _anthropic_batch(self, request: web.Request) -> SimBatch | web.Response:
         batch_id = request.match_info["id"]
-        batch = self.store.get(batch_id, "anthropic")
+        batch = await self.store.get(batch_id, "anthropic")
         if batch is None:
             return _anthropic_error(
                 404, "not_found_error", f"No message batch found with id '{batch_id}'."
@@ -504,17 +508,17 @@ class BatchRoutes:
         return batch
 
     async def get_anthropic(self, request: web.Request) -> web.StreamResponse:
-        batch = self._anthropic_batch(request)
+        batch = await self._anthropic_batch(request)
         if isinstance(batch, web.Response):
             return batch
         self.store.counters.batch_polls += 1
         return _json(200, batch.anthropic_obj(_base_url(request)))
 
     async def cancel_anthropic(self, request: web.Request) -> web.StreamResponse:
-        batch = self._anthropic_batch(request)
+        batch = await self._anthropic_batch(request)
         if isinstance(batch, web.Response):
             return batch
-        if not self.store.cancel(batch):
+        if not await self.store.cancel(batch):
             return _anthropic_error(
                 400,
                 "invalid_request_error",
@@ -523,7 +527,7 @@ class BatchRoutes:
         return _json(200, batch.anthropic_obj(_base_url(request)))
 
     async def anthropic_results(self, request: web.Request) -> web.StreamResponse:
-        batch = self._anthropic_batch(request)
+        batch = await self._anthropic_batch(request)
         if isinstance(batch, web.Response):
             return batch
         if batch.results is None:
@@ -535,7 +539,7 @@ class BatchRoutes:
         return web.Response(body=batch.results, content_type="application/x-jsonl")
 
     async def delete_anthropic(self, request: web.Request) -> web.StreamResponse:
-        batch = self._anthropic_batch(request)
+        batch = await self._anthropic_batch(request)
         if isinstance(batch, web.Response):
             return batch
         if batch.end is None:
@@ -551,22 +555,24 @@ class BatchRoutes:
         limit = _limit(request.query.get("limit"), 20, 1000)
         if limit is None:
             return _anthropic_error(400, "invalid_request_error", "limit: 1 to 1000")
-        batches = self.store.listing("anthropic")
+        batches = await self.store.listing("anthropic")
         ids = [b.id for b in batches]
         after, before = request.query.get("after_id"), request.query.get("before_id")
-        if after is not None:
-            batches = batches[ids.index(after) + 1 :] if after in ids else []
-        elif before is not None:
-            batches = batches[: ids.index(before)] if before in ids else []
-            batches = batches[-limit:]
-        page = batches[:limit]
+        if before is not None:
+            # The page just newer than `before_id` (the list is newest first).
+            end = ids.index(before) if before in ids else 0
+            page, has_more = batches[max(0, end - limit) : end], end > limit
+        else:
+            if after is not None:
+                batches = batches[ids.index(after) + 1 :] if after in ids else []
+            page, has_more = batches[:limit], len(batches) > limit
         base = _base_url(request)
         data = [b.anthropic_obj(base) for b in page]
         return _json(
             200,
             {
                 "data": data,
-                "has_more": len(batches) > limit,
+                "has_more": has_more,
                 "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None,
             },

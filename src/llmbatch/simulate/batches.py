@@ -1,13 +1,13 @@
 """Simulated provider batches: a scaled clock, lines answered progressively, faults.
 
-    store = BatchStore(config, counters, answer)          # answer: a line as realtime would
-    batch = store.create_openai(file, "/v1/chat/completions", {}, "chat", items)
-    batch.advance(time.monotonic())                       # lazily, on each GET
-    batch.status(now)                                     # "validating" ... "completed"
+    store = BatchStore(config, counters, answer)     # answer: one line, as realtime would
+    batch = store.create_anthropic([("req-1", params_json_bytes)])
+    await store.refresh(batch)                       # brought up to the clock, on each GET
+    batch.anthropic_status()                         # "in_progress" ... "ended"
 
 A batch is a timeline fixed at creation, read from the clock whenever a client looks; no
-background task moves it. With `S = batch_seconds` (plus a random lognormal delay when
-`batch_delay_median` is set):
+background task moves it (a refresh answers the lines due in slices, yielding between).
+With `S = batch_seconds` (plus a random lognormal delay when `batch_delay_median` is set):
 
     OpenAI:    validating [0, 0.1 S) -> in_progress (lines finish evenly over 0.8 S)
                -> finalizing (0.1 S) -> completed, with output and error files
@@ -19,11 +19,12 @@ a batch not done by then is `expired` / ended, its finished lines kept and the r
 the window as soon as a fraction F of the lines has finished (so expiry tests take
 seconds), `batch_stall_rate` makes a share of batches finish nothing until cancelled or
 expired, `batch_error_rate` answers a share of lines with a 500 (`server_error`) /
-`errored` (`api_error`). A cancel freezes the lines finished so far; after 0.1 S the
-batch is `cancelled` / ended, the rest `batch_cancelled` (error file; the real API writes
-only finished lines to the output file and documents `batch_cancelled` for the others)
-/ `canceled`. Anthropic results are written in a shuffled order, as the real API promises
-no order.
+`errored` (`api_error`); a line the API refuses (`max_tokens` below 1, or what the
+realtime route refuses) is answered 400 `invalid_request_error`. A cancel freezes the
+lines finished so far; after 0.1 S the batch is `cancelled` / ended, the rest
+`batch_cancelled` (error file; the real API writes only finished lines to the output file
+and documents `batch_cancelled` for the others) / `canceled`. Anthropic results are
+written in a shuffled order, as the real API promises no order.
 
 Each line is answered by the `answer` callable with the realtime routes' logic (same body,
 same usage), but outside the realtime limits, latency and faults: batch pools are
@@ -33,6 +34,7 @@ outputs as bytes, so a 50,000-line batch costs little more than its file.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import secrets
@@ -53,6 +55,7 @@ __all__ = [
     "SimBatch",
     "StoredFile",
     "Timeline",
+    "dumps",
     "new_id",
 ]
 
@@ -65,6 +68,13 @@ EndState = Literal["completed", "expired", "cancelled", "failed"]
 _VALIDATE_SHARE = 0.1  # OpenAI: share of S spent validating
 _FINALIZE_SHARE = 0.1  # OpenAI: share of S spent finalizing (and cancelling)
 _ANTHROPIC_END_SHARE = 0.05  # Anthropic: from the last line to `ended`
+_LINES_PER_SLICE = 2000  # lines answered between two yields to the event loop
+
+
+def dumps(obj: Any) -> bytes:
+    """`orjson.dumps` into a right-sized bytes object. orjson's own result keeps its whole
+    growth buffer (4 KiB for a short line), which for 50,000 kept lines is 200 MB."""
+    return bytes(memoryview(orjson.dumps(obj)))
 
 
 def new_id(prefix: str) -> str:
@@ -181,13 +191,21 @@ class SimBatch:
         self.output_file_id: str | None = None
         self.error_file_id: str | None = None
         self.results: bytes | None = None  # Anthropic: the results JSONL once ended
+        self.lock = asyncio.Lock()  # one refresh at a time: lines are answered once
+        self._line_ids = secrets.token_hex(6)
+        self._next_line = 0
+
+    def line_id(self) -> str:
+        """A unique `batch_req_...` id (cheaper than fresh randomness per line)."""
+        self._next_line += 1
+        return f"batch_req_{self._line_ids}{self._next_line:012x}"
 
     # -- clock -----------------------------------------------------------------------------
 
     def wall(self, mono: float | None) -> float | None:
         return None if mono is None else self.wall0 + (mono - self.timeline.t0)
 
-    def in_window(self, now: float) -> bool:
+    def cancellable(self) -> bool:
         """Still running and not yet being cancelled (what a cancel may act on)."""
         return self.end is None and self.cancel_at is None and self.errors is None
 
@@ -272,15 +290,6 @@ class SimBatch:
             "archived_at": None,
             "results_url": f"{base_url}/v1/messages/batches/{self.id}/results" if ended else None,
         }
-
-
-@dataclass(slots=True)
-class _Faults:
-    error_rate: float
-    expire_after: float | None
-    stall_rate: float
-    delay_median: float
-    delay_sigma: float
 
 
 class BatchStore:
@@ -384,25 +393,25 @@ class BatchStore:
         self.counters.batches_created += 1
         self.counters.batch_lines += batch.n
 
-    def get(self, batch_id: str, provider: Provider) -> SimBatch | None:
+    async def get(self, batch_id: str, provider: Provider) -> SimBatch | None:
         batch = self.batches.get(batch_id)
         if batch is None or batch.provider != provider:
             return None
-        self.advance(batch)
+        await self.refresh(batch)
         return batch
 
-    def listing(self, provider: Provider) -> list[SimBatch]:
-        """This provider's batches, newest first, each advanced to now."""
+    async def listing(self, provider: Provider) -> list[SimBatch]:
+        """This provider's batches, newest first, each brought up to now."""
         found = [b for b in reversed(self.batches.values()) if b.provider == provider]
         for b in found:
-            self.advance(b)
+            await self.refresh(b)
         return found
 
-    def cancel(self, batch: SimBatch) -> bool:
+    async def cancel(self, batch: SimBatch) -> bool:
         """Start cancelling; False if the batch can no longer be cancelled."""
+        await self.refresh(batch)
         now = self.clock()
-        self.advance(batch)
-        if not batch.in_window(now):
+        if not batch.cancellable():
             return False
         if batch.provider == "openai" and batch.answered == batch.n and now >= batch.timeline.start:
             return False  # finalizing: too late to cancel
@@ -412,18 +421,32 @@ class BatchStore:
 
     # -- the state machine -----------------------------------------------------------------
 
-    def advance(self, batch: SimBatch) -> None:
-        """Bring `batch` up to the clock: answer the lines due, then end it if it is time."""
+    async def refresh(self, batch: SimBatch) -> None:
+        """`advance` in slices, letting other requests in between: answering 50,000 lines
+        at once would hold the event loop for seconds."""
+        async with batch.lock:
+            while True:
+                if self.advance(batch, _LINES_PER_SLICE):
+                    return
+                await asyncio.sleep(0)
+
+    def advance(self, batch: SimBatch, most: int | None = None) -> bool:
+        """Bring `batch` up to the clock: answer the lines due (at most `most` of them),
+        then end it if it is time. False if lines due are left for another call."""
         if batch.end is not None:
-            return
+            return True
         now = self.clock()
         tl = batch.timeline
         if batch.errors is not None:
             if now >= tl.start:
                 self._finish(batch, "failed", tl.start)
-            return
+            return True
         cut = now if batch.cancel_at is None else min(now, batch.cancel_at)
-        self._answer_lines(batch, tl.done_by(cut))
+        due = tl.done_by(cut)
+        upto = due if most is None else min(due, batch.answered + most)
+        self._answer_lines(batch, upto)
+        if upto < due:
+            return False
         if batch.cancel_at is not None:
             if now >= batch.cancel_at + batch.stop_grace:
                 self._finish(batch, "cancelled", batch.cancel_at + batch.stop_grace)
@@ -433,6 +456,7 @@ class BatchStore:
                 self._finish(batch, "completed", done_at + batch.finalize)
         elif now >= tl.deadline:
             self._finish(batch, "expired", tl.deadline)
+        return True
 
     def _answer_lines(self, batch: SimBatch, upto: int) -> None:
         items = batch.items
@@ -442,12 +466,16 @@ class BatchStore:
         for i in range(batch.answered, upto):
             custom_id, raw = items[i]
             body = orjson.loads(raw)
-            if rate and self.rng.random() < rate:
+            problem = _line_problem(batch.dialect, body)
+            if problem is not None:
+                status, payload = batch.dialect.bad_request(problem)
+                body_bytes, rid = orjson.dumps(payload), "req_" + secrets.token_hex(8)
+            elif rate and self.rng.random() < rate:
                 status, rid = 500, "req_" + secrets.token_hex(8)
                 body_bytes = orjson.dumps(_line_failure(batch.provider))
             else:
                 status, body_bytes, _rid = self.answer(batch.kind, batch.dialect, body)
-                rid = "req_" + secrets.token_hex(8)  # unique per line, as real ids are
+                rid = "req_" + batch.line_id()[10:]  # unique per line, as real ids are
             ok = status == 200
             if ok:
                 batch.succeeded += 1
@@ -455,7 +483,7 @@ class BatchStore:
                 batch.errored += 1
             if batch.provider == "openai":
                 line = {
-                    "id": new_id("batch_req_"),
+                    "id": batch.line_id(),
                     "custom_id": custom_id,
                     "response": {
                         "status_code": status,
@@ -464,7 +492,7 @@ class BatchStore:
                     },
                     "error": None,
                 }
-                (batch.ok_lines if ok else batch.err_lines).append(orjson.dumps(line))
+                (batch.ok_lines if ok else batch.err_lines).append(dumps(line))
             else:
                 if ok:
                     result: dict[str, Any] = {
@@ -473,7 +501,7 @@ class BatchStore:
                     }
                 else:
                     result = {"type": "errored", "error": orjson.Fragment(body_bytes)}
-                batch.ok_lines.append(orjson.dumps({"custom_id": custom_id, "result": result}))
+                batch.ok_lines.append(dumps({"custom_id": custom_id, "result": result}))
         self.counters.batch_lines_answered += upto - batch.answered
         batch.answered = upto
 
@@ -502,9 +530,9 @@ class BatchStore:
                 )
                 for custom_id, _ in rest:
                     batch.err_lines.append(
-                        orjson.dumps(
+                        dumps(
                             {
-                                "id": new_id("batch_req_"),
+                                "id": batch.line_id(),
                                 "custom_id": custom_id,
                                 "response": None,
                                 "error": {"code": code, "message": message},
@@ -524,15 +552,22 @@ class BatchStore:
         else:
             kind = "expired" if end == "expired" else "canceled"
             for custom_id, _ in rest:
-                batch.ok_lines.append(
-                    orjson.dumps({"custom_id": custom_id, "result": {"type": kind}})
-                )
+                batch.ok_lines.append(dumps({"custom_id": custom_id, "result": {"type": kind}}))
             # The real API promises no order; a client that relies on one breaks here.
             self.rng.shuffle(batch.ok_lines)
             batch.results = _jsonl(batch.ok_lines)
         batch.ok_lines = []
         batch.err_lines = []
         batch.items = None  # the input is no longer needed
+
+
+def _line_problem(dialect: Dialect, body: dict[str, Any]) -> str | None:
+    """Why one line is answered 400 although its batch was accepted: what the realtime
+    route refuses, and `max_tokens` below 1 (not allowed in a batch)."""
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens < 1:
+        return f"max_tokens: must be at least 1, got {max_tokens}"
+    return dialect.invalid(body)
 
 
 def _line_failure(provider: Provider) -> dict[str, Any]:

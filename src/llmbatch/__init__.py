@@ -7,6 +7,7 @@ and never lose a result.
 """
 
 from .admission import Admission, AdmissionChain, Feedback, Permit, feedback
+from .batch_api import BatchAPIConfig, BatchAPIRunner
 from .breaker import Outage, OutageBreaker
 from .budget import Budget, BudgetExceededError
 from .clients.base import LLMClient
@@ -17,6 +18,7 @@ from .errors import (
     APIConnectionError,
     AuthenticationError,
     BadRequestError,
+    BatchAPIError,
     BatchCancelledError,
     BatchTimeoutError,
     FatalError,
@@ -87,6 +89,9 @@ __all__ = [
     "AdmissionChain",
     "AuthenticationError",
     "BadRequestError",
+    "BatchAPIConfig",
+    "BatchAPIError",
+    "BatchAPIRunner",
     "BatchCancelledError",
     "BatchFinished",
     "BatchInterrupted",

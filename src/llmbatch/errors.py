@@ -20,7 +20,9 @@
     │   │   ├── InvalidOutputError       it broke the schema after every re-ask allowed
     │   │   ├── RefusalError             the model refused (OpenAI `refusal`, stop_reason)
     │   │   └── TruncatedReplyError      cut off at max_tokens (finish/stop_reason)
-    │   └── ProviderOutageError          the server stayed down past max_outage (a ConnectionError)
+    │   ├── ProviderOutageError          the server stayed down past max_outage (a ConnectionError)
+    │   └── BatchAPIError                a provider batch left this line unanswered: its
+    │                                    `code` is batch_expired, batch_cancelled or batch_failed
     ├── BatchTimeoutError                the batch deadline passed first (also a TimeoutError)
     └── BatchCancelledError              the batch was cancelled or interrupted first
 
@@ -45,6 +47,7 @@ __all__ = [
     "APIConnectionError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchAPIError",
     "BatchCancelledError",
     "BatchTimeoutError",
     "FatalError",
@@ -188,6 +191,17 @@ class ProviderOutageError(FatalError, ConnectionError):
     outage tolerance (`max_outage`); requests still waiting then fail with this."""
 
 
+class BatchAPIError(FatalError):
+    """A provider batch (`--batch-api`) left this line unanswered. `code` says why:
+    batch_expired (the completion window passed first), batch_cancelled (the batch was
+    cancelled), batch_failed (the batch failed as a whole, e.g. validation; the message
+    names the provider's reason and line)."""
+
+    def __init__(self, message: str, *, code: str, status_code: int | None = None) -> None:
+        super().__init__(message, status_code=status_code)
+        self.code = code
+
+
 class BatchTimeoutError(LLMBatchError, TimeoutError):
     """The whole batch's deadline passed before this request finished."""
 
@@ -220,10 +234,13 @@ def error_code(error: BaseException | None) -> str:
     """The short error type used in logs, stats and output files.
 
     One of rate_limit, timeout, parse_failed, server_error, auth, bad_request, connection,
-    cancelled, invalid_output, refused, truncated, unknown.
+    cancelled, invalid_output, refused, truncated, unknown; for `BatchAPIError` its own code
+    (batch_expired, batch_cancelled, batch_failed).
     """
     if error is None:
         return ""
+    if isinstance(error, BatchAPIError):
+        return error.code
     for cls, code in _CODES:
         if isinstance(error, cls):
             return code

@@ -5,6 +5,7 @@
     llmbatch stats results.jsonl
     llmbatch plan requests.jsonl --model gpt-4o-mini --rpm 500      # cost and time, sends nothing
     llmbatch export results.jsonl -o labels.csv --join papers.csv
+    llmbatch batches list results.jsonl        # the provider batches of a --batch-api run
     llmbatch simulate --port 8080 --latency-ms 200 --rpm 600 --fail-rate 0.05
 
 Exit codes: 0 all succeeded; 1 some requests failed (results written); 2 usage or input
@@ -18,7 +19,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import export, plan, run, simulate, stats
+from . import batches, export, plan, run, simulate, stats
 
 __all__ = ["main"]
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_parser(sub)
     simulate.add_parser(sub)
     export.add_parser(sub)
+    batches.add_parser(sub)
     return parser
 
 
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": simulate.main,
         "plan": plan.main,
         "export": export.main,
+        "batches": batches.main,
     }
     return handlers[args.command](args)
 

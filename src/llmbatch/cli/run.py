@@ -6,7 +6,8 @@
 A run is a few steps, read top to bottom in `_run`: check the paths, open the output (the
 journal, see `llmbatch.io.journal`: rerunning the same command skips every id it holds), check
 every input line before anything is sent, build the one sink every result goes through
-(`llmbatch.io.sink`), execute (here, or on Ray workers), finish. The input is read twice,
+(`llmbatch.io.sink`), execute (here, on Ray workers, or through the provider's batch API with
+--batch-api), finish. The input is read twice,
 streaming both times: the check, then the requests themselves.
 
 If the output file cannot be written mid-run (a full disk), the run stops sending at once,
@@ -47,6 +48,7 @@ from ._common import (
     positive_int,
     say,
 )
+from .batch_run import add_batch_arguments, check_batch_args
 from .costs import add_cost_arguments, budget_of
 from .execute import build_sink, execute
 from .paths import Source, check_paths, source_of
@@ -173,6 +175,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=positive_int, default=2, help="Ray workers (each --concurrency)"
     )
     add_cost_arguments(p)
+    add_batch_arguments(p)
 
 
 # -- the steps of a run, in order -------------------------------------------------------------
@@ -181,6 +184,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 async def _run(args: argparse.Namespace, console: Console) -> int:
     source = structured_source(args, source_of(args))
     check_paths(args)
+    check_batch_args(args)
     spec = _client_spec(args)
     client = spec.build()
     try:
@@ -193,7 +197,14 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
                 budget = budget_of(args, sink.pricer, journal.scan.cost) if sink.pricer else None
                 requests = _requests(source, check, skip, sink)
                 interrupted = await execute(
-                    args, spec, client, sink, requests, check, budget=budget
+                    args,
+                    spec,
+                    client,
+                    sink,
+                    requests,
+                    check,
+                    budget=budget,
+                    reread=lambda: _requests(source, check, skip, sink),
                 )
                 sink.close()  # fsync, and compaction where ids were redone
             except OutputError as exc:

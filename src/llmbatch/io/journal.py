@@ -337,6 +337,13 @@ class Journal:
                 self._last_sync = now
                 self._dirty = False
 
+    def sync(self) -> None:
+        """fsync now, whatever the interval (before a provider batch is marked collected)."""
+        if self._fd is not None:
+            self._fsync(self._fd)
+            self._last_sync = self._clock()
+            self._dirty = False
+
     # -- internals --------------------------------------------------------------------------
 
     def _lock(self) -> None:

@@ -197,6 +197,14 @@ class ResultSink:
             except (sqlite3.Error, OSError) as exc:
                 self._cache_failed(exc)
 
+    def flush(self) -> None:
+        """fsync the output now: what was written is on disk when this returns (the batch
+        API's ledger marks a provider batch collected only after). `OutputError` if not."""
+        try:
+            self.journal.sync()
+        except OSError as exc:
+            raise OutputError(self.journal.path, exc) from exc
+
     async def keep_synced(self, interval: float = SYNC_INTERVAL) -> None:
         """Run beside the results loop: results that trickle in still reach the disk in time."""
         while True:

@@ -322,7 +322,9 @@ class _Run:
                     self.busy.discard(task)
                     self.active -= 1
                     self.gate_changed.set()
-                result.timing = state.timing(self.wall_started - self.started, started, self.cfg.clock())
+                result.timing = state.timing(
+                    self.wall_started - self.started, started, self.cfg.clock()
+                )
                 self.deliver(item, result)
         except Exception as exc:  # the source raised, or yielded something that is not a request
             if self.crash is None:

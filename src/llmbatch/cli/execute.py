@@ -26,6 +26,7 @@ from ..io import cache as cache_module
 from ..io.cache import SQLiteCache, request_key
 from ..io.journal import Journal
 from ..io.sink import OutputError, ResultSink
+from ..metrics import MetricsListener
 from ..progress import RichProgress
 from ..types import BatchRequest, CompletionRequest
 from ._common import rate_limiter, retry_policy, say
@@ -83,6 +84,8 @@ async def execute(
     sink: ResultSink,
     requests: Iterator[BatchRequest],
     check: Precheck,
+    *,
+    metrics: MetricsListener | None = None,
 ) -> bool:
     """Send the requests (here or on Ray) into the sink; return True if interrupted.
 
@@ -99,9 +102,9 @@ async def execute(
                 if args.ray:
                     from .ray_run import execute_on_ray
 
-                    await execute_on_ray(args, spec, requests, sink)
+                    await execute_on_ray(args, spec, requests, sink, metrics=metrics)
                 else:
-                    await _execute_here(args, client, sink, requests, check)
+                    await _execute_here(args, client, sink, requests, check, metrics)
             finally:
                 syncer.cancel()
     except asyncio.CancelledError:
@@ -135,6 +138,7 @@ async def _execute_here(
     sink: ResultSink,
     requests: Iterator[BatchRequest],
     check: Precheck,
+    metrics: MetricsListener | None = None,
 ) -> None:
     engine = Engine(
         client,
@@ -144,9 +148,11 @@ async def _execute_here(
             retry=retry_policy(args),
             limiter=rate_limiter(args),
             max_outage=args.max_outage,
-            listeners=[sink],
+            listeners=[sink] if metrics is None else [sink, metrics],
         ),
     )
+    if metrics is not None:
+        metrics.watch(engine.limiter)
     stream = engine.stream(
         requests, timeout=args.timeout, total=check.runnable, finish_unstarted=False
     )

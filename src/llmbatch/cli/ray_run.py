@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from ..clients import ClientSpec
 from ..io.sink import ResultSink
+from ..metrics import MetricsListener
 from ..types import BatchRequest, BatchResult
 from ._common import retry_policy
 from .usage import UsageError
@@ -29,6 +30,8 @@ async def execute_on_ray(
     spec: ClientSpec,
     requests: Iterator[BatchRequest],
     sink: ResultSink,
+    *,
+    metrics: MetricsListener | None = None,
 ) -> None:
     """Run the requests on Ray workers until done, --timeout, or a sink failure (raised)."""
     try:
@@ -60,6 +63,10 @@ async def execute_on_ray(
             input_tokens_per_minute=args.itpm,
             output_tokens_per_minute=args.otpm,
         )
+        if metrics is not None:
+            # Results (with their attempt logs) reach the metrics through the sink; the
+            # cluster limiter's rate and pause are read from its actor at each scrape.
+            metrics.watch(limiter)
         async with asyncio.timeout(args.timeout):
             await lray.run_on_ray(requests, spec, limiter, config, on_results=on_results)
     except TimeoutError:

@@ -47,6 +47,8 @@ from ._common import (
     say,
 )
 from .execute import build_sink, execute
+from .observe import add_arguments as add_observe_arguments
+from .observe import check_report_extra, serve_metrics, write_run_report
 from .paths import Source, check_paths, source_of
 from .precheck import Precheck, precheck
 from .stats import stats_table
@@ -162,6 +164,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument(
         "--workers", type=positive_int, default=2, help="Ray workers (each --concurrency)"
     )
+    add_observe_arguments(p)
 
 
 # -- the steps of a run, in order -------------------------------------------------------------
@@ -171,6 +174,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     source = source_of(args)
     check_paths(args)
     spec = _client_spec(args)
+    check_report_extra(args)
     client = spec.build()
     try:
         journal = _open_output(args)
@@ -179,8 +183,13 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             check = _check_input(console, args, source, skip, journal.scan)
             sink = build_sink(args, console, client, journal, check)
             try:
-                requests = _requests(source, check, skip, sink)
-                interrupted = await execute(args, spec, client, sink, requests, check)
+                with serve_metrics(args, console) as metrics:
+                    if metrics is not None:
+                        sink.observers.append(metrics.record)  # counted as written
+                    requests = _requests(source, check, skip, sink)
+                    interrupted = await execute(
+                        args, spec, client, sink, requests, check, metrics=metrics
+                    )
                 sink.close()  # fsync, and compaction where ids were redone
             except OutputError as exc:
                 sink.abandon()
@@ -189,7 +198,10 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
                 sink.abandon()  # after an exception; a no-op once closed
         finally:
             journal.abandon()  # the same
-        return _finish(console, args, sink, check, interrupted)
+        code = _finish(console, args, sink, check, interrupted)
+        if not write_run_report(args, console) and code == EXIT_OK:
+            code = EXIT_FAILED
+        return code
     finally:
         await client.aclose()
 

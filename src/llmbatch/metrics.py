@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from .engine import attempt_outcome
 from .errors import error_code
 from .events import (
     AttemptFinished,
@@ -249,7 +250,7 @@ class MetricsListener:
                 self._attempt(wait, provider, outcome)
         elif result.attempts:
             # No attempt log (a batch API result): the calls still happened.
-            last: Outcome = 200 if result.error is None else error_code(result.error)
+            last = attempt_outcome(result.response, result.error)
             self.attempts.labels(str(last)).inc(result.attempts)
 
     def watch(self, limiter: Any) -> None:

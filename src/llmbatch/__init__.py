@@ -32,6 +32,8 @@ from .errors import (
     error_code,
 )
 from .events import (
+    AttemptFinished,
+    AttemptQueued,
     BatchFinished,
     BatchStarted,
     Event,
@@ -49,6 +51,7 @@ from .limiter import (
     Reservation,
     estimate_tokens,
 )
+from .metrics import MetricsListener
 from .processor import (
     BatchInterrupted,
     BatchProcessor,
@@ -68,6 +71,7 @@ from .types import (
     CompletionResponse,
     PromptSection,
     RateLimitInfo,
+    Timing,
     Usage,
 )
 
@@ -77,6 +81,8 @@ __all__ = [
     "APIConnectionError",
     "Admission",
     "AdmissionChain",
+    "AttemptFinished",
+    "AttemptQueued",
     "AuthenticationError",
     "BadRequestError",
     "BatchCancelledError",
@@ -106,6 +112,7 @@ __all__ = [
     "LLMBatchError",
     "LLMClient",
     "Listener",
+    "MetricsListener",
     "Outage",
     "OutageBreaker",
     "OverloadedError",
@@ -131,6 +138,7 @@ __all__ = [
     "ServerError",
     "StatsCollector",
     "ThrottledLLMClient",
+    "Timing",
     "TokenBudgetError",
     "UnsupportedRequestError",
     "Usage",

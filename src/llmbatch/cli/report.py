@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     if not path.is_file():
         return fail(f"{path} does not exist or is not a file")
     try:
-        from ..report import aggregate, render
+        from ..report import aggregate, render, write_atomic
 
         data = aggregate(path, limit_rpm=args.rpm)
         page = render(data, args.title)
@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(f"cannot read {path}: {os_reason(exc)}")
     try:
-        Path(args.out).write_text(page, encoding="utf-8")
+        write_atomic(args.out, page)
     except OSError as exc:
         return fail(f"cannot write {args.out}: {os_reason(exc)}", EXIT_OUTPUT)
     s = data["summary"]

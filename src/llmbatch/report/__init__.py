@@ -17,7 +17,7 @@ from typing import Any
 from .aggregate import aggregate
 from .html import render
 
-__all__ = ["aggregate", "render", "write_report"]
+__all__ = ["aggregate", "render", "write_atomic", "write_report"]
 
 
 def write_report(
@@ -31,13 +31,17 @@ def write_report(
 
     Written to a temp file and renamed, so a failure never leaves half a report."""
     data = aggregate(output, limit_rpm=limit_rpm)
-    page = render(data, title)
-    target = Path(report)
+    write_atomic(report, render(data, title))
+    return data
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write through a temp file and a rename: a reader never sees half a report."""
+    target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return data

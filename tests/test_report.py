@@ -176,8 +176,11 @@ def test_a_report_of_an_all_failed_output(tmp_path: Path) -> None:
         )
         for i in range(20)
     ]
+    results[0].id = "</script><b>f0"  # ids are user data: neither markup nor an early end
     write(out, results)
-    data, _ = report_of(out, tmp_path)
+    data, html = report_of(out, tmp_path)
+    assert data["failed_requests"][0]["id"] == "</script><b>f0"
+    assert "&lt;/script&gt;&lt;b&gt;f0" in html and "<b>f0" not in html
     s = data["summary"]
     assert (s["requests"], s["succeeded"], s["failed"]) == (20, 0, 20)
     assert s["tokens_in"] == 0 and s["cost_usd"] is None
@@ -223,6 +226,7 @@ def test_run_writes_a_report_at_the_end(tmp_path: Path, start_sim: Any) -> None:
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr  # some failed, by design
     assert f"report: {page}" in proc.stderr
+    assert "admission wait p95" in proc.stderr and "provider time p99" in proc.stderr
     data = embedded(page.read_text())
     failed = sum(1 for line in out.read_text().splitlines() if '"error":{' in line)
     assert data["summary"]["requests"] == 30 and data["summary"]["failed"] == failed > 0

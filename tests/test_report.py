@@ -259,3 +259,13 @@ def test_the_report_renders_in_a_real_browser(tmp_path: Path) -> None:
     assert image[:8] == b"\x89PNG\r\n\x1a\n"
     # A page of drawn plots compresses far worse than a blank one (a few KB).
     assert len(image) > 100_000
+
+
+def test_run_refuses_a_report_it_could_not_write_before_sending(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text('{"id": "q0", "prompt": "hello"}\n')
+    base = ["run", str(inp), "-o", str(out), "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+    for report, why in ((tmp_path / "no" / "r.html", "does not exist"), (out, "is the OUTPUT")):
+        proc = cli(*base, "--report", str(report))
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+        assert not out.exists()

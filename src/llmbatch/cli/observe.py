@@ -92,13 +92,22 @@ def serve_metrics(args: argparse.Namespace, console: Console) -> Iterator[Metric
 
 
 def check_report_extra(args: argparse.Namespace) -> None:
-    """Refuse --report before anything is sent if plotly is missing."""
+    """Refuse a --report that could not be written, before anything is sent: plotly missing,
+    no such directory, or the path of a file the run reads or writes."""
     if args.report is None:
         return
     try:
         import plotly  # noqa: F401
     except ImportError:
         raise UsageError("--report needs plotly: pip install 'llmbatch[report]'") from None
+    report = Path(args.report)
+    if not report.resolve().parent.is_dir():
+        raise UsageError(f"--report {report}: the directory {report.parent} does not exist")
+    if report.is_dir():
+        raise UsageError(f"--report {report}: is a directory")
+    for flag, other in (("OUTPUT", args.output), ("INPUT", args.input)):
+        if other and report.resolve() == Path(other).resolve():
+            raise UsageError(f"--report {report}: is the {flag} file")
 
 
 def write_run_report(args: argparse.Namespace, console: Console) -> bool:

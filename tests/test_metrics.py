@@ -22,7 +22,7 @@ from llmbatch.engine import Engine, EngineConfig
 from llmbatch.events import Event
 from llmbatch.io.journal import Journal
 from llmbatch.simulate import Simulator, SimulatorConfig
-from llmbatch.types import BatchRequest, BatchResult, CompletionRequest
+from llmbatch.types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse
 
 from .conftest import FakeClock, SimProcess
 
@@ -256,3 +256,10 @@ def test_a_taken_metrics_port_stops_the_run_before_sending(tmp_path: Path) -> No
     assert proc.returncode == 2
     assert f"--metrics-port {port}: cannot listen" in proc.stderr
     assert not out.exists() or out.read_text() == ""
+
+
+def test_cost_is_summed_from_results_that_have_one() -> None:
+    metrics = MetricsListener()
+    for i, cost in enumerate((0.0015, None, 0.0025)):
+        metrics.record(BatchResult(f"c{i}", response=CompletionResponse("x"), cost=cost))
+    assert metrics.value("llmbatch_cost_usd_total") == pytest.approx(0.004)

@@ -8,6 +8,7 @@ and never lose a result.
 
 from .admission import Admission, AdmissionChain, Feedback, Permit, feedback
 from .breaker import Outage, OutageBreaker
+from .budget import Budget, BudgetExceededError
 from .clients.base import LLMClient
 from .concurrency import ConcurrencyLimiter
 from .engine import Engine, EngineConfig
@@ -52,6 +53,7 @@ from .limiter import (
     estimate_tokens,
 )
 from .metrics import MetricsListener
+from .pricing import FixedPrices, GenaiPrices, Pricer, PriceSource
 from .processor import (
     BatchInterrupted,
     BatchProcessor,
@@ -148,4 +150,14 @@ __all__ = [
     "estimate_tokens",
     "feedback",
     "parse_retry_after",
+]
+
+# Cost: prices and the budget (`llmbatch.pricing`, `llmbatch.budget`).
+__all__ += [
+    "Budget",
+    "BudgetExceededError",
+    "FixedPrices",
+    "GenaiPrices",
+    "PriceSource",
+    "Pricer",
 ]

@@ -4,11 +4,12 @@
     llmbatch run --template "Summarize this file: {content}" --files "src/**/*.py" -o out.jsonl
     llmbatch stats results.jsonl
     llmbatch report results.jsonl -o report.html
+    llmbatch plan requests.jsonl --model gpt-4o-mini --rpm 500      # cost and time, sends nothing
     llmbatch simulate --port 8080 --latency-ms 200 --rpm 600 --fail-rate 0.05
 
 Exit codes: 0 all succeeded; 1 some requests failed (results written); 2 usage or input
 error; 3 the output file could not be written (the run stopped; rerun to resume);
-130 interrupted.
+4 --max-cost reached (sending stopped; rerun with a higher cap to go on); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import report, run, simulate, stats
+from . import plan, report, run, simulate, stats
 
 __all__ = ["main"]
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     stats.add_parser(sub)
     report.add_parser(sub)
+    plan.add_parser(sub)
     simulate.add_parser(sub)
     return parser
 
@@ -43,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stats": stats.main,
         "report": report.main,
         "simulate": simulate.main,
+        "plan": plan.main,
     }
     return handlers[args.command](args)
 

@@ -15,9 +15,11 @@ import argparse
 import asyncio
 from collections.abc import Iterator
 
+from ..budget import Budget
 from ..clients import ClientSpec
 from ..io.sink import ResultSink
 from ..metrics import MetricsListener
+from ..pricing import Pricer
 from ..types import BatchRequest, BatchResult
 from ._common import retry_policy
 from .usage import UsageError
@@ -31,9 +33,13 @@ async def execute_on_ray(
     requests: Iterator[BatchRequest],
     sink: ResultSink,
     *,
+    budget: Budget | None = None,
     metrics: MetricsListener | None = None,
 ) -> None:
-    """Run the requests on Ray workers until done, --timeout, or a sink failure (raised)."""
+    """Run the requests on Ray workers until done, --timeout, or a sink failure (raised).
+
+    With a `budget` (--max-cost), the cluster limiter actor holds its cap and spend, and
+    every worker's attempts reserve and settle there."""
     try:
         import ray
 
@@ -62,6 +68,13 @@ async def execute_on_ray(
             args.tpm,
             input_tokens_per_minute=args.itpm,
             output_tokens_per_minute=args.otpm,
+            max_cost=None if budget is None else budget.max_cost,
+            spent=0.0 if budget is None else budget.spent,
+            # The run's pricer warns through the console, which stays here; workers get one
+            # with the same prices that logs instead.
+            pricer=None
+            if budget is None
+            else Pricer(budget.pricer.source, provider=budget.pricer.provider, model=args.model),
         )
         if metrics is not None:
             # Results (with their attempt logs) reach the metrics through the sink; the

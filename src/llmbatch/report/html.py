@@ -242,7 +242,7 @@ def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
         ["cached", f"{s['cached']:,}"],
         ["attempts / retries", f"{s['attempts']:,} / {s['retries']:,}"],
         ["tokens in / out", f"{s['tokens_in']:,} / {s['tokens_out']:,}"],
-        ["cost", "–" if s["cost_usd"] is None else f"${s['cost_usd']:,.4f}"],
+        ["cost", "–" if s["cost_usd"] is None else f"${s['cost_usd']:,.6f}"],
         ["first start", when(s["started_at"])],
         ["last finish", when(s["finished_at"])],
         ["wall time", _fmt_seconds(s["wall_seconds"]) if s["wall_seconds"] else "–"],

@@ -39,6 +39,8 @@ from .errors import (
     error_code,
 )
 from .events import (
+    AttemptFinished,
+    AttemptQueued,
     BatchFinished,
     BatchStarted,
     Event,
@@ -56,6 +58,7 @@ from .limiter import (
     Reservation,
     estimate_tokens,
 )
+from .metrics import MetricsListener
 from .pricing import FixedPrices, GenaiPrices, Pricer, PriceSource
 from .processor import (
     BatchInterrupted,
@@ -78,6 +81,7 @@ from .types import (
     CompletionResponse,
     PromptSection,
     RateLimitInfo,
+    Timing,
     Usage,
 )
 
@@ -87,6 +91,8 @@ __all__ = [
     "APIConnectionError",
     "Admission",
     "AdmissionChain",
+    "AttemptFinished",
+    "AttemptQueued",
     "AuthenticationError",
     "BadRequestError",
     "BatchAPIConfig",
@@ -120,6 +126,7 @@ __all__ = [
     "LLMBatchError",
     "LLMClient",
     "Listener",
+    "MetricsListener",
     "Outage",
     "OutageBreaker",
     "OverloadedError",
@@ -151,6 +158,7 @@ __all__ = [
     "ServerError",
     "StatsCollector",
     "ThrottledLLMClient",
+    "Timing",
     "TokenBudgetError",
     "TruncatedReplyError",
     "UnsupportedRequestError",

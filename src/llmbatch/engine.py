@@ -25,6 +25,9 @@ Guarantees:
   message added to the conversation) or retry a truncated reply with more room.
 - After `max_auth_failures` authentication errors the batch stops calling the provider: the
   key is wrong and every further call would fail the same way.
+- Every result the engine makes says where its time went (`BatchResult.timing`): admission
+  wait, provider calls and backoff, per attempt, measured on the config's `clock`; wall-clock
+  start and finish are the run's `time.time()` at its start plus that clock's seconds.
 """
 
 from __future__ import annotations
@@ -60,8 +63,11 @@ from .errors import (
     LLMBatchError,
     ReplyError,
     RequestTimeoutError,
+    error_code,
 )
 from .events import (
+    AttemptFinished,
+    AttemptQueued,
     BatchFinished,
     BatchStarted,
     Event,
@@ -75,7 +81,14 @@ from .events import (
 from .replies import ReplyPolicy, ReplyTries, check_reply
 from .retry import RetryPolicy
 from .throttled import ThrottledLLMClient
-from .types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse
+from .types import (
+    BatchRequest,
+    BatchResult,
+    CompletionRequest,
+    CompletionResponse,
+    Outcome,
+    Timing,
+)
 
 __all__ = ["Concurrency", "Engine", "EngineConfig", "RequestSource"]
 
@@ -240,6 +253,7 @@ class _Run:
         self.completed = 0
         self.failed = 0
         self.started = self.cfg.clock()
+        self.wall_started = time.time()  # wall time = this + (clock() - started)
 
     def emit(self, event: Event) -> None:
         for listener in self.listeners:
@@ -325,6 +339,9 @@ class _Run:
                     self.busy.discard(task)
                     self.active -= 1
                     self.gate_changed.set()
+                result.timing = state.timing(
+                    self.wall_started - self.started, started, self.cfg.clock()
+                )
                 self.deliver(item, result)
         except Exception as exc:  # the source raised, or yielded something that is not a request
             if self.crash is None:
@@ -403,7 +420,11 @@ class _Run:
                 )
             self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
             if delay > 0:
-                await cfg.sleep(delay)
+                slept_from = cfg.clock()
+                try:
+                    await cfg.sleep(delay)
+                finally:
+                    state.backoff += cfg.clock() - slept_from
 
     async def attempt(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
         """One admitted call. Raises what the call raised; the permit hears it first."""
@@ -413,9 +434,13 @@ class _Run:
             state.count += 1
             return await self.call(item, state)
         asked = cfg.clock()
+        state.asked = asked
+        if self.listeners:
+            self.emit(AttemptQueued(item, state.count + 1, asked))
         permit: Permit | None = None
         try:
             async with self.admission.admit(req) as permit:
+                state.admitted(cfg.clock())
                 # After a refusal whose Retry-After the limiter paused for, that much of this
                 # wait is the retry's delay, which counts against max_retry_time; the rest
                 # (pacing, an outage) is queueing on our side, which does not.
@@ -430,11 +455,31 @@ class _Run:
                     raise
                 permit.record(response)
         finally:
+            state.admitted(cfg.clock())  # refused or cancelled while waiting: still waited
             # Read after the permit's release: did the limiter wait out the Retry-After?
             state.paused = permit is not None and permit.paused_for_retry
         return response
 
     async def call(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
+        """`_call`, timed: every call adds one entry to the request's attempt log."""
+        called = self.cfg.clock()
+        response: CompletionResponse | None = None
+        error: BaseException | None = None
+        try:
+            response = await self._call(item, state)
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            now = self.cfg.clock()
+            wait, outcome = state.called(now - called, response, error)
+            if self.listeners:
+                self.emit(
+                    AttemptFinished(item, state.count, wait, now - called, outcome, error, now)
+                )
+
+    async def _call(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
         cfg = self.cfg
         req = item.request
         if self.listeners:
@@ -493,6 +538,51 @@ class _Attempts:
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
     pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
     replies: ReplyTries = field(default_factory=ReplyTries)  # re-asks used
+    # Where the time went (`Timing`): `waited` above leaves out Retry-After pauses, these don't.
+    asked: float | None = None  # when the admission being waited for was asked
+    wait: float = 0.0  # this attempt's admission wait, until its call is logged
+    wait_total: float = 0.0
+    provider: float = 0.0
+    backoff: float = 0.0
+    log: list[tuple[float, float, Outcome]] = field(default_factory=list)
+
+    def admitted(self, now: float) -> None:
+        if self.asked is not None:
+            self.wait += now - self.asked
+            self.wait_total += now - self.asked
+            self.asked = None
+
+    def called(
+        self, seconds: float, response: CompletionResponse | None, error: BaseException | None
+    ) -> tuple[float, Outcome]:
+        """Log one call; return its admission wait and outcome."""
+        outcome = attempt_outcome(response, error)
+        wait, self.wait = self.wait, 0.0
+        self.provider += seconds
+        self.log.append((round(wait, 6), round(seconds, 6), outcome))
+        return wait, outcome
+
+    def timing(self, wall_offset: float, started: float, now: float) -> Timing:
+        return Timing(
+            started_at=wall_offset + started,
+            finished_at=wall_offset + now,
+            wait=self.wait_total,
+            provider=self.provider,
+            backoff=self.backoff,
+            attempts=tuple(self.log),
+        )
+
+
+def attempt_outcome(response: CompletionResponse | None, error: BaseException | None) -> Outcome:
+    """An attempt's HTTP status, or its error code when it got none."""
+    if error is None:
+        return response.status_code if response is not None else 200
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int):
+        return status
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    return error_code(error)
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ __all__ = [
     "PromptSection",
     "RateLimitInfo",
     "ResponseFormat",
+    "Timing",
     "Usage",
 ]
 
@@ -157,6 +158,29 @@ class BatchRequest:
     request: CompletionRequest
 
 
+Outcome = int | str  # an attempt's HTTP status, or an error code when there was none
+
+
+@dataclass(slots=True, frozen=True)
+class Timing:
+    """Where a request's time went, in seconds (see `BatchResult.timing`).
+
+    `started_at`/`finished_at` are wall-clock (Unix) times of the request's start and final
+    outcome. `wait` is the time spent waiting for admission (rate limiter, outage breaker,
+    concurrency gate), `provider` the time inside provider calls and `backoff` the sleeps
+    between retries, each summed over attempts. `attempts` holds one `(wait, provider,
+    outcome)` per call: the outcome is the HTTP status (200, 429, ...) or, without one, the
+    error code ("timeout", "connection", "cancelled", ...).
+    """
+
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    wait: float = 0.0
+    provider: float = 0.0
+    backoff: float = 0.0
+    attempts: tuple[tuple[float, float, Outcome], ...] = ()
+
+
 @dataclass(slots=True)
 class BatchResult:
     """The outcome of one request: exactly one of `response` and `error` is set.
@@ -164,7 +188,8 @@ class BatchResult:
     `duration` is seconds from first admission to the final outcome, retries included;
     `attempts` counts calls made to the client (0 if the request never started).
     `cost` is in USD, set where prices are known; `parsed` is the reply decoded and validated
-    against the request's schema, when it had one.
+    against the request's schema, when it had one. `timing` says where the time went
+    (admission wait, provider calls, backoff), when the engine ran the request.
     """
 
     id: str
@@ -175,6 +200,7 @@ class BatchResult:
     index: int = -1
     cost: float | None = None
     parsed: Any = None
+    timing: Timing | None = None
 
     @property
     def ok(self) -> bool:

@@ -31,6 +31,7 @@ from ..io import cache as cache_module
 from ..io.cache import SQLiteCache, request_key
 from ..io.journal import Journal
 from ..io.sink import OutputError, ResultSink
+from ..metrics import MetricsListener
 from ..progress import RichProgress
 from ..types import BatchRequest, CompletionRequest
 from ._common import rate_limiter, retry_policy, say
@@ -98,6 +99,7 @@ async def execute(
     *,
     budget: Budget | None = None,
     reread: Callable[[], Iterator[BatchRequest]] | None = None,
+    metrics: MetricsListener | None = None,
 ) -> bool:
     """Send the requests (here, on Ray, or through the provider's batch API) into the sink;
     return True if interrupted. `reread()` gives the requests again (for --expired realtime).
@@ -116,9 +118,11 @@ async def execute(
         from .ray_run import execute_on_ray
 
         requests = _within(budget, sink, requests)
-        work = execute_on_ray(args, spec, requests, sink, budget=budget)
+        work = execute_on_ray(args, spec, requests, sink, budget=budget, metrics=metrics)
         return await _with_sync(sink, check.runnable, work)
-    return await execute_realtime(args, client, sink, requests, check.runnable, budget=budget)
+    return await execute_realtime(
+        args, client, sink, requests, check.runnable, budget=budget, metrics=metrics
+    )
 
 
 async def execute_realtime(
@@ -129,10 +133,11 @@ async def execute_realtime(
     total: int,
     *,
     budget: Budget | None = None,
+    metrics: MetricsListener | None = None,
 ) -> bool:
     """Send `requests` through the local engine into the sink; True if interrupted."""
     requests = _within(budget, sink, requests)
-    work = _execute_here(args, client, sink, requests, total, budget)
+    work = _execute_here(args, client, sink, requests, total, budget, metrics)
     return await _with_sync(sink, total, work)
 
 
@@ -191,6 +196,7 @@ async def _execute_here(
     requests: Iterator[BatchRequest],
     total: int,
     budget: Budget | None = None,
+    metrics: MetricsListener | None = None,
 ) -> None:
     engine = Engine(
         client,
@@ -200,11 +206,13 @@ async def _execute_here(
             retry=retry_policy(args),
             limiter=rate_limiter(args),
             max_outage=args.max_outage,
-            listeners=[sink],
+            listeners=[sink] if metrics is None else [sink, metrics],
             budget=budget,
             replies=reply_policy(args),
         ),
     )
+    if metrics is not None:
+        metrics.watch(engine.limiter)
     stream = engine.stream(requests, timeout=args.timeout, total=total, finish_unstarted=False)
     # Leaving this block by an exception (the sink's OutputError) closes the stream, which
     # stops admissions and cancels the requests in flight.

@@ -51,6 +51,8 @@ from ._common import (
 from .batch_run import add_batch_arguments, check_batch_args
 from .costs import add_cost_arguments, budget_of
 from .execute import build_sink, execute
+from .observe import add_arguments as add_observe_arguments
+from .observe import check_report_extra, serve_metrics, write_run_report
 from .paths import Source, check_paths, source_of
 from .precheck import Precheck, precheck
 from .stats import stats_table
@@ -174,6 +176,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--workers", type=positive_int, default=2, help="Ray workers (each --concurrency)"
     )
+    add_observe_arguments(p)
     add_cost_arguments(p)
     add_batch_arguments(p)
 
@@ -186,6 +189,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     check_paths(args)
     check_batch_args(args)
     spec = _client_spec(args)
+    check_report_extra(args)
     client = spec.build()
     try:
         journal = _open_output(args)
@@ -195,17 +199,21 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             sink = build_sink(args, console, client, journal, check)
             try:
                 budget = budget_of(args, sink.pricer, journal.scan.cost) if sink.pricer else None
-                requests = _requests(source, check, skip, sink)
-                interrupted = await execute(
-                    args,
-                    spec,
-                    client,
-                    sink,
-                    requests,
-                    check,
-                    budget=budget,
-                    reread=lambda: _requests(source, check, skip, sink),
-                )
+                with serve_metrics(args, console) as metrics:
+                    if metrics is not None:
+                        sink.observers.append(metrics.record)  # counted as written
+                    requests = _requests(source, check, skip, sink)
+                    interrupted = await execute(
+                        args,
+                        spec,
+                        client,
+                        sink,
+                        requests,
+                        check,
+                        budget=budget,
+                        reread=lambda: _requests(source, check, skip, sink),
+                        metrics=metrics,
+                    )
                 sink.close()  # fsync, and compaction where ids were redone
             except OutputError as exc:
                 sink.abandon()
@@ -214,7 +222,10 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
                 sink.abandon()  # after an exception; a no-op once closed
         finally:
             journal.abandon()  # the same
-        return _finish(console, args, sink, check, interrupted)
+        code = _finish(console, args, sink, check, interrupted)
+        if not write_run_report(args, console) and code == EXIT_OK:
+            code = EXIT_FAILED
+        return code
     finally:
         await client.aclose()
 

@@ -120,6 +120,9 @@ class ResultSink:
         self._remember = error_log is not None or cache is not None
         self._pending: dict[str, CompletionRequest] = {}
         self._closed = False
+        # Called with every result written (metrics): optional observers, so a failing one
+        # is reported once and dropped, never stopping the run.
+        self.observers: list[Callable[[BatchResult], None]] = []
 
     @property
     def unfinished(self) -> int:
@@ -174,6 +177,8 @@ class ResultSink:
                 self._add_cost(result.cost)
         if self.progress is not None:
             self.progress.add(result.error is None)
+        if self.observers:
+            self._observe(result)
         if result.error is not None:
             self._log_error(result, request)
         elif self.cache is not None and request is not None and result.response is not None:
@@ -251,6 +256,14 @@ class ResultSink:
             )
             self.error_log = None
             self._remember = self.cache is not None
+
+    def _observe(self, result: BatchResult) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(result)
+            except Exception as exc:
+                self._warn(f"{observer!r} failed ({exc!r}); going on without it")
+                self.observers.remove(observer)
 
     def _cache_failed(self, exc: BaseException) -> None:
         assert self.cache is not None

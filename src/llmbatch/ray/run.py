@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import os
 import pickle
@@ -52,7 +53,8 @@ def _portable(result: BatchResult) -> BatchResult:
         pickle.loads(pickle.dumps(error))
     except Exception:
         error = LLMBatchError(f"{type(error).__name__}: {error}")
-    return BatchResult(result.id, result.response, error, result.duration, result.attempts)
+    # Everything else travels as is: index, cost, parsed, timing (slotted dataclasses pickle).
+    return dataclasses.replace(result, error=error)
 
 
 class _BatchWorker:

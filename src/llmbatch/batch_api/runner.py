@@ -67,6 +67,7 @@ from ..errors import (
     ReplyError,
     RetryableError,
 )
+from ..pricing import Pricer
 from ..replies import check_reply
 from ..schema import Schema, SchemaMode
 from ..text import estimate_tokens
@@ -111,7 +112,9 @@ class BatchAPIConfig:
     and result files at the provider. `clock` is wall time (compared with the provider's
     timestamps); `sleep` is injectable so tests never wait.
 
-    `budget`: a hard cap on money, checked per batch (see the module doc). `response_model`:
+    `budget`: a hard cap on money, checked per batch (see the module doc). `pricer` prices
+    each answer (`result.cost`; default the budget's, else answers are not priced here).
+    `response_model`:
     a pydantic model class (or `Schema`, or JSON Schema dict) every chat request without a
     schema of its own must answer in (`schema_mode` native or prompt). `validate_json`:
     JSON-mode replies must parse (as the engine's).
@@ -128,6 +131,7 @@ class BatchAPIConfig:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     budget: Budget | None = None
+    pricer: Pricer | None = None
     response_model: Any = None
     schema_mode: SchemaMode | None = None
     validate_json: bool = True
@@ -508,7 +512,8 @@ class BatchAPIRunner:
             return BatchResult(rid, error=error, duration=elapsed, attempts=1)
         response.batch_api = True
         budget = self.config.budget
-        cost = budget.pricer.cost(response) if budget is not None else None
+        pricer = self.config.pricer or (budget.pricer if budget is not None else None)
+        cost = pricer.cost(response) if pricer is not None else None
         checks = self._checks.get(record.n)
         request = checks.get(rid) if checks is not None else _PLAIN
         try:

@@ -179,9 +179,7 @@ class Splitter:
         current = self._open.get(key)
         return None if current is None else current.chunk.n
 
-    def add(
-        self, key: str, rid: str, line: bytes, tokens: int, cost: float = 0.0
-    ) -> Chunk | None:
+    def add(self, key: str, rid: str, line: bytes, tokens: int, cost: float = 0.0) -> Chunk | None:
         """Add one request; return the chunk it closed, if any (the request starts the next).
         `cost`: its worst case in USD, summed in `Chunk.cost`."""
         if len(line) + len(self.framing.head) + len(self.framing.tail) > self.caps.max_bytes:

@@ -33,6 +33,7 @@ from ..io.journal import Journal
 from ..io.sink import OutputError, ResultSink
 from ..metrics import MetricsListener
 from ..progress import RichProgress
+from ..replies import ReplyPolicy
 from ..types import BatchRequest, CompletionRequest
 from ._common import rate_limiter, retry_policy, say
 from .costs import pricer_of, until_budget_spent
@@ -113,7 +114,9 @@ async def execute(
     if getattr(args, "batch_api", False):
         from .batch_run import execute_batch_api
 
-        return await execute_batch_api(args, client, sink, requests, check, reread)
+        return await execute_batch_api(
+            args, client, sink, requests, check, reread, budget=budget, metrics=metrics
+        )
     if args.ray:
         from .ray_run import execute_on_ray
 
@@ -134,10 +137,12 @@ async def execute_realtime(
     *,
     budget: Budget | None = None,
     metrics: MetricsListener | None = None,
+    replies: ReplyPolicy | None = None,
 ) -> bool:
-    """Send `requests` through the local engine into the sink; True if interrupted."""
+    """Send `requests` through the local engine into the sink; True if interrupted.
+    `replies`: the reply policy, if not the flags' (re-asks of batch answers use one less)."""
     requests = _within(budget, sink, requests)
-    work = _execute_here(args, client, sink, requests, total, budget, metrics)
+    work = _execute_here(args, client, sink, requests, total, budget, metrics, replies)
     return await _with_sync(sink, total, work)
 
 
@@ -197,6 +202,7 @@ async def _execute_here(
     total: int,
     budget: Budget | None = None,
     metrics: MetricsListener | None = None,
+    replies: ReplyPolicy | None = None,
 ) -> None:
     engine = Engine(
         client,
@@ -208,7 +214,7 @@ async def _execute_here(
             max_outage=args.max_outage,
             listeners=[sink] if metrics is None else [sink, metrics],
             budget=budget,
-            replies=reply_policy(args),
+            replies=replies or reply_policy(args),
         ),
     )
     if metrics is not None:

@@ -223,9 +223,7 @@ def test_invalid_batch_answers_are_re_asked_realtime(start_sim: Any, tmp_path: P
     schema = _schema_file(tmp_path)
     plain = run_args(sim, "openai", inp, tmp_path / "plain.jsonl", "--schema", str(schema))
     assert cli(*plain).returncode == 1
-    invalid = {
-        r["custom_id"] for r in read_out(tmp_path / "plain.jsonl") if r["error"] is not None
-    }
+    invalid = {r["custom_id"] for r in read_out(tmp_path / "plain.jsonl") if r["error"] is not None}
     assert invalid
     sim.reset()
 
@@ -316,3 +314,57 @@ def test_run_with_batch_api_writes_the_report(start_sim: Any, tmp_path: Path) ->
     proc = cli(*run_args(sim, "openai", inp, out, "--report", str(report)))
     assert proc.returncode == 0, proc.stderr
     assert "via batch API" in report.read_text()
+
+
+def test_the_expired_realtime_pass_spends_from_the_same_budget(
+    start_sim: Any, tmp_path: Path
+) -> None:
+    # Most lines expire in the batch (costing nothing), then go realtime at twice the batch
+    # price: the budget left after the batch stage cannot cover all of them.
+    sim: SimProcess = start_sim("--batch-seconds", "0.3", "--batch-expire-after", "0.2")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_requests(inp, 20)
+    prices = ("--price-in", "0", "--price-out", "100")  # output dominates: actual ~ worst
+    w = 0.5 * 16 * 100 / 1e6  # a request's worst case at the batch price
+    cap = 20.5 * w
+    args = run_args(sim, "openai", inp, out, *prices, "--expired", "realtime")
+    proc = cli(*args, "--max-cost", repr(cap), "--concurrency", "2")
+    assert proc.returncode == 4, proc.stderr
+    records = read_out(out)
+    by_batch = [r for r in records if r["llmbatch"].get("batch_api")]
+    realtime = [r for r in records if not r["llmbatch"].get("batch_api")]
+    assert by_batch and realtime and len(records) < 20
+    assert all(r["error"] is None for r in records)
+    assert sum(r["llmbatch"]["cost"] for r in records) <= cap
+    # Nothing bought and dropped: every token the simulator answered is in a line.
+    stats = sim.stats()
+    assert stats["completion_tokens"] == sum(
+        r["response"]["body"]["usage"]["completion_tokens"] for r in records
+    )
+    assert stats["by_path"]["chat"] == len(realtime)
+
+
+def test_a_batch_created_without_a_budget_is_counted_when_one_is_set(
+    start_sim: Any, tmp_path: Path
+) -> None:
+    sim: SimProcess = start_sim("--batch-seconds", "3")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_requests(inp, 20)
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(inp.read_text().splitlines(keepends=True)[:10]))
+    w = worst_case(inp)
+    proc = start_cli(*run_args(sim, "openai", first, out, *PRICES))  # no --max-cost
+    try:
+        wait_for(lambda: any(c["batch_id"] for c in ledger_chunks(out)), "the batch created")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "worst_cost" not in ledger_chunks(out)[0]["extra"]
+    # Its 10 requests' worst case is summed as they go by, before the 10 new ones: 5 fit.
+    again = cli(*run_args(sim, "openai", inp, out, *PRICES, "--max-cost", repr(15.5 * w)))
+    assert again.returncode == 4, again.stderr
+    assert [c["count"] for c in ledger_chunks(out)] == [10, 5]
+    assert sim.stats()["batches_created"] == 2
+    assert sorted(r["custom_id"] for r in read_out(out)) == ids[:15]

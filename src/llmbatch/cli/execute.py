@@ -106,7 +106,8 @@ async def execute(
     return True if interrupted. `reread()` gives the requests again (for --expired realtime).
 
     With a `budget` (--max-cost), requests stop being pulled once it refused one; those left
-    get no line (the sink counts them unfinished) and a rerun picks them up.
+    get no line (the sink counts them unfinished) and a rerun picks them up. Through the
+    batch API it is checked per submitted batch (`cli.batch_run`).
 
     A periodic fsync runs beside the results loop in one task group: if either fails (an
     `OutputError`), the other is cancelled and the error propagates.

@@ -114,10 +114,9 @@ class BatchAPIConfig:
 
     `budget`: a hard cap on money, checked per batch (see the module doc). `pricer` prices
     each answer (`result.cost`; default the budget's, else answers are not priced here).
-    `response_model`:
-    a pydantic model class (or `Schema`, or JSON Schema dict) every chat request without a
-    schema of its own must answer in (`schema_mode` native or prompt). `validate_json`:
-    JSON-mode replies must parse (as the engine's).
+    `response_model`: a pydantic model class (or `Schema`, or JSON Schema dict) every chat
+    request without a schema of its own must answer in (`schema_mode` native or prompt).
+    `validate_json`: JSON-mode replies must parse (as the engine's).
     """
 
     output: str | Path

@@ -233,6 +233,19 @@ def test_run_writes_a_report_at_the_end(tmp_path: Path, start_sim: Any) -> None:
     assert data["summary"]["limit_rpm"] == 6000
 
 
+def test_report_refuses_to_overwrite_its_output(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    write(out, [ok("a", 0.5, T0)])
+    before = out.read_bytes()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    for target in (out, tmp_path / "." / "out.jsonl", link):
+        proc = cli("report", str(out), "-o", str(target))
+        assert proc.returncode == 2 and "is OUTPUT" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert out.read_bytes() == before
+
+
 def test_report_refuses_a_missing_output(tmp_path: Path) -> None:
     proc = cli("report", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "r.html"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr

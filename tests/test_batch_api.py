@@ -323,6 +323,13 @@ def test_ctrl_c_leaves_batches_running_and_the_rerun_collects_them(start_sim, tm
     rows = [json.loads(x) for x in cli("batches", "list", str(out), "--json").stdout.splitlines()]
     assert [r["state"] for r in rows] == ["created", "created"]
     assert all("succeeded" in r for r in rows)  # asked the provider for the live status
+    # The same output without --batch-api would send (and pay for) the lines the batches
+    # are still running: refused, nothing written.
+    before = out.read_bytes()
+    realtime = cli(*[a for a in args if a != "--batch-api"])
+    assert realtime.returncode == 2, realtime.stderr
+    assert "2 provider batch(es) not collected yet" in realtime.stderr
+    assert "Traceback" not in realtime.stderr and out.read_bytes() == before
     rerun = cli(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert Counter(rec["custom_id"] for rec in read_out(out)) == Counter(ids)

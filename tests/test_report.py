@@ -204,6 +204,22 @@ def test_lines_without_timing_still_count(tmp_path: Path) -> None:
     assert data["latency"]["count"] == 4 and data["throughput"]["t"] == []
 
 
+def test_damaged_timestamps_do_not_stop_the_report(tmp_path: Path) -> None:
+    # A hand-edited or damaged line (a time out of range, an end before its start) crashed
+    # the page with a traceback (datetime out of range); it counts, untimed.
+    out = tmp_path / "out.jsonl"
+    write(out, [ok("a", 0.5, T0)])
+    with out.open("a") as f:
+        for start, end in ((1e300, -1e300), (T0 + 5, T0), (-5.0, T0), (T0, 1e20)):
+            meta = {"duration": 0.1, "attempts": 1, "started_at": start, "finished_at": end}
+            line = {"custom_id": f"bad{start}{end}", "response": None, "error": None}
+            f.write(json.dumps({**line, "llmbatch": meta}) + "\n")
+    proc = cli("report", str(out), "-o", str(tmp_path / "r.html"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    data = embedded((tmp_path / "r.html").read_text())
+    assert data["summary"]["requests"] == 5 and data["summary"]["untimed"] == 4
+
+
 def test_time_buckets_stay_bounded_over_a_long_run(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     # One request a minute for 30 hours: 1800 minutes, far more than MAX_BUCKETS seconds.

@@ -208,8 +208,23 @@ def test_newest_line_of_an_id_wins_and_unknown_ids_come_last(tmp_path: Path) -> 
         ("b", "ok", 2),
         ("c", "ok", 3),
         ("d", "missing", None),
-        (None, "ok", 99),  # "zz": not in the input, so no input columns
+        # "zz": not in the input, so no input columns, but its id (a row that does not say
+        # whose result it is was useless; it came out with an empty id).
+        ("zz", "ok", 99),
     ]
+    assert "n" not in got[-1]
+
+
+def test_join_keeps_the_id_of_results_not_in_the_join_file(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(_line("k1", {"v": 1}) + _line("k2", {"v": 2}))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("key,text\nk1,first\n")
+    table = tmp_path / "t.csv"
+    proc = cli("export", str(out), "-o", str(table), "--join", str(rows), "--id-field", "key")
+    assert proc.returncode == 0, proc.stderr
+    got = [(r["key"], r["text"], r["out_v"]) for r in read_csv(table)]
+    assert got == [("k1", "first", "1"), ("k2", "", "2")]
 
 
 def test_parquet_is_written_in_row_groups(tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     inputs, input_columns = _inputs(args)
     try:
         index = OutputIndex.build(out, prefix=prefix)
-        shape = Shape(join=join, prefix=prefix, failed=args.failed)
+        shape = Shape(join=join, prefix=prefix, failed=args.failed, id_field=args.id_field)
         columns = shape.columns(index, input_columns)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

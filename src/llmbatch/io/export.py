@@ -238,6 +238,7 @@ class Shape:
     join: bool = False
     prefix: str = ""
     failed: FailedRows = "include"
+    id_field: str = "id"  # with join: the input's id column, filled for results it lacks
 
     def fixed(self, index: OutputIndex) -> list[str]:
         p = self.prefix if self.join else ""
@@ -353,7 +354,10 @@ def ordered_records(
                 continue
             if inputs is not None:
                 counts.not_in_input += 1
-            yield from emit(_row(shape, index, rid, found[1]))
+            row = _row(shape, index, rid, found[1])
+            if row is not None and shape.join:
+                row = {shape.id_field: rid, **row}  # else the row would not say whose it is
+            yield from emit(row)
 
 
 def _seen(reader: _Reader, rid: str) -> bool:

@@ -253,3 +253,19 @@ def test_export_usage_errors(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "has no column 'id'" in proc.stderr
     proc = cli("export", str(out), "-o", str(out))
     assert proc.returncode == 2 and "would overwrite the results" in proc.stderr
+
+
+def test_export_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
+    # The run's input (the user's own data) was replaced by the export without a word.
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(_line("r1", {"v": 1}))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,text\nr1,a\n")
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"id": "r1", "prompt": "hello"}\n')
+    for flag, source in (("--join", rows), ("--rows", rows), ("--input", requests)):
+        before = source.read_bytes()
+        proc = cli("export", str(out), "-o", str(source), flag, str(source))
+        assert proc.returncode == 2, proc.stderr
+        assert f"is {flag}: the export would overwrite the input" in proc.stderr
+        assert source.read_bytes() == before

@@ -107,6 +107,10 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     target = Path(args.file)
     if target.exists() and target.resolve() == out.resolve():
         raise UsageError(f"FILE {target} is OUTPUT: the export would overwrite the results")
+    for flag in ("input", "rows", "join"):
+        source = getattr(args, flag)
+        if source and target.exists() and target.resolve() == Path(source).resolve():
+            raise UsageError(f"FILE {target} is --{flag}: the export would overwrite the input")
     fmt = args.format or format_of(target)
     if fmt is None:
         raise UsageError(

@@ -393,6 +393,42 @@ def test_retry_failed_resubmits_only_the_failed_lines(start_sim, tmp_path) -> No
     assert len({rec["custom_id"] for rec in lines if rec["error"]}) < len(failed)
 
 
+def test_results_gone_from_the_provider_fail_their_lines_not_every_rerun(
+    start_sim, tmp_path
+) -> None:
+    # A finished batch whose result file was deleted (by hand, by its retention, by another
+    # run) answered 404 on every rerun: the run stopped each time, "rerun to resume".
+    import urllib.request
+
+    sim = start_sim("--batch-seconds", "1.5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(4)]
+    write_input(inp, ids)
+    args = run_args(sim, "openai", inp, out)
+    proc = start_cli(*args)
+    wait_for(lambda: any(c["batch_id"] for c in ledger_chunks(out)), "the batch created")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    batch_id = ledger_chunks(out)[0]["batch_id"]
+
+    def call(method: str, path: str) -> Any:
+        req = urllib.request.Request(sim.url + "/v1" + path, method=method)
+        req.add_header("Authorization", "Bearer sk-test")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    wait_for(lambda: call("GET", f"/batches/{batch_id}")["status"] == "completed", "the end")
+    call("DELETE", f"/files/{call('GET', f'/batches/{batch_id}')['output_file_id']}")
+    rerun = cli(*args)
+    assert rerun.returncode == 1, rerun.stderr
+    lines = read_out(out)
+    assert sorted(rec["custom_id"] for rec in lines) == sorted(ids)
+    assert all(rec["error"]["code"] == "batch_failed" for rec in lines)
+    assert "no longer at the provider" in lines[0]["error"]["message"]
+    assert [c["state"] for c in ledger_chunks(out)] == ["ended"]
+    assert sim.stats()["batches_created"] == 1
+
+
 def test_batches_cancel_ends_the_run_with_cancelled_lines(start_sim, tmp_path) -> None:
     sim = start_sim("--batch-seconds", "30")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

@@ -305,7 +305,8 @@ def _check_refs(schema: Mapping[str, Any], where: str) -> None:
     from referencing.exceptions import Unresolvable
     from referencing.jsonschema import DRAFT202012
 
-    root = schema.get("$id") if isinstance(schema.get("$id"), str) else ""
+    given = schema.get("$id")
+    root = given if isinstance(given, str) else ""
     registry = Registry().with_resource(root, DRAFT202012.create_resource(schema)).crawl()
 
     def walk(node: Any, base: str, at: str) -> None:

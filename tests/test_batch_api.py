@@ -429,6 +429,28 @@ def test_results_gone_from_the_provider_fail_their_lines_not_every_rerun(
     assert sim.stats()["batches_created"] == 1
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_batch_answers_are_checked_against_the_schema(provider, start_sim, tmp_path) -> None:
+    # Unchecked, a batch reply that broke --schema was written as an answer and no answer
+    # carried `parsed` (export then had no columns for it).
+    sim = start_sim("--batch-seconds", "0.3", "--invalid-rate", "0.5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(16)]
+    write_input(inp, ids)
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    schema_file = tmp_path / "s.json"
+    schema_file.write_text(json.dumps(schema))
+    proc = cli(*run_args(sim, provider, inp, out, "--schema", str(schema_file)))
+    assert proc.returncode == 1, proc.stderr  # some invalid
+    lines = read_out(out)
+    assert sorted(rec["custom_id"] for rec in lines) == sorted(ids)
+    good = [rec for rec in lines if rec["error"] is None]
+    bad = [rec for rec in lines if rec["error"] is not None]
+    assert good and bad
+    assert all(isinstance(rec["llmbatch"]["parsed"]["a"], str) for rec in good)
+    assert {rec["error"]["code"] for rec in bad} == {"invalid_output"}
+
+
 def test_batches_cancel_ends_the_run_with_cancelled_lines(start_sim, tmp_path) -> None:
     sim = start_sim("--batch-seconds", "30")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

@@ -36,10 +36,13 @@ from ..batch_api.runner import DEFAULT_POLL_INTERVAL
 from ..clients.provider import ProviderClient
 from ..errors import LLMBatchError
 from ..io.sink import ResultSink
-from ..types import BatchRequest
+from ..replies import check_reply
+from ..schema import Schema
+from ..types import BatchRequest, BatchResult, CompletionRequest
 from ._common import positive_float, positive_int, say
 from .execute import execute_realtime, first_error
 from .precheck import Precheck
+from .structured import load_schema
 from .usage import UsageError
 
 __all__ = ["BatchProgressView", "add_batch_arguments", "check_batch_args", "execute_batch_api"]
@@ -217,6 +220,20 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def _checked(result: BatchResult, schema: Schema | None) -> BatchResult:
+    """A batch answer checked against the run's --schema as the engine checks a realtime one:
+    parsed, or failed (refused, truncated, invalid_output; a batch has no turn to re-ask in,
+    --retry-failed or --expired realtime has). Unchecked, a reply that broke the schema was
+    written as an answer, and no answer had `parsed`."""
+    if schema is None or result.response is None or result.error is not None:
+        return result
+    try:
+        result.parsed = check_reply(CompletionRequest(prompt="", schema=schema), result.response)
+    except LLMBatchError as exc:
+        return BatchResult(result.id, error=exc, duration=result.duration, attempts=result.attempts)
+    return result
+
+
 async def execute_batch_api(
     args: argparse.Namespace,
     client: ProviderClient,
@@ -244,6 +261,7 @@ async def execute_batch_api(
     # Only answers count as written; a failed line written again is compacted at close.
     written_ok = sink.journal.scan.ok
     redo: set[str] = set()
+    schema = load_schema(args)
     view.start(check.runnable)
     try:
         try:
@@ -253,6 +271,7 @@ async def execute_batch_api(
                     stream = runner.stream(requests, done=written_ok.__contains__, flush=sink.flush)
                     async with contextlib.aclosing(stream) as results:
                         async for result in results:
+                            result = _checked(result, schema)
                             if args.expired == "realtime" and is_redoable(result):
                                 redo.add(result.id)
                             else:

@@ -260,6 +260,12 @@ def test_report_refuses_to_overwrite_its_output(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "is OUTPUT" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert out.read_bytes() == before
+    ledger = tmp_path / "out.jsonl.batches.json"
+    ledger.write_text("{}")
+    for target, what in ((ledger, "--batch-api ledger"), (tmp_path / "out.jsonl.lock", "lock")):
+        proc = cli("report", str(out), "-o", str(target))
+        assert proc.returncode == 2 and f"is OUTPUT's {what}" in proc.stderr, proc.stderr
+    assert ledger.read_text() == "{}"
 
 
 def test_report_refuses_a_missing_output(tmp_path: Path) -> None:

@@ -323,6 +323,13 @@ def test_ctrl_c_leaves_batches_running_and_the_rerun_collects_them(start_sim, tm
     rows = [json.loads(x) for x in cli("batches", "list", str(out), "--json").stdout.splitlines()]
     assert [r["state"] for r in rows] == ["created", "created"]
     assert all("succeeded" in r for r in rows)  # asked the provider for the live status
+    # The same output without --batch-api would send (and pay for) the lines the batches
+    # are still running: refused, nothing written.
+    before = out.read_bytes()
+    realtime = cli(*[a for a in args if a != "--batch-api"])
+    assert realtime.returncode == 2, realtime.stderr
+    assert "2 provider batch(es) not collected yet" in realtime.stderr
+    assert "Traceback" not in realtime.stderr and out.read_bytes() == before
     rerun = cli(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert Counter(rec["custom_id"] for rec in read_out(out)) == Counter(ids)
@@ -384,6 +391,64 @@ def test_retry_failed_resubmits_only_the_failed_lines(start_sim, tmp_path) -> No
     lines = read_out(out)
     assert Counter(rec["custom_id"] for rec in lines) == Counter(ids)  # compacted
     assert len({rec["custom_id"] for rec in lines if rec["error"]}) < len(failed)
+
+
+def test_results_gone_from_the_provider_fail_their_lines_not_every_rerun(
+    start_sim, tmp_path
+) -> None:
+    # A finished batch whose result file was deleted (by hand, by its retention, by another
+    # run) answered 404 on every rerun: the run stopped each time, "rerun to resume".
+    import urllib.request
+
+    sim = start_sim("--batch-seconds", "1.5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(4)]
+    write_input(inp, ids)
+    args = run_args(sim, "openai", inp, out)
+    proc = start_cli(*args)
+    wait_for(lambda: any(c["batch_id"] for c in ledger_chunks(out)), "the batch created")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    batch_id = ledger_chunks(out)[0]["batch_id"]
+
+    def call(method: str, path: str) -> Any:
+        req = urllib.request.Request(sim.url + "/v1" + path, method=method)
+        req.add_header("Authorization", "Bearer sk-test")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    wait_for(lambda: call("GET", f"/batches/{batch_id}")["status"] == "completed", "the end")
+    call("DELETE", f"/files/{call('GET', f'/batches/{batch_id}')['output_file_id']}")
+    rerun = cli(*args)
+    assert rerun.returncode == 1, rerun.stderr
+    lines = read_out(out)
+    assert sorted(rec["custom_id"] for rec in lines) == sorted(ids)
+    assert all(rec["error"]["code"] == "batch_failed" for rec in lines)
+    assert "no longer at the provider" in lines[0]["error"]["message"]
+    assert [c["state"] for c in ledger_chunks(out)] == ["ended"]
+    assert sim.stats()["batches_created"] == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_batch_answers_are_checked_against_the_schema(provider, start_sim, tmp_path) -> None:
+    # Unchecked, a batch reply that broke --schema was written as an answer and no answer
+    # carried `parsed` (export then had no columns for it).
+    sim = start_sim("--batch-seconds", "0.3", "--invalid-rate", "0.5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(16)]
+    write_input(inp, ids)
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    schema_file = tmp_path / "s.json"
+    schema_file.write_text(json.dumps(schema))
+    proc = cli(*run_args(sim, provider, inp, out, "--schema", str(schema_file)))
+    assert proc.returncode == 1, proc.stderr  # some invalid
+    lines = read_out(out)
+    assert sorted(rec["custom_id"] for rec in lines) == sorted(ids)
+    good = [rec for rec in lines if rec["error"] is None]
+    bad = [rec for rec in lines if rec["error"] is not None]
+    assert good and bad
+    assert all(isinstance(rec["llmbatch"]["parsed"]["a"], str) for rec in good)
+    assert {rec["error"]["code"] for rec in bad} == {"invalid_output"}
 
 
 def test_batches_cancel_ends_the_run_with_cancelled_lines(start_sim, tmp_path) -> None:

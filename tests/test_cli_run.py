@@ -426,6 +426,32 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--concurrency" in proc.stderr
 
 
+def test_nan_and_inf_are_refused_by_number_flags(tmp_path: Path) -> None:
+    # nan passed the "> 0" check: --timeout/--poll-interval nan crashed in the event loop's
+    # timer with a traceback, --rpm nan ran unpaced.
+    inp = tmp_path / "in.jsonl"
+    write_simple(inp, 1)
+    out = tmp_path / "o.jsonl"
+    for flag in ("--timeout", "--poll-interval", "--rpm", "--request-timeout"):
+        for value in ("nan", "inf", "-inf"):
+            proc = cli(
+                "run",
+                str(inp),
+                "-o",
+                str(out),
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--model",
+                "m",
+                "--batch-api",
+                f"{flag}={value}",
+            )
+            assert proc.returncode == 2, (flag, value, proc.stderr)
+            assert f"argument {flag}: must be a positive number" in proc.stderr
+            assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
 def test_whole_run_timeout_leaves_the_rest_for_a_rerun(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
     sim = start_sim("--latency-ms", "100")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

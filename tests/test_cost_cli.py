@@ -157,6 +157,29 @@ def test_plan_reports_bad_lines_like_run_and_sends_nothing(tmp_path: Path, start
     assert plan["time_seconds"] == pytest.approx(60 * (tokens + 1000) / 500, rel=1e-3)
 
 
+def test_plan_checks_and_counts_the_schema_as_run_does(tmp_path: Path) -> None:
+    # plan ignored --schema: a broken schema planned fine (run refuses it, exit 2) and the
+    # schema's text, sent with every request, was left out of the input estimate.
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_requests(inp, 4)
+    schema = {"type": "object", "properties": {"label": {"type": "string"}}}
+    good, broken = tmp_path / "good.json", tmp_path / "broken.json"
+    good.write_text(json.dumps(schema))
+    broken.write_text("{nope")
+    base = ["plan", str(inp), "--model", MODEL, "--json"]
+    proc = cli(*base, "--schema", str(broken))
+    assert proc.returncode == 2 and "--schema: schema file" in proc.stderr, proc.stderr
+    plain = json.loads(cli(*base).stdout)
+    shaped = cli(*base, "--schema", str(good))
+    assert shaped.returncode == 0, shaped.stderr
+    lines = [json.loads(x) for x in inp.read_text().splitlines()]
+    schema_chars = len(json.dumps(schema, separators=(",", ":")))
+    expected = sum(estimate_tokens(len(x["prompt"]) + schema_chars) for x in lines)
+    assert json.loads(shaped.stdout)["input_tokens_estimated"] == expected
+    assert expected > plain["input_tokens_estimated"]
+    assert not out.exists()
+
+
 def test_plan_of_a_resumed_run_learns_the_expected_output(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
     sim = start_sim()
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

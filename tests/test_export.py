@@ -208,8 +208,23 @@ def test_newest_line_of_an_id_wins_and_unknown_ids_come_last(tmp_path: Path) -> 
         ("b", "ok", 2),
         ("c", "ok", 3),
         ("d", "missing", None),
-        (None, "ok", 99),  # "zz": not in the input, so no input columns
+        # "zz": not in the input, so no input columns, but its id (a row that does not say
+        # whose result it is was useless; it came out with an empty id).
+        ("zz", "ok", 99),
     ]
+    assert "n" not in got[-1]
+
+
+def test_join_keeps_the_id_of_results_not_in_the_join_file(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(_line("k1", {"v": 1}) + _line("k2", {"v": 2}))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("key,text\nk1,first\n")
+    table = tmp_path / "t.csv"
+    proc = cli("export", str(out), "-o", str(table), "--join", str(rows), "--id-field", "key")
+    assert proc.returncode == 0, proc.stderr
+    got = [(r["key"], r["text"], r["out_v"]) for r in read_csv(table)]
+    assert got == [("k1", "first", "1"), ("k2", "", "2")]
 
 
 def test_parquet_is_written_in_row_groups(tmp_path: Path) -> None:
@@ -238,3 +253,39 @@ def test_export_usage_errors(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "has no column 'id'" in proc.stderr
     proc = cli("export", str(out), "-o", str(out))
     assert proc.returncode == 2 and "would overwrite the results" in proc.stderr
+
+
+def test_join_rows_that_are_not_utf8_or_not_json_are_named(tmp_path: Path) -> None:
+    # Bytes that are not UTF-8 were silently replaced, lines that are not JSON silently
+    # dropped: the table differed from the file without a word.
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(_line("r1", {"v": 1}) + _line("r2", {"v": 2}))
+    rows = tmp_path / "rows.csv"
+    rows.write_bytes(b"id,text\nr1,ok\nr2,caf\xe9\n")
+    table = tmp_path / "t.csv"
+    proc = cli("export", str(out), "-o", str(table), "--join", str(rows))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{rows}: row 2: bytes that are not UTF-8, replaced by U+FFFD" in proc.stderr
+    assert [(r["id"], r["text"]) for r in read_csv(table)] == [("r1", "ok"), ("r2", "caf\ufffd")]
+    jrows = tmp_path / "rows.jsonl"
+    jrows.write_text('{"id": "r1"}\n{broken\n[1]\n{"id": "r2"}\n')
+    proc = cli("export", str(out), "-o", str(table), "--join", str(jrows))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{jrows}: line 2: skipped, not JSON" in proc.stderr and "(and 1 more)" in proc.stderr
+    assert [r["id"] for r in read_csv(table)] == ["r1", "r2"]
+
+
+def test_export_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
+    # The run's input (the user's own data) was replaced by the export without a word.
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(_line("r1", {"v": 1}))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,text\nr1,a\n")
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"id": "r1", "prompt": "hello"}\n')
+    for flag, source in (("--join", rows), ("--rows", rows), ("--input", requests)):
+        before = source.read_bytes()
+        proc = cli("export", str(out), "-o", str(source), flag, str(source))
+        assert proc.returncode == 2, proc.stderr
+        assert f"is {flag}: the export would overwrite the input" in proc.stderr
+        assert source.read_bytes() == before

@@ -204,6 +204,22 @@ def test_lines_without_timing_still_count(tmp_path: Path) -> None:
     assert data["latency"]["count"] == 4 and data["throughput"]["t"] == []
 
 
+def test_damaged_timestamps_do_not_stop_the_report(tmp_path: Path) -> None:
+    # A hand-edited or damaged line (a time out of range, an end before its start) crashed
+    # the page with a traceback (datetime out of range); it counts, untimed.
+    out = tmp_path / "out.jsonl"
+    write(out, [ok("a", 0.5, T0)])
+    with out.open("a") as f:
+        for start, end in ((1e300, -1e300), (T0 + 5, T0), (-5.0, T0), (T0, 1e20)):
+            meta = {"duration": 0.1, "attempts": 1, "started_at": start, "finished_at": end}
+            line = {"custom_id": f"bad{start}{end}", "response": None, "error": None}
+            f.write(json.dumps({**line, "llmbatch": meta}) + "\n")
+    proc = cli("report", str(out), "-o", str(tmp_path / "r.html"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    data = embedded((tmp_path / "r.html").read_text())
+    assert data["summary"]["requests"] == 5 and data["summary"]["untimed"] == 4
+
+
 def test_time_buckets_stay_bounded_over_a_long_run(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     # One request a minute for 30 hours: 1800 minutes, far more than MAX_BUCKETS seconds.
@@ -231,6 +247,25 @@ def test_run_writes_a_report_at_the_end(tmp_path: Path, start_sim: Any) -> None:
     failed = sum(1 for line in out.read_text().splitlines() if '"error":{' in line)
     assert data["summary"]["requests"] == 30 and data["summary"]["failed"] == failed > 0
     assert data["summary"]["limit_rpm"] == 6000
+
+
+def test_report_refuses_to_overwrite_its_output(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    write(out, [ok("a", 0.5, T0)])
+    before = out.read_bytes()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    for target in (out, tmp_path / "." / "out.jsonl", link):
+        proc = cli("report", str(out), "-o", str(target))
+        assert proc.returncode == 2 and "is OUTPUT" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert out.read_bytes() == before
+    ledger = tmp_path / "out.jsonl.batches.json"
+    ledger.write_text("{}")
+    for target, what in ((ledger, "--batch-api ledger"), (tmp_path / "out.jsonl.lock", "lock")):
+        proc = cli("report", str(out), "-o", str(target))
+        assert proc.returncode == 2 and f"is OUTPUT's {what}" in proc.stderr, proc.stderr
+    assert ledger.read_text() == "{}"
 
 
 def test_report_refuses_a_missing_output(tmp_path: Path) -> None:
@@ -265,7 +300,15 @@ def test_run_refuses_a_report_it_could_not_write_before_sending(tmp_path: Path) 
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text('{"id": "q0", "prompt": "hello"}\n')
     base = ["run", str(inp), "-o", str(out), "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
-    for report, why in ((tmp_path / "no" / "r.html", "does not exist"), (out, "is the OUTPUT")):
-        proc = cli(*base, "--report", str(report))
+    for report, why in (
+        (tmp_path / "no" / "r.html", "does not exist"),
+        (out, "is the OUTPUT"),
+        # Written at the end, also of an interrupted run: over the batch ledger it would
+        # forget the batches still running, and the rerun would pay for them again.
+        (tmp_path / "out.jsonl.batches.json", "is the --batch-api ledger"),
+        (tmp_path / "out.jsonl.lock", "is the output's lock file"),
+        (tmp_path / "s.json", "is the --stats-json file"),
+    ):
+        proc = cli(*base, "--stats-json", str(tmp_path / "s.json"), "--report", str(report))
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr
         assert not out.exists()

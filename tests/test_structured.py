@@ -249,6 +249,35 @@ def test_flag_errors_are_clear_and_nothing_is_sent(tmp_path: Path, start_sim) ->
     assert sim.stats()["received"] == 0
 
 
+def test_a_schema_ref_that_does_not_resolve_is_refused_before_sending(  # type: ignore[no-untyped-def]
+    tmp_path: Path, start_sim
+) -> None:
+    # Nothing is ever downloaded: a remote or dangling $ref used to fail every reply with
+    # "unknown" after each request had been sent and paid for.
+    sim = start_sim()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_inputs(inp, 2)
+    for ref in ("http://127.0.0.1:9/remote.json", "#/$defs/nope"):
+        schema = tmp_path / "ref.json"
+        schema.write_text(json.dumps({"type": "object", "properties": {"a": {"$ref": ref}}}))
+        proc = cli(*run_args(sim, inp, out, "--schema", str(schema)))
+        assert proc.returncode == 2, proc.stderr
+        assert f"$ref {ref!r} at /properties/a does not resolve" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sim.stats()["received"] == 0 and not out.exists()
+    # References inside the schema (by pointer, by a nested $id; refs in data are data) pass.
+    good = {
+        "$id": "https://example.com/root",
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/x"}, "b": {"$ref": "item"}},
+        "$defs": {"x": {"type": "string"}, "i": {"$id": "item", "type": "integer"}},
+        "examples": [{"$ref": "not-a-reference"}],
+    }
+    assert Schema.from_dict(good).validate('{"a": "s", "b": 1}') == {"a": "s", "b": 1}
+    with pytest.raises(SchemaViolation):
+        Schema.from_dict(good).validate('{"a": "s", "b": "x"}')
+
+
 # -- the library --------------------------------------------------------------------------------
 
 

@@ -98,6 +98,7 @@ class Schema:
             raise SchemaError(
                 f"{where} is not a valid JSON Schema (Draft 2020-12) at {at}: {exc.message}"
             ) from None
+        _check_refs(schema, where)
         if mode == "native" and schema.get("type") != "object":
             raise SchemaError(
                 f"{where}: a schema sent natively (OpenAI json_schema, Anthropic tool input) "
@@ -290,6 +291,47 @@ def _model_schema(model: type[Any], mode: SchemaMode) -> Schema:
             _MODEL_SCHEMAS.clear()
         schema = _MODEL_SCHEMAS[key] = Schema.from_model(model, mode=mode)
     return schema
+
+
+_DATA_KEYWORDS = frozenset(("enum", "const", "default", "examples"))
+
+
+def _check_refs(schema: Mapping[str, Any], where: str) -> None:
+    """Every `$ref` resolves inside the schema itself: nothing is ever downloaded, so a remote
+    or dangling reference would fail every reply after it was paid for; refuse it up front."""
+    from urllib.parse import urljoin
+
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    given = schema.get("$id")
+    root = given if isinstance(given, str) else ""
+    registry = Registry().with_resource(root, DRAFT202012.create_resource(schema)).crawl()
+
+    def walk(node: Any, base: str, at: str) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, base, f"{at}/{i}")
+            return
+        if not isinstance(node, Mapping):
+            return
+        if isinstance(node.get("$id"), str):
+            base = urljoin(base, node["$id"])
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                registry.resolver(base_uri=base).lookup(ref)
+            except Unresolvable:
+                raise SchemaError(
+                    f"{where}: $ref {ref!r} at {at or '(root)'} does not resolve within the "
+                    "schema (references are never downloaded; put the definition in $defs)"
+                ) from None
+        for key, value in node.items():
+            if key not in _DATA_KEYWORDS:
+                walk(value, base, f"{at}/{key}")
+
+    walk(schema, root, "")
 
 
 def _strict_ok(node: Any) -> bool:

@@ -457,6 +457,7 @@ class BatchAPIRunner:
         spent = 0.0  # USD of the answers yielded, for the budget
         elapsed = max(0.0, self.config.clock() - record.intent_at)
         delay = 1.0
+        gone: LLMBatchError | None = None
         for attempt in range(self.config.max_retries + 1):
             try:
                 # A download cut short starts again; `seen` keeps lines from being repeated.
@@ -477,9 +478,22 @@ class BatchAPIRunner:
                     raise
                 await self.config.sleep(_wait(exc, delay))
                 delay = min(delay * 2, 60.0)
+            except LLMBatchError as exc:
+                if exc.status_code != 404:
+                    raise
+                # The result file was deleted (by hand, by its retention, by another run):
+                # stopping here would stop every rerun too. Its lines fail, for --retry-failed.
+                gone = exc
+                break
         missing = [rid for rid in ids if rid not in seen and not self._done(rid)]
         if missing:
             error = _missing_error(info, ids)
+            if gone is not None:
+                error = BatchAPIError(
+                    f"the results of batch {info.id} are no longer at the provider ({gone}); "
+                    "this request's answer is lost: --retry-failed sends it again",
+                    code="batch_failed",
+                )
             for rid in missing:
                 written += 1
                 yield BatchResult(rid, error=error, duration=elapsed, attempts=1)

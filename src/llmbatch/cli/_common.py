@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,9 @@ def _positive(kind: type[int] | type[float], name: str) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a positive {name}, got {text!r}") from None
-        if value <= 0:
+        # nan passes `<= 0` and inf has no use: both crashed timers (call_later) or paced
+        # nothing, far from the flag that caused it.
+        if not value > 0 or value == math.inf:
             raise argparse.ArgumentTypeError(f"must be a positive {name}, got {text}")
         return value
 

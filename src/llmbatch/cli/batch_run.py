@@ -35,6 +35,7 @@ from ..batch_api import (
     BatchEvent,
     BatchPolled,
     BatchSubmitted,
+    Ledger,
     LedgerError,
     is_redoable,
     ledger_paths,
@@ -103,6 +104,7 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
 def check_batch_args(args: argparse.Namespace) -> None:
     """Refuse combinations that cannot work, before anything is read or sent."""
     if not getattr(args, "batch_api", False):
+        _refuse_realtime_over_live_batches(args.output)
         return
     if args.ray:
         raise UsageError(
@@ -111,6 +113,24 @@ def check_batch_args(args: argparse.Namespace) -> None:
         )
     if args.provider not in BATCH_PROVIDERS:
         raise UsageError(f"--batch-api: provider {args.provider!r} has no batch API here")
+
+
+def _refuse_realtime_over_live_batches(output: str) -> None:
+    # A realtime run would send (and pay for) the lines the provider is still running as a
+    # batch; the next --batch-api run would then collect those answers too.
+    path, _ = ledger_paths(output)
+    if not path.exists():
+        return
+    try:
+        live = [r.n for r in Ledger.read(output).chunks if r.live]
+    except LedgerError as exc:
+        raise UsageError(str(exc)) from None
+    if live:
+        raise UsageError(
+            f"{output} has {len(live)} provider batch(es) not collected yet ({path}): rerun "
+            "with --batch-api to collect them (`llmbatch batches cancel` first to stop them), "
+            "or move the ledger away to send their lines in realtime and pay for them again"
+        )
 
 
 class BatchProgressView:

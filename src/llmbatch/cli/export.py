@@ -26,6 +26,7 @@ from ..io.export import (
     ExportCounts,
     InputRows,
     OutputIndex,
+    RowProblems,
     Shape,
     ids_of_files,
     ids_of_input,
@@ -77,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
-def _inputs(args: argparse.Namespace) -> tuple[InputRows | None, list[str]]:
+def _inputs(args: argparse.Namespace, problems: RowProblems) -> tuple[InputRows | None, list[str]]:
     given = [f for f in ("input", "rows", "files", "join") if getattr(args, f)]
     if len(given) > 1:
         flags = " and ".join(f"--{f}" for f in given)
@@ -89,14 +90,14 @@ def _inputs(args: argparse.Namespace) -> tuple[InputRows | None, list[str]]:
     if args.input:
         return ids_of_input(args.input), []
     if args.rows:
-        return ids_of_rows(args.rows, args.id_field), []
+        return ids_of_rows(args.rows, args.id_field, problems), []
     if args.files:
         return ids_of_files(args.files), []
     if args.join:
         columns = row_columns(args.join)
         if args.id_field not in columns:
             raise UsageError(f"--join {args.join} has no column {args.id_field!r} (--id-field)")
-        return ids_of_rows(args.join, args.id_field), columns
+        return ids_of_rows(args.join, args.id_field, problems), columns
     return None, []
 
 
@@ -107,6 +108,10 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     target = Path(args.file)
     if target.exists() and target.resolve() == out.resolve():
         raise UsageError(f"FILE {target} is OUTPUT: the export would overwrite the results")
+    for flag in ("input", "rows", "join"):
+        source = getattr(args, flag)
+        if source and target.exists() and target.resolve() == Path(source).resolve():
+            raise UsageError(f"FILE {target} is --{flag}: the export would overwrite the input")
     fmt = args.format or format_of(target)
     if fmt is None:
         raise UsageError(
@@ -117,10 +122,11 @@ def _export(args: argparse.Namespace, console: Console) -> int:
         raise UsageError("Parquet export needs pyarrow: pip install 'llmbatch[parquet]'")
     join = bool(args.join)
     prefix = args.prefix if args.prefix is not None else ("out_" if join else "")
-    inputs, input_columns = _inputs(args)
+    problems = RowProblems()  # rows of --rows/--join skipped or changed, said at the end
+    inputs, input_columns = _inputs(args, problems)
     try:
         index = OutputIndex.build(out, prefix=prefix)
-        shape = Shape(join=join, prefix=prefix, failed=args.failed)
+        shape = Shape(join=join, prefix=prefix, failed=args.failed, id_field=args.id_field)
         columns = shape.columns(index, input_columns)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -145,6 +151,10 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     if inputs is not None:
         summary += f", {counts.missing:,} missing (no result yet)"
     say(console, summary)
+    if problems.count:
+        source = args.join or args.rows
+        more = f" (and {problems.count - 1:,} more)" if problems.count > 1 else ""
+        say(console, f"{source}: {problems.first}{more}")
     if counts.not_in_input:
         say(console, f"{counts.not_in_input:,} result(s) have ids not in the input; they come last")
     if counts.duplicate_input_ids:

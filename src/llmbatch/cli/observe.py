@@ -108,6 +108,23 @@ def check_report_extra(args: argparse.Namespace) -> None:
     for flag, other in (("OUTPUT", args.output), ("INPUT", args.input)):
         if other and report.resolve() == Path(other).resolve():
             raise UsageError(f"--report {report}: is the {flag} file")
+    # The report is written at the end, also of an interrupted run: over the batch ledger it
+    # would forget batches still running (paid again by the rerun).
+    out = Path(args.output).resolve()
+    own = {
+        "the output's lock file": out.with_name(out.name + ".lock"),
+        "the output's compaction file": out.with_name(out.name + ".compact.tmp"),
+        "the --batch-api ledger": out.with_name(out.name + ".batches.json"),
+        "the --rows file": Path(args.rows).resolve() if getattr(args, "rows", None) else None,
+        "the --stats-json file": (
+            Path(args.stats_json).resolve() if getattr(args, "stats_json", None) else None
+        ),
+    }
+    for what, path in own.items():
+        if path is not None and report.resolve() == path:
+            raise UsageError(f"--report {report}: is {what}")
+    if report.resolve().parent == out.with_name(out.name + ".batches.d"):
+        raise UsageError(f"--report {report}: is inside the --batch-api ledger's directory")
 
 
 def write_run_report(args: argparse.Namespace, console: Console) -> bool:

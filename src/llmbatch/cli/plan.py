@@ -37,6 +37,7 @@ from .costs import pricer_of
 from .paths import source_of
 from .precheck import Precheck, precheck
 from .run import _print_bad, add_run_arguments
+from .structured import structured_source
 from .usage import UsageError
 
 __all__ = ["Plan", "add_parser", "main", "make_plan"]
@@ -164,7 +165,9 @@ def _read_done(path: str | None) -> _Done:
 
 def make_plan(args: argparse.Namespace, pricer: Pricer) -> tuple[Plan, Precheck]:
     """Read and check the input as `run` does (raises `UsageError` as it does) and plan it."""
-    source = source_of(args)
+    # With the run's --schema (checked as run checks it; it counts in each request's input):
+    # plan's own --json prints the plan, it is not run's JSON mode.
+    source = structured_source(argparse.Namespace(**{**vars(args), "json": False}), source_of(args))
     done = _read_done(args.output)
     retry_failed = args.retry_failed
 

@@ -10,6 +10,7 @@ over time, admission wait vs provider time, retries, the slowest and the failed 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,13 @@ def main(args: argparse.Namespace) -> int:
 
     if not path.is_file():
         return fail(f"{path} does not exist or is not a file")
+    target = Path(args.out)
+    if target.exists() and os.path.samefile(target, path):
+        return fail(f"-o {target} is OUTPUT: the report would overwrite the results")
+    real = path.resolve()
+    for suffix, what in ((".batches.json", "--batch-api ledger"), (".lock", "lock")):
+        if target.resolve() == real.with_name(real.name + suffix):
+            return fail(f"-o {target} is OUTPUT's {what}: pick another name")
     try:
         from ..report import aggregate, render, write_atomic
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import csv
 import glob
+import re
 from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "ExportCounts",
     "FailedRows",
     "OutputIndex",
+    "RowProblems",
     "Shape",
     "ids_of_files",
     "ids_of_input",
@@ -238,6 +240,7 @@ class Shape:
     join: bool = False
     prefix: str = ""
     failed: FailedRows = "include"
+    id_field: str = "id"  # with join: the input's id column, filled for results it lacks
 
     def fixed(self, index: OutputIndex) -> list[str]:
         p = self.prefix if self.join else ""
@@ -353,7 +356,10 @@ def ordered_records(
                 continue
             if inputs is not None:
                 counts.not_in_input += 1
-            yield from emit(_row(shape, index, rid, found[1]))
+            row = _row(shape, index, rid, found[1])
+            if row is not None and shape.join:
+                row = {shape.id_field: rid, **row}  # else the row would not say whose it is
+            yield from emit(row)
 
 
 def _seen(reader: _Reader, rid: str) -> bool:
@@ -404,14 +410,29 @@ def row_columns(path: str | Path) -> list[str]:
         with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
             return next(csv.reader(f), [])
     names: dict[str, None] = {}
-    for _, row in _jsonl_rows(path):
+    for _, row in _jsonl_rows(path, RowProblems()):
         names.update(dict.fromkeys(row))
     return list(names)
 
 
-def ids_of_rows(path: str | Path, id_field: str) -> InputRows:
-    """`--rows FILE` / `--join FILE`: each row with its id (rows without one are skipped)."""
-    rows = _csv_rows(path) if str(path).endswith(".csv") else _jsonl_rows(path)
+@dataclass(slots=True)
+class RowProblems:
+    """Rows of a --rows/--join file skipped or changed: how many, and the first (bounded)."""
+
+    count: int = 0
+    first: str = ""
+
+    def append(self, what: str) -> None:
+        self.count += 1
+        self.first = self.first or what
+
+
+def ids_of_rows(path: str | Path, id_field: str, problems: RowProblems | None = None) -> InputRows:
+    """`--rows FILE` / `--join FILE`: each row with its id (rows without one are skipped).
+    `problems` collects "row N: why" for rows that were skipped (not JSON) or changed (bytes
+    that are not UTF-8, replaced by U+FFFD), so the caller can say so."""
+    problems = problems if problems is not None else RowProblems()
+    rows = _csv_rows(path, problems) if str(path).endswith(".csv") else _jsonl_rows(path, problems)
     for _, row in rows:
         rid = row.get(id_field)
         if rid is None or rid == "":
@@ -419,27 +440,37 @@ def ids_of_rows(path: str | Path, id_field: str) -> InputRows:
         yield str(rid), row
 
 
-def _csv_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(path: str | Path, problems: RowProblems) -> Iterator[tuple[int, dict[str, Any]]]:
     if csv.field_size_limit() < MAX_FIELD_CHARS:
         csv.field_size_limit(MAX_FIELD_CHARS + 1)
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
             return
         for n, values in enumerate(reader, 1):
-            if values:
-                yield n, dict(zip(header, values, strict=False))
+            if not values:
+                continue
+            if any(_SURROGATE.search(v) for v in values):
+                problems.append(f"row {n}: bytes that are not UTF-8, replaced by U+FFFD")
+                values = [_SURROGATE.sub("\ufffd", v) for v in values]
+            yield n, dict(zip(header, values, strict=False))
 
 
-def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _jsonl_rows(path: str | Path, problems: RowProblems) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
             try:
                 obj = orjson.loads(raw.removeprefix(b"\xef\xbb\xbf"))
-            except orjson.JSONDecodeError:
+            except orjson.JSONDecodeError as exc:
+                problems.append(f"line {n}: skipped, not JSON ({exc})")
                 continue
             if isinstance(obj, dict):
                 yield n, obj
+            else:
+                problems.append(f"line {n}: skipped, not a JSON object")

@@ -226,6 +226,19 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
+# A Unix time past this (year 5138) or before 0 is a damaged or hand-edited line, not a run.
+_LATEST = 1e11
+
+
+def _span(meta: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(started_at, finished_at), or (None, None) when they are not a plausible interval:
+    one bad line must not stop the report (a datetime out of range) or stretch its axis."""
+    start, end = _num(meta.get("started_at")), _num(meta.get("finished_at"))
+    if start is None or end is None or not 0 <= start <= end < _LATEST:
+        return None, None
+    return start, end
+
+
 def _parse(raw: bytes) -> _Line | None:
     try:
         obj = orjson.loads(raw)
@@ -254,8 +267,8 @@ def _parse(raw: bytes) -> _Line | None:
         tokens_in=int(_num(usage.get("prompt_tokens")) or 0),
         tokens_out=int(_num(usage.get("completion_tokens")) or 0),
         cost=_num(meta.get("cost")),
-        started_at=_num(meta.get("started_at")),
-        finished_at=_num(meta.get("finished_at")),
+        started_at=_span(meta)[0],
+        finished_at=_span(meta)[1],
         wait=_num(meta.get("wait")),
         provider=_num(meta.get("provider")),
         backoff=_num(meta.get("backoff")) or 0.0,

@@ -279,3 +279,38 @@ def test_cli_on_ray_stops_when_the_output_disk_is_full(tmp_path: Path) -> None:
         sim.close()
     counts = Counter(json.loads(line)["custom_id"] for line in moved.read_text().splitlines())
     assert set(counts) == set(ids) and set(counts.values()) == {1}
+
+
+def test_cli_on_ray_shares_one_budget_and_a_rerun_finishes(tmp_path: Path) -> None:
+    import genai_prices
+
+    def billed(stats: dict[str, int]) -> float:
+        usage = genai_prices.Usage(
+            input_tokens=stats["prompt_tokens"], output_tokens=stats["completion_tokens"]
+        )
+        price = genai_prices.calc_price(usage, model_ref="gpt-4o-mini", provider_id="openai")
+        return float(price.total_price)
+
+    sim = SimProcess("--latency-ms", "20")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(120)]
+    prompt = "question about " + "things " * 60
+    inp.write_text(
+        "".join(json.dumps({"id": i, "prompt": prompt + i, "max_tokens": 16}) + "\n" for i in ids)
+    )
+    common = [str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model", "gpt-4o-mini"]
+    cap = 0.0008  # about a quarter of the whole run: each of two workers alone could pass it
+    try:
+        first = ray_cli(*common, "--concurrency", "8", "--no-progress", "--max-cost", str(cap))
+        assert first.returncode == 4, first.stderr[-2000:]
+        done = out.read_text().splitlines()
+        stats = sim.stats()
+        assert billed(stats) <= cap and stats["received"] == len(done) and 0 < len(done) < 120
+        sim.reset()
+        second = ray_cli(*common, "--no-progress", "--max-cost", "1")
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert sim.stats()["received"] == 120 - len(done)  # nothing bought twice
+    finally:
+        sim.close()
+    counts = Counter(json.loads(line)["custom_id"] for line in out.read_text().splitlines())
+    assert set(counts) == set(ids) and set(counts.values()) == {1}

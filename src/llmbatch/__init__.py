@@ -8,6 +8,7 @@ and never lose a result.
 
 from .admission import Admission, AdmissionChain, Feedback, Permit, feedback
 from .breaker import Outage, OutageBreaker
+from .budget import Budget, BudgetExceededError
 from .clients.base import LLMClient
 from .concurrency import ConcurrencyLimiter
 from .engine import Engine, EngineConfig
@@ -49,6 +50,7 @@ from .limiter import (
     Reservation,
     estimate_tokens,
 )
+from .pricing import FixedPrices, GenaiPrices, Pricer, PriceSource
 from .processor import (
     BatchInterrupted,
     BatchProcessor,
@@ -140,4 +142,14 @@ __all__ = [
     "estimate_tokens",
     "feedback",
     "parse_retry_after",
+]
+
+# Cost: prices and the budget (`llmbatch.pricing`, `llmbatch.budget`).
+__all__ += [
+    "Budget",
+    "BudgetExceededError",
+    "FixedPrices",
+    "GenaiPrices",
+    "PriceSource",
+    "Pricer",
 ]

@@ -100,6 +100,8 @@ class EngineConfig:
     which admits freely until the server pushes back and then converges to its limit.
     `max_outage`: seconds a server-wide outage is waited out before the waiting requests fail
     (None: fail per request, no breaker).
+    `budget`: a hard cap on money (`llmbatch.budget.Budget`), the last link of the admission
+    chain; requests it refuses end with `BudgetExceededError` (unfinished, not failed).
     """
 
     max_concurrency: Concurrency = DEFAULT_CONCURRENCY
@@ -116,6 +118,7 @@ class EngineConfig:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     admission: Admission | None = None  # deprecated name of `limiter`
+    budget: Admission | None = None
 
     def __post_init__(self) -> None:
         check_concurrency(self.max_concurrency)
@@ -204,7 +207,8 @@ class _Run:
             self.breaker = OutageBreaker(
                 max_outage=self.cfg.max_outage, clock=self.cfg.clock, sleep=self.cfg.sleep
             )
-        links = [x for x in (self.breaker, engine.limiter, engine.gate) if x is not None]
+        chain = (self.breaker, engine.limiter, engine.gate, self.cfg.budget)
+        links = [x for x in chain if x is not None]
         self.admission: Admission | None = (
             links[0] if len(links) == 1 else AdmissionChain(*links) if links else None
         )

@@ -69,6 +69,8 @@ class BatchProcessorConfig:
     `limiter` is any `Admission` (a `RateLimiter`); it may be shared by processors. When
     None, a `ThrottledLLMClient`'s limiter is used, else an adaptive `RateLimiter()`.
     `max_outage`: seconds a server-wide outage is waited out before requests fail.
+    `budget`: a hard cap on money (`llmbatch.Budget(max_cost, pricer)`); requests it does not
+    admit end with `BudgetExceededError`, the money spent is `budget.spent`.
     """
 
     max_concurrency: Concurrency = 10
@@ -85,6 +87,7 @@ class BatchProcessorConfig:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rate_limiter: Admission | None = None  # deprecated name of `limiter`
+    budget: Admission | None = None
 
     def __post_init__(self) -> None:
         check_concurrency(self.max_concurrency)
@@ -112,6 +115,7 @@ class BatchProcessorConfig:
             validate_json=self.validate_json,
             clock=self.clock,
             sleep=self.sleep,
+            budget=self.budget,
         )
 
 

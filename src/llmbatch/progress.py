@@ -169,8 +169,26 @@ class _RateColumn(ProgressColumn):
         return Text(f"{rate:,.1f} req/s", style="cyan")
 
 
+class _CostColumn(ProgressColumn):
+    """Spend so far and the projected total (spend per finished request x total); blank until
+    a priced result arrives. Reads one float: no work per result beyond an addition."""
+
+    def __init__(self, owner: RichProgress) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def render(self, task: Task) -> Text:
+        spent = self.owner.spent
+        if not spent:
+            return Text("")
+        text = f"${spent:,.4f}"
+        if task.total and task.completed:
+            text += f" of ~${spent / task.completed * task.total:,.4f}"
+        return Text(text, style="green")
+
+
 class RichProgress:
-    """A progress bar on stderr: completed/total, %, failed, req/s, elapsed, ETA.
+    """A progress bar on stderr: completed/total, %, failed, req/s, spend, elapsed, ETA.
 
     An engine listener. Disabled (draws nothing) when stderr is not a terminal or when
     `disable=True`. The bar redraws on rich's own refresh thread; events only update counters.
@@ -193,6 +211,7 @@ class RichProgress:
             TaskProgressColumn(),
             _FailedColumn(),
             _RateColumn(),
+            _CostColumn(self),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -203,6 +222,11 @@ class RichProgress:
         )
         self._task = self._progress.add_task(description, total=None, failed=0)
         self._failed = 0
+        self.spent = 0.0  # USD, from `add_cost`
+
+    def add_cost(self, usd: float) -> None:
+        """Count money spent (the sink calls it with each priced result)."""
+        self.spent += usd
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RequestFinished):

@@ -16,6 +16,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import error_code
 from .events import Event, RequestFinished
@@ -26,7 +27,12 @@ __all__ = ["BatchStats", "StatsCollector", "calculate_batch_stats"]
 
 @dataclass(slots=True, frozen=True)
 class BatchStats:
-    """Summary of a batch. Durations are seconds; `cost` is None unless prices were given."""
+    """Summary of a batch. Durations are seconds.
+
+    `cost` is USD over the results that carry one (`BatchResult.cost`, the output's `cost`),
+    None when none does; `cost_by_model` splits it by the model that answered;
+    `unpriced_count` counts successes without a price (an unknown model).
+    """
 
     total_requests: int = 0
     success_count: int = 0
@@ -44,6 +50,8 @@ class BatchStats:
     failed_requests: tuple[str, ...] = ()
     errors_by_type: dict[str, int] = field(default_factory=dict)
     cost: float | None = None
+    cost_by_model: dict[str, float] = field(default_factory=dict)
+    unpriced_count: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -73,6 +81,8 @@ class BatchStats:
             "errors_by_type": dict(self.errors_by_type),
             "failed_requests": list(self.failed_requests),
             "cost": self.cost,
+            "cost_by_model": dict(self.cost_by_model),
+            "unpriced_count": self.unpriced_count,
         }
 
     def __str__(self) -> str:
@@ -106,11 +116,16 @@ def _percentile(ordered: list[float], q: float) -> float:
 class StatsCollector:
     """Accumulates results one by one; usable as an engine listener.
 
-    `prices` is (USD per million prompt tokens, USD per million completion tokens).
+    `prices` is (USD per million prompt tokens, USD per million completion tokens), applied to
+    the token totals. Without it, the cost is the sum of the results' own `cost`; `pricer`
+    (a `llmbatch.pricing.Pricer`) prices the results that carry none.
     """
 
-    def __init__(self, prices: tuple[float, float] | None = None) -> None:
+    def __init__(self, prices: tuple[float, float] | None = None, *, pricer: Any = None) -> None:
         self.prices = prices
+        self.pricer = pricer
+        self._costs: dict[str, float] = {}
+        self._unpriced = 0
         self._durations = array("d")
         self._success = 0
         self._cached = 0
@@ -133,6 +148,10 @@ class StatsCollector:
                 self._prompt += result.response.usage.prompt_tokens
                 self._completion += result.response.usage.completion_tokens
                 self._cached += result.response.cached
+                cost = result.cost
+                if cost is None and self.pricer is not None:
+                    cost = self.pricer.cost(result.response)
+                self.add_cost(result.response.model, cost)
         else:
             self._failed.append(result.id)
             self._errors[error_code(result.error)] += 1
@@ -147,6 +166,8 @@ class StatsCollector:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cached: bool = False,
+        cost: float | None = None,
+        model: str = "",
     ) -> None:
         """Add a result read back from an output file rather than a live `BatchResult`."""
         self._durations.append(duration)
@@ -156,9 +177,17 @@ class StatsCollector:
             self._prompt += prompt_tokens
             self._completion += completion_tokens
             self._cached += cached
+            self.add_cost(model, cost)
         else:
             self._failed.append(request_id)
             self._errors[error_type] += 1
+
+    def add_cost(self, model: str, cost: float | None) -> None:
+        """Count one success's cost (None: it has no price) under the model that answered."""
+        if cost is None:
+            self._unpriced += 1
+        else:
+            self._costs[model] = self._costs.get(model, 0.0) + cost
 
     def snapshot(self) -> BatchStats:
         durations = sorted(self._durations)
@@ -166,6 +195,8 @@ class StatsCollector:
         cost = None
         if self.prices is not None:
             cost = (self._prompt * self.prices[0] + self._completion * self.prices[1]) / 1e6
+        elif self._costs:
+            cost = math.fsum(self._costs.values())
         return BatchStats(
             total_requests=n,
             success_count=self._success,
@@ -183,14 +214,21 @@ class StatsCollector:
             failed_requests=tuple(self._failed),
             errors_by_type=dict(self._errors.most_common()),
             cost=cost,
+            cost_by_model=dict(sorted(self._costs.items())),
+            unpriced_count=self._unpriced,
         )
 
 
 def calculate_batch_stats(
-    results: Iterable[BatchResult], *, prices: tuple[float, float] | None = None
+    results: Iterable[BatchResult],
+    *,
+    prices: tuple[float, float] | None = None,
+    pricer: Any = None,
 ) -> BatchStats:
-    """The seed's `CalculateBatchStats`: counts, durations, percentiles, tokens, failed ids."""
-    collector = StatsCollector(prices)
+    """The seed's `CalculateBatchStats`: counts, durations, percentiles, tokens, failed ids.
+
+    `pricer` (`llmbatch.Pricer()`) prices results that carry no `cost`, per model."""
+    collector = StatsCollector(prices, pricer=pricer)
     for result in results:
         collector.add(result)
     return collector.snapshot()

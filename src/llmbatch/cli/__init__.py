@@ -3,11 +3,12 @@
     llmbatch run requests.jsonl -o results.jsonl --model gpt-4o-mini --rpm 500
     llmbatch run --template "Summarize this file: {content}" --files "src/**/*.py" -o out.jsonl
     llmbatch stats results.jsonl
+    llmbatch plan requests.jsonl --model gpt-4o-mini --rpm 500      # cost and time, sends nothing
     llmbatch simulate --port 8080 --latency-ms 200 --rpm 600 --fail-rate 0.05
 
 Exit codes: 0 all succeeded; 1 some requests failed (results written); 2 usage or input
 error; 3 the output file could not be written (the run stopped; rerun to resume);
-130 interrupted.
+4 --max-cost reached (sending stopped; rerun with a higher cap to go on); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import run, simulate, stats
+from . import plan, run, simulate, stats
 
 __all__ = ["main"]
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run.add_parser(sub)
     stats.add_parser(sub)
+    plan.add_parser(sub)
     simulate.add_parser(sub)
     return parser
 
@@ -36,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": run.main, "stats": stats.main, "simulate": simulate.main}
+    handlers = {
+        "run": run.main,
+        "stats": stats.main,
+        "simulate": simulate.main,
+        "plan": plan.main,
+    }
     return handlers[args.command](args)
 
 

@@ -16,6 +16,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # some requests failed (their lines hold the error), or unfinished
 EXIT_USAGE = 2  # nothing sent
 EXIT_OUTPUT = 3  # the output file could not be written: the run stopped; rerun to resume
+EXIT_BUDGET = 4  # --max-cost reached: sending stopped; rerun with a higher cap to go on
 EXIT_INTERRUPTED = 130
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from rich.console import Console
 
+from ..budget import Budget
 from ..clients import ClientSpec
 from ..clients.provider import ProviderClient
 from ..engine import Engine, EngineConfig
@@ -29,6 +30,7 @@ from ..io.sink import OutputError, ResultSink
 from ..progress import RichProgress
 from ..types import BatchRequest, CompletionRequest
 from ._common import rate_limiter, retry_policy, say
+from .costs import pricer_of, until_budget_spent
 from .precheck import Precheck
 from .usage import UsageError
 
@@ -66,13 +68,18 @@ def build_sink(
         ErrorHandler(args.error_log, prompt_section=args.prompt_section) if args.error_log else None
     )
     progress = RichProgress(description="llmbatch", console=console, disable=args.no_progress)
+
+    def warn(message: str) -> None:
+        say(console, f"warning: {message}")
+
     return ResultSink(
         journal,
         expected=check.runnable,
         progress=progress,
         error_log=error_log,
         cache=cache,
-        warn=lambda message: say(console, f"warning: {message}"),
+        warn=warn,
+        pricer=pricer_of(args, warn),
     )
 
 
@@ -83,13 +90,25 @@ async def execute(
     sink: ResultSink,
     requests: Iterator[BatchRequest],
     check: Precheck,
+    *,
+    budget: Budget | None = None,
 ) -> bool:
     """Send the requests (here or on Ray) into the sink; return True if interrupted.
+
+    With a `budget` (--max-cost), requests stop being pulled once it refused one; those left
+    get no line (the sink counts them unfinished) and a rerun picks them up.
 
     A periodic fsync runs beside the results loop in one task group: if either fails (an
     `OutputError`), the other is cancelled and the error propagates.
     """
     progress = sink.progress
+    if budget is not None:
+        exhausted = budget
+
+        def stopped() -> bool:
+            return sink.budget_stopped or exhausted.exhausted is not None
+
+        requests = until_budget_spent(requests, stopped)
     if progress is not None:
         progress.start(check.runnable)
     try:
@@ -99,9 +118,9 @@ async def execute(
                 if args.ray:
                     from .ray_run import execute_on_ray
 
-                    await execute_on_ray(args, spec, requests, sink)
+                    await execute_on_ray(args, spec, requests, sink, budget=budget)
                 else:
-                    await _execute_here(args, client, sink, requests, check)
+                    await _execute_here(args, client, sink, requests, check, budget)
             finally:
                 syncer.cancel()
     except asyncio.CancelledError:
@@ -135,6 +154,7 @@ async def _execute_here(
     sink: ResultSink,
     requests: Iterator[BatchRequest],
     check: Precheck,
+    budget: Budget | None = None,
 ) -> None:
     engine = Engine(
         client,
@@ -145,6 +165,7 @@ async def _execute_here(
             limiter=rate_limiter(args),
             max_outage=args.max_outage,
             listeners=[sink],
+            budget=budget,
         ),
     )
     stream = engine.stream(

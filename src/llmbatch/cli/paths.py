@@ -55,8 +55,10 @@ def source_of(args: argparse.Namespace) -> Source:
     return lambda: read_jsonl(path)
 
 
-def _own_files(output: str) -> set[str]:
+def _own_files(output: str | None) -> set[str]:
     """The files a run itself writes: the output, its lock and its compaction temp file."""
+    if output is None:  # `llmbatch plan` without -o
+        return set()
     real = Path(os.path.realpath(output))
     names = [real, real.with_name(real.name + ".lock"), real.with_name(real.name + ".compact.tmp")]
     return {str(p) for p in names} | {os.path.abspath(output)}

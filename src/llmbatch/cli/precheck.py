@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..io.formats import BadLine, InputItem
 from ..limiter import Estimate
 from ..text import estimate_tokens as chars_to_tokens
+from ..types import CompletionRequest
 
 __all__ = ["MAX_BAD_LINES_SHOWN", "Precheck", "precheck"]
 
@@ -35,8 +36,14 @@ def precheck(
     source: Callable[[], Iterator[InputItem | BadLine]],
     skip: Callable[[str], bool],
     args: argparse.Namespace,
+    observe: Callable[[CompletionRequest], None] | None = None,
 ) -> Precheck:
+    """Check every line; `observe` is called with each runnable request (`llmbatch plan`
+    counts its tokens there, so the input is read once)."""
     check = Precheck()
+    # Without per-minute flags no request can be over a budget: skip the estimate (a third
+    # of this pass's time on a million short lines).
+    over_a_budget = _budget_check(args)
     # Duplicates are found by a set of hashes (a third of the memory of a dict of ids), and
     # confirmed, with their first line, by a second look only when some are suspected. Ids
     # already done are left out: they are never sent twice whatever the input says.
@@ -74,13 +81,15 @@ def precheck(
                     )
                 )
                 continue
-        if too_big := _over_a_budget(Estimate.of(req), args):
+        if over_a_budget is not None and (too_big := over_a_budget(Estimate.of(req))):
             bad(BadLine(item.line, too_big))
             continue
         check.runnable += 1
+        if observe is not None:
+            observe(req)
     del seen
     if suspects:
-        _confirm_duplicates(source, suspects, check, bad)
+        _confirm_duplicates(source, suspects, check, bad, observe)
     return check
 
 
@@ -89,6 +98,7 @@ def _confirm_duplicates(
     suspects: list[InputItem],
     check: Precheck,
     bad: Callable[[BadLine], None],
+    observe: Callable[[CompletionRequest], None] | None = None,
 ) -> None:
     first: dict[str, int] = {}
     wanted = {s.id for s in suspects}
@@ -101,18 +111,33 @@ def _confirm_duplicates(
             bad(BadLine(item.line, f"duplicate id {item.id!r} (first on line {line})"))
         else:  # two ids with one hash: not a duplicate after all
             check.runnable += 1
+            if observe is not None:
+                observe(item.request)
 
 
-def _over_a_budget(est: Estimate, args: argparse.Namespace) -> str | None:
-    """Why a request could never be sent under the per-minute flags, or None."""
-    for need, limit, what, flag in (
-        (est.total, getattr(args, "tpm", None), "tokens", "--tpm"),
-        (est.input, getattr(args, "itpm", None), "input tokens", "--itpm"),
-        (est.output, getattr(args, "otpm", None), "output tokens", "--otpm"),
-    ):
-        if limit and need > limit:
-            return (
-                f"needs ~{need} {what}, more than {flag} {limit:.0f} allows in a minute: "
-                "it could never be sent"
-            )
-    return None
+def _budget_check(args: argparse.Namespace) -> Callable[[Estimate], str | None] | None:
+    """The test "why could this request never be sent under the per-minute flags (or None)",
+    or None when no such flag is given. The flags are read once, not per line."""
+    checks = [
+        (part, limit, what, flag)
+        for part, name, what, flag in (
+            ("total", "tpm", "tokens", "--tpm"),
+            ("input", "itpm", "input tokens", "--itpm"),
+            ("output", "otpm", "output tokens", "--otpm"),
+        )
+        if (limit := getattr(args, name, None))
+    ]
+    if not checks:
+        return None
+
+    def over(est: Estimate) -> str | None:
+        for part, limit, what, flag in checks:
+            need = getattr(est, part)
+            if need > limit:
+                return (
+                    f"needs ~{need} {what}, more than {flag} {limit:.0f} allows in a minute: "
+                    "it could never be sent"
+                )
+        return None
+
+    return over

@@ -15,8 +15,10 @@ import argparse
 import asyncio
 from collections.abc import Iterator
 
+from ..budget import Budget
 from ..clients import ClientSpec
 from ..io.sink import ResultSink
+from ..pricing import Pricer
 from ..types import BatchRequest, BatchResult
 from ._common import retry_policy
 from .usage import UsageError
@@ -29,8 +31,13 @@ async def execute_on_ray(
     spec: ClientSpec,
     requests: Iterator[BatchRequest],
     sink: ResultSink,
+    *,
+    budget: Budget | None = None,
 ) -> None:
-    """Run the requests on Ray workers until done, --timeout, or a sink failure (raised)."""
+    """Run the requests on Ray workers until done, --timeout, or a sink failure (raised).
+
+    With a `budget` (--max-cost), the cluster limiter actor holds its cap and spend, and
+    every worker's attempts reserve and settle there."""
     try:
         import ray
 
@@ -59,6 +66,13 @@ async def execute_on_ray(
             args.tpm,
             input_tokens_per_minute=args.itpm,
             output_tokens_per_minute=args.otpm,
+            max_cost=None if budget is None else budget.max_cost,
+            spent=0.0 if budget is None else budget.spent,
+            # The run's pricer warns through the console, which stays here; workers get one
+            # with the same prices that logs instead.
+            pricer=None
+            if budget is None
+            else Pricer(budget.pricer.source, provider=budget.pricer.provider, model=args.model),
         )
         async with asyncio.timeout(args.timeout):
             await lray.run_on_ray(requests, spec, limiter, config, on_results=on_results)

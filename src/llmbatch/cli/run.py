@@ -33,6 +33,7 @@ from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
 from ..types import BatchRequest
 from ._common import (
+    EXIT_BUDGET,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -46,6 +47,7 @@ from ._common import (
     positive_int,
     say,
 )
+from .costs import add_cost_arguments, budget_of
 from .execute import build_sink, execute
 from .paths import Source, check_paths, source_of
 from .precheck import Precheck, precheck
@@ -64,6 +66,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "command resumes: ids already in OUTPUT are skipped. API keys are read only from the "
         "environment.",
     )
+    add_run_arguments(p)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Every flag of `run` (`llmbatch plan` takes the same)."""
     p.add_argument("input", metavar="INPUT", nargs="?", help="JSONL file of requests")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="results file")
     g = p.add_argument_group("provider")
@@ -162,6 +169,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument(
         "--workers", type=positive_int, default=2, help="Ray workers (each --concurrency)"
     )
+    add_cost_arguments(p)
 
 
 # -- the steps of a run, in order -------------------------------------------------------------
@@ -179,8 +187,11 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             check = _check_input(console, args, source, skip, journal.scan)
             sink = build_sink(args, console, client, journal, check)
             try:
+                budget = budget_of(args, sink.pricer, journal.scan.cost) if sink.pricer else None
                 requests = _requests(source, check, skip, sink)
-                interrupted = await execute(args, spec, client, sink, requests, check)
+                interrupted = await execute(
+                    args, spec, client, sink, requests, check, budget=budget
+                )
                 sink.close()  # fsync, and compaction where ids were redone
             except OutputError as exc:
                 sink.abandon()
@@ -333,6 +344,16 @@ def _finish(
             f"interrupted: {unfinished:,} request(s) not written; rerun the same command to finish",
         )
         return EXIT_INTERRUPTED
+    if sink.budget_stopped:
+        spent = stats.cost or 0.0
+        say(
+            console,
+            f"--max-cost ${args.max_cost:g} reached: ${spent:.6f} spent on {args.output} "
+            f"(${sink.spent:.6f} by this run); {unfinished:,} request(s) not sent "
+            f"({sink.budget_reason.removeprefix('not sent under ')}). Rerun with a higher "
+            "--max-cost to go on: nothing done is bought again",
+        )
+        return EXIT_BUDGET
     if unfinished:
         say(console, f"--timeout passed: {unfinished:,} request(s) unfinished; rerun to finish")
     if stats.failure_count or unfinished or check.bad_count:

@@ -98,6 +98,85 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="deprecated: same as --limit-style retry-after",
     )
     p.add_argument("--seed", type=int, help="random seed for faults and jitter")
+    _add_batch_arguments(p)
+
+
+def _add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "batch APIs",
+        "OpenAI /v1/files + /v1/batches and Anthropic /v1/messages/batches, on a scaled clock: "
+        "a batch moves validating -> in_progress -> finalizing -> completed (Anthropic: "
+        "in_progress -> ended) in about --batch-seconds, its lines finishing one by one.",
+    )
+    g.add_argument(
+        "--batch-seconds",
+        type=positive_float,
+        default=2.0,
+        metavar="S",
+        help="how long a batch takes from create to completed (default 2.0)",
+    )
+    g.add_argument(
+        "--batch-expire-seconds",
+        type=positive_float,
+        metavar="S",
+        help="the scaled 24 h completion window: a batch not done by then expires with the "
+        "lines finished so far (default 5 x --batch-seconds)",
+    )
+    g.add_argument(
+        "--batch-error-rate",
+        type=fraction,
+        default=0.0,
+        metavar="F",
+        help="share of batch lines answered with an error (OpenAI: status 500 server_error "
+        "in the error file; Anthropic: result errored, api_error)",
+    )
+    g.add_argument(
+        "--batch-expire-after",
+        type=fraction,
+        metavar="F",
+        help="every batch expires once this fraction of its lines has finished: the rest "
+        "are batch_expired (OpenAI error file) / expired (Anthropic)",
+    )
+    g.add_argument(
+        "--batch-fail-validation",
+        action="store_true",
+        help="every OpenAI batch fails validation (status failed, errors.data); every "
+        "Anthropic create is refused with 400 (a bad line fails a batch without this flag)",
+    )
+    g.add_argument(
+        "--batch-stall-rate",
+        type=fraction,
+        default=0.0,
+        metavar="F",
+        help="share of batches that finish nothing (stay in_progress) until cancelled or expired",
+    )
+    g.add_argument(
+        "--batch-delay-median",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="add a heavy-tailed (lognormal) delay of this median to each batch's duration, "
+        "seeded by --seed (default 0: none)",
+    )
+    g.add_argument(
+        "--batch-delay-sigma",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="spread (sigma of the log) of --batch-delay-median (default 1.0)",
+    )
+    g.add_argument(
+        "--batch-max-requests",
+        type=positive_int,
+        metavar="N",
+        help="requests per batch allowed (default the providers' 50,000 / 100,000)",
+    )
+    g.add_argument(
+        "--batch-max-bytes",
+        type=positive_int,
+        metavar="N",
+        help="bytes per OpenAI input file / Anthropic create body (default 200 MB / 256 MB)",
+    )
 
 
 def _config(args: argparse.Namespace) -> SimulatorConfig:
@@ -129,6 +208,16 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         seed=args.seed,
         api_key=key,
         send_rate_limit_headers=not args.no_rate_limit_headers,
+        batch_seconds=args.batch_seconds,
+        batch_expire_seconds=args.batch_expire_seconds,
+        batch_error_rate=args.batch_error_rate,
+        batch_expire_after=args.batch_expire_after,
+        batch_fail_validation=args.batch_fail_validation,
+        batch_stall_rate=args.batch_stall_rate,
+        batch_delay_median=args.batch_delay_median,
+        batch_delay_sigma=args.batch_delay_sigma,
+        batch_max_requests=args.batch_max_requests,
+        batch_max_bytes=args.batch_max_bytes,
     )
 
 

@@ -50,6 +50,7 @@ def stats_table(stats: BatchStats, title: str = "llmbatch") -> Table:
         ("prompt tokens", f"{stats.prompt_tokens:,}"),
         ("completion tokens", f"{stats.completion_tokens:,}"),
     ]
+    rows += cost_rows(stats)
     for code, count in stats.errors_by_type.items():
         rows.append((f"errors: {code}", f"{count:,}"))
     if stats.failed_requests:
@@ -59,6 +60,19 @@ def stats_table(stats: BatchStats, title: str = "llmbatch") -> Table:
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     return table
+
+
+def cost_rows(stats: BatchStats) -> list[tuple[str, str]]:
+    """Cost in total and per model (when more than one answered); unpriced successes."""
+    rows: list[tuple[str, str]] = []
+    if stats.cost is not None:
+        rows.append(("cost", f"${stats.cost:,.6f}"))
+        if len(stats.cost_by_model) > 1:
+            for model, usd in stats.cost_by_model.items():
+                rows.append((f"cost: {model or '?'}", f"${usd:,.6f}"))
+    if stats.unpriced_count:
+        rows.append(("unpriced", f"{stats.unpriced_count:,} (no price known for their model)"))
+    return rows
 
 
 def main(args: argparse.Namespace) -> int:

@@ -77,6 +77,7 @@ class JournalScan:
     repaired_bytes: int = 0
     corrupt_lines: list[int] = field(default_factory=list)
     duplicated: set[str] = field(default_factory=set)
+    cost: float = 0.0  # USD over every line's `cost`, superseded lines too: money spent
 
 
 def _safe_body(body: Any) -> Any:
@@ -200,8 +201,26 @@ def journal_stats(path: str | Path) -> BatchStats:
             prompt_tokens=_number(usage.get("prompt_tokens"), int),
             completion_tokens=_number(usage.get("completion_tokens"), int),
             cached=bool(meta.get("cached", False)),
+            cost=_cost(meta),
+            model=_model(rec),
         )
     return collector.snapshot()
+
+
+def _cost(meta: dict[str, Any]) -> float | None:
+    value = meta.get("cost")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _model(rec: dict[str, Any]) -> str:
+    """The model that answered, as its body says (OpenAI and Anthropic bodies name it)."""
+    body = (
+        (rec.get("response") or {}).get("body") if isinstance(rec.get("response"), dict) else None
+    )
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else ""
 
 
 class Journal:
@@ -370,6 +389,9 @@ class Journal:
                 ok.discard(cid)
                 failed.discard(cid)
             (ok if rec.get("error") is None else failed).add(cid)
+            spent = _cost(rec.get("llmbatch") or {})
+            if spent:
+                scan.cost += spent
         return scan
 
     def _compact(self) -> None:

@@ -13,6 +13,11 @@ exception is logged and ignored, and the output file is the product. An `OSError
 journal becomes `OutputError` and propagates, so the caller stops admitting, cancels what is in
 flight and exits; everything written before stays, and a rerun resumes. The error log and the
 cache are conveniences: if either fails, a warning is printed once and the run goes on.
+
+With a `pricer`, `write` is the one place a result's cost is set (`result.cost`, written in its
+line's `llmbatch` block), whichever way the run executed; `spent` sums it, and a progress
+display with an `add_cost(usd)` method is told. A request the run's budget refused
+(`BudgetExceededError`) is unfinished like an interrupted one; `budget_stopped` then says so.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from pathlib import Path
 from typing import Protocol
 
 from ..breaker import Outage
+from ..budget import BudgetExceededError
 from ..errorlog import ErrorHandler
 from ..errors import BatchCancelledError, BatchTimeoutError
 from ..events import Event, ProviderOutage, RequestFinished
+from ..pricing import Pricer
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from .cache import SQLiteCache
 from .journal import CompactionError, Journal
@@ -81,8 +88,14 @@ class ResultSink:
         error_log: ErrorHandler | None = None,
         cache: SQLiteCache | None = None,
         warn: Callable[[str], None] = log.warning,
+        pricer: Pricer | None = None,
     ) -> None:
         self.journal = journal
+        self.pricer = pricer
+        self.spent = 0.0  # USD of the results written by this run
+        self.budget_stopped = False
+        self.budget_reason = ""  # the first refusal's message
+        self._add_cost = getattr(progress, "add_cost", None)
         self.expected = expected
         self.progress = progress
         self.error_log = error_log
@@ -131,12 +144,23 @@ class ResultSink:
         request = self._pending.pop(result.id, None)
         if is_unfinished(result):
             self.cut_short += 1
+            if isinstance(result.error, BudgetExceededError) and not self.budget_stopped:
+                self.budget_stopped = True
+                self.budget_reason = str(result.error)
             return
+        response = result.response
+        if self.pricer and result.cost is None and response is not None and result.error is None:
+            model = request.model if request is not None else None
+            result.cost = self.pricer.cost(response, model)
         try:
             self.journal.write(result)
         except OSError as exc:
             raise OutputError(self.journal.path, exc) from exc
         self.written += 1
+        if result.cost:
+            self.spent += result.cost
+            if self._add_cost is not None:
+                self._add_cost(result.cost)
         if self.progress is not None:
             self.progress.add(result.error is None)
         if result.error is not None:

@@ -18,6 +18,7 @@ def worker_engine(
     request_timeout: float | None,
     retry: RetryPolicy | None,
     max_outage: float | None = DEFAULT_MAX_OUTAGE,
+    budget: Admission | None = None,
 ) -> Engine:
     return Engine(
         client,
@@ -27,5 +28,6 @@ def worker_engine(
             retry=retry or RetryPolicy(),
             limiter=limiter,
             max_outage=max_outage,
+            budget=budget,
         ),
     )

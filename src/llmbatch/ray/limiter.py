@@ -26,8 +26,11 @@ from typing import Any
 import ray
 
 from ..admission import Feedback, PermitBase
+from ..budget import Budget
 from ..limiter import Estimate, RateLimiter, pauses_everyone
+from ..pricing import FixedPrices, Pricer
 from ..types import CompletionRequest, CompletionResponse, RateLimitInfo
+from .budget import ClusterBudget
 
 __all__ = ["ClusterLimiter", "LeasedLimiter"]
 
@@ -48,11 +51,31 @@ class _LimiterState:
         slice_seconds: float,
         itpm: float | None = None,
         otpm: float | None = None,
+        max_cost: float | None = None,
+        spent: float = 0.0,
     ) -> None:
         self.limiter = RateLimiter(
             rpm, tpm, input_tokens_per_minute=itpm, output_tokens_per_minute=otpm
         )
         self.slice = slice_seconds
+        # The cluster's one money cap (`llmbatch.ray.budget`); workers price, it adds up.
+        self.budget = None if max_cost is None else Budget(max_cost, _NO_PRICES, spent=spent)
+
+    def budget_reserve(self, worst_case: float | None) -> bool | str | None:
+        """True: reserved; None: ask again after others settle; a str: refused, and why."""
+        assert self.budget is not None
+        fits = self.budget.try_reserve(worst_case)
+        return self.budget.exhausted or "refused" if fits is False else fits
+
+    def budget_settle(self, reserved: float, actual: float) -> None:
+        assert self.budget is not None
+        self.budget.settle_amount(reserved, actual)
+
+    def budget_status(self) -> dict[str, Any]:
+        b = self.budget
+        if b is None:
+            return {}
+        return {"spent": b.spent, "reserved": b.reserved, "exhausted": b.exhausted}
 
     def lease(
         self,
@@ -123,6 +146,9 @@ def _grant(need: int, limit: float | None, slice_seconds: float) -> int:
     return need if grant > limit else grant
 
 
+# The actor's budget never prices anything itself (workers send amounts): no data to load.
+_NO_PRICES = Pricer(FixedPrices(0.0, 0.0))
+
 # Actors need no CPU of their own: they wait on the network and on timers.
 _LimiterActor: Any = ray.remote(num_cpus=0)(_LimiterState)
 
@@ -138,6 +164,8 @@ class ClusterLimiter:
     def __init__(self, actor: Any, slice_seconds: float = DEFAULT_SLICE_SECONDS) -> None:
         self.actor = actor
         self.slice_seconds = slice_seconds
+        self.max_cost: float | None = None
+        self.pricer: Pricer | None = None
 
     @classmethod
     def create(
@@ -148,18 +176,39 @@ class ClusterLimiter:
         input_tokens_per_minute: float | None = None,
         output_tokens_per_minute: float | None = None,
         slice_seconds: float = DEFAULT_SLICE_SECONDS,
+        max_cost: float | None = None,
+        spent: float = 0.0,
+        pricer: Pricer | None = None,
     ) -> ClusterLimiter:
+        """`max_cost` (USD) caps the whole cluster's spend, `spent` already counted; `pricer`
+        (picklable: it travels to the workers) prices each attempt."""
         actor = _LimiterActor.remote(
             requests_per_minute,
             tokens_per_minute,
             slice_seconds,
             input_tokens_per_minute,
             output_tokens_per_minute,
+            max_cost,
+            spent,
         )
-        return cls(actor, slice_seconds)
+        limiter = cls(actor, slice_seconds)
+        if max_cost is not None:
+            limiter.max_cost = max_cost
+            limiter.pricer = pricer if pricer is not None else Pricer()
+        return limiter
 
     def local(self) -> LeasedLimiter:
         return LeasedLimiter(self.actor, self.slice_seconds)
+
+    def budget(self) -> ClusterBudget | None:
+        """A worker's admission on the cluster's money cap, or None without one."""
+        if self.max_cost is None or self.pricer is None:
+            return None
+        return ClusterBudget(self.actor, self.pricer, self.max_cost)
+
+    def budget_status(self) -> dict[str, Any]:
+        """{"spent", "reserved", "exhausted"} of the cluster's budget ({} without one)."""
+        return ray.get(self.actor.budget_status.remote())  # type: ignore[no-any-return]
 
     def status(self) -> dict[str, Any]:
         return ray.get(self.actor.status.remote())  # type: ignore[no-any-return]

@@ -68,8 +68,9 @@ class _BatchWorker:
     ) -> None:
         self.client = client.build()
         self.limiter = limiter.local() if limiter is not None else None
+        budget = limiter.budget() if limiter is not None else None
         self.engine = worker_engine(
-            self.client, self.limiter, concurrency, request_timeout, retry, max_outage
+            self.client, self.limiter, concurrency, request_timeout, retry, max_outage, budget
         )
         self.queue: asyncio.Queue[BatchRequest] | None = None
         self.waiting: dict[str, asyncio.Future[BatchResult]] = {}

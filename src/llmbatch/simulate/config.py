@@ -43,6 +43,14 @@ class SimulatorConfig:
     charged), `reset_rate`, `hang_rate` (no answer for `hang_seconds`), `malformed_rate`.
     `outage_at`/`outage_for`: `outage_at` seconds after the first request (counted again
     after a stats reset) the server goes down for `outage_for` seconds.
+
+    Batch APIs (`batches.py`): a batch takes about `batch_seconds` (+ a lognormal delay of
+    median `batch_delay_median`, spread `batch_delay_sigma`), its window is
+    `batch_expire_seconds`; `batch_error_rate` (lines answered 500 / errored),
+    `batch_expire_after` (expire once this fraction of lines is done),
+    `batch_fail_validation` (every OpenAI batch fails validation, every Anthropic create is
+    refused), `batch_stall_rate` (batches that finish nothing); `batch_max_requests` and
+    `batch_max_bytes` lower the providers' caps.
     """
 
     host: str = "127.0.0.1"
@@ -69,6 +77,17 @@ class SimulatorConfig:
     # Deprecated: `False` is `limit_style="retry-after"`; kept for one release.
     send_rate_limit_headers: bool = True
     model: str = "sim-1"
+    # Batch APIs (see `batches.py`): the time scale, the window and the faults.
+    batch_seconds: float = 2.0
+    batch_expire_seconds: float | None = None  # the "24h" window; None: 5 x batch_seconds
+    batch_error_rate: float = 0.0
+    batch_expire_after: float | None = None
+    batch_fail_validation: bool = False
+    batch_stall_rate: float = 0.0
+    batch_delay_median: float = 0.0
+    batch_delay_sigma: float = 1.0
+    batch_max_requests: int | None = None  # None: the providers' caps (50,000 / 100,000)
+    batch_max_bytes: int | None = None  # None: the providers' caps (200 MB / 256 MB)
 
     def __post_init__(self) -> None:
         if self.limit_style not in LIMIT_STYLES:
@@ -92,6 +111,30 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.outage_at is not None and (self.outage_at < 0 or self.outage_for <= 0):
             raise ValueError("an outage needs outage_at >= 0 and outage_for > 0")
+        self._check_batches()
+
+    def _check_batches(self) -> None:
+        if self.batch_seconds <= 0:
+            raise ValueError(f"batch_seconds must be positive, got {self.batch_seconds}")
+        if self.batch_expire_seconds is not None and self.batch_expire_seconds <= 0:
+            raise ValueError("batch_expire_seconds must be positive")
+        for name in ("batch_error_rate", "batch_stall_rate", "batch_expire_after"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.batch_delay_median < 0 or self.batch_delay_sigma < 0:
+            raise ValueError("batch_delay_median and batch_delay_sigma must not be negative")
+        for name in ("batch_max_requests", "batch_max_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+    @property
+    def expire_seconds(self) -> float:
+        """The scaled completion window of a batch."""
+        if self.batch_expire_seconds is not None:
+            return self.batch_expire_seconds
+        return 5.0 * self.batch_seconds
 
     @property
     def has_limits(self) -> bool:

@@ -41,6 +41,16 @@ class Counters:
         self.completion_tokens = 0
         self.first_received: float | None = None  # wall clock, for measuring makespans
         self.last_answered: float | None = None
+        # Batch APIs: files and batches of both providers.
+        self.files_uploaded = 0
+        self.files_deleted = 0
+        self.batches_created = 0
+        self.batches_cancelled = 0
+        self.batches_expired = 0
+        self.batches_failed = 0  # failed validation (OpenAI)
+        self.batch_lines = 0  # lines in the batches created
+        self.batch_lines_answered = 0
+        self.batch_polls = 0  # GETs of one batch
 
     def answered(self, status: int) -> None:
         key = str(status)
@@ -68,4 +78,13 @@ class Counters:
             "completion_tokens": self.completion_tokens,
             "first_received": self.first_received,
             "last_answered": self.last_answered,
+            "files_uploaded": self.files_uploaded,
+            "files_deleted": self.files_deleted,
+            "batches_created": self.batches_created,
+            "batches_cancelled": self.batches_cancelled,
+            "batches_expired": self.batches_expired,
+            "batches_failed": self.batches_failed,
+            "batch_lines": self.batch_lines,
+            "batch_lines_answered": self.batch_lines_answered,
+            "batch_polls": self.batch_polls,
         }

@@ -11,6 +11,8 @@ Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings (OpenAI's wir
 /v1/messages (Anthropic's); GET /v1/models; GET /stats and POST /stats/reset (counters);
 GET /config. Replies are derived from the prompt (the same prompt always gets the same
 text; valid JSON in JSON mode) with usage of about one token per four characters.
+The batch APIs of both providers (OpenAI /v1/files + /v1/batches, Anthropic
+/v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`.
 
 This module routes and sequences; each concern lives in its own module: the wire formats
 in `dialects.py`, the rate-limit buckets in `limits.py`, what a refusal says in `styles.py`,
@@ -33,6 +35,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .batch_routes import BatchRoutes
+from .batches import BatchStore
 from .config import SimulatorConfig
 from .counters import Counters
 from .dialects import ANTHROPIC, OPENAI, Dialect, reply_text, token_count
@@ -91,6 +95,7 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = c.port
+        self.batches = BatchStore(c, self._counters, self.answer_line)
         self.app = self._make_app()
 
     @property
@@ -111,6 +116,7 @@ class Simulator:
         app.router.add_get("/stats", self._get_stats)
         app.router.add_post("/stats/reset", self._reset_stats)
         app.router.add_get("/config", self._get_config)
+        BatchRoutes(self.batches, self.config).add_to(app)
         return app
 
     def _route(self, kind: str, dialect: Dialect) -> Handler:
@@ -320,8 +326,24 @@ class Simulator:
             return web.Response(status=200, body=b'{"id": "cmpl-broken", "choices": [{"mess')
         return self._answer(kind, dialect, body, prompt, max_tokens)
 
+    def answer_line(
+        self, kind: str, dialect: Dialect, body: dict[str, Any]
+    ) -> tuple[int, bytes, str]:
+        """A batch line answered as its realtime route would (same body, same usage), but
+        outside the realtime limits, latency and faults: batch pools are separate."""
+        prompt = dialect.prompt(kind, body)
+        response = self._answer(kind, dialect, body, prompt, _int(body.get("max_tokens")), False)
+        assert isinstance(response.body, bytes)
+        return response.status, response.body, response.headers[dialect.request_id_header]
+
     def _answer(
-        self, kind: str, dialect: Dialect, body: dict[str, Any], prompt: str, max_tokens: int | None
+        self,
+        kind: str,
+        dialect: Dialect,
+        body: dict[str, Any],
+        prompt: str,
+        max_tokens: int | None,
+        settle: bool = True,
     ) -> web.Response:
         st = self._counters
         prompt_tokens = token_count(prompt)
@@ -332,7 +354,8 @@ class Simulator:
             output_tokens = token_count(text)
         st.prompt_tokens += prompt_tokens
         st.completion_tokens += output_tokens
-        self._limits.settle_output(max_tokens or 0, output_tokens)
+        if settle:  # a batch line was never charged to the realtime limits
+            self._limits.settle_output(max_tokens or 0, output_tokens)
         headers = self._style.success_headers(dialect, self._limits.states())
         rid = hashlib.blake2b(f"{prompt}{st.received}".encode(), digest_size=8).hexdigest()
         headers[dialect.request_id_header] = "req_" + rid

@@ -1,0 +1,314 @@
+"""What a request costs: prices from a maintained library, or the user's own, behind one interface.
+
+    pricer = Pricer(GenaiPrices(), provider="openai", model="gpt-4o-mini")
+    pricer.cost(response)           # USD for one answer from its reported usage, or None
+    pricer.worst_case(request)      # USD the request can cost at most (input bound + max_tokens)
+    Pricer(FixedPrices(0.2, 0.6))   # USD per 1M input / output tokens, for any model
+
+A `PriceSource` answers one question: the price of a usage for a model. `GenaiPrices` reads the
+price data shipped inside the `genai-prices` package (never fetched at run time: its
+auto-update is not used); `FixedPrices` is what `--price-in` / `--price-out` give. Unknown
+models cost None (the result is marked unpriced) and the `Pricer` says so once per model, never
+raising: a price is bookkeeping, never a reason to lose a result.
+
+Usage is counted as the clients report it (`llmbatch.types.Usage`): `prompt_tokens` counts
+every input token; `cached_tokens` of them were read from the provider's prompt cache and
+`cache_write_tokens` written to it. Answers through a provider's batch API (`batch_api`) get
+the library's batch price where it has one, else half the realtime price.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from .text import flatten_messages
+from .types import CompletionRequest, CompletionResponse, Usage
+
+__all__ = [
+    "BATCH_DISCOUNT",
+    "DEFAULT_WORST_OUTPUT_TOKENS",
+    "FixedPrices",
+    "GenaiPrices",
+    "PriceSource",
+    "Pricer",
+    "worst_input_tokens",
+]
+
+log = logging.getLogger("llmbatch")
+
+BATCH_DISCOUNT = 0.5  # batch APIs bill half the realtime price (OpenAI, Anthropic, Gemini)
+# A request without max_tokens has no output bound of its own; the budget assumes this many.
+DEFAULT_WORST_OUTPUT_TOKENS = 4096
+# Special tokens a chat format adds around the text (role markers, separators): a bound,
+# per request and per message, well above what OpenAI and Anthropic add.
+_FRAME_TOKENS = 16
+_MESSAGE_TOKENS = 8
+_MILLION = 1_000_000
+
+
+@runtime_checkable
+class PriceSource(Protocol):
+    """Prices usage: USD for `usage` of `model` (at `provider`), or None when unknown.
+
+    `batch`: the answer came through the provider's batch API.
+    """
+
+    def price(
+        self, model: str, provider: str | None, usage: Usage, batch: bool
+    ) -> float | None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class FixedPrices:
+    """One price for every model: USD per 1M input and output tokens (`--price-in/--price-out`).
+
+    `cached_input`: USD per 1M input tokens read from the prompt cache (default: `input`).
+    Cache writes are billed as input. Batch answers cost `BATCH_DISCOUNT` of it.
+    """
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cached_input"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} price must be a number >= 0, got {value!r}")
+
+    def price(self, model: str, provider: str | None, usage: Usage, batch: bool) -> float | None:
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        usd = (
+            (usage.prompt_tokens - cached) * self.input
+            + cached * cached_price
+            + usage.completion_tokens * self.output
+        ) / _MILLION
+        return usd * BATCH_DISCOUNT if batch else usd
+
+
+class GenaiPrices:
+    """Prices from the `genai-prices` package's bundled data (no network, no auto-update).
+
+    `base_url`: the API the run talks to; the data knows many providers by their URL (Groq,
+    Mistral, Together, ...), so that one is asked first, then `provider` by id. A model the
+    data does not know (a self-hosted one) prices as None. Lookups are cached per (model,
+    provider, batch); for models with flat per-token prices (almost all), the cost of a usage
+    is then a few multiplications, not a call into the library per result.
+    """
+
+    def __init__(self, base_url: str | None = None) -> None:
+        import genai_prices  # noqa: F401  (fails here, at construction, if it is missing)
+
+        self.base_url = base_url
+        self._rates: dict[tuple[str, str | None, bool], _Rates | None] = {}
+
+    def price(self, model: str, provider: str | None, usage: Usage, batch: bool) -> float | None:
+        key = (model, provider, batch)
+        if key in self._rates:
+            rates = self._rates[key]
+        else:
+            rates = None
+            if self.base_url:
+                rates = _lookup(model, _Route(None, self.base_url), batch)
+            if rates is None:
+                rates = _lookup(model, _Route(provider, None), batch)
+            self._rates[key] = rates
+        if rates is None:
+            return None
+        if rates.linear is not None:
+            return rates.linear.apply(usage)
+        return _calc(model, rates.route, batch and rates.variant, usage) * rates.factor
+
+
+@dataclass(slots=True, frozen=True)
+class _Linear:
+    """USD per 1M tokens of each kind, for models whose price does not depend on volume."""
+
+    input: float
+    output: float
+    cache_read: float
+    cache_write: float
+    factor: float
+
+    def apply(self, usage: Usage) -> float:
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+        plain = usage.prompt_tokens - cached - written
+        usd = (
+            plain * self.input
+            + cached * self.cache_read
+            + written * self.cache_write
+            + usage.completion_tokens * self.output
+        ) / _MILLION
+        return usd * self.factor
+
+
+class _Route(NamedTuple):
+    """How genai-prices finds the provider: by its id, or by the API's URL."""
+
+    provider: str | None
+    api_url: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class _Rates:
+    route: _Route  # how the library finds the provider: by id or by URL
+    variant: bool  # the library has a batch price for this model
+    factor: float  # applied on top: BATCH_DISCOUNT for batch answers without a batch price
+    linear: _Linear | None  # None: tiered prices, computed by the library each time
+
+
+def _library_usage(usage: Usage) -> Any:
+    import genai_prices
+
+    return genai_prices.Usage(
+        input_tokens=usage.prompt_tokens,
+        output_tokens=usage.completion_tokens,
+        cache_read_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
+
+
+def _calc(model: str, route: _Route, batch: bool, usage: Usage) -> float:
+    import genai_prices
+
+    context = {"processing": "batch"} if batch else None
+    if route.api_url is not None:
+        result = genai_prices.calc_price(
+            _library_usage(usage),
+            model_ref=model,
+            provider_api_url=route.api_url,
+            price_context=context,
+        )
+    else:
+        result = genai_prices.calc_price(
+            _library_usage(usage),
+            model_ref=model,
+            provider_id=route.provider,
+            price_context=context,
+        )
+    return float(result.total_price)
+
+
+def _lookup(model: str, route: _Route, batch: bool) -> _Rates | None:
+    import genai_prices
+    from genai_prices.types import TieredPrices
+
+    probe = _library_usage(Usage(prompt_tokens=_MILLION))
+    try:
+        if route.api_url is not None:
+            found = genai_prices.calc_price(probe, model_ref=model, provider_api_url=route.api_url)
+        else:
+            found = genai_prices.calc_price(probe, model_ref=model, provider_id=route.provider)
+    except LookupError:
+        return None
+    except Exception:  # malformed data for one model must not stop a run
+        log.debug("genai-prices failed on %r", model, exc_info=True)
+        return None
+    variants = found.model.price_variants or ()
+    variant = any(v.when.get("processing") == "batch" for v in variants)
+    use_variant = batch and variant
+    factor = BATCH_DISCOUNT if batch and not variant else 1.0
+    prices = found.model_price.__dict__.values()
+    if any(isinstance(p, TieredPrices) for p in prices):
+        return _Rates(route, variant, factor, None)
+
+    def per_million(**kinds: int) -> float:
+        return _calc(model, route, use_variant, Usage(**kinds))
+
+    linear = _Linear(
+        input=per_million(prompt_tokens=_MILLION),
+        output=per_million(completion_tokens=_MILLION),
+        cache_read=per_million(prompt_tokens=_MILLION, cached_tokens=_MILLION),
+        cache_write=per_million(prompt_tokens=_MILLION, cache_write_tokens=_MILLION),
+        factor=factor,
+    )
+    return _Rates(route, variant, factor, linear)
+
+
+def worst_input_tokens(request: CompletionRequest) -> int:
+    """Input tokens `request` can be billed at most: the UTF-8 bytes of its text (a byte-level
+    BPE token holds at least one byte) plus the chat format's frame. Images and other
+    non-text parts are not counted."""
+    text = flatten_messages(request.messages, system=request.system, prompt=request.prompt)
+    messages = len(request.messages or ()) + (1 if request.system else 0) + 1
+    return len(text.encode("utf-8", "surrogatepass")) + _FRAME_TOKENS + _MESSAGE_TOKENS * messages
+
+
+class Pricer:
+    """A `PriceSource` applied to a run: the default model and provider, and a one-line notice
+    (once per model) when a model has no price.
+
+    `provider` is the genai-prices provider id ("openai", "anthropic", ...); None lets the
+    library guess from the model name. `model` prices answers that name no model.
+    """
+
+    def __init__(
+        self,
+        source: PriceSource | None = None,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        worst_output_tokens: int = DEFAULT_WORST_OUTPUT_TOKENS,
+        notice: Callable[[str], None] = log.warning,
+    ) -> None:
+        self.source: PriceSource = source if source is not None else GenaiPrices()
+        self.provider = provider
+        self.model = model
+        self.worst_output_tokens = worst_output_tokens
+        self.notice = notice
+        self.unknown: set[str] = set()  # models without a price, noticed once each
+
+    def usage_cost(self, model: str | None, usage: Usage, batch: bool = False) -> float | None:
+        """USD for `usage` of `model` (default: the pricer's), or None when it has no price."""
+        name = model or self.model
+        if not name:
+            self._unknown("", "the answer names no model and no --model was given")
+            return None
+        usd = self.source.price(name, self.provider, usage, batch)
+        if usd is None:
+            self._unknown(name, None)
+        return usd
+
+    def cost(self, response: CompletionResponse, model: str | None = None) -> float | None:
+        """USD of one answer from its usage: the answer's model, else `model`, else the default.
+
+        Answers from a response cache cost nothing (they were paid for when first bought).
+        """
+        if response.cached:
+            return 0.0
+        names = [n for n in dict.fromkeys((response.model, model, self.model)) if n]
+        for name in names:
+            usd = self.source.price(name, self.provider, response.usage, response.batch_api)
+            if usd is not None:
+                return usd
+        if names:
+            self._unknown(names[0], None)
+        else:
+            self._unknown("", "the answer names no model and no --model was given")
+        return None
+
+    def worst_case(self, request: CompletionRequest, batch: bool = False) -> float | None:
+        """USD `request` can cost at most: its input bound (`worst_input_tokens`, all billed
+        as uncached) plus `max_tokens` (or `worst_output_tokens` when unset) of output."""
+        usage = Usage(
+            prompt_tokens=worst_input_tokens(request),
+            completion_tokens=request.max_tokens or self.worst_output_tokens,
+        )
+        return self.usage_cost(request.model, usage, batch)
+
+    def _unknown(self, model: str, why: str | None) -> None:
+        if model in self.unknown:
+            return
+        self.unknown.add(model)
+        self.notice(
+            why
+            or f"no price known for model {model!r}"
+            + (f" at {self.provider}" if self.provider else "")
+            + ": its cost is not counted (pass --price-in/--price-out to price it)"
+        )

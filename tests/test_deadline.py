@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -28,6 +28,8 @@ def test_split_limits_and_concurrency_count() -> None:
     # With no limits known, only concurrency x latency remains.
     assert RealtimeCapacity(concurrency=4, latency=3.0).seconds(work) == 9.0
     assert RealtimeCapacity().seconds(Work()) == 0.0
+    # Nothing known: no bound at all (the plan then says the time is unknown).
+    assert RealtimeCapacity().limits(work) == {}
 
 
 def test_requests_within_inverts_the_estimate() -> None:
@@ -72,9 +74,7 @@ def test_unreachable_plan_says_by_how_much_and_which_limit_would_do() -> None:
 def test_speed_plan_sends_what_fits_realtime_and_batches_the_rest() -> None:
     cap = RealtimeCapacity(rpm=60, concurrency=1000, latency=1.0)
     work = Work(requests=1000, input_tokens=100_000, output_tokens=20_000)
-    plan = DeadlinePolicy(NOW + 310, prefer="speed", margin=0.0, min_margin=10).plan(
-        NOW, work, cap
-    )
+    plan = DeadlinePolicy(NOW + 310, prefer="speed", margin=0.0, min_margin=10).plan(NOW, work, cap)
     assert plan.realtime.requests == 300
     assert plan.batch.requests == 700
     assert plan.realtime.input_tokens + plan.batch.input_tokens == 100_000
@@ -94,7 +94,7 @@ def test_parse_deadline_dates() -> None:
     assert parse_deadline(when.strftime("%Y-%m-%dT%H:%M:%S"), now=NOW) == pytest.approx(
         NOW + 3 * 3600
     )
-    aware = datetime.fromtimestamp(NOW, tz=timezone.utc) + timedelta(hours=1)
+    aware = datetime.fromtimestamp(NOW, tz=UTC) + timedelta(hours=1)
     assert parse_deadline(aware.isoformat(), now=NOW) == pytest.approx(NOW + 3600)
 
 

@@ -80,14 +80,15 @@ class Work:
 @dataclass(slots=True, frozen=True)
 class RealtimeCapacity:
     """What the realtime path can do: per-minute limits (None: not limited or not known),
-    requests in flight, and seconds per request (seen so far, or assumed)."""
+    requests in flight, and seconds per request (seen so far, or assumed; None: unknown, and
+    then concurrency sets no bound)."""
 
     rpm: float | None = None
     tpm: float | None = None
     itpm: float | None = None
     otpm: float | None = None
     concurrency: int = 32
-    latency: float = 2.0
+    latency: float | None = None
 
     def limits(self, work: Work) -> dict[str, float]:
         """Seconds `work` needs under each limit, by the name of its flag."""
@@ -101,7 +102,7 @@ class RealtimeCapacity:
         for name, limit, amount in per_minute:
             if limit:
                 need[name] = 60.0 * amount / limit
-        if work.requests:
+        if work.requests and self.latency is not None:
             waves = math.ceil(work.requests / max(1, self.concurrency))
             need["concurrency"] = waves * self.latency
         return need
@@ -137,6 +138,7 @@ class RealtimeCapacity:
             if took <= seconds:
                 continue
             if name == "concurrency":
+                assert self.latency is not None
                 out[name] = float(math.ceil(work.requests * self.latency / seconds))
             else:
                 current = getattr(self, name)

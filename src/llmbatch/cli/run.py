@@ -33,6 +33,7 @@ from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
 from ..types import BatchRequest
 from ._common import (
+    DEFAULT_CONCURRENCY,
     EXIT_BUDGET,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -41,6 +42,7 @@ from ._common import (
     EXIT_USAGE,
     concurrency,
     event_loop_factory,
+    finish_by,
     non_negative_float,
     os_reason,
     positive_float,
@@ -91,9 +93,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--concurrency",
         type=concurrency,
-        default=32,
-        help='requests in flight (default 32), or "auto": found from latency, for servers '
-        "that queue instead of refusing (llama.cpp, vLLM, Ollama)",
+        default=DEFAULT_CONCURRENCY,
+        help=f'requests in flight (default {DEFAULT_CONCURRENCY}), or "auto": found from '
+        "latency, for servers that queue instead of refusing (llama.cpp, vLLM, Ollama)",
     )
     g.add_argument("--rpm", type=positive_float, help="requests per minute (default: adaptive)")
     g.add_argument("--tpm", type=positive_float, help="tokens per minute (default: adaptive)")
@@ -170,6 +172,22 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=positive_int, default=2, help="Ray workers (each --concurrency)"
     )
     add_cost_arguments(p)
+    g = p.add_argument_group("deadline (with --batch-api)")
+    g.add_argument(
+        "--finish-by",
+        type=finish_by,
+        metavar="TIME",
+        help="finish by TIME (2026-12-01T09:00, local time unless a zone is given) or within "
+        "a duration (6h, 1h30m): batch API first, realtime for what would otherwise be late",
+    )
+    g.add_argument(
+        "--prefer",
+        choices=("cost", "speed"),
+        default="cost",
+        help="with --finish-by: cost (default) sends everything through the batch API and "
+        "moves what is still open to realtime only when the deadline needs it; speed sends "
+        "realtime what fits before the deadline and only the rest through the batch API",
+    )
 
 
 # -- the steps of a run, in order -------------------------------------------------------------

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The demo: start the provider simulator, summarise this project's own source files with
 # `llmbatch run` (progress bar, retries, pacing learned from the server), print the stats,
-# stop the simulator. No API key and no network needed.
+# write an HTML report of the run (plots; opens offline), stop the simulator. No API key and
+# no network needed.
 set -euo pipefail
-. "$(dirname "$0")/_venv.sh" fast
+. "$(dirname "$0")/_venv.sh" fast,report
 mkdir -p demo-out
-rm -f demo-out/summaries.jsonl
+rm -f demo-out/summaries.jsonl demo-out/report.html
 .venv/bin/llmbatch simulate --port 0 --latency-ms 150 --latency-jitter-ms 50 --rpm 600 \
   --fail-rate 0.05 --reset-rate 0.02 --seed 42 > demo-out/simulator.log 2>&1 &
 sim=$!
@@ -20,8 +21,10 @@ status=0
 .venv/bin/llmbatch run --template "Summarize this file ({path}) in JSON: {content}" \
   --files "src/**/*.py" --json --max-tokens 200 \
   -o demo-out/summaries.jsonl --base-url "$url/v1" --model sim-1 \
-  --concurrency 16 --error-log demo-out/logs --prompt-section file_summary || status=$?
+  --concurrency 16 --error-log demo-out/logs --prompt-section file_summary \
+  --report demo-out/report.html || status=$?
 echo "results: demo-out/summaries.jsonl (rerun the same command to resume; nothing is resent)" >&2
+echo "report:  $(pwd)/demo-out/report.html (open it in a browser; works offline)" >&2
 .venv/bin/python - <<'PY'
 import json
 for line in list(open("demo-out/summaries.jsonl"))[:3]:

@@ -185,11 +185,19 @@ def test_cli_on_ray_survives_a_killed_worker(tmp_path: Path) -> None:
             if out.exists() and out.read_bytes().count(b"\n") >= 150:
                 break
             time.sleep(0.05)
+
+        # Only this run's workers (descendants of its driver): on a shared machine other
+        # Ray runs have `_BatchWorker` processes too.
+        def cmdline(p: psutil.Process) -> list[str]:
+            try:
+                return p.cmdline()
+            except psutil.Error:  # gone meanwhile
+                return []
+
         victims = [
             p
-            for p in psutil.process_iter(["cmdline"])
-            if any("_BatchWorker" in part for part in (p.info["cmdline"] or []))
-            and p.pid != os.getpid()
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if any("_BatchWorker" in part for part in cmdline(p))
         ]
         assert victims, "no Ray worker process found"
         os.kill(victims[0].pid, signal.SIGKILL)
@@ -314,3 +322,40 @@ def test_cli_on_ray_shares_one_budget_and_a_rerun_finishes(tmp_path: Path) -> No
         sim.close()
     counts = Counter(json.loads(line)["custom_id"] for line in out.read_text().splitlines())
     assert set(counts) == set(ids) and set(counts.values()) == {1}
+
+
+def test_schema_requests_are_validated_and_re_asked_on_workers() -> None:
+    # The schema travels with each request (pickled without its compiled validator) and the
+    # reply policy with the run's config; parsed objects come back to the driver.
+    from llmbatch.replies import ReplyPolicy
+    from llmbatch.schema import Schema
+
+    schema = Schema.from_dict(
+        {
+            "type": "object",
+            "properties": {"label": {"enum": ["a", "b"]}, "n": {"type": "integer"}},
+            "required": ["label", "n"],
+            "additionalProperties": False,
+        }
+    )
+    sim = SimProcess("--invalid-rate", "0.5")
+    results: list = []  # type: ignore[type-arg]
+    try:
+        asyncio.run(
+            run_on_ray(
+                (
+                    BatchRequest(f"s{i}", CompletionRequest(prompt=f"q {i}", schema=schema))
+                    for i in range(40)
+                ),
+                ClientSpec(base_url=sim.url + "/v1", model="sim"),
+                ClusterLimiter.create(),
+                RayRunConfig(workers=2, concurrency=8, replies=ReplyPolicy(max_invalid_retries=10)),
+                on_results=results.extend,
+            )
+        )
+        stats = sim.stats()
+    finally:
+        sim.close()
+    assert sorted(r.id for r in results) == sorted(f"s{i}" for i in range(40))
+    assert all(r.error is None and r.parsed["label"] in ("a", "b") for r in results)
+    assert stats["invalid"] > 0 and stats["received"] == sum(r.attempts for r in results)

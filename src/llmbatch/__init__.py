@@ -7,6 +7,7 @@ and never lose a result.
 """
 
 from .admission import Admission, AdmissionChain, Feedback, Permit, feedback
+from .batch_api import BatchAPIConfig, BatchAPIRunner
 from .breaker import Outage, OutageBreaker
 from .budget import Budget, BudgetExceededError
 from .clients.base import LLMClient
@@ -17,22 +18,29 @@ from .errors import (
     APIConnectionError,
     AuthenticationError,
     BadRequestError,
+    BatchAPIError,
     BatchCancelledError,
     BatchTimeoutError,
     FatalError,
+    InvalidOutputError,
     InvalidResponseError,
     LLMBatchError,
     OverloadedError,
     ProviderOutageError,
     RateLimitError,
+    RefusalError,
+    ReplyError,
     RequestTimeoutError,
     RetryableError,
     ServerError,
     TokenBudgetError,
+    TruncatedReplyError,
     UnsupportedRequestError,
     error_code,
 )
 from .events import (
+    AttemptFinished,
+    AttemptQueued,
     BatchFinished,
     BatchStarted,
     Event,
@@ -50,6 +58,7 @@ from .limiter import (
     Reservation,
     estimate_tokens,
 )
+from .metrics import MetricsListener
 from .pricing import FixedPrices, GenaiPrices, Pricer, PriceSource
 from .processor import (
     BatchInterrupted,
@@ -59,7 +68,9 @@ from .processor import (
 )
 from .progress import ProgressLogger, ProgressTracker, RichProgress
 from .rate_control import CubicRate
+from .replies import ReplyPolicy, check_reply
 from .retry import RetryPolicy, parse_retry_after
+from .schema import Schema, SchemaError, SchemaViolation
 from .stats import BatchStats, StatsCollector, calculate_batch_stats
 from .throttled import ThrottledLLMClient
 from .types import (
@@ -70,6 +81,7 @@ from .types import (
     CompletionResponse,
     PromptSection,
     RateLimitInfo,
+    Timing,
     Usage,
 )
 
@@ -79,8 +91,13 @@ __all__ = [
     "APIConnectionError",
     "Admission",
     "AdmissionChain",
+    "AttemptFinished",
+    "AttemptQueued",
     "AuthenticationError",
     "BadRequestError",
+    "BatchAPIConfig",
+    "BatchAPIError",
+    "BatchAPIRunner",
     "BatchCancelledError",
     "BatchFinished",
     "BatchInterrupted",
@@ -104,10 +121,12 @@ __all__ = [
     "Event",
     "FatalError",
     "Feedback",
+    "InvalidOutputError",
     "InvalidResponseError",
     "LLMBatchError",
     "LLMClient",
     "Listener",
+    "MetricsListener",
     "Outage",
     "OutageBreaker",
     "OverloadedError",
@@ -122,6 +141,9 @@ __all__ = [
     "RateLimiter",
     "RateLimiterStatus",
     "RatePermit",
+    "RefusalError",
+    "ReplyError",
+    "ReplyPolicy",
     "RequestFinished",
     "RequestRetrying",
     "RequestStarted",
@@ -130,14 +152,20 @@ __all__ = [
     "RetryPolicy",
     "RetryableError",
     "RichProgress",
+    "Schema",
+    "SchemaError",
+    "SchemaViolation",
     "ServerError",
     "StatsCollector",
     "ThrottledLLMClient",
+    "Timing",
     "TokenBudgetError",
+    "TruncatedReplyError",
     "UnsupportedRequestError",
     "Usage",
     "__version__",
     "calculate_batch_stats",
+    "check_reply",
     "error_code",
     "estimate_tokens",
     "feedback",

@@ -19,8 +19,15 @@ Guarantees:
   after admission: time queued on our side never counts against it.
 - A server-wide outage (refused connections, 5xx on everything) pauses the batch instead of
   burning every request's retries; attempts lost to it do not count as retries.
+- A reply is checked as part of its attempt (`llmbatch.replies.check_reply`): refusals,
+  truncated JSON and replies that break the request's schema fail with a `ReplyError`
+  holding the reply; the reply policy (`EngineConfig.replies`) may re-ask (the validator's
+  message added to the conversation) or retry a truncated reply with more room.
 - After `max_auth_failures` authentication errors the batch stops calling the provider: the
   key is wrong and every further call would fail the same way.
+- Every result the engine makes says where its time went (`BatchResult.timing`): admission
+  wait, provider calls and backoff, per attempt, measured on the config's `clock`; wall-clock
+  start and finish are the run's `time.time()` at its start plus that clock's seconds.
 """
 
 from __future__ import annotations
@@ -43,8 +50,6 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
 from .admission import Admission, AdmissionChain, Permit, mark_outage
 from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
 from .clients.base import LLMClient
@@ -56,9 +61,13 @@ from .errors import (
     BatchTimeoutError,
     InvalidResponseError,
     LLMBatchError,
+    ReplyError,
     RequestTimeoutError,
+    error_code,
 )
 from .events import (
+    AttemptFinished,
+    AttemptQueued,
     BatchFinished,
     BatchStarted,
     Event,
@@ -69,9 +78,17 @@ from .events import (
     RequestStarted,
     ResponseCache,
 )
+from .replies import ReplyPolicy, ReplyTries, check_reply
 from .retry import RetryPolicy
 from .throttled import ThrottledLLMClient
-from .types import BatchRequest, BatchResult, CompletionResponse
+from .types import (
+    BatchRequest,
+    BatchResult,
+    CompletionRequest,
+    CompletionResponse,
+    Outcome,
+    Timing,
+)
 
 __all__ = ["Concurrency", "Engine", "EngineConfig", "RequestSource"]
 
@@ -102,6 +119,7 @@ class EngineConfig:
     (None: fail per request, no breaker).
     `budget`: a hard cap on money (`llmbatch.budget.Budget`), the last link of the admission
     chain; requests it refuses end with `BudgetExceededError` (unfinished, not failed).
+    `replies`: how invalid (schema) and truncated replies are re-asked (`llmbatch.replies`).
     """
 
     max_concurrency: Concurrency = DEFAULT_CONCURRENCY
@@ -119,6 +137,7 @@ class EngineConfig:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     admission: Admission | None = None  # deprecated name of `limiter`
     budget: Admission | None = None
+    replies: ReplyPolicy = field(default_factory=ReplyPolicy)
 
     def __post_init__(self) -> None:
         check_concurrency(self.max_concurrency)
@@ -234,6 +253,7 @@ class _Run:
         self.completed = 0
         self.failed = 0
         self.started = self.cfg.clock()
+        self.wall_started = time.time()  # wall time = this + (clock() - started)
 
     def emit(self, event: Event) -> None:
         for listener in self.listeners:
@@ -319,6 +339,9 @@ class _Run:
                     self.busy.discard(task)
                     self.active -= 1
                     self.gate_changed.set()
+                result.timing = state.timing(
+                    self.wall_started - self.started, started, self.cfg.clock()
+                )
                 self.deliver(item, result)
         except Exception as exc:  # the source raised, or yielded something that is not a request
             if self.crash is None:
@@ -334,7 +357,11 @@ class _Run:
         req = item.request
         invalid = 0
         if cfg.cache is not None and (hit := cfg.cache.get(req)) is not None:
-            return BatchResult(item.id, response=hit, duration=0.0, attempts=0, index=index)
+            cached = _cached_answer(req, hit, cfg.validate_json)
+            if cached is not None:
+                return BatchResult(
+                    item.id, response=hit, attempts=0, index=index, parsed=cached.parsed
+                )
         while True:
             if self.abort_error is not None:
                 return BatchResult(
@@ -342,6 +369,8 @@ class _Run:
                 )
             try:
                 response = await self.attempt(item, state)
+                # After the attempt's permit recorded the tokens the reply really used.
+                parsed = check_reply(item.request, response, validate_json=cfg.validate_json)
             except Exception as exc:
                 error = exc
             else:
@@ -354,6 +383,7 @@ class _Run:
                     duration=cfg.clock() - started,
                     attempts=state.count,
                     index=index,
+                    parsed=parsed,
                 )
             self.report_outages()
             # The Retry-After the limiter paused every admission for, if it did: that much of
@@ -364,6 +394,9 @@ class _Run:
                 self.note_auth_failure(error)
             if isinstance(error, InvalidResponseError):
                 invalid += 1
+            if isinstance(error, ReplyError) and (follow := self.follow_up(item, error, state)):
+                item = follow
+                continue
             if self.breaker is not None and self.breaker.excuses(error):
                 # The server is down for everyone: wait at the breaker, not in a backoff,
                 # and do not count this attempt against the request's retries.
@@ -387,7 +420,11 @@ class _Run:
                 )
             self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
             if delay > 0:
-                await cfg.sleep(delay)
+                slept_from = cfg.clock()
+                try:
+                    await cfg.sleep(delay)
+                finally:
+                    state.backoff += cfg.clock() - slept_from
 
     async def attempt(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
         """One admitted call. Raises what the call raised; the permit hears it first."""
@@ -397,9 +434,13 @@ class _Run:
             state.count += 1
             return await self.call(item, state)
         asked = cfg.clock()
+        state.asked = asked
+        if self.listeners:
+            self.emit(AttemptQueued(item, state.count + 1, asked))
         permit: Permit | None = None
         try:
             async with self.admission.admit(req) as permit:
+                state.admitted(cfg.clock())
                 # After a refusal whose Retry-After the limiter paused for, that much of this
                 # wait is the retry's delay, which counts against max_retry_time; the rest
                 # (pacing, an outage) is queueing on our side, which does not.
@@ -414,11 +455,31 @@ class _Run:
                     raise
                 permit.record(response)
         finally:
+            state.admitted(cfg.clock())  # refused or cancelled while waiting: still waited
             # Read after the permit's release: did the limiter wait out the Retry-After?
             state.paused = permit is not None and permit.paused_for_retry
         return response
 
     async def call(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
+        """`_call`, timed: every call adds one entry to the request's attempt log."""
+        called = self.cfg.clock()
+        response: CompletionResponse | None = None
+        error: BaseException | None = None
+        try:
+            response = await self._call(item, state)
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            now = self.cfg.clock()
+            wait, outcome = state.called(now - called, response, error)
+            if self.listeners:
+                self.emit(
+                    AttemptFinished(item, state.count, wait, now - called, outcome, error, now)
+                )
+
+    async def _call(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
         cfg = self.cfg
         req = item.request
         if self.listeners:
@@ -432,9 +493,17 @@ class _Run:
             raise RequestTimeoutError(
                 f"attempt exceeded request_timeout={cfg.request_timeout}s"
             ) from exc
-        if cfg.validate_json and req.response_format == "json":
-            _check_json(response)
         return response
+
+    def follow_up(
+        self, item: BatchRequest, error: ReplyError, state: _Attempts
+    ) -> BatchRequest | None:
+        """The re-ask (or roomier retry) the reply policy allows after `error`, or None."""
+        request = self.cfg.replies.follow_up(item.request, error, state.replies)
+        if request is None:
+            return None
+        self.emit(RequestRetrying(item, state.count, error, 0.0, self.cfg.clock()))
+        return BatchRequest(item.id, request)
 
     def report_outages(self) -> None:
         if self.breaker is None or not self.listeners:
@@ -468,17 +537,67 @@ class _Attempts:
     waited: float = 0.0  # seconds spent waiting for admission
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
     pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
+    replies: ReplyTries = field(default_factory=ReplyTries)  # re-asks used
+    # Where the time went (`Timing`): `waited` above leaves out Retry-After pauses, these don't.
+    asked: float | None = None  # when the admission being waited for was asked
+    wait: float = 0.0  # this attempt's admission wait, until its call is logged
+    wait_total: float = 0.0
+    provider: float = 0.0
+    backoff: float = 0.0
+    log: list[tuple[float, float, Outcome]] = field(default_factory=list)
+
+    def admitted(self, now: float) -> None:
+        if self.asked is not None:
+            self.wait += now - self.asked
+            self.wait_total += now - self.asked
+            self.asked = None
+
+    def called(
+        self, seconds: float, response: CompletionResponse | None, error: BaseException | None
+    ) -> tuple[float, Outcome]:
+        """Log one call; return its admission wait and outcome."""
+        outcome = attempt_outcome(response, error)
+        wait, self.wait = self.wait, 0.0
+        self.provider += seconds
+        self.log.append((round(wait, 6), round(seconds, 6), outcome))
+        return wait, outcome
+
+    def timing(self, wall_offset: float, started: float, now: float) -> Timing:
+        return Timing(
+            started_at=wall_offset + started,
+            finished_at=wall_offset + now,
+            wait=self.wait_total,
+            provider=self.provider,
+            backoff=self.backoff,
+            attempts=tuple(self.log),
+        )
 
 
-def _check_json(response: CompletionResponse) -> None:
+def attempt_outcome(response: CompletionResponse | None, error: BaseException | None) -> Outcome:
+    """An attempt's HTTP status, or its error code when it got none."""
+    if error is None:
+        return response.status_code if response is not None else 200
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int):
+        return status
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    return error_code(error)
+
+
+@dataclass(slots=True)
+class _Cached:
+    parsed: Any
+
+
+def _cached_answer(
+    request: CompletionRequest, response: CompletionResponse, validate_json: bool
+) -> _Cached | None:
+    """A cache hit, decoded; None if it is no answer now (then the request is sent)."""
     try:
-        orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
-        snippet = response.content[:200]
-        raise InvalidResponseError(
-            f"response_format='json' but the reply is not valid JSON: {snippet!r}",
-            body=response.content,
-        ) from exc
+        return _Cached(check_reply(request, response, validate_json=validate_json))
+    except (ReplyError, InvalidResponseError):
+        return None
 
 
 class Engine:

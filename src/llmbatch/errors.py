@@ -16,13 +16,24 @@
     │   ├── BadRequestError              400, 404, 422
     │   │   └── TokenBudgetError         one request is larger than the whole token budget
     │   ├── UnsupportedRequestError      the client cannot express this request
-    │   └── ProviderOutageError          the server stayed down past max_outage (a ConnectionError)
+    │   ├── ReplyError                   the reply came but is no answer (kept on the error)
+    │   │   ├── InvalidOutputError       it broke the schema after every re-ask allowed
+    │   │   ├── RefusalError             the model refused (OpenAI `refusal`, stop_reason)
+    │   │   └── TruncatedReplyError      cut off at max_tokens (finish/stop_reason)
+    │   ├── ProviderOutageError          the server stayed down past max_outage (a ConnectionError)
+    │   └── BatchAPIError                a provider batch left this line unanswered: its
+    │                                    `code` is batch_expired, batch_cancelled or batch_failed
     ├── BatchTimeoutError                the batch deadline passed first (also a TimeoutError)
     └── BatchCancelledError              the batch was cancelled or interrupted first
 
 `InvalidResponseError` is retryable because providers do send truncated or non-JSON bodies
 under load, and a JSON-mode reply that does not parse often parses on the second try; the
 RetryPolicy bounds those retries separately (`json_retries`).
+
+A `ReplyError` is never retried by the RetryPolicy: asking the same thing again rarely helps.
+The engine's reply policy (`llmbatch.replies`) decides instead: an invalid reply is re-asked
+with the validator's message added to the conversation, a truncated one retried once with
+more room if allowed. Its `response` holds the reply, so the output line keeps it.
 """
 
 from __future__ import annotations
@@ -30,24 +41,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .types import RateLimitInfo
+    from .types import CompletionResponse, RateLimitInfo
 
 __all__ = [
     "APIConnectionError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchAPIError",
     "BatchCancelledError",
     "BatchTimeoutError",
     "FatalError",
+    "InvalidOutputError",
     "InvalidResponseError",
     "LLMBatchError",
     "OverloadedError",
     "ProviderOutageError",
     "RateLimitError",
+    "RefusalError",
+    "ReplyError",
     "RequestTimeoutError",
     "RetryableError",
     "ServerError",
     "TokenBudgetError",
+    "TruncatedReplyError",
     "UnsupportedRequestError",
     "error_code",
 ]
@@ -137,9 +153,53 @@ class UnsupportedRequestError(FatalError):
     """The client cannot express this request (e.g. embeddings on Anthropic)."""
 
 
+class ReplyError(FatalError):
+    """The provider answered, but the reply is not a usable answer.
+
+    `response` is the reply as parsed (its `raw` body is what the output line keeps, with
+    `status_code` and `body` set from it); `request_id` the provider's id for it.
+    """
+
+    def __init__(self, message: str = "", *, response: CompletionResponse | None = None):
+        super().__init__(
+            message,
+            status_code=response.status_code if response is not None else None,
+            body=(response.raw if response.raw is not None else response.content)
+            if response is not None
+            else None,
+        )
+        self.response = response
+        self.request_id = response.request_id if response is not None else None
+
+
+class InvalidOutputError(ReplyError):
+    """The reply did not fit the schema (or was not JSON), after every re-ask allowed."""
+
+
+class RefusalError(ReplyError):
+    """The model refused to answer (OpenAI's `message.refusal`, Anthropic's
+    `stop_reason: "refusal"`)."""
+
+
+class TruncatedReplyError(ReplyError):
+    """The reply was cut off by max_tokens (`finish_reason: "length"`,
+    `stop_reason: "max_tokens"`); the partial reply is kept."""
+
+
 class ProviderOutageError(FatalError, ConnectionError):
     """The server was unreachable (refused, reset, 5xx on everything) for longer than the
     outage tolerance (`max_outage`); requests still waiting then fail with this."""
+
+
+class BatchAPIError(FatalError):
+    """A provider batch (`--batch-api`) left this line unanswered. `code` says why:
+    batch_expired (the completion window passed first), batch_cancelled (the batch was
+    cancelled), batch_failed (the batch failed as a whole, e.g. validation; the message
+    names the provider's reason and line)."""
+
+    def __init__(self, message: str, *, code: str, status_code: int | None = None) -> None:
+        super().__init__(message, status_code=status_code)
+        self.code = code
 
 
 class BatchTimeoutError(LLMBatchError, TimeoutError):
@@ -155,6 +215,9 @@ class BatchCancelledError(LLMBatchError):
 
 
 _CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (InvalidOutputError, "invalid_output"),
+    (RefusalError, "refused"),
+    (TruncatedReplyError, "truncated"),
     (RateLimitError, "rate_limit"),
     (TimeoutError, "timeout"),
     (InvalidResponseError, "parse_failed"),
@@ -171,10 +234,13 @@ def error_code(error: BaseException | None) -> str:
     """The short error type used in logs, stats and output files.
 
     One of rate_limit, timeout, parse_failed, server_error, auth, bad_request, connection,
-    cancelled, unknown.
+    cancelled, invalid_output, refused, truncated, unknown; for `BatchAPIError` its own code
+    (batch_expired, batch_cancelled, batch_failed).
     """
     if error is None:
         return ""
+    if isinstance(error, BatchAPIError):
+        return error.code
     for cls, code in _CODES:
         if isinstance(error, cls):
             return code

@@ -19,10 +19,12 @@ from typing import Protocol
 
 from .admission import Admission, Permit
 from .breaker import Outage
-from .types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse
+from .types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse, Outcome
 
 __all__ = [
     "Admission",
+    "AttemptFinished",
+    "AttemptQueued",
     "BatchFinished",
     "BatchStarted",
     "Event",
@@ -39,6 +41,31 @@ __all__ = [
 @dataclass(slots=True, frozen=True)
 class BatchStarted:
     total: int | None
+    time: float
+
+
+@dataclass(slots=True, frozen=True)
+class AttemptQueued:
+    """An attempt asks for admission (breaker, limiter, concurrency gate); `RequestStarted`
+    follows once it is admitted. Not emitted when the engine has no admission at all."""
+
+    request: BatchRequest
+    attempt: int
+    time: float
+
+
+@dataclass(slots=True, frozen=True)
+class AttemptFinished:
+    """A call to the client ended. `wait` is the seconds it waited for admission, `provider`
+    the seconds the call took; `outcome` is the HTTP status, or the error code without one
+    (`llmbatch.types.Timing`). `error` is None on success."""
+
+    request: BatchRequest
+    attempt: int
+    wait: float
+    provider: float
+    outcome: Outcome
+    error: BaseException | None
     time: float
 
 
@@ -89,6 +116,8 @@ class ProviderOutage:
 
 Event = (
     BatchStarted
+    | AttemptQueued
+    | AttemptFinished
     | RequestStarted
     | RequestRetrying
     | RequestFinished

@@ -18,10 +18,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import threading
 import time
 import warnings
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -45,7 +55,9 @@ from .events import (
     ResponseCache,
 )
 from .progress import ProgressLogger, ProgressTracker, RichProgress
+from .replies import ReplyPolicy
 from .retry import RetryPolicy
+from .schema import Schema, SchemaMode
 from .stats import BatchStats, StatsCollector
 from .types import BatchProgress, BatchRequest, BatchResult, PromptSection
 
@@ -71,6 +83,11 @@ class BatchProcessorConfig:
     `max_outage`: seconds a server-wide outage is waited out before requests fail.
     `budget`: a hard cap on money (`llmbatch.Budget(max_cost, pricer)`); requests it does not
     admit end with `BudgetExceededError`, the money spent is `budget.spent`.
+    `response_model`: a pydantic model class (or a `Schema`, or a JSON Schema dict) every chat
+    request without a schema of its own must answer in; `result.parsed` is then an instance
+    of it. `schema_mode` "native" (the provider's structured output) or "prompt" (JSON mode
+    plus the schema in the system prompt). `replies`: re-asks of invalid replies and retries
+    of truncated ones (`llmbatch.replies.ReplyPolicy`).
     """
 
     max_concurrency: Concurrency = 10
@@ -88,9 +105,14 @@ class BatchProcessorConfig:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rate_limiter: Admission | None = None  # deprecated name of `limiter`
     budget: Admission | None = None
+    response_model: Any = None
+    schema_mode: SchemaMode | None = None
+    replies: ReplyPolicy = field(default_factory=ReplyPolicy)
 
     def __post_init__(self) -> None:
         check_concurrency(self.max_concurrency)
+        if self.response_model is not None:
+            self.response_model = Schema.of(self.response_model, mode=self.schema_mode)
         if self.rate_limiter is not None:
             if self.limiter is not None and self.limiter is not self.rate_limiter:
                 raise ValueError("pass limiter= (rate_limiter= is its deprecated name), not both")
@@ -116,6 +138,7 @@ class BatchProcessorConfig:
             clock=self.clock,
             sleep=self.sleep,
             budget=self.budget,
+            replies=self.replies,
         )
 
 
@@ -266,9 +289,10 @@ class BatchProcessor:
     ) -> AsyncGenerator[BatchResult, None]:
         """Yield results in completion order."""
         total = len(requests) if isinstance(requests, Sequence) else None
+        schema = self.config.response_model
         async with contextlib.aclosing(
             self.engine.stream(
-                requests,
+                requests if schema is None else _with_schema(requests, schema),
                 timeout=timeout,
                 total=total,
                 listeners=[*self._batch_listeners(total), *listeners],
@@ -341,6 +365,27 @@ class BatchProcessor:
                 raise
             sink.sort(key=lambda r: r.index)
             raise BatchInterrupted(sink) from exc
+
+
+def _needs(request: BatchRequest, schema: Schema) -> BatchRequest:
+    if not isinstance(request, BatchRequest):  # the engine names the bad item
+        return request
+    req = request.request
+    if req.schema is not None or req.endpoint != "chat":
+        return request
+    return BatchRequest(request.id, dataclasses.replace(req, schema=schema))
+
+
+def _with_schema(requests: RequestSource, schema: Schema) -> RequestSource:
+    """`requests`, each chat request without a schema given `schema` (lazily, in order)."""
+    if isinstance(requests, AsyncIterable):
+
+        async def pulled() -> AsyncIterator[BatchRequest]:
+            async for request in requests:
+                yield _needs(request, schema)
+
+        return pulled()
+    return (_needs(request, schema) for request in requests)
 
 
 class BatchProcessorWithProgress:

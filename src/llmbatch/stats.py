@@ -6,7 +6,12 @@
 
 `StatsCollector` is the incremental form: feed it results as they finish (it is also an
 engine listener) and take a `BatchStats` snapshot at any time. It keeps one float per request
-for the percentiles (8 MB per million) and the failed ids.
+for each percentile series (8 MB per million each: duration, admission wait, provider time)
+and the failed ids.
+
+Admission wait and provider time are per request, summed over its attempts, and taken over
+the requests that made at least one call and carry timing (`BatchResult.timing`, or the
+output line's "wait"/"provider"): cache hits and results from elsewhere do not dilute them.
 """
 
 from __future__ import annotations
@@ -50,6 +55,13 @@ class BatchStats:
     failed_requests: tuple[str, ...] = ()
     errors_by_type: dict[str, int] = field(default_factory=dict)
     cost: float | None = None
+    p50_wait: float = 0.0
+    p95_wait: float = 0.0
+    p99_wait: float = 0.0
+    p50_provider: float = 0.0
+    p95_provider: float = 0.0
+    p99_provider: float = 0.0
+    timed_requests: int = 0  # requests the wait and provider percentiles are taken over
     cost_by_model: dict[str, float] = field(default_factory=dict)
     unpriced_count: int = 0
 
@@ -81,9 +93,17 @@ class BatchStats:
             "errors_by_type": dict(self.errors_by_type),
             "failed_requests": list(self.failed_requests),
             "cost": self.cost,
+            **self._timing_dict(),
             "cost_by_model": dict(self.cost_by_model),
             "unpriced_count": self.unpriced_count,
         }
+
+    def _timing_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"timed_requests": self.timed_requests}
+        for series in ("wait", "provider"):
+            for q in (50, 95, 99):
+                out[f"p{q}_{series}_ms"] = round(getattr(self, f"p{q}_{series}") * 1000, 3)
+        return out
 
     def __str__(self) -> str:
         parts = [
@@ -134,12 +154,17 @@ class StatsCollector:
         self._attempts = 0
         self._failed: list[str] = []
         self._errors: Counter[str] = Counter()
+        self._waits = array("d")
+        self._providers = array("d")
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RequestFinished):
             self.add(event.result)
 
     def add(self, result: BatchResult) -> None:
+        timing = result.timing
+        if timing is not None and result.attempts:
+            self.add_timing(timing.wait, timing.provider)
         self._durations.append(result.duration)
         self._attempts += result.attempts
         if result.error is None:
@@ -166,10 +191,16 @@ class StatsCollector:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cached: bool = False,
+        wait: float | None = None,
+        provider: float | None = None,
         cost: float | None = None,
         model: str = "",
     ) -> None:
-        """Add a result read back from an output file rather than a live `BatchResult`."""
+        """Add a result read back from an output file rather than a live `BatchResult`.
+
+        `wait` and `provider` are the line's timing, None when it has none."""
+        if wait is not None and provider is not None and attempts:
+            self.add_timing(wait, provider)
         self._durations.append(duration)
         self._attempts += attempts
         if error_type is None:
@@ -182,6 +213,11 @@ class StatsCollector:
             self._failed.append(request_id)
             self._errors[error_type] += 1
 
+    def add_timing(self, wait: float, provider: float) -> None:
+        """One request's admission wait and provider time (seconds, summed over attempts)."""
+        self._waits.append(wait)
+        self._providers.append(provider)
+
     def add_cost(self, model: str, cost: float | None) -> None:
         """Count one success's cost (None: it has no price) under the model that answered."""
         if cost is None:
@@ -191,6 +227,7 @@ class StatsCollector:
 
     def snapshot(self) -> BatchStats:
         durations = sorted(self._durations)
+        waits, providers = sorted(self._waits), sorted(self._providers)
         n = len(durations)
         cost = None
         if self.prices is not None:
@@ -214,6 +251,13 @@ class StatsCollector:
             failed_requests=tuple(self._failed),
             errors_by_type=dict(self._errors.most_common()),
             cost=cost,
+            p50_wait=_percentile(waits, 50),
+            p95_wait=_percentile(waits, 95),
+            p99_wait=_percentile(waits, 99),
+            p50_provider=_percentile(providers, 50),
+            p95_provider=_percentile(providers, 95),
+            p99_provider=_percentile(providers, 99),
+            timed_requests=len(waits),
             cost_by_model=dict(sorted(self._costs.items())),
             unpriced_count=self._unpriced,
         )

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .schema import Schema
 from .text import text_length
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "PromptSection",
     "RateLimitInfo",
     "ResponseFormat",
+    "Timing",
     "Usage",
 ]
 
@@ -54,6 +56,9 @@ class CompletionRequest:
     `extra` is merged into the provider's request body as is (e.g. `{"top_p": 0.9}`).
     `endpoint` selects the route for OpenAI-compatible servers: "chat", "completions" or
     "embeddings" (for embeddings, `prompt` is the input text).
+    `schema` (a `llmbatch.Schema`, or a pydantic model class or JSON Schema dict made into
+    one; chat only) is the shape the reply must have: sent the provider's native way (or in
+    the system prompt), every reply validated against it, `result.parsed` the decoded reply.
     """
 
     prompt: str = ""
@@ -65,10 +70,18 @@ class CompletionRequest:
     system: str | None = None
     extra: Mapping[str, Any] | None = None
     endpoint: Literal["chat", "completions", "embeddings"] = "chat"
+    schema: Schema | None = None
+
+    def __post_init__(self) -> None:
+        if self.schema is not None and not isinstance(self.schema, Schema):
+            # A pydantic model class or a JSON Schema dict (a model class: once per class).
+            self.schema = Schema.of(self.schema)
 
     def text_length(self) -> int:
-        """Characters of input text, the basis of the token estimate (`llmbatch.text`)."""
-        return text_length(self.messages, system=self.system, prompt=self.prompt)
+        """Characters of input text, the basis of the token estimate (`llmbatch.text`); a
+        schema is sent too (as a response format, a tool or in the system prompt)."""
+        chars = text_length(self.messages, system=self.system, prompt=self.prompt)
+        return chars + (self.schema.text_length() if self.schema is not None else 0)
 
 
 @dataclass(slots=True, frozen=True)
@@ -112,7 +125,11 @@ class RateLimitInfo:
 
 @dataclass(slots=True)
 class CompletionResponse:
-    """A model's answer. `raw` is the provider's decoded body, kept for the output file."""
+    """A model's answer. `raw` is the provider's decoded body, kept for the output file.
+
+    `refusal` is set when the model declined (OpenAI's `message.refusal` text; for
+    Anthropic's `stop_reason: "refusal"`, whatever text came with it).
+    """
 
     content: str
     model: str = ""
@@ -125,6 +142,7 @@ class CompletionResponse:
     cached: bool = False
     # Answered through a provider's batch API (billed at the batch price), not realtime.
     batch_api: bool = False
+    refusal: str | None = None
 
     @property
     def tokens_used(self) -> int:
@@ -140,6 +158,29 @@ class BatchRequest:
     request: CompletionRequest
 
 
+Outcome = int | str  # an attempt's HTTP status, or an error code when there was none
+
+
+@dataclass(slots=True, frozen=True)
+class Timing:
+    """Where a request's time went, in seconds (see `BatchResult.timing`).
+
+    `started_at`/`finished_at` are wall-clock (Unix) times of the request's start and final
+    outcome. `wait` is the time spent waiting for admission (rate limiter, outage breaker,
+    concurrency gate), `provider` the time inside provider calls and `backoff` the sleeps
+    between retries, each summed over attempts. `attempts` holds one `(wait, provider,
+    outcome)` per call: the outcome is the HTTP status (200, 429, ...) or, without one, the
+    error code ("timeout", "connection", "cancelled", ...).
+    """
+
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    wait: float = 0.0
+    provider: float = 0.0
+    backoff: float = 0.0
+    attempts: tuple[tuple[float, float, Outcome], ...] = ()
+
+
 @dataclass(slots=True)
 class BatchResult:
     """The outcome of one request: exactly one of `response` and `error` is set.
@@ -147,7 +188,8 @@ class BatchResult:
     `duration` is seconds from first admission to the final outcome, retries included;
     `attempts` counts calls made to the client (0 if the request never started).
     `cost` is in USD, set where prices are known; `parsed` is the reply decoded and validated
-    against the request's schema, when it had one.
+    against the request's schema, when it had one. `timing` says where the time went
+    (admission wait, provider calls, backoff), when the engine ran the request.
     """
 
     id: str
@@ -158,6 +200,7 @@ class BatchResult:
     index: int = -1
     cost: float | None = None
     parsed: Any = None
+    timing: Timing | None = None
 
     @property
     def ok(self) -> bool:

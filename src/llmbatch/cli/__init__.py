@@ -3,7 +3,10 @@
     llmbatch run requests.jsonl -o results.jsonl --model gpt-4o-mini --rpm 500
     llmbatch run --template "Summarize this file: {content}" --files "src/**/*.py" -o out.jsonl
     llmbatch stats results.jsonl
+    llmbatch report results.jsonl -o report.html
     llmbatch plan requests.jsonl --model gpt-4o-mini --rpm 500      # cost and time, sends nothing
+    llmbatch export results.jsonl -o labels.csv --join papers.csv
+    llmbatch batches list results.jsonl        # the provider batches of a --batch-api run
     llmbatch simulate --port 8080 --latency-ms 200 --rpm 600 --fail-rate 0.05
 
 Exit codes: 0 all succeeded; 1 some requests failed (results written); 2 usage or input
@@ -17,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import plan, run, simulate, stats
+from . import batches, export, plan, report, run, simulate, stats
 
 __all__ = ["main"]
 
@@ -30,8 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run.add_parser(sub)
     stats.add_parser(sub)
+    report.add_parser(sub)
     plan.add_parser(sub)
     simulate.add_parser(sub)
+    export.add_parser(sub)
+    batches.add_parser(sub)
     return parser
 
 
@@ -41,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "run": run.main,
         "stats": stats.main,
+        "report": report.main,
         "simulate": simulate.main,
         "plan": plan.main,
+        "export": export.main,
+        "batches": batches.main,
     }
     return handlers[args.command](args)
 

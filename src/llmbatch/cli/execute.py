@@ -3,6 +3,9 @@
     sink = build_sink(args, console, client, journal, check)
     interrupted = await execute(args, spec, client, sink, requests, check)
 
+`execute` is one of three ways: the local engine, Ray workers (--ray), or the provider's
+batch API (--batch-api, `cli.batch_run`).
+
 The sink's `write` is called by the loop consuming results, so an `OutputError` (the output
 file cannot be written) leaves that loop, which closes the engine's stream: admissions stop
 and requests in flight are cancelled. A periodic fsync runs beside it in one task group.
@@ -14,7 +17,8 @@ import argparse
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 from rich.console import Console
 
@@ -27,14 +31,16 @@ from ..io import cache as cache_module
 from ..io.cache import SQLiteCache, request_key
 from ..io.journal import Journal
 from ..io.sink import OutputError, ResultSink
+from ..metrics import MetricsListener
 from ..progress import RichProgress
 from ..types import BatchRequest, CompletionRequest
 from ._common import rate_limiter, retry_policy, say
 from .costs import pricer_of, until_budget_spent
 from .precheck import Precheck
+from .structured import reply_policy
 from .usage import UsageError
 
-__all__ = ["build_sink", "execute"]
+__all__ = ["build_sink", "execute", "execute_realtime", "first_error"]
 
 # `llmbatch.io.cache.CacheError` is being added by another change (a bad cache file raises it
 # at construction); until it lands, sqlite's and the OS's errors are what a bad path gives.
@@ -92,8 +98,11 @@ async def execute(
     check: Precheck,
     *,
     budget: Budget | None = None,
+    reread: Callable[[], Iterator[BatchRequest]] | None = None,
+    metrics: MetricsListener | None = None,
 ) -> bool:
-    """Send the requests (here or on Ray) into the sink; return True if interrupted.
+    """Send the requests (here, on Ray, or through the provider's batch API) into the sink;
+    return True if interrupted. `reread()` gives the requests again (for --expired realtime).
 
     With a `budget` (--max-cost), requests stop being pulled once it refused one; those left
     get no line (the sink counts them unfinished) and a rerun picks them up.
@@ -101,39 +110,71 @@ async def execute(
     A periodic fsync runs beside the results loop in one task group: if either fails (an
     `OutputError`), the other is cancelled and the error propagates.
     """
+    if getattr(args, "batch_api", False):
+        from .batch_run import execute_batch_api
+
+        return await execute_batch_api(args, client, sink, requests, check, reread)
+    if args.ray:
+        from .ray_run import execute_on_ray
+
+        requests = _within(budget, sink, requests)
+        work = execute_on_ray(args, spec, requests, sink, budget=budget, metrics=metrics)
+        return await _with_sync(sink, check.runnable, work)
+    return await execute_realtime(
+        args, client, sink, requests, check.runnable, budget=budget, metrics=metrics
+    )
+
+
+async def execute_realtime(
+    args: argparse.Namespace,
+    client: ProviderClient,
+    sink: ResultSink,
+    requests: Iterator[BatchRequest],
+    total: int,
+    *,
+    budget: Budget | None = None,
+    metrics: MetricsListener | None = None,
+) -> bool:
+    """Send `requests` through the local engine into the sink; True if interrupted."""
+    requests = _within(budget, sink, requests)
+    work = _execute_here(args, client, sink, requests, total, budget, metrics)
+    return await _with_sync(sink, total, work)
+
+
+def _within(
+    budget: Budget | None, sink: ResultSink, requests: Iterator[BatchRequest]
+) -> Iterator[BatchRequest]:
+    if budget is None:
+        return requests
+
+    def stopped() -> bool:
+        return sink.budget_stopped or budget.exhausted is not None
+
+    return until_budget_spent(requests, stopped)
+
+
+async def _with_sync(sink: ResultSink, total: int, work: Coroutine[Any, Any, None]) -> bool:
     progress = sink.progress
-    if budget is not None:
-        exhausted = budget
-
-        def stopped() -> bool:
-            return sink.budget_stopped or exhausted.exhausted is not None
-
-        requests = until_budget_spent(requests, stopped)
     if progress is not None:
-        progress.start(check.runnable)
+        progress.start(total)
     try:
         async with asyncio.TaskGroup() as group:
             syncer = group.create_task(sink.keep_synced())
             try:
-                if args.ray:
-                    from .ray_run import execute_on_ray
-
-                    await execute_on_ray(args, spec, requests, sink, budget=budget)
-                else:
-                    await _execute_here(args, client, sink, requests, check, budget)
+                await work
             finally:
                 syncer.cancel()
     except asyncio.CancelledError:
         return True
     except BaseExceptionGroup as group:
-        raise _first(group) from None
+        raise first_error(group) from None
     finally:
         if progress is not None:
             progress.stop()
     return False
 
 
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error to report from a task group: an `OutputError` if there is one."""
     leaves: list[BaseException] = []
 
@@ -153,8 +194,9 @@ async def _execute_here(
     client: ProviderClient,
     sink: ResultSink,
     requests: Iterator[BatchRequest],
-    check: Precheck,
+    total: int,
     budget: Budget | None = None,
+    metrics: MetricsListener | None = None,
 ) -> None:
     engine = Engine(
         client,
@@ -164,13 +206,14 @@ async def _execute_here(
             retry=retry_policy(args),
             limiter=rate_limiter(args),
             max_outage=args.max_outage,
-            listeners=[sink],
+            listeners=[sink] if metrics is None else [sink, metrics],
             budget=budget,
+            replies=reply_policy(args),
         ),
     )
-    stream = engine.stream(
-        requests, timeout=args.timeout, total=check.runnable, finish_unstarted=False
-    )
+    if metrics is not None:
+        metrics.watch(engine.limiter)
+    stream = engine.stream(requests, timeout=args.timeout, total=total, finish_unstarted=False)
     # Leaving this block by an exception (the sink's OutputError) closes the stream, which
     # stops admissions and cancels the requests in flight.
     async with contextlib.aclosing(stream) as results:

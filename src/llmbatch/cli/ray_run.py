@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from ..budget import Budget
 from ..clients import ClientSpec
 from ..io.sink import ResultSink
+from ..metrics import MetricsListener
 from ..pricing import Pricer
 from ..types import BatchRequest, BatchResult
 from ._common import retry_policy
+from .structured import reply_policy
 from .usage import UsageError
 
 __all__ = ["execute_on_ray"]
@@ -33,6 +35,7 @@ async def execute_on_ray(
     sink: ResultSink,
     *,
     budget: Budget | None = None,
+    metrics: MetricsListener | None = None,
 ) -> None:
     """Run the requests on Ray workers until done, --timeout, or a sink failure (raised).
 
@@ -59,6 +62,7 @@ async def execute_on_ray(
         request_timeout=args.request_timeout,
         retry=retry_policy(args),
         max_outage=args.max_outage,
+        replies=reply_policy(args),
     )
     try:
         limiter = lray.ClusterLimiter.create(
@@ -74,6 +78,10 @@ async def execute_on_ray(
             if budget is None
             else Pricer(budget.pricer.source, provider=budget.pricer.provider, model=args.model),
         )
+        if metrics is not None:
+            # Results (with their attempt logs) reach the metrics through the sink; the
+            # cluster limiter's rate and pause are read from its actor at each scrape.
+            metrics.watch(limiter)
         async with asyncio.timeout(args.timeout):
             await lray.run_on_ray(requests, spec, limiter, config, on_results=on_results)
     except TimeoutError:

@@ -6,7 +6,8 @@
 A run is a few steps, read top to bottom in `_run`: check the paths, open the output (the
 journal, see `llmbatch.io.journal`: rerunning the same command skips every id it holds), check
 every input line before anything is sent, build the one sink every result goes through
-(`llmbatch.io.sink`), execute (here, or on Ray workers), finish. The input is read twice,
+(`llmbatch.io.sink`), execute (here, on Ray workers, or through the provider's batch API with
+--batch-api), finish. The input is read twice,
 streaming both times: the check, then the requests themselves.
 
 If the output file cannot be written mid-run (a full disk), the run stops sending at once,
@@ -49,11 +50,16 @@ from ._common import (
     positive_int,
     say,
 )
+from .batch_run import add_batch_arguments, check_batch_args
 from .costs import add_cost_arguments, budget_of
 from .execute import build_sink, execute
+from .observe import add_arguments as add_observe_arguments
+from .observe import check_report_extra, serve_metrics, write_run_report
 from .paths import Source, check_paths, source_of
 from .precheck import Precheck, precheck
 from .stats import stats_table
+from .structured import add_arguments as add_structured_arguments
+from .structured import structured_source
 from .usage import UsageError
 
 __all__ = ["add_parser", "main"]
@@ -161,6 +167,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-section", default="", help="label recorded in the error log")
     g.add_argument("--stats-json", metavar="PATH", help="write the final stats as JSON")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_structured_arguments(p)
     g = p.add_argument_group("Ray (pip install 'llmbatch[ray]')")
     g.add_argument(
         "--ray",
@@ -171,32 +178,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--workers", type=positive_int, default=2, help="Ray workers (each --concurrency)"
     )
+    add_observe_arguments(p)
     add_cost_arguments(p)
-    g = p.add_argument_group("deadline (with --batch-api)")
-    g.add_argument(
-        "--finish-by",
-        type=finish_by,
-        metavar="TIME",
-        help="finish by TIME (2026-12-01T09:00, local time unless a zone is given) or within "
-        "a duration (6h, 1h30m): batch API first, realtime for what would otherwise be late",
-    )
-    g.add_argument(
-        "--prefer",
-        choices=("cost", "speed"),
-        default="cost",
-        help="with --finish-by: cost (default) sends everything through the batch API and "
-        "moves what is still open to realtime only when the deadline needs it; speed sends "
-        "realtime what fits before the deadline and only the rest through the batch API",
-    )
+    add_batch_arguments(p)
+    add_deadline_arguments(p)
 
 
 # -- the steps of a run, in order -------------------------------------------------------------
 
 
 async def _run(args: argparse.Namespace, console: Console) -> int:
-    source = source_of(args)
+    source = structured_source(args, source_of(args))
     check_paths(args)
+    check_batch_args(args)
     spec = _client_spec(args)
+    check_report_extra(args)
     client = spec.build()
     try:
         journal = _open_output(args)
@@ -206,10 +202,21 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             sink = build_sink(args, console, client, journal, check)
             try:
                 budget = budget_of(args, sink.pricer, journal.scan.cost) if sink.pricer else None
-                requests = _requests(source, check, skip, sink)
-                interrupted = await execute(
-                    args, spec, client, sink, requests, check, budget=budget
-                )
+                with serve_metrics(args, console) as metrics:
+                    if metrics is not None:
+                        sink.observers.append(metrics.record)  # counted as written
+                    requests = _requests(source, check, skip, sink)
+                    interrupted = await execute(
+                        args,
+                        spec,
+                        client,
+                        sink,
+                        requests,
+                        check,
+                        budget=budget,
+                        reread=lambda: _requests(source, check, skip, sink),
+                        metrics=metrics,
+                    )
                 sink.close()  # fsync, and compaction where ids were redone
             except OutputError as exc:
                 sink.abandon()
@@ -218,7 +225,10 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
                 sink.abandon()  # after an exception; a no-op once closed
         finally:
             journal.abandon()  # the same
-        return _finish(console, args, sink, check, interrupted)
+        code = _finish(console, args, sink, check, interrupted)
+        if not write_run_report(args, console) and code == EXIT_OK:
+            code = EXIT_FAILED
+        return code
     finally:
         await client.aclose()
 

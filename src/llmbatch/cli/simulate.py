@@ -98,7 +98,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="deprecated: same as --limit-style retry-after",
     )
     p.add_argument("--seed", type=int, help="random seed for faults and jitter")
+    _add_structured_arguments(p)
     _add_batch_arguments(p)
+
+
+def _add_structured_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("structured output faults (drawn per request body)")
+    g.add_argument(
+        "--invalid-rate",
+        type=fraction,
+        default=0.0,
+        help="share of schema replies that parse but break the schema",
+    )
+    g.add_argument(
+        "--refusal-rate", type=fraction, default=0.0, help="share of chat replies refused"
+    )
+    g.add_argument(
+        "--truncate-rate",
+        type=fraction,
+        default=0.0,
+        help="share of chat replies cut off (finish_reason length / stop_reason max_tokens)",
+    )
 
 
 def _add_batch_arguments(p: argparse.ArgumentParser) -> None:
@@ -218,6 +238,9 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         batch_delay_sigma=args.batch_delay_sigma,
         batch_max_requests=args.batch_max_requests,
         batch_max_bytes=args.batch_max_bytes,
+        invalid_rate=args.invalid_rate,
+        refusal_rate=args.refusal_rate,
+        truncate_rate=args.truncate_rate,
     )
 
 

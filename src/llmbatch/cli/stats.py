@@ -47,6 +47,7 @@ def stats_table(stats: BatchStats, title: str = "llmbatch") -> Table:
         ("duration p95", f"{stats.p95_duration * 1000:,.0f} ms"),
         ("duration p99", f"{stats.p99_duration * 1000:,.0f} ms"),
         ("duration max", f"{stats.max_duration * 1000:,.0f} ms"),
+        *_timing_rows(stats),
         ("prompt tokens", f"{stats.prompt_tokens:,}"),
         ("completion tokens", f"{stats.completion_tokens:,}"),
     ]
@@ -60,6 +61,17 @@ def stats_table(stats: BatchStats, title: str = "llmbatch") -> Table:
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     return table
+
+
+def _timing_rows(stats: BatchStats) -> list[tuple[str, str]]:
+    """Admission wait and provider time percentiles, when the results carry timing."""
+    if not stats.timed_requests:
+        return []
+    return [
+        (f"{label} p{q}", f"{getattr(stats, f'p{q}_{series}') * 1000:,.0f} ms")
+        for series, label in (("wait", "admission wait"), ("provider", "provider time"))
+        for q in (50, 95, 99)
+    ]
 
 
 def cost_rows(stats: BatchStats) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ import asyncio
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "MAX_RESET_SECONDS",
+    "APIRequests",
     "HTTPClient",
     "error_for_status",
     "parse_duration",
@@ -363,3 +364,187 @@ class HTTPClient:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+
+# -- the other verbs: provider batch APIs (files, batches, result downloads) ------------------
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+async def _exchange_json(
+    http: HTTPClient,
+    method: str,
+    url: str,
+    *,
+    data: Any,
+    headers: Mapping[str, str],
+    params: Mapping[str, str] | None,
+) -> tuple[int, Mapping[str, str], Any]:
+    session = http._get_session()
+    where = http.redactor(http.base_url)
+    try:
+        async with session.request(method, url, data=data, headers=headers, params=params) as resp:
+            status, resp_headers = resp.status, resp.headers
+            try:
+                raw = await _read_capped(resp, http.max_response_bytes)
+            except _TooLarge as too_large:
+                resp.close()
+                raise InvalidResponseError(
+                    f"HTTP {status} response body from {where} exceeds "
+                    f"max_response_bytes={http.max_response_bytes} ({too_large})",
+                    status_code=status,
+                ) from None
+    except aiohttp.ClientConnectionError as exc:
+        raise APIConnectionError(f"connection to {where} failed: {exc}") from None
+    except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+        raise APIConnectionError(f"bad response from {where}: {exc}") from None
+    except TimeoutError:
+        raise RequestTimeoutError(f"request to {where} timed out") from None
+    try:
+        body: Any = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        if 200 <= status < 300:
+            raise InvalidResponseError(
+                f"HTTP {status} body is not JSON: {raw[:200]!r}", status_code=status
+            ) from None
+        body = raw[:2000].decode("utf-8", "replace")
+    if not 200 <= status < 300:
+        raise error_for_status(status, resp_headers, body, max_retry_after=http.max_retry_after)
+    return status, resp_headers, body
+
+
+class APIRequests:
+    """GET/POST/DELETE with JSON, multipart and file bodies, and streamed JSONL downloads, on
+    a `HTTPClient`'s session and headers (the batch APIs' files, batches and results).
+
+        api = APIRequests(client.http)
+        batch = await api.json("GET", "/batches/batch_abc")
+        async for line in api.lines("/files/file_abc/content"): ...
+
+    A path is joined to the base URL; a full URL (Anthropic's `results_url`) is accepted only
+    on the base URL's scheme, host and port, so the key is never sent elsewhere. Every error
+    has been through the client's `Redactor`.
+    """
+
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    def url(self, path_or_url: str) -> str:
+        if "://" not in path_or_url:
+            return self.http.base_url + path_or_url
+        if not _same_origin(path_or_url, self.http.base_url):
+            raise InvalidResponseError(
+                f"refusing to send the API key to {self.http.redactor(path_or_url)!r}: not "
+                f"the base URL's host ({self.http.redactor(self.http.base_url)!r})"
+            )
+        return path_or_url
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {k: v for k, v in self.http._headers.items() if k.lower() != "content-type"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def json(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Send `payload` as JSON (if given); return the decoded JSON answer."""
+        data = orjson.dumps(payload) if payload is not None else None
+        try:
+            _, _, body = await _exchange_json(
+                self.http,
+                method,
+                self.url(path),
+                data=data,
+                headers=self._headers("application/json" if data is not None else None),
+                params=params,
+            )
+        except LLMBatchError as exc:
+            raise scrub_error(exc, self.http.redactor) from None
+        return body
+
+    async def post_file(self, path: str, file_path: str, content_type: str) -> Any:
+        """POST a file as the raw body (streamed from disk); return the decoded answer."""
+        try:
+            # aiohttp reads a file body in its executor; only the open happens here.
+            with open(file_path, "rb") as f:  # noqa: ASYNC230
+                _, _, body = await _exchange_json(
+                    self.http,
+                    "POST",
+                    self.url(path),
+                    data=f,
+                    headers=self._headers(content_type),
+                    params=None,
+                )
+        except LLMBatchError as exc:
+            raise scrub_error(exc, self.http.redactor) from None
+        return body
+
+    async def post_multipart(
+        self, path: str, fields: Mapping[str, str], file_field: str, file_path: str, filename: str
+    ) -> Any:
+        """POST multipart/form-data: `fields` plus one file streamed from disk."""
+        try:
+            # aiohttp reads a file body in its executor; only the open happens here.
+            with open(file_path, "rb") as f:  # noqa: ASYNC230
+                form = aiohttp.FormData()
+                for name, value in fields.items():
+                    form.add_field(name, value)
+                form.add_field(file_field, f, filename=filename, content_type="application/jsonl")
+                _, _, body = await _exchange_json(
+                    self.http,
+                    "POST",
+                    self.url(path),
+                    data=form,
+                    headers=self._headers(None),
+                    params=None,
+                )
+        except LLMBatchError as exc:
+            raise scrub_error(exc, self.http.redactor) from None
+        return body
+
+    async def lines(self, path: str, *, max_line_bytes: int | None = None) -> AsyncIterator[bytes]:
+        """The non-empty lines of a (possibly huge) text body, read in chunks: memory holds one
+        line at a time, each at most `max_line_bytes` (default the client's body cap)."""
+        cap = max_line_bytes or self.http.max_response_bytes
+        url = self.url(path)
+        where = self.http.redactor(self.http.base_url)
+        session = self.http._get_session()
+        try:
+            async with session.get(url, headers=self._headers(None)) as resp:
+                if not 200 <= resp.status < 300:
+                    raw = await _read_capped(resp, 64 * 1024)
+                    try:
+                        body: Any = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        body = raw.decode("utf-8", "replace")
+                    raise error_for_status(resp.status, resp.headers, body)
+                buf = b""
+                async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+                    buf += chunk
+                    *complete, buf = buf.split(b"\n")
+                    for line in complete:
+                        if line.strip():
+                            yield line
+                    if len(buf) > cap:
+                        raise InvalidResponseError(f"a line of {url} exceeds {cap} bytes")
+                if buf.strip():
+                    yield buf
+        except LLMBatchError as exc:
+            raise scrub_error(exc, self.http.redactor) from None
+        except _TooLarge:
+            raise InvalidResponseError(f"error body from {where} too large") from None
+        except aiohttp.ClientConnectionError as exc:
+            raise APIConnectionError(f"connection to {where} failed: {exc}") from None
+        except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+            raise APIConnectionError(f"download from {where} cut short: {exc}") from None
+        except TimeoutError:
+            raise RequestTimeoutError(f"download from {where} timed out") from None

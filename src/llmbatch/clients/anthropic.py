@@ -6,12 +6,19 @@
 `max_tokens` is required by the API: requests without one get `default_max_tokens`.
 Anthropic has no JSON mode; for `response_format="json"` the system prompt asks for JSON and
 the engine checks the reply (retrying once if it does not parse).
+
+A request's `schema` becomes a forced tool (`tools=[{name, description, input_schema}]`,
+`tool_choice={"type": "tool", "name": ...}`) and the reply is that tool call's `input`,
+re-encoded as JSON text; in prompt mode the schema goes into the system prompt instead.
+`stop_reason: "refusal"` is read into `CompletionResponse.refusal`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
 
 from ..errors import UnsupportedRequestError
 from ..text import content_text
@@ -72,7 +79,10 @@ class AnthropicClient(ProviderClient):
                 messages.append(dict(m))
         if request.prompt:
             messages.append({"role": "user", "content": request.prompt})
-        if request.response_format == "json":
+        schema = request.schema
+        if schema is not None and schema.mode == "prompt":
+            system = "\n\n".join(filter(None, [system, schema.instruction()]))
+        elif request.response_format == "json" and schema is None:
             system = "\n\n".join(filter(None, [system, _JSON_INSTRUCTION]))
         body: dict[str, Any] = {
             "model": request.model or self.model,
@@ -83,6 +93,11 @@ class AnthropicClient(ProviderClient):
             body["system"] = system
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        if schema is not None and schema.mode == "native":
+            tool: dict[str, Any] = {"name": schema.name, "input_schema": schema.json_schema}
+            tool["description"] = schema.description or "Record the answer in this structure."
+            body["tools"] = [tool]
+            body["tool_choice"] = {"type": "tool", "name": schema.name}
         if request.extra:
             body.update(request.extra)
         return body
@@ -97,17 +112,24 @@ class AnthropicClient(ProviderClient):
 
 
 def _parse(status: int, headers: Mapping[str, str], body: Any) -> CompletionResponse:
-    text = "".join(block["text"] for block in body["content"] if block.get("type") == "text")
+    blocks = body["content"]
+    text = "".join(block["text"] for block in blocks if block.get("type") == "text")
+    # A forced tool's answer is its input; the text (if any) is the model's preamble.
+    tool_input = next((b["input"] for b in blocks if b.get("type") == "tool_use"), None)
+    if tool_input is not None:
+        text = orjson.dumps(tool_input).decode()
+    stop = body.get("stop_reason")
     usage = body["usage"]
     return CompletionResponse(
         content=text,
         model=body.get("model", ""),
         usage=_usage(usage),
         request_id=headers.get("request-id") or body.get("id"),
-        finish_reason=body.get("stop_reason"),
+        finish_reason=stop,
         raw=body,
         status_code=status,
         rate_limit=rate_limit_info(headers),
+        refusal=(text or "refused (stop_reason: refusal)") if stop == "refusal" else None,
     )
 
 

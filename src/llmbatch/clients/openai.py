@@ -8,6 +8,11 @@ LM Studio, Together, Groq...), on aiohttp.
 
 `CompletionRequest.endpoint` picks the route: "chat" (/chat/completions), "completions"
 (/completions) or "embeddings" (/embeddings; the response's `raw` holds the vectors).
+
+A request's `schema` is sent as `response_format={"type": "json_schema", "json_schema":
+{"name", "schema", "strict"}}` (strict only when the schema qualifies, see `llmbatch.schema`),
+or in prompt mode as JSON mode plus the schema in the system prompt. A refusal
+(`message.refusal`) is read into `CompletionResponse.refusal`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import UnsupportedRequestError
+from ..schema import Schema
 from ..types import CompletionRequest, CompletionResponse, Usage
 from ._http import rate_limit_info
 from .provider import ClientOptions, ProviderClient
@@ -63,15 +70,24 @@ class OpenAIClient(ProviderClient):
             body["prompt"] = request.prompt
         else:
             messages: list[Any] = []
-            if request.system:
-                messages.append({"role": "system", "content": request.system})
+            system = request.system
+            if request.schema is not None and request.schema.mode == "prompt":
+                system = "\n\n".join(filter(None, [system, request.schema.instruction()]))
+            if system:
+                messages.append({"role": "system", "content": system})
             if request.messages:
                 messages.extend(request.messages)
             if request.prompt:
                 messages.append({"role": "user", "content": request.prompt})
             body["messages"] = messages
-            if request.response_format == "json":
+            if request.schema is not None:
+                body["response_format"] = response_format(request.schema)
+            elif request.response_format == "json":
                 body["response_format"] = {"type": "json_object"}
+        if request.schema is not None and request.endpoint != "chat":
+            raise UnsupportedRequestError(
+                f"a schema needs a chat request; this one is for {request.endpoint!r}"
+            )
         if request.endpoint != "embeddings":
             if request.temperature is not None:
                 body["temperature"] = request.temperature
@@ -90,10 +106,22 @@ class OpenAIClient(ProviderClient):
         return _parse(request, status, headers, body)
 
 
+def response_format(schema: Schema) -> dict[str, Any]:
+    """The chat `response_format` for `schema`: native json_schema, or JSON mode."""
+    if schema.mode == "prompt":
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": schema.name, "schema": schema.json_schema}
+    if schema.description:
+        spec["description"] = schema.description
+    spec["strict"] = schema.strict
+    return {"type": "json_schema", "json_schema": spec}
+
+
 def _parse(
     request: CompletionRequest, status: int, headers: Mapping[str, str], body: Any
 ) -> CompletionResponse:
     usage = body.get("usage") or {}
+    refusal = None
     if request.endpoint == "embeddings":
         content = ""
         body["data"][0]["embedding"]
@@ -104,6 +132,7 @@ def _parse(
     else:
         choice = body["choices"][0]
         content, finish = choice["message"]["content"] or "", choice.get("finish_reason")
+        refusal = choice["message"].get("refusal") or None
     if not isinstance(content, str):
         raise TypeError("content is not a string")
     return CompletionResponse(
@@ -115,6 +144,7 @@ def _parse(
         raw=body,
         status_code=status,
         rate_limit=rate_limit_info(headers),
+        refusal=refusal,
     )
 
 

@@ -7,6 +7,7 @@
 Two line shapes are recognised per line:
 - the OpenAI Batch API line `{"custom_id", "method", "url", "body"}` for /v1/chat/completions,
   /v1/embeddings and /v1/completions; unknown `body` fields are passed through to the provider;
+  a `response_format` of type `json_schema` becomes the request's `Schema` (checked, validated);
 - a simple line `{"id", "prompt", "temperature"?, "max_tokens"?, "response_format"?, "model"?,
   "system"?}`; an unknown key here is an error (it is almost always a typo).
 
@@ -28,6 +29,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
+from ..schema import SchemaError, schema_of_response_format
 from ..types import CompletionRequest, ResponseFormat
 
 __all__ = [
@@ -134,7 +136,14 @@ def _batch_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
         if not all(isinstance(m, dict) and "role" in m for m in messages):
             raise _Bad("body.messages must hold objects with a 'role'")
         req.messages = messages
-        req.response_format = _response_format(body.get("response_format"))
+        rf = body.get("response_format")
+        if isinstance(rf, dict) and rf.get("type") == "json_schema":
+            try:  # OpenAI's structured output, as a batch line writes it
+                req.schema = schema_of_response_format(rf, where="body.response_format")
+            except SchemaError as exc:
+                raise _Bad(str(exc)) from None
+        else:
+            req.response_format = _response_format(rf)
     elif endpoint == "embeddings":
         value = extra.pop("input", None)
         if isinstance(value, str):

@@ -8,7 +8,9 @@ Lines are in the OpenAI Batch output format, one per request, appended as result
 
     {"id": "batch_req_...", "custom_id": "...", "response": {"status_code", "request_id",
      "body"}, "error": null | {"code", "message"}, "llmbatch": {"duration", "attempts",
-     "cached", "usage", and where they apply "batch_api", "cost" (USD), "parsed"}}
+     "cached", "usage", and where they apply "batch_api", "cost" (USD), "parsed", and the
+     timing: "started_at", "finished_at" (Unix seconds), "wait", "provider", "backoff"
+     (seconds) and "attempt_log": [[wait, provider, status or error code], ...]}}
 
 Each line is one `write(2)` on an O_APPEND descriptor, so a crash leaves at worst one torn
 last line, which the next open cuts off (that request is then simply redone). Data is
@@ -45,7 +47,7 @@ import orjson
 from ..errorlog import redact
 from ..errors import error_code
 from ..stats import BatchStats, StatsCollector
-from ..types import BatchResult
+from ..types import BatchResult, Timing
 
 __all__ = [
     "CompactionError",
@@ -55,6 +57,7 @@ __all__ = [
     "iter_records",
     "journal_stats",
     "result_line",
+    "timing_fields",
 ]
 
 
@@ -94,6 +97,12 @@ def _safe_body(body: Any) -> Any:
         return masked
 
 
+def _plain(parsed: Any) -> Any:
+    """A parsed reply as JSON data: a pydantic model instance is dumped."""
+    dump = getattr(parsed, "model_dump", None)
+    return dump(mode="json") if callable(dump) else parsed
+
+
 def result_line(result: BatchResult) -> bytes:
     """The output line for one result, newline included."""
     resp, err = result.response, result.error
@@ -121,17 +130,21 @@ def result_line(result: BatchResult) -> bytes:
         if resp.batch_api:
             meta["batch_api"] = True
         if result.parsed is not None:
-            meta["parsed"] = result.parsed
+            meta["parsed"] = _plain(result.parsed)
         error = None
     else:
         status = getattr(err, "status_code", None)
         response = None
         if status is not None:
             body = _safe_body(getattr(err, "body", None))
-            response = {"status_code": status, "request_id": None, "body": body}
+            # A ReplyError carries the reply: its line keeps the raw (or partial) body.
+            rid = getattr(err, "request_id", None)
+            response = {"status_code": status, "request_id": rid, "body": body}
         error = {"code": error_code(err), "message": redact(f"{type(err).__name__}: {err}")}
     if result.cost is not None:
         meta["cost"] = round(result.cost, 10)
+    if result.timing is not None:
+        meta.update(timing_fields(result.timing))
     line = {
         "id": f"batch_req_{uuid.uuid4().hex}",
         "custom_id": result.id,
@@ -140,6 +153,18 @@ def result_line(result: BatchResult) -> bytes:
         "llmbatch": meta,
     }
     return orjson.dumps(line) + b"\n"
+
+
+def timing_fields(timing: Timing) -> dict[str, Any]:
+    """The `llmbatch` block's timing keys: wall times to the millisecond, spans to the µs."""
+    return {
+        "started_at": round(timing.started_at, 3),
+        "finished_at": round(timing.finished_at, 3),
+        "wait": round(timing.wait, 6),
+        "provider": round(timing.provider, 6),
+        "backoff": round(timing.backoff, 6),
+        "attempt_log": [[round(w, 6), round(p, 6), o] for w, p, o in timing.attempts],
+    }
 
 
 def _is_result(obj: Any) -> bool:
@@ -201,10 +226,20 @@ def journal_stats(path: str | Path) -> BatchStats:
             prompt_tokens=_number(usage.get("prompt_tokens"), int),
             completion_tokens=_number(usage.get("completion_tokens"), int),
             cached=bool(meta.get("cached", False)),
+            **_line_timing(meta),
             cost=_cost(meta),
             model=_model(rec),
         )
     return collector.snapshot()
+
+
+def _line_timing(meta: dict[str, Any]) -> dict[str, float]:
+    """A line's admission wait and provider time, if it has them (lines of older versions
+    and of results made elsewhere do not)."""
+    wait, provider = meta.get("wait"), meta.get("provider")
+    if wait is None or provider is None:
+        return {}
+    return {"wait": _number(wait, float), "provider": _number(provider, float)}
 
 
 def _cost(meta: dict[str, Any]) -> float | None:
@@ -328,6 +363,13 @@ class Journal:
                 self._fsync(self._fd)
                 self._last_sync = now
                 self._dirty = False
+
+    def sync(self) -> None:
+        """fsync now, whatever the interval (before a provider batch is marked collected)."""
+        if self._fd is not None:
+            self._fsync(self._fd)
+            self._last_sync = self._clock()
+            self._dirty = False
 
     # -- internals --------------------------------------------------------------------------
 

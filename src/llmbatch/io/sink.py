@@ -28,15 +28,16 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..breaker import Outage
 from ..budget import BudgetExceededError
 from ..errorlog import ErrorHandler
-from ..errors import BatchCancelledError, BatchTimeoutError
+from ..errors import BatchCancelledError, BatchTimeoutError, InvalidResponseError, ReplyError
 from ..events import Event, ProviderOutage, RequestFinished
 from ..pricing import Pricer
-from ..types import BatchRequest, BatchResult, CompletionRequest
+from ..replies import check_reply
+from ..types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse
 from .cache import SQLiteCache
 from .journal import CompactionError, Journal
 
@@ -76,6 +77,14 @@ def is_unfinished(result: BatchResult) -> bool:
     return isinstance(result.error, BatchCancelledError | BatchTimeoutError)
 
 
+def _decoded(request: CompletionRequest, hit: CompletionResponse) -> tuple[Any] | None:
+    """A cache hit's parsed reply, in a 1-tuple; None if it is no answer now (sent again)."""
+    try:
+        return (check_reply(request, hit),)
+    except (ReplyError, InvalidResponseError):
+        return None
+
+
 class ResultSink:
     """The single owner of a run's output. Use from one thread (the event loop's)."""
 
@@ -111,6 +120,9 @@ class ResultSink:
         self._remember = error_log is not None or cache is not None
         self._pending: dict[str, CompletionRequest] = {}
         self._closed = False
+        # Called with every result written (metrics): optional observers, so a failing one
+        # is reported once and dropped, never stopping the run.
+        self.observers: list[Callable[[BatchResult], None]] = []
 
     @property
     def unfinished(self) -> int:
@@ -132,8 +144,10 @@ class ResultSink:
             except (sqlite3.Error, OSError) as exc:
                 self._cache_failed(exc)
                 hit = None
-            if hit is not None:
-                self.write(BatchResult(item.id, response=hit, duration=0.0, attempts=0))
+            cached = _decoded(item.request, hit) if hit is not None else None
+            if hit is not None and cached is not None:
+                result = BatchResult(item.id, response=hit, attempts=0, parsed=cached[0])
+                self.write(result)
                 return False
         if self._remember:
             self._pending[item.id] = item.request
@@ -163,6 +177,8 @@ class ResultSink:
                 self._add_cost(result.cost)
         if self.progress is not None:
             self.progress.add(result.error is None)
+        if self.observers:
+            self._observe(result)
         if result.error is not None:
             self._log_error(result, request)
         elif self.cache is not None and request is not None and result.response is not None:
@@ -185,6 +201,14 @@ class ResultSink:
                 self.cache.commit()
             except (sqlite3.Error, OSError) as exc:
                 self._cache_failed(exc)
+
+    def flush(self) -> None:
+        """fsync the output now: what was written is on disk when this returns (the batch
+        API's ledger marks a provider batch collected only after). `OutputError` if not."""
+        try:
+            self.journal.sync()
+        except OSError as exc:
+            raise OutputError(self.journal.path, exc) from exc
 
     async def keep_synced(self, interval: float = SYNC_INTERVAL) -> None:
         """Run beside the results loop: results that trickle in still reach the disk in time."""
@@ -232,6 +256,14 @@ class ResultSink:
             )
             self.error_log = None
             self._remember = self.cache is not None
+
+    def _observe(self, result: BatchResult) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(result)
+            except Exception as exc:
+                self._warn(f"{observer!r} failed ({exc!r}); going on without it")
+                self.observers.remove(observer)
 
     def _cache_failed(self, exc: BaseException) -> None:
         assert self.cache is not None

@@ -6,6 +6,7 @@ from ..admission import Admission
 from ..breaker import DEFAULT_MAX_OUTAGE
 from ..clients.provider import ProviderClient
 from ..engine import Concurrency, Engine, EngineConfig
+from ..replies import ReplyPolicy
 from ..retry import RetryPolicy
 
 __all__ = ["worker_engine"]
@@ -19,6 +20,7 @@ def worker_engine(
     retry: RetryPolicy | None,
     max_outage: float | None = DEFAULT_MAX_OUTAGE,
     budget: Admission | None = None,
+    replies: ReplyPolicy | None = None,
 ) -> Engine:
     return Engine(
         client,
@@ -29,5 +31,6 @@ def worker_engine(
             limiter=limiter,
             max_outage=max_outage,
             budget=budget,
+            replies=replies or ReplyPolicy(),
         ),
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import os
 import pickle
@@ -28,6 +29,7 @@ from ..clients import ClientSpec
 from ..engine import Concurrency
 from ..errors import LLMBatchError
 from ..io.journal import result_line
+from ..replies import ReplyPolicy
 from ..retry import RetryPolicy
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from ._engine import worker_engine
@@ -51,7 +53,8 @@ def _portable(result: BatchResult) -> BatchResult:
         pickle.loads(pickle.dumps(error))
     except Exception:
         error = LLMBatchError(f"{type(error).__name__}: {error}")
-    return BatchResult(result.id, result.response, error, result.duration, result.attempts)
+    # Everything else travels as is: index, cost, parsed, timing (slotted dataclasses pickle).
+    return dataclasses.replace(result, error=error)
 
 
 class _BatchWorker:
@@ -65,12 +68,20 @@ class _BatchWorker:
         request_timeout: float | None,
         retry: RetryPolicy | None,
         max_outage: float | None = DEFAULT_MAX_OUTAGE,
+        replies: ReplyPolicy | None = None,
     ) -> None:
         self.client = client.build()
         self.limiter = limiter.local() if limiter is not None else None
         budget = limiter.budget() if limiter is not None else None
         self.engine = worker_engine(
-            self.client, self.limiter, concurrency, request_timeout, retry, max_outage, budget
+            self.client,
+            self.limiter,
+            concurrency,
+            request_timeout,
+            retry,
+            max_outage,
+            budget,
+            replies,
         )
         self.queue: asyncio.Queue[BatchRequest] | None = None
         self.waiting: dict[str, asyncio.Future[BatchResult]] = {}
@@ -129,6 +140,8 @@ class RayRunConfig:
     max_replacements: int | None = None  # dead workers replaced; default: `workers`
     max_chunk_failures: int = 5
     max_outage: float | None = DEFAULT_MAX_OUTAGE
+    # Re-asks of invalid replies, retries of truncated ones; requests carry their schema.
+    replies: ReplyPolicy | None = None
 
 
 async def run_on_ray(
@@ -173,6 +186,7 @@ async def run_on_ray(
             config.request_timeout,
             config.retry,
             config.max_outage,
+            config.replies,
         )
 
     live: list[Any] = [start() for _ in range(config.workers)]

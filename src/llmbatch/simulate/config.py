@@ -41,6 +41,8 @@ class SimulatorConfig:
     Faults, each an independent probability: `fail_rate` (500, or 529 on /v1/messages),
     `overload_rate` (503 on OpenAI routes, 529 on /v1/messages, before any limit is
     charged), `reset_rate`, `hang_rate` (no answer for `hang_seconds`), `malformed_rate`.
+    Structured-output faults (`structured.py`, drawn per request body): `invalid_rate`
+    (replies that parse but break the requested schema), `refusal_rate`, `truncate_rate`.
     `outage_at`/`outage_for`: `outage_at` seconds after the first request (counted again
     after a stats reset) the server goes down for `outage_for` seconds.
 
@@ -88,6 +90,9 @@ class SimulatorConfig:
     batch_delay_sigma: float = 1.0
     batch_max_requests: int | None = None  # None: the providers' caps (50,000 / 100,000)
     batch_max_bytes: int | None = None  # None: the providers' caps (200 MB / 256 MB)
+    invalid_rate: float = 0.0
+    refusal_rate: float = 0.0
+    truncate_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.limit_style not in LIMIT_STYLES:
@@ -105,7 +110,16 @@ class SimulatorConfig:
             raise ValueError("limit_style 'queue' takes no rpm/tpm/itpm/otpm")
         if self.slots < 1:
             raise ValueError(f"slots must be at least 1, got {self.slots}")
-        for name in ("fail_rate", "overload_rate", "reset_rate", "hang_rate", "malformed_rate"):
+        for name in (
+            "fail_rate",
+            "overload_rate",
+            "reset_rate",
+            "hang_rate",
+            "malformed_rate",
+            "invalid_rate",
+            "refusal_rate",
+            "truncate_rate",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")

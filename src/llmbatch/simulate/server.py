@@ -15,7 +15,8 @@ The batch APIs of both providers (OpenAI /v1/files + /v1/batches, Anthropic
 /v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`.
 
 This module routes and sequences; each concern lives in its own module: the wire formats
-in `dialects.py`, the rate-limit buckets in `limits.py`, what a refusal says in `styles.py`,
+in `dialects.py`, schema-shaped replies and their faults in `structured.py`, the rate-limit
+buckets in `limits.py`, what a refusal says in `styles.py`,
 the FIFO model slots of the `queue` style in `slots.py`, downtime in `outage.py`, the
 counters in `counters.py`. A request goes: outage check, key, body, `overload_rate`
 (answered at once, no limit charged), limits (refused with `over_limit_status`) or a slot
@@ -43,6 +44,7 @@ from .dialects import ANTHROPIC, OPENAI, Dialect, reply_text, token_count
 from .limits import Charge, Limits
 from .outage import Outage
 from .slots import Slots
+from .structured import Shaper, embeddings_reply, unsupported
 from .styles import STYLES
 
 __all__ = ["Simulator", "SimulatorConfig"]
@@ -92,6 +94,12 @@ class Simulator:
             if c.outage_at is not None
             else None
         )
+        self._shaper = Shaper(
+            invalid_rate=c.invalid_rate,
+            refusal_rate=c.refusal_rate,
+            truncate_rate=c.truncate_rate,
+            seed=c.seed,
+        )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = c.port
@@ -103,10 +111,14 @@ class Simulator:
         return f"http://{self.config.host}:{self.port}"
 
     def stats(self) -> dict[str, Any]:
-        return self._counters.as_dict() | {
-            "queue_depth": self._slots.waiting if self._slots is not None else 0,
-            "down": self._outage is not None and self._outage.down,
-        }
+        return (
+            self._counters.as_dict()
+            | self._shaper.counts()
+            | {
+                "queue_depth": self._slots.waiting if self._slots is not None else 0,
+                "down": self._outage is not None and self._outage.down,
+            }
+        )
 
     def _make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -187,6 +199,7 @@ class Simulator:
 
     async def _reset_stats(self, request: web.Request) -> web.Response:
         self._counters.reset()
+        self._shaper.reset()
         if self._outage is not None:
             self._outage.rearm()
         return web.json_response({"ok": True})
@@ -250,7 +263,7 @@ class Simulator:
                 raise ValueError("body is not an object")
         except ValueError as exc:
             return self._respond(*dialect.bad_request(f"bad JSON: {exc}"))
-        problem = dialect.invalid(body)
+        problem = dialect.invalid(body) or unsupported(body)
         if problem is not None:
             return self._respond(*dialect.bad_request(problem))
         prompt = dialect.prompt(kind, body)
@@ -347,8 +360,17 @@ class Simulator:
     ) -> web.Response:
         st = self._counters
         prompt_tokens = token_count(prompt)
+        # Schemas, forced tools and reply faults (`structured.py`); None: the plain reply.
+        shaped = (
+            self._shaper.shape(dialect, body, prompt, max_tokens)
+            if kind in ("chat", "messages")
+            else None
+        )
         if kind == "embeddings":
             text, output_tokens = prompt, 0
+        elif shaped is not None:
+            text = shaped.text
+            output_tokens = token_count(text)
         else:
             text = reply_text(prompt, max_tokens, dialect.json_mode(body))
             output_tokens = token_count(text)
@@ -360,5 +382,10 @@ class Simulator:
         rid = hashlib.blake2b(f"{prompt}{st.received}".encode(), digest_size=8).hexdigest()
         headers[dialect.request_id_header] = "req_" + rid
         model = str(body.get("model") or self.config.model)
-        payload = dialect.reply(kind, model, rid, text, prompt_tokens, output_tokens)
+        if shaped is not None:
+            payload = shaped.render(dialect, model, rid, prompt_tokens, output_tokens)
+        elif kind == "embeddings" and isinstance(body.get("input"), list):
+            payload = embeddings_reply(model, body["input"], prompt_tokens)
+        else:
+            payload = dialect.reply(kind, model, rid, text, prompt_tokens, output_tokens)
         return self._respond(200, payload, headers)

@@ -1,0 +1,42 @@
+"""Provider batch APIs (OpenAI Batch, Anthropic Message Batches): half the price, by tomorrow.
+
+    runner = BatchAPIRunner(OpenAIClient(model="gpt-4o-mini"), BatchAPIConfig("out.jsonl"))
+    async for result in runner.stream(requests):
+        ...                               # BatchResult, response.batch_api == True
+
+Modules: `split` (chunks under the caps), `ledger` (the durable record next to the output),
+`openai` / `anthropic` (the two APIs), `runner` (submit, re-attach, poll, collect), `events`.
+"""
+
+from .anthropic import AnthropicBatches, wire_id
+from .backend import BatchBackend, BatchInfo, LineOutcome, backend_for
+from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
+from .ledger import ChunkRecord, Ledger, LedgerError, ledger_paths
+from .openai import OpenAIBatches
+from .runner import BatchAPIConfig, BatchAPIRunner, is_redoable
+from .split import ANTHROPIC_CAPS, OPENAI_CAPS, Caps, Splitter
+
+__all__ = [
+    "ANTHROPIC_CAPS",
+    "OPENAI_CAPS",
+    "AnthropicBatches",
+    "BatchAPIConfig",
+    "BatchAPIRunner",
+    "BatchBackend",
+    "BatchEnded",
+    "BatchEvent",
+    "BatchInfo",
+    "BatchPolled",
+    "BatchSubmitted",
+    "Caps",
+    "ChunkRecord",
+    "Ledger",
+    "LedgerError",
+    "LineOutcome",
+    "OpenAIBatches",
+    "Splitter",
+    "backend_for",
+    "is_redoable",
+    "ledger_paths",
+    "wire_id",
+]

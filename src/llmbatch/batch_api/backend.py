@@ -1,0 +1,114 @@
+"""What the runner needs from a provider's batch API, and the values it returns.
+
+    backend = backend_for(client)                    # OpenAIBatches or AnthropicBatches
+    key, line = backend.encode(BatchRequest("a", request))
+    info = await backend.create(key, input_path, file_id, tag="run:0")
+    async for line in backend.results(info): ...     # LineOutcome per answered request
+
+A backend speaks one provider's batch API over the client's own HTTP session and headers
+(`APIRequests`), builds each line from the client's `body_for` and parses each answer with
+its `parse`, so a batch line and a realtime line of the same request are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..clients.provider import ProviderClient
+from ..types import BatchRequest, CompletionResponse
+from .split import Caps, Framing
+
+__all__ = ["BatchBackend", "BatchInfo", "LineOutcome", "backend_for"]
+
+
+@dataclass(slots=True, frozen=True)
+class BatchInfo:
+    """A provider batch as last seen. `status` is the provider's own word; `ended` is True
+    once no more results will come; `outcome` then says how it ended: completed, expired,
+    cancelled or failed (the batch as a whole; `errors` says why, by input line)."""
+
+    id: str
+    status: str
+    ended: bool
+    total: int
+    succeeded: int
+    failed: int
+    created_at: float | None = None
+    outcome: str | None = None
+    errors: tuple[tuple[int | None, str], ...] = ()
+    tag: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class LineOutcome:
+    """One answered line of a batch: the provider's custom_id and either the reply body
+    (`status`, `body`, `request_id`) or an `error` already mapped to the error tree."""
+
+    custom_id: str
+    status: int = 200
+    body: Any = None
+    request_id: str | None = None
+    error: BaseException | None = None
+
+
+class BatchBackend(Protocol):
+    """One provider's batch API. `uploads`: inputs go up as files first; `tags`: a batch
+    carries our metadata tag (`BatchInfo.tag`), so a lost create is found exactly."""
+
+    name: str
+    caps: Caps
+    framing: Framing
+    uploads: bool
+    tags: bool
+
+    def encode(self, item: BatchRequest) -> tuple[str, bytes]:
+        """(chunk key, the request's line on the wire). Raises `LLMBatchError` if the
+        client cannot express the request."""
+        ...
+
+    def wire_id(self, rid: str) -> str:
+        """The custom_id sent for `rid` (Anthropic maps ids its pattern refuses)."""
+        ...
+
+    def parse(self, key: str, line: LineOutcome) -> CompletionResponse:
+        """The response of a succeeded line, exactly as the realtime client parses it."""
+        ...
+
+    async def upload(self, path: Path, filename: str) -> str: ...
+
+    async def find_upload(self, filename: str, size: int, since: float) -> str | None:
+        """The id of a file uploaded since `since` as `filename` with `size` bytes (an
+        upload whose answer was lost), or None."""
+        ...
+
+    async def create(self, key: str, path: Path, file_id: str | None, tag: str) -> BatchInfo: ...
+
+    async def get(self, batch_id: str) -> BatchInfo: ...
+
+    async def cancel(self, batch_id: str) -> BatchInfo: ...
+
+    def recent(self, since: float) -> AsyncIterator[BatchInfo]:
+        """Batches newest first, until one created before `since` (epoch seconds)."""
+        ...
+
+    def results(self, info: BatchInfo) -> AsyncIterator[LineOutcome]: ...
+
+    async def cleanup(self, info: BatchInfo, file_id: str | None) -> None:
+        """Delete what the batch left at the provider (files), where that applies."""
+        ...
+
+
+def backend_for(client: ProviderClient) -> BatchBackend:
+    """The batch API of `client`'s provider. `ValueError` for a provider without one."""
+    from .anthropic import AnthropicBatches
+    from .openai import OpenAIBatches
+
+    if client.name == "openai":
+        return OpenAIBatches(client)
+    if client.name == "anthropic":
+        return AnthropicBatches(client)
+    raise ValueError(f"provider {client.name!r} has no batch API here (openai, anthropic)")

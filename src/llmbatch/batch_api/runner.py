@@ -1,0 +1,459 @@
+"""Running requests through a provider's batch API (half price), resumable and never paid twice.
+
+    runner = BatchAPIRunner(client, BatchAPIConfig("out.jsonl", poll_interval=60))
+    async for result in runner.stream(requests, done=scan.ok.__contains__, flush=sink.flush):
+        sink.write(result)            # the same BatchResults as the engine's, batch_api=True
+
+The runner splits the requests into chunks under the provider's caps (`split`), and for each
+one records its intent in the ledger (`ledger`, next to the output) BEFORE anything is sent,
+the uploaded file id after the upload and the batch id right after the create. It then polls
+every batch with a backoff and, once a batch has ended, downloads its results and yields one
+result per id of the chunk: the answer, the provider's error, or a `BatchAPIError` (codes
+batch_expired, batch_cancelled, batch_failed) for lines the batch left unanswered. Only then,
+after `flush()` has made those lines durable, is the chunk marked ended.
+
+Guarantees, after a crash or `kill -9` at any moment and a rerun with the same ledger:
+- ids in a chunk the ledger knows are never submitted again while that chunk is live;
+- a batch already created is re-attached, never re-created. A create whose answer was lost
+  (killed, or a timeout) is found before any new create: OpenAI batches by their metadata
+  tag, Anthropic batches (no metadata) as the one batch created since the intent, unknown to
+  the ledger, with the chunk's request count. Two such candidates stop the run with both ids
+  rather than guess; a third party creating a batch of exactly that size in that minute is
+  the remaining window;
+- an OpenAI upload whose answer was lost is found by its name and size and used, not
+  uploaded again;
+- results of a re-attached batch for ids `done` says are written are skipped.
+Cancelling the task (Ctrl-C) leaves the batches running at the provider; the rerun collects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from ..clients.provider import ProviderClient
+from ..errors import (
+    BadRequestError,
+    BatchAPIError,
+    InvalidResponseError,
+    LLMBatchError,
+    RateLimitError,
+    RetryableError,
+)
+from ..text import estimate_tokens
+from ..types import BatchRequest, BatchResult
+from .backend import BatchBackend, BatchInfo, LineOutcome, backend_for
+from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
+from .ledger import CREATED, ENDED, UPLOADED, ChunkRecord, Ledger, LedgerError
+from .split import Chunk, Splitter, TooLarge
+
+__all__ = ["BatchAPIConfig", "BatchAPIRunner", "is_redoable"]
+
+log = logging.getLogger("llmbatch")
+T = TypeVar("T")
+
+DEFAULT_POLL_INTERVAL = 30.0
+DEFAULT_MAX_POLL_INTERVAL = 600.0
+# How far a provider's clock may be behind ours when matching a lost create to its intent.
+CLOCK_SKEW = 600.0
+_REQUEST_INDEX = re.compile(r"requests\.(\d+)")
+
+
+def _never(rid: str) -> bool:
+    return False
+
+
+def is_redoable(result: BatchResult) -> bool:
+    """True for a batch line worth sending again realtime: expired, or a retryable failure."""
+    err = result.error
+    if isinstance(err, BatchAPIError):
+        return err.code == "batch_expired"
+    return isinstance(err, RetryableError)
+
+
+@dataclass(slots=True, frozen=True)
+class BatchAPIConfig:
+    """How a `BatchAPIRunner` works. `output` is the results file the ledger sits beside.
+
+    `max_requests` / `max_tokens` lower the per-batch caps (estimated input tokens, for
+    providers that limit enqueued tokens). Polls start at `poll_interval` seconds and back off
+    by 1.5x while nothing changes, up to `max_poll_interval`. `max_retries` bounds retries of
+    each API call that fails transiently (429, 5xx, connection). `keep_files`: leave uploaded
+    and result files at the provider. `clock` is wall time (compared with the provider's
+    timestamps); `sleep` is injectable so tests never wait.
+    """
+
+    output: str | Path
+    max_requests: int | None = None
+    max_tokens: int | None = None
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL
+    max_retries: int = 8
+    keep_files: bool = False
+    listeners: Sequence[Callable[[BatchEvent], None]] = ()
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+class BatchAPIRunner:
+    """The batch-API counterpart of `Engine`: requests in, `BatchResult`s out.
+
+    Results carry `response.batch_api = True` (billed at the batch price), `attempts=1` and
+    `duration` = seconds from the chunk's submission to its results.
+    """
+
+    def __init__(
+        self,
+        client: ProviderClient,
+        config: BatchAPIConfig,
+        *,
+        backend: BatchBackend | None = None,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.backend = backend or backend_for(client)
+        self.ledger: Ledger | None = None
+
+    # -- the building block -----------------------------------------------------------------
+
+    async def stream(
+        self,
+        requests: Iterable[BatchRequest],
+        *,
+        done: Callable[[str], bool] = _never,
+        flush: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[BatchResult, None]:
+        """Submit `requests`, re-attach the ledger's live batches, yield every result.
+
+        `done(id)`: the id's answer is already in the output (skipped if a re-attached batch
+        returns it again). `flush()`: make what was consumed so far durable; called before a
+        chunk is marked ended. Raises `LedgerError` if the ledger cannot be used.
+        """
+        ledger = self.ledger = Ledger.open(
+            self.config.output, provider=self.backend.name, base_url=self.client.base_url
+        )
+        ledger.ensure_directory()
+        self._done, self._flush = done, flush or (lambda: None)
+        live = [r for r in ledger.chunks if r.live]
+        covered: set[str] = set()
+        for record in live:
+            covered.update(ledger.ids(record))
+        for record in live:
+            if record.batch_id is None:
+                async for result in self._create(record, reattach=True):
+                    yield result
+            else:
+                self._emit(BatchSubmitted(record.n, record.batch_id, record.count, True))
+        async for result in self._submit_new(requests, covered):
+            yield result
+        del covered
+        async for result in self._poll():
+            yield result
+
+    # -- submitting -------------------------------------------------------------------------
+
+    async def _submit_new(
+        self, requests: Iterable[BatchRequest], covered: set[str]
+    ) -> AsyncIterator[BatchResult]:
+        assert self.ledger is not None
+        backend = self.backend
+        caps = backend.caps.lowered(self.config.max_requests, self.config.max_tokens)
+        splitter = Splitter(
+            self.ledger.directory, caps, framing=backend.framing, start=self.ledger.next_n
+        )
+        try:
+            for item in requests:
+                if item.id in covered:
+                    continue  # its batch is live: the results come from there
+                try:
+                    key, line = backend.encode(item)
+                    tokens = estimate_tokens(item.request.text_length())
+                    chunk = splitter.add(key, item.id, line, tokens)
+                except LLMBatchError as exc:
+                    yield BatchResult(item.id, error=exc, attempts=0)
+                    continue
+                except TooLarge as exc:
+                    yield BatchResult(item.id, error=BadRequestError(str(exc)), attempts=0)
+                    continue
+                if chunk is not None:
+                    async for result in self._start(chunk):
+                        yield result
+            for chunk in splitter.finish():
+                async for result in self._start(chunk):
+                    yield result
+        finally:
+            splitter.discard()
+
+    async def _start(self, chunk: Chunk) -> AsyncIterator[BatchResult]:
+        assert self.ledger is not None
+        record = self.ledger.add(chunk, self.config.clock())  # the intent, durable
+        async for result in self._create(record, reattach=False):
+            yield result
+
+    async def _create(self, record: ChunkRecord, *, reattach: bool) -> AsyncIterator[BatchResult]:
+        """Upload (if the provider takes files) and create the batch of `record`, unless a
+        batch already exists for it; record each step. A refused create fails its lines."""
+        ledger, backend = self.ledger, self.backend
+        assert ledger is not None
+        tag = f"{ledger.run_key}:{record.n}"
+        path = ledger.input_path(record.n)
+        try:
+            if backend.uploads and record.file_id is None:
+                name = f"llmbatch-{ledger.run_key}-{record.n}.jsonl"
+                size = path.stat().st_size
+                since = record.intent_at - CLOCK_SKEW
+                found = None
+                if reattach:  # an upload whose answer was lost is used, not repeated
+                    found = await self._call(lambda: backend.find_upload(name, size, since))
+                record.file_id = found or await self._call(lambda: backend.upload(path, name))
+                record.state = UPLOADED
+                ledger.save()
+            info = await self._create_once(record, tag, path, search=reattach)
+        except BadRequestError as exc:
+            # The provider refused the batch as a whole (a 4xx naming the problem): every line
+            # of it fails, saying why. Anything less clear (a garbled answer, a timeout)
+            # propagates instead: the batch may exist, and the rerun looks for it first.
+            message = _name_lines(str(exc), ledger.ids(record))
+            async for result in self._end_unsent(record, message):
+                yield result
+            return
+        record.batch_id, record.status, record.state = info.id, info.status, CREATED
+        ledger.save()
+        path.unlink(missing_ok=True)  # the provider holds the requests now
+        self._emit(BatchSubmitted(record.n, info.id, record.count, reattach))
+
+    async def _create_once(
+        self, record: ChunkRecord, tag: str, path: Path, *, search: bool
+    ) -> BatchInfo:
+        """Create the batch exactly once: before every create after the first (and on a
+        re-attach), look for one an earlier try made whose answer was lost."""
+        delay = 1.0
+        for attempt in range(self.config.max_retries + 1):
+            if search or attempt:
+                found = await self._find(record, tag)
+                if found is not None:
+                    return found
+            try:
+                return await self.backend.create(record.key, path, record.file_id, tag)
+            except RetryableError as exc:
+                if attempt == self.config.max_retries:
+                    raise
+                await self.config.sleep(_wait(exc, delay))
+                delay = min(delay * 2, 60.0)
+        raise AssertionError("unreachable")
+
+    async def _find(self, record: ChunkRecord, tag: str) -> BatchInfo | None:
+        assert self.ledger is not None
+        known = {r.batch_id for r in self.ledger.chunks if r.batch_id}
+        candidates: list[BatchInfo] = []
+
+        async def scan() -> None:
+            candidates.clear()
+            async for info in self.backend.recent(record.intent_at - CLOCK_SKEW):
+                if self.backend.tags:  # the batch carries our tag: an exact match
+                    if info.tag == tag:
+                        candidates[:] = [info]
+                        return
+                elif info.id not in known and info.total == record.count:
+                    candidates.append(info)
+
+        await self._call(scan)
+        if len(candidates) > 1:
+            raise LedgerError(
+                f"chunk {record.n} ({record.count:,} requests) may have been created before "
+                f"the last run stopped, and {len(candidates)} batches match it: "
+                f"{', '.join(c.id for c in candidates)}; cancel the ones that are not this "
+                "run's at the provider, then rerun"
+            )
+        return candidates[0] if candidates else None
+
+    # -- waiting and collecting -------------------------------------------------------------
+
+    async def _poll(self) -> AsyncIterator[BatchResult]:
+        assert self.ledger is not None
+        pending = [r for r in self.ledger.chunks if r.live]
+        interval = self.config.poll_interval
+        while pending:
+            changed = False
+            for record in list(pending):
+                assert record.batch_id is not None
+                info = await self._call(partial(self.backend.get, record.batch_id))
+                self._emit(
+                    BatchPolled(
+                        record.n,
+                        info.id,
+                        info.status,
+                        info.total,
+                        info.succeeded,
+                        info.failed,
+                        self.config.clock() - record.intent_at,
+                    )
+                )
+                if info.status != record.status:
+                    record.status, changed = info.status, True
+                    self.ledger.save()
+                if info.ended:
+                    async for result in self._collect(record, info):
+                        yield result
+                    pending.remove(record)
+                    changed = True
+            if pending:
+                await self.config.sleep(interval)
+                interval = (
+                    self.config.poll_interval
+                    if changed
+                    else min(interval * 1.5, self.config.max_poll_interval)
+                )
+
+    async def _collect(self, record: ChunkRecord, info: BatchInfo) -> AsyncIterator[BatchResult]:
+        """Every id of an ended batch, once: its answer, its error, or why it has none."""
+        assert self.ledger is not None
+        ids = self.ledger.ids(record)
+        by_wire = {self.backend.wire_id(rid): rid for rid in ids}
+        seen: set[str] = set()
+        written = 0
+        elapsed = max(0.0, self.config.clock() - record.intent_at)
+        delay = 1.0
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                # A download cut short starts again; `seen` keeps lines from being repeated.
+                async for line in self.backend.results(info):
+                    rid = by_wire.get(line.custom_id)
+                    if rid is None or rid in seen:
+                        continue  # not this chunk's (or a repeat): never written twice
+                    seen.add(rid)
+                    if self._done(rid):
+                        continue
+                    written += 1
+                    yield self._result(record, rid, line, elapsed)
+                break
+            except RetryableError as exc:
+                if attempt == self.config.max_retries:
+                    raise
+                await self.config.sleep(_wait(exc, delay))
+                delay = min(delay * 2, 60.0)
+        missing = [rid for rid in ids if rid not in seen and not self._done(rid)]
+        if missing:
+            error = _missing_error(info, ids)
+            for rid in missing:
+                written += 1
+                yield BatchResult(rid, error=error, duration=elapsed, attempts=1)
+        self._flush()
+        record.state, record.status, record.ended_at = ENDED, info.status, self.config.clock()
+        self.ledger.save()
+        if not self.config.keep_files:
+            await self.backend.cleanup(info, record.file_id)
+        self.ledger.forget_files(record)
+        self._emit(
+            BatchEnded(record.n, info.id, info.outcome or info.status, record.count, written)
+        )
+
+    def _result(
+        self, record: ChunkRecord, rid: str, line: LineOutcome, elapsed: float
+    ) -> BatchResult:
+        if line.error is not None:
+            return BatchResult(rid, error=line.error, duration=elapsed, attempts=1)
+        try:
+            response = self.backend.parse(record.key, line)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            error = InvalidResponseError(
+                f"batch answer lacks the expected fields ({exc!r}): {str(line.body)[:200]}",
+                status_code=line.status,
+                body=line.body,
+            )
+            return BatchResult(rid, error=error, duration=elapsed, attempts=1)
+        response.batch_api = True
+        return BatchResult(rid, response=response, duration=elapsed, attempts=1)
+
+    async def _end_unsent(self, record: ChunkRecord, message: str) -> AsyncIterator[BatchResult]:
+        assert self.ledger is not None
+        error = BatchAPIError(message, code="batch_failed")
+        written = 0
+        for rid in self.ledger.ids(record):
+            if not self._done(rid):
+                written += 1
+                yield BatchResult(rid, error=error, attempts=1)
+        self._flush()
+        record.state, record.status, record.note = ENDED, "failed", message
+        record.ended_at = self.config.clock()
+        self.ledger.save()
+        self.ledger.forget_files(record)
+        self._emit(BatchEnded(record.n, None, "failed", record.count, written))
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """`fn()`, retried on transient failures (429, 5xx, connection) with backoff."""
+        delay = 1.0
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                return await fn()
+            except RetryableError as exc:
+                if attempt == self.config.max_retries:
+                    raise
+                log.info("batch API call failed (%s); retrying in %.0fs", exc, delay)
+                await self.config.sleep(_wait(exc, delay))
+                delay = min(delay * 2, 60.0)
+        raise AssertionError("unreachable")
+
+    def _emit(self, event: BatchEvent) -> None:
+        for listener in self.config.listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("batch event listener %r failed", listener)
+
+
+def _wait(exc: RetryableError, delay: float) -> float:
+    if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+        return exc.retry_after
+    return delay
+
+
+def _missing_error(info: BatchInfo, ids: list[str]) -> BatchAPIError:
+    """Why lines of an ended batch have no result line."""
+    if info.outcome == "expired":
+        return BatchAPIError(
+            f"batch {info.id} expired (its completion window passed) before this request ran",
+            code="batch_expired",
+        )
+    if info.outcome == "cancelled":
+        return BatchAPIError(
+            f"batch {info.id} was cancelled before this request ran", code="batch_cancelled"
+        )
+    if info.outcome == "failed":
+        reasons = "; ".join(_line_reason(line, text, ids) for line, text in info.errors[:5])
+        more = f" (and {len(info.errors) - 5} more)" if len(info.errors) > 5 else ""
+        return BatchAPIError(
+            f"batch {info.id} failed as a whole: {reasons or 'no reason given'}{more}; "
+            "this request was not run",
+            code="batch_failed",
+        )
+    return BatchAPIError(
+        f"batch {info.id} ended ({info.status}) without a result for this request",
+        code="batch_failed",
+    )
+
+
+def _line_reason(line: int | None, text: str, ids: list[str]) -> str:
+    """A provider's error about input line `line` (1-based), naming the request's id."""
+    if line is not None and 1 <= line <= len(ids):
+        return f"line {line} of the batch (id {ids[line - 1]!r}): {text}"
+    return text
+
+
+def _name_lines(message: str, ids: list[str]) -> str:
+    """A refused create's message, with "requests.N" (0-based) followed by the id it names."""
+
+    def name(match: re.Match[str]) -> str:
+        i = int(match.group(1))
+        return f"{match.group(0)} (id {ids[i]!r})" if 0 <= i < len(ids) else match.group(0)
+
+    return "the batch was refused: " + _REQUEST_INDEX.sub(name, message, count=3)

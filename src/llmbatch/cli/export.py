@@ -1,0 +1,163 @@
+"""`llmbatch export`: a run's results as a table, in the input's order, joined to its rows.
+
+    llmbatch export results.jsonl -o labels.csv --join papers.csv           # rows + out_* columns
+    llmbatch export results.jsonl -o results.parquet --input requests.jsonl --failed skip
+    llmbatch export results.jsonl -o failed.jsonl --rows papers.csv --failed only
+
+The order comes from the source the run read: `--input` (a JSONL of requests), `--rows` or
+`--files` (as given to `run`, with `--id-field`), or `--join FILE`, which also puts that
+file's columns first in every row. Without any, rows follow the output file. Each row holds
+`status` (ok, failed, or missing: an input id with no result yet), `error_code`,
+`error_message`, the parsed reply's fields (nested objects flattened as `a.b`, arrays kept
+whole; prefixed with `--prefix`, default `out_` with --join), and `reply` (the reply text)
+where a line has no parsed object. Memory stays bounded for any size: see
+`llmbatch.io.export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+from rich.console import Console
+
+from ..io.export import (
+    ExportCounts,
+    InputRows,
+    OutputIndex,
+    Shape,
+    ids_of_files,
+    ids_of_input,
+    ids_of_rows,
+    ordered_records,
+    row_columns,
+)
+from ..io.writers import FORMATS, format_of, open_writer
+from ._common import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, os_reason, say
+from .usage import UsageError
+
+__all__ = ["add_parser", "main"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a run's results as JSONL, CSV or Parquet, in input order",
+        description="Write the results in OUTPUT (a run's output file) to FILE, in the order "
+        "of the run's input, optionally joined to the input rows. Streams: any size exports "
+        "in bounded memory.",
+    )
+    p.add_argument("output", metavar="OUTPUT", help="the results file `llmbatch run` wrote")
+    p.add_argument("-o", "--to", dest="file", required=True, metavar="FILE", help="table to write")
+    p.add_argument(
+        "--format", choices=FORMATS, help="default: from FILE's extension (.jsonl .csv .parquet)"
+    )
+    g = p.add_argument_group("order (the run's input)")
+    g.add_argument("--input", metavar="INPUT", help="the JSONL of requests the run read")
+    g.add_argument("--rows", metavar="FILE", help="the CSV/JSONL rows a --template run read")
+    g.add_argument("--files", metavar="GLOB", help="the files a --template run read")
+    g.add_argument("--template", help="accepted for symmetry with run; not needed here")
+    g.add_argument("--id-field", default="id", help="row field holding the id (default id)")
+    g.add_argument(
+        "--join",
+        metavar="FILE",
+        help="CSV/JSONL rows to put the results next to (also sets the order)",
+    )
+    g = p.add_argument_group("what goes in")
+    g.add_argument(
+        "--failed",
+        choices=("include", "skip", "only"),
+        default="include",
+        help="failed and missing rows: include (default), skip, or only them",
+    )
+    g.add_argument(
+        "--prefix",
+        help="prefix of the result columns (default out_ with --join, none without)",
+    )
+
+
+def _inputs(args: argparse.Namespace) -> tuple[InputRows | None, list[str]]:
+    given = [f for f in ("input", "rows", "files", "join") if getattr(args, f)]
+    if len(given) > 1:
+        flags = " and ".join(f"--{f}" for f in given)
+        raise UsageError(f"{flags}: give one source of order (--join also sets it)")
+    for flag in ("input", "rows", "join"):
+        value = getattr(args, flag)
+        if value and not Path(value).is_file():
+            raise UsageError(f"--{flag} {value}: no such file")
+    if args.input:
+        return ids_of_input(args.input), []
+    if args.rows:
+        return ids_of_rows(args.rows, args.id_field), []
+    if args.files:
+        return ids_of_files(args.files), []
+    if args.join:
+        columns = row_columns(args.join)
+        if args.id_field not in columns:
+            raise UsageError(f"--join {args.join} has no column {args.id_field!r} (--id-field)")
+        return ids_of_rows(args.join, args.id_field), columns
+    return None, []
+
+
+def _export(args: argparse.Namespace, console: Console) -> int:
+    out = Path(args.output)
+    if not out.is_file():
+        raise UsageError(f"OUTPUT {out}: no such file")
+    target = Path(args.file)
+    if target.exists() and target.resolve() == out.resolve():
+        raise UsageError(f"FILE {target} is OUTPUT: the export would overwrite the results")
+    fmt = args.format or format_of(target)
+    if fmt is None:
+        raise UsageError(
+            f"cannot tell the format of {target}: name it .jsonl, .csv or .parquet, "
+            "or pass --format"
+        )
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise UsageError("Parquet export needs pyarrow: pip install 'llmbatch[parquet]'")
+    join = bool(args.join)
+    prefix = args.prefix if args.prefix is not None else ("out_" if join else "")
+    inputs, input_columns = _inputs(args)
+    try:
+        index = OutputIndex.build(out, prefix=prefix)
+        shape = Shape(join=join, prefix=prefix, failed=args.failed)
+        columns = shape.columns(index, input_columns)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    counts = ExportCounts()
+    try:
+        writer = open_writer(target, columns, index.columns.kinds, fmt=fmt)
+    except (ValueError, ImportError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        say(console, f"llmbatch export: error: cannot write {target}: {os_reason(exc)}")
+        return EXIT_OUTPUT
+    try:
+        with writer:
+            for row in ordered_records(index, inputs, shape, counts):
+                writer.write(row)
+    except OSError as exc:
+        say(console, f"llmbatch export: error: cannot write {target}: {os_reason(exc)}")
+        return EXIT_OUTPUT
+    summary = (
+        f"wrote {counts.rows:,} row(s) to {target}: {counts.ok:,} ok, {counts.failed:,} failed"
+    )
+    if inputs is not None:
+        summary += f", {counts.missing:,} missing (no result yet)"
+    say(console, summary)
+    if counts.not_in_input:
+        say(console, f"{counts.not_in_input:,} result(s) have ids not in the input; they come last")
+    if counts.duplicate_input_ids:
+        say(console, f"{counts.duplicate_input_ids:,} input row(s) repeat an id; exported once")
+    if index.foreign_lines:
+        say(console, f"{index.foreign_lines:,} line(s) of {out} are not result lines; ignored")
+    return EXIT_OK
+
+
+def main(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        return _export(args, console)
+    except UsageError as exc:
+        say(console, f"llmbatch export: error: {exc}")
+        return EXIT_USAGE

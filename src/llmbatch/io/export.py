@@ -1,0 +1,445 @@
+"""Results back in input order, next to the input's columns, in bounded memory.
+
+    index = OutputIndex.build("results.jsonl")              # one pass: offsets, columns
+    rows = ordered_records(index, ids_of_rows("papers.csv", "id"), Shape(join=True))
+    for record in rows: ...                                  # dicts, in the input's order
+
+The output file (the journal) is in completion order. Exporting walks the *input* in its
+order and, for each id, seeks to that id's result line and reads it, so memory holds an index,
+not the results: one 64-bit word per result line (a 24-bit hash of the id and the line's
+40-bit byte offset), sorted, plus one byte per line marking it exported. A 1,000,000-line
+output needs about 9 MB of index (see bench/export_scale.py). Hash collisions cost an extra
+read, never a wrong row: the line read is checked to carry the id. When an id has several
+lines (a failed one redone, the file not compacted yet) the newest wins, as on resume.
+
+The first pass also decodes each line's `llmbatch.parsed` to learn the columns (nested objects
+flattened to `prefix + "a.b"`, arrays kept whole) and their types, so CSV and Parquet writers
+know their header and schema before the first row. Results whose id is not in the input come
+last, in file order; input ids without a result come as `status: "missing"` rows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import glob
+from array import array
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import orjson
+
+from .formats import MAX_FIELD_CHARS
+
+__all__ = [
+    "ColumnKinds",
+    "ExportCounts",
+    "FailedRows",
+    "OutputIndex",
+    "Shape",
+    "ids_of_files",
+    "ids_of_input",
+    "ids_of_rows",
+    "ordered_records",
+    "reply_text",
+    "row_columns",
+]
+
+FailedRows = Literal["include", "skip", "only"]
+_HASH_BITS = 24
+_OFFSET_BITS = 40
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+MAX_COLUMNS = 4096
+
+
+def _key(rid: str) -> int:
+    # Python's str hash is salted per process; the index lives and dies in this one.
+    return hash(rid) & ((1 << _HASH_BITS) - 1)
+
+
+class ColumnKinds:
+    """The columns seen, in first-seen order, and the kinds of value each held."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, set[str]] = {}
+
+    def add(self, name: str, value: Any) -> None:
+        kinds = self.kinds.get(name)
+        if kinds is None:
+            if len(self.kinds) >= MAX_COLUMNS:
+                raise ValueError(
+                    f"more than {MAX_COLUMNS} distinct columns; export as JSONL instead"
+                )
+            kinds = self.kinds[name] = set()
+        if value is not None:
+            kinds.add(_kind(value))
+
+    def names(self) -> list[str]:
+        return list(self.kinds)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return "json"
+
+
+def flatten(value: Any, prefix: str, into: dict[str, Any]) -> dict[str, Any]:
+    """`value`'s fields as flat columns: nested objects joined with ".", arrays kept whole;
+    a value that is not an object is one column, `prefix + "value"`."""
+    if not isinstance(value, dict):
+        into[prefix + "value"] = value
+        return into
+    for key, item in value.items():
+        name = prefix + str(key)
+        if isinstance(item, dict) and item:
+            flatten(item, name + ".", into)
+        else:
+            into[name] = item
+    return into
+
+
+def reply_text(record: Mapping[str, Any]) -> str | None:
+    """The reply's text from a result line's provider body (OpenAI or Anthropic)."""
+    response = record.get("response")
+    body = response.get("body") if isinstance(response, dict) else None
+    if not isinstance(body, dict):
+        return body if isinstance(body, str) else None
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        message = choice.get("message")
+        if isinstance(message, dict):
+            content = message.get("content")
+            return content if isinstance(content, str) else message.get("refusal")
+        text = choice.get("text")
+        return text if isinstance(text, str) else None
+    blocks = body.get("content")
+    if isinstance(blocks, list):
+        parts = []
+        for block in blocks:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_use":
+                return orjson.dumps(block.get("input")).decode()
+            if isinstance(block.get("text"), str):
+                parts.append(block["text"])
+        return "".join(parts)
+    content = body.get("content")
+    return content if isinstance(content, str) else None
+
+
+@dataclass(slots=True)
+class OutputIndex:
+    """Where each result line of an output file starts, sorted by a hash of its id."""
+
+    path: Path
+    entries: array[int] = field(default_factory=lambda: array("Q"))
+    columns: ColumnKinds = field(default_factory=ColumnKinds)
+    lines: int = 0
+    foreign_lines: int = 0
+    unparsed: bool = False  # some line holds no parsed object: a reply column is needed
+    prefix: str = ""
+
+    @classmethod
+    def build(cls, path: str | Path, *, prefix: str = "") -> OutputIndex:
+        """One pass over `path`: offsets of result lines, parsed columns and their kinds."""
+        index = cls(Path(path), prefix=prefix)
+        words: list[int] = []
+        offset = 0
+        with open(path, "rb") as f:
+            for raw in f:
+                start, offset = offset, offset + len(raw)
+                if not raw.endswith(b"\n"):
+                    break  # a torn tail is never data
+                record = _record(raw)
+                if record is None:
+                    index.foreign_lines += 1
+                    continue
+                if start > _OFFSET_MASK:
+                    raise ValueError(f"{path} is larger than 1 TiB; split it to export")
+                words.append((_key(record["custom_id"]) << _OFFSET_BITS) | start)
+                index.lines += 1
+                parsed = (record.get("llmbatch") or {}).get("parsed")
+                if parsed is None:
+                    index.unparsed = True
+                    continue
+                for name, value in flatten(parsed, prefix, {}).items():
+                    index.columns.add(name, value)
+        words.sort()
+        index.entries = array("Q", words)
+        return index
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+
+def _record(raw: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    rid = obj.get("custom_id")
+    if not isinstance(rid, str) or not rid:
+        return None
+    return obj
+
+
+class _Reader:
+    """Finds and reads the newest result line of an id; marks lines exported."""
+
+    def __init__(self, index: OutputIndex, f: BinaryIO) -> None:
+        self.index = index
+        self.f = f
+        self.used = bytearray(len(index.entries))
+
+    def read_at(self, position: int) -> dict[str, Any] | None:
+        self.f.seek(self.index.entries[position] & _OFFSET_MASK)
+        return _record(self.f.readline())
+
+    def find(self, rid: str) -> tuple[int, dict[str, Any]] | None:
+        """(position, line) of `rid`'s newest line; every line of `rid` is marked used."""
+        entries = self.index.entries
+        low = _key(rid) << _OFFSET_BITS
+        first = bisect.bisect_left(entries, low)
+        last = bisect.bisect_left(entries, low + (1 << _OFFSET_BITS))
+        found: tuple[int, dict[str, Any]] | None = None
+        # Highest offset first: the newest line of the id wins.
+        for position in range(last - 1, first - 1, -1):
+            record = self.read_at(position)
+            if record is None or record["custom_id"] != rid:
+                continue
+            if found is None:
+                if self.used[position]:
+                    return None  # a second input row with this id: exported once
+                found = (position, record)
+            self.used[position] = 1
+        return found
+
+
+@dataclass(slots=True, frozen=True)
+class Shape:
+    """What each exported record holds.
+
+    `join`: the input row's columns come first and every output column is prefixed
+    (`prefix`). `failed`: include failed (and missing) rows, skip them, or only them.
+    """
+
+    join: bool = False
+    prefix: str = ""
+    failed: FailedRows = "include"
+
+    def fixed(self, index: OutputIndex) -> list[str]:
+        p = self.prefix if self.join else ""
+        names = [f"{p}status", f"{p}error_code", f"{p}error_message"]
+        if index.unparsed:
+            names.append(f"{p}reply")
+        return names if self.join else ["id", *names]
+
+    def columns(self, index: OutputIndex, input_columns: list[str]) -> list[str]:
+        names = [*(input_columns if self.join else []), *self.fixed(index)]
+        taken = set(names)
+        for name in index.columns.names():
+            if name in taken:
+                raise ValueError(
+                    f"column {name!r} of the parsed replies clashes with "
+                    + ("an input column" if self.join else "a fixed column")
+                    + "; pass --prefix to tell them apart"
+                )
+            names.append(name)
+        return names
+
+
+def _row(
+    shape: Shape, index: OutputIndex, rid: str, record: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    if record is None:
+        status, error, parsed = "missing", None, None
+    else:
+        error = record.get("error")
+        status = "failed" if error else "ok"
+        parsed = (record.get("llmbatch") or {}).get("parsed")
+    if shape.failed == "skip" and status != "ok":
+        return None
+    if shape.failed == "only" and status == "ok":
+        return None
+    p = shape.prefix if shape.join else ""
+    row: dict[str, Any] = {} if shape.join else {"id": rid}
+    row[f"{p}status"] = status
+    row[f"{p}error_code"] = error.get("code") if isinstance(error, dict) else None
+    row[f"{p}error_message"] = error.get("message") if isinstance(error, dict) else None
+    if index.unparsed:
+        row[f"{p}reply"] = reply_text(record) if record is not None and parsed is None else None
+    if parsed is not None:
+        flatten(parsed, index.prefix, row)
+    return row
+
+
+@dataclass(slots=True)
+class ExportCounts:
+    rows: int = 0
+    ok: int = 0
+    failed: int = 0
+    missing: int = 0
+    not_in_input: int = 0
+    duplicate_input_ids: int = 0
+
+
+InputRows = Iterator[tuple[str, dict[str, Any]]]
+
+
+def ordered_records(
+    index: OutputIndex,
+    inputs: InputRows | None,
+    shape: Shape,
+    counts: ExportCounts | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Records in the order of `inputs` ((id, row) pairs; None: the output's own order),
+    then the results whose id the input lacks, in file order."""
+    counts = counts if counts is not None else ExportCounts()
+
+    def emit(row: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+        if row is None:
+            return
+        counts.rows += 1
+        status = row.get(f"{shape.prefix if shape.join else ''}status")
+        if status == "ok":
+            counts.ok += 1
+        elif status == "failed":
+            counts.failed += 1
+        else:
+            counts.missing += 1
+        yield row
+
+    with index.open() as f:
+        reader = _Reader(index, f)
+        if inputs is not None:
+            for rid, columns in inputs:
+                found = reader.find(rid)
+                if found is None and _seen(reader, rid):
+                    counts.duplicate_input_ids += 1
+                    continue
+                row = _row(shape, index, rid, found[1] if found else None)
+                if row is not None and shape.join:
+                    row = {**columns, **row}
+                yield from emit(row)
+        # What the input did not name (everything, without an input), newest line per id,
+        # in file order. Only their offsets are held: few after an input-ordered walk.
+        entries, used = index.entries, reader.used
+        rest = array(
+            "Q", sorted(entries[i] & _OFFSET_MASK for i in range(len(used)) if not used[i])
+        )
+        for offset in rest:
+            f.seek(offset)
+            record = _record(f.readline())
+            if record is None:
+                continue
+            rid = record["custom_id"]
+            position = bisect.bisect_left(entries, (_key(rid) << _OFFSET_BITS) | offset)
+            if used[position]:
+                continue  # an older line of an id already exported
+            found = reader.find(rid)
+            if found is None:
+                continue
+            if inputs is not None:
+                counts.not_in_input += 1
+            yield from emit(_row(shape, index, rid, found[1]))
+
+
+def _seen(reader: _Reader, rid: str) -> bool:
+    """True if `rid` has a line that was already exported (a duplicate input row)."""
+    entries = reader.index.entries
+    low = _key(rid) << _OFFSET_BITS
+    first = bisect.bisect_left(entries, low)
+    last = bisect.bisect_left(entries, low + (1 << _OFFSET_BITS))
+    for position in range(first, last):
+        if reader.used[position]:
+            record = reader.read_at(position)
+            if record is not None and record["custom_id"] == rid:
+                return True
+    return False
+
+
+# -- the order (and columns) of the input ---------------------------------------------------
+
+
+def ids_of_input(path: str | Path) -> InputRows:
+    """A run's JSONL input: ids from `custom_id` (batch lines) or `id` (simple lines)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # a bad line never ran: it has no result to place
+            if not isinstance(obj, dict):
+                continue
+            rid = obj.get("custom_id", obj.get("id"))
+            if isinstance(rid, bool) or not isinstance(rid, str | int) or rid == "":
+                continue
+            yield str(rid), {}
+
+
+def ids_of_files(pattern: str) -> InputRows:
+    """`--files GLOB`: the ids `llmbatch run` gave them (the sorted paths)."""
+    paths = sorted(p for p in glob.iglob(pattern, recursive=True) if Path(p).is_file())
+    for path in paths:
+        yield path, {"path": path}
+
+
+def row_columns(path: str | Path) -> list[str]:
+    """The columns of a CSV (its header) or JSONL rows file (keys in first-seen order)."""
+    if str(path).endswith(".csv"):
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            return next(csv.reader(f), [])
+    names: dict[str, None] = {}
+    for _, row in _jsonl_rows(path):
+        names.update(dict.fromkeys(row))
+    return list(names)
+
+
+def ids_of_rows(path: str | Path, id_field: str) -> InputRows:
+    """`--rows FILE` / `--join FILE`: each row with its id (rows without one are skipped)."""
+    rows = _csv_rows(path) if str(path).endswith(".csv") else _jsonl_rows(path)
+    for _, row in rows:
+        rid = row.get(id_field)
+        if rid is None or rid == "":
+            continue
+        yield str(rid), row
+
+
+def _csv_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    if csv.field_size_limit() < MAX_FIELD_CHARS:
+        csv.field_size_limit(MAX_FIELD_CHARS + 1)
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return
+        for n, values in enumerate(reader, 1):
+            if values:
+                yield n, dict(zip(header, values, strict=False))
+
+
+def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                yield n, obj

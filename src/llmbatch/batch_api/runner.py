@@ -120,6 +120,45 @@ class BatchAPIRunner:
         self.config = config
         self.backend = backend or backend_for(client)
         self.ledger: Ledger | None = None
+        self.halted = False
+        self._poked: asyncio.Future[None] | None = None
+
+    # -- steering from outside (a deadline moving work to realtime) ----------------------------
+
+    def halt(self) -> None:
+        """Submit no more batches: requests not yet in one get no result from this runner.
+        Batches already created are still polled and collected."""
+        self.halted = True
+
+    async def cancel_live(self) -> list[str]:
+        """Ask the provider to cancel every batch of this run that has not ended; the poll
+        loop then collects what each one finished. Returns the ids cancelled. A batch that
+        ended meanwhile (the provider refuses to cancel it) is left to be collected."""
+        cancelled: list[str] = []
+        for record in self.ledger.chunks if self.ledger is not None else ():
+            if record.live and record.batch_id is not None:
+                try:
+                    await self._call(partial(self.backend.cancel, record.batch_id))
+                except BadRequestError:
+                    continue  # already ended, or already cancelling
+                cancelled.append(record.batch_id)
+        self.poke()
+        return cancelled
+
+    def poke(self) -> None:
+        """Poll now (and at the first interval again), not after the backed-off wait."""
+        if self._poked is not None and not self._poked.done():
+            self._poked.set_result(None)
+
+    async def _nap(self, seconds: float) -> bool:
+        """Sleep between polls; True if `poke()` cut it short."""
+        self._poked = asyncio.get_running_loop().create_future()
+        sleeper = asyncio.ensure_future(self.config.sleep(seconds))
+        try:
+            await asyncio.wait({sleeper, self._poked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+        return self._poked.done()
 
     # -- the building block -----------------------------------------------------------------
 
@@ -170,6 +209,8 @@ class BatchAPIRunner:
         )
         try:
             for item in requests:
+                if self.halted:
+                    return  # the chunk being filled is discarded below, never sent
                 if item.id in covered:
                     continue  # its batch is live: the results come from there
                 try:
@@ -182,10 +223,15 @@ class BatchAPIRunner:
                 except TooLarge as exc:
                     yield BatchResult(item.id, error=BadRequestError(str(exc)), attempts=0)
                     continue
-                if chunk is not None:
+                if chunk is not None and self.halted:
+                    _drop(chunk)
+                elif chunk is not None:
                     async for result in self._start(chunk):
                         yield result
             for chunk in splitter.finish():
+                if self.halted:
+                    _drop(chunk)
+                    continue
                 async for result in self._start(chunk):
                     yield result
         finally:
@@ -305,10 +351,10 @@ class BatchAPIRunner:
                     pending.remove(record)
                     changed = True
             if pending:
-                await self.config.sleep(interval)
+                poked = await self._nap(interval)
                 interval = (
                     self.config.poll_interval
-                    if changed
+                    if changed or poked
                     else min(interval * 1.5, self.config.max_poll_interval)
                 )
 
@@ -409,6 +455,12 @@ class BatchAPIRunner:
                 listener(event)
             except Exception:
                 log.exception("batch event listener %r failed", listener)
+
+
+def _drop(chunk: Chunk) -> None:
+    """Remove the files of a chunk that will not be submitted (the runner was halted)."""
+    for path in (chunk.input_path, chunk.ids_path):
+        path.unlink(missing_ok=True)
 
 
 def _wait(exc: RetryableError, delay: float) -> float:

@@ -41,7 +41,13 @@ from .execute import execute_realtime, first_error
 from .precheck import Precheck
 from .usage import UsageError
 
-__all__ = ["BatchProgressView", "add_batch_arguments", "check_batch_args", "execute_batch_api"]
+__all__ = [
+    "BatchProgressView",
+    "add_batch_arguments",
+    "batch_config",
+    "check_batch_args",
+    "execute_batch_api",
+]
 
 BATCH_PROVIDERS = ("openai", "anthropic")
 
@@ -175,6 +181,12 @@ class BatchProgressView:
             line = f"batch {event.n}: {event.outcome}, {event.written:,} line(s) written"
         self.console.print(line, markup=False, highlight=False)
 
+    def note(self, text: str) -> None:
+        """Show `text` on the total row (a deadline run: time left, realtime, spend)."""
+        self._progress.update(self._total, status=text)
+        if self.log_lines:
+            self.console.print(text, markup=False, highlight=False)
+
     def start(self, total: int | None) -> None:
         self._progress.update(self._total, total=total)
         self._progress.start()
@@ -197,6 +209,20 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def batch_config(
+    args: argparse.Namespace, listeners: list[Callable[[BatchEvent], None]]
+) -> BatchAPIConfig:
+    """The batch runner's configuration, as the run's flags say."""
+    return BatchAPIConfig(
+        args.output,
+        max_requests=args.batch_max_requests,
+        max_tokens=args.batch_max_tokens,
+        poll_interval=args.poll_interval,
+        keep_files=args.keep_files,
+        listeners=listeners,
+    )
+
+
 async def execute_batch_api(
     args: argparse.Namespace,
     client: ProviderClient,
@@ -209,17 +235,7 @@ async def execute_batch_api(
     console = Console(stderr=True, soft_wrap=True)
     view = BatchProgressView(console, disable=args.no_progress)
     realtime_progress, sink.progress = sink.progress, view
-    runner = BatchAPIRunner(
-        client,
-        BatchAPIConfig(
-            args.output,
-            max_requests=args.batch_max_requests,
-            max_tokens=args.batch_max_tokens,
-            poll_interval=args.poll_interval,
-            keep_files=args.keep_files,
-            listeners=[view],
-        ),
-    )
+    runner = BatchAPIRunner(client, batch_config(args, [view]))
     # A re-attached batch may answer ids an earlier run already wrote: those are skipped.
     # Only answers count as written; a failed line written again is compacted at close.
     written_ok = sink.journal.scan.ok

@@ -43,7 +43,6 @@ from ._common import (
     EXIT_USAGE,
     concurrency,
     event_loop_factory,
-    finish_by,
     non_negative_float,
     os_reason,
     positive_float,
@@ -52,6 +51,7 @@ from ._common import (
 )
 from .batch_run import add_batch_arguments, check_batch_args
 from .costs import add_cost_arguments, budget_of
+from .deadline_run import add_deadline_arguments, check_deadline_args
 from .execute import build_sink, execute
 from .observe import add_arguments as add_observe_arguments
 from .observe import check_report_extra, serve_metrics, write_run_report
@@ -191,6 +191,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     source = structured_source(args, source_of(args))
     check_paths(args)
     check_batch_args(args)
+    check_deadline_args(args)
     spec = _client_spec(args)
     check_report_extra(args)
     client = spec.build()

@@ -43,7 +43,7 @@ def test_requests_within_inverts_the_estimate() -> None:
 def test_cost_policy_switches_when_time_left_reaches_the_estimate_plus_margin() -> None:
     cap = RealtimeCapacity(rpm=60, concurrency=1000, latency=1.0)
     open_work = Work(requests=100)  # 100 s realtime
-    policy = DeadlinePolicy(NOW + 1000, prefer="cost", margin=0.5, min_margin=10)
+    policy = DeadlinePolicy(NOW + 1000, prefer="cost", margin=0.5, min_margin=10, cancel_time=0)
     # Reserve: 100 * 1.5 + 10 = 160 s before the deadline.
     assert policy.switch_at(open_work, cap) == NOW + 840
     assert not policy.should_switch(NOW + 839, open_work, cap)
@@ -55,16 +55,18 @@ def test_cost_policy_switches_when_time_left_reaches_the_estimate_plus_margin() 
 
 def test_cost_plan_puts_everything_in_batches_and_says_when_it_would_switch() -> None:
     cap = RealtimeCapacity(rpm=60, concurrency=1000, latency=1.0)
-    plan = DeadlinePolicy(NOW + 1000, margin=0.5, min_margin=10).plan(NOW, Work(100), cap)
+    plan = DeadlinePolicy(NOW + 1000, margin=0.5, min_margin=10, cancel_time=40).plan(
+        NOW, Work(100), cap
+    )
     assert plan.batch == Work(100) and plan.realtime == Work()
     assert plan.reachable and plan.shortfall == 0 and plan.needed == {}
-    assert plan.switch_in == 840
+    assert plan.switch_in == 800  # 1000 - (100 * 1.5 + 10) - 40 for the cancel
 
 
 def test_unreachable_plan_says_by_how_much_and_which_limit_would_do() -> None:
     cap = RealtimeCapacity(rpm=60, tpm=1_000_000, concurrency=1000, latency=1.0)
     work = Work(requests=600, input_tokens=6_000, output_tokens=6_000)  # 600 s at 60 rpm
-    plan = DeadlinePolicy(NOW + 310, margin=0.0, min_margin=10).plan(NOW, work, cap)
+    plan = DeadlinePolicy(NOW + 310, margin=0.0, min_margin=10, cancel_time=0).plan(NOW, work, cap)
     assert not plan.reachable
     assert plan.shortfall == pytest.approx(610 - 310)
     # 300 usable seconds for 600 requests: 120 requests per minute; tpm was never binding.
@@ -74,7 +76,9 @@ def test_unreachable_plan_says_by_how_much_and_which_limit_would_do() -> None:
 def test_speed_plan_sends_what_fits_realtime_and_batches_the_rest() -> None:
     cap = RealtimeCapacity(rpm=60, concurrency=1000, latency=1.0)
     work = Work(requests=1000, input_tokens=100_000, output_tokens=20_000)
-    plan = DeadlinePolicy(NOW + 310, prefer="speed", margin=0.0, min_margin=10).plan(NOW, work, cap)
+    plan = DeadlinePolicy(NOW + 310, prefer="speed", margin=0.0, min_margin=10, cancel_time=0).plan(
+        NOW, work, cap
+    )
     assert plan.realtime.requests == 300
     assert plan.batch.requests == 700
     assert plan.realtime.input_tokens + plan.batch.input_tokens == 100_000
@@ -98,7 +102,11 @@ def test_parse_deadline_dates() -> None:
     assert parse_deadline(aware.isoformat(), now=NOW) == pytest.approx(NOW + 3600)
 
 
-@pytest.mark.parametrize("bad", ["", "soon", "6x", "0h", "h", "2020-01-01T00:00"])
+def test_a_past_moment_is_kept_for_a_rerun_after_the_deadline() -> None:
+    assert parse_deadline("2020-01-01T00:00:00+00:00", now=NOW) == 1577836800.0
+
+
+@pytest.mark.parametrize("bad", ["", "soon", "6x", "0h", "h", "2020-13-01T00:00"])
 def test_parse_deadline_refuses_what_is_not_a_future_moment(bad: str) -> None:
     with pytest.raises(ValueError, match=repr(bad)):
         parse_deadline(bad, now=NOW)

@@ -41,6 +41,10 @@ Prefer = Literal["cost", "speed"]
 # collecting their partial results, the first requests' latency).
 DEFAULT_MARGIN = 0.25
 DEFAULT_MIN_MARGIN = 60.0
+# Time for cancelled batches to end and return what they finished (OpenAI: "up to 10
+# minutes"): the switch comes this much earlier, and waits up to this long before buying the
+# still-open requests again realtime.
+DEFAULT_CANCEL_TIME = 600.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -172,14 +176,20 @@ class DeadlinePolicy:
     prefer: Prefer = "cost"
     margin: float = DEFAULT_MARGIN
     min_margin: float = DEFAULT_MIN_MARGIN
+    cancel_time: float = DEFAULT_CANCEL_TIME
 
     def reserve(self, realtime_seconds: float) -> float:
         """Time to set aside for a realtime estimate: the estimate plus the margin."""
         return realtime_seconds * (1.0 + self.margin) + self.min_margin
 
+    def start_by(self, realtime_seconds: float) -> float:
+        """The latest moment realtime can start on work of that estimate and finish in time."""
+        return self.deadline - self.reserve(realtime_seconds)
+
     def switch_at(self, work: Work, capacity: RealtimeCapacity) -> float:
-        """The latest moment realtime can start on `work` and still finish in time."""
-        return self.deadline - self.reserve(capacity.seconds(work))
+        """When `work` must leave the batches: the latest realtime start, less the time the
+        cancelled batches get to return what they finished."""
+        return self.start_by(capacity.seconds(work)) - self.cancel_time
 
     def should_switch(self, now: float, work: Work, capacity: RealtimeCapacity) -> bool:
         """True once the open `work` must leave the batches to be done by the deadline."""
@@ -193,7 +203,7 @@ class DeadlinePolicy:
     def plan(self, now: float, work: Work, capacity: RealtimeCapacity) -> SplitPlan:
         available = self.deadline - now
         need = capacity.seconds(work)
-        reserve = self.reserve(need)
+        reserve = self.reserve(need) + self.cancel_time
         reachable = reserve <= available
         usable = (available - self.min_margin) / (1.0 + self.margin)
         if self.prefer == "speed":
@@ -221,8 +231,8 @@ def parse_deadline(text: str, *, now: float) -> float:
     """A deadline as a `time.time()` value, from a duration ("6h", "1h30m", "90m", "45s",
     "2d") or a date and time ("2026-12-01T09:00", local time unless it names a zone).
 
-    Raises `ValueError` with a message meant for the user when `text` is neither, or when
-    the moment is not in the future.
+    Raises `ValueError` with a message meant for the user when `text` is neither, or is a
+    duration that is not positive. A date and time already past is returned as it is.
     """
     s = text.strip()
     if s and _DURATION.sub("", s).strip() == "" and _DURATION.search(s):
@@ -237,7 +247,6 @@ def parse_deadline(text: str, *, now: float) -> float:
             f"{text!r} is neither a duration (6h, 1h30m, 90m) nor a date and time "
             "(2026-12-01T09:00, 2026-12-01 09:00+01:00)"
         ) from None
-    deadline = when.timestamp()  # a naive time is local time
-    if deadline <= now:
-        raise ValueError(f"{text!r} is in the past")
-    return deadline
+    # A naive time is local time. A moment already past is accepted: a rerun after the
+    # deadline (to finish what a crash left) sends everything open realtime at once.
+    return when.timestamp()

@@ -41,7 +41,6 @@ from .runner import BatchAPIRunner, is_redoable
 __all__ = ["DeadlineRunner", "DeadlineStatus", "Switched", "estimate_work"]
 
 DEFAULT_CHECK_INTERVAL = 5.0
-SWITCH_GRACE = 0.75  # of the slack at a switch, spent waiting for cancelled batches to end
 SWITCH_POLL = 0.2  # seconds between looks at the cancelled batches during a switch
 
 
@@ -246,10 +245,9 @@ class DeadlineRunner:
         self._switching = True
         self.batches.halt()
         cancelled = await self.batches.cancel_live()
-        # A cancelled batch returns what it finished: wait for that (up to most of the slack
-        # the margin left) rather than buy those answers again realtime.
-        grace = SWITCH_GRACE * max(0.0, self.policy.deadline - now - needed)
-        await self._until_ended(set(cancelled), now + grace)
+        # A cancelled batch returns what it finished: wait for that, as long as realtime can
+        # still start in time, rather than buy those answers again.
+        await self._until_ended(set(cancelled), self.policy.start_by(needed))
         before = len(self._realtime)
         for item in source:  # requests the halted runner never took
             self._send(item, queue)

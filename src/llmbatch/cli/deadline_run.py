@@ -25,7 +25,14 @@ from ..batch_api import BatchAPIRunner, LedgerError, ledger_paths
 from ..batch_api.hybrid import DeadlineRunner, Switched, estimate_work
 from ..budget import Budget
 from ..clients.provider import ProviderClient
-from ..deadline import DEFAULT_MIN_MARGIN, DeadlinePolicy, RealtimeCapacity, Work
+from ..deadline import (
+    DEFAULT_CANCEL_TIME,
+    DEFAULT_MIN_MARGIN,
+    DeadlinePolicy,
+    Prefer,
+    RealtimeCapacity,
+    Work,
+)
 from ..errors import LLMBatchError
 from ..io.sink import ResultSink
 from ..metrics import MetricsListener
@@ -40,6 +47,7 @@ __all__ = [
     "add_deadline_arguments",
     "assumed_latency",
     "check_deadline_args",
+    "deadline_policy",
     "execute_deadline",
 ]
 
@@ -88,6 +96,19 @@ def check_deadline_args(args: argparse.Namespace) -> None:
     args.batch_api = True
 
 
+def deadline_policy(deadline: float, prefer: Prefer, now: float) -> DeadlinePolicy:
+    """The policy for a run given `deadline - now` seconds: the fixed margin is at most a
+    tenth of that and the time allowed for a cancel at most a fifth (a run given minutes
+    must not spend them all on allowances meant for a run given hours)."""
+    window = max(0.0, deadline - now)
+    return DeadlinePolicy(
+        deadline,
+        prefer,
+        min_margin=min(DEFAULT_MIN_MARGIN, 0.1 * window),
+        cancel_time=min(DEFAULT_CANCEL_TIME, 0.2 * window),
+    )
+
+
 def assumed_latency(total: Work) -> float:
     """Seconds per realtime request before any is seen: a first-token delay plus the
     average output bound at a typical decode speed."""
@@ -127,12 +148,7 @@ async def execute_deadline(
         concurrency=args.concurrency if isinstance(args.concurrency, int) else DEFAULT_CONCURRENCY,
         latency=assumed_latency(total),
     )
-    # The fixed part of the margin is at most a tenth of the time given: a run given minutes
-    # must not spend a whole minute of them on margin.
-    window = max(0.0, args.finish_by - time.time())
-    policy = DeadlinePolicy(
-        args.finish_by, args.prefer, min_margin=min(DEFAULT_MIN_MARGIN, 0.1 * window)
-    )
+    policy = deadline_policy(args.finish_by, args.prefer, time.time())
 
     def announce(event: Switched) -> None:
         say(

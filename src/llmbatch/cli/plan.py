@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..deadline import DeadlinePolicy, RealtimeCapacity, Work
+from ..deadline import RealtimeCapacity, Work
 from ..io.formats import TemplateError
 from ..io.journal import iter_records
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS, Pricer
@@ -36,6 +36,7 @@ from ..text import estimate_tokens as chars_to_tokens
 from ..types import CompletionRequest, Usage
 from ._common import DEFAULT_CONCURRENCY, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fraction, say
 from .costs import pricer_of
+from .deadline_run import deadline_policy
 from .paths import source_of
 from .precheck import Precheck, precheck
 from .run import _print_bad, add_run_arguments
@@ -319,7 +320,8 @@ def _deadline(plan: Plan, args: argparse.Namespace, done: _Done) -> None:
         latency, basis = ASSUMED_LATENCY, f"{ASSUMED_LATENCY:g}s per request, assumed"
     capacity = _capacity(args, latency)
     work = _work(plan)
-    split = DeadlinePolicy(args.finish_by, args.prefer).plan(time.time(), work, capacity)
+    now = time.time()
+    split = deadline_policy(args.finish_by, args.prefer, now).plan(now, work, capacity)
 
     def cost(part: Work, total: float | None) -> float | None:
         if total is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ __all__ = ["DeadlineRunner", "DeadlineStatus", "Switched", "estimate_work"]
 
 DEFAULT_CHECK_INTERVAL = 5.0
 SWITCH_POLL = 0.2  # seconds between looks at the cancelled batches during a switch
+PROBES = 3  # realtime requests sent first when the latency decides the switch
+MAX_PROBE_WAIT = 60.0  # seconds the batches wait for the probes' answers, at most
 
 
 def estimate_work(request: CompletionRequest) -> Work:
@@ -114,6 +117,7 @@ class DeadlineRunner:
         self._latency_n = 0
         self._redo: set[str] = set()  # expired / retryable batch lines, to send realtime
         self._switching = False  # from now on every batch error goes realtime
+        self._cancelled: set[str] = set()  # batch ids asked to cancel
         self._wake = asyncio.Event()
 
     def status(self) -> DeadlineStatus:
@@ -128,7 +132,7 @@ class DeadlineRunner:
 
     def current_capacity(self) -> RealtimeCapacity:
         """The configured capacity, with the latency seen so far once there is some."""
-        if self._latency_n >= 5:
+        if self._latency_n >= PROBES:
             latency = self._latency_sum / self._latency_n
             return dataclasses.replace(self.capacity, latency=latency)
         return self.capacity
@@ -147,22 +151,22 @@ class DeadlineRunner:
 
         `done(id)`: already in the output (from an earlier run). `reread()` gives the requests
         again (from the input file), so they need not be held in memory for a switch; without
-        it they are. `total`: the work of all `requests`, if known: lets the run start on
-        realtime at once when the deadline is too near for batches, and is required with
-        prefer="speed" (the realtime share is a share of it).
+        it they are. `total`: the work of all `requests`, if known: lets the run measure the
+        latency first when the switch depends on it, and is required with prefer="speed" (the
+        realtime share is a share of it).
         """
         if self.policy.prefer == "speed" and total is None:
             raise ValueError('prefer="speed" needs the total work (total=Work(...))')
         self._on_result = on_result
         kept: dict[str, BatchRequest] | None = None if reread is not None else {}
         to_realtime: asyncio.Queue[BatchRequest | None] = asyncio.Queue()
-        quota = 0
+        quota = probes = 0
         now = self.clock()
         if total is not None:
             if self.policy.prefer == "speed":
                 quota = self.policy.realtime_share(now, total, self.current_capacity())
-            elif self.policy.should_switch(now, total, self.current_capacity()):
-                quota = total.requests  # too late for batches: all realtime from the start
+            elif self._latency_matters(now, total):
+                quota = probes = PROBES
 
         def feed() -> Iterator[BatchRequest]:
             nonlocal quota
@@ -180,11 +184,26 @@ class DeadlineRunner:
                     continue
                 yield item
 
-        source = feed()
+        source: Iterator[BatchRequest] = feed()
+        if probes:
+            # Take the probes off the top now (they go realtime); the batches wait for their
+            # latency, so that the first decision is made with it.
+            first = next(source, None)
+            source = itertools.chain([] if first is None else [first], source)
         batch_ended = asyncio.Event()
+        ready = asyncio.Event()  # probes answered, or not worth waiting for any longer
+
+        async def probe() -> None:
+            limit = self.clock() + min(MAX_PROBE_WAIT, 0.1 * (self.policy.deadline - now))
+            while self._realtime_done < min(probes, len(self._realtime)):
+                if self.clock() >= limit:
+                    break
+                await asyncio.sleep(SWITCH_POLL)
+            ready.set()
 
         async def batch_side() -> None:
             try:
+                await ready.wait()
                 stream = self.batches.stream(source, done=done, flush=flush)
                 async with contextlib.aclosing(stream) as results:
                     async for result in results:
@@ -194,6 +213,7 @@ class DeadlineRunner:
                 self._wake.set()
 
         async def watch() -> None:
+            await ready.wait()
             while not batch_ended.is_set():
                 self._wake.clear()
                 if self._redo:  # one pass over the input for all of them, not one each
@@ -201,6 +221,10 @@ class DeadlineRunner:
                     self._send_open(to_realtime, kept, reread, only=redo)
                 if self.switched is None and self._should_switch():
                     await self._switch(source, to_realtime, kept, reread)
+                elif self.switched is not None:
+                    # Batches re-attached after the switch (a rerun decides before the
+                    # ledger is read) are cancelled too.
+                    await self._cancel_live()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.check_interval)
             # Anything still open (redone lines; ids no batch took because the runner was
@@ -222,11 +246,19 @@ class DeadlineRunner:
                     self._from_realtime(result)
 
         async with asyncio.TaskGroup() as group:
+            group.create_task(probe())
             group.create_task(batch_side())
             group.create_task(watch())
             group.create_task(realtime_side())
 
     # -- deciding -----------------------------------------------------------------------------
+
+    def _latency_matters(self, now: float, total: Work) -> bool:
+        """True when, under the assumed latency, the switch would come in the first half of
+        the time given: then a few requests go realtime at once (their answers are used) so
+        that the switch is timed by the latency this server really has."""
+        switch_at = self.policy.switch_at(total, self.capacity)
+        return total.requests > PROBES and switch_at < now + 0.5 * (self.policy.deadline - now)
 
     def _should_switch(self) -> bool:
         in_batches = self._open_work - self._realtime_work
@@ -244,7 +276,7 @@ class DeadlineRunner:
         needed = self.current_capacity().seconds(moving)
         self._switching = True
         self.batches.halt()
-        cancelled = await self.batches.cancel_live()
+        cancelled = await self._cancel_live()
         # A cancelled batch returns what it finished: wait for that, as long as realtime can
         # still start in time, rather than buy those answers again.
         await self._until_ended(set(cancelled), self.policy.start_by(needed))
@@ -261,6 +293,12 @@ class DeadlineRunner:
         )
         for listener in self.listeners:
             listener(self.switched)
+
+    async def _cancel_live(self) -> list[str]:
+        """Cancel the live batches not cancelled yet; return the ids newly cancelled."""
+        fresh = await self.batches.cancel_live(skip=self._cancelled)
+        self._cancelled.update(fresh)
+        return fresh
 
     async def _until_ended(self, batch_ids: set[str], until: float) -> None:
         ledger = self.batches.ledger

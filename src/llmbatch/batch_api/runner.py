@@ -29,10 +29,19 @@ Cancelling the task (Ctrl-C) leaves the batches running at the provider; the rer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -130,19 +139,19 @@ class BatchAPIRunner:
         Batches already created are still polled and collected."""
         self.halted = True
 
-    async def cancel_live(self) -> list[str]:
-        """Ask the provider to cancel every batch of this run that has not ended; the poll
-        loop then collects what each one finished. Returns the ids cancelled. A batch that
-        ended meanwhile (the provider refuses to cancel it) is left to be collected."""
+    async def cancel_live(self, skip: Collection[str] = ()) -> list[str]:
+        """Ask the provider to cancel every batch of this run that has not ended (but those
+        in `skip`); the poll loop then collects what each one finished. Returns the ids
+        asked. A batch the provider refuses to cancel (it ended meanwhile, or is cancelling
+        already) is left to be collected as it is."""
         cancelled: list[str] = []
         for record in self.ledger.chunks if self.ledger is not None else ():
-            if record.live and record.batch_id is not None:
-                try:
+            if record.live and record.batch_id is not None and record.batch_id not in skip:
+                with contextlib.suppress(BadRequestError):
                     await self._call(partial(self.backend.cancel, record.batch_id))
-                except BadRequestError:
-                    continue  # already ended, or already cancelling
                 cancelled.append(record.batch_id)
-        self.poke()
+        if cancelled:
+            self.poke()
         return cancelled
 
     def poke(self) -> None:

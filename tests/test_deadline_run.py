@@ -99,7 +99,8 @@ def test_a_stalled_batch_is_cancelled_and_the_work_finished_realtime(start_sim, 
     inp, out = paths(tmp_path)
     done = run(*deadline_args(sim, inp, out, "12s"))
     assert done.returncode == 0, done.stderr
-    assert f"moving {N} request(s) to realtime" in done.stderr
+    # Three requests went realtime first, to measure the latency the switch depends on.
+    assert f"moving {N - 3} request(s) to realtime" in done.stderr
     assert routes(out) == Counter({False: N})
     stats = sim.stats()
     assert stats["batches_created"] == 1 and stats["batches_cancelled"] == 1

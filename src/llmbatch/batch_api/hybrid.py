@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ..deadline import DeadlinePolicy, RealtimeCapacity, Work
 from ..engine import Engine
+from ..errors import BatchAPIError
 from ..io.sink import is_unfinished
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS
 from ..text import estimate_tokens
@@ -351,7 +352,7 @@ class DeadlineRunner:
             self._duplicate(result)
         elif result.error is not None and rid in self._realtime:
             return  # realtime owns it now: its result decides
-        elif result.error is not None and (self._switching or is_redoable(result)):
+        elif result.error is not None and (self._switching or _redo(result)):
             self._redo.add(rid)
             self._wake.set()
         else:
@@ -385,3 +386,11 @@ class DeadlineRunner:
             self.duplicates.append(result.id)
             if self.on_duplicate is not None:
                 self.on_duplicate(result)
+
+
+def _redo(result: BatchResult) -> bool:
+    """A batch line to finish realtime: expired, failed retryably, or cancelled (a cancel is
+    a switch, this run's or a crashed one's; the deadline still wants the answer)."""
+    error = result.error
+    cancelled = isinstance(error, BatchAPIError) and error.code == "batch_cancelled"
+    return cancelled or is_redoable(result)

@@ -109,6 +109,16 @@ class Budget:
         self.refused += 1
         return False
 
+    def fits(self, amount: float | None) -> bool:
+        """True if `amount` USD could be reserved now (nothing is reserved)."""
+        return self.exhausted is None and amount is not None and self._fits(amount)
+
+    def hold(self, amount: float) -> None:
+        """Reserve `amount` USD whether or not it fits: money already committed elsewhere (a
+        provider batch an earlier run created, re-attached). Settle with `settle_amount`."""
+        self.reserved += amount
+        self.in_flight += 1
+
     def settle_amount(self, reserved: float, actual: float) -> None:
         """Release a reservation made by `admit_amount`, spending `actual` USD instead."""
         self.reserved = max(0.0, self.reserved - reserved)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ..deadline import DeadlinePolicy, RealtimeCapacity, Work
 from ..engine import Engine
-from ..errors import BatchAPIError
+from ..errors import BatchAPIError, InvalidOutputError
 from ..io.sink import is_unfinished
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS
 from ..text import estimate_tokens
@@ -389,8 +389,9 @@ class DeadlineRunner:
 
 
 def _redo(result: BatchResult) -> bool:
-    """A batch line to finish realtime: expired, failed retryably, or cancelled (a cancel is
-    a switch, this run's or a crashed one's; the deadline still wants the answer)."""
+    """A batch line to finish realtime: expired, failed retryably, cancelled (a cancel is a
+    switch, this run's or a crashed one's; the deadline still wants the answer), or a reply
+    that broke the schema (the engine asks again, and re-asks as the reply policy allows)."""
     error = result.error
     cancelled = isinstance(error, BatchAPIError) and error.code == "batch_cancelled"
-    return cancelled or is_redoable(result)
+    return cancelled or isinstance(error, InvalidOutputError) or is_redoable(result)

@@ -131,9 +131,12 @@ class Ledger:
     def next_n(self) -> int:
         return max((c.n for c in self.chunks), default=-1) + 1
 
-    def add(self, chunk: Chunk, now: float) -> ChunkRecord:
-        """Record the intent to submit `chunk`, durably, and return its record."""
+    def add(self, chunk: Chunk, now: float, extra: dict[str, Any] | None = None) -> ChunkRecord:
+        """Record the intent to submit `chunk`, durably, and return its record. `extra`: what
+        else to keep (the runner's "worst_cost" when a budget is kept)."""
         record = ChunkRecord(chunk.n, chunk.key, chunk.count, chunk.digest, now)
+        if extra:
+            record.extra.update(extra)
         self.chunks.append(record)
         self.save()
         return record

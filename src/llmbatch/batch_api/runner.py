@@ -24,12 +24,28 @@ Guarantees, after a crash or `kill -9` at any moment and a rerun with the same l
   uploaded again;
 - results of a re-attached batch for ids `done` says are written are skipped.
 Cancelling the task (Ctrl-C) leaves the batches running at the provider; the rerun collects.
+
+With a `budget` (`llmbatch.Budget`, `--max-cost`), money is checked per batch: a chunk's worst
+case at the batch price (`Pricer.worst_case(request, batch=True)`) is reserved before its
+intent is recorded (and kept in the ledger), a chunk is closed early when the next request
+would not fit what is left, and when a request alone does not fit, submitting stops: it gets
+a `BudgetExceededError` result (unfinished, no line) and the requests after it are not sent.
+A re-attached batch holds its recorded worst case until it is collected; a collected batch
+settles to what its answers cost (set as `result.cost`, invalid replies included: they were
+paid for).
+
+Each answer is checked like a realtime reply (`llmbatch.replies.check_reply`, against the
+request's schema or JSON mode): `result.parsed` is set, and refusals, truncated JSON and
+replies that break the schema become the same errors as realtime (`RefusalError`,
+`TruncatedReplyError`, `InvalidOutputError`, each keeping the reply). The runner re-asks
+nothing; `llmbatch run --expired realtime` sends re-asks through the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -45,8 +61,11 @@ from collections.abc import (
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
+
+from ..budget import Budget, BudgetExceededError
 from ..clients.provider import ProviderClient
 from ..errors import (
     BadRequestError,
@@ -54,10 +73,14 @@ from ..errors import (
     InvalidResponseError,
     LLMBatchError,
     RateLimitError,
+    ReplyError,
     RetryableError,
 )
+from ..pricing import Pricer
+from ..replies import check_reply
+from ..schema import Schema, SchemaMode
 from ..text import estimate_tokens
-from ..types import BatchRequest, BatchResult
+from ..types import BatchRequest, BatchResult, CompletionRequest
 from .backend import BatchBackend, BatchInfo, LineOutcome, backend_for
 from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
 from .ledger import CREATED, ENDED, UPLOADED, ChunkRecord, Ledger, LedgerError
@@ -97,6 +120,12 @@ class BatchAPIConfig:
     each API call that fails transiently (429, 5xx, connection). `keep_files`: leave uploaded
     and result files at the provider. `clock` is wall time (compared with the provider's
     timestamps); `sleep` is injectable so tests never wait.
+
+    `budget`: a hard cap on money, checked per batch (see the module doc). `pricer` prices
+    each answer (`result.cost`; default the budget's, else answers are not priced here).
+    `response_model`: a pydantic model class (or `Schema`, or JSON Schema dict) every chat
+    request without a schema of its own must answer in (`schema_mode` native or prompt).
+    `validate_json`: JSON-mode replies must parse (as the engine's).
     """
 
     output: str | Path
@@ -109,6 +138,16 @@ class BatchAPIConfig:
     listeners: Sequence[Callable[[BatchEvent], None]] = ()
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    budget: Budget | None = None
+    pricer: Pricer | None = None
+    response_model: Any = None
+    schema_mode: SchemaMode | None = None
+    validate_json: bool = True
+
+    def __post_init__(self) -> None:
+        if self.response_model is not None and not isinstance(self.response_model, Schema):
+            model = Schema.of(self.response_model, mode=self.schema_mode)
+            object.__setattr__(self, "response_model", model)
 
 
 class BatchAPIRunner:
@@ -129,6 +168,11 @@ class BatchAPIRunner:
         self.config = config
         self.backend = backend or backend_for(client)
         self.ledger: Ledger | None = None
+        # Per chunk: how its answers are checked, and the USD its batch holds in the budget.
+        self._checks: dict[int, _Checks] = {}
+        self._specs: dict[tuple[Any, ...], CompletionRequest] = {}
+        self._reserved: dict[int, float] = {}
+        self._unrecorded: set[int] = set()  # re-attached chunks whose worst case is summed
         self.halted = False
         self._poked: asyncio.Future[None] | None = None
 
@@ -190,9 +234,10 @@ class BatchAPIRunner:
         ledger.ensure_directory()
         self._done, self._flush = done, flush or (lambda: None)
         live = [r for r in ledger.chunks if r.live]
-        covered: set[str] = set()
+        covered: dict[str, int] = {}
         for record in live:
-            covered.update(ledger.ids(record))
+            covered.update(dict.fromkeys(ledger.ids(record), record.n))
+            self._hold(record)
         for record in live:
             if record.batch_id is None:
                 async for result in self._create(record, reattach=True):
@@ -208,30 +253,53 @@ class BatchAPIRunner:
     # -- submitting -------------------------------------------------------------------------
 
     async def _submit_new(
-        self, requests: Iterable[BatchRequest], covered: set[str]
+        self, requests: Iterable[BatchRequest], covered: dict[str, int]
     ) -> AsyncIterator[BatchResult]:
         assert self.ledger is not None
-        backend = self.backend
+        backend, budget = self.backend, self.config.budget
         caps = backend.caps.lowered(self.config.max_requests, self.config.max_tokens)
         splitter = Splitter(
             self.ledger.directory, caps, framing=backend.framing, start=self.ledger.next_n
         )
+        stopped = False  # the budget refused a request: nothing more is submitted
         try:
             for item in requests:
                 if self.halted:
                     return  # the chunk being filled is discarded below, never sent
-                if item.id in covered:
-                    continue  # its batch is live: the results come from there
+                n = covered.get(item.id)
+                if n is not None:  # its batch is live: the results come from there
+                    self._note(n, item.id, item.request, reattached=True)
+                    continue
+                if stopped:
+                    continue  # read on only for the live batches' requests, above
+                item = self._with_model(item)
                 try:
                     key, line = backend.encode(item)
                     tokens = estimate_tokens(item.request.text_length())
-                    chunk = splitter.add(key, item.id, line, tokens)
+                    worst = 0.0
+                    if budget is not None:
+                        cost = budget.pricer.worst_case(item.request, batch=True)
+                        if cost is None or not budget.fits(splitter.open_cost + cost):
+                            # What is open is submitted now (it fits), then this one alone.
+                            for ready in splitter.finish():
+                                async for result in self._start(ready):
+                                    yield result
+                            if cost is None or not budget.fits(cost):
+                                budget.try_reserve(cost, wait=False)  # refused: exhausted
+                                stopped = True
+                                yield self._refused(item.id, budget)
+                                continue
+                        worst = cost
+                    chunk = splitter.add(key, item.id, line, tokens, worst)
                 except LLMBatchError as exc:
                     yield BatchResult(item.id, error=exc, attempts=0)
                     continue
                 except TooLarge as exc:
                     yield BatchResult(item.id, error=BadRequestError(str(exc)), attempts=0)
                     continue
+                opened = splitter.open_chunk(key)
+                if opened is not None:
+                    self._note(opened, item.id, item.request)
                 if chunk is not None and self.halted:
                     _drop(chunk)
                 elif chunk is not None:
@@ -248,9 +316,76 @@ class BatchAPIRunner:
 
     async def _start(self, chunk: Chunk) -> AsyncIterator[BatchResult]:
         assert self.ledger is not None
-        record = self.ledger.add(chunk, self.config.clock())  # the intent, durable
+        budget = self.config.budget
+        extra: dict[str, Any] = {}
+        if budget is not None:
+            if not budget.admit_amount(chunk.cost):  # only by rounding: checked as it filled
+                ids = [orjson.loads(line) for line in chunk.ids_path.read_bytes().splitlines()]
+                for p in (chunk.input_path, chunk.ids_path):
+                    p.unlink(missing_ok=True)
+                self._checks.pop(chunk.n, None)
+                yield self._refused(ids[0], budget)
+                return
+            self._reserved[chunk.n] = chunk.cost
+            extra["worst_cost"] = chunk.cost
+        record = self.ledger.add(chunk, self.config.clock(), extra)  # the intent, durable
         async for result in self._create(record, reattach=False):
             yield result
+
+    # -- the budget and the checks of answers -----------------------------------------------
+
+    def _hold(self, record: ChunkRecord) -> None:
+        """A live chunk from an earlier run holds its worst case until it is collected."""
+        budget = self.config.budget
+        if budget is None:
+            return
+        worst = record.extra.get("worst_cost")
+        if not isinstance(worst, int | float):
+            # Recorded without a budget: its worst case is summed as its requests go by.
+            worst = 0.0
+            self._unrecorded.add(record.n)
+        budget.hold(float(worst))
+        self._reserved[record.n] = float(worst)
+
+    def _settle(self, n: int, actual: float) -> None:
+        budget = self.config.budget
+        reserved = self._reserved.pop(n, None)
+        if budget is not None and reserved is not None:
+            budget.settle_amount(reserved, actual)
+
+    def _refused(self, rid: str, budget: Budget) -> BatchResult:
+        message = f"not sent under --max-cost ${budget.max_cost:g}: {budget.exhausted}"
+        return BatchResult(rid, error=BudgetExceededError(message), attempts=0)
+
+    def _with_model(self, item: BatchRequest) -> BatchRequest:
+        schema = self.config.response_model
+        request = item.request
+        if schema is None or request.schema is not None or request.endpoint != "chat":
+            return item
+        return BatchRequest(item.id, dataclasses.replace(request, schema=schema))
+
+    def _note(
+        self, n: int, rid: str, request: CompletionRequest, *, reattached: bool = False
+    ) -> None:
+        """Remember how the answer to `request` (in chunk `n`) is to be checked."""
+        if reattached:
+            request = self._with_model(BatchRequest("", request)).request
+            budget = self.config.budget
+            if budget is not None and n in self._unrecorded and n in self._reserved:
+                worst = budget.pricer.worst_case(request, batch=True) or 0.0
+                budget.reserved += worst
+                self._reserved[n] += worst
+        # Only what `check_reply` reads, shared by every request that asks the same.
+        key = (request.endpoint, id(request.schema), request.response_format, request.max_tokens)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = CompletionRequest(
+                max_tokens=request.max_tokens,
+                response_format=request.response_format,
+                endpoint=request.endpoint,
+                schema=request.schema,
+            )
+        self._checks.setdefault(n, _Checks()).add(rid, spec)
 
     async def _create(self, record: ChunkRecord, *, reattach: bool) -> AsyncIterator[BatchResult]:
         """Upload (if the provider takes files) and create the batch of `record`, unless a
@@ -374,6 +509,7 @@ class BatchAPIRunner:
         by_wire = {self.backend.wire_id(rid): rid for rid in ids}
         seen: set[str] = set()
         written = 0
+        spent = 0.0  # USD of the answers yielded, for the budget
         elapsed = max(0.0, self.config.clock() - record.intent_at)
         delay = 1.0
         for attempt in range(self.config.max_retries + 1):
@@ -387,7 +523,9 @@ class BatchAPIRunner:
                     if self._done(rid):
                         continue
                     written += 1
-                    yield self._result(record, rid, line, elapsed)
+                    result = self._result(record, rid, line, elapsed)
+                    spent += result.cost or 0.0
+                    yield result
                 break
             except RetryableError as exc:
                 if attempt == self.config.max_retries:
@@ -401,6 +539,8 @@ class BatchAPIRunner:
                 written += 1
                 yield BatchResult(rid, error=error, duration=elapsed, attempts=1)
         self._flush()
+        self._settle(record.n, spent)
+        self._checks.pop(record.n, None)
         record.state, record.status, record.ended_at = ENDED, info.status, self.config.clock()
         self.ledger.save()
         if not self.config.keep_files:
@@ -425,7 +565,19 @@ class BatchAPIRunner:
             )
             return BatchResult(rid, error=error, duration=elapsed, attempts=1)
         response.batch_api = True
-        return BatchResult(rid, response=response, duration=elapsed, attempts=1)
+        budget = self.config.budget
+        pricer = self.config.pricer or (budget.pricer if budget is not None else None)
+        cost = pricer.cost(response) if pricer is not None else None
+        checks = self._checks.get(record.n)
+        request = checks.get(rid) if checks is not None else _PLAIN
+        try:
+            parsed = check_reply(request, response, validate_json=self.config.validate_json)
+        except (ReplyError, InvalidResponseError) as exc:
+            # Paid for, so its cost is kept; the reply is in the error (and the line).
+            return BatchResult(rid, error=exc, duration=elapsed, attempts=1, cost=cost)
+        return BatchResult(
+            rid, response=response, duration=elapsed, attempts=1, cost=cost, parsed=parsed
+        )
 
     async def _end_unsent(self, record: ChunkRecord, message: str) -> AsyncIterator[BatchResult]:
         assert self.ledger is not None
@@ -436,6 +588,8 @@ class BatchAPIRunner:
                 written += 1
                 yield BatchResult(rid, error=error, attempts=1)
         self._flush()
+        self._settle(record.n, 0.0)  # never created: nothing is billed
+        self._checks.pop(record.n, None)
         record.state, record.status, record.note = ENDED, "failed", message
         record.ended_at = self.config.clock()
         self.ledger.save()
@@ -470,6 +624,33 @@ def _drop(chunk: Chunk) -> None:
     """Remove the files of a chunk that will not be submitted (the runner was halted)."""
     for path in (chunk.input_path, chunk.ids_path):
         path.unlink(missing_ok=True)
+
+
+_PLAIN = CompletionRequest()  # how an answer is checked when its request is not known
+_UNSET: Any = object()
+
+
+class _Checks:
+    """How the answers of one chunk are checked: one request shape for all of its ids (the
+    usual case: memory does not grow with the chunk), plus the ids that differ."""
+
+    __slots__ = ("common", "other")
+
+    def __init__(self) -> None:
+        self.common: CompletionRequest = _UNSET
+        self.other: dict[str, CompletionRequest] = {}
+
+    def add(self, rid: str, spec: CompletionRequest) -> None:
+        if self.common is _UNSET:
+            self.common = spec
+        elif spec is not self.common:
+            self.other[rid] = spec
+        else:
+            self.other.pop(rid, None)
+
+    def get(self, rid: str) -> CompletionRequest:
+        spec = self.other.get(rid, self.common)
+        return _PLAIN if spec is _UNSET else spec
 
 
 def _wait(exc: RetryableError, delay: float) -> float:

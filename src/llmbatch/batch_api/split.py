@@ -92,6 +92,7 @@ class Chunk:
     bytes: int = 0
     tokens: int = 0
     digest: str = ""
+    cost: float = 0.0  # the worst case (USD) of its requests, when a budget is kept
 
 
 def ids_digest(ids: list[str]) -> str:
@@ -123,8 +124,9 @@ class _Open:
             and (caps.max_tokens is None or c.count == 0 or c.tokens + tokens <= caps.max_tokens)
         )
 
-    def add(self, rid: str, line: bytes, tokens: int) -> None:
+    def add(self, rid: str, line: bytes, tokens: int, cost: float) -> None:
         c = self.chunk
+        c.cost += cost
         if c.count:
             self.data.write(self.framing.sep)
             c.bytes += len(self.framing.sep)
@@ -167,8 +169,19 @@ class Splitter:
         self._next = start
         self._open: dict[str, _Open] = {}
 
-    def add(self, key: str, rid: str, line: bytes, tokens: int) -> Chunk | None:
-        """Add one request; return the chunk it closed, if any (the request starts the next)."""
+    @property
+    def open_cost(self) -> float:
+        """The worst case (USD) of the requests in open chunks: not yet reserved."""
+        return sum(c.chunk.cost for c in self._open.values())
+
+    def open_chunk(self, key: str) -> int | None:
+        """The number of the open chunk for `key` (where the last request of it went)."""
+        current = self._open.get(key)
+        return None if current is None else current.chunk.n
+
+    def add(self, key: str, rid: str, line: bytes, tokens: int, cost: float = 0.0) -> Chunk | None:
+        """Add one request; return the chunk it closed, if any (the request starts the next).
+        `cost`: its worst case in USD, summed in `Chunk.cost`."""
         if len(line) + len(self.framing.head) + len(self.framing.tail) > self.caps.max_bytes:
             raise TooLarge(
                 f"the request is {len(line):,} bytes encoded; a batch holds at most "
@@ -182,7 +195,7 @@ class Splitter:
             current = None
         if current is None:
             current = self._open[key] = self._new(key)
-        current.add(rid, line, tokens)
+        current.add(rid, line, tokens, cost)
         return closed
 
     def finish(self) -> list[Chunk]:

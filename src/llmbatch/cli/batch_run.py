@@ -8,6 +8,13 @@ sink and output lines (`response.batch_api` set), the same resume. The batches a
 OUTPUT.batches.json (`llmbatch.batch_api.ledger`); Ctrl-C leaves them running at the provider
 and the same command collects them. `--expired realtime` sends expired and retryable failed
 lines through the realtime engine in the same run.
+
+With --max-cost the budget is checked per batch (`BatchAPIRunner`: worst cases at the batch
+price) and the realtime pass uses the same budget. Answers are checked against --schema (or
+the line's JSON mode) as realtime replies are; with `--expired realtime`, a reply that broke
+the schema (or was cut off, with --max-tokens-on-truncation) is re-asked through the engine
+(the reply policy's follow-up, one re-ask fewer left); otherwise it is written as failed and
+`--retry-failed` puts it in the next batch.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -32,13 +40,17 @@ from ..batch_api import (
     ledger_paths,
 )
 from ..batch_api.runner import DEFAULT_POLL_INTERVAL
+from ..budget import Budget
 from ..clients.provider import ProviderClient
-from ..errors import LLMBatchError
+from ..errors import InvalidOutputError, LLMBatchError, TruncatedReplyError
 from ..io.sink import ResultSink
-from ..types import BatchRequest
+from ..metrics import MetricsListener
+from ..replies import ReplyPolicy, ReplyTries
+from ..types import BatchRequest, BatchResult
 from ._common import positive_float, positive_int, say
 from .execute import execute_realtime, first_error
 from .precheck import Precheck
+from .structured import reply_policy
 from .usage import UsageError
 
 __all__ = [
@@ -210,7 +222,10 @@ def _clock(seconds: float) -> str:
 
 
 def batch_config(
-    args: argparse.Namespace, listeners: list[Callable[[BatchEvent], None]]
+    args: argparse.Namespace,
+    listeners: list[Callable[[BatchEvent], None]],
+    budget: Budget | None,
+    sink: ResultSink,
 ) -> BatchAPIConfig:
     """The batch runner's configuration, as the run's flags say."""
     return BatchAPIConfig(
@@ -220,6 +235,8 @@ def batch_config(
         poll_interval=args.poll_interval,
         keep_files=args.keep_files,
         listeners=listeners,
+        budget=budget,
+        pricer=sink.pricer,
     )
 
 
@@ -230,12 +247,22 @@ async def execute_batch_api(
     requests: Iterator[BatchRequest],
     check: Precheck,
     reread: Callable[[], Iterator[BatchRequest]] | None,
+    *,
+    budget: Budget | None = None,
+    metrics: MetricsListener | None = None,
 ) -> bool:
-    """Run the requests through the provider's batch API into `sink`; True if interrupted."""
+    """Run the requests through the provider's batch API into `sink`; True if interrupted.
+
+    `budget` (--max-cost) is checked per batch and by the realtime pass; `metrics` hears the
+    realtime pass's engine (results reach it through the sink's observers either way)."""
     console = Console(stderr=True, soft_wrap=True)
     view = BatchProgressView(console, disable=args.no_progress)
     realtime_progress, sink.progress = sink.progress, view
-    runner = BatchAPIRunner(client, batch_config(args, [view]))
+    runner = BatchAPIRunner(client, batch_config(args, [view], budget, sink))
+    policy = reply_policy(args)
+    realtime = args.expired == "realtime" and reread is not None
+    # Replies that broke the schema, held for a re-ask in the realtime pass (or written).
+    reasks: dict[str, BatchResult] = {}
     # A re-attached batch may answer ids an earlier run already wrote: those are skipped.
     # Only answers count as written; a failed line written again is compacted at close.
     written_ok = sink.journal.scan.ok
@@ -249,8 +276,10 @@ async def execute_batch_api(
                     stream = runner.stream(requests, done=written_ok.__contains__, flush=sink.flush)
                     async with contextlib.aclosing(stream) as results:
                         async for result in results:
-                            if args.expired == "realtime" and is_redoable(result):
+                            if realtime and is_redoable(result):
                                 redo.add(result.id)
+                            elif realtime and _reaskable(result, policy):
+                                reasks[result.id] = result
                             else:
                                 sink.write(result)
                 finally:
@@ -259,6 +288,7 @@ async def execute_batch_api(
             raise first_error(group) from None
     except asyncio.CancelledError:
         view.stop()
+        _write_held(sink, reasks)
         say(
             console,
             "interrupted: the provider batches keep running; rerun the same command to "
@@ -278,19 +308,67 @@ async def execute_batch_api(
     finally:
         view.stop()
         sink.progress = realtime_progress
-    if redo and reread is not None:
-        say(console, f"sending {len(redo):,} expired or retryable line(s) realtime")
-        return await _redo_realtime(args, client, sink, reread, redo)
-    return False
+    interrupted = False
+    try:
+        if redo and reread is not None:
+            say(console, f"sending {len(redo):,} expired or retryable line(s) realtime")
+            requests = (r for r in reread() if r.id in redo)
+            # The redone ids were never written: `sink.expected` already counts them.
+            interrupted = await execute_realtime(
+                args, client, sink, requests, len(redo), budget=budget, metrics=metrics
+            )
+        if reasks and reread is not None and not interrupted:
+            say(console, f"re-asking {len(reasks):,} reply(ies) the schema refused, realtime")
+            interrupted = await _reask_realtime(
+                args, client, sink, reread, reasks, policy, budget, metrics
+            )
+    finally:
+        # Replies not re-asked (interrupted, the budget spent) are kept as failed, with what
+        # they cost: --retry-failed asks again.
+        _write_held(sink, reasks)
+    return interrupted
 
 
-async def _redo_realtime(
+def _reaskable(result: BatchResult, policy: ReplyPolicy) -> bool:
+    """Whether the reply policy may have a follow-up for this batch answer's error."""
+    error = result.error
+    if isinstance(error, InvalidOutputError):
+        return policy.max_invalid_retries > 0
+    return isinstance(error, TruncatedReplyError) and policy.max_tokens_on_truncation is not None
+
+
+def _write_held(sink: ResultSink, held: dict[str, BatchResult]) -> None:
+    while held:
+        sink.write(held.popitem()[1])
+
+
+async def _reask_realtime(
     args: argparse.Namespace,
     client: ProviderClient,
     sink: ResultSink,
     reread: Callable[[], Iterator[BatchRequest]],
-    redo: set[str],
+    reasks: dict[str, BatchResult],
+    policy: ReplyPolicy,
+    budget: Budget | None,
+    metrics: MetricsListener | None,
 ) -> bool:
-    requests = (r for r in reread() if r.id in redo)
-    # The redone ids were never written: `sink.expected` already counts them.
-    return await execute_realtime(args, client, sink, requests, len(redo))
+    """The follow-ups of batch answers the schema refused, through the engine. The batch's
+    answer was the first reply: the engine may re-ask one time fewer."""
+    total = len(reasks)
+
+    def follow_ups() -> Iterator[BatchRequest]:
+        for item in reread():
+            first = reasks.get(item.id)
+            if first is None:
+                continue
+            assert first.error is not None
+            follow = policy.follow_up(item.request, first.error, ReplyTries())
+            if follow is None:
+                continue  # no follow-up after all (not chat, room already given): kept
+            del reasks[item.id]
+            yield BatchRequest(item.id, follow)
+
+    left = dataclasses.replace(policy, max_invalid_retries=max(0, policy.max_invalid_retries - 1))
+    return await execute_realtime(
+        args, client, sink, follow_ups(), total, budget=budget, metrics=metrics, replies=left
+    )

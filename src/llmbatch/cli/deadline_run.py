@@ -159,7 +159,7 @@ async def execute_deadline(
         )
 
     runner = DeadlineRunner(
-        BatchAPIRunner(client, batch_config(args, [view])),
+        BatchAPIRunner(client, batch_config(args, [view], budget, sink)),
         build_engine(args, client, sink, budget, metrics),
         policy,
         capacity,

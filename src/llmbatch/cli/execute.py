@@ -33,6 +33,7 @@ from ..io.journal import Journal
 from ..io.sink import OutputError, ResultSink
 from ..metrics import MetricsListener
 from ..progress import RichProgress
+from ..replies import ReplyPolicy
 from ..types import BatchRequest, CompletionRequest
 from ._common import rate_limiter, retry_policy, say
 from .costs import pricer_of, until_budget_spent
@@ -105,7 +106,8 @@ async def execute(
     return True if interrupted. `reread()` gives the requests again (for --expired realtime).
 
     With a `budget` (--max-cost), requests stop being pulled once it refused one; those left
-    get no line (the sink counts them unfinished) and a rerun picks them up.
+    get no line (the sink counts them unfinished) and a rerun picks them up. Through the
+    batch API it is checked per submitted batch (`cli.batch_run`).
 
     A periodic fsync runs beside the results loop in one task group: if either fails (an
     `OutputError`), the other is cancelled and the error propagates.
@@ -119,7 +121,9 @@ async def execute(
     if getattr(args, "batch_api", False):
         from .batch_run import execute_batch_api
 
-        return await execute_batch_api(args, client, sink, requests, check, reread)
+        return await execute_batch_api(
+            args, client, sink, requests, check, reread, budget=budget, metrics=metrics
+        )
     if args.ray:
         from .ray_run import execute_on_ray
 
@@ -140,10 +144,12 @@ async def execute_realtime(
     *,
     budget: Budget | None = None,
     metrics: MetricsListener | None = None,
+    replies: ReplyPolicy | None = None,
 ) -> bool:
-    """Send `requests` through the local engine into the sink; True if interrupted."""
+    """Send `requests` through the local engine into the sink; True if interrupted.
+    `replies`: the reply policy, if not the flags' (re-asks of batch answers use one less)."""
     requests = _within(budget, sink, requests)
-    work = _execute_here(args, client, sink, requests, total, budget, metrics)
+    work = _execute_here(args, client, sink, requests, total, budget, metrics, replies)
     return await _with_sync(sink, total, work)
 
 
@@ -201,6 +207,7 @@ def build_engine(
     sink: ResultSink,
     budget: Budget | None = None,
     metrics: MetricsListener | None = None,
+    replies: ReplyPolicy | None = None,
 ) -> Engine:
     """The realtime engine of a run, as its flags say."""
     engine = Engine(
@@ -213,7 +220,7 @@ def build_engine(
             max_outage=args.max_outage,
             listeners=[sink] if metrics is None else [sink, metrics],
             budget=budget,
-            replies=reply_policy(args),
+            replies=replies or reply_policy(args),
         ),
     )
     if metrics is not None:
@@ -229,8 +236,9 @@ async def _execute_here(
     total: int,
     budget: Budget | None = None,
     metrics: MetricsListener | None = None,
+    replies: ReplyPolicy | None = None,
 ) -> None:
-    engine = build_engine(args, client, sink, budget, metrics)
+    engine = build_engine(args, client, sink, budget, metrics, replies)
     stream = engine.stream(requests, timeout=args.timeout, total=total, finish_unstarted=False)
     # Leaving this block by an exception (the sink's OutputError) closes the stream, which
     # stops admissions and cancels the requests in flight.

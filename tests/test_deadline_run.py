@@ -99,8 +99,7 @@ def test_a_stalled_batch_is_cancelled_and_the_work_finished_realtime(start_sim, 
     inp, out = paths(tmp_path)
     done = run(*deadline_args(sim, inp, out, "12s"))
     assert done.returncode == 0, done.stderr
-    # Three requests went realtime first, to measure the latency the switch depends on.
-    assert f"moving {N - 3} request(s) to realtime" in done.stderr
+    assert re.search(r"moving \d+ request\(s\) to realtime", done.stderr)
     assert routes(out) == Counter({False: N})
     stats = sim.stats()
     assert stats["batches_created"] == 1 and stats["batches_cancelled"] == 1
@@ -109,10 +108,12 @@ def test_a_stalled_batch_is_cancelled_and_the_work_finished_realtime(start_sim, 
 
 
 def test_a_switch_keeps_what_the_cancelled_batch_finished(start_sim, tmp_path) -> None:
-    # A slow batch is half done when the switch comes: its finished lines are kept (batch
-    # priced), the rest goes realtime, and whatever both paths answered is reported.
+    # A slow batch (its lines finish one by one over about 21 s; a cancel takes 0.2 s) is
+    # partly done when the switch comes: its finished lines are kept (batch priced), the rest
+    # goes realtime, and whatever both paths answered is reported.
     sim = start_sim(
-        "--latency-ms", "20", "--batch-seconds", "16", "--batch-expire-seconds", "600",
+        "--latency-ms", "20", "--batch-seconds", "2", "--batch-expire-seconds", "600",
+        "--batch-delay-median", "20", "--batch-delay-sigma", "0.01",
     )  # fmt: skip
     inp, out = paths(tmp_path)
     done = run(*deadline_args(sim, inp, out, "20s"))

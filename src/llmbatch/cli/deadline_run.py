@@ -57,6 +57,7 @@ __all__ = [
 ASSUMED_TOKENS_PER_SECOND = 50.0
 ASSUMED_FIRST_TOKEN_SECONDS = 1.0
 STATUS_INTERVAL = 1.0
+ALLOWANCE_SHARE = 0.05  # of the time given, at most, for each of the margin and the cancel
 
 
 def add_deadline_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,15 +98,15 @@ def check_deadline_args(args: argparse.Namespace) -> None:
 
 
 def deadline_policy(deadline: float, prefer: Prefer, now: float) -> DeadlinePolicy:
-    """The policy for a run given `deadline - now` seconds: the fixed margin is at most a
-    tenth of that and the time allowed for a cancel at most a fifth (a run given minutes
-    must not spend them all on allowances meant for a run given hours)."""
+    """The policy for a run given `deadline - now` seconds: the fixed margin and the time
+    allowed for a cancel are each at most a twentieth of that (a run given minutes must not
+    spend them on allowances meant for a run given hours)."""
     window = max(0.0, deadline - now)
     return DeadlinePolicy(
         deadline,
         prefer,
-        min_margin=min(DEFAULT_MIN_MARGIN, 0.1 * window),
-        cancel_time=min(DEFAULT_CANCEL_TIME, 0.2 * window),
+        min_margin=min(DEFAULT_MIN_MARGIN, ALLOWANCE_SHARE * window),
+        cancel_time=min(DEFAULT_CANCEL_TIME, ALLOWANCE_SHARE * window),
     )
 
 

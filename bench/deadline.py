@@ -64,7 +64,7 @@ def run_one(inp: Path, out: Path, url: str, seconds: float) -> tuple[float, str,
             "--poll-interval",
             "1",
             "--no-progress",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -81,8 +81,8 @@ def costs(out: Path, stderr: str) -> tuple[float, float, float, int, int]:
         rec = orjson.loads(raw)
         meta = rec["llmbatch"]
         usage = meta.get("usage") or {}
-        full = (usage.get("prompt_tokens", 0) * PRICE_IN + usage.get("completion_tokens", 0) * PRICE_OUT) / 1e6  # fmt: skip
-        realtime += full
+        tokens_in, tokens_out = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        realtime += (tokens_in * PRICE_IN + tokens_out * PRICE_OUT) / 1e6
         paid += meta.get("cost") or 0.0
         if meta.get("batch_api"):
             by_batch += 1

@@ -56,6 +56,7 @@ from .usage import UsageError
 __all__ = [
     "BatchProgressView",
     "add_batch_arguments",
+    "batch_api_failed",
     "batch_config",
     "check_batch_args",
     "execute_batch_api",
@@ -240,6 +241,18 @@ def batch_config(
     )
 
 
+def batch_api_failed(args: argparse.Namespace, exc: Exception) -> UsageError:
+    """The message for a batch run that cannot go on: a ledger that cannot be used, or the
+    provider refusing a call (key, permissions) or unreachable through the retries. What was
+    recorded is safe, and the same command picks it up again."""
+    if isinstance(exc, LedgerError):
+        return UsageError(str(exc))
+    return UsageError(
+        f"the batch API failed: {exc}; every batch already created is recorded in "
+        f"{ledger_paths(args.output)[0]}: rerun the same command to resume"
+    )
+
+
 async def execute_batch_api(
     args: argparse.Namespace,
     client: ProviderClient,
@@ -296,15 +309,8 @@ async def execute_batch_api(
             f"`llmbatch batches cancel {args.output}` stops them)",
         )
         return True
-    except LedgerError as exc:
-        raise UsageError(str(exc)) from None
-    except LLMBatchError as exc:
-        # The provider refused a call (key, permissions) or stayed unreachable through the
-        # retries: what was recorded is safe, and the same command picks it up again.
-        raise UsageError(
-            f"the batch API failed: {exc}; every batch already created is recorded in "
-            f"{ledger_paths(args.output)[0]}: rerun the same command to resume"
-        ) from None
+    except (LedgerError, LLMBatchError) as exc:
+        raise batch_api_failed(args, exc) from None
     finally:
         view.stop()
         sink.progress = realtime_progress

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 from rich.console import Console
 
-from ..batch_api import BatchAPIRunner, LedgerError, ledger_paths
+from ..batch_api import BatchAPIRunner, LedgerError
 from ..batch_api.hybrid import DeadlineRunner, Switched, estimate_work
 from ..budget import Budget
 from ..clients.provider import ProviderClient
@@ -38,7 +38,7 @@ from ..io.sink import ResultSink
 from ..metrics import MetricsListener
 from ..types import BatchRequest
 from ._common import DEFAULT_CONCURRENCY, finish_by, say
-from .batch_run import BATCH_PROVIDERS, BatchProgressView, batch_config
+from .batch_run import BATCH_PROVIDERS, BatchProgressView, batch_api_failed, batch_config
 from .execute import build_engine, first_error
 from .precheck import Precheck
 from .usage import UsageError
@@ -209,13 +209,8 @@ async def execute_deadline(
             "same --finish-by time to go on",
         )
         return True
-    except LedgerError as exc:
-        raise UsageError(str(exc)) from None
-    except LLMBatchError as exc:
-        raise UsageError(
-            f"the batch API failed: {exc}; every batch already created is recorded in "
-            f"{ledger_paths(args.output)[0]}: rerun the same command to resume"
-        ) from None
+    except (LedgerError, LLMBatchError) as exc:
+        raise batch_api_failed(args, exc) from None
     finally:
         view.stop()
         sink.progress = realtime_progress

@@ -44,11 +44,20 @@ nothing; `llmbatch run --expired realtime` sends re-asks through the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -164,6 +173,45 @@ class BatchAPIRunner:
         self._specs: dict[tuple[Any, ...], CompletionRequest] = {}
         self._reserved: dict[int, float] = {}
         self._unrecorded: set[int] = set()  # re-attached chunks whose worst case is summed
+        self.halted = False
+        self._poked: asyncio.Future[None] | None = None
+
+    # -- steering from outside (a deadline moving work to realtime) ----------------------------
+
+    def halt(self) -> None:
+        """Submit no more batches: requests not yet in one get no result from this runner.
+        Batches already created are still polled and collected."""
+        self.halted = True
+
+    async def cancel_live(self, skip: Collection[str] = ()) -> list[str]:
+        """Ask the provider to cancel every batch of this run that has not ended (but those
+        in `skip`); the poll loop then collects what each one finished. Returns the ids
+        asked. A batch the provider refuses to cancel (it ended meanwhile, or is cancelling
+        already) is left to be collected as it is."""
+        cancelled: list[str] = []
+        for record in self.ledger.chunks if self.ledger is not None else ():
+            if record.live and record.batch_id is not None and record.batch_id not in skip:
+                with contextlib.suppress(BadRequestError):
+                    await self._call(partial(self.backend.cancel, record.batch_id))
+                cancelled.append(record.batch_id)
+        if cancelled:
+            self.poke()
+        return cancelled
+
+    def poke(self) -> None:
+        """Poll now (and at the first interval again), not after the backed-off wait."""
+        if self._poked is not None and not self._poked.done():
+            self._poked.set_result(None)
+
+    async def _nap(self, seconds: float) -> bool:
+        """Sleep between polls; True if `poke()` cut it short."""
+        self._poked = asyncio.get_running_loop().create_future()
+        sleeper = asyncio.ensure_future(self.config.sleep(seconds))
+        try:
+            await asyncio.wait({sleeper, self._poked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+        return self._poked.done()
 
     # -- the building block -----------------------------------------------------------------
 
@@ -216,6 +264,8 @@ class BatchAPIRunner:
         stopped = False  # the budget refused a request: nothing more is submitted
         try:
             for item in requests:
+                if self.halted:
+                    return  # the chunk being filled is discarded below, never sent
                 n = covered.get(item.id)
                 if n is not None:  # its batch is live: the results come from there
                     self._note(n, item.id, item.request, reattached=True)
@@ -250,10 +300,15 @@ class BatchAPIRunner:
                 opened = splitter.open_chunk(key)
                 if opened is not None:
                     self._note(opened, item.id, item.request)
-                if chunk is not None:
+                if chunk is not None and self.halted:
+                    _drop(chunk)
+                elif chunk is not None:
                     async for result in self._start(chunk):
                         yield result
             for chunk in splitter.finish():
+                if self.halted:
+                    _drop(chunk)
+                    continue
                 async for result in self._start(chunk):
                     yield result
         finally:
@@ -440,10 +495,10 @@ class BatchAPIRunner:
                     pending.remove(record)
                     changed = True
             if pending:
-                await self.config.sleep(interval)
+                poked = await self._nap(interval)
                 interval = (
                     self.config.poll_interval
-                    if changed
+                    if changed or poked
                     else min(interval * 1.5, self.config.max_poll_interval)
                 )
 
@@ -577,6 +632,12 @@ class BatchAPIRunner:
                 listener(event)
             except Exception:
                 log.exception("batch event listener %r failed", listener)
+
+
+def _drop(chunk: Chunk) -> None:
+    """Remove the files of a chunk that will not be submitted (the runner was halted)."""
+    for path in (chunk.input_path, chunk.ids_path):
+        path.unlink(missing_ok=True)
 
 
 _PLAIN = CompletionRequest()  # how an answer is checked when its request is not known

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,19 @@ def _positive(kind: type[int] | type[float], name: str) -> Callable[[str], Any]:
 
 positive_int = _positive(int, "integer")
 positive_float = _positive(float, "number")
+
+
+DEFAULT_CONCURRENCY = 32
+
+
+def finish_by(text: str) -> float:
+    """`--finish-by`: a duration from now ("6h", "1h30m") or a date and time; a `time.time()`."""
+    from ..deadline import parse_deadline
+
+    try:
+        return parse_deadline(text, now=time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def concurrency(text: str) -> int | str:

@@ -54,7 +54,14 @@ from .precheck import Precheck
 from .structured import reply_policy
 from .usage import UsageError
 
-__all__ = ["BatchProgressView", "add_batch_arguments", "check_batch_args", "execute_batch_api"]
+__all__ = [
+    "BatchProgressView",
+    "add_batch_arguments",
+    "batch_api_failed",
+    "batch_config",
+    "check_batch_args",
+    "execute_batch_api",
+]
 
 BATCH_PROVIDERS = ("openai", "anthropic")
 
@@ -207,6 +214,12 @@ class BatchProgressView:
             line = f"batch {event.n}: {event.outcome}, {event.written:,} line(s) written"
         self.console.print(line, markup=False, highlight=False)
 
+    def note(self, text: str) -> None:
+        """Show `text` on the total row (a deadline run: time left, realtime, spend)."""
+        self._progress.update(self._total, status=text)
+        if self.log_lines:
+            self.console.print(text, markup=False, highlight=False)
+
     def start(self, total: int | None) -> None:
         self._progress.update(self._total, total=total)
         self._progress.start()
@@ -229,6 +242,37 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def batch_config(
+    args: argparse.Namespace,
+    listeners: list[Callable[[BatchEvent], None]],
+    budget: Budget | None,
+    sink: ResultSink,
+) -> BatchAPIConfig:
+    """The batch runner's configuration, as the run's flags say."""
+    return BatchAPIConfig(
+        args.output,
+        max_requests=args.batch_max_requests,
+        max_tokens=args.batch_max_tokens,
+        poll_interval=args.poll_interval,
+        keep_files=args.keep_files,
+        listeners=listeners,
+        budget=budget,
+        pricer=sink.pricer,
+    )
+
+
+def batch_api_failed(args: argparse.Namespace, exc: Exception) -> UsageError:
+    """The message for a batch run that cannot go on: a ledger that cannot be used, or the
+    provider refusing a call (key, permissions) or unreachable through the retries. What was
+    recorded is safe, and the same command picks it up again."""
+    if isinstance(exc, LedgerError):
+        return UsageError(str(exc))
+    return UsageError(
+        f"the batch API failed: {exc}; every batch already created is recorded in "
+        f"{ledger_paths(args.output)[0]}: rerun the same command to resume"
+    )
+
+
 async def execute_batch_api(
     args: argparse.Namespace,
     client: ProviderClient,
@@ -247,19 +291,7 @@ async def execute_batch_api(
     console = Console(stderr=True, soft_wrap=True)
     view = BatchProgressView(console, disable=args.no_progress)
     realtime_progress, sink.progress = sink.progress, view
-    runner = BatchAPIRunner(
-        client,
-        BatchAPIConfig(
-            args.output,
-            max_requests=args.batch_max_requests,
-            max_tokens=args.batch_max_tokens,
-            poll_interval=args.poll_interval,
-            keep_files=args.keep_files,
-            listeners=[view],
-            budget=budget,
-            pricer=sink.pricer,
-        ),
-    )
+    runner = BatchAPIRunner(client, batch_config(args, [view], budget, sink))
     policy = reply_policy(args)
     realtime = args.expired == "realtime" and reread is not None
     # Replies that broke the schema, held for a re-ask in the realtime pass (or written).
@@ -297,15 +329,8 @@ async def execute_batch_api(
             f"`llmbatch batches cancel {args.output}` stops them)",
         )
         return True
-    except LedgerError as exc:
-        raise UsageError(str(exc)) from None
-    except LLMBatchError as exc:
-        # The provider refused a call (key, permissions) or stayed unreachable through the
-        # retries: what was recorded is safe, and the same command picks it up again.
-        raise UsageError(
-            f"the batch API failed: {exc}; every batch already created is recorded in "
-            f"{ledger_paths(args.output)[0]}: rerun the same command to resume"
-        ) from None
+    except (LedgerError, LLMBatchError) as exc:
+        raise batch_api_failed(args, exc) from None
     finally:
         view.stop()
         sink.progress = realtime_progress

@@ -41,7 +41,7 @@ from .precheck import Precheck
 from .structured import reply_policy
 from .usage import UsageError
 
-__all__ = ["build_sink", "execute", "execute_realtime", "first_error"]
+__all__ = ["build_engine", "build_sink", "execute", "execute_realtime", "first_error"]
 
 # `llmbatch.io.cache.CacheError` is being added by another change (a bad cache file raises it
 # at construction); until it lands, sqlite's and the OS's errors are what a bad path gives.
@@ -112,6 +112,12 @@ async def execute(
     A periodic fsync runs beside the results loop in one task group: if either fails (an
     `OutputError`), the other is cancelled and the error propagates.
     """
+    if getattr(args, "finish_by", None) is not None:
+        from .deadline_run import execute_deadline
+
+        return await execute_deadline(
+            args, client, sink, check, reread, budget=budget, metrics=metrics
+        )
     if getattr(args, "batch_api", False):
         from .batch_run import execute_batch_api
 
@@ -195,16 +201,15 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return next((e for e in leaves if isinstance(e, OutputError)), leaves[0])
 
 
-async def _execute_here(
+def build_engine(
     args: argparse.Namespace,
     client: ProviderClient,
     sink: ResultSink,
-    requests: Iterator[BatchRequest],
-    total: int,
     budget: Budget | None = None,
     metrics: MetricsListener | None = None,
     replies: ReplyPolicy | None = None,
-) -> None:
+) -> Engine:
+    """The realtime engine of a run, as its flags say."""
     engine = Engine(
         client,
         EngineConfig(
@@ -220,6 +225,20 @@ async def _execute_here(
     )
     if metrics is not None:
         metrics.watch(engine.limiter)
+    return engine
+
+
+async def _execute_here(
+    args: argparse.Namespace,
+    client: ProviderClient,
+    sink: ResultSink,
+    requests: Iterator[BatchRequest],
+    total: int,
+    budget: Budget | None = None,
+    metrics: MetricsListener | None = None,
+    replies: ReplyPolicy | None = None,
+) -> None:
+    engine = build_engine(args, client, sink, budget, metrics, replies)
     stream = engine.stream(requests, timeout=args.timeout, total=total, finish_unstarted=False)
     # Leaving this block by an exception (the sink's OutputError) closes the stream, which
     # stops admissions and cancels the requests in flight.

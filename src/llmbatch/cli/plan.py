@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..deadline import RealtimeCapacity, Work
 from ..io.formats import TemplateError
 from ..io.journal import iter_records
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS, Pricer
 from ..text import estimate_tokens as chars_to_tokens
 from ..types import CompletionRequest, Usage
-from ._common import EXIT_OK, EXIT_USAGE, fraction, say
+from ._common import DEFAULT_CONCURRENCY, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fraction, say
 from .costs import pricer_of
+from .deadline_run import deadline_policy
 from .paths import source_of
 from .precheck import Precheck, precheck
 from .run import _print_bad, add_run_arguments
@@ -43,6 +46,9 @@ from .usage import UsageError
 __all__ = ["Plan", "add_parser", "main", "make_plan"]
 
 DEFAULT_EXPECTED_OUTPUT = 0.5  # of max_tokens, when OUTPUT holds no answers to learn from
+# Seconds per realtime request when OUTPUT holds no realtime answers to learn from: a chat
+# answer of a few hundred tokens from a hosted model.
+ASSUMED_LATENCY = 5.0
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,6 +107,7 @@ class Plan:
     seconds: float | None = None
     bound_by: str | None = None
     seconds_by_limit: dict[str, float] = field(default_factory=dict)
+    deadline: dict[str, Any] | None = None  # with --finish-by: the split and its feasibility
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +131,7 @@ class Plan:
             "time_seconds": None if self.seconds is None else round(self.seconds, 3),
             "time_bound_by": self.bound_by,
             "time_seconds_by_limit": {k: round(v, 3) for k, v in self.seconds_by_limit.items()},
+            "deadline": self.deadline,
         }
 
 
@@ -139,6 +147,8 @@ class _Done:
     failed: set[str] = field(default_factory=set)
     answers: int = 0
     completion_tokens: int = 0
+    realtime_answers: int = 0  # answers not from a batch API, and their seconds in total
+    realtime_seconds: float = 0.0
 
 
 def _read_done(path: str | None) -> _Done:
@@ -152,11 +162,21 @@ def _read_done(path: str | None) -> _Done:
         if rec.get("error") is None:
             done.failed.discard(cid)
             done.ok.add(cid)
-            usage = (rec.get("llmbatch") or {}).get("usage")
+            meta = rec.get("llmbatch") or {}
+            usage = meta.get("usage")
             tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
             if isinstance(tokens, int) and not isinstance(tokens, bool):
                 done.answers += 1
                 done.completion_tokens += tokens
+            duration = meta.get("duration")
+            if (
+                not meta.get("batch_api")
+                and not meta.get("cached")
+                and isinstance(duration, int | float)
+                and duration > 0
+            ):
+                done.realtime_answers += 1
+                done.realtime_seconds += float(duration)
         else:
             done.ok.discard(cid)
             done.failed.add(cid)
@@ -206,6 +226,8 @@ def make_plan(args: argparse.Namespace, pricer: Pricer) -> tuple[Plan, Precheck]
     ratio, per_answer = _expected(args, done, plan)
     _price(plan, loads, pricer, ratio, per_answer)
     _time(plan, args)
+    if args.finish_by is not None:
+        _deadline(plan, args, done)
     return plan, check
 
 
@@ -269,19 +291,64 @@ def _price(
         plan.cost_batch, plan.cost_batch_max = sums["b"], sums["b_max"]
 
 
+def _work(plan: Plan) -> Work:
+    return Work(plan.requests, plan.input_tokens, plan.output_tokens_max)
+
+
+def _capacity(args: argparse.Namespace, latency: float | None) -> RealtimeCapacity:
+    return RealtimeCapacity(
+        rpm=args.rpm,
+        tpm=args.tpm,
+        itpm=args.itpm,
+        otpm=args.otpm,
+        concurrency=args.concurrency if isinstance(args.concurrency, int) else DEFAULT_CONCURRENCY,
+        latency=latency,
+    )
+
+
 def _time(plan: Plan, args: argparse.Namespace) -> None:
     """Minutes each per-minute limit needs for the whole run, as the limiter charges them."""
-    needs = {
-        "rpm": (plan.requests, args.rpm),
-        "tpm": (plan.input_tokens + plan.output_tokens_max, args.tpm),
-        "itpm": (plan.input_tokens, args.itpm),
-        "otpm": (plan.output_tokens_max, args.otpm),
-    }
-    for name, (amount, limit) in needs.items():
-        if limit:
-            plan.seconds_by_limit[name] = 60.0 * amount / limit
+    plan.seconds_by_limit = _capacity(args, None).limits(_work(plan))
     if plan.seconds_by_limit:
         plan.bound_by, plan.seconds = max(plan.seconds_by_limit.items(), key=lambda kv: kv[1])
+
+
+def _deadline(plan: Plan, args: argparse.Namespace, done: _Done) -> None:
+    """--finish-by: how the work splits between the batch API and realtime, and whether the
+    deadline is reachable at all (by the realtime path alone, under the known limits)."""
+    if done.realtime_answers:
+        latency = done.realtime_seconds / done.realtime_answers
+        basis = f"{latency:.2f}s per request, the average of {done.realtime_answers:,} in OUTPUT"
+    else:
+        latency, basis = ASSUMED_LATENCY, f"{ASSUMED_LATENCY:g}s per request, assumed"
+    capacity = _capacity(args, latency)
+    work = _work(plan)
+    now = time.time()
+    split = deadline_policy(args.finish_by, args.prefer, now).plan(now, work, capacity)
+
+    def cost(part: Work, total: float | None) -> float | None:
+        if total is None:
+            return None
+        return total * part.requests / plan.requests if plan.requests else 0.0
+
+    plan.deadline = {
+        "prefer": args.prefer,
+        "finish_by": args.finish_by,
+        "seconds_left": round(split.available, 3),
+        "realtime_seconds": round(split.realtime_seconds, 3),
+        "realtime_bound_by": capacity.binding(work),
+        "latency_basis": basis,
+        "reachable": split.reachable,
+        "shortfall_seconds": round(split.shortfall, 3),
+        "needed_limits": split.needed,
+        "batch_requests": split.batch.requests,
+        "realtime_requests": split.realtime.requests,
+        "cost_batch_part": _round(cost(split.batch, plan.cost_batch)),
+        "cost_realtime_part": _round(cost(split.realtime, plan.cost_realtime)),
+        "switch_to_realtime_in_seconds": (
+            None if split.switch_in is None else round(split.switch_in, 3)
+        ),
+    }
 
 
 def _money(value: float | None) -> str:
@@ -328,6 +395,7 @@ def plan_table(plan: Plan, title: str) -> Table:
         for name, seconds in plan.seconds_by_limit.items():
             if name != plan.bound_by:
                 rows.append((f"time under --{name}", _duration(seconds)))
+    rows += _deadline_rows(plan.deadline)
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     notes = [f"expected output: {plan.expected_basis}"]
@@ -345,6 +413,49 @@ def plan_table(plan: Plan, title: str) -> Table:
     table.caption = Text("\n".join(notes))
     table.caption_justify = "left"
     return table
+
+
+def _deadline_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if d is None:
+        return []
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["finish_by"]))
+    rows = [
+        ("finish by", f"{when} (in {_duration(max(0.0, d['seconds_left']))})"),
+        (
+            "realtime needs, for all of it",
+            f"{_duration(d['realtime_seconds'])} (bound by --{d['realtime_bound_by']}; "
+            f"{d['latency_basis']})",
+        ),
+        (
+            "planned: batch API",
+            f"{d['batch_requests']:,} requests, {_money(d['cost_batch_part'])}",
+        ),
+        (
+            "planned: realtime",
+            f"{d['realtime_requests']:,} requests, {_money(d['cost_realtime_part'])}",
+        ),
+    ]
+    if d["switch_to_realtime_in_seconds"] is not None:
+        rows.append(
+            (
+                "switch to realtime",
+                f"at the latest in {_duration(d['switch_to_realtime_in_seconds'])}, "
+                "for whatever the batches have not answered by then",
+            )
+        )
+    if d["reachable"]:
+        rows.append(("deadline reachable", "yes, by realtime alone if no batch comes back"))
+    else:
+        needed = ", ".join(f"--{k} {v:,.0f}" for k, v in d["needed_limits"].items())
+        rows.append(
+            (
+                "deadline reachable",
+                f"not guaranteed: realtime is {_duration(d['shortfall_seconds'])} short"
+                + (f" (it would need {needed})" if needed else "")
+                + "; only batches that come back in time can make it",
+            )
+        )
+    return rows
 
 
 def main(args: argparse.Namespace) -> int:
@@ -371,4 +482,6 @@ def main(args: argparse.Namespace) -> int:
             "(fix them, or pass --on-bad-line skip)",
         )
         return EXIT_USAGE
+    if plan.deadline is not None and not plan.deadline["reachable"]:
+        return EXIT_FAILED  # scripts can tell a deadline the known limits cannot guarantee
     return EXIT_OK

@@ -34,6 +34,7 @@ from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
 from ..types import BatchRequest
 from ._common import (
+    DEFAULT_CONCURRENCY,
     EXIT_BUDGET,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -50,6 +51,7 @@ from ._common import (
 )
 from .batch_run import add_batch_arguments, check_batch_args
 from .costs import add_cost_arguments, budget_of
+from .deadline_run import add_deadline_arguments, check_deadline_args
 from .execute import build_sink, execute
 from .observe import add_arguments as add_observe_arguments
 from .observe import check_report_extra, serve_metrics, write_run_report
@@ -97,9 +99,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--concurrency",
         type=concurrency,
-        default=32,
-        help='requests in flight (default 32), or "auto": found from latency, for servers '
-        "that queue instead of refusing (llama.cpp, vLLM, Ollama)",
+        default=DEFAULT_CONCURRENCY,
+        help=f'requests in flight (default {DEFAULT_CONCURRENCY}), or "auto": found from '
+        "latency, for servers that queue instead of refusing (llama.cpp, vLLM, Ollama)",
     )
     g.add_argument("--rpm", type=positive_float, help="requests per minute (default: adaptive)")
     g.add_argument("--tpm", type=positive_float, help="tokens per minute (default: adaptive)")
@@ -179,6 +181,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_observe_arguments(p)
     add_cost_arguments(p)
     add_batch_arguments(p)
+    add_deadline_arguments(p)
 
 
 # -- the steps of a run, in order -------------------------------------------------------------
@@ -187,6 +190,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 async def _run(args: argparse.Namespace, console: Console) -> int:
     source = structured_source(args, source_of(args))
     check_paths(args)
+    check_deadline_args(args)  # first: --finish-by implies --batch-api
     check_batch_args(args)
     spec = _client_spec(args)
     check_report_extra(args)

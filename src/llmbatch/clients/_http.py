@@ -347,17 +347,7 @@ class HTTPClient:
             raise APIConnectionError(f"bad response from {where}: {exc}") from None
         except TimeoutError:
             raise RequestTimeoutError(f"request to {where} timed out") from None
-        try:
-            body: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            if 200 <= status < 300:
-                raise InvalidResponseError(
-                    f"HTTP {status} body is not JSON: {raw[:200]!r}", status_code=status
-                ) from None
-            body = raw[:2000].decode("utf-8", "replace")
-        if not 200 <= status < 300:
-            raise error_for_status(status, headers, body, max_retry_after=self.max_retry_after)
-        return status, headers, body
+        return status, headers, _decoded(status, headers, raw, self.max_retry_after)
 
     async def aclose(self) -> None:
         """Close the session this client made (an injected one is left to its owner)."""
@@ -403,6 +393,12 @@ async def _exchange_json(
         raise APIConnectionError(f"bad response from {where}: {exc}") from None
     except TimeoutError:
         raise RequestTimeoutError(f"request to {where} timed out") from None
+    return status, resp_headers, _decoded(status, resp_headers, raw, http.max_retry_after)
+
+
+def _decoded(status: int, headers: Mapping[str, str], raw: bytes, max_retry_after: float) -> Any:
+    """The JSON body of a 2xx answer; the error it stands for otherwise (a non-JSON error
+    body is kept as text, cut to 2,000 characters)."""
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -412,8 +408,8 @@ async def _exchange_json(
             ) from None
         body = raw[:2000].decode("utf-8", "replace")
     if not 200 <= status < 300:
-        raise error_for_status(status, resp_headers, body, max_retry_after=http.max_retry_after)
-    return status, resp_headers, body
+        raise error_for_status(status, headers, body, max_retry_after=max_retry_after)
+    return body
 
 
 class APIRequests:

@@ -102,6 +102,8 @@ class ResultSink:
         self.journal = journal
         self.pricer = pricer
         self.spent = 0.0  # USD of the results written by this run
+        self.duplicates = 0  # answers to ids already written (a deadline run's two paths)
+        self.duplicate_cost = 0.0
         self.budget_stopped = False
         self.budget_reason = ""  # the first refusal's message
         self._add_cost = getattr(progress, "add_cost", None)
@@ -187,6 +189,18 @@ class ResultSink:
                 self.cache.put(request, result.response)
             except (sqlite3.Error, OSError) as exc:
                 self._cache_failed(exc)
+
+    def count_duplicate(self, result: BatchResult) -> None:
+        """An answer to an id already written (two paths raced for it): no line, but it was
+        paid for, so its cost is counted in `spent` and `duplicate_cost`."""
+        if self.pricer and result.cost is None and result.response is not None:
+            result.cost = self.pricer.cost(result.response, None)
+        self.duplicates += 1
+        if result.cost:
+            self.duplicate_cost += result.cost
+            self.spent += result.cost
+            if self._add_cost is not None:
+                self._add_cost(result.cost)
 
     # -- durability ---------------------------------------------------------------------------
 

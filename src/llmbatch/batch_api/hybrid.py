@@ -1,0 +1,397 @@
+"""One run over both paths: the batch API first, realtime for what would otherwise be late.
+
+    runner = DeadlineRunner(batches, engine, DeadlinePolicy(deadline), capacity)
+    await runner.run(requests, on_result=sink.write, done=scan.ok.__contains__,
+                     flush=sink.flush, reread=lambda: read_requests())
+    runner.duplicates          # ids answered by both paths around a switch (both paid)
+
+`prefer="cost"`: every request goes into provider batches (half price). A watcher compares
+the time left with what the realtime path needs for the requests still open
+(`DeadlinePolicy.should_switch`); when they meet, it stops submitting, cancels the live
+batches (the provider then returns what they finished) and sends every open request through
+the engine. `prefer="speed"`: the share realtime can finish before the deadline goes to the
+engine at once, only the rest into batches (and the same watcher guards those). Lines a batch
+leaves expired, or failed in a way worth retrying, go realtime as soon as they come back.
+
+Exactly once: the first final result of an id is the one passed to `on_result`; an answer
+that arrives later from the other path (a batch line finished just before its cancel took
+effect, while the same request was already in flight realtime) is not written but is passed
+to `on_duplicate` so its cost is counted. A batch's error for a request realtime now owns is
+dropped: the realtime result decides. After a crash, the ledger re-attaches the batches (a
+cancelled one still returns its finished lines) and the same rules apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from ..deadline import DeadlinePolicy, RealtimeCapacity, Work
+from ..engine import Engine
+from ..errors import BatchAPIError, InvalidOutputError
+from ..io.sink import is_unfinished
+from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS
+from ..text import estimate_tokens
+from ..types import BatchRequest, BatchResult, CompletionRequest
+from .runner import BatchAPIRunner, is_redoable
+
+__all__ = ["DeadlineRunner", "DeadlineStatus", "Switched", "estimate_work"]
+
+DEFAULT_CHECK_INTERVAL = 5.0
+SWITCH_POLL = 0.2  # seconds between looks at the cancelled batches during a switch
+PROBES = 3  # realtime requests sent first when the latency decides the switch
+MAX_PROBE_WAIT = 60.0  # seconds the batches wait for the probes' answers, at most
+
+
+def estimate_work(request: CompletionRequest) -> Work:
+    """One request's work, as the rate limiter charges it: input from its text, output from
+    its max_tokens (a default bound where unset)."""
+    return Work(
+        1,
+        estimate_tokens(request.text_length()),
+        request.max_tokens or DEFAULT_WORST_OUTPUT_TOKENS,
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class Switched:
+    """The watcher moved the open requests to realtime."""
+
+    at: float  # time.time()
+    requests: int  # moved to realtime
+    realtime_seconds: float  # what realtime needed for them, as estimated
+    seconds_left: float  # until the deadline
+    cancelled: tuple[str, ...]  # provider batch ids asked to cancel
+
+
+@dataclass(slots=True, frozen=True)
+class DeadlineStatus:
+    """A snapshot for a progress display."""
+
+    seconds_left: float
+    open_requests: int
+    realtime_sent: int
+    realtime_done: int
+    batch_done: int
+    switched: bool
+
+
+class DeadlineRunner:
+    """Feeds a `BatchAPIRunner` and an `Engine` from one set of requests, by a deadline."""
+
+    def __init__(
+        self,
+        batches: BatchAPIRunner,
+        engine: Engine,
+        policy: DeadlinePolicy,
+        capacity: RealtimeCapacity,
+        *,
+        clock: Callable[[], float] = time.time,
+        check_interval: float = DEFAULT_CHECK_INTERVAL,
+        on_duplicate: Callable[[BatchResult], None] | None = None,
+        listeners: Iterable[Callable[[Switched], None]] = (),
+    ) -> None:
+        self.batches = batches
+        self.engine = engine
+        self.policy = policy
+        self.capacity = capacity
+        self.clock = clock
+        self.check_interval = check_interval
+        self.on_duplicate = on_duplicate
+        self.listeners = list(listeners)
+        self.duplicates: list[str] = []
+        self.switched: Switched | None = None
+        # Requests not yet final in this run, with their estimated work.
+        self._open: dict[str, Work] = {}
+        self._open_work = Work()
+        self._realtime: set[str] = set()  # ids sent (or queued) realtime
+        self._realtime_work = Work()  # of those, the ones still open
+        self._final: set[str] = set()
+        self._batch_done = 0
+        self._realtime_done = 0
+        self._latency_sum = 0.0
+        self._latency_n = 0
+        self._redo: set[str] = set()  # expired / retryable batch lines, to send realtime
+        self._switching = False  # from now on every batch error goes realtime
+        self._cancelled: set[str] = set()  # batch ids asked to cancel
+        self._wake = asyncio.Event()
+
+    def status(self) -> DeadlineStatus:
+        return DeadlineStatus(
+            seconds_left=self.policy.deadline - self.clock(),
+            open_requests=len(self._open),
+            realtime_sent=len(self._realtime),
+            realtime_done=self._realtime_done,
+            batch_done=self._batch_done,
+            switched=self.switched is not None,
+        )
+
+    def current_capacity(self) -> RealtimeCapacity:
+        """The configured capacity, with the latency seen so far once there is some."""
+        if self._latency_n >= PROBES:
+            latency = self._latency_sum / self._latency_n
+            return dataclasses.replace(self.capacity, latency=latency)
+        return self.capacity
+
+    async def run(
+        self,
+        requests: Iterable[BatchRequest],
+        *,
+        on_result: Callable[[BatchResult], None],
+        done: Callable[[str], bool] = lambda rid: False,
+        flush: Callable[[], None] | None = None,
+        reread: Callable[[], Iterable[BatchRequest]] | None = None,
+        total: Work | None = None,
+    ) -> None:
+        """Run every request to a final result, each passed once to `on_result`.
+
+        `done(id)`: already in the output (from an earlier run). `reread()` gives the requests
+        again (from the input file), so they need not be held in memory for a switch; without
+        it they are. `total`: the work of all `requests`, if known: lets the run measure the
+        latency first when the switch depends on it, and is required with prefer="speed" (the
+        realtime share is a share of it).
+        """
+        if self.policy.prefer == "speed" and total is None:
+            raise ValueError('prefer="speed" needs the total work (total=Work(...))')
+        self._on_result = on_result
+        kept: dict[str, BatchRequest] | None = None if reread is not None else {}
+        to_realtime: asyncio.Queue[BatchRequest | None] = asyncio.Queue()
+        quota = probes = 0
+        now = self.clock()
+        if total is not None:
+            if self.policy.prefer == "speed":
+                quota = self.policy.realtime_share(now, total, self.current_capacity())
+            elif self._latency_matters(now, total):
+                quota = probes = PROBES
+
+        def feed() -> Iterator[BatchRequest]:
+            nonlocal quota
+            for item in requests:
+                if done(item.id) or item.id in self._open or item.id in self._final:
+                    continue
+                work = estimate_work(item.request)
+                self._open[item.id] = work
+                self._open_work += work
+                if kept is not None:
+                    kept[item.id] = item
+                if quota > 0:
+                    quota -= 1
+                    self._send(item, to_realtime)
+                    continue
+                yield item
+
+        source: Iterator[BatchRequest] = feed()
+        if probes:
+            # Take the probes off the top now (they go realtime); the batches wait for their
+            # latency, so that the first decision is made with it.
+            first = next(source, None)
+            source = itertools.chain([] if first is None else [first], source)
+        batch_ended = asyncio.Event()
+        ready = asyncio.Event()  # probes answered, or not worth waiting for any longer
+
+        async def probe() -> None:
+            limit = self.clock() + min(MAX_PROBE_WAIT, 0.1 * (self.policy.deadline - now))
+            while self._realtime_done < min(probes, len(self._realtime)):
+                if self.clock() >= limit:
+                    break
+                await asyncio.sleep(SWITCH_POLL)
+            ready.set()
+
+        async def batch_side() -> None:
+            try:
+                await ready.wait()
+                stream = self.batches.stream(source, done=done, flush=flush)
+                async with contextlib.aclosing(stream) as results:
+                    async for result in results:
+                        self._from_batch(result)
+            finally:
+                batch_ended.set()
+                self._wake.set()
+
+        async def watch() -> None:
+            await ready.wait()
+            while not batch_ended.is_set():
+                self._wake.clear()
+                if self._redo:  # one pass over the input for all of them, not one each
+                    redo, self._redo = self._redo, set()
+                    self._send_open(to_realtime, kept, reread, only=redo)
+                if self.switched is None and self._should_switch():
+                    await self._switch(source, to_realtime, kept, reread)
+                elif self.switched is not None:
+                    # Batches re-attached after the switch (a rerun decides before the
+                    # ledger is read) are cancelled too.
+                    await self._cancel_live()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.check_interval)
+            # Anything still open (redone lines; ids no batch took because the runner was
+            # halted) goes realtime; then the realtime side may end.
+            for item in source:
+                self._send(item, to_realtime)
+            self._send_open(to_realtime, kept, reread)
+            to_realtime.put_nowait(None)
+
+        async def realtime_side() -> None:
+            async def pull() -> AsyncIterator[BatchRequest]:
+                while (item := await to_realtime.get()) is not None:
+                    if item.id not in self._final:  # the batch answered it meanwhile
+                        yield item
+
+            stream = self.engine.stream(pull(), finish_unstarted=False)
+            async with contextlib.aclosing(stream) as results:
+                async for result in results:
+                    self._from_realtime(result)
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(probe())
+            group.create_task(batch_side())
+            group.create_task(watch())
+            group.create_task(realtime_side())
+
+    # -- deciding -----------------------------------------------------------------------------
+
+    def _latency_matters(self, now: float, total: Work) -> bool:
+        """True when, under the assumed latency, the switch would come in the first half of
+        the time given: then a few requests go realtime at once (their answers are used) so
+        that the switch is timed by the latency this server really has."""
+        switch_at = self.policy.switch_at(total, self.capacity)
+        return total.requests > PROBES and switch_at < now + 0.5 * (self.policy.deadline - now)
+
+    def _should_switch(self) -> bool:
+        in_batches = self._open_work - self._realtime_work
+        return self.policy.should_switch(self.clock(), in_batches, self.current_capacity())
+
+    async def _switch(
+        self,
+        source: Iterator[BatchRequest],
+        queue: asyncio.Queue[BatchRequest | None],
+        kept: dict[str, BatchRequest] | None,
+        reread: Callable[[], Iterable[BatchRequest]] | None,
+    ) -> None:
+        now = self.clock()
+        moving = self._open_work - self._realtime_work
+        needed = self.current_capacity().seconds(moving)
+        self._switching = True
+        self.batches.halt()
+        cancelled = await self._cancel_live()
+        # A cancelled batch returns what it finished: wait for that, as long as realtime can
+        # still start in time, rather than buy those answers again.
+        await self._until_ended(set(cancelled), self.policy.start_by(needed))
+        before = len(self._realtime)
+        for item in source:  # requests the halted runner never took
+            self._send(item, queue)
+        self._send_open(queue, kept, reread)
+        self.switched = Switched(
+            at=now,
+            requests=len(self._realtime) - before,
+            realtime_seconds=needed,
+            seconds_left=self.policy.deadline - now,
+            cancelled=tuple(cancelled),
+        )
+        for listener in self.listeners:
+            listener(self.switched)
+
+    async def _cancel_live(self) -> list[str]:
+        """Cancel the live batches not cancelled yet; return the ids newly cancelled."""
+        fresh = await self.batches.cancel_live(skip=self._cancelled)
+        self._cancelled.update(fresh)
+        return fresh
+
+    async def _until_ended(self, batch_ids: set[str], until: float) -> None:
+        ledger = self.batches.ledger
+        while ledger is not None and self.clock() < until:
+            if not any(r.live and r.batch_id in batch_ids for r in ledger.chunks):
+                return
+            await asyncio.sleep(SWITCH_POLL)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def _send(self, item: BatchRequest, queue: asyncio.Queue[BatchRequest | None]) -> None:
+        """Queue `item` for realtime, once."""
+        if item.id in self._realtime or item.id in self._final:
+            return
+        self._realtime.add(item.id)
+        work = self._open.get(item.id)
+        if work is None:
+            work = self._open[item.id] = estimate_work(item.request)
+            self._open_work += work
+        self._realtime_work += work
+        queue.put_nowait(item)
+
+    def _send_open(
+        self,
+        queue: asyncio.Queue[BatchRequest | None],
+        kept: dict[str, BatchRequest] | None,
+        reread: Callable[[], Iterable[BatchRequest]] | None,
+        only: set[str] | None = None,
+    ) -> None:
+        """Queue for realtime every open request not sent yet (or those in `only`)."""
+        wanted = {
+            rid
+            for rid in (self._open if only is None else only)
+            if rid in self._open and rid not in self._realtime
+        }
+        if not wanted:
+            return
+        items: Iterable[BatchRequest]
+        if kept is not None:
+            items = (kept[rid] for rid in wanted)
+        else:
+            assert reread is not None
+            items = (item for item in reread() if item.id in wanted)
+        for item in items:
+            self._send(item, queue)
+
+    def _from_batch(self, result: BatchResult) -> None:
+        rid = result.id
+        if rid in self._final:
+            self._duplicate(result)
+        elif result.error is not None and rid in self._realtime:
+            return  # realtime owns it now: its result decides
+        elif result.error is not None and (self._switching or _redo(result)):
+            self._redo.add(rid)
+            self._wake.set()
+        else:
+            self._batch_done += 1
+            self._finish(result)
+
+    def _from_realtime(self, result: BatchResult) -> None:
+        if is_unfinished(result):  # cut short (interrupted): no line, still open
+            self._on_result(result)
+            return
+        if result.id in self._final:
+            self._duplicate(result)
+            return
+        if result.error is None and result.timing is not None and result.attempts:
+            self._latency_sum += result.timing.provider / result.attempts
+            self._latency_n += 1
+        self._realtime_done += 1
+        self._finish(result)
+
+    def _finish(self, result: BatchResult) -> None:
+        work = self._open.pop(result.id, None)
+        if work is not None:
+            self._open_work -= work
+            if result.id in self._realtime:
+                self._realtime_work -= work
+        self._final.add(result.id)
+        self._on_result(result)
+
+    def _duplicate(self, result: BatchResult) -> None:
+        if result.error is None:
+            self.duplicates.append(result.id)
+            if self.on_duplicate is not None:
+                self.on_duplicate(result)
+
+
+def _redo(result: BatchResult) -> bool:
+    """A batch line to finish realtime: expired, failed retryably, cancelled (a cancel is a
+    switch, this run's or a crashed one's; the deadline still wants the answer), or a reply
+    that broke the schema (the engine asks again, and re-asks as the reply policy allows)."""
+    error = result.error
+    cancelled = isinstance(error, BatchAPIError) and error.code == "batch_cancelled"
+    return cancelled or isinstance(error, InvalidOutputError) or is_redoable(result)

@@ -2,7 +2,8 @@
 # The demo: start the provider simulator, summarise this project's own source files with
 # `llmbatch run` (progress bar, retries, pacing learned from the server), print the stats,
 # write an HTML report of the run (plots; opens offline), stop the simulator. No API key and
-# no network needed.
+# no network needed. The simulator's model is priced like gpt-4o-mini (--price-in/--price-out)
+# so that the stats and the report show what the run would cost.
 set -euo pipefail
 . "$(dirname "$0")/_venv.sh" fast,report
 mkdir -p demo-out
@@ -22,7 +23,7 @@ status=0
   --files "src/**/*.py" --json --max-tokens 200 \
   -o demo-out/summaries.jsonl --base-url "$url/v1" --model sim-1 \
   --concurrency 16 --error-log demo-out/logs --prompt-section file_summary \
-  --report demo-out/report.html || status=$?
+  --price-in 0.15 --price-out 0.60 --report demo-out/report.html || status=$?
 echo "results: demo-out/summaries.jsonl (rerun the same command to resume; nothing is resent)" >&2
 echo "report:  $(pwd)/demo-out/report.html (open it in a browser; works offline)" >&2
 .venv/bin/python - <<'PY'

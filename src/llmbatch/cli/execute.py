@@ -148,8 +148,8 @@ async def execute_realtime(
 ) -> bool:
     """Send `requests` through the local engine into the sink; True if interrupted.
     `replies`: the reply policy, if not the flags' (re-asks of batch answers use one less)."""
-    requests = _within(budget, sink, requests)
-    work = _execute_here(args, client, sink, requests, total, budget, metrics, replies)
+    engine = build_engine(args, client, sink, budget, metrics, replies)
+    work = _drain(engine, sink, _within(budget, sink, requests), args.timeout, total)
     return await _with_sync(sink, total, work)
 
 
@@ -228,18 +228,15 @@ def build_engine(
     return engine
 
 
-async def _execute_here(
-    args: argparse.Namespace,
-    client: ProviderClient,
+async def _drain(
+    engine: Engine,
     sink: ResultSink,
     requests: Iterator[BatchRequest],
+    timeout: float | None,
     total: int,
-    budget: Budget | None = None,
-    metrics: MetricsListener | None = None,
-    replies: ReplyPolicy | None = None,
 ) -> None:
-    engine = build_engine(args, client, sink, budget, metrics, replies)
-    stream = engine.stream(requests, timeout=args.timeout, total=total, finish_unstarted=False)
+    """Every result of `requests` through `engine`, into the sink."""
+    stream = engine.stream(requests, timeout=timeout, total=total, finish_unstarted=False)
     # Leaving this block by an exception (the sink's OutputError) closes the stream, which
     # stops admissions and cancels the requests in flight.
     async with contextlib.aclosing(stream) as results:

@@ -9,10 +9,11 @@ Modules: `split` (chunks under the caps), `ledger` (the durable record next to t
 """
 
 from .anthropic import AnthropicBatches, wire_id
-from .backend import BatchBackend, BatchInfo, LineOutcome, backend_for
+from .backend import BatchBackend, BatchInfo, LineOutcome
 from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
 from .ledger import ChunkRecord, Ledger, LedgerError, ledger_paths
 from .openai import OpenAIBatches
+from .providers import backend_for
 from .runner import BatchAPIConfig, BatchAPIRunner, is_redoable
 from .split import ANTHROPIC_CAPS, OPENAI_CAPS, Caps, Splitter
 

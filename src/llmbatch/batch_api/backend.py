@@ -1,6 +1,6 @@
 """What the runner needs from a provider's batch API, and the values it returns.
 
-    backend = backend_for(client)                    # OpenAIBatches or AnthropicBatches
+    backend = backend_for(client)            # llmbatch.batch_api.providers: OpenAIBatches...
     key, line = backend.encode(BatchRequest("a", request))
     info = await backend.create(key, input_path, file_id, tag="run:0")
     async for line in backend.results(info): ...     # LineOutcome per answered request
@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..clients.provider import ProviderClient
 from ..types import BatchRequest, CompletionResponse
 from .split import Caps, Framing
 
-__all__ = ["BatchBackend", "BatchInfo", "LineOutcome", "backend_for"]
+__all__ = ["BatchBackend", "BatchInfo", "LineOutcome"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -100,15 +99,3 @@ class BatchBackend(Protocol):
     async def cleanup(self, info: BatchInfo, file_id: str | None) -> None:
         """Delete what the batch left at the provider (files), where that applies."""
         ...
-
-
-def backend_for(client: ProviderClient) -> BatchBackend:
-    """The batch API of `client`'s provider. `ValueError` for a provider without one."""
-    from .anthropic import AnthropicBatches
-    from .openai import OpenAIBatches
-
-    if client.name == "openai":
-        return OpenAIBatches(client)
-    if client.name == "anthropic":
-        return AnthropicBatches(client)
-    raise ValueError(f"provider {client.name!r} has no batch API here (openai, anthropic)")

@@ -81,9 +81,10 @@ from ..replies import check_reply
 from ..schema import Schema, SchemaMode
 from ..text import estimate_tokens
 from ..types import BatchRequest, BatchResult, CompletionRequest
-from .backend import BatchBackend, BatchInfo, LineOutcome, backend_for
+from .backend import BatchBackend, BatchInfo, LineOutcome
 from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
 from .ledger import CREATED, ENDED, UPLOADED, ChunkRecord, Ledger, LedgerError
+from .providers import backend_for
 from .split import Chunk, Splitter, TooLarge
 
 __all__ = ["BatchAPIConfig", "BatchAPIRunner", "is_redoable"]

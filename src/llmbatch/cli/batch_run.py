@@ -49,8 +49,8 @@ from ..metrics import MetricsListener
 from ..replies import ReplyPolicy, ReplyTries
 from ..types import BatchRequest, BatchResult
 from ._common import positive_float, positive_int, say
-from .execute import execute_realtime, first_error
 from .precheck import Precheck
+from .realtime import execute_realtime, first_error
 from .structured import reply_policy
 from .usage import UsageError
 

@@ -39,8 +39,8 @@ from ..metrics import MetricsListener
 from ..types import BatchRequest
 from ._common import DEFAULT_CONCURRENCY, finish_by, say
 from .batch_run import BATCH_PROVIDERS, BatchProgressView, batch_api_failed, batch_config
-from .execute import build_engine, first_error
 from .precheck import Precheck
+from .realtime import build_engine, first_error
 from .usage import UsageError
 
 __all__ = [

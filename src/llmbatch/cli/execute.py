@@ -1,55 +1,44 @@
-"""Executing a run: the sink every result goes through, and the engine (or Ray) feeding it.
+"""Executing a run: the sink every result goes through, and the way that feeds it.
 
     sink = build_sink(args, console, client, journal, check)
     interrupted = await execute(args, spec, client, sink, requests, check)
 
-`execute` is one of three ways: the local engine, Ray workers (--ray), or the provider's
-batch API (--batch-api, `cli.batch_run`).
-
-The sink's `write` is called by the loop consuming results, so an `OutputError` (the output
-file cannot be written) leaves that loop, which closes the engine's stream: admissions stop
-and requests in flight are cancelled. A periodic fsync runs beside it in one task group.
+`execute` chooses one of four ways: the local engine (`cli.realtime`), Ray workers (--ray,
+`cli.ray_run`), the provider's batch API (--batch-api, `cli.batch_run`), or both by a
+deadline (--finish-by, `cli.deadline_run`). Each writes through the same sink.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import sqlite3
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 
 from ..budget import Budget
 from ..clients import ClientSpec
 from ..clients.provider import ProviderClient
-from ..engine import Engine, EngineConfig
 from ..errorlog import ErrorHandler
-from ..io import cache as cache_module
-from ..io.cache import SQLiteCache, request_key
+from ..io.cache import CacheError, SQLiteCache, request_key
 from ..io.journal import Journal
-from ..io.sink import OutputError, ResultSink
+from ..io.sink import ResultSink
 from ..metrics import MetricsListener
 from ..progress import RichProgress
-from ..replies import ReplyPolicy
 from ..types import BatchRequest, CompletionRequest
-from ._common import rate_limiter, retry_policy, say
-from .costs import pricer_of, until_budget_spent
+from ._common import say
+from .batch_run import execute_batch_api
+from .costs import pricer_of
+from .deadline_run import execute_deadline
 from .precheck import Precheck
-from .structured import reply_policy
+from .ray_run import execute_on_ray
+from .realtime import execute_realtime, with_sync, within_budget
 from .usage import UsageError
 
-__all__ = ["build_engine", "build_sink", "execute", "execute_realtime", "first_error"]
+__all__ = ["build_sink", "execute"]
 
-# `llmbatch.io.cache.CacheError` is being added by another change (a bad cache file raises it
-# at construction); until it lands, sqlite's and the OS's errors are what a bad path gives.
-_CACHE_OPEN_ERRORS: tuple[type[BaseException], ...] = (
-    sqlite3.Error,
-    OSError,
-    *([cache_module.CacheError] if hasattr(cache_module, "CacheError") else []),
-)
+# What a path that cannot be a cache gives at construction.
+_CACHE_OPEN_ERRORS = (sqlite3.Error, OSError, CacheError)
 
 
 def build_sink(
@@ -113,132 +102,17 @@ async def execute(
     `OutputError`), the other is cancelled and the error propagates.
     """
     if getattr(args, "finish_by", None) is not None:
-        from .deadline_run import execute_deadline
-
         return await execute_deadline(
             args, client, sink, check, reread, budget=budget, metrics=metrics
         )
     if getattr(args, "batch_api", False):
-        from .batch_run import execute_batch_api
-
         return await execute_batch_api(
             args, client, sink, requests, check, reread, budget=budget, metrics=metrics
         )
     if args.ray:
-        from .ray_run import execute_on_ray
-
-        requests = _within(budget, sink, requests)
+        requests = within_budget(budget, sink, requests)
         work = execute_on_ray(args, spec, requests, sink, budget=budget, metrics=metrics)
-        return await _with_sync(sink, check.runnable, work)
+        return await with_sync(sink, check.runnable, work)
     return await execute_realtime(
         args, client, sink, requests, check.runnable, budget=budget, metrics=metrics
     )
-
-
-async def execute_realtime(
-    args: argparse.Namespace,
-    client: ProviderClient,
-    sink: ResultSink,
-    requests: Iterator[BatchRequest],
-    total: int,
-    *,
-    budget: Budget | None = None,
-    metrics: MetricsListener | None = None,
-    replies: ReplyPolicy | None = None,
-) -> bool:
-    """Send `requests` through the local engine into the sink; True if interrupted.
-    `replies`: the reply policy, if not the flags' (re-asks of batch answers use one less)."""
-    engine = build_engine(args, client, sink, budget, metrics, replies)
-    work = _drain(engine, sink, _within(budget, sink, requests), args.timeout, total)
-    return await _with_sync(sink, total, work)
-
-
-def _within(
-    budget: Budget | None, sink: ResultSink, requests: Iterator[BatchRequest]
-) -> Iterator[BatchRequest]:
-    if budget is None:
-        return requests
-
-    def stopped() -> bool:
-        return sink.budget_stopped or budget.exhausted is not None
-
-    return until_budget_spent(requests, stopped)
-
-
-async def _with_sync(sink: ResultSink, total: int, work: Coroutine[Any, Any, None]) -> bool:
-    progress = sink.progress
-    if progress is not None:
-        progress.start(total)
-    try:
-        async with asyncio.TaskGroup() as group:
-            syncer = group.create_task(sink.keep_synced())
-            try:
-                await work
-            finally:
-                syncer.cancel()
-    except asyncio.CancelledError:
-        return True
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
-    finally:
-        if progress is not None:
-            progress.stop()
-    return False
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report from a task group: an `OutputError` if there is one."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return next((e for e in leaves if isinstance(e, OutputError)), leaves[0])
-
-
-def build_engine(
-    args: argparse.Namespace,
-    client: ProviderClient,
-    sink: ResultSink,
-    budget: Budget | None = None,
-    metrics: MetricsListener | None = None,
-    replies: ReplyPolicy | None = None,
-) -> Engine:
-    """The realtime engine of a run, as its flags say."""
-    engine = Engine(
-        client,
-        EngineConfig(
-            max_concurrency=args.concurrency,
-            request_timeout=args.request_timeout,
-            retry=retry_policy(args),
-            limiter=rate_limiter(args),
-            max_outage=args.max_outage,
-            listeners=[sink] if metrics is None else [sink, metrics],
-            budget=budget,
-            replies=replies or reply_policy(args),
-        ),
-    )
-    if metrics is not None:
-        metrics.watch(engine.limiter)
-    return engine
-
-
-async def _drain(
-    engine: Engine,
-    sink: ResultSink,
-    requests: Iterator[BatchRequest],
-    timeout: float | None,
-    total: int,
-) -> None:
-    """Every result of `requests` through `engine`, into the sink."""
-    stream = engine.stream(requests, timeout=timeout, total=total, finish_unstarted=False)
-    # Leaving this block by an exception (the sink's OutputError) closes the stream, which
-    # stops admissions and cancels the requests in flight.
-    async with contextlib.aclosing(stream) as results:
-        async for result in results:
-            sink.write(result)

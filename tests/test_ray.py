@@ -104,7 +104,7 @@ def test_with_no_header_at_all_the_cluster_still_converges() -> None:
         sim.close()
     assert len({cid for cid, _, _ in lines}) == 300 and all(ok for _, _, ok in lines)
     # Each probe past the limit costs a few refusals; leases that cross processes add some on
-    # a loaded machine (measured up to 51 at load averages of 4 to 9; 20 to 40 unloaded).
+    # a loaded machine (up to 68 seen at load averages of 4 to 9).
     assert stats["over_limit"] <= 0.25 * 300
 
 

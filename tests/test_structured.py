@@ -139,11 +139,18 @@ def test_exhausted_re_asks_fail_as_invalid_output_keeping_the_reply(
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_inputs(inp, 5)
     schema = write_schema(tmp_path)
-    proc = cli(*run_args(sim, inp, out, "--schema", str(schema), "--max-invalid-retries", "1"))
+    prices = ("--price-in", "1", "--price-out", "2")
+    proc = cli(
+        *run_args(sim, inp, out, "--schema", str(schema), "--max-invalid-retries", "1", *prices)
+    )
     assert proc.returncode == 1, proc.stderr
     records = read_out(out)
     assert len(records) == 5
     for r in records:
+        # The reply was paid for: the failed line carries its cost (resume counts it).
+        usage = r["response"]["body"]["usage"]
+        paid = (usage["prompt_tokens"] * 1 + usage["completion_tokens"] * 2) / 1e6
+        assert r["llmbatch"]["cost"] == pytest.approx(paid)
         assert r["error"]["code"] == "invalid_output"
         assert "does not match the schema" in r["error"]["message"]
         assert r["llmbatch"]["attempts"] == 2  # the first ask and one re-ask

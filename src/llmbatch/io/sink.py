@@ -164,8 +164,10 @@ class ResultSink:
                 self.budget_stopped = True
                 self.budget_reason = str(result.error)
             return
-        response = result.response
-        if self.pricer and result.cost is None and response is not None and result.error is None:
+        # An answer, or a reply that came but was no answer (refused, cut off, off-schema):
+        # either was paid for, so the line carries its cost and a resumed run counts it.
+        response = result.response or getattr(result.error, "response", None)
+        if self.pricer and result.cost is None and isinstance(response, CompletionResponse):
             model = request.model if request is not None else None
             result.cost = self.pricer.cost(response, model)
         try:

@@ -31,6 +31,7 @@ __all__ = [
     "RealtimeCapacity",
     "SplitPlan",
     "Work",
+    "assumed_latency",
     "parse_deadline",
 ]
 
@@ -45,6 +46,11 @@ DEFAULT_MIN_MARGIN = 60.0
 # minutes"): the switch comes this much earlier, and waits up to this long before buying the
 # still-open requests again realtime.
 DEFAULT_CANCEL_TIME = 600.0
+# Decode speed assumed for a hosted model when no realtime answer has been seen yet, and the
+# fixed part of a call (connection, queueing, time to first token): conservative on purpose,
+# since an estimate too low switches too late and misses the deadline.
+ASSUMED_TOKENS_PER_SECOND = 50.0
+ASSUMED_FIRST_TOKEN_SECONDS = 1.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -221,6 +227,13 @@ class DeadlinePolicy:
             needed={} if reachable else capacity.needed(work, usable),
             switch_in=switch_in,
         )
+
+
+def assumed_latency(work: Work) -> float:
+    """Seconds per realtime request before any is seen: a first-token delay plus the
+    average output bound at a typical decode speed."""
+    per_request = work.output_tokens / work.requests if work.requests else 0.0
+    return ASSUMED_FIRST_TOKEN_SECONDS + per_request / ASSUMED_TOKENS_PER_SECOND
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.IGNORECASE)

@@ -32,6 +32,7 @@ from ..deadline import (
     Prefer,
     RealtimeCapacity,
     Work,
+    assumed_latency,
 )
 from ..errors import LLMBatchError
 from ..io.sink import ResultSink
@@ -45,17 +46,12 @@ from .usage import UsageError
 
 __all__ = [
     "add_deadline_arguments",
-    "assumed_latency",
+    "capacity_of",
     "check_deadline_args",
     "deadline_policy",
     "execute_deadline",
 ]
 
-# Decode speed assumed for a hosted model when no realtime answer has been seen yet, and the
-# fixed part of a call (connection, queueing, time to first token): conservative on purpose,
-# since an estimate too low switches too late and misses the deadline.
-ASSUMED_TOKENS_PER_SECOND = 50.0
-ASSUMED_FIRST_TOKEN_SECONDS = 1.0
 STATUS_INTERVAL = 1.0
 ALLOWANCE_SHARE = 0.05  # of the time given, at most, for each of the margin and the cancel
 
@@ -97,6 +93,18 @@ def check_deadline_args(args: argparse.Namespace) -> None:
     args.batch_api = True
 
 
+def capacity_of(args: argparse.Namespace, latency: float | None) -> RealtimeCapacity:
+    """What the realtime path can do under the run's flags (latency None: unknown)."""
+    return RealtimeCapacity(
+        rpm=args.rpm,
+        tpm=args.tpm,
+        itpm=args.itpm,
+        otpm=args.otpm,
+        concurrency=args.concurrency if isinstance(args.concurrency, int) else DEFAULT_CONCURRENCY,
+        latency=latency,
+    )
+
+
 def deadline_policy(deadline: float, prefer: Prefer, now: float) -> DeadlinePolicy:
     """The policy for a run given `deadline - now` seconds: the fixed margin and the time
     allowed for a cancel are each at most a twentieth of that (a run given minutes must not
@@ -108,13 +116,6 @@ def deadline_policy(deadline: float, prefer: Prefer, now: float) -> DeadlinePoli
         min_margin=min(DEFAULT_MIN_MARGIN, ALLOWANCE_SHARE * window),
         cancel_time=min(DEFAULT_CANCEL_TIME, ALLOWANCE_SHARE * window),
     )
-
-
-def assumed_latency(total: Work) -> float:
-    """Seconds per realtime request before any is seen: a first-token delay plus the
-    average output bound at a typical decode speed."""
-    per_request = total.output_tokens / total.requests if total.requests else 0.0
-    return ASSUMED_FIRST_TOKEN_SECONDS + per_request / ASSUMED_TOKENS_PER_SECOND
 
 
 def _total(requests: Iterator[BatchRequest]) -> Work:
@@ -141,14 +142,7 @@ async def execute_deadline(
     view = BatchProgressView(console, disable=args.no_progress)
     realtime_progress, sink.progress = sink.progress, view
     total = _total(reread())
-    capacity = RealtimeCapacity(
-        rpm=args.rpm,
-        tpm=args.tpm,
-        itpm=args.itpm,
-        otpm=args.otpm,
-        concurrency=args.concurrency if isinstance(args.concurrency, int) else DEFAULT_CONCURRENCY,
-        latency=assumed_latency(total),
-    )
+    capacity = capacity_of(args, assumed_latency(total))
     policy = deadline_policy(args.finish_by, args.prefer, time.time())
 
     def announce(event: Switched) -> None:

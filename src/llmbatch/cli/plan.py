@@ -28,15 +28,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..deadline import RealtimeCapacity, Work
+from ..deadline import Work, assumed_latency
 from ..io.formats import TemplateError
 from ..io.journal import iter_records
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS, Pricer
 from ..text import estimate_tokens as chars_to_tokens
 from ..types import CompletionRequest, Usage
-from ._common import DEFAULT_CONCURRENCY, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fraction, say
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fraction, say
 from .costs import pricer_of
-from .deadline_run import deadline_policy
+from .deadline_run import capacity_of, deadline_policy
 from .paths import source_of
 from .precheck import Precheck, precheck
 from .run import _print_bad, add_run_arguments
@@ -46,9 +46,6 @@ from .usage import UsageError
 __all__ = ["Plan", "add_parser", "main", "make_plan"]
 
 DEFAULT_EXPECTED_OUTPUT = 0.5  # of max_tokens, when OUTPUT holds no answers to learn from
-# Seconds per realtime request when OUTPUT holds no realtime answers to learn from: a chat
-# answer of a few hundred tokens from a hosted model.
-ASSUMED_LATENCY = 5.0
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -295,20 +292,9 @@ def _work(plan: Plan) -> Work:
     return Work(plan.requests, plan.input_tokens, plan.output_tokens_max)
 
 
-def _capacity(args: argparse.Namespace, latency: float | None) -> RealtimeCapacity:
-    return RealtimeCapacity(
-        rpm=args.rpm,
-        tpm=args.tpm,
-        itpm=args.itpm,
-        otpm=args.otpm,
-        concurrency=args.concurrency if isinstance(args.concurrency, int) else DEFAULT_CONCURRENCY,
-        latency=latency,
-    )
-
-
 def _time(plan: Plan, args: argparse.Namespace) -> None:
     """Minutes each per-minute limit needs for the whole run, as the limiter charges them."""
-    plan.seconds_by_limit = _capacity(args, None).limits(_work(plan))
+    plan.seconds_by_limit = capacity_of(args, None).limits(_work(plan))
     if plan.seconds_by_limit:
         plan.bound_by, plan.seconds = max(plan.seconds_by_limit.items(), key=lambda kv: kv[1])
 
@@ -320,8 +306,9 @@ def _deadline(plan: Plan, args: argparse.Namespace, done: _Done) -> None:
         latency = done.realtime_seconds / done.realtime_answers
         basis = f"{latency:.2f}s per request, the average of {done.realtime_answers:,} in OUTPUT"
     else:
-        latency, basis = ASSUMED_LATENCY, f"{ASSUMED_LATENCY:g}s per request, assumed"
-    capacity = _capacity(args, latency)
+        latency = assumed_latency(_work(plan))  # as the run assumes until it has seen one
+        basis = f"{latency:.2f}s per request, assumed from max_tokens"
+    capacity = capacity_of(args, latency)
     work = _work(plan)
     now = time.time()
     split = deadline_policy(args.finish_by, args.prefer, now).plan(now, work, capacity)

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, Literal
 import orjson
 
 from .formats import MAX_FIELD_CHARS
+from .journal import parse_record
 
 __all__ = [
     "ColumnKinds",
@@ -162,7 +163,7 @@ class OutputIndex:
                 start, offset = offset, offset + len(raw)
                 if not raw.endswith(b"\n"):
                     break  # a torn tail is never data
-                record = _record(raw)
+                record = parse_record(raw)
                 if record is None:
                     index.foreign_lines += 1
                     continue
@@ -184,19 +185,6 @@ class OutputIndex:
         return open(self.path, "rb")
 
 
-def _record(raw: bytes) -> dict[str, Any] | None:
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    rid = obj.get("custom_id")
-    if not isinstance(rid, str) or not rid:
-        return None
-    return obj
-
-
 class _Reader:
     """Finds and reads the newest result line of an id; marks lines exported."""
 
@@ -207,7 +195,7 @@ class _Reader:
 
     def read_at(self, position: int) -> dict[str, Any] | None:
         self.f.seek(self.index.entries[position] & _OFFSET_MASK)
-        return _record(self.f.readline())
+        return parse_record(self.f.readline())
 
     def find(self, rid: str) -> tuple[int, dict[str, Any]] | None:
         """(position, line) of `rid`'s newest line; every line of `rid` is marked used."""
@@ -344,7 +332,7 @@ def ordered_records(
         )
         for offset in rest:
             f.seek(offset)
-            record = _record(f.readline())
+            record = parse_record(f.readline())
             if record is None:
                 continue
             rid = record["custom_id"]

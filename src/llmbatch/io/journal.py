@@ -56,6 +56,7 @@ __all__ = [
     "JournalScan",
     "iter_records",
     "journal_stats",
+    "parse_record",
     "result_line",
     "timing_fields",
 ]
@@ -179,18 +180,22 @@ def _is_result(obj: Any) -> bool:
     )
 
 
+def parse_record(raw: bytes) -> dict[str, Any] | None:
+    """One line decoded, if it is a result line (see `_is_result`); None otherwise."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if _is_result(obj) else None
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """(line number, decoded result line, or None if it is not one) for each complete line."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 return  # a torn tail is never data
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                yield n, None
-                continue
-            yield n, obj if _is_result(obj) else None
+            yield n, parse_record(raw)
 
 
 def _number(value: Any, kind: type[int] | type[float]) -> Any:

@@ -31,6 +31,8 @@ from typing import Any
 
 import orjson
 
+from ..io.journal import parse_record
+
 __all__ = ["BINS_PER_DECADE", "MAX_BUCKETS", "TOP_N", "aggregate"]
 
 MAX_BUCKETS = 480
@@ -240,17 +242,10 @@ def _span(meta: dict[str, Any]) -> tuple[float | None, float | None]:
 
 
 def _parse(raw: bytes) -> _Line | None:
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    obj = parse_record(raw)  # a result line as resume and stats read it, or None
+    if obj is None:
         return None
-    if not isinstance(obj, dict):
-        return None
-    cid, err, meta = obj.get("custom_id"), obj.get("error"), obj.get("llmbatch") or {}
-    if not isinstance(cid, str) or not cid or not isinstance(meta, dict):
-        return None
-    if err is not None and not isinstance(err, dict):
-        return None
+    cid, err, meta = obj["custom_id"], obj.get("error"), obj.get("llmbatch") or {}
     usage = meta.get("usage")
     if not isinstance(usage, dict):
         usage = {}

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
+
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmbatch.cli.precheck import MAX_BAD_LINES_SHOWN, precheck
+from llmbatch.pipeline import RunConfig
+from llmbatch.pipeline.precheck import MAX_BAD_LINES_SHOWN, precheck
 from llmbatch.io.formats import BadLine, InputItem, read_jsonl
 from llmbatch.types import CompletionRequest
 
 
-def args(**kw: object) -> argparse.Namespace:
-    return argparse.Namespace(**({"tpm": None, "max_input_tokens": None} | kw))
+def args(**kw: Any) -> RunConfig:
+    return RunConfig(output="out.jsonl", **kw)
 
 
 def jsonl(tmp_path: Path, rows: list[object]) -> Path:
@@ -77,4 +79,4 @@ def test_prompts_over_the_token_limits_are_bad_lines(tmp_path: Path) -> None:
     check = precheck(lambda: read_jsonl(path), never, args(max_input_tokens=100))
     assert check.runnable == 1 and "line 2: prompt is ~200 tokens" in str(check.bad[0])
     check = precheck(lambda: read_jsonl(path), never, args(tpm=150.0))
-    assert check.runnable == 1 and "more than --tpm 150 allows" in str(check.bad[0])
+    assert check.runnable == 1 and "more than `tpm` 150 allows" in str(check.bad[0])

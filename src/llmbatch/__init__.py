@@ -1,6 +1,11 @@
 """llmbatch: run thousands to millions of LLM requests as fast as the provider allows,
 and never lose a result.
 
+    # A whole run, resumable, any way of executing it (realtime, Ray, batch API, deadline):
+    summary = llmbatch.run(llmbatch.RunConfig(input="in.jsonl", output="out.jsonl",
+                                              model="gpt-4o-mini", batch_api=True))
+
+    # The seed's processor, for requests held in memory:
     from llmbatch import BatchProcessor, BatchProcessorConfig, BatchRequest, CompletionRequest
     results = BatchProcessor(client).process_batch(
         [BatchRequest("q1", CompletionRequest(prompt="Hello"))])
@@ -59,6 +64,18 @@ from .limiter import (
     estimate_tokens,
 )
 from .metrics import MetricsListener
+from .pipeline import (
+    BatchAPIFailed,
+    ConfigError,
+    DeadlineOutcome,
+    Plan,
+    RunConfig,
+    RunControl,
+    RunSummary,
+    arun,
+    plan,
+    run,
+)
 from .pricing import FixedPrices, GenaiPrices, Pricer, PriceSource
 from .processor import (
     BatchInterrupted,
@@ -180,4 +197,18 @@ __all__ += [
     "GenaiPrices",
     "PriceSource",
     "Pricer",
+]
+
+# The run pipeline (`llmbatch.pipeline`): what `llmbatch run` and `llmbatch plan` do.
+__all__ += [
+    "BatchAPIFailed",
+    "ConfigError",
+    "DeadlineOutcome",
+    "Plan",
+    "RunConfig",
+    "RunControl",
+    "RunSummary",
+    "arun",
+    "plan",
+    "run",
 ]

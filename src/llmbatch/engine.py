@@ -94,7 +94,9 @@ __all__ = ["Concurrency", "Engine", "EngineConfig", "RequestSource"]
 
 log = logging.getLogger("llmbatch")
 
-DEFAULT_CONCURRENCY = 10
+# The one default of the engine and of a run (`RunConfig.concurrency`, the CLI's flag);
+# `BatchProcessorConfig` keeps the seed's 10.
+DEFAULT_CONCURRENCY = 32
 DEFAULT_REQUEST_TIMEOUT = 600.0
 DEFAULT_MAX_AUTH_FAILURES = 5
 

@@ -226,6 +226,12 @@ class DeadlineRunner:
                     # Batches re-attached after the switch (a rerun decides before the
                     # ledger is read) are cancelled too.
                     await self._cancel_live()
+                if self.switched is not None and not self._open:
+                    # Every id has its final result: the run is over. The cancelled batches
+                    # finish on the provider's side; the ledger keeps them, and a rerun (or
+                    # `llmbatch batches`) collects what they return, skipping what is done.
+                    batch_task.cancel()
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.check_interval)
             # Anything still open (redone lines; ids no batch took because the runner was
@@ -248,7 +254,7 @@ class DeadlineRunner:
 
         async with asyncio.TaskGroup() as group:
             group.create_task(probe())
-            group.create_task(batch_side())
+            batch_task = group.create_task(batch_side())
             group.create_task(watch())
             group.create_task(realtime_side())
 
@@ -380,6 +386,8 @@ class DeadlineRunner:
                 self._realtime_work -= work
         self._final.add(result.id)
         self._on_result(result)
+        if not self._open:
+            self._wake.set()  # the watcher ends the run at once
 
     def _duplicate(self, result: BatchResult) -> None:
         if result.error is None:

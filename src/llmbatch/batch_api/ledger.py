@@ -20,7 +20,6 @@ answer was lost). The output's lock (`Journal`) keeps a second run from writing 
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from ..io.atomic import write_atomic
 from .split import Chunk, ids_digest
 
 __all__ = ["ChunkRecord", "Ledger", "LedgerError", "ledger_paths"]
@@ -185,22 +185,3 @@ class Ledger:
         """Remove an ended chunk's sidecar files (the ledger keeps its count and digest)."""
         for p in (self.input_path(record.n), self.ids_path(record.n)):
             p.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new file, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -10,7 +10,9 @@ from .anthropic import AnthropicBatches
 from .backend import BatchBackend
 from .openai import OpenAIBatches
 
-__all__ = ["backend_for"]
+__all__ = ["BATCH_PROVIDERS", "backend_for"]
+
+BATCH_PROVIDERS = ("openai", "anthropic")  # the providers whose batch API is spoken here
 
 
 def backend_for(client: ProviderClient) -> BatchBackend:

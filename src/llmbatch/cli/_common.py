@@ -1,9 +1,8 @@
-"""Small pieces the subcommands share: exit codes, argument types, the event loop, retries."""
+"""Small pieces the subcommands share: exit codes, argument types, the event loop, messages."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -11,15 +10,34 @@ from typing import Any
 
 from rich.console import Console
 
-from ..limiter import RateLimiter
-from ..retry import RetryPolicy
+from ..io.atomic import os_reason
+from ..pipeline.runner import event_loop_factory
+from ..pipeline.summary import (
+    EXIT_BUDGET,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+)
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # some requests failed (their lines hold the error), or unfinished
-EXIT_USAGE = 2  # nothing sent
-EXIT_OUTPUT = 3  # the output file could not be written: the run stopped; rerun to resume
-EXIT_BUDGET = 4  # --max-cost reached: sending stopped; rerun with a higher cap to go on
-EXIT_INTERRUPTED = 130
+__all__ = [
+    "EXIT_BUDGET",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_OUTPUT",
+    "EXIT_USAGE",
+    "concurrency",
+    "event_loop_factory",
+    "finish_by",
+    "fraction",
+    "non_negative_float",
+    "os_reason",
+    "positive_float",
+    "positive_int",
+    "say",
+]
 
 
 def fraction(text: str) -> float:
@@ -46,9 +64,6 @@ def _positive(kind: type[int] | type[float], name: str) -> Callable[[str], Any]:
 
 positive_int = _positive(int, "integer")
 positive_float = _positive(float, "number")
-
-
-DEFAULT_CONCURRENCY = 32
 
 
 def finish_by(text: str) -> float:
@@ -81,38 +96,6 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return value
-
-
-def rate_limiter(args: argparse.Namespace) -> RateLimiter | None:
-    """The limiter the pace flags ask for, or None to let the engine adapt on its own."""
-    limits = (args.rpm, args.tpm, args.itpm, args.otpm)
-    if not any(limits):
-        return None
-    return RateLimiter(
-        args.rpm, args.tpm, input_tokens_per_minute=args.itpm, output_tokens_per_minute=args.otpm
-    )
-
-
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when installed, for `asyncio.Runner(loop_factory=...)`.
-
-    (`uvloop.install()` sets a global policy, deprecated from Python 3.12.)
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def retry_policy(args: argparse.Namespace) -> RetryPolicy:
-    """The one retry policy of a run, local or on Ray: --max-retries after the first try."""
-    return RetryPolicy(max_attempts=max(1, args.max_retries + 1))
-
-
-def os_reason(exc: OSError) -> str:
-    """`[Errno 28] No space left on device`, without the file name Python may append."""
-    return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else str(exc)
 
 
 def say(console: Console, message: str) -> None:

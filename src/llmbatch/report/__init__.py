@@ -10,10 +10,10 @@ into HTML that opens offline. Needs `pip install 'llmbatch[report]'`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from ..io.atomic import write_atomic
 from .aggregate import aggregate
 from .html import render
 
@@ -33,15 +33,3 @@ def write_report(
     data = aggregate(output, limit_rpm=limit_rpm)
     write_atomic(report, render(data, title))
     return data
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write through a temp file and a rename: a reader never sees half a report."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -1,4 +1,6 @@
-"""The first pass over `llmbatch run`'s input: validate every line and count the work.
+"""The first pass over a run's input: validate every line and count the work.
+
+    check = precheck(source, skip, config)   # check.runnable, check.bad, check.bad_count
 
 Nothing is sent until this pass is over, so bad input (malformed lines, missing or duplicate
 ids, prompts over the token budget) stops a run before it costs anything.
@@ -6,7 +8,6 @@ ids, prompts over the token budget) stops a run before it costs anything.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from ..io.formats import BadLine, InputItem
 from ..limiter import Estimate
 from ..text import estimate_tokens as chars_to_tokens
 from ..types import CompletionRequest
+from .config import RunConfig
 
 __all__ = ["MAX_BAD_LINES_SHOWN", "Precheck", "precheck"]
 
@@ -35,15 +37,15 @@ class Precheck:
 def precheck(
     source: Callable[[], Iterator[InputItem | BadLine]],
     skip: Callable[[str], bool],
-    args: argparse.Namespace,
+    config: RunConfig,
     observe: Callable[[CompletionRequest], None] | None = None,
 ) -> Precheck:
     """Check every line; `observe` is called with each runnable request (`llmbatch plan`
     counts its tokens there, so the input is read once)."""
     check = Precheck()
-    # Without per-minute flags no request can be over a budget: skip the estimate (a third
+    # Without per-minute limits no request can be over a budget: skip the estimate (a third
     # of this pass's time on a million short lines).
-    over_a_budget = _budget_check(args)
+    over_a_budget = _limit_check(config)
     # Duplicates are found by a set of hashes (a third of the memory of a dict of ids), and
     # confirmed, with their first line, by a second look only when some are suspected. Ids
     # already done are left out: they are never sent twice whatever the input says.
@@ -70,14 +72,14 @@ def precheck(
             continue
         seen.add(key)
         req = item.request
-        if args.max_input_tokens:
+        if config.max_input_tokens:
             prompt_tokens = chars_to_tokens(req.text_length())
-            if prompt_tokens > args.max_input_tokens:
+            if prompt_tokens > config.max_input_tokens:
                 bad(
                     BadLine(
                         item.line,
-                        f"prompt is ~{prompt_tokens} tokens, over --max-input-tokens "
-                        f"{args.max_input_tokens}",
+                        f"prompt is ~{prompt_tokens} tokens, over `max_input_tokens` "
+                        f"{config.max_input_tokens}",
                     )
                 )
                 continue
@@ -115,17 +117,17 @@ def _confirm_duplicates(
                 observe(item.request)
 
 
-def _budget_check(args: argparse.Namespace) -> Callable[[Estimate], str | None] | None:
-    """The test "why could this request never be sent under the per-minute flags (or None)",
-    or None when no such flag is given. The flags are read once, not per line."""
+def _limit_check(config: RunConfig) -> Callable[[Estimate], str | None] | None:
+    """The test "why could this request never be sent under the per-minute limits (or
+    None)", or None when no limit is given. The limits are read once, not per line."""
     checks = [
         (part, limit, what, flag)
         for part, name, what, flag in (
-            ("total", "tpm", "tokens", "--tpm"),
-            ("input", "itpm", "input tokens", "--itpm"),
-            ("output", "otpm", "output tokens", "--otpm"),
+            ("total", "tpm", "tokens", "`tpm`"),
+            ("input", "itpm", "input tokens", "`itpm`"),
+            ("output", "otpm", "output tokens", "`otpm`"),
         )
-        if (limit := getattr(args, name, None))
+        if (limit := getattr(config, name, None))
     ]
     if not checks:
         return None

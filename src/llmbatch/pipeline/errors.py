@@ -1,0 +1,43 @@
+"""The errors a run raises before it sends anything: a setting or the input is unusable.
+
+    try:
+        llmbatch.run(config)
+    except llmbatch.ConfigError as exc:
+        print(exc.field, exc)          # "max_cost", "max_cost: no price is known for ..."
+
+The message names settings by their `RunConfig` field in backticks (`price_in`); the CLI
+shows each as its flag (`--price-in`) with `ConfigError.render`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+__all__ = ["ConfigError", "name_fields"]
+
+_NAMED = re.compile(r"`([a-z_]+)`")
+
+
+class ConfigError(Exception):
+    """A setting, a path or the input cannot be used; nothing was sent.
+
+    `field` is the `RunConfig` field at fault ("input" for the input itself, "" when no
+    one field is). `str()` names fields plainly; `render(name)` names them as `name` says.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(self.render(lambda f: f))
+
+    def render(self, name: Callable[[str], str]) -> str:
+        text = name_fields(self.message, name)
+        if self.field and not self.message.startswith(f"`{self.field}`"):
+            return f"{name(self.field)}: {text}"
+        return text
+
+
+def name_fields(text: str, name: Callable[[str], str]) -> str:
+    """`text` with each `field` in backticks named by `name` (bad-line messages use them too)."""
+    return _NAMED.sub(lambda m: name(m.group(1)), text)

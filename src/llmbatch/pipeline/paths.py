@@ -1,0 +1,114 @@
+"""The paths a run touches, checked before the output is opened or anything is sent.
+
+    check_paths(config)      # ConfigError naming the field, for a path unusable or taken
+
+One rule for every path: no path may be another's. The output, its lock, compaction and
+batch-ledger files, the stats file, the cache, the error log directory and the report are
+each written; none of them may be an input (`input`, `rows`, `schema`) or one another, or a
+rerun would find its journal replaced by a stats file or turned into SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..batch_api import ledger_paths
+from ..io.atomic import os_reason
+from .config import RunConfig
+from .errors import ConfigError
+
+__all__ = ["check_paths", "path_roles"]
+
+
+def path_roles(config: RunConfig) -> list[tuple[str, str, Path]]:
+    """(field, what, path) for every path the run reads or writes, the output's own files
+    included (their field is "output")."""
+    roles: list[tuple[str, str, Path]] = []
+    for name in ("input", "rows"):
+        value = getattr(config, name)
+        if value:
+            roles.append((name, f"the `{name}` file", Path(value)))
+    if isinstance(config.schema, str | os.PathLike):
+        roles.append(("schema", "the `schema` file", Path(config.schema)))
+    out = Path(config.output)
+    ledger, chunks = ledger_paths(config.output)
+    roles += [
+        ("output", "`output`", out),
+        ("output", "the output's lock file", out.with_name(out.name + ".lock")),
+        ("output", "the output's compaction file", out.with_name(out.name + ".compact.tmp")),
+        ("output", "the batch ledger", ledger),
+        ("output", "the batch ledger's directory", chunks),
+    ]
+    for name in ("stats_json", "cache", "error_log", "report"):
+        value = getattr(config, name)
+        if value:
+            roles.append(
+                (
+                    name,
+                    f"the `{name}` {'directory' if name == 'error_log' else 'file'}",
+                    Path(value),
+                )
+            )
+    return roles
+
+
+_WRITTEN = ("output", "stats_json", "cache", "error_log", "report")
+
+
+def check_paths(config: RunConfig) -> None:
+    """Refuse unusable or clashing paths, one message each, before anything is opened."""
+    roles = path_roles(config)
+    real = [(name, what, _real(path)) for name, what, path in roles]
+    for i, (name, what, path) in enumerate(real):
+        for other_name, other_what, other in real[i + 1 :]:
+            if name == other_name == "output":
+                continue
+            if path == other and (name in _WRITTEN or other_name in _WRITTEN):
+                # Name the written one: it is the one that would destroy the other.
+                culprit, victim = (
+                    (other_name, what) if other_name in _WRITTEN else (name, other_what)
+                )
+                if name == "output" and other_name in ("input", "rows"):
+                    culprit, victim = "output", other_what
+                raise ConfigError(culprit, f"{_shown(config, culprit)} is {victim}")
+    _, chunks = ledger_paths(config.output)
+    inside = _real(chunks)
+    for name, _, path in real:
+        if name != "output" and path.parent == inside:
+            raise ConfigError(
+                name, f"{_shown(config, name)} is inside the batch ledger's directory"
+            )
+    output = Path(config.output)
+    if output.is_dir():
+        raise ConfigError("output", f"`output` {output} is a directory")
+    if not output.parent.is_dir():
+        raise ConfigError("output", f"`output` {output}: directory {output.parent} does not exist")
+    if output.exists() and output.stat().st_size and not config.resume:
+        raise ConfigError(
+            "resume", f"{output} exists and resume is off: remove it, or turn `resume` on"
+        )
+    if config.error_log:
+        log_dir = Path(config.error_log)
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError("error_log", f"{log_dir} is a file; it needs a directory") from None
+        except OSError as exc:
+            raise ConfigError("error_log", f"{log_dir}: {os_reason(exc)}") from None
+    for name in ("stats_json", "report"):
+        value = getattr(config, name)
+        if value:
+            path = Path(value)
+            if path.is_dir():
+                raise ConfigError(name, f"{path} is a directory")
+            if not path.resolve().parent.is_dir():
+                raise ConfigError(name, f"{path}: directory {path.parent} does not exist")
+
+
+def _shown(config: RunConfig, name: str) -> str:
+    return f"`{name}` {getattr(config, name)}"
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))

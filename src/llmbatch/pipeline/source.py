@@ -1,0 +1,157 @@
+"""What a run reads: the input, as items checked once and read again to send.
+
+    source = source_of(config)        # a callable: each call reads the input again, streaming
+    for item in source(): ...         # InputItem (line, id, request) or BadLine
+
+The input is INPUT (JSONL), requests built from a template over files or rows, or, from
+Python, the requests themselves. The run's schema (`schema`) is put on every chat request
+here, so the precheck, the plan and every executor see the same requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Collection, Iterable, Iterator
+from pathlib import Path
+
+from ..io.formats import BadLine, InputItem, read_files, read_jsonl, read_rows
+from ..schema import Schema, SchemaError
+from ..types import BatchRequest, CompletionRequest
+from .config import RunConfig
+from .errors import ConfigError
+
+__all__ = ["Source", "load_schema", "source_of", "where_of"]
+
+Source = Callable[[], Iterator[InputItem | BadLine]]
+
+
+def where_of(config: RunConfig) -> str:
+    """How messages name the input."""
+    if config.requests is not None:
+        return "requests"
+    return config.input or config.rows or "files"
+
+
+def source_of(config: RunConfig) -> Source:
+    """The run's input, with its schema on every chat request (settings checked first)."""
+    if config.json and (config.input or config.requests is not None):
+        raise ConfigError(
+            "json",
+            "applies to `template` requests; a JSONL line sets its own "
+            '"response_format" (or give `schema`, which applies to every line)',
+        )
+    source = _plain_source(config)
+    schema = load_schema(config)
+    return source if schema is None else _with_schema(source, schema)
+
+
+def load_schema(config: RunConfig) -> Schema | None:
+    if config.schema is None:
+        return None
+    try:
+        if isinstance(config.schema, str | os.PathLike):
+            return Schema.from_file(config.schema, mode=config.schema_mode)
+        return Schema.of(config.schema, mode=config.schema_mode)
+    except SchemaError as exc:
+        raise ConfigError("schema", str(exc)) from None
+
+
+def _plain_source(config: RunConfig) -> Source:
+    given = [
+        name for name in ("input", "template", "requests") if getattr(config, name) is not None
+    ]
+    if len(given) > 1:
+        raise ConfigError(given[1], "give one of `input`, `template` or `requests`, not both")
+    if config.requests is not None:
+        return _requests_source(config.requests)
+    if config.template is not None:
+        base = CompletionRequest(
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            response_format="json" if config.json else "text",
+            model=None,
+            system=config.system,
+        )
+        if bool(config.files) == bool(config.rows):
+            raise ConfigError("template", "needs exactly one of `files` or `rows`")
+        if config.files:
+            return _files_source(config.template, config.files, base, own_files(config.output))
+        rows = Path(config.rows or "")
+        if not rows.is_file():
+            raise ConfigError("rows", f"{rows}: no such file")
+        template, id_field, missing = config.template, config.id_field, config.missing_field
+        return lambda: read_rows(template, rows, id_field, base, missing=missing)
+    if config.files or config.rows:
+        raise ConfigError("files" if config.files else "rows", "needs `template`")
+    if not config.input:
+        raise ConfigError("input", "give `input` (a JSONL file) or `template` with `files`/`rows`")
+    path = Path(config.input)
+    if not path.is_file():
+        raise ConfigError("input", f"`input` {path}: no such file")
+    return lambda: read_jsonl(path)
+
+
+def _requests_source(given: object) -> Source:
+    """Requests from Python: read again for each pass, so a one-shot iterator cannot do."""
+    make: Callable[[], Iterable[object]]
+    if callable(given):
+        make = given
+    elif isinstance(given, Collection):
+        make = lambda: given  # noqa: E731
+    else:
+        raise ConfigError(
+            "requests",
+            "must be a list (or other collection) of BatchRequest, or a function returning "
+            "a fresh iterable of them: the run reads them twice (check, then send), so a "
+            "one-shot iterator or generator cannot be used",
+        )
+
+    def items() -> Iterator[InputItem | BadLine]:
+        for n, item in enumerate(make(), 1):
+            if isinstance(item, BatchRequest):
+                yield InputItem(n, item.id, item.request)
+            else:
+                yield BadLine(n, f"not a BatchRequest: {type(item).__name__}", where="request")
+
+    return items
+
+
+def own_files(output: str | None) -> set[str]:
+    """The files a run itself writes: the output, its lock and its compaction temp file."""
+    if not output:  # `llmbatch plan` without an output
+        return set()
+    real = Path(os.path.realpath(output))
+    names = [real, real.with_name(real.name + ".lock"), real.with_name(real.name + ".compact.tmp")]
+    return {str(p) for p in names} | {os.path.abspath(output)}
+
+
+def _files_source(template: str, pattern: str, base: CompletionRequest, own: set[str]) -> Source:
+    # The output is created before the files are listed: a glob like "**/*" would otherwise
+    # send the run's own output and lock file as requests.
+    def items() -> Iterator[InputItem | BadLine]:
+        for item in read_files(template, pattern, base):
+            if isinstance(item, InputItem) and os.path.realpath(item.id) in own:
+                continue
+            yield item
+
+    return items
+
+
+def _with_schema(source: Source, schema: Schema) -> Source:
+    def items() -> Iterator[InputItem | BadLine]:
+        for item in source():
+            if isinstance(item, InputItem):
+                if item.request.endpoint != "chat":
+                    yield BadLine(
+                        item.line,
+                        f"`schema` applies to chat requests; this one is for "
+                        f"{item.request.endpoint!r}",
+                    )
+                    continue
+                if item.request.schema is None:  # a line's own json_schema wins
+                    # A copy: requests from Python are the caller's objects.
+                    item.request = dataclasses.replace(item.request, schema=schema)
+            yield item
+
+    return items

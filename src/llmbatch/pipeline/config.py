@@ -120,8 +120,6 @@ class RunConfig:
     listeners: Sequence[Callable[[Any], None]] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        if not self.output:
-            raise ConfigError("output", "is required: the file results are written to")
         for name in ("rpm", "tpm", "itpm", "otpm", "timeout", "poll_interval"):
             _positive(name, getattr(self, name))
         _positive("request_timeout", self.request_timeout)
@@ -134,12 +132,13 @@ class RunConfig:
         for name in ("max_retries", "max_invalid_retries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(name, f"must be an integer >= 0, got {value!r}")
+                raise ConfigError(name, f"`{name}` must be an integer >= 0, got {value!r}")
         if self.concurrency != "auto":
             _positive("concurrency", self.concurrency, integer=True)
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(
-                "metrics_port", f"must be between 0 and 65535, got {self.metrics_port}"
+                "metrics_port",
+                f"`metrics_port` must be between 0 and 65535, got {self.metrics_port}",
             )
         _choice("missing_field", self.missing_field, ("error", "empty"))
         _choice("on_bad_line", self.on_bad_line, ("fail", "skip"))
@@ -170,7 +169,7 @@ def _deadline(value: datetime | timedelta | str) -> float:
     try:
         return parse_deadline(value, now=time.time())
     except ValueError as exc:
-        raise ConfigError("finish_by", str(exc)) from None
+        raise ConfigError("finish_by", f"`finish_by`: {exc}") from None
 
 
 def _positive(name: str, value: Any, *, integer: bool = False) -> None:
@@ -178,22 +177,22 @@ def _positive(name: str, value: Any, *, integer: bool = False) -> None:
         return
     kind = "integer" if integer else "number"
     if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
-        raise ConfigError(name, f"must be a positive {kind}, got {value!r}")
+        raise ConfigError(name, f"`{name}` must be a positive {kind}, got {value!r}")
     # nan passes `<= 0` and inf has no use: both broke timers far from the setting.
     if not value > 0 or value == math.inf:
-        raise ConfigError(name, f"must be a positive {kind}, got {value!r}")
+        raise ConfigError(name, f"`{name}` must be a positive {kind}, got {value!r}")
 
 
 def _non_negative(name: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(name, f"must be a number >= 0, got {value!r}")
+        raise ConfigError(name, f"`{name}` must be a number >= 0, got {value!r}")
     if not value >= 0 or value == math.inf:
-        raise ConfigError(name, f"must be a number >= 0, got {value!r}")
+        raise ConfigError(name, f"`{name}` must be a number >= 0, got {value!r}")
 
 
 def _choice(name: str, value: object, choices: Iterable[str]) -> None:
     options = tuple(choices)
     if value not in options:
-        raise ConfigError(name, f"must be one of {', '.join(options)}, got {value!r}")
+        raise ConfigError(name, f"`{name}` must be one of {', '.join(options)}, got {value!r}")

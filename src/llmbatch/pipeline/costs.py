@@ -27,7 +27,7 @@ def pricer_of(config: RunConfig, warn: Callable[[str], None]) -> Pricer:
     if (price_in is None) != (price_out is None):
         raise ConfigError("price_in", "`price_in` and `price_out` go together (USD per 1M tokens)")
     if config.price_cached_in is not None and price_in is None:
-        raise ConfigError("price_cached_in", "needs `price_in` and `price_out`")
+        raise ConfigError("price_cached_in", "`price_cached_in` needs `price_in` and `price_out`")
     source: PriceSource
     if price_in is not None and price_out is not None:
         source = FixedPrices(price_in, price_out, config.price_cached_in)
@@ -48,7 +48,7 @@ def budget_of(config: RunConfig, pricer: Pricer, spent: float) -> Budget | None:
     ):
         raise ConfigError(
             "max_cost",
-            f"no price is known for model {config.model!r}; "
+            f"`max_cost`: no price is known for model {config.model!r}; "
             "give `price_in` and `price_out` (USD per 1M tokens)",
         )
     return Budget(config.max_cost, pricer, spent=spent)

@@ -22,8 +22,8 @@ _NAMED = re.compile(r"`([a-z_]+)`")
 class ConfigError(Exception):
     """A setting, a path or the input cannot be used; nothing was sent.
 
-    `field` is the `RunConfig` field at fault ("input" for the input itself, "" when no
-    one field is). `str()` names fields plainly; `render(name)` names them as `name` says.
+    `field` is the `RunConfig` field at fault ("input" for the input itself). The message
+    names fields in backticks; `str()` shows them plainly, `render(name)` as `name` says.
     """
 
     def __init__(self, field: str, message: str) -> None:
@@ -32,10 +32,7 @@ class ConfigError(Exception):
         super().__init__(self.render(lambda f: f))
 
     def render(self, name: Callable[[str], str]) -> str:
-        text = name_fields(self.message, name)
-        if self.field and not self.message.startswith(f"`{self.field}`"):
-            return f"{name(self.field)}: {text}"
-        return text
+        return name_fields(self.message, name)
 
 
 def name_fields(text: str, name: Callable[[str], str]) -> str:

@@ -28,9 +28,9 @@ def path_roles(config: RunConfig) -> list[tuple[str, str, Path]]:
     for name in ("input", "rows"):
         value = getattr(config, name)
         if value:
-            roles.append((name, f"the `{name}` file", Path(value)))
+            roles.append((name, f"`{name}`", Path(value)))
     if isinstance(config.schema, str | os.PathLike):
-        roles.append(("schema", "the `schema` file", Path(config.schema)))
+        roles.append(("schema", "`schema`", Path(config.schema)))
     out = Path(config.output)
     ledger, chunks = ledger_paths(config.output)
     roles += [
@@ -71,7 +71,9 @@ def check_paths(config: RunConfig) -> None:
                 )
                 if name == "output" and other_name in ("input", "rows"):
                     culprit, victim = "output", other_what
-                raise ConfigError(culprit, f"{_shown(config, culprit)} is {victim}")
+                read = victim in ("`input`", "`rows`", "`schema`")
+                why = ": results would overwrite the input" if read else ""
+                raise ConfigError(culprit, f"{_shown(config, culprit)} is {victim}{why}")
     _, chunks = ledger_paths(config.output)
     inside = _real(chunks)
     for name, _, path in real:
@@ -93,17 +95,19 @@ def check_paths(config: RunConfig) -> None:
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
-            raise ConfigError("error_log", f"{log_dir} is a file; it needs a directory") from None
+            raise ConfigError(
+                "error_log", f"`error_log` {log_dir} is a file; it needs a directory"
+            ) from None
         except OSError as exc:
-            raise ConfigError("error_log", f"{log_dir}: {os_reason(exc)}") from None
+            raise ConfigError("error_log", f"`error_log` {log_dir}: {os_reason(exc)}") from None
     for name in ("stats_json", "report"):
         value = getattr(config, name)
         if value:
             path = Path(value)
             if path.is_dir():
-                raise ConfigError(name, f"{path} is a directory")
+                raise ConfigError(name, f"`{name}` {path} is a directory")
             if not path.resolve().parent.is_dir():
-                raise ConfigError(name, f"{path}: directory {path.parent} does not exist")
+                raise ConfigError(name, f"`{name}` {path}: directory {path.parent} does not exist")
 
 
 def _shown(config: RunConfig, name: str) -> str:

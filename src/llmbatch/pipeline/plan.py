@@ -42,7 +42,9 @@ def plan(config: RunConfig, *, expected_output: float | None = None) -> Plan:
     """Plan `config` (raises `ConfigError` as a run would, bad lines aside: they are in
     `Plan.check`). `expected_output`: the expected answer as a fraction of max_tokens."""
     if expected_output is not None and not 0.0 <= expected_output <= 1.0:
-        raise ConfigError("expected_output", f"must be between 0 and 1, got {expected_output}")
+        raise ConfigError(
+            "expected_output", f"`expected_output` must be between 0 and 1, got {expected_output}"
+        )
     # Unpriced models are listed in the plan itself, not warned about.
     pricer = pricer_of(config, lambda message: None)
     return make_plan(config, pricer, expected_output)

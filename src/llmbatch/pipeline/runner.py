@@ -80,7 +80,7 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
     returned summary. A cancel of the calling task propagates after the output is closed.
     """
     if not config.output:
-        raise ConfigError("output", "is required: the file results are written to")
+        raise ConfigError("output", "`output` is required: the file results are written to")
     emit = Emitter(config.listeners)
     source = source_of(config)
     check_paths(config)
@@ -164,7 +164,7 @@ def _check_modes(config: RunConfig) -> None:
     if config.provider not in PROVIDERS:
         raise ConfigError(
             "provider",
-            f"unknown provider {config.provider!r}: use one of {', '.join(sorted(PROVIDERS))}",
+            f"`provider`: unknown provider {config.provider!r}: use one of {', '.join(sorted(PROVIDERS))}",
         )
     if config.finish_by is not None:
         if config.ray:
@@ -174,7 +174,9 @@ def _check_modes(config: RunConfig) -> None:
                 "batch API with local realtime requests; drop `ray`",
             )
         if config.provider not in BATCH_PROVIDERS:
-            raise ConfigError("finish_by", f"provider {config.provider!r} has no batch API here")
+            raise ConfigError(
+                "finish_by", f"`finish_by`: provider {config.provider!r} has no batch API here"
+            )
     if not config.batch_api:
         _refuse_realtime_over_live_batches(config.output)
         return
@@ -185,7 +187,9 @@ def _check_modes(config: RunConfig) -> None:
             "nothing to spread over workers; drop one of them",
         )
     if config.provider not in BATCH_PROVIDERS:
-        raise ConfigError("batch_api", f"provider {config.provider!r} has no batch API here")
+        raise ConfigError(
+            "batch_api", f"`batch_api`: provider {config.provider!r} has no batch API here"
+        )
 
 
 def _refuse_realtime_over_live_batches(output: str) -> None:
@@ -214,7 +218,7 @@ def _client(config: RunConfig) -> tuple[ProviderClient, ClientSpec | None]:
         if config.ray:
             raise ConfigError(
                 "ray",
-                "Ray workers build their own clients: give `provider`/`base_url`/"
+                "`ray`: Ray workers build their own clients: give `provider`/`base_url`/"
                 "`api_key_env` instead of a client object",
             )
         return config.client, None
@@ -225,12 +229,14 @@ def _client(config: RunConfig) -> tuple[ProviderClient, ClientSpec | None]:
         api_key_env=config.api_key_env,
     )
     if config.api_key_env and not os.environ.get(spec.key_env):
-        raise ConfigError("api_key_env", f"{spec.key_env}: that environment variable is not set")
+        raise ConfigError(
+            "api_key_env", f"`api_key_env` {spec.key_env}: that environment variable is not set"
+        )
     if config.ray:
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise ConfigError("ray", "needs Ray: pip install 'llmbatch[ray]'") from None
+            raise ConfigError("ray", "`ray` needs Ray: pip install 'llmbatch[ray]'") from None
     return spec.build(), spec
 
 
@@ -240,7 +246,9 @@ def _check_report(config: RunConfig) -> None:
     try:
         import plotly  # noqa: F401
     except ImportError:
-        raise ConfigError("report", "needs plotly: pip install 'llmbatch[report]'") from None
+        raise ConfigError(
+            "report", "`report` needs plotly: pip install 'llmbatch[report]'"
+        ) from None
 
 
 def _open_output(config: RunConfig) -> Journal:
@@ -316,7 +324,7 @@ def _build_sink(
             cache = SQLiteCache(config.cache, key)
         except _CACHE_OPEN_ERRORS as exc:
             raise ConfigError(
-                "cache", f"{config.cache}: cannot be used as a cache ({exc})"
+                "cache", f"`cache` {config.cache}: cannot be used as a cache ({exc})"
             ) from None
     error_log = (
         ErrorHandler(config.error_log, prompt_section=config.prompt_section)
@@ -342,13 +350,13 @@ def _serve_metrics(config: RunConfig, emit: Emitter) -> Iterator[MetricsListener
     try:
         metrics = MetricsListener(count_finished=False)
     except MissingExtraError as exc:
-        raise ConfigError("metrics_port", str(exc)) from None
+        raise ConfigError("metrics_port", f"`metrics_port`: {exc}") from None
     try:
         server = metrics.serve(config.metrics_port, config.metrics_host)
     except OSError as exc:
         raise ConfigError(
             "metrics_port",
-            f"cannot listen on {config.metrics_host}:{config.metrics_port} ({os_reason(exc)})",
+            f"`metrics_port` {config.metrics_port}: cannot listen on {config.metrics_host}:{config.metrics_port} ({os_reason(exc)})",
         ) from None
     emit(RunNotice(f"metrics at {server.url}", level="info"))
     try:

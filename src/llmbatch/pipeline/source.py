@@ -38,7 +38,7 @@ def source_of(config: RunConfig) -> Source:
     if config.json and (config.input or config.requests is not None):
         raise ConfigError(
             "json",
-            "applies to `template` requests; a JSONL line sets its own "
+            "`json` applies to `template` requests; a JSONL line sets its own "
             '"response_format" (or give `schema`, which applies to every line)',
         )
     source = _plain_source(config)
@@ -54,7 +54,7 @@ def load_schema(config: RunConfig) -> Schema | None:
             return Schema.from_file(config.schema, mode=config.schema_mode)
         return Schema.of(config.schema, mode=config.schema_mode)
     except SchemaError as exc:
-        raise ConfigError("schema", str(exc)) from None
+        raise ConfigError("schema", f"`schema`: {exc}") from None
 
 
 def _plain_source(config: RunConfig) -> Source:
@@ -74,16 +74,16 @@ def _plain_source(config: RunConfig) -> Source:
             system=config.system,
         )
         if bool(config.files) == bool(config.rows):
-            raise ConfigError("template", "needs exactly one of `files` or `rows`")
+            raise ConfigError("template", "`template` needs exactly one of `files` or `rows`")
         if config.files:
             return _files_source(config.template, config.files, base, own_files(config.output))
         rows = Path(config.rows or "")
         if not rows.is_file():
-            raise ConfigError("rows", f"{rows}: no such file")
+            raise ConfigError("rows", f"`rows` {rows}: no such file")
         template, id_field, missing = config.template, config.id_field, config.missing_field
         return lambda: read_rows(template, rows, id_field, base, missing=missing)
     if config.files or config.rows:
-        raise ConfigError("files" if config.files else "rows", "needs `template`")
+        raise ConfigError("files", "`files` and `rows` need `template`")
     if not config.input:
         raise ConfigError("input", "give `input` (a JSONL file) or `template` with `files`/`rows`")
     path = Path(config.input)
@@ -102,7 +102,7 @@ def _requests_source(given: object) -> Source:
     else:
         raise ConfigError(
             "requests",
-            "must be a list (or other collection) of BatchRequest, or a function returning "
+            "`requests` must be a list (or other collection) of BatchRequest, or a function returning "
             "a fresh iterable of them: the run reads them twice (check, then send), so a "
             "one-shot iterator or generator cannot be used",
         )

@@ -164,7 +164,8 @@ def _check_modes(config: RunConfig) -> None:
     if config.provider not in PROVIDERS:
         raise ConfigError(
             "provider",
-            f"`provider`: unknown provider {config.provider!r}: use one of {', '.join(sorted(PROVIDERS))}",
+            f"`provider`: unknown provider {config.provider!r}: use one of "
+            + ", ".join(sorted(PROVIDERS)),
         )
     if config.finish_by is not None:
         if config.ray:
@@ -356,7 +357,8 @@ def _serve_metrics(config: RunConfig, emit: Emitter) -> Iterator[MetricsListener
     except OSError as exc:
         raise ConfigError(
             "metrics_port",
-            f"`metrics_port` {config.metrics_port}: cannot listen on {config.metrics_host}:{config.metrics_port} ({os_reason(exc)})",
+            f"`metrics_port` {config.metrics_port}: cannot listen on "
+            f"{config.metrics_host}:{config.metrics_port} ({os_reason(exc)})",
         ) from None
     emit(RunNotice(f"metrics at {server.url}", level="info"))
     try:

@@ -102,8 +102,8 @@ def _requests_source(given: object) -> Source:
     else:
         raise ConfigError(
             "requests",
-            "`requests` must be a list (or other collection) of BatchRequest, or a function returning "
-            "a fresh iterable of them: the run reads them twice (check, then send), so a "
+            "`requests` must be a list (or other collection) of BatchRequest, or a function "
+            "returning a fresh iterable of them: the run reads them twice (check, then send), so a "
             "one-shot iterator or generator cannot be used",
         )
 

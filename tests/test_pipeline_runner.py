@@ -117,9 +117,15 @@ def test_a_cancel_from_outside_propagates_after_closing_the_output(
     write_requests(inp, [f"c{i}" for i in range(200)])
 
     async def main() -> None:
-        task = asyncio.create_task(llmbatch.arun(base(sim, out, input=str(inp), concurrency=4)))
-        while not (out.exists() and out.stat().st_size):
-            await asyncio.sleep(0.01)
+        first = asyncio.Event()
+
+        def heard(event: object) -> None:
+            if isinstance(event, ResultWritten):
+                first.set()
+
+        config = base(sim, out, input=str(inp), concurrency=4, listeners=[heard])
+        task = asyncio.create_task(llmbatch.arun(config))
+        await first.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from llmbatch.io.formats import BadLine, InputItem, read_jsonl
 from llmbatch.pipeline import RunConfig
 from llmbatch.pipeline.precheck import MAX_BAD_LINES_SHOWN, precheck
-from llmbatch.io.formats import BadLine, InputItem, read_jsonl
 from llmbatch.types import CompletionRequest
 
 

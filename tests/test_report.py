@@ -302,10 +302,10 @@ def test_run_refuses_a_report_it_could_not_write_before_sending(tmp_path: Path) 
     base = ["run", str(inp), "-o", str(out), "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
     for report, why in (
         (tmp_path / "no" / "r.html", "does not exist"),
-        (out, "is the OUTPUT"),
+        (out, "is OUTPUT"),
         # Written at the end, also of an interrupted run: over the batch ledger it would
         # forget the batches still running, and the rerun would pay for them again.
-        (tmp_path / "out.jsonl.batches.json", "is the --batch-api ledger"),
+        (tmp_path / "out.jsonl.batches.json", "is the batch ledger"),
         (tmp_path / "out.jsonl.lock", "is the output's lock file"),
         (tmp_path / "s.json", "is the --stats-json file"),
     ):

@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..deadline import DeadlinePolicy, RealtimeCapacity, Work
@@ -92,6 +92,7 @@ class DeadlineRunner:
         capacity: RealtimeCapacity,
         *,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         on_duplicate: Callable[[BatchResult], None] | None = None,
         listeners: Iterable[Callable[[Switched], None]] = (),
@@ -101,6 +102,7 @@ class DeadlineRunner:
         self.policy = policy
         self.capacity = capacity
         self.clock = clock
+        self.sleep = sleep  # with `clock`: tests run a whole deadline in virtual time
         self.check_interval = check_interval
         self.on_duplicate = on_duplicate
         self.listeners = list(listeners)
@@ -199,7 +201,7 @@ class DeadlineRunner:
             while self._realtime_done < min(probes, len(self._realtime)):
                 if self.clock() >= limit:
                     break
-                await asyncio.sleep(SWITCH_POLL)
+                await self.sleep(SWITCH_POLL)
             ready.set()
 
         async def batch_side() -> None:
@@ -312,7 +314,7 @@ class DeadlineRunner:
         while ledger is not None and self.clock() < until:
             if not any(r.live and r.batch_id in batch_ids for r in ledger.chunks):
                 return
-            await asyncio.sleep(SWITCH_POLL)
+            await self.sleep(SWITCH_POLL)
 
     # -- routing ------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from .split import Chunk, ids_digest
+from .split import Chunk, ids_digest, read_ids
 
 __all__ = ["ChunkRecord", "Ledger", "LedgerError", "ledger_paths"]
 
@@ -166,20 +166,24 @@ class Ledger:
 
     def ids(self, record: ChunkRecord) -> list[str]:
         """The ids `record` covers, in submission order, checked against its digest."""
+        return [rid for rid, _ in self.entries(record)]
+
+    def entries(self, record: ChunkRecord) -> list[tuple[str, str | None]]:
+        """(id, custom_id sent if not the id) of each request of `record`, checked."""
         try:
-            with open(self.ids_path(record.n), "rb") as f:
-                ids = [orjson.loads(line) for line in f]
-        except (OSError, orjson.JSONDecodeError) as exc:
+            entries = read_ids(self.ids_path(record.n))
+        except (OSError, orjson.JSONDecodeError, IndexError) as exc:
             raise LedgerError(
                 f"{self.ids_path(record.n)}: cannot read the ids of batch chunk {record.n} "
                 f"({exc}); the ledger needs it to match results to lines"
             ) from None
+        ids = [rid for rid, _ in entries]
         if len(ids) != record.count or ids_digest(ids) != record.digest:
             raise LedgerError(
                 f"{self.ids_path(record.n)} does not hold the {record.count:,} ids the ledger "
                 f"recorded for chunk {record.n} (changed by hand?)"
             )
-        return ids
+        return entries
 
     def forget_files(self, record: ChunkRecord) -> None:
         """Remove an ended chunk's sidecar files (the ledger keeps its count and digest)."""

@@ -402,15 +402,18 @@ class BatchAPIRunner:
                 since = record.intent_at - CLOCK_SKEW
                 found = None
                 if reattach:  # an upload whose answer was lost is used, not repeated
-                    found = await self._call(lambda: backend.find_upload(name, size, since))
+                    found = await self._lookup(
+                        record, lambda: backend.find_upload(name, size, since)
+                    )
                 record.file_id = found or await self._call(lambda: backend.upload(path, name))
                 record.state = UPLOADED
                 ledger.save()
             info = await self._create_once(record, tag, path, search=reattach)
         except BadRequestError as exc:
-            # The provider refused the batch as a whole (a 4xx naming the problem): every line
-            # of it fails, saying why. Anything less clear (a garbled answer, a timeout)
-            # propagates instead: the batch may exist, and the rerun looks for it first.
+            # The provider refused the upload or the batch as a whole (a 4xx naming the
+            # problem): every line of it fails, saying why. Anything less clear (a garbled
+            # answer, a timeout, a refused look-up: `_lookup`) propagates instead: the batch
+            # may exist, and the rerun looks for it first.
             message = _name_lines(str(exc), ledger.ids(record))
             async for result in self._end_unsent(record, message):
                 yield result
@@ -455,7 +458,7 @@ class BatchAPIRunner:
                 elif info.id not in known and info.total == record.count:
                     candidates.append(info)
 
-        await self._call(scan)
+        await self._lookup(record, scan)
         if self.backend.tags or not candidates:
             return candidates[0] if candidates else None
         # Without a tag (Anthropic), a batch of the same size may be another run's: only its
@@ -466,7 +469,7 @@ class BatchAPIRunner:
         proven: list[BatchInfo] = []
         unknown: list[BatchInfo] = []
         for info in candidates:
-            ran = await self._ran_chunk(info, expected)
+            ran = await self._ran_chunk(record, info, expected)
             if ran is None:
                 unknown.append(info)
             elif ran:
@@ -481,14 +484,16 @@ class BatchAPIRunner:
             )
         return proven[0] if proven else None
 
-    async def _ran_chunk(self, info: BatchInfo, expected: set[str]) -> bool | None:
+    async def _ran_chunk(
+        self, record: ChunkRecord, info: BatchInfo, expected: set[str]
+    ) -> bool | None:
         """Whether batch `info` ran exactly the requests whose custom_ids are `expected`,
         read from its results once it has ended; None if its results are gone."""
         interval = self.config.poll_interval
         while not info.ended:
             await self.config.sleep(interval)
             interval = min(interval * 1.5, self.config.max_poll_interval)
-            info = await self._call(partial(self.backend.get, info.id))
+            info = await self._lookup(record, partial(self.backend.get, info.id))
         seen: set[str] = set()
 
         async def read() -> bool:
@@ -504,7 +509,25 @@ class BatchAPIRunner:
         except LLMBatchError as exc:
             if exc.status_code == 404:
                 return None
-            raise
+            raise self._lookup_failed(record, exc) from exc
+
+    async def _lookup(self, record: ChunkRecord, fn: Callable[[], Awaitable[T]]) -> T:
+        """`fn()`, a look-up for what an earlier try at `record` may have created (listing
+        batches or files). Its refusal (a 403 on a listing, a 404 of a route a gateway
+        lacks) says nothing of the batch, which may exist and be billed: it stops the run,
+        the chunk left live in the ledger, never as a refused batch."""
+        try:
+            return await self._call(fn)
+        except LLMBatchError as exc:
+            raise self._lookup_failed(record, exc) from exc
+
+    def _lookup_failed(self, record: ChunkRecord, exc: LLMBatchError) -> LedgerError:
+        assert self.ledger is not None
+        return LedgerError(
+            f"looking for the batch of chunk {record.n} ({record.count:,} requests) at the "
+            f"provider failed ({exc}); it may exist and be billed, so its lines are not "
+            f"failed: {self.ledger.path} keeps the chunk, and a rerun looks again"
+        )
 
     # -- waiting and collecting -------------------------------------------------------------
 

@@ -87,6 +87,15 @@ class Ledger:
         records another provider or base URL: its batches could not be reached from here."""
         path, directory = ledger_paths(output)
         ledger = cls(path, directory, provider, base_url)
+        if not path.exists() and any(directory.glob("chunk-*")):
+            # The ledger is saved before the directory is made (`ensure_directory`), so chunk
+            # files without it mean it was deleted: the batches it named may be running and
+            # billed, and starting afresh would submit (and pay for) their lines again.
+            raise LedgerError(
+                f"{directory} holds batch chunks but {path} is missing: the batches it "
+                "recorded may be running and billed. Restore it to collect them; or, to "
+                "submit those lines again and pay for them again, remove the directory too"
+            )
         if path.exists():
             ledger._load()
             if (ledger.provider, ledger.base_url) != (provider, base_url):
@@ -155,6 +164,8 @@ class Ledger:
     # -- the sidecar files ------------------------------------------------------------------
 
     def ensure_directory(self) -> Path:
+        if not self.path.exists():
+            self.save()  # first, so a chunk file never exists without its ledger
         self.directory.mkdir(exist_ok=True)
         return self.directory
 

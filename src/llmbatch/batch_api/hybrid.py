@@ -17,10 +17,11 @@ every request goes realtime from the start (batches a crashed run left are cance
 
 Exactly once: the first final result of an id is the one passed to `on_result`; an answer
 that arrives later from the other path (a batch line finished just before its cancel took
-effect, while the same request was already in flight realtime) is not written but is passed
-to `on_duplicate` so its cost is counted. A batch's error for a request realtime now owns is
-dropped: the realtime result decides. After a crash, the ledger re-attaches the batches (a
-cancelled one still returns its finished lines) and the same rules apply.
+effect, while the same request was already in flight realtime) is passed to `on_duplicate`
+so its cost is counted (`ResultSink.count_duplicate` keeps it durably in the output). A
+batch's error for a request realtime now owns is dropped: the realtime result decides. After
+a crash, the ledger re-attaches the batches (a cancelled one still returns its finished
+lines) and the same rules apply.
 """
 
 from __future__ import annotations

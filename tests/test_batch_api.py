@@ -237,8 +237,8 @@ def _half_submitted(
         splitter = Splitter(ledger.directory, backend.caps, framing=backend.framing)
         for rid in ids:
             req = BatchRequest(rid, CompletionRequest(prompt=f"question {rid}", max_tokens=16))
-            key, line = backend.encode(req)
-            assert splitter.add(key, rid, line, 1) is None
+            key, line, wire = backend.encode(req)
+            assert splitter.add(key, rid, line, 1, wire=wire) is None
         (chunk,) = splitter.finish()
         record = ledger.add(chunk, time.time())
         if backend.uploads:

@@ -10,10 +10,14 @@ batch's `results_url` (JSONL, in any order; each line's `result.type` is succeed
 canceled or expired). processing_status is in_progress, canceling or ended.
 
 A custom_id must match ^[a-zA-Z0-9_-]{1,64}$: other ids (file paths, long keys) are sent as
-"llmb_" + a hash of the id, and mapped back from the chunk's ids file. Ids that already
-start with "llmb_" are hashed too, so a mapped id never collides with a user's own.
-Batches carry no metadata: a rerun finds a batch whose create answer was lost by listing
-batches created since the intent was recorded and matching the request count.
+"llmb_" + a hash of the id. Ids that already start with "llmb_" are hashed too, so a mapped
+id never collides with a user's own. Each custom_id then ends in "_" + a digest of the
+request's params (`proof_id`), and the chunk's ids file keeps it, to map answers back.
+
+Why the digest: batches carry no metadata and the API never shows a batch's requests, so
+a batch whose create answer was lost can only be told from another run's batch of the same
+size by its results. Their custom_ids name both the ids and the content of the requests
+that batch ran, so the runner adopts it only when they are exactly its chunk's.
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from ..types import BatchRequest, CompletionRequest, CompletionResponse
 from .backend import BatchInfo, LineOutcome
 from .split import ANTHROPIC_CAPS, JSON_REQUESTS
 
-__all__ = ["AnthropicBatches", "wire_id"]
+__all__ = ["AnthropicBatches", "proof_id", "wire_id"]
 
 _SAFE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _PREFIX = "llmb_"
+_PROOF = 17  # "_" + 16 hex digits of the params' digest
 ROUTE = "/v1/messages/batches"
 # Anthropic's error types, as the HTTP status they stand for (so the tree maps them).
 _STATUS = {
@@ -59,6 +64,15 @@ def wire_id(rid: str) -> str:
     return _PREFIX + hashlib.blake2b(rid.encode(), digest_size=16).hexdigest()
 
 
+def proof_id(rid: str, params: bytes) -> str:
+    """The custom_id sent for `rid` whose params are `params` (JSON bytes): `wire_id(rid)`
+    (hashed if too long to take the suffix) + "_" + 16 hex digits of the params' hash."""
+    base = wire_id(rid)
+    if len(base) + _PROOF > 64:
+        base = _PREFIX + hashlib.blake2b(rid.encode(), digest_size=16).hexdigest()
+    return f"{base}_{hashlib.blake2b(params, digest_size=8).hexdigest()}"
+
+
 class AnthropicBatches:
     name = "anthropic"
     caps = ANTHROPIC_CAPS
@@ -70,9 +84,11 @@ class AnthropicBatches:
         self.client = client
         self.api = APIRequests(client.http)
 
-    def encode(self, item: BatchRequest) -> tuple[str, bytes]:
-        body = self.client.body_for(item.request)
-        return "messages", orjson.dumps({"custom_id": wire_id(item.id), "params": body})
+    def encode(self, item: BatchRequest) -> tuple[str, bytes, str]:
+        params = orjson.dumps(self.client.body_for(item.request))
+        custom_id = proof_id(item.id, params)
+        line = b'{"custom_id":' + orjson.dumps(custom_id) + b',"params":' + params + b"}"
+        return "messages", line, custom_id
 
     def wire_id(self, rid: str) -> str:
         return wire_id(rid)

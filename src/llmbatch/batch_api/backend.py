@@ -1,7 +1,7 @@
 """What the runner needs from a provider's batch API, and the values it returns.
 
     backend = backend_for(client)            # llmbatch.batch_api.providers: OpenAIBatches...
-    key, line = backend.encode(BatchRequest("a", request))
+    key, line, wire = backend.encode(BatchRequest("a", request))
     info = await backend.create(key, input_path, file_id, tag="run:0")
     async for line in backend.results(info): ...     # LineOutcome per answered request
 
@@ -64,13 +64,13 @@ class BatchBackend(Protocol):
     uploads: bool
     tags: bool
 
-    def encode(self, item: BatchRequest) -> tuple[str, bytes]:
-        """(chunk key, the request's line on the wire). Raises `LLMBatchError` if the
-        client cannot express the request."""
+    def encode(self, item: BatchRequest) -> tuple[str, bytes, str]:
+        """(chunk key, the request's line on the wire, its custom_id there). Raises
+        `LLMBatchError` if the client cannot express the request."""
         ...
 
     def wire_id(self, rid: str) -> str:
-        """The custom_id sent for `rid` (Anthropic maps ids its pattern refuses)."""
+        """The custom_id an older chunk (whose ids file kept only ids) sent for `rid`."""
         ...
 
     def parse(self, key: str, line: LineOutcome) -> CompletionResponse:

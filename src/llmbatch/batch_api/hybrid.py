@@ -12,13 +12,16 @@ batches (the provider then returns what they finished) and sends every open requ
 the engine. `prefer="speed"`: the share realtime can finish before the deadline goes to the
 engine at once, only the rest into batches (and the same watcher guards those). Lines a batch
 leaves expired, or failed in a way worth retrying, go realtime as soon as they come back.
+A deadline already past, or so near that the watcher would switch at once, creates no batch:
+every request goes realtime from the start (batches a crashed run left are cancelled).
 
 Exactly once: the first final result of an id is the one passed to `on_result`; an answer
 that arrives later from the other path (a batch line finished just before its cancel took
-effect, while the same request was already in flight realtime) is not written but is passed
-to `on_duplicate` so its cost is counted. A batch's error for a request realtime now owns is
-dropped: the realtime result decides. After a crash, the ledger re-attaches the batches (a
-cancelled one still returns its finished lines) and the same rules apply.
+effect, while the same request was already in flight realtime) is passed to `on_duplicate`
+so its cost is counted (`ResultSink.count_duplicate` keeps it durably in the output). A
+batch's error for a request realtime now owns is dropped: the realtime result decides. After
+a crash, the ledger re-attaches the batches (a cancelled one still returns its finished
+lines) and the same rules apply.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ class DeadlineRunner:
         self._redo: set[str] = set()  # expired / retryable batch lines, to send realtime
         self._switching = False  # from now on every batch error goes realtime
         self._cancelled: set[str] = set()  # batch ids asked to cancel
+        self._straight = False  # the deadline left no time for batches: all went realtime
         self._wake = asyncio.Event()
 
     def status(self) -> DeadlineStatus:
@@ -165,7 +169,13 @@ class DeadlineRunner:
         to_realtime: asyncio.Queue[BatchRequest | None] = asyncio.Queue()
         quota = probes = 0
         now = self.clock()
-        if total is not None:
+        # A deadline already past, or too near for any batch to come back in time, sends
+        # everything realtime from the start: a batch created now would only be cancelled,
+        # and what it finished meanwhile paid for twice.
+        straight = self._straight = self._too_late(now, total)
+        if straight:
+            self.batches.halt()
+        elif total is not None:
             if self.policy.prefer == "speed":
                 quota = self.policy.realtime_share(now, total, self.current_capacity())
             elif self._latency_matters(now, total):
@@ -181,7 +191,7 @@ class DeadlineRunner:
                 self._open_work += work
                 if kept is not None:
                     kept[item.id] = item
-                if quota > 0:
+                if straight or quota > 0:
                     quota -= 1
                     self._send(item, to_realtime)
                     continue
@@ -222,7 +232,7 @@ class DeadlineRunner:
                 if self._redo:  # one pass over the input for all of them, not one each
                     redo, self._redo = self._redo, set()
                     self._send_open(to_realtime, kept, reread, only=redo)
-                if self.switched is None and self._should_switch():
+                if self.switched is None and (straight or self._should_switch()):
                     await self._switch(source, to_realtime, kept, reread)
                 elif self.switched is not None:
                     # Batches re-attached after the switch (a rerun decides before the
@@ -262,6 +272,12 @@ class DeadlineRunner:
 
     # -- deciding -----------------------------------------------------------------------------
 
+    def _too_late(self, now: float, total: Work | None) -> bool:
+        """True when the watcher would switch at once: for all the work if it is known, for
+        one request if not (a deadline too near even for that, or past)."""
+        work = total if total is not None and total.requests else Work(1)
+        return self.policy.should_switch(now, work, self.current_capacity())
+
     def _latency_matters(self, now: float, total: Work) -> bool:
         """True when, under the assumed latency, the switch would come in the first half of
         the time given: then a few requests go realtime at once (their answers are used) so
@@ -289,7 +305,8 @@ class DeadlineRunner:
         # A cancelled batch returns what it finished: wait for that, as long as realtime can
         # still start in time, rather than buy those answers again.
         await self._until_ended(set(cancelled), self.policy.start_by(needed))
-        before = len(self._realtime)
+        # Sent straight to realtime from the start (`_too_late`): all of them were moved.
+        before = 0 if self._straight else len(self._realtime)
         for item in source:  # requests the halted runner never took
             self._send(item, queue)
         self._send_open(queue, kept, reread)

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from ..io.atomic import write_atomic
-from .split import Chunk, ids_digest
+from .split import Chunk, ids_digest, read_ids
 
 __all__ = ["ChunkRecord", "Ledger", "LedgerError", "ledger_paths"]
 
@@ -87,6 +87,15 @@ class Ledger:
         records another provider or base URL: its batches could not be reached from here."""
         path, directory = ledger_paths(output)
         ledger = cls(path, directory, provider, base_url)
+        if not path.exists() and any(directory.glob("chunk-*")):
+            # The ledger is saved before the directory is made (`ensure_directory`), so chunk
+            # files without it mean it was deleted: the batches it named may be running and
+            # billed, and starting afresh would submit (and pay for) their lines again.
+            raise LedgerError(
+                f"{directory} holds batch chunks but {path} is missing: the batches it "
+                "recorded may be running and billed. Restore it to collect them; or, to "
+                "submit those lines again and pay for them again, remove the directory too"
+            )
         if path.exists():
             ledger._load()
             if (ledger.provider, ledger.base_url) != (provider, base_url):
@@ -155,6 +164,8 @@ class Ledger:
     # -- the sidecar files ------------------------------------------------------------------
 
     def ensure_directory(self) -> Path:
+        if not self.path.exists():
+            self.save()  # first, so a chunk file never exists without its ledger
         self.directory.mkdir(exist_ok=True)
         return self.directory
 
@@ -166,20 +177,24 @@ class Ledger:
 
     def ids(self, record: ChunkRecord) -> list[str]:
         """The ids `record` covers, in submission order, checked against its digest."""
+        return [rid for rid, _ in self.entries(record)]
+
+    def entries(self, record: ChunkRecord) -> list[tuple[str, str | None]]:
+        """(id, custom_id sent if not the id) of each request of `record`, checked."""
         try:
-            with open(self.ids_path(record.n), "rb") as f:
-                ids = [orjson.loads(line) for line in f]
-        except (OSError, orjson.JSONDecodeError) as exc:
+            entries = read_ids(self.ids_path(record.n))
+        except (OSError, orjson.JSONDecodeError, IndexError) as exc:
             raise LedgerError(
                 f"{self.ids_path(record.n)}: cannot read the ids of batch chunk {record.n} "
                 f"({exc}); the ledger needs it to match results to lines"
             ) from None
+        ids = [rid for rid, _ in entries]
         if len(ids) != record.count or ids_digest(ids) != record.digest:
             raise LedgerError(
                 f"{self.ids_path(record.n)} does not hold the {record.count:,} ids the ledger "
                 f"recorded for chunk {record.n} (changed by hand?)"
             )
-        return ids
+        return entries
 
     def forget_files(self, record: ChunkRecord) -> None:
         """Remove an ended chunk's sidecar files (the ledger keeps its count and digest)."""

@@ -52,12 +52,12 @@ class OpenAIBatches:
         self.client = client
         self.api = APIRequests(client.http)
 
-    def encode(self, item: BatchRequest) -> tuple[str, bytes]:
+    def encode(self, item: BatchRequest) -> tuple[str, bytes, str]:
         request = item.request
         url = "/v1" + self.client.path_for(request)
         body = self.client.body_for(request)
         line = {"custom_id": item.id, "method": "POST", "url": url, "body": body}
-        return f"{url} {body.get('model') or ''}", orjson.dumps(line) + b"\n"
+        return f"{url} {body.get('model') or ''}", orjson.dumps(line) + b"\n", item.id
 
     def wire_id(self, rid: str) -> str:
         return rid

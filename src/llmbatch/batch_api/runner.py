@@ -16,10 +16,12 @@ Guarantees, after a crash or `kill -9` at any moment and a rerun with the same l
 - ids in a chunk the ledger knows are never submitted again while that chunk is live;
 - a batch already created is re-attached, never re-created. A create whose answer was lost
   (killed, or a timeout) is found before any new create: OpenAI batches by their metadata
-  tag, Anthropic batches (no metadata) as the one batch created since the intent, unknown to
-  the ledger, with the chunk's request count. Two such candidates stop the run with both ids
-  rather than guess; a third party creating a batch of exactly that size in that minute is
-  the remaining window;
+  tag (it holds the ledger's random run key, so no other run's batch carries it),
+  Anthropic batches (no metadata) only with proof: a batch created since the intent,
+  unknown to the ledger, with the chunk's request count, is waited for until it ends, and
+  adopted only if its results' custom_ids are exactly the chunk's (each carries the id and
+  a digest of the request's content, `anthropic.proof_id`). Two proven candidates, or one
+  whose results are gone, stop the run naming them rather than guess;
 - an OpenAI upload whose answer was lost is found by its name and size and used, not
   uploaded again;
 - results of a re-attached batch for ids `done` says are written are skipped.
@@ -63,8 +65,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from ..budget import Budget, BudgetExceededError
 from ..clients.provider import ProviderClient
 from ..errors import (
@@ -85,7 +85,7 @@ from .backend import BatchBackend, BatchInfo, LineOutcome
 from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
 from .ledger import CREATED, ENDED, UPLOADED, ChunkRecord, Ledger, LedgerError
 from .providers import backend_for
-from .split import Chunk, Splitter, TooLarge
+from .split import Chunk, Splitter, TooLarge, read_ids
 
 __all__ = ["BatchAPIConfig", "BatchAPIRunner", "is_redoable"]
 
@@ -275,7 +275,7 @@ class BatchAPIRunner:
                     continue  # read on only for the live batches' requests, above
                 item = self._with_model(item)
                 try:
-                    key, line = backend.encode(item)
+                    key, line, wire = backend.encode(item)
                     tokens = estimate_tokens(item.request.text_length())
                     worst = 0.0
                     if budget is not None:
@@ -291,7 +291,7 @@ class BatchAPIRunner:
                                 yield self._refused(item.id, budget)
                                 continue
                         worst = cost
-                    chunk = splitter.add(key, item.id, line, tokens, worst)
+                    chunk = splitter.add(key, item.id, line, tokens, worst, wire)
                 except LLMBatchError as exc:
                     yield BatchResult(item.id, error=exc, attempts=0)
                     continue
@@ -321,11 +321,11 @@ class BatchAPIRunner:
         extra: dict[str, Any] = {}
         if budget is not None:
             if not budget.admit_amount(chunk.cost):  # only by rounding: checked as it filled
-                ids = [orjson.loads(line) for line in chunk.ids_path.read_bytes().splitlines()]
+                first, _ = read_ids(chunk.ids_path)[0]
                 for p in (chunk.input_path, chunk.ids_path):
                     p.unlink(missing_ok=True)
                 self._checks.pop(chunk.n, None)
-                yield self._refused(ids[0], budget)
+                yield self._refused(first, budget)
                 return
             self._reserved[chunk.n] = chunk.cost
             extra["worst_cost"] = chunk.cost
@@ -402,15 +402,18 @@ class BatchAPIRunner:
                 since = record.intent_at - CLOCK_SKEW
                 found = None
                 if reattach:  # an upload whose answer was lost is used, not repeated
-                    found = await self._call(lambda: backend.find_upload(name, size, since))
+                    found = await self._lookup(
+                        record, lambda: backend.find_upload(name, size, since)
+                    )
                 record.file_id = found or await self._call(lambda: backend.upload(path, name))
                 record.state = UPLOADED
                 ledger.save()
             info = await self._create_once(record, tag, path, search=reattach)
         except BadRequestError as exc:
-            # The provider refused the batch as a whole (a 4xx naming the problem): every line
-            # of it fails, saying why. Anything less clear (a garbled answer, a timeout)
-            # propagates instead: the batch may exist, and the rerun looks for it first.
+            # The provider refused the upload or the batch as a whole (a 4xx naming the
+            # problem): every line of it fails, saying why. Anything less clear (a garbled
+            # answer, a timeout, a refused look-up: `_lookup`) propagates instead: the batch
+            # may exist, and the rerun looks for it first.
             message = _name_lines(str(exc), ledger.ids(record))
             async for result in self._end_unsent(record, message):
                 yield result
@@ -455,15 +458,76 @@ class BatchAPIRunner:
                 elif info.id not in known and info.total == record.count:
                     candidates.append(info)
 
-        await self._call(scan)
-        if len(candidates) > 1:
+        await self._lookup(record, scan)
+        if self.backend.tags or not candidates:
+            return candidates[0] if candidates else None
+        # Without a tag (Anthropic), a batch of the same size may be another run's: only its
+        # results tell, as their custom_ids carry each request's id and a digest of its
+        # content. So each candidate is waited for until it ends, and adopted only if it ran
+        # exactly this chunk. At most one batch of ours exists (a search precedes each create).
+        expected = {w or self.backend.wire_id(rid) for rid, w in self.ledger.entries(record)}
+        proven: list[BatchInfo] = []
+        unknown: list[BatchInfo] = []
+        for info in candidates:
+            ran = await self._ran_chunk(record, info, expected)
+            if ran is None:
+                unknown.append(info)
+            elif ran:
+                proven.append(info)
+        if len(proven) > 1 or (unknown and not proven):
+            doubtful = proven + unknown
             raise LedgerError(
                 f"chunk {record.n} ({record.count:,} requests) may have been created before "
-                f"the last run stopped, and {len(candidates)} batches match it: "
-                f"{', '.join(c.id for c in candidates)}; cancel the ones that are not this "
-                "run's at the provider, then rerun"
+                f"the last run stopped, and {len(doubtful)} batches match it: "
+                f"{', '.join(c.id for c in doubtful)} (whose results cannot tell which ran "
+                "it); cancel the ones that are not this run's at the provider, then rerun"
             )
-        return candidates[0] if candidates else None
+        return proven[0] if proven else None
+
+    async def _ran_chunk(
+        self, record: ChunkRecord, info: BatchInfo, expected: set[str]
+    ) -> bool | None:
+        """Whether batch `info` ran exactly the requests whose custom_ids are `expected`,
+        read from its results once it has ended; None if its results are gone."""
+        interval = self.config.poll_interval
+        while not info.ended:
+            await self.config.sleep(interval)
+            interval = min(interval * 1.5, self.config.max_poll_interval)
+            info = await self._lookup(record, partial(self.backend.get, info.id))
+        seen: set[str] = set()
+
+        async def read() -> bool:
+            seen.clear()  # a download cut short starts again
+            async for line in self.backend.results(info):
+                if line.custom_id not in expected:
+                    return False  # a request that is not this chunk's: another run's batch
+                seen.add(line.custom_id)
+            return seen == expected
+
+        try:
+            return await self._call(read)
+        except LLMBatchError as exc:
+            if exc.status_code == 404:
+                return None
+            raise self._lookup_failed(record, exc) from exc
+
+    async def _lookup(self, record: ChunkRecord, fn: Callable[[], Awaitable[T]]) -> T:
+        """`fn()`, a look-up for what an earlier try at `record` may have created (listing
+        batches or files). Its refusal (a 403 on a listing, a 404 of a route a gateway
+        lacks) says nothing of the batch, which may exist and be billed: it stops the run,
+        the chunk left live in the ledger, never as a refused batch."""
+        try:
+            return await self._call(fn)
+        except LLMBatchError as exc:
+            raise self._lookup_failed(record, exc) from exc
+
+    def _lookup_failed(self, record: ChunkRecord, exc: LLMBatchError) -> LedgerError:
+        assert self.ledger is not None
+        return LedgerError(
+            f"looking for the batch of chunk {record.n} ({record.count:,} requests) at the "
+            f"provider failed ({exc}); it may exist and be billed, so its lines are not "
+            f"failed: {self.ledger.path} keeps the chunk, and a rerun looks again"
+        )
 
     # -- waiting and collecting -------------------------------------------------------------
 
@@ -506,8 +570,9 @@ class BatchAPIRunner:
     async def _collect(self, record: ChunkRecord, info: BatchInfo) -> AsyncIterator[BatchResult]:
         """Every id of an ended batch, once: its answer, its error, or why it has none."""
         assert self.ledger is not None
-        ids = self.ledger.ids(record)
-        by_wire = {self.backend.wire_id(rid): rid for rid in ids}
+        entries = self.ledger.entries(record)
+        ids = [rid for rid, _ in entries]
+        by_wire = {wire or self.backend.wire_id(rid): rid for rid, wire in entries}
         seen: set[str] = set()
         written = 0
         spent = 0.0  # USD of the answers yielded, for the budget

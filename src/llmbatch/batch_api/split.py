@@ -8,7 +8,8 @@
         submit(chunk)
 
 Each chunk is written to disk as it fills (`chunk-N.input`, the exact body or file to send)
-with its ids beside it (`chunk-N.ids`, one JSON string per line), so memory holds no more than
+with its ids beside it (`chunk-N.ids`: one JSON string per line, or `[id, custom_id]` when
+the id goes on the wire as another custom_id), so memory holds no more than
 the lines being encoded, whatever the input's size. Requests with different keys (OpenAI: the
 endpoint and model, one of each per batch) go to different chunks. A chunk closes before it
 would pass any cap: requests, bytes (framing included), and an optional estimated-token cap.
@@ -35,6 +36,7 @@ __all__ = [
     "Splitter",
     "TooLarge",
     "ids_digest",
+    "read_ids",
 ]
 
 MB = 1024 * 1024
@@ -103,6 +105,19 @@ def ids_digest(ids: list[str]) -> str:
     return h.hexdigest()
 
 
+def read_ids(path: Path) -> list[tuple[str, str | None]]:
+    """The (id, custom_id on the wire or None if the id itself) pairs of a chunk's ids file."""
+    entries: list[tuple[str, str | None]] = []
+    with open(path, "rb") as f:
+        for line in f:
+            value = orjson.loads(line)
+            if isinstance(value, list):
+                entries.append((str(value[0]), str(value[1])))
+            else:
+                entries.append((str(value), None))
+    return entries
+
+
 class _Open:
     """A chunk being written: its two files and running totals."""
 
@@ -124,7 +139,7 @@ class _Open:
             and (caps.max_tokens is None or c.count == 0 or c.tokens + tokens <= caps.max_tokens)
         )
 
-    def add(self, rid: str, line: bytes, tokens: int, cost: float) -> None:
+    def add(self, rid: str, line: bytes, tokens: int, cost: float, wire: str | None) -> None:
         c = self.chunk
         c.cost += cost
         if c.count:
@@ -132,7 +147,8 @@ class _Open:
             c.bytes += len(self.framing.sep)
         self.data.write(line)
         encoded = orjson.dumps(rid) + b"\n"
-        self.ids.write(encoded)
+        # The digest is of the ids alone; the custom_id sent (when it differs) is kept beside.
+        self.ids.write(encoded if wire in (None, rid) else orjson.dumps([rid, wire]) + b"\n")
         self.hash.update(encoded)
         c.count += 1
         c.bytes += len(line)
@@ -179,9 +195,18 @@ class Splitter:
         current = self._open.get(key)
         return None if current is None else current.chunk.n
 
-    def add(self, key: str, rid: str, line: bytes, tokens: int, cost: float = 0.0) -> Chunk | None:
+    def add(
+        self,
+        key: str,
+        rid: str,
+        line: bytes,
+        tokens: int,
+        cost: float = 0.0,
+        wire: str | None = None,
+    ) -> Chunk | None:
         """Add one request; return the chunk it closed, if any (the request starts the next).
-        `cost`: its worst case in USD, summed in `Chunk.cost`."""
+        `cost`: its worst case in USD, summed in `Chunk.cost`; `wire`: its custom_id on the
+        wire, when not `rid`."""
         if len(line) + len(self.framing.head) + len(self.framing.tail) > self.caps.max_bytes:
             raise TooLarge(
                 f"the request is {len(line):,} bytes encoded; a batch holds at most "
@@ -195,7 +220,7 @@ class Splitter:
             current = None
         if current is None:
             current = self._open[key] = self._new(key)
-        current.add(rid, line, tokens, cost)
+        current.add(rid, line, tokens, cost, wire)
         return closed
 
     def finish(self) -> list[Chunk]:

@@ -197,6 +197,26 @@ def _add_batch_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="bytes per OpenAI input file / Anthropic create body (default 200 MB / 256 MB)",
     )
+    g.add_argument(
+        "--batch-lose-create",
+        type=positive_int,
+        metavar="N",
+        help="carry out the N-th batch create but answer it 529 (Anthropic) / 500 (OpenAI): "
+        "a create whose answer was lost",
+    )
+    g.add_argument(
+        "--batch-refuse-create",
+        type=positive_int,
+        metavar="N",
+        help="answer the N-th batch create 529 (Anthropic) / 500 (OpenAI) without creating it",
+    )
+    g.add_argument(
+        "--batch-list-status",
+        type=int,
+        metavar="STATUS",
+        help="answer every listing of batches and files with this status (e.g. 403: a key "
+        "without list permission)",
+    )
 
 
 def _config(args: argparse.Namespace) -> SimulatorConfig:
@@ -238,6 +258,9 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         batch_delay_sigma=args.batch_delay_sigma,
         batch_max_requests=args.batch_max_requests,
         batch_max_bytes=args.batch_max_bytes,
+        batch_lose_create=args.batch_lose_create,
+        batch_refuse_create=args.batch_refuse_create,
+        batch_list_status=args.batch_list_status,
         invalid_rate=args.invalid_rate,
         refusal_rate=args.refusal_rate,
         truncate_rate=args.truncate_rate,

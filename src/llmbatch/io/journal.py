@@ -8,7 +8,8 @@ Lines are in the OpenAI Batch output format, one per request, appended as result
 
     {"id": "batch_req_...", "custom_id": "...", "response": {"status_code", "request_id",
      "body"}, "error": null | {"code", "message"}, "llmbatch": {"duration", "attempts",
-     "cached", "usage", and where they apply "batch_api", "cost" (USD), "parsed", and the
+     "cached", "usage", and where they apply "batch_api", "cost" (USD), "extra_cost" (USD
+     paid for lines of the id that compaction removed), "parsed", and the
      timing: "started_at", "finished_at" (Unix seconds), "wait", "provider", "backoff"
      (seconds) and "attempt_log": [[wait, provider, status or error code], ...]}}
 
@@ -232,7 +233,7 @@ def journal_stats(path: str | Path) -> BatchStats:
             completion_tokens=_number(usage.get("completion_tokens"), int),
             cached=bool(meta.get("cached", False)),
             **_line_timing(meta),
-            cost=_cost(meta),
+            cost=_money(meta),
             model=_model(rec),
         )
     return collector.snapshot()
@@ -247,11 +248,32 @@ def _line_timing(meta: dict[str, Any]) -> dict[str, float]:
     return {"wait": _number(wait, float), "provider": _number(provider, float)}
 
 
-def _cost(meta: dict[str, Any]) -> float | None:
-    value = meta.get("cost")
+def _cost(meta: dict[str, Any], key: str = "cost") -> float | None:
+    value = meta.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+def _money(meta: dict[str, Any]) -> float | None:
+    """USD a line stands for: its own `cost` plus `extra_cost`, what the lines compaction
+    removed for its id had cost (superseded attempts, an answer bought twice)."""
+    cost, extra = _cost(meta), _cost(meta, "extra_cost")
+    if extra is None:
+        return cost
+    return (cost or 0.0) + extra
+
+
+def _with_money(rec: dict[str, Any], total: float) -> bytes | None:
+    """`rec` as a line whose cost plus extra_cost is `total`; None if it is that already."""
+    meta = rec.get("llmbatch")
+    if not isinstance(meta, dict):
+        return None
+    extra = total - (_cost(meta) or 0.0)
+    if abs(extra - (_cost(meta, "extra_cost") or 0.0)) < 1e-12:
+        return None
+    meta["extra_cost"] = round(extra, 10)
+    return orjson.dumps(rec) + b"\n"
 
 
 def _model(rec: dict[str, Any]) -> str:
@@ -345,8 +367,12 @@ class Journal:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def write(self, result: BatchResult) -> None:
+    def write(self, result: BatchResult, *, replaces: bool = False) -> None:
+        """Append `result`'s line. `replaces`: this run already wrote a line for its id (the
+        newer one wins; close compacts)."""
         self.write_line(result.id, result_line(result))
+        if replaces:
+            self._rewritten.add(result.id)
 
     def write_line(self, custom_id: str, line: bytes) -> None:
         """Append a line made by `result_line` (possibly in another process)."""
@@ -436,7 +462,7 @@ class Journal:
                 ok.discard(cid)
                 failed.discard(cid)
             (ok if rec.get("error") is None else failed).add(cid)
-            spent = _cost(rec.get("llmbatch") or {})
+            spent = _money(rec.get("llmbatch") or {})
             if spent:
                 scan.cost += spent
         return scan
@@ -450,9 +476,14 @@ class Journal:
         target = self.real_path
         multi = self.scan.duplicated | self._rewritten
         newest: dict[str, int] = {}
+        # Money of every line of those ids; the kept line takes what the others cost, so a
+        # rerun's spend (the scan's cost) still counts what was paid for the removed lines.
+        money: dict[str, float] = {}
         for n, rec in iter_records(target):
             if rec is not None and rec["custom_id"] in multi:
-                newest[rec["custom_id"]] = n
+                cid = rec["custom_id"]
+                newest[cid] = n
+                money[cid] = money.get(cid, 0.0) + (_money(rec.get("llmbatch") or {}) or 0.0)
         st = os.stat(target)
         tmp = target.with_name(target.name + ".compact.tmp")
         try:
@@ -465,11 +496,14 @@ class Journal:
                     if not raw.endswith(b"\n"):
                         break
                     try:
-                        cid = orjson.loads(raw).get("custom_id")
+                        obj = orjson.loads(raw)
+                        cid = obj.get("custom_id")
                     except (orjson.JSONDecodeError, AttributeError):
                         cid = None
-                    if isinstance(cid, str) and cid in newest and newest[cid] != n:
-                        continue
+                    if isinstance(cid, str) and cid in newest:
+                        if newest[cid] != n:
+                            continue
+                        raw = _with_money(obj, money[cid]) or raw
                     dst.write(raw)
                 dst.flush()
                 self._fsync(dst.fileno())

@@ -193,12 +193,19 @@ class ResultSink:
                 self._cache_failed(exc)
 
     def count_duplicate(self, result: BatchResult) -> None:
-        """An answer to an id already written (two paths raced for it): no line, but it was
-        paid for, so its cost is counted in `spent` and `duplicate_cost`."""
+        """An answer to an id already written (two paths raced for it). It was paid for, so
+        its cost is counted in `spent` and `duplicate_cost`, and kept durably: when priced,
+        its line is written and replaces the id's first (an answer to the same request); on
+        close the journal keeps one line carrying both costs, so a rerun's budget counts
+        them. `OutputError` if the output cannot take it."""
         if self.pricer and result.cost is None and result.response is not None:
             result.cost = self.pricer.cost(result.response, None)
         self.duplicates += 1
         if result.cost:
+            try:
+                self.journal.write(result, replaces=True)
+            except OSError as exc:
+                raise OutputError(self.journal.path, exc) from exc
             self.duplicate_cost += result.cost
             self.spent += result.cost
             if self._add_cost is not None:

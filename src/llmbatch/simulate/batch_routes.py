@@ -27,6 +27,10 @@ batch is `validating`, and a bad line makes the whole batch `failed` with
 `custom_id` (`^[a-zA-Z0-9_-]{1,64}$`), a duplicate one or params without `model`,
 `max_tokens` or `messages` is a 400 `invalid_request_error` naming `requests.{index}`;
 a body over the byte cap is a 413 `request_too_large`.
+
+Faults of single calls (see `SimulatorConfig`): the N-th create carried out with its answer
+lost (`batch_lose_create`) or refused without effect (`batch_refuse_create`), and listings
+refused with a status (`batch_list_status`).
 """
 
 from __future__ import annotations
@@ -255,6 +259,7 @@ class BatchRoutes:
         self.openai_max_bytes = c.batch_max_bytes or OPENAI_MAX_BYTES
         self.anthropic_max_requests = c.batch_max_requests or ANTHROPIC_MAX_REQUESTS
         self.anthropic_max_bytes = c.batch_max_bytes or ANTHROPIC_MAX_BYTES
+        self._creates = 0  # batch creates asked for, both providers (for the faults)
 
     def add_to(self, app: web.Application) -> None:
         r = app.router
@@ -275,6 +280,28 @@ class BatchRoutes:
         r.add_get(
             "/v1/messages/batches/{id}/results", self._auth(ANTHROPIC, self.anthropic_results)
         )
+
+    def _create_fault(self) -> str | None:
+        """'lose' or 'refuse' when this create is the one the config fails, else None."""
+        self._creates += 1
+        if self._creates == self.config.batch_lose_create:
+            return "lose"
+        if self._creates == self.config.batch_refuse_create:
+            return "refuse"
+        return None
+
+    @staticmethod
+    def _failed_create(dialect: Dialect) -> web.Response:
+        # Anthropic answers 529 overloaded_error, OpenAI a 500: both retryable.
+        if dialect is ANTHROPIC:
+            return _json(*dialect.overloaded())
+        return _json(500, dialect.error("server_error", "The server had an error"))
+
+    def _listing_refused(self, dialect: Dialect) -> web.Response | None:
+        status = self.config.batch_list_status
+        if status is None:
+            return None
+        return _json(status, dialect.error("permission_error", "This key may not list objects."))
 
     def _auth(self, dialect: Dialect, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
@@ -322,6 +349,8 @@ class BatchRoutes:
         return _json(200, stored.obj())
 
     async def list_files(self, request: web.Request) -> web.StreamResponse:
+        if (refused := self._listing_refused(OPENAI)) is not None:
+            return refused
         purpose = request.query.get("purpose")
         files = [f.obj() for f in self.store.files.values() if purpose in (None, f.purpose)]
         files.reverse()
@@ -404,6 +433,9 @@ class BatchRoutes:
                 f"The input file {f.id} must be uploaded with purpose 'batch'.",
                 "input_file_id",
             )
+        fault = self._create_fault()
+        if fault == "refuse":
+            return self._failed_create(OPENAI)
         items, errors = parse_openai_input(f.data, endpoint, self.openai_max_requests)
         if self.config.batch_fail_validation:
             errors.append(
@@ -422,6 +454,8 @@ class BatchRoutes:
             [] if errors else items,
             errors or None,
         )
+        if fault == "lose":
+            return self._failed_create(OPENAI)
         return _json(200, batch.openai_obj(self.store.clock()))
 
     async def _openai_batch(self, request: web.Request) -> SimBatch | web.Response:
@@ -449,6 +483,8 @@ class BatchRoutes:
         return _json(200, batch.openai_obj(now))
 
     async def list_openai(self, request: web.Request) -> web.StreamResponse:
+        if (refused := self._listing_refused(OPENAI)) is not None:
+            return refused
         limit = _limit(request.query.get("limit"), 20, 100)
         if limit is None:
             return _openai_error(400, "Invalid value for 'limit': 1 to 100.", "limit")
@@ -495,7 +531,12 @@ class BatchRoutes:
             problem = "requests: the batch failed validation (forced by --batch-fail-validation)"
         if problem is not None:
             return _anthropic_error(400, "invalid_request_error", problem)
+        fault = self._create_fault()
+        if fault == "refuse":
+            return self._failed_create(ANTHROPIC)
         batch = self.store.create_anthropic(items)
+        if fault == "lose":
+            return self._failed_create(ANTHROPIC)
         return _json(200, batch.anthropic_obj(_base_url(request)))
 
     async def _anthropic_batch(self, request: web.Request) -> SimBatch | web.Response:
@@ -552,6 +593,8 @@ class BatchRoutes:
         return _json(200, {"id": batch.id, "type": "message_batch_deleted"})
 
     async def list_anthropic(self, request: web.Request) -> web.StreamResponse:
+        if (refused := self._listing_refused(ANTHROPIC)) is not None:
+            return refused
         limit = _limit(request.query.get("limit"), 20, 1000)
         if limit is None:
             return _anthropic_error(400, "invalid_request_error", "limit: 1 to 1000")

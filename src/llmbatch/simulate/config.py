@@ -52,7 +52,12 @@ class SimulatorConfig:
     `batch_expire_after` (expire once this fraction of lines is done),
     `batch_fail_validation` (every OpenAI batch fails validation, every Anthropic create is
     refused), `batch_stall_rate` (batches that finish nothing); `batch_max_requests` and
-    `batch_max_bytes` lower the providers' caps.
+    `batch_max_bytes` lower the providers' caps. Faults of single calls, to test that a
+    client never pays twice nor guesses: `batch_lose_create` N carries out the N-th batch
+    create (1-based, both providers counted) but answers it 529 overloaded (Anthropic) /
+    500 (OpenAI), as if the answer were lost on the way; `batch_refuse_create` N answers the
+    N-th create the same way without creating anything; `batch_list_status` (e.g. 403, a
+    key without list permission) answers every listing of batches and files with it.
     """
 
     host: str = "127.0.0.1"
@@ -90,6 +95,9 @@ class SimulatorConfig:
     batch_delay_sigma: float = 1.0
     batch_max_requests: int | None = None  # None: the providers' caps (50,000 / 100,000)
     batch_max_bytes: int | None = None  # None: the providers' caps (200 MB / 256 MB)
+    batch_lose_create: int | None = None
+    batch_refuse_create: int | None = None
+    batch_list_status: int | None = None
     invalid_rate: float = 0.0
     refusal_rate: float = 0.0
     truncate_rate: float = 0.0
@@ -138,7 +146,14 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.batch_delay_median < 0 or self.batch_delay_sigma < 0:
             raise ValueError("batch_delay_median and batch_delay_sigma must not be negative")
-        for name in ("batch_max_requests", "batch_max_bytes"):
+        if self.batch_list_status is not None and not 400 <= self.batch_list_status <= 599:
+            raise ValueError(f"batch_list_status must be 400 to 599, got {self.batch_list_status}")
+        for name in (
+            "batch_max_requests",
+            "batch_max_bytes",
+            "batch_lose_create",
+            "batch_refuse_create",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

@@ -21,9 +21,9 @@ last, in file order; input ids without a result come as `status: "missing"` rows
 from __future__ import annotations
 
 import bisect
+import codecs
 import csv
 import glob
-import re
 from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +41,7 @@ __all__ = [
     "FailedRows",
     "OutputIndex",
     "RowProblems",
+    "RowsEncodingError",
     "Shape",
     "ids_of_files",
     "ids_of_input",
@@ -393,9 +394,11 @@ def ids_of_files(pattern: str) -> InputRows:
 
 
 def row_columns(path: str | Path) -> list[str]:
-    """The columns of a CSV (its header) or JSONL rows file (keys in first-seen order)."""
+    """The columns of a CSV (its header) or JSONL rows file (keys in first-seen order).
+
+    A CSV is read in the encoding `csv_encoding` finds, or refused with `RowsEncodingError`."""
     if str(path).endswith(".csv"):
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        with open(path, newline="", encoding=csv_encoding(path)) as f:
             return next(csv.reader(f), [])
     names: dict[str, None] = {}
     for _, row in _jsonl_rows(path, RowProblems()):
@@ -403,9 +406,69 @@ def row_columns(path: str | Path) -> list[str]:
     return list(names)
 
 
+class RowsEncodingError(ValueError):
+    """A rows CSV that is not text in the encoding it was read in (`encoding`): the first bad
+    byte is at `line` (from 1) and, when known, byte `offset` of the file."""
+
+    def __init__(self, path: str | Path, encoding: str, line: int, offset: int | None, why: str):
+        self.path, self.encoding, self.line, self.offset = Path(path), encoding, line, offset
+        at = f"line {line}" + (f", byte offset {offset}" if offset is not None else "")
+        super().__init__(
+            f"{path} is not valid {encoding} ({at}: {why}); save it as UTF-8, or as UTF-16 "
+            "with a byte-order mark (other encodings, such as Latin-1 and Windows-1252, "
+            "cannot be told apart, so none is guessed)"
+        )
+
+
+# Longest first: a UTF-32 LE mark begins with the UTF-16 LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def csv_encoding(path: str | Path) -> str:
+    """The encoding to read a rows CSV in, after checking the whole file decodes in it.
+
+    A byte-order mark names it (UTF-8, UTF-16, UTF-32); without one the file must be UTF-8.
+    Anything else is refused rather than guessed: decoding a Latin-1 file as UTF-8 turned
+    every accented letter into U+FFFD, and decoding a mostly-UTF-8 file as Latin-1 would
+    garble all its other non-ASCII text. NUL bytes mean UTF-16 or UTF-32 without a mark."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        encoding = next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+        f.seek(0)
+        if encoding == "utf-8":
+            offset = 0
+            for n, raw in enumerate(f, 1):
+                if b"\x00" in raw:
+                    at = offset + raw.index(b"\x00")
+                    why = "a NUL byte: UTF-16 or UTF-32 without a byte-order mark?"
+                    raise RowsEncodingError(path, "UTF-8", n, at, why)
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    why = f"byte 0x{raw[exc.start]:02x} {exc.reason}"
+                    raise RowsEncodingError(path, "UTF-8", n, offset + exc.start, why) from None
+                offset += len(raw)
+            return encoding
+    lines = 0
+    with open(path, newline="", encoding=encoding) as text:
+        try:
+            for _ in text:
+                lines += 1
+        except UnicodeDecodeError as exc:
+            name = encoding.upper()
+            raise RowsEncodingError(path, name, lines + 1, None, exc.reason) from None
+    return encoding
+
+
 @dataclass(slots=True)
 class RowProblems:
-    """Rows of a --rows/--join file skipped or changed: how many, and the first (bounded)."""
+    """Rows of a --rows/--join file skipped (not JSON): how many, and the first (bounded)."""
 
     count: int = 0
     first: str = ""
@@ -417,35 +480,27 @@ class RowProblems:
 
 def ids_of_rows(path: str | Path, id_field: str, problems: RowProblems | None = None) -> InputRows:
     """`--rows FILE` / `--join FILE`: each row with its id (rows without one are skipped).
-    `problems` collects "row N: why" for rows that were skipped (not JSON) or changed (bytes
-    that are not UTF-8, replaced by U+FFFD), so the caller can say so."""
+    `problems` collects "line N: why" for JSONL lines that were skipped, so the caller can say
+    so. A CSV's encoding is checked here, before the first row (`RowsEncodingError`)."""
     problems = problems if problems is not None else RowProblems()
-    rows = _csv_rows(path, problems) if str(path).endswith(".csv") else _jsonl_rows(path, problems)
-    for _, row in rows:
-        rid = row.get(id_field)
-        if rid is None or rid == "":
-            continue
-        yield str(rid), row
+    if str(path).endswith(".csv"):
+        rows = _csv_rows(path, csv_encoding(path))
+    else:
+        rows = _jsonl_rows(path, problems)
+    return ((str(row[id_field]), row) for _, row in rows if row.get(id_field) not in (None, ""))
 
 
-def _csv_rows(path: str | Path, problems: RowProblems) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(path: str | Path, encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
     if csv.field_size_limit() < MAX_FIELD_CHARS:
         csv.field_size_limit(MAX_FIELD_CHARS + 1)
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+    with open(path, newline="", encoding=encoding) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
             return
         for n, values in enumerate(reader, 1):
-            if not values:
-                continue
-            if any(_SURROGATE.search(v) for v in values):
-                problems.append(f"row {n}: bytes that are not UTF-8, replaced by U+FFFD")
-                values = [_SURROGATE.sub("\ufffd", v) for v in values]
-            yield n, dict(zip(header, values, strict=False))
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
+            if values:
+                yield n, dict(zip(header, values, strict=False))
 
 
 def _jsonl_rows(path: str | Path, problems: RowProblems) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -36,6 +36,7 @@ from .formats import MAX_FIELD_CHARS
 from .journal import parse_record
 
 __all__ = [
+    "ColumnClash",
     "ColumnKinds",
     "ExportCounts",
     "FailedRows",
@@ -96,19 +97,42 @@ def _kind(value: Any) -> str:
     return "json"
 
 
+class ColumnClash(ValueError):
+    """Two fields of one parsed reply flatten to the same column (`column`): a key holding a
+    dot, `{"a.b": 1}`, and a nested key, `{"a": {"b": 2}}`. One value would be lost, so the
+    export stops, naming the column and the result (`custom_id`) where it was seen."""
+
+    def __init__(self, column: str, custom_id: str = "") -> None:
+        self.column, self.custom_id = column, custom_id
+        of = f" of {custom_id!r}" if custom_id else ""
+        super().__init__(
+            f"the parsed reply{of} has two fields that both flatten to column {column!r} "
+            "(a key with a dot in it, and a key inside a nested object); a table cannot "
+            "hold both, so nothing was exported"
+        )
+
+
 def flatten(value: Any, prefix: str, into: dict[str, Any]) -> dict[str, Any]:
     """`value`'s fields as flat columns: nested objects joined with ".", arrays kept whole;
-    a value that is not an object is one column, `prefix + "value"`."""
+    a value that is not an object is one column, `prefix + "value"`. Two fields that would
+    share a column raise `ColumnClash` (never one value silently replacing the other)."""
     if not isinstance(value, dict):
         into[prefix + "value"] = value
         return into
+    _flatten(value, prefix, into, set())
+    return into
+
+
+def _flatten(value: dict[str, Any], prefix: str, into: dict[str, Any], made: set[str]) -> None:
     for key, item in value.items():
         name = prefix + str(key)
         if isinstance(item, dict) and item:
-            flatten(item, name + ".", into)
-        else:
-            into[name] = item
-    return into
+            _flatten(item, name + ".", into, made)
+            continue
+        if name in made:
+            raise ColumnClash(name)
+        made.add(name)
+        into[name] = item
 
 
 def reply_text(record: Mapping[str, Any]) -> str | None:
@@ -176,7 +200,11 @@ class OutputIndex:
                 if parsed is None:
                     index.unparsed = True
                     continue
-                for name, value in flatten(parsed, prefix, {}).items():
+                try:
+                    flat = flatten(parsed, prefix, {})
+                except ColumnClash as exc:
+                    raise ColumnClash(exc.column, record["custom_id"]) from None
+                for name, value in flat.items():
                     index.columns.add(name, value)
         words.sort()
         index.entries = array("Q", words)

@@ -98,10 +98,15 @@ def _number(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (kind, int)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Bad(f"{where}{key} must be a number, got {value!r}")
-    if kind is int and (not isinstance(value, int) or value <= 0):
-        raise _Bad(f"{where}{key} must be a positive integer, got {value!r}")
+    if kind is int:
+        # JSON has one number type, and some writers (pandas, JavaScript) print 1000 as
+        # 1000.0: an integral float is that integer, sent as one (APIs refuse 1000.0).
+        number = int(value) if isinstance(value, float) and value.is_integer() else value
+        if not isinstance(number, int) or number <= 0:
+            raise _Bad(f"{where}{key} must be a positive integer, got {value!r}")
+        return number
     return value
 
 

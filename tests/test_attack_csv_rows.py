@@ -7,9 +7,12 @@ named with their lines, and a run refuses them before sending.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
+from llmbatch import BatchResult, CompletionResponse
 from llmbatch.io.formats import BadLine, InputItem, read_rows
+from llmbatch.io.journal import result_line
 from llmbatch.types import CompletionRequest
 
 from .test_cli_run import cli, read_out
@@ -69,3 +72,24 @@ def test_a_run_refuses_them_before_sending(tmp_path: Path, start_sim) -> None:  
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["custom_id"] for r in read_out(out)) == ["k1", "k2", "k3"]
+
+
+def test_export_join_names_them_too(tmp_path: Path) -> None:
+    # The join read the same file the same lenient way: rows vanished from the table unsaid.
+    out, rows, table = tmp_path / "out.jsonl", tmp_path / "rows.csv", tmp_path / "t.csv"
+    out.write_bytes(
+        b"".join(
+            result_line(BatchResult(r, response=CompletionResponse("x"), attempts=1))
+            for r in ("k1", "k2", "k4")
+        )
+    )
+    rows.write_text('id,title\nk1,First,surplus\nk2,Second\nk3,"Third\nk4,Fourth\n')
+    proc = cli("export", str(out), "-o", str(table), "--join", str(rows))
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"{rows}: row 1: 3 fields, but the header names 2; the values past the last column "
+        "are not in the table (and 1 more)"
+    ) in proc.stderr
+    with open(table, newline="") as f:
+        got = [(r["id"], r["title"]) for r in csv.DictReader(f)]
+    assert got == [("k1", "First"), ("k2", "Second"), ("k4", "")]  # k4: its result, no row

@@ -496,7 +496,7 @@ def csv_encoding(path: str | Path) -> str:
 
 @dataclass(slots=True)
 class RowProblems:
-    """Rows of a --rows/--join file skipped (not JSON): how many, and the first (bounded)."""
+    """Rows of a --rows/--join file skipped or cut short: how many, and the first (bounded)."""
 
     count: int = 0
     first: str = ""
@@ -508,27 +508,53 @@ class RowProblems:
 
 def ids_of_rows(path: str | Path, id_field: str, problems: RowProblems | None = None) -> InputRows:
     """`--rows FILE` / `--join FILE`: each row with its id (rows without one are skipped).
-    `problems` collects "line N: why" for JSONL lines that were skipped, so the caller can say
-    so. A CSV's encoding is checked here, before the first row (`RowsEncodingError`)."""
+    `problems` collects "row N: why" for rows skipped or cut short (malformed CSV, values past
+    the header's columns, JSONL lines that are not objects), so the caller can say so. A
+    CSV's encoding is checked here, before the first row (`RowsEncodingError`)."""
     problems = problems if problems is not None else RowProblems()
     if str(path).endswith(".csv"):
-        rows = _csv_rows(path, csv_encoding(path))
+        rows = _csv_rows(path, csv_encoding(path), problems)
     else:
         rows = _jsonl_rows(path, problems)
     return ((str(row[id_field]), row) for _, row in rows if row.get(id_field) not in (None, ""))
 
 
-def _csv_rows(path: str | Path, encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(
+    path: str | Path, encoding: str, problems: RowProblems
+) -> Iterator[tuple[int, dict[str, Any]]]:
     if csv.field_size_limit() < MAX_FIELD_CHARS:
         csv.field_size_limit(MAX_FIELD_CHARS + 1)
     with open(path, newline="", encoding=encoding) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
+        # strict, as the run reads rows: a quote never closed is named, not a field
+        # quietly holding the rows after it.
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            problems.append(f"the header is malformed CSV ({exc}); no row was read")
+            return
         if header is None:
             return
-        for n, values in enumerate(reader, 1):
-            if values:
-                yield n, dict(zip(header, values, strict=False))
+        n = 0
+        while True:
+            first = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                n += 1
+                problems.append(f"row {n} (lines {first}-{reader.line_num}): skipped, {exc}")
+                continue
+            if not values:
+                continue
+            n += 1
+            if len(values) > len(header) and any(values[len(header) :]):
+                problems.append(
+                    f"row {n}: {len(values)} fields, but the header names {len(header)}; "
+                    "the values past the last column are not in the table"
+                )
+            yield n, dict(zip(header, values, strict=False))
 
 
 def _jsonl_rows(path: str | Path, problems: RowProblems) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -51,10 +51,23 @@ def test_cache_equal_to_output_leaves_the_output_a_results_file(  # type: ignore
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"p{i}"}) + "\n" for i in range(3)))
     proc = cli(*run_args(sim, inp, out, "--cache", str(out)))
-    assert proc.returncode == 2, proc.stderr
-    assert "not a SQLite database" in proc.stderr
+    assert proc.returncode == 2, proc.stderr  # refused by the cache, or earlier by the run
     assert sim.stats()["received"] == 0
     assert not out.exists() or not out.read_bytes().startswith(b"SQLite")
     proc = cli(*run_args(sim, inp, out))  # the same output serves the run afterwards
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["custom_id"] for r in read_out(out)) == ["r0", "r1", "r2"]
+
+
+def test_an_empty_file_given_as_the_cache_is_refused_by_the_run(  # type: ignore[no-untyped-def]
+    tmp_path: Path, start_sim
+) -> None:
+    # Someone else's file, created but not written yet: SQLite would have made it a database.
+    sim = start_sim()
+    inp, out, other = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "notes.txt"
+    inp.write_text(json.dumps({"id": "r0", "prompt": "p"}) + "\n")
+    other.touch()
+    proc = cli(*run_args(sim, inp, out, "--cache", str(other)))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{other}: an empty file, not a SQLite database" in proc.stderr
+    assert other.read_bytes() == b"" and sim.stats()["received"] == 0

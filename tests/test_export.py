@@ -257,16 +257,16 @@ def test_export_usage_errors(tmp_path: Path) -> None:
 
 def test_join_rows_that_are_not_utf8_or_not_json_are_named(tmp_path: Path) -> None:
     # Bytes that are not UTF-8 were silently replaced, lines that are not JSON silently
-    # dropped: the table differed from the file without a word.
+    # dropped: the table differed from the file without a word. A CSV that is not UTF-8 is
+    # now refused, naming the byte (tests/test_attack_export_encoding.py).
     out = tmp_path / "out.jsonl"
     out.write_bytes(_line("r1", {"v": 1}) + _line("r2", {"v": 2}))
     rows = tmp_path / "rows.csv"
     rows.write_bytes(b"id,text\nr1,ok\nr2,caf\xe9\n")
     table = tmp_path / "t.csv"
     proc = cli("export", str(out), "-o", str(table), "--join", str(rows))
-    assert proc.returncode == 0, proc.stderr
-    assert f"{rows}: row 2: bytes that are not UTF-8, replaced by U+FFFD" in proc.stderr
-    assert [(r["id"], r["text"]) for r in read_csv(table)] == [("r1", "ok"), ("r2", "caf\ufffd")]
+    assert proc.returncode == 2, proc.stderr
+    assert f"{rows} is not valid UTF-8 (line 3, byte offset 20: byte 0xe9" in proc.stderr
     jrows = tmp_path / "rows.jsonl"
     jrows.write_text('{"id": "r1"}\n{broken\n[1]\n{"id": "r2"}\n')
     proc = cli("export", str(out), "-o", str(table), "--join", str(jrows))

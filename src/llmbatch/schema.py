@@ -33,6 +33,7 @@ __all__ = [
     "Schema",
     "SchemaError",
     "SchemaMode",
+    "SchemaRefCycle",
     "SchemaViolation",
     "schema_of_response_format",
 ]
@@ -46,6 +47,21 @@ _MAX_ERRORS_SHOWN = 3
 
 class SchemaError(ValueError):
     """The schema itself is unusable (not JSON, not a valid JSON Schema, wrong root)."""
+
+
+class SchemaRefCycle(SchemaError):
+    """A `$ref` chain comes back to where it started without stepping into the reply (e.g.
+    `a: {$ref: b}`, `b: {$ref: a}`): checking any reply there would never end.
+
+    `refs` is the chain, the first and last equal (`("#/$defs/a", "#/$defs/b", "#/$defs/a")`);
+    `at` is where it was entered (a JSON pointer, "" for the root)."""
+
+    def __init__(self, where: str, refs: tuple[str, ...], at: str) -> None:
+        self.refs, self.at = refs, at
+        super().__init__(
+            f"{where}: the $ref chain at {at or '(root)'} loops ({' -> '.join(refs)}) without "
+            "stepping into the value, so no reply could ever be checked against it"
+        )
 
 
 class SchemaViolation(ValueError):
@@ -197,7 +213,14 @@ class Schema:
             value = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise SchemaViolation(f"the reply is not valid JSON ({exc})") from None
-        errors = list(self._errors(value))
+        try:
+            errors = list(self._errors(value))
+        except RecursionError:
+            # jsonschema recurses once per level of the reply: a reply nested deeper than
+            # Python's stack is refused like any other bad reply, never a crash of the run.
+            raise SchemaViolation(
+                "the reply is nested too deeply to be checked against the schema"
+            ) from None
         if errors:
             shown = "; ".join(errors[:_MAX_ERRORS_SHOWN])
             more = len(errors) - _MAX_ERRORS_SHOWN
@@ -327,11 +350,77 @@ def _check_refs(schema: Mapping[str, Any], where: str) -> None:
                     f"{where}: $ref {ref!r} at {at or '(root)'} does not resolve within the "
                     "schema (references are never downloaded; put the definition in $defs)"
                 ) from None
+        cycle = _ref_cycle(node, registry.resolver(base_uri=base), "#" + at, acyclic)
+        if cycle:
+            raise SchemaRefCycle(where, cycle, at)
         for key, value in node.items():
             if key not in _DATA_KEYWORDS:
                 walk(value, base, f"{at}/{key}")
 
+    acyclic: set[int] = set()
     walk(schema, root, "")
+
+
+# Keywords that apply a subschema to the very value being checked, not to a part of it.
+_SAME_VALUE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else")
+
+
+def _same_value_refs(node: Mapping[str, Any], resolver: Any) -> Iterator[tuple[str, Any, Any]]:
+    """(ref, target, target's resolver) of each `$ref` that `node` applies to its own value."""
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        try:
+            target = resolver.lookup(ref)
+        except Unresolvable:
+            pass  # named by the walk when it gets there
+        else:
+            yield ref, target.contents, target.resolver
+    subs: list[Any] = []
+    for key in _SAME_VALUE:
+        value = node.get(key)
+        subs.extend(value if isinstance(value, list) else [value])
+    dependent = node.get("dependentSchemas")
+    if isinstance(dependent, Mapping):
+        subs.extend(dependent.values())
+    for sub in subs:
+        if isinstance(sub, Mapping):
+            inner = resolver.in_subresource(DRAFT202012.create_resource(sub))
+            yield from _same_value_refs(sub, inner)
+
+
+def _ref_cycle(
+    start: Mapping[str, Any], resolver: Any, label: str, acyclic: set[int]
+) -> tuple[str, ...] | None:
+    """The chain of `$ref`s leading from `start` back to a node already on the chain, if any.
+
+    Recursion through `properties`, `items` and the like is fine (a tree of any depth: each
+    step enters a smaller part of the reply); only a loop on the same value never ends.
+    `acyclic` holds the nodes (by identity) already proven to lead to no loop."""
+    labels: list[str] = []
+    on_chain: dict[int, int] = {}
+
+    def visit(node: Mapping[str, Any], resolver: Any, label: str) -> tuple[str, ...] | None:
+        if id(node) in acyclic:
+            return None
+        on_chain[id(node)] = len(labels)
+        labels.append(label)
+        for ref, target, target_resolver in _same_value_refs(node, resolver):
+            if not isinstance(target, Mapping):
+                continue
+            if id(target) in on_chain:
+                return (*labels[on_chain[id(target)] :], ref)
+            found = visit(target, target_resolver, ref)
+            if found:
+                return found
+        labels.pop()
+        del on_chain[id(node)]
+        acyclic.add(id(node))
+        return None
+
+    return visit(start, resolver, label)
 
 
 def _strict_ok(node: Any) -> bool:

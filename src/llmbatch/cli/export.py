@@ -123,8 +123,8 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     join = bool(args.join)
     prefix = args.prefix if args.prefix is not None else ("out_" if join else "")
     problems = RowProblems()  # rows of --rows/--join skipped or changed, said at the end
-    inputs, input_columns = _inputs(args, problems)
     try:
+        inputs, input_columns = _inputs(args, problems)  # RowsEncodingError is a ValueError
         index = OutputIndex.build(out, prefix=prefix)
         shape = Shape(join=join, prefix=prefix, failed=args.failed, id_field=args.id_field)
         columns = shape.columns(index, input_columns)

@@ -9,8 +9,9 @@ full request body. Writes are batched into a transaction committed at most every
 
 The cache is an optimisation, never a reason to lose an answer or stop a batch:
 
-- a path that cannot be a cache (a directory, a file that is not SQLite, a database that
-  cannot be opened) raises `CacheError` here, at construction, naming the path;
+- a path that cannot be a cache (a directory, a file that is not SQLite, empty or not, a
+  database that cannot be opened) raises `CacheError` here, at construction, naming the
+  path, and the file is left as it was;
 - once running, `get` and `put` never raise. A request the cache cannot key or store (the
   key function refuses it, as Anthropic's body does for an embeddings line; a response that
   does not serialise) is skipped; a database error (disk full, read-only, corrupted under
@@ -53,11 +54,33 @@ def request_key(provider: str, base_url: str, model: str | None, body: Any) -> s
     return hashlib.sha256(blob).hexdigest()
 
 
+# The first 16 bytes of every SQLite database file.
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def _open(path: Path) -> sqlite3.Connection:
     if path.is_dir():
         raise CacheError(path, "is a directory, not a SQLite file")
     if not path.parent.is_dir():
         raise CacheError(path, f"directory {path.parent} does not exist")
+    # SQLite turns an empty file into a database: one just created by someone else (the
+    # results file of this very run, opened before the cache) would be destroyed. So only a
+    # path that does not exist becomes a new cache, and SQLite never touches another file.
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        head = _SQLITE_MAGIC
+    except OSError as exc:
+        raise CacheError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not head:
+        raise CacheError(
+            path,
+            "an empty file, not a SQLite database (another file's, maybe: a cache is "
+            "created at a path that does not exist yet)",
+        )
+    if head != _SQLITE_MAGIC:
+        raise CacheError(path, "not a SQLite database (or a corrupt one)")
     try:
         db = sqlite3.connect(path, isolation_level=None)
     except sqlite3.Error as exc:

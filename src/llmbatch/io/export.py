@@ -21,9 +21,9 @@ last, in file order; input ids without a result come as `status: "missing"` rows
 from __future__ import annotations
 
 import bisect
+import codecs
 import csv
 import glob
-import re
 from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,11 +36,13 @@ from .formats import MAX_FIELD_CHARS
 from .journal import parse_record
 
 __all__ = [
+    "ColumnClash",
     "ColumnKinds",
     "ExportCounts",
     "FailedRows",
     "OutputIndex",
     "RowProblems",
+    "RowsEncodingError",
     "Shape",
     "ids_of_files",
     "ids_of_input",
@@ -95,19 +97,42 @@ def _kind(value: Any) -> str:
     return "json"
 
 
+class ColumnClash(ValueError):
+    """Two fields of one parsed reply flatten to the same column (`column`): a key holding a
+    dot, `{"a.b": 1}`, and a nested key, `{"a": {"b": 2}}`. One value would be lost, so the
+    export stops, naming the column and the result (`custom_id`) where it was seen."""
+
+    def __init__(self, column: str, custom_id: str = "") -> None:
+        self.column, self.custom_id = column, custom_id
+        of = f" of {custom_id!r}" if custom_id else ""
+        super().__init__(
+            f"the parsed reply{of} has two fields that both flatten to column {column!r} "
+            "(a key with a dot in it, and a key inside a nested object); a table cannot "
+            "hold both, so nothing was exported"
+        )
+
+
 def flatten(value: Any, prefix: str, into: dict[str, Any]) -> dict[str, Any]:
     """`value`'s fields as flat columns: nested objects joined with ".", arrays kept whole;
-    a value that is not an object is one column, `prefix + "value"`."""
+    a value that is not an object is one column, `prefix + "value"`. Two fields that would
+    share a column raise `ColumnClash` (never one value silently replacing the other)."""
     if not isinstance(value, dict):
         into[prefix + "value"] = value
         return into
+    _flatten(value, prefix, into, set())
+    return into
+
+
+def _flatten(value: dict[str, Any], prefix: str, into: dict[str, Any], made: set[str]) -> None:
     for key, item in value.items():
         name = prefix + str(key)
         if isinstance(item, dict) and item:
-            flatten(item, name + ".", into)
-        else:
-            into[name] = item
-    return into
+            _flatten(item, name + ".", into, made)
+            continue
+        if name in made:
+            raise ColumnClash(name)
+        made.add(name)
+        into[name] = item
 
 
 def reply_text(record: Mapping[str, Any]) -> str | None:
@@ -175,7 +200,11 @@ class OutputIndex:
                 if parsed is None:
                     index.unparsed = True
                     continue
-                for name, value in flatten(parsed, prefix, {}).items():
+                try:
+                    flat = flatten(parsed, prefix, {})
+                except ColumnClash as exc:
+                    raise ColumnClash(exc.column, record["custom_id"]) from None
+                for name, value in flat.items():
                     index.columns.add(name, value)
         words.sort()
         index.entries = array("Q", words)
@@ -393,9 +422,11 @@ def ids_of_files(pattern: str) -> InputRows:
 
 
 def row_columns(path: str | Path) -> list[str]:
-    """The columns of a CSV (its header) or JSONL rows file (keys in first-seen order)."""
+    """The columns of a CSV (its header) or JSONL rows file (keys in first-seen order).
+
+    A CSV is read in the encoding `csv_encoding` finds, or refused with `RowsEncodingError`."""
     if str(path).endswith(".csv"):
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        with open(path, newline="", encoding=csv_encoding(path)) as f:
             return next(csv.reader(f), [])
     names: dict[str, None] = {}
     for _, row in _jsonl_rows(path, RowProblems()):
@@ -403,9 +434,69 @@ def row_columns(path: str | Path) -> list[str]:
     return list(names)
 
 
+class RowsEncodingError(ValueError):
+    """A rows CSV that is not text in the encoding it was read in (`encoding`): the first bad
+    byte is at `line` (from 1) and, when known, byte `offset` of the file."""
+
+    def __init__(self, path: str | Path, encoding: str, line: int, offset: int | None, why: str):
+        self.path, self.encoding, self.line, self.offset = Path(path), encoding, line, offset
+        at = f"line {line}" + (f", byte offset {offset}" if offset is not None else "")
+        super().__init__(
+            f"{path} is not valid {encoding} ({at}: {why}); save it as UTF-8, or as UTF-16 "
+            "with a byte-order mark (other encodings, such as Latin-1 and Windows-1252, "
+            "cannot be told apart, so none is guessed)"
+        )
+
+
+# Longest first: a UTF-32 LE mark begins with the UTF-16 LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def csv_encoding(path: str | Path) -> str:
+    """The encoding to read a rows CSV in, after checking the whole file decodes in it.
+
+    A byte-order mark names it (UTF-8, UTF-16, UTF-32); without one the file must be UTF-8.
+    Anything else is refused rather than guessed: decoding a Latin-1 file as UTF-8 turned
+    every accented letter into U+FFFD, and decoding a mostly-UTF-8 file as Latin-1 would
+    garble all its other non-ASCII text. NUL bytes mean UTF-16 or UTF-32 without a mark."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        encoding = next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+        f.seek(0)
+        if encoding == "utf-8":
+            offset = 0
+            for n, raw in enumerate(f, 1):
+                if b"\x00" in raw:
+                    at = offset + raw.index(b"\x00")
+                    why = "a NUL byte: UTF-16 or UTF-32 without a byte-order mark?"
+                    raise RowsEncodingError(path, "UTF-8", n, at, why)
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    why = f"byte 0x{raw[exc.start]:02x} {exc.reason}"
+                    raise RowsEncodingError(path, "UTF-8", n, offset + exc.start, why) from None
+                offset += len(raw)
+            return encoding
+    lines = 0
+    with open(path, newline="", encoding=encoding) as text:
+        try:
+            for _ in text:
+                lines += 1
+        except UnicodeDecodeError as exc:
+            name = encoding.upper()
+            raise RowsEncodingError(path, name, lines + 1, None, exc.reason) from None
+    return encoding
+
+
 @dataclass(slots=True)
 class RowProblems:
-    """Rows of a --rows/--join file skipped or changed: how many, and the first (bounded)."""
+    """Rows of a --rows/--join file skipped or cut short: how many, and the first (bounded)."""
 
     count: int = 0
     first: str = ""
@@ -417,35 +508,53 @@ class RowProblems:
 
 def ids_of_rows(path: str | Path, id_field: str, problems: RowProblems | None = None) -> InputRows:
     """`--rows FILE` / `--join FILE`: each row with its id (rows without one are skipped).
-    `problems` collects "row N: why" for rows that were skipped (not JSON) or changed (bytes
-    that are not UTF-8, replaced by U+FFFD), so the caller can say so."""
+    `problems` collects "row N: why" for rows skipped or cut short (malformed CSV, values past
+    the header's columns, JSONL lines that are not objects), so the caller can say so. A
+    CSV's encoding is checked here, before the first row (`RowsEncodingError`)."""
     problems = problems if problems is not None else RowProblems()
-    rows = _csv_rows(path, problems) if str(path).endswith(".csv") else _jsonl_rows(path, problems)
-    for _, row in rows:
-        rid = row.get(id_field)
-        if rid is None or rid == "":
-            continue
-        yield str(rid), row
+    if str(path).endswith(".csv"):
+        rows = _csv_rows(path, csv_encoding(path), problems)
+    else:
+        rows = _jsonl_rows(path, problems)
+    return ((str(row[id_field]), row) for _, row in rows if row.get(id_field) not in (None, ""))
 
 
-def _csv_rows(path: str | Path, problems: RowProblems) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(
+    path: str | Path, encoding: str, problems: RowProblems
+) -> Iterator[tuple[int, dict[str, Any]]]:
     if csv.field_size_limit() < MAX_FIELD_CHARS:
         csv.field_size_limit(MAX_FIELD_CHARS + 1)
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
+    with open(path, newline="", encoding=encoding) as f:
+        # strict, as the run reads rows: a quote never closed is named, not a field
+        # quietly holding the rows after it.
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            problems.append(f"the header is malformed CSV ({exc}); no row was read")
+            return
         if header is None:
             return
-        for n, values in enumerate(reader, 1):
+        n = 0
+        while True:
+            first = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                n += 1
+                problems.append(f"row {n} (lines {first}-{reader.line_num}): skipped, {exc}")
+                continue
             if not values:
                 continue
-            if any(_SURROGATE.search(v) for v in values):
-                problems.append(f"row {n}: bytes that are not UTF-8, replaced by U+FFFD")
-                values = [_SURROGATE.sub("\ufffd", v) for v in values]
+            n += 1
+            if len(values) > len(header) and any(values[len(header) :]):
+                problems.append(
+                    f"row {n}: {len(values)} fields, but the header names {len(header)}; "
+                    "the values past the last column are not in the table"
+                )
             yield n, dict(zip(header, values, strict=False))
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def _jsonl_rows(path: str | Path, problems: RowProblems) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -98,10 +98,15 @@ def _number(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (kind, int)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Bad(f"{where}{key} must be a number, got {value!r}")
-    if kind is int and (not isinstance(value, int) or value <= 0):
-        raise _Bad(f"{where}{key} must be a positive integer, got {value!r}")
+    if kind is int:
+        # JSON has one number type, and some writers (pandas, JavaScript) print 1000 as
+        # 1000.0: an integral float is that integer, sent as one (APIs refuse 1000.0).
+        number = int(value) if isinstance(value, float) and value.is_integer() else value
+        if not isinstance(number, int) or number <= 0:
+            raise _Bad(f"{where}{key} must be a positive integer, got {value!r}")
+        return number
     return value
 
 
@@ -304,7 +309,9 @@ def read_rows(
     whose quoted field spans several lines is one row (its first line is in the message of a
     bad row); in a JSONL file a row is a line. A bad row never costs more than itself: a
     field longer than `max_field_chars`, bytes that are not UTF-8, or malformed CSV are
-    reported with that row's true number and reading goes on.
+    reported with that row's true number and reading goes on. Nothing is lost unsaid: a
+    quote never closed (which would read the rest of the file as one field) and a row with
+    more non-empty fields than the header are bad rows naming their lines.
     """
     fields = template_fields(template)
     csv_file = str(path).endswith(".csv")
@@ -353,7 +360,9 @@ def _csv_rows(
     if csv.field_size_limit() < wanted:
         csv.field_size_limit(wanted)
     with open(path, "rb") as f:
-        reader = csv.reader(_decoded_lines(f))
+        # strict: a quote never closed, or closed and followed by more text, is an error
+        # naming the lines it spans, not a field quietly holding the rows after it.
+        reader = csv.reader(_decoded_lines(f), strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -373,16 +382,31 @@ def _csv_rows(
                 return
             except csv.Error as exc:
                 n += 1
-                yield n, BadLine(n, f"malformed CSV (line {first_line}): {exc}", where="row")
+                where = _lines(first_line, reader.line_num)
+                if "unexpected end of data" in str(exc):  # _csv.c's words for EOF in quotes
+                    problem = (
+                        f"a quote opened here is never closed ({where}, to the end of the file)"
+                    )
+                else:
+                    problem = f"malformed CSV ({where}): {exc}"
+                yield n, BadLine(n, problem, where="row")
                 continue
             if not values:  # a blank line is not a row
                 continue
             n += 1
-            where = (
-                f"line {first_line}"
-                if reader.line_num == first_line
-                else (f"lines {first_line}-{reader.line_num}")
-            )
+            where = _lines(first_line, reader.line_num)
+            if len(values) > len(header) and any(values[len(header) :]):
+                # A value past the last named column has no name to be read by: it would be
+                # dropped. Empty trailing fields ("a,b,") lose nothing and pass.
+                yield (
+                    n,
+                    BadLine(
+                        n,
+                        f"{len(values)} fields, but the header names {len(header)} ({where})",
+                        where="row",
+                    ),
+                )
+                continue
             if (col := _bad_utf8(values)) is not None:
                 name = header[col] if col < len(header) else f"#{col + 1}"
                 yield n, BadLine(n, f"field {name!r} is not valid UTF-8 ({where})", where="row")
@@ -399,6 +423,10 @@ def _csv_rows(
                 )
                 continue
             yield n, dict(zip(header, values, strict=False))
+
+
+def _lines(first: int, last: int) -> str:
+    return f"line {first}" if first == last else f"lines {first}-{last}"
 
 
 def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:

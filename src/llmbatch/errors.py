@@ -16,6 +16,7 @@
     │   ├── BadRequestError              400, 404, 422
     │   │   └── TokenBudgetError         one request is larger than the whole token budget
     │   ├── UnsupportedRequestError      the client cannot express this request
+    │   ├── ClientContractError          the client raised a cancel or GeneratorExit of its own
     │   ├── ReplyError                   the reply came but is no answer (kept on the error)
     │   │   ├── InvalidOutputError       it broke the schema after every re-ask allowed
     │   │   ├── RefusalError             the model refused (OpenAI `refusal`, stop_reason)
@@ -50,6 +51,7 @@ __all__ = [
     "BatchAPIError",
     "BatchCancelledError",
     "BatchTimeoutError",
+    "ClientContractError",
     "FatalError",
     "InvalidOutputError",
     "InvalidResponseError",
@@ -151,6 +153,19 @@ class TokenBudgetError(BadRequestError):
 
 class UnsupportedRequestError(FatalError):
     """The client cannot express this request (e.g. embeddings on Anthropic)."""
+
+
+class ClientContractError(FatalError):
+    """The client's `complete()` raised `raised`, a `BaseException` that is not a result: an
+    `asyncio.CancelledError` that was no cancel of the engine's, or `GeneratorExit`.
+
+    Recorded on the request's result (never retried) instead of unwinding the worker, which
+    would leave the requests it held without a result.
+    """
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(f"the client raised {type(raised).__name__} {raised!s}".rstrip())
+        self.raised = raised
 
 
 class ReplyError(FatalError):

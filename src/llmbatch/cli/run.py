@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..breaker import DEFAULT_MAX_OUTAGE
-from ..clients import PROVIDERS, ClientSpec
+from ..clients import PROVIDERS, ClientConfigError, ClientSpec
 from ..io.formats import BadLine, TemplateError
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
@@ -194,7 +194,11 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     check_batch_args(args)
     spec = _client_spec(args)
     check_report_extra(args)
-    client = spec.build()
+    try:
+        client = spec.build()
+    except ClientConfigError as exc:
+        flag = "--base-url" if exc.field == "base_url" else exc.source or "--api-key-env"
+        raise UsageError(f"{flag}: {exc.reason}") from None
     try:
         journal = _open_output(args)
         try:

@@ -39,6 +39,7 @@ from ..errors import (
 from ..redact import Redactor, scrub_error
 from ..retry import DEFAULT_MAX_RETRY_AFTER, parse_retry_after
 from ..types import RateLimitInfo
+from .base import ClientConfigError
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -267,9 +268,10 @@ class HTTPClient:
         has_credentials = urlsplit(self.base_url).username is not None
         if has_credentials and any(k.lower() == "authorization" for k in headers):
             # aiohttp sends URL credentials as an Authorization header: the two clash.
-            raise ValueError(
-                f"base_url {self.redactor(self.base_url)!r} holds credentials and an "
-                "Authorization header is set too (the API key): use one of them"
+            raise ClientConfigError(
+                "base_url",
+                "holds credentials (user:password@) and an Authorization header is set too "
+                "(the API key): both cannot be sent, use one of them",
             )
         self._headers = {**dict(headers), "Content-Type": "application/json"}
         self.max_connections = max_connections

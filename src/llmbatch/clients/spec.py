@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from .anthropic import AnthropicClient
+from .base import ClientConfigError
 from .openai import OpenAIClient
 from .provider import ProviderClient
 
@@ -53,9 +54,14 @@ class ClientSpec:
 
     def build(self) -> ProviderClient:
         key = os.environ.get(self.key_env, "")
-        return self.client_class(
-            model=self.model,
-            base_url=self.base_url,
-            api_key=key,
-            max_connections=self.max_connections,
-        )
+        try:
+            return self.client_class(
+                model=self.model,
+                base_url=self.base_url,
+                api_key=key,
+                max_connections=self.max_connections,
+            )
+        except ClientConfigError as exc:
+            if exc.field != "api_key":
+                raise
+            raise ClientConfigError(exc.field, exc.reason, source=self.key_env) from None

@@ -75,6 +75,9 @@ class LLMBatchError(Exception):
     """Base of every error llmbatch raises or records. `status_code` is the HTTP status, if any."""
 
     status_code: int | None = None
+    # The setting that may cure this error, when one is known (e.g. "schema_mode"); the
+    # message says how in the library's words, a CLI names its own flag instead.
+    setting: str | None = None
 
     def __init__(self, message: str = "", *, status_code: int | None = None, body: object = None):
         super().__init__(message)
@@ -203,7 +206,12 @@ class TruncatedReplyError(ReplyError):
 
 class ProviderOutageError(FatalError, ConnectionError):
     """The server was unreachable (refused, reset, 5xx on everything) for longer than the
-    outage tolerance (`max_outage`); requests still waiting then fail with this."""
+    outage tolerance (`max_outage`), or kept answering errors; requests still waiting then
+    fail with this. `last_answer` is the last error the server itself answered, if any."""
+
+    def __init__(self, message: str = "", *, last_answer: LLMBatchError | None = None):
+        super().__init__(message)
+        self.last_answer = last_answer
 
 
 class BatchAPIError(FatalError):

@@ -32,6 +32,7 @@ from ..clients import PROVIDERS, ClientConfigError, ClientSpec
 from ..io.formats import BadLine, TemplateError
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
+from ..redact import redact
 from ..types import BatchRequest
 from ._common import (
     DEFAULT_CONCURRENCY,
@@ -371,6 +372,13 @@ def _finish(
     for outage in sink.outages:
         how = "came back" if outage.recovered else "did not come back; remaining requests failed"
         say(console, f"server outage: {outage.duration:.1f}s without an answer, then it {how}")
+    if sink.last_error is not None:  # what the server said, not only a count of codes
+        say(console, f"last error: {redact(str(sink.last_error))[:500]}")
+        if getattr(sink.last_error, "setting", None) == "schema_mode":
+            say(
+                console,
+                "a server without structured output takes the schema with --schema-mode prompt",
+            )
     if interrupted:
         say(
             console,

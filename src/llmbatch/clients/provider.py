@@ -20,7 +20,13 @@ from typing import Any, ClassVar, Self, TypedDict
 
 import aiohttp
 
-from ..errors import AuthenticationError, InvalidResponseError, LLMBatchError
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    InvalidResponseError,
+    LLMBatchError,
+    ServerError,
+)
 from ..redact import Redactor, header_secrets, scrub_error, url_secrets
 from ..retry import DEFAULT_MAX_RETRY_AFTER
 from ..types import CompletionRequest, CompletionResponse
@@ -54,6 +60,25 @@ def _checked_key(key: str | None, source: str | None) -> str | None:
             source=source,
         )
     return key
+
+
+def _schema_hint(request: CompletionRequest, error: LLMBatchError) -> LLMBatchError:
+    """A request refused while its schema went the native way names `schema_mode`: servers
+    without structured output (llama.cpp answers HTTP 500 "Input should be 'text' or
+    'json_object'") take the schema in the prompt."""
+    schema = request.schema
+    refused = isinstance(error, BadRequestError) or (
+        type(error) is ServerError and error.status_code not in (502, 503, 504)
+    )
+    if schema is None or schema.mode != "native" or not refused:
+        return error
+    error.setting = "schema_mode"
+    error.message = (
+        f"{error.message} (sent with its schema as the native response format; a server "
+        'without structured output takes it in the prompt: schema_mode="prompt")'
+    )
+    error.args = (error.message, *error.args[1:])
+    return error
 
 
 class ClientOptions(TypedDict, total=False):
@@ -155,7 +180,10 @@ class ProviderClient:
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         path, payload = self.path_for(request), self.body_for(request)
-        status, headers, body = await self.http.post_json(path, payload)
+        try:
+            status, headers, body = await self.http.post_json(path, payload)
+        except (BadRequestError, ServerError) as exc:
+            raise _schema_hint(request, exc) from None
         try:
             return self.parse(request, status, headers, body)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:

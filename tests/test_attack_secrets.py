@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import pytest
 
-from llmbatch import CompletionRequest, LLMBatchError
-from llmbatch.clients import OpenAIClient
+from llmbatch import APIConnectionError, CompletionRequest, LLMBatchError
+from llmbatch.clients import ClientSpec, OpenAIClient
 from llmbatch.redact import Redactor
 from llmbatch.simulate import Simulator, SimulatorConfig
 
@@ -76,13 +76,14 @@ def test_cli_writes_no_piece_of_a_whitespace_padded_key_anywhere(
     proc = cli(
         "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model", "m",
         "--no-progress", "--error-log", str(tmp_path / "errors"),
-        "--stats-json", str(tmp_path / "stats.json"),
+        "--stats-json", str(tmp_path / "stats.json"), "--report", str(tmp_path / "report.html"),
         env={"OPENAI_API_KEY": KEY + " "},
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 3 and all(x["error"]["code"] == "auth" for x in lines)
     assert "invalid credentials" in out.read_text()
+    assert (tmp_path / "report.html").exists()
     written = everything_written(tmp_path, proc)
     assert SECRET_PART not in written and KEY[-12:] not in written
 
@@ -134,6 +135,17 @@ def test_base_url_credentials_are_never_in_the_ledger_or_batches_list(
     # Without the URL, `batches` says what it needs instead of failing at the provider.
     bare = cli("batches", "list", str(out))
     assert bare.returncode == 2 and "--base-url" in bare.stderr and password not in bare.stderr
+
+
+async def test_a_base_url_is_shown_without_its_user_and_password() -> None:
+    url = "http://alice:Hunter2-pa55word@127.0.0.1:9/v1"  # port 9: refused at once
+    assert "alice" not in repr(ClientSpec(base_url=url))
+    client = OpenAIClient(api_key="", base_url=url, model="m")
+    async with client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.complete(CompletionRequest(prompt="hi"))
+    shown = f"{info.value} {client!r} {client.http!r}"
+    assert "127.0.0.1:9" in shown and "alice" not in shown and "Hunter2" not in shown
 
 
 def test_a_key_and_base_url_credentials_together_are_a_usage_error(

@@ -164,7 +164,7 @@ class ProviderClient:
         return self.http.base_url
 
     def __repr__(self) -> str:  # never the headers: they hold the key
-        url = self.redactor(self.base_url)
+        url = self.http.public_url
         return f"{type(self).__name__}(base_url={url!r}, model={self.model!r})"
 
     def path_for(self, request: CompletionRequest) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..redact import public_url
 from .anthropic import AnthropicClient
 from .base import ClientConfigError
 from .openai import OpenAIClient
@@ -43,6 +44,13 @@ class ClientSpec:
         if self.provider not in PROVIDERS:
             valid = ", ".join(sorted(PROVIDERS))
             raise ValueError(f"unknown provider {self.provider!r}: use one of {valid}")
+
+    def __repr__(self) -> str:  # logged: the base URL without its credentials
+        url = public_url(self.base_url) if self.base_url else None
+        return (
+            f"ClientSpec(provider={self.provider!r}, base_url={url!r}, model={self.model!r}, "
+            f"api_key_env={self.api_key_env!r}, max_connections={self.max_connections!r})"
+        )
 
     @property
     def client_class(self) -> type[ProviderClient]:

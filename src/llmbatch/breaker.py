@@ -15,6 +15,14 @@ Attempts that failed because of the outage do not count against a request's retr
 engine asks `excuses(error)`). Only after `max_outage` seconds of outage do the waiting and
 remaining requests fail, with `ProviderOutageError`.
 
+A server that *answers* a 5xx itself (not a gateway's 502/503/504 for a server gone behind
+it) is not unreachable, so its answers count differently. The same answer to every request
+(llama.cpp's HTTP 500 for a `json_schema` response format it cannot serve) is those
+requests' problem: it never trips the breaker, and each request fails on its own retries
+with the server's message. Varied answers may trip it, but once `MAX_ANSWERED_PROBES`
+probes in a row are answered that way the breaker gives up at once instead of waiting for
+`max_outage`: a server that answers is not coming back, it is there.
+
 Outages are kept in `outages` (start, duration, recovered) for the run's summary.
 """
 
@@ -26,13 +34,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .admission import PermitBase, feedback
-from .errors import BatchCancelledError, ProviderOutageError, TokenBudgetError
+from .errors import BatchCancelledError, ProviderOutageError, ServerError, TokenBudgetError
 from .types import CompletionRequest, CompletionResponse
 
-__all__ = ["Outage", "OutageBreaker"]
+__all__ = ["MAX_ANSWERED_PROBES", "Outage", "OutageBreaker"]
 
 DEFAULT_MAX_OUTAGE = 300.0
 DEFAULT_TRIP_AFTER = 5
+MAX_ANSWERED_PROBES = 4  # with the probes' backoff: given up some 8 s after opening
+_GATEWAY_STATUSES = (502, 503, 504)  # a proxy saying the server behind it is gone
 _MIN_REQUESTS = 3
 _PROBE_FIRST = 0.5
 _PROBE_MAX = 15.0
@@ -84,6 +94,10 @@ class OutageBreaker:
         self._failures = 0
         self._failing: set[int] = set()  # requests among the consecutive failures
         self._only_refused = True  # all of them refused or reset connections
+        self._answers: set[str] = set()  # the server's own 5xx messages among them
+        self._unanswered = 0  # and how many of them got no answer of the server's
+        self._answered_probes = 0  # probes in a row answered with a 5xx
+        self.last_answer: ServerError | None = None  # the last of those answers
         self._opened_at: float | None = None
         self._probe_out = False
         self._next_probe = 0.0
@@ -108,7 +122,8 @@ class OutageBreaker:
     async def _acquire(self, permit: _BreakerPermit) -> None:
         while True:
             if self.gave_up is not None:
-                raise ProviderOutageError(str(self.gave_up))  # fresh: one traceback each
+                # Fresh: one traceback each.
+                raise ProviderOutageError(str(self.gave_up), last_answer=self.last_answer)
             if self._opened_at is None:
                 return
             now = self._clock()
@@ -141,21 +156,33 @@ class OutageBreaker:
             self._failing.add(permit.request_key)
             if not isinstance(error, ConnectionError):
                 self._only_refused = False
+            answer = _server_answer(error)
+            if answer is None:
+                self._unanswered += 1
+            else:
+                self._answers.add(str(answer))
+                self.last_answer = answer
             now = self._clock()
             # One request failing with a 5xx again and again may be that request's fault (and
             # its retries' business); an outage is failures across requests. A refused or
             # reset connection is never one request's fault: with one or two requests in
-            # flight (low or "auto" concurrency) those alone are enough.
+            # flight (low or "auto" concurrency) those alone are enough. One answer given to
+            # every request is the requests' fault too.
             across = len(self._failing) >= _MIN_REQUESTS or self._only_refused
-            tripped = self._failures >= self.trip_after and across
+            same_answer = self._unanswered == 0 and len(self._answers) == 1
+            tripped = self._failures >= self.trip_after and across and not same_answer
             if self._opened_at is None and tripped:
                 self._opened_at = now
                 self._closed.clear()
                 self._backoff = _PROBE_FIRST
                 self._next_probe = now + self._backoff
+                self._answered_probes = 0
             elif permit.probe:
                 self._backoff = min(_PROBE_MAX, self._backoff * 2)
                 self._next_probe = now + self._backoff
+                self._answered_probes = self._answered_probes + 1 if answer is not None else 0
+                if self._answered_probes >= MAX_ANSWERED_PROBES:
+                    self._give_up(now)
             return
         if isinstance(error, asyncio.CancelledError | BatchCancelledError | TokenBudgetError):
             # Cancelled, or refused by a limiter after this link (the request is larger than
@@ -174,6 +201,8 @@ class OutageBreaker:
         self._failures = 0
         self._failing.clear()
         self._only_refused = True
+        self._answers.clear()
+        self._unanswered = 0
         if self._opened_at is not None:
             now = self._clock()
             self.outages.append(Outage(self._opened_at, now - self._opened_at, True))
@@ -194,8 +223,23 @@ class OutageBreaker:
         assert self._opened_at is not None
         duration = now - self._opened_at
         self.outages.append(Outage(self._opened_at, duration, False))
-        self.gave_up = ProviderOutageError(
-            f"the server was unreachable for {duration:.0f}s, longer than "
-            f"max_outage={self.max_outage:g}s; not sent"
-        )
+        if self._answered_probes >= MAX_ANSWERED_PROBES and self.last_answer is not None:
+            self.gave_up = ProviderOutageError(
+                f"the server answered every attempt with an error for {duration:.0f}s (last: "
+                f"{self.last_answer}); not sent",
+                last_answer=self.last_answer,
+            )
+        else:
+            self.gave_up = ProviderOutageError(
+                f"the server was unreachable for {duration:.0f}s, longer than "
+                f"max_outage={self.max_outage:g}s; not sent",
+                last_answer=self.last_answer,
+            )
         self._closed.set()
+
+
+def _server_answer(error: BaseException | None) -> ServerError | None:
+    """`error` when it is a 5xx the server answered itself, with a body (not a gateway's)."""
+    if isinstance(error, ServerError) and error.status_code not in _GATEWAY_STATUSES:
+        return error if getattr(error, "body", None) is not None else None
+    return None

@@ -59,6 +59,7 @@ from .errors import (
     AuthenticationError,
     BatchCancelledError,
     BatchTimeoutError,
+    ClientContractError,
     InvalidResponseError,
     LLMBatchError,
     ReplyError,
@@ -345,9 +346,17 @@ class _Run:
                     self.wall_started - self.started, started, self.cfg.clock()
                 )
                 self.deliver(item, result)
-        except Exception as exc:  # the source raised, or yielded something that is not a request
+        except BaseException as exc:
+            # The source raised or yielded something that is not a request, or a client or
+            # listener raised a BaseException (KeyboardInterrupt, a user's subclass): handed
+            # to `stream`, which raises it, as a nursery does. A worker that just ended would
+            # leave the requests it pulled without a result and the batch "complete".
             if self.crash is None:
-                self.crash = exc
+                self.crash = (
+                    RuntimeError("an engine worker was cancelled from outside the engine")
+                    if isinstance(exc, asyncio.CancelledError)
+                    else exc
+                )
             self.stop(BatchCancelledError(f"the batch stopped: {exc!r}"))
         finally:
             self.wakeup.set()
@@ -495,6 +504,13 @@ class _Run:
             raise RequestTimeoutError(
                 f"attempt exceeded request_timeout={cfg.request_timeout}s"
             ) from exc
+        except (asyncio.CancelledError, GeneratorExit) as exc:
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # ours: a stop, the deadline or the consumer's cancel
+            # The client's own (an inner task's cancel leaking out, a closed generator):
+            # this request's failure, not a signal to unwind the worker.
+            raise ClientContractError(exc) from exc
         return response
 
     def follow_up(

@@ -16,6 +16,7 @@
     │   ├── BadRequestError              400, 404, 422
     │   │   └── TokenBudgetError         one request is larger than the whole token budget
     │   ├── UnsupportedRequestError      the client cannot express this request
+    │   ├── ClientContractError          the client raised a cancel or GeneratorExit of its own
     │   ├── ReplyError                   the reply came but is no answer (kept on the error)
     │   │   ├── InvalidOutputError       it broke the schema after every re-ask allowed
     │   │   ├── RefusalError             the model refused (OpenAI `refusal`, stop_reason)
@@ -50,6 +51,7 @@ __all__ = [
     "BatchAPIError",
     "BatchCancelledError",
     "BatchTimeoutError",
+    "ClientContractError",
     "FatalError",
     "InvalidOutputError",
     "InvalidResponseError",
@@ -73,6 +75,9 @@ class LLMBatchError(Exception):
     """Base of every error llmbatch raises or records. `status_code` is the HTTP status, if any."""
 
     status_code: int | None = None
+    # The setting that may cure this error, when one is known (e.g. "schema_mode"); the
+    # message says how in the library's words, a CLI names its own flag instead.
+    setting: str | None = None
 
     def __init__(self, message: str = "", *, status_code: int | None = None, body: object = None):
         super().__init__(message)
@@ -153,6 +158,19 @@ class UnsupportedRequestError(FatalError):
     """The client cannot express this request (e.g. embeddings on Anthropic)."""
 
 
+class ClientContractError(FatalError):
+    """The client's `complete()` raised `raised`, a `BaseException` that is not a result: an
+    `asyncio.CancelledError` that was no cancel of the engine's, or `GeneratorExit`.
+
+    Recorded on the request's result (never retried) instead of unwinding the worker, which
+    would leave the requests it held without a result.
+    """
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(f"the client raised {type(raised).__name__} {raised!s}".rstrip())
+        self.raised = raised
+
+
 class ReplyError(FatalError):
     """The provider answered, but the reply is not a usable answer.
 
@@ -188,7 +206,12 @@ class TruncatedReplyError(ReplyError):
 
 class ProviderOutageError(FatalError, ConnectionError):
     """The server was unreachable (refused, reset, 5xx on everything) for longer than the
-    outage tolerance (`max_outage`); requests still waiting then fail with this."""
+    outage tolerance (`max_outage`), or kept answering errors; requests still waiting then
+    fail with this. `last_answer` is the last error the server itself answered, if any."""
+
+    def __init__(self, message: str = "", *, last_answer: LLMBatchError | None = None):
+        super().__init__(message)
+        self.last_answer = last_answer
 
 
 class BatchAPIError(FatalError):

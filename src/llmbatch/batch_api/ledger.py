@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from ..io.atomic import write_atomic
+from ..redact import public_url
 from .split import Chunk, ids_digest, read_ids
 
 __all__ = ["ChunkRecord", "Ledger", "LedgerError", "ledger_paths"]
@@ -86,6 +87,9 @@ class Ledger:
         """The ledger of `output` (a new, empty one if there is none). `LedgerError` if it
         records another provider or base URL: its batches could not be reached from here."""
         path, directory = ledger_paths(output)
+        # Recorded without its credentials (`public_url`): the ledger is a plain file,
+        # shown by `llmbatch batches`; the run that owns it has the URL itself.
+        base_url = public_url(base_url)
         ledger = cls(path, directory, provider, base_url)
         if not path.exists() and any(directory.glob("chunk-*")):
             # The ledger is saved before the directory is made (`ensure_directory`), so chunk
@@ -122,7 +126,7 @@ class Ledger:
             if data.get("version") != VERSION:
                 raise LedgerError(f"{self.path}: unknown ledger version {data.get('version')!r}")
             self.provider = str(data["provider"])
-            self.base_url = str(data["base_url"])
+            self.base_url = public_url(str(data["base_url"]))  # an older ledger kept them
             self.run_key = str(data["run_key"])
             self.chunks = [ChunkRecord(**c) for c in data["chunks"]]
         except LedgerError:

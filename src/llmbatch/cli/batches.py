@@ -20,8 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ..batch_api import BatchInfo, Ledger, LedgerError, backend_for
-from ..clients import ClientSpec
+from ..clients import ClientConfigError, ClientSpec, ProviderClient
 from ..errors import LLMBatchError
+from ..redact import MASK, public_url
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, say
 
 __all__ = ["add_parser", "main"]
@@ -38,6 +39,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("action", choices=("list", "cancel"))
     p.add_argument("output", metavar="OUTPUT", help="the run's results file")
     p.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the key")
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="the run's --base-url, needed when it held credentials (user:password@): the "
+        "ledger records it without them",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per chunk")
     p.add_argument(
         "--offline",
@@ -53,17 +60,40 @@ def main(args: argparse.Namespace) -> int:
     errors = Console(stderr=True, soft_wrap=True)
     try:
         ledger = Ledger.read(args.output)
-    except LedgerError as exc:
+        base_url = _base_url(args, ledger)
+        client = ClientSpec(
+            provider=ledger.provider, base_url=base_url, api_key_env=args.api_key_env
+        ).build()
+    except (LedgerError, ClientConfigError) as exc:
         say(errors, f"llmbatch batches: error: {exc}")
         return EXIT_USAGE
-    return asyncio.run(_main(args, ledger, console, errors))
+    return asyncio.run(_main(args, ledger, client, console, errors))
 
 
-async def _main(args: argparse.Namespace, ledger: Ledger, console: Console, errors: Console) -> int:
-    spec = ClientSpec(
-        provider=ledger.provider, base_url=ledger.base_url, api_key_env=args.api_key_env
-    )
-    client = spec.build()
+def _base_url(args: argparse.Namespace, ledger: Ledger) -> str:
+    """The URL to reach the ledger's batches: the ledger's, or --base-url with the
+    credentials the ledger leaves out (it must be the same URL otherwise)."""
+    if args.base_url is None:
+        if f"{MASK}@" in ledger.base_url:
+            raise LedgerError(
+                f"the run used {ledger.base_url}, whose credentials are not recorded: pass "
+                "its URL with --base-url"
+            )
+        return ledger.base_url
+    if public_url(args.base_url) != ledger.base_url:
+        raise LedgerError(
+            f"--base-url {public_url(args.base_url)} is not the run's {ledger.base_url}"
+        )
+    return str(args.base_url)
+
+
+async def _main(
+    args: argparse.Namespace,
+    ledger: Ledger,
+    client: ProviderClient,
+    console: Console,
+    errors: Console,
+) -> int:
     backend = backend_for(client)
     live: dict[int, BatchInfo | str] = {}
     failed = False

@@ -298,6 +298,13 @@ def print_summary(console: Console, config: RunConfig, summary: RunSummary) -> i
     for outage in summary.outages:
         how = "came back" if outage.recovered else "did not come back; remaining requests failed"
         say(console, f"server outage: {outage.duration:.1f}s without an answer, then it {how}")
+    if summary.last_error is not None:  # what the server said, not only a count of codes
+        say(console, f"last error: {summary.last_error}")
+        if summary.last_error_setting == "schema_mode":
+            say(
+                console,
+                "a server without structured output takes the schema with --schema-mode prompt",
+            )
     if summary.deadline is not None:
         d = summary.deadline
         verdict = (

@@ -98,6 +98,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="deprecated: same as --limit-style retry-after",
     )
     p.add_argument("--seed", type=int, help="random seed for faults and jitter")
+    p.add_argument(
+        "--echo-credentials",
+        type=int,
+        metavar="N",
+        help="answer every request 401 echoing the credentials received, minus their first "
+        "N characters (a misbehaving gateway)",
+    )
+    p.add_argument(
+        "--reject-json-schema",
+        action="store_true",
+        help="answer response_format json_schema with HTTP 500, as llama.cpp's server does",
+    )
     _add_structured_arguments(p)
     _add_batch_arguments(p)
 
@@ -264,6 +276,8 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         invalid_rate=args.invalid_rate,
         refusal_rate=args.refusal_rate,
         truncate_rate=args.truncate_rate,
+        echo_credentials=args.echo_credentials,
+        reject_json_schema=args.reject_json_schema,
     )
 
 

@@ -1,7 +1,7 @@
 """Clients: the `LLMClient` protocol, the `ProviderClient` base and its implementations."""
 
 from .anthropic import AnthropicClient
-from .base import LLMClient
+from .base import ClientConfigError, LLMClient
 from .fake import FakeClient, fake_reply
 from .openai import OpenAIClient
 from .provider import ClientOptions, ProviderClient
@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_KEY_ENV",
     "PROVIDERS",
     "AnthropicClient",
+    "ClientConfigError",
     "ClientOptions",
     "ClientSpec",
     "FakeClient",

@@ -36,9 +36,10 @@ from ..errors import (
     RequestTimeoutError,
     ServerError,
 )
-from ..redact import Redactor, scrub_error
+from ..redact import Redactor, public_url, scrub_error
 from ..retry import DEFAULT_MAX_RETRY_AFTER, parse_retry_after
 from ..types import RateLimitInfo
+from .base import ClientConfigError
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -264,12 +265,15 @@ class HTTPClient:
             raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
         self.base_url = base_url.rstrip("/")
         self.redactor = redactor or Redactor()
+        # The URL as messages and reprs show it: never its user:password@.
+        self.public_url = self.redactor(public_url(self.base_url))
         has_credentials = urlsplit(self.base_url).username is not None
         if has_credentials and any(k.lower() == "authorization" for k in headers):
             # aiohttp sends URL credentials as an Authorization header: the two clash.
-            raise ValueError(
-                f"base_url {self.redactor(self.base_url)!r} holds credentials and an "
-                "Authorization header is set too (the API key): use one of them"
+            raise ClientConfigError(
+                "base_url",
+                "holds credentials (user:password@) and an Authorization header is set too "
+                "(the API key): both cannot be sent, use one of them",
             )
         self._headers = {**dict(headers), "Content-Type": "application/json"}
         self.max_connections = max_connections
@@ -281,7 +285,7 @@ class HTTPClient:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:  # never show headers: they hold the key
-        return f"{type(self).__name__}(base_url={self.redactor(self.base_url)!r})"
+        return f"{type(self).__name__}(base_url={self.public_url!r})"
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._injected is not None:
@@ -321,7 +325,7 @@ class HTTPClient:
         data = orjson.dumps(payload)
         # Transport errors are translated here, once, and without their aiohttp chain
         # (`from None`): the cause's text is kept in the message, where it can be redacted.
-        where = self.redactor(self.base_url)
+        where = self.public_url
         try:
             async with session.post(self.base_url + path, data=data, headers=self._headers) as resp:
                 status, headers = resp.status, resp.headers
@@ -374,7 +378,7 @@ async def _exchange_json(
     params: Mapping[str, str] | None,
 ) -> tuple[int, Mapping[str, str], Any]:
     session = http._get_session()
-    where = http.redactor(http.base_url)
+    where = http.public_url
     try:
         async with session.request(method, url, data=data, headers=headers, params=params) as resp:
             status, resp_headers = resp.status, resp.headers
@@ -434,7 +438,7 @@ class APIRequests:
         if not _same_origin(path_or_url, self.http.base_url):
             raise InvalidResponseError(
                 f"refusing to send the API key to {self.http.redactor(path_or_url)!r}: not "
-                f"the base URL's host ({self.http.redactor(self.http.base_url)!r})"
+                f"the base URL's host ({self.http.public_url!r})"
             )
         return path_or_url
 
@@ -512,7 +516,7 @@ class APIRequests:
         line at a time, each at most `max_line_bytes` (default the client's body cap)."""
         cap = max_line_bytes or self.http.max_response_bytes
         url = self.url(path)
-        where = self.http.redactor(self.http.base_url)
+        where = self.http.public_url
         session = self.http._get_session()
         try:
             async with session.get(url, headers=self._headers(None)) as resp:

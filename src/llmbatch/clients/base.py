@@ -15,7 +15,22 @@ from typing import Protocol, runtime_checkable
 
 from ..types import CompletionRequest, CompletionResponse
 
-__all__ = ["LLMClient"]
+__all__ = ["ClientConfigError", "LLMClient"]
+
+
+class ClientConfigError(ValueError):
+    """A client cannot be made from its settings; nothing was sent.
+
+    `field` is the setting ("api_key", "base_url"), `source` the environment variable the
+    value came from (None when it was passed in), `reason` what is wrong, never the value.
+    """
+
+    def __init__(self, field: str, reason: str, *, source: str | None = None) -> None:
+        where = f"{field} (from {source})" if source else field
+        super().__init__(f"{where}: {reason}")
+        self.field = field
+        self.reason = reason
+        self.source = source
 
 
 @runtime_checkable

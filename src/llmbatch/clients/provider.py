@@ -20,8 +20,14 @@ from typing import Any, ClassVar, Self, TypedDict
 
 import aiohttp
 
-from ..errors import AuthenticationError, InvalidResponseError, LLMBatchError
-from ..redact import Redactor, scrub_error, url_secrets
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    InvalidResponseError,
+    LLMBatchError,
+    ServerError,
+)
+from ..redact import Redactor, header_secrets, scrub_error, url_secrets
 from ..retry import DEFAULT_MAX_RETRY_AFTER
 from ..types import CompletionRequest, CompletionResponse
 from ._http import (
@@ -30,10 +36,49 @@ from ._http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     HTTPClient,
 )
+from .base import ClientConfigError
 
 __all__ = ["ClientOptions", "ProviderClient"]
 
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+
+
+def _checked_key(key: str | None, source: str | None) -> str | None:
+    """The key as it will be sent: surrounding whitespace (a pasted key's newline, a space)
+    removed, as every HTTP server removes it, so that the key masked in echoes is the one
+    the server saw. A control character left inside cannot go in a header: one clear error
+    now instead of every request failing."""
+    if not key:
+        return key
+    key = key.strip()
+    bad = next((i for i, ch in enumerate(key) if ord(ch) < 32 or ord(ch) == 127), None)
+    if bad is not None:
+        raise ClientConfigError(
+            "api_key",
+            f"holds a control character (code {ord(key[bad])}) at position {bad}: a key is "
+            "one line of printable characters",
+            source=source,
+        )
+    return key
+
+
+def _schema_hint(request: CompletionRequest, error: LLMBatchError) -> LLMBatchError:
+    """A request refused while its schema went the native way names `schema_mode`: servers
+    without structured output (llama.cpp answers HTTP 500 "Input should be 'text' or
+    'json_object'") take the schema in the prompt."""
+    schema = request.schema
+    refused = isinstance(error, BadRequestError) or (
+        type(error) is ServerError and error.status_code not in (502, 503, 504)
+    )
+    if schema is None or schema.mode != "native" or not refused:
+        return error
+    error.setting = "schema_mode"
+    error.message = (
+        f"{error.message} (sent with its schema as the native response format; a server "
+        'without structured output takes it in the prompt: schema_mode="prompt")'
+    )
+    error.args = (error.message, *error.args[1:])
+    return error
 
 
 class ClientOptions(TypedDict, total=False):
@@ -85,7 +130,8 @@ class ProviderClient:
         session: aiohttp.ClientSession | None = None,
         require_api_key: bool = False,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get(self.key_env)
+        source = None if api_key is not None else self.key_env
+        key = _checked_key(api_key if api_key is not None else os.environ.get(self.key_env), source)
         if require_api_key and not key:
             raise AuthenticationError(f"no API key: pass api_key= or set {self.key_env}")
         self.model = model
@@ -94,7 +140,9 @@ class ProviderClient:
         if key:
             headers.update(self.auth_headers(key))
         secrets = [key, *url_secrets(url)]
-        secrets += [v for k, v in headers.items() if k.lower() in _SECRET_HEADERS]
+        for name, value in headers.items():
+            if name.lower() in _SECRET_HEADERS:
+                secrets += header_secrets(value)
         self.redactor = Redactor(secrets)
         self.http = HTTPClient(
             url,
@@ -116,7 +164,7 @@ class ProviderClient:
         return self.http.base_url
 
     def __repr__(self) -> str:  # never the headers: they hold the key
-        url = self.redactor(self.base_url)
+        url = self.http.public_url
         return f"{type(self).__name__}(base_url={url!r}, model={self.model!r})"
 
     def path_for(self, request: CompletionRequest) -> str:
@@ -132,7 +180,10 @@ class ProviderClient:
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         path, payload = self.path_for(request), self.body_for(request)
-        status, headers, body = await self.http.post_json(path, payload)
+        try:
+            status, headers, body = await self.http.post_json(path, payload)
+        except (BadRequestError, ServerError) as exc:
+            raise _schema_hint(request, exc) from None
         try:
             return self.parse(request, status, headers, body)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..redact import public_url
 from .anthropic import AnthropicClient
+from .base import ClientConfigError
 from .openai import OpenAIClient
 from .provider import ProviderClient
 
@@ -43,6 +45,13 @@ class ClientSpec:
             valid = ", ".join(sorted(PROVIDERS))
             raise ValueError(f"unknown provider {self.provider!r}: use one of {valid}")
 
+    def __repr__(self) -> str:  # logged: the base URL without its credentials
+        url = public_url(self.base_url) if self.base_url else None
+        return (
+            f"ClientSpec(provider={self.provider!r}, base_url={url!r}, model={self.model!r}, "
+            f"api_key_env={self.api_key_env!r}, max_connections={self.max_connections!r})"
+        )
+
     @property
     def client_class(self) -> type[ProviderClient]:
         return PROVIDERS[self.provider]
@@ -53,9 +62,14 @@ class ClientSpec:
 
     def build(self) -> ProviderClient:
         key = os.environ.get(self.key_env, "")
-        return self.client_class(
-            model=self.model,
-            base_url=self.base_url,
-            api_key=key,
-            max_connections=self.max_connections,
-        )
+        try:
+            return self.client_class(
+                model=self.model,
+                base_url=self.base_url,
+                api_key=key,
+                max_connections=self.max_connections,
+            )
+        except ClientConfigError as exc:
+            if exc.field != "api_key":
+                raise
+            raise ClientConfigError(exc.field, exc.reason, source=self.key_env) from None

@@ -117,6 +117,7 @@ class ResultSink:
         self.written = 0
         self.cut_short = 0
         self.outages: list[Outage] = []  # server-wide outages the run waited out (or not)
+        self.last_error: BaseException | None = None  # of the last failed line written
         # The requests in flight, by id: the error log shows the prompt, the cache keys by the
         # request. Only kept when one of them is on; bounded by what is in flight.
         self._remember = error_log is not None or cache is not None
@@ -184,6 +185,7 @@ class ResultSink:
         if self.observers:
             self._observe(result)
         if result.error is not None:
+            self.last_error = result.error
             self._log_error(result, request)
         elif self.cache is not None and request is not None and result.response is not None:
             # After the line is written: a cache that fails loses nothing already paid for.

@@ -31,7 +31,7 @@ import orjson
 
 from ..batch_api import Ledger, LedgerError, ledger_paths
 from ..batch_api.providers import BATCH_PROVIDERS
-from ..clients import PROVIDERS, ClientSpec
+from ..clients import PROVIDERS, ClientConfigError, ClientSpec
 from ..clients.provider import ProviderClient
 from ..errorlog import ErrorHandler
 from ..io.atomic import os_reason
@@ -40,6 +40,7 @@ from ..io.formats import BadLine, TemplateError
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
 from ..metrics import MetricsListener, MissingExtraError
+from ..redact import redact
 from ..types import BatchRequest, CompletionRequest
 from .config import RunConfig
 from .costs import budget_of, pricer_of, until_budget_spent
@@ -238,7 +239,12 @@ def _client(config: RunConfig) -> tuple[ProviderClient, ClientSpec | None]:
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError("ray", "`ray` needs Ray: pip install 'llmbatch[ray]'") from None
-    return spec.build(), spec
+    try:
+        return spec.build(), spec
+    except ClientConfigError as exc:
+        if exc.field == "base_url":
+            raise ConfigError("base_url", f"`base_url`: {exc.reason}") from None
+        raise ConfigError("api_key_env", f"{exc.source or '`api_key_env`'}: {exc.reason}") from None
 
 
 def _check_report(config: RunConfig) -> None:
@@ -424,6 +430,8 @@ def _summarize(
         budget_stopped=sink.budget_stopped,
         budget_reason=sink.budget_reason,
         outages=tuple(sink.outages),
+        last_error=None if sink.last_error is None else redact(str(sink.last_error))[:500],
+        last_error_setting=getattr(sink.last_error, "setting", None),
         deadline=_deadline_outcome(config, executor, sink),
         output_error=None if output_error is None else str(output_error),
         output_intact=output_error is not None and output_error.compacting,

@@ -65,6 +65,8 @@ class RunSummary:
     budget_stopped: bool
     budget_reason: str = ""
     outages: tuple[Outage, ...] = ()
+    last_error: str | None = None  # what the server said last, for a failed line (masked)
+    last_error_setting: str | None = None  # the setting that error points to ("schema_mode")
     deadline: DeadlineOutcome | None = None
     output_error: str | None = None  # the output could not be written: what happened
     output_intact: bool = False  # ... and yet it holds every result (a compaction failed)

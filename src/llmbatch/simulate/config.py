@@ -46,6 +46,13 @@ class SimulatorConfig:
     `outage_at`/`outage_for`: `outage_at` seconds after the first request (counted again
     after a stats reset) the server goes down for `outage_for` seconds.
 
+    Misbehaving servers: `echo_credentials=N` answers every request 401 with a body that
+    echoes the credentials it received (the Authorization or x-api-key value, as the HTTP
+    parser gave it: trailing whitespace gone) without their first N characters, as some
+    gateways do. `reject_json_schema` answers requests asking for `response_format:
+    json_schema` with HTTP 500 "Input should be 'text' or 'json_object'", as llama.cpp's
+    server (llama-cpp-python 0.3) does.
+
     Batch APIs (`batches.py`): a batch takes about `batch_seconds` (+ a lognormal delay of
     median `batch_delay_median`, spread `batch_delay_sigma`), its window is
     `batch_expire_seconds`; `batch_error_rate` (lines answered 500 / errored),
@@ -101,6 +108,8 @@ class SimulatorConfig:
     invalid_rate: float = 0.0
     refusal_rate: float = 0.0
     truncate_rate: float = 0.0
+    echo_credentials: int | None = None
+    reject_json_schema: bool = False
 
     def __post_init__(self) -> None:
         if self.limit_style not in LIMIT_STYLES:
@@ -133,6 +142,8 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.outage_at is not None and (self.outage_at < 0 or self.outage_for <= 0):
             raise ValueError("an outage needs outage_at >= 0 and outage_for > 0")
+        if self.echo_credentials is not None and self.echo_credentials < 0:
+            raise ValueError(f"echo_credentials must be >= 0, got {self.echo_credentials}")
         self._check_batches()
 
     def _check_batches(self) -> None:

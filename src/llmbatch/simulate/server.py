@@ -68,6 +68,11 @@ def _int(value: Any) -> int | None:
     return int(value)
 
 
+def _asks_json_schema(body: dict[str, Any]) -> bool:
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+
+
 def _abort(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
@@ -255,6 +260,10 @@ class Simulator:
 
     async def _serve(self, request: web.Request, kind: str, dialect: Dialect) -> web.StreamResponse:
         c = self.config
+        if c.echo_credentials is not None:
+            sent = request.headers.get("Authorization") or request.headers.get("x-api-key", "")
+            echoed = f"invalid credentials: {(sent or '')[c.echo_credentials :]}"
+            return self._respond(401, dialect.error("authentication_error", echoed))
         if c.api_key is not None and dialect.api_key(request.headers) != c.api_key:
             return self._respond(*dialect.unauthorized())
         try:
@@ -266,6 +275,10 @@ class Simulator:
         problem = dialect.invalid(body) or unsupported(body)
         if problem is not None:
             return self._respond(*dialect.bad_request(problem))
+        if c.reject_json_schema and _asks_json_schema(body):
+            # llama.cpp's answer, a 500 for what is a request it cannot serve.
+            message = "Input should be 'text' or 'json_object'"
+            return self._respond(500, dialect.error("server_error", message))
         prompt = dialect.prompt(kind, body)
         max_tokens = _int(body.get("max_tokens"))
         prompt_tokens = token_count(prompt)

@@ -72,12 +72,12 @@ from ..errors import (
     BatchAPIError,
     InvalidResponseError,
     LLMBatchError,
-    RateLimitError,
     ReplyError,
     RetryableError,
 )
 from ..pricing import Pricer
 from ..replies import check_reply
+from ..retry import RetryPolicy
 from ..schema import Schema, SchemaMode
 from ..text import estimate_tokens
 from ..types import BatchRequest, BatchResult, CompletionRequest
@@ -115,18 +115,19 @@ def is_redoable(result: BatchResult) -> bool:
 class BatchAPIConfig:
     """How a `BatchAPIRunner` works. `output` is the results file the ledger sits beside.
 
-    `max_requests` / `max_tokens` lower the per-batch caps (estimated input tokens, for
-    providers that limit enqueued tokens). Polls start at `poll_interval` seconds and back off
-    by 1.5x while nothing changes, up to `max_poll_interval`. `max_retries` bounds retries of
-    each API call that fails transiently (429, 5xx, connection). `keep_files`: leave uploaded
+        `max_requests` / `max_tokens` lower the per-batch caps (estimated input tokens, for
+        providers that limit enqueued tokens). Polls start at `poll_interval` seconds and back off
+        by 1.5x while nothing changes, up to `max_poll_interval`. `max_retries` bounds retries of
+    each API call that fails transiently (429, 5xx, connection); `retry` replaces that with a
+    `RetryPolicy` of your own (jitter, bounded total time). `keep_files`: leave uploaded
     and result files at the provider. `clock` is wall time (compared with the provider's
-    timestamps); `sleep` is injectable so tests never wait.
+        timestamps); `sleep` is injectable so tests never wait.
 
-    `budget`: a hard cap on money, checked per batch (see the module doc). `pricer` prices
-    each answer (`result.cost`; default the budget's, else answers are not priced here).
-    `response_model`: a pydantic model class (or `Schema`, or JSON Schema dict) every chat
-    request without a schema of its own must answer in (`schema_mode` native or prompt).
-    `validate_json`: JSON-mode replies must parse (as the engine's).
+        `budget`: a hard cap on money, checked per batch (see the module doc). `pricer` prices
+        each answer (`result.cost`; default the budget's, else answers are not priced here).
+        `response_model`: a pydantic model class (or `Schema`, or JSON Schema dict) every chat
+        request without a schema of its own must answer in (`schema_mode` native or prompt).
+        `validate_json`: JSON-mode replies must parse (as the engine's).
     """
 
     output: str | Path
@@ -135,6 +136,7 @@ class BatchAPIConfig:
     poll_interval: float = DEFAULT_POLL_INTERVAL
     max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL
     max_retries: int = 8
+    retry: RetryPolicy | None = None
     keep_files: bool = False
     listeners: Sequence[Callable[[BatchEvent], None]] = ()
     clock: Callable[[], float] = time.time
@@ -144,6 +146,16 @@ class BatchAPIConfig:
     response_model: Any = None
     schema_mode: SchemaMode | None = None
     validate_json: bool = True
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """`retry`, or `max_retries` retries backing off from 1 s to 60 s (full jitter),
+        within 10 minutes of the first try."""
+        if self.retry is not None:
+            return self.retry
+        return RetryPolicy(
+            max_attempts=self.max_retries + 1, base_delay=1.0, max_delay=60.0, max_retry_time=600.0
+        )
 
     def __post_init__(self) -> None:
         if self.response_model is not None and not isinstance(self.response_model, Schema):
@@ -428,20 +440,17 @@ class BatchAPIRunner:
     ) -> BatchInfo:
         """Create the batch exactly once: before every create after the first (and on a
         re-attach), look for one an earlier try made whose answer was lost."""
-        delay = 1.0
-        for attempt in range(self.config.max_retries + 1):
-            if search or attempt:
+        started, attempt = self.config.clock(), 0
+        while True:
+            attempt += 1
+            if search or attempt > 1:
                 found = await self._find(record, tag)
                 if found is not None:
                     return found
             try:
                 return await self.backend.create(record.key, path, record.file_id, tag)
             except RetryableError as exc:
-                if attempt == self.config.max_retries:
-                    raise
-                await self.config.sleep(_wait(exc, delay))
-                delay = min(delay * 2, 60.0)
-        raise AssertionError("unreachable")
+                await self._backoff(exc, attempt, started)
 
     async def _find(self, record: ChunkRecord, tag: str) -> BatchInfo | None:
         assert self.ledger is not None
@@ -577,9 +586,10 @@ class BatchAPIRunner:
         written = 0
         spent = 0.0  # USD of the answers yielded, for the budget
         elapsed = max(0.0, self.config.clock() - record.intent_at)
-        delay = 1.0
+        started, attempt = self.config.clock(), 0
         gone: LLMBatchError | None = None
-        for attempt in range(self.config.max_retries + 1):
+        while True:
+            attempt += 1
             try:
                 # A download cut short starts again; `seen` keeps lines from being repeated.
                 async for line in self.backend.results(info):
@@ -595,10 +605,7 @@ class BatchAPIRunner:
                     yield result
                 break
             except RetryableError as exc:
-                if attempt == self.config.max_retries:
-                    raise
-                await self.config.sleep(_wait(exc, delay))
-                delay = min(delay * 2, 60.0)
+                await self._backoff(exc, attempt, started)
             except LLMBatchError as exc:
                 if exc.status_code != 404:
                     raise
@@ -679,18 +686,25 @@ class BatchAPIRunner:
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """`fn()`, retried on transient failures (429, 5xx, connection) with backoff."""
-        delay = 1.0
-        for attempt in range(self.config.max_retries + 1):
+        """`fn()`, retried on transient failures (429, 5xx, connection)."""
+        started, attempt = self.config.clock(), 0
+        while True:
+            attempt += 1
             try:
                 return await fn()
             except RetryableError as exc:
-                if attempt == self.config.max_retries:
-                    raise
-                log.info("batch API call failed (%s); retrying in %.0fs", exc, delay)
-                await self.config.sleep(_wait(exc, delay))
-                delay = min(delay * 2, 60.0)
-        raise AssertionError("unreachable")
+                await self._backoff(exc, attempt, started)
+
+    async def _backoff(self, exc: RetryableError, attempt: int, started: float) -> None:
+        """Wait before another try of a call that failed transiently (the run's requests'
+        building block, `RetryPolicy`: full jitter, Retry-After honoured, bounded in attempts
+        and in total time); re-raise `exc` when the policy says it is final."""
+        elapsed = self.config.clock() - started
+        delay = self.config.retry_policy.next_delay(exc, attempt=attempt, elapsed=elapsed)
+        if delay is None:
+            raise exc
+        log.info("batch API call failed (%s); retrying in %.1fs", exc, delay)
+        await self.config.sleep(delay)
 
     def _emit(self, event: BatchEvent) -> None:
         for listener in self.config.listeners:
@@ -731,12 +745,6 @@ class _Checks:
     def get(self, rid: str) -> CompletionRequest:
         spec = self.other.get(rid, self.common)
         return _PLAIN if spec is _UNSET else spec
-
-
-def _wait(exc: RetryableError, delay: float) -> float:
-    if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-        return exc.retry_after
-    return delay
 
 
 def _missing_error(info: BatchInfo, ids: list[str]) -> BatchAPIError:

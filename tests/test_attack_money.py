@@ -1,0 +1,126 @@
+"""Issue 27, items 2 and 8: `--max-cost` must hold and money shown must be every dollar paid.
+
+Each case is an attack that passed the cap (or hid spend) before: an output limit named
+`max_completion_tokens`, embeddings of a list of inputs, attempts that timed out on our side
+but that the server answered (and billed), paid lines that failed, and a batch exit message
+that contradicted itself. Real CLI subprocesses against the simulator, real files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from llmbatch.io.formats import read_jsonl
+from llmbatch.pricing import FixedPrices, Pricer
+from llmbatch.types import CompletionRequest
+
+from .conftest import SimProcess
+from .test_cli_run import cli, read_out
+
+# USD per 1M input / output tokens, as --price-in / --price-out: any model name is priced.
+PRICE_IN, PRICE_OUT = 1.0, 4.0
+PRICES = ("--price-in", str(PRICE_IN), "--price-out", str(PRICE_OUT))
+PRICER = Pricer(FixedPrices(PRICE_IN, PRICE_OUT), model="m")
+
+
+def run_args(
+    sim: SimProcess, inp: Path, out: Path, *extra: str, prices: tuple[str, ...] = PRICES
+) -> list[str]:
+    return [
+        "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1",
+        "--model", "m", "--no-progress", *prices, *extra,
+    ]  # fmt: skip
+
+
+def write_lines(path: Path, bodies: list[dict[str, object]], url: str) -> None:
+    with path.open("w") as f:
+        for i, body in enumerate(bodies):
+            line = {"custom_id": f"r{i}", "method": "POST", "url": url, "body": body}
+            f.write(json.dumps(line) + "\n")
+
+
+def requests_of(path: Path) -> list[CompletionRequest]:
+    items = list(read_jsonl(path))
+    return [item.request for item in items]  # type: ignore[union-attr]
+
+
+def settled(sim: SimProcess) -> dict[str, object]:
+    """The simulator's counters once nothing is in flight (bounded: replies take 2.5 s)."""
+    for _ in range(200):
+        stats = sim.stats()
+        if stats["in_flight"] == 0:
+            return stats
+        time.sleep(0.05)
+    raise AssertionError("the simulator still has requests in flight")
+
+
+# -- item 2a: the output limit a request sets under another name --------------------------------
+
+
+def test_max_completion_tokens_bounds_the_worst_case_and_the_plan(
+    tmp_path: Path,
+    start_sim,  # type: ignore[no-untyped-def]
+) -> None:
+    sim = start_sim()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    messages = [{"role": "user", "content": "write a long essay"}]
+    write_lines(
+        inp,
+        [{"model": "m", "messages": messages, "max_completion_tokens": 20000}] * 5,
+        "/v1/chat/completions",
+    )
+    request = requests_of(inp)[0]
+    worst = PRICER.worst_case(request)
+    assert worst is not None and worst >= 20000 * PRICE_OUT / 1e6
+    # Responses' name for it counts the same; where several are set, the largest.
+    responses = CompletionRequest(prompt="x", extra={"max_output_tokens": 9000.0})
+    assert responses.output_limit() == 9000
+    both = CompletionRequest(prompt="x", max_tokens=10, extra={"max_completion_tokens": 300})
+    assert both.output_limit() == 300
+
+    # A cap below one request's worst case sends nothing (4,096 tokens were assumed: 4 sent).
+    cap = 0.07
+    assert cap < worst
+    proc = cli(*run_args(sim, inp, out, "--max-cost", str(cap)))
+    assert proc.returncode == 4, proc.stderr
+    assert sim.stats()["received"] == 0
+
+    plan = cli("plan", str(inp), "-o", str(tmp_path / "p.jsonl"), *PRICES, "--json")
+    assert plan.returncode == 0, plan.stderr
+    maximum = json.loads(plan.stdout)["cost_usd"]["realtime_max"]
+    assert maximum >= 5 * 20000 * PRICE_OUT / 1e6
+
+
+# -- item 2b: embeddings of a list of inputs ----------------------------------------------------
+
+
+def test_embeddings_of_lists_are_costed_per_element_and_stay_under_the_cap(
+    tmp_path: Path,
+    start_sim,  # type: ignore[no-untyped-def]
+) -> None:
+    sim = start_sim()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    texts = [f"passage {j} " + "words " * 40 for j in range(30)]
+    token_ids = [list(range(1000 + j, 1400 + j)) for j in range(4)]
+    bodies: list[dict[str, object]] = [{"model": "m", "input": texts}] * 10
+    bodies += [{"model": "m", "input": token_ids}] * 10
+    write_lines(inp, bodies, "/v1/embeddings")
+    requests = requests_of(inp)
+    # An embedding model has no output price: the input is all the cost.
+    pricer = Pricer(FixedPrices(PRICE_IN, 0.0), model="m")
+    by_text, by_ids = pricer.worst_case(requests[0]), pricer.worst_case(requests[-1])
+    assert by_text is not None and by_text >= 30 * 250 * PRICE_IN / 1e6
+    assert by_ids is not None and by_ids >= 4 * 400 * PRICE_IN / 1e6
+
+    cap = 0.02  # about a fifth of what the 20 requests can cost
+    prices = ("--price-in", str(PRICE_IN), "--price-out", "0")
+    args = run_args(sim, inp, out, "--max-cost", str(cap), "--concurrency", "4", prices=prices)
+    proc = cli(*args)
+    assert proc.returncode == 4, proc.stderr
+    stats = sim.stats()
+    assert 0 < stats["received"] < len(bodies)
+    assert stats["prompt_tokens"] * PRICE_IN / 1e6 <= cap
+    lines = read_out(out)
+    assert all(line["llmbatch"]["cost"] > 0 for line in lines)

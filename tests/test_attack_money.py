@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from llmbatch.io.formats import read_jsonl
 from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.types import CompletionRequest
@@ -124,3 +126,39 @@ def test_embeddings_of_lists_are_costed_per_element_and_stay_under_the_cap(
     assert stats["prompt_tokens"] * PRICE_IN / 1e6 <= cap
     lines = read_out(out)
     assert all(line["llmbatch"]["cost"] > 0 for line in lines)
+
+
+# -- item 8: money shown ------------------------------------------------------------------------
+
+
+def test_stats_and_the_budget_message_count_paid_lines_that_failed(
+    tmp_path: Path,
+    start_sim,  # type: ignore[no-untyped-def]
+) -> None:
+    sim = start_sim("--invalid-rate", "1.0")  # every reply breaks the schema, and is paid
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    schema = tmp_path / "label.json"
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"label": {"type": "string"}},
+                "required": ["label"],
+                "additionalProperties": False,
+            }
+        )
+    )
+    with inp.open("w") as f:
+        for i in range(40):
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"label {i}", "max_tokens": 30}) + "\n")
+    args = run_args(sim, inp, out, "--schema", str(schema), "--max-cost", "0.002")
+    proc = cli(*args, "--concurrency", "2")
+    lines = read_out(out)
+    assert lines and all(line["error"]["code"] == "invalid_output" for line in lines)
+    paid = sum(line["llmbatch"]["cost"] for line in lines)
+    assert paid > 0
+    assert proc.returncode == 4, proc.stderr
+    assert f"${paid:.6f} spent on {out}" in proc.stderr
+
+    stats = cli("stats", str(out), "--json")  # exit 1: the file holds failed lines
+    assert json.loads(stats.stdout)["cost"] == pytest.approx(paid)

@@ -9,11 +9,13 @@ that contradicted itself. Real CLI subprocesses against the simulator, real file
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 import pytest
 
+from llmbatch.budget import Budget
 from llmbatch.io.formats import read_jsonl
 from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.types import CompletionRequest
@@ -162,3 +164,42 @@ def test_stats_and_the_budget_message_count_paid_lines_that_failed(
 
     stats = cli("stats", str(out), "--json")  # exit 1: the file holds failed lines
     assert json.loads(stats.stdout)["cost"] == pytest.approx(paid)
+
+
+def test_the_refusal_names_what_is_left_after_what_is_held() -> None:
+    budget = Budget(0.002, PRICER)
+    assert budget.admit_amount(0.001995)  # a provider batch in flight holds its worst case
+    assert not budget.admit_amount(0.000009)
+    reason = budget.exhausted
+    assert reason is not None
+    # Not "$0.000009, more than the $0.002000 left": what is held is not left.
+    assert "up to $0.000009, more than the $0.000005 left" in reason
+    assert "$0.001995" in reason  # and what holds the rest is said
+
+
+def test_the_refusal_never_shows_two_equal_amounts() -> None:
+    budget = Budget(0.00001, PRICER, spent=0.0000004)
+    assert not budget.admit_amount(0.0000096001)
+    reason = budget.exhausted
+    assert reason is not None
+    # $0.0000096001 does not fit in $0.0000096: rounded to 6 places both read $0.000010.
+    assert "$0.000010, more than the $0.000010" not in reason
+
+
+def test_the_batch_exit_message_says_a_true_amount_left(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    from .test_batch_api_combined import PRICES as BATCH_PRICES
+    from .test_batch_api_combined import run_args as batch_args
+    from .test_batch_api_combined import worst_case, write_requests
+
+    sim = start_sim("--batch-seconds", "0.2")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_requests(inp, 30)
+    w = worst_case(inp)
+    args = batch_args(sim, "openai", inp, out, *BATCH_PRICES, "--batch-max-requests", "10")
+    proc = cli(*args, "--max-cost", repr(15.5 * w))
+    assert proc.returncode == 4, proc.stderr
+    found = re.search(r"could cost up to \$([0-9.]+), more than the \$([0-9.]+) left", proc.stderr)
+    assert found is not None, proc.stderr
+    worst, left = (float(x) for x in found.groups())
+    # 15 worst cases were held by the two batches in flight: half of one was left.
+    assert worst > left and left == pytest.approx(0.5 * w, abs=1e-6)

@@ -139,10 +139,14 @@ class Budget:
         if worst_case is None:
             self.exhausted = "a request's model has no known price, so its cost cannot be capped"
         else:
-            self.exhausted = (
-                f"the next request could cost up to ${worst_case:.6f}, more than the "
-                f"${max(0.0, self.max_cost - self.spent):.6f} left"
-            )
+            # What is left is what neither spending nor a reservation holds: a provider batch
+            # in flight holds its worst case, so leaving it out made the message contradict
+            # itself ("up to $0.000009, more than the $0.002000 left").
+            worst, left = _usd_pair(worst_case, self.remaining)
+            self.exhausted = f"the next request could cost up to {worst}, more than the {left} left"
+            if self.reserved > 0:
+                held = _usd_pair(self.reserved, 0.0)[0]
+                self.exhausted += f" ({held} is held by requests in flight)"
         if self._changed is not None:
             self._changed.set()
 
@@ -168,6 +172,15 @@ class Budget:
     ) -> None:
         actual = attempt_cost(self.pricer, permit.reserved, permit.request, response, error)
         self.settle_amount(permit.reserved, actual)
+
+
+def _usd_pair(a: float, b: float) -> tuple[str, str]:
+    """Both amounts as dollars, with the fewest decimals (at least 6) that tell them apart."""
+    for digits in range(6, 13):
+        shown = f"${a:.{digits}f}", f"${b:.{digits}f}"
+        if shown[0] != shown[1]:
+            break
+    return shown
 
 
 def attempt_cost(

@@ -130,6 +130,42 @@ def test_embeddings_of_lists_are_costed_per_element_and_stay_under_the_cap(
     assert all(line["llmbatch"]["cost"] > 0 for line in lines)
 
 
+# -- item 2c: attempts that timed out on our side but were billed ------------------------------
+
+
+def test_timed_out_attempts_count_so_reruns_do_not_spend_the_cap_again(
+    tmp_path: Path,
+    start_sim,  # type: ignore[no-untyped-def]
+) -> None:
+    # The server answers (and bills) every request, after 2.5 s: always after our timeout.
+    sim = start_sim("--latency-ms", "2500")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    with inp.open("w") as f:
+        for i in range(30):
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"question {i} " * 20, "max_tokens": 50}))
+            f.write("\n")
+    worst = PRICER.worst_case(requests_of(inp)[0])
+    assert worst is not None
+    cap = 8.5 * worst  # room for eight attempts in all
+    args = run_args(sim, inp, out, "--max-cost", str(cap), "--request-timeout", "1")
+    args += ["--concurrency", "4", "--stats-json", str(tmp_path / "s.json")]
+    for _ in range(3):
+        proc = cli(*args)
+        assert proc.returncode == 4, proc.stderr
+    received = settled(sim)["received"]
+    assert isinstance(received, int)
+    # Every attempt that reached the server may have been billed up to its worst case: over
+    # the three runs together, never more than the cap.
+    assert received > 0 and received * worst <= cap * (1 + 1e-9)
+    # Each sent attempt is on its line, at its worst case, and so in the stats' cost.
+    lines = read_out(out)
+    assert sum(line["llmbatch"].get("cost") or 0 for line in lines) == pytest.approx(
+        received * worst
+    )
+    assert {line["error"]["code"] for line in lines} == {"timeout"}
+    assert json.loads((tmp_path / "s.json").read_text())["cost"] == pytest.approx(received * worst)
+
+
 # -- item 8: money shown ------------------------------------------------------------------------
 
 

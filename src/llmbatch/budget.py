@@ -26,7 +26,7 @@ import asyncio
 import math
 
 from .admission import PermitBase
-from .errors import BatchCancelledError, InvalidResponseError, RequestTimeoutError
+from .errors import BatchCancelledError, may_be_billed
 from .pricing import Pricer
 from .types import CompletionRequest, CompletionResponse
 
@@ -194,6 +194,6 @@ def attempt_cost(
     if response is not None:
         actual = pricer.cost(response, request.model)
         return reserved if actual is None else actual
-    if isinstance(error, RequestTimeoutError | InvalidResponseError):
-        return reserved  # it may have been billed: count the worst
+    if may_be_billed(error):
+        return reserved  # count the worst
     return 0.0

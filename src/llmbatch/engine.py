@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 from .admission import Admission, AdmissionChain, Permit, mark_outage
 from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
+from .budget import BudgetExceededError
 from .clients.base import LLMClient
 from .concurrency import DEFAULT_MAX as AUTO_MAX_CONCURRENCY
 from .concurrency import ConcurrencyLimiter
@@ -64,6 +65,7 @@ from .errors import (
     ReplyError,
     RequestTimeoutError,
     error_code,
+    may_be_billed,
 )
 from .events import (
     AttemptFinished,
@@ -342,6 +344,7 @@ class _Run:
                 result.timing = state.timing(
                     self.wall_started - self.started, started, self.cfg.clock()
                 )
+                result.maybe_billed = state.maybe_billed
                 self.deliver(item, result)
         except Exception as exc:  # the source raised, or yielded something that is not a request
             if self.crash is None:
@@ -356,6 +359,7 @@ class _Run:
         cfg = self.cfg
         req = item.request
         invalid = 0
+        previous: Exception | None = None  # the last attempt's error
         if cfg.cache is not None and (hit := cfg.cache.get(req)) is not None:
             cached = _cached_answer(req, hit, cfg.validate_json)
             if cached is not None:
@@ -373,6 +377,19 @@ class _Run:
                 parsed = check_reply(item.request, response, validate_json=cfg.validate_json)
             except Exception as exc:
                 error = exc
+                if isinstance(error, BudgetExceededError) and state.maybe_billed and previous:
+                    # Sent before and maybe billed: not "never sent" (unfinished, with no line,
+                    # so a rerun would forget that money); it ends with its last attempt's error
+                    # and its line carries the cost.
+                    return BatchResult(
+                        item.id,
+                        error=previous,
+                        duration=cfg.clock() - started,
+                        attempts=state.count,
+                        index=index,
+                        refused=error,
+                    )
+                previous = error
             else:
                 self.report_outages()
                 if cfg.cache is not None:
@@ -470,6 +487,8 @@ class _Run:
             return response
         except BaseException as exc:
             error = exc
+            if may_be_billed(exc):
+                state.maybe_billed += 1
             raise
         finally:
             now = self.cfg.clock()
@@ -538,6 +557,7 @@ class _Attempts:
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
     pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
     replies: ReplyTries = field(default_factory=ReplyTries)  # re-asks used
+    maybe_billed: int = 0  # calls sent whose reply was never read (`errors.may_be_billed`)
     # Where the time went (`Timing`): `waited` above leaves out Retry-After pauses, these don't.
     asked: float | None = None  # when the admission being waited for was asked
     wait: float = 0.0  # this attempt's admission wait, until its call is logged

@@ -66,6 +66,7 @@ __all__ = [
     "TruncatedReplyError",
     "UnsupportedRequestError",
     "error_code",
+    "may_be_billed",
 ]
 
 
@@ -245,3 +246,10 @@ def error_code(error: BaseException | None) -> str:
         if isinstance(error, cls):
             return code
     return "unknown"
+
+
+def may_be_billed(error: BaseException | None) -> bool:
+    """True when an attempt that ended with `error` was sent but its reply never read: our
+    timeout, or a reply we could not decode. The server may have answered and billed it, so
+    the budget and the request's line count it at its worst case."""
+    return isinstance(error, RequestTimeoutError | InvalidResponseError)

@@ -229,6 +229,11 @@ class BatchResult:
     `cost` is in USD, set where prices are known; `parsed` is the reply decoded and validated
     against the request's schema, when it had one. `timing` says where the time went
     (admission wait, provider calls, backoff), when the engine ran the request.
+    `maybe_billed` counts the attempts sent whose reply was never read (`errors.may_be_billed`:
+    our timeout, an unreadable reply): the server may have billed them, so `cost` includes
+    each at its worst case. `refused`: the admission error (a `BudgetExceededError`) that
+    refused the retry of a request whose attempts may have been billed; it then ends with its
+    last attempt's error, not as unfinished, so its line keeps that cost.
     """
 
     id: str
@@ -240,6 +245,8 @@ class BatchResult:
     cost: float | None = None
     parsed: Any = None
     timing: Timing | None = None
+    maybe_billed: int = 0
+    refused: BaseException | None = None
 
     @property
     def ok(self) -> bool:

@@ -239,3 +239,20 @@ def test_the_batch_exit_message_says_a_true_amount_left(tmp_path: Path, start_si
     worst, left = (float(x) for x in found.groups())
     # 15 worst cases were held by the two batches in flight: half of one was left.
     assert worst > left and left == pytest.approx(0.5 * w, abs=1e-6)
+
+
+def test_every_paid_reply_is_on_its_line_re_asked_ones_too(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    sim = start_sim("--invalid-rate", "1.0")  # every reply breaks the schema: re-asked, paid
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    schema = tmp_path / "label.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["label"]}))
+    with inp.open("w") as f:
+        for i in range(10):
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"label {i}", "max_tokens": 30}) + "\n")
+    proc = cli(*run_args(sim, inp, out, "--schema", str(schema)))
+    assert proc.returncode == 1, proc.stderr
+    lines = read_out(out)
+    assert len(lines) == 10 and all(line["llmbatch"]["attempts"] > 1 for line in lines)
+    stats = sim.stats()
+    billed = (stats["prompt_tokens"] * PRICE_IN + stats["completion_tokens"] * PRICE_OUT) / 1e6
+    assert sum(line["llmbatch"]["cost"] for line in lines) == pytest.approx(billed)

@@ -345,6 +345,7 @@ class _Run:
                     self.wall_started - self.started, started, self.cfg.clock()
                 )
                 result.maybe_billed = state.maybe_billed
+                result.paid_replies = tuple(state.paid)
                 self.deliver(item, result)
         except Exception as exc:  # the source raised, or yielded something that is not a request
             if self.crash is None:
@@ -377,10 +378,13 @@ class _Run:
                 parsed = check_reply(item.request, response, validate_json=cfg.validate_json)
             except Exception as exc:
                 error = exc
-                if isinstance(error, BudgetExceededError) and state.maybe_billed and previous:
-                    # Sent before and maybe billed: not "never sent" (unfinished, with no line,
-                    # so a rerun would forget that money); it ends with its last attempt's error
-                    # and its line carries the cost.
+                if isinstance(reply := getattr(error, "response", None), CompletionResponse):
+                    state.paid.append(reply)  # a reply that was no answer, paid all the same
+                paid_before = state.maybe_billed or state.paid
+                if isinstance(error, BudgetExceededError) and paid_before and previous is not None:
+                    # Sent before and paid or maybe billed: not "never sent" (unfinished, with
+                    # no line, so a rerun would forget that money); it ends with its last
+                    # attempt's error and its line carries the cost.
                     return BatchResult(
                         item.id,
                         error=previous,
@@ -558,6 +562,7 @@ class _Attempts:
     pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
     replies: ReplyTries = field(default_factory=ReplyTries)  # re-asks used
     maybe_billed: int = 0  # calls sent whose reply was never read (`errors.may_be_billed`)
+    paid: list[CompletionResponse] = field(default_factory=list)  # replies that were no answer
     # Where the time went (`Timing`): `waited` above leaves out Retry-After pauses, these don't.
     asked: float | None = None  # when the admission being waited for was asked
     wait: float = 0.0  # this attempt's admission wait, until its call is logged

@@ -231,7 +231,9 @@ class BatchResult:
     (admission wait, provider calls, backoff), when the engine ran the request.
     `maybe_billed` counts the attempts sent whose reply was never read (`errors.may_be_billed`:
     our timeout, an unreadable reply): the server may have billed them, so `cost` includes
-    each at its worst case. `refused`: the admission error (a `BudgetExceededError`) that
+    each at its worst case. `paid_replies`: the replies that were no answer (off-schema,
+    refused, cut off: re-asked, retried, or the last of a failed request), each paid for and
+    counted in `cost`. `refused`: the admission error (a `BudgetExceededError`) that
     refused the retry of a request whose attempts may have been billed; it then ends with its
     last attempt's error, not as unfinished, so its line keeps that cost.
     """
@@ -246,6 +248,7 @@ class BatchResult:
     parsed: Any = None
     timing: Timing | None = None
     maybe_billed: int = 0
+    paid_replies: tuple[CompletionResponse, ...] = ()
     refused: BaseException | None = None
 
     @property

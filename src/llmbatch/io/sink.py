@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -169,12 +170,8 @@ class ResultSink:
         if is_unfinished(result):
             self.cut_short += 1
             return
-        # An answer, or a reply that came but was no answer (refused, cut off, off-schema):
-        # either was paid for, so the line carries its cost and a resumed run counts it.
-        response = result.response or getattr(result.error, "response", None)
-        if self.pricer and result.cost is None and isinstance(response, CompletionResponse):
-            model = request.model if request is not None else None
-            result.cost = self.pricer.cost(response, model)
+        if self.pricer and result.cost is None:
+            result.cost = self._replies_cost(result, request)
         if self.pricer and result.maybe_billed and request is not None:
             # Attempts sent but never read (our timeout) may have been billed: each counts at
             # its worst case, as the budget counted it, so a rerun's spend includes them.
@@ -202,6 +199,21 @@ class ResultSink:
                 self.cache.put(request, result.response)
             except (sqlite3.Error, OSError) as exc:
                 self._cache_failed(exc)
+
+    def _replies_cost(self, result: BatchResult, request: CompletionRequest | None) -> float | None:
+        """USD of the answer and of every reply that was no answer (refused, cut off,
+        off-schema; re-asked or not): each was paid for, so the line carries it and a resumed
+        run counts it. None when none of them has a price."""
+        assert self.pricer is not None
+        replies = [result.response] if result.response is not None else []
+        last = getattr(result.error, "response", None)
+        if result.paid_replies:  # the engine kept them all, the last one included
+            replies += result.paid_replies
+        elif isinstance(last, CompletionResponse):  # made elsewhere: the last one only
+            replies.append(last)
+        model = request.model if request is not None else None
+        costs = [c for r in replies if (c := self.pricer.cost(r, model)) is not None]
+        return math.fsum(costs) if costs else None
 
     def count_duplicate(self, result: BatchResult) -> None:
         """An answer to an id already written (two paths raced for it): no line, but it was

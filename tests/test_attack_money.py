@@ -256,3 +256,39 @@ def test_every_paid_reply_is_on_its_line_re_asked_ones_too(tmp_path: Path, start
     stats = sim.stats()
     billed = (stats["prompt_tokens"] * PRICE_IN + stats["completion_tokens"] * PRICE_OUT) / 1e6
     assert sum(line["llmbatch"]["cost"] for line in lines) == pytest.approx(billed)
+
+
+def test_an_attempt_abandoned_in_flight_counts_at_its_worst_case(start_sim) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import contextlib
+
+    from llmbatch import BatchRequest, Engine, EngineConfig
+    from llmbatch.clients.openai import OpenAIClient
+
+    sim = start_sim("--latency-ms", "3000")  # answers (and bills) after we gave up
+    budget = Budget(1.0, PRICER)
+    request = CompletionRequest(prompt="a question", max_tokens=20, model="m")
+    worst = PRICER.worst_case(request)
+
+    async def main() -> None:
+        client = OpenAIClient(base_url=sim.url + "/v1", api_key="sk-test", model="m")
+        engine = Engine(client, EngineConfig(budget=budget, max_concurrency=1))
+
+        async def consume() -> None:
+            async with contextlib.aclosing(engine.stream([BatchRequest("r", request)])) as rs:
+                async for _ in rs:
+                    pass
+
+        task = asyncio.create_task(consume())
+        for _ in range(400):  # until the server has the request (bounded)
+            if (await asyncio.to_thread(sim.stats))["received"]:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()  # the run is stopped: the attempt is abandoned after it was sent
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+
+    asyncio.run(main())
+    assert sim.stats()["received"] == 1
+    assert budget.reserved == 0 and budget.spent == pytest.approx(worst)

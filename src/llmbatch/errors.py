@@ -38,6 +38,7 @@ more room if allowed. Its `response` holds the reply, so the output line keeps i
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -250,6 +251,7 @@ def error_code(error: BaseException | None) -> str:
 
 def may_be_billed(error: BaseException | None) -> bool:
     """True when an attempt that ended with `error` was sent but its reply never read: our
-    timeout, or a reply we could not decode. The server may have answered and billed it, so
-    the budget and the request's line count it at its worst case."""
-    return isinstance(error, RequestTimeoutError | InvalidResponseError)
+    timeout, a reply we could not decode, or a cancel while the call was in flight (the run
+    stopped). The server may have answered and billed it, so the budget and the request's
+    line count it at its worst case."""
+    return isinstance(error, RequestTimeoutError | InvalidResponseError | asyncio.CancelledError)

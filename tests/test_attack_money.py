@@ -292,3 +292,26 @@ def test_an_attempt_abandoned_in_flight_counts_at_its_worst_case(start_sim) -> N
     asyncio.run(main())
     assert sim.stats()["received"] == 1
     assert budget.reserved == 0 and budget.spent == pytest.approx(worst)
+
+
+def test_money_of_a_redone_line_survives_the_compaction(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    from llmbatch.io.journal import Journal, journal_stats
+
+    sim = start_sim("--invalid-rate", "1.0")  # every reply is paid and fails
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    schema = tmp_path / "label.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["label"]}))
+    with inp.open("w") as f:
+        for i in range(6):
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"label {i}", "max_tokens": 30}) + "\n")
+    args = run_args(sim, inp, out, "--schema", str(schema), "--max-invalid-retries", "0")
+    assert cli(*args).returncode == 1
+    again = cli(*args, "--retry-failed")  # paid again; the rewrite keeps one line per id
+    assert again.returncode == 1, again.stderr
+    assert len(read_out(out)) == 6
+    stats = sim.stats()
+    billed = (stats["prompt_tokens"] * PRICE_IN + stats["completion_tokens"] * PRICE_OUT) / 1e6
+    # What a rerun reads as spent, and what stats show, is what the server billed for both.
+    with Journal(out) as journal:
+        assert journal.scan.cost == pytest.approx(billed)
+    assert journal_stats(out).cost == pytest.approx(billed)

@@ -16,9 +16,10 @@ Each line is one `write(2)` on an O_APPEND descriptor, so a crash leaves at wors
 last line, which the next open cuts off (that request is then simply redone). Data is
 fsync'ed at least every `fsync_interval` seconds (via `sync_if_due`) and on close. When an id
 ends up with more than one line (a failed one redone with --retry-failed, or a crash in
-between), close rewrites the file keeping each id's newest line, through a temp file and an
-atomic rename; the rename goes to the real file when the path is a symlink, and the rewritten
-file keeps the original's mode (and owner, where permitted). If the rewrite fails (a full
+between), close rewrites the file keeping each id's newest line (its `cost` then sums every
+line of the id: each was paid for), through a temp file and an atomic rename; the rename
+goes to the real file when the path is a symlink, and the rewritten file keeps the
+original's mode (and owner, where permitted). If the rewrite fails (a full
 disk), the temp file is removed and the original is left as it was: it still holds every
 result, and the next close tries again.
 
@@ -247,6 +248,14 @@ def _line_timing(meta: dict[str, Any]) -> dict[str, float]:
     return {"wait": _number(wait, float), "provider": _number(provider, float)}
 
 
+def _with_cost(raw: bytes, cost: float) -> bytes:
+    """A result line with its `llmbatch.cost` set to `cost`."""
+    rec = orjson.loads(raw)
+    meta = rec.get("llmbatch")
+    rec["llmbatch"] = (meta if isinstance(meta, dict) else {}) | {"cost": round(cost, 10)}
+    return orjson.dumps(rec) + b"\n"
+
+
 def _cost(meta: dict[str, Any]) -> float | None:
     value = meta.get("cost")
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -450,9 +459,14 @@ class Journal:
         target = self.real_path
         multi = self.scan.duplicated | self._rewritten
         newest: dict[str, int] = {}
+        paid: dict[str, float] = {}  # USD over every line of the id
+        last: dict[str, float] = {}  # USD of its newest line
         for n, rec in iter_records(target):
             if rec is not None and rec["custom_id"] in multi:
-                newest[rec["custom_id"]] = n
+                cid = rec["custom_id"]
+                newest[cid] = n
+                last[cid] = _cost(rec.get("llmbatch") or {}) or 0.0
+                paid[cid] = paid.get(cid, 0.0) + last[cid]
         st = os.stat(target)
         tmp = target.with_name(target.name + ".compact.tmp")
         try:
@@ -468,8 +482,13 @@ class Journal:
                         cid = orjson.loads(raw).get("custom_id")
                     except (orjson.JSONDecodeError, AttributeError):
                         cid = None
-                    if isinstance(cid, str) and cid in newest and newest[cid] != n:
-                        continue
+                    if isinstance(cid, str) and cid in newest:
+                        if newest[cid] != n:
+                            continue
+                        if paid[cid] > last[cid]:
+                            # The superseded lines were paid for too: the kept line carries
+                            # their cost, so a rerun's spend and the stats still count it.
+                            raw = _with_cost(raw, paid[cid])
                     dst.write(raw)
                 dst.flush()
                 self._fsync(dst.fileno())

@@ -315,3 +315,21 @@ def test_money_of_a_redone_line_survives_the_compaction(tmp_path: Path, start_si
     with Journal(out) as journal:
         assert journal.scan.cost == pytest.approx(billed)
     assert journal_stats(out).cost == pytest.approx(billed)
+
+
+def test_stats_of_a_file_not_yet_compacted_count_the_superseded_lines_money(
+    tmp_path: Path,
+) -> None:
+    from llmbatch.io.journal import journal_stats
+
+    out = tmp_path / "out.jsonl"
+    failed = {"code": "invalid_output", "message": "InvalidOutputError: off-schema"}
+    lines = [  # q0 failed (paid), then was redone (a run killed before its rewrite at close)
+        {"custom_id": "q0", "response": None, "error": failed, "llmbatch": {"cost": 0.25}},
+        {"custom_id": "q1", "response": None, "error": None, "llmbatch": {"cost": 0.5}},
+        {"custom_id": "q0", "response": None, "error": None, "llmbatch": {"cost": 1.0}},
+    ]
+    out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    stats = journal_stats(out)
+    assert stats.total_requests == 2 and stats.failure_count == 0
+    assert stats.cost == pytest.approx(1.75)

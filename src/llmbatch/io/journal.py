@@ -210,7 +210,8 @@ def journal_stats(path: str | Path) -> BatchStats:
     """Statistics of an output file: the newest line of each id, as a resume reads it.
 
     A file not compacted yet (a run killed after redoing failed ids) holds superseded lines;
-    they are not counted. Two passes, so memory holds one line number per id, not the lines.
+    only their cost is counted (they were paid for, as the compaction keeps it). Two passes, so
+    memory holds one line number per id, not the lines.
     """
     newest: dict[str, int] = {}
     for n, rec in iter_records(path):
@@ -218,9 +219,13 @@ def journal_stats(path: str | Path) -> BatchStats:
             newest[rec["custom_id"]] = n
     collector = StatsCollector()
     for n, rec in iter_records(path):
-        if rec is None or newest.get(rec["custom_id"]) != n:
+        if rec is None:
             continue
         meta = rec.get("llmbatch") or {}
+        if newest.get(rec["custom_id"]) != n:
+            if spent := _cost(meta):
+                collector.add_cost(_model(rec), spent)
+            continue
         usage = meta.get("usage")
         usage = usage if isinstance(usage, dict) else {}
         err = rec.get("error")

@@ -25,6 +25,11 @@ Guarantees:
   message added to the conversation) or retry a truncated reply with more room.
 - After `max_auth_failures` authentication errors the batch stops calling the provider: the
   key is wrong and every further call would fail the same way.
+- Money is never lost between attempts: a result says which of its attempts were paid though
+  they gave no answer (`BatchResult.paid_replies`: re-asked, retried or failed replies) and
+  how many may have been billed unread (`maybe_billed`: our timeout, an unreadable reply), so
+  its line can carry their cost. A request the budget refuses after such attempts ends with
+  its last error (`refused` says why it stopped), not as unfinished with no line.
 - Every result the engine makes says where its time went (`BatchResult.timing`): admission
   wait, provider calls and backoff, per attempt, measured on the config's `clock`; wall-clock
   start and finish are the run's `time.time()` at its start plus that clock's seconds.
@@ -380,7 +385,7 @@ class _Run:
                 error = exc
                 if isinstance(reply := getattr(error, "response", None), CompletionResponse):
                     state.paid.append(reply)  # a reply that was no answer, paid all the same
-                paid_before = state.maybe_billed or state.paid
+                paid_before = bool(state.maybe_billed or state.paid)
                 if isinstance(error, BudgetExceededError) and paid_before and previous is not None:
                     # Sent before and paid or maybe billed: not "never sent" (unfinished, with
                     # no line, so a rerun would forget that money); it ends with its last

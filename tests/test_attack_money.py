@@ -333,3 +333,14 @@ def test_stats_of_a_file_not_yet_compacted_count_the_superseded_lines_money(
     stats = journal_stats(out)
     assert stats.total_requests == 2 and stats.failure_count == 0
     assert stats.cost == pytest.approx(1.75)
+
+
+def test_nothing_in_flight_holds_nothing() -> None:
+    budget = Budget(1.0, PRICER)
+    for amount in (0.1, 0.2, 0.3):  # float sums leave a residue: 0.1 + 0.2 + 0.3 - ... != 0
+        assert budget.admit_amount(amount)
+    for amount in (0.1, 0.2, 0.3):
+        budget.settle_amount(amount, amount / 3)
+    assert budget.in_flight == 0 and budget.reserved == 0.0
+    assert not budget.admit_amount(0.9)
+    assert budget.exhausted is not None and "held" not in budget.exhausted

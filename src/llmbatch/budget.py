@@ -121,8 +121,9 @@ class Budget:
 
     def settle_amount(self, reserved: float, actual: float) -> None:
         """Release a reservation made by `admit_amount`, spending `actual` USD instead."""
-        self.reserved = max(0.0, self.reserved - reserved)
         self.in_flight = max(0, self.in_flight - 1)
+        # Nothing in flight holds nothing: no float residue of the sums is left behind.
+        self.reserved = max(0.0, self.reserved - reserved) if self.in_flight else 0.0
         self.spent += actual
         if self._changed is not None:
             self._changed.set()
@@ -144,7 +145,7 @@ class Budget:
             # itself ("up to $0.000009, more than the $0.002000 left").
             worst, left = _usd_pair(worst_case, self.remaining)
             self.exhausted = f"the next request could cost up to {worst}, more than the {left} left"
-            if self.reserved > 0:
+            if self.in_flight and self.reserved > 0:
                 held = _usd_pair(self.reserved, 0.0)[0]
                 self.exhausted += f" ({held} is held by requests in flight)"
         if self._changed is not None:

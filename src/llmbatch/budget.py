@@ -26,7 +26,7 @@ import asyncio
 import math
 
 from .admission import PermitBase
-from .errors import BatchCancelledError, InvalidResponseError, RequestTimeoutError
+from .errors import BatchCancelledError, may_be_billed
 from .pricing import Pricer
 from .types import CompletionRequest, CompletionResponse
 
@@ -121,8 +121,9 @@ class Budget:
 
     def settle_amount(self, reserved: float, actual: float) -> None:
         """Release a reservation made by `admit_amount`, spending `actual` USD instead."""
-        self.reserved = max(0.0, self.reserved - reserved)
         self.in_flight = max(0, self.in_flight - 1)
+        # Nothing in flight holds nothing: no float residue of the sums is left behind.
+        self.reserved = max(0.0, self.reserved - reserved) if self.in_flight else 0.0
         self.spent += actual
         if self._changed is not None:
             self._changed.set()
@@ -139,10 +140,14 @@ class Budget:
         if worst_case is None:
             self.exhausted = "a request's model has no known price, so its cost cannot be capped"
         else:
-            self.exhausted = (
-                f"the next request could cost up to ${worst_case:.6f}, more than the "
-                f"${max(0.0, self.max_cost - self.spent):.6f} left"
-            )
+            # What is left is what neither spending nor a reservation holds: a provider batch
+            # in flight holds its worst case, so leaving it out made the message contradict
+            # itself ("up to $0.000009, more than the $0.002000 left").
+            worst, left = _usd_pair(worst_case, self.remaining)
+            self.exhausted = f"the next request could cost up to {worst}, more than the {left} left"
+            if self.in_flight and self.reserved > 0:
+                held = _usd_pair(self.reserved, 0.0)[0]
+                self.exhausted += f" ({held} is held by requests in flight)"
         if self._changed is not None:
             self._changed.set()
 
@@ -156,7 +161,7 @@ class Budget:
             await self._changed.wait()
         if not fits or worst is None:
             raise BudgetExceededError(
-                f"not sent under --max-cost ${self.max_cost:g}: {self.exhausted}"
+                f"not sent under `max_cost` ${self.max_cost:g}: {self.exhausted}"
             )
         return worst
 
@@ -170,6 +175,15 @@ class Budget:
         self.settle_amount(permit.reserved, actual)
 
 
+def _usd_pair(a: float, b: float) -> tuple[str, str]:
+    """Both amounts as dollars, with the fewest decimals (at least 6) that tell them apart."""
+    for digits in range(6, 13):
+        shown = f"${a:.{digits}f}", f"${b:.{digits}f}"
+        if shown[0] != shown[1]:
+            break
+    return shown
+
+
 def attempt_cost(
     pricer: Pricer,
     reserved: float,
@@ -181,6 +195,6 @@ def attempt_cost(
     if response is not None:
         actual = pricer.cost(response, request.model)
         return reserved if actual is None else actual
-    if isinstance(error, RequestTimeoutError | InvalidResponseError):
-        return reserved  # it may have been billed: count the worst
+    if may_be_billed(error):
+        return reserved  # count the worst
     return 0.0

@@ -25,6 +25,11 @@ Guarantees:
   message added to the conversation) or retry a truncated reply with more room.
 - After `max_auth_failures` authentication errors the batch stops calling the provider: the
   key is wrong and every further call would fail the same way.
+- Money is never lost between attempts: a result says which of its attempts were paid though
+  they gave no answer (`BatchResult.paid_replies`: re-asked, retried or failed replies) and
+  how many may have been billed unread (`maybe_billed`: our timeout, an unreadable reply), so
+  its line can carry their cost. A request the budget refuses after such attempts ends with
+  its last error (`refused` says why it stopped), not as unfinished with no line.
 - Every result the engine makes says where its time went (`BatchResult.timing`): admission
   wait, provider calls and backoff, per attempt, measured on the config's `clock`; wall-clock
   start and finish are the run's `time.time()` at its start plus that clock's seconds.
@@ -52,6 +57,7 @@ from typing import Any, Literal
 
 from .admission import Admission, AdmissionChain, Permit, mark_outage
 from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
+from .budget import BudgetExceededError
 from .clients.base import LLMClient
 from .concurrency import DEFAULT_MAX as AUTO_MAX_CONCURRENCY
 from .concurrency import ConcurrencyLimiter
@@ -65,6 +71,7 @@ from .errors import (
     ReplyError,
     RequestTimeoutError,
     error_code,
+    may_be_billed,
 )
 from .events import (
     AttemptFinished,
@@ -345,6 +352,8 @@ class _Run:
                 result.timing = state.timing(
                     self.wall_started - self.started, started, self.cfg.clock()
                 )
+                result.maybe_billed = state.maybe_billed
+                result.paid_replies = tuple(state.paid)
                 self.deliver(item, result)
         except BaseException as exc:
             # The source raised or yielded something that is not a request, or a client or
@@ -367,6 +376,7 @@ class _Run:
         cfg = self.cfg
         req = item.request
         invalid = 0
+        previous: Exception | None = None  # the last attempt's error
         if cfg.cache is not None and (hit := cfg.cache.get(req)) is not None:
             cached = _cached_answer(req, hit, cfg.validate_json)
             if cached is not None:
@@ -384,6 +394,22 @@ class _Run:
                 parsed = check_reply(item.request, response, validate_json=cfg.validate_json)
             except Exception as exc:
                 error = exc
+                if isinstance(reply := getattr(error, "response", None), CompletionResponse):
+                    state.paid.append(reply)  # a reply that was no answer, paid all the same
+                paid_before = bool(state.maybe_billed or state.paid)
+                if isinstance(error, BudgetExceededError) and paid_before and previous is not None:
+                    # Sent before and paid or maybe billed: not "never sent" (unfinished, with
+                    # no line, so a rerun would forget that money); it ends with its last
+                    # attempt's error and its line carries the cost.
+                    return BatchResult(
+                        item.id,
+                        error=previous,
+                        duration=cfg.clock() - started,
+                        attempts=state.count,
+                        index=index,
+                        refused=error,
+                    )
+                previous = error
             else:
                 self.report_outages()
                 if cfg.cache is not None:
@@ -481,6 +507,8 @@ class _Run:
             return response
         except BaseException as exc:
             error = exc
+            if may_be_billed(exc):
+                state.maybe_billed += 1
             raise
         finally:
             now = self.cfg.clock()
@@ -556,6 +584,8 @@ class _Attempts:
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
     pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
     replies: ReplyTries = field(default_factory=ReplyTries)  # re-asks used
+    maybe_billed: int = 0  # calls sent whose reply was never read (`errors.may_be_billed`)
+    paid: list[CompletionResponse] = field(default_factory=list)  # replies that were no answer
     # Where the time went (`Timing`): `waited` above leaves out Retry-After pauses, these don't.
     asked: float | None = None  # when the admission being waited for was asked
     wait: float = 0.0  # this attempt's admission wait, until its call is logged

@@ -39,6 +39,7 @@ more room if allowed. Its `response` holds the reply, so the output line keeps i
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ __all__ = [
     "TruncatedReplyError",
     "UnsupportedRequestError",
     "error_code",
+    "may_be_billed",
 ]
 
 
@@ -268,3 +270,11 @@ def error_code(error: BaseException | None) -> str:
         if isinstance(error, cls):
             return code
     return "unknown"
+
+
+def may_be_billed(error: BaseException | None) -> bool:
+    """True when an attempt that ended with `error` was sent but its reply never read: our
+    timeout, a reply we could not decode, or a cancel while the call was in flight (the run
+    stopped). The server may have answered and billed it, so the budget and the request's
+    line count it at its worst case."""
+    return isinstance(error, RequestTimeoutError | InvalidResponseError | asyncio.CancelledError)

@@ -63,8 +63,9 @@ SHORT_RETRY_AFTER = 1.0
 
 @dataclass(slots=True, frozen=True)
 class Estimate:
-    """Tokens a request is charged before the call: input from its text, output from
-    `max_tokens` (0 when unset; settled with the real usage afterwards)."""
+    """Tokens a request is charged before the call: input from its text, output from its
+    output limit (`max_tokens` or the body's own; 0 when unset; settled with the real usage
+    afterwards)."""
 
     input: int
     output: int
@@ -78,7 +79,7 @@ class Estimate:
         cls, request: CompletionRequest, chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
     ) -> Estimate:
         chars = request.text_length()
-        return cls(_chars_to_tokens(chars, chars_per_token), request.max_tokens or 0)
+        return cls(_chars_to_tokens(chars, chars_per_token), request.output_limit() or 0)
 
 
 def estimate_tokens(

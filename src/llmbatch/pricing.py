@@ -2,7 +2,7 @@
 
     pricer = Pricer(GenaiPrices(), provider="openai", model="gpt-4o-mini")
     pricer.cost(response)           # USD for one answer from its reported usage, or None
-    pricer.worst_case(request)      # USD the request can cost at most (input bound + max_tokens)
+    pricer.worst_case(request)      # USD the request can cost at most (input bound + output limit)
     Pricer(FixedPrices(0.2, 0.6))   # USD per 1M input / output tokens, for any model
 
 A `PriceSource` answers one question: the price of a usage for a model. `GenaiPrices` reads the
@@ -41,7 +41,8 @@ __all__ = [
 log = logging.getLogger("llmbatch")
 
 BATCH_DISCOUNT = 0.5  # batch APIs bill half the realtime price (OpenAI, Anthropic, Gemini)
-# A request without max_tokens has no output bound of its own; the budget assumes this many.
+# A request without an output limit of its own (`CompletionRequest.output_limit`): the budget
+# assumes this many.
 DEFAULT_WORST_OUTPUT_TOKENS = 4096
 # Special tokens a chat format adds around the text (role markers, separators): a bound,
 # per request and per message, well above what OpenAI and Anthropic add.
@@ -233,11 +234,28 @@ def _lookup(model: str, route: _Route, batch: bool) -> _Rates | None:
 
 def worst_input_tokens(request: CompletionRequest) -> int:
     """Input tokens `request` can be billed at most: the UTF-8 bytes of its text (a byte-level
-    BPE token holds at least one byte) plus the chat format's frame. Images and other
-    non-text parts are not counted."""
+    BPE token holds at least one byte) plus the chat format's frame, and every element of an
+    embeddings `input` list. Images and other non-text parts are not counted."""
     text = flatten_messages(request.messages, system=request.system, prompt=request.prompt)
     messages = len(request.messages or ()) + (1 if request.system else 0) + 1
-    return len(text.encode("utf-8", "surrogatepass")) + _FRAME_TOKENS + _MESSAGE_TOKENS * messages
+    tokens = len(text.encode("utf-8", "surrogatepass")) + _FRAME_TOKENS + _MESSAGE_TOKENS * messages
+    if request.extra and isinstance(listed := request.extra.get("input"), list):
+        tokens += _listed_input_tokens(listed)  # embeddings of several inputs: each is billed
+    return tokens
+
+
+def _listed_input_tokens(inputs: list[Any]) -> int:
+    """Input tokens of an embeddings `input` list, at most: a string's UTF-8 bytes, a token id
+    one token, and each element's own frame."""
+    tokens = 0
+    for element in inputs:
+        if isinstance(element, str):
+            tokens += len(element.encode("utf-8", "surrogatepass")) + _MESSAGE_TOKENS
+        elif isinstance(element, list):
+            tokens += _listed_input_tokens(element)
+        else:  # a token id
+            tokens += 1
+    return tokens
 
 
 class Pricer:
@@ -295,10 +313,12 @@ class Pricer:
 
     def worst_case(self, request: CompletionRequest, batch: bool = False) -> float | None:
         """USD `request` can cost at most: its input bound (`worst_input_tokens`, all billed
-        as uncached) plus `max_tokens` (or `worst_output_tokens` when unset) of output."""
+        as uncached) plus its output limit (`CompletionRequest.output_limit`, or
+        `worst_output_tokens` when it sets none) of output."""
+        limit = request.output_limit()
         usage = Usage(
             prompt_tokens=worst_input_tokens(request),
-            completion_tokens=request.max_tokens or self.worst_output_tokens,
+            completion_tokens=self.worst_output_tokens if limit is None else limit,
         )
         return self.usage_cost(request.model, usage, batch)
 
@@ -310,5 +330,5 @@ class Pricer:
             why
             or f"no price known for model {model!r}"
             + (f" at {self.provider}" if self.provider else "")
-            + ": its cost is not counted (pass --price-in/--price-out to price it)"
+            + ": its cost is not counted (give `price_in`/`price_out` to price it)"
         )

@@ -35,7 +35,9 @@ class BatchStats:
     """Summary of a batch. Durations are seconds.
 
     `cost` is USD over the results that carry one (`BatchResult.cost`, the output's `cost`),
-    None when none does; `cost_by_model` splits it by the model that answered;
+    failed ones included (a reply paid for but refused or off-schema, an attempt that timed out
+    and may have been billed), None when none does; `cost_by_model` splits it by the model
+    that answered;
     `unpriced_count` counts successes without a price (an unknown model).
     """
 
@@ -180,6 +182,9 @@ class StatsCollector:
         else:
             self._failed.append(result.id)
             self._errors[error_code(result.error)] += 1
+            if result.cost is not None:  # paid, though no answer: still money spent
+                reply = getattr(result.error, "response", None)
+                self.add_cost(getattr(reply, "model", "") or "", result.cost)
 
     def add_values(
         self,
@@ -212,6 +217,8 @@ class StatsCollector:
         else:
             self._failed.append(request_id)
             self._errors[error_type] += 1
+            if cost is not None:  # paid, though no answer: still money spent
+                self.add_cost(model, cost)
 
     def add_timing(self, wait: float, provider: float) -> None:
         """One request's admission wait and provider time (seconds, summed over attempts)."""
@@ -219,7 +226,7 @@ class StatsCollector:
         self._providers.append(provider)
 
     def add_cost(self, model: str, cost: float | None) -> None:
-        """Count one success's cost (None: it has no price) under the model that answered."""
+        """Count one result's cost (None: a success without a price) under its model."""
         if cost is None:
             self._unpriced += 1
         else:

@@ -10,12 +10,13 @@ and free of validation frameworks.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .schema import Schema
-from .text import text_length
+from .text import DEFAULT_CHARS_PER_TOKEN, text_length
 
 __all__ = [
     "BatchProgress",
@@ -33,6 +34,9 @@ __all__ = [
 
 ResponseFormat = Literal["text", "json"]
 Message = Mapping[str, Any]
+# Output caps a request body may set instead of `max_tokens`: OpenAI's chat name for reasoning
+# models, and the Responses API's. Sent as they are (in `extra`); they bound the output too.
+OUTPUT_LIMIT_FIELDS = ("max_completion_tokens", "max_output_tokens")
 
 
 class PromptSection(enum.StrEnum):
@@ -81,7 +85,42 @@ class CompletionRequest:
         """Characters of input text, the basis of the token estimate (`llmbatch.text`); a
         schema is sent too (as a response format, a tool or in the system prompt)."""
         chars = text_length(self.messages, system=self.system, prompt=self.prompt)
+        if self.extra and isinstance(listed := self.extra.get("input"), list):
+            chars += _listed_length(listed)  # embeddings of several inputs
         return chars + (self.schema.text_length() if self.schema is not None else 0)
+
+    def output_limit(self) -> int | None:
+        """The most output tokens this request can be answered with: `max_tokens` or a body's
+        `max_completion_tokens` / `max_output_tokens` (the largest, where several are set);
+        0 for embeddings, which have no output; None when nothing bounds it."""
+        if self.endpoint == "embeddings":
+            return 0
+        limits: list[Any] = [self.max_tokens]
+        if self.extra:
+            limits += [self.extra.get(name) for name in OUTPUT_LIMIT_FIELDS]
+        found = [int(v) for v in limits if _is_count(v)]
+        return max(found) if found else None
+
+
+def _listed_length(inputs: list[Any]) -> int:
+    """Characters of an embeddings `input` list: its strings, and a token id as the
+    characters of one token (`DEFAULT_CHARS_PER_TOKEN`), so the estimate counts it once."""
+    chars = 0
+    for element in inputs:
+        if isinstance(element, str):
+            chars += len(element)
+        elif isinstance(element, list):
+            chars += _listed_length(element)
+        else:
+            chars += math.ceil(DEFAULT_CHARS_PER_TOKEN)
+    return chars
+
+
+def _is_count(value: Any) -> bool:
+    """A positive whole number (JSON may write one as 20000.0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value > 0 and float(value).is_integer()
 
 
 @dataclass(slots=True, frozen=True)
@@ -190,6 +229,13 @@ class BatchResult:
     `cost` is in USD, set where prices are known; `parsed` is the reply decoded and validated
     against the request's schema, when it had one. `timing` says where the time went
     (admission wait, provider calls, backoff), when the engine ran the request.
+    `maybe_billed` counts the attempts sent whose reply was never read (`errors.may_be_billed`:
+    our timeout, an unreadable reply): the server may have billed them, so `cost` includes
+    each at its worst case. `paid_replies`: the replies that were no answer (off-schema,
+    refused, cut off: re-asked, retried, or the last of a failed request), each paid for and
+    counted in `cost`. `refused`: the admission error (a `BudgetExceededError`) that
+    refused the retry of a request whose attempts may have been billed; it then ends with its
+    last attempt's error, not as unfinished, so its line keeps that cost.
     """
 
     id: str
@@ -201,6 +247,9 @@ class BatchResult:
     cost: float | None = None
     parsed: Any = None
     timing: Timing | None = None
+    maybe_billed: int = 0
+    paid_replies: tuple[CompletionResponse, ...] = ()
+    refused: BaseException | None = None
 
     @property
     def ok(self) -> bool:

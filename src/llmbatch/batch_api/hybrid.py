@@ -53,11 +53,12 @@ MAX_PROBE_WAIT = 60.0  # seconds the batches wait for the probes' answers, at mo
 
 def estimate_work(request: CompletionRequest) -> Work:
     """One request's work, as the rate limiter charges it: input from its text, output from
-    its max_tokens (a default bound where unset)."""
+    its output limit (a default bound where unset)."""
+    limit = request.output_limit()
     return Work(
         1,
         estimate_tokens(request.text_length()),
-        request.max_tokens or DEFAULT_WORST_OUTPUT_TOKENS,
+        DEFAULT_WORST_OUTPUT_TOKENS if limit is None else limit,
     )
 
 

@@ -105,7 +105,7 @@ class Ledger:
             if (ledger.provider, ledger.base_url) != (provider, base_url):
                 raise LedgerError(
                     f"{path} records batches at {ledger.provider} {ledger.base_url}; this run "
-                    f"uses {provider} {base_url}: use the same --provider/--base-url, or "
+                    f"uses {provider} {base_url}: use the same `provider`/`base_url`, or "
                     "another OUTPUT"
                 )
         return ledger
@@ -115,7 +115,7 @@ class Ledger:
         """An existing ledger as it is (for `llmbatch batches`). `LedgerError` if none."""
         path, directory = ledger_paths(output)
         if not path.exists():
-            raise LedgerError(f"{path} does not exist: no --batch-api run wrote {output}")
+            raise LedgerError(f"{path} does not exist: no `batch_api` run wrote {output}")
         ledger = cls(path, directory, "", "")
         ledger._load()
         return ledger

@@ -367,7 +367,7 @@ class BatchAPIRunner:
             budget.settle_amount(reserved, actual)
 
     def _refused(self, rid: str, budget: Budget) -> BatchResult:
-        message = f"not sent under --max-cost ${budget.max_cost:g}: {budget.exhausted}"
+        message = f"not sent under `max_cost` ${budget.max_cost:g}: {budget.exhausted}"
         return BatchResult(rid, error=BudgetExceededError(message), attempts=0)
 
     def _with_model(self, item: BatchRequest) -> BatchRequest:
@@ -619,7 +619,7 @@ class BatchAPIRunner:
             if gone is not None:
                 error = BatchAPIError(
                     f"the results of batch {info.id} are no longer at the provider ({gone}); "
-                    "this request's answer is lost: --retry-failed sends it again",
+                    "this request's answer is lost: a rerun with retry_failed sends it again",
                     code="batch_failed",
                 )
             for rid in missing:

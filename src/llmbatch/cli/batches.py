@@ -22,8 +22,10 @@ from rich.text import Text
 from ..batch_api import BatchInfo, Ledger, LedgerError, backend_for
 from ..clients import ClientConfigError, ClientSpec, ProviderClient
 from ..errors import LLMBatchError
+from ..pipeline.errors import name_fields
 from ..redact import MASK, public_url
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, say
+from .flags import flag_name
 
 __all__ = ["add_parser", "main"]
 
@@ -65,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
             provider=ledger.provider, base_url=base_url, api_key_env=args.api_key_env
         ).build()
     except (LedgerError, ClientConfigError) as exc:
-        say(errors, f"llmbatch batches: error: {exc}")
+        say(errors, f"llmbatch batches: error: {name_fields(str(exc), flag_name)}")
         return EXIT_USAGE
     return asyncio.run(_main(args, ledger, client, console, errors))
 

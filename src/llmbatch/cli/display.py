@@ -354,8 +354,8 @@ def print_summary(console: Console, config: RunConfig, summary: RunSummary) -> i
             console,
             f"--max-cost ${config.max_cost:g} reached: ${spent:.6f} spent on {out} "
             f"(${summary.spent:.6f} by this run); {summary.unfinished:,} request(s) not sent "
-            f"({summary.budget_reason.removeprefix('not sent under ')}). Rerun with a higher "
-            "--max-cost to go on: nothing done is bought again",
+            f"({name_fields(summary.budget_reason.removeprefix('not sent under '), flag_name)})"
+            ". Rerun with a higher --max-cost to go on: nothing done is bought again",
         )
     elif summary.unfinished:
         say(

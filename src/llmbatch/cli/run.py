@@ -18,6 +18,7 @@ import signal
 from rich.console import Console
 
 from ..pipeline import BadInput, BatchAPIFailed, ConfigError, RunControl, arun
+from ..pipeline.errors import name_fields
 from ._common import EXIT_INTERRUPTED, EXIT_USAGE, event_loop_factory, say
 from .display import RunDisplay, print_bad, print_summary
 from .flags import add_run_arguments, config_from, flag_name
@@ -74,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         say(console, f"llmbatch run: error: {exc.render(flag_name)}")
         return EXIT_USAGE
     except BatchAPIFailed as exc:
-        say(console, f"llmbatch run: error: {exc}")
+        say(console, f"llmbatch run: error: {name_fields(str(exc), flag_name)}")
         return EXIT_USAGE
     except asyncio.CancelledError:
         return EXIT_INTERRUPTED

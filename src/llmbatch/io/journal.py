@@ -17,9 +17,10 @@ Each line is one `write(2)` on an O_APPEND descriptor, so a crash leaves at wors
 last line, which the next open cuts off (that request is then simply redone). Data is
 fsync'ed at least every `fsync_interval` seconds (via `sync_if_due`) and on close. When an id
 ends up with more than one line (a failed one redone with --retry-failed, or a crash in
-between), close rewrites the file keeping each id's newest line, through a temp file and an
-atomic rename; the rename goes to the real file when the path is a symlink, and the rewritten
-file keeps the original's mode (and owner, where permitted). If the rewrite fails (a full
+between), close rewrites the file keeping each id's newest line (its `cost` then sums every
+line of the id: each was paid for), through a temp file and an atomic rename; the rename
+goes to the real file when the path is a symlink, and the rewritten file keeps the
+original's mode (and owner, where permitted). If the rewrite fails (a full
 disk), the temp file is removed and the original is left as it was: it still holds every
 result, and the next close tries again.
 
@@ -210,7 +211,8 @@ def journal_stats(path: str | Path) -> BatchStats:
     """Statistics of an output file: the newest line of each id, as a resume reads it.
 
     A file not compacted yet (a run killed after redoing failed ids) holds superseded lines;
-    they are not counted. Two passes, so memory holds one line number per id, not the lines.
+    only their cost is counted (they were paid for, as the compaction keeps it). Two passes, so
+    memory holds one line number per id, not the lines.
     """
     newest: dict[str, int] = {}
     for n, rec in iter_records(path):
@@ -218,9 +220,13 @@ def journal_stats(path: str | Path) -> BatchStats:
             newest[rec["custom_id"]] = n
     collector = StatsCollector()
     for n, rec in iter_records(path):
-        if rec is None or newest.get(rec["custom_id"]) != n:
+        if rec is None:
             continue
         meta = rec.get("llmbatch") or {}
+        if newest.get(rec["custom_id"]) != n:
+            if spent := _money(meta):
+                collector.add_cost(_model(rec), spent)
+            continue
         usage = meta.get("usage")
         usage = usage if isinstance(usage, dict) else {}
         err = rec.get("error")

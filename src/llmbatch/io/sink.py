@@ -16,8 +16,11 @@ cache are conveniences: if either fails, a warning is printed once and the run g
 
 With a `pricer`, `write` is the one place a result's cost is set (`result.cost`, written in its
 line's `llmbatch` block), whichever way the run executed; `spent` sums it, and a progress
-display with an `add_cost(usd)` method is told. A request the run's budget refused
-(`BudgetExceededError`) is unfinished like an interrupted one; `budget_stopped` then says so.
+display with an `add_cost(usd)` method is told. The cost counts the answer and each attempt
+that may have been billed though never read (`BatchResult.maybe_billed`, at its worst case),
+failed lines too, so a resumed run's spend is what was paid. A request the run's budget
+refused (`BudgetExceededError`) is unfinished like an interrupted one; `budget_stopped` then
+says so, as it does when the budget refused the retry of a request that was already sent.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -119,8 +123,9 @@ class ResultSink:
         self.outages: list[Outage] = []  # server-wide outages the run waited out (or not)
         self.last_error: BaseException | None = None  # of the last failed line written
         # The requests in flight, by id: the error log shows the prompt, the cache keys by the
-        # request. Only kept when one of them is on; bounded by what is in flight.
-        self._remember = error_log is not None or cache is not None
+        # request, the pricer bounds what an unread attempt may have cost. Only kept when one
+        # of them is on; bounded by what is in flight.
+        self._remember = error_log is not None or cache is not None or pricer is not None
         self._pending: dict[str, CompletionRequest] = {}
         self._closed = False
         # Called with every result written (metrics): optional observers, so a failing one
@@ -159,18 +164,21 @@ class ResultSink:
     def write(self, result: BatchResult) -> None:
         """Record one final result. Raises `OutputError` if the output file cannot take it."""
         request = self._pending.pop(result.id, None)
+        refusal = result.error if is_unfinished(result) else result.refused
+        if isinstance(refusal, BudgetExceededError) and not self.budget_stopped:
+            self.budget_stopped = True
+            self.budget_reason = str(refusal)
         if is_unfinished(result):
             self.cut_short += 1
-            if isinstance(result.error, BudgetExceededError) and not self.budget_stopped:
-                self.budget_stopped = True
-                self.budget_reason = str(result.error)
             return
-        # An answer, or a reply that came but was no answer (refused, cut off, off-schema):
-        # either was paid for, so the line carries its cost and a resumed run counts it.
-        response = result.response or getattr(result.error, "response", None)
-        if self.pricer and result.cost is None and isinstance(response, CompletionResponse):
-            model = request.model if request is not None else None
-            result.cost = self.pricer.cost(response, model)
+        if self.pricer and result.cost is None:
+            result.cost = self._replies_cost(result, request)
+        if self.pricer and result.maybe_billed and request is not None:
+            # Attempts sent but never read (our timeout) may have been billed: each counts at
+            # its worst case, as the budget counted it, so a rerun's spend includes them.
+            worst = self.pricer.worst_case(request, batch=False)
+            if worst is not None:
+                result.cost = (result.cost or 0.0) + result.maybe_billed * worst
         try:
             self.journal.write(result)
         except OSError as exc:
@@ -193,6 +201,21 @@ class ResultSink:
                 self.cache.put(request, result.response)
             except (sqlite3.Error, OSError) as exc:
                 self._cache_failed(exc)
+
+    def _replies_cost(self, result: BatchResult, request: CompletionRequest | None) -> float | None:
+        """USD of the answer and of every reply that was no answer (refused, cut off,
+        off-schema; re-asked or not): each was paid for, so the line carries it and a resumed
+        run counts it. None when none of them has a price."""
+        assert self.pricer is not None
+        replies = [result.response] if result.response is not None else []
+        last = getattr(result.error, "response", None)
+        if result.paid_replies:  # the engine kept them all, the last one included
+            replies += result.paid_replies
+        elif isinstance(last, CompletionResponse):  # made elsewhere: the last one only
+            replies.append(last)
+        model = request.model if request is not None else None
+        costs = [c for r in replies if (c := self.pricer.cost(r, model)) is not None]
+        return math.fsum(costs) if costs else None
 
     def count_duplicate(self, result: BatchResult) -> None:
         """An answer to an id already written (two paths raced for it). It was paid for, so

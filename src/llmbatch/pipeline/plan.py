@@ -178,8 +178,8 @@ def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None =
             load = loads[model] = _ModelLoad()
         load.requests += 1
         load.input_tokens += chars_to_tokens(req.text_length())
-        if req.max_tokens:
-            load.max_output += req.max_tokens
+        if (limit := req.output_limit()) is not None:
+            load.max_output += limit
         else:
             load.unbounded += 1
             load.max_output += DEFAULT_WORST_OUTPUT_TOKENS

@@ -68,4 +68,4 @@ class ClusterBudget:
                 self.refused = fits
                 break
             await asyncio.sleep(RETRY_SECONDS)
-        raise BudgetExceededError(f"not sent under --max-cost ${self.max_cost:g}: {self.refused}")
+        raise BudgetExceededError(f"not sent under `max_cost` ${self.max_cost:g}: {self.refused}")

@@ -248,7 +248,8 @@ def test_export_usage_errors(tmp_path: Path) -> None:
     ok = cli("export", str(out), "-o", str(tmp_path / "x.csv"), "--prefix", "out_")
     assert ok.returncode == 0 and read_csv(tmp_path / "x.csv")[0]["out_id"] == "1"
     rows = tmp_path / "rows.csv"
-    rows.write_text("key,text\n1,a\n")
+    # No column holds the output's ids (so none is taken for the run's id field), and no "id".
+    rows.write_text("key,text\n1,b\n")
     proc = cli("export", str(out), "-o", str(tmp_path / "y.csv"), "--join", str(rows))
     assert proc.returncode == 2 and "has no column 'id'" in proc.stderr
     proc = cli("export", str(out), "-o", str(out))

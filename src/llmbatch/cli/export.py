@@ -28,6 +28,7 @@ from ..io.export import (
     OutputIndex,
     RowProblems,
     Shape,
+    guess_id_field,
     ids_of_files,
     ids_of_input,
     ids_of_rows,
@@ -59,7 +60,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument("--rows", metavar="FILE", help="the CSV/JSONL rows a --template run read")
     g.add_argument("--files", metavar="GLOB", help="the files a --template run read")
     g.add_argument("--template", help="accepted for symmetry with run; not needed here")
-    g.add_argument("--id-field", default="id", help="row field holding the id (default id)")
+    g.add_argument(
+        "--id-field",
+        help="row field holding the id (default: the one the run used, found from the rows "
+        "whose values are OUTPUT's ids; else id)",
+    )
     g.add_argument(
         "--join",
         metavar="FILE",
@@ -87,6 +92,10 @@ def _inputs(args: argparse.Namespace, problems: RowProblems) -> tuple[InputRows 
         value = getattr(args, flag)
         if value and not Path(value).is_file():
             raise UsageError(f"--{flag} {value}: no such file")
+    if args.id_field is None:
+        table = args.rows or args.join
+        found = guess_id_field(table, args.output) if table else None
+        args.id_field = found or "id"
     if args.input:
         return ids_of_input(args.input), []
     if args.rows:

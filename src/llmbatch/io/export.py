@@ -24,6 +24,7 @@ import bisect
 import codecs
 import csv
 import glob
+import itertools
 from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -517,6 +518,33 @@ def ids_of_rows(path: str | Path, id_field: str, problems: RowProblems | None = 
     else:
         rows = _jsonl_rows(path, problems)
     return ((str(row[id_field]), row) for _, row in rows if row.get(id_field) not in (None, ""))
+
+
+def guess_id_field(rows: str | Path, output: str | Path, *, sample: int = 200) -> str | None:
+    """The column of `rows` that holds the ids of `output`: the run's `id_field`, found from
+    the data (the column whose values of the first `sample` rows are most often ids of the
+    output), so `export --join` needs no `--id-field` again. None if no column matches.
+    Memory: the sampled values only; the output is streamed."""
+    from .journal import iter_records
+
+    if str(rows).endswith(".csv"):
+        found = _csv_rows(rows, csv_encoding(rows), RowProblems())
+    else:
+        found = _jsonl_rows(rows, RowProblems())
+    values: dict[str, set[str]] = {}
+    for _, row in itertools.islice(found, sample):
+        for column, value in row.items():
+            if value not in (None, "") and not isinstance(value, dict | list):
+                values.setdefault(column, set()).add(str(value))
+    wanted = set().union(*values.values()) if values else set()
+    hits: dict[str, int] = dict.fromkeys(values, 0)
+    for _, rec in iter_records(output):
+        cid = rec["custom_id"] if rec is not None else None
+        if cid in wanted:
+            for column, seen in values.items():
+                hits[column] += cid in seen
+    best = max(hits.items(), key=lambda kv: (kv[1], kv[0] == "id"), default=None)
+    return best[0] if best is not None and best[1] > 0 else None
 
 
 def _csv_rows(

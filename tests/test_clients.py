@@ -16,7 +16,7 @@ from llmbatch.clients import (
     ProviderClient,
 )
 from llmbatch.simulate import Simulator, SimulatorConfig
-from llmbatch.text import estimate_tokens, flatten_messages
+from llmbatch.text import chars_to_tokens, flatten_messages
 
 
 def test_providers_declare_their_configuration_as_class_attributes() -> None:
@@ -88,7 +88,7 @@ def test_one_message_flattening_and_token_estimate() -> None:
     assert flatten_messages(messages, system="S0", prompt="P") == "S0\nSys\nA\nB\nP"
     req = CompletionRequest(messages=messages, system="S0", prompt="P")
     assert req.text_length() == len("S0SysABP")
-    assert estimate_tokens("x" * 9) == 3 and estimate_tokens(8) == 2
+    assert chars_to_tokens("x" * 9) == 3 and chars_to_tokens(8) == 2
     assert AnthropicClient(api_key="k").body_for(req)["system"] == "S0\n\nSys"
     fake = FakeClient()
     assert fake.model == "fake-model"

@@ -9,7 +9,7 @@ from pathlib import Path
 import genai_prices
 import pytest
 
-from llmbatch.text import estimate_tokens
+from llmbatch.text import chars_to_tokens
 
 from .conftest import SimProcess
 from .test_cli_run import cli, read_out
@@ -144,7 +144,7 @@ def test_plan_reports_bad_lines_like_run_and_sends_nothing(tmp_path: Path, start
     plan = json.loads(planned.stdout)
     assert plan["requests"] == 10 and plan["bad_lines"] == 3
     lines = [json.loads(x) for x in inp.read_text().splitlines()[:10]]
-    tokens = sum(estimate_tokens(len(x["prompt"])) for x in lines)
+    tokens = sum(chars_to_tokens(len(x["prompt"])) for x in lines)
     assert plan["input_tokens_estimated"] == tokens
     assert plan["output_tokens_max"] == 1000 and plan["output_tokens_expected"] == 500
     in_price, out_price = 0.15, 0.60  # gpt-4o-mini, USD per 1M tokens
@@ -174,7 +174,7 @@ def test_plan_checks_and_counts_the_schema_as_run_does(tmp_path: Path) -> None:
     assert shaped.returncode == 0, shaped.stderr
     lines = [json.loads(x) for x in inp.read_text().splitlines()]
     schema_chars = len(json.dumps(schema, separators=(",", ":")))
-    expected = sum(estimate_tokens(len(x["prompt"]) + schema_chars) for x in lines)
+    expected = sum(chars_to_tokens(len(x["prompt"]) + schema_chars) for x in lines)
     assert json.loads(shaped.stdout)["input_tokens_estimated"] == expected
     assert expected > plain["input_tokens_estimated"]
     assert not out.exists()

@@ -19,7 +19,7 @@ from llmbatch import (
     PromptSection,
     RateLimitError,
     RateLimitInfo,
-    TokenBudgetError,
+    TokenLimitError,
     Usage,
     calculate_batch_stats,
 )
@@ -101,7 +101,7 @@ async def test_settle_refunds_and_charges_extra(clock: FakeClock) -> None:
 
 async def test_oversized_request_fails_at_once(clock: FakeClock) -> None:
     lim = limiter(clock, tpm=1000)
-    with pytest.raises(TokenBudgetError, match="1000 tokens/min"):
+    with pytest.raises(TokenLimitError, match="1000 tokens/min"):
         await lim.acquire(5000)
     assert clock.sleeps == []
 
@@ -332,21 +332,9 @@ async def test_an_oversized_request_fails_in_a_batch_without_waiting(clock: Fake
     results = await BatchProcessor(client, cfg).aprocess_batch(
         [BatchRequest("big", big), BatchRequest("small", small)]
     )
-    assert isinstance(results[0].error, TokenBudgetError) and results[0].attempts == 0
+    assert isinstance(results[0].error, TokenLimitError) and results[0].attempts == 0
     assert results[1].ok
     assert [c.prompt for c in client.calls] == ["hi"]
-
-
-async def test_deprecated_names_still_work_for_one_release(clock: FakeClock) -> None:
-    from llmbatch import EngineConfig, Reservation
-
-    lim = limiter(clock, 60)
-    with pytest.warns(DeprecationWarning, match="limiter="):
-        cfg = BatchProcessorConfig(rate_limiter=lim)
-    assert cfg.limiter is lim and cfg.rate_limiter is None
-    with pytest.warns(DeprecationWarning, match="limiter="):
-        assert EngineConfig(admission=lim).limiter is lim
-    assert isinstance(await lim.acquire(), Reservation)
 
 
 async def test_a_throttled_client_in_a_processor_is_paced_by_one_limiter(clock: FakeClock) -> None:
@@ -374,5 +362,3 @@ async def test_an_engine_also_unwraps_a_throttled_client(clock: FakeClock) -> No
     client = FakeClient()
     engine = Engine(ThrottledLLMClient(client, limiter=lim), EngineConfig(clock=clock))
     assert engine.limiter is lim and engine.client is client
-    with pytest.raises(ValueError, match="not both"):
-        EngineConfig(admission=lim, limiter=limiter(clock, 10))

@@ -20,7 +20,7 @@ from llmbatch import (
     RateLimitInfo,
     RequestTimeoutError,
     ServerError,
-    TokenBudgetError,
+    TokenLimitError,
     Usage,
 )
 from llmbatch.rate_control import CubicRate
@@ -219,7 +219,7 @@ async def test_output_tokens_are_charged_from_max_tokens_then_settled(clock: Fak
 
 async def test_a_request_over_a_split_budget_fails_at_once(clock: FakeClock) -> None:
     lim = limiter(clock, output_tokens_per_minute=50)
-    with pytest.raises(TokenBudgetError, match="output tokens"):
+    with pytest.raises(TokenLimitError, match="output tokens"):
         async with lim.admit(REQ):
             pass
 
@@ -446,7 +446,7 @@ async def test_a_request_refused_by_a_later_limiter_does_not_close_the_breaker(
     await fail(breaker, APIConnectionError("refused"), 5)
     assert breaker.is_open
     huge = CompletionRequest(prompt="x" * 40_000)
-    with pytest.raises(TokenBudgetError):
+    with pytest.raises(TokenLimitError):
         async with chain.admit(huge):
             pass
     assert breaker.is_open and not breaker._probe_out

@@ -138,10 +138,6 @@ async def test_retry_after_style_sends_only_retry_after(http: aiohttp.ClientSess
         assert r.headers["retry-after"] == "1" and "retry-after-ms" not in r.headers
 
 
-async def test_deprecated_no_headers_switch_is_the_retry_after_style() -> None:
-    assert SimulatorConfig(send_rate_limit_headers=False).limit_style == "retry-after"
-
-
 async def test_bare_style_refuses_with_no_header_at_all(http: aiohttp.ClientSession) -> None:
     async with Simulator(SimulatorConfig(rpm=60, limit_style="bare")) as sim:
         ok = await post(http, sim)

@@ -39,7 +39,7 @@ from .errors import (
     RequestTimeoutError,
     RetryableError,
     ServerError,
-    TokenBudgetError,
+    TokenLimitError,
     TruncatedReplyError,
     UnsupportedRequestError,
     error_code,
@@ -61,7 +61,6 @@ from .limiter import (
     RateLimiter,
     RateLimiterStatus,
     RatePermit,
-    Reservation,
     estimate_tokens,
 )
 from .metrics import MetricsListener
@@ -167,7 +166,6 @@ __all__ = [
     "RequestRetrying",
     "RequestStarted",
     "RequestTimeoutError",
-    "Reservation",
     "RetryPolicy",
     "RetryableError",
     "RichProgress",
@@ -178,7 +176,7 @@ __all__ = [
     "StatsCollector",
     "ThrottledLLMClient",
     "Timing",
-    "TokenBudgetError",
+    "TokenLimitError",
     "TruncatedReplyError",
     "UnsupportedRequestError",
     "Usage",

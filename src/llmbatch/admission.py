@@ -121,7 +121,7 @@ class Admission(Protocol):
     """Decides when an attempt may start; a `RateLimiter` is one.
 
     `admit(request)` returns an async context manager. Entering it may wait, and may raise a
-    `FatalError` (e.g. a request larger than the whole token budget), which becomes the
+    `FatalError` (e.g. a request larger than the whole per-minute token limit), which becomes the
     request's result; a cancelled waiter gives back whatever it reserved. Leaving it releases
     the permit with the outcome.
     """

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .admission import PermitBase, feedback
-from .errors import BatchCancelledError, ProviderOutageError, ServerError, TokenBudgetError
+from .errors import BatchCancelledError, ProviderOutageError, ServerError, TokenLimitError
 from .types import CompletionRequest, CompletionResponse
 
 __all__ = ["MAX_ANSWERED_PROBES", "Outage", "OutageBreaker"]
@@ -184,9 +184,9 @@ class OutageBreaker:
                 if self._answered_probes >= MAX_ANSWERED_PROBES:
                     self._give_up(now)
             return
-        if isinstance(error, asyncio.CancelledError | BatchCancelledError | TokenBudgetError):
+        if isinstance(error, asyncio.CancelledError | BatchCancelledError | TokenLimitError):
             # Cancelled, or refused by a limiter after this link (the request is larger than
-            # the token budget): the attempt never got an answer from the server.
+            # the per-minute token limit): the attempt never got an answer from the server.
             return
         if fb.timed_out:
             # No answer either: not an outage sign on its own (a queueing server times out

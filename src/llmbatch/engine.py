@@ -41,7 +41,6 @@ import asyncio
 import collections
 import logging
 import time
-import warnings
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -145,7 +144,6 @@ class EngineConfig:
     max_outage: float | None = DEFAULT_MAX_OUTAGE
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    admission: Admission | None = None  # deprecated name of `limiter`
     budget: Admission | None = None
     replies: ReplyPolicy = field(default_factory=ReplyPolicy)
 
@@ -155,17 +153,6 @@ class EngineConfig:
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
         if self.max_outage is not None and self.max_outage < 0:
             raise ValueError(f"max_outage must be >= 0, got {self.max_outage}")
-        if self.admission is not None:
-            if self.limiter is not None and self.limiter is not self.admission:
-                raise ValueError("pass limiter= (admission= is its deprecated name), not both")
-            warnings.warn(
-                "EngineConfig(admission=) is deprecated; use limiter=",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            if self.limiter is None:
-                self.limiter = self.admission
-            self.admission = None
 
     @property
     def workers(self) -> int:

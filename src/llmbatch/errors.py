@@ -14,7 +14,7 @@
     ├── FatalError                       never retried
     │   ├── AuthenticationError          401, 403
     │   ├── BadRequestError              400, 404, 422
-    │   │   └── TokenBudgetError         one request is larger than the whole token budget
+    │   │   └── TokenLimitError          one request needs more tokens than a minute allows
     │   ├── UnsupportedRequestError      the client cannot express this request
     │   ├── ClientContractError          the client raised a cancel or GeneratorExit of its own
     │   ├── ReplyError                   the reply came but is no answer (kept on the error)
@@ -65,7 +65,7 @@ __all__ = [
     "RequestTimeoutError",
     "RetryableError",
     "ServerError",
-    "TokenBudgetError",
+    "TokenLimitError",
     "TruncatedReplyError",
     "UnsupportedRequestError",
     "error_code",
@@ -152,8 +152,8 @@ class BadRequestError(FatalError):
     status_code = 400
 
 
-class TokenBudgetError(BadRequestError):
-    """A single request needs more tokens than the per-minute budget allows: it can never run."""
+class TokenLimitError(BadRequestError):
+    """A single request needs more tokens than the per-minute limit allows: it can never run."""
 
 
 class UnsupportedRequestError(FatalError):

@@ -36,9 +36,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .admission import Feedback, PermitBase, feedback
-from .errors import TokenBudgetError
+from .errors import TokenLimitError
 from .rate_control import CubicRate
-from .text import estimate_tokens as _chars_to_tokens
+from .text import chars_to_tokens
 from .types import CompletionRequest, CompletionResponse, RateLimitInfo
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "RateLimiter",
     "RateLimiterStatus",
     "RatePermit",
-    "Reservation",
     "estimate_tokens",
 ]
 
@@ -79,7 +78,7 @@ class Estimate:
         cls, request: CompletionRequest, chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
     ) -> Estimate:
         chars = request.text_length()
-        return cls(_chars_to_tokens(chars, chars_per_token), request.output_limit() or 0)
+        return cls(chars_to_tokens(chars, chars_per_token), request.output_limit() or 0)
 
 
 def estimate_tokens(
@@ -111,7 +110,7 @@ class RateLimiterStatus:
     cuts: int = 0
 
 
-class _Budget:
+class _Timeline:
     """One timeline: a per-minute limit (configured, stated by the server) and its GCRA state."""
 
     __slots__ = ("configured", "name", "stated", "tat")
@@ -157,9 +156,6 @@ class RatePermit(PermitBase):
             self._release(response, error)
 
 
-Reservation = RatePermit  # deprecated name, kept for one release
-
-
 class RateLimiter:
     """Requests and tokens per minute for any number of batches and clients.
 
@@ -187,10 +183,10 @@ class RateLimiter:
         if burst_seconds < 0 or not 0 <= safety_margin < 1:
             raise ValueError("burst_seconds must be >= 0 and safety_margin in [0, 1)")
         start = clock()
-        self._req = _Budget("requests_per_minute", requests_per_minute, start)
-        self._tok = _Budget("tokens_per_minute", tokens_per_minute, start)
-        self._in = _Budget("input_tokens_per_minute", input_tokens_per_minute, start)
-        self._out = _Budget("output_tokens_per_minute", output_tokens_per_minute, start)
+        self._req = _Timeline("requests_per_minute", requests_per_minute, start)
+        self._tok = _Timeline("tokens_per_minute", tokens_per_minute, start)
+        self._in = _Timeline("input_tokens_per_minute", input_tokens_per_minute, start)
+        self._out = _Timeline("output_tokens_per_minute", output_tokens_per_minute, start)
         self.burst_seconds = burst_seconds
         self.safety_margin = safety_margin
         self.adaptive = adaptive
@@ -281,7 +277,7 @@ class RateLimiter:
         """Wait until one request of `tokens` estimated input tokens (plus `output_tokens`)
         may start; release the returned permit with `permit.release(response, error)`.
 
-        Raises `TokenBudgetError` at once if the request exceeds a whole per-minute budget.
+        Raises `TokenLimitError` at once if the request exceeds a whole per-minute budget.
         If the waiting task is cancelled, its slot is given back.
         """
         permit = RatePermit(self, Estimate(tokens, output_tokens))
@@ -440,7 +436,7 @@ class RateLimiter:
             limit = budget.limit()
             if limit is not None and need > limit:
                 unit = budget.name.removesuffix("_per_minute").replace("_", " ")
-                raise TokenBudgetError(
+                raise TokenLimitError(
                     f"request needs ~{need} {unit} but the limit is {limit:.0f} {unit}/min:"
                     " it can never be sent (shorten the prompt or lower max_tokens)"
                 )

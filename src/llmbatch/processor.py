@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import threading
 import time
-import warnings
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -103,7 +102,6 @@ class BatchProcessorConfig:
     max_outage: float | None = DEFAULT_MAX_OUTAGE
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    rate_limiter: Admission | None = None  # deprecated name of `limiter`
     budget: Admission | None = None
     response_model: Any = None
     schema_mode: SchemaMode | None = None
@@ -113,17 +111,6 @@ class BatchProcessorConfig:
         check_concurrency(self.max_concurrency)
         if self.response_model is not None:
             self.response_model = Schema.of(self.response_model, mode=self.schema_mode)
-        if self.rate_limiter is not None:
-            if self.limiter is not None and self.limiter is not self.rate_limiter:
-                raise ValueError("pass limiter= (rate_limiter= is its deprecated name), not both")
-            warnings.warn(
-                "BatchProcessorConfig(rate_limiter=) is deprecated; use limiter=",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            if self.limiter is None:
-                self.limiter = self.rate_limiter
-            self.rate_limiter = None
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

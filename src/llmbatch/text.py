@@ -1,7 +1,7 @@
 """The text of a request, and the token estimate made from it: defined once, used everywhere.
 
     flatten_messages([{"role": "user", "content": "Hi"}], system="Be brief")  # 'Be brief\nHi'
-    estimate_tokens("x" * 400)                                                # 100
+    chars_to_tokens("x" * 400)                                                # 100
 
 A chat message's `content` is a string or a list of parts (OpenAI's `{"type": "text",
 "text": ...}` and Anthropic's content blocks); only text parts count. The estimate is
@@ -17,8 +17,8 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_CHARS_PER_TOKEN",
+    "chars_to_tokens",
     "content_text",
-    "estimate_tokens",
     "flatten_messages",
     "text_length",
 ]
@@ -68,7 +68,7 @@ def text_length(
     return n
 
 
-def estimate_tokens(chars: int | str, chars_per_token: float = DEFAULT_CHARS_PER_TOKEN) -> int:
+def chars_to_tokens(chars: int | str, chars_per_token: float = DEFAULT_CHARS_PER_TOKEN) -> int:
     """Tokens for `chars` characters (or a string), rounded up: the chars/4 rule."""
     n = len(chars) if isinstance(chars, str) else chars
     return math.ceil(n / chars_per_token)

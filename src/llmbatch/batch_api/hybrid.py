@@ -39,7 +39,7 @@ from ..engine import Engine
 from ..errors import BatchAPIError, InvalidOutputError
 from ..io.sink import is_unfinished
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS
-from ..text import estimate_tokens
+from ..text import chars_to_tokens
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from .runner import BatchAPIRunner, is_redoable
 
@@ -57,7 +57,7 @@ def estimate_work(request: CompletionRequest) -> Work:
     limit = request.output_limit()
     return Work(
         1,
-        estimate_tokens(request.text_length()),
+        chars_to_tokens(request.text_length()),
         DEFAULT_WORST_OUTPUT_TOKENS if limit is None else limit,
     )
 

@@ -79,7 +79,7 @@ from ..pricing import Pricer
 from ..replies import check_reply
 from ..retry import RetryPolicy
 from ..schema import Schema, SchemaMode
-from ..text import estimate_tokens
+from ..text import chars_to_tokens
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from .backend import BatchBackend, BatchInfo, LineOutcome
 from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
@@ -288,7 +288,7 @@ class BatchAPIRunner:
                 item = self._with_model(item)
                 try:
                     key, line, wire = backend.encode(item)
-                    tokens = estimate_tokens(item.request.text_length())
+                    tokens = chars_to_tokens(item.request.text_length())
                     worst = 0.0
                     if budget is not None:
                         cost = budget.pricer.worst_case(item.request, batch=True)

@@ -92,11 +92,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--outage-for", type=positive_float, metavar="S", help="how long the outage lasts"
     )
-    p.add_argument(
-        "--no-rate-limit-headers",
-        action="store_true",
-        help="deprecated: same as --limit-style retry-after",
-    )
     p.add_argument("--seed", type=int, help="random seed for faults and jitter")
     p.add_argument(
         "--echo-credentials",
@@ -259,7 +254,6 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         hang_seconds=args.hang_seconds,
         seed=args.seed,
         api_key=key,
-        send_rate_limit_headers=not args.no_rate_limit_headers,
         batch_seconds=args.batch_seconds,
         batch_expire_seconds=args.batch_expire_seconds,
         batch_error_rate=args.batch_error_rate,

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import orjson
 
-from ..text import estimate_tokens, flatten_messages
+from ..text import chars_to_tokens, flatten_messages
 from ..types import CompletionRequest, CompletionResponse, Usage
 
 __all__ = ["FakeClient", "fake_reply"]
@@ -90,7 +90,7 @@ class FakeClient:
                 content=reply,
                 model=request.model or self.model,
                 usage=Usage(
-                    max(1, estimate_tokens(request.text_length())), max(1, estimate_tokens(reply))
+                    max(1, chars_to_tokens(request.text_length())), max(1, chars_to_tokens(reply))
                 ),
                 finish_reason="stop",
             )

@@ -24,7 +24,7 @@ from ..deadline import Work, assumed_latency
 from ..io.formats import TemplateError
 from ..io.journal import iter_records
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS, Pricer
-from ..text import estimate_tokens as chars_to_tokens
+from ..text import chars_to_tokens
 from ..types import CompletionRequest, Usage
 from .capacity import capacity_of, deadline_policy
 from .config import RunConfig

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..io.formats import BadLine, InputItem
 from ..limiter import Estimate
-from ..text import estimate_tokens as chars_to_tokens
+from ..text import chars_to_tokens
 from ..types import CompletionRequest
 from .config import RunConfig
 

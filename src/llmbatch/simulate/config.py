@@ -88,8 +88,6 @@ class SimulatorConfig:
     seed: int | None = None
     api_key: str | None = None  # when set, requests must carry it
     hang_seconds: float = 120.0
-    # Deprecated: `False` is `limit_style="retry-after"`; kept for one release.
-    send_rate_limit_headers: bool = True
     model: str = "sim-1"
     # Batch APIs (see `batches.py`): the time scale, the window and the faults.
     batch_seconds: float = 2.0
@@ -114,8 +112,6 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         if self.limit_style not in LIMIT_STYLES:
             raise ValueError(f"limit_style must be one of {', '.join(LIMIT_STYLES)}")
-        if not self.send_rate_limit_headers and self.limit_style == "openai":
-            self.limit_style = "retry-after"
         if self.over_limit_status not in OVER_LIMIT_STATUSES:
             raise ValueError(f"over_limit_status must be one of {OVER_LIMIT_STATUSES}")
         for name in ("rpm", "tpm", "itpm", "otpm"):

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from ..text import estimate_tokens
+from ..text import chars_to_tokens
 from .limits import BucketState
 
 __all__ = [
@@ -46,7 +46,7 @@ Body = dict[str, Any]
 
 def token_count(text: str) -> int:
     """About one token per four characters, as the simulator counts usage and limits."""
-    return max(1, estimate_tokens(text))
+    return max(1, chars_to_tokens(text))
 
 
 def reply_text(prompt: str, max_tokens: int | None, json_mode: bool) -> str:

@@ -38,7 +38,7 @@ def test_batch_progress_str_matches_the_seed() -> None:
     )
     assert str(p) == "Progress: 40/100 (40.0%) | Failed: 2 | Elapsed: 3s | ETA: 5s"
     unknown = BatchProgress(None, 7, 0, 65.0, None)
-    assert str(unknown) == "Progress: 7 | Failed: 0 | Elapsed: 1m5s | ETA: ?"
+    assert str(unknown) == "Progress: 7 | Failed: 0 | Elapsed: 1m05s | ETA: ?"
 
 
 def test_stats_counts_percentiles_tokens_and_failed_ids() -> None:

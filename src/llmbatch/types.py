@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .durations import format_duration
 from .schema import Schema
 from .text import DEFAULT_CHARS_PER_TOKEN, text_length
 
@@ -256,17 +257,6 @@ class BatchResult:
         return self.error is None
 
 
-def _fmt_seconds(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    if h:
-        return f"{h}h{m}m{s}s"
-    if m:
-        return f"{m}m{s}s"
-    return f"{s}s"
-
-
 @dataclass(slots=True, frozen=True)
 class BatchProgress:
     """A snapshot of a batch, passed to progress callbacks.
@@ -301,9 +291,9 @@ class BatchProgress:
         eta = (
             "?"
             if self.estimated_time_remaining is None
-            else _fmt_seconds(self.estimated_time_remaining)
+            else format_duration(self.estimated_time_remaining)
         )
         return (
-            f"{head} | Failed: {self.failed} | Elapsed: {_fmt_seconds(self.elapsed_time)}"
+            f"{head} | Failed: {self.failed} | Elapsed: {format_duration(self.elapsed_time)}"
             f" | ETA: {eta}"
         )

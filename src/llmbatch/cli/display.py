@@ -21,6 +21,7 @@ from rich.text import Text
 
 from ..batch_api import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
 from ..batch_api.hybrid import Switched
+from ..durations import format_duration
 from ..pipeline import (
     DeadlineProgress,
     InputChecked,
@@ -40,7 +41,7 @@ from ._common import say
 from .flags import flag_name
 from .stats import stats_table
 
-__all__ = ["BatchProgressView", "RunDisplay", "print_bad", "print_summary", "span"]
+__all__ = ["BatchProgressView", "RunDisplay", "print_bad", "print_summary"]
 
 
 class RunDisplay:
@@ -91,9 +92,10 @@ class RunDisplay:
         elif isinstance(event, Switched):
             say(
                 self.console,
-                f"deadline: {span(event.seconds_left)} left, realtime needs about "
-                f"{span(event.realtime_seconds)} for what is open: moving {event.requests:,} "
-                f"request(s) to realtime (cancelled {len(event.cancelled)} batch(es))",
+                f"deadline: {format_duration(event.seconds_left)} left, realtime needs about "
+                f"{format_duration(event.realtime_seconds)} for what is open: moving "
+                f"{event.requests:,} request(s) to realtime "
+                f"(cancelled {len(event.cancelled)} batch(es))",
             )
         elif isinstance(event, RunStopped) and self.progress is not None:
             self.progress.stop()
@@ -147,8 +149,8 @@ class RunDisplay:
             return
         projected = self.spent / self.written * self.total if self.written else math.nan
         self.batches.note(
-            f"{span(max(0.0, event.seconds_left))} left | realtime {event.realtime_done:,}/"
-            f"{event.realtime_sent:,} | spent ${self.spent:,.4f}"
+            f"{format_duration(event.seconds_left)} left | realtime "
+            f"{event.realtime_done:,}/{event.realtime_sent:,} | spent ${self.spent:,.4f}"
             + ("" if math.isnan(projected) else f" (projected ${projected:,.4f})")
         )
 
@@ -211,7 +213,7 @@ class BatchProgressView:
                 completed=event.succeeded + event.failed,
                 status=event.status,
                 failed=f"failed {event.failed}" if event.failed else "",
-                elapsed=_clock(event.elapsed),
+                elapsed=format_duration(event.elapsed),
             )
         elif isinstance(event, BatchEnded):
             task = self._tasks.get(event.n)
@@ -231,7 +233,7 @@ class BatchProgressView:
             self._seen[event.n] = event.status
             line = (
                 f"batch {event.n}: {event.status}, {event.succeeded:,} done, "
-                f"{event.failed:,} failed of {event.total:,} ({_clock(event.elapsed)})"
+                f"{event.failed:,} failed of {event.total:,} ({format_duration(event.elapsed)})"
             )
         else:
             line = f"batch {event.n}: {event.outcome}, {event.written:,} line(s) written"
@@ -258,19 +260,6 @@ class BatchProgressView:
 
     def stop(self) -> None:
         self._progress.stop()
-
-
-def _clock(seconds: float) -> str:
-    s = max(0, int(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def span(seconds: float) -> str:
-    """A duration as the messages show it: 45s, 3m05s, 2h10m."""
-    seconds = max(0, math.ceil(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def print_summary(console: Console, config: RunConfig, summary: RunSummary) -> int:
@@ -308,16 +297,16 @@ def print_summary(console: Console, config: RunConfig, summary: RunSummary) -> i
     if summary.deadline is not None:
         d = summary.deadline
         verdict = (
-            f"met, {span(d.seconds_left)} to spare"
+            f"met, {format_duration(d.seconds_left)} to spare"
             if d.met
-            else f"missed by {span(-d.seconds_left)}"
+            else f"missed by {format_duration(-d.seconds_left)}"
         )
         say(
             console,
             f"deadline {verdict}: {d.batch_done:,} answered through the batch API, "
             f"{d.realtime_done:,} realtime"
             + (
-                f"; switched to realtime with {span(d.switched_with)} left"
+                f"; switched to realtime with {format_duration(d.switched_with)} left"
                 if d.switched_with is not None
                 else ""
             ),

@@ -17,7 +17,6 @@ and the time the run needs under --rpm/--tpm/--itpm/--otpm: the largest of reque
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from typing import Any
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..durations import format_duration
 from ..pipeline import BadInput, ConfigError, Plan
 from ..pipeline.plan import DEFAULT_EXPECTED_OUTPUT, plan
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS
@@ -69,13 +69,6 @@ def _money(value: float | None) -> str:
     return f"${value:,.2f}" if value >= 100 else f"${value:,.6f}"
 
 
-def _duration(seconds: float) -> str:
-    seconds = math.ceil(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def plan_table(plan: Plan, title: str) -> Table:
     table = Table(title=Text(title), show_header=False, title_justify="left")
     table.add_column("metric", style="bold")
@@ -103,10 +96,10 @@ def plan_table(plan: Plan, title: str) -> Table:
     if plan.seconds is None:
         rows.append(("time", "unknown: give --rpm/--tpm/--itpm/--otpm"))
     else:
-        rows.append(("time", f"{_duration(plan.seconds)} (bound by --{plan.bound_by})"))
+        rows.append(("time", f"{format_duration(plan.seconds)} (bound by --{plan.bound_by})"))
         for name, seconds in plan.seconds_by_limit.items():
             if name != plan.bound_by:
-                rows.append((f"time under --{name}", _duration(seconds)))
+                rows.append((f"time under --{name}", format_duration(seconds)))
     rows += _deadline_rows(plan.deadline)
     for name, value in rows:
         table.add_row(Text(name), Text(value))
@@ -132,10 +125,10 @@ def _deadline_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
         return []
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["finish_by"]))
     rows = [
-        ("finish by", f"{when} (in {_duration(max(0.0, d['seconds_left']))})"),
+        ("finish by", f"{when} (in {format_duration(max(0.0, d['seconds_left']))})"),
         (
             "realtime needs, for all of it",
-            f"{_duration(d['realtime_seconds'])} (bound by --{d['realtime_bound_by']}; "
+            f"{format_duration(d['realtime_seconds'])} (bound by --{d['realtime_bound_by']}; "
             f"{d['latency_basis']})",
         ),
         (
@@ -151,7 +144,7 @@ def _deadline_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
         rows.append(
             (
                 "switch to realtime",
-                f"at the latest in {_duration(d['switch_to_realtime_in_seconds'])}, "
+                f"at the latest in {format_duration(d['switch_to_realtime_in_seconds'])}, "
                 "for whatever the batches have not answered by then",
             )
         )
@@ -162,7 +155,7 @@ def _deadline_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
         rows.append(
             (
                 "deadline reachable",
-                f"not guaranteed: realtime is {_duration(d['shortfall_seconds'])} short"
+                f"not guaranteed: realtime is {format_duration(d['shortfall_seconds'])} short"
                 + (f" (it would need {needed})" if needed else "")
                 + "; only batches that come back in time can make it",
             )

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from ..durations import format_duration
 from ..metrics import MissingExtraError
 
 __all__ = ["render"]
@@ -56,9 +57,7 @@ def _fmt_seconds(s: float | None) -> str:
         return f"{s * 1000:,.0f} ms"
     if s < 120:
         return f"{s:,.2f} s"
-    h, rem = divmod(round(s), 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+    return format_duration(s)
 
 
 def _layout(go: Any, title: str, **kw: Any) -> Any:

@@ -13,8 +13,8 @@ __all__ = ["format_duration"]
 
 
 def format_duration(seconds: float) -> str:
-    """Whole seconds, rounded up (a time left of 0.2 s is not "0s"); negatives as 0s."""
-    total = max(0, math.ceil(seconds)) if math.isfinite(seconds) else 0
+    """Whole seconds, rounded to the nearest; negatives (and nan) as 0s."""
+    total = max(0, round(seconds)) if math.isfinite(seconds) else 0
     h, rem = divmod(total, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"

@@ -113,7 +113,7 @@ def test_unknown_model_costs_none_with_one_notice() -> None:
     assert pricer.cost(response) is None
     assert pricer.cost(response) is None
     assert pricer.worst_case(CompletionRequest(prompt="x", max_tokens=5)) is None
-    assert len(notices) == 1 and "my-local-llama" in notices[0] and "--price-in" in notices[0]
+    assert len(notices) == 1 and "my-local-llama" in notices[0] and "`price_in`" in notices[0]
 
 
 def test_pricer_uses_the_answer_model_then_the_default_and_honours_batch_and_cache() -> None:

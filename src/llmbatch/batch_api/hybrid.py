@@ -173,7 +173,7 @@ class DeadlineRunner:
         # A deadline already past, or too near for any batch to come back in time, sends
         # everything realtime from the start: a batch created now would only be cancelled,
         # and what it finished meanwhile paid for twice.
-        straight = self._straight = self._too_late(now, total)
+        straight = self._straight = self._too_late(now)
         if straight:
             self.batches.halt()
         elif total is not None:
@@ -273,11 +273,13 @@ class DeadlineRunner:
 
     # -- deciding -----------------------------------------------------------------------------
 
-    def _too_late(self, now: float, total: Work | None) -> bool:
-        """True when the watcher would switch at once: for all the work if it is known, for
-        one request if not (a deadline too near even for that, or past)."""
-        work = total if total is not None and total.requests else Work(1)
-        return self.policy.should_switch(now, work, self.current_capacity())
+    def _too_late(self, now: float) -> bool:
+        """True when the deadline is past, or too near for even one request realtime: no
+        batch is created (it would be cancelled at once and its lines bought twice). A
+        deadline too near for all the work under the assumed latency is not enough: the
+        probes measure the real latency first (`_latency_matters`), and the batches then
+        take what realtime will not need."""
+        return self.policy.should_switch(now, Work(1), self.current_capacity())
 
     def _latency_matters(self, now: float, total: Work) -> bool:
         """True when, under the assumed latency, the switch would come in the first half of

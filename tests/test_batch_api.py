@@ -46,6 +46,7 @@ from llmbatch.io.sink import ResultSink
 from llmbatch.types import BatchRequest, CompletionRequest
 
 from .conftest import SimProcess
+from .helpers import wait_for
 
 KEYS = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant-test"}
 
@@ -109,14 +110,6 @@ def run_args(sim: SimProcess, provider: str, inp: Path, out: Path, *extra: str) 
         "--no-progress",
         *extra,
     ]
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def ledger_chunks(out: Path) -> list[dict[str, Any]]:

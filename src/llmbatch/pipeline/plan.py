@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ..deadline import Work, assumed_latency
-from ..io.formats import TemplateError
 from ..io.journal import iter_records
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS, Pricer
 from ..text import chars_to_tokens
@@ -30,7 +29,7 @@ from .capacity import capacity_of, deadline_policy
 from .config import RunConfig
 from .costs import pricer_of
 from .errors import ConfigError
-from .precheck import Precheck, precheck
+from .precheck import Precheck, check_input
 from .source import source_of, where_of
 
 __all__ = ["DEFAULT_EXPECTED_OUTPUT", "Plan", "plan"]
@@ -185,14 +184,7 @@ def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None =
             load.max_output += DEFAULT_WORST_OUTPUT_TOKENS
 
     where = where_of(config)
-    try:
-        check = precheck(source, skip, config, observe)
-    except TemplateError as exc:
-        raise ConfigError("template", str(exc)) from None
-    except OSError as exc:
-        raise ConfigError("input", f"cannot read {where}: {exc}") from None
-    if check.items == 0:
-        raise ConfigError("input", f"{where} holds no requests")
+    check = check_input(source, skip, config, where, observe)
     plan = Plan(
         requests=check.runnable,
         bad_lines=check.bad_count,

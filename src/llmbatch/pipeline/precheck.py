@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ..io.formats import BadLine, InputItem
+from ..io.formats import BadLine, InputItem, TemplateError
 from ..limiter import Estimate
 from ..text import chars_to_tokens
 from ..types import CompletionRequest
 from .config import RunConfig
+from .errors import ConfigError
 
-__all__ = ["MAX_BAD_LINES_SHOWN", "Precheck", "precheck"]
+__all__ = ["MAX_BAD_LINES_SHOWN", "Precheck", "check_input", "precheck"]
 
 MAX_BAD_LINES_SHOWN = 10
 
@@ -92,6 +93,27 @@ def precheck(
     del seen
     if suspects:
         _confirm_duplicates(source, suspects, check, bad, observe)
+    return check
+
+
+def check_input(
+    source: Callable[[], Iterator[InputItem | BadLine]],
+    skip: Callable[[str], bool],
+    config: RunConfig,
+    where: str,
+    observe: Callable[[CompletionRequest], None] | None = None,
+) -> Precheck:
+    """`precheck`, with what stops a run or a plan as a `ConfigError`: a template that
+    cannot be used, an input that cannot be read or holds no requests. (Bad lines are in
+    the result: a run refuses them, a plan lists them.)"""
+    try:
+        check = precheck(source, skip, config, observe)
+    except TemplateError as exc:
+        raise ConfigError("template", str(exc)) from None
+    except OSError as exc:
+        raise ConfigError("input", f"cannot read {where}: {exc}") from None
+    if check.items == 0:
+        raise ConfigError("input", f"{where} holds no requests")
     return check
 
 

@@ -36,7 +36,7 @@ from ..clients.provider import ProviderClient
 from ..errorlog import ErrorHandler
 from ..io.atomic import os_reason
 from ..io.cache import CacheError, SQLiteCache, request_key
-from ..io.formats import BadLine, TemplateError
+from ..io.formats import BadLine
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
 from ..metrics import MetricsListener, MissingExtraError
@@ -55,7 +55,7 @@ from .executors import (
 )
 from .harness import RunControl, drain
 from .paths import check_paths
-from .precheck import Precheck, precheck
+from .precheck import Precheck, check_input
 from .source import Source, source_of, where_of
 from .summary import DeadlineOutcome, RunSummary
 
@@ -284,14 +284,7 @@ def _skip(config: RunConfig, scan: JournalScan) -> Callable[[str], bool]:
 def _check_input(config: RunConfig, source: Source, skip: Callable[[str], bool]) -> Precheck:
     """The first pass: every line checked, the work counted; bad input stops the run here."""
     where = where_of(config)
-    try:
-        check = precheck(source, skip, config)
-    except TemplateError as exc:
-        raise ConfigError("template", str(exc)) from None
-    except OSError as exc:
-        raise ConfigError("input", f"cannot read {where}: {exc}") from None
-    if check.items == 0:
-        raise ConfigError("input", f"{where} holds no requests")
+    check = check_input(source, skip, config, where)
     if check.bad_count and config.on_bad_line == "fail":
         raise BadInput(check, where)
     return check

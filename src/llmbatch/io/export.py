@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 
-from .formats import MAX_FIELD_CHARS
+from .formats import MAX_FIELD_CHARS, strict_csv
 from .journal import parse_record
 
 __all__ = [
@@ -553,30 +553,17 @@ def _csv_rows(
     if csv.field_size_limit() < MAX_FIELD_CHARS:
         csv.field_size_limit(MAX_FIELD_CHARS + 1)
     with open(path, newline="", encoding=encoding) as f:
-        # strict, as the run reads rows: a quote never closed is named, not a field
-        # quietly holding the rows after it.
-        reader = csv.reader(f, strict=True)
-        try:
-            header = next(reader, None)
-        except csv.Error as exc:
-            problems.append(f"the header is malformed CSV ({exc}); no row was read")
-            return
-        if header is None:
-            return
-        n = 0
-        while True:
-            first = reader.line_num + 1
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                n += 1
-                problems.append(f"row {n} (lines {first}-{reader.line_num}): skipped, {exc}")
+        header: list[str] = []
+        for n, values, first, last in strict_csv(f):
+            if isinstance(values, csv.Error):
+                if n == 0:
+                    problems.append(f"the header is malformed CSV ({values}); no row was read")
+                else:
+                    problems.append(f"row {n} (lines {first}-{last}): skipped, {values}")
                 continue
-            if not values:
+            if n == 0:
+                header = values
                 continue
-            n += 1
             if len(values) > len(header) and any(values[len(header) :]):
                 problems.append(
                     f"row {n}: {len(values)} fields, but the header names {len(header)}; "

@@ -22,7 +22,7 @@ import csv
 import glob
 import re
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -360,41 +360,28 @@ def _csv_rows(
     if csv.field_size_limit() < wanted:
         csv.field_size_limit(wanted)
     with open(path, "rb") as f:
-        # strict: a quote never closed, or closed and followed by more text, is an error
-        # naming the lines it spans, not a field quietly holding the rows after it.
-        reader = csv.reader(_decoded_lines(f), strict=True)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield 0, BadLine(0, f"the CSV header is malformed: {exc}", where="row")
-            return
-        if _bad_utf8(header) is not None:
-            yield 0, BadLine(0, "the CSV header is not valid UTF-8", where="row")
-            return
-        n = 0
-        while True:
-            first_line = reader.line_num + 1
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                n += 1
-                where = _lines(first_line, reader.line_num)
-                if "unexpected end of data" in str(exc):  # _csv.c's words for EOF in quotes
+        header: list[str] = []
+        for n, values, first_line, last_line in strict_csv(_decoded_lines(f)):
+            if isinstance(values, csv.Error):
+                where = _lines(first_line, last_line)
+                if n == 0:
+                    yield 0, BadLine(0, f"the CSV header is malformed: {values}", where="row")
+                    return
+                if "unexpected end of data" in str(values):  # _csv.c's words for EOF in quotes
                     problem = (
                         f"a quote opened here is never closed ({where}, to the end of the file)"
                     )
                 else:
-                    problem = f"malformed CSV ({where}): {exc}"
+                    problem = f"malformed CSV ({where}): {values}"
                 yield n, BadLine(n, problem, where="row")
                 continue
-            if not values:  # a blank line is not a row
+            if n == 0:
+                header = values
+                if _bad_utf8(header) is not None:
+                    yield 0, BadLine(0, "the CSV header is not valid UTF-8", where="row")
+                    return
                 continue
-            n += 1
-            where = _lines(first_line, reader.line_num)
+            where = _lines(first_line, last_line)
             if len(values) > len(header) and any(values[len(header) :]):
                 # A value past the last named column has no name to be read by: it would be
                 # dropped. Empty trailing fields ("a,b,") lose nothing and pass.
@@ -423,6 +410,39 @@ def _csv_rows(
                 )
                 continue
             yield n, dict(zip(header, values, strict=False))
+
+
+def strict_csv(lines: Iterable[str]) -> Iterator[tuple[int, list[str] | csv.Error, int, int]]:
+    """A CSV read strictly, as every rows file is read (the run's `--rows`, export's
+    `--rows`/`--join`): a quote never closed, or closed and followed by more text, is an
+    error naming the lines it spans, not a field quietly holding the rows after it.
+
+    Yields (row number, its values or the `csv.Error` it is, first line, last line); row 0
+    is the header (after an error there nothing more comes). Blank lines are no rows.
+    """
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        yield 0, exc, 1, reader.line_num
+        return
+    yield 0, header, 1, reader.line_num
+    n = 0
+    while True:
+        first = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            n += 1
+            yield n, exc, first, reader.line_num
+            continue
+        if values:
+            n += 1
+            yield n, values, first, reader.line_num
 
 
 def _lines(first: int, last: int) -> str:

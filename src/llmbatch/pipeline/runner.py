@@ -109,7 +109,8 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
                 with _serve_metrics(config, emit) as metrics:
                     if metrics is not None:
                         sink.observers.append(metrics.record)  # counted as written
-                    sink.observers.append(lambda result: emit(ResultWritten(result)))
+                    if emit.listeners:  # nothing per result when nobody listens
+                        sink.observers.append(lambda result: emit(ResultWritten(result)))
 
                     def reread() -> Iterator[BatchRequest]:
                         return _requests(source, check, skip, sink)

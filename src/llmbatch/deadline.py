@@ -33,6 +33,7 @@ __all__ = [
     "Work",
     "assumed_latency",
     "parse_deadline",
+    "split_size",
 ]
 
 Prefer = Literal["cost", "speed"]
@@ -51,6 +52,13 @@ DEFAULT_CANCEL_TIME = 600.0
 # since an estimate too low switches too late and misses the deadline.
 ASSUMED_TOKENS_PER_SECOND = 50.0
 ASSUMED_FIRST_TOKEN_SECONDS = 1.0
+# A deadline run splits its work into about this many provider batches, so that a batch
+# that comes back late costs only its share at the realtime price (one batch of everything
+# makes a late batch cost the whole run twice over). Batch times are drawn per batch, so
+# many batches also make the run's cost predictable: its spread shrinks as 1/sqrt(batches).
+SPLIT_BATCHES = 20
+# ... but no batch smaller than this: each costs an upload, a create and its polls.
+MIN_SPLIT_REQUESTS = 100
 
 
 @dataclass(slots=True, frozen=True)
@@ -227,6 +235,18 @@ class DeadlinePolicy:
             needed={} if reachable else capacity.needed(work, usable),
             switch_in=switch_in,
         )
+
+
+def split_size(requests: int, cap: int | None = None) -> int:
+    """The most requests one batch of a deadline run holds: the work cut into
+    `SPLIT_BATCHES` batches, none under `MIN_SPLIT_REQUESTS`, none over `cap` (the user's or
+    the provider's).
+
+        split_size(20_000)          # 1000: twenty batches
+        split_size(60)              # 100: one batch
+    """
+    size = max(MIN_SPLIT_REQUESTS, math.ceil(requests / SPLIT_BATCHES))
+    return size if cap is None else max(1, min(size, cap))
 
 
 def assumed_latency(work: Work) -> float:

@@ -5,13 +5,18 @@
                      flush=sink.flush, reread=lambda: read_requests())
     runner.duplicates          # ids answered by both paths around a switch (both paid)
 
-`prefer="cost"`: every request goes into provider batches (half price). A watcher compares
-the time left with what the realtime path needs for the requests still open
-(`DeadlinePolicy.should_switch`); when they meet, it stops submitting, cancels the live
-batches (the provider then returns what they finished) and sends every open request through
-the engine. `prefer="speed"`: the share realtime can finish before the deadline goes to the
-engine at once, only the rest into batches (and the same watcher guards those). Lines a batch
-leaves expired, or failed in a way worth retrying, go realtime as soon as they come back.
+`prefer="cost"`: every request goes into provider batches (half price; the caller sizes
+them, `deadline.split_size`, so that one late batch costs only its share). A watcher
+compares the time left with what the realtime path needs for the requests still in batches
+(`DeadlinePolicy.should_switch`); when they meet, it stops submitting and moves the late
+batches out one at a time, as realtime runs short of work: it cancels one (the provider then
+returns what it finished) and sends its open requests through the engine, while the others
+keep their chance to come back at the batch price. When realtime must start on everything at
+once, every live batch is cancelled and every open request goes realtime.
+
+`prefer="speed"`: the share realtime can finish before the deadline goes to the engine at
+once, only the rest into batches (and the same watcher guards those). Lines a batch leaves
+expired, or failed in a way worth retrying, go realtime as soon as they come back.
 A deadline already past, or so near that the watcher would switch at once, creates no batch:
 every request goes realtime from the start (batches a crashed run left are cancelled).
 
@@ -41,6 +46,7 @@ from ..io.sink import is_unfinished
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS
 from ..text import chars_to_tokens
 from ..types import BatchRequest, BatchResult, CompletionRequest
+from .ledger import ChunkRecord
 from .runner import BatchAPIRunner, is_redoable
 
 __all__ = ["DeadlineRunner", "DeadlineStatus", "Switched", "estimate_work"]
@@ -125,6 +131,10 @@ class DeadlineRunner:
         self._redo: set[str] = set()  # expired / retryable batch lines, to send realtime
         self._switching = False  # from now on every batch error goes realtime
         self._cancelled: set[str] = set()  # batch ids asked to cancel
+        self._moving: dict[str, float] = {}  # cancelled one by one: batch id -> when
+        self._cancel_seen: float | None = None  # the slowest cancel seen, seconds
+        self._all_moved = False  # everything open went realtime at once
+        self.moves: list[Switched] = []  # every move of work to realtime, in order
         self._straight = False  # the deadline left no time for batches: all went realtime
         self._wake = asyncio.Event()
 
@@ -233,16 +243,12 @@ class DeadlineRunner:
                 if self._redo:  # one pass over the input for all of them, not one each
                     redo, self._redo = self._redo, set()
                     self._send_open(to_realtime, kept, reread, only=redo)
-                if self.switched is None and (straight or self._should_switch()):
-                    await self._switch(source, to_realtime, kept, reread)
-                elif self.switched is not None:
-                    # Batches re-attached after the switch (a rerun decides before the
-                    # ledger is read) are cancelled too.
-                    await self._cancel_live()
+                await self._steer(straight, source, to_realtime, kept, reread)
                 if self.switched is not None and not self._open:
                     # Every id has its final result: the run is over. The cancelled batches
                     # finish on the provider's side; the ledger keeps them, and a rerun (or
                     # `llmbatch batches`) collects what they return, skipping what is done.
+                    await self._cancel_live()
                     batch_task.cancel()
                     break
                 with contextlib.suppress(TimeoutError):
@@ -289,8 +295,133 @@ class DeadlineRunner:
         return total.requests > PROBES and switch_at < now + 0.5 * (self.policy.deadline - now)
 
     def _should_switch(self) -> bool:
+        """True once the work still in batches must start leaving them: realtime would need
+        all the time left (plus the margin and a cancel's time) for it."""
         in_batches = self._open_work - self._realtime_work
         return self.policy.should_switch(self.clock(), in_batches, self.current_capacity())
+
+    def _must_switch_all(self) -> bool:
+        """True once realtime must start on all the work still in batches now: no time is
+        left to wait for a cancel to return what it finished."""
+        in_batches = self._open_work - self._realtime_work
+        need = self.current_capacity().seconds(in_batches)
+        return in_batches.requests > 0 and self.clock() >= self.policy.start_by(need)
+
+    def _cancel_lead(self) -> float:
+        """Seconds from a cancel to the lines it gives back: the slowest cancel seen in this
+        run, or the policy's allowance before one is seen, plus one look of the watcher."""
+        seen = self._cancel_seen
+        return (self.policy.cancel_time if seen is None else seen) + self.check_interval
+
+    async def _steer(
+        self,
+        straight: bool,
+        source: Iterator[BatchRequest],
+        queue: asyncio.Queue[BatchRequest | None],
+        kept: dict[str, BatchRequest] | None,
+        reread: Callable[[], Iterable[BatchRequest]] | None,
+    ) -> None:
+        """One look of the watcher: move late work out of the batches, a batch at a time.
+
+        Once the work still in batches must start leaving them (`_should_switch`), no more
+        batches are created and what no batch holds goes realtime; then one live batch is
+        cancelled whenever realtime is about to run out of work (so the other batches keep
+        their chance to come back at the batch price), and its lines go realtime as soon as
+        the cancel ends (what it finished is kept). When realtime must start on everything
+        at once (`_must_switch_all`), every live batch is cancelled and all that is open
+        goes realtime without waiting.
+        """
+        if self._all_moved:
+            # Batches re-attached after the switch (a rerun decides before the ledger is
+            # read) are cancelled too.
+            await self._cancel_live()
+            return
+        if straight or self._must_switch_all():
+            await self._switch(source, queue, kept, reread)
+            return
+        self._release(queue, kept, reread)
+        if not self._should_switch():
+            return
+        if not self._switching:
+            self._switching = True  # from now on every batch error goes realtime
+            self.batches.halt()
+            for item in source:  # requests the halted runner never took
+                self._send(item, queue)
+            covered = self._covered()
+            self._send_open(queue, kept, reread, only=set(self._open).difference(covered))
+        capacity = self.current_capacity()
+        if capacity.seconds(self._realtime_work) > self._cancel_lead():
+            return  # realtime has enough to do until a cancel made now gives lines back
+        record = self._next_to_cancel()
+        if record is None or record.batch_id is None:
+            return
+        now = self.clock()
+        await self.batches.cancel(record.batch_id)
+        self._cancelled.add(record.batch_id)
+        self._moving[record.batch_id] = now
+        in_batches = self._open_work - self._realtime_work
+        self._announce(
+            Switched(
+                at=now,
+                requests=record.count,
+                realtime_seconds=capacity.seconds(in_batches),
+                seconds_left=self.policy.deadline - now,
+                cancelled=(record.batch_id,),
+            )
+        )
+
+    def _covered(self) -> set[str]:
+        """Ids held by the ledger's live chunks (their answers come from the batches)."""
+        ledger = self.batches.ledger
+        covered: set[str] = set()
+        if ledger is not None:
+            for record in ledger.chunks:
+                if record.live:
+                    covered.update(ledger.ids(record))
+        return covered
+
+    def _next_to_cancel(self) -> ChunkRecord | None:
+        """The live batch to move next: the largest, then the last created (a provider runs
+        batches roughly in the order they came, so the last is the least advanced)."""
+        ledger = self.batches.ledger
+        live = [
+            r
+            for r in (ledger.chunks if ledger is not None else ())
+            if r.live and r.batch_id is not None and r.batch_id not in self._cancelled
+        ]
+        return max(live, key=lambda r: (r.count, r.n), default=None)
+
+    def _release(
+        self,
+        queue: asyncio.Queue[BatchRequest | None],
+        kept: dict[str, BatchRequest] | None,
+        reread: Callable[[], Iterable[BatchRequest]] | None,
+    ) -> None:
+        """Cancelled batches that ended gave their lines back (answers, or `batch_cancelled`
+        lines that went realtime); the open lines of those still cancelling past the
+        allowance go realtime now (an answer the batch gives later is counted twice)."""
+        ledger = self.batches.ledger
+        if ledger is None or not self._moving:
+            return
+        now = self.clock()
+        by_id = {r.batch_id: r for r in ledger.chunks if r.batch_id in self._moving}
+        for batch_id, since in list(self._moving.items()):
+            record = by_id.get(batch_id)
+            if record is None or not record.live:
+                ended = record.ended_at if record is not None and record.ended_at else now
+                took = max(0.0, ended - since)
+                self._cancel_seen = max(self._cancel_seen or 0.0, took)
+                del self._moving[batch_id]
+            elif now >= since + self.policy.cancel_time:
+                self._send_open(queue, kept, reread, only=set(ledger.ids(record)))
+                del self._moving[batch_id]
+
+    def _announce(self, event: Switched) -> None:
+        if self.switched is None:
+            self.switched = event
+        self.moves.append(event)
+        for listener in self.listeners:
+            listener(event)
 
     async def _switch(
         self,
@@ -299,10 +430,11 @@ class DeadlineRunner:
         kept: dict[str, BatchRequest] | None,
         reread: Callable[[], Iterable[BatchRequest]] | None,
     ) -> None:
+        """Move everything open to realtime at once."""
         now = self.clock()
         moving = self._open_work - self._realtime_work
         needed = self.current_capacity().seconds(moving)
-        self._switching = True
+        self._switching = self._all_moved = True
         self.batches.halt()
         cancelled = await self._cancel_live()
         # A cancelled batch returns what it finished: wait for that, as long as realtime can
@@ -313,15 +445,16 @@ class DeadlineRunner:
         for item in source:  # requests the halted runner never took
             self._send(item, queue)
         self._send_open(queue, kept, reread)
-        self.switched = Switched(
-            at=now,
-            requests=len(self._realtime) - before,
-            realtime_seconds=needed,
-            seconds_left=self.policy.deadline - now,
-            cancelled=tuple(cancelled),
+        self._moving.clear()
+        self._announce(
+            Switched(
+                at=now,
+                requests=len(self._realtime) - before,
+                realtime_seconds=needed,
+                seconds_left=self.policy.deadline - now,
+                cancelled=tuple(cancelled),
+            )
         )
-        for listener in self.listeners:
-            listener(self.switched)
 
     async def _cancel_live(self) -> list[str]:
         """Cancel the live batches not cancelled yet; return the ids newly cancelled."""

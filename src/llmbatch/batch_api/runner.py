@@ -211,6 +211,13 @@ class BatchAPIRunner:
             self.poke()
         return cancelled
 
+    async def cancel(self, batch_id: str) -> None:
+        """Ask the provider to cancel one batch of this run (a refusal: it ended meanwhile,
+        or is cancelling already, and is collected as it is); the poll loop collects it."""
+        with contextlib.suppress(BadRequestError):
+            await self._call(partial(self.backend.cancel, batch_id))
+        self.poke()
+
     def poke(self) -> None:
         """Poll now (and at the first interval again), not after the backed-off wait."""
         if self._poked is not None and not self._poked.done():
@@ -329,6 +336,9 @@ class BatchAPIRunner:
 
     async def _start(self, chunk: Chunk) -> AsyncIterator[BatchResult]:
         assert self.ledger is not None
+        if self.halted:  # halted while earlier chunks were being created: never sent
+            _drop(chunk)
+            return
         budget = self.config.budget
         extra: dict[str, Any] = {}
         if budget is not None:

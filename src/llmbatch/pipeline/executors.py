@@ -37,7 +37,7 @@ from ..batch_api.hybrid import DeadlineRunner, Switched, estimate_work
 from ..budget import Budget
 from ..clients import ClientSpec
 from ..clients.provider import ProviderClient
-from ..deadline import Work, assumed_latency
+from ..deadline import Work, assumed_latency, split_size
 from ..engine import Engine, EngineConfig
 from ..errors import InvalidOutputError, LLMBatchError, TruncatedReplyError
 from ..io.sink import ResultSink
@@ -405,11 +405,17 @@ class DeadlineExecutor:
         context, config = self.context, self.context.config
         deadline = config.deadline
         assert deadline is not None
-        total = _total(context.reread())
+        done = context.done
+        total = _total(item for item in context.reread() if not done(item.id))  # what is left
         capacity = capacity_of(config, assumed_latency(total))
         policy = deadline_policy(deadline, config.prefer, time.time())
+        # Several batches, not one: a batch that comes back late then costs only its share.
+        batches = dataclasses.replace(
+            context.batch_config(),
+            max_requests=split_size(total.requests, config.batch_max_requests),
+        )
         self.runner = runner = DeadlineRunner(
-            BatchAPIRunner(context.client, context.batch_config()),
+            BatchAPIRunner(context.client, batches),
             context.engine(),
             policy,
             capacity,

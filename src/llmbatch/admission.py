@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from .errors import (
     APIConnectionError,
+    CapacityError,
     FatalError,
     OverloadedError,
     RateLimitError,
@@ -82,6 +83,8 @@ def feedback(response: CompletionResponse | None, error: BaseException | None) -
         return Feedback(ok=True, rate_limit=info)
     if isinstance(error, FatalError):
         return _NEUTRAL  # ours or the request's fault, nothing about the server's load
+    if isinstance(error, CapacityError):
+        return _NEUTRAL  # a service tier short of room (flex): our pace is not the cause
     if isinstance(error, RateLimitError):
         return Feedback(congested=True, retry_after=error.retry_after, rate_limit=error.rate_limit)
     if isinstance(error, OverloadedError) or (

@@ -64,6 +64,7 @@ from .errors import (
     AuthenticationError,
     BatchCancelledError,
     BatchTimeoutError,
+    CapacityError,
     ClientContractError,
     InvalidResponseError,
     LLMBatchError,
@@ -88,6 +89,7 @@ from .events import (
 from .replies import ReplyPolicy, ReplyTries, check_reply
 from .retry import RetryPolicy
 from .throttled import ThrottledLLMClient
+from .tiers import TierPolicy
 from .types import (
     BatchRequest,
     BatchResult,
@@ -146,6 +148,8 @@ class EngineConfig:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     budget: Admission | None = None
     replies: ReplyPolicy = field(default_factory=ReplyPolicy)
+    # A service tier's capacity refusals (flex): waited out, or moved to another tier.
+    tiers: TierPolicy = field(default_factory=TierPolicy)
 
     def __post_init__(self) -> None:
         check_concurrency(self.max_concurrency)
@@ -421,6 +425,34 @@ class _Run:
             if isinstance(error, ReplyError) and (follow := self.follow_up(item, error, state)):
                 item = follow
                 continue
+            if isinstance(error, CapacityError):
+                # A tier short of room (flex): not this request's failure, not a sign of our
+                # pace (`llmbatch.tiers`). It waits, or moves tier, its retries untouched.
+                state.excused += 1
+                state.refusals += 1
+                step = cfg.tiers.after_refusal(item.request, state.refusals, state.refused_for)
+                if step is not None:
+                    request, wait = step
+                    if request is not item.request:
+                        item = BatchRequest(item.id, request)
+                    elif error.retry_after is not None:
+                        wait = min(max(error.retry_after, 0.0), cfg.retry.max_retry_after)
+                    self.emit(RequestRetrying(item, state.count, error, wait, cfg.clock()))
+                    if wait > 0:
+                        slept_from = cfg.clock()
+                        try:
+                            await cfg.sleep(wait)
+                        finally:
+                            state.backoff += cfg.clock() - slept_from
+                            state.refused_for += cfg.clock() - slept_from
+                    continue
+                return BatchResult(
+                    item.id,
+                    error=error,
+                    duration=cfg.clock() - started,
+                    attempts=state.count,
+                    index=index,
+                )
             if self.breaker is not None and self.breaker.excuses(error):
                 # The server is down for everyone: wait at the breaker, not in a backoff,
                 # and do not count this attempt against the request's retries.
@@ -430,7 +462,7 @@ class _Run:
             delay = cfg.retry.next_delay(
                 error,
                 attempt=state.count - state.excused,
-                elapsed=cfg.clock() - started - state.waited,
+                elapsed=cfg.clock() - started - state.waited - state.refused_for,
                 invalid_count=invalid,
                 retry_after_handled=state.paused,
             )
@@ -511,7 +543,7 @@ class _Run:
         if self.listeners:
             self.emit(RequestStarted(item, state.count, cfg.clock()))
         try:
-            async with asyncio.timeout(cfg.request_timeout):
+            async with asyncio.timeout(TierPolicy.timeout_for(req, cfg.request_timeout)):
                 response = await self.client.complete(req)
         except TimeoutError as exc:
             if isinstance(exc, LLMBatchError):
@@ -566,7 +598,9 @@ class _Run:
 @dataclass(slots=True)
 class _Attempts:
     count: int = 0  # calls made
-    excused: int = 0  # of those, lost to an outage the breaker waited out
+    excused: int = 0  # of those, lost to an outage the breaker waited out, or a tier's room
+    refusals: int = 0  # capacity refusals of a service tier (flex)
+    refused_for: float = 0.0  # seconds waited after those
     waited: float = 0.0  # seconds spent waiting for admission
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
     pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's

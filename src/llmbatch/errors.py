@@ -6,6 +6,8 @@
     LLMBatchError
     ├── RetryableError                   retried under the RetryPolicy
     │   ├── RateLimitError               429; carries retry_after and rate-limit headers
+    │   ├── CapacityError                a service tier had no room (flex 429 "Resource
+    │   │                                Unavailable", Groq 498): not our pace's fault
     │   ├── ServerError                  5xx, 408, 409
     │   │   └── OverloadedError          529 (Anthropic) / 503 overloaded
     │   ├── RequestTimeoutError          one attempt took too long      (also a TimeoutError)
@@ -52,6 +54,7 @@ __all__ = [
     "BatchAPIError",
     "BatchCancelledError",
     "BatchTimeoutError",
+    "CapacityError",
     "ClientContractError",
     "FatalError",
     "InvalidOutputError",
@@ -114,6 +117,29 @@ class RateLimitError(RetryableError):
         super().__init__(message, status_code=status_code, body=body)
         self.retry_after = retry_after
         self.rate_limit = rate_limit
+
+
+class CapacityError(RetryableError):
+    """The service tier asked for (OpenAI's or Groq's flex) had no capacity for this request:
+    OpenAI answers 429 "Resource Unavailable", Groq 498 `capacity_exceeded`.
+
+    Unlike a `RateLimitError` it says nothing about our pace: the limiter does not slow
+    down, and the engine backs the request off without counting it against its retries
+    (`llmbatch.tiers`). `retry_after` is the server's wait when it gave one.
+    """
+
+    status_code = 429
+
+    def __init__(
+        self,
+        message: str = "service tier capacity unavailable",
+        *,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+        body: object = None,
+    ):
+        super().__init__(message, status_code=status_code, body=body)
+        self.retry_after = retry_after
 
 
 class ServerError(RetryableError):

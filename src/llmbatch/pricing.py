@@ -13,8 +13,9 @@ raising: a price is bookkeeping, never a reason to lose a result.
 
 Usage is counted as the clients report it (`llmbatch.types.Usage`): `prompt_tokens` counts
 every input token; `cached_tokens` of them were read from the provider's prompt cache and
-`cache_write_tokens` written to it. Answers through a provider's batch API (`batch_api`) get
-the library's batch price where it has one, else half the realtime price.
+`cache_write_tokens` written to it. Answers through a provider's batch API (`batch_api`), and
+answers whose reply says the flex tier served them (`llmbatch.tiers`), get the library's batch
+price where it has one, else half the realtime price.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .text import flatten_messages
+from .tiers import FLEX, served_tier
 from .types import CompletionRequest, CompletionResponse, Usage
 
 __all__ = [
@@ -301,8 +303,10 @@ class Pricer:
         if response.cached:
             return 0.0
         names = [n for n in dict.fromkeys((response.model, model, self.model)) if n]
+        # Flex is sold at the batch price: the tier the reply says served it decides.
+        batch = response.batch_api or served_tier(response) == FLEX
         for name in names:
-            usd = self.source.price(name, self.provider, response.usage, response.batch_api)
+            usd = self.source.price(name, self.provider, response.usage, batch)
             if usd is not None:
                 return usd
         if names:

@@ -18,6 +18,7 @@ from ..engine import DEFAULT_CONCURRENCY
 from ..pipeline import RunConfig
 from ..replies import DEFAULT_MAX_INVALID_RETRIES
 from ..schema import SCHEMA_MODES
+from ..tiers import SERVICE_TIERS
 from ._common import (
     concurrency,
     finish_by,
@@ -99,6 +100,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--max-input-tokens",
         type=positive_int,
         help="reject lines whose prompt is estimated above this many tokens",
+    )
+    g.add_argument(
+        "--service-tier",
+        choices=SERVICE_TIERS,
+        help="OpenAI service tier for realtime requests (a line's own service_tier wins): "
+        "flex (batch price, slower; refusals for capacity are waited out, not failures), "
+        "default, priority, or auto (flex, then default for a line flex keeps refusing). "
+        "With --finish-by, flex and auto let late batches finish through flex",
     )
     g = p.add_argument_group("templates (instead of INPUT)")
     g.add_argument("--template", help='prompt template, e.g. "Summarize this file: {content}"')

@@ -69,6 +69,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--fail-rate", type=fraction, default=0.0, help="share of 500/529 replies")
     p.add_argument(
+        "--flex-refusal-rate",
+        type=fraction,
+        default=0.0,
+        help="share of service_tier=flex requests refused for capacity (default 0)",
+    )
+    p.add_argument(
+        "--flex-refusal-status",
+        type=int,
+        choices=(429, 498),
+        default=429,
+        help="status of a flex refusal: 429 'Resource Unavailable' (OpenAI) or 498 "
+        "capacity_exceeded (Groq); default 429",
+    )
+    p.add_argument(
+        "--flex-latency-factor",
+        type=float,
+        default=3.0,
+        help="flex requests take this many times --latency-ms (default 3)",
+    )
+    p.add_argument(
         "--overload-rate",
         type=fraction,
         default=0.0,
@@ -272,6 +292,9 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         truncate_rate=args.truncate_rate,
         echo_credentials=args.echo_credentials,
         reject_json_schema=args.reject_json_schema,
+        flex_refusal_rate=args.flex_refusal_rate,
+        flex_refusal_status=args.flex_refusal_status,
+        flex_latency_factor=args.flex_latency_factor,
     )
 
 

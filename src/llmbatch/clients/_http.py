@@ -29,6 +29,7 @@ from ..errors import (
     APIConnectionError,
     AuthenticationError,
     BadRequestError,
+    CapacityError,
     InvalidResponseError,
     LLMBatchError,
     OverloadedError,
@@ -187,6 +188,21 @@ def _error_type(body: Any) -> str:
     return ""
 
 
+# How a flex tier says it has no room: OpenAI's 429 "Resource Unavailable", Groq's
+# `capacity_exceeded` (with status 498, which alone says it).
+_CAPACITY_KINDS = frozenset({"resource_unavailable", "capacity_exceeded"})
+
+
+def _capacity_refusal(body: Any) -> bool:
+    """A 429 that refuses for the tier's capacity, not for our rate: by its typed body."""
+    if _error_type(body).lower() in _CAPACITY_KINDS:
+        return True
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and str(err.get("code") or "").lower() in _CAPACITY_KINDS:
+        return True
+    return _error_message(body, "").lower().startswith("resource unavailable")
+
+
 def error_for_status(
     status: int,
     headers: Mapping[str, str],
@@ -197,6 +213,13 @@ def error_for_status(
     """Map a non-2xx response to the error tree: by status first, then by the typed body."""
     message = f"HTTP {status}: {_error_message(body, str(body)[:500])}"
     kind = _error_type(body)
+    if status == 498 or (status == 429 and _capacity_refusal(body)):
+        return CapacityError(
+            message,
+            retry_after=parse_retry_after(headers, cap=max_retry_after),
+            status_code=status,
+            body=body,
+        )
     if status == 429:
         return RateLimitError(
             message,

@@ -8,7 +8,8 @@ Lines are in the OpenAI Batch output format, one per request, appended as result
 
     {"id": "batch_req_...", "custom_id": "...", "response": {"status_code", "request_id",
      "body"}, "error": null | {"code", "message"}, "llmbatch": {"duration", "attempts",
-     "cached", "usage", and where they apply "batch_api", "cost" (USD), "extra_cost" (USD
+     "cached", "usage", and where they apply "batch_api", "service_tier" (the tier the
+     reply says served it), "cost" (USD), "extra_cost" (USD
      paid for lines of the id that compaction removed), "parsed", and the
      timing: "started_at", "finished_at" (Unix seconds), "wait", "provider", "backoff"
      (seconds) and "attempt_log": [[wait, provider, status or error code], ...]}}
@@ -49,6 +50,7 @@ import orjson
 from ..errorlog import redact
 from ..errors import error_code
 from ..stats import BatchStats, StatsCollector
+from ..tiers import served_tier
 from ..types import BatchResult, Timing
 
 __all__ = [
@@ -132,6 +134,8 @@ def result_line(result: BatchResult) -> bytes:
             meta["usage"]["cache_write_tokens"] = usage.cache_write_tokens
         if resp.batch_api:
             meta["batch_api"] = True
+        elif (tier := served_tier(resp)) is not None:
+            meta["service_tier"] = tier  # the tier that served it (and priced it)
         if result.parsed is not None:
             meta["parsed"] = _plain(result.parsed)
         error = None

@@ -32,6 +32,7 @@ from ..deadline import Prefer, parse_deadline
 from ..engine import DEFAULT_CONCURRENCY, Concurrency
 from ..replies import DEFAULT_MAX_INVALID_RETRIES
 from ..schema import SCHEMA_MODES, Schema, SchemaMode
+from ..tiers import SERVICE_TIERS
 from ..types import BatchRequest
 from .errors import ConfigError
 
@@ -68,6 +69,8 @@ class RunConfig:
     timeout: float | None = None
     max_retries: int = 5
     max_input_tokens: int | None = None
+    # "flex" | "default" | "priority" | "auto" (flex, then standard for what flex refuses)
+    service_tier: str | None = None
     # -- templates
     template: str | None = None
     files: str | None = None
@@ -145,6 +148,8 @@ class RunConfig:
         _choice("expired", self.expired, ("fail", "realtime"))
         _choice("prefer", self.prefer, ("cost", "speed"))
         _choice("schema_mode", self.schema_mode, SCHEMA_MODES)
+        if self.service_tier is not None:
+            _choice("service_tier", self.service_tier, SERVICE_TIERS)
         if self.finish_by is not None and not isinstance(self.finish_by, float | int):
             # Fixed once, when the config is made: a duration counts from now.
             object.__setattr__(self, "finish_by", _deadline(self.finish_by))

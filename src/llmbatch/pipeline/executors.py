@@ -46,6 +46,7 @@ from ..metrics import MetricsListener
 from ..pricing import Pricer
 from ..replies import ReplyPolicy, ReplyTries
 from ..retry import RetryPolicy
+from ..tiers import tier_policy
 from ..types import BatchRequest, BatchResult
 from .capacity import capacity_of, deadline_policy
 from .config import RunConfig
@@ -131,6 +132,7 @@ class Context:
                 listeners=listeners,
                 budget=self.budget,
                 replies=replies or self.replies,
+                tiers=tier_policy(config.service_tier),
             ),
         )
         if self.metrics is not None:
@@ -278,6 +280,7 @@ class RayExecutor:
                 retry=retry_policy(config),
                 max_outage=config.max_outage,
                 replies=context.replies,
+                tiers=tier_policy(config.service_tier),
             )
 
             async def work() -> None:

@@ -169,6 +169,20 @@ def _check_modes(config: RunConfig) -> None:
             f"`provider`: unknown provider {config.provider!r}: use one of "
             + ", ".join(sorted(PROVIDERS)),
         )
+    if config.service_tier is not None:
+        if config.provider != "openai":
+            raise ConfigError(
+                "service_tier",
+                "`service_tier` is for OpenAI-compatible APIs (OpenAI, Azure OpenAI, Groq); "
+                f"provider {config.provider!r} has no flex tier here",
+            )
+        if config.batch_api and config.finish_by is None:
+            raise ConfigError(
+                "service_tier",
+                "`service_tier` applies to realtime requests and a batch is batch-priced "
+                "already: drop one of `service_tier` and `batch_api` (or give `finish_by`, "
+                "which mixes batches with flex)",
+            )
     if config.finish_by is not None:
         if config.ray:
             raise ConfigError(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..io.formats import BadLine, InputItem, read_files, read_jsonl, read_rows
 from ..schema import Schema, SchemaError
+from ..tiers import wire_tier, with_tier
 from ..types import BatchRequest, CompletionRequest
 from .config import RunConfig
 from .errors import ConfigError
@@ -43,7 +44,12 @@ def source_of(config: RunConfig) -> Source:
         )
     source = _plain_source(config)
     schema = load_schema(config)
-    return source if schema is None else _with_schema(source, schema)
+    if schema is not None:
+        source = _with_schema(source, schema)
+    if config.service_tier is not None and not config.batch_api:
+        # A deadline run (batch_api) picks each line's lane itself.
+        source = _with_tier(source, wire_tier(config.service_tier))
+    return source
 
 
 def load_schema(config: RunConfig) -> Schema | None:
@@ -133,6 +139,17 @@ def _files_source(template: str, pattern: str, base: CompletionRequest, own: set
         for item in read_files(template, pattern, base):
             if isinstance(item, InputItem) and os.path.realpath(item.id) in own:
                 continue
+            yield item
+
+    return items
+
+
+def _with_tier(source: Source, tier: str) -> Source:
+    def items() -> Iterator[InputItem | BadLine]:
+        for item in source():
+            if isinstance(item, InputItem):
+                # A copy that asks for the tier, unless the line names its own.
+                item.request = with_tier(item.request, tier)
             yield item
 
     return items

@@ -8,6 +8,7 @@ from ..clients.provider import ProviderClient
 from ..engine import Concurrency, Engine, EngineConfig
 from ..replies import ReplyPolicy
 from ..retry import RetryPolicy
+from ..tiers import TierPolicy
 
 __all__ = ["worker_engine"]
 
@@ -21,6 +22,7 @@ def worker_engine(
     max_outage: float | None = DEFAULT_MAX_OUTAGE,
     budget: Admission | None = None,
     replies: ReplyPolicy | None = None,
+    tiers: TierPolicy | None = None,
 ) -> Engine:
     return Engine(
         client,
@@ -32,5 +34,6 @@ def worker_engine(
             max_outage=max_outage,
             budget=budget,
             replies=replies or ReplyPolicy(),
+            tiers=tiers or TierPolicy(),
         ),
     )

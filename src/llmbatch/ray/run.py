@@ -31,6 +31,7 @@ from ..errors import LLMBatchError
 from ..io.journal import result_line
 from ..replies import ReplyPolicy
 from ..retry import RetryPolicy
+from ..tiers import TierPolicy
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from ._engine import worker_engine
 from .limiter import ClusterLimiter
@@ -69,6 +70,7 @@ class _BatchWorker:
         retry: RetryPolicy | None,
         max_outage: float | None = DEFAULT_MAX_OUTAGE,
         replies: ReplyPolicy | None = None,
+        tiers: TierPolicy | None = None,
     ) -> None:
         self.client = client.build()
         self.limiter = limiter.local() if limiter is not None else None
@@ -82,6 +84,7 @@ class _BatchWorker:
             max_outage,
             budget,
             replies,
+            tiers,
         )
         self.queue: asyncio.Queue[BatchRequest] | None = None
         self.waiting: dict[str, asyncio.Future[BatchResult]] = {}
@@ -142,6 +145,8 @@ class RayRunConfig:
     max_outage: float | None = DEFAULT_MAX_OUTAGE
     # Re-asks of invalid replies, retries of truncated ones; requests carry their schema.
     replies: ReplyPolicy | None = None
+    # A service tier's capacity refusals (flex): waited out, or moved to another tier.
+    tiers: TierPolicy | None = None
 
 
 async def run_on_ray(
@@ -187,6 +192,7 @@ async def run_on_ray(
             config.retry,
             config.max_outage,
             config.replies,
+            config.tiers,
         )
 
     live: list[Any] = [start() for _ in range(config.workers)]

@@ -53,6 +53,10 @@ class SimulatorConfig:
     json_schema` with HTTP 500 "Input should be 'text' or 'json_object'", as llama.cpp's
     server (llama-cpp-python 0.3) does.
 
+    Service tiers (`tiers.py`): a request with `service_tier: "flex"` is answered
+    `flex_latency_factor` times slower and refused at `flex_refusal_rate` (status
+    `flex_refusal_status`: 429 "Resource Unavailable" as OpenAI, or 498 as Groq).
+
     Batch APIs (`batches.py`): a batch takes about `batch_seconds` (+ a lognormal delay of
     median `batch_delay_median`, spread `batch_delay_sigma`), its window is
     `batch_expire_seconds`; `batch_error_rate` (lines answered 500 / errored),
@@ -108,6 +112,10 @@ class SimulatorConfig:
     truncate_rate: float = 0.0
     echo_credentials: int | None = None
     reject_json_schema: bool = False
+    # Service tiers (`tiers.py`): flex is slower, and refused at a rate (429 or Groq's 498).
+    flex_refusal_rate: float = 0.0
+    flex_refusal_status: int = 429
+    flex_latency_factor: float = 3.0
 
     def __post_init__(self) -> None:
         if self.limit_style not in LIMIT_STYLES:
@@ -132,10 +140,15 @@ class SimulatorConfig:
             "invalid_rate",
             "refusal_rate",
             "truncate_rate",
+            "flex_refusal_rate",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.flex_refusal_status not in (429, 498):
+            raise ValueError("flex_refusal_status must be 429 or 498")
+        if not self.flex_latency_factor > 0:
+            raise ValueError("flex_latency_factor must be positive")
         if self.outage_at is not None and (self.outage_at < 0 or self.outage_for <= 0):
             raise ValueError("an outage needs outage_at >= 0 and outage_for > 0")
         if self.echo_credentials is not None and self.echo_credentials < 0:

@@ -51,6 +51,9 @@ class Counters:
         self.batch_lines = 0  # lines in the batches created
         self.batch_lines_answered = 0
         self.batch_polls = 0  # GETs of one batch
+        # Service tiers (`tiers.py`): realtime requests that asked for flex, and refused.
+        self.flex_requests = 0
+        self.flex_refused = 0
 
     def answered(self, status: int) -> None:
         key = str(status)
@@ -87,4 +90,6 @@ class Counters:
             "batch_lines": self.batch_lines,
             "batch_lines_answered": self.batch_lines_answered,
             "batch_polls": self.batch_polls,
+            "flex_requests": self.flex_requests,
+            "flex_refused": self.flex_refused,
         }

@@ -46,6 +46,7 @@ from .outage import Outage
 from .slots import Slots
 from .structured import Shaper, embeddings_reply, unsupported
 from .styles import STYLES
+from .tiers import Tiers
 
 __all__ = ["Simulator", "SimulatorConfig"]
 
@@ -91,6 +92,10 @@ class Simulator:
         self.config = c = config or SimulatorConfig()
         self._rng = random.Random(c.seed)
         self._counters = Counters()
+        self._tiers = Tiers(
+            c.flex_refusal_rate, c.flex_refusal_status, c.flex_latency_factor, self._rng,
+            self._counters,
+        )  # fmt: skip
         self._limits = Limits.from_config(c, time.monotonic)
         self._style = STYLES[c.limit_style]
         self._slots = Slots(c.slots) if self._style.queue else None
@@ -282,6 +287,8 @@ class Simulator:
         prompt = dialect.prompt(kind, body)
         max_tokens = _int(body.get("max_tokens"))
         prompt_tokens = token_count(prompt)
+        if (refused := self._tiers.refusal(body)) is not None:
+            return self._respond(*refused)  # flex capacity is short: before any limit
         if c.overload_rate and self._rng.random() < c.overload_rate:
             self._counters.overloaded += 1
             return self._respond(*dialect.overloaded())
@@ -343,6 +350,7 @@ class Simulator:
         delay = c.latency_ms
         if c.latency_jitter_ms:
             delay += rng.uniform(-c.latency_jitter_ms, c.latency_jitter_ms)
+        delay *= self._tiers.latency_factor(body)
         if delay > 0:
             await asyncio.sleep(delay / 1000.0)
         if c.fail_rate and rng.random() < c.fail_rate:
@@ -401,4 +409,6 @@ class Simulator:
             payload = embeddings_reply(model, body["input"], prompt_tokens)
         else:
             payload = dialect.reply(kind, model, rid, text, prompt_tokens, output_tokens)
+        if (tier := self._tiers.served(body)) is not None and isinstance(payload, dict):
+            payload["service_tier"] = tier
         return self._respond(200, payload, headers)

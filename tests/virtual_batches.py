@@ -6,7 +6,8 @@
 
 It plays the provider only: lines are encoded and answers parsed by the real OpenAI backend it
 extends, and the runner, ledger and deadline logic under test are the real ones. A batch ends
-`turnaround` seconds after it is created (never, for `math.inf`), as `end_status`; a share of
+`turnaround` seconds after it is created (never, for `math.inf`; `turnarounds` gives each
+batch its own, in the order they are created), as `end_status`; a share of
 its lines is finished by then (all when completed), in input order. A cancel takes effect
 `cancel_delay` seconds after it is asked for; the lines finished by that moment (by the same
 linear progress) come back as answers, the rest as `batch_cancelled` errors.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,9 +66,11 @@ class VirtualBatches(OpenAIBatches):
         end_status: str = "completed",
         done_at_end: float = 1.0,
         cancel_delay: float = 10.0,
+        turnarounds: Sequence[float] = (),
     ) -> None:
         super().__init__(client)
         self.turnaround = turnaround
+        self.turnarounds = list(turnarounds)  # per batch, in the order created; then turnaround
         self.end_status = end_status
         self.done_at_end = done_at_end
         self.cancel_delay = cancel_delay
@@ -105,11 +108,14 @@ class VirtualBatches(OpenAIBatches):
             tag,
             list(self.files[file_id][1]),
             created=now,
-            ends_at=now + self.turnaround,
+            ends_at=now + self._turnaround(len(self.batches)),
             done_at_end=self.done_at_end,
         )
         self.batches[batch.id] = batch
         return self._info(batch)
+
+    def _turnaround(self, n: int) -> float:
+        return self.turnarounds[n] if n < len(self.turnarounds) else self.turnaround
 
     async def get(self, batch_id: str) -> BatchInfo:
         return self._info(self.batches[batch_id])

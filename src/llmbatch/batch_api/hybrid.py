@@ -131,7 +131,8 @@ class DeadlineRunner:
         self._redo: set[str] = set()  # expired / retryable batch lines, to send realtime
         self._switching = False  # from now on every batch error goes realtime
         self._cancelled: set[str] = set()  # batch ids asked to cancel
-        self._moving: dict[str, float] = {}  # cancelled one by one: batch id -> when
+        # Cancelled one by one, lines not yet sent realtime: batch id -> (when, their work).
+        self._moving: dict[str, tuple[float, Work]] = {}
         self._cancel_seen: float | None = None  # the slowest cancel seen, seconds
         self._all_moved = False  # everything open went realtime at once
         self.moves: list[Switched] = []  # every move of work to realtime, in order
@@ -350,7 +351,9 @@ class DeadlineRunner:
             covered = self._covered()
             self._send_open(queue, kept, reread, only=set(self._open).difference(covered))
         capacity = self.current_capacity()
-        if capacity.seconds(self._realtime_work) > self._cancel_lead():
+        # The lines of batches still cancelling are realtime's work too, soon.
+        coming = sum((work for _, work in self._moving.values()), self._realtime_work)
+        if capacity.seconds(coming) > self._cancel_lead():
             return  # realtime has enough to do until a cancel made now gives lines back
         record = self._next_to_cancel()
         if record is None or record.batch_id is None:
@@ -358,7 +361,7 @@ class DeadlineRunner:
         now = self.clock()
         await self.batches.cancel(record.batch_id)
         self._cancelled.add(record.batch_id)
-        self._moving[record.batch_id] = now
+        self._moving[record.batch_id] = (now, self._work_of(record))
         in_batches = self._open_work - self._realtime_work
         self._announce(
             Switched(
@@ -369,6 +372,15 @@ class DeadlineRunner:
                 cancelled=(record.batch_id,),
             )
         )
+
+    def _work_of(self, record: ChunkRecord) -> Work:
+        """The open work of one batch's lines not yet with realtime."""
+        ledger = self.batches.ledger
+        work = Work()
+        for rid in ledger.ids(record) if ledger is not None else ():
+            if rid not in self._realtime and (each := self._open.get(rid)) is not None:
+                work += each
+        return work
 
     def _covered(self) -> set[str]:
         """Ids held by the ledger's live chunks (their answers come from the batches)."""
@@ -381,15 +393,15 @@ class DeadlineRunner:
         return covered
 
     def _next_to_cancel(self) -> ChunkRecord | None:
-        """The live batch to move next: the largest, then the last created (a provider runs
-        batches roughly in the order they came, so the last is the least advanced)."""
+        """The live batch to move next: the last created (a provider runs batches roughly
+        in the order they came, so the last is the least advanced)."""
         ledger = self.batches.ledger
         live = [
             r
             for r in (ledger.chunks if ledger is not None else ())
             if r.live and r.batch_id is not None and r.batch_id not in self._cancelled
         ]
-        return max(live, key=lambda r: (r.count, r.n), default=None)
+        return max(live, key=lambda r: r.n, default=None)
 
     def _release(
         self,
@@ -405,7 +417,7 @@ class DeadlineRunner:
             return
         now = self.clock()
         by_id = {r.batch_id: r for r in ledger.chunks if r.batch_id in self._moving}
-        for batch_id, since in list(self._moving.items()):
+        for batch_id, (since, _) in list(self._moving.items()):
             record = by_id.get(batch_id)
             if record is None or not record.live:
                 ended = record.ended_at if record is not None and record.ended_at else now

@@ -12,6 +12,7 @@ import sys
 import openai
 import pytest
 
+import llmbatch
 from llmbatch import (
     BatchRequest,
     CapacityError,
@@ -24,6 +25,7 @@ from llmbatch import (
 )
 from llmbatch.clients import OpenAIClient
 from llmbatch.clients._http import error_for_status
+from llmbatch.pipeline import RunConfig
 from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.simulate import Simulator, SimulatorConfig
 from llmbatch.tiers import TierPolicy, served_tier, with_tier
@@ -54,6 +56,7 @@ async def _run(
         retry=RetryPolicy(max_attempts=1),  # no retries: a refusal counted as one would fail
         limiter=limiter,
         tiers=policy,
+        clock=clock,
         sleep=clock.sleep,  # backoff in virtual time; the HTTP calls are real
     )
     async with client:
@@ -183,3 +186,28 @@ def test_cli_service_tier_refuses_what_cannot_work(tmp_path) -> None:
     batch = _cli(*base, "--service-tier", "flex", "--batch-api")
     assert batch.returncode == 2 and "--service-tier" in batch.stderr
     assert not out.exists()
+
+
+def test_python_run_with_service_tier_auto_moves_refused_lines_to_default(
+    start_sim, tmp_path, monkeypatch
+) -> None:
+    sim = start_sim("--flex-refusal-rate", "1")
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setenv("LLMBATCH_TEST_KEY", "sk-test")
+    items = [
+        BatchRequest(f"p{i}", CompletionRequest(prompt=f"q {i}", max_tokens=8)) for i in range(6)
+    ]
+    config = RunConfig(
+        requests=items,
+        output=str(out),
+        base_url=sim.url + "/v1",
+        model="gpt-4o-mini",
+        api_key_env="LLMBATCH_TEST_KEY",
+        service_tier="auto",
+        max_retries=0,
+    )
+    summary = llmbatch.run(config)
+    assert summary.stats.success_count == 6 and summary.stats.failure_count == 0
+    assert {rec["llmbatch"]["service_tier"] for rec in read_lines(out)} == {"default"}
+    stats = sim.stats()
+    assert stats["flex_refused"] == 3 * 6 and stats["received"] == 4 * 6

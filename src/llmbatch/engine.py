@@ -441,7 +441,7 @@ class _Run:
                     if wait > 0:
                         slept_from = cfg.clock()
                         try:
-                            await cfg.sleep(wait)
+                            await cfg.tiers.wait(wait, cfg.sleep)
                         finally:
                             state.backoff += cfg.clock() - slept_from
                             state.refused_for += cfg.clock() - slept_from

@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import error_code
 from .events import Event, RequestFinished
+from .tiers import lane_of, served_tier
 from .types import BatchResult
 
 __all__ = ["BatchStats", "StatsCollector", "calculate_batch_stats"]
@@ -66,6 +67,10 @@ class BatchStats:
     timed_requests: int = 0  # requests the wait and provider percentiles are taken over
     cost_by_model: dict[str, float] = field(default_factory=dict)
     unpriced_count: int = 0
+    # Answers per lane ("batch", "flex", "standard", "priority": `llmbatch.tiers.lane_of`)
+    # and what they cost.
+    answers_by_lane: dict[str, int] = field(default_factory=dict)
+    cost_by_lane: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
@@ -98,6 +103,8 @@ class BatchStats:
             **self._timing_dict(),
             "cost_by_model": dict(self.cost_by_model),
             "unpriced_count": self.unpriced_count,
+            "answers_by_lane": dict(self.answers_by_lane),
+            "cost_by_lane": dict(self.cost_by_lane),
         }
 
     def _timing_dict(self) -> dict[str, object]:
@@ -158,6 +165,8 @@ class StatsCollector:
         self._errors: Counter[str] = Counter()
         self._waits = array("d")
         self._providers = array("d")
+        self._lanes: Counter[str] = Counter()
+        self._lane_costs: dict[str, float] = {}
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RequestFinished):
@@ -179,6 +188,8 @@ class StatsCollector:
                 if cost is None and self.pricer is not None:
                     cost = self.pricer.cost(result.response)
                 self.add_cost(result.response.model, cost)
+                tier = served_tier(result.response)
+                self.add_lane(lane_of(result.response.batch_api, tier), cost)
         else:
             self._failed.append(result.id)
             self._errors[error_code(result.error)] += 1
@@ -219,6 +230,12 @@ class StatsCollector:
             self._errors[error_type] += 1
             if cost is not None:  # paid, though no answer: still money spent
                 self.add_cost(model, cost)
+
+    def add_lane(self, lane: str, cost: float | None) -> None:
+        """Count one answer under the lane that gave it (`llmbatch.tiers.lane_of`)."""
+        self._lanes[lane] += 1
+        if cost is not None:
+            self._lane_costs[lane] = self._lane_costs.get(lane, 0.0) + cost
 
     def add_timing(self, wait: float, provider: float) -> None:
         """One request's admission wait and provider time (seconds, summed over attempts)."""
@@ -267,6 +284,8 @@ class StatsCollector:
             timed_requests=len(waits),
             cost_by_model=dict(sorted(self._costs.items())),
             unpriced_count=self._unpriced,
+            answers_by_lane=dict(self._lanes.most_common()),
+            cost_by_lane=dict(self._lane_costs),
         )
 
 

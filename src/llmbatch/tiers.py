@@ -13,10 +13,11 @@ A request asks for a tier with `service_tier` in its body (OpenAI: "auto", "defa
 A flex tier short of room refuses (`CapacityError`: OpenAI's 429 "Resource Unavailable",
 Groq's 498 `capacity_exceeded`). That is no failure of the request and no sign that our pace
 is too fast: the limiter is left alone and the engine waits (full jitter, growing from
-`base_delay` to `max_delay`) and sends it again, without counting the refusal against the
-request's retries. `fallback` (llmbatch's "auto": flex first) moves a request to that tier
-once flex has refused it `max_refusals` times; without one it waits up to `max_wait` seconds
-of refusals in all, and then the refusal is its result.
+`base_delay` to `max_delay`, or the server's Retry-After) and sends it again, without
+counting the refusal against the request's retries. `fallback` (llmbatch's "auto": flex
+first) moves a request to that tier once flex has refused it `max_refusals` times, and
+`urgent()` (a deadline run's) moves it to the default tier at once; otherwise it waits up to
+`max_wait` seconds of refusals in all, and then the refusal is its result.
 
 Flex answers slowly: OpenAI's guide raises the client timeout to 15 minutes, so a flex
 request's attempt is allowed at least `FLEX_TIMEOUT` seconds (`timeout_for`).
@@ -26,16 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .types import CompletionRequest, CompletionResponse
 
 __all__ = [
+    "DEFAULT",
     "FLEX",
+    "FLEX_CONCURRENCY_FACTOR",
     "FLEX_TIMEOUT",
     "SERVICE_TIERS",
     "TierPolicy",
+    "lane_of",
     "served_tier",
     "tier_of",
     "tier_policy",
@@ -44,13 +49,28 @@ __all__ = [
 ]
 
 FLEX = "flex"
+DEFAULT = "default"
 # What `service_tier` (the run's setting) may be. "auto" is llmbatch's: flex first, then the
 # standard tier for a request flex keeps refusing (it is sent as "flex", never as OpenAI's
 # own "auto", which means "the project's default tier").
 SERVICE_TIERS = ("flex", "default", "priority", "auto")
 FLEX_TIMEOUT = 900.0  # seconds: OpenAI's advice for flex requests
+# A deadline run that finishes late batches through flex runs this many times the
+# concurrency: flex answers slower, and a refused request waits in its worker.
+FLEX_CONCURRENCY_FACTOR = 4
 DEFAULT_MAX_REFUSALS = 3
+URGENT_POLL = 0.5  # seconds between looks at `urgent` while a refused request waits
 DEFAULT_MAX_WAIT = 3600.0  # seconds of capacity refusals, in all, before one is final
+
+
+def lane_of(batch_api: bool, tier: str | None) -> str:
+    """The lane that answered a line, for stats: "batch", "flex", "priority" or "standard"
+    (the default tier, whatever the provider calls it, and replies that name no tier)."""
+    if batch_api:
+        return "batch"
+    if tier is None or tier in ("default", "auto", "on_demand", "standard"):
+        return "standard"
+    return tier
 
 
 def wire_tier(setting: str) -> str:
@@ -92,9 +112,14 @@ class TierPolicy:
 
     fallback: str | None = None
     max_refusals: int = DEFAULT_MAX_REFUSALS
-    base_delay: float = 1.0
-    max_delay: float = 60.0
+    # A refusal is answered at once and costs nothing, and while a request waits its worker
+    # is idle: short waits (full jitter, 0.5 s doubling up to 8 s) keep the lane moving.
+    base_delay: float = 0.5
+    max_delay: float = 8.0
     max_wait: float = DEFAULT_MAX_WAIT
+    # True when the deadline cannot wait for flex any more (`DeadlineRunner.flex_urgent`):
+    # a refused request then moves to the default tier at once.
+    urgent: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def after_refusal(
@@ -105,11 +130,25 @@ class TierPolicy:
         A server's Retry-After, when it gave one, replaces the backoff (the caller's)."""
         if self.fallback is not None and refusals >= self.max_refusals:
             return with_tier(request, self.fallback, replace=True), 0.0
+        if self.urgent is not None and self.urgent():
+            return with_tier(request, DEFAULT, replace=True), 0.0
         ceiling = min(self.max_delay, self.base_delay * (2 ** min(refusals - 1, 30)))
         delay = self.rng.uniform(0.0, ceiling)
         if waited + delay > self.max_wait:
             return None
         return request, delay
+
+    async def wait(self, seconds: float, sleep: Callable[[float], Awaitable[None]]) -> None:
+        """Sleep `seconds` after a refusal; with `urgent`, in slices of `URGENT_POLL`, ending
+        early once it turns true (the request then moves tier at once, not after its wait)."""
+        if self.urgent is None:
+            await sleep(seconds)
+            return
+        left = seconds
+        while left > 0 and not self.urgent():
+            step = min(left, URGENT_POLL)
+            await sleep(step)
+            left -= step
 
     @staticmethod
     def timeout_for(request: CompletionRequest, timeout: float | None) -> float | None:

@@ -20,6 +20,11 @@ expired, or failed in a way worth retrying, go realtime as soon as they come bac
 A deadline already past, or so near that the watcher would switch at once, creates no batch:
 every request goes realtime from the start (batches a crashed run left are cancelled).
 
+`tier`: the service tier realtime lines ask for. With "flex" (OpenAI's: the batch price,
+answered in the same request), late lines finish through flex while the deadline allows it,
+and through the default tier once realtime must start on all of its work at once
+(`flex_urgent`, which the engine's `TierPolicy.urgent` also asks when flex refuses a line).
+
 Exactly once: the first final result of an id is the one passed to `on_result`; an answer
 that arrives later from the other path (a batch line finished just before its cancel took
 effect, while the same request was already in flight realtime) is passed to `on_duplicate`
@@ -45,6 +50,7 @@ from ..errors import BatchAPIError, InvalidOutputError
 from ..io.sink import is_unfinished
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS
 from ..text import chars_to_tokens
+from ..tiers import DEFAULT, FLEX, with_tier
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from .ledger import ChunkRecord
 from .runner import BatchAPIRunner, is_redoable
@@ -106,6 +112,7 @@ class DeadlineRunner:
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         on_duplicate: Callable[[BatchResult], None] | None = None,
         listeners: Iterable[Callable[[Switched], None]] = (),
+        tier: str | None = None,
     ) -> None:
         self.batches = batches
         self.engine = engine
@@ -116,6 +123,8 @@ class DeadlineRunner:
         self.check_interval = check_interval
         self.on_duplicate = on_duplicate
         self.listeners = list(listeners)
+        # The service tier realtime lines ask for; "flex": flex while the deadline allows it.
+        self.tier = tier
         self.duplicates: list[str] = []
         self.switched: Switched | None = None
         # Requests not yet final in this run, with their estimated work.
@@ -265,7 +274,7 @@ class DeadlineRunner:
             async def pull() -> AsyncIterator[BatchRequest]:
                 while (item := await to_realtime.get()) is not None:
                     if item.id not in self._final:  # the batch answered it meanwhile
-                        yield item
+                        yield self._lane(item)
 
             stream = self.engine.stream(pull(), finish_unstarted=False)
             async with contextlib.aclosing(stream) as results:
@@ -484,6 +493,20 @@ class DeadlineRunner:
             await self.sleep(SWITCH_POLL)
 
     # -- routing ------------------------------------------------------------------------------
+
+    def flex_urgent(self) -> bool:
+        """True once realtime must start on all its open work now to be done in time: flex
+        (slower, and refusing when short of room) can no longer be waited for."""
+        need = self.current_capacity().seconds(self._realtime_work)
+        return self.clock() >= self.policy.start_by(need)
+
+    def _lane(self, item: BatchRequest) -> BatchRequest:
+        """`item` as the engine sends it: asking for the run's tier; for flex, the default
+        tier instead once the deadline cannot wait for flex (a line's own tier is kept)."""
+        if self.tier is None:
+            return item
+        tier = DEFAULT if self.tier == FLEX and self.flex_urgent() else self.tier
+        return BatchRequest(item.id, with_tier(item.request, tier))
 
     def _send(self, item: BatchRequest, queue: asyncio.Queue[BatchRequest | None]) -> None:
         """Queue `item` for realtime, once."""

@@ -294,6 +294,17 @@ def print_summary(console: Console, config: RunConfig, summary: RunSummary) -> i
                 console,
                 "a server without structured output takes the schema with --schema-mode prompt",
             )
+    lanes = summary.stats.answers_by_lane
+    if lanes and set(lanes) != {"standard"}:
+        costs = summary.stats.cost_by_lane
+        say(
+            console,
+            "answered by lane: "
+            + ", ".join(
+                f"{lane} {n:,}" + (f" (${costs[lane]:,.4f})" if lane in costs else "")
+                for lane, n in lanes.items()
+            ),
+        )
     if summary.deadline is not None:
         d = summary.deadline
         verdict = (

@@ -133,7 +133,14 @@ def _deadline_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
         ),
         (
             "planned: batch API",
-            f"{d['batch_requests']:,} requests, {_money(d['cost_batch_part'])}",
+            f"{d['batch_requests']:,} requests in {d['batch_count']:,} batch(es) of up to "
+            f"{d['batch_size']:,}, {_money(d['cost_batch_part'])}",
+        ),
+        (
+            "late batches go to",
+            f"{d['late_lane']}"
+            + (" (batch price)" if d["late_lane"] == "flex" else " (full price)")
+            + f"; if every batch were late: {_money(d['cost_if_every_batch_late'])}",
         ),
         (
             "planned: realtime",

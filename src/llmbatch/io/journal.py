@@ -50,7 +50,7 @@ import orjson
 from ..errorlog import redact
 from ..errors import error_code
 from ..stats import BatchStats, StatsCollector
-from ..tiers import served_tier
+from ..tiers import lane_of, served_tier
 from ..types import BatchResult, Timing
 
 __all__ = [
@@ -246,6 +246,10 @@ def journal_stats(path: str | Path) -> BatchStats:
             cost=_money(meta),
             model=_model(rec),
         )
+        if err is None:
+            tier = meta.get("service_tier")
+            lane = lane_of(bool(meta.get("batch_api")), tier if isinstance(tier, str) else None)
+            collector.add_lane(lane, _money(meta))
     return collector.snapshot()
 
 

@@ -38,7 +38,7 @@ from ..budget import Budget
 from ..clients import ClientSpec
 from ..clients.provider import ProviderClient
 from ..deadline import Work, assumed_latency, split_size
-from ..engine import Engine, EngineConfig
+from ..engine import Concurrency, Engine, EngineConfig
 from ..errors import InvalidOutputError, LLMBatchError, TruncatedReplyError
 from ..io.sink import ResultSink
 from ..limiter import RateLimiter
@@ -46,7 +46,7 @@ from ..metrics import MetricsListener
 from ..pricing import Pricer
 from ..replies import ReplyPolicy, ReplyTries
 from ..retry import RetryPolicy
-from ..tiers import tier_policy
+from ..tiers import FLEX_CONCURRENCY_FACTOR, TierPolicy, tier_policy, wire_tier
 from ..types import BatchRequest, BatchResult
 from .capacity import capacity_of, deadline_policy
 from .config import RunConfig
@@ -115,7 +115,12 @@ class Context:
     metrics: MetricsListener | None = None
     replies: ReplyPolicy = field(default_factory=ReplyPolicy)
 
-    def engine(self, replies: ReplyPolicy | None = None) -> Engine:
+    def engine(
+        self,
+        replies: ReplyPolicy | None = None,
+        tiers: TierPolicy | None = None,
+        concurrency: Concurrency | None = None,
+    ) -> Engine:
         """The realtime engine of the run, as its config says."""
         config = self.config
         listeners: list[Any] = [self.sink]
@@ -124,7 +129,7 @@ class Context:
         engine = Engine(
             self.client,
             EngineConfig(
-                max_concurrency=config.concurrency,
+                max_concurrency=concurrency or config.concurrency,
                 request_timeout=config.request_timeout,
                 retry=retry_policy(config),
                 limiter=rate_limiter(config),
@@ -132,7 +137,7 @@ class Context:
                 listeners=listeners,
                 budget=self.budget,
                 replies=replies or self.replies,
-                tiers=tier_policy(config.service_tier),
+                tiers=tiers or tier_policy(config.service_tier),
             ),
         )
         if self.metrics is not None:
@@ -417,14 +422,26 @@ class DeadlineExecutor:
             context.batch_config(),
             max_requests=split_size(total.requests, config.batch_max_requests),
         )
+        tiers, concurrency = None, config.concurrency
+        if config.service_tier is not None:
+            # Flex waits out refusals only while the deadline allows (`flex_urgent`).
+            tiers = dataclasses.replace(
+                tier_policy(config.service_tier), urgent=lambda: runner.flex_urgent()
+            )
+        if config.service_tier in ("flex", "auto") and isinstance(concurrency, int):
+            # Flex answers slower and a refused request waits in its worker: the same pace
+            # needs more requests in flight (the rate limits still pace them).
+            concurrency *= FLEX_CONCURRENCY_FACTOR
+            capacity = dataclasses.replace(capacity, concurrency=concurrency)
         self.runner = runner = DeadlineRunner(
             BatchAPIRunner(context.client, batches),
-            context.engine(),
+            context.engine(tiers=tiers, concurrency=concurrency),
             policy,
             capacity,
             check_interval=min(config.poll_interval, 5.0),
             on_duplicate=context.sink.count_duplicate,
             listeners=[context.emit],
+            tier=None if config.service_tier is None else wire_tier(config.service_tier),
         )
         ready: asyncio.Queue[BatchResult | None] = asyncio.Queue()
 

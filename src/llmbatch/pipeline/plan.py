@@ -15,12 +15,13 @@ the limiter charges.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..deadline import Work, assumed_latency
+from ..deadline import Work, assumed_latency, split_size
 from ..io.journal import iter_records
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS, Pricer
 from ..text import chars_to_tokens
@@ -291,6 +292,8 @@ def _deadline(plan: Plan, config: RunConfig, done: _Done) -> None:
     deadline = config.deadline
     assert deadline is not None
     split = deadline_policy(deadline, config.prefer, now).plan(now, work, capacity)
+    size = split_size(work.requests, config.batch_max_requests)
+    late_lane = "flex" if config.service_tier in ("flex", "auto") else "standard"
 
     def cost(part: Work, total: float | None) -> float | None:
         if total is None:
@@ -313,5 +316,13 @@ def _deadline(plan: Plan, config: RunConfig, done: _Done) -> None:
         "cost_realtime_part": _round(cost(split.realtime, plan.cost_realtime)),
         "switch_to_realtime_in_seconds": (
             None if split.switch_in is None else round(split.switch_in, 3)
+        ),
+        # Several batches, so that a late one costs only its share; its lines go to the
+        # late lane: flex (at the batch price) where the run allows it, else standard.
+        "batch_size": size,
+        "batch_count": math.ceil(split.batch.requests / size) if size else 0,
+        "late_lane": late_lane,
+        "cost_if_every_batch_late": _round(
+            cost(split.batch, plan.cost_batch if late_lane == "flex" else plan.cost_realtime)
         ),
     }

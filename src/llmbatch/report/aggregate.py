@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from ..io.journal import parse_record
+from ..tiers import lane_of
 
 __all__ = ["BINS_PER_DECADE", "MAX_BUCKETS", "TOP_N", "aggregate"]
 
@@ -57,6 +58,7 @@ class _Line:
     message: str
     cached: bool
     batch_api: bool
+    lane: str  # `llmbatch.tiers.lane_of`: batch, flex, standard, priority
     duration: float
     attempts: int
     tokens_in: int
@@ -257,6 +259,10 @@ def _parse(raw: bytes) -> _Line | None:
         message="" if err is None else str(err.get("message") or "")[:MAX_MESSAGE],
         cached=bool(meta.get("cached", False)),
         batch_api=bool(meta.get("batch_api", False)),
+        lane=lane_of(
+            bool(meta.get("batch_api", False)),
+            tier if isinstance(tier := meta.get("service_tier"), str) else None,
+        ),
         duration=_num(meta.get("duration")) or 0.0,
         attempts=int(_num(meta.get("attempts")) or 0),
         tokens_in=int(_num(usage.get("prompt_tokens")) or 0),
@@ -274,6 +280,7 @@ def _parse(raw: bytes) -> _Line | None:
 class _Aggregator:
     def __init__(self) -> None:
         self.requests = self.ok = self.failed = self.cached = self.batch_api = 0
+        self.lanes: Counter[str] = Counter()  # answers per lane
         self.attempts = self.tokens_in = self.tokens_out = 0
         self.cost: float | None = None
         self.first: float | None = None
@@ -301,6 +308,7 @@ class _Aggregator:
             self.cost = (self.cost or 0.0) + line.cost
         if line.ok:
             self.ok += 1
+            self.lanes[line.lane] += 1
             self.cached += line.cached
             self.tokens_in += line.tokens_in
             self.tokens_out += line.tokens_out
@@ -377,6 +385,7 @@ class _Aggregator:
             "success_rate": round(100.0 * self.ok / self.requests, 3) if self.requests else 0.0,
             "cached": self.cached,
             "batch_api": self.batch_api,
+            "answers_by_lane": dict(self.lanes.most_common()),
             "attempts": self.attempts,
             "retries": sum((n - 1) * c for n, c in self.attempts_per_request.items() if n > 1),
             "tokens_in": self.tokens_in,

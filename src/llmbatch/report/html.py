@@ -253,6 +253,10 @@ def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
     ]
     if s["batch_api"]:
         rows.insert(4, ["via batch API", f"{s['batch_api']:,}"])
+    lanes = s.get("answers_by_lane") or {}
+    if lanes and set(lanes) != {"standard"}:
+        by_lane = ", ".join(f"{lane} {n:,}" for lane, n in lanes.items())
+        rows.insert(4, ["answers by lane", by_lane])
     if s["untimed"]:
         rows.append(["lines without timing (older versions, cache hits)", f"{s['untimed']:,}"])
     return rows

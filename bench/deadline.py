@@ -144,7 +144,7 @@ def main() -> None:
                         print(stderr[-3000:], file=sys.stderr)
                         raise SystemExit(f"run failed with exit code {code}")
                     paid, realtime, batch, by_batch, by_flex, by_rt = costs(out)
-                    table.add_row(
+                    row = (
                         lane,
                         f"{factor:g}x ({seconds:.0f}s)",
                         str(seed),
@@ -154,7 +154,8 @@ def main() -> None:
                         f"{paid / realtime:.2f}",
                         f"{paid / batch:.2f}",
                     )
-                    print(f"{lane}, {factor:g}x, seed {seed}: {wall:.1f}s", file=sys.stderr)
+                    table.add_row(*row)
+                    print(" | ".join(row), file=sys.stderr)  # as it goes: a run takes minutes
     Console().print(table)
 
 

@@ -8,9 +8,14 @@ deadlines are set so that the decisions do not depend on the machine's speed.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections import Counter
+from datetime import UTC, datetime
 
-from .helpers import read_lines, write_requests
+from .helpers import read_lines, wait_for, write_requests
+from .test_batch_api import env
 from .test_deadline_run import N, deadline_args, run
 
 
@@ -82,3 +87,45 @@ def test_plan_shows_the_split_into_batches_and_where_late_ones_go(tmp_path) -> N
     plain = json.loads(run(*common).stdout)["deadline"]
     assert plain["late_lane"] == "standard"
     assert plain["cost_if_every_batch_late"] > 1.9 * plain["cost_batch_part"]  # full price
+
+
+def test_a_kill_during_a_mixed_run_then_a_rerun_finishes_every_id_once(start_sim, tmp_path) -> None:
+    # Two batches (the split), both stalled; their lines go through flex, which refuses some.
+    sim = start_sim(
+        "--latency-ms", "300", "--batch-seconds", "1", "--batch-stall-rate", "1",
+        "--batch-expire-seconds", "600", "--flex-refusal-rate", "0.3", "--seed", "2",
+        "--flex-latency-factor", "1",
+    )  # fmt: skip
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_requests(inp, [f"q{i}" for i in range(N)])
+    # An absolute time, so that the rerun has the same deadline.
+    when = datetime.fromtimestamp(time.time() + 40, tz=UTC).isoformat()
+    args = deadline_args(
+        sim, inp, out, when, "--service-tier", "flex", "--concurrency", "1",
+        "--batch-max-requests", "30",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        wait_for(lambda: sim.stats()["batches_cancelled"] >= 1, "the first move", timeout=60)
+        wait_for(lambda: sim.stats()["flex_requests"] >= 2, "flex calls", timeout=60)
+    finally:
+        proc.kill()  # SIGKILL mid-move: flex calls in flight, batches cancelling or live
+        proc.communicate()
+    assert sim.stats()["batches_created"] == 2
+    written_before = len(read_lines(out)) if out.exists() else 0
+    assert written_before < N
+    rerun = run(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    by_lane = lanes(out)  # every id once, every line answered
+    assert set(by_lane) <= {"flex", "default"}
+    stats = sim.stats()
+    assert stats["batches_created"] == 2  # the rerun re-attached both, created none
+    # Bought twice: at most the flex calls in flight when the first run was killed
+    # (concurrency 1, four times for flex).
+    assert stats["received"] - stats["flex_refused"] <= N + 4

@@ -304,18 +304,26 @@ class DeadlineRunner:
         switch_at = self.policy.switch_at(total, self.capacity)
         return total.requests > PROBES and switch_at < now + 0.5 * (self.policy.deadline - now)
 
+    def _late_work(self) -> Work:
+        """The work realtime must be able to finish if no batch comes back: with prefer="cost"
+        all that is open (realtime's own queue shares its pace); with "speed" what is in
+        batches (the realtime share was sized to fill the time on its own)."""
+        if self.policy.prefer == "cost":
+            return self._open_work
+        return self._open_work - self._realtime_work
+
     def _should_switch(self) -> bool:
         """True once the work still in batches must start leaving them: realtime would need
-        all the time left (plus the margin and a cancel's time) for it."""
-        in_batches = self._open_work - self._realtime_work
-        return self.policy.should_switch(self.clock(), in_batches, self.current_capacity())
+        all the time left (plus the margin and a cancel's time) for the late work."""
+        return self.policy.should_switch(self.clock(), self._late_work(), self.current_capacity())
 
     def _must_switch_all(self) -> bool:
-        """True once realtime must start on all the work still in batches now: no time is
-        left to wait for a cancel to return what it finished."""
-        in_batches = self._open_work - self._realtime_work
-        need = self.current_capacity().seconds(in_batches)
-        return in_batches.requests > 0 and self.clock() >= self.policy.start_by(need)
+        """True once realtime must start on all the late work now: no time is left to wait
+        for a cancel to return what a batch finished."""
+        if (self._open_work - self._realtime_work).requests <= 0:
+            return False  # nothing left in batches to move
+        need = self.current_capacity().seconds(self._late_work())
+        return self.clock() >= self.policy.start_by(need)
 
     def _cancel_lead(self) -> float:
         """Seconds from a cancel to the lines it gives back: the slowest cancel seen in this
@@ -362,25 +370,27 @@ class DeadlineRunner:
         capacity = self.current_capacity()
         # The lines of batches still cancelling are realtime's work too, soon.
         coming = sum((work for _, work in self._moving.values()), self._realtime_work)
-        if capacity.seconds(coming) > self._cancel_lead():
-            return  # realtime has enough to do until a cancel made now gives lines back
-        record = self._next_to_cancel()
-        if record is None or record.batch_id is None:
-            return
-        now = self.clock()
-        await self.batches.cancel(record.batch_id)
-        self._cancelled.add(record.batch_id)
-        self._moving[record.batch_id] = (now, self._work_of(record))
-        in_batches = self._open_work - self._realtime_work
-        self._announce(
-            Switched(
-                at=now,
-                requests=record.count,
-                realtime_seconds=capacity.seconds(in_batches),
-                seconds_left=self.policy.deadline - now,
-                cancelled=(record.batch_id,),
+        # Move batches until realtime has enough to do until a cancel made now gives lines
+        # back: one at a time when realtime is slow, several at once when it is fast.
+        while capacity.seconds(coming) <= self._cancel_lead():
+            record = self._next_to_cancel()
+            if record is None or record.batch_id is None:
+                return
+            now = self.clock()
+            await self.batches.cancel(record.batch_id)
+            self._cancelled.add(record.batch_id)
+            work = self._work_of(record)
+            self._moving[record.batch_id] = (now, work)
+            coming += work
+            self._announce(
+                Switched(
+                    at=now,
+                    requests=record.count,
+                    realtime_seconds=capacity.seconds(self._late_work()),
+                    seconds_left=self.policy.deadline - now,
+                    cancelled=(record.batch_id,),
+                )
             )
-        )
 
     def _work_of(self, record: ChunkRecord) -> Work:
         """The open work of one batch's lines not yet with realtime."""

@@ -82,6 +82,13 @@ def cost_rows(stats: BatchStats) -> list[tuple[str, str]]:
         if len(stats.cost_by_model) > 1:
             for model, usd in stats.cost_by_model.items():
                 rows.append((f"cost: {model or '?'}", f"${usd:,.6f}"))
+    lanes = stats.answers_by_lane
+    if lanes and set(lanes) != {"standard"}:  # batch, flex, priority: show the split
+        for lane, n in lanes.items():
+            share = 100.0 * n / max(1, stats.success_count)
+            spent = stats.cost_by_lane.get(lane)
+            money = "" if spent is None else f", ${spent:,.6f}"
+            rows.append((f"lane: {lane}", f"{n:,} answers ({share:.1f}%{money})"))
     if stats.unpriced_count:
         rows.append(("unpriced", f"{stats.unpriced_count:,} (no price known for their model)"))
     return rows

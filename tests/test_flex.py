@@ -6,6 +6,7 @@ backoff sleeps on a fake clock, so no test waits for a refusal's backoff.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -161,9 +162,13 @@ def test_cli_service_tier_flex_finishes_every_line_at_the_flex_price(start_sim, 
     done = _cli(
         "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model", "gpt-4o-mini",
         "--service-tier", "flex", "--max-retries", "0", "--price-in", "1", "--price-out", "2",
-        "--no-progress",
+        "--no-progress", "--stats-json", str(tmp_path / "stats.json"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "answered by lane: flex 12" in done.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["answers_by_lane"] == {"flex": 12}
+    assert abs(stats["cost_by_lane"]["flex"] - stats["cost"]) < 1e-9
     lines = read_lines(out)
     assert sorted(rec["custom_id"] for rec in lines) == sorted(ids)
     for rec in lines:

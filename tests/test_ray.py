@@ -361,3 +361,30 @@ def test_schema_requests_are_validated_and_re_asked_on_workers() -> None:
     assert sorted(r.id for r in results) == sorted(f"s{i}" for i in range(40))
     assert all(r.error is None and r.parsed["label"] in ("a", "b") for r in results)
     assert stats["invalid"] > 0 and stats["received"] == sum(r.attempts for r in results)
+
+
+def test_flex_refusals_are_moved_to_default_on_workers() -> None:
+    # The tier policy travels with the run's config: "auto" moves what flex keeps refusing.
+    from llmbatch.tiers import TierPolicy, served_tier, with_tier
+
+    sim = SimProcess("--flex-refusal-rate", "1")
+    results: list = []  # type: ignore[type-arg]
+    try:
+        asyncio.run(
+            run_on_ray(
+                (
+                    BatchRequest(f"f{i}", with_tier(CompletionRequest(prompt=f"q {i}"), "flex"))
+                    for i in range(20)
+                ),
+                ClientSpec(base_url=sim.url + "/v1", model="sim"),
+                ClusterLimiter.create(),
+                RayRunConfig(workers=2, concurrency=4, tiers=TierPolicy(fallback="default")),
+                on_results=results.extend,
+            )
+        )
+        stats = sim.stats()
+    finally:
+        sim.close()
+    assert sorted(r.id for r in results) == sorted(f"f{i}" for i in range(20))
+    assert all(r.error is None and served_tier(r.response) == "default" for r in results)
+    assert stats["flex_refused"] == 3 * 20

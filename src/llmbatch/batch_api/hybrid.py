@@ -250,10 +250,13 @@ class DeadlineRunner:
             await ready.wait()
             while not batch_ended.is_set():
                 self._wake.clear()
-                if self._redo:  # one pass over the input for all of them, not one each
+                await self._steer(straight, source, to_realtime, kept, reread)
+                # One pass over the input for all of them, not one each; once work is moving
+                # out of the batches, only when realtime runs short (fewer passes, each for
+                # more lines: a pass reads the whole input).
+                if self._redo and (not self._switching or self._realtime_short()):
                     redo, self._redo = self._redo, set()
                     self._send_open(to_realtime, kept, reread, only=redo)
-                await self._steer(straight, source, to_realtime, kept, reread)
                 if self.switched is not None and not self._open:
                     # Every id has its final result: the run is over. The cancelled batches
                     # finish on the provider's side; the ledger keeps them, and a rerun (or
@@ -325,6 +328,10 @@ class DeadlineRunner:
         need = self.current_capacity().seconds(self._late_work())
         return self.clock() >= self.policy.start_by(need)
 
+    def _realtime_short(self) -> bool:
+        """True when realtime's queue holds less than a cancel's lead of work."""
+        return self.current_capacity().seconds(self._realtime_work) <= self._cancel_lead()
+
     def _cancel_lead(self) -> float:
         """Seconds from a cancel to the lines it gives back: the slowest cancel seen in this
         run, or the policy's allowance before one is seen, plus one look of the watcher."""
@@ -357,7 +364,7 @@ class DeadlineRunner:
         if straight or self._must_switch_all():
             await self._switch(source, queue, kept, reread)
             return
-        self._release(queue, kept, reread)
+        self._release()
         if not self._should_switch():
             return
         if not self._switching:
@@ -368,8 +375,10 @@ class DeadlineRunner:
             covered = self._covered()
             self._send_open(queue, kept, reread, only=set(self._open).difference(covered))
         capacity = self.current_capacity()
-        # The lines of batches still cancelling are realtime's work too, soon.
+        # The lines of batches still cancelling, or back and waiting for a pass over the
+        # input, are realtime's work too, soon.
         coming = sum((work for _, work in self._moving.values()), self._realtime_work)
+        coming = sum((self._open.get(rid, Work()) for rid in self._redo), coming)
         # Move batches until realtime has enough to do until a cancel made now gives lines
         # back: one at a time when realtime is slow, several at once when it is fast.
         while capacity.seconds(coming) <= self._cancel_lead():
@@ -422,15 +431,10 @@ class DeadlineRunner:
         ]
         return max(live, key=lambda r: r.n, default=None)
 
-    def _release(
-        self,
-        queue: asyncio.Queue[BatchRequest | None],
-        kept: dict[str, BatchRequest] | None,
-        reread: Callable[[], Iterable[BatchRequest]] | None,
-    ) -> None:
+    def _release(self) -> None:
         """Cancelled batches that ended gave their lines back (answers, or `batch_cancelled`
-        lines that went realtime); the open lines of those still cancelling past the
-        allowance go realtime now (an answer the batch gives later is counted twice)."""
+        lines for realtime); the open lines of those still cancelling past the allowance go
+        realtime with the next pass (an answer the batch gives later is counted twice)."""
         ledger = self.batches.ledger
         if ledger is None or not self._moving:
             return
@@ -444,7 +448,7 @@ class DeadlineRunner:
                 self._cancel_seen = max(self._cancel_seen or 0.0, took)
                 del self._moving[batch_id]
             elif now >= since + self.policy.cancel_time:
-                self._send_open(queue, kept, reread, only=set(ledger.ids(record)))
+                self._redo.update(ledger.ids(record))  # sent with the next pass
                 del self._moving[batch_id]
 
     def _announce(self, event: Switched) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,7 +72,9 @@ class RunConfig:
     # -- templates
     template: str | None = None
     files: str | None = None
-    rows: str | None = None
+    # a CSV, JSONL, Parquet (file or folder), Arrow IPC/Feather or Hugging Face dataset folder;
+    # from Python also a pyarrow.Table, a datasets.Dataset or a pandas.DataFrame
+    rows: str | os.PathLike[str] | object | None = None
     id_field: str = "id"
     system: str | None = None
     temperature: float | None = None
@@ -140,6 +143,13 @@ class RunConfig:
                 "metrics_port",
                 f"`metrics_port` must be between 0 and 65535, got {self.metrics_port}",
             )
+        if self.rows is not None and not isinstance(self.rows, str | os.PathLike):
+            from ..io.tables import is_table
+
+            if not is_table(self.rows):
+                from .rows import not_a_table
+
+                raise ConfigError("rows", not_a_table(self.rows))
         _choice("missing_field", self.missing_field, ("error", "empty"))
         _choice("on_bad_line", self.on_bad_line, ("fail", "skip"))
         _choice("expired", self.expired, ("fail", "realtime"))

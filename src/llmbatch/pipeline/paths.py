@@ -27,7 +27,7 @@ def path_roles(config: RunConfig) -> list[tuple[str, str, Path]]:
     roles: list[tuple[str, str, Path]] = []
     for name in ("input", "rows"):
         value = getattr(config, name)
-        if value:
+        if isinstance(value, str | os.PathLike) and value:  # not a table from Python
             roles.append((name, f"`{name}`", Path(value)))
     if isinstance(config.schema, str | os.PathLike):
         roles.append(("schema", "`schema`", Path(config.schema)))

@@ -103,7 +103,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("templates (instead of INPUT)")
     g.add_argument("--template", help='prompt template, e.g. "Summarize this file: {content}"')
     g.add_argument("--files", metavar="GLOB", help="one request per file; {path}, {content}")
-    g.add_argument("--rows", metavar="FILE", help="one request per CSV/JSONL row; {column}")
+    g.add_argument(
+        "--rows",
+        metavar="PATH",
+        help="one request per row; {column}. A CSV or JSONL file, a Parquet file or folder "
+        "(pip install 'llmbatch[parquet]'), an Arrow IPC/Feather file, or a Hugging Face "
+        "dataset folder from save_to_disk ('llmbatch[datasets]')",
+    )
     g.add_argument("--id-field", default="id", help="row field used as the id (default id)")
     g.add_argument("--system", help="system prompt for template requests")
     g.add_argument("--temperature", type=float, help="temperature for template requests")

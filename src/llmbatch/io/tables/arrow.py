@@ -15,6 +15,7 @@ process's resident memory as they are touched, so a 10 GB file read to the end w
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -181,44 +182,53 @@ def _parquet_files(root: Path) -> list[tuple[Path, dict[str, str]]]:
 
 
 class IpcTable:
-    """An Arrow IPC file (Feather v2) or stream."""
+    """An Arrow IPC file (Feather v2) or stream, or several read one after the other (the
+    files of a saved Hugging Face dataset). Only the wanted columns' buffers are read
+    (`IpcReadOptions.included_fields`), one record batch at a time."""
 
-    def __init__(self, path: Path, batch_rows: int) -> None:
+    def __init__(self, path: Path, batch_rows: int, parts: Sequence[Path] | None = None) -> None:
         self.pa = _pyarrow()
         self.path = path
         self.name = str(path)
         self.batch_rows = batch_rows
-        with self._reader() as (schema, _):
+        self.parts = list(parts) if parts is not None else [path]
+        with self._reader(self.parts[0], None) as (schema, _):
             self._schema_names = list(schema.names)
 
-    def _reader(self) -> Any:
-        import contextlib
-
-        pa, path = self.pa, self.path
-
-        @contextlib.contextmanager
-        def reader() -> Iterator[tuple[Any, Iterator[Any]]]:
-            source = pa.OSFile(str(path))
+    @contextlib.contextmanager
+    def _reader(
+        self, path: Path, columns: Sequence[str] | None
+    ) -> Iterator[tuple[Any, Iterator[Any]]]:
+        pa = self.pa
+        source = pa.OSFile(str(path))
+        try:
             try:
+                schema = pa.ipc.open_file(source).schema
+                stream = False
+            except pa.ArrowInvalid:
+                source.seek(0)
                 try:
-                    file_reader = pa.ipc.open_file(source)
-                except pa.ArrowInvalid:
-                    source.seek(0)
-                    try:
-                        stream = pa.ipc.open_stream(source)
-                    except pa.ArrowInvalid as exc:
-                        raise TableError(
-                            f"{path} cannot be read as Arrow IPC ({exc}); a Feather v1 file "
-                            "must be written again as v2 (pyarrow.feather.write_feather)"
-                        ) from None
-                    yield stream.schema, iter(stream)
-                    return
-                count = file_reader.num_record_batches
-                yield file_reader.schema, (file_reader.get_batch(i) for i in range(count))
-            finally:
-                source.close()
-
-        return reader()
+                    schema = pa.ipc.open_stream(source).schema
+                except pa.ArrowInvalid as exc:
+                    raise TableError(
+                        f"{path} cannot be read as Arrow IPC ({exc}); a Feather v1 file must "
+                        "be written again as v2 (pyarrow.feather.write_feather)"
+                    ) from None
+                stream = True
+            source.seek(0)
+            options = None
+            if columns is not None:
+                wanted = set(columns)
+                included = [i for i, name in enumerate(schema.names) if name in wanted]
+                options = pa.ipc.IpcReadOptions(included_fields=included)
+            if stream:
+                yield schema, iter(pa.ipc.open_stream(source, options=options))
+            else:
+                reader = pa.ipc.open_file(source, options=options)
+                count = reader.num_record_batches
+                yield schema, (reader.get_batch(i) for i in range(count))
+        finally:
+            source.close()
 
     def columns(self) -> list[str]:
         return list(self._schema_names)
@@ -226,14 +236,17 @@ class IpcTable:
     def rows(
         self, columns: Sequence[str] | None = None
     ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
-        names = _wanted(self._schema_names, columns)
-        try:
-            with self._reader() as (_, batches):
-                yield from rows_of_batches((b.select(names) for b in batches), self.batch_rows)
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, TableError):
+        start = 1
+        for path in self.parts:
+            try:
+                with self._reader(path, columns) as (_, batches):
+                    for n, row in rows_of_batches(batches, self.batch_rows, start):
+                        yield n, row
+                        start = n + 1
+            except TableError:
                 raise
-            raise TableError(f"{self.path}: cannot be read as Arrow IPC: {exc}") from None
+            except (OSError, ValueError) as exc:
+                raise TableError(f"{path}: cannot be read as Arrow IPC: {exc}") from None
 
 
 class MemoryTable:

@@ -3,9 +3,12 @@ given from Python. See `llmbatch.io.tables`.
 
     for n, row in DiskDataset(Path("papers_ds"), 4096).rows(["id", "title"]): ...
 
-Read with `datasets.load_from_disk`, which memory-maps the dataset's Arrow files and never
-touches the network (`pip install 'llmbatch[datasets]'`). Rows come in the dataset's order,
-after any `select`/`shuffle`/`filter` it was saved with. A folder holding a `DatasetDict`
+A folder is read as `datasets.load_from_disk` reads it, without the network: its
+`state.json` lists the Arrow files, which are streamed in order a record batch at a time (see
+`_data_files` for why not through the library's memory map); a folder this reading does not
+understand is handed to `load_from_disk` itself (`pip install 'llmbatch[datasets]'`). Rows
+come in the dataset's order, after any `select`/`shuffle`/`filter` it was saved with
+(`save_to_disk` writes the rows in that order). A folder holding a `DatasetDict`
 (several splits) is refused with the splits' folders named: a run reads one table.
 """
 
@@ -16,8 +19,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import BadRow, TableError
-from .arrow import rows_of_batches
+from . import BadRow, Table, TableError
+from .arrow import IpcTable, rows_of_batches
 
 __all__ = ["DiskDataset", "MemoryDataset"]
 
@@ -58,10 +61,11 @@ class MemoryDataset:
         yield from rows_of_batches(batches, self.batch_rows)
 
 
-class DiskDataset(MemoryDataset):
+class DiskDataset:
     """A folder written by `Dataset.save_to_disk`."""
 
     def __init__(self, path: Path, batch_rows: int) -> None:
+        self.name = str(path)
         splits = path / "dataset_dict.json"
         if splits.is_file():
             try:
@@ -73,12 +77,44 @@ class DiskDataset(MemoryDataset):
                 f"{path} is a DatasetDict (splits: {', '.join(names) or '?'}); "
                 f"give one split's folder: {shown}"
             )
-        datasets = _datasets()
-        try:
-            dataset = datasets.load_from_disk(str(path), keep_in_memory=False)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            # FileNotFoundError for a folder missing its files, ValueError/KeyError for a
-            # state.json that is not one, pyarrow's errors (ValueError, OSError) for bad data.
-            raise TableError(f"{path} cannot be read as a Hugging Face dataset: {exc}") from None
-        super().__init__(dataset, batch_rows)
-        self.name = str(path)
+        parts = _data_files(path)
+        self.table: Table
+        if parts:
+            self.table = IpcTable(path, batch_rows, parts)
+        else:
+            self.table = MemoryDataset(_load(path), batch_rows)
+
+    def columns(self) -> list[str]:
+        return self.table.columns()
+
+    def rows(
+        self, columns: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
+        return self.table.rows(columns)
+
+
+def _data_files(path: Path) -> list[Path] | None:
+    """The dataset's Arrow files in order, as its state.json lists them; None when the
+    library must read it (an indices mapping kept beside the data, a state not understood).
+
+    Read directly, the files stream one record batch at a time in bounded memory;
+    `load_from_disk` maps them, and every page read stays in the process's resident memory
+    (a 10 GB dataset read to the end looked like 10 GB)."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        files = [path / entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if state.get("_indices_data_files") or not files or not all(f.is_file() for f in files):
+        return None
+    return files
+
+
+def _load(path: Path) -> Any:
+    datasets = _datasets()
+    try:
+        return datasets.load_from_disk(str(path), keep_in_memory=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # FileNotFoundError for a folder missing its files, ValueError/KeyError for a
+        # state.json that is not one, pyarrow's errors (ValueError, OSError) for bad data.
+        raise TableError(f"{path} cannot be read as a Hugging Face dataset: {exc}") from None

@@ -361,3 +361,32 @@ def test_resume_after_kill_9_with_a_parquet_source(tmp_path: Path, start_sim) ->
     assert again.returncode == 0, again.stderr
     assert_answered(out, range(300))
     assert sim.stats()["received"] == 300 - len(done)  # finished rows were not sent again
+
+
+def test_a_saved_dataset_keeps_the_order_it_was_saved_in(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    shuffled = datasets.Dataset(table(20)).shuffle(seed=3).select(range(12))
+    shuffled.save_to_disk(str(tmp_path / "ds"))
+    read = [row["doc"] for _, row in open_table(tmp_path / "ds").rows(["doc"])]  # type: ignore[index]
+    assert read == shuffled["doc"][:] and read != sorted(read)
+
+
+def test_a_dataset_folder_it_cannot_stream_goes_to_the_library(tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "state.json").write_text('{"_data_files": []}')  # no files: not streamable
+    config = RunConfig(template="{title}", rows=str(folder), output="o.jsonl")
+    with pytest.raises(ConfigError) as caught:
+        source_of(config)
+    assert "cannot be read as a Hugging Face dataset" in str(caught.value)
+
+
+def test_a_parquet_source_runs_on_ray(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("ray")
+    sim = start_sim("--latency-ms", "5")
+    rows, out = tmp_path / "rows.parquet", tmp_path / "out.jsonl"
+    pq.write_table(table(40), rows, row_group_size=16)
+    proc = cli(*run_args(sim, rows, out, "--ray", "--workers", "2"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_answered(out, range(40))

@@ -182,7 +182,7 @@ def main() -> None:
                     f"{n / seconds:,.0f}", f"{rss:.0f}", ratio_t, ratio_m, str(code),
                 )  # fmt: skip
                 subprocess.run(["rm", "-rf", str(path)], check=True)
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,14 @@ class Table(Protocol):
         ...
 
     def rows(
-        self, columns: Sequence[str] | None = None
+        self, columns: Sequence[str] | None = None, *, raw: bool = False
     ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
-        """(row number from 1, row) for every row, only `columns` (None: all) in each."""
+        """(row number from 1, row) for every row, only `columns` (None: all) in each.
+        `raw`: values as they are (lists, structs, bytes), for tables written back out."""
+        ...
+
+    def arrow_types(self) -> dict[str, Any]:
+        """The pyarrow type of each column, where the table has them (not a DataFrame)."""
         ...
 
 

@@ -39,10 +39,10 @@ def _pyarrow() -> Any:
 
 
 def rows_of_batches(
-    batches: Iterable[Any], batch_rows: int, start: int = 1
+    batches: Iterable[Any], batch_rows: int, start: int = 1, *, raw: bool = False
 ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
     """(row number, row) for every row of pyarrow record batches (or tables), `batch_rows` at a
-    time, numbered from `start`."""
+    time, numbered from `start`; `raw`: nested and binary values left as they are."""
     import pyarrow as pa
 
     n = start
@@ -57,7 +57,9 @@ def rows_of_batches(
                 kind = field.type
                 if pa.types.is_dictionary(kind):
                     kind = kind.value_type
-                if pa.types.is_nested(kind):
+                if raw:
+                    pass
+                elif pa.types.is_nested(kind):
                     values = [None if v is None else _json(v) for v in values]
                 elif _is_binary(pa, kind):
                     binary.append(i)
@@ -134,8 +136,12 @@ class ParquetTable:
         keys = [k for k in self.files[0][1] if k not in self._schema_names]
         return [*self._schema_names, *keys]
 
+    def arrow_types(self) -> dict[str, Any]:
+        schema = self._open(self.files[0][0]).schema_arrow
+        return {field.name: field.type for field in schema}
+
     def rows(
-        self, columns: Sequence[str] | None = None
+        self, columns: Sequence[str] | None = None, *, raw: bool = False
     ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
         start = 1
         for path, keys in self.files:
@@ -144,7 +150,7 @@ class ParquetTable:
             extra = {k: v for k, v in keys.items() if columns is None or k in columns}
             try:
                 batches = reader.iter_batches(batch_size=self.batch_rows, columns=names)
-                for n, row in rows_of_batches(batches, self.batch_rows, start):
+                for n, row in rows_of_batches(batches, self.batch_rows, start, raw=raw):
                     if extra and not isinstance(row, BadRow):
                         for key, value in extra.items():
                             row.setdefault(key, value)
@@ -194,6 +200,7 @@ class IpcTable:
         self.parts = list(parts) if parts is not None else [path]
         with self._reader(self.parts[0], None) as (schema, _):
             self._schema_names = list(schema.names)
+            self._types = {field.name: field.type for field in schema}
 
     @contextlib.contextmanager
     def _reader(
@@ -233,14 +240,17 @@ class IpcTable:
     def columns(self) -> list[str]:
         return list(self._schema_names)
 
+    def arrow_types(self) -> dict[str, Any]:
+        return dict(self._types)
+
     def rows(
-        self, columns: Sequence[str] | None = None
+        self, columns: Sequence[str] | None = None, *, raw: bool = False
     ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
         start = 1
         for path in self.parts:
             try:
                 with self._reader(path, columns) as (_, batches):
-                    for n, row in rows_of_batches(batches, self.batch_rows, start):
+                    for n, row in rows_of_batches(batches, self.batch_rows, start, raw=raw):
                         yield n, row
                         start = n + 1
             except TableError:
@@ -261,8 +271,12 @@ class MemoryTable:
     def columns(self) -> list[str]:
         return list(self.table.schema.names)
 
+    def arrow_types(self) -> dict[str, Any]:
+        return {field.name: field.type for field in self.table.schema}
+
     def rows(
-        self, columns: Sequence[str] | None = None
+        self, columns: Sequence[str] | None = None, *, raw: bool = False
     ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
         table = self.table.select(_wanted(self.table.schema.names, columns))
-        yield from rows_of_batches(table.to_batches(max_chunksize=self.batch_rows), self.batch_rows)
+        batches = table.to_batches(max_chunksize=self.batch_rows)
+        yield from rows_of_batches(batches, self.batch_rows, raw=raw)

@@ -31,8 +31,11 @@ class FrameTable:
     def columns(self) -> list[str]:
         return [str(c) for c in self.frame.columns]
 
+    def arrow_types(self) -> dict[str, Any]:
+        return {}  # pandas' dtypes say too little (object columns); the writer infers
+
     def rows(
-        self, columns: Sequence[str] | None = None
+        self, columns: Sequence[str] | None = None, *, raw: bool = False
     ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
         import pandas as pd
 
@@ -53,10 +56,13 @@ class FrameTable:
                         continue
                     if value in missing or (isinstance(value, float) and math.isnan(value)):
                         record[key] = None
-                    elif isinstance(value, list | dict | tuple):
+                    elif hasattr(value, "tolist") and not isinstance(value, float):
+                        # a numpy array (or scalar) in a cell: Python values
+                        value = record[key] = value.tolist()
+                        if not raw and isinstance(value, list):
+                            record[key] = orjson.dumps(value, default=str).decode()
+                    elif not raw and isinstance(value, list | dict | tuple):
                         record[key] = orjson.dumps(value, default=str).decode()
-                    elif hasattr(value, "tolist"):  # a numpy array in a cell
-                        record[key] = orjson.dumps(value.tolist(), default=str).decode()
                 yield n, record
                 n += 1
 

@@ -48,8 +48,11 @@ class MemoryDataset:
     def columns(self) -> list[str]:
         return list(self.dataset.column_names)
 
+    def arrow_types(self) -> dict[str, Any]:
+        return {field.name: field.type for field in self.dataset.data.schema}
+
     def rows(
-        self, columns: Sequence[str] | None = None
+        self, columns: Sequence[str] | None = None, *, raw: bool = False
     ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
         dataset = self.dataset
         if columns is not None:
@@ -58,7 +61,7 @@ class MemoryDataset:
         # The Arrow format yields pyarrow tables: no per-row Python conversion by datasets,
         # and the same value rules as every other table.
         batches = dataset.with_format("arrow").iter(batch_size=self.batch_rows)
-        yield from rows_of_batches(batches, self.batch_rows)
+        yield from rows_of_batches(batches, self.batch_rows, raw=raw)
 
 
 class DiskDataset:
@@ -87,10 +90,13 @@ class DiskDataset:
     def columns(self) -> list[str]:
         return self.table.columns()
 
+    def arrow_types(self) -> dict[str, Any]:
+        return self.table.arrow_types()
+
     def rows(
-        self, columns: Sequence[str] | None = None
+        self, columns: Sequence[str] | None = None, *, raw: bool = False
     ) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
-        return self.table.rows(columns)
+        return self.table.rows(columns, raw=raw)
 
 
 def _data_files(path: Path) -> list[Path] | None:

@@ -229,6 +229,14 @@ def add_observe_arguments(parser: argparse.ArgumentParser) -> None:
         help="address the metrics listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
     )
     g.add_argument(
+        "--watch",
+        type=port,
+        metavar="PORT",
+        help="serve a live page of the run at http://127.0.0.1:PORT/ while it runs (0: any "
+        "free port, printed; pip install 'llmbatch[report]'); `llmbatch watch OUTPUT` serves "
+        "it from another process",
+    )
+    g.add_argument(
         "--report",
         metavar="PATH",
         help="write an HTML report of OUTPUT (plots, slowest and failed requests) at the end "

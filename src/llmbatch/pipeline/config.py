@@ -103,6 +103,7 @@ class RunConfig:
     # -- observability
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    watch: int | None = None  # a port for the live page on 127.0.0.1 (0: any free port)
     report: str | None = None
     # -- cost
     max_cost: float | None = None
@@ -138,11 +139,12 @@ class RunConfig:
                 raise ConfigError(name, f"`{name}` must be an integer >= 0, got {value!r}")
         if self.concurrency != "auto":
             _positive("concurrency", self.concurrency, integer=True)
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(
-                "metrics_port",
-                f"`metrics_port` must be between 0 and 65535, got {self.metrics_port}",
-            )
+        for name in ("metrics_port", "watch"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535
+            ):
+                raise ConfigError(name, f"`{name}` must be between 0 and 65535, got {value!r}")
         if self.rows is not None and not isinstance(self.rows, str | os.PathLike):
             from ..io.tables import is_table
 

@@ -5,14 +5,12 @@ columns, and a Parquet or Arrow export keeps the input's column types."""
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .helpers import read_lines
+from .helpers import cli, read_out
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -31,12 +29,6 @@ def rows_table(n: int) -> Any:
             "seen": [T0 + dt.timedelta(minutes=i) for i in ids],
             "meta": [{"lang": "en", "pages": i} for i in ids],
         }
-    )
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -122,7 +114,7 @@ def test_rows_order_from_parquet_to_jsonl(tmp_path: Path, ran: tuple[Path, Path]
     target = tmp_path / "ordered.jsonl"
     proc = cli("export", str(out), "-o", str(target), "--rows", str(rows), "--id-field", "doc")
     assert proc.returncode == 0, proc.stderr
-    ids = [line["id"] for line in read_lines(target)]
+    ids = [line["id"] for line in read_out(target)]
     assert ids == [str(i) for i in rows_table(25).column("doc").to_pylist()]
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ from llmbatch.pipeline.source import source_of
 from llmbatch.simulate.dialects import reply_text
 
 from .conftest import SimProcess
-from .helpers import read_lines, wait_for
+from .helpers import cli, read_out, start_cli, wait_for
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -48,12 +46,6 @@ def table(n: int, *, start: int = 0) -> Any:
 
 def prompt_of(i: int) -> str:
     return f'Title: paper {i} / tags: ["a","{i % 3}"]'
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def run_args(sim: SimProcess, rows: Path | str, out: Path, *extra: str) -> list[str]:
@@ -80,7 +72,7 @@ def run_args(sim: SimProcess, rows: Path | str, out: Path, *extra: str) -> list[
 
 def assert_answered(out: Path, ids: range) -> None:
     """Every id once, each answered for its own row's prompt."""
-    lines = read_lines(out)
+    lines = read_out(out)
     counts = Counter(line["custom_id"] for line in lines)
     assert counts == Counter(str(i) for i in ids)
     for line in lines:
@@ -152,7 +144,7 @@ def test_a_parquet_folder_runs_from_the_cli(tmp_path: Path, start_sim) -> None: 
     save_parquet_dir(root)
     proc = cli(*run_args(sim, root, out, "--template", "{title} in {split}"))
     assert proc.returncode == 0, proc.stderr
-    lines = read_lines(out)
+    lines = read_out(out)
     assert len(lines) == 15
     for line in lines:
         i = int(line["custom_id"])
@@ -236,7 +228,7 @@ def test_bad_rows_are_named_by_row_and_field_and_nothing_is_sent(tmp_path: Path,
     # --on-bad-line skip runs the rest and says which were left out.
     proc = cli(*run_args(sim, rows, out, "--on-bad-line", "skip"))
     assert proc.returncode == 1, proc.stderr  # as for any input with bad lines
-    assert sorted(int(line["custom_id"]) for line in read_lines(out)) == [0, 1, 3, 5]
+    assert sorted(int(line["custom_id"]) for line in read_out(out)) == [0, 1, 3, 5]
 
 
 def test_binary_text_is_read_and_bad_bytes_spoil_only_their_row(tmp_path: Path) -> None:
@@ -339,11 +331,7 @@ def test_resume_after_kill_9_with_a_parquet_source(tmp_path: Path, start_sim) ->
     sim = start_sim("--latency-ms", "40")
     rows, out = tmp_path / "rows.parquet", tmp_path / "out.jsonl"
     pq.write_table(table(300), rows, row_group_size=50)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", *run_args(sim, rows, out, "--concurrency", "8")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_cli(*run_args(sim, rows, out, "--concurrency", "8"))
 
     def written() -> int:
         return out.read_bytes().count(b"\n") if out.exists() else 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,19 +24,14 @@ from llmbatch.pipeline import ResultWritten, RunNotice
 from llmbatch.report import aggregate
 
 from .browser import Browser
-from .helpers import wait_for, write_requests
+from .helpers import cli, start_cli, wait_for, write_requests
 
 pytest.importorskip("plotly")
 
 
 def start_watch(output: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     """`llmbatch watch OUTPUT` in its own process, and its page's URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", "watch", str(output), *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("watch", str(output), *extra)
     assert proc.stderr is not None
     line = proc.stderr.readline()
     found = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
@@ -127,11 +121,10 @@ def test_the_page_shows_a_batch_runs_batches(tmp_path: Path, start_sim) -> None:
     sim = start_sim("--batch-seconds", "0.3")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, [f"q{i}" for i in range(25)])
-    run = subprocess.run(
-        [sys.executable, "-m", "llmbatch", "run", str(inp), "-o", str(out), "--base-url",
-         sim.url + "/v1", "--model", "gpt-4o-mini", "--batch-api", "--poll-interval", "0.1",
-         "--batch-max-requests", "10", "--no-progress"],
-        capture_output=True, text=True, timeout=120,
+    run = cli(
+        "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model",
+        "gpt-4o-mini", "--batch-api", "--poll-interval", "0.1", "--batch-max-requests", "10",
+        "--no-progress",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     proc, url = start_watch(out)
@@ -155,10 +148,7 @@ def test_watch_refuses_a_taken_port_and_waits_for_a_missing_output(tmp_path: Pat
         page = data(url)
         assert page["exists"] is False and page["progress"]["done"] == 0
         port = url.rsplit(":", 1)[1].rstrip("/")
-        taken = subprocess.run(
-            [sys.executable, "-m", "llmbatch", "watch", str(out), "--port", port],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        taken = cli("watch", str(out), "--port", port)
         assert taken.returncode == 2 and f"--port {port}: cannot listen" in taken.stderr
         results(out, ["a", "b"])
         wait_for(lambda: data(url)["progress"]["done"] == 2, "the page to see the new output")
@@ -203,17 +193,13 @@ def test_run_watch_flag_prints_the_page(tmp_path: Path, start_sim) -> None:  # t
     sim = start_sim("--latency-ms", "1")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, ["a", "b"])
-    proc = subprocess.run(
-        [sys.executable, "-m", "llmbatch", "run", str(inp), "-o", str(out), "--base-url",
-         sim.url + "/v1", "--model", "sim", "--no-progress", "--watch", "0"],
-        capture_output=True, text=True, timeout=120,
+    proc = cli(
+        "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model", "sim",
+        "--no-progress", "--watch", "0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"live page at http://127\.0\.0\.1:\d+/", proc.stderr), proc.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "llmbatch", "run", str(inp), "-o", str(out), "--watch", "70000"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    bad = cli("run", str(inp), "-o", str(out), "--watch", "70000")
     assert bad.returncode == 2 and "--watch" in bad.stderr
 
 
@@ -223,10 +209,9 @@ async def test_the_page_follows_a_run_in_a_browser(tmp_path: Path, start_sim) ->
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, [f"q{i}" for i in range(200)])
     watcher, url = start_watch(out, "--total", "200")
-    run = subprocess.Popen(  # noqa: ASYNC220 (started once, before the browser)
-        [sys.executable, "-m", "llmbatch", "run", str(inp), "-o", str(out), "--base-url",
-         sim.url + "/v1", "--model", "sim", "--no-progress", "--rpm", "600"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    run = start_cli(
+        "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model", "sim",
+        "--no-progress", "--rpm", "600",
     )  # fmt: skip
     done = "Number(document.getElementById('progress').rows[0].cells[1].textContent.split(' ')[0])"
     try:

@@ -4,11 +4,12 @@
 
 Writes the same rows (an id, a title, a 300-character abstract and a 1 KB column the template
 does not use) as CSV, JSONL, Parquet (one file, and a folder of 8), Arrow IPC and a Hugging Face
-dataset folder, then times `llmbatch plan --template ... --rows FILE` per format in its own
-process (the plan reads every row once, as a run's check does, and counts the tokens; nothing
-is sent) and reads its peak RSS (`wait4`; the bench itself holds no table, so the number is
-the plan's own). A tenth of the rows is measured too: memory must
-not grow with the table. Ratios are against CSV, the format `--rows` read before.
+dataset folder (and reads the Parquet file through a `duckdb:` query too), then times
+`llmbatch plan --template ... --rows FILE` per format in its own process (the plan reads every
+row once, as a run's check does, and counts the tokens; nothing is sent) and reads its peak
+RSS (`wait4`; the bench itself holds no table, so the number is the plan's own). A tenth of
+the rows is measured too: memory must not grow with the table. Ratios are against CSV, the
+format `--rows` read before.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ WRITERS: dict[str, tuple[str, Callable[[Path, int], Path]]] = {
     "parquet-dir": ("rows-parquet", write_parquet_dir),
     "arrow": ("rows.arrow", write_arrow),
     "hf-dataset": ("rows-dataset", write_dataset),
+    # The Parquet file again, through `--rows "duckdb:SELECT * FROM 'FILE'"`.
+    "duckdb": ("rows-duck.parquet", write_parquet),
 }
 
 
@@ -126,10 +129,10 @@ def size_mb(path: Path) -> float:
     return path.stat().st_size / 2**20
 
 
-def plan(rows: Path, out: Path) -> tuple[float, float, int]:
+def plan(rows: str, out: Path) -> tuple[float, float, int]:
     """(seconds, peak RSS MB, exit code) of one `llmbatch plan` process over `rows`."""
     command = [
-        "plan", "--template", TEMPLATE, "--rows", str(rows), "-o", str(out),
+        "plan", "--template", TEMPLATE, "--rows", rows, "-o", str(out),
         "--model", "gpt-4o-mini", "--max-tokens", "50",
     ]  # fmt: skip
     start = time.perf_counter()
@@ -172,7 +175,8 @@ def main() -> None:
                 subprocess.run(
                     [sys.executable, __file__, "--write", fmt, str(path), str(n)], check=True
                 )
-                seconds, rss, code = plan(path, Path(tmp) / "out.jsonl")
+                rows = f"duckdb:SELECT * FROM '{path}'" if fmt == "duckdb" else str(path)
+                seconds, rss, code = plan(rows, Path(tmp) / "out.jsonl")
                 if fmt == "csv":
                     base = (seconds, rss)
                 ratio_t = f"{seconds / base[0]:.2f}" if base else "-"

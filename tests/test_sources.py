@@ -378,3 +378,27 @@ def test_a_parquet_source_runs_on_ray(tmp_path: Path, start_sim) -> None:  # typ
     proc = cli(*run_args(sim, rows, out, "--ray", "--workers", "2"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_answered(out, range(40))
+
+
+def test_a_duckdb_query_over_local_files_is_a_source(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("duckdb")
+    sim = start_sim("--latency-ms", "5")
+    (tmp_path / "parts").mkdir()
+    pq.write_table(table(10), tmp_path / "parts" / "a.parquet")
+    pq.write_table(table(10, start=10), tmp_path / "parts" / "b.parquet")
+    out = tmp_path / "out.jsonl"
+    glob = tmp_path / "parts" / "*.parquet"
+    query = f"duckdb:SELECT * FROM '{glob}' WHERE doc % 2 = 0 ORDER BY doc DESC"
+    proc = cli(*run_args(sim, query, out))
+    assert proc.returncode == 0, proc.stderr
+    assert_answered(out, range(0, 20, 2))
+    # export follows the query's order
+    target = tmp_path / "x.jsonl"
+    proc = cli("export", str(out), "-o", str(target), "--join", query, "--id-field", "doc")
+    assert proc.returncode == 0, proc.stderr
+    assert [row["doc"] for row in read_out(target)] == list(range(18, -1, -2))
+    # A query DuckDB refuses is named, with DuckDB's reason; nothing is sent.
+    sim.reset()
+    proc = cli(*run_args(sim, "duckdb:SELECT nope FROM 'missing.parquet'", tmp_path / "o2.jsonl"))
+    assert proc.returncode == 2 and "--rows the DuckDB query cannot be run" in proc.stderr
+    assert "Traceback" not in proc.stderr and sim.stats()["received"] == 0

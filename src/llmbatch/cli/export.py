@@ -40,7 +40,7 @@ from ..io.export import (
     row_columns,
     table_of,
 )
-from ..io.tables import TableError
+from ..io.tables import DUCKDB_PREFIX, TableError
 from ..io.writers import FORMATS, format_of, open_writer
 from ._common import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, os_reason, say
 from .usage import UsageError
@@ -107,7 +107,7 @@ def _inputs(
         raise UsageError(f"{flags}: give one source of order (--join also sets it)")
     for flag in ("input", "rows", "join"):
         value = getattr(args, flag)
-        path = Path(value) if value else None
+        path = Path(value) if value and not value.startswith(DUCKDB_PREFIX) else None
         if path is not None and not (path.is_file() or (flag != "input" and path.is_dir())):
             raise UsageError(f"--{flag} {value}: no such file")
     if args.id_field is None:

@@ -107,8 +107,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--rows",
         metavar="PATH",
         help="one request per row; {column}. A CSV or JSONL file, a Parquet file or folder "
-        "(pip install 'llmbatch[parquet]'), an Arrow IPC/Feather file, or a Hugging Face "
-        "dataset folder from save_to_disk ('llmbatch[datasets]')",
+        "(pip install 'llmbatch[parquet]'), an Arrow IPC/Feather file, a Hugging Face "
+        "dataset folder from save_to_disk ('llmbatch[datasets]'), or \"duckdb:SELECT ...\", a "
+        "query over local files ('llmbatch[duckdb]')",
     )
     g.add_argument("--id-field", default="id", help="row field used as the id (default id)")
     g.add_argument("--system", help="system prompt for template requests")

@@ -1,5 +1,6 @@
 """A template run's rows: a CSV or JSONL file, a columnar table (Parquet file or folder,
-Arrow IPC / Feather, Hugging Face dataset folder), or a table object from Python.
+Arrow IPC / Feather, Hugging Face dataset folder, a `duckdb:SELECT ...` query), or a table
+object from Python.
 
     source = rows_source(config, base)    # each call reads the rows again, a batch at a time
     for item in source(): ...             # InputItem or BadLine ("row 12: ...")
@@ -19,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from ..io.formats import BadLine, InputItem, TemplateError, items_of_rows, read_rows
-from ..io.tables import BadRow, Table, TableError, is_table, is_table_path, open_table
+from ..io.tables import (
+    DUCKDB_PREFIX,
+    BadRow,
+    Table,
+    TableError,
+    is_table,
+    is_table_path,
+    open_table,
+)
 from ..types import CompletionRequest
 from .config import RunConfig
 from .errors import ConfigError
@@ -43,7 +52,9 @@ def rows_source(
     """The run's rows as a `Source` (a callable; each call reads them again)."""
     template, id_field, missing = config.template or "", config.id_field, config.missing_field
     rows = config.rows
-    if isinstance(rows, str | os.PathLike):
+    if isinstance(rows, str) and rows.startswith(DUCKDB_PREFIX):
+        pass  # a query, not a path
+    elif isinstance(rows, str | os.PathLike):
         path = Path(rows)
         if not path.exists():
             raise ConfigError("rows", f"`rows` {path}: no such file or folder")

@@ -1,6 +1,7 @@
 """Rows in columnar formats, read a record batch at a time: Parquet (a file or a directory of
-files), Arrow IPC / Feather, a Hugging Face dataset saved to disk, and, from Python, a
-`pyarrow.Table`, a `datasets.Dataset` or a pandas `DataFrame`.
+files), Arrow IPC / Feather, a Hugging Face dataset saved to disk, a DuckDB query over local
+files (`duckdb:SELECT ...`), and, from Python, a `pyarrow.Table`, a `datasets.Dataset` or a
+pandas `DataFrame`.
 
     table = open_table("papers.parquet")         # or a directory, an .arrow file, a DataFrame
     table.columns()                              # ['doi', 'title', 'abstract']
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",
+    "DUCKDB_PREFIX",
     "BadRow",
     "Table",
     "TableError",
@@ -41,6 +43,7 @@ __all__ = [
 # Rows decoded at once: big enough that pyarrow's per-batch cost vanishes, small enough that a
 # batch of long documents stays a few MB.
 DEFAULT_BATCH_ROWS = 4096
+DUCKDB_PREFIX = "duckdb:"  # `--rows "duckdb:SELECT ..."`: a query over local files
 
 
 class TableError(OSError):
@@ -86,9 +89,12 @@ _IPC_SUFFIXES = (".arrow", ".feather", ".ipc", ".arrows")
 
 
 def table_kind(path: str | Path) -> str | None:
-    """ "parquet", "ipc", "dataset" (a Hugging Face dataset folder), "parquet-dir", or None
-    for a file that is not a table (CSV, JSONL). The bytes decide over the name: a Parquet
-    file starts with PAR1, an Arrow IPC file with ARROW1."""
+    """The kind of table at `path`: parquet, ipc, dataset (a Hugging Face dataset folder),
+    parquet-dir, duckdb (a `duckdb:SELECT ...` query), or None for a file that is not a
+    table (CSV, JSONL). The bytes decide over the name: a Parquet file starts with PAR1, an
+    Arrow IPC file with ARROW1."""
+    if isinstance(path, str) and path.startswith(DUCKDB_PREFIX):
+        return "duckdb"
     path = Path(path)
     if path.is_dir():
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
@@ -141,6 +147,10 @@ def open_table(source: object, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> Table
             from .hf import DiskDataset
 
             return DiskDataset(Path(source), batch_rows)
+        if kind == "duckdb":
+            from .duck import DuckTable
+
+            return DuckTable(str(source)[len(DUCKDB_PREFIX) :], batch_rows)
         raise TableError(f"{source} is not a Parquet, Arrow IPC or Hugging Face dataset")
     table = _memory_table(source, batch_rows)
     if table is None:

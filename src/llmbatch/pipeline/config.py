@@ -9,7 +9,8 @@ Each field is the flag's name with underscores (`--batch-max-requests` is
 `batch_max_requests`) and has the flag's default, so a command line and a `RunConfig` say
 the same thing. Beyond the flags, Python can pass the requests themselves (a list, or a
 function returning a fresh iterable each call: the input is read twice, once to check it
-and once to send it), a client object, and listeners that hear the run's events.
+and once to send it), `rows` as a table object (a `pyarrow.Table`, `datasets.Dataset` or
+pandas `DataFrame`), a client object, and listeners that hear the run's events.
 
 Values are checked when the config is made: a bad one raises `ConfigError` naming its field.
 API keys are never fields: they come from the environment (`api_key_env`), as in the CLI.

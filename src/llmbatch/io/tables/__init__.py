@@ -126,9 +126,9 @@ def is_table_path(path: str | Path) -> bool:
 
 def is_table(value: object) -> bool:
     """True for an in-memory table `open_table` takes: a pyarrow Table, a datasets Dataset,
-    a pandas DataFrame. (No import: an object of a library not imported cannot be one.)"""
-    module = type(value).__module__.split(".", 1)[0]
-    return module in ("pyarrow", "datasets", "pandas") and _memory_table(value) is not None
+    a pandas DataFrame (or a subclass). No import: an object of a library not imported cannot
+    be one."""
+    return _memory_table(value) is not None
 
 
 def open_table(source: object, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> Table:

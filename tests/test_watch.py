@@ -204,19 +204,27 @@ def test_run_watch_flag_prints_the_page(tmp_path: Path, start_sim) -> None:  # t
 
 
 async def test_the_page_follows_a_run_in_a_browser(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
-    # Slow enough that the page sees the run half done: 200 requests at 600/min.
+    # 200 requests at 400/min: the run lasts about 30 s, the page refreshes every 2 s.
     sim = start_sim("--latency-ms", "50")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, [f"q{i}" for i in range(200)])
     watcher, url = start_watch(out, "--total", "200")
-    run = start_cli(
-        "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model", "sim",
-        "--no-progress", "--rpm", "600",
-    )  # fmt: skip
+    run: subprocess.Popen[str] | None = None
     done = "Number(document.getElementById('progress').rows[0].cells[1].textContent.split(' ')[0])"
     try:
         async with Browser.start() as browser:
+            # The page is up before the run starts: it waits for the output to appear.
             await browser.open(url)
+            status = await browser.wait_until(
+                "document.getElementById('status').textContent.includes('waiting for')"
+                " && document.getElementById('status').textContent",
+                "the page to wait for the output",
+            )
+            assert str(out) in status
+            run = start_cli(
+                "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model",
+                "sim", "--no-progress", "--rpm", "400",
+            )  # fmt: skip
             drawn = await browser.wait_until(
                 "document.querySelectorAll('.js-plotly-plot .main-svg').length >= 6"
                 " && document.querySelectorAll('.js-plotly-plot').length",
@@ -224,9 +232,10 @@ async def test_the_page_follows_a_run_in_a_browser(tmp_path: Path, start_sim) ->
             )
             assert drawn == 6
             first = await browser.wait_until(f"{done} > 0 && {done}", "a first result")
-            assert first < 200
-            later = await browser.wait_until(f"{done} > {first} && {done}", "the page to move")
-            assert first < later <= 200
+            later = await browser.wait_until(
+                f"{done} > {first} && {done}", "the page to move", timeout=120
+            )
+            assert 0 < first < later <= 200
             await browser.wait_until(f"{done} === 200", "the run's end", timeout=120)
             bars = await browser.evaluate(
                 "document.querySelectorAll('.js-plotly-plot')[0]"
@@ -240,7 +249,8 @@ async def test_the_page_follows_a_run_in_a_browser(tmp_path: Path, start_sim) ->
         assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 100_000
         assert run.wait(timeout=120) == 0
     finally:
-        run.kill()
+        if run is not None:
+            run.kill()
         stop(watcher)
 
 

@@ -130,3 +130,18 @@ def test_a_join_column_the_table_lacks_and_a_broken_table_are_clear(
     proc = cli("export", str(out), "-o", str(tmp_path / "x.csv"), "--join", str(broken))
     assert proc.returncode == 2 and "cannot be read as Parquet" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.csv").exists()
+
+
+def test_python_joins_results_onto_a_dataframe(ran: tuple[Path, Path]) -> None:
+    pd = pytest.importorskip("pandas")
+    from llmbatch.io.export import OutputIndex, Shape, ids_of_rows, ordered_records
+
+    _, out = ran
+    frame = rows_table(25).to_pandas()
+    index = OutputIndex.build(out, prefix="out_")
+    records = list(
+        ordered_records(index, ids_of_rows(frame, "doc"), Shape(join=True, prefix="out_"))
+    )
+    assert [r["doc"] for r in records] == frame["doc"].tolist()
+    assert [r["out_status"] for r in records] == ["ok"] * 20 + ["missing"] * 5
+    assert isinstance(pd.DataFrame(records), pd.DataFrame)

@@ -402,3 +402,13 @@ def test_a_duckdb_query_over_local_files_is_a_source(tmp_path: Path, start_sim) 
     proc = cli(*run_args(sim, "duckdb:SELECT nope FROM 'missing.parquet'", tmp_path / "o2.jsonl"))
     assert proc.returncode == 2 and "--rows the DuckDB query cannot be run" in proc.stderr
     assert "Traceback" not in proc.stderr and sim.stats()["received"] == 0
+
+
+def test_a_path_object_and_the_plan_read_a_table(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(table(12), rows)
+    config = RunConfig(template=TEMPLATE, rows=rows, id_field="doc", output=str(tmp_path / "o"))
+    plan = llmbatch.plan(config.replace(model="gpt-4o-mini"))
+    assert plan.requests == 12 and plan.where == str(rows)
+    frame_plan = llmbatch.plan(config.replace(rows=table(5), model="gpt-4o-mini"))
+    assert frame_plan.requests == 5 and frame_plan.where == "the pyarrow Table"

@@ -41,6 +41,7 @@ from .batches import BatchStore
 from .config import SimulatorConfig
 from .counters import Counters
 from .dialects import ANTHROPIC, OPENAI, Dialect, reply_text, token_count
+from .gemini import GeminiRoutes
 from .limits import Charge, Limits
 from .outage import Outage
 from .slots import Slots
@@ -134,6 +135,7 @@ class Simulator:
         app.router.add_post("/stats/reset", self._reset_stats)
         app.router.add_get("/config", self._get_config)
         BatchRoutes(self.batches, self.config).add_to(app)
+        GeminiRoutes(self, self.batches).add_to(app)
         return app
 
     def _route(self, kind: str, dialect: Dialect) -> Handler:
@@ -272,6 +274,10 @@ class Simulator:
                 raise ValueError("body is not an object")
         except ValueError as exc:
             return self._respond(*dialect.bad_request(f"bad JSON: {exc}"))
+        try:
+            body = dialect.request_body(kind, body)
+        except ValueError as exc:
+            return self._respond(*dialect.bad_request(str(exc)))
         problem = dialect.invalid(body) or unsupported(body)
         if problem is not None:
             return self._respond(*dialect.bad_request(problem))

@@ -524,6 +524,36 @@ class APIRequests:
             raise scrub_error(exc, self.http.redactor) from None
         return body
 
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        payload: Any = None,
+        file_path: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[Mapping[str, str], Any]:
+        """`json` (a JSON `payload`) or `post_file` (the file at `file_path` as the body), with
+        `headers` added; returns the answer's headers too (Google's resumable upload names
+        its upload URL in one)."""
+        content_type = "application/json" if payload is not None else None
+        sent = {**self._headers(content_type), **(headers or {})}
+        try:
+            if file_path is not None:
+                # aiohttp reads a file body in its executor; only the open happens here.
+                with open(file_path, "rb") as f:  # noqa: ASYNC230
+                    _, answer_headers, body = await _exchange_json(
+                        self.http, method, self.url(path), data=f, headers=sent, params=None
+                    )
+            else:
+                data = orjson.dumps(payload) if payload is not None else None
+                _, answer_headers, body = await _exchange_json(
+                    self.http, method, self.url(path), data=data, headers=sent, params=None
+                )
+        except LLMBatchError as exc:
+            raise scrub_error(exc, self.http.redactor) from None
+        return answer_headers, body
+
     async def post_file(self, path: str, file_path: str, content_type: str) -> Any:
         """POST a file as the raw body (streamed from disk); return the decoded answer."""
         try:

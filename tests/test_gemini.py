@@ -268,9 +268,10 @@ async def _run(url: str, out: Path, **kw: object):  # type: ignore[no-untyped-de
 
 
 def test_cli_run_with_provider_gemini(
-    start_sim: Callable[..., SimulatorProcess], tmp_path: Path
+    start_sim: Callable[..., SimulatorProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sim = start_sim()
+    monkeypatch.setenv("SIM_KEY", KEY)
+    sim = start_sim("--api-key-env", "SIM_KEY")  # requires the key
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, [f"q{i}" for i in range(5)])
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
@@ -329,3 +330,32 @@ def test_the_google_genai_sdk_drives_the_simulators_realtime_routes(
             model=MODEL, contents="Hi", config=types.GenerateContentConfig(max_output_tokens=-1)
         )
     assert refused.value.code == 400 and refused.value.status == "INVALID_ARGUMENT"
+
+
+def test_cli_on_ray_with_provider_gemini(
+    start_sim: Callable[..., SimulatorProcess], tmp_path: Path
+) -> None:
+    pytest.importorskip("ray")
+    sim = SimulatorProcess("--rpm", "3000", "--api-key-env", "SIM_KEY", env={"SIM_KEY": KEY})
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(60)]
+    write_requests(inp, ids)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["GOOGLE_API_KEY"] = KEY  # the SDK's other variable works on the workers too
+    args = ["run", str(inp), "-o", str(out), "--provider", "gemini", "--base-url", sim.url]
+    args += ["--model", MODEL, "--ray", "--workers", "2", "--no-progress"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmbatch", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    try:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = read_lines(out)
+        assert sorted(line["custom_id"] for line in lines) == sorted(ids)
+        assert all(line["response"]["body"]["candidates"] for line in lines)
+        assert sim.stats()["by_status"].get("400") is None  # the key was accepted everywhere
+    finally:
+        sim.close()

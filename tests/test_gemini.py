@@ -5,9 +5,6 @@ google-genai SDK driving the simulator's Gemini routes, and the CLI as users run
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,9 +30,9 @@ from llmbatch.errors import (
 )
 from llmbatch.simulate import Simulator, SimulatorConfig, SimulatorProcess
 
-from .helpers import read_lines, write_requests
+from .helpers import KEYS, cli, read_out, write_requests
 
-KEY = "gm-test-key-123456"
+KEY = KEYS["GEMINI_API_KEY"]
 MODEL = "gemini-2.5-flash"
 SCHEMA = {
     "type": "object",
@@ -231,28 +228,28 @@ def test_the_key_comes_from_gemini_api_key_else_google_api_key(
 
 
 async def test_a_run_with_a_schema_parses_and_a_refusal_and_truncation_get_their_codes(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("LLMB_TEST_GEMINI_KEY", KEY)
     async with Simulator(SimulatorConfig(api_key=KEY)) as sim:
         ok = await _run(sim.url, tmp_path / "ok.jsonl", schema=SCHEMA)
     assert ok.exit_code == 0 and ok.stats.success_count == 3
-    for line in read_lines(tmp_path / "ok.jsonl"):
+    for line in read_out(tmp_path / "ok.jsonl"):
         assert set(line["llmbatch"]["parsed"]) == {"label", "score"}
         assert line["llmbatch"]["cost"] > 0  # genai-prices knows gemini-2.5-flash
     async with Simulator(SimulatorConfig(api_key=KEY, refusal_rate=1.0)) as sim:
         refused = await _run(sim.url, tmp_path / "refused.jsonl", schema=SCHEMA)
     assert refused.exit_code == 1
-    assert {line["error"]["code"] for line in read_lines(tmp_path / "refused.jsonl")} == {"refused"}
+    assert {line["error"]["code"] for line in read_out(tmp_path / "refused.jsonl")} == {"refused"}
     async with Simulator(SimulatorConfig(api_key=KEY, truncate_rate=1.0)) as sim:
         cut = await _run(sim.url, tmp_path / "cut.jsonl", schema=SCHEMA)
     assert cut.exit_code == 1
-    assert {line["error"]["code"] for line in read_lines(tmp_path / "cut.jsonl")} == {"truncated"}
+    assert {line["error"]["code"] for line in read_out(tmp_path / "cut.jsonl")} == {"truncated"}
 
 
 async def _run(url: str, out: Path, **kw: object):  # type: ignore[no-untyped-def]
     import asyncio
 
-    os.environ["LLMB_TEST_GEMINI_KEY"] = KEY
     config = RunConfig(
         requests=[BatchRequest(f"r{i}", CompletionRequest(prompt=f"item {i}")) for i in range(3)],
         output=str(out),
@@ -274,19 +271,10 @@ def test_cli_run_with_provider_gemini(
     sim = start_sim("--api-key-env", "SIM_KEY")  # requires the key
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, [f"q{i}" for i in range(5)])
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["GEMINI_API_KEY"] = KEY
     args = ["run", str(inp), "-o", str(out), "--provider", "gemini", "--base-url", sim.url]
-    args += ["--model", MODEL, "--no-progress"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = cli(*args, "--model", MODEL, "--no-progress")  # GEMINI_API_KEY: the fake key
     assert proc.returncode == 0, proc.stderr
-    lines = read_lines(out)
+    lines = read_out(out)
     assert sorted(line["custom_id"] for line in lines) == [f"q{i}" for i in range(5)]
     for line in lines:
         assert line["response"]["body"]["candidates"][0]["finishReason"] == "STOP"
@@ -340,20 +328,13 @@ def test_cli_on_ray_with_provider_gemini(
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(60)]
     write_requests(inp, ids)
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["GOOGLE_API_KEY"] = KEY  # the SDK's other variable works on the workers too
     args = ["run", str(inp), "-o", str(out), "--provider", "gemini", "--base-url", sim.url]
     args += ["--model", MODEL, "--ray", "--workers", "2", "--no-progress"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    # Only GOOGLE_API_KEY, the SDK's other variable: the workers read it too.
+    proc = cli(*args, keys=False, env={"GOOGLE_API_KEY": KEY}, timeout=300)
     try:
         assert proc.returncode == 0, proc.stderr[-2000:]
-        lines = read_lines(out)
+        lines = read_out(out)
         assert sorted(line["custom_id"] for line in lines) == sorted(ids)
         assert all(line["response"]["body"]["candidates"] for line in lines)
         assert sim.stats()["by_status"].get("400") is None  # the key was accepted everywhere

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from llmbatch.batch_api import (
@@ -24,75 +20,39 @@ from llmbatch.batch_api import (
     GeminiBatches,
     Ledger,
     Splitter,
-    ledger_paths,
 )
 from llmbatch.batch_api.gemini import grpc_http_status
 from llmbatch.clients import GeminiClient
 from llmbatch.simulate import Simulator, SimulatorConfig, SimulatorProcess
 from llmbatch.types import BatchRequest, CompletionRequest
 
-from .helpers import ids_once, read_lines, wait_for, write_requests
+from .helpers import (
+    KEYS,
+    batch_run_args,
+    cli,
+    ids_once,
+    ledger_chunks,
+    read_out,
+    start_cli,
+    wait_for,
+    write_requests,
+)
 
-KEY = "gm-test-key-123456"
+KEY = KEYS["GEMINI_API_KEY"]
 MODEL = "gemini-2.5-flash"
 Start = Callable[..., SimulatorProcess]
 
 
-def env() -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    return {**clean, "GEMINI_API_KEY": KEY}
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args],
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=120,
-    )
-
-
-def start_cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(),
-    )
-
-
 def run_args(sim: SimulatorProcess, inp: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        str(inp),
-        "-o",
-        str(out),
-        "--provider",
-        "gemini",
-        "--base-url",
-        sim.url,
-        "--model",
-        MODEL,
-        "--batch-api",
-        "--poll-interval",
-        "0.1",
-        "--no-progress",
-        *extra,
-    ]
+    return batch_run_args(sim, "gemini", inp, out, *extra)
 
 
 def chunks(out: Path) -> list[dict[str, Any]]:
-    try:
-        found: list[dict[str, Any]] = orjson.loads(ledger_paths(out)[0].read_bytes())["chunks"]
-    except (OSError, orjson.JSONDecodeError):
-        return []
-    return found
+    return ledger_chunks(out)
 
 
 def codes(out: Path) -> Counter[str]:
-    return Counter(rec["error"]["code"] if rec["error"] else "ok" for rec in read_lines(out))
+    return Counter(rec["error"]["code"] if rec["error"] else "ok" for rec in read_out(out))
 
 
 # -- whole runs ---------------------------------------------------------------------------------
@@ -109,7 +69,7 @@ def test_a_run_splits_into_inline_batches_and_writes_every_line_once(
     assert proc.returncode == 0, proc.stderr
     assert ids_once(out) == Counter(ids)
     realtime_price = None
-    for rec in read_lines(out):
+    for rec in read_out(out):
         assert rec["error"] is None and rec["llmbatch"]["batch_api"] is True
         body = rec["response"]["body"]
         assert body["candidates"][0]["finishReason"] == "STOP"  # the realtime body, as is
@@ -135,7 +95,7 @@ def test_per_line_errors_keep_their_code(start_sim: Start, tmp_path: Path) -> No
     assert cli(*args).returncode == 1
     found = codes(out)
     assert found["ok"] and found["server_error"] and set(found) == {"ok", "server_error"}
-    failed = [rec for rec in read_lines(out) if rec["error"]]
+    failed = [rec for rec in read_out(out) if rec["error"]]
     assert "INTERNAL" in failed[0]["error"]["message"]
     lines_before = sim.stats()["batch_lines"]
     retry = cli(*args, "--retry-failed")
@@ -181,12 +141,12 @@ def test_an_expired_batch_has_no_results_and_expired_realtime_redoes_them(
     assert cli(*run_args(sim, inp, out)).returncode == 1
     # Google: an expired job "will not have any results to retrieve".
     assert codes(out) == Counter({"batch_expired": 12})
-    assert "expired" in read_lines(out)[0]["error"]["message"]
+    assert "expired" in read_out(out)[0]["error"]["message"]
     assert sim.stats()["batches_expired"] == 1
     out2 = tmp_path / "out2.jsonl"
     proc = cli(*run_args(sim, inp, out2, "--expired", "realtime"))
     assert proc.returncode == 0, proc.stderr
-    lines = read_lines(out2)
+    lines = read_out(out2)
     assert ids_once(out2) == Counter(ids) and all(rec["error"] is None for rec in lines)
     assert not any(rec["llmbatch"].get("batch_api") for rec in lines)
     assert lines[0]["response"]["body"]["candidates"]  # answered by generateContent
@@ -214,7 +174,7 @@ def test_a_failed_batch_fails_its_lines_saying_why(start_sim: Start, tmp_path: P
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, ["a", "b"])
     assert cli(*run_args(sim, inp, out)).returncode == 1
-    lines = read_lines(out)
+    lines = read_out(out)
     assert codes(out) == Counter({"batch_failed": 2})
     assert "failed validation" in lines[0]["error"]["message"]
 
@@ -226,7 +186,7 @@ def test_batch_answers_are_checked_against_the_schema(start_sim: Start, tmp_path
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     (tmp_path / "s.json").write_text(json.dumps(schema))
     assert cli(*run_args(sim, inp, out, "--schema", str(tmp_path / "s.json"))).returncode == 1
-    lines = read_lines(out)
+    lines = read_out(out)
     good = [rec for rec in lines if rec["error"] is None]
     assert good and all(isinstance(rec["llmbatch"]["parsed"]["a"], str) for rec in good)
     assert set(codes(out)) == {"ok", "invalid_output"}
@@ -242,7 +202,7 @@ def test_max_cost_is_reserved_per_batch(start_sim: Start, tmp_path: Path) -> Non
     # about $0.00126; $0.02 holds some fifteen of them, not thirty.
     proc = cli(*run_args(sim, inp, out, "--batch-max-requests", "10", "--max-cost", "0.02"))
     assert proc.returncode == 4, proc.stderr
-    written = len(read_lines(out))
+    written = len(read_out(out))
     assert 0 < written < 30
     assert sim.stats()["batch_lines"] == written  # nothing sent that the budget did not hold
 

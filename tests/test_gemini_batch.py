@@ -363,3 +363,24 @@ def _wait(sdk: Any, name: str) -> Any:
             return job
         assert time.monotonic() < deadline, f"{name} still {job.state}"
         time.sleep(0.05)
+
+
+def test_a_deadline_run_uses_gemini_batches_and_a_past_one_goes_realtime(
+    start_sim: Start, tmp_path: Path
+) -> None:
+    sim = start_sim("--batch-seconds", "0.3")
+    inp = tmp_path / "in.jsonl"
+    ids = [f"q{i}" for i in range(8)]
+    write_requests(inp, ids)
+    out = tmp_path / "out.jsonl"
+    proc = cli(*run_args(sim, inp, out, "--finish-by", "1h", "--rpm", "600"))
+    assert proc.returncode == 0, proc.stderr
+    assert ids_once(out) == Counter(ids)
+    assert all(rec["llmbatch"]["batch_api"] for rec in read_out(out))
+    late = tmp_path / "late.jsonl"
+    created = sim.stats()["batches_created"]
+    proc = cli(*run_args(sim, inp, late, "--finish-by", "2020-01-01T00:00", "--rpm", "600"))
+    assert proc.returncode == 0, proc.stderr
+    assert ids_once(late) == Counter(ids)
+    assert not any(rec["llmbatch"].get("batch_api") for rec in read_out(late))
+    assert sim.stats()["batches_created"] == created  # nothing went to a batch

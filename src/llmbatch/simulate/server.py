@@ -12,7 +12,8 @@ Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings (OpenAI's wir
 GET /config. Replies are derived from the prompt (the same prompt always gets the same
 text; valid JSON in JSON mode) with usage of about one token per four characters.
 The batch APIs of both providers (OpenAI /v1/files + /v1/batches, Anthropic
-/v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`.
+/v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`; Gemini's
+routes (realtime, Batch and File API) in `gemini.py` and `gemini_batches.py`.
 
 This module routes and sequences; each concern lives in its own module: the wire formats
 in `dialects.py`, schema-shaped replies and their faults in `structured.py`, the rate-limit

@@ -5,6 +5,7 @@ read from the simulator's /stats; and the official google-genai SDK driving thos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ import pytest
 from llmbatch.batch_api import (
     BatchAPIConfig,
     BatchAPIRunner,
+    BatchSubmitted,
     GeminiBatches,
     Ledger,
     Splitter,
@@ -384,3 +386,48 @@ def test_a_deadline_run_uses_gemini_batches_and_a_past_one_goes_realtime(
     assert ids_once(late) == Counter(ids)
     assert not any(rec["llmbatch"].get("batch_api") for rec in read_out(late))
     assert sim.stats()["batches_created"] == created  # nothing went to a batch
+
+
+async def test_results_gone_from_the_provider_fail_their_lines_not_every_rerun(
+    tmp_path: Path,
+) -> None:
+    # A results file deleted (by hand, or past its 48 hours) is answered 403 "... or it may
+    # not exist": its lines fail for --retry-failed instead of every rerun stopping on it.
+    out = tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(4)]
+    requests = [BatchRequest(rid, CompletionRequest(prompt=rid)) for rid in ids]
+    async with Simulator(SimulatorConfig(batch_seconds=0.5, api_key=KEY)) as sim:
+        client = GeminiClient(base_url=sim.url, model=MODEL, api_key=KEY)
+        backend = GeminiBatches(client, inline_max_bytes=0)
+        submitted = asyncio.Event()
+
+        def hear(event: object) -> None:
+            if isinstance(event, BatchSubmitted):
+                submitted.set()
+
+        config = BatchAPIConfig(out, poll_interval=0.05, keep_files=True, listeners=[hear])
+        first = BatchAPIRunner(client, config, backend=backend)
+
+        async def until_created() -> None:
+            async for _ in first.stream(requests):
+                pass
+
+        task = asyncio.ensure_future(until_created())
+        await asyncio.wait_for(submitted.wait(), 60)
+        task.cancel()  # as Ctrl-C does: the batch keeps running at the provider
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        name = chunks(out)[0]["batch_id"]
+        info = await backend.get(name)
+        while not info.ended:
+            await asyncio.sleep(0.05)
+            info = await backend.get(name)
+        responses = info.raw["metadata"]["output"]["responsesFile"]
+        await backend.api.json("DELETE", f"/v1beta/{responses}")
+        again = BatchAPIRunner(client, config, backend=backend)
+        results = [r async for r in again.stream(requests)]
+        await client.aclose()
+    assert sorted(r.id for r in results) == ids
+    assert {getattr(r.error, "code", None) for r in results} == {"batch_failed"}
+    assert "no longer at the provider" in str(results[0].error)
+    assert [c["state"] for c in chunks(out)] == ["ended"]

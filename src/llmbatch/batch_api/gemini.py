@@ -49,7 +49,13 @@ import orjson
 from ..clients._http import APIRequests, error_for_status
 from ..clients.gemini import API_VERSION, model_name
 from ..clients.provider import ProviderClient
-from ..errors import InvalidResponseError, LLMBatchError, UnsupportedRequestError
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    InvalidResponseError,
+    LLMBatchError,
+    UnsupportedRequestError,
+)
 from ..types import BatchRequest, CompletionRequest, CompletionResponse
 from .backend import BatchInfo, LineOutcome
 from .split import JSONL, Caps
@@ -240,15 +246,26 @@ class GeminiBatches:
         file_name = output.get("responsesFile")
         if not file_name:
             return
-        async for raw in self.api.lines(f"/{API_VERSION}/{file_name}:download?alt=media"):
-            try:
-                line = orjson.loads(raw)
-                key = str(line["key"])
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InvalidResponseError(
-                    f"a batch result line is not valid ({exc}): {raw[:200]!r}"
-                ) from None
-            yield _outcome(key, line)
+        path = f"/{API_VERSION}/{file_name}:download?alt=media"
+        try:
+            async for raw in self.api.lines(path):
+                try:
+                    line = orjson.loads(raw)
+                    key = str(line["key"])
+                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise InvalidResponseError(
+                        f"a batch result line is not valid ({exc}): {raw[:200]!r}"
+                    ) from None
+                yield _outcome(key, line)
+        except AuthenticationError as exc:
+            # Google answers a file that is gone (deleted, or past its 48 hours) with 403
+            # PERMISSION_DENIED "... or it may not exist"; the key was good for the poll just
+            # before, so this is the results gone, which the runner fails line by line.
+            if exc.status_code != 403:
+                raise
+            raise BadRequestError(
+                f"{file_name} is gone ({exc.message})", status_code=404, body=exc.body
+            ) from None
 
     async def cleanup(self, info: BatchInfo, file_id: str | None) -> None:
         for name in (file_id, _output(info.raw).get("responsesFile")):

@@ -340,3 +340,21 @@ def test_cli_on_ray_with_provider_gemini(
         assert sim.stats()["by_status"].get("400") is None  # the key was accepted everywhere
     finally:
         sim.close()
+
+
+def test_gemini_answers_are_priced_from_genai_prices_with_cache_and_batch_discounts() -> None:
+    from llmbatch.pipeline.costs import pricer_of
+    from llmbatch.types import CompletionResponse, Usage
+
+    notices: list[str] = []
+    pricer = pricer_of(RunConfig(output="o.jsonl", provider="gemini", model=MODEL), notices.append)
+
+    def cost(usage: Usage, *, batch: bool = False) -> float | None:
+        reply = CompletionResponse("x", model=MODEL, usage=usage, batch_api=batch)
+        return pricer.cost(reply)
+
+    # gemini-2.5-flash: $0.30 in, $0.03 cached in, $2.50 out per 1M tokens.
+    assert cost(Usage(1_000_000, 0)) == pytest.approx(0.30)
+    assert cost(Usage(1_000_000, 0, cached_tokens=1_000_000)) == pytest.approx(0.03)
+    assert cost(Usage(1_000_000, 1_000_000), batch=True) == pytest.approx((0.30 + 2.50) / 2)
+    assert notices == []

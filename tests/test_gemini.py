@@ -358,3 +358,31 @@ def test_gemini_answers_are_priced_from_genai_prices_with_cache_and_batch_discou
     assert cost(Usage(1_000_000, 0, cached_tokens=1_000_000)) == pytest.approx(0.03)
     assert cost(Usage(1_000_000, 1_000_000), batch=True) == pytest.approx((0.30 + 2.50) / 2)
     assert notices == []
+
+
+def test_an_openai_batch_line_runs_on_gemini_and_what_cannot_go_is_refused() -> None:
+    from llmbatch.io.formats import InputItem, parse_line
+
+    c = GeminiClient(api_key=KEY, model=MODEL)
+    line = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 9,
+            "top_p": 0.5,
+            "stop": "END",
+            "seed": 7,
+        },
+    }
+    item = parse_line(json.dumps(line).encode(), 1)
+    assert isinstance(item, InputItem)
+    config = c.body_for(item.request)["generationConfig"]
+    assert config == {"maxOutputTokens": 9, "topP": 0.5, "stopSequences": ["END"], "seed": 7}
+    image = CompletionRequest(
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    )
+    with pytest.raises(UnsupportedRequestError, match="image_url"):
+        c.body_for(image)

@@ -60,6 +60,18 @@ BLOCKED_REASONS = frozenset(
     }
 )
 _ROLES = {"assistant": "model", "model": "model", "user": "user"}
+# OpenAI-style sampling fields (as an OpenAI Batch input line carries them in its body) and
+# their generationConfig names, so such a line runs on Gemini unchanged.
+_GENERATION = {
+    "top_p": "topP",
+    "top_k": "topK",
+    "seed": "seed",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+    "n": "candidateCount",
+    "max_completion_tokens": "maxOutputTokens",
+    "stop": "stopSequences",
+}
 
 
 def model_name(model: str | None) -> str:
@@ -100,6 +112,10 @@ class GeminiClient(ProviderClient):
         if request.endpoint == "embeddings":
             if request.schema is not None:
                 raise UnsupportedRequestError("a schema needs a chat request, not embeddings")
+            if request.extra and "input" in request.extra:
+                raise UnsupportedRequestError(
+                    "Gemini's embedContent takes one text per request, not an `input` list"
+                )
             return {"content": {"parts": [{"text": request.prompt}]}}
         if request.endpoint != "chat":
             raise UnsupportedRequestError(
@@ -107,9 +123,9 @@ class GeminiClient(ProviderClient):
             )
         contents: list[dict[str, Any]] = []
         system = request.system
-        for m in request.messages or ():
+        for i, m in enumerate(request.messages or ()):
             role = m.get("role")
-            text = content_text(m.get("content"))
+            text = _text_only(m.get("content"), i)
             if role == "system":
                 system = "\n\n".join(filter(None, [system, text]))
             else:
@@ -135,10 +151,16 @@ class GeminiClient(ProviderClient):
             body["generationConfig"] = config
         if request.extra:
             extra = dict(request.extra)
+            for name, field in _GENERATION.items():
+                if name in extra:
+                    value = extra.pop(name)
+                    config[field] = [value] if name == "stop" and isinstance(value, str) else value
             more = extra.pop("generationConfig", None)
             body.update(extra)
             if isinstance(more, Mapping):
-                body["generationConfig"] = {**config, **more}
+                config.update(more)
+            if config:
+                body["generationConfig"] = config
         return body
 
     def parse(
@@ -184,6 +206,19 @@ def parse_reply(request: CompletionRequest, status: int, body: Any) -> Completio
     if finish in BLOCKED_REASONS:
         refusal = text or f"blocked (finishReason: {finish})"
     return CompletionResponse(content=text, finish_reason=finish, refusal=refusal, **common)
+
+
+def _text_only(content: Any, index: int) -> str:
+    """A message's text; `UnsupportedRequestError` for a part that is not text (an image in
+    OpenAI's `image_url` form cannot be sent as is): dropping it would change the question."""
+    if isinstance(content, list):
+        for part in content:
+            kind = part.get("type", "text") if isinstance(part, Mapping) else None
+            if kind != "text":
+                raise UnsupportedRequestError(
+                    f"messages[{index}] has a {kind!r} part: only text parts are sent to Gemini"
+                )
+    return content_text(content)
 
 
 def _usage(meta: Mapping[str, Any]) -> Usage:

@@ -75,11 +75,11 @@ def gemini_answer(kind: str, model: str, response: web.StreamResponse) -> web.St
     error = body.get("error") if isinstance(body, dict) else None
     message = str(error.get("message")) if isinstance(error, dict) else "error"
     if status == 401:
-        # Google answers a wrong key with a 400 naming the reason, not a 401.
-        payload = google_error(
-            400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID"
-        )
-        return _json(400, payload, headers)
+        # Google answers a wrong key with a 400 naming the reason, not a 401. What an echoing
+        # server (`echo_credentials`) says is kept, to test that clients mask it.
+        if message == "Invalid API key":
+            message = "API key not valid. Please pass a valid API key."
+        return _json(400, google_error(400, message, reason="API_KEY_INVALID"), headers)
     if status == 429:
         message = "You exceeded your current quota, please check your plan and billing details."
     elif status == 503:

@@ -264,7 +264,11 @@ class Simulator:
     async def _serve(self, request: web.Request, kind: str, dialect: Dialect) -> web.StreamResponse:
         c = self.config
         if c.echo_credentials is not None:
-            sent = request.headers.get("Authorization") or request.headers.get("x-api-key", "")
+            sent = (
+                request.headers.get("Authorization")
+                or request.headers.get("x-api-key")
+                or request.headers.get("x-goog-api-key", "")
+            )
             echoed = f"invalid credentials: {(sent or '')[c.echo_credentials :]}"
             return self._respond(401, dialect.error("authentication_error", echoed))
         if c.api_key is not None and dialect.api_key(request.headers) != c.api_key:

@@ -389,10 +389,12 @@ def test_an_openai_batch_line_runs_on_gemini_and_what_cannot_go_is_refused() -> 
 
 
 async def test_a_key_echoed_by_the_server_is_masked_in_the_error() -> None:
-    async with Simulator(SimulatorConfig(echo_credentials=0)) as sim:
-        async with GeminiClient(base_url=sim.url, model=MODEL, api_key=KEY + " \n") as c:
-            with pytest.raises(AuthenticationError) as info:
-                await c.complete(CompletionRequest(prompt="hi"))
+    async with (
+        Simulator(SimulatorConfig(echo_credentials=0)) as sim,
+        GeminiClient(base_url=sim.url, model=MODEL, api_key=KEY + " \n") as c,
+    ):
+        with pytest.raises(AuthenticationError) as info:
+            await c.complete(CompletionRequest(prompt="hi"))
     err = info.value
     text = f"{err} {err!r} {json.dumps(err.body)}"
     assert "invalid credentials" in text  # the echo arrived...

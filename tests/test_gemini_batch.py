@@ -431,3 +431,31 @@ async def test_results_gone_from_the_provider_fail_their_lines_not_every_rerun(
     assert {getattr(r.error, "code", None) for r in results} == {"batch_failed"}
     assert "no longer at the provider" in str(results[0].error)
     assert [c["state"] for c in chunks(out)] == ["ended"]
+
+
+async def test_an_upload_whose_answer_was_lost_is_found_by_name_and_used(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(5)]
+    requests = [BatchRequest(rid, CompletionRequest(prompt=rid)) for rid in ids]
+    async with Simulator(SimulatorConfig(batch_seconds=0.3, api_key=KEY)) as sim:
+        client = GeminiClient(base_url=sim.url, model=MODEL, api_key=KEY)
+        backend = GeminiBatches(client, inline_max_bytes=0)
+        # What a run killed during its upload leaves: the intent, and the file at the
+        # provider whose name was never recorded.
+        ledger = Ledger.open(out, provider="gemini", base_url=client.base_url)
+        ledger.ensure_directory()
+        splitter = Splitter(ledger.directory, backend.caps, framing=backend.framing)
+        for item in requests:
+            key, line, wire = backend.encode(item)
+            assert splitter.add(key, item.id, line, 1, wire=wire) is None
+        (chunk,) = splitter.finish()
+        ledger.add(chunk, time.time())
+        await backend.upload(chunk.input_path, f"llmbatch-{ledger.run_key}-0.jsonl")
+        config = BatchAPIConfig(out, poll_interval=0.05)
+        runner = BatchAPIRunner(client, config, backend=backend)
+        results = [r async for r in runner.stream(requests)]
+        stats = sim.stats()
+        await client.aclose()
+    assert sorted(r.id for r in results) == ids and all(r.ok for r in results)
+    assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
+    assert stats["files_deleted"] == 2  # that input and the responses: nothing left behind

@@ -81,8 +81,12 @@ def test_a_request_becomes_contents_system_instruction_and_generation_config() -
     assert body["safetySettings"] == []
     # The key goes in a header, never in the URL (which servers and proxies log).
     assert KEY not in c.path_for(request) and KEY not in c.base_url
+    tuned = CompletionRequest(prompt="x", model="tunedModels/my-model-1")
+    assert c.path_for(tuned) == "/v1beta/tunedModels/my-model-1:generateContent"
     with pytest.raises(UnsupportedRequestError, match="model"):
         GeminiClient(api_key=KEY).path_for(CompletionRequest(prompt="x"))
+    with pytest.raises(UnsupportedRequestError, match="models/NAME"):
+        c.path_for(CompletionRequest(prompt="x", model="publishers/google/models/x"))
 
 
 async def test_realtime_answer_maps_text_usage_model_and_id() -> None:

@@ -298,7 +298,7 @@ def test_batch_api_refuses_embeddings_per_line(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="chat requests"):
         backend.encode(BatchRequest("e", CompletionRequest(prompt="x", endpoint="embeddings")))
     key, line, wire = backend.encode(BatchRequest("a/b", CompletionRequest(prompt="hi")))
-    assert (key, wire) == (MODEL, "a/b")
+    assert (key, wire) == (f"models/{MODEL}", "a/b")
     assert json.loads(line) == {"key": "a/b", "request": client.body_for(CompletionRequest("hi"))}
 
 

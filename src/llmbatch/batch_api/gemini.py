@@ -21,13 +21,13 @@ inlinedResponses` (`{"response"|"error", "metadata": {"key"}}`). A line's error 
 `google.rpc.Status` whose `code` is a gRPC code (3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 13
 INTERNAL ...): it is mapped to the HTTP status Google pairs with it, then onto the error tree.
 
-One batch holds one model (the route names it), so the model is the chunk key. Each chunk is
-written as the file's JSONL (`{"key": id, "request": GenerateContentRequest}`, the request
-exactly as the realtime client builds it); a chunk of at most `inline_max_bytes` (19 MB: the
-API takes inline requests "under 20MB" in all) is sent inline, without a file, a larger one is
-uploaded first. The batch's `displayName` is our tag (the ledger's run key and chunk number),
-so a batch whose create answer was lost is found exactly by listing batches. Keys are the
-request ids as they are.
+One batch holds one model (the route names it), so the model ("models/NAME") is the chunk key.
+Each chunk is written as the file's JSONL (`{"key": id, "request": GenerateContentRequest}`,
+the request exactly as the realtime client builds it); a chunk of at most `inline_max_bytes`
+(19 MB: the API takes inline requests "under 20MB" in all) is sent inline, without a file, a
+larger one is uploaded first. The batch's `displayName` is our tag (the ledger's run key and
+chunk number), so a batch whose create answer was lost is found exactly by listing batches.
+Keys are the request ids as they are.
 
 What the API leaves open, and how it is read here: an EXPIRED batch has no results (Google:
 "the job will not have any results to retrieve"), so its lines are `batch_expired`; whatever
@@ -207,7 +207,7 @@ class GeminiBatches:
         else:
             config = {"requests": {"requests": _inline(path)}}
         payload = {"batch": {"displayName": tag, "inputConfig": config}}
-        route = f"/{API_VERSION}/models/{key}:batchGenerateContent"
+        route = f"/{API_VERSION}/{key}:batchGenerateContent"
         return _info(await self.api.json("POST", route, payload))
 
     async def get(self, batch_id: str) -> BatchInfo:

@@ -75,11 +75,17 @@ _GENERATION = {
 
 
 def model_name(model: str | None) -> str:
-    """The model as it goes in a path ("gemini-2.5-flash"; a "models/" prefix is dropped).
-    `UnsupportedRequestError` without one: Gemini's routes name the model."""
+    """The model's resource name as it goes in a path: "models/gemini-2.5-flash" (the prefix
+    added where missing), or a tuned model's "tunedModels/...". `UnsupportedRequestError`
+    without one: Gemini's routes name the model."""
     if not model:
         raise UnsupportedRequestError("Gemini needs a model (the route names it): set `model`")
-    return quote(model.removeprefix("models/"), safe="-._~")
+    collection, _, name = model.rpartition("/")
+    if collection not in ("", "models", "tunedModels"):
+        raise UnsupportedRequestError(
+            f"model {model!r}: give a model name, or models/NAME or tunedModels/NAME"
+        )
+    return f"{collection or 'models'}/{quote(name, safe='-._~')}"
 
 
 class GeminiClient(ProviderClient):
@@ -105,7 +111,7 @@ class GeminiClient(ProviderClient):
 
     def path_for(self, request: CompletionRequest) -> str:
         verb = "embedContent" if request.endpoint == "embeddings" else "generateContent"
-        return f"/{API_VERSION}/models/{model_name(request.model or self.model)}:{verb}"
+        return f"/{API_VERSION}/{model_name(request.model or self.model)}:{verb}"
 
     def body_for(self, request: CompletionRequest) -> dict[str, Any]:
         """The JSON body of `request` (a batch line's `request` too)."""

@@ -100,6 +100,7 @@ class GeminiRoutes:
         # google-genai 2.x and later default to it for realtime calls.
         app.router.add_post("/v1beta/models/{call}", self.call)
         app.router.add_post("/v1/models/{call}", self.call)
+        app.router.add_post("/v1beta/tunedModels/{call}", self.call)
         self.batches.add_to(app)
 
     async def call(self, request: web.Request) -> web.StreamResponse:

@@ -459,3 +459,54 @@ async def test_an_upload_whose_answer_was_lost_is_found_by_name_and_used(tmp_pat
     assert sorted(r.id for r in results) == ids and all(r.ok for r in results)
     assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
     assert stats["files_deleted"] == 2  # that input and the responses: nothing left behind
+
+
+def test_ctrl_c_leaves_gemini_batches_running_and_the_rerun_collects_them(
+    start_sim: Start, tmp_path: Path
+) -> None:
+    import signal
+
+    sim = start_sim("--batch-seconds", "1.5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(12)]
+    write_requests(inp, ids)
+    args = run_args(sim, inp, out, "--batch-max-requests", "6")
+    proc = start_cli(*args)
+    wait_for(lambda: sum(bool(c["batch_id"]) for c in chunks(out)) == 2, "both batches created")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert sim.stats()["batches_cancelled"] == 0
+    rows = [json.loads(x) for x in cli("batches", "list", str(out), "--json").stdout.splitlines()]
+    assert [r["state"] for r in rows] == ["created", "created"]
+    assert all(r["batch_id"].startswith("batches/") for r in rows)
+    assert {r["status"] for r in rows} <= {"BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"}
+    rerun = cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert ids_once(out) == Counter(ids)
+    assert sim.stats()["batches_created"] == 2
+
+
+async def test_llmbatch_run_from_python_through_the_gemini_batch_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmbatch import RunConfig
+    from llmbatch import run as run_pipeline
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    requests = [BatchRequest(f"r{i}", CompletionRequest(prompt=f"item {i}")) for i in range(5)]
+    async with Simulator(SimulatorConfig(batch_seconds=0.3, api_key=KEY)) as sim:
+        config = RunConfig(
+            requests=requests,
+            output=str(tmp_path / "out.jsonl"),
+            provider="gemini",
+            base_url=sim.url,
+            model=MODEL,
+            batch_api=True,
+            poll_interval=0.05,
+        )
+        # `run` is synchronous; the simulator lives in this loop, so the run gets a thread.
+        summary = await asyncio.to_thread(run_pipeline, config)
+        created = sim.stats()["batches_created"]
+    assert (summary.exit_code, summary.executor, created) == (0, "batch_api", 1)
+    assert summary.stats.success_count == 5 and summary.spent > 0

@@ -314,6 +314,8 @@ def test_the_google_genai_sdk_drives_the_simulators_realtime_routes(
         ),
     )
     assert json.loads(structured.text)["label"] in ("a", "b")
+    embedded = sdk.models.embed_content(model="text-embedding-004", contents=["a", "b"])
+    assert [len(e.values) for e in embedded.embeddings] == [8, 8]
     # The SDK's default API version (v1) is served too.
     default = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=sim.url))
     assert default.models.generate_content(model=MODEL, contents="Hi").text

@@ -346,6 +346,12 @@ def test_the_google_genai_sdk_runs_file_and_inline_batches_on_the_simulator(
     assert [r.metadata for r in answers] == [{"key": "a"}, {"key": "b"}]
     assert all(r.response.text for r in answers)
     assert {j.name for j in sdk.batches.list()} >= {job.name, inline.name}
+    assert sdk.files.get(name=uploaded.name).size_bytes == uploaded.size_bytes
+    assert uploaded.name in {f.name for f in sdk.files.list()}
+    sdk.files.delete(name=uploaded.name)
+    assert uploaded.name not in {f.name for f in sdk.files.list()}
+    sdk.batches.delete(name=inline.name)
+    assert inline.name not in {j.name for j in sdk.batches.list()}
 
     slow = start_sim("--batch-seconds", "30")
     sdk2 = genai.Client(

@@ -4,6 +4,7 @@
 
     POST /v1beta/models/{model}:generateContent     a chat request in Gemini's shape
     POST /v1beta/models/{model}:embedContent        one embedding
+    POST /v1beta/models/{model}:batchEmbedContents  several (google-genai's embed_content)
 
 A request is served by the simulator's own chat logic (`Simulator._handle` with the `GEMINI`
 dialect: the same limits, latency, faults, schemas, refusals and truncation as every route),
@@ -32,7 +33,11 @@ if TYPE_CHECKING:
 
 __all__ = ["GeminiRoutes", "gemini_answer"]
 
-_VERBS = {"generateContent": "chat", "embedContent": "embeddings"}
+_VERBS = {
+    "generateContent": "chat",
+    "embedContent": "embeddings",
+    "batchEmbedContents": "embeddings",  # what google-genai's embed_content calls
+}
 _DROPPED = ("retry-after", "retry-after-ms", "x-request-id")
 
 
@@ -54,7 +59,9 @@ def _wait(headers: Any) -> float | None:
     return None
 
 
-def gemini_answer(kind: str, model: str, response: web.StreamResponse) -> web.StreamResponse:
+def gemini_answer(
+    kind: str, model: str, response: web.StreamResponse, *, many: bool = False
+) -> web.StreamResponse:
     """`response` (the chat logic's answer) in Gemini's shape. A body that is not JSON (the
     `malformed` fault) or a response never written (a reset) is left as it is."""
     if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
@@ -69,7 +76,7 @@ def gemini_answer(kind: str, model: str, response: web.StreamResponse) -> web.St
     status = response.status
     if status == 200:
         try:
-            return _json(200, from_chat_reply(kind, body, model), headers)
+            return _json(200, from_chat_reply(kind, body, model, many=many), headers)
         except (KeyError, IndexError, TypeError):
             return response
     error = body.get("error") if isinstance(body, dict) else None
@@ -111,4 +118,4 @@ class GeminiRoutes:
         if kind is None:
             return _json(404, google_error(404, f"Method not found: {verb!r}."))
         response = await self.sim._handle(request, kind, GEMINI)
-        return gemini_answer(kind, model, response)
+        return gemini_answer(kind, model, response, many=verb == "batchEmbedContents")

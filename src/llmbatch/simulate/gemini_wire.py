@@ -92,6 +92,15 @@ def to_chat(kind: str, body: Body) -> Body:
     """The chat (or embeddings) body that asks what `body` asks; ValueError naming the field
     the API would refuse."""
     if kind == "embeddings":
+        requests = body.get("requests")
+        if isinstance(requests, list):  # batchEmbedContents: several texts at once
+            if not requests:
+                raise ValueError("requests: must not be empty")
+            texts = [
+                _text(_get(r, "content", "content"), f"requests[{i}].content")
+                for i, r in enumerate(requests)
+            ]
+            return {"input": texts}
         content = body.get("content")
         if not isinstance(content, dict):
             raise ValueError("content: required")
@@ -137,10 +146,12 @@ def to_chat(kind: str, body: Body) -> Body:
     return chat
 
 
-def from_chat_reply(kind: str, reply: Body, model: str) -> Body:
-    """Gemini's answer carrying what the chat (or embeddings) `reply` says."""
+def from_chat_reply(kind: str, reply: Body, model: str, *, many: bool = False) -> Body:
+    """Gemini's answer carrying what the chat (or embeddings) `reply` says; `many`: the
+    answer to a `batchEmbedContents`, one vector per text."""
     if kind == "embeddings":
-        return {"embedding": {"values": reply["data"][0]["embedding"]}}
+        vectors = [{"values": item["embedding"]} for item in reply["data"]]
+        return {"embeddings": vectors} if many else {"embedding": vectors[0]}
     choice = reply["choices"][0]
     message = choice.get("message") or {}
     usage = reply.get("usage") or {}

@@ -98,6 +98,10 @@ async def test_realtime_answer_maps_text_usage_model_and_id() -> None:
         assert resp.raw["usageMetadata"]["promptTokenCount"] == resp.usage.prompt_tokens
         embedded = await c.complete(CompletionRequest(prompt="vector me", endpoint="embeddings"))
         assert len(embedded.raw["embedding"]["values"]) == 8
+        several = CompletionRequest(endpoint="embeddings", extra={"input": ["a", "b", "c"]})
+        assert c.path_for(several).endswith(":batchEmbedContents")
+        vectors = (await c.complete(several)).raw["embeddings"]
+        assert len(vectors) == 3 and vectors[0] != vectors[1]
         assert sim.stats()["by_path"]["chat"] == 1
 
 

@@ -7,15 +7,15 @@ The key comes from `api_key`, `GEMINI_API_KEY` or `GOOGLE_API_KEY` (in that orde
 google-genai SDK reads them) and is sent in the `x-goog-api-key` header, never as the `?key=`
 query parameter, which would put it in every logged URL.
 
-Routes (under the base URL, default https://generativelanguage.googleapis.com):
-`POST /v1beta/models/{model}:generateContent` for chat requests and `:embedContent` for
-embeddings. A request becomes `contents` (user and `model` turns; OpenAI-style assistant
-turns are renamed), `systemInstruction` (the request's `system` and any system messages) and
-`generationConfig` (`temperature`, `maxOutputTokens`, and for JSON mode
-`responseMimeType: application/json`). A schema goes natively as `responseJsonSchema` (the
-field that takes JSON Schema as is; `responseSchema` takes only an OpenAPI subset), or in
-prompt mode into the system instruction. `request.extra` is merged into the body, its
-`generationConfig` into ours key by key.
+Routes (under the base URL, default https://generativelanguage.googleapis.com): `POST
+/v1beta/models/{model}:generateContent` for chat requests, `:embedContent` for embeddings
+(`:batchEmbedContents` for an `input` list). A request becomes `contents` (user and `model`
+turns; OpenAI-style assistant turns are renamed), `systemInstruction` (the request's `system`
+and any system messages) and `generationConfig` (`temperature`, `maxOutputTokens`, and for
+JSON mode `responseMimeType: application/json`). A schema goes natively as
+`responseJsonSchema` (the field that takes JSON Schema as is; `responseSchema` takes only an
+OpenAPI subset), or in prompt mode into the system instruction. `request.extra` is merged into
+the body, its `generationConfig` into ours key by key.
 
 The reply: the first candidate's text parts (thought summaries left out); usage from
 `usageMetadata` (`promptTokenCount` counts cached tokens too, as our `prompt_tokens` does;
@@ -110,7 +110,9 @@ class GeminiClient(ProviderClient):
         return {"x-goog-api-key": key}
 
     def path_for(self, request: CompletionRequest) -> str:
-        verb = "embedContent" if request.endpoint == "embeddings" else "generateContent"
+        verb = "generateContent"
+        if request.endpoint == "embeddings":
+            verb = "batchEmbedContents" if _texts(request) is not None else "embedContent"
         return f"/{API_VERSION}/{model_name(request.model or self.model)}:{verb}"
 
     def body_for(self, request: CompletionRequest) -> dict[str, Any]:
@@ -118,11 +120,13 @@ class GeminiClient(ProviderClient):
         if request.endpoint == "embeddings":
             if request.schema is not None:
                 raise UnsupportedRequestError("a schema needs a chat request, not embeddings")
-            if request.extra and "input" in request.extra:
-                raise UnsupportedRequestError(
-                    "Gemini's embedContent takes one text per request, not an `input` list"
-                )
-            return {"content": {"parts": [{"text": request.prompt}]}}
+            texts = _texts(request)
+            if texts is None:
+                return {"content": {"parts": [{"text": request.prompt}]}}
+            model = model_name(request.model or self.model)
+            return {
+                "requests": [{"model": model, "content": {"parts": [{"text": t}]}} for t in texts]
+            }
         if request.endpoint != "chat":
             raise UnsupportedRequestError(
                 f"Gemini has no {request.endpoint!r} endpoint; use chat requests"
@@ -179,7 +183,8 @@ def parse_reply(request: CompletionRequest, status: int, body: Any) -> Completio
     """A `generateContent` (or `embedContent`) answer as a `CompletionResponse`; a missing
     field raises KeyError/TypeError, which the caller turns into `InvalidResponseError`."""
     if request.endpoint == "embeddings":
-        body["embedding"]["values"]
+        vectors = body["embeddings"] if "embeddings" in body else [body["embedding"]]
+        vectors[0]["values"]
         return CompletionResponse(content="", raw=body, status_code=status)
     usage = _usage(body.get("usageMetadata") or {})
     candidates = body.get("candidates") or []
@@ -212,6 +217,17 @@ def parse_reply(request: CompletionRequest, status: int, body: Any) -> Completio
     if finish in BLOCKED_REASONS:
         refusal = text or f"blocked (finishReason: {finish})"
     return CompletionResponse(content=text, finish_reason=finish, refusal=refusal, **common)
+
+
+def _texts(request: CompletionRequest) -> list[str] | None:
+    """The texts of an embeddings request with an `input` list (an OpenAI embeddings line),
+    sent as one `batchEmbedContents`; None for a single text (`prompt`)."""
+    listed = request.extra.get("input") if request.extra else None
+    if listed is None:
+        return None
+    if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
+        raise UnsupportedRequestError("Gemini embeds texts: `input` must be a list of strings")
+    return listed
 
 
 def _text_only(content: Any, index: int) -> str:

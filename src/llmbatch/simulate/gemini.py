@@ -13,7 +13,7 @@ Google's 429 RESOURCE_EXHAUSTED with the wait in a `RetryInfo` detail (the limit
 whether a wait is told at all, as it decides Retry-After on the other routes; Gemini itself
 sends no header for it); other errors are `google.rpc.Status` bodies; a wrong key is a 400
 API_KEY_INVALID, as Google answers. The batch routes (`:batchGenerateContent`, `/v1beta/
-batches`, the File API) are in `gemini_batches.py`.
+batches`) are in `gemini_batches.py`, the File API in `gemini_files.py`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from .gemini_batches import GeminiBatchRoutes
+from .gemini_files import GeminiFiles
 from .gemini_wire import GEMINI, from_chat_reply, google_error
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ class GeminiRoutes:
 
     def __init__(self, simulator: Simulator, store: BatchStore) -> None:
         self.sim = simulator
-        self.batches = GeminiBatchRoutes(simulator, store)
+        self.files = GeminiFiles(store.config, store.counters)
+        self.batches = GeminiBatchRoutes(simulator, store, self.files)
 
     def add_to(self, app: web.Application) -> None:
         # One route for every `models/{model}:{verb}`: a path segment holds both. v1 too:
@@ -108,6 +110,7 @@ class GeminiRoutes:
         app.router.add_post("/v1beta/models/{call}", self.call)
         app.router.add_post("/v1/models/{call}", self.call)
         app.router.add_post("/v1beta/tunedModels/{call}", self.call)
+        self.files.add_to(app)
         self.batches.add_to(app)
 
     async def call(self, request: web.Request) -> web.StreamResponse:

@@ -1,20 +1,9 @@
-"""The simulator's Gemini Batch API and File API, in the shapes Google's API reference and the
+"""The simulator's Gemini Batch API, in the shapes Google's API reference and the
 google-genai SDK use.
 
-    routes = GeminiBatchRoutes(simulator, store)
+    routes = GeminiBatchRoutes(simulator, store, files)    # files: `gemini_files.GeminiFiles`
     routes.add_to(app)
 
-Files (key in `x-goog-api-key`):
-    POST   /upload/v1beta/files                 resumable start: X-Goog-Upload-Protocol:
-                                                resumable, -Command: start, body {"file":
-                                                {"displayName", "mimeType"}}; answers the
-                                                X-Goog-Upload-URL header
-    POST   /upload/v1beta/files?upload_id=U     X-Goog-Upload-Command: upload[, finalize],
-                                                X-Goog-Upload-Offset; finalize answers
-                                                {"file": File} with X-Goog-Upload-Status: final
-    GET    /v1beta/files[?pageSize&pageToken]   {"files": [...], "nextPageToken"?}
-    GET    /v1beta/files/{id}    DELETE /v1beta/files/{id}
-    GET    /v1beta/files/{id}:download?alt=media (and /download/v1beta/...): a generated file
 Batches:
     POST   /v1beta/models/{model}:batchGenerateContent   {"batch": {"displayName",
            "inputConfig": {"fileName": "files/..."} | {"requests": {"requests": [{"request",
@@ -44,19 +33,16 @@ batchStats counts are int64 strings, as proto3 JSON writes them.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from .batches import Timeline, dumps
-from .gemini_wire import GEMINI, GRPC_CODES, from_chat_reply, google_error, to_chat
+from .gemini_files import GeminiFiles, error, json_response, page, rfc3339
+from .gemini_wire import GEMINI, GRPC_CODES, from_chat_reply, to_chat
 
 if TYPE_CHECKING:
     from .batches import BatchStore
@@ -64,15 +50,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INLINE_MAX_BYTES",
-    "MAX_FILE_BYTES",
     "MAX_REQUESTS",
     "GeminiBatch",
     "GeminiBatchRoutes",
-    "GeminiFile",
 ]
 
 INLINE_MAX_BYTES = 20 * 1024 * 1024  # "keep the total request size under 20MB"
-MAX_FILE_BYTES = 2 * 1024 * 1024 * 1024  # the File API's per-file limit
 MAX_REQUESTS = 100_000  # the simulator's own cap (lowered by --batch-max-requests)
 _VALIDATE_SHARE = 0.1
 _FINALIZE_SHARE = 0.1
@@ -81,65 +64,11 @@ _BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateC
 _OUTPUT_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput"
 
 
-def _rfc3339(wall: float | None) -> str | None:
-    if wall is None:
-        return None
-    micros = int((wall % 1) * 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{micros:06d}Z"
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
-
-
-def _error(status: int, message: str, **kw: Any) -> web.Response:
-    return _json(status, google_error(status, message, **kw))
-
-
 def _status(code_name: str, message: str) -> dict[str, Any]:
     """A `google.rpc.Status` as a batch line carries it (numeric gRPC code)."""
     return {"code": GRPC_CODES[code_name], "message": message, "status": code_name}
 
 
-@dataclass(slots=True)
-class GeminiFile:
-    name: str  # "files/abc"
-    display_name: str
-    mime_type: str
-    data: bytes
-    created: float
-    source: str = "UPLOADED"  # or "GENERATED" (a batch's responses)
-
-    def obj(self, base: str) -> dict[str, Any]:
-        obj = {
-            "name": self.name,
-            "displayName": self.display_name,
-            "mimeType": self.mime_type,
-            "sizeBytes": str(len(self.data)),
-            "createTime": _rfc3339(self.created),
-            "updateTime": _rfc3339(self.created),
-            "expirationTime": _rfc3339(self.created + 48 * 3600),
-            "sha256Hash": base64.b64encode(hashlib.sha256(self.data).digest()).decode(),
-            "uri": f"{base}/v1beta/{self.name}",
-            "state": "ACTIVE",
-            "source": self.source,
-        }
-        if self.source == "GENERATED":
-            obj["downloadUri"] = f"{base}/download/v1beta/{self.name}:download?alt=media"
-        return obj
-
-
-@dataclass(slots=True)
-class _Upload:
-    display_name: str
-    mime_type: str
-    size: int | None
-    data: bytearray = field(default_factory=bytearray)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A line to run: (key, the chat body as JSON bytes) or (key, why the API refuses it).
 _Line = tuple[str, bytes | str]
 
@@ -194,8 +123,8 @@ class GeminiBatch:
             "@type": _BATCH_TYPE,
             "model": f"models/{self.model}",
             "displayName": self.display_name,
-            "createTime": _rfc3339(self.wall0),
-            "updateTime": _rfc3339(self.wall(min(now, self.ended_at or now))),
+            "createTime": rfc3339(self.wall0),
+            "updateTime": rfc3339(self.wall(min(now, self.ended_at or now))),
             "batchStats": {
                 "requestCount": str(self.n),
                 "successfulRequestCount": str(self.succeeded),
@@ -209,7 +138,7 @@ class GeminiBatch:
             meta["inputConfig"] = {"fileName": self.file_name}
         op: dict[str, Any] = {"name": self.name, "metadata": meta}
         if self.state is not None:
-            meta["endTime"] = _rfc3339(self.wall(self.ended_at or now))
+            meta["endTime"] = rfc3339(self.wall(self.ended_at or now))
             op["done"] = True
             if self.state == "BATCH_STATE_FAILED":
                 op["error"] = _status("INVALID_ARGUMENT", self.failure or "the batch failed")
@@ -220,144 +149,23 @@ class GeminiBatch:
 
 
 class GeminiBatchRoutes:
-    """The File API and the Batch API of one simulator, over the shared batch clock."""
+    """The Batch API of one simulator, over the shared batch clock and its File API."""
 
-    def __init__(self, simulator: Simulator, store: BatchStore) -> None:
+    def __init__(self, simulator: Simulator, store: BatchStore, files: GeminiFiles) -> None:
         self.sim = simulator
         self.store = store
         self.config = c = store.config
         self.max_requests = c.batch_max_requests or MAX_REQUESTS
-        self.max_file_bytes = c.batch_max_bytes or MAX_FILE_BYTES
-        self.files: dict[str, GeminiFile] = {}
-        self.uploads: dict[str, _Upload] = {}
+        self.files = files
         self.batches: dict[str, GeminiBatch] = {}
         self._creates = 0
 
     def add_to(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post("/upload/v1beta/files", self._auth(self.upload))
-        r.add_get("/v1beta/files", self._auth(self.list_files))
-        r.add_get("/v1beta/files/{call}", self._auth(self.get_file))
-        r.add_get("/download/v1beta/files/{call}", self._auth(self.get_file))
-        r.add_delete("/v1beta/files/{id}", self._auth(self.delete_file))
-        r.add_get("/v1beta/batches", self._auth(self.list_batches))
-        r.add_get("/v1beta/batches/{id}", self._auth(self.get_batch))
-        r.add_post("/v1beta/batches/{call}", self._auth(self.cancel_batch))
-        r.add_delete("/v1beta/batches/{id}", self._auth(self.delete_batch))
-
-    def _auth(self, handler: Handler) -> Handler:
-        async def checked(request: web.Request) -> web.StreamResponse:
-            key = self.config.api_key
-            if key is not None and request.headers.get("x-goog-api-key") != key:
-                return _error(
-                    400,
-                    "API key not valid. Please pass a valid API key.",
-                    reason="API_KEY_INVALID",
-                )
-            return await handler(request)
-
-        return checked
-
-    def _base(self, request: web.Request) -> str:
-        return f"{request.scheme}://{request.host}"
-
-    # -- files -----------------------------------------------------------------------------
-
-    async def upload(self, request: web.Request) -> web.StreamResponse:
-        upload_id = request.query.get("upload_id")
-        command = request.headers.get("X-Goog-Upload-Command", "")
-        if upload_id is None:
-            if request.headers.get("X-Goog-Upload-Protocol") != "resumable" or command != "start":
-                return _error(400, "Only the resumable upload protocol is supported here.")
-            try:
-                body = orjson.loads(await request.read() or b"{}")
-            except orjson.JSONDecodeError as exc:
-                return _error(400, f"Invalid JSON payload received. {exc}")
-            meta = body.get("file") if isinstance(body, dict) else None
-            meta = meta if isinstance(meta, dict) else {}
-            declared = request.headers.get("X-Goog-Upload-Header-Content-Length")
-            size = int(declared) if declared and declared.isdigit() else None
-            if size is not None and size > self.max_file_bytes:
-                return _error(400, f"File too large: {size} bytes; the limit is 2 GB.")
-            mime = request.headers.get("X-Goog-Upload-Header-Content-Type") or str(
-                meta.get("mimeType") or "application/octet-stream"
-            )
-            uid = secrets.token_hex(12)
-            self.uploads[uid] = _Upload(str(meta.get("displayName") or ""), mime, size)
-            url = f"{self._base(request)}/upload/v1beta/files?upload_id={uid}"
-            url += "&upload_protocol=resumable"
-            headers = {"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"}
-            return web.Response(status=200, headers=headers)
-        pending = self.uploads.get(upload_id)
-        if pending is None:
-            return _error(404, f"No upload session {upload_id!r}.")
-        offset = request.headers.get("X-Goog-Upload-Offset", "0")
-        if not offset.isdigit() or int(offset) != len(pending.data):
-            return _error(400, f"X-Goog-Upload-Offset {offset} != {len(pending.data)} received.")
-        while chunk := await request.content.read(1 << 20):
-            pending.data += chunk
-            if len(pending.data) > self.max_file_bytes:
-                del self.uploads[upload_id]
-                return _error(400, "File too large; the limit is 2 GB.")
-        if "finalize" not in command:
-            return web.Response(status=200, headers={"X-Goog-Upload-Status": "active"})
-        del self.uploads[upload_id]
-        stored = GeminiFile(
-            f"files/{secrets.token_hex(6)}",
-            pending.display_name,
-            pending.mime_type,
-            bytes(pending.data),
-            time.time(),
-        )
-        self.files[stored.name] = stored
-        self.store.counters.files_uploaded += 1
-        return _json(
-            200, {"file": stored.obj(self._base(request))}, {"X-Goog-Upload-Status": "final"}
-        )
-
-    def _listing_refused(self) -> web.Response | None:
-        status = self.config.batch_list_status
-        if status is None:
-            return None
-        return _error(status, "The caller does not have permission")
-
-    async def list_files(self, request: web.Request) -> web.StreamResponse:
-        if (refused := self._listing_refused()) is not None:
-            return refused
-        base = self._base(request)
-        found = [f.obj(base) for f in reversed(self.files.values())]
-        page, token = _page(found, request)
-        body: dict[str, Any] = {"files": page} if page else {}
-        if token:
-            body["nextPageToken"] = token
-        return _json(200, body)
-
-    async def get_file(self, request: web.Request) -> web.StreamResponse:
-        call = request.match_info["call"]
-        name, _, verb = call.partition(":")
-        stored = self.files.get(f"files/{name}")
-        if stored is None:
-            return _error(
-                403, f"You do not have permission to access the File {name} or it may not exist."
-            )
-        if verb == "download":
-            if stored.source != "GENERATED":
-                return _error(400, "Only generated files can be downloaded.")
-            return web.Response(body=stored.data, content_type="application/octet-stream")
-        if verb:
-            return _error(404, f"Method not found: {verb!r}.")
-        return _json(200, stored.obj(self._base(request)))
-
-    async def delete_file(self, request: web.Request) -> web.StreamResponse:
-        name = f"files/{request.match_info['id']}"
-        if self.files.pop(name, None) is None:
-            return _error(
-                403, f"You do not have permission to access the File {name} or it may not exist."
-            )
-        self.store.counters.files_deleted += 1
-        return _json(200, {})
-
-    # -- batches ---------------------------------------------------------------------------
+        r, auth = app.router, self.files.auth
+        r.add_get("/v1beta/batches", auth(self.list_batches))
+        r.add_get("/v1beta/batches/{id}", auth(self.get_batch))
+        r.add_post("/v1beta/batches/{call}", auth(self.cancel_batch))
+        r.add_delete("/v1beta/batches/{id}", auth(self.delete_batch))
 
     def _create_fault(self) -> str | None:
         self._creates += 1
@@ -368,53 +176,50 @@ class GeminiBatchRoutes:
         return None
 
     async def create(self, request: web.Request, model: str) -> web.StreamResponse:
-        key = self.config.api_key
-        if key is not None and request.headers.get("x-goog-api-key") != key:
-            return _error(
-                400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID"
-            )
+        if (refused := self.files.refuse_key(request)) is not None:
+            return refused
         raw = bytearray()
         while chunk := await request.content.read(1 << 20):
             raw += chunk
             if len(raw) > INLINE_MAX_BYTES:
-                return _error(
+                return error(
                     400, f"Request payload size exceeds the limit: {INLINE_MAX_BYTES} bytes."
                 )
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return _error(400, f"Invalid JSON payload received. {exc}")
+            return error(400, f"Invalid JSON payload received. {exc}")
         batch_body = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(batch_body, dict):
-            return _error(400, "batch: required")
+            return error(400, "batch: required")
         config = batch_body.get("inputConfig", batch_body.get("input_config"))
         if not isinstance(config, dict):
-            return _error(400, "batch.input_config: required")
+            return error(400, "batch.input_config: required")
         file_name = config.get("fileName", config.get("file_name"))
         inline = config.get("requests")
         failure: str | None = None
         if isinstance(file_name, str):
-            stored = self.files.get(file_name)
+            stored = self.files.files.get(file_name)
             if stored is None:
-                return _error(404, f"File {file_name} not found.")
+                return error(404, f"File {file_name} not found.")
             items, failure = _file_lines(stored.data)
         elif isinstance(inline, dict) and isinstance(inline.get("requests"), list):
             items, problem = _inline_lines(inline["requests"])
             if problem is not None:
-                return _error(400, problem)
+                return error(400, problem)
         else:
-            return _error(400, "batch.input_config: one of file_name or requests is required")
+            return error(400, "batch.input_config: one of file_name or requests is required")
         if len(items) > self.max_requests:
-            return _error(
+            return error(
                 400, f"Too many requests in the batch: {len(items)} (at most {self.max_requests})."
             )
         if not items:
-            return _error(400, "The batch has no requests.")
+            return error(400, "The batch has no requests.")
         if failure is None and self.config.batch_fail_validation:
             failure = "The batch failed validation (forced by --batch-fail-validation)."
         fault = self._create_fault()
         if fault == "refuse":
-            return _error(503, "The service is currently unavailable.")
+            return error(503, "The service is currently unavailable.")
         now = self.store.clock()
         s = self.config.batch_seconds
         batch = GeminiBatch(
@@ -431,13 +236,13 @@ class GeminiBatchRoutes:
         self.store.counters.batches_created += 1
         self.store.counters.batch_lines += batch.n
         if fault == "lose":
-            return _error(503, "The service is currently unavailable.")
-        return _json(200, batch.operation(now))
+            return error(503, "The service is currently unavailable.")
+        return json_response(200, batch.operation(now))
 
     async def _batch(self, name: str) -> GeminiBatch | web.Response:
         batch = self.batches.get(f"batches/{name}")
         if batch is None:
-            return _error(404, f"Batch batches/{name} not found.")
+            return error(404, f"Batch batches/{name} not found.")
         await self._refresh(batch)
         return batch
 
@@ -446,41 +251,41 @@ class GeminiBatchRoutes:
         if isinstance(batch, web.Response):
             return batch
         self.store.counters.batch_polls += 1
-        return _json(200, batch.operation(self.store.clock()))
+        return json_response(200, batch.operation(self.store.clock()))
 
     async def cancel_batch(self, request: web.Request) -> web.StreamResponse:
         name, _, verb = request.match_info["call"].partition(":")
         if verb != "cancel":
-            return _error(404, f"Method not found: {verb!r}.")
+            return error(404, f"Method not found: {verb!r}.")
         batch = await self._batch(name)
         if isinstance(batch, web.Response):
             return batch
         if batch.state is not None or batch.cancel_at is not None or batch.failure is not None:
             state = batch.current_state(self.store.clock())
-            return _error(400, f"Batch {batch.name} is in state {state} and cannot be cancelled.")
+            return error(400, f"Batch {batch.name} is in state {state} and cannot be cancelled.")
         batch.cancel_at = self.store.clock()
         self.store.counters.batches_cancelled += 1
-        return _json(200, {})
+        return json_response(200, {})
 
     async def delete_batch(self, request: web.Request) -> web.StreamResponse:
         batch = await self._batch(request.match_info["id"])
         if isinstance(batch, web.Response):
             return batch
         del self.batches[batch.name]
-        return _json(200, {})
+        return json_response(200, {})
 
     async def list_batches(self, request: web.Request) -> web.StreamResponse:
-        if (refused := self._listing_refused()) is not None:
+        if (refused := self.files.listing_refused()) is not None:
             return refused
         found = list(reversed(self.batches.values()))
         for batch in found:
             await self._refresh(batch)
         now = self.store.clock()
-        page, token = _page([b.operation(now) for b in found], request)
-        body: dict[str, Any] = {"operations": page} if page else {}
+        listed, token = page([b.operation(now) for b in found], request)
+        body: dict[str, Any] = {"operations": listed} if listed else {}
         if token:
             body["nextPageToken"] = token
-        return _json(200, body)
+        return json_response(200, body)
 
     # -- the state machine (as `batches.BatchStore.advance`) ----------------------------------
 
@@ -559,24 +364,10 @@ class GeminiBatchRoutes:
             else:
                 name = f"files/batch-{batch.name.removeprefix('batches/')}"
                 data = b"\n".join(batch.lines) + b"\n"
-                stored = GeminiFile(name, name, "application/jsonl", data, time.time())
-                stored.source = "GENERATED"
-                self.files[name] = stored
+                self.files.add_generated(name, data)
                 batch.output = {"responsesFile": name}
         batch.lines = []
         batch.items = None
-
-
-def _page(items: list[dict[str, Any]], request: web.Request) -> tuple[list[Any], str | None]:
-    """One page of `items` (pageSize, pageToken = the offset as text)."""
-    try:
-        size = int(request.query.get("pageSize") or 50)
-        start = int(request.query.get("pageToken") or 0)
-    except ValueError:
-        return [], None
-    size = max(1, min(size, 1000))
-    end = start + size
-    return items[start:end], (str(end) if end < len(items) else None)
 
 
 def _chat_line(request: Any, where: str) -> bytes | str:

@@ -346,6 +346,8 @@ def test_the_google_genai_sdk_runs_file_and_inline_batches_on_the_simulator(
     assert [r.metadata for r in answers] == [{"key": "a"}, {"key": "b"}]
     assert all(r.response.text for r in answers)
     assert {j.name for j in sdk.batches.list()} >= {job.name, inline.name}
+    # One per page: the SDK follows nextPageToken through every page.
+    assert {j.name for j in sdk.batches.list(config={"page_size": 1})} == {job.name, inline.name}
     assert sdk.files.get(name=uploaded.name).size_bytes == uploaded.size_bytes
     assert uploaded.name in {f.name for f in sdk.files.list()}
     sdk.files.delete(name=uploaded.name)
@@ -516,3 +518,26 @@ async def test_llmbatch_run_from_python_through_the_gemini_batch_api(
         created = sim.stats()["batches_created"]
     assert (summary.exit_code, summary.executor, created) == (0, "batch_api", 1)
     assert summary.stats.success_count == 5 and summary.spent > 0
+
+
+async def test_look_ups_read_every_page_of_batches_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmbatch.batch_api.gemini as gemini_batches
+
+    monkeypatch.setattr(gemini_batches, "_PAGE", "1")  # one per page: every page is read
+    async with Simulator(SimulatorConfig(batch_seconds=0.3)) as sim:
+        client = GeminiClient(base_url=sim.url, model=MODEL, api_key=KEY)
+        backend = GeminiBatches(client)
+        path = tmp_path / "chunk.jsonl"
+        _, line, _ = backend.encode(BatchRequest("a", CompletionRequest(prompt="hi")))
+        path.write_bytes(line)
+        made = [await backend.create(f"models/{MODEL}", path, None, f"t:{i}") for i in range(3)]
+        names = [await backend.upload(path, f"f{i}.jsonl") for i in range(3)]
+        found = [info async for info in backend.recent(0)]
+        first = await backend.find_upload("f0.jsonl", path.stat().st_size, 0)
+        missing = await backend.find_upload("f0.jsonl", path.stat().st_size + 1, 0)
+        await client.aclose()
+    assert {info.id for info in found} == {info.id for info in made}
+    assert {info.tag for info in found} == {"t:0", "t:1", "t:2"}
+    assert (first, missing) == (names[0], None)

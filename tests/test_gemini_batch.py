@@ -86,6 +86,8 @@ def test_a_run_splits_into_inline_batches_and_writes_every_line_once(
     listed = cli("batches", "list", str(out))
     assert listed.returncode == 0, listed.stderr
     assert "BATCH_STATE_SUCCEEDED" in listed.stdout
+    stats = json.loads(cli("stats", str(out), "--json").stdout)
+    assert list(stats["cost_by_model"]) == [MODEL]  # read from the body's modelVersion
 
 
 def test_per_line_errors_keep_their_code(start_sim: Start, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import json
 import time
 from collections import Counter
@@ -88,6 +89,15 @@ def test_a_run_splits_into_inline_batches_and_writes_every_line_once(
     assert "BATCH_STATE_SUCCEEDED" in listed.stdout
     stats = json.loads(cli("stats", str(out), "--json").stdout)
     assert list(stats["cost_by_model"]) == [MODEL]  # read from the body's modelVersion
+    exported = out.with_suffix(".csv")
+    done = cli("export", str(out), "-o", str(exported), "--input", str(inp))
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(exported.open()))
+    assert [row["id"] for row in rows] == ids  # input order
+    by_id = {rec["custom_id"]: rec for rec in read_out(out)}
+    for row in rows:
+        parts = by_id[row["id"]]["response"]["body"]["candidates"][0]["content"]["parts"]
+        assert row["reply"] == parts[0]["text"] and row["reply"]
 
 
 def test_per_line_errors_keep_their_code(start_sim: Start, tmp_path: Path) -> None:

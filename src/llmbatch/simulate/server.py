@@ -13,7 +13,8 @@ GET /config. Replies are derived from the prompt (the same prompt always gets th
 text; valid JSON in JSON mode) with usage of about one token per four characters.
 The batch APIs of both providers (OpenAI /v1/files + /v1/batches, Anthropic
 /v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`; Gemini's
-routes (realtime, Batch and File API) in `gemini.py` and `gemini_batches.py`.
+routes (realtime, Batch and File API) in `gemini.py`, `gemini_batches.py` and
+`gemini_files.py`.
 
 This module routes and sequences; each concern lives in its own module: the wire formats
 in `dialects.py`, schema-shaped replies and their faults in `structured.py`, the rate-limit

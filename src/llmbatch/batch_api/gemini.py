@@ -37,6 +37,7 @@ output a CANCELLED or FAILED batch has is read, and its other lines get `batch_c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import re
@@ -205,7 +206,8 @@ class GeminiBatches:
         if file_id is not None:
             config = {"fileName": file_id}
         else:
-            config = {"requests": {"requests": _inline(path)}}
+            # Up to 19 MB read and rewrapped: off the event loop, which polls other batches.
+            config = {"requests": {"requests": await asyncio.to_thread(_inline, path)}}
         payload = {"batch": {"displayName": tag, "inputConfig": config}}
         route = f"/{API_VERSION}/{key}:batchGenerateContent"
         return _info(await self.api.json("POST", route, payload))

@@ -164,9 +164,10 @@ def test_google_error_bodies_map_onto_the_tree() -> None:
 
 
 async def test_each_server_error_arrives_as_google_shapes_it_and_maps_once() -> None:
-    async with Simulator(SimulatorConfig(api_key=KEY, rpm=1, limit_style="openai")) as sim:
+    async with Simulator(SimulatorConfig(api_key=KEY, rpm=1, limit_style="anthropic")) as sim:
         async with client(sim.url) as c:
-            await c.complete(CompletionRequest(prompt="first"))
+            first = await c.complete(CompletionRequest(prompt="first"))
+            assert first.rate_limit is None  # Gemini sends no rate-limit headers
             with pytest.raises(RateLimitError) as limited:
                 await c.complete(CompletionRequest(prompt="second"))
             # No Retry-After header: the wait came from the body's RetryInfo.

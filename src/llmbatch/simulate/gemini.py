@@ -71,7 +71,12 @@ def gemini_answer(
         body = orjson.loads(response.body)
     except orjson.JSONDecodeError:
         return response
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROPPED}
+    # Gemini sends no rate-limit headers, whatever the limit style sends on other routes.
+    headers = {
+        k: v
+        for k, v in response.headers.items()
+        if k.lower() not in _DROPPED and "ratelimit" not in k.lower()
+    }
     headers.pop("Content-Type", None)
     headers.pop("Content-Length", None)
     status = response.status

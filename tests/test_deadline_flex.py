@@ -8,20 +8,17 @@ deadlines are set so that the decisions do not depend on the machine's speed.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
 
-from .helpers import read_lines, wait_for, write_requests
-from .test_batch_api import env
-from .test_deadline_run import N, deadline_args, run
+from .helpers import cli, read_out, start_cli, wait_for, write_requests
+from .test_deadline_run import N, deadline_args
 
 
 def lanes(out) -> Counter[str]:
     """Lines per lane (batch, flex, default); every id once, every line answered."""
-    lines = read_lines(out)
+    lines = read_out(out)
     assert Counter(rec["custom_id"] for rec in lines).most_common(1)[0][1] == 1
     assert len(lines) == N and all(rec["error"] is None for rec in lines)
     return Counter(
@@ -38,7 +35,7 @@ def test_a_late_batch_finishes_through_flex_at_the_batch_price(start_sim, tmp_pa
     )  # fmt: skip
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, [f"q{i}" for i in range(N)])
-    done = run(
+    done = cli(
         *deadline_args(sim, inp, out, "30s", "--service-tier", "flex", "--price-in", "1",
                        "--price-out", "2")
     )  # fmt: skip
@@ -51,7 +48,7 @@ def test_a_late_batch_finishes_through_flex_at_the_batch_price(start_sim, tmp_pa
     assert stats["batches_cancelled"] == 1 and stats["flex_refused"] > 0
     # Each line bought once; the refusals cost nothing and were sent again.
     assert stats["received"] == N + stats["flex_refused"]
-    for rec in read_lines(out):
+    for rec in read_out(out):
         usage = rec["llmbatch"]["usage"]
         full = (usage["prompt_tokens"] + 2 * usage["completion_tokens"]) / 1e6
         paid = full / 2 if rec["llmbatch"]["service_tier"] == "flex" else full  # flex: batch price
@@ -67,7 +64,7 @@ def test_when_flex_keeps_refusing_the_deadline_moves_the_lines_to_default(
     )  # fmt: skip
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, [f"q{i}" for i in range(N)])
-    done = run(*deadline_args(sim, inp, out, "20s", "--service-tier", "flex"))
+    done = cli(*deadline_args(sim, inp, out, "20s", "--service-tier", "flex"))
     assert done.returncode == 0, done.stderr
     assert lanes(out) == Counter({"default": N})  # none failed, none left flex-refused
     stats = sim.stats()
@@ -80,11 +77,11 @@ def test_plan_shows_the_split_into_batches_and_where_late_ones_go(tmp_path) -> N
     write_requests(inp, [f"q{i}" for i in range(450)])
     common = ["plan", str(inp), "--model", "gpt-4o-mini", "--rpm", "600", "--json"]
     common += ["--finish-by", "2h"]
-    flex = json.loads(run(*common, "--service-tier", "flex").stdout)["deadline"]
+    flex = json.loads(cli(*common, "--service-tier", "flex").stdout)["deadline"]
     assert flex["batch_count"] == 5 and flex["batch_size"] == 100  # the floor: 100 a batch
     assert flex["late_lane"] == "flex"
     assert flex["cost_if_every_batch_late"] == flex["cost_batch_part"]  # flex: batch price
-    plain = json.loads(run(*common).stdout)["deadline"]
+    plain = json.loads(cli(*common).stdout)["deadline"]
     assert plain["late_lane"] == "standard"
     assert plain["cost_if_every_batch_late"] > 1.9 * plain["cost_batch_part"]  # full price
 
@@ -104,13 +101,7 @@ def test_a_kill_during_a_mixed_run_then_a_rerun_finishes_every_id_once(start_sim
         sim, inp, out, when, "--service-tier", "flex", "--concurrency", "1",
         "--batch-max-requests", "30",
     )  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(),
-    )
+    proc = start_cli(*args)
     try:
         wait_for(lambda: sim.stats()["batches_cancelled"] >= 1, "the first move", timeout=60)
         wait_for(lambda: sim.stats()["flex_requests"] >= 2, "flex calls", timeout=60)
@@ -118,9 +109,9 @@ def test_a_kill_during_a_mixed_run_then_a_rerun_finishes_every_id_once(start_sim
         proc.kill()  # SIGKILL mid-move: flex calls in flight, batches cancelling or live
         proc.communicate()
     assert sim.stats()["batches_created"] == 2
-    written_before = len(read_lines(out)) if out.exists() else 0
+    written_before = len(read_out(out)) if out.exists() else 0
     assert written_before < N
-    rerun = run(*args)
+    rerun = cli(*args)
     assert rerun.returncode == 0, rerun.stderr
     by_lane = lanes(out)  # every id once, every line answered
     assert set(by_lane) <= {"flex", "default"}

@@ -7,8 +7,6 @@ backoff sleeps on a fake clock, so no test waits for a refusal's backoff.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import openai
 import pytest
@@ -33,8 +31,7 @@ from llmbatch.tiers import TierPolicy, served_tier, with_tier
 from llmbatch.types import CompletionResponse, Usage
 
 from .conftest import FakeClock
-from .helpers import read_lines, write_requests
-from .test_batch_api import env
+from .helpers import cli, read_out, write_requests
 
 N = 40
 
@@ -147,19 +144,12 @@ def test_the_official_sdk_drives_flex_against_the_simulator(start_sim) -> None:
     assert info.value.status_code == 429 and info.value.code == "resource_unavailable"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args], capture_output=True, text=True, env=env(),
-        timeout=180,
-    )  # fmt: skip
-
-
 def test_cli_service_tier_flex_finishes_every_line_at_the_flex_price(start_sim, tmp_path) -> None:
     sim = start_sim("--flex-refusal-rate", "0.3", "--seed", "5", "--flex-latency-factor", "1")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(12)]
     write_requests(inp, ids)
-    done = _cli(
+    done = cli(
         "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model", "gpt-4o-mini",
         "--service-tier", "flex", "--max-retries", "0", "--price-in", "1", "--price-out", "2",
         "--no-progress", "--stats-json", str(tmp_path / "stats.json"),
@@ -169,7 +159,7 @@ def test_cli_service_tier_flex_finishes_every_line_at_the_flex_price(start_sim, 
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["answers_by_lane"] == {"flex": 12}
     assert abs(stats["cost_by_lane"]["flex"] - stats["cost"]) < 1e-9
-    lines = read_lines(out)
+    lines = read_out(out)
     assert sorted(rec["custom_id"] for rec in lines) == sorted(ids)
     for rec in lines:
         meta = rec["llmbatch"]
@@ -184,11 +174,11 @@ def test_cli_service_tier_refuses_what_cannot_work(tmp_path) -> None:
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, ["a"])
     base = ["run", str(inp), "-o", str(out), "--model", "m", "--base-url", "http://127.0.0.1:9"]
-    bad = _cli(*base, "--service-tier", "cheap")
+    bad = cli(*base, "--service-tier", "cheap")
     assert bad.returncode == 2 and "--service-tier" in bad.stderr
-    anthropic = _cli(*base, "--service-tier", "flex", "--provider", "anthropic")
+    anthropic = cli(*base, "--service-tier", "flex", "--provider", "anthropic")
     assert anthropic.returncode == 2 and "--service-tier" in anthropic.stderr
-    batch = _cli(*base, "--service-tier", "flex", "--batch-api")
+    batch = cli(*base, "--service-tier", "flex", "--batch-api")
     assert batch.returncode == 2 and "--service-tier" in batch.stderr
     assert not out.exists()
 
@@ -213,6 +203,6 @@ def test_python_run_with_service_tier_auto_moves_refused_lines_to_default(
     )
     summary = llmbatch.run(config)
     assert summary.stats.success_count == 6 and summary.stats.failure_count == 0
-    assert {rec["llmbatch"]["service_tier"] for rec in read_lines(out)} == {"default"}
+    assert {rec["llmbatch"]["service_tier"] for rec in read_out(out)} == {"default"}
     stats = sim.stats()
     assert stats["flex_refused"] == 3 * 6 and stats["received"] == 4 * 6

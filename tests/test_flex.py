@@ -27,7 +27,7 @@ from llmbatch.clients._http import error_for_status
 from llmbatch.pipeline import RunConfig
 from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.simulate import Simulator, SimulatorConfig
-from llmbatch.tiers import TierPolicy, served_tier, with_tier
+from llmbatch.tiers import TierPolicy, served_tier, tier_of, with_tier
 from llmbatch.types import CompletionResponse, Usage
 
 from .conftest import FakeClock
@@ -206,3 +206,18 @@ def test_python_run_with_service_tier_auto_moves_refused_lines_to_default(
     assert {rec["llmbatch"]["service_tier"] for rec in read_out(out)} == {"default"}
     stats = sim.stats()
     assert stats["flex_refused"] == 3 * 6 and stats["received"] == 4 * 6
+
+
+async def test_an_urgent_deadline_moves_a_refused_flex_request_to_default_at_once() -> None:
+    clock = FakeClock()
+    started = clock()
+    urgent_at = started + 1.0
+    policy = TierPolicy(urgent=lambda: clock() >= urgent_at)
+    flex = with_tier(CompletionRequest(prompt="q"), "flex")
+    step = policy.after_refusal(flex, refusals=1, waited=0.0)
+    assert step is not None and step[0] is flex  # not urgent yet: wait, then flex again
+    await policy.wait(8.0, clock.sleep)  # cut short once urgent, not the full 8 s
+    assert clock() - started <= 1.0 + 0.5
+    step = policy.after_refusal(flex, refusals=2, waited=1.0)
+    assert step is not None and step[1] == 0.0
+    assert tier_of(step[0]) == "default"

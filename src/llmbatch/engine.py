@@ -445,6 +445,8 @@ class _Run:
                         finally:
                             state.backoff += cfg.clock() - slept_from
                             state.refused_for += cfg.clock() - slept_from
+                        if (moved := cfg.tiers.after_wait(item.request)) is not item.request:
+                            item = BatchRequest(item.id, moved)
                     continue
                 return BatchResult(
                     item.id,

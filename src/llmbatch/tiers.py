@@ -150,6 +150,13 @@ class TierPolicy:
             await sleep(step)
             left -= step
 
+    def after_wait(self, request: CompletionRequest) -> CompletionRequest:
+        """`request` as sent again after its wait: at the default tier if the deadline
+        became urgent meanwhile (no point asking flex once more)."""
+        if self.urgent is not None and tier_of(request) == FLEX and self.urgent():
+            return with_tier(request, DEFAULT, replace=True)
+        return request
+
     @staticmethod
     def timeout_for(request: CompletionRequest, timeout: float | None) -> float | None:
         """The attempt timeout for `request`: at least `FLEX_TIMEOUT` when it asks for flex."""

@@ -579,10 +579,11 @@ class DeadlineRunner:
             self._duplicate(result)
             return
         if result.error is None and result.timing is not None and result.attempts:
-            # The time a worker spent on this request: its calls and the waits between them
-            # (a flex refusal is answered at once, then the request waits in its worker), so
-            # that concurrency x this is the pace realtime really keeps.
-            self._latency_sum += result.timing.provider + result.timing.backoff
+            # The call that answered: a refusal (flex short of room) is answered at once and
+            # would make the latency look shorter than an answer takes.
+            calls = result.timing.attempts
+            answered = calls[-1][1] if calls else result.timing.provider / result.attempts
+            self._latency_sum += answered
             self._latency_n += 1
         self._realtime_done += 1
         self._finish(result)

@@ -97,7 +97,7 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
             check = _check_input(config, source, skip)
             emit(
                 InputChecked(
-                    where_of(config), check, 0 if config.retry_failed else len(scan.failed)
+                    where_of(config), check, 0 if config.retry_failed else scan.failed_count
                 )
             )
             sink = _build_sink(config, client, journal, check, emit)
@@ -274,10 +274,12 @@ def _open_output(config: RunConfig) -> Journal:
 
 def _skip(config: RunConfig, scan: JournalScan) -> Callable[[str], bool]:
     """The test for ids this run leaves alone: answered, or failed without `retry_failed`."""
-    done, failed, retry_failed = scan.ok, scan.failed, config.retry_failed
+    status = scan.finished.status
+    if config.retry_failed:
+        return scan.is_ok
 
     def skip(rid: str) -> bool:
-        return rid in done or (rid in failed and not retry_failed)
+        return status(rid) is not None
 
     return skip
 
@@ -388,7 +390,7 @@ def _summarize(
     output_error: OutputError | None,
 ) -> RunSummary:
     """The whole output's stats, `stats_json` and the report, and the summary."""
-    stats = journal_stats(config.output)
+    stats = journal_stats(config.output, superseded=sink.journal.scan.superseded)
     unfinished = sink.unfinished
     stats_json_error = report_error = None
     if config.stats_json and output_error is None:

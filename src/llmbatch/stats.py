@@ -135,6 +135,21 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def _quantiles(series: array[float]) -> tuple[float, float, float, float, float]:
+    """(min, p50, p95, p99, max) of `series` (zeros when empty); its sorted copy is dropped
+    before the next series is sorted."""
+    if not series:
+        return (0.0, 0.0, 0.0, 0.0, 0.0)
+    ordered = sorted(series)
+    return (
+        ordered[0],
+        _percentile(ordered, 50),
+        _percentile(ordered, 95),
+        _percentile(ordered, 99),
+        ordered[-1],
+    )
+
+
 class StatsCollector:
     """Accumulates results one by one; usable as an engine listener.
 
@@ -220,6 +235,42 @@ class StatsCollector:
             if cost is not None:  # paid, though no answer: still money spent
                 self.add_cost(model, cost)
 
+    def add_line(
+        self,
+        request_id: str,
+        duration: float,
+        attempts: int,
+        error_type: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached: bool,
+        wait: float | None,
+        provider: float,
+        cost: float | None,
+        model: str,
+    ) -> None:
+        """`add_values`, positional: the form a reader of millions of lines calls (no keyword
+        parsing per line). `wait` is None for a line without timing (`provider` is ignored)."""
+        if wait is not None and attempts:
+            self._waits.append(wait)
+            self._providers.append(provider)
+        self._durations.append(duration)
+        self._attempts += attempts
+        if error_type is None:
+            self._success += 1
+            self._prompt += prompt_tokens
+            self._completion += completion_tokens
+            self._cached += cached
+            if cost is None:
+                self._unpriced += 1
+            else:
+                self._costs[model] = self._costs.get(model, 0.0) + cost
+        else:
+            self._failed.append(request_id)
+            self._errors[error_type] += 1
+            if cost is not None:  # paid, though no answer: still money spent
+                self.add_cost(model, cost)
+
     def add_timing(self, wait: float, provider: float) -> None:
         """One request's admission wait and provider time (seconds, summed over attempts)."""
         self._waits.append(wait)
@@ -233,9 +284,10 @@ class StatsCollector:
             self._costs[model] = self._costs.get(model, 0.0) + cost
 
     def snapshot(self) -> BatchStats:
-        durations = sorted(self._durations)
-        waits, providers = sorted(self._waits), sorted(self._providers)
-        n = len(durations)
+        # One series sorted at a time: a sorted copy is a list of floats, 32 bytes each.
+        n = len(self._durations)
+        durations = _quantiles(self._durations)
+        waits, providers = _quantiles(self._waits), _quantiles(self._providers)
         cost = None
         if self.prices is not None:
             cost = (self._prompt * self.prices[0] + self._completion * self.prices[1]) / 1e6
@@ -246,25 +298,25 @@ class StatsCollector:
             success_count=self._success,
             failure_count=n - self._success,
             cached_count=self._cached,
-            average_duration=math.fsum(durations) / n if n else 0.0,
-            min_duration=durations[0] if n else 0.0,
-            max_duration=durations[-1] if n else 0.0,
-            p50_duration=_percentile(durations, 50),
-            p95_duration=_percentile(durations, 95),
-            p99_duration=_percentile(durations, 99),
+            average_duration=math.fsum(self._durations) / n if n else 0.0,
+            min_duration=durations[0],
+            max_duration=durations[4],
+            p50_duration=durations[1],
+            p95_duration=durations[2],
+            p99_duration=durations[3],
             prompt_tokens=self._prompt,
             completion_tokens=self._completion,
             total_attempts=self._attempts,
             failed_requests=tuple(self._failed),
             errors_by_type=dict(self._errors.most_common()),
             cost=cost,
-            p50_wait=_percentile(waits, 50),
-            p95_wait=_percentile(waits, 95),
-            p99_wait=_percentile(waits, 99),
-            p50_provider=_percentile(providers, 50),
-            p95_provider=_percentile(providers, 95),
-            p99_provider=_percentile(providers, 99),
-            timed_requests=len(waits),
+            p50_wait=waits[1],
+            p95_wait=waits[2],
+            p99_wait=waits[3],
+            p50_provider=providers[1],
+            p95_provider=providers[2],
+            p99_provider=providers[3],
+            timed_requests=len(self._waits),
             cost_by_model=dict(sorted(self._costs.items())),
             unpriced_count=self._unpriced,
         )

@@ -56,11 +56,8 @@ class IdTable:
     def _alloc(self, slots: int) -> None:
         self._slots = slots
         self._keys = array("Q", bytes(8 * slots))
-        self._checks = array("L", bytes(4 * slots))
-        self._lines = array("L", bytes(4 * slots))
-        if self._checks.itemsize != 4 or self._lines.itemsize != 4:  # pragma: no cover
-            self._checks = array("I", bytes(4 * slots))
-            self._lines = array("I", bytes(4 * slots))
+        self._checks = array("I", bytes(4 * slots))  # "I" is 4 bytes where "L" may be 8
+        self._lines = array("I", bytes(4 * slots))
 
     def __len__(self) -> int:
         return self.count
@@ -69,34 +66,32 @@ class IdTable:
         # 0 marks an empty slot.
         return (self._hash(rid) & _MASK64) or 1
 
-    def _find(self, key: int, check: int) -> int:
-        """The slot of (key, check), or the empty slot where it would go."""
+    def add(self, rid: str, line: int, ok: bool = True) -> int | None:
+        """Record `rid` as seen on `line` (the newest wins) with its status; the line it had
+        before, or None if it is new."""
+        # Inlined (`_find`, `_key`, `_check`): this runs once per line of a whole output.
+        key = (self._hash(rid) & _MASK64) or 1
+        check = (zlib.crc32(rid.encode("utf-8", "surrogatepass")) & 0x7FFF_FFFF) << 1
         keys, checks, slots = self._keys, self._checks, self._slots
         i = key % slots
         while True:
             k = keys[i]
-            if k == 0 or (k == key and checks[i] & ~1 == check):
-                return i
+            if k == 0:
+                break
+            if k == key and checks[i] & ~1 == check:
+                before = self._lines[i]
+                self._lines[i] = line
+                checks[i] = check | ok
+                self.repeats += 1
+                return before
             i += 1
             if i == slots:
                 i = 0
-
-    def add(self, rid: str, line: int, ok: bool = True) -> int | None:
-        """Record `rid` as seen on `line` (the newest wins) with its status; the line it had
-        before, or None if it is new."""
-        key, check = self._key(rid), _check(rid)
-        i = self._find(key, check)
-        if self._keys[i]:
-            before = self._lines[i]
-            self._lines[i] = line
-            self._checks[i] = check | ok
-            self.repeats += 1
-            return before
-        self._keys[i] = key
-        self._checks[i] = check | ok
+        keys[i] = key
+        checks[i] = check | ok
         self._lines[i] = line
         self.count += 1
-        if self.count > self._slots * _LOAD:
+        if self.count > slots * _LOAD:
             self._grow()
         return None
 

@@ -48,8 +48,13 @@ __all__ = [
     "record",
 ]
 
-_MAGIC = b"LLMBIDX1"
-_HEADER = struct.Struct("<8sQQ")  # magic, journal st_dev, journal st_ino
+_MAGIC = b"LLMBIDX2"
+# magic, journal st_dev, journal st_ino; then a summary the writer keeps up to date after
+# each flush: journal bytes covered, lines covered, lines that repeated an id (UNKNOWN when
+# not counted). The summary is a hint: a reader only uses it after checking it.
+_HEADER = struct.Struct("<8sQQQQQ")
+_IDENTITY = 24  # bytes of the header that name the journal
+UNKNOWN = (1 << 64) - 1
 # crc of the rest | var length | flags | line start | line length | line crc | attempts |
 # duration, wait, provider, cost, extra cost | prompt tokens, completion tokens; then the
 # model, the error code (one length byte each) and the id (the rest).
@@ -191,9 +196,39 @@ def _entry(n: int, rec: tuple[Any, ...], var: bytes) -> Entry:
     )
 
 
-def _journal_entry(n: int, start: int, raw: bytes) -> tuple[Entry, bytes]:
-    rec = record(ResultLine.decode(raw), start, raw)
-    return _entry(n, _REC.unpack_from(rec), rec[_REC.size :]), rec
+@dataclass(slots=True, frozen=True)
+class Summary:
+    """What an index's header says it covers (a hint, checked by the reader)."""
+
+    covered: int  # journal bytes
+    lines: int
+    repeats: int  # lines of an id seen before; UNKNOWN if not counted
+
+
+def summary(output: str | Path) -> Summary | None:
+    """The header summary of `output`'s index, if the index names `output`'s file."""
+    try:
+        st = os.stat(output)
+        with open(index_path(output), "rb") as f:
+            head = f.read(_HEADER.size)
+    except OSError:
+        return None
+    if len(head) < _HEADER.size:
+        return None
+    magic, dev, ino, covered, lines, repeats = _HEADER.unpack(head)
+    if (magic, dev, ino) != (_MAGIC, st.st_dev, st.st_ino):
+        return None
+    return Summary(covered, lines, repeats)
+
+
+def set_summary(output: str | Path, covered: int, lines: int, repeats: int) -> None:
+    """Record what the index covers in its header (best effort: a hint)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(index_path(output), os.O_WRONLY)
+        try:
+            os.pwrite(fd, struct.pack("<QQQ", covered, lines, repeats), _IDENTITY)
+        finally:
+            os.close(fd)
 
 
 def entries(
@@ -204,26 +239,47 @@ def entries(
     the index is brought up to date (caught up, cut, or rebuilt) on the way.
 
     May raise `StaleIndex` part-way (a sampled line does not match): the index is then
-    removed (with `write`) or ignored, and the caller starts again; `collect` does that."""
-    journal = Path(output)
+    removed (with `write`); the caller starts again with `trust_index=False`."""
+    for n, rec, var in _scan(Path(output), write, trust_index):
+        yield _entry(n, rec, var)
+
+
+def ids(
+    output: str | Path, *, write: bool = False, trust_index: bool = True
+) -> Iterator[tuple[int, str, bool, float]]:
+    """(line, custom_id, ok, money) of every complete line, as `entries` reads them (and
+    raising as it does); the lean form a resume needs. custom_id is "" for a foreign line."""
+    for n, rec, var in _scan(Path(output), write, trust_index):
+        flags = rec[2]
+        if not flags & _RESULT:
+            yield n, "", False, 0.0
+            continue
+        cost, extra = rec[10], rec[11]
+        money = (0.0 if cost != cost else cost) + (0.0 if extra != extra else extra)
+        m = var[0]
+        yield n, var[2 + m + var[1 + m] :].decode("utf-8", "surrogatepass"), bool(flags & 1), money
+
+
+def _scan(journal: Path, write: bool, trust: bool) -> Iterator[tuple[int, tuple[Any, ...], bytes]]:
+    """(line number, record fields, record's variable part) of every complete line."""
     ipath = index_path(journal)
     try:
         st = os.stat(journal)
     except FileNotFoundError:
         return
     size = st.st_size
-    header = _HEADER.pack(_MAGIC, st.st_dev, st.st_ino)
+    identity = _HEADER.pack(_MAGIC, st.st_dev, st.st_ino, 0, 0, 0)[:_IDENTITY]
     offset, n = 0, 0
     trusted_end = 0  # index bytes that are good records
     fd = os.open(journal, os.O_RDONLY)
     try:
         f = None
-        if trust_index:
+        if trust:
             with contextlib.suppress(OSError):
                 f = open(ipath, "rb")  # noqa: SIM115 (closed below)
         if f is not None:
             with f:
-                if f.read(_HEADER.size) == header:
+                if f.read(_HEADER.size)[:_IDENTITY] == identity:
                     trusted_end = _HEADER.size
                     check_at, last = 1, (0, 0, 0)
                     for rec, var, rec_len in _records(f):
@@ -239,12 +295,13 @@ def entries(
                         last = (start, length, rec[5])
                         offset += length
                         trusted_end += rec_len
-                        yield _entry(n, rec, var)
+                        yield n, rec, var
                     if n and n != check_at // 2 and not _line_matches(fd, *last):
                         _discard(ipath, write)
                         raise StaleIndex(f"{ipath}: its last line differs from the journal")
         # The journal's lines past what the index covers.
-        writer = _tail_writer(ipath, header, trusted_end, write)
+        complete = offset == size and trusted_end == _size(ipath)
+        writer = _tail_writer(ipath, identity, trusted_end, write, complete)
         try:
             with open(journal, "rb") as j:
                 j.seek(offset)
@@ -252,16 +309,23 @@ def entries(
                     if not raw.endswith(b"\n"):
                         break  # a torn tail is never data
                     n += 1
-                    entry, packed = _journal_entry(n, offset, raw)
+                    packed = record(ResultLine.decode(raw), offset, raw)
                     if writer is not None:
                         writer.write(packed)
                     offset += len(raw)
-                    yield entry
+                    yield n, _REC.unpack_from(packed), packed[_REC.size :]
         finally:
             if writer is not None:
-                writer.close()
+                writer.close(offset, n)
     finally:
         os.close(fd)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 def _line_matches(fd: int, start: int, length: int, crc: int) -> bool:
@@ -308,29 +372,36 @@ def _records(f: BinaryIO) -> Iterator[tuple[tuple[Any, ...], bytes, int]]:
 
 class IndexWriter:
     """Appends records to an output's index: the journal calls `add` per line it writes and
-    `flush` after each fsync of the journal (records of lines not on disk yet wait).
+    `flush` after each fsync of the journal (records of lines not on disk yet wait), which
+    also updates the header's summary (`lines` and `repeats` start from the scan's).
 
     An index that cannot be written is dropped (removed; the next open rebuilds it from the
     journal): it is a convenience, the journal is the output."""
 
-    def __init__(self, output: str | Path, journal_fd: int, *, start: int) -> None:
+    def __init__(
+        self, output: str | Path, journal_fd: int, *, start: int, lines: int, repeats: int
+    ) -> None:
         self.path = index_path(output)
         self.offset = start  # journal bytes covered so far
+        self.lines, self.repeats = lines, repeats
         self._pending: list[bytes] = []
         self._fd: int | None = None
         self.failed = False
         try:
             st = os.fstat(journal_fd)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            if os.fstat(self._fd).st_size == 0:
-                os.write(self._fd, _HEADER.pack(_MAGIC, st.st_dev, st.st_ino))
+            # Not O_APPEND: Linux's pwrite would append the header's summary too.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+            if os.lseek(self._fd, 0, os.SEEK_END) == 0:
+                os.write(self._fd, header(st.st_dev, st.st_ino, start, lines, repeats))
         except OSError:
             self.drop()
 
-    def add(self, raw: bytes, line: ResultLine | None) -> None:
+    def add(self, raw: bytes, line: ResultLine | None, *, repeat: bool = False) -> None:
         if not self.failed:
             self._pending.append(record(line, self.offset, raw))
         self.offset += len(raw)
+        self.lines += 1
+        self.repeats += repeat
 
     def flush(self) -> None:
         """Write the records held back (call after the journal's fsync)."""
@@ -340,6 +411,8 @@ class IndexWriter:
         self._pending.clear()
         try:
             os.write(self._fd, data)
+            summary = struct.pack("<QQQ", self.offset, self.lines, self.repeats)
+            os.pwrite(self._fd, summary, _IDENTITY)
         except OSError:
             self.drop()
 
@@ -359,7 +432,7 @@ class IndexWriter:
 
 
 class _TailWriter:
-    """Writes a fresh or cut index while `entries` reads the journal's tail."""
+    """Writes a fresh or cut index while `_scan` reads the journal's tail."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
@@ -379,9 +452,12 @@ class _TailWriter:
             self._buf.clear()
             self._size = 0
 
-    def close(self) -> None:
+    def close(self, covered: int, lines: int) -> None:
+        """Write what is held; the summary says what is covered, repeats not counted (the
+        caller that counts them sets them, `set_summary`)."""
         try:
             self._spill()
+            os.pwrite(self._fd, struct.pack("<QQQ", covered, lines, UNKNOWN), _IDENTITY)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
@@ -389,10 +465,13 @@ class _TailWriter:
             os.close(self._fd)
 
 
-def _tail_writer(ipath: Path, header: bytes, trusted_end: int, write: bool) -> _TailWriter | None:
+def _tail_writer(
+    ipath: Path, identity: bytes, trusted_end: int, write: bool, complete: bool
+) -> _TailWriter | None:
     """A writer continuing the index after its `trusted_end` good bytes (a new index when
-    there are none), or None without `write` or when the index cannot be written."""
-    if not write:
+    there are none), or None without `write`, when the index covers the whole journal
+    already (`complete`), or when the index cannot be written."""
+    if not write or (complete and trusted_end):
         return None
     try:
         if trusted_end:
@@ -401,15 +480,15 @@ def _tail_writer(ipath: Path, header: bytes, trusted_end: int, write: bool) -> _
             os.lseek(fd, trusted_end, os.SEEK_SET)
         else:
             fd = os.open(ipath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.write(fd, header)
+            os.write(fd, identity + struct.pack("<QQQ", 0, 0, UNKNOWN))
     except OSError:
         return None
     return _TailWriter(ipath, fd)
 
 
-def header(dev: int, ino: int) -> bytes:
+def header(dev: int, ino: int, covered: int = 0, lines: int = 0, repeats: int = UNKNOWN) -> bytes:
     """The first bytes of an index for the journal file (`st_dev`, `st_ino`)."""
-    return _HEADER.pack(_MAGIC, dev, ino)
+    return _HEADER.pack(_MAGIC, dev, ino, covered, lines, repeats)
 
 
 def expected_lines(output: str | Path) -> int:

@@ -40,11 +40,25 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..stats import BatchStats, StatsCollector
 from ..types import BatchResult
 from .finished import IdTable
-from .index import Entry, IndexWriter, StaleIndex, entries, expected_lines, index_path, record
+from .index import (
+    Entry,
+    IndexWriter,
+    StaleIndex,
+    _scan,
+    entries,
+    expected_lines,
+    header,
+    ids,
+    index_path,
+    record,
+    set_summary,
+    summary,
+)
 from .line import ResultLine, timing_fields, with_money
 
 __all__ = [
@@ -56,6 +70,7 @@ __all__ = [
     "journal_stats",
     "read_output",
     "result_line",
+    "superseded_lines",
     "timing_fields",
 ]
 
@@ -111,27 +126,42 @@ def read_output(
     index is brought up to date). The newest line of an id wins; older ones are superseded."""
     for trust in (True, False):
         scan = JournalScan(IdTable(expected_lines(path), hash=hash))
-        finished, superseded = scan.finished, scan.superseded
+        add, superseded, corrupt = scan.finished.add, scan.superseded, scan.corrupt_lines
         cost, lines = 0.0, 0
         try:
-            for e in entries(path, write=write, trust_index=trust):
-                lines = e.line
-                if not e.custom_id:
-                    scan.corrupt_lines.append(e.line)
+            for lines, cid, ok, money in ids(path, write=write, trust_index=trust):
+                if not cid:
+                    corrupt.append(lines)
                     continue
-                before = finished.add(e.custom_id, e.line, e.ok)
+                before = add(cid, lines, ok)
                 if before is not None:
                     superseded.add(before)
-                money = e.money
-                if money:
-                    cost += money
+                cost += money
         except StaleIndex:
             continue
         scan.lines = lines
         scan.cost = cost
-        scan.ok_count, scan.failed_count = finished.counts()
+        scan.ok_count, scan.failed_count = scan.finished.counts()
+        if write:
+            set_summary(path, os.stat(path).st_size, lines, scan.finished.repeats)
         return scan
     raise AssertionError("unreachable: the second pass does not trust the index")
+
+
+def superseded_lines(path: str | Path) -> set[int]:
+    """Line numbers of `path` a newer line of their id replaced (the file is not compacted
+    yet). Free when the index's summary says no id repeats; else one pass over the index."""
+    found = summary(path)
+    if found is not None and found.repeats == 0 and found.covered == _size(path):
+        return set()
+    return read_output(path).superseded
+
+
+def _size(path: str | Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 def journal_stats(path: str | Path, *, superseded: set[int] | None = None) -> BatchStats:
@@ -140,13 +170,13 @@ def journal_stats(path: str | Path, *, superseded: set[int] | None = None) -> Ba
     A file not compacted yet (a run killed after redoing failed ids) holds superseded lines;
     only their cost is counted (they were paid for, as the compaction keeps it). Read from
     the index, not the lines; `superseded` (the journal that wrote the file knows them) spares
-    the pass that finds them.
+    looking for them.
     """
     for trust in (True, False):
         try:
             if superseded is None:
-                superseded = read_output(path).superseded if trust else _superseded(path)
-            return _stats(entries(path, trust_index=trust), superseded)
+                superseded = superseded_lines(path) if trust else _superseded(path)
+            return _stats(_scan(Path(path), False, trust), superseded)
         except StaleIndex:
             superseded = None
     raise AssertionError("unreachable: the second pass does not trust the index")
@@ -154,35 +184,51 @@ def journal_stats(path: str | Path, *, superseded: set[int] | None = None) -> Ba
 
 def _superseded(path: str | Path) -> set[int]:
     table, superseded = IdTable(expected_lines(path)), set()
-    for e in entries(path, trust_index=False):
-        if e.custom_id and (before := table.add(e.custom_id, e.line)) is not None:
+    for n, cid, _, _ in ids(path, trust_index=False):
+        if cid and (before := table.add(cid, n)) is not None:
             superseded.add(before)
     return superseded
 
 
-def _stats(lines: Iterator[Entry], superseded: set[int]) -> BatchStats:
+def _stats(lines: Iterator[tuple[int, tuple[Any, ...], bytes]], superseded: set[int]) -> BatchStats:
+    """The stats of raw index records (`_scan`'s), the hot loop of `llmbatch stats`: fields
+    are read from the record tuple, the strings decoded once each (few models and codes)."""
     collector = StatsCollector()
-    add, add_cost = collector.add_values, collector.add_cost
-    for e in lines:
-        if not e.custom_id:
+    add, add_cost = collector.add_line, collector.add_cost
+    texts: dict[bytes, tuple[str, str]] = {}
+    for n, rec, var in lines:
+        flags = rec[2]
+        if not flags & 2:  # not a result line
             continue
-        if superseded and e.line in superseded:
-            if spent := e.money:
-                add_cost(e.model, spent)
+        m = var[0]
+        head = var[: 2 + m + var[1 + m]]
+        found = texts.get(head)
+        if found is None:
+            model = var[1 : 1 + m].decode(errors="replace")
+            code = var[2 + m : len(head)].decode(errors="replace")
+            found = texts[head] = (model, code)
+        model, code = found
+        cost, extra = rec[10], rec[11]
+        if extra == extra:  # not NaN: the line carries what removed lines cost
+            cost = (0.0 if cost != cost else cost) + extra
+        money = None if cost != cost else cost
+        if superseded and n in superseded:
+            if money:
+                add_cost(model, money)
             continue
-        timed = e.wait is not None and e.provider is not None
+        wait, provider, pt, ct = rec[8], rec[9], rec[12], rec[13]
         add(
-            e.custom_id,
-            duration=e.duration,
-            attempts=e.attempts,
-            error_type=None if e.ok else e.code,
-            prompt_tokens=e.prompt_tokens or 0,
-            completion_tokens=e.completion_tokens or 0,
-            cached=e.cached,
-            wait=e.wait if timed else None,
-            provider=e.provider if timed else None,
-            cost=e.money,
-            model=e.model,
+            var[len(head) :].decode("utf-8", "surrogatepass") if not flags & 1 else "",
+            rec[7],
+            rec[6],
+            None if flags & 1 else code,
+            pt if pt > 0 else 0,
+            ct if ct > 0 else 0,
+            bool(flags & 4),
+            None if wait != wait or provider != provider else wait,
+            provider,
+            money,
+            model,
         )
     return collector.snapshot()
 
@@ -232,7 +278,13 @@ class Journal:
             self.scan = self._scan_and_repair()
             self._lines = self.scan.lines
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self._index = IndexWriter(self.real_path, self._fd, start=os.fstat(self._fd).st_size)
+            self._index = IndexWriter(
+                self.real_path,
+                self._fd,
+                start=os.fstat(self._fd).st_size,
+                lines=self.scan.lines,
+                repeats=self.scan.finished.repeats,
+            )
         except BaseException:
             if self._fd is not None:
                 os.close(self._fd)
@@ -313,7 +365,7 @@ class Journal:
         if before is not None:
             self.scan.superseded.add(before)
         if self._index is not None:
-            self._index.add(raw, line)
+            self._index.add(raw, line, repeat=before is not None)
         self.sync_if_due()
 
     def sync_if_due(self) -> None:
@@ -418,7 +470,7 @@ class Journal:
                     os.fchown(dst.fileno(), st.st_uid, st.st_gid)
                 new = os.fstat(dst.fileno())
                 index = _IndexCopy(itmp, new.st_dev, new.st_ino)
-                offset = 0
+                offset = lines = 0
                 for e in entries(target, trust_index=False):
                     raw = src.readline()
                     if e.line in superseded:
@@ -434,9 +486,10 @@ class Journal:
                     dst.write(raw)
                     index.add(record(kept, offset, raw))
                     offset += len(raw)
+                    lines += 1
                 dst.flush()
                 self._fsync(dst.fileno())
-            index.close()
+            index.close(header(new.st_dev, new.st_ino, offset, lines, 0))
             os.replace(tmp, target)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -460,8 +513,6 @@ class _IndexCopy:
     """The index of a compacted file, written beside it; a failure only loses the index."""
 
     def __init__(self, path: Path, dev: int, ino: int) -> None:
-        from .index import header
-
         self.path = path
         self._f = open(path, "wb")  # noqa: SIM115 (closed in close)
         self._f.write(header(dev, ino))
@@ -469,5 +520,8 @@ class _IndexCopy:
     def add(self, rec: bytes) -> None:
         self._f.write(rec)
 
-    def close(self) -> None:
+    def close(self, final_header: bytes) -> None:
+        """Close with the header that says what the index covers (no id repeats)."""
+        self._f.seek(0)
+        self._f.write(final_header)
         self._f.close()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io.journal import read_output
+from ..io.journal import superseded_lines
 from ..io.line import ResultLine
 
 __all__ = ["BINS_PER_DECADE", "MAX_BUCKETS", "TOP_N", "aggregate"]
@@ -414,7 +414,7 @@ def aggregate(path: str | Path, *, limit_rpm: float | None = None) -> dict[str, 
     """The report's data for the output file at `path` (JSON-ready). `limit_rpm` is the
     run's request limit, if known, shown beside the effective rate."""
     path = Path(path)
-    superseded = read_output(path).superseded
+    superseded = superseded_lines(path)
     agg = _Aggregator()
     for n, raw in enumerate(_complete_lines(path), 1):
         if superseded and n in superseded:

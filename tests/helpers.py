@@ -35,3 +35,10 @@ def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def llmbatch_argv(*args: str) -> list[str]:
+    """The command line of an `llmbatch` process from this checkout (for subprocess)."""
+    import sys
+
+    return [sys.executable, "-m", "llmbatch", *args]

@@ -128,7 +128,9 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
                         replies=reply_policy(config),
                     )
                     executor = executor_for(context)
-                    requests = reread()
+                    # Nothing left to send (a rerun of a finished run): the input is not
+                    # read a second time.
+                    requests: Iterator[BatchRequest] = reread() if check.runnable else iter(())
                     if budget is not None and executor.name in ("realtime", "ray"):
                         # Once the budget refused one, the rest are not even pulled (they
                         # stay unfinished, for the rerun): the run ends with its last call.

@@ -261,7 +261,10 @@ def main() -> None:
                     row += (
                         ["-", "-"]
                         if old is None
-                        else [f"{last.seconds / old.seconds:.2f}", f"{last.rss_mb / old.rss_mb:.2f}"]
+                        else [
+                            f"{last.seconds / old.seconds:.2f}",
+                            f"{last.rss_mb / old.rss_mb:.2f}",
+                        ]
                     )
                 row += ["-" if last.sent is None else f"{last.sent:,}", str(last.code)]
                 table.add_row(*row)

@@ -6,10 +6,8 @@ by a crash, copied) and checks that what a resume reads is exactly what the jour
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 from llmbatch import BatchResult, CompletionResponse, Usage
@@ -17,7 +15,7 @@ from llmbatch.errors import RateLimitError
 from llmbatch.io.index import entries, index_path, summary
 from llmbatch.io.journal import Journal, journal_stats, read_output
 
-from .helpers import ids_once, llmbatch_argv, read_lines, wait_for, write_requests
+from .helpers import cli, ids_once, read_out, run_args, start_cli, wait_for, write_simple
 
 
 def ok(rid: str, cost: float = 0.001) -> BatchResult:
@@ -38,9 +36,7 @@ def write(out: Path, results: list[BatchResult]) -> None:
 
 def from_journal(out: Path) -> list[tuple[int, str, bool, float | None]]:
     """What the journal alone says, line by line (the index ignored)."""
-    return [
-        (e.line, e.custom_id, e.ok, e.money) for e in entries(out, trust_index=False)
-    ]
+    return [(e.line, e.custom_id, e.ok, e.money) for e in entries(out, trust_index=False)]
 
 
 def from_index(out: Path) -> list[tuple[int, str, bool, float | None]]:
@@ -204,24 +200,9 @@ def test_kill_9_while_the_index_is_written_then_rerun_gives_every_id_once(
     writes every id exactly once, and leaves an index that matches the journal."""
     sim = start_sim("--latency-ms", "30")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    ids = [f"q{i}" for i in range(400)]
-    write_requests(inp, ids)
-    args = [
-        "run",
-        str(inp),
-        "-o",
-        str(out),
-        "--base-url",
-        sim.url + "/v1",
-        "--model",
-        "sim",
-        "--no-progress",
-        "--concurrency",
-        "8",
-    ]
-    proc = subprocess.Popen(
-        llmbatch_argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    ids = write_simple(inp, 400)
+    args = run_args(sim, inp, out, "--concurrency", "8")
+    proc = start_cli(*args)
     wait_for(
         lambda: index_path(out).exists() and index_path(out).stat().st_size > 4000,
         "the index to hold records",
@@ -234,10 +215,9 @@ def test_kill_9_while_the_index_is_written_then_rerun_gives_every_id_once(
     written = {e.custom_id for e in entries(out, trust_index=False)}
     assert 0 < len(written) < 400
     sim.reset()
-    again = subprocess.run(llmbatch_argv(*args), capture_output=True, text=True, timeout=300)
+    again = cli(*args)
     assert again.returncode == 0, again.stderr
     assert set(ids_once(out)) == set(ids)
     assert sim.stats()["received"] == 400 - len(written)
     assert from_index(out) == from_journal(out)
-    assert len(read_lines(out)) == 400
-    os.sync()
+    assert len(read_out(out)) == 400

@@ -135,19 +135,58 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def _quantiles(series: array[float]) -> tuple[float, float, float, float, float]:
-    """(min, p50, p95, p99, max) of `series` (zeros when empty); its sorted copy is dropped
-    before the next series is sorted."""
-    if not series:
+# A series longer than this is not sorted whole (a sorted copy costs 32 bytes per value):
+# its percentiles are found by counting (`_order_stats`), exactly, in bounded memory.
+SORT_LIMIT = 1 << 20
+
+
+def _quantiles(
+    series: array[float], limit: int = SORT_LIMIT
+) -> tuple[float, float, float, float, float]:
+    """(min, p50, p95, p99, max) of `series` (zeros when empty), nearest rank."""
+    n = len(series)
+    if not n:
         return (0.0, 0.0, 0.0, 0.0, 0.0)
-    ordered = sorted(series)
-    return (
-        ordered[0],
-        _percentile(ordered, 50),
-        _percentile(ordered, 95),
-        _percentile(ordered, 99),
-        ordered[-1],
-    )
+    ranks = [max(1, math.ceil(q / 100.0 * n)) for q in (50, 95, 99)]
+    p50, p95, p99 = _order_stats(series, ranks, limit)
+    return (min(series), p50, p95, p99, max(series))
+
+
+def _order_stats(series: array[float], ranks: list[int], limit: int) -> list[float]:
+    """The values of the given ranks (from 1) in `series` sorted, exactly.
+
+    Up to `limit` values, or with a negative one, by sorting. Else by counting: a float that
+    is not negative orders as its 64-bit pattern does, so one pass counts values by their top
+    20 bits (1/256 of an octave), a second collects only the values of the buckets holding the
+    ranks, and sorts those; a bucket still too large (many equal values) is split by its next
+    bits the same way. Memory: the counts and one bucket, never the series twice.
+    """
+    if len(series) <= limit or min(series) < 0:
+        ordered = sorted(series)
+        return [ordered[r - 1] for r in ranks]
+    bits = memoryview(series).cast("B").cast("Q")
+    top = Counter(x >> 44 for x in bits)  # one pass shared by every rank
+    found: list[float] = []
+    for rank in ranks:
+        counts, shift = top, 44
+        bucket, left = _bucket_of(counts, rank)
+        while counts[bucket] > limit and shift > 0:  # many values alike: split by more bits
+            prefix, above, shift = bucket, shift, max(0, shift - 20)
+            counts = Counter(x >> shift for x in bits if x >> above == prefix)
+            bucket, left = _bucket_of(counts, left)
+        if shift:
+            bucket = sorted(x for x in bits if x >> shift == bucket)[left - 1]
+        found.append(array("d", array("Q", [bucket]).tobytes())[0])
+    return found
+
+
+def _bucket_of(counts: Counter[int], rank: int) -> tuple[int, int]:
+    """(the bucket holding the value of `rank`, its rank within the bucket)."""
+    for bucket in sorted(counts):
+        if rank <= counts[bucket]:
+            return bucket, rank
+        rank -= counts[bucket]
+    raise ValueError("rank past the end")
 
 
 class StatsCollector:

@@ -36,6 +36,7 @@ from ..clients.provider import ProviderClient
 from ..errorlog import ErrorHandler
 from ..io.atomic import os_reason
 from ..io.cache import CacheError, SQLiteCache, request_key
+from ..io.finished import IdTable
 from ..io.formats import BadLine
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
@@ -392,7 +393,9 @@ def _summarize(
     output_error: OutputError | None,
 ) -> RunSummary:
     """The whole output's stats, `stats_json` and the report, and the summary."""
-    stats = journal_stats(config.output, superseded=sink.journal.scan.superseded)
+    scan = sink.journal.scan
+    scan.finished = IdTable()  # no longer asked (the output is closed): freed before the stats
+    stats = journal_stats(config.output, superseded=scan.superseded)
     unfinished = sink.unfinished
     stats_json_error = report_error = None
     if config.stats_json and output_error is None:

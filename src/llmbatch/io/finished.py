@@ -33,11 +33,6 @@ _LOAD = 0.7
 _MIN_SLOTS = 1024
 
 
-def _check(rid: str) -> int:
-    # 31 bits of CRC-32; the low bit of the stored word is the status.
-    return (zlib.crc32(rid.encode("utf-8", "surrogatepass")) & 0x7FFF_FFFF) << 1
-
-
 class IdTable:
     """Ids, each with the line it was last added on and a status bit (ok / failed).
 
@@ -62,14 +57,11 @@ class IdTable:
     def __len__(self) -> int:
         return self.count
 
-    def _key(self, rid: str) -> int:
-        # 0 marks an empty slot.
-        return (self._hash(rid) & _MASK64) or 1
-
     def add(self, rid: str, line: int, ok: bool = True) -> int | None:
         """Record `rid` as seen on `line` (the newest wins) with its status; the line it had
         before, or None if it is new."""
-        # Inlined (`_find`, `_key`, `_check`): this runs once per line of a whole output.
+        # Runs once per line of a whole output: inlined. A slot holds the hash (0: empty), the
+        # check (31 bits of CRC-32) shifted left with the status in the low bit, and the line.
         key = (self._hash(rid) & _MASK64) or 1
         check = (zlib.crc32(rid.encode("utf-8", "surrogatepass")) & 0x7FFF_FFFF) << 1
         keys, checks, slots = self._keys, self._checks, self._slots
@@ -96,7 +88,9 @@ class IdTable:
         return None
 
     def _lookup(self, rid: str) -> int:
-        key = self._key(rid)
+        """The slot of `rid`, or -1. (Runs once per input line on a resume: kept lean, the
+        check computed only when a slot's hash matches.)"""
+        key = (self._hash(rid) & _MASK64) or 1
         keys, slots = self._keys, self._slots
         i = key % slots
         check = -1
@@ -106,7 +100,7 @@ class IdTable:
                 return -1
             if k == key:
                 if check < 0:
-                    check = _check(rid)
+                    check = (zlib.crc32(rid.encode("utf-8", "surrogatepass")) & 0x7FFF_FFFF) << 1
                 if self._checks[i] & ~1 == check:
                     return i
             i += 1

@@ -118,11 +118,14 @@ def _requests_source(given: object) -> Source:
 
 
 def own_files(output: str | None) -> set[str]:
-    """The files a run itself writes: the output, its lock and its compaction temp file."""
+    """The files a run itself writes: the output, its lock, index and compaction temp files."""
     if not output:  # `llmbatch plan` without an output
         return set()
     real = Path(os.path.realpath(output))
-    names = [real, real.with_name(real.name + ".lock"), real.with_name(real.name + ".compact.tmp")]
+    names = [real] + [
+        real.with_name(real.name + suffix)
+        for suffix in (".lock", ".compact.tmp", ".idx", ".idx.tmp")
+    ]
     return {str(p) for p in names} | {os.path.abspath(output)}
 
 

@@ -42,8 +42,6 @@ _MIN_EXP = -4  # latencies below 0.1 ms share the first bin
 _MAX_EXP = 6
 _BITMAP_BITS = 1 << 26  # 8 MB
 
-_MARKER = b'"custom_id":'
-
 
 @dataclass(slots=True)
 class _Line:

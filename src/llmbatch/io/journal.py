@@ -458,38 +458,13 @@ class Journal:
         """
         target = self.real_path
         superseded = self.scan.superseded
-        st = os.stat(target)
         tmp = target.with_name(target.name + ".compact.tmp")
         itmp = index_path(target).with_name(index_path(target).name + ".tmp")
-        carry: dict[str, float] = {}  # money of the removed lines, by id (few)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(target, "rb") as src, open(fd, "wb") as dst:
-                os.fchmod(dst.fileno(), st.st_mode & 0o7777)
-                with contextlib.suppress(OSError):  # only root may give a file away
-                    os.fchown(dst.fileno(), st.st_uid, st.st_gid)
-                new = os.fstat(dst.fileno())
-                index = _IndexCopy(itmp, new.st_dev, new.st_ino)
-                offset = lines = 0
-                for e in entries(target, trust_index=False):
-                    raw = src.readline()
-                    if e.line in superseded:
-                        carry[e.custom_id] = carry.get(e.custom_id, 0.0) + (e.money or 0.0)
-                        continue
-                    kept: Entry | ResultLine | None = e
-                    if e.custom_id in carry:
-                        total = carry.pop(e.custom_id) + (e.money or 0.0)
-                        patched = with_money(raw, total)
-                        if patched is not None:
-                            raw = patched
-                            kept = ResultLine.decode(raw)
-                    dst.write(raw)
-                    index.add(record(kept, offset, raw))
-                    offset += len(raw)
-                    lines += 1
-                dst.flush()
-                self._fsync(dst.fileno())
-            index.close(header(new.st_dev, new.st_ino, offset, lines, 0))
+            try:
+                self._rewrite(target, tmp, itmp, superseded, trust=True)
+            except StaleIndex:  # the index no longer matches: the journal's lines decoded
+                self._rewrite(target, tmp, itmp, superseded, trust=False)
             os.replace(tmp, target)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -507,6 +482,41 @@ class Journal:
         finally:
             os.close(dir_fd)
         superseded.clear()
+
+    def _rewrite(
+        self, target: Path, tmp: Path, itmp: Path, superseded: set[int], *, trust: bool
+    ) -> None:
+        """Write `tmp` (the file without its superseded lines) and `itmp` (its index), reading
+        what each line is from the index (`trust`) or by decoding it."""
+        st = os.stat(target)
+        carry: dict[str, float] = {}  # money of the removed lines, by id (few)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(target, "rb") as src, open(fd, "wb") as dst:
+            os.fchmod(dst.fileno(), st.st_mode & 0o7777)
+            with contextlib.suppress(OSError):  # only root may give a file away
+                os.fchown(dst.fileno(), st.st_uid, st.st_gid)
+            new = os.fstat(dst.fileno())
+            index = _IndexCopy(itmp, new.st_dev, new.st_ino)
+            offset = lines = 0
+            for e in entries(target, trust_index=trust):
+                raw = src.readline()
+                if e.line in superseded:
+                    carry[e.custom_id] = carry.get(e.custom_id, 0.0) + (e.money or 0.0)
+                    continue
+                kept: Entry | ResultLine | None = e
+                if e.custom_id in carry:
+                    total = carry.pop(e.custom_id) + (e.money or 0.0)
+                    patched = with_money(raw, total)
+                    if patched is not None:
+                        raw = patched
+                        kept = ResultLine.decode(raw)
+                dst.write(raw)
+                index.add(record(kept, offset, raw))
+                offset += len(raw)
+                lines += 1
+            dst.flush()
+            self._fsync(dst.fileno())
+        index.close(header(new.st_dev, new.st_ino, offset, lines, 0))
 
 
 class _IndexCopy:

@@ -492,9 +492,17 @@ def header(dev: int, ino: int, covered: int = 0, lines: int = 0, repeats: int = 
 
 
 def expected_lines(output: str | Path) -> int:
-    """About how many lines `output` holds, from its index's size (a record is ~100 bytes),
-    else from its own (~300): sizes an id table so that loading it seldom grows it."""
-    for path, per_line in ((index_path(output), 100), (Path(output), 300)):
-        with contextlib.suppress(OSError):
-            return os.stat(path).st_size // per_line
-    return 0
+    """About how many lines `output` holds, rather more than fewer (an id table sized from it
+    never grows while loading, and never holds two sets of arrays at once): the index's
+    summary, plus the lines past it at 200 bytes each; else the index's size over a record's
+    least size; else the output's size over 200 bytes."""
+    try:
+        size = os.stat(output).st_size
+    except OSError:
+        return 0
+    found = summary(output)
+    if found is not None and found.covered <= size:
+        return found.lines + (size - found.covered) // 200 + 1
+    with contextlib.suppress(OSError):
+        return os.stat(index_path(output)).st_size // (_REC.size + 3) + size // 2000 + 1
+    return size // 200 + 1

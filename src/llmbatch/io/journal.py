@@ -34,6 +34,7 @@ reported as corrupt and otherwise ignored, by resume and statistics alike.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -349,14 +350,21 @@ class Journal:
     def _append(self, custom_id: str, raw: bytes, line: ResultLine | None) -> None:
         assert self._fd is not None, "journal is not open"
         view = memoryview(raw)
-        try:
-            while view:  # a regular file takes it all at once; the loop is for the odd EINTR
+        while view:  # a regular file takes it all at once; the loop is for the odd EINTR
+            try:
                 n = self._write(self._fd, view)
-                view = view[n:]
-        except OSError:
-            if self._index is not None:
-                self._index.drop()  # a part of the line may be there: rebuilt next time
-            raise
+            except OSError as exc:
+                index, self._index = self._index, None
+                if index is None:
+                    raise
+                # Part of the line may be there: the index is dropped (rebuilt next time). On
+                # a full disk that frees its space, so the line is tried once more: the index
+                # never costs a result.
+                index.drop()
+                if exc.errno != errno.ENOSPC:
+                    raise
+                continue
+            view = view[n:]
         self.written += 1
         self._lines += 1
         self._dirty = True

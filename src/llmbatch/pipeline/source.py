@@ -131,12 +131,9 @@ def own_files(output: str | None) -> set[str]:
 
 def _files_source(template: str, pattern: str, base: CompletionRequest, own: set[str]) -> Source:
     # The output is created before the files are listed: a glob like "**/*" would otherwise
-    # send the run's own output and lock file as requests.
+    # send the run's own output, lock and index as requests (the index is not even text).
     def items() -> Iterator[InputItem | BadLine]:
-        for item in read_files(template, pattern, base):
-            if isinstance(item, InputItem) and os.path.realpath(item.id) in own:
-                continue
-            yield item
+        return read_files(template, pattern, base, leave_out=lambda p: os.path.realpath(p) in own)
 
     return items
 

@@ -6,6 +6,7 @@ by a crash, copied) and checks that what a resume reads is exactly what the jour
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -221,3 +222,28 @@ def test_kill_9_while_the_index_is_written_then_rerun_gives_every_id_once(
     assert sim.stats()["received"] == 400 - len(written)
     assert from_index(out) == from_journal(out)
     assert len(read_out(out)) == 400
+
+
+def test_on_a_full_disk_the_index_gives_way_to_the_results(tmp_path: Path) -> None:
+    """The first write that finds the disk full drops the index (its space freed) and the
+    line is written again; the next open rebuilds the index."""
+    import errno
+
+    out = tmp_path / "out.jsonl"
+    full = [True]
+
+    def write_once_full(fd: int, data: memoryview) -> int:
+        if full[0]:
+            full[0] = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    write(out, [ok("a")])
+    with Journal(out, write=write_once_full) as journal:
+        journal.write(ok("b"))
+    assert not index_path(out).exists()
+    assert [e[1] for e in from_journal(out)] == ["a", "b"]
+    assert finished(out, ["a", "b"]) == {"a": True, "b": True}
+    with Journal(out):
+        pass
+    assert from_index(out) == from_journal(out)

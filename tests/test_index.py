@@ -247,3 +247,17 @@ def test_on_a_full_disk_the_index_gives_way_to_the_results(tmp_path: Path) -> No
     with Journal(out):
         pass
     assert from_index(out) == from_journal(out)
+
+
+def test_a_hand_edited_line_with_absurd_numbers_is_indexed(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    write(out, [ok("a")])
+    with open(out, "ab") as f:
+        f.write(
+            b'{"custom_id":"h","error":null,"llmbatch":{"attempts":1e30,"duration":1e308,'
+            b'"usage":{"prompt_tokens":1e40,"completion_tokens":-5},"cost":"free"}}\n'
+        )
+    with Journal(out) as journal:
+        assert journal.scan.ok_count == 2 and journal.scan.is_ok("h")
+    assert from_index(out) == from_journal(out)
+    assert journal_stats(out).total_requests == 2

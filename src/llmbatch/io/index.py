@@ -18,9 +18,13 @@ before its index caught up, or by an older version) are decoded from the journal
 `write`, appended. Anything else wrong (a bad header, a sample that does not match) and the
 index is rebuilt from the journal. A missing or unreadable index is simply rebuilt.
 
-Records are written only by the holder of the output's lock (a run, or a reader that could
-take it); a reader that cannot (a run is writing) reads the index and the journal's tail
-without writing.
+Records are written only by the holder of the output's lock (a run); readers (`stats`,
+`plan -o`, `report`) read the index and the journal's tail without writing, so an output
+written by an older version is read line by line until its next run builds its index.
+
+The header also carries a summary (journal bytes and lines covered, lines that repeated an
+id), updated after each flush: when it says no id repeats and covers the whole journal,
+`llmbatch stats` and the report skip looking for superseded lines.
 """
 
 from __future__ import annotations
@@ -38,14 +42,19 @@ from typing import Any, BinaryIO
 from .line import ResultLine
 
 __all__ = [
+    "UNKNOWN",
     "Entry",
     "IndexWriter",
     "StaleIndex",
+    "Summary",
     "entries",
     "expected_lines",
     "header",
+    "ids",
     "index_path",
     "record",
+    "set_summary",
+    "summary",
 ]
 
 _MAGIC = b"LLMBIDX2"
@@ -133,11 +142,16 @@ def record(line: ResultLine | Entry | None, start: int, raw: bytes) -> bytes:
             _nan(line.provider),
             _nan(line.cost),
             _nan(line.extra_cost),
-            -1 if line.prompt_tokens is None else line.prompt_tokens,
-            -1 if line.completion_tokens is None else line.completion_tokens,
+            _tokens(line.prompt_tokens),
+            _tokens(line.completion_tokens),
         )
     body = _REC.pack(0, len(var), flags, start, len(raw), zlib.crc32(raw), *fields)[4:] + var
     return struct.pack("<I", zlib.crc32(body)) + body
+
+
+def _tokens(value: int | None) -> int:
+    # -1: the line has no usage. A hand-edited count past 2^62 is stored as 2^62.
+    return -1 if value is None else min(max(value, 0), 1 << 62)
 
 
 def _nan(value: float | None) -> float:

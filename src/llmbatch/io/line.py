@@ -25,7 +25,6 @@ line wins, everywhere: that rule lives in `llmbatch.io.finished` (`FinishedIds`)
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,51 +36,57 @@ from ..types import BatchResult, Timing
 __all__ = ["ResultLine", "timing_fields", "with_money"]
 
 
-@dataclass(frozen=True, slots=True)
 class ResultLine:
-    """One result line. `code` is None for an answer, the error code for a failure."""
+    """One result line: its decoded JSON, read through typed properties. Built by `of` (a
+    result) or `decode` (bytes); immutable by contract (nothing sets its fields). Fields are
+    coerced when read, not when decoded: a reader that needs three fields of a 700-byte line
+    (export: id, status, parsed reply) pays for three."""
 
-    custom_id: str
-    code: str | None = None
-    message: str = ""
-    response: dict[str, Any] | None = None  # {"status_code", "request_id", "body"}
-    duration: float = 0.0
-    attempts: int = 0
-    cached: bool = False
-    batch_api: bool = False
-    prompt_tokens: int | None = None  # None: the line has no usage
-    completion_tokens: int | None = None
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost: float | None = None
-    extra_cost: float | None = None
-    parsed: Any = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    wait: float | None = None
-    provider: float | None = None
-    backoff: float | None = None
-    attempt_log: tuple[tuple[Any, ...], ...] | None = None
-    line_id: str = ""
+    __slots__ = ("_meta", "_obj", "custom_id")
+
+    def __init__(self, obj: dict[str, Any], meta: dict[str, Any]) -> None:
+        # Callers are `of` and `from_json`, which checked the shape.
+        self._obj = obj
+        self._meta = meta
+        self.custom_id: str = obj["custom_id"]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ResultLine) and self._obj == other._obj
+
+    def __hash__(self) -> int:
+        return hash(self.custom_id)
+
+    def __repr__(self) -> str:
+        return f"ResultLine({self._obj!r})"
 
     # -- what readers ask -----------------------------------------------------------------
 
     @property
     def ok(self) -> bool:
-        return self.code is None
+        return self._obj.get("error") is None
 
     @property
-    def money(self) -> float | None:
-        """USD the line stands for: its own `cost` plus `extra_cost`, what the lines compaction
-        removed for its id had cost (superseded attempts, an answer bought twice)."""
-        if self.extra_cost is None:
-            return self.cost
-        return (self.cost or 0.0) + self.extra_cost
+    def code(self) -> str | None:
+        """None for an answer; the error code of a failure ("unknown" if it names none)."""
+        err = self._obj.get("error")
+        return None if err is None else str(err.get("code") or "unknown")
+
+    @property
+    def message(self) -> str:
+        err = self._obj.get("error")
+        return "" if err is None else str(err.get("message") or "")
+
+    @property
+    def response(self) -> dict[str, Any] | None:
+        """{"status_code", "request_id", "body"}, if the line has a response."""
+        response = self._obj.get("response")
+        return response if isinstance(response, dict) else None
 
     @property
     def body(self) -> Any:
         """The provider's reply body (an object, or text), if the line has one."""
-        return None if self.response is None else self.response.get("body")
+        response = self.response
+        return None if response is None else response.get("body")
 
     @property
     def model(self) -> str:
@@ -89,6 +94,101 @@ class ResultLine:
         body = self.body
         model = body.get("model") if isinstance(body, dict) else None
         return model if isinstance(model, str) else ""
+
+    @property
+    def line_id(self) -> str:
+        line_id = self._obj.get("id")
+        return line_id if isinstance(line_id, str) else ""
+
+    @property
+    def duration(self) -> float:
+        return _number(self._meta.get("duration")) or 0.0
+
+    @property
+    def attempts(self) -> int:
+        return int(_number(self._meta.get("attempts")) or 0)
+
+    @property
+    def cached(self) -> bool:
+        return bool(self._meta.get("cached", False))
+
+    @property
+    def batch_api(self) -> bool:
+        return bool(self._meta.get("batch_api", False))
+
+    def _usage(self, key: str) -> int | None:
+        usage = self._meta.get("usage")
+        if not isinstance(usage, dict):
+            return None
+        number = _number(usage.get(key))
+        return None if number is None else int(number)
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """None when the line has no usage (a failure)."""
+        return self._usage("prompt_tokens")
+
+    @property
+    def completion_tokens(self) -> int | None:
+        return self._usage("completion_tokens")
+
+    @property
+    def cached_tokens(self) -> int:
+        return self._usage("cached_tokens") or 0
+
+    @property
+    def cache_write_tokens(self) -> int:
+        return self._usage("cache_write_tokens") or 0
+
+    @property
+    def cost(self) -> float | None:
+        return _number(self._meta.get("cost"))
+
+    @property
+    def extra_cost(self) -> float | None:
+        return _number(self._meta.get("extra_cost"))
+
+    @property
+    def money(self) -> float | None:
+        """USD the line stands for: its own `cost` plus `extra_cost`, what the lines compaction
+        removed for its id had cost (superseded attempts, an answer bought twice)."""
+        cost, extra = self.cost, self.extra_cost
+        if extra is None:
+            return cost
+        return (cost or 0.0) + extra
+
+    @property
+    def parsed(self) -> Any:
+        return self._meta.get("parsed")
+
+    @property
+    def started_at(self) -> float | None:
+        return _number(self._meta.get("started_at"))
+
+    @property
+    def finished_at(self) -> float | None:
+        return _number(self._meta.get("finished_at"))
+
+    @property
+    def wait(self) -> float | None:
+        return _number(self._meta.get("wait"))
+
+    @property
+    def provider(self) -> float | None:
+        return _number(self._meta.get("provider"))
+
+    @property
+    def backoff(self) -> float | None:
+        return _number(self._meta.get("backoff"))
+
+    @property
+    def attempt_log(self) -> tuple[tuple[Any, ...], ...] | None:
+        """(wait, provider, status or error code) per attempt; entries of another shape left
+        out. None when the line has no timing."""
+        log = self._meta.get("attempt_log")
+        if not isinstance(log, list):
+            return None
+        return tuple(tuple(e) for e in log if isinstance(e, list) and len(e) >= 3)
 
     @property
     def timed(self) -> bool:
@@ -102,101 +202,57 @@ class ResultLine:
     def of(cls, result: BatchResult) -> ResultLine:
         """The line for one final result (error bodies and messages redacted)."""
         resp, err = result.response, result.error
-        t = result.timing
-        timing: dict[str, Any] = {}
-        if t is not None:
-            timing = {
-                "started_at": round(t.started_at, 3),
-                "finished_at": round(t.finished_at, 3),
-                "wait": round(t.wait, 6),
-                "provider": round(t.provider, 6),
-                "backoff": round(t.backoff, 6),
-                "attempt_log": tuple((round(w, 6), round(p, 6), o) for w, p, o in t.attempts),
-            }
-        common: dict[str, Any] = {
+        meta: dict[str, Any] = {
             "duration": round(result.duration, 6),
             "attempts": result.attempts,
-            "cost": None if result.cost is None else round(result.cost, 10),
-            "line_id": f"batch_req_{uuid.uuid4().hex}",
-            **timing,
+            "cached": bool(resp is not None and resp.cached),
         }
         if err is None and resp is not None:
+            body = resp.raw if resp.raw is not None else {"content": resp.content}
+            response: dict[str, Any] | None = {
+                "status_code": resp.status_code,
+                "request_id": resp.request_id,
+                "body": body,
+            }
             usage = resp.usage
-            return cls(
-                result.id,
-                response={
-                    "status_code": resp.status_code,
-                    "request_id": resp.request_id,
-                    "body": resp.raw if resp.raw is not None else {"content": resp.content},
-                },
-                cached=bool(resp.cached),
-                batch_api=bool(resp.batch_api),
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=usage.cached_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                parsed=None if result.parsed is None else _plain(result.parsed),
-                **common,
-            )
-        status = getattr(err, "status_code", None)
-        response = None
-        if status is not None:
-            # A ReplyError carries the reply: its line keeps the raw (or partial) body.
-            response = {
-                "status_code": status,
-                "request_id": getattr(err, "request_id", None),
-                "body": _safe_body(getattr(err, "body", None)),
+            meta["usage"] = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
             }
-        return cls(
-            result.id,
-            code=error_code(err),
-            message=redact(f"{type(err).__name__}: {err}"),
-            response=response,
-            cached=bool(resp is not None and resp.cached),
-            **common,
-        )
-
-    def encode(self) -> bytes:
-        """The line's bytes, newline included."""
-        meta: dict[str, Any] = {
-            "duration": self.duration,
-            "attempts": self.attempts,
-            "cached": self.cached,
-        }
-        if self.prompt_tokens is not None or self.completion_tokens is not None:
-            usage: dict[str, int] = {
-                "prompt_tokens": self.prompt_tokens or 0,
-                "completion_tokens": self.completion_tokens or 0,
-            }
-            if self.cached_tokens:
-                usage["cached_tokens"] = self.cached_tokens
-            if self.cache_write_tokens:
-                usage["cache_write_tokens"] = self.cache_write_tokens
-            meta["usage"] = usage
-        if self.batch_api:
-            meta["batch_api"] = True
-        if self.parsed is not None:
-            meta["parsed"] = self.parsed
-        if self.cost is not None:
-            meta["cost"] = self.cost
-        if self.extra_cost is not None:
-            meta["extra_cost"] = self.extra_cost
-        if self.started_at is not None:
-            meta["started_at"] = self.started_at
-            meta["finished_at"] = self.finished_at
-            meta["wait"] = self.wait
-            meta["provider"] = self.provider
-            meta["backoff"] = self.backoff
-            meta["attempt_log"] = self.attempt_log or ()
-        error = None if self.code is None else {"code": self.code, "message": self.message}
+            if usage.cached_tokens:
+                meta["usage"]["cached_tokens"] = usage.cached_tokens
+            if usage.cache_write_tokens:
+                meta["usage"]["cache_write_tokens"] = usage.cache_write_tokens
+            if resp.batch_api:
+                meta["batch_api"] = True
+            if result.parsed is not None:
+                meta["parsed"] = _plain(result.parsed)
+            error = None
+        else:
+            status = getattr(err, "status_code", None)
+            response = None
+            if status is not None:
+                # A ReplyError carries the reply: its line keeps the raw (or partial) body.
+                body = _safe_body(getattr(err, "body", None))
+                rid = getattr(err, "request_id", None)
+                response = {"status_code": status, "request_id": rid, "body": body}
+            error = {"code": error_code(err), "message": redact(f"{type(err).__name__}: {err}")}
+        if result.cost is not None:
+            meta["cost"] = round(result.cost, 10)
+        if result.timing is not None:
+            meta.update(timing_fields(result.timing))
         line = {
-            "id": self.line_id or f"batch_req_{uuid.uuid4().hex}",
-            "custom_id": self.custom_id,
-            "response": self.response,
+            "id": f"batch_req_{uuid.uuid4().hex}",
+            "custom_id": result.id,
+            "response": response,
             "error": error,
             "llmbatch": meta,
         }
-        return orjson.dumps(line) + b"\n"
+        return cls(line, meta)
+
+    def encode(self) -> bytes:
+        """The line's bytes, newline included."""
+        return orjson.dumps(self._obj) + b"\n"
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -211,7 +267,9 @@ class ResultLine:
 
     @classmethod
     def from_json(cls, obj: Any) -> ResultLine | None:
-        """A decoded JSON value as a result line, or None if it is not one."""
+        """A decoded JSON value as a result line, or None if it is not one: a line this
+        journal could have written has a non-empty string `custom_id`, an `error` that is
+        null or an object, and an `llmbatch` block that is an object if present."""
         if not isinstance(obj, dict):
             return None
         cid, err, meta = obj.get("custom_id"), obj.get("error"), obj.get("llmbatch")
@@ -221,41 +279,7 @@ class ResultLine:
             meta = {}
         if not isinstance(meta, dict) or not (err is None or isinstance(err, dict)):
             return None
-        response = obj.get("response")
-        usage = meta.get("usage")
-        if not isinstance(usage, dict):
-            usage = None
-        log = meta.get("attempt_log")
-        start, end = _number(meta.get("started_at")), _number(meta.get("finished_at"))
-        line_id = obj.get("id")
-        return cls(
-            cid,
-            code=None if err is None else str(err.get("code") or "unknown"),
-            message="" if err is None else str(err.get("message") or ""),
-            response=response if isinstance(response, dict) else None,
-            duration=_number(meta.get("duration")) or 0.0,
-            attempts=int(_number(meta.get("attempts")) or 0),
-            cached=bool(meta.get("cached", False)),
-            batch_api=bool(meta.get("batch_api", False)),
-            prompt_tokens=None if usage is None else _count(usage.get("prompt_tokens")),
-            completion_tokens=None if usage is None else _count(usage.get("completion_tokens")),
-            cached_tokens=0 if usage is None else _count(usage.get("cached_tokens")) or 0,
-            cache_write_tokens=0 if usage is None else _count(usage.get("cache_write_tokens")) or 0,
-            cost=_number(meta.get("cost")),
-            extra_cost=_number(meta.get("extra_cost")),
-            parsed=meta.get("parsed"),
-            started_at=start,
-            finished_at=end,
-            wait=_number(meta.get("wait")),
-            provider=_number(meta.get("provider")),
-            backoff=_number(meta.get("backoff")),
-            attempt_log=(
-                tuple(tuple(e) for e in log if isinstance(e, list) and len(e) >= 3)
-                if isinstance(log, list)
-                else None
-            ),
-            line_id=line_id if isinstance(line_id, str) else "",
-        )
+        return cls(obj, meta)
 
 
 def with_money(raw: bytes, total: float) -> bytes | None:
@@ -291,11 +315,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
-
-
-def _count(value: Any) -> int | None:
-    number = _number(value)
-    return None if number is None else int(number)
 
 
 def _safe_body(body: Any) -> Any:

@@ -139,7 +139,8 @@ class Measure:
 
 
 def timed(args: list[str], src: str | None) -> Measure:
-    """Seconds, peak RSS and exit code of one `llmbatch` process."""
+    """Seconds, peak RSS and exit code of one `llmbatch` process (printed as it ends, so a
+    long run that is stopped still tells what it measured)."""
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = src
@@ -152,7 +153,11 @@ def timed(args: list[str], src: str | None) -> Measure:
     )
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    return Measure(elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status))
+    found = Measure(elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status))
+    print(
+        f"  {src or 'this checkout'}: {args[0]} {elapsed:.1f} s, {found.rss_mb:.0f} MB", flush=True
+    )
+    return found
 
 
 def measure_tree(

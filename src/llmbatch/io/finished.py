@@ -22,6 +22,7 @@ output never holds two tables at once.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from array import array
 from collections.abc import Callable
@@ -31,6 +32,7 @@ __all__ = ["IdTable"]
 _MASK64 = (1 << 64) - 1
 _LOAD = 0.7
 _MIN_SLOTS = 1024
+_ODD = bytes(i & 1 for i in range(256))
 
 
 class IdTable:
@@ -128,7 +130,10 @@ class IdTable:
 
     def counts(self) -> tuple[int, int]:
         """(ids whose newest line is an answer, ids whose newest line is a failure)."""
-        ok = sum(c & 1 for k, c in zip(self._keys, self._checks, strict=True) if k)
+        # The status bit is the low bit of each check (0 in an empty slot): counted at C speed
+        # from the checks' low bytes.
+        low = memoryview(self._checks).cast("B")[0 if sys.byteorder == "little" else 3 :: 4]
+        ok = bytes(low).translate(_ODD).count(1)
         return ok, self.count - ok
 
     def nbytes(self) -> int:

@@ -52,9 +52,10 @@ class IdTable:
 
     def _alloc(self, slots: int) -> None:
         self._slots = slots
-        self._keys = array("Q", bytes(8 * slots))
-        self._checks = array("I", bytes(4 * slots))  # "I" is 4 bytes where "L" may be 8
-        self._lines = array("I", bytes(4 * slots))
+        # Repetition allocates the array at once (no temporary bytes of the same size).
+        self._keys = array("Q", [0]) * slots
+        self._checks = array("I", [0]) * slots  # "I" is 4 bytes where "L" may be 8
+        self._lines = array("I", [0]) * slots
 
     def __len__(self) -> int:
         return self.count

@@ -509,7 +509,7 @@ def expected_lines(output: str | Path) -> int:
     """About how many lines `output` holds, rather more than fewer (an id table sized from it
     never grows while loading, and never holds two sets of arrays at once): the index's
     summary, plus the lines past it at 200 bytes each; else the index's size over a record's
-    least size; else the output's size over 200 bytes."""
+    least size; else the output's newlines, counted."""
     try:
         size = os.stat(output).st_size
     except OSError:
@@ -519,4 +519,14 @@ def expected_lines(output: str | Path) -> int:
         return found.lines + (size - found.covered) // 200 + 1
     with contextlib.suppress(OSError):
         return os.stat(index_path(output)).st_size // (_REC.size + 3) + size // 2000 + 1
-    return size // 200 + 1
+    return _count_lines(output)
+
+
+def _count_lines(path: str | Path) -> int:
+    """Newlines in `path`, counted at C speed (about 1 s for 7 GB from the page cache): an
+    index rebuilt from a 10M-line output sizes its table exactly, not from a guess."""
+    count = 0
+    with contextlib.suppress(OSError), open(path, "rb", buffering=0) as f:
+        while block := f.read(_READ * 8):
+            count += block.count(b"\n")
+    return count

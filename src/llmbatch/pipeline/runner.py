@@ -277,12 +277,12 @@ def _open_output(config: RunConfig) -> Journal:
 
 def _skip(config: RunConfig, scan: JournalScan) -> Callable[[str], bool]:
     """The test for ids this run leaves alone: answered, or failed without `retry_failed`."""
-    status = scan.finished.status
     if config.retry_failed:
         return scan.is_ok
 
     def skip(rid: str) -> bool:
-        return status(rid) is not None
+        # `scan.finished` looked up per call, not bound: the summary frees the table.
+        return scan.finished.status(rid) is not None
 
     return skip
 

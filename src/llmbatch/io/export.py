@@ -24,6 +24,7 @@ import bisect
 import codecs
 import csv
 import glob
+import heapq
 import itertools
 from array import array
 from collections.abc import Iterator
@@ -165,6 +166,38 @@ def reply_text(line: ResultLine) -> str | None:
     return content if isinstance(content, str) else None
 
 
+class _SortedWords:
+    """64-bit words added in any order, given back as one sorted `array`, holding at most
+    `RUN` of them as Python ints at a time (a list of 10M ints is 400 MB; the array 80 MB):
+    runs are sorted as they fill, then merged."""
+
+    RUN = 1 << 20
+
+    def __init__(self) -> None:
+        self._runs: list[array[int]] = []
+        self._open: list[int] = []
+
+    def add(self, word: int) -> None:
+        self._open.append(word)
+        if len(self._open) >= self.RUN:
+            self._close_run()
+
+    def _close_run(self) -> None:
+        self._open.sort()
+        self._runs.append(array("Q", self._open))
+        self._open.clear()
+
+    def result(self) -> array[int]:
+        if self._open or not self._runs:
+            self._close_run()
+        runs, self._runs = self._runs, []
+        if len(runs) == 1:
+            return runs[0]
+        merged = array("Q")
+        merged.extend(heapq.merge(*runs))
+        return merged
+
+
 @dataclass(slots=True)
 class OutputIndex:
     """Where each result line of an output file starts, sorted by a hash of its id."""
@@ -181,7 +214,7 @@ class OutputIndex:
     def build(cls, path: str | Path, *, prefix: str = "") -> OutputIndex:
         """One pass over `path`: offsets of result lines, parsed columns and their kinds."""
         index = cls(Path(path), prefix=prefix)
-        words: list[int] = []
+        words = _SortedWords()
         offset = 0
         with open(path, "rb") as f:
             for raw in f:
@@ -194,7 +227,7 @@ class OutputIndex:
                     continue
                 if start > _OFFSET_MASK:
                     raise ValueError(f"{path} is larger than 1 TiB; split it to export")
-                words.append((_key(record.custom_id) << _OFFSET_BITS) | start)
+                words.add((_key(record.custom_id) << _OFFSET_BITS) | start)
                 index.lines += 1
                 parsed = record.parsed
                 if parsed is None:
@@ -206,8 +239,7 @@ class OutputIndex:
                     raise ColumnClash(exc.column, record.custom_id) from None
                 for name, value in flat.items():
                     index.columns.add(name, value)
-        words.sort()
-        index.entries = array("Q", words)
+        index.entries = words.result()
         return index
 
     def open(self) -> BinaryIO:

@@ -1,0 +1,118 @@
+"""The request policy of `prompt_cache="auto"`: in front of an executor, prefix-aware.
+
+    census = PrefixCensus(model=config.model)        # filled by the precheck
+    executor = with_prompt_cache(executor_for(context), context, census)
+
+Realtime runs get the full schedule (`llmbatch.prompt_cache.schedule`: groups sent together,
+each new prefix warmed up by one request whose answer releases the rest); provider batch
+runs and Ray runs get the grouping alone (lines of one prefix next to each other, so in one
+batch or one worker's chunk; nothing waits there for an answer). Every request of a shared
+prefix gets its provider's cache settings (`llmbatch.prompt_cache.transform`).
+
+TTL: Anthropic's 1-hour cache costs 2x the input price to write against 1.25x for 5 minutes,
+so it is asked for only where 5 minutes would lapse: batch API runs (a batch's lines run over
+hours, in no promised order) and realtime runs where a group comes back after more than
+4 minutes (more requests than the window, paced under `window / 4` per minute by `rpm`).
+
+The deadline executor is left alone: it reads its requests from the input itself, twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+from ..prompt_cache.census import PrefixCensus
+from ..prompt_cache.prefix import Prefix, prefix_of
+from ..prompt_cache.schedule import DEFAULT_WINDOW, PrefixSchedule, Scheduled
+from ..prompt_cache.transform import TTL, CacheTransform
+from ..types import BatchRequest, BatchResult
+from .executors import BatchAPIExecutor, Context, Executor, RayExecutor, RealtimeExecutor
+
+__all__ = ["PromptCacheExecutor", "with_prompt_cache"]
+
+LAPSE_MINUTES = 4.0  # a group back after longer than this would find a 5-minute entry gone
+
+
+def with_prompt_cache(
+    executor: Executor, context: Context, census: PrefixCensus | None
+) -> Executor:
+    """`executor` behind the prompt-cache policy, when the run asks for it and it applies."""
+    if census is None or context.config.prompt_cache == "off" or not census.groups():
+        return executor
+    if not isinstance(executor, RealtimeExecutor | BatchAPIExecutor | RayExecutor):
+        return executor
+    return PromptCacheExecutor(executor, context, census)
+
+
+class PromptCacheExecutor:
+    """Wraps an executor of the run (same name, same results) with the schedule and the
+    request transform."""
+
+    def __init__(
+        self,
+        inner: RealtimeExecutor | BatchAPIExecutor | RayExecutor,
+        context: Context,
+        census: PrefixCensus,
+        *,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.context = context
+        self.census = census
+        self.window = window
+        config = context.config
+        self.transform = CacheTransform(
+            context.client, provider=config.provider, model=config.model
+        )
+        self.batch = isinstance(inner, BatchAPIExecutor)
+        rpm = config.rpm
+        # Realtime groups come back after about a window's worth of other requests.
+        self._long = rpm is not None and context.total > window and window / rpm > LAPSE_MINUTES
+        self.schedule: PrefixSchedule | None = None
+
+    def _prefix(self, item: BatchRequest) -> Prefix | None:
+        prefix = prefix_of(item.request, self.context.config.model)
+        if prefix is None or prefix.tokens < self.transform.minimum(item.request):
+            return None  # nothing the provider would cache: sent as is, at once
+        return prefix
+
+    def _ttl(self, prefix: Prefix) -> TTL:
+        return "1h" if self.batch or self._long else "5m"
+
+    def _send(self, scheduled: Scheduled) -> BatchRequest:
+        item, prefix = scheduled.item, scheduled.prefix
+        if prefix is None or not scheduled.shared:
+            return item
+        return BatchRequest(item.id, self.transform.apply(item.request, prefix, ttl=scheduled.ttl))
+
+    async def stream(self, requests: Iterator[BatchRequest]) -> AsyncIterator[BatchResult]:
+        self.schedule = schedule = PrefixSchedule(
+            requests, self._prefix, self.census.shared, ttl_of=self._ttl, window=self.window
+        )
+        if not isinstance(self.inner, RealtimeExecutor):
+            grouped = (self._send(s) for s in schedule.grouped())
+            inner = self.inner.stream(grouped)
+            async with contextlib.aclosing(inner) as results:  # type: ignore[type-var]
+                async for result in results:
+                    yield result
+            return
+        context = self.context
+
+        async def sent() -> AsyncIterator[BatchRequest]:
+            async for scheduled in schedule:
+                yield self._send(scheduled)
+
+        engine = context.engine(self.inner.replies)
+        stream = engine.stream(
+            sent(), timeout=context.config.timeout, total=context.total, finish_unstarted=False
+        )
+        # Closing this stream closes the engine's: admissions stop, in-flight calls cancel.
+        async with contextlib.aclosing(stream) as results:
+            async for result in results:
+                schedule.answered(result.id)
+                yield result
+
+    def held(self) -> list[BatchResult]:
+        return self.inner.held()

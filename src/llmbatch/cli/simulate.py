@@ -244,7 +244,7 @@ def _add_prompt_cache(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cache-machine-tokens",
         type=positive_int,
-        default=16384,
+        default=1_000_000,
         metavar="N",
         help="OpenAI: tokens of cache entries one machine holds (least recently used out)",
     )

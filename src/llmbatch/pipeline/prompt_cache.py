@@ -31,6 +31,7 @@ from .executors import BatchAPIExecutor, Context, Executor, RayExecutor, Realtim
 
 __all__ = ["PromptCacheExecutor", "with_prompt_cache"]
 
+SPREAD_PER_GROUP = 4
 LAPSE_MINUTES = 4.0  # a group back after longer than this would find a 5-minute entry gone
 
 
@@ -71,6 +72,11 @@ class PromptCacheExecutor:
         # Realtime groups come back after about a window's worth of other requests.
         self._long = rpm is not None and context.total > window and window / rpm > LAPSE_MINUTES
         self.schedule: PrefixSchedule | None = None
+        # Anthropic's cache is one per organisation: a group may take every worker. OpenAI's
+        # is per machine, and a burst of one prefix spills to machines that have not seen it
+        # (each a miss until its first answer): keep a few of each group in flight at a
+        # time, several groups side by side (bench/prompt_cache.py: 4 beat 0 and 8).
+        self.per_group = None if self.transform.provider == "anthropic" else SPREAD_PER_GROUP
 
     def _prefix(self, item: BatchRequest) -> Prefix | None:
         prefix = prefix_of(item.request, self.context.config.model)
@@ -89,7 +95,12 @@ class PromptCacheExecutor:
 
     async def stream(self, requests: Iterator[BatchRequest]) -> AsyncIterator[BatchResult]:
         self.schedule = schedule = PrefixSchedule(
-            requests, self._prefix, self.census.shared, ttl_of=self._ttl, window=self.window
+            requests,
+            self._prefix,
+            self.census.shared,
+            ttl_of=self._ttl,
+            window=self.window,
+            per_group=self.per_group,
         )
         if not isinstance(self.inner, RealtimeExecutor):
             grouped = (self._send(s) for s in schedule.grouped())

@@ -82,6 +82,7 @@ class PrefixSchedule:
         window: int = DEFAULT_WINDOW,
         window_chars: int = DEFAULT_WINDOW_CHARS,
         max_hold: float = DEFAULT_MAX_HOLD,
+        per_group: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_warm: int = MAX_WARM,
     ) -> None:
@@ -92,6 +93,10 @@ class PrefixSchedule:
         self.window = max(1, window)
         self.window_chars = window_chars
         self.max_hold = max_hold
+        self.per_group = per_group
+        self._in_flight: dict[str, int] = {}  # with `per_group`: request id -> group
+        self._group_in_flight: collections.Counter[int] = collections.Counter()
+        self._parked: set[int] = set()  # groups at `per_group`, back on an answer
         self._clock = clock
         self._max_warm = max_warm
         self._exhausted = False
@@ -161,6 +166,9 @@ class PrefixSchedule:
         shared = bool(queue) or key in self._warm or self._shared(prefix)
         if not queue:
             del self._groups[key]
+        if self.per_group is not None:
+            self._in_flight[item.id] = key
+            self._group_in_flight[key] += 1
         if warm_up:
             self.warmups += 1
             self._warming[item.id] = (key, now)
@@ -184,14 +192,23 @@ class PrefixSchedule:
             return Scheduled(item, None)
         current = self._current
         if current is not None and current in self._groups and current not in self._warming_groups:
-            if not hold or self._is_warm(current, now):
+            if not hold:
                 return self._take(current, now)
-            self._cold.append(current)  # its entry has likely expired: warm it up again
+            if self._full(current):
+                self._parked.add(current)  # back in `_ready` on an answer
+            elif self._is_warm(current, now):
+                return self._take(current, now)
+            else:
+                self._cold.append(current)  # its entry has likely expired: warm it up again
             self._current = None
         while self._ready:
             key = self._ready[0]
             if key not in self._groups or key in self._warming_groups:
                 self._ready.popleft()
+                continue
+            if hold and self._full(key):
+                self._ready.popleft()
+                self._parked.add(key)
                 continue
             if hold and not self._is_warm(key, now):
                 self._ready.popleft()
@@ -204,6 +221,9 @@ class PrefixSchedule:
             queue = self._groups.get(key)
             if not queue or key in self._warming_groups:
                 continue
+            if hold and self._full(key):
+                self._parked.add(key)
+                continue
             if not hold or self._is_warm(key, now):
                 self._current = key
                 return self._take(key, now)
@@ -212,10 +232,36 @@ class PrefixSchedule:
                 return self._take(key, now)  # alone: nobody to warm up for
             # The rest of the group is put back in `_ready` when this one is answered.
             return self._take(key, now, warm_up=True)
+        if hold and self._parked:
+            # Nothing else to send: `per_group` spreads the requests in flight over groups
+            # when there are several, it never leaves a worker idle when there are not.
+            group_in_flight = self._group_in_flight
+            best = min(
+                (k for k in self._parked if k in self._groups and self._is_warm(k, now)),
+                key=lambda k: group_in_flight[k],
+                default=None,
+            )
+            if best is not None:
+                return self._take(best, now)
         return None
+
+    def _full(self, key: int) -> bool:
+        return self.per_group is not None and self._group_in_flight[key] >= self.per_group
 
     def answered(self, request_id: str) -> None:
         """The result of `request_id` came back: if it was a warm-up, its group goes."""
+        if self.per_group is not None:
+            group = self._in_flight.pop(request_id, None)
+            if group is not None:
+                self._group_in_flight[group] -= 1
+                if self._group_in_flight[group] <= 0:
+                    del self._group_in_flight[group]
+                if group in self._parked and not self._full(group):
+                    self._parked.discard(group)
+                    if group in self._groups:
+                        self._ready.append(group)
+                    if self._wake is not None:
+                        self._wake.set()
         found = self._warming.pop(request_id, None)
         if found is None:
             return
@@ -258,17 +304,18 @@ class PrefixSchedule:
             if item is not None:
                 yield item
                 continue
-            if not self._warming:
+            parked = any(key in self._groups for key in self._parked)
+            if not self._warming and not parked:
                 if self._exhausted and self.buffered == 0:
                     return
                 # Nothing held and nothing to send: cannot be, unless state is broken.
                 raise RuntimeError("prompt-cache schedule: requests buffered but none sendable")
             self._wake.clear()
             wait = self._release_overdue(now)
-            if wait is None:
+            if wait is None and not parked:
                 continue
             try:
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(wait):  # None: until an answer comes
                     await self._wake.wait()
             except TimeoutError:
                 pass

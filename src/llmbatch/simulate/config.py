@@ -117,7 +117,7 @@ class SimulatorConfig:
     # per-route rate above which requests spill to other machines, and the entries' TTL.
     prompt_cache: bool = True
     cache_machines: int = 8
-    cache_machine_tokens: int = 16384
+    cache_machine_tokens: int = 1_000_000
     cache_spill_rpm: float = 15.0
     cache_ttl: float = 300.0
 

@@ -117,7 +117,7 @@ class PromptCaches:
         self,
         *,
         machines: int = 8,
-        machine_tokens: int = 16384,
+        machine_tokens: int = 1_000_000,
         spill_rpm: float = 15.0,
         ttl: float = 300.0,
         rng: random.Random | None = None,

@@ -123,7 +123,14 @@ class GenaiPrices:
             return None
         if rates.linear is not None:
             return rates.linear.apply(usage)
-        return _calc(model, rates.route, batch and rates.variant, usage) * rates.factor
+        variant = batch and rates.variant
+        usd = _calc(model, rates.route, variant, usage)
+        if hour := _hour_writes(usage):
+            # The library knows one write price (5 minutes); a 1-hour write is 2x the input.
+            usd += 2 * _calc(model, rates.route, variant, Usage(prompt_tokens=hour)) - _calc(
+                model, rates.route, variant, Usage(prompt_tokens=hour, cache_write_tokens=hour)
+            )
+        return usd * rates.factor
 
 
 @dataclass(slots=True, frozen=True)
@@ -139,11 +146,13 @@ class _Linear:
     def apply(self, usage: Usage) -> float:
         cached = min(usage.cached_tokens, usage.prompt_tokens)
         written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+        hour = min(_hour_writes(usage), written)
         plain = usage.prompt_tokens - cached - written
         usd = (
             plain * self.input
             + cached * self.cache_read
-            + written * self.cache_write
+            + (written - hour) * self.cache_write
+            + hour * 2 * self.input  # Anthropic's 1-hour cache: twice the input price
             + usage.completion_tokens * self.output
         ) / _MILLION
         return usd * self.factor
@@ -162,6 +171,10 @@ class _Rates:
     variant: bool  # the library has a batch price for this model
     factor: float  # applied on top: BATCH_DISCOUNT for batch answers without a batch price
     linear: _Linear | None  # None: tiered prices, computed by the library each time
+
+
+def _hour_writes(usage: Usage) -> int:
+    return min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
 
 
 def _library_usage(usage: Usage) -> Any:

@@ -130,13 +130,15 @@ class Usage:
 
     `prompt_tokens` counts every input token; `cached_tokens` of them were read from the
     provider's prompt cache (billed lower) and `cache_write_tokens` were written to it
-    (Anthropic bills those higher).
+    (Anthropic bills those higher); `cache_write_1h_tokens` of the writes went to Anthropic's
+    1-hour cache (billed at twice the input price, where a 5-minute write is 1.25 times).
     """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -130,6 +130,8 @@ def result_line(result: BatchResult) -> bytes:
             meta["usage"]["cached_tokens"] = usage.cached_tokens
         if usage.cache_write_tokens:
             meta["usage"]["cache_write_tokens"] = usage.cache_write_tokens
+        if usage.cache_write_1h_tokens:
+            meta["usage"]["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         if resp.batch_api:
             meta["batch_api"] = True
         if result.parsed is not None:

@@ -167,6 +167,24 @@ def test_a_prefix_under_the_models_minimum_is_left_alone() -> None:
     assert CacheTransform(haiku, provider="anthropic").apply(long, _prefix(long), ttl="5m") is long
 
 
+def test_anthropic_one_hour_writes_cost_twice_the_input_price() -> None:
+    from llmbatch.pricing import Pricer
+    from llmbatch.types import CompletionResponse, Usage
+
+    pricer = Pricer(provider="anthropic", model="claude-sonnet-4-5")
+    plain = pricer.usage_cost(None, Usage(10_000)) or 0.0
+    five = pricer.usage_cost(None, Usage(10_000, cache_write_tokens=10_000)) or 0.0
+    hour = pricer.usage_cost(
+        None, Usage(10_000, cache_write_tokens=10_000, cache_write_1h_tokens=10_000)
+    )
+    assert five == pytest.approx(1.25 * plain) and hour == pytest.approx(2 * plain)
+    read = CompletionResponse(
+        "x", model="claude-sonnet-4-5", usage=Usage(10_000, cached_tokens=9_000)
+    )
+    assert pricer.cache_saved(read) == pytest.approx(0.9 * 0.9 * plain)
+    assert pricer.cache_saved(CompletionResponse("x", usage=Usage(10_000))) is None
+
+
 def test_openai_gets_a_key_per_prefix_and_a_lines_own_key_is_kept() -> None:
     transform = CacheTransform(_openai(), provider="openai")
     a = CompletionRequest(system=LONG, prompt="a")
@@ -301,9 +319,27 @@ def test_anthropic_run_writes_each_prefix_once_and_reads_the_rest(start_sim, tmp
     assert stats["cache_writes"] == 5 and stats["cache_hits"] == 145
     usage = [line["response"]["body"]["usage"] for line in read_lines(tmp_path / "auto.jsonl")]
     assert sum(u["cache_read_input_tokens"] for u in usage) > 145 * 1000
+    # The money: every line says what the cache saved; the stats add it up.
+    stats_of = summary.stats
+    assert stats_of.cached_prompt_tokens == sum(u["cache_read_input_tokens"] for u in usage)
+    assert stats_of.cache_write_tokens == sum(u["cache_creation_input_tokens"] for u in usage)
+    assert stats_of.cache_hit_share > 0.8
+    assert stats_of.cache_saved is not None and stats_of.cache_saved > 0
+    assert stats_of.cache_saved == pytest.approx(
+        sum(line["llmbatch"]["cache_saved"] for line in read_lines(tmp_path / "auto.jsonl"))
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "llmbatch", "stats", str(tmp_path / "auto.jsonl")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "prompt cache" in shown.stdout and "saved by the cache" in shown.stdout
     # The same run with caching off writes nothing and reads nothing.
     off = llmbatch.run(_anthropic_run(sim, inp, tmp_path / "off.jsonl", prompt_cache="off"))
     assert off.exit_code == 0 and sim.stats()["cache_writes"] == 5
+    assert off.stats.cached_prompt_tokens == 0 and off.stats.cache_saved is None
+    assert (off.stats.cost or 0) > 3 * (summary.stats.cost or 0)
 
 
 def test_cli_prompt_cache_flag_and_kill_9_rerun_keep_every_id_once(start_sim, tmp_path) -> None:

@@ -19,6 +19,7 @@ the library's batch price where it has one, else half the realtime price.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -323,6 +324,22 @@ class Pricer:
         else:
             self._unknown("", "the answer names no model and no --model was given")
         return None
+
+    def cache_saved(self, response: CompletionResponse, model: str | None = None) -> float | None:
+        """USD the provider's prompt cache saved on `response`: its price with every input
+        token uncached, less its price as billed (negative when a cache write cost more).
+        None when the answer used no prompt cache or has no price."""
+        usage = response.usage
+        if response.cached or not (usage.cached_tokens or usage.cache_write_tokens):
+            return None
+        actual = self.cost(response, model)
+        if actual is None:
+            return None
+        plain = dataclasses.replace(
+            response, usage=Usage(usage.prompt_tokens, usage.completion_tokens)
+        )
+        uncached = self.cost(plain, model)
+        return None if uncached is None else uncached - actual
 
     def worst_case(self, request: CompletionRequest, batch: bool = False) -> float | None:
         """USD `request` can cost at most: its input bound (`worst_input_tokens`, all billed

@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +21,9 @@ from llmbatch.prompt_cache.census import PrefixCensus
 from llmbatch.prompt_cache.prefix import Prefix, prefix_of
 from llmbatch.prompt_cache.schedule import PrefixSchedule
 from llmbatch.prompt_cache.transform import CacheTransform, count_breakpoints
+from llmbatch.simulate import SimulatorProcess
 
-from .conftest import SimProcess
-from .helpers import ids_once, read_lines, wait_for
+from .helpers import KEYS, cli, ids_once, read_out, start_cli, wait_for_lines
 
 LONG = "Rules and worked examples for the task. " * 120  # ~1,200 tokens
 SHORT = "Be brief."
@@ -34,8 +31,8 @@ SHORT = "Be brief."
 
 @pytest.fixture(autouse=True)
 def keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
 
 
 def _prefix(request: CompletionRequest) -> Prefix:
@@ -296,7 +293,7 @@ def _write_input(path: Path, groups: int, each: int, seed: int = 3) -> list[str]
     return [line["id"] for line in lines]
 
 
-def _anthropic_run(sim: SimProcess, inp: Path, out: Path, **changes: Any) -> RunConfig:
+def _anthropic_run(sim: SimulatorProcess, inp: Path, out: Path, **changes: Any) -> RunConfig:
     return RunConfig(
         input=str(inp),
         output=str(out),
@@ -317,7 +314,7 @@ def test_anthropic_run_writes_each_prefix_once_and_reads_the_rest(start_sim, tmp
     assert summary.exit_code == 0 and set(ids_once(tmp_path / "auto.jsonl")) == set(ids)
     assert stats["by_status"] == {"200": 150}  # no breakpoint was refused
     assert stats["cache_writes"] == 5 and stats["cache_hits"] == 145
-    usage = [line["response"]["body"]["usage"] for line in read_lines(tmp_path / "auto.jsonl")]
+    usage = [line["response"]["body"]["usage"] for line in read_out(tmp_path / "auto.jsonl")]
     assert sum(u["cache_read_input_tokens"] for u in usage) > 145 * 1000
     # The money: every line says what the cache saved; the stats add it up.
     stats_of = summary.stats
@@ -326,14 +323,9 @@ def test_anthropic_run_writes_each_prefix_once_and_reads_the_rest(start_sim, tmp
     assert stats_of.cache_hit_share > 0.8
     assert stats_of.cache_saved is not None and stats_of.cache_saved > 0
     assert stats_of.cache_saved == pytest.approx(
-        sum(line["llmbatch"]["cache_saved"] for line in read_lines(tmp_path / "auto.jsonl"))
+        sum(line["llmbatch"]["cache_saved"] for line in read_out(tmp_path / "auto.jsonl"))
     )
-    shown = subprocess.run(
-        [sys.executable, "-m", "llmbatch", "stats", str(tmp_path / "auto.jsonl")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    shown = cli("stats", str(tmp_path / "auto.jsonl"), env={"COLUMNS": "200"})
     assert "prompt cache" in shown.stdout and "saved by the cache" in shown.stdout
     # The same run with caching off writes nothing and reads nothing.
     off = llmbatch.run(_anthropic_run(sim, inp, tmp_path / "off.jsonl", prompt_cache="off"))
@@ -346,31 +338,29 @@ def test_cli_prompt_cache_flag_and_kill_9_rerun_keep_every_id_once(start_sim, tm
     sim = start_sim("--latency-ms", "100")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = _write_input(inp, groups=4, each=60)
-    command = [
-        sys.executable, "-m", "llmbatch", "run", str(inp), "-o", str(out),
-        "--provider", "anthropic", "--base-url", sim.url, "--model", "claude-sonnet-4-5",
-        "--concurrency", "8", "--no-progress", "--prompt-cache", "auto",
+    args = [
+        "run", str(inp), "-o", str(out), "--provider", "anthropic", "--base-url", sim.url,
+        "--model", "claude-sonnet-4-5", "--concurrency", "8", "--no-progress",
+        "--prompt-cache", "auto",
     ]  # fmt: skip
-    proc = subprocess.Popen(command, env={**os.environ}, stderr=subprocess.DEVNULL)
+    proc = start_cli(*args)
     try:
-        wait_for(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 40, "40 lines")
+        wait_for_lines(out, 40)
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     partial = len(ids_once(out))
     assert 40 <= partial < len(ids)
-    rerun = subprocess.run(command, env={**os.environ}, capture_output=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    rerun = cli(*args, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert set(ids_once(out)) == set(ids)
     stats = sim.stats()
     assert stats["by_status"] == {"200": stats["received"] - stats["undelivered"]}
-    # Each prefix written once per run at most (the rerun's entries were still cached).
+    # Each prefix written once at most (the rerun found the first run's entries cached).
     assert stats["cache_writes"] <= 4
-    bad = subprocess.run(
-        [*command[:-1], "sometimes"], env={**os.environ}, capture_output=True, timeout=60
-    )
-    assert bad.returncode == 2 and b"--prompt-cache" in bad.stderr
+    bad = cli(*args[:-1], "sometimes")
+    assert bad.returncode == 2 and "--prompt-cache" in bad.stderr
 
 
 def test_anthropic_batch_api_groups_lines_and_asks_for_the_hour_ttl(start_sim, tmp_path) -> None:
@@ -381,7 +371,7 @@ def test_anthropic_batch_api_groups_lines_and_asks_for_the_hour_ttl(start_sim, t
         _anthropic_run(sim, inp, out, batch_api=True, poll_interval=0.2, batch_max_requests=30)
     )
     assert summary.exit_code == 0 and set(ids_once(out)) == set(ids)
-    usage = [line["response"]["body"]["usage"] for line in read_lines(out)]
+    usage = [line["response"]["body"]["usage"] for line in read_out(out)]
     written = [u for u in usage if u["cache_creation_input_tokens"]]
     # Grouped lines: one write per prefix and batch at most, in the 1-hour cache.
     assert 3 <= len(written) <= 3 * 2
@@ -426,6 +416,6 @@ def test_openai_keys_keep_prefixes_with_one_beginning_on_their_own_routes(
     assert auto["cache_spilled"] == 0 and auto["cache_writes"] == 4
     cached = [
         line["response"]["body"]["usage"]["prompt_tokens_details"]["cached_tokens"]
-        for line in read_lines(tmp_path / "auto.jsonl")
+        for line in read_out(tmp_path / "auto.jsonl")
     ]
     assert sum(1 for c in cached if c >= 1024) == 48 - 4

@@ -419,3 +419,20 @@ def test_openai_keys_keep_prefixes_with_one_beginning_on_their_own_routes(
         for line in read_out(tmp_path / "auto.jsonl")
     ]
     assert sum(1 for c in cached if c >= 1024) == 48 - 4
+
+
+def test_plan_estimates_the_cached_share_and_savings_before_sending(tmp_path) -> None:
+    inp = tmp_path / "in.jsonl"
+    _write_input(inp, groups=4, each=10)
+    config = RunConfig(input=str(inp), provider="anthropic", model="claude-sonnet-4-5")
+    found = llmbatch.plan(config).prompt_cache
+    assert found is not None
+    assert found["shared_prefixes"] == 4 and found["requests_in_groups"] == 40
+    assert found["input_share_cached"] > 0.8
+    # One write per prefix, nine reads: a tenth of the price on reads, 1.25x on writes.
+    assert found["saved_realtime"] > 0 and found["saved_batch"] > 0
+    assert found["saved_batch"] < found["saved_realtime"]
+    assert llmbatch.plan(config.replace(prompt_cache="off")).prompt_cache is None
+    shown = cli("plan", str(inp), "-o", str(tmp_path / "o.jsonl"), "--provider", "anthropic",
+                "--model", "claude-sonnet-4-5", env={"COLUMNS": "200"})  # fmt: skip
+    assert shown.returncode == 0 and "4 shared prefixes over 40 requests" in shown.stdout

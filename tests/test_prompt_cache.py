@@ -189,6 +189,15 @@ def test_openai_gets_a_key_per_prefix_and_a_lines_own_key_is_kept() -> None:
     assert sent.extra == {"prompt_cache_key": _prefix(a).label}
     own = CompletionRequest(system=LONG, prompt="a", extra={"prompt_cache_key": "mine"})
     assert transform.apply(own, _prefix(own), ttl="5m").extra == {"prompt_cache_key": "mine"}
+    # Local servers ignore an unknown field; a third-party API may refuse it: none sent.
+    for url, keyed in (
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://10.0.0.5:8000/v1", True),
+        ("https://api.mistral.ai/v1", False),
+    ):
+        client = OpenAIClient(api_key="k", model="m", base_url=url)
+        sent = CacheTransform(client, provider="openai").apply(a, _prefix(a), ttl="5m")
+        assert ("prompt_cache_key" in (sent.extra or {})) is keyed, url
 
 
 # -- the schedule -----------------------------------------------------------------------------

@@ -4,7 +4,11 @@
     sent = transform.apply(request, prefix, ttl="5m")    # a copy; `request` is untouched
 
 - **OpenAI** caches on its own; `prompt_cache_key` (sent in the body, as `extra`) routes the
-  requests of one prefix to the machines that hold it. A line's own key is kept.
+  requests of one prefix to the machines that hold it. A line's own key is kept. It is sent
+  to OpenAI's API and to servers on this machine or a private network (vLLM, Ollama,
+  llama.cpp, LM Studio, the simulator: they ignore a field they do not know); other
+  OpenAI-compatible APIs (Mistral, Groq, ...) may refuse an unknown field, so they get none
+  (their requests are still grouped and warmed up, which helps their own prefix caches).
 - **Anthropic** caches only what a `cache_control` breakpoint marks: one is added on the last
   block of the shared prefix (the system prompt, or the last leading message), with the
   given TTL ("5m" or "1h"). A line's own breakpoints are kept and counted: none is added when
@@ -24,6 +28,8 @@ to `messages`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -31,7 +37,7 @@ from ..types import CompletionRequest
 from .limits import ANTHROPIC_MAX_BREAKPOINTS, min_cacheable_tokens
 from .prefix import Prefix
 
-__all__ = ["TTL", "CacheTransform", "count_breakpoints"]
+__all__ = ["TTL", "CacheTransform", "count_breakpoints", "takes_cache_key"]
 
 TTL = Literal["5m", "1h"]
 
@@ -46,6 +52,9 @@ class CacheTransform:
         self.provider = kind if kind in ("openai", "anthropic") else None
         self.model = model if model is not None else getattr(client, "model", None)
         self.requested = provider
+        self.keyed = self.provider == "openai" and takes_cache_key(
+            getattr(client, "base_url", None)
+        )
 
     def minimum(self, request: CompletionRequest) -> int:
         return min_cacheable_tokens(self.provider or "", request.model or self.model)
@@ -56,7 +65,7 @@ class CacheTransform:
             return request
         if self.provider == "openai":
             extra = request.extra or {}
-            if "prompt_cache_key" in extra:
+            if "prompt_cache_key" in extra or not self.keyed:
                 return request
             return dataclasses.replace(request, extra={**extra, "prompt_cache_key": prefix.label})
         return self._anthropic(request, prefix, ttl)
@@ -105,6 +114,21 @@ class CacheTransform:
         message["content"] = parts
         messages[target] = message
         return dataclasses.replace(request, messages=messages)
+
+
+def takes_cache_key(base_url: str | None) -> bool:
+    """Whether an OpenAI-style server at `base_url` may be sent `prompt_cache_key`: OpenAI's
+    own API, or a server on a loopback or private address (see the module docstring)."""
+    if not base_url:
+        return True  # the client's default: OpenAI
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    if host == "api.openai.com" or host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private
 
 
 def _control(ttl: TTL) -> dict[str, str]:

@@ -18,7 +18,7 @@ import llmbatch
 from llmbatch import BatchRequest, CompletionRequest, RunConfig
 from llmbatch.clients import AnthropicClient, OpenAIClient
 from llmbatch.prompt_cache.census import PrefixCensus
-from llmbatch.prompt_cache.prefix import Prefix, prefix_of
+from llmbatch.prompt_cache.prefix import Prefix, label_of, prefix_of
 from llmbatch.prompt_cache.schedule import PrefixSchedule
 from llmbatch.prompt_cache.transform import CacheTransform, count_breakpoints
 from llmbatch.simulate import SimulatorProcess
@@ -186,7 +186,9 @@ def test_openai_gets_a_key_per_prefix_and_a_lines_own_key_is_kept() -> None:
     transform = CacheTransform(_openai(), provider="openai")
     a = CompletionRequest(system=LONG, prompt="a")
     sent = transform.apply(a, _prefix(a), ttl="5m")
-    assert sent.extra == {"prompt_cache_key": _prefix(a).label}
+    label = label_of(a, "gpt-4o-mini")
+    assert sent.extra == {"prompt_cache_key": label} and label == label_of(a, "gpt-4o-mini")
+    assert label != label_of(CompletionRequest(system=LONG + ".", prompt="a"), "gpt-4o-mini")
     own = CompletionRequest(system=LONG, prompt="a", extra={"prompt_cache_key": "mine"})
     assert transform.apply(own, _prefix(own), ttl="5m").extra == {"prompt_cache_key": "mine"}
     # Local servers ignore an unknown field; a third-party API may refuse it: none sent.

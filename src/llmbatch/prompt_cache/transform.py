@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from ..types import CompletionRequest
 from .limits import ANTHROPIC_MAX_BREAKPOINTS, min_cacheable_tokens
-from .prefix import Prefix
+from .prefix import Prefix, label_of
 
 __all__ = ["TTL", "CacheTransform", "count_breakpoints", "takes_cache_key"]
 
@@ -67,7 +67,10 @@ class CacheTransform:
             extra = request.extra or {}
             if "prompt_cache_key" in extra or not self.keyed:
                 return request
-            return dataclasses.replace(request, extra={**extra, "prompt_cache_key": prefix.label})
+            label = label_of(request, self.model)
+            if label is None:
+                return request
+            return dataclasses.replace(request, extra={**extra, "prompt_cache_key": label})
         return self._anthropic(request, prefix, ttl)
 
     def _anthropic(self, request: CompletionRequest, prefix: Prefix, ttl: TTL) -> CompletionRequest:

@@ -447,3 +447,17 @@ def test_plan_estimates_the_cached_share_and_savings_before_sending(tmp_path) ->
     shown = cli("plan", str(inp), "-o", str(tmp_path / "o.jsonl"), "--provider", "anthropic",
                 "--model", "claude-sonnet-4-5", env={"COLUMNS": "200"})  # fmt: skip
     assert shown.returncode == 0 and "4 shared prefixes over 40 requests" in shown.stdout
+
+
+def test_the_budgets_worst_case_covers_a_cache_write() -> None:
+    from llmbatch.pricing import Pricer
+
+    pricer = Pricer(provider="anthropic", model="claude-sonnet-4-5")
+    client = _anthropic()
+    request = CompletionRequest(system=LONG, prompt="q", max_tokens=1)
+    plain = pricer.worst_case(request, batch=True) or 0.0
+    transform = CacheTransform(client, provider="anthropic")
+    five = pricer.worst_case(transform.apply(request, _prefix(request), ttl="5m"), batch=True)
+    hour = pricer.worst_case(transform.apply(request, _prefix(request), ttl="1h"), batch=True)
+    assert plain < (five or 0.0) < (hour or 0.0)
+    assert (hour or 0.0) > 1.9 * plain  # the input part doubled; the output is one token

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -246,6 +246,27 @@ def _lookup(model: str, route: _Route, batch: bool) -> _Rates | None:
     return _Rates(route, variant, factor, linear)
 
 
+def cache_ttls(request: CompletionRequest) -> set[str]:
+    """The TTLs of the `cache_control` breakpoints `request` carries (in its messages' blocks,
+    or a `system`/`tools` list in `extra`), "5m" where none is given; empty: no breakpoint."""
+    found: set[str] = set()
+
+    def scan(blocks: Any) -> None:
+        if not isinstance(blocks, list):
+            return
+        for block in blocks:
+            control = block.get("cache_control") if isinstance(block, Mapping) else None
+            if isinstance(control, Mapping):
+                found.add(str(control.get("ttl") or "5m"))
+
+    for message in request.messages or ():
+        scan(message.get("content") if isinstance(message, Mapping) else None)
+    extra = request.extra or {}
+    scan(extra.get("system"))
+    scan(extra.get("tools"))
+    return found
+
+
 def worst_input_tokens(request: CompletionRequest) -> int:
     """Input tokens `request` can be billed at most: the UTF-8 bytes of its text (a byte-level
     BPE token holds at least one byte) plus the chat format's frame, and every element of an
@@ -346,11 +367,23 @@ class Pricer:
         as uncached) plus its output limit (`CompletionRequest.output_limit`, or
         `worst_output_tokens` when it sets none) of output."""
         limit = request.output_limit()
+        tokens = worst_input_tokens(request)
         usage = Usage(
-            prompt_tokens=worst_input_tokens(request),
+            prompt_tokens=tokens,
             completion_tokens=self.worst_output_tokens if limit is None else limit,
         )
-        return self.usage_cost(request.model, usage, batch)
+        worst = self.usage_cost(request.model, usage, batch)
+        ttls = cache_ttls(request)
+        if worst is None or not ttls:
+            return worst
+        # Marked for Anthropic's prompt cache: every input token may be a write (1.25x the
+        # input price, 2x for the 1-hour cache), which the uncached bound would not cover.
+        written = dataclasses.replace(
+            usage,
+            cache_write_tokens=tokens,
+            cache_write_1h_tokens=tokens if "1h" in ttls else 0,
+        )
+        return max(worst, self.usage_cost(request.model, written, batch) or 0.0)
 
     def _unknown(self, model: str, why: str | None) -> None:
         if model in self.unknown:

@@ -461,3 +461,23 @@ def test_the_budgets_worst_case_covers_a_cache_write() -> None:
     hour = pricer.worst_case(transform.apply(request, _prefix(request), ttl="1h"), batch=True)
     assert plain < (five or 0.0) < (hour or 0.0)
     assert (hour or 0.0) > 1.9 * plain  # the input part doubled; the output is one token
+
+
+async def test_a_400_about_cache_settings_names_the_prompt_cache_setting() -> None:
+    from llmbatch.errors import BadRequestError
+    from llmbatch.simulate import Simulator, SimulatorConfig
+
+    marked = [
+        {"type": "text", "text": f"part {i}", "cache_control": {"type": "ephemeral"}}
+        for i in range(5)
+    ]
+    request = CompletionRequest(messages=[{"role": "user", "content": marked}], max_tokens=5)
+    async with Simulator(SimulatorConfig()) as sim:
+        client = AnthropicClient(base_url=sim.url, api_key="k", model="claude-sonnet-4-5")
+        try:
+            with pytest.raises(BadRequestError) as caught:
+                await client.complete(request)
+        finally:
+            await client.aclose()
+    assert caught.value.setting == "prompt_cache"
+    assert 'prompt_cache="off"' in str(caught.value)

@@ -299,6 +299,8 @@ def print_summary(console: Console, config: RunConfig, summary: RunSummary) -> i
                 console,
                 "a server without structured output takes the schema with --schema-mode prompt",
             )
+        elif summary.last_error_setting == "prompt_cache":
+            say(console, "--prompt-cache off sends each line with only its own cache settings")
     if summary.deadline is not None:
         d = summary.deadline
         verdict = (

@@ -19,6 +19,11 @@ characters), groups what it read by prefix, and sends:
 4. otherwise one request of the next cold group, the **warm-up**; the rest of that group
    waits for its answer (`answered`) while other groups go on.
 
+With `per_group`, a group takes at most that many of the requests in flight while other
+groups have requests to send (OpenAI: a burst of one prefix spills to machines that have not
+seen it); with nothing else to send it takes the free workers anyway, so a run of one prefix
+goes at full concurrency.
+
 When everything in the window waits on a warm-up, the schedule waits for an answer (or
 `max_hold` seconds: a warm-up stuck in retries releases its group rather than stall the
 run). A warm-up that fails releases its group too: the others are sent and fail or succeed

@@ -56,12 +56,7 @@ def prefix_of(request: CompletionRequest, model: str | None = None) -> Prefix | 
     # Python's own string hash: computed in C, about 3x the speed of BLAKE2b over the same
     # text (the precheck hashes every line); per process, which is all the census and the
     # schedule need. What leaves the process (OpenAI's key) is `label_of`.
-    key = hash((head, system, *shared))
-    return Prefix(
-        key,
-        chars_to_tokens(chars),
-        len(request.messages or ()) if request.prompt else max(0, len(request.messages or ()) - 1),
-    )
+    return Prefix(hash((head, system, *shared)), chars_to_tokens(chars), len(shared))
 
 
 def label_of(request: CompletionRequest, model: str | None = None) -> str | None:

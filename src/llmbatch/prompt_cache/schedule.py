@@ -13,11 +13,11 @@ their prefix is not. So the schedule reads ahead through a bounded **window** (r
 characters), groups what it read by prefix, and sends:
 
 1. requests without a cacheable prefix at once, in input order (nothing to wait for);
-2. the requests of the group it is draining, one after another;
-3. the next group (oldest first) that is warm: its prefix was answered recently enough
-   (80% of the cache TTL) to still be cached;
-4. otherwise one request of the next cold group, the **warm-up**; the rest of that group
-   waits for its answer (`answered`) while other groups go on.
+2. one request of each new (cold) group as soon as it is read, the **warm-up**; the rest of
+   that group waits for its answer (`answered`) while other groups go on;
+3. the requests of the group it is draining, one after another;
+4. the next group (oldest first) that is warm: its prefix was answered recently enough
+   (80% of the cache TTL) to still be cached.
 
 With `per_group`, a group takes at most that many of the requests in flight while other
 groups have requests to send (OpenAI: a burst of one prefix spills to machines that have not
@@ -195,6 +195,8 @@ class PrefixSchedule:
             self.buffered -= 1
             self.buffered_chars -= size
             return Scheduled(item, None)
+        if hold and (warm_up := self._warm_up(now)) is not None:
+            return warm_up
         current = self._current
         if current is not None and current in self._groups and current not in self._warming_groups:
             if not hold:
@@ -218,26 +220,19 @@ class PrefixSchedule:
             if hold and not self._is_warm(key, now):
                 self._ready.popleft()
                 self._cold.append(key)  # its entry has likely expired: warm it up again
+                if (warm_up := self._warm_up(now)) is not None:
+                    return warm_up
                 continue
             self._current = key
             return self._take(key, now)
-        while self._cold:
-            key = self._cold.popleft()
-            queue = self._groups.get(key)
-            if not queue or key in self._warming_groups:
-                continue
-            if hold and self._full(key):
-                self._parked.add(key)
-                continue
-            if not hold or self._is_warm(key, now):
-                self._current = key
-                return self._take(key, now)
-            prefix = queue[0][1]
-            if len(queue) == 1 and not self._shared(prefix) and key not in self._warm:
-                return self._take(key, now)  # alone: nobody to warm up for
-            # The rest of the group is put back in `_ready` when this one is answered.
-            return self._take(key, now, warm_up=True)
-        if hold and self._parked:
+        if not hold:
+            while self._cold:
+                key = self._cold.popleft()
+                if key in self._groups:
+                    self._current = key
+                    return self._take(key, now)
+            return None
+        if self._parked:
             # Nothing else to send: `per_group` spreads the requests in flight over groups
             # when there are several, it never leaves a worker idle when there are not.
             group_in_flight = self._group_in_flight
@@ -248,6 +243,25 @@ class PrefixSchedule:
             )
             if best is not None:
                 return self._take(best, now)
+        return None
+
+    def _warm_up(self, now: float) -> Scheduled | None:
+        """One request of the next cold group, ahead of the warm groups' requests: its answer
+        takes a request's latency, so it is started as soon as the group is seen, while the
+        warm groups keep the workers busy."""
+        while self._cold:
+            key = self._cold.popleft()
+            queue = self._groups.get(key)
+            if not queue or key in self._warming_groups:
+                continue
+            if self._is_warm(key, now):
+                self._ready.append(key)
+                continue
+            prefix = queue[0][1]
+            if len(queue) == 1 and not self._shared(prefix) and key not in self._warm:
+                return self._take(key, now)  # alone: nobody to warm up for
+            # The rest of the group is put back in `_ready` when this one is answered.
+            return self._take(key, now, warm_up=True)
         return None
 
     def _full(self, key: int) -> bool:

@@ -481,3 +481,19 @@ async def test_a_400_about_cache_settings_names_the_prompt_cache_setting() -> No
             await client.aclose()
     assert caught.value.setting == "prompt_cache"
     assert 'prompt_cache="off"' in str(caught.value)
+
+
+def test_the_progress_bar_shows_the_cache_share_and_savings() -> None:
+    import io
+
+    from rich.console import Console
+
+    from llmbatch.progress import RichProgress, _PromptCacheColumn
+
+    bar = RichProgress(console=Console(file=io.StringIO(), force_terminal=True, width=200))
+    column = _PromptCacheColumn(bar)
+    task = bar._progress.tasks[0]
+    assert column.render(task).plain == ""  # nothing read from a cache yet
+    bar.add_prompt_cache(1000, 0, None)
+    bar.add_prompt_cache(1000, 900, 0.25)
+    assert column.render(task).plain == "cache 45% -$0.2500"

@@ -15,6 +15,10 @@ tokens`; OpenAI: the simulator's count, OpenAI does not report writes), the inpu
 list prices (`llmbatch.pricing`, genai-prices: Claude Sonnet 4.5 reads at 0.1x and writes at
 1.25x (1 hour: 2x) the input price; GPT-4.1 mini reads at 0.25x), its ratio to `off`, and
 the wall time.
+
+`--census N` instead measures the precheck's prefix census over N generated requests (half
+of them sharing 20 system prompts of ~1,500 tokens, half with a prompt of their own): lines
+per second and peak memory (tracemalloc), against exact counting in a dict.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import os
 import random
 import tempfile
 import time
+import tracemalloc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +40,9 @@ from rich.table import Table
 from _sim import sim_stats, simulator
 from llmbatch import RunConfig, run
 from llmbatch.pricing import Pricer
-from llmbatch.types import Usage
+from llmbatch.prompt_cache.census import PrefixCensus
+from llmbatch.prompt_cache.prefix import prefix_of
+from llmbatch.types import CompletionRequest, Usage
 
 MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4.1-mini"}
 WORDS = "rules examples format tone schema label edge case policy review note".split()
@@ -151,6 +159,58 @@ def measure(
     return Outcome(scenario, mode, requests, prefix_tokens, cached, writers, cost, seconds)
 
 
+def census_requests(n: int) -> Iterator[CompletionRequest]:
+    shared = system_prompts(20, 1500, seed=11)
+    for i in range(n):
+        system = shared[(i // 2) % 20] if i % 2 else f"A prompt of its own, number {i}."
+        yield CompletionRequest(system=system, prompt=f"q{i}")
+
+
+class ExactCount:
+    """Every prefix counted exactly, in a dict: what the census bounds."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def add(self, request: CompletionRequest) -> None:
+        prefix = prefix_of(request, "m")
+        if prefix is not None:
+            self.counts[prefix.key] = self.counts.get(prefix.key, 0) + 1
+
+    def shared(self) -> int:
+        return sum(1 for c in self.counts.values() if c >= 2)
+
+
+def census_table(n: int) -> Table:
+    """The census against exact counting: lines/s and peak memory of each (timed without
+    tracemalloc, measured with it in a second pass)."""
+    rows = []
+    for name in ("census (Misra-Gries)", "exact dict"):
+        found = 0
+        seconds = peak = 0.0
+        for traced in (False, True):
+            counter = PrefixCensus(model="m") if name.startswith("census") else ExactCount()
+            if traced:
+                tracemalloc.start()
+            started = time.perf_counter()
+            for request in census_requests(n):
+                counter.add(request)
+            if traced:
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+            else:
+                seconds = time.perf_counter() - started
+            found = len(counter.groups()) if isinstance(counter, PrefixCensus) else counter.shared()
+        rows.append((name, n / seconds, peak, found))
+    table = Table(title=f"prefix census over {n:,} requests (half of them in 20 shared prefixes)")
+    for column in ("counting", "lines/s", "peak MB", "shared prefixes found", "memory vs exact"):
+        table.add_column(column, justify="left" if column == "counting" else "right")
+    for name, rate, peak, found in rows:
+        ratio = peak / rows[1][2]
+        table.add_row(name, f"{rate:,.0f}", f"{peak / 1e6:,.1f}", str(found), f"{ratio:.3f}x")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
@@ -158,7 +218,11 @@ def main() -> None:
     parser.add_argument("--prefix-tokens", type=int, default=1500)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--only", help="run only scenarios whose name contains this")
+    parser.add_argument("--census", type=int, metavar="N", help="measure the census instead")
     args = parser.parse_args()
+    if args.census:
+        Console(width=150).print(census_table(args.census))
+        return
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-bench")
     each = args.requests // args.prefixes

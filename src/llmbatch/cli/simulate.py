@@ -261,7 +261,8 @@ def _add_prompt_cache(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=300.0,
         metavar="S",
-        help="OpenAI: seconds an entry lives after its last use (Anthropic: its ttl)",
+        help="OpenAI: seconds an entry lives after its last use (default 300; an Anthropic "
+        "entry lives its breakpoint's ttl, 5m or 1h)",
     )
 
 

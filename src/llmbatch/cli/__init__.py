@@ -19,14 +19,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import batches, export, plan, report, run, simulate, stats
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags: `--api-key K` must not silently mean `--api-key-env K`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="llmbatch",
         description="Run thousands to millions of LLM requests, as fast as the provider allows.",
     )

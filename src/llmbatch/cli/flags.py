@@ -55,14 +55,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--provider",
         choices=sorted(PROVIDERS),
         default="openai",
-        help="API flavour (default openai: OpenAI and every OpenAI-compatible server)",
+        help="API flavour (default openai: OpenAI and every OpenAI-compatible server; "
+        "anthropic; gemini: Google's Gemini API)",
     )
     g.add_argument("--base-url", help="API base URL (default: the provider's, or *_BASE_URL)")
     g.add_argument("--model", help="model for lines that name none")
     g.add_argument(
         "--api-key-env",
         metavar="NAME",
-        help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)",
+        help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY "
+        "/ GEMINI_API_KEY, else GOOGLE_API_KEY)",
     )
     g = p.add_argument_group("pace and limits")
     g.add_argument(

@@ -137,7 +137,7 @@ def _flatten(value: dict[str, Any], prefix: str, into: dict[str, Any], made: set
 
 
 def reply_text(record: Mapping[str, Any]) -> str | None:
-    """The reply's text from a result line's provider body (OpenAI or Anthropic)."""
+    """The reply's text from a result line's provider body (OpenAI, Anthropic or Gemini)."""
     response = record.get("response")
     body = response.get("body") if isinstance(response, dict) else None
     if not isinstance(body, dict):
@@ -151,6 +151,15 @@ def reply_text(record: Mapping[str, Any]) -> str | None:
             return content if isinstance(content, str) else message.get("refusal")
         text = choice.get("text")
         return text if isinstance(text, str) else None
+    candidates = body.get("candidates")  # Gemini: the first candidate's text parts
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+        content = candidates[0].get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        return "".join(
+            p["text"]
+            for p in (parts if isinstance(parts, list) else ())
+            if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
+        )
     blocks = body.get("content")
     if isinstance(blocks, list):
         parts = []

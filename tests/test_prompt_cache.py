@@ -497,3 +497,18 @@ def test_the_progress_bar_shows_the_cache_share_and_savings() -> None:
     bar.add_prompt_cache(1000, 0, None)
     bar.add_prompt_cache(1000, 900, 0.25)
     assert column.render(task).plain == "cache 45% -$0.2500"
+
+
+async def test_per_group_spreads_the_requests_in_flight_over_groups() -> None:
+    items = _requests(groups=3, each=6)
+    schedule = _schedule(items, per_group=2)
+    stream = aiter(schedule)
+    warm_ups = [(await anext(stream)).item.id for _ in range(3)]
+    for rid in warm_ups:
+        schedule.answered(rid)
+    in_flight = [(await anext(stream)).item.id for _ in range(6)]
+    # Two of each group, not six of the first: a burst of one prefix would spill.
+    assert sorted(r.split("-")[0] for r in in_flight) == ["g0", "g0", "g1", "g1", "g2", "g2"]
+    # An answer frees a place in its group only.
+    schedule.answered(in_flight[0])
+    assert (await anext(stream)).item.id.split("-")[0] == in_flight[0].split("-")[0]

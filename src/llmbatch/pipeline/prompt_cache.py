@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 from ..prompt_cache.census import PrefixCensus
 from ..prompt_cache.prefix import Prefix, prefix_of
@@ -109,18 +110,16 @@ class PromptCacheExecutor:
                 async for result in results:
                     yield result
             return
-        context = self.context
 
         async def sent() -> AsyncIterator[BatchRequest]:
             async for scheduled in schedule:
                 yield self._send(scheduled)
 
-        engine = context.engine(self.inner.replies)
-        stream = engine.stream(
-            sent(), timeout=context.config.timeout, total=context.total, finish_unstarted=False
-        )
+        # The realtime executor hands its requests to the engine, which pulls an async source
+        # as readily as an iterator: the schedule can then wait for a warm-up's answer.
+        stream = self.inner.stream(cast(Iterator[BatchRequest], sent()))
         # Closing this stream closes the engine's: admissions stop, in-flight calls cancel.
-        async with contextlib.aclosing(stream) as results:
+        async with contextlib.aclosing(stream) as results:  # type: ignore[type-var]
             async for result in results:
                 schedule.answered(result.id)
                 yield result

@@ -512,3 +512,17 @@ async def test_per_group_spreads_the_requests_in_flight_over_groups() -> None:
     # An answer frees a place in its group only.
     schedule.answered(in_flight[0])
     assert (await anext(stream)).item.id.split("-")[0] == in_flight[0].split("-")[0]
+
+
+def test_a_deadline_run_groups_and_marks_its_batches_too(start_sim, tmp_path) -> None:
+    sim = start_sim("--latency-ms", "20", "--batch-seconds", "0.5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = _write_input(inp, groups=3, each=20)
+    summary = llmbatch.run(_anthropic_run(sim, inp, out, finish_by="10m", poll_interval=0.1))
+    assert summary.exit_code == 0 and summary.executor == "deadline"
+    assert set(ids_once(out)) == set(ids)
+    usage = [line["response"]["body"]["usage"] for line in read_out(out)]
+    written = [u for u in usage if u["cache_creation_input_tokens"]]
+    assert len(written) == 3  # one batch, its lines grouped: one write per prefix
+    assert all(u["cache_creation"]["ephemeral_1h_input_tokens"] for u in written)
+    assert sim.stats()["by_status"] == {}  # nothing went realtime

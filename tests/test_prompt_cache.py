@@ -526,3 +526,38 @@ def test_a_deadline_run_groups_and_marks_its_batches_too(start_sim, tmp_path) ->
     assert len(written) == 3  # one batch, its lines grouped: one write per prefix
     assert all(u["cache_creation"]["ephemeral_1h_input_tokens"] for u in written)
     assert sim.stats()["by_status"] == {}  # nothing went realtime
+
+
+@pytest.mark.parametrize("seed", range(60))
+async def test_the_schedule_sends_every_request_once_whatever_the_answers_order(seed) -> None:
+    """A run simulated: `concurrency` workers pull, answers come back in a random order; the
+    schedule never loses, repeats or sticks on a request, and holds no more than its window."""
+    rng = random.Random(seed)
+    groups, each = rng.randint(1, 6), rng.randint(1, 12)
+    items = _requests(groups=groups, each=each, seed=seed)
+    items += [BatchRequest(f"alone-{i}", CompletionRequest(prompt="q")) for i in range(3)]
+    rng.shuffle(items)
+    window = rng.choice([1, 3, 8, 100])
+    schedule = _schedule(items, per_group=rng.choice([None, 1, 2]), window=window)
+    concurrency = rng.randint(1, 8)
+    stream = aiter(schedule)
+    sent: list[str] = []
+    in_flight: list[str] = []
+    pending: asyncio.Task[Any] | None = None
+    while True:
+        if pending is None and len(in_flight) < concurrency:
+            pending = asyncio.ensure_future(anext(stream, None))
+        for _ in range(5):  # let the schedule run until it yields or waits for an answer
+            await asyncio.sleep(0)
+        if pending is not None and pending.done():
+            got = pending.result()
+            pending = None
+            if got is None:
+                break
+            sent.append(got.item.id)
+            in_flight.append(got.item.id)
+            continue
+        assert in_flight, "the schedule waits, but nothing is in flight to answer"
+        schedule.answered(in_flight.pop(rng.randrange(len(in_flight))))
+    assert sorted(sent) == sorted(i.id for i in items)
+    assert schedule.max_buffered <= window

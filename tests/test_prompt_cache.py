@@ -561,3 +561,21 @@ async def test_the_schedule_sends_every_request_once_whatever_the_answers_order(
         schedule.answered(in_flight.pop(rng.randrange(len(in_flight))))
     assert sorted(sent) == sorted(i.id for i in items)
     assert schedule.max_buffered <= window
+
+
+def test_the_hour_ttl_only_where_five_minutes_would_lapse() -> None:
+    from llmbatch.pipeline.executors import Context
+    from llmbatch.pipeline.prompt_cache import CachePolicy
+
+    census = PrefixCensus(model="claude-sonnet-4-5")
+
+    def ttl(total: int, *, batch: bool = False, **config: Any) -> str:
+        run = RunConfig(output="o.jsonl", provider="anthropic", model="claude-sonnet-4-5", **config)
+        context = Context(run, _anthropic(), None, None, None, total, lambda: iter(()))  # type: ignore[arg-type]
+        return CachePolicy(context, census, batch=batch, window=1000).ttl
+
+    assert ttl(100_000) == "5m"  # unpaced: a group comes back within seconds
+    assert ttl(500, rpm=60) == "5m"  # the whole run fits in the window: no coming back
+    assert ttl(100_000, rpm=600) == "5m"  # a window's worth takes 100 s
+    assert ttl(100_000, rpm=60) == "1h"  # ... 17 minutes: a 5-minute entry would lapse
+    assert ttl(10, batch=True) == "1h"  # a batch runs over hours, in no promised order

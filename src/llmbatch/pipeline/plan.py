@@ -258,10 +258,14 @@ def _price(
         def cost(
             output: int, batch: bool, load: _ModelLoad = load, name: str = name
         ) -> float | None:
-            usage = Usage(prompt_tokens=load.input_tokens, completion_tokens=output)
+            # One average request times the requests: tiered prices (Claude above 200k
+            # input tokens) apply per request, never to the run's sum.
             if not name:
                 return None
-            return pricer.source.price(name, pricer.provider, usage, batch)
+            n = max(1, load.requests)
+            usage = Usage(round(load.input_tokens / n), round(output / n))
+            price = pricer.source.price(name, pricer.provider, usage, batch)
+            return None if price is None else price * n
 
         realtime = cost(expected, False)
         plan.cost_by_model[name] = realtime

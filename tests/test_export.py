@@ -242,7 +242,7 @@ def test_export_usage_errors(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_bytes(_line("a", {"id": 1}))
     proc = cli("export", str(out), "-o", str(tmp_path / "x.txt"))
-    assert proc.returncode == 2 and "name it .jsonl, .csv or .parquet" in proc.stderr
+    assert proc.returncode == 2 and "name it .jsonl, .csv, .parquet or .arrow" in proc.stderr
     proc = cli("export", str(out), "-o", str(tmp_path / "x.csv"))
     assert proc.returncode == 2 and "column 'id'" in proc.stderr and "--prefix" in proc.stderr
     ok = cli("export", str(out), "-o", str(tmp_path / "x.csv"), "--prefix", "out_")
@@ -272,7 +272,8 @@ def test_join_rows_that_are_not_utf8_or_not_json_are_named(tmp_path: Path) -> No
     jrows.write_text('{"id": "r1"}\n{broken\n[1]\n{"id": "r2"}\n')
     proc = cli("export", str(out), "-o", str(table), "--join", str(jrows))
     assert proc.returncode == 0, proc.stderr
-    assert f"{jrows}: line 2: skipped, not JSON" in proc.stderr and "(and 1 more)" in proc.stderr
+    assert f"{jrows}: line 2: skipped, malformed JSON" in proc.stderr
+    assert "(and 1 more)" in proc.stderr
     assert [r["id"] for r in read_csv(table)] == ["r1", "r2"]
 
 

@@ -1,7 +1,7 @@
 """Running requests through a provider's batch API (half price), resumable and never paid twice.
 
     runner = BatchAPIRunner(client, BatchAPIConfig("out.jsonl", poll_interval=60))
-    async for result in runner.stream(requests, done=scan.ok.__contains__, flush=sink.flush):
+    async for result in runner.stream(requests, done=scan.is_ok, flush=sink.flush):
         sink.write(result)            # the same BatchResults as the engine's, batch_api=True
 
 The runner splits the requests into chunks under the provider's caps (`split`), and for each
@@ -408,7 +408,10 @@ class BatchAPIRunner:
         tag = f"{ledger.run_key}:{record.n}"
         path = ledger.input_path(record.n)
         try:
-            if backend.uploads and record.file_id is None:
+            # A backend with `inline_max_bytes` (Gemini) sends a chunk that small inline.
+            limit = getattr(backend, "inline_max_bytes", None)
+            inline = limit is not None and path.stat().st_size <= limit
+            if backend.uploads and record.file_id is None and not inline:
                 name = f"llmbatch-{ledger.run_key}-{record.n}.jsonl"
                 size = path.stat().st_size
                 since = record.intent_at - CLOCK_SKEW

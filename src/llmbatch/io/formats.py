@@ -38,6 +38,7 @@ __all__ = [
     "InputItem",
     "MissingField",
     "TemplateError",
+    "items_of_rows",
     "parse_line",
     "read_files",
     "read_jsonl",
@@ -325,6 +326,21 @@ def read_rows(
     fields = template_fields(template)
     csv_file = str(path).endswith(".csv")
     rows = _csv_rows(path, max_field_chars) if csv_file else _jsonl_rows(path)
+    return items_of_rows(template, rows, id_field, base, missing=missing, fields=fields)
+
+
+def items_of_rows(
+    template: str,
+    rows: Iterable[tuple[int, Mapping[str, Any] | BadLine]],
+    id_field: str,
+    base: CompletionRequest,
+    *,
+    missing: MissingField = "error",
+    fields: list[str] | None = None,
+) -> Iterator[InputItem | BadLine]:
+    """One request per row of (row number, row or `BadLine`): the rules of `read_rows` for
+    rows from anywhere (the columnar tables of `llmbatch.io.tables`)."""
+    fields = fields if fields is not None else template_fields(template)
     for n, row in rows:
         if isinstance(row, BadLine):
             yield row
@@ -458,7 +474,11 @@ def _lines(first: int, last: int) -> str:
     return f"line {first}" if first == last else f"lines {first}-{last}"
 
 
-def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """The rows of a JSONL rows file, as every one is read (the run's `--rows`, export's
+    `--rows`/`--join`): (line number, the row), or (line number, what is wrong with the
+    line) for the caller to refuse or skip. A BOM before the first line is dropped; blank
+    lines are no rows."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if n == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -468,9 +488,11 @@ def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLin
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                yield n, BadLine(n, f"malformed JSON: {exc}", where="row")
+                yield n, f"malformed JSON: {exc}"
                 continue
-            if not isinstance(obj, dict):
-                yield n, BadLine(n, "expected a JSON object", where="row")
-                continue
-            yield n, obj
+            yield n, obj if isinstance(obj, dict) else "expected a JSON object"
+
+
+def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    for n, row in jsonl_rows(path):
+        yield n, BadLine(n, row, where="row") if isinstance(row, str) else row

@@ -57,7 +57,7 @@ __all__ = [
     "summary",
 ]
 
-_MAGIC = b"LLMBIDX2"
+_MAGIC = b"LLMBIDX3"
 # magic, journal st_dev, journal st_ino; then a summary the writer keeps up to date after
 # each flush: journal bytes covered, lines covered, lines that repeated an id (UNKNOWN when
 # not counted). The summary is a hint: a reader only uses it after checking it.
@@ -65,9 +65,10 @@ _HEADER = struct.Struct("<8sQQQQQ")
 _IDENTITY = 24  # bytes of the header that name the journal
 UNKNOWN = (1 << 64) - 1
 # crc of the rest | var length | flags | line start | line length | line crc | attempts |
-# duration, wait, provider, cost, extra cost | prompt tokens, completion tokens; then the
-# model, the error code (one length byte each) and the id (the rest).
-_REC = struct.Struct("<IIBxxxQIIIdddddqq")
+# duration, wait, provider, cost, extra cost | prompt, completion, cached (read from the
+# prompt cache), cache-write tokens | USD the prompt cache saved; then the model, the error
+# code (one length byte each) and the id (the rest).
+_REC = struct.Struct("<IIBxxxQIIIdddddqqqqd")
 _OK, _RESULT, _CACHED, _BATCH = 1, 2, 4, 8
 _NAN = math.nan
 _READ = 1 << 20
@@ -104,6 +105,9 @@ class Entry:
     completion_tokens: int | None
     model: str
     code: str
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_saved: float | None = None
 
     @property
     def is_result(self) -> bool:
@@ -121,7 +125,7 @@ def record(line: ResultLine | Entry | None, start: int, raw: bytes) -> bytes:
     another index; None if it is not a result line)."""
     if line is None or not line.custom_id:
         var = b"\x00\x00"
-        fields: tuple[int | float, ...] = (0, 0.0, _NAN, _NAN, _NAN, _NAN, -1, -1)
+        fields: tuple[int | float, ...] = (0, 0.0, _NAN, _NAN, _NAN, _NAN, -1, -1, 0, 0, _NAN)
         flags = 0
     else:
         model = line.model.encode()[:255]
@@ -144,6 +148,9 @@ def record(line: ResultLine | Entry | None, start: int, raw: bytes) -> bytes:
             _nan(line.extra_cost),
             _tokens(line.prompt_tokens),
             _tokens(line.completion_tokens),
+            max(_tokens(line.cached_tokens), 0),
+            max(_tokens(line.cache_write_tokens), 0),
+            _nan(line.cache_saved),
         )
     body = _REC.pack(0, len(var), flags, start, len(raw), zlib.crc32(raw), *fields)[4:] + var
     return struct.pack("<I", zlib.crc32(body)) + body
@@ -163,7 +170,9 @@ def _opt(value: float) -> float | None:
 
 
 def _entry(n: int, rec: tuple[Any, ...], var: bytes) -> Entry:
-    (_, _, flags, start, length, _, attempts, duration, wait, provider, cost, extra, pt, ct) = rec
+    (_, _, flags, start, length, _, attempts, duration, wait, provider, cost, extra, pt, ct) = rec[
+        :14
+    ]
     if not flags & _RESULT:
         return Entry(
             n,
@@ -207,6 +216,9 @@ def _entry(n: int, rec: tuple[Any, ...], var: bytes) -> Entry:
         None if ct < 0 else ct,
         model,
         code,
+        rec[14],
+        rec[15],
+        _opt(rec[16]),
     )
 
 

@@ -217,7 +217,7 @@ def _stats(lines: Iterator[tuple[int, tuple[Any, ...], bytes]], superseded: set[
             if money:
                 add_cost(model, money)
             continue
-        wait, provider, pt, ct = rec[8], rec[9], rec[12], rec[13]
+        wait, provider, pt, ct, saved = rec[8], rec[9], rec[12], rec[13], rec[16]
         add(
             var[len(head) :].decode("utf-8", "surrogatepass") if not flags & 1 else "",
             rec[7],
@@ -230,6 +230,9 @@ def _stats(lines: Iterator[tuple[int, tuple[Any, ...], bytes]], superseded: set[
             provider,
             money,
             model,
+            rec[14] if rec[14] > 0 else 0,
+            rec[15] if rec[15] > 0 else 0,
+            None if saved != saved else saved,
         )
     return collector.snapshot()
 

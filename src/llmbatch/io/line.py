@@ -9,7 +9,8 @@ One line per final result, in the OpenAI Batch output format with an `llmbatch` 
     {"id": "batch_req_...", "custom_id": "...", "response": {"status_code", "request_id",
      "body"}, "error": null | {"code", "message"}, "llmbatch": {"duration", "attempts",
      "cached", "usage", and where they apply "batch_api", "cost" (USD), "extra_cost" (USD
-     paid for lines of the id that compaction removed), "parsed", and the
+     paid for lines of the id that compaction removed), "cache_saved" (USD the provider's
+     prompt cache saved), "parsed", and the
      timing: "started_at", "finished_at" (Unix seconds), "wait", "provider", "backoff"
      (seconds) and "attempt_log": [[wait, provider, status or error code], ...]}}
 
@@ -90,9 +91,10 @@ class ResultLine:
 
     @property
     def model(self) -> str:
-        """The model that answered, as its body says (OpenAI and Anthropic bodies name it)."""
+        """The model that answered, as its body says (OpenAI and Anthropic bodies name it
+        `model`, Gemini's `modelVersion`)."""
         body = self.body
-        model = body.get("model") if isinstance(body, dict) else None
+        model = (body.get("model") or body.get("modelVersion")) if isinstance(body, dict) else None
         return model if isinstance(model, str) else ""
 
     @property
@@ -141,8 +143,17 @@ class ResultLine:
         return self._usage("cache_write_tokens") or 0
 
     @property
+    def cache_write_1h_tokens(self) -> int:
+        return self._usage("cache_write_1h_tokens") or 0
+
+    @property
     def cost(self) -> float | None:
         return _number(self._meta.get("cost"))
+
+    @property
+    def cache_saved(self) -> float | None:
+        """USD the provider's prompt cache saved on this answer (None: not priced)."""
+        return _number(self._meta.get("cache_saved"))
 
     @property
     def extra_cost(self) -> float | None:
@@ -223,6 +234,8 @@ class ResultLine:
                 meta["usage"]["cached_tokens"] = usage.cached_tokens
             if usage.cache_write_tokens:
                 meta["usage"]["cache_write_tokens"] = usage.cache_write_tokens
+            if usage.cache_write_1h_tokens:
+                meta["usage"]["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
             if resp.batch_api:
                 meta["batch_api"] = True
             if result.parsed is not None:
@@ -239,6 +252,8 @@ class ResultLine:
             error = {"code": error_code(err), "message": redact(f"{type(err).__name__}: {err}")}
         if result.cost is not None:
             meta["cost"] = round(result.cost, 10)
+        if result.cache_saved is not None:
+            meta["cache_saved"] = round(result.cache_saved, 10)
         if result.timing is not None:
             meta.update(timing_fields(result.timing))
         line = {

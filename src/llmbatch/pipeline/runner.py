@@ -41,6 +41,7 @@ from ..io.formats import BadLine
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
 from ..metrics import MetricsListener, MissingExtraError
+from ..prompt_cache.census import PrefixCensus
 from ..redact import redact
 from ..types import BatchRequest, CompletionRequest
 from .config import RunConfig
@@ -57,6 +58,7 @@ from .executors import (
 from .harness import RunControl, drain
 from .paths import check_paths
 from .precheck import Precheck, check_input
+from .prompt_cache import with_prompt_cache
 from .source import Source, source_of, where_of
 from .summary import DeadlineOutcome, RunSummary
 
@@ -89,13 +91,16 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
     _check_modes(config)
     client, spec = _client(config)
     _check_report(config)
+    _check_watch(config)
     try:
         journal = _open_output(config)
         try:
             scan = journal.scan
             emit(OutputOpened(config.output, scan.repaired_bytes, tuple(scan.corrupt_lines)))
             skip = _skip(config, scan)
-            check = _check_input(config, source, skip)
+            # The shared prefixes are counted in the same first pass (bounded memory).
+            census = PrefixCensus(model=config.model) if config.prompt_cache == "auto" else None
+            check = _check_input(config, source, skip, None if census is None else census.observe)
             emit(
                 InputChecked(
                     where_of(config), check, 0 if config.retry_failed else scan.failed_count
@@ -107,7 +112,10 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
             interrupted = False
             try:
                 budget = budget_of(config, sink.pricer, scan.cost) if sink.pricer else None
-                with _serve_metrics(config, emit) as metrics:
+                with (
+                    _serve_metrics(config, emit) as metrics,
+                    _serve_live_page(config, emit, check),
+                ):
                     if metrics is not None:
                         sink.observers.append(metrics.record)  # counted as written
                     if emit.listeners:  # nothing per result when nobody listens
@@ -128,7 +136,7 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
                         metrics=metrics,
                         replies=reply_policy(config),
                     )
-                    executor = executor_for(context)
+                    executor = with_prompt_cache(executor_for(context), context, census)
                     # Nothing left to send (a rerun of a finished run): the input is not
                     # read a second time.
                     requests: Iterator[BatchRequest] = reread() if check.runnable else iter(())
@@ -262,6 +270,41 @@ def _check_report(config: RunConfig) -> None:
         ) from None
 
 
+def _check_watch(config: RunConfig) -> None:
+    if config.watch is None:
+        return
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "watch", "`watch` (the live page) needs plotly: pip install 'llmbatch[report]'"
+        ) from None
+
+
+@contextlib.contextmanager
+def _serve_live_page(config: RunConfig, emit: Emitter, check: Precheck) -> Iterator[None]:
+    """The live page (`llmbatch.watch`) for the block; nothing without `watch`. It reads the
+    output as `llmbatch watch` would from another process; the run only adds its total."""
+    if config.watch is None:
+        yield
+        return
+    from ..watch import LiveState, serve_live_page
+
+    total = check.skipped_done + check.runnable  # the input's ids, done before or to do now
+    state = LiveState(config.output, total=lambda: total, limit_rpm=config.rpm)
+    try:
+        server = serve_live_page(state, config.watch)
+    except OSError as exc:
+        raise ConfigError(
+            "watch", f"`watch` {config.watch}: cannot listen on 127.0.0.1 ({os_reason(exc)})"
+        ) from None
+    emit(RunNotice(f"live page at {server.url}", level="info"))
+    try:
+        yield
+    finally:
+        server.close()
+
+
 def _open_output(config: RunConfig) -> Journal:
     journal = Journal(config.output)
     try:
@@ -287,10 +330,15 @@ def _skip(config: RunConfig, scan: JournalScan) -> Callable[[str], bool]:
     return skip
 
 
-def _check_input(config: RunConfig, source: Source, skip: Callable[[str], bool]) -> Precheck:
+def _check_input(
+    config: RunConfig,
+    source: Source,
+    skip: Callable[[str], bool],
+    observe: Callable[[CompletionRequest], None] | None = None,
+) -> Precheck:
     """The first pass: every line checked, the work counted; bad input stops the run here."""
     where = where_of(config)
-    check = check_input(source, skip, config, where)
+    check = check_input(source, skip, config, where, observe)
     if check.bad_count and config.on_bad_line == "fail":
         raise BadInput(check, where)
     return check

@@ -129,6 +129,11 @@ class Dialect(ABC):
         """Why the request body is refused (400), or None."""
         return None
 
+    def request_body(self, kind: str, body: Body) -> Body:
+        """The body as the routes read it (Gemini's is read as a chat body); ValueError
+        says why the API would refuse it."""
+        return body
+
     def prompt(self, kind: str, body: Body) -> str:
         if kind == "embeddings":
             raw = body.get("input", "")
@@ -139,6 +144,8 @@ class Dialect(ABC):
         system = body.get("system")
         if isinstance(system, str):
             parts.append(system)
+        elif isinstance(system, list):  # text blocks (with cache_control breakpoints)
+            parts.extend(str(p.get("text", "")) for p in system if isinstance(p, dict))
         for m in body.get("messages") or ():
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, str):

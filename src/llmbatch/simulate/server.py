@@ -12,7 +12,9 @@ Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings (OpenAI's wir
 GET /config. Replies are derived from the prompt (the same prompt always gets the same
 text; valid JSON in JSON mode) with usage of about one token per four characters.
 The batch APIs of both providers (OpenAI /v1/files + /v1/batches, Anthropic
-/v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`.
+/v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`; Gemini's
+routes (realtime, Batch and File API) in `gemini.py`, `gemini_batches.py` and
+`gemini_files.py`.
 
 This module routes and sequences; each concern lives in its own module: the wire formats
 in `dialects.py`, schema-shaped replies and their faults in `structured.py`, the rate-limit
@@ -41,8 +43,10 @@ from .batches import BatchStore
 from .config import SimulatorConfig
 from .counters import Counters
 from .dialects import ANTHROPIC, OPENAI, Dialect, reply_text, token_count
+from .gemini import GeminiRoutes
 from .limits import Charge, Limits
 from .outage import Outage
+from .prompt_cache import PromptCaches
 from .slots import Slots
 from .structured import Shaper, embeddings_reply, unsupported
 from .styles import STYLES
@@ -105,6 +109,13 @@ class Simulator:
             truncate_rate=c.truncate_rate,
             seed=c.seed,
         )
+        self._caches = PromptCaches(
+            machines=c.cache_machines,
+            machine_tokens=c.cache_machine_tokens,
+            spill_rpm=c.cache_spill_rpm,
+            ttl=c.cache_ttl,
+            rng=random.Random(c.seed),
+        )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = c.port
@@ -119,6 +130,7 @@ class Simulator:
         return (
             self._counters.as_dict()
             | self._shaper.counts()
+            | self._caches.counts()
             | {
                 "queue_depth": self._slots.waiting if self._slots is not None else 0,
                 "down": self._outage is not None and self._outage.down,
@@ -134,6 +146,7 @@ class Simulator:
         app.router.add_post("/stats/reset", self._reset_stats)
         app.router.add_get("/config", self._get_config)
         BatchRoutes(self.batches, self.config).add_to(app)
+        GeminiRoutes(self, self.batches).add_to(app)
         return app
 
     def _route(self, kind: str, dialect: Dialect) -> Handler:
@@ -205,6 +218,7 @@ class Simulator:
     async def _reset_stats(self, request: web.Request) -> web.Response:
         self._counters.reset()
         self._shaper.reset()
+        self._caches.reset_counts()
         if self._outage is not None:
             self._outage.rearm()
         return web.json_response({"ok": True})
@@ -261,7 +275,11 @@ class Simulator:
     async def _serve(self, request: web.Request, kind: str, dialect: Dialect) -> web.StreamResponse:
         c = self.config
         if c.echo_credentials is not None:
-            sent = request.headers.get("Authorization") or request.headers.get("x-api-key", "")
+            sent = (
+                request.headers.get("Authorization")
+                or request.headers.get("x-api-key")
+                or request.headers.get("x-goog-api-key", "")
+            )
             echoed = f"invalid credentials: {(sent or '')[c.echo_credentials :]}"
             return self._respond(401, dialect.error("authentication_error", echoed))
         if c.api_key is not None and dialect.api_key(request.headers) != c.api_key:
@@ -272,7 +290,11 @@ class Simulator:
                 raise ValueError("body is not an object")
         except ValueError as exc:
             return self._respond(*dialect.bad_request(f"bad JSON: {exc}"))
-        problem = dialect.invalid(body) or unsupported(body)
+        try:
+            body = dialect.request_body(kind, body)
+        except ValueError as exc:
+            return self._respond(*dialect.bad_request(str(exc)))
+        problem = dialect.invalid(body) or unsupported(body) or self._caches.invalid(dialect, body)
         if problem is not None:
             return self._respond(*dialect.bad_request(problem))
         if c.reject_json_schema and _asks_json_schema(body):
@@ -292,6 +314,8 @@ class Simulator:
                 status = c.over_limit_status
                 headers = self._style.refusal_headers(dialect, self._limits.states(), wait)
                 return self._respond(status, dialect.refusal(status), headers)
+        if c.prompt_cache:
+            self._caches.arrive(kind, dialect, body)  # hits and misses as of now
         if self._slots is None:
             return await self._generate(request, kind, dialect, body, prompt, max_tokens)
         return await self._queued(request, kind, dialect, body, prompt, max_tokens)
@@ -401,4 +425,6 @@ class Simulator:
             payload = embeddings_reply(model, body["input"], prompt_tokens)
         else:
             payload = dialect.reply(kind, model, rid, text, prompt_tokens, output_tokens)
+        if self.config.prompt_cache:
+            self._caches.settle(kind, dialect, body, payload)
         return self._respond(200, payload, headers)

@@ -213,13 +213,13 @@ async def test_retries_go_through_the_limiter_again(clock: FakeClock) -> None:
     client = FakeClient(failures={"p": [ServerError("x"), ServerError("y")]})
     lim = limiter(clock, 60, burst_seconds=0)
     admissions: list[float] = []
-    real_acquire = lim._acquire
+    real_admitted = lim._admitted  # every admission passes here, waited for or not
 
-    async def counting_acquire(permit):  # type: ignore[no-untyped-def]
-        await real_acquire(permit)
+    def counting_admitted(*args):  # type: ignore[no-untyped-def]
+        real_admitted(*args)
         admissions.append(clock.now)
 
-    lim._acquire = counting_acquire  # type: ignore[method-assign]
+    lim._admitted = counting_admitted  # type: ignore[method-assign]
     cfg = BatchProcessorConfig(
         limiter=lim, retry=RetryPolicy(base_delay=0), clock=clock, sleep=clock.sleep
     )

@@ -67,6 +67,10 @@ class _BreakerPermit(PermitBase):
         self.request_key = id(request)
         self.probe = False
 
+    def _admit_now(self) -> bool:
+        breaker = self.breaker
+        return breaker._opened_at is None and breaker.gave_up is None
+
     async def _acquire(self) -> None:
         await self.breaker._acquire(self)
 
@@ -147,6 +151,8 @@ class OutageBreaker:
         error: BaseException | None,
     ) -> None:
         fb = feedback(response, error)
+        if fb.ok and not self._failures and self._opened_at is None and not permit.probe:
+            return  # the hot path: a success while all is well changes nothing
         if permit.probe:
             self._probe_out = False
         if self.gave_up is not None:

@@ -58,6 +58,8 @@ DEFAULT_MAX_PAUSE = 120.0
 # A seconds-granular Retry-After of 1 says "within a second", usually far less: not worth
 # stopping every worker for. Longer ones, and precise ones sent with the limits, are.
 SHORT_RETRY_AFTER = 1.0
+_NO_LIMITS = (None, None, None, None)
+_NO_COSTS = (0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(slots=True, frozen=True)
@@ -134,14 +136,35 @@ class _Timeline:
 class RatePermit(PermitBase):
     """One attempt admitted by a `RateLimiter`: `async with limiter.admit(req) as permit`."""
 
-    __slots__ = ("costs", "estimate", "generation", "limiter")
+    __slots__ = ("_estimate", "_request", "booked", "costs", "generation", "limiter")
 
-    def __init__(self, limiter: RateLimiter, estimate: Estimate) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        estimate: Estimate | None,
+        request: CompletionRequest | None = None,
+    ) -> None:
         super().__init__()
         self.limiter = limiter
-        self.estimate = estimate
+        # Made from the request when first needed: a limiter that knows no limit yet (the
+        # default) admits without one.
+        self._estimate = estimate
+        self._request = request
         self.generation = 0
         self.costs: tuple[float, ...] = ()
+        # The slot `_admit_now` booked but could not take at once: (slot, costs, generation,
+        # pause epoch, cut epoch); `_acquire` waits for it.
+        self.booked: tuple[float, tuple[float, ...], int, int, int] | None = None
+
+    @property
+    def estimate(self) -> Estimate:
+        if self._estimate is None:
+            assert self._request is not None
+            self._estimate = Estimate.of(self._request, self.limiter.chars_per_token)
+        return self._estimate
+
+    def _admit_now(self) -> bool:
+        return self.limiter._admit_now(self)
 
     async def _acquire(self) -> None:
         await self.limiter._acquire(self)
@@ -271,7 +294,7 @@ class RateLimiter:
     def admit(self, request: CompletionRequest) -> RatePermit:
         """`async with limiter.admit(request) as permit:` waits for a slot sized to the
         request's token estimate; leaving the block feeds the outcome back."""
-        return RatePermit(self, Estimate.of(request, self.chars_per_token))
+        return RatePermit(self, None, request)
 
     async def acquire(self, tokens: int = 0, *, output_tokens: int = 0) -> RatePermit:
         """Wait until one request of `tokens` estimated input tokens (plus `output_tokens`)
@@ -298,7 +321,7 @@ class RateLimiter:
         delays = []
         for i in range(count):
             units = (1, tokens, input_tokens, output_tokens) if i == 0 else (1, 0, 0, 0)
-            slot, _ = self._reserve_units(units)
+            slot, _, _ = self._reserve_units(units)
             delays.append(max(0.0, slot - now))
         return delays
 
@@ -441,17 +464,40 @@ class RateLimiter:
                     " it can never be sent (shorten the prompt or lower max_tokens)"
                 )
 
-    async def _acquire(self, permit: RatePermit) -> None:
+    def _admit_now(self, permit: RatePermit) -> bool:
+        """Book the permit's slot; take it at once if it is due (True), else leave the
+        booking for `_acquire` to wait out."""
+        if self._limits() == _NO_LIMITS and self._clock() >= self._pause_until:
+            # Nothing known yet (the default until the server pushes back): admit freely,
+            # book nothing.
+            self._admitted(permit, _NO_COSTS, self.control.generation)
+            return True
         est = permit.estimate
         self._check_fits(est)
+        # The schedule the slot belongs to: a refusal of an attempt booked before a cut is
+        # part of the event that cut.
+        generation = self.control.generation
+        slot, costs, now = self._reserve_units((1, est.total, est.input, est.output))
+        if slot <= now:
+            self._admitted(permit, costs, generation)
+            return True
+        permit.booked = (slot, costs, generation, self._epoch, self._cut_epoch)
+        return False
+
+    async def _acquire(self, permit: RatePermit) -> None:
+        est = permit.estimate
+        if permit.booked is None:  # called on its own, not after `_admit_now`
+            self._check_fits(est)
         self._waiting += 1
         try:
             while True:
-                epoch, cut_epoch = self._epoch, self._cut_epoch
-                # The schedule the slot belongs to: a refusal of an attempt booked before a
-                # cut is part of the event that cut.
-                generation = self.control.generation
-                slot, costs = self._reserve(est)
+                if permit.booked is not None:
+                    slot, costs, generation, epoch, cut_epoch = permit.booked
+                    permit.booked = None
+                else:
+                    epoch, cut_epoch = self._epoch, self._cut_epoch
+                    generation = self.control.generation
+                    slot, costs, _ = self._reserve_units((1, est.total, est.input, est.output))
                 delay = slot - self._clock()
                 if delay <= 0:
                     break
@@ -472,20 +518,24 @@ class RateLimiter:
                 self._unreserve(costs)
         finally:
             self._waiting -= 1
+        self._admitted(permit, costs, generation)
+
+    def _admitted(self, permit: RatePermit, costs: tuple[float, ...], generation: int) -> None:
         self._in_flight += 1
         self.control.sent()
         permit.costs = costs
         permit.generation = generation
 
-    def _reserve(self, est: Estimate) -> tuple[float, tuple[float, ...]]:
-        """Book the next slot; return (start time, the cost booked on each timeline)."""
-        return self._reserve_units((1, est.total, est.input, est.output))
-
-    def _reserve_units(self, units: tuple[int, int, int, int]) -> tuple[float, tuple[float, ...]]:
+    def _reserve_units(
+        self, units: tuple[int, int, int, int]
+    ) -> tuple[float, tuple[float, ...], float]:
+        """Book the next slot; return (start time, the cost booked on each timeline, now)."""
         now = self._clock()
         slot = max(now, self._pause_until)
-        budgets = (self._req, self._tok, self._in, self._out)
         limits = self._limits()
+        if limits == _NO_LIMITS:
+            return slot, _NO_COSTS, now  # nothing known yet: admit freely, book nothing
+        budgets = (self._req, self._tok, self._in, self._out)
         costs = tuple(
             u * self._interval(lim) if lim else 0.0 for u, lim in zip(units, limits, strict=True)
         )
@@ -497,7 +547,7 @@ class RateLimiter:
         for budget, cost, lim in zip(budgets, costs, limits, strict=True):
             if lim:
                 budget.tat = max(budget.tat, slot) + cost
-        return slot, costs
+        return slot, costs, now
 
     def _unreserve(self, costs: tuple[float, ...]) -> None:
         # Never below "bucket full now", and never so low that a slot would fall inside a
@@ -540,7 +590,8 @@ class RateLimiter:
         error: BaseException | None,
     ) -> None:
         self._in_flight -= 1
-        if response is not None:
+        if response is not None and permit.costs is not _NO_COSTS:
+            # Nothing booked (no limit was known): nothing to settle.
             usage = response.usage
             if usage.prompt_tokens or usage.completion_tokens:
                 self.settle(permit, usage.prompt_tokens, usage.completion_tokens)

@@ -115,7 +115,7 @@ class _LimiterState:
         if used:
             self.limiter.control.sent(used)
         if succeeded:
-            self.limiter.control.succeeded(succeeded)
+            self.limiter.succeeded(succeeded)
 
     def congested(
         self,
@@ -337,9 +337,17 @@ class LeasedLimiter:
             usage = response.usage
             actual = (usage.total_tokens, usage.prompt_tokens, usage.completion_tokens)
             if any(actual):
+                est = permit.estimate
+                # As `RateLimiter.settle`: unused output is not given back on the combined
+                # budget (providers count `max_tokens` there), only on the output budget.
+                deltas = (
+                    actual[1] - est[1] + max(0, actual[2] - est[2]),
+                    actual[1] - est[1],
+                    actual[2] - est[2],
+                )
                 for k in range(3):
                     if self._limited[k]:
-                        self._settle[k] += actual[k] - permit.estimate[k]
+                        self._settle[k] += deltas[k]
         fb = permit.load_feedback(response, error)
         if fb.ok:
             self._succeeded += 1

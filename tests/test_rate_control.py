@@ -26,6 +26,7 @@ from llmbatch import (
 from llmbatch.rate_control import CubicRate
 
 from .conftest import FakeClock
+from .helpers import SteppedClock
 
 REQ = CompletionRequest(prompt="x" * 400, max_tokens=100)  # 100 input + 100 output tokens
 
@@ -357,40 +358,6 @@ async def test_the_breaker_gives_up_after_max_outage(clock: FakeClock) -> None:
     assert not breaker.outages[-1].recovered
     with pytest.raises(ProviderOutageError):  # the rest fail at once
         await breaker.admit(REQ).__aenter__()
-
-
-class SteppedClock:
-    """Virtual time in which many tasks sleep at once: `advance_to` wakes them in order."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = 0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        import heapq
-
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._seq += 1
-        heapq.heappush(self._timers, (self.now + max(0.0, seconds), self._seq, future))
-        await future
-
-    async def advance_to(self, until: float) -> None:
-        import heapq
-
-        for _ in range(10):
-            await asyncio.sleep(0)
-        while self._timers and self._timers[0][0] <= until:
-            wake, _, future = heapq.heappop(self._timers)
-            self.now = max(self.now, wake)
-            if not future.done():
-                future.set_result(None)
-            for _ in range(10):
-                await asyncio.sleep(0)
-        self.now = max(self.now, until)
 
 
 async def test_a_cut_rebooks_the_waiters_already_sleeping_at_the_old_rate() -> None:

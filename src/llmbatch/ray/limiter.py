@@ -11,7 +11,13 @@ limiter adapts exactly as a local one does, for the whole cluster: workers forwa
 (headers, a congestion refusal with the generation its slot was leased under, how many slots
 they really used and whether they succeeded), never fabricated errors. One congestion event
 seen by several workers is one cut; a pause or a cut reaches every worker at its next lease
-(within one slice), which drops the slots of the discarded schedule.
+(within one slice), which drops the slots of the discarded schedule, held or slept for.
+
+A worker books at most one slice ahead of its own schedule: its waiters would otherwise
+lease slice after slice, holding seconds of the cluster's timeline booked at a rate that a
+cut has since made too fast (the cause of a cluster overshooting under load). Slots given
+back count only if the cluster's schedule is still the one they were leased under.
+`clock` and `sleep` are injectable (`ClusterLimiter.local`, `ClusterBudget`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import collections
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -53,9 +60,10 @@ class _LimiterState:
         otpm: float | None = None,
         max_cost: float | None = None,
         spent: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limiter = RateLimiter(
-            rpm, tpm, input_tokens_per_minute=itpm, output_tokens_per_minute=otpm
+            rpm, tpm, input_tokens_per_minute=itpm, output_tokens_per_minute=otpm, clock=clock
         )
         self.slice = slice_seconds
         # The cluster's one money cap (`llmbatch.ray.budget`); workers price, it adds up.
@@ -84,17 +92,22 @@ class _LimiterState:
         used: int = 0,
         succeeded: int = 0,
         returned: int = 0,
+        schedule: tuple[int, int] | None = None,
     ) -> tuple[list[float], Tokens, int, int]:
         """(slot delays, tokens leased per budget, pause epoch, congestion generation).
 
         `need` is the next request's estimate per budget (total, input, output); `settle`
         what the worker's finished requests used beyond (or below) their estimates;
-        `returned` request slots of an older lease the worker will not use.
+        `returned` request slots of an older lease the worker will not use, leased under
+        `schedule` (the pause epoch and generation the worker last saw).
         """
         lim = self.limiter
         if any(settle):
             lim.settle_tokens(*settle)
-        if returned:
+        if returned and (schedule is None or schedule == (lim.epoch, lim.generation)):
+            # Only slots of the schedule still in force go back: a pause or a cut has since
+            # restarted the timeline, and returning older slots (priced at the new, slower
+            # rate) would hand out capacity the server never had.
             lim.give_back(returned)
         self.report(used, succeeded)
         rpm = lim.requests_per_minute
@@ -197,14 +210,22 @@ class ClusterLimiter:
             limiter.pricer = pricer if pricer is not None else Pricer()
         return limiter
 
-    def local(self) -> LeasedLimiter:
-        return LeasedLimiter(self.actor, self.slice_seconds)
+    def local(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> LeasedLimiter:
+        """A worker's `Admission` on the cluster's limit (`clock`, `sleep`: injectable)."""
+        return LeasedLimiter(self.actor, self.slice_seconds, clock=clock, sleep=sleep)
 
-    def budget(self) -> ClusterBudget | None:
+    def budget(
+        self, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> ClusterBudget | None:
         """A worker's admission on the cluster's money cap, or None without one."""
         if self.max_cost is None or self.pricer is None:
             return None
-        return ClusterBudget(self.actor, self.pricer, self.max_cost)
+        return ClusterBudget(self.actor, self.pricer, self.max_cost, sleep=sleep)
 
     def budget_status(self) -> dict[str, Any]:
         """{"spent", "reserved", "exhausted"} of the cluster's budget ({} without one)."""
@@ -235,12 +256,22 @@ class LeasedPermit(PermitBase):
 class LeasedLimiter:
     """A worker's view of the cluster limiter: an `Admission` that spends leased slices.
 
-    Bound to the event loop it is first used on.
+    Bound to the event loop it is first used on. `clock` and `sleep` are injectable, so the
+    leasing runs in virtual time in tests (the actor's own limiter takes the real clock).
     """
 
-    def __init__(self, actor: Any, slice_seconds: float = DEFAULT_SLICE_SECONDS) -> None:
+    def __init__(
+        self,
+        actor: Any,
+        slice_seconds: float = DEFAULT_SLICE_SECONDS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.actor = actor
         self.slice_seconds = slice_seconds
+        self._clock = clock
+        self._sleep = sleep
         self._slots: collections.deque[float] = collections.deque()
         # Leased tokens per budget (total, input, output); a budget the cluster does not
         # limit is leased as 0 and never checked.
@@ -252,6 +283,8 @@ class LeasedLimiter:
         self._used = 0  # slots spent since the last lease
         self._succeeded = 0
         self._paused_until = 0.0
+        self._schedule = 0  # bumped when the held schedule is voided (see `_void_schedule`)
+        self._horizon = 0.0  # the last slot leased: how far ahead this worker has booked
         self._last_observe = 0.0
         self._lock: asyncio.Lock | None = None
         self.leases = 0
@@ -276,30 +309,51 @@ class LeasedLimiter:
         if self._lock is None:
             self._lock = asyncio.Lock()
         while True:
-            now = time.monotonic()
+            now = self._clock()
             # Slots far in the past belong to an idle spell; using them now would be a burst.
             while self._slots and self._slots[0] < now - self.slice_seconds:
                 self._slots.popleft()
             if self._slots and self._enough(need) and now >= self._paused_until:
                 slot = self._slots.popleft()
                 self._take(need, 1)
+                schedule = self._schedule
+                delay = slot - self._clock()
+                if delay > 0:
+                    try:
+                        await self._sleep(delay)
+                    except BaseException:
+                        # Cancelled while waiting for our slot: it goes back, at the front
+                        # (unless a cut or pause voided it meanwhile).
+                        if self._schedule == schedule:
+                            self._slots.appendleft(slot)
+                        self._take(need, -1)
+                        raise
+                    if self._schedule != schedule:
+                        # A refusal or a new schedule from the cluster voided the slot we
+                        # slept for: it was booked at the old rate. Take one on the new.
+                        self._take(need, -1)
+                        continue
                 break
             async with self._lock:
                 if not self._slots or not self._enough(need):
+                    # Book at most a slice ahead: a worker whose waiters lease slot after
+                    # slot would hold seconds of the cluster's schedule, booked at a rate
+                    # that a cut has since made too fast (and a regrowth too slow).
+                    ahead = self._horizon - self._clock() - self.slice_seconds
+                    if ahead > 0:
+                        await self._sleep(ahead)
+                        continue
                     await self._refill(need)
-            if self._paused_until > time.monotonic():
-                await asyncio.sleep(self._paused_until - time.monotonic())
+            if self._paused_until > self._clock():
+                await self._sleep(self._paused_until - self._clock())
         permit.generation = self._generation
-        delay = slot - time.monotonic()
-        if delay > 0:
-            try:
-                await asyncio.sleep(delay)
-            except BaseException:
-                # Cancelled while waiting for our slot: it goes back, at the front.
-                self._slots.appendleft(slot)
-                self._take(need, -1)
-                raise
         self._used += 1
+
+    def _void_schedule(self) -> None:
+        """The slots held, and those waiters sleep for, belong to a discarded schedule."""
+        self._slots.clear()
+        self._schedule += 1
+        self._horizon = 0.0
 
     async def _refill(self, need: Tokens) -> None:
         settle = (self._settle[0], self._settle[1], self._settle[2])
@@ -310,19 +364,21 @@ class LeasedLimiter:
         if any(self._limited):
             # Tokens pace by the delay of a lease's first slot: a slot left from an older
             # lease would let the request go before it. Give those back.
-            now = time.monotonic()
+            now = self._clock()
             returned = sum(1 for t in self._slots if t >= now)
             self._slots.clear()
         delays, tokens, epoch, generation = await self.actor.lease.remote(
-            need, settle, used, succeeded, returned
+            need, settle, used, succeeded, returned, (self._epoch, self._generation)
         )
         self.leases += 1
-        now = time.monotonic()
+        now = self._clock()
         if epoch != self._epoch or generation != self._generation:
-            self._slots.clear()  # a pause or a cut discarded the schedule these came from
+            self._void_schedule()  # a pause or a cut discarded the schedule these came from
             self._epoch = epoch
             self._generation = generation
         self._slots.extend(now + d for d in delays)
+        if delays:
+            self._horizon = max(self._horizon, now + delays[-1])
         for k in range(3):
             self._limited[k] = tokens[k] > 0
             self._tokens[k] += tokens[k]
@@ -352,7 +408,7 @@ class LeasedLimiter:
         if fb.ok:
             self._succeeded += 1
             info = fb.rate_limit
-            now = time.monotonic()
+            now = self._clock()
             if info is not None and now - self._last_observe >= OBSERVE_EVERY:
                 self._last_observe = now
                 self.actor.observe.remote(asdict(info))
@@ -363,9 +419,9 @@ class LeasedLimiter:
             # after a round trip to the actor; the actor applies it for the cluster.
             if pauses_everyone(fb):
                 assert fb.retry_after is not None
-                self._paused_until = max(self._paused_until, time.monotonic() + fb.retry_after)
+                self._paused_until = max(self._paused_until, self._clock() + fb.retry_after)
                 permit.paused_for_retry = True
-            self._slots.clear()
+            self._void_schedule()
             info_dict = asdict(fb.rate_limit) if fb.rate_limit is not None else None
             used, self._used = self._used, 0
             succeeded, self._succeeded = self._succeeded, 0
@@ -375,7 +431,7 @@ class LeasedLimiter:
 
     def close(self) -> None:
         """Give unused slots and tokens back to the cluster."""
-        now = time.monotonic()
+        now = self._clock()
         unused = sum(1 for t in self._slots if t >= now)
         back = tuple(
             max(0, have - owed) for have, owed in zip(self._tokens, self._settle, strict=True)

@@ -1,15 +1,23 @@
-"""Helpers shared by test files: input and output files, waiting for a condition, virtual
-time for many sleepers at once (`SteppedClock`)."""
+"""Helpers shared by test files: input and output files, waiting, the CLI as a subprocess,
+virtual time for many sleepers at once (`SteppedClock`)."""
 
 from __future__ import annotations
 
 import asyncio
 import heapq
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import orjson
+
+from llmbatch.batch_api import ledger_paths
+from llmbatch.simulate import SimulatorProcess
 
 
 def write_requests(path: Path, ids: list[str], *, max_tokens: int = 16, **extra: Any) -> None:
@@ -21,13 +29,13 @@ def write_requests(path: Path, ids: list[str], *, max_tokens: int = 16, **extra:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def read_lines(path: Path) -> list[dict[str, Any]]:
+def read_out(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def ids_once(path: Path) -> Counter[str]:
     """The ids of an output file, asserting none appears twice."""
-    counts = Counter(rec["custom_id"] for rec in read_lines(path))
+    counts = Counter(rec["custom_id"] for rec in read_out(path))
     assert not counts or counts.most_common(1)[0][1] == 1, counts.most_common(3)
     return counts
 
@@ -38,6 +46,99 @@ def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+# -- the CLI as users run it: a real subprocess, keys only fake ones ---------------------------
+
+KEYS = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant-test"}
+
+
+def clean_env(extra: dict[str, str] | None = None, *, keys: bool = True) -> dict[str, str]:
+    """This machine's environment without any real API key, with fake ones (`KEYS`, unless
+    `keys` is false), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    return {**env, **(KEYS if keys else {}), **(extra or {})}
+
+
+def cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 180,
+    keys: bool = True,
+    **kw: Any,
+) -> subprocess.CompletedProcess[str]:
+    """`llmbatch ARGS...` run to its end, with the fake `KEYS` unless `keys` is false."""
+    return subprocess.run(
+        [sys.executable, "-m", "llmbatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(env, keys=keys),
+        timeout=timeout,
+        **kw,
+    )
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`llmbatch ARGS...` started, to be killed or waited for by the test."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(env),
+    )
+
+
+def run_args(sim: SimulatorProcess, inp: Path, out: Path, *extra: str) -> list[str]:
+    """`llmbatch run` against the simulator's OpenAI-style API, realtime."""
+    return [
+        "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1",
+        "--model", "sim", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def batch_run_args(
+    sim: SimulatorProcess, provider: str, inp: Path, out: Path, *extra: str
+) -> list[str]:
+    """`llmbatch run --batch-api` against the simulator's OpenAI or Anthropic batch API."""
+    base = sim.url + "/v1" if provider == "openai" else sim.url
+    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    return [
+        "run", str(inp), "-o", str(out), "--provider", provider, "--base-url", base,
+        "--model", model, "--batch-api", "--poll-interval", "0.1", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def write_simple(path: Path, n: int, prefix: str = "q") -> list[str]:
+    """A JSONL input of `n` prompts with ids PREFIX0..; returns the ids."""
+    ids = [f"{prefix}{i}" for i in range(n)]
+    write_requests(path, ids)
+    return ids
+
+
+def wait_for_lines(path: Path, n: int, timeout: float = 60) -> int:
+    """Wait until `path` has at least `n` lines; return how many it has."""
+    count = 0
+
+    def enough() -> bool:
+        nonlocal count
+        count = path.read_bytes().count(b"\n") if path.exists() else 0
+        return count >= n
+
+    wait_for(enough, f"{n} lines in {path}", timeout)
+    return count
+
+
+def ledger_chunks(out: Path) -> list[dict[str, Any]]:
+    """The chunks the batch ledger beside `out` records ([] while there is none)."""
+    path = ledger_paths(out)[0]
+    try:
+        chunks: list[dict[str, Any]] = orjson.loads(path.read_bytes())["chunks"]
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    return chunks
 
 
 class SteppedClock:

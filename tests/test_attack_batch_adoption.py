@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_batch_api import cli, ledger_chunks, read_out, run_args
+from .helpers import batch_run_args, cli, ledger_chunks, read_out
 
 IDS = [f"r{i}" for i in range(100)]
 
@@ -43,9 +43,9 @@ def test_a_lost_anthropic_create_never_adopts_another_runs_batch(
     second_in, second_out = tmp_path / "second.jsonl", tmp_path / "second.out.jsonl"
     write_prompts(first_in, "first")
     write_prompts(second_in, "second")
-    one = cli(*run_args(sim, "anthropic", first_in, first_out))
+    one = cli(*batch_run_args(sim, "anthropic", first_in, first_out))
     assert one.returncode == 0, one.stderr
-    two = cli(*run_args(sim, "anthropic", second_in, second_out))
+    two = cli(*batch_run_args(sim, "anthropic", second_in, second_out))
     assert two.returncode == 0, two.stderr
     first, second = answers(first_out), answers(second_out)
     assert sorted(second) == sorted(IDS)

@@ -13,7 +13,7 @@ import pytest
 
 from llmbatch.batch_api import ledger_paths
 
-from .test_batch_api import cli, ledger_chunks, run_args, write_input
+from .helpers import batch_run_args, cli, ledger_chunks, write_requests
 
 
 @pytest.mark.parametrize("status", ["403", "404"])
@@ -25,8 +25,8 @@ def test_a_refused_listing_stops_the_run_and_fails_no_line(
         "--batch-seconds", "0.3", "--batch-lose-create", "1", "--batch-list-status", status
     )
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_input(inp, [f"q{i}" for i in range(5)])
-    proc = cli(*run_args(sim, provider, inp, out))
+    write_requests(inp, [f"q{i}" for i in range(5)])
+    proc = cli(*batch_run_args(sim, provider, inp, out))
     assert proc.returncode == 2, proc.stderr
     assert str(ledger_paths(out)[0]) in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists() or "batch_failed" not in out.read_text()

@@ -14,7 +14,7 @@ import pytest
 from llmbatch.io.cache import CacheError, SQLiteCache
 from llmbatch.types import CompletionRequest
 
-from .test_cli_run import cli, read_out, run_args
+from .helpers import cli, read_out, run_args
 
 
 def key(request: CompletionRequest) -> str:

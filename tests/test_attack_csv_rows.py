@@ -15,7 +15,7 @@ from llmbatch.io.formats import BadLine, InputItem, read_rows
 from llmbatch.io.journal import result_line
 from llmbatch.types import CompletionRequest
 
-from .test_cli_run import cli, read_out
+from .helpers import cli, read_out
 
 
 def rows_of(path: Path) -> list[InputItem | BadLine]:

@@ -14,7 +14,7 @@ from llmbatch import BatchResult, CompletionResponse
 from llmbatch.io.export import ColumnClash, OutputIndex, flatten
 from llmbatch.io.journal import result_line
 
-from .test_cli_run import cli
+from .helpers import cli
 
 
 def line(rid: str, parsed: Any) -> bytes:

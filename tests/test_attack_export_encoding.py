@@ -18,7 +18,7 @@ from llmbatch import BatchResult, CompletionResponse
 from llmbatch.io.export import RowsEncodingError, csv_encoding
 from llmbatch.io.journal import result_line
 
-from .test_cli_run import cli
+from .helpers import cli
 
 ROWS = "id,name\nr1,Zoë\nr2,Ærøskøbing\n"
 

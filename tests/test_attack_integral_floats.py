@@ -12,7 +12,7 @@ import pytest
 
 from llmbatch.io.formats import BadLine, InputItem, parse_line
 
-from .test_cli_run import cli, read_out, run_args
+from .helpers import cli, read_out, run_args
 
 
 @pytest.mark.parametrize(

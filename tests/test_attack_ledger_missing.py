@@ -11,7 +11,7 @@ import pytest
 
 from llmbatch.batch_api import Ledger, LedgerError, ledger_paths
 
-from .test_batch_api import cli, ledger_chunks, run_args, start_cli, wait_for, write_input
+from .helpers import batch_run_args, cli, ledger_chunks, start_cli, wait_for, write_requests
 
 
 def test_a_rerun_without_the_ledger_but_with_its_chunks_creates_nothing(
@@ -19,8 +19,8 @@ def test_a_rerun_without_the_ledger_but_with_its_chunks_creates_nothing(
 ) -> None:
     sim = start_sim("--batch-seconds", "0.3", "--batch-stall-rate", "1")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_input(inp, [f"q{i}" for i in range(6)])
-    args = run_args(sim, "anthropic", inp, out)
+    write_requests(inp, [f"q{i}" for i in range(6)])
+    args = batch_run_args(sim, "anthropic", inp, out)
     proc = start_cli(*args)
     try:
         wait_for(lambda: any(c["batch_id"] for c in ledger_chunks(out)), "the batch created")

@@ -9,7 +9,6 @@ that contradicted itself. Real CLI subprocesses against the simulator, real file
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.types import CompletionRequest
 
 from .conftest import SimProcess
-from .test_cli_run import cli, read_out
+from .helpers import cli, read_out
 
 # USD per 1M input / output tokens, as --price-in / --price-out: any model name is priced.
 PRICE_IN, PRICE_OUT = 1.0, 4.0
@@ -220,25 +219,6 @@ def test_the_refusal_never_shows_two_equal_amounts() -> None:
     assert reason is not None
     # $0.0000096001 does not fit in $0.0000096: rounded to 6 places both read $0.000010.
     assert "$0.000010, more than the $0.000010" not in reason
-
-
-def test_the_batch_exit_message_says_a_true_amount_left(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
-    from .test_batch_api_combined import PRICES as BATCH_PRICES
-    from .test_batch_api_combined import run_args as batch_args
-    from .test_batch_api_combined import worst_case, write_requests
-
-    sim = start_sim("--batch-seconds", "0.2")
-    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_requests(inp, 30)
-    w = worst_case(inp)
-    args = batch_args(sim, "openai", inp, out, *BATCH_PRICES, "--batch-max-requests", "10")
-    proc = cli(*args, "--max-cost", repr(15.5 * w))
-    assert proc.returncode == 4, proc.stderr
-    found = re.search(r"could cost up to \$([0-9.]+), more than the \$([0-9.]+) left", proc.stderr)
-    assert found is not None, proc.stderr
-    worst, left = (float(x) for x in found.groups())
-    # 15 worst cases were held by the two batches in flight: half of one was left.
-    assert worst > left and left == pytest.approx(0.5 * w, abs=1e-6)
 
 
 def test_every_paid_reply_is_on_its_line_re_asked_ones_too(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,20 +21,10 @@ from llmbatch.redact import Redactor
 from llmbatch.simulate import Simulator, SimulatorConfig
 
 from .conftest import SimProcess
+from .helpers import cli
 
 KEY = "gsk_0123456789abcdefGHIJklmn"  # no `sk-` shape: only masking by value can catch it
 SECRET_PART = "0123456789abcdefGHIJ"
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args],
-        capture_output=True,
-        text=True,
-        env={**clean, **(env or {})},
-        timeout=120,
-    )
 
 
 def write_input(path: Path, n: int) -> None:
@@ -78,6 +66,7 @@ def test_cli_writes_no_piece_of_a_whitespace_padded_key_anywhere(
         "--no-progress", "--error-log", str(tmp_path / "errors"),
         "--stats-json", str(tmp_path / "stats.json"), "--report", str(tmp_path / "report.html"),
         env={"OPENAI_API_KEY": KEY + " "},
+        keys=False,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -123,9 +112,9 @@ def test_base_url_credentials_are_never_in_the_ledger_or_batches_list(
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_input(inp, 4)
     run = cli("run", str(inp), "-o", str(out), "--base-url", url, "--model", "m",
-              "--no-progress", "--batch-api")  # fmt: skip
+              "--no-progress", "--batch-api", keys=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    listed = cli("batches", "list", str(out), "--base-url", url)
+    listed = cli("batches", "list", str(out), "--base-url", url, keys=False)
     assert listed.returncode == 0, listed.stderr
     assert "completed" in listed.stdout
     written = everything_written(tmp_path, run) + listed.stdout + listed.stderr
@@ -133,7 +122,7 @@ def test_base_url_credentials_are_never_in_the_ledger_or_batches_list(
     ledger = json.loads(out.with_name(out.name + ".batches.json").read_text())
     assert ledger["base_url"] == sim.url.replace("http://", "http://***@") + "/v1"
     # Without the URL, `batches` says what it needs instead of failing at the provider.
-    bare = cli("batches", "list", str(out))
+    bare = cli("batches", "list", str(out), keys=False)
     assert bare.returncode == 2 and "--base-url" in bare.stderr and password not in bare.stderr
 
 
@@ -156,7 +145,7 @@ def test_a_key_and_base_url_credentials_together_are_a_usage_error(
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_input(inp, 2)
     proc = cli("run", str(inp), "-o", str(out), "--base-url", url, "--model", "m",
-               "--no-progress", env={"OPENAI_API_KEY": KEY})  # fmt: skip
+               "--no-progress", env={"OPENAI_API_KEY": KEY}, keys=False)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "--base-url" in proc.stderr and "Traceback" not in proc.stderr
     assert "Hunter2" not in proc.stderr + proc.stdout
@@ -213,7 +202,7 @@ def test_cli_names_the_variable_holding_a_key_with_a_newline(
     write_input(inp, 2)
     proc = cli("run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model", "m",
                "--no-progress", "--api-key-env", "MY_KEY",
-               env={"MY_KEY": "gsk_0123456789\nabcdef"})  # fmt: skip
+               env={"MY_KEY": "gsk_0123456789\nabcdef"}, keys=False)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "MY_KEY" in proc.stderr and "control character" in proc.stderr
     assert "Traceback" not in proc.stderr and "0123456789" not in proc.stderr

@@ -11,10 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,80 +43,15 @@ from llmbatch.io.sink import ResultSink
 from llmbatch.types import BatchRequest, CompletionRequest
 
 from .conftest import SimProcess
-from .helpers import wait_for
-
-KEYS = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant-test"}
-
-
-def env() -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    return {**clean, **KEYS}
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args],
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=timeout,
-    )
-
-
-def start_cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(),
-    )
-
-
-def write_input(path: Path, ids: list[str], model: str | None = None) -> None:
-    lines = []
-    for rid in ids:
-        line: dict[str, Any] = {"id": rid, "prompt": f"question {rid}", "max_tokens": 16}
-        if model:
-            line["model"] = model
-        lines.append(json.dumps(line) + "\n")
-    path.write_text("".join(lines))
-
-
-def read_out(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def run_args(sim: SimProcess, provider: str, inp: Path, out: Path, *extra: str) -> list[str]:
-    base = sim.url + "/v1" if provider == "openai" else sim.url
-    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
-    return [
-        "run",
-        str(inp),
-        "-o",
-        str(out),
-        "--provider",
-        provider,
-        "--base-url",
-        base,
-        "--model",
-        model,
-        "--batch-api",
-        "--poll-interval",
-        "0.1",
-        "--no-progress",
-        *extra,
-    ]
-
-
-def ledger_chunks(out: Path) -> list[dict[str, Any]]:
-    path = ledger_paths(out)[0]
-    try:
-        chunks: list[dict[str, Any]] = orjson.loads(path.read_bytes())["chunks"]
-    except (OSError, orjson.JSONDecodeError):
-        return []
-    return chunks
-
+from .helpers import (
+    batch_run_args,
+    cli,
+    ledger_chunks,
+    read_out,
+    start_cli,
+    wait_for,
+    write_requests,
+)
 
 # -- full runs -------------------------------------------------------------------------------
 
@@ -128,8 +60,8 @@ def test_openai_run_splits_into_batches_and_writes_every_line_once(start_sim, tm
     sim = start_sim("--batch-seconds", "0.3")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(25)]
-    write_input(inp, ids)
-    proc = cli(*run_args(sim, "openai", inp, out, "--batch-max-requests", "10"))
+    write_requests(inp, ids)
+    proc = cli(*batch_run_args(sim, "openai", inp, out, "--batch-max-requests", "10"))
     assert proc.returncode == 0, proc.stderr
     lines = read_out(out)
     assert Counter(rec["custom_id"] for rec in lines) == Counter(ids)
@@ -148,7 +80,8 @@ def test_openai_run_splits_into_batches_and_writes_every_line_once(start_sim, tm
     # Not a terminal: one log line per change of a batch's status, unless --no-progress.
     assert "batch 0: submitted batch_" not in proc.stderr
     again = cli(
-        *[a for a in run_args(sim, "openai", inp, out) if a != "--no-progress"], "--retry-failed"
+        *[a for a in batch_run_args(sim, "openai", inp, out) if a != "--no-progress"],
+        "--retry-failed",
     )
     assert "submitted" not in again.stderr  # all done: nothing to submit
     # The usual tools read the file unchanged.
@@ -159,8 +92,8 @@ def test_anthropic_run_maps_unsafe_custom_ids_and_back(start_sim, tmp_path) -> N
     sim = start_sim("--batch-seconds", "0.3")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = ["src/a b.py", "x" * 80, "llmb_0123", "plain-id_1", "naïve.txt", "q5"]
-    write_input(inp, ids)
-    args = run_args(sim, "anthropic", inp, out, "--batch-max-requests", "4")
+    write_requests(inp, ids)
+    args = batch_run_args(sim, "anthropic", inp, out, "--batch-max-requests", "4")
     proc = cli(*[a for a in args if a != "--no-progress"])
     assert proc.returncode == 0, proc.stderr
     assert "batch 0: submitted msgbatch_" in proc.stderr
@@ -187,8 +120,8 @@ def test_kill_9_after_first_batch_then_rerun_creates_each_batch_once(
     sim = start_sim("--batch-seconds", "1.5")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(30)]
-    write_input(inp, ids)
-    args = run_args(sim, provider, inp, out, "--batch-max-requests", "10")
+    write_requests(inp, ids)
+    args = batch_run_args(sim, provider, inp, out, "--batch-max-requests", "10")
     proc = start_cli(*args)
     try:
         wait_for(lambda: any(c["batch_id"] for c in ledger_chunks(out)), "the first batch created")
@@ -260,8 +193,8 @@ def test_a_create_whose_answer_was_lost_is_found_not_repeated(
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     n = _half_submitted(tmp_path, sim, provider, out)
     assert sim.stats()["batches_created"] == 1
-    write_input(inp, [f"q{i}" for i in range(n)])
-    proc = cli(*run_args(sim, provider, inp, out))
+    write_requests(inp, [f"q{i}" for i in range(n)])
+    proc = cli(*batch_run_args(sim, provider, inp, out))
     assert proc.returncode == 0, proc.stderr
     assert sim.stats()["batches_created"] == 1  # re-attached, not created again
     assert Counter(rec["custom_id"] for rec in read_out(out)) == Counter(f"q{i}" for i in range(n))
@@ -273,8 +206,8 @@ def test_an_upload_whose_answer_was_lost_is_used_not_repeated(start_sim, tmp_pat
     sim = start_sim("--batch-seconds", "0.3")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     n = _half_submitted(tmp_path, sim, "openai", out, upload_only=True)
-    write_input(inp, [f"q{i}" for i in range(n)])
-    proc = cli(*run_args(sim, "openai", inp, out))
+    write_requests(inp, [f"q{i}" for i in range(n)])
+    proc = cli(*batch_run_args(sim, "openai", inp, out))
     assert proc.returncode == 0, proc.stderr
     stats = sim.stats()
     assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
@@ -286,8 +219,8 @@ def test_two_anthropic_batches_matching_a_lost_create_stop_the_run(start_sim, tm
     sim = start_sim("--batch-seconds", "0.3")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     n = _half_submitted(tmp_path, sim, "anthropic", out, foreign=1)
-    write_input(inp, [f"q{i}" for i in range(n)])
-    proc = cli(*run_args(sim, "anthropic", inp, out))
+    write_requests(inp, [f"q{i}" for i in range(n)])
+    proc = cli(*batch_run_args(sim, "anthropic", inp, out))
     assert proc.returncode == 2, proc.stderr
     assert "2 batches match it" in proc.stderr and proc.stderr.count("msgbatch_") >= 2
     assert sim.stats()["batches_created"] == 2  # nothing created on a guess
@@ -298,8 +231,8 @@ def test_ctrl_c_leaves_batches_running_and_the_rerun_collects_them(start_sim, tm
     sim = start_sim("--batch-seconds", "1.5")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(12)]
-    write_input(inp, ids)
-    args = run_args(sim, "openai", inp, out, "--batch-max-requests", "6")
+    write_requests(inp, ids)
+    args = batch_run_args(sim, "openai", inp, out, "--batch-max-requests", "6")
     proc = start_cli(*args)
     wait_for(
         lambda: sum(bool(c["batch_id"]) for c in ledger_chunks(out)) == 2, "both batches created"
@@ -336,8 +269,8 @@ def test_expired_batch_keeps_partial_results_and_marks_the_rest(start_sim, tmp_p
     sim = start_sim("--batch-seconds", "0.5", "--batch-expire-after", "0.5")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(20)]
-    write_input(inp, ids)
-    proc = cli(*run_args(sim, "openai", inp, out, "--batch-max-requests", "10"))
+    write_requests(inp, ids)
+    proc = cli(*batch_run_args(sim, "openai", inp, out, "--batch-max-requests", "10"))
     assert proc.returncode == 1, proc.stderr
     lines = read_out(out)
     assert Counter(rec["custom_id"] for rec in lines) == Counter(ids)
@@ -351,8 +284,8 @@ def test_expired_realtime_sends_expired_lines_through_the_engine(start_sim, tmp_
     sim = start_sim("--batch-seconds", "0.5", "--batch-expire-after", "0.5")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(20)]
-    write_input(inp, ids)
-    proc = cli(*run_args(sim, "anthropic", inp, out, "--expired", "realtime"))
+    write_requests(inp, ids)
+    proc = cli(*batch_run_args(sim, "anthropic", inp, out, "--expired", "realtime"))
     assert proc.returncode == 0, proc.stderr
     lines = read_out(out)
     assert Counter(rec["custom_id"] for rec in lines) == Counter(ids)
@@ -367,8 +300,8 @@ def test_retry_failed_resubmits_only_the_failed_lines(start_sim, tmp_path) -> No
     sim = start_sim("--batch-seconds", "0.3", "--batch-error-rate", "0.4", "--seed", "3")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(30)]
-    write_input(inp, ids)
-    args = run_args(sim, "openai", inp, out)
+    write_requests(inp, ids)
+    args = batch_run_args(sim, "openai", inp, out)
     first = cli(*args)
     assert first.returncode == 1, first.stderr
     failed = {rec["custom_id"] for rec in read_out(out) if rec["error"]}
@@ -396,8 +329,8 @@ def test_results_gone_from_the_provider_fail_their_lines_not_every_rerun(
     sim = start_sim("--batch-seconds", "1.5")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(4)]
-    write_input(inp, ids)
-    args = run_args(sim, "openai", inp, out)
+    write_requests(inp, ids)
+    args = batch_run_args(sim, "openai", inp, out)
     proc = start_cli(*args)
     wait_for(lambda: any(c["batch_id"] for c in ledger_chunks(out)), "the batch created")
     proc.send_signal(signal.SIGINT)
@@ -429,11 +362,11 @@ def test_batch_answers_are_checked_against_the_schema(provider, start_sim, tmp_p
     sim = start_sim("--batch-seconds", "0.3", "--invalid-rate", "0.5")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(16)]
-    write_input(inp, ids)
+    write_requests(inp, ids)
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     schema_file = tmp_path / "s.json"
     schema_file.write_text(json.dumps(schema))
-    proc = cli(*run_args(sim, provider, inp, out, "--schema", str(schema_file)))
+    proc = cli(*batch_run_args(sim, provider, inp, out, "--schema", str(schema_file)))
     assert proc.returncode == 1, proc.stderr  # some invalid
     lines = read_out(out)
     assert sorted(rec["custom_id"] for rec in lines) == sorted(ids)
@@ -448,8 +381,8 @@ def test_batches_cancel_ends_the_run_with_cancelled_lines(start_sim, tmp_path) -
     sim = start_sim("--batch-seconds", "30")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = [f"q{i}" for i in range(10)]
-    write_input(inp, ids)
-    proc = start_cli(*run_args(sim, "openai", inp, out, "--batch-max-requests", "5"))
+    write_requests(inp, ids)
+    proc = start_cli(*batch_run_args(sim, "openai", inp, out, "--batch-max-requests", "5"))
     wait_for(
         lambda: sum(bool(c["batch_id"]) for c in ledger_chunks(out)) == 2, "both batches created"
     )
@@ -467,11 +400,13 @@ def test_batches_cancel_ends_the_run_with_cancelled_lines(start_sim, tmp_path) -
 def test_openai_validation_failure_names_the_bad_line(start_sim, tmp_path) -> None:
     sim = start_sim("--batch-seconds", "0.3")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_input(inp, ["a0", "a1"], model="gpt-4o-mini")
+    write_requests(inp, ["a0", "a1"], model="gpt-4o-mini")
     with inp.open("a") as f:  # no model on these lines, and no --model: the batch fails
         f.write(json.dumps({"id": "b0", "prompt": "x"}) + "\n")
         f.write(json.dumps({"id": "b1", "prompt": "y"}) + "\n")
-    args = [a for a in run_args(sim, "openai", inp, out) if a not in ("--model", "gpt-4o-mini")]
+    args = [
+        a for a in batch_run_args(sim, "openai", inp, out) if a not in ("--model", "gpt-4o-mini")
+    ]
     proc = cli(*args)
     assert proc.returncode == 1, proc.stderr
     lines = {rec["custom_id"]: rec for rec in read_out(out)}
@@ -487,11 +422,13 @@ def test_openai_validation_failure_names_the_bad_line(start_sim, tmp_path) -> No
 def test_anthropic_refused_create_names_the_bad_request(start_sim, tmp_path) -> None:
     sim = start_sim("--batch-seconds", "0.3")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_input(inp, ["a0", "a1"], model="claude-haiku-4-5")
+    write_requests(inp, ["a0", "a1"], model="claude-haiku-4-5")
     with inp.open("a") as f:
         f.write(json.dumps({"id": "src/bad.py", "prompt": "x"}) + "\n")
     args = [
-        a for a in run_args(sim, "anthropic", inp, out) if a not in ("--model", "claude-haiku-4-5")
+        a
+        for a in batch_run_args(sim, "anthropic", inp, out)
+        if a not in ("--model", "claude-haiku-4-5")
     ]
     proc = cli(*args)
     assert proc.returncode == 1, proc.stderr
@@ -505,7 +442,7 @@ def test_anthropic_refused_create_names_the_bad_request(start_sim, tmp_path) -> 
 
 def test_batch_api_and_ray_are_refused_together(tmp_path) -> None:
     inp = tmp_path / "in.jsonl"
-    write_input(inp, ["a"])
+    write_requests(inp, ["a"])
     proc = cli("run", str(inp), "-o", str(tmp_path / "o.jsonl"), "--batch-api", "--ray")
     assert proc.returncode == 2
     assert "--batch-api and --ray do not combine" in proc.stderr
@@ -654,7 +591,7 @@ def test_mixed_endpoints_go_to_separate_openai_batches(start_sim, tmp_path) -> N
         {"custom_id": "e1", "method": "POST", "url": "/v1/embeddings", "body": {"input": "b"}},
     ]
     inp.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    proc = cli(*run_args(sim, "openai", inp, out))
+    proc = cli(*batch_run_args(sim, "openai", inp, out))
     assert proc.returncode == 0, proc.stderr
     recs = {rec["custom_id"]: rec for rec in read_out(out)}
     assert set(recs) == {"e0", "e1", "c0"}
@@ -666,8 +603,8 @@ def test_mixed_endpoints_go_to_separate_openai_batches(start_sim, tmp_path) -> N
 def test_a_refused_key_stops_the_run_with_a_message_not_a_traceback(tmp_path) -> None:
     with SimProcess("--api-key-env", "SIM_KEY", env={"SIM_KEY": "the-right-key"}) as sim:
         inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-        write_input(inp, ["a", "b"])
-        proc = cli(*run_args(sim, "openai", inp, out))  # sends sk-test
+        write_requests(inp, ["a", "b"])
+        proc = cli(*batch_run_args(sim, "openai", inp, out))  # sends sk-test
     assert proc.returncode == 2, proc.stderr
     assert "the batch API failed" in proc.stderr and "401" in proc.stderr
     assert "Traceback" not in proc.stderr

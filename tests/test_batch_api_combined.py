@@ -4,6 +4,7 @@ simulator (the CLI as a subprocess, the library in process)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.types import BatchRequest, CompletionRequest
 
 from .conftest import SimProcess
-from .test_batch_api import cli, ledger_chunks, read_out, run_args, start_cli, wait_for
+from .helpers import batch_run_args, cli, ledger_chunks, read_out, start_cli, wait_for
 
 PRICES = ("--price-in", "1", "--price-out", "4")  # USD per 1M tokens; batch: half of it
 MODEL = "gpt-4o-mini"
@@ -74,7 +75,7 @@ def test_max_cost_is_checked_per_batch_and_a_higher_cap_finishes_exactly_once(
     ids = write_requests(inp, 60)
     w = worst_case(inp)
     cap = 15.5 * w  # 15 worst cases fit: a full batch of 10, then one closed early at 5
-    args = run_args(sim, "openai", inp, out, *PRICES, "--batch-max-requests", "10")
+    args = batch_run_args(sim, "openai", inp, out, *PRICES, "--batch-max-requests", "10")
     proc = cli(*args, "--max-cost", repr(cap))
     assert proc.returncode == 4, proc.stderr
     assert f"--max-cost ${cap:g} reached" in proc.stderr
@@ -118,7 +119,7 @@ def test_batches_left_running_hold_their_worst_case_on_the_rerun(
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, 40)
     cap = 15.5 * worst_case(inp)
-    args = run_args(sim, "openai", inp, out, *PRICES, "--batch-max-requests", "10")
+    args = batch_run_args(sim, "openai", inp, out, *PRICES, "--batch-max-requests", "10")
     proc = start_cli(*args, "--max-cost", repr(cap))
     try:
         wait_for(
@@ -191,7 +192,7 @@ def test_batch_answers_are_validated_and_invalid_ones_kept_as_failed(
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_requests(inp, 30)
     schema = _schema_file(tmp_path)
-    args = run_args(sim, provider, inp, out, "--schema", str(schema))
+    args = batch_run_args(sim, provider, inp, out, "--schema", str(schema))
     proc = cli(*args)
     assert proc.returncode == 1, proc.stderr  # some lines failed validation
     records = read_out(out)
@@ -221,13 +222,13 @@ def test_invalid_batch_answers_are_re_asked_realtime(start_sim: Any, tmp_path: P
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_requests(inp, 30)
     schema = _schema_file(tmp_path)
-    plain = run_args(sim, "openai", inp, tmp_path / "plain.jsonl", "--schema", str(schema))
+    plain = batch_run_args(sim, "openai", inp, tmp_path / "plain.jsonl", "--schema", str(schema))
     assert cli(*plain).returncode == 1
     invalid = {r["custom_id"] for r in read_out(tmp_path / "plain.jsonl") if r["error"] is not None}
     assert invalid
     sim.reset()
 
-    args = run_args(sim, "openai", inp, out, "--schema", str(schema), "--expired", "realtime")
+    args = batch_run_args(sim, "openai", inp, out, "--schema", str(schema), "--expired", "realtime")
     proc = cli(*args, "--max-invalid-retries", "3")
     assert f"re-asking {len(invalid)} reply(ies)" in proc.stderr, proc.stderr
     records = read_out(out)
@@ -311,7 +312,7 @@ def test_run_with_batch_api_writes_the_report(start_sim: Any, tmp_path: Path) ->
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_requests(inp, 5)
     report = tmp_path / "r.html"
-    proc = cli(*run_args(sim, "openai", inp, out, "--report", str(report)))
+    proc = cli(*batch_run_args(sim, "openai", inp, out, "--report", str(report)))
     assert proc.returncode == 0, proc.stderr
     assert "via batch API" in report.read_text()
 
@@ -327,7 +328,7 @@ def test_the_expired_realtime_pass_spends_from_the_same_budget(
     prices = ("--price-in", "0", "--price-out", "100")  # output dominates: actual ~ worst
     w = 0.5 * 16 * 100 / 1e6  # a request's worst case at the batch price
     cap = 20.5 * w
-    args = run_args(sim, "openai", inp, out, *prices, "--expired", "realtime")
+    args = batch_run_args(sim, "openai", inp, out, *prices, "--expired", "realtime")
     proc = cli(*args, "--max-cost", repr(cap), "--concurrency", "2")
     assert proc.returncode == 4, proc.stderr
     records = read_out(out)
@@ -353,7 +354,7 @@ def test_a_batch_created_without_a_budget_is_counted_when_one_is_set(
     first = tmp_path / "first.jsonl"
     first.write_text("".join(inp.read_text().splitlines(keepends=True)[:10]))
     w = worst_case(inp)
-    proc = start_cli(*run_args(sim, "openai", first, out, *PRICES))  # no --max-cost
+    proc = start_cli(*batch_run_args(sim, "openai", first, out, *PRICES))  # no --max-cost
     try:
         wait_for(lambda: any(c["batch_id"] for c in ledger_chunks(out)), "the batch created")
         proc.send_signal(signal.SIGINT)
@@ -363,8 +364,24 @@ def test_a_batch_created_without_a_budget_is_counted_when_one_is_set(
             proc.kill()
     assert "worst_cost" not in ledger_chunks(out)[0]["extra"]
     # Its 10 requests' worst case is summed as they go by, before the 10 new ones: 5 fit.
-    again = cli(*run_args(sim, "openai", inp, out, *PRICES, "--max-cost", repr(15.5 * w)))
+    again = cli(*batch_run_args(sim, "openai", inp, out, *PRICES, "--max-cost", repr(15.5 * w)))
     assert again.returncode == 4, again.stderr
     assert [c["count"] for c in ledger_chunks(out)] == [10, 5]
     assert sim.stats()["batches_created"] == 2
     assert sorted(r["custom_id"] for r in read_out(out)) == ids[:15]
+
+
+def test_the_batch_exit_message_says_a_true_amount_left(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+
+    sim = start_sim("--batch-seconds", "0.2")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_requests(inp, 30)
+    w = worst_case(inp)
+    args = batch_run_args(sim, "openai", inp, out, *PRICES, "--batch-max-requests", "10")
+    proc = cli(*args, "--max-cost", repr(15.5 * w))
+    assert proc.returncode == 4, proc.stderr
+    found = re.search(r"could cost up to \$([0-9.]+), more than the \$([0-9.]+) left", proc.stderr)
+    assert found is not None, proc.stderr
+    worst, left = (float(x) for x in found.groups())
+    # 15 worst cases were held by the two batches in flight: half of one was left.
+    assert worst > left and left == pytest.approx(0.5 * w, abs=1e-6)

@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,74 +14,7 @@ import pytest
 
 from .conftest import SimProcess
 from .filesystems import fill, readonly_fs, tiny_fs
-
-
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This machine's environment without any real API key, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    return {**env, **(extra or {})}
-
-
-def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, **kw: Any):  # type: ignore[no-untyped-def]
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=clean_env(env),
-        timeout=120,
-        **kw,
-    )
-
-
-def start_cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
-
-
-def write_simple(path: Path, n: int, prefix: str = "q") -> list[str]:
-    ids = [f"{prefix}{i}" for i in range(n)]
-    path.write_text(
-        "".join(
-            json.dumps({"id": i, "prompt": f"question {i}", "max_tokens": 16}) + "\n" for i in ids
-        )
-    )
-    return ids
-
-
-def read_out(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def run_args(sim: SimProcess, inp: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        str(inp),
-        "-o",
-        str(out),
-        "--base-url",
-        sim.url + "/v1",
-        "--model",
-        "sim",
-        "--no-progress",
-        *extra,
-    ]
-
-
-def wait_for_lines(path: Path, n: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            count = path.read_bytes().count(b"\n")
-            if count >= n:
-                return count
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never reached {n} lines")
+from .helpers import cli, read_out, run_args, start_cli, wait_for_lines, write_simple
 
 
 def test_both_line_formats_give_one_output_line_per_id(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import pytest
 from llmbatch.text import chars_to_tokens
 
 from .conftest import SimProcess
-from .test_cli_run import cli, read_out
+from .helpers import cli, read_out
 
 MODEL = "gpt-4o-mini"  # the simulator answers as whatever model is asked for
 

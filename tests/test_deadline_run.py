@@ -19,8 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import SimProcess
-from .test_batch_api import env, ledger_chunks, read_out, wait_for, write_input
+from .helpers import clean_env, cli, ledger_chunks, read_out, wait_for, write_requests
 
 N = 60
 
@@ -44,19 +46,9 @@ def deadline_args(sim: SimProcess, inp: Path, out: Path, finish_by: str, *extra:
     ]
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args],
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=180,
-    )
-
-
 def paths(tmp_path: Path) -> tuple[Path, Path]:
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_input(inp, [f"q{i}" for i in range(N)])
+    write_requests(inp, [f"q{i}" for i in range(N)])
     return inp, out
 
 
@@ -76,7 +68,7 @@ def duplicates(stderr: str) -> int:
 def test_a_batch_that_comes_back_in_time_is_all_batch_priced(start_sim, tmp_path) -> None:
     sim = start_sim("--latency-ms", "20", "--batch-seconds", "1")
     inp, out = paths(tmp_path)
-    done = run(*deadline_args(sim, inp, out, "10m"))
+    done = cli(*deadline_args(sim, inp, out, "10m"))
     assert done.returncode == 0, done.stderr
     assert routes(out) == Counter({True: N})
     stats = sim.stats()
@@ -97,7 +89,7 @@ def test_a_stalled_batch_is_cancelled_and_the_work_finished_realtime(start_sim, 
         "--batch-expire-seconds", "600",
     )  # fmt: skip
     inp, out = paths(tmp_path)
-    done = run(*deadline_args(sim, inp, out, "12s"))
+    done = cli(*deadline_args(sim, inp, out, "12s"))
     assert done.returncode == 0, done.stderr
     assert re.search(r"moving \d+ request\(s\) to realtime", done.stderr)
     assert routes(out) == Counter({False: N})
@@ -116,7 +108,7 @@ def test_a_switch_keeps_what_the_cancelled_batch_finished(start_sim, tmp_path) -
         "--batch-delay-median", "20", "--batch-delay-sigma", "0.01",
     )  # fmt: skip
     inp, out = paths(tmp_path)
-    done = run(*deadline_args(sim, inp, out, "20s"))
+    done = cli(*deadline_args(sim, inp, out, "20s"))
     assert done.returncode == 0, done.stderr
     by_route = routes(out)
     stats = sim.stats()
@@ -131,7 +123,7 @@ def test_a_switch_keeps_what_the_cancelled_batch_finished(start_sim, tmp_path) -
 def test_expired_lines_go_realtime_in_the_same_run(start_sim, tmp_path) -> None:
     sim = start_sim("--latency-ms", "20", "--batch-seconds", "2", "--batch-expire-after", "0.5")
     inp, out = paths(tmp_path)
-    done = run(*deadline_args(sim, inp, out, "10m"))
+    done = cli(*deadline_args(sim, inp, out, "10m"))
     assert done.returncode == 0, done.stderr
     by_route = routes(out)
     stats = sim.stats()
@@ -155,7 +147,7 @@ def test_a_crash_during_the_switch_then_a_rerun_finishes_every_id_once(start_sim
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env(),
+        env=clean_env(),
     )
     try:
         wait_for(lambda: sim.stats()["batches_cancelled"] >= 1, "the switch", timeout=60)
@@ -166,7 +158,7 @@ def test_a_crash_during_the_switch_then_a_rerun_finishes_every_id_once(start_sim
     assert any(chunk["batch_id"] for chunk in ledger_chunks(out))
     written_before = len(read_out(out)) if out.exists() else 0
     assert written_before < N
-    rerun = run(*args)
+    rerun = cli(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert routes(out) == Counter({False: N})
     stats = sim.stats()
@@ -182,7 +174,7 @@ def test_plan_shows_the_split_and_whether_the_deadline_can_be_met(tmp_path) -> N
         [sys.executable, "-m", "llmbatch", *common, "--finish-by", "2h"],
         capture_output=True,
         text=True,
-        env=env(),
+        env=clean_env(),
     )
     assert easy.returncode == 0, easy.stderr
     plan: dict[str, Any] = json.loads(easy.stdout)["deadline"]
@@ -192,7 +184,7 @@ def test_plan_shows_the_split_and_whether_the_deadline_can_be_met(tmp_path) -> N
         [sys.executable, "-m", "llmbatch", *common, "--finish-by", "5m"],
         capture_output=True,
         text=True,
-        env=env(),
+        env=clean_env(),
     )
     assert tight.returncode == 1  # not reachable by realtime under --rpm 6
     plan = json.loads(tight.stdout)["deadline"]
@@ -202,7 +194,7 @@ def test_plan_shows_the_split_and_whether_the_deadline_can_be_met(tmp_path) -> N
         [sys.executable, "-m", "llmbatch", *common, "--finish-by", "5m", "--prefer", "speed"],
         capture_output=True,
         text=True,
-        env=env(),
+        env=clean_env(),
     )
     plan = json.loads(speed.stdout)["deadline"]
     assert 0 < plan["realtime_requests"] < N
@@ -212,8 +204,22 @@ def test_plan_shows_the_split_and_whether_the_deadline_can_be_met(tmp_path) -> N
 def test_finish_by_refuses_what_cannot_work(tmp_path) -> None:
     inp, out = paths(tmp_path)
     base = ["run", str(inp), "-o", str(out), "--model", "m", "--base-url", "http://127.0.0.1:9"]
-    bad = run(*base, "--finish-by", "soon")
+    bad = cli(*base, "--finish-by", "soon")
     assert bad.returncode == 2 and "--finish-by" in bad.stderr and "'soon'" in bad.stderr
-    ray = run(*base, "--finish-by", "1h", "--ray")
+    ray = cli(*base, "--finish-by", "1h", "--ray")
     assert ray.returncode == 2 and "--finish-by and --ray" in ray.stderr
     assert not out.exists()
+
+
+# A `--finish-by` already past (or too near for any batch) goes straight to realtime: a
+# batch created then would only be cancelled at once, and what it finished bought twice.
+@pytest.mark.parametrize("finish_by", ["2020-01-01T00:00:00+00:00", "1s"])
+def test_a_past_or_too_near_deadline_creates_no_batch(start_sim, tmp_path, finish_by) -> None:
+    sim = start_sim("--latency-ms", "20", "--batch-seconds", "1")
+    inp, out = paths(tmp_path)
+    done = cli(*deadline_args(sim, inp, out, finish_by))
+    assert done.returncode == 0, done.stderr
+    assert routes(out) == Counter({False: N})  # every line once, realtime
+    stats = sim.stats()
+    assert stats["batches_created"] == 0 and stats["batch_lines_answered"] == 0
+    assert stats["received"] == N  # each request bought once

@@ -16,7 +16,7 @@ from llmbatch.io.export import OutputIndex, Shape, ids_of_rows, ordered_records
 from llmbatch.io.journal import result_line
 from llmbatch.io.writers import open_writer
 
-from .test_cli_run import cli, read_out, start_cli, wait_for_lines
+from .helpers import cli, read_out, start_cli, wait_for_lines
 
 SCHEMA = {
     "type": "object",

@@ -4,19 +4,11 @@ from the data: the export is not told again."""
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 from llmbatch.io.export import guess_id_field
 
-from .helpers import ids_once
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args], capture_output=True, text=True, timeout=120
-    )
+from .helpers import cli, ids_once
 
 
 def test_export_join_uses_the_runs_id_field_without_being_told(start_sim, tmp_path: Path) -> None:

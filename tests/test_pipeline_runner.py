@@ -20,7 +20,7 @@ from llmbatch import BatchRequest, CompletionRequest, ConfigError, RunConfig, Ru
 from llmbatch.pipeline import ResultWritten, RunStarted
 
 from .conftest import SimProcess
-from .helpers import ids_once, read_lines, wait_for, write_requests
+from .helpers import ids_once, read_out, wait_for, write_requests
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,7 @@ def test_the_batch_api_from_python_one_batch_per_chunk(start_sim, tmp_path: Path
     assert sim.stats()["batches_created"] == math.ceil(len(ids) / 10)
     assert sim.stats()["received"] == 0  # nothing realtime
     assert set(ids_once(out)) == set(ids)
-    assert all(rec["llmbatch"]["batch_api"] for rec in read_lines(out))
+    assert all(rec["llmbatch"]["batch_api"] for rec in read_out(out))
 
 
 def test_a_deadline_run_from_python_finishes_realtime_when_the_batch_stalls(
@@ -182,4 +182,4 @@ def test_a_budget_from_python_stops_sending_before_the_cap(start_sim, tmp_path: 
     summary = llmbatch.run(config)
     assert summary.budget_stopped and summary.exit_code == 4
     assert 0 < summary.written < 100 and summary.spent <= 1.0
-    assert sum(rec["llmbatch"]["cost"] for rec in read_lines(out)) <= 1.0
+    assert sum(rec["llmbatch"]["cost"] for rec in read_out(out)) <= 1.0

@@ -7,7 +7,6 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,10 @@ pytest.importorskip("plotly")
 from llmbatch.report import aggregate
 from llmbatch.report.aggregate import MAX_BUCKETS
 
+from .helpers import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_800_000_000.0  # a whole minute: buckets line up with it
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmbatch", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def embedded(html: str) -> dict[str, Any]:

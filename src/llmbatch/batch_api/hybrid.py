@@ -334,6 +334,8 @@ class DeadlineRunner:
         while ledger is not None and self.clock() < until:
             if not any(r.live and r.batch_id in batch_ids for r in ledger.chunks):
                 return
+            if (self._open_work - self._realtime_work).requests <= 0:
+                return  # every open request is with realtime already: nothing to wait for
             await self.sleep(SWITCH_POLL)
 
     # -- routing ------------------------------------------------------------------------------

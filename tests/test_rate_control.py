@@ -337,6 +337,48 @@ async def test_the_breaker_opens_on_failures_across_requests_and_closes_on_a_pro
     assert breaker.outages[0].recovered and breaker.outages[0].duration == pytest.approx(1.5)
 
 
+async def test_probes_stay_two_seconds_apart_however_long_the_outage(clock: FakeClock) -> None:
+    # A server back after 16 s is seen within 2 s: the probes back off only to 2 s apart
+    # (doubling to 15 s left a run idle for up to 15 s after a restart).
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    await fail(breaker, APIConnectionError("refused"), 5)
+    sent: list[float] = []
+    while True:
+        probe = breaker.admit(REQ)
+        await probe.__aenter__()
+        sent.append(clock.now - 1000.0)
+        if sent[-1] >= 16.0:  # the server is down for 16 s, then answers
+            probe.record(CompletionResponse("up"))
+            await probe.__aexit__(None, None, None)
+            break
+        down = APIConnectionError("still down")
+        await probe.__aexit__(APIConnectionError, down, None)
+    *_, back = sent
+    gaps = [b - a for a, b in zip([0.0, *sent[:-1]], sent, strict=True)]
+    assert gaps[:3] == pytest.approx([0.5, 1.0, 2.0]) and max(gaps) == pytest.approx(2.0)
+    assert back - 16.0 <= 2.0
+    assert not breaker.is_open
+
+
+async def test_an_outage_is_measured_from_its_first_failure_to_the_probe_that_got_through(
+    clock: FakeClock,
+) -> None:
+    breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
+    await fail(breaker, APIConnectionError("refused"))  # the server went away at t=0
+    clock.advance(3.0)  # requests in flight fail over the next seconds
+    await fail(breaker, APIConnectionError("refused"), 4)
+    assert breaker.is_open
+    await fail(breaker, APIConnectionError("still down"))  # probe at t=3.5
+    probe = breaker.admit(REQ)
+    await probe.__aenter__()  # probe at t=4.5, answered 5 s later (a slow first reply)
+    clock.advance(5.0)
+    probe.record(CompletionResponse("up"))
+    await probe.__aexit__(None, None, None)
+    [outage] = breaker.outages
+    assert outage.started == pytest.approx(1000.0) and outage.recovered
+    assert outage.duration == pytest.approx(4.5)  # not 1.5 (from the trip), nor 9.5
+
+
 async def test_one_request_failing_alone_is_not_an_outage(clock: FakeClock) -> None:
     breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
     for _ in range(10):

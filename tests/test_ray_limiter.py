@@ -189,3 +189,33 @@ async def test_the_cluster_budget_waits_for_others_to_settle_in_virtual_time(
         await third.__aenter__()
     assert budget.refused is not None
     assert sleeps == [RETRY_SECONDS] * 3  # refused at once, not asked again and again
+
+
+async def test_the_cluster_counts_every_workers_attempts_in_flight_and_waiting() -> None:
+    # The engines run in the workers, whose events never reach the driver: the in-flight and
+    # waiting gauges of a Ray run are the workers' counts, summed by the cluster limiter.
+    clock = SteppedClock()
+    state = _LimiterState(60, None, 0.25, clock=clock)  # one a second
+    state.limiter.burst_seconds = 0.0
+    actor = LocalActor(state)
+    a = LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep)
+    b = LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep)
+    release = asyncio.Event()
+
+    async def call(lim: LeasedLimiter) -> None:
+        async with lim.admit(REQ) as permit:
+            await release.wait()
+            permit.record(CompletionResponse("ok"))
+
+    tasks = [asyncio.create_task(call(lim)) for lim in (a, a, b, b, b)]
+    await clock.advance_to(2.5)  # three slots so far: 0, 1 and 2 s
+    status = state.status()
+    assert (status["in_flight"], status["waiting"]) == (3, 2)
+    assert (a.in_flight + b.in_flight, a.waiting + b.waiting) == (3, 2)
+    release.set()
+    await clock.advance_to(10.0)
+    await asyncio.gather(*tasks)
+    a.close()
+    b.close()
+    status = state.status()
+    assert (status["in_flight"], status["waiting"]) == (0, 0)

@@ -26,6 +26,7 @@ import asyncio
 import collections
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = ["ClusterLimiter", "LeasedLimiter"]
 DEFAULT_SLICE_SECONDS = 0.25
 UNLIMITED_SLICE = 64  # slots per lease while no rate is known
 OBSERVE_EVERY = 1.0  # seconds between forwarded rate-limit headers, per worker
+GAUGES_EVERY = 1.0  # seconds between a worker's in-flight / waiting reports
 
 Tokens = tuple[int, int, int]  # per budget: total, input, output
 
@@ -66,6 +68,7 @@ class _LimiterState:
             rpm, tpm, input_tokens_per_minute=itpm, output_tokens_per_minute=otpm, clock=clock
         )
         self.slice = slice_seconds
+        self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)
         # The cluster's one money cap (`llmbatch.ray.budget`); workers price, it adds up.
         self.budget = None if max_cost is None else Budget(max_cost, _NO_PRICES, spent=spent)
 
@@ -146,8 +149,20 @@ class _LimiterState:
     def observe(self, info: dict[str, Any]) -> None:
         self.limiter.observe(RateLimitInfo(**info))
 
+    def gauges(self, worker: str, in_flight: int, waiting: int) -> None:
+        """A worker's attempts in flight and waiting for a slot, as it last counted them."""
+        if in_flight or waiting:
+            self._gauges[worker] = (in_flight, waiting)
+        else:
+            self._gauges.pop(worker, None)
+
     def status(self) -> dict[str, Any]:
-        return asdict(self.limiter.status())
+        """The limiter's status; `in_flight` and `waiting` are the cluster's, summed over
+        the workers' reports (the actor's own limiter only hands out leases)."""
+        status = asdict(self.limiter.status())
+        status["in_flight"] = sum(f for f, _ in self._gauges.values())
+        status["waiting"] = sum(w for _, w in self._gauges.values())
+        return status
 
 
 def _grant(need: int, limit: float | None, slice_seconds: float) -> int:
@@ -232,7 +247,13 @@ class ClusterLimiter:
         return ray.get(self.actor.budget_status.remote())  # type: ignore[no-any-return]
 
     def status(self) -> dict[str, Any]:
+        """The cluster limiter's status (`RateLimiterStatus` fields); `in_flight` and
+        `waiting` count every worker's attempts."""
         return ray.get(self.actor.status.remote())  # type: ignore[no-any-return]
+
+    async def astatus(self) -> dict[str, Any]:
+        """`status()` without blocking the event loop."""
+        return await self.actor.status.remote()  # type: ignore[no-any-return]
 
 
 class LeasedPermit(PermitBase):
@@ -288,6 +309,11 @@ class LeasedLimiter:
         self._last_observe = 0.0
         self._lock: asyncio.Lock | None = None
         self.leases = 0
+        self.in_flight = 0  # attempts admitted and not yet released
+        self.waiting = 0  # attempts waiting for a slot
+        self._key = uuid.uuid4().hex  # this worker, in the cluster's gauges
+        self._last_gauges = -math.inf
+        self._reported = (0, 0)
 
     def admit(self, request: CompletionRequest) -> LeasedPermit:
         est = Estimate.of(request)
@@ -305,6 +331,30 @@ class LeasedLimiter:
                 self._tokens[k] -= sign * need[k]
 
     async def _acquire(self, permit: LeasedPermit) -> None:
+        self.waiting += 1
+        self._report_gauges()
+        try:
+            await self._wait_for_slot(permit)
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+        self._report_gauges()
+
+    def _report_gauges(self, force: bool = False) -> None:
+        """Tell the cluster this worker's gauges: at most once a second (a fire-and-forget
+        call), at once when they fall to zero or when `force`d."""
+        now = self._clock()
+        counts = (self.in_flight, self.waiting)
+        idle = counts == (0, 0)
+        if counts == self._reported or not (
+            force or idle or now - self._last_gauges >= GAUGES_EVERY
+        ):
+            return
+        self._last_gauges = now
+        self._reported = counts
+        self.actor.gauges.remote(self._key, *counts)
+
+    async def _wait_for_slot(self, permit: LeasedPermit) -> None:
         need = permit.estimate
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -389,6 +439,8 @@ class LeasedLimiter:
         response: CompletionResponse | None,
         error: BaseException | None,
     ) -> None:
+        self.in_flight -= 1
+        self._report_gauges()
         if response is not None:
             usage = response.usage
             actual = (usage.total_tokens, usage.prompt_tokens, usage.completion_tokens)
@@ -441,3 +493,6 @@ class LeasedLimiter:
         self._slots.clear()
         self._tokens = [0, 0, 0]
         self._settle = [0, 0, 0]
+        if self._reported != (0, 0):
+            self.actor.gauges.remote(self._key, 0, 0)  # gone: nothing of ours in flight
+            self._reported = (0, 0)

@@ -1,13 +1,15 @@
 """`llmbatch export` at scale: a 1,000,000-line output back into input order.
 
     python bench/export_scale.py [--lines 1000000] [--formats jsonl,csv,parquet]
+        [--joins csv,parquet]
 
 Writes an output file of schema results (about 600 bytes a line, the ids in a shuffled
 order, as completion order is) and the CSV of input rows, then times `llmbatch export ...
 --join rows.csv` per format in its own process and reads its peak RSS (`wait4`). A smaller
 run (a tenth of the lines) is measured too: memory must not grow with the file (the index is
 8 bytes a line; the rest is the interpreter and one row group). Target: peak RSS <= 250 MB
-at 1,000,000 lines.
+at 1,000,000 lines. `--joins` also joins onto the same rows as Parquet (read a record batch at
+a time; its columns keep their types in a Parquet export).
 """
 
 from __future__ import annotations
@@ -77,6 +79,18 @@ def make_files(directory: Path, n: int) -> tuple[Path, Path]:
     return out, rows
 
 
+def parquet_rows(rows: Path) -> Path:
+    """The rows CSV as Parquet, written by a child process (see `export`: the parent stays
+    small, so a child's peak RSS is its own)."""
+    target = rows.with_suffix(".parquet")
+    code = (
+        "import sys, pyarrow.csv as c, pyarrow.parquet as q; "
+        "q.write_table(c.read_csv(sys.argv[1]), sys.argv[2], row_group_size=100_000)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(rows), str(target)], check=True)
+    return target
+
+
 def export(out: Path, rows: Path, target: Path) -> tuple[float, float, int]:
     """(seconds, peak RSS MB, exit code) of one `llmbatch export` process."""
     start = time.perf_counter()
@@ -94,28 +108,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--formats", default="jsonl,csv,parquet")
+    parser.add_argument("--joins", default="csv,parquet")
     args = parser.parse_args()
     table = Table(title="llmbatch export --join (input order)")
-    for col in ("lines", "format", "output MB", "seconds", "lines/s", "peak RSS MB", "exit"):
+    for col in ("lines", "join", "format", "output MB", "seconds", "lines/s", "peak RSS MB",
+                "exit"):  # fmt: skip
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sorted({max(1, args.lines // 10), args.lines}):
             out, rows = make_files(Path(tmp), n)
             size = out.stat().st_size / 2**20
-            for fmt in args.formats.split(","):
-                target = Path(tmp) / f"export-{n}.{fmt}"
-                seconds, rss, code = export(out, rows, target)
-                table.add_row(
-                    f"{n:,}",
-                    fmt,
-                    f"{size:,.0f}",
-                    f"{seconds:.1f}",
-                    f"{n / seconds:,.0f}",
-                    f"{rss:.0f}",
-                    str(code),
-                )
-                target.unlink(missing_ok=True)
-    Console().print(table)
+            for join in args.joins.split(","):
+                source = parquet_rows(rows) if join == "parquet" else rows
+                for fmt in args.formats.split(","):
+                    target = Path(tmp) / f"export-{n}.{fmt}"
+                    seconds, rss, code = export(out, source, target)
+                    table.add_row(
+                        f"{n:,}",
+                        join,
+                        fmt,
+                        f"{size:,.0f}",
+                        f"{seconds:.1f}",
+                        f"{n / seconds:,.0f}",
+                        f"{rss:.0f}",
+                        str(code),
+                    )
+                    target.unlink(missing_ok=True)
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

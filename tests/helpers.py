@@ -50,7 +50,11 @@ def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
 
 # -- the CLI as users run it: a real subprocess, keys only fake ones ---------------------------
 
-KEYS = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant-test"}
+KEYS = {
+    "OPENAI_API_KEY": "sk-test",
+    "ANTHROPIC_API_KEY": "sk-ant-test",
+    "GEMINI_API_KEY": "gm-test-key-123456",
+}
 
 
 def clean_env(extra: dict[str, str] | None = None, *, keys: bool = True) -> dict[str, str]:
@@ -99,12 +103,19 @@ def run_args(sim: SimulatorProcess, inp: Path, out: Path, *extra: str) -> list[s
     ]  # fmt: skip
 
 
+BATCH_MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5",
+    "gemini": "gemini-2.5-flash",
+}
+
+
 def batch_run_args(
     sim: SimulatorProcess, provider: str, inp: Path, out: Path, *extra: str
 ) -> list[str]:
-    """`llmbatch run --batch-api` against the simulator's OpenAI or Anthropic batch API."""
+    """`llmbatch run --batch-api` against the simulator's OpenAI, Anthropic or Gemini batch API."""
     base = sim.url + "/v1" if provider == "openai" else sim.url
-    model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+    model = BATCH_MODELS[provider]
     return [
         "run", str(inp), "-o", str(out), "--provider", provider, "--base-url", base,
         "--model", model, "--batch-api", "--poll-interval", "0.1", "--no-progress", *extra,

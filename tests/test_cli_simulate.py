@@ -130,3 +130,29 @@ def test_outage_through_the_command_refuses_then_serves_on_the_same_url() -> Non
         stats = sim.stats()
     assert outcomes == [200, "ConnectionRefusedError", 200]
     assert stats["outages"] == 1 and not stats["down"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "--api-key", "K"],
+        ["run", "in.jsonl", "-o", "out.jsonl", "--api-key", "K"],
+        ["run", "in.jsonl", "-o", "out.jsonl", "--batch"],
+        ["plan", "in.jsonl", "--price", "1"],
+    ],
+)
+def test_an_abbreviated_flag_is_refused_not_taken_for_a_longer_one(
+    argv: list[str], tmp_path: Path
+) -> None:
+    # `--api-key K` used to be read as `--api-key-env K`: a key taken for a variable name.
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmbatch", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert f"unrecognized arguments: {argv[-2] if argv[-1] in ('K', '1') else argv[-1]}" in (
+        proc.stderr
+    )

@@ -12,6 +12,7 @@ from llmbatch.clients import (
     AnthropicClient,
     ClientSpec,
     FakeClient,
+    GeminiClient,
     OpenAIClient,
     ProviderClient,
 )
@@ -25,11 +26,20 @@ def test_providers_declare_their_configuration_as_class_attributes() -> None:
     assert OpenAIClient.default_base_url == "https://api.openai.com/v1"
     assert AnthropicClient.key_env == "ANTHROPIC_API_KEY"
     assert AnthropicClient.default_base_url == "https://api.anthropic.com"
-    assert {"openai": OpenAIClient, "anthropic": AnthropicClient} == PROVIDERS
-    assert DEFAULT_KEY_ENV == {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+    assert GeminiClient.key_env == "GEMINI_API_KEY"
+    assert GeminiClient.default_base_url == "https://generativelanguage.googleapis.com"
+    assert {"openai": OpenAIClient, "anthropic": AnthropicClient, "gemini": GeminiClient} == (
+        PROVIDERS
+    )
+    assert DEFAULT_KEY_ENV == {
+        "openai": "OPENAI_API_KEY",
+        "anthropic": "ANTHROPIC_API_KEY",
+        "gemini": "GEMINI_API_KEY",
+    }
     assert all(issubclass(cls, ProviderClient) for cls in PROVIDERS.values())
     assert OpenAIClient(api_key="k1234567").auth_headers("k") == {"Authorization": "Bearer k"}
     assert AnthropicClient(api_key="k").auth_headers("k") == {"x-api-key": "k"}
+    assert GeminiClient(api_key="k").auth_headers("k") == {"x-goog-api-key": "k"}
 
 
 def test_key_and_base_url_come_from_the_provider_variables(
@@ -57,7 +67,7 @@ def test_a_new_provider_is_a_few_class_attributes() -> None:
 
 
 def test_client_spec_provider_is_a_closed_set() -> None:
-    valid = r"unknown provider 'opanai': use one of anthropic, openai"
+    valid = r"unknown provider 'opanai': use one of anthropic, gemini, openai"
     with pytest.raises(ValueError, match=valid):
         ClientSpec(provider="opanai")
     spec = ClientSpec(provider="anthropic", base_url="http://127.0.0.1:9", model="m")

@@ -242,7 +242,7 @@ def test_export_usage_errors(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_bytes(_line("a", {"id": 1}))
     proc = cli("export", str(out), "-o", str(tmp_path / "x.txt"))
-    assert proc.returncode == 2 and "name it .jsonl, .csv or .parquet" in proc.stderr
+    assert proc.returncode == 2 and "name it .jsonl, .csv, .parquet or .arrow" in proc.stderr
     proc = cli("export", str(out), "-o", str(tmp_path / "x.csv"))
     assert proc.returncode == 2 and "column 'id'" in proc.stderr and "--prefix" in proc.stderr
     ok = cli("export", str(out), "-o", str(tmp_path / "x.csv"), "--prefix", "out_")

@@ -198,12 +198,12 @@ class InvalidOutputError(ReplyError):
 
 class RefusalError(ReplyError):
     """The model refused to answer (OpenAI's `message.refusal`, Anthropic's
-    `stop_reason: "refusal"`)."""
+    `stop_reason: "refusal"`, Gemini's SAFETY / RECITATION ... finish or a blocked prompt)."""
 
 
 class TruncatedReplyError(ReplyError):
     """The reply was cut off by max_tokens (`finish_reason: "length"`,
-    `stop_reason: "max_tokens"`); the partial reply is kept."""
+    `stop_reason: "max_tokens"`, `finishReason: MAX_TOKENS`); the partial reply is kept."""
 
 
 class ProviderOutageError(FatalError, ConnectionError):

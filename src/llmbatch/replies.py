@@ -53,8 +53,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_INVALID_RETRIES = 2
-# finish_reason (OpenAI and compatible servers) / stop_reason (Anthropic) of a cut-off reply.
-TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
+# finish_reason (OpenAI and compatible servers) / stop_reason (Anthropic) / finishReason
+# (Gemini) of a cut-off reply.
+TRUNCATED_REASONS = frozenset({"length", "max_tokens", "MAX_TOKENS"})
 _SNIPPET = 200
 
 

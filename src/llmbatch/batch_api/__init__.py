@@ -1,16 +1,19 @@
-"""Provider batch APIs (OpenAI Batch, Anthropic Message Batches): half the price, by tomorrow.
+"""Provider batch APIs (OpenAI Batch, Anthropic Message Batches, Gemini Batch): half the price,
+by tomorrow.
 
     runner = BatchAPIRunner(OpenAIClient(model="gpt-4o-mini"), BatchAPIConfig("out.jsonl"))
     async for result in runner.stream(requests):
         ...                               # BatchResult, response.batch_api == True
 
 Modules: `split` (chunks under the caps), `ledger` (the durable record next to the output),
-`openai` / `anthropic` (the two APIs), `runner` (submit, re-attach, poll, collect), `events`.
+`openai` / `anthropic` / `gemini` (the three APIs), `runner` (submit, re-attach, poll,
+collect), `events`.
 """
 
 from .anthropic import AnthropicBatches, wire_id
 from .backend import BatchBackend, BatchInfo, LineOutcome
 from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
+from .gemini import GEMINI_CAPS, GeminiBatches
 from .ledger import ChunkRecord, Ledger, LedgerError, ledger_paths
 from .openai import OpenAIBatches
 from .providers import backend_for
@@ -19,6 +22,7 @@ from .split import ANTHROPIC_CAPS, OPENAI_CAPS, Caps, Splitter
 
 __all__ = [
     "ANTHROPIC_CAPS",
+    "GEMINI_CAPS",
     "OPENAI_CAPS",
     "AnthropicBatches",
     "BatchAPIConfig",
@@ -31,6 +35,7 @@ __all__ = [
     "BatchSubmitted",
     "Caps",
     "ChunkRecord",
+    "GeminiBatches",
     "Ledger",
     "LedgerError",
     "LineOutcome",

@@ -55,8 +55,9 @@ class LineOutcome:
 
 
 class BatchBackend(Protocol):
-    """One provider's batch API. `uploads`: inputs go up as files first; `tags`: a batch
-    carries our metadata tag (`BatchInfo.tag`), so a lost create is found exactly."""
+    """One provider's batch API. `uploads`: inputs go up as files first (a backend with an
+    `inline_max_bytes` attribute, Gemini, sends chunks up to that size inline instead); `tags`:
+    a batch carries our metadata tag (`BatchInfo.tag`), so a lost create is found exactly."""
 
     name: str
     caps: Caps

@@ -8,11 +8,12 @@ from __future__ import annotations
 from ..clients.provider import ProviderClient
 from .anthropic import AnthropicBatches
 from .backend import BatchBackend
+from .gemini import GeminiBatches
 from .openai import OpenAIBatches
 
 __all__ = ["BATCH_PROVIDERS", "backend_for"]
 
-BATCH_PROVIDERS = ("openai", "anthropic")  # the providers whose batch API is spoken here
+BATCH_PROVIDERS = ("openai", "anthropic", "gemini")  # the providers whose batch API is spoken here
 
 
 def backend_for(client: ProviderClient) -> BatchBackend:
@@ -21,4 +22,8 @@ def backend_for(client: ProviderClient) -> BatchBackend:
         return OpenAIBatches(client)
     if client.name == "anthropic":
         return AnthropicBatches(client)
-    raise ValueError(f"provider {client.name!r} has no batch API here (openai, anthropic)")
+    if client.name == "gemini":
+        return GeminiBatches(client)
+    raise ValueError(
+        f"provider {client.name!r} has no batch API here ({', '.join(BATCH_PROVIDERS)})"
+    )

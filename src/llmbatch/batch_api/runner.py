@@ -408,7 +408,10 @@ class BatchAPIRunner:
         tag = f"{ledger.run_key}:{record.n}"
         path = ledger.input_path(record.n)
         try:
-            if backend.uploads and record.file_id is None:
+            # A backend with `inline_max_bytes` (Gemini) sends a chunk that small inline.
+            limit = getattr(backend, "inline_max_bytes", None)
+            inline = limit is not None and path.stat().st_size <= limit
+            if backend.uploads and record.file_id is None and not inline:
                 name = f"llmbatch-{ledger.run_key}-{record.n}.jsonl"
                 size = path.stat().st_size
                 since = record.intent_at - CLOCK_SKEW

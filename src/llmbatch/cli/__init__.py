@@ -7,6 +7,7 @@
     llmbatch plan requests.jsonl --model gpt-4o-mini --rpm 500      # cost and time, sends nothing
     llmbatch export results.jsonl -o labels.csv --join papers.csv
     llmbatch batches list results.jsonl        # the provider batches of a --batch-api run
+    llmbatch watch results.jsonl               # a live page of a run, on 127.0.0.1
     llmbatch simulate --port 8080 --latency-ms 200 --rpm 600 --fail-rate 0.05
 
 Exit codes: 0 all succeeded; 1 some requests failed (results written); 2 usage or input
@@ -19,14 +20,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from . import batches, export, plan, report, run, simulate, stats
+from . import batches, export, plan, report, run, simulate, stats, watch
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags: `--api-key K` must not silently mean `--api-key-env K`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="llmbatch",
         description="Run thousands to millions of LLM requests, as fast as the provider allows.",
     )
@@ -38,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(sub)
     export.add_parser(sub)
     batches.add_parser(sub)
+    watch.add_parser(sub)
     return parser
 
 
@@ -52,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": plan.main,
         "export": export.main,
         "batches": batches.main,
+        "watch": watch.main,
     }
     return handlers[args.command](args)
 

@@ -3,6 +3,7 @@
     llmbatch export results.jsonl -o labels.csv --join papers.csv           # rows + out_* columns
     llmbatch export results.jsonl -o results.parquet --input requests.jsonl --failed skip
     llmbatch export results.jsonl -o failed.jsonl --rows papers.csv --failed only
+    llmbatch export results.jsonl -o labelled.parquet --join papers.parquet  # keeps its types
 
 The order comes from the source the run read: `--input` (a JSONL of requests), `--rows` or
 `--files` (as given to `run`, with `--id-field`), or `--join FILE`, which also puts that
@@ -11,7 +12,9 @@ file's columns first in every row. Without any, rows follow the output file. Eac
 `error_message`, the parsed reply's fields (nested objects flattened as `a.b`, arrays kept
 whole; prefixed with `--prefix`, default `out_` with --join), and `reply` (the reply text)
 where a line has no parsed object. Memory stays bounded for any size: see
-`llmbatch.io.export`.
+`llmbatch.io.export`. `--rows`/`--join` take every rows source `run --rows` takes (CSV, JSONL,
+Parquet file or folder, Arrow IPC, a Hugging Face dataset folder); joined to a Parquet or
+Arrow output, a columnar input keeps its column types (timestamps, lists, structs).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -34,7 +38,9 @@ from ..io.export import (
     ids_of_rows,
     ordered_records,
     row_columns,
+    table_of,
 )
+from ..io.tables import DUCKDB_PREFIX, TableError
 from ..io.writers import FORMATS, format_of, open_writer
 from ._common import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, os_reason, say
 from .usage import UsageError
@@ -45,7 +51,7 @@ __all__ = ["add_parser", "main"]
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "export",
-        help="write a run's results as JSONL, CSV or Parquet, in input order",
+        help="write a run's results as JSONL, CSV, Parquet or Arrow, in input order",
         description="Write the results in OUTPUT (a run's output file) to FILE, in the order "
         "of the run's input, optionally joined to the input rows. Streams: any size exports "
         "in bounded memory.",
@@ -53,11 +59,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("output", metavar="OUTPUT", help="the results file `llmbatch run` wrote")
     p.add_argument("-o", "--to", dest="file", required=True, metavar="FILE", help="table to write")
     p.add_argument(
-        "--format", choices=FORMATS, help="default: from FILE's extension (.jsonl .csv .parquet)"
+        "--format",
+        choices=FORMATS,
+        help="default: from FILE's extension (.jsonl .csv .parquet .arrow/.feather)",
     )
     g = p.add_argument_group("order (the run's input)")
     g.add_argument("--input", metavar="INPUT", help="the JSONL of requests the run read")
-    g.add_argument("--rows", metavar="FILE", help="the CSV/JSONL rows a --template run read")
+    g.add_argument(
+        "--rows",
+        metavar="PATH",
+        help="the rows a --template run read (CSV, JSONL, Parquet, Arrow, dataset folder)",
+    )
     g.add_argument("--files", metavar="GLOB", help="the files a --template run read")
     g.add_argument("--template", help="accepted for symmetry with run; not needed here")
     g.add_argument(
@@ -67,8 +79,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     g.add_argument(
         "--join",
-        metavar="FILE",
-        help="CSV/JSONL rows to put the results next to (also sets the order)",
+        metavar="PATH",
+        help="rows to put the results next to (also sets the order): CSV, JSONL, Parquet file "
+        "or folder, Arrow IPC, or a Hugging Face dataset folder",
     )
     g = p.add_argument_group("what goes in")
     g.add_argument(
@@ -83,31 +96,38 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
-def _inputs(args: argparse.Namespace, problems: RowProblems) -> tuple[InputRows | None, list[str]]:
+def _inputs(
+    args: argparse.Namespace, problems: RowProblems
+) -> tuple[InputRows | None, list[str], dict[str, Any]]:
+    """The input's (id, row) pairs in order, its columns (with --join) and their pyarrow
+    types where the input is a columnar table (with --join)."""
     given = [f for f in ("input", "rows", "files", "join") if getattr(args, f)]
     if len(given) > 1:
         flags = " and ".join(f"--{f}" for f in given)
         raise UsageError(f"{flags}: give one source of order (--join also sets it)")
     for flag in ("input", "rows", "join"):
         value = getattr(args, flag)
-        if value and not Path(value).is_file():
+        path = Path(value) if value and not value.startswith(DUCKDB_PREFIX) else None
+        if path is not None and not (path.is_file() or (flag != "input" and path.is_dir())):
             raise UsageError(f"--{flag} {value}: no such file")
     if args.id_field is None:
         table = args.rows or args.join
         found = guess_id_field(table, args.output) if table else None
         args.id_field = found or "id"
     if args.input:
-        return ids_of_input(args.input), []
+        return ids_of_input(args.input), [], {}
     if args.rows:
-        return ids_of_rows(args.rows, args.id_field, problems), []
+        return ids_of_rows(args.rows, args.id_field, problems), [], {}
     if args.files:
-        return ids_of_files(args.files), []
+        return ids_of_files(args.files), [], {}
     if args.join:
         columns = row_columns(args.join)
         if args.id_field not in columns:
             raise UsageError(f"--join {args.join} has no column {args.id_field!r} (--id-field)")
-        return ids_of_rows(args.join, args.id_field, problems), columns
-    return None, []
+        table = table_of(args.join)
+        types = table.arrow_types() if table is not None else {}
+        return ids_of_rows(args.join, args.id_field, problems), columns, types
+    return None, [], {}
 
 
 def _export(args: argparse.Namespace, console: Console) -> int:
@@ -124,24 +144,24 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     fmt = args.format or format_of(target)
     if fmt is None:
         raise UsageError(
-            f"cannot tell the format of {target}: name it .jsonl, .csv or .parquet, "
+            f"cannot tell the format of {target}: name it .jsonl, .csv, .parquet or .arrow, "
             "or pass --format"
         )
-    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
-        raise UsageError("Parquet export needs pyarrow: pip install 'llmbatch[parquet]'")
+    if fmt in ("parquet", "arrow") and importlib.util.find_spec("pyarrow") is None:
+        raise UsageError(f"{fmt} export needs pyarrow: pip install 'llmbatch[parquet]'")
     join = bool(args.join)
     prefix = args.prefix if args.prefix is not None else ("out_" if join else "")
     problems = RowProblems()  # rows of --rows/--join skipped or changed, said at the end
     try:
-        inputs, input_columns = _inputs(args, problems)  # RowsEncodingError is a ValueError
+        inputs, input_columns, types = _inputs(args, problems)  # RowsEncodingError: ValueError
         index = OutputIndex.build(out, prefix=prefix)
         shape = Shape(join=join, prefix=prefix, failed=args.failed, id_field=args.id_field)
         columns = shape.columns(index, input_columns)
-    except ValueError as exc:
+    except (ValueError, TableError) as exc:
         raise UsageError(str(exc)) from None
     counts = ExportCounts()
     try:
-        writer = open_writer(target, columns, index.columns.kinds, fmt=fmt)
+        writer = open_writer(target, columns, index.columns.kinds, fmt=fmt, types=types)
     except (ValueError, ImportError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -151,6 +171,9 @@ def _export(args: argparse.Namespace, console: Console) -> int:
         with writer:
             for row in ordered_records(index, inputs, shape, counts):
                 writer.write(row)
+    except TableError as exc:  # the input, mid-way; nothing was written to FILE
+        say(console, f"llmbatch export: error: {exc}")
+        return EXIT_USAGE
     except OSError as exc:
         say(console, f"llmbatch export: error: cannot write {target}: {os_reason(exc)}")
         return EXIT_OUTPUT

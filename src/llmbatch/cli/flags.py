@@ -55,14 +55,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--provider",
         choices=sorted(PROVIDERS),
         default="openai",
-        help="API flavour (default openai: OpenAI and every OpenAI-compatible server)",
+        help="API flavour (default openai: OpenAI and every OpenAI-compatible server; "
+        "anthropic; gemini: Google's Gemini API)",
     )
     g.add_argument("--base-url", help="API base URL (default: the provider's, or *_BASE_URL)")
     g.add_argument("--model", help="model for lines that name none")
     g.add_argument(
         "--api-key-env",
         metavar="NAME",
-        help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)",
+        help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY "
+        "/ GEMINI_API_KEY, else GOOGLE_API_KEY)",
     )
     g = p.add_argument_group("pace and limits")
     g.add_argument(
@@ -103,7 +105,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("templates (instead of INPUT)")
     g.add_argument("--template", help='prompt template, e.g. "Summarize this file: {content}"')
     g.add_argument("--files", metavar="GLOB", help="one request per file; {path}, {content}")
-    g.add_argument("--rows", metavar="FILE", help="one request per CSV/JSONL row; {column}")
+    g.add_argument(
+        "--rows",
+        metavar="PATH",
+        help="one request per row; {column}. A CSV or JSONL file, a Parquet file or folder "
+        "(pip install 'llmbatch[parquet]'), an Arrow IPC/Feather file, a Hugging Face "
+        "dataset folder from save_to_disk ('llmbatch[datasets]'), or \"duckdb:SELECT ...\", a "
+        "query over local files ('llmbatch[duckdb]')",
+    )
     g.add_argument("--id-field", default="id", help="row field used as the id (default id)")
     g.add_argument("--system", help="system prompt for template requests")
     g.add_argument("--temperature", type=float, help="temperature for template requests")
@@ -221,6 +230,14 @@ def add_observe_arguments(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         metavar="HOST",
         help="address the metrics listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    g.add_argument(
+        "--watch",
+        type=port,
+        metavar="PORT",
+        help="serve a live page of the run at http://127.0.0.1:PORT/ while it runs (0: any "
+        "free port, printed; pip install 'llmbatch[report]'); `llmbatch watch OUTPUT` serves "
+        "it from another process",
     )
     g.add_argument(
         "--report",

@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "retry-after-ms on refusals; anthropic-ratelimit-* on /v1/messages), anthropic "
         "(anthropic-ratelimit-* with input/output tokens apart, retry-after), retry-after "
         "(only that header, on refusals), bare (no header at all), queue (no limits: "
-        "--slots requests served at a time, the rest wait in order). Default openai",
+        "--slots requests served at a time, the rest wait in order). Gemini's routes send no "
+        "header: a wait told is put in the 429's RetryInfo. Default openai",
     )
     p.add_argument(
         "--over-limit-status",

@@ -3,6 +3,7 @@
 from .anthropic import AnthropicClient
 from .base import ClientConfigError, LLMClient
 from .fake import FakeClient, fake_reply
+from .gemini import GeminiClient
 from .openai import OpenAIClient
 from .provider import ClientOptions, ProviderClient
 from .spec import DEFAULT_KEY_ENV, PROVIDERS, ClientSpec
@@ -15,6 +16,7 @@ __all__ = [
     "ClientOptions",
     "ClientSpec",
     "FakeClient",
+    "GeminiClient",
     "LLMClient",
     "OpenAIClient",
     "ProviderClient",

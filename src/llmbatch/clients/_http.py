@@ -49,6 +49,7 @@ __all__ = [
     "APIRequests",
     "HTTPClient",
     "error_for_status",
+    "google_retry_delay",
     "parse_duration",
     "rate_limit_info",
 ]
@@ -179,6 +180,52 @@ def _error_message(body: Any, fallback: str) -> str:
     return fallback
 
 
+def _google_status(body: Any) -> str | None:
+    """Google's canonical status name ("RESOURCE_EXHAUSTED") of a Gemini error body."""
+    err = body.get("error") if isinstance(body, dict) else None
+    status = err.get("status") if isinstance(err, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def _google_reason(body: Any) -> str | None:
+    """The `reason` of a Google error body's `google.rpc.ErrorInfo` detail, if any."""
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("ErrorInfo"):
+            reason = detail.get("reason")
+            return reason if isinstance(reason, str) else None
+    return None
+
+
+def google_retry_delay(body: Any, *, cap: float = DEFAULT_MAX_RETRY_AFTER) -> float | None:
+    """Seconds from the `google.rpc.RetryInfo` detail of a Google error body (Gemini's 429
+    RESOURCE_EXHAUSTED: `{"@type": ".../google.rpc.RetryInfo", "retryDelay": "37s"}`, a
+    protobuf Duration, or `{"seconds", "nanos"}`), clamped to [0, cap]; None if absent."""
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        if not isinstance(detail, dict):
+            continue
+        if not str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            continue
+        delay = detail.get("retryDelay")
+        seconds: float | None = None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                seconds = float(delay[:-1])
+            except ValueError:
+                seconds = None
+        elif isinstance(delay, dict):
+            try:
+                seconds = float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9
+            except (TypeError, ValueError):
+                seconds = None
+        if seconds is not None and math.isfinite(seconds):
+            return min(max(seconds, 0.0), cap)
+    return None
+
+
 def _error_type(body: Any) -> str:
     if isinstance(body, dict):
         err = body.get("error")
@@ -196,16 +243,22 @@ def error_for_status(
 ) -> LLMBatchError:
     """Map a non-2xx response to the error tree: by status first, then by the typed body."""
     message = f"HTTP {status}: {_error_message(body, str(body)[:500])}"
+    if (google := _google_status(body)) is not None:
+        message = f"HTTP {status} {google}: {_error_message(body, '')}"
     kind = _error_type(body)
     if status == 429:
+        retry_after = parse_retry_after(headers, cap=max_retry_after)
+        if retry_after is None:  # Google says it in the body, not in a header
+            retry_after = google_retry_delay(body, cap=max_retry_after)
         return RateLimitError(
             message,
-            retry_after=parse_retry_after(headers, cap=max_retry_after),
+            retry_after=retry_after,
             rate_limit=rate_limit_info(headers),
             status_code=status,
             body=body,
         )
-    if status in (401, 403):
+    if status in (401, 403) or _google_reason(body) == "API_KEY_INVALID":
+        # Google answers a wrong key with a 400 whose ErrorInfo names the reason.
         return AuthenticationError(message, status_code=status, body=body)
     if status == 529 or kind == "overloaded_error":
         return OverloadedError(message, status_code=status, body=body)
@@ -470,6 +523,36 @@ class APIRequests:
         except LLMBatchError as exc:
             raise scrub_error(exc, self.http.redactor) from None
         return body
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        payload: Any = None,
+        file_path: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[Mapping[str, str], Any]:
+        """`json` (a JSON `payload`) or `post_file` (the file at `file_path` as the body), with
+        `headers` added; returns the answer's headers too (Google's resumable upload names
+        its upload URL in one)."""
+        content_type = "application/json" if payload is not None else None
+        sent = {**self._headers(content_type), **(headers or {})}
+        try:
+            if file_path is not None:
+                # aiohttp reads a file body in its executor; only the open happens here.
+                with open(file_path, "rb") as f:  # noqa: ASYNC230
+                    _, answer_headers, body = await _exchange_json(
+                        self.http, method, self.url(path), data=f, headers=sent, params=None
+                    )
+            else:
+                data = orjson.dumps(payload) if payload is not None else None
+                _, answer_headers, body = await _exchange_json(
+                    self.http, method, self.url(path), data=data, headers=sent, params=None
+                )
+        except LLMBatchError as exc:
+            raise scrub_error(exc, self.http.redactor) from None
+        return answer_headers, body
 
     async def post_file(self, path: str, file_path: str, content_type: str) -> Any:
         """POST a file as the raw body (streamed from disk); return the decoded answer."""

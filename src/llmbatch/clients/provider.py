@@ -40,7 +40,9 @@ from .base import ClientConfigError
 
 __all__ = ["ClientOptions", "ProviderClient"]
 
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+_SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key"}
+)
 
 
 def _checked_key(key: str | None, source: str | None) -> str | None:
@@ -110,6 +112,8 @@ class ProviderClient:
 
     name: ClassVar[str]
     key_env: ClassVar[str]
+    # Read when `key_env` is unset (Gemini: GOOGLE_API_KEY, as its SDK does).
+    other_key_envs: ClassVar[tuple[str, ...]] = ()
     base_url_env: ClassVar[str]
     default_base_url: ClassVar[str]
 

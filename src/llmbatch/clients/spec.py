@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from ..redact import public_url
 from .anthropic import AnthropicClient
 from .base import ClientConfigError
+from .gemini import GeminiClient
 from .openai import OpenAIClient
 from .provider import ProviderClient
 
 __all__ = ["DEFAULT_KEY_ENV", "PROVIDERS", "ClientSpec"]
 
 PROVIDERS: dict[str, type[ProviderClient]] = {
-    cls.name: cls for cls in (OpenAIClient, AnthropicClient)
+    cls.name: cls for cls in (OpenAIClient, AnthropicClient, GeminiClient)
 }
 DEFAULT_KEY_ENV = {name: cls.key_env for name, cls in PROVIDERS.items()}
 
@@ -62,6 +63,12 @@ class ClientSpec:
 
     def build(self) -> ProviderClient:
         key = os.environ.get(self.key_env, "")
+        source = self.key_env
+        if not key and self.api_key_env is None:
+            for name in self.client_class.other_key_envs:  # e.g. GOOGLE_API_KEY
+                if os.environ.get(name):
+                    key, source = os.environ[name], name
+                    break
         try:
             return self.client_class(
                 model=self.model,
@@ -72,4 +79,4 @@ class ClientSpec:
         except ClientConfigError as exc:
             if exc.field != "api_key":
                 raise
-            raise ClientConfigError(exc.field, exc.reason, source=self.key_env) from None
+            raise ClientConfigError(exc.field, exc.reason, source=source) from None

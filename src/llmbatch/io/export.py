@@ -35,6 +35,7 @@ import orjson
 
 from .formats import MAX_FIELD_CHARS, strict_csv
 from .journal import parse_record
+from .tables import BadRow, Table, is_table, is_table_path, open_table
 
 __all__ = [
     "ColumnClash",
@@ -51,6 +52,7 @@ __all__ = [
     "ordered_records",
     "reply_text",
     "row_columns",
+    "table_of",
 ]
 
 FailedRows = Literal["include", "skip", "only"]
@@ -137,7 +139,7 @@ def _flatten(value: dict[str, Any], prefix: str, into: dict[str, Any], made: set
 
 
 def reply_text(record: Mapping[str, Any]) -> str | None:
-    """The reply's text from a result line's provider body (OpenAI or Anthropic)."""
+    """The reply's text from a result line's provider body (OpenAI, Anthropic or Gemini)."""
     response = record.get("response")
     body = response.get("body") if isinstance(response, dict) else None
     if not isinstance(body, dict):
@@ -151,6 +153,15 @@ def reply_text(record: Mapping[str, Any]) -> str | None:
             return content if isinstance(content, str) else message.get("refusal")
         text = choice.get("text")
         return text if isinstance(text, str) else None
+    candidates = body.get("candidates")  # Gemini: the first candidate's text parts
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+        content = candidates[0].get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        return "".join(
+            p["text"]
+            for p in (parts if isinstance(parts, list) else ())
+            if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
+        )
     blocks = body.get("content")
     if isinstance(blocks, list):
         parts = []
@@ -422,10 +433,15 @@ def ids_of_files(pattern: str) -> InputRows:
         yield path, {"path": path}
 
 
-def row_columns(path: str | Path) -> list[str]:
-    """The columns of a CSV (its header) or JSONL rows file (keys in first-seen order).
+def row_columns(path: str | Path | object) -> list[str]:
+    """The columns of a CSV (its header) or JSONL rows file (keys in first-seen order), or of
+    a table (`llmbatch.io.tables`: Parquet, Arrow IPC, a dataset folder, a table object).
 
     A CSV is read in the encoding `csv_encoding` finds, or refused with `RowsEncodingError`."""
+    table = table_of(path)
+    if table is not None:
+        return table.columns()
+    assert isinstance(path, str | Path)
     if str(path).endswith(".csv"):
         with open(path, newline="", encoding=csv_encoding(path)) as f:
             return next(csv.reader(f), [])
@@ -507,12 +523,20 @@ class RowProblems:
         self.first = self.first or what
 
 
-def ids_of_rows(path: str | Path, id_field: str, problems: RowProblems | None = None) -> InputRows:
+def ids_of_rows(
+    path: str | Path | object, id_field: str, problems: RowProblems | None = None
+) -> InputRows:
     """`--rows FILE` / `--join FILE`: each row with its id (rows without one are skipped).
     `problems` collects "row N: why" for rows skipped or cut short (malformed CSV, values past
     the header's columns, JSONL lines that are not objects), so the caller can say so. A
-    CSV's encoding is checked here, before the first row (`RowsEncodingError`)."""
+    CSV's encoding is checked here, before the first row (`RowsEncodingError`). A table
+    (`table_of`) is read a record batch at a time, its values as they are (lists, structs,
+    timestamps), so a Parquet export keeps their types; its ids are read as a run reads them."""
     problems = problems if problems is not None else RowProblems()
+    table = table_of(path)
+    if table is not None:
+        return _table_rows(table, id_field)
+    assert isinstance(path, str | Path)
     if str(path).endswith(".csv"):
         rows = _csv_rows(path, csv_encoding(path), problems)
     else:
@@ -520,16 +544,24 @@ def ids_of_rows(path: str | Path, id_field: str, problems: RowProblems | None = 
     return ((str(row[id_field]), row) for _, row in rows if row.get(id_field) not in (None, ""))
 
 
-def guess_id_field(rows: str | Path, output: str | Path, *, sample: int = 200) -> str | None:
+def guess_id_field(
+    rows: str | Path | object, output: str | Path, *, sample: int = 200
+) -> str | None:
     """The column of `rows` that holds the ids of `output`: the run's `id_field`, found from
     the data (the column whose values of the first `sample` rows are most often ids of the
     output), so `export --join` needs no `--id-field` again. None if no column matches.
     Memory: the sampled values only; the output is streamed."""
     from .journal import iter_records
 
-    if str(rows).endswith(".csv"):
+    table = table_of(rows)
+    found: Iterator[tuple[int, dict[str, Any]]]
+    if table is not None:
+        found = ((n, row) for n, row in table.rows() if isinstance(row, dict))
+    elif str(rows).endswith(".csv"):
+        assert isinstance(rows, str | Path)
         found = _csv_rows(rows, csv_encoding(rows), RowProblems())
     else:
+        assert isinstance(rows, str | Path)
         found = _jsonl_rows(rows, RowProblems())
     values: dict[str, set[str]] = {}
     for _, row in itertools.islice(found, sample):
@@ -586,3 +618,23 @@ def _jsonl_rows(path: str | Path, problems: RowProblems) -> Iterator[tuple[int, 
                 yield n, obj
             else:
                 problems.append(f"line {n}: skipped, not a JSON object")
+
+
+def table_of(source: str | Path | object) -> Table | None:
+    """`source` as a columnar table (a Parquet, Arrow IPC or dataset path, or a table object),
+    or None for a CSV or JSONL file. `TableError` (an `OSError`) if it cannot be read."""
+    if isinstance(source, str | Path):
+        return open_table(source) if is_table_path(source) else None
+    return open_table(source) if is_table(source) else None
+
+
+def _table_rows(table: Table, id_field: str) -> InputRows:
+    for _, row in table.rows(raw=True):
+        if isinstance(row, BadRow):
+            continue  # not in raw mode; kept for the type
+        rid = row.get(id_field)
+        if rid is None or rid == "":
+            continue
+        if isinstance(rid, bytes):  # as the run decoded it
+            rid = rid.decode("utf-8", "replace")
+        yield str(rid), row

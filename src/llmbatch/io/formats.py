@@ -38,6 +38,7 @@ __all__ = [
     "InputItem",
     "MissingField",
     "TemplateError",
+    "items_of_rows",
     "parse_line",
     "read_files",
     "read_jsonl",
@@ -316,6 +317,21 @@ def read_rows(
     fields = template_fields(template)
     csv_file = str(path).endswith(".csv")
     rows = _csv_rows(path, max_field_chars) if csv_file else _jsonl_rows(path)
+    return items_of_rows(template, rows, id_field, base, missing=missing, fields=fields)
+
+
+def items_of_rows(
+    template: str,
+    rows: Iterable[tuple[int, Mapping[str, Any] | BadLine]],
+    id_field: str,
+    base: CompletionRequest,
+    *,
+    missing: MissingField = "error",
+    fields: list[str] | None = None,
+) -> Iterator[InputItem | BadLine]:
+    """One request per row of (row number, row or `BadLine`): the rules of `read_rows` for
+    rows from anywhere (the columnar tables of `llmbatch.io.tables`)."""
+    fields = fields if fields is not None else template_fields(template)
     for n, row in rows:
         if isinstance(row, BadLine):
             yield row

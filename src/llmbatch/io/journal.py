@@ -283,11 +283,12 @@ def _with_money(rec: dict[str, Any], total: float) -> bytes | None:
 
 
 def _model(rec: dict[str, Any]) -> str:
-    """The model that answered, as its body says (OpenAI and Anthropic bodies name it)."""
+    """The model that answered, as its body says (OpenAI and Anthropic bodies name it
+    `model`, Gemini's `modelVersion`)."""
     body = (
         (rec.get("response") or {}).get("body") if isinstance(rec.get("response"), dict) else None
     )
-    model = body.get("model") if isinstance(body, dict) else None
+    model = (body.get("model") or body.get("modelVersion")) if isinstance(body, dict) else None
     return model if isinstance(model, str) else ""
 
 

@@ -1,4 +1,5 @@
-"""Table writers for `llmbatch export`: JSONL, CSV and Parquet, streamed, replaced atomically.
+"""Table writers for `llmbatch export`: JSONL, CSV, Parquet and Arrow IPC, streamed, replaced
+atomically.
 
     with open_writer("out.parquet", columns, kinds) as writer:   # format from the extension
         for row in rows:
@@ -10,11 +11,15 @@ pyarrow (`pip install 'llmbatch[parquet]'`); rows are buffered and written a row
 time (`row_group_size`), so memory is bounded by one group. Column types come from the values
 seen in the first pass (`ColumnKinds`): a column of only booleans, integers or numbers is
 typed so, anything else (text, mixed, objects, arrays) is a string (JSON text for objects and
-arrays); input columns are strings.
+arrays); input columns are strings, except those whose pyarrow type the input table gives
+(`types`: a Parquet, Arrow or dataset input joined to the results keeps its column types).
+Arrow IPC (`.arrow`, `.feather`: Feather v2) is written the same way as Parquet, a batch at a
+time.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import os
 from collections.abc import Mapping, Sequence
@@ -26,13 +31,14 @@ import orjson
 
 __all__ = ["FORMATS", "Format", "TableWriter", "format_of", "open_writer"]
 
-Format = Literal["jsonl", "csv", "parquet"]
-FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet")
+Format = Literal["jsonl", "csv", "parquet", "arrow"]
+FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet", "arrow")
 DEFAULT_ROW_GROUP = 50_000
 
 
 def format_of(path: str | Path) -> Format | None:
-    """The format a file name implies (.jsonl/.json/.ndjson, .csv, .parquet/.pq), or None."""
+    """The format a file name implies (.jsonl/.json/.ndjson, .csv, .parquet/.pq,
+    .arrow/.feather/.ipc), or None."""
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
@@ -40,6 +46,8 @@ def format_of(path: str | Path) -> Format | None:
         return "csv"
     if suffix in (".parquet", ".pq"):
         return "parquet"
+    if suffix in (".arrow", ".feather", ".ipc"):
+        return "arrow"
     return None
 
 
@@ -52,7 +60,22 @@ def _text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return orjson.dumps(value).decode()
+    if isinstance(value, list | dict | tuple):
+        return orjson.dumps(value, default=_jsonable).decode()
+    if isinstance(value, bytes):
+        return _jsonable(value)
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)  # dates, Decimal
+
+
+def _jsonable(value: Any) -> str:
+    """What orjson cannot write itself (Decimal, bytes from a binary input column) as text;
+    bytes that are not UTF-8 as base64, so nothing is lost."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode()
+    return str(value)
 
 
 class TableWriter:
@@ -104,7 +127,8 @@ class _Jsonl(TableWriter):
         self.f = open(self.tmp, "wb")  # noqa: SIM115 (closed in _finish / _discard)
 
     def write(self, row: Mapping[str, Any]) -> None:
-        self.f.write(orjson.dumps({name: row.get(name) for name in self.columns}) + b"\n")
+        record = {name: row.get(name) for name in self.columns}
+        self.f.write(orjson.dumps(record, default=_jsonable) + b"\n")
         self.rows += 1
 
     def _finish(self) -> None:
@@ -139,15 +163,22 @@ class _Parquet(TableWriter):
         columns: Sequence[str],
         kinds: Mapping[str, set[str]],
         row_group_size: int,
+        given: Mapping[str, Any] | None = None,
+        *,
+        arrow: bool = False,
     ) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         super().__init__(path, columns)
         self.pa = pa
         types = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64()}
+        given = given or {}
         fields, self.kinds = [], []
         for name in self.columns:
+            if name in given:  # the input table's own type: values go in as they are
+                self.kinds.append("given")
+                fields.append(pa.field(name, given[name]))
+                continue
             seen = kinds.get(name, {"str"})
             if seen <= {"int", "float"} and "float" in seen:
                 kind = "float"
@@ -158,7 +189,12 @@ class _Parquet(TableWriter):
             self.kinds.append(kind)
             fields.append(pa.field(name, types.get(kind, pa.string())))
         self.schema = pa.schema(fields)
-        self.writer = pq.ParquetWriter(str(self.tmp), self.schema)
+        if arrow:
+            self.writer = pa.ipc.new_file(str(self.tmp), self.schema)
+        else:
+            import pyarrow.parquet as pq
+
+            self.writer = pq.ParquetWriter(str(self.tmp), self.schema)
         self.group = row_group_size
         self.buffer: list[list[Any]] = [[] for _ in self.columns]
 
@@ -200,23 +236,26 @@ def open_writer(
     *,
     fmt: Format | None = None,
     row_group_size: int = DEFAULT_ROW_GROUP,
+    types: Mapping[str, Any] | None = None,
 ) -> TableWriter:
     """A writer for `path` in `fmt` (default: from the extension). Raises ValueError for an
-    unknown format, ImportError (with the install hint) for Parquet without pyarrow."""
+    unknown format, ImportError (with the install hint) for Parquet or Arrow without pyarrow.
+    `types`: pyarrow types of columns to keep (Parquet and Arrow only)."""
     path = Path(path)
     fmt = fmt or format_of(path)
     if fmt == "jsonl":
         return _Jsonl(path, columns)
     if fmt == "csv":
         return _Csv(path, columns)
-    if fmt == "parquet":
+    if fmt in ("parquet", "arrow"):
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             raise ImportError(
-                "Parquet export needs pyarrow: pip install 'llmbatch[parquet]'"
+                f"{fmt.capitalize()} export needs pyarrow: pip install 'llmbatch[parquet]'"
             ) from None
-        return _Parquet(path, columns, kinds or {}, row_group_size)
+        return _Parquet(path, columns, kinds or {}, row_group_size, types, arrow=fmt == "arrow")
     raise ValueError(
-        f"cannot tell the format of {path}: name it .jsonl, .csv or .parquet, or pass --format"
+        f"cannot tell the format of {path}: name it .jsonl, .csv, .parquet or .arrow, or pass "
+        "--format"
     )

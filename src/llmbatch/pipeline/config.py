@@ -9,7 +9,8 @@ Each field is the flag's name with underscores (`--batch-max-requests` is
 `batch_max_requests`) and has the flag's default, so a command line and a `RunConfig` say
 the same thing. Beyond the flags, Python can pass the requests themselves (a list, or a
 function returning a fresh iterable each call: the input is read twice, once to check it
-and once to send it), a client object, and listeners that hear the run's events.
+and once to send it), `rows` as a table object (a `pyarrow.Table`, `datasets.Dataset` or
+pandas `DataFrame`), a client object, and listeners that hear the run's events.
 
 Values are checked when the config is made: a bad one raises `ConfigError` naming its field.
 API keys are never fields: they come from the environment (`api_key_env`), as in the CLI.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,7 +73,9 @@ class RunConfig:
     # -- templates
     template: str | None = None
     files: str | None = None
-    rows: str | None = None
+    # a CSV, JSONL, Parquet (file or folder), Arrow IPC/Feather or Hugging Face dataset folder;
+    # from Python also a pyarrow.Table, a datasets.Dataset or a pandas.DataFrame
+    rows: str | os.PathLike[str] | object | None = None
     id_field: str = "id"
     system: str | None = None
     temperature: float | None = None
@@ -100,6 +104,7 @@ class RunConfig:
     # -- observability
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    watch: int | None = None  # a port for the live page on 127.0.0.1 (0: any free port)
     report: str | None = None
     # -- cost
     max_cost: float | None = None
@@ -135,11 +140,19 @@ class RunConfig:
                 raise ConfigError(name, f"`{name}` must be an integer >= 0, got {value!r}")
         if self.concurrency != "auto":
             _positive("concurrency", self.concurrency, integer=True)
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(
-                "metrics_port",
-                f"`metrics_port` must be between 0 and 65535, got {self.metrics_port}",
-            )
+        for name in ("metrics_port", "watch"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535
+            ):
+                raise ConfigError(name, f"`{name}` must be between 0 and 65535, got {value!r}")
+        if self.rows is not None and not isinstance(self.rows, str | os.PathLike):
+            from ..io.tables import is_table
+
+            if not is_table(self.rows):
+                from .rows import not_a_table
+
+                raise ConfigError("rows", not_a_table(self.rows))
         _choice("missing_field", self.missing_field, ("error", "empty"))
         _choice("on_bad_line", self.on_bad_line, ("fail", "skip"))
         _choice("expired", self.expired, ("fail", "realtime"))

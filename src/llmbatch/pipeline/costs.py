@@ -18,7 +18,7 @@ __all__ = ["budget_of", "pricer_of", "until_budget_spent"]
 
 # `--provider` names the API flavour; genai-prices names the vendor. An OpenAI-compatible
 # server with a model the data does not know is simply unpriced.
-_PRICE_PROVIDER = {"openai": "openai", "anthropic": "anthropic"}
+_PRICE_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
 
 
 def pricer_of(config: RunConfig, warn: Callable[[str], None]) -> Pricer:

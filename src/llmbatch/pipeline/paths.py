@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..batch_api import ledger_paths
 from ..io.atomic import os_reason
+from ..io.tables import DUCKDB_PREFIX
 from .config import RunConfig
 from .errors import ConfigError
 
@@ -27,7 +28,9 @@ def path_roles(config: RunConfig) -> list[tuple[str, str, Path]]:
     roles: list[tuple[str, str, Path]] = []
     for name in ("input", "rows"):
         value = getattr(config, name)
-        if value:
+        if isinstance(value, str) and value.startswith(DUCKDB_PREFIX):
+            continue  # a query over files, not a path
+        if isinstance(value, str | os.PathLike) and value:  # not a table from Python
             roles.append((name, f"`{name}`", Path(value)))
     if isinstance(config.schema, str | os.PathLike):
         roles.append(("schema", "`schema`", Path(config.schema)))

@@ -88,6 +88,7 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
     _check_modes(config)
     client, spec = _client(config)
     _check_report(config)
+    _check_watch(config)
     try:
         journal = _open_output(config)
         try:
@@ -106,7 +107,10 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
             interrupted = False
             try:
                 budget = budget_of(config, sink.pricer, scan.cost) if sink.pricer else None
-                with _serve_metrics(config, emit) as metrics:
+                with (
+                    _serve_metrics(config, emit) as metrics,
+                    _serve_live_page(config, emit, check),
+                ):
                     if metrics is not None:
                         sink.observers.append(metrics.record)  # counted as written
                     if emit.listeners:  # nothing per result when nobody listens
@@ -257,6 +261,41 @@ def _check_report(config: RunConfig) -> None:
         raise ConfigError(
             "report", "`report` needs plotly: pip install 'llmbatch[report]'"
         ) from None
+
+
+def _check_watch(config: RunConfig) -> None:
+    if config.watch is None:
+        return
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "watch", "`watch` (the live page) needs plotly: pip install 'llmbatch[report]'"
+        ) from None
+
+
+@contextlib.contextmanager
+def _serve_live_page(config: RunConfig, emit: Emitter, check: Precheck) -> Iterator[None]:
+    """The live page (`llmbatch.watch`) for the block; nothing without `watch`. It reads the
+    output as `llmbatch watch` would from another process; the run only adds its total."""
+    if config.watch is None:
+        yield
+        return
+    from ..watch import LiveState, serve_live_page
+
+    total = check.skipped_done + check.runnable  # the input's ids, done before or to do now
+    state = LiveState(config.output, total=lambda: total, limit_rpm=config.rpm)
+    try:
+        server = serve_live_page(state, config.watch)
+    except OSError as exc:
+        raise ConfigError(
+            "watch", f"`watch` {config.watch}: cannot listen on 127.0.0.1 ({os_reason(exc)})"
+        ) from None
+    emit(RunNotice(f"live page at {server.url}", level="info"))
+    try:
+        yield
+    finally:
+        server.close()
 
 
 def _open_output(config: RunConfig) -> Journal:

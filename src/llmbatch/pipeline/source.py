@@ -15,11 +15,12 @@ import os
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
-from ..io.formats import BadLine, InputItem, read_files, read_jsonl, read_rows
+from ..io.formats import BadLine, InputItem, read_files, read_jsonl
 from ..schema import Schema, SchemaError
 from ..types import BatchRequest, CompletionRequest
 from .config import RunConfig
 from .errors import ConfigError
+from .rows import rows_name, rows_source
 
 __all__ = ["Source", "load_schema", "source_of", "where_of"]
 
@@ -30,7 +31,14 @@ def where_of(config: RunConfig) -> str:
     """How messages name the input."""
     if config.requests is not None:
         return "requests"
-    return config.input or config.rows or "files"
+    if _given(config.rows):
+        return rows_name(config.rows)
+    return config.input or "files"
+
+
+def _given(rows: object) -> bool:
+    """True when `rows` is set (an empty path is not: the CLI's default is None)."""
+    return rows is not None and not (isinstance(rows, str) and not rows)
 
 
 def source_of(config: RunConfig) -> Source:
@@ -73,16 +81,12 @@ def _plain_source(config: RunConfig) -> Source:
             model=None,
             system=config.system,
         )
-        if bool(config.files) == bool(config.rows):
+        if bool(config.files) == _given(config.rows):
             raise ConfigError("template", "`template` needs exactly one of `files` or `rows`")
         if config.files:
             return _files_source(config.template, config.files, base, own_files(config.output))
-        rows = Path(config.rows or "")
-        if not rows.is_file():
-            raise ConfigError("rows", f"`rows` {rows}: no such file")
-        template, id_field, missing = config.template, config.id_field, config.missing_field
-        return lambda: read_rows(template, rows, id_field, base, missing=missing)
-    if config.files or config.rows:
+        return rows_source(config, base)
+    if config.files or _given(config.rows):
         raise ConfigError("files", "`files` and `rows` need `template`")
     if not config.input:
         raise ConfigError("input", "give `input` (a JSONL file) or `template` with `files`/`rows`")

@@ -25,7 +25,7 @@ import orjson
 from ..durations import format_duration
 from ..metrics import MissingExtraError
 
-__all__ = ["render"]
+__all__ = ["figures", "render", "summary_rows"]
 
 _COLORS = {
     "ok": "#2ca02c",
@@ -271,14 +271,11 @@ th{background:#f6f6f6}td:nth-child(n+2){font-variant-numeric:tabular-nums}
 """
 
 
-def render(data: dict[str, Any], title: str | None = None) -> str:
-    """The report's HTML, plotly.js and `data` embedded."""
+def figures(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The report's plots of `data` (from `aggregate`), as (CSS class, plotly Figure); the
+    live page (`llmbatch.watch`) draws the same ones."""
     go = _plotly()
-    from plotly.offline import get_plotlyjs
-
-    s = data["summary"]
-    title = title or f"llmbatch report: {s['output']}"
-    figures = [
+    return [
         ("wide", _throughput(go, data)),
         ("", _histogram(go, data["latency"], "Latency per request", _COLORS["provider"], True)),
         ("", _errors(go, data)),
@@ -286,11 +283,24 @@ def render(data: dict[str, Any], title: str | None = None) -> str:
         ("", _wait_vs_provider(go, data)),
         ("", _retries(go, data)),
     ]
+
+
+def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """The report's summary table, as rows of text."""
+    return _summary_rows(summary)
+
+
+def render(data: dict[str, Any], title: str | None = None) -> str:
+    """The report's HTML, plotly.js and `data` embedded."""
+    from plotly.offline import get_plotlyjs
+
+    s = data["summary"]
+    title = title or f"llmbatch report: {s['output']}"
     divs = "".join(
         f'<div class="{cls}">'
         + fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
         + "</div>"
-        for cls, fig in figures
+        for cls, fig in figures(data)
     )
     lat = data["latency"]
     latency_rows = [

@@ -129,6 +129,11 @@ class Dialect(ABC):
         """Why the request body is refused (400), or None."""
         return None
 
+    def request_body(self, kind: str, body: Body) -> Body:
+        """The body as the routes read it (Gemini's is read as a chat body); ValueError
+        says why the API would refuse it."""
+        return body
+
     def prompt(self, kind: str, body: Body) -> str:
         if kind == "embeddings":
             raw = body.get("input", "")

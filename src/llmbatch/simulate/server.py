@@ -12,7 +12,9 @@ Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings (OpenAI's wir
 GET /config. Replies are derived from the prompt (the same prompt always gets the same
 text; valid JSON in JSON mode) with usage of about one token per four characters.
 The batch APIs of both providers (OpenAI /v1/files + /v1/batches, Anthropic
-/v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`.
+/v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`; Gemini's
+routes (realtime, Batch and File API) in `gemini.py`, `gemini_batches.py` and
+`gemini_files.py`.
 
 This module routes and sequences; each concern lives in its own module: the wire formats
 in `dialects.py`, schema-shaped replies and their faults in `structured.py`, the rate-limit
@@ -41,6 +43,7 @@ from .batches import BatchStore
 from .config import SimulatorConfig
 from .counters import Counters
 from .dialects import ANTHROPIC, OPENAI, Dialect, reply_text, token_count
+from .gemini import GeminiRoutes
 from .limits import Charge, Limits
 from .outage import Outage
 from .slots import Slots
@@ -134,6 +137,7 @@ class Simulator:
         app.router.add_post("/stats/reset", self._reset_stats)
         app.router.add_get("/config", self._get_config)
         BatchRoutes(self.batches, self.config).add_to(app)
+        GeminiRoutes(self, self.batches).add_to(app)
         return app
 
     def _route(self, kind: str, dialect: Dialect) -> Handler:
@@ -261,7 +265,11 @@ class Simulator:
     async def _serve(self, request: web.Request, kind: str, dialect: Dialect) -> web.StreamResponse:
         c = self.config
         if c.echo_credentials is not None:
-            sent = request.headers.get("Authorization") or request.headers.get("x-api-key", "")
+            sent = (
+                request.headers.get("Authorization")
+                or request.headers.get("x-api-key")
+                or request.headers.get("x-goog-api-key", "")
+            )
             echoed = f"invalid credentials: {(sent or '')[c.echo_credentials :]}"
             return self._respond(401, dialect.error("authentication_error", echoed))
         if c.api_key is not None and dialect.api_key(request.headers) != c.api_key:
@@ -272,6 +280,10 @@ class Simulator:
                 raise ValueError("body is not an object")
         except ValueError as exc:
             return self._respond(*dialect.bad_request(f"bad JSON: {exc}"))
+        try:
+            body = dialect.request_body(kind, body)
+        except ValueError as exc:
+            return self._respond(*dialect.bad_request(str(exc)))
         problem = dialect.invalid(body) or unsupported(body)
         if problem is not None:
             return self._respond(*dialect.bad_request(problem))

@@ -70,7 +70,8 @@ SHORT_RETRY_AFTER = 1.0
 OPENING_RATE = 200.0
 OPENING_DOUBLING = 0.05
 _OPENING_DONE = 12  # doublings after which the opening pace holds nothing back (2M/s)
-_EWMA = 0.05  # weight of one request in the running mean of token estimates
+_EWMA = 0.05
+_SPEEDUP = 1.2  # a learned rate this much faster than the booked schedule's rebooks it  # weight of one request in the running mean of token estimates
 _NO_LIMITS = (None, None, None, None)
 _NO_COSTS = (0.0, 0.0, 0.0, 0.0)
 
@@ -246,6 +247,8 @@ class RateLimiter:
         self.mean_tokens = 0.0  # running mean of admitted requests' token estimates
         self._opening: float | None = None  # when the opening began (see OPENING_RATE)
         self._opening_next = start
+        self._rebooked: asyncio.Event | None = None  # set by `_rebook`: sleeping waiters rebook
+        self._booked_at: tuple[float | None, float | None] = (None, None)  # rates at `_rebook`
         self._opened = False  # the opening's pace no longer holds anything back
         # No limit configured, stated or learned: nothing to book (kept up to date by
         # `observe` and the cuts; `_limits()` is the truth, this the hot path's shortcut).
@@ -495,10 +498,22 @@ class RateLimiter:
         each): regrow the learned rates along their curves."""
         now = self._clock()
         self.control.succeeded(count, now)
-        if self.adaptive:
-            self.token_control.succeeded(
-                self.mean_tokens * count if tokens is None else tokens, now
-            )
+        if not self.adaptive:
+            return
+        self.token_control.succeeded(self.mean_tokens * count if tokens is None else tokens, now)
+        if self._waiting and self.control.rate is not None and self._sped_up():
+            # The waiters booked their slots at the rate of their arrival: a queue of them
+            # holds seconds of the old, slower schedule. Rebook them at the new rate.
+            self._rebook(now)
+
+    def _sped_up(self) -> bool:
+        """The learned rates grew by `_SPEEDUP` or more since the schedule was booked."""
+        rpm, tpm = self._booked_at
+        now_rpm, now_tpm = self.requests_per_minute, self.tokens_per_minute
+        return bool(
+            (rpm and now_rpm and now_rpm > rpm * _SPEEDUP)
+            or (tpm and now_tpm and now_tpm > tpm * _SPEEDUP)
+        )
 
     # -- internals ------------------------------------------------------------------------
 
@@ -586,14 +601,14 @@ class RateLimiter:
                 if delay <= 0:
                     break
                 try:
-                    await self._sleep(delay)
+                    await self._nap(delay)
                 except BaseException:
                     if cut_epoch == self._cut_epoch:
                         self._unreserve(costs)
                     raise
                 if cut_epoch != self._cut_epoch:
-                    # A cut voided the schedule our slot was on: take one on the new, slower
-                    # one. Waiters wake in their old order, so they rebook in it too.
+                    # A cut (or a speedup) voided the schedule our slot was on: take one on
+                    # the new one. Waiters wake in their old order, so they rebook in it too.
                     continue
                 if self._epoch == epoch or self._clock() >= self._pause_until:
                     break
@@ -675,11 +690,32 @@ class RateLimiter:
                 after_pause += max(0.0, self.burst_seconds - self._interval(rpm))
             budget.tat = max(floor, after_pause, budget.tat - cost)
 
+    async def _nap(self, delay: float) -> None:
+        """Sleep `delay` seconds, or until the schedule is rebooked (`_rebook`)."""
+        if self.control.rate is None:
+            await self._sleep(delay)  # nothing learned: no speedup to wake for
+            return
+        if self._rebooked is None:
+            self._rebooked = asyncio.Event()  # made here: bound to the loop that waits on it
+        rebooked = self._rebooked
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        woken = asyncio.ensure_future(rebooked.wait())
+        try:
+            await asyncio.wait((sleeper, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            woken.cancel()
+
     def _rebook(self, now: float) -> None:
         """After a cut: the slots booked at the old rate would keep sending too fast for as
-        long as the queue of waiters is long. Void them; the schedule starts again now, at
-        the new rate, from the server's emptied bucket."""
+        long as the queue of waiters is long (after a speedup: too slow). Void them; the
+        schedule starts again now, at the new rate, from the server's emptied bucket, and
+        every waiter wakes to book on it."""
         self._cut_epoch += 1
+        self._booked_at = (self.requests_per_minute, self.tokens_per_minute)
+        if self._rebooked is not None:
+            self._rebooked.set()
+            self._rebooked = None
         # The refusals said the server's bucket is empty: the next request waits for its own
         # cost to refill (the request refused just now would be refused again at once).
         empty = max(now, self._pause_until) + self.burst_seconds

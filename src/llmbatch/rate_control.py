@@ -67,6 +67,7 @@ _PROBE_SECONDS = 40.0  # seconds above w_max to double it, before any slowdown
 # An absolute part of the probe (requests/s per s^3), so that a rate that collapsed (a w_max
 # near zero) still climbs back: +5 req/s after 10 s, +17 after 15.
 _PROBE_FLOOR = 0.005
+_GUESS_DOUBLING = 1.0  # seconds per doubling while w_max is only a guess
 
 
 class CubicRate:
@@ -95,6 +96,8 @@ class CubicRate:
         self._w_max = 0.0
         self._cut_at = 0.0
         self._probe_slowdown = 1.0
+        self._guessed = False  # w_max is a guess, not a measurement (see `cut`)
+        self._first_sent: float | None = None
         self._sent = _Window(clock)
         self._ok = _Window(clock)
         self.unit = 1.0  # what one request weighs in this control's unit (see the docstring)
@@ -103,7 +106,11 @@ class CubicRate:
 
     def sent(self, count: float = 1, now: float | None = None) -> None:
         """`count` attempts (or tokens) were admitted now (`now`: the clock, if just read)."""
-        self._sent.add(count, self._clock() if now is None else now)
+        if now is None:
+            now = self._clock()
+        if self._first_sent is None:
+            self._first_sent = now
+        self._sent.add(count, now)
 
     def measured(self) -> float:
         """Admissions per second over the last second (a run younger than that reads low,
@@ -130,7 +137,13 @@ class CubicRate:
             at_cut = self.unit  # a refusal before anything was measured: start low, regrow fast
         goodput = self._ok.rate()
         previous = self._w_max
-        if goodput > 0:
+        # A window younger than itself reads low (it divides by a full second): the first
+        # cut in the run's first second (the opening's) only guesses w_max, and grows out of
+        # the guess (see `_guessed`) instead of plateauing at it.
+        young = self._first_sent is None or now - self._first_sent < _WINDOW
+        if young and not self.cuts:
+            w_max = at_cut
+        elif goodput > 0:
             # What the server accepted in the second it began refusing is its limit, as near
             # as can be measured (bounded: a young or idle window reads low).
             w_max = min(at_cut, max(goodput, self.beta * at_cut))
@@ -145,6 +158,10 @@ class CubicRate:
             self._probe_slowdown = min(_MAX_PROBE_SLOWDOWN, self._probe_slowdown * 2)
         else:
             self._probe_slowdown = _FIRST_PROBE_SLOWDOWN
+        # A first cut with no success to measure (the opening's refusal came before any
+        # answer) guessed w_max from a young window, which reads low: regrow by doubling
+        # until the next refusal measures the limit, rather than plateau at the guess.
+        self._guessed = (goodput <= 0 or young) and not self.cuts
         self._w_max = w_max
         self._cut_at = now
         self.rate = max(self.min_rate * self.unit, w_max * self.beta)
@@ -166,6 +183,14 @@ class CubicRate:
         t = now - self._cut_at
         w_max = self._w_max
         unit = self.unit
+        assert self.rate is not None
+        if self._guessed:
+            # Slow start: double every _GUESS_DOUBLING seconds from the cut rate (bounded by
+            # use like the curve below), until a refusal measures the limit.
+            target = w_max * self.beta * 2.0 ** (t / _GUESS_DOUBLING)
+            bound = max(self.rate, 2 * self.measured())
+            target = max(self.min_rate * unit, min(target, bound))
+            return target if self.ceiling is None else min(target, self.ceiling)
         c = self.scale * unit
         k = math.cbrt(w_max * (1 - self.beta) / c)
         if t > k:

@@ -70,8 +70,8 @@ SHORT_RETRY_AFTER = 1.0
 OPENING_RATE = 200.0
 OPENING_DOUBLING = 0.05
 _OPENING_DONE = 12  # doublings after which the opening pace holds nothing back (2M/s)
-_EWMA = 0.05
-_SPEEDUP = 1.2  # a learned rate this much faster than the booked schedule's rebooks it  # weight of one request in the running mean of token estimates
+_EWMA = 0.05  # weight of one request in the running mean of token estimates
+_SPEEDUP = 1.2  # a learned rate this much faster than the booked schedule's rebooks it
 _NO_LIMITS = (None, None, None, None)
 _NO_COSTS = (0.0, 0.0, 0.0, 0.0)
 

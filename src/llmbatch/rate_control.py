@@ -187,7 +187,7 @@ class CubicRate:
         if self._guessed:
             # Slow start: double every _GUESS_DOUBLING seconds from the cut rate (bounded by
             # use like the curve below), until a refusal measures the limit.
-            target = w_max * self.beta * 2.0 ** (t / _GUESS_DOUBLING)
+            target: float = w_max * self.beta * 2.0 ** (t / _GUESS_DOUBLING)
             bound = max(self.rate, 2 * self.measured())
             target = max(self.min_rate * unit, min(target, bound))
             return target if self.ceiling is None else min(target, self.ceiling)

@@ -363,3 +363,39 @@ def test_schema_requests_are_validated_and_re_asked_on_workers() -> None:
     assert sorted(r.id for r in results) == sorted(f"s{i}" for i in range(40))
     assert all(r.error is None and r.parsed["label"] in ("a", "b") for r in results)
     assert stats["invalid"] > 0 and stats["received"] == sum(r.attempts for r in results)
+
+
+def test_prompt_cache_groups_and_marks_requests_sent_through_ray(tmp_path: Path) -> None:
+    import random
+
+    import llmbatch
+
+    sim = SimProcess()
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    system = "Rules and worked examples for the task. " * 120  # ~1,200 tokens
+    lines = [
+        {"id": f"g{g}-{i}", "system": f"Prefix {g}. {system}", "prompt": f"q{i}"}
+        for g in range(3)
+        for i in range(20)
+    ]
+    random.Random(2).shuffle(lines)
+    inp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-test")
+    try:
+        summary = llmbatch.run(
+            llmbatch.RunConfig(
+                input=str(inp), output=str(out), provider="anthropic", base_url=sim.url,
+                model="claude-sonnet-4-5", ray=True, workers=2, concurrency=4,
+            )
+        )  # fmt: skip
+        stats = sim.stats()
+    finally:
+        sim.close()
+    assert summary.exit_code == 0 and summary.executor == "ray"
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert Counter(r["custom_id"] for r in records) == Counter(line["id"] for line in lines)
+    assert stats["by_status"] == {"200": 60}  # every breakpoint accepted
+    # No warm-up on Ray (a chunk is sent at once): each worker's first chunk of a prefix may
+    # write it, the rest read it.
+    assert 3 <= stats["cache_writes"] <= 3 * 2 * 4
+    assert stats["cache_hits"] == 60 - stats["cache_writes"]

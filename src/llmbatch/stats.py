@@ -66,6 +66,16 @@ class BatchStats:
     timed_requests: int = 0  # requests the wait and provider percentiles are taken over
     cost_by_model: dict[str, float] = field(default_factory=dict)
     unpriced_count: int = 0
+    # The provider's prompt cache: input tokens read from it and written to it, and the USD
+    # the answers cost less than the same answers without a cache would have (None: unpriced).
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_saved: float | None = None
+
+    @property
+    def cache_hit_share(self) -> float:
+        """Share of the input tokens read from the provider's prompt cache."""
+        return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -98,6 +108,10 @@ class BatchStats:
             **self._timing_dict(),
             "cost_by_model": dict(self.cost_by_model),
             "unpriced_count": self.unpriced_count,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cache_hit_share": round(self.cache_hit_share, 4),
+            "cache_saved": None if self.cache_saved is None else round(self.cache_saved, 10),
         }
 
     def _timing_dict(self) -> dict[str, object]:
@@ -122,6 +136,9 @@ class BatchStats:
         ]
         if self.cached_count:
             parts.append(f"Cached: {self.cached_count}")
+        if self.cached_prompt_tokens:
+            saved = "" if self.cache_saved is None else f", saved ${self.cache_saved:.4f}"
+            parts.append(f"Prompt cache: {self.cache_hit_share:.1%} of input{saved}")
         if self.cost is not None:
             parts.append(f"Cost: ${self.cost:.4f}")
         return " | ".join(parts)
@@ -158,6 +175,9 @@ class StatsCollector:
         self._errors: Counter[str] = Counter()
         self._waits = array("d")
         self._providers = array("d")
+        self._cache_read = 0
+        self._cache_write = 0
+        self._cache_saved: float | None = None
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RequestFinished):
@@ -175,6 +195,10 @@ class StatsCollector:
                 self._prompt += result.response.usage.prompt_tokens
                 self._completion += result.response.usage.completion_tokens
                 self._cached += result.response.cached
+                usage = result.response.usage
+                self.add_prompt_cache(
+                    usage.cached_tokens, usage.cache_write_tokens, result.cache_saved
+                )
                 cost = result.cost
                 if cost is None and self.pricer is not None:
                     cost = self.pricer.cost(result.response)
@@ -200,6 +224,9 @@ class StatsCollector:
         provider: float | None = None,
         cost: float | None = None,
         model: str = "",
+        cached_prompt_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cache_saved: float | None = None,
     ) -> None:
         """Add a result read back from an output file rather than a live `BatchResult`.
 
@@ -213,12 +240,20 @@ class StatsCollector:
             self._prompt += prompt_tokens
             self._completion += completion_tokens
             self._cached += cached
+            self.add_prompt_cache(cached_prompt_tokens, cache_write_tokens, cache_saved)
             self.add_cost(model, cost)
         else:
             self._failed.append(request_id)
             self._errors[error_type] += 1
             if cost is not None:  # paid, though no answer: still money spent
                 self.add_cost(model, cost)
+
+    def add_prompt_cache(self, read: int, written: int, saved: float | None) -> None:
+        """One answer's prompt-cache tokens and the USD they saved (None: not priced)."""
+        self._cache_read += read
+        self._cache_write += written
+        if saved is not None:
+            self._cache_saved = (self._cache_saved or 0.0) + saved
 
     def add_timing(self, wait: float, provider: float) -> None:
         """One request's admission wait and provider time (seconds, summed over attempts)."""
@@ -267,6 +302,9 @@ class StatsCollector:
             timed_requests=len(waits),
             cost_by_model=dict(sorted(self._costs.items())),
             unpriced_count=self._unpriced,
+            cached_prompt_tokens=self._cache_read,
+            cache_write_tokens=self._cache_write,
+            cache_saved=self._cache_saved,
         )
 
 

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 
-from .formats import MAX_FIELD_CHARS, strict_csv
+from .formats import MAX_FIELD_CHARS, jsonl_rows, strict_csv
 from .journal import parse_record
 from .tables import BadRow, Table, is_table, is_table_path, open_table
 
@@ -605,19 +605,11 @@ def _csv_rows(
 
 
 def _jsonl_rows(path: str | Path, problems: RowProblems) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = orjson.loads(raw.removeprefix(b"\xef\xbb\xbf"))
-            except orjson.JSONDecodeError as exc:
-                problems.append(f"line {n}: skipped, not JSON ({exc})")
-                continue
-            if isinstance(obj, dict):
-                yield n, obj
-            else:
-                problems.append(f"line {n}: skipped, not a JSON object")
+    for n, row in jsonl_rows(path):
+        if isinstance(row, str):
+            problems.append(f"line {n}: skipped, {row}")
+        else:
+            yield n, row
 
 
 def table_of(source: str | Path | object) -> Table | None:

@@ -465,7 +465,11 @@ def _lines(first: int, last: int) -> str:
     return f"line {first}" if first == last else f"lines {first}-{last}"
 
 
-def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """The rows of a JSONL rows file, as every one is read (the run's `--rows`, export's
+    `--rows`/`--join`): (line number, the row), or (line number, what is wrong with the
+    line) for the caller to refuse or skip. A BOM before the first line is dropped; blank
+    lines are no rows."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if n == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -475,9 +479,11 @@ def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLin
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                yield n, BadLine(n, f"malformed JSON: {exc}", where="row")
+                yield n, f"malformed JSON: {exc}"
                 continue
-            if not isinstance(obj, dict):
-                yield n, BadLine(n, "expected a JSON object", where="row")
-                continue
-            yield n, obj
+            yield n, obj if isinstance(obj, dict) else "expected a JSON object"
+
+
+def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    for n, row in jsonl_rows(path):
+        yield n, BadLine(n, row, where="row") if isinstance(row, str) else row

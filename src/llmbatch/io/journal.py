@@ -130,6 +130,8 @@ def result_line(result: BatchResult) -> bytes:
             meta["usage"]["cached_tokens"] = usage.cached_tokens
         if usage.cache_write_tokens:
             meta["usage"]["cache_write_tokens"] = usage.cache_write_tokens
+        if usage.cache_write_1h_tokens:
+            meta["usage"]["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         if resp.batch_api:
             meta["batch_api"] = True
         if result.parsed is not None:
@@ -146,6 +148,8 @@ def result_line(result: BatchResult) -> bytes:
         error = {"code": error_code(err), "message": redact(f"{type(err).__name__}: {err}")}
     if result.cost is not None:
         meta["cost"] = round(result.cost, 10)
+    if result.cache_saved is not None:
+        meta["cache_saved"] = round(result.cache_saved, 10)
     if result.timing is not None:
         meta.update(timing_fields(result.timing))
     line = {
@@ -241,6 +245,9 @@ def journal_stats(path: str | Path) -> BatchStats:
             **_line_timing(meta),
             cost=_money(meta),
             model=_model(rec),
+            cached_prompt_tokens=_number(usage.get("cached_tokens"), int),
+            cache_write_tokens=_number(usage.get("cache_write_tokens"), int),
+            cache_saved=_cost(meta, "cache_saved"),
         )
     return collector.snapshot()
 

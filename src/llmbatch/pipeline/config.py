@@ -87,6 +87,7 @@ class RunConfig:
     retry_failed: bool = False
     on_bad_line: Literal["fail", "skip"] = "fail"
     cache: str | None = None
+    prompt_cache: Literal["auto", "off"] = "auto"  # see `llmbatch.pipeline.prompt_cache`
     error_log: str | None = None
     prompt_section: str = ""
     stats_json: str | None = None
@@ -157,6 +158,7 @@ class RunConfig:
         _choice("on_bad_line", self.on_bad_line, ("fail", "skip"))
         _choice("expired", self.expired, ("fail", "realtime"))
         _choice("prefer", self.prefer, ("cost", "speed"))
+        _choice("prompt_cache", self.prompt_cache, ("auto", "off"))
         _choice("schema_mode", self.schema_mode, SCHEMA_MODES)
         if self.finish_by is not None and not isinstance(self.finish_by, float | int):
             # Fixed once, when the config is made: a duration counts from now.

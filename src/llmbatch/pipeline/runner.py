@@ -40,6 +40,7 @@ from ..io.formats import BadLine
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
 from ..metrics import MetricsListener, MissingExtraError
+from ..prompt_cache.census import PrefixCensus
 from ..redact import redact
 from ..types import BatchRequest, CompletionRequest
 from .config import RunConfig
@@ -56,6 +57,7 @@ from .executors import (
 from .harness import RunControl, drain
 from .paths import check_paths
 from .precheck import Precheck, check_input
+from .prompt_cache import with_prompt_cache
 from .source import Source, source_of, where_of
 from .summary import DeadlineOutcome, RunSummary
 
@@ -95,7 +97,9 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
             scan = journal.scan
             emit(OutputOpened(config.output, scan.repaired_bytes, tuple(scan.corrupt_lines)))
             skip = _skip(config, scan)
-            check = _check_input(config, source, skip)
+            # The shared prefixes are counted in the same first pass (bounded memory).
+            census = PrefixCensus(model=config.model) if config.prompt_cache == "auto" else None
+            check = _check_input(config, source, skip, None if census is None else census.observe)
             emit(
                 InputChecked(
                     where_of(config), check, 0 if config.retry_failed else len(scan.failed)
@@ -131,7 +135,7 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
                         metrics=metrics,
                         replies=reply_policy(config),
                     )
-                    executor = executor_for(context)
+                    executor = with_prompt_cache(executor_for(context), context, census)
                     requests = reread()
                     if budget is not None and executor.name in ("realtime", "ray"):
                         # Once the budget refused one, the rest are not even pulled (they
@@ -321,10 +325,15 @@ def _skip(config: RunConfig, scan: JournalScan) -> Callable[[str], bool]:
     return skip
 
 
-def _check_input(config: RunConfig, source: Source, skip: Callable[[str], bool]) -> Precheck:
+def _check_input(
+    config: RunConfig,
+    source: Source,
+    skip: Callable[[str], bool],
+    observe: Callable[[CompletionRequest], None] | None = None,
+) -> Precheck:
     """The first pass: every line checked, the work counted; bad input stops the run here."""
     where = where_of(config)
-    check = check_input(source, skip, config, where)
+    check = check_input(source, skip, config, where, observe)
     if check.bad_count and config.on_bad_line == "fail":
         raise BadInput(check, where)
     return check

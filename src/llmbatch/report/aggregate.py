@@ -62,6 +62,8 @@ class _Line:
     tokens_in: int
     tokens_out: int
     cost: float | None
+    cache_read: int  # input tokens read from the provider's prompt cache
+    cache_saved: float | None  # USD the prompt cache saved
     started_at: float | None
     finished_at: float | None
     wait: float | None
@@ -262,6 +264,8 @@ def _parse(raw: bytes) -> _Line | None:
         tokens_in=int(_num(usage.get("prompt_tokens")) or 0),
         tokens_out=int(_num(usage.get("completion_tokens")) or 0),
         cost=_num(meta.get("cost")),
+        cache_read=int(_num(usage.get("cached_tokens")) or 0),
+        cache_saved=_num(meta.get("cache_saved")),
         started_at=_span(meta)[0],
         finished_at=_span(meta)[1],
         wait=_num(meta.get("wait")),
@@ -276,6 +280,8 @@ class _Aggregator:
         self.requests = self.ok = self.failed = self.cached = self.batch_api = 0
         self.attempts = self.tokens_in = self.tokens_out = 0
         self.cost: float | None = None
+        self.cache_read = 0
+        self.cache_saved: float | None = None
         self.first: float | None = None
         self.last: float | None = None
         self.wait_total = self.provider_total = self.backoff_total = 0.0
@@ -304,6 +310,9 @@ class _Aggregator:
             self.cached += line.cached
             self.tokens_in += line.tokens_in
             self.tokens_out += line.tokens_out
+            self.cache_read += line.cache_read
+            if line.cache_saved is not None:
+                self.cache_saved = (self.cache_saved or 0.0) + line.cache_saved
         else:
             self.failed += 1
             self.errors[line.code] += 1
@@ -382,6 +391,9 @@ class _Aggregator:
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "cost_usd": self.cost,
+            "cached_prompt_tokens": self.cache_read,
+            "cache_hit_share": self.cache_read / self.tokens_in if self.tokens_in else 0.0,
+            "cache_saved_usd": self.cache_saved,
             "started_at": self.first,
             "finished_at": self.last,
             "wall_seconds": wall,

@@ -253,6 +253,17 @@ def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
     ]
     if s["batch_api"]:
         rows.insert(4, ["via batch API", f"{s['batch_api']:,}"])
+    if s.get("cached_prompt_tokens"):
+        saved = s.get("cache_saved_usd")
+        after_cost = next(i for i, row in enumerate(rows) if row[0] == "cost") + 1
+        rows.insert(
+            after_cost,
+            [
+                "prompt cache",
+                f"{100 * s['cache_hit_share']:.1f}% of input tokens read from it"
+                + ("" if saved is None else f", saved ${saved:,.6f}"),
+            ],
+        )
     if s["untimed"]:
         rows.append(["lines without timing (older versions, cache hits)", f"{s['untimed']:,}"])
     return rows

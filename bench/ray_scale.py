@@ -116,7 +116,8 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=("throughput", "shared"))
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # A cluster of its own: on a shared machine ray.init() would join one it finds running.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     console = Console(width=150)
 
     if args.only != "shared":

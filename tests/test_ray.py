@@ -35,7 +35,8 @@ from .conftest import SimProcess  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # A cluster of its own: on a shared machine ray.init() would join one it finds running.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -98,14 +99,16 @@ def test_with_no_header_at_all_the_cluster_still_converges() -> None:
     # one cut per congestion event however many workers saw it.
     sim = SimProcess("--latency-ms", "50", "--rpm", "1200", "--limit-style", "bare")
     try:
-        lines = run(sim, ClusterLimiter.create(), 300, 3)
+        lines = run(sim, ClusterLimiter.create(), 300, 4)
         stats = sim.stats()
     finally:
         sim.close()
     assert len({cid for cid, _, _ in lines}) == 300 and all(ok for _, _, ok in lines)
-    # Each probe past the limit costs a few refusals; leases that cross processes add some on
-    # a loaded machine (up to 68 seen at load averages of 4 to 9).
-    assert stats["over_limit"] <= 0.25 * 300
+    # The opening is paced, a worker books at most a slice ahead, and a cut voids the slots
+    # its waiters sleep for: a probe past the limit costs a refusal or two, on a loaded
+    # machine too (before: up to 90 at load averages of 3 to 9, from seconds of slots booked
+    # ahead at a rate the cluster had since cut).
+    assert stats["over_limit"] <= 15
 
 
 def test_split_output_token_budget_is_shared_by_the_cluster() -> None:

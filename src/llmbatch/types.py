@@ -96,6 +96,11 @@ class CompletionRequest:
         0 for embeddings, which have no output; None when nothing bounds it."""
         if self.endpoint == "embeddings":
             return 0
+        if not self.extra:  # the common case, on the hot path of every admission
+            cap = self.max_tokens
+            if type(cap) is int:
+                return cap if cap > 0 else None
+            return int(cap) if cap is not None and _is_count(cap) else None
         limits: list[Any] = [self.max_tokens]
         if self.extra:
             limits += [self.extra.get(name) for name in OUTPUT_LIMIT_FIELDS]

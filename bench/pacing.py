@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -50,6 +51,43 @@ STYLES = (
     ("503 over limit", ("--limit-style", "bare", "--over-limit-status", "503"), "openai"),
 )
 QUEUE_FLAGS = ("--limit-style", "queue", "--slots", "2", "--latency-ms", "200")
+# Token-limited servers: the token budget binds long before the request count. Prompts vary
+# in length (10 to 100 tokens, seeded) so a request rate is no stable stand-in for tokens.
+TPM = 120_000
+TOKEN_MAX_TOKENS = 64
+# style label, simulator flags, client, the limits a user would give (RateLimiter kwargs)
+TOKEN_STYLES: tuple[tuple[str, tuple[str, ...], str, dict[str, int]], ...] = (
+    (
+        "tokens, bare 429",
+        ("--tpm", str(TPM), "--limit-style", "bare"),
+        "openai",
+        {"tokens_per_minute": TPM},
+    ),
+    (
+        "tokens, retry-after",
+        ("--tpm", str(TPM), "--limit-style", "retry-after"),
+        "openai",
+        {"tokens_per_minute": TPM},
+    ),
+    (
+        "tokens, 503",
+        ("--tpm", str(TPM), "--limit-style", "bare", "--over-limit-status", "503"),
+        "openai",
+        {"tokens_per_minute": TPM},
+    ),
+    (
+        "in/out tokens, bare",
+        ("--itpm", str(TPM // 2), "--otpm", str(TPM // 2), "--limit-style", "bare"),
+        "anthropic",
+        {"input_tokens_per_minute": TPM // 2, "output_tokens_per_minute": TPM // 2},
+    ),
+    (
+        "tokens, openai headers",
+        ("--tpm", str(TPM), "--limit-style", "openai"),
+        "openai",
+        {"tokens_per_minute": TPM},
+    ),
+)
 QUEUE_CONCURRENCIES: tuple[int | str, ...] = (1, 4, 16, 64, "auto")
 
 
@@ -67,11 +105,36 @@ def make_client(kind: str, url: str) -> OpenAIClient | AnthropicClient:
     return OpenAIClient(base_url=url + "/v1", api_key="sk-bench", model="sim")
 
 
-async def run_batch(kind: str, url: str, n: int, config: BatchProcessorConfig, cut: float) -> Run:
-    requests = [
+def token_requests(n: int) -> list[BatchRequest]:
+    """Prompts of 10 to 100 tokens (40 to 400 characters), the same for every run."""
+    rng = random.Random(7)
+    return [
+        BatchRequest(
+            str(i),
+            CompletionRequest(
+                prompt=f"question {i} " + "x" * rng.randint(30, 390), max_tokens=TOKEN_MAX_TOKENS
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+def plain_requests(n: int) -> list[BatchRequest]:
+    return [
         BatchRequest(str(i), CompletionRequest(prompt=f"question {i}", max_tokens=16))
         for i in range(n)
     ]
+
+
+async def run_batch(
+    kind: str,
+    url: str,
+    n: int,
+    config: BatchProcessorConfig,
+    cut: float,
+    requests: list[BatchRequest] | None = None,
+) -> Run:
+    requests = requests if requests is not None else plain_requests(n)
     async with make_client(kind, url) as client:
         processor = BatchProcessor(client, config)
         start = time.perf_counter()
@@ -86,10 +149,15 @@ async def run_batch(kind: str, url: str, n: int, config: BatchProcessorConfig, c
 
 
 def measure(
-    flags: tuple[str, ...], kind: str, n: int, config: BatchProcessorConfig, cut: float
+    flags: tuple[str, ...],
+    kind: str,
+    n: int,
+    config: BatchProcessorConfig,
+    cut: float,
+    requests: list[BatchRequest] | None = None,
 ) -> Run:
     with SimulatorProcess(*flags) as sim:
-        run = asyncio.run(run_batch(kind, sim.url, n, config, cut))
+        run = asyncio.run(run_batch(kind, sim.url, n, config, cut, requests))
         run.stats = sim.stats()
     return run
 
@@ -134,6 +202,59 @@ def limits_matrix(console: Console, n: int, rpm: int, only: list[str] | None) ->
                 checks = [(ratio <= 1.05, "> 1.05x"), (refused == 0, "refusals")]
             else:
                 checks = [(ratio <= 1.15, "> 1.15x"), (refused <= 0.05 * n, "refusals > 5%")]
+            checks.append((run.lost == 0, "lost"))
+            table.add_row(
+                label,
+                mode,
+                f"{run.makespan:.2f}",
+                f"{ideal:.2f}",
+                f"{ratio:.2f}x",
+                str(refused),
+                detail,
+                f"{100 * refused / n:.1f}",
+                str(run.lost),
+                verdict(checks),
+            )
+            console.print(f"  done: {label} / {mode}: {run.makespan:.1f} s", style="dim")
+    console.print(table)
+
+
+def charged_tokens(request: CompletionRequest) -> int:
+    """What the simulator charges a request: its prompt's tokens (chars / 4) + max_tokens."""
+    return max(1, -(-len(request.prompt) // 4)) + (request.max_tokens or 0)
+
+
+def tokens_matrix(console: Console, n: int, only: list[str] | None) -> None:
+    requests = token_requests(n)
+    total = sum(charged_tokens(r.request) for r in requests)
+    per_second = TPM / 60
+    ideal = total / per_second
+    cut = 5 * ideal
+    full_bucket = (total - per_second) / per_second
+    table = Table(
+        title=f"Token-limited servers: {n} requests of 10-100 prompt tokens + max_tokens "
+        f"{TOKEN_MAX_TOKENS} ({total:,} tokens charged), limit {TPM:,} tokens/min (split "
+        f"half/half for in/out), {LATENCY_MS} ms latency, concurrency {CONCURRENCY}; a perfect "
+        f"pacer takes {full_bucket:.2f} s ({full_bucket / ideal:.2f}x ideal)"
+    )
+    for col in ("style", "mode", "makespan s", "ideal s", "x ideal", "refusals", "by status"):
+        table.add_column(col, justify="right")
+    for col in ("refusals %", "lost", "verdict"):
+        table.add_column(col, justify="right" if col != "verdict" else "left")
+    for label, flags, kind, limits in TOKEN_STYLES:
+        if only and label not in only:
+            continue
+        server = ("--latency-ms", str(LATENCY_MS), "--seed", "1", *flags)
+        for mode in ("limit given", "adaptive"):
+            limiter = RateLimiter(**limits) if mode == "limit given" else None  # type: ignore[arg-type]
+            config = BatchProcessorConfig(max_concurrency=CONCURRENCY, limiter=limiter)
+            run = measure(server, kind, n, config, cut, requests)
+            refused, detail = refusals(run.stats)
+            ratio = run.makespan / ideal
+            if mode == "limit given":
+                checks = [(ratio <= 1.05, "> 1.05x"), (refused == 0, "refusals")]
+            else:
+                checks = [(ratio <= 1.15, "> 1.15x"), (refused <= 0.02 * n, "refusals > 2%")]
             checks.append((run.lost == 0, "lost"))
             table.add_row(
                 label,
@@ -263,11 +384,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, help="requests per style run (default 400)")
     parser.add_argument("--queue-requests", type=int, help="requests per queue run (default 200)")
     parser.add_argument("--rpm", type=int, default=1200)
-    parser.add_argument("--only", choices=("limits", "queue", "cloud"))
+    parser.add_argument("--only", choices=("limits", "tokens", "queue", "cloud"))
+    parser.add_argument("--token-requests", type=int, help="requests per token run (200)")
     parser.add_argument(
         "--style",
         action="append",
-        choices=[label for label, _, _ in STYLES],
+        choices=[label for label, _, _ in STYLES] + [label for label, *_ in TOKEN_STYLES],
         help="run only this server style (repeatable)",
     )
     args = parser.parse_args()
@@ -276,6 +398,8 @@ def main() -> None:
     console = Console(width=170)
     if args.only in (None, "limits"):
         limits_matrix(console, n, args.rpm, args.style)
+    if args.only in (None, "tokens"):
+        tokens_matrix(console, args.token_requests or (60 if args.quick else 200), args.style)
     if args.only in (None, "queue"):
         queue_matrix(console, nq)
     if args.only in (None, "cloud"):

@@ -1,7 +1,10 @@
-"""Helpers shared by test files: input and output files, waiting, the CLI as a subprocess."""
+"""Helpers shared by test files: input and output files, waiting, the CLI as a subprocess,
+virtual time for many sleepers at once (`SteppedClock`)."""
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import json
 import os
 import subprocess
@@ -147,3 +150,33 @@ def ledger_chunks(out: Path) -> list[dict[str, Any]]:
     except (OSError, orjson.JSONDecodeError):
         return []
     return chunks
+
+
+class SteppedClock:
+    """Virtual time in which many tasks sleep at once: `advance_to` wakes them in order."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._timers, (self.now + max(0.0, seconds), self._seq, future))
+        await future
+
+    async def advance_to(self, until: float) -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+        while self._timers and self._timers[0][0] <= until:
+            wake, _, future = heapq.heappop(self._timers)
+            self.now = max(self.now, wake)
+            if not future.done():
+                future.set_result(None)
+            for _ in range(10):
+                await asyncio.sleep(0)
+        self.now = max(self.now, until)

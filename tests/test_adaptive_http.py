@@ -67,6 +67,54 @@ async def test_adaptive_pacing_converges_on_every_server_style(
     assert learned is not None and 0.5 * RPM <= learned <= 1.3 * RPM, learned
 
 
+TPM = 60_000
+
+
+def sized_reqs(n: int) -> list[BatchRequest]:
+    """Prompts of about 10 to 100 tokens, max_tokens 64: tokens, not requests, bind."""
+    return [
+        BatchRequest(
+            str(i), CompletionRequest(prompt=f"q {i} " + "x" * (40 + 317 * i % 360), max_tokens=64)
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("style", "limits"),
+    [
+        ("bare", ("--tpm", str(TPM))),
+        ("503", ("--tpm", str(TPM), "--over-limit-status", "503")),
+        ("anthropic-split", ("--itpm", str(TPM // 2), "--otpm", str(TPM // 2))),
+    ],
+    ids=["bare-429", "503", "split-input-output"],
+)
+async def test_a_token_budget_refusing_without_headers_is_paced_in_tokens(
+    start_sim: Callable[..., SimulatorProcess], style: str, limits: tuple[str, ...]
+) -> None:
+    # The server says nothing of its limits (no headers, no Retry-After): its token budget,
+    # not the request count, refuses. The run learns a token rate near the budget, and the
+    # opening does not throw a burst at a bucket of a second's worth.
+    sim = start_sim("--latency-ms", "20", "--limit-style", "bare", "--seed", "3", *limits)
+    kind = "anthropic" if style == "anthropic-split" else "openai"
+    n = 120
+    async with client_for(kind, sim.url) as client:
+        processor = BatchProcessor(client, BatchProcessorConfig(max_concurrency=16))
+        results = await processor.aprocess_batch(sized_reqs(n), timeout=120)
+    assert [r.error for r in results if not r.ok] == []
+    stats = sim.stats()
+    assert stats["by_status"].get("200") == n
+    refusals = stats["over_limit"]
+    # Before token pacing and the paced opening: 10% and more (the opening burst alone).
+    assert refusals <= 0.06 * n, f"{refusals} refusals"
+    limiter = processor.engine.limiter
+    assert isinstance(limiter, RateLimiter)
+    learned = limiter.tokens_per_minute
+    assert learned is not None, "no token rate was learned"
+    if style != "anthropic-split":  # there a total-token rate only stands in for two budgets
+        assert 0.4 * TPM <= learned <= 1.3 * TPM, learned
+
+
 async def test_auto_concurrency_keeps_a_queueing_server_busy_without_a_long_queue(
     start_sim: Callable[..., SimulatorProcess],
 ) -> None:

@@ -24,7 +24,7 @@ from llmbatch import (
     calculate_batch_stats,
 )
 from llmbatch.clients import FakeClient
-from llmbatch.limiter import RateLimiter, estimate_tokens
+from llmbatch.limiter import OPENING_DOUBLING, OPENING_RATE, RateLimiter, estimate_tokens
 from llmbatch.throttled import ThrottledLLMClient
 
 from .conftest import FakeClock
@@ -163,7 +163,10 @@ async def test_sleeping_waiters_are_rescheduled_after_a_pause(clock: FakeClock) 
 
 
 async def test_headers_tighten_the_limit_and_sync_remaining(clock: FakeClock) -> None:
-    lim = limiter(clock)  # nothing configured: free until told
+    lim = limiter(clock)  # nothing configured: free until told, after a short opening
+    await admit_times(lim, clock, 1)
+    clock.advance(1.0)
+    await admit_times(lim, clock, 1)  # the opening has sped up past any real rate
     assert await admit_times(lim, clock, 3) == [0, 0, 0]
     r = await lim.acquire()
     resp = CompletionResponse(
@@ -213,13 +216,13 @@ async def test_retries_go_through_the_limiter_again(clock: FakeClock) -> None:
     client = FakeClient(failures={"p": [ServerError("x"), ServerError("y")]})
     lim = limiter(clock, 60, burst_seconds=0)
     admissions: list[float] = []
-    real_acquire = lim._acquire
+    real_admitted = lim._admitted  # every admission passes here, waited for or not
 
-    async def counting_acquire(permit):  # type: ignore[no-untyped-def]
-        await real_acquire(permit)
+    def counting_admitted(*args):  # type: ignore[no-untyped-def]
+        real_admitted(*args)
         admissions.append(clock.now)
 
-    lim._acquire = counting_acquire  # type: ignore[method-assign]
+    lim._admitted = counting_admitted  # type: ignore[method-assign]
     cfg = BatchProcessorConfig(
         limiter=lim, retry=RetryPolicy(base_delay=0), clock=clock, sleep=clock.sleep
     )
@@ -242,15 +245,29 @@ async def test_one_limiter_shared_by_two_clients(clock: FakeClock) -> None:
 
 
 async def test_token_usage_from_the_provider_is_settled(clock: FakeClock) -> None:
-    # The client reports 10 tokens used where 1000 were estimated: capacity comes back.
-    client = FakeClient(lambda r: CompletionResponse("ok", usage=Usage(5, 5)))
+    # The prompt was estimated at 1,000 tokens but the provider counted 10: capacity comes back.
+    client = FakeClient(lambda r: CompletionResponse("ok", usage=Usage(10, 5)))
+    lim = limiter(clock, tpm=6000, burst_seconds=0)
+    throttled = ThrottledLLMClient(client, limiter=lim)
+    start = clock.now
+    for _ in range(5):
+        await throttled.complete(CompletionRequest(prompt="x" * 4000))
+    # Without settling: 40 s. With it: each call costs 15 tokens = 0.15 s after the first.
+    assert clock.now - start < 11
+
+
+async def test_unused_max_tokens_are_not_given_back_on_the_combined_budget(
+    clock: FakeClock,
+) -> None:
+    # OpenAI counts max_tokens against tokens per minute as it admits, and keeps them: a
+    # refund of the unused output would run ahead of the server by that much every reply.
+    client = FakeClient(lambda r: CompletionResponse("ok", usage=Usage(0, 5)))
     lim = limiter(clock, tpm=6000, burst_seconds=0)
     throttled = ThrottledLLMClient(client, limiter=lim)
     start = clock.now
     for _ in range(5):
         await throttled.complete(CompletionRequest(prompt="", max_tokens=1000))
-    # Without settling: 40 s. With it: each call costs 10 tokens = 0.1 s after the first.
-    assert clock.now - start < 11
+    assert clock.now - start == pytest.approx(40.0)  # 1,000 tokens = 10 s each, as charged
 
 
 def test_seed_example2_chunk_summaries_with_throttled_client(
@@ -362,3 +379,80 @@ async def test_an_engine_also_unwraps_a_throttled_client(clock: FakeClock) -> No
     client = FakeClient()
     engine = Engine(ThrottledLLMClient(client, limiter=lim), EngineConfig(clock=clock))
     assert engine.limiter is lim and engine.client is client
+
+
+async def test_with_nothing_known_the_opening_is_paced_then_speeds_up(clock: FakeClock) -> None:
+    # Not every worker at once into a server whose limits are unknown: a small bucket would
+    # refuse most of such a burst before the first refusal could slow anyone down.
+    lim = limiter(clock)
+    times = await admit_times(lim, clock, 6)
+    assert times[0] == 0 and times[1] == pytest.approx(1 / OPENING_RATE)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < gaps[0]  # faster and faster
+    clock.advance(20 * OPENING_DOUBLING)  # far more doublings than the opening needs
+    await admit_times(lim, clock, 1)
+    assert await admit_times(lim, clock, 50) == [0] * 50  # free from then on
+
+
+async def test_a_quick_answer_ends_the_opening_within_a_few_of_its_latencies(
+    clock: FakeClock,
+) -> None:
+    slow, quick = limiter(clock), limiter(clock)
+    first = await quick.acquire()
+    clock.advance(0.001)  # answered in a millisecond: the server is fast
+    first.release(CompletionResponse("ok"), None)
+    quick_times = await admit_times(quick, clock, 40)
+    slow_times = await admit_times(slow, clock, 40)
+    assert quick_times[-1] < 0.03  # doubling once per millisecond-long answer
+    assert slow_times[-1] > 2 * quick_times[-1]
+
+
+async def test_a_limiter_told_its_limits_or_not_adaptive_has_no_opening(clock: FakeClock) -> None:
+    assert await admit_times(limiter(clock, adaptive=False), clock, 5) == [0] * 5
+    assert await admit_times(limiter(clock, 1200), clock, 5) == [0] * 5  # within the burst
+
+
+class _TokenBucketServer:
+    """A provider with a per-minute token budget, policed per second, that refuses with a
+    bare 429 (no limits stated, no Retry-After): it charges what providers charge, the
+    prompt's tokens plus `max_tokens`."""
+
+    def __init__(self, clock: FakeClock, tokens_per_minute: float) -> None:
+        self.clock = clock
+        self.rate = tokens_per_minute / 60
+        self.level = self.rate  # one second's worth, full
+        self.at = clock.now
+        self.refused = 0
+
+    def answer(self, tokens: int) -> BaseException | None:
+        now = self.clock.now
+        self.level = min(self.rate, self.level + (now - self.at) * self.rate)
+        self.at = now
+        if self.level < tokens:
+            self.refused += 1
+            return RateLimitError("rate limited")
+        self.level -= tokens
+        return None
+
+
+async def test_a_token_budget_that_refuses_without_headers_is_learned_in_tokens(
+    clock: FakeClock,
+) -> None:
+    # Requests of very different sizes against a budget of 6,000 tokens a minute: a request
+    # rate is no stand-in for tokens there, so the limiter must learn a token rate.
+    server = _TokenBucketServer(clock, 6000)
+    lim = RateLimiter(clock=clock, sleep=clock.sleep)
+    sizes = itertools.cycle([5, 40, 10, 60, 8, 25, 70, 12])
+    refusals_late = sent_late = 0
+    for i in range(1200):
+        size = next(sizes)
+        permit = await lim.acquire(size)
+        clock.advance(0.01)  # the answer's latency
+        error = server.answer(size)
+        permit.release(None if error else CompletionResponse("ok"), error)
+        if i >= 600:
+            sent_late += 1
+            refusals_late += error is not None
+    learned = lim.tokens_per_minute
+    assert learned is not None and 0.6 * 6000 <= learned <= 1.2 * 6000, learned
+    assert refusals_late <= 0.02 * sent_late, (refusals_late, sent_late)

@@ -344,3 +344,26 @@ def test_run_refuses_a_report_it_could_not_write_before_sending(tmp_path: Path) 
         proc = cli(*base, "--stats-json", str(tmp_path / "s.json"), "--report", str(report))
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr
         assert not out.exists()
+
+
+def test_the_report_shows_the_prompt_cache_share_and_savings(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    usage = Usage(1000, 4, cached_tokens=900)
+    write(
+        out,
+        [
+            BatchResult(
+                f"r{i}",
+                response=CompletionResponse("x", usage=usage if i else Usage(1000, 4)),
+                cost=0.001,
+                cache_saved=0.0005 if i else None,
+            )
+            for i in range(4)
+        ],
+    )
+    data, html = report_of(out, tmp_path)
+    summary = data["summary"]
+    assert summary["cached_prompt_tokens"] == 2700
+    assert summary["cache_hit_share"] == pytest.approx(2700 / 4000)
+    assert summary["cache_saved_usd"] == pytest.approx(0.0015)
+    assert "67.5% of input tokens read from it, saved $0.001500" in html

@@ -21,7 +21,7 @@ import asyncio
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import (
     APIConnectionError,
@@ -71,6 +71,7 @@ class Feedback:
 
 
 _NEUTRAL = Feedback()
+_OK = Feedback(ok=True)  # a success without headers: the common case, not allocated each time
 
 
 def feedback(response: CompletionResponse | None, error: BaseException | None) -> Feedback:
@@ -80,7 +81,7 @@ def feedback(response: CompletionResponse | None, error: BaseException | None) -
     """
     if error is None:
         info = response.rate_limit if response is not None else None
-        return Feedback(ok=True, rate_limit=info)
+        return _OK if info is None else Feedback(ok=True, rate_limit=info)
     if isinstance(error, FatalError):
         return _NEUTRAL  # ours or the request's fault, nothing about the server's load
     if isinstance(error, CapacityError):
@@ -136,7 +137,9 @@ class PermitBase:
     """A permit that is its own context manager: `admit` returns one, entering it acquires.
 
     Subclasses implement `_acquire()` (wait for the slot; on cancellation give it back) and
-    `_release(response, error)` (called exactly once after a successful `_acquire`).
+    `_release(response, error)` (called exactly once after a successful `_acquire`), and
+    may implement `_admit_now()`: take the slot at once if no wait is needed (True), so a
+    chain admits its links without a coroutine each on the hot path.
     """
 
     __slots__ = ("_entered", "_response", "outage", "paused_for_retry")
@@ -160,6 +163,9 @@ class PermitBase:
             return replace(fb, congested=False, timed_out=False, retry_after=None)
         return fb
 
+    def _admit_now(self) -> bool:
+        return False
+
     async def _acquire(self) -> None:
         raise NotImplementedError
 
@@ -167,9 +173,16 @@ class PermitBase:
         raise NotImplementedError
 
     async def __aenter__(self) -> PermitBase:
-        await self._acquire()
+        if not self._admit_now():
+            await self._acquire()
         self._entered = True
         return self
+
+    def leave(self, error: BaseException | None) -> None:
+        """`__aexit__` without a coroutine (what a chain calls)."""
+        if self._entered:
+            self._entered = False
+            self._release(self._response, error)
 
     async def __aexit__(
         self,
@@ -194,7 +207,7 @@ def mark_outage(permit: Permit) -> None:
     """
     if isinstance(permit, _ChainPermit):
         for inner in permit.permits:
-            mark_outage(inner)
+            mark_outage(inner.permit if isinstance(inner, _Foreign) else inner)
     elif isinstance(permit, PermitBase):
         permit.outage = True
 
@@ -202,13 +215,13 @@ def mark_outage(permit: Permit) -> None:
 class _ChainPermit:
     """The permits of a chain, entered in order and released in reverse."""
 
-    __slots__ = ("_entered", "_links", "_request", "permits")
+    __slots__ = ("_held", "_links", "_request", "permits")
 
     def __init__(self, links: tuple[Admission, ...], request: CompletionRequest) -> None:
         self._links = links
         self._request = request
-        self._entered: list[AbstractAsyncContextManager[Permit]] = []
-        self.permits: list[Permit] = []
+        self.permits: list[Any] = []  # entered, in order: `PermitBase`s or other managers
+        self._held = 0
 
     def record(self, response: CompletionResponse) -> None:
         for permit in self.permits:
@@ -219,11 +232,20 @@ class _ChainPermit:
         return any(p.paused_for_retry for p in self.permits)
 
     async def __aenter__(self) -> _ChainPermit:
+        request = self._request
         try:
             for link in self._links:
-                manager = link.admit(self._request)
-                self.permits.append(await manager.__aenter__())
-                self._entered.append(manager)
+                manager = link.admit(request)
+                if isinstance(manager, PermitBase):
+                    # No coroutine for a link that admits at once (the hot path).
+                    if not manager._admit_now():
+                        await manager._acquire()
+                    manager._entered = True
+                    self.permits.append(manager)
+                else:
+                    permit = await manager.__aenter__()
+                    self.permits.append(_Foreign(manager, permit))
+                self._held += 1
         except BaseException as exc:
             await self._unwind(type(exc), exc, exc.__traceback__)
             raise
@@ -244,13 +266,39 @@ class _ChainPermit:
         tb: TracebackType | None,
     ) -> None:
         # Every link is released even if one fails to: a slot (or the breaker's probe) held
-        # for ever would stall every later attempt.
-        if not self._entered:
-            return
-        try:
-            await self._entered.pop().__aexit__(exc_type, exc, tb)
-        finally:
-            await self._unwind(exc_type, exc, tb)
+        # for ever would stall every later attempt. The first failure is raised afterwards.
+        failure: BaseException | None = None
+        permits = self.permits
+        # Kept after release (`paused_for_retry` is read then): `_held` counts those held.
+        while self._held:
+            self._held -= 1
+            permit = permits[self._held]
+            try:
+                if isinstance(permit, PermitBase):
+                    permit.leave(exc)
+                else:
+                    await permit.manager.__aexit__(exc_type, exc, tb)
+            except BaseException as error:  # re-raised below, once every link is released
+                failure = failure or error
+        if failure is not None:
+            raise failure
+
+
+class _Foreign:
+    """A link that is not a `PermitBase`: its manager, and the permit it gave."""
+
+    __slots__ = ("manager", "permit")
+
+    def __init__(self, manager: AbstractAsyncContextManager[Permit], permit: Permit) -> None:
+        self.manager = manager
+        self.permit = permit
+
+    def record(self, response: CompletionResponse) -> None:
+        self.permit.record(response)
+
+    @property
+    def paused_for_retry(self) -> bool:
+        return self.permit.paused_for_retry
 
 
 class AdmissionChain:

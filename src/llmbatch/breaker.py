@@ -9,8 +9,10 @@ each request on its own burns every request's retries within seconds and marks t
 batch failed, though the server may be back in twenty seconds. The breaker sees the outage
 instead: after `trip_after` consecutive attempts that failed that way, of at least three
 different requests, with no success in between, it opens. While open, admissions wait and a
-single probe goes out after a backoff (0.5 s doubling to 15 s); the first probe that gets an
-answer closes it and releases everyone.
+single probe goes out after a backoff (0.5 s, 1 s, then every 2 s); the first probe that gets
+an answer closes it and releases everyone. The probes stay 2 s apart however long the outage
+lasts: one request every 2 s costs a down server nothing, and a server that comes back is
+seen within 2 s (a backoff doubling to 15 s left a run idle for up to 15 s after a restart).
 Attempts that failed because of the outage do not count against a request's retries (the
 engine asks `excuses(error)`). Only after `max_outage` seconds of outage do the waiting and
 remaining requests fail, with `ProviderOutageError`.
@@ -23,7 +25,9 @@ with the server's message. Varied answers may trip it, but once `MAX_ANSWERED_PR
 probes in a row are answered that way the breaker gives up at once instead of waiting for
 `max_outage`: a server that answers is not coming back, it is there.
 
-Outages are kept in `outages` (start, duration, recovered) for the run's summary.
+Outages are kept in `outages` (start, duration, recovered) for the run's summary, measured
+from the server's answers: from the first failure of the streak that tripped the breaker to
+the sending of the probe that got an answer (not from the trip, nor to the probe's answer).
 """
 
 from __future__ import annotations
@@ -41,11 +45,11 @@ __all__ = ["MAX_ANSWERED_PROBES", "Outage", "OutageBreaker"]
 
 DEFAULT_MAX_OUTAGE = 300.0
 DEFAULT_TRIP_AFTER = 5
-MAX_ANSWERED_PROBES = 4  # with the probes' backoff: given up some 8 s after opening
+MAX_ANSWERED_PROBES = 5  # with the probes' backoff: given up some 7.5 s after opening
 _GATEWAY_STATUSES = (502, 503, 504)  # a proxy saying the server behind it is gone
 _MIN_REQUESTS = 3
 _PROBE_FIRST = 0.5
-_PROBE_MAX = 15.0
+_PROBE_MAX = 2.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,13 +63,18 @@ class Outage:
 
 
 class _BreakerPermit(PermitBase):
-    __slots__ = ("breaker", "probe", "request_key")
+    __slots__ = ("breaker", "probe", "request_key", "sent_at")
 
     def __init__(self, breaker: OutageBreaker, request: CompletionRequest) -> None:
         super().__init__()
         self.breaker = breaker
         self.request_key = id(request)
         self.probe = False
+        self.sent_at = 0.0  # a probe's admission time: the server was up by then
+
+    def _admit_now(self) -> bool:
+        breaker = self.breaker
+        return breaker._opened_at is None and breaker.gave_up is None
 
     async def _acquire(self) -> None:
         await self.breaker._acquire(self)
@@ -99,6 +108,7 @@ class OutageBreaker:
         self._answered_probes = 0  # probes in a row answered with a 5xx
         self.last_answer: ServerError | None = None  # the last of those answers
         self._opened_at: float | None = None
+        self._first_failure = 0.0  # when the current streak of failures began
         self._probe_out = False
         self._next_probe = 0.0
         self._backoff = _PROBE_FIRST
@@ -133,6 +143,7 @@ class OutageBreaker:
             if not self._probe_out and now >= self._next_probe:
                 self._probe_out = True
                 permit.probe = True
+                permit.sent_at = now
                 return
             # Wake at the next probe time (or after a backoff while a probe is out), or as
             # soon as the breaker closes.
@@ -147,11 +158,15 @@ class OutageBreaker:
         error: BaseException | None,
     ) -> None:
         fb = feedback(response, error)
+        if fb.ok and not self._failures and self._opened_at is None and not permit.probe:
+            return  # the hot path: a success while all is well changes nothing
         if permit.probe:
             self._probe_out = False
         if self.gave_up is not None:
             return  # the outage is over for this run, and already logged as not recovered
         if fb.down:
+            if not self._failures:
+                self._first_failure = self._clock()
             self._failures += 1
             self._failing.add(permit.request_key)
             if not isinstance(error, ConnectionError):
@@ -204,8 +219,10 @@ class OutageBreaker:
         self._answers.clear()
         self._unanswered = 0
         if self._opened_at is not None:
-            now = self._clock()
-            self.outages.append(Outage(self._opened_at, now - self._opened_at, True))
+            # Up since this probe was sent, at the latest; down since the streak's first failure.
+            began = min(self._first_failure, self._opened_at)
+            back = permit.sent_at if permit.probe else self._clock()
+            self.outages.append(Outage(began, max(0.0, back - began), True))
             self._opened_at = None
             self._closed.set()
 
@@ -222,7 +239,8 @@ class OutageBreaker:
     def _give_up(self, now: float) -> None:
         assert self._opened_at is not None
         duration = now - self._opened_at
-        self.outages.append(Outage(self._opened_at, duration, False))
+        began = min(self._first_failure, self._opened_at)
+        self.outages.append(Outage(began, now - began, False))
         if self._answered_probes >= MAX_ANSWERED_PROBES and self.last_answer is not None:
             self.gave_up = ProviderOutageError(
                 f"the server answered every attempt with an error for {duration:.0f}s (last: "

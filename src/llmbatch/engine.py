@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import (
@@ -189,6 +190,13 @@ class _Source:
             self._async = aiter(source)
         else:
             self._sync = iter(source)
+        self.sync = self._sync is not None  # pulled without a coroutine (`next_sync`)
+
+    def next_sync(self) -> tuple[int, BatchRequest] | None:
+        if self.exhausted:
+            return None
+        assert self._sync is not None
+        return self._take(next(self._sync, _END))
 
     async def next(self) -> tuple[int, BatchRequest] | None:
         if self.exhausted:
@@ -202,6 +210,9 @@ class _Source:
                 if self.exhausted:
                     return None
                 item = await anext(self._async, _END)
+        return self._take(item)
+
+    def _take(self, item: Any) -> tuple[int, BatchRequest] | None:
         if item is _END:
             self.exhausted = True
             return None
@@ -212,6 +223,50 @@ class _Source:
         index = self._index
         self._index += 1
         return index, item
+
+
+class _Room:
+    """A FIFO counting semaphore whose release hands the unit to the next waiter directly.
+
+    `asyncio.Semaphore` (3.11) scans its queue past the waiters it already woke on every
+    release: with a worker per slot waiting for room, that was O(workers) per result.
+    """
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take(self) -> bool:
+        """Take a unit without waiting, if one is free and nobody queues for it."""
+        if self._value > 0 and not self._waiters:
+            self._value -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.take():
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release()  # handed a unit as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(future)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self._value += 1
 
 
 class _Run:
@@ -240,7 +295,7 @@ class _Run:
         self.source = _Source(source)
         self.ready: collections.deque[BatchResult] = collections.deque()
         self.wakeup = asyncio.Event()
-        self.room = asyncio.Semaphore(self.cfg.max_pending or 2 * self.cfg.workers)
+        self.room = _Room(self.cfg.max_pending or 2 * self.cfg.workers)
         self.workers: list[asyncio.Task[None]] = []
         # Workers cancelled on stop: those inside `process`, and those awaiting an async
         # source (a source that blocks must not hold the run past its deadline or an early
@@ -306,24 +361,33 @@ class _Run:
     async def worker(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        cfg = self.cfg
+        clock = cfg.clock
+        wall_offset = self.wall_started - self.started
+        sync_source = self.source.sync
         try:
             while self.stop_error is None:
-                await self.gate_room()
-                await self.room.acquire()
-                self.busy.add(task)
-                try:
-                    pulled = await self.source.next()
-                except asyncio.CancelledError:
-                    if self.stop_error is None:
-                        raise
-                    return
-                finally:
-                    self.busy.discard(task)
+                if self.gate is not None:
+                    await self.gate_room()
+                if not self.room.take():
+                    await self.room.acquire()
+                if sync_source:
+                    pulled = self.source.next_sync()
+                else:
+                    self.busy.add(task)
+                    try:
+                        pulled = await self.source.next()
+                    except asyncio.CancelledError:
+                        if self.stop_error is None:
+                            raise
+                        return
+                    finally:
+                        self.busy.discard(task)
                 if pulled is None:
                     self.room.release()
                     return
                 index, item = pulled
-                started = self.cfg.clock()
+                started = clock()
                 if self.stop_error is not None:
                     self.deliver(item, self.stopped_result(index, item, started, 0))
                     return
@@ -339,12 +403,13 @@ class _Run:
                 finally:
                     self.busy.discard(task)
                     self.active -= 1
-                    self.gate_changed.set()
-                result.timing = state.timing(
-                    self.wall_started - self.started, started, self.cfg.clock()
-                )
-                result.maybe_billed = state.maybe_billed
-                result.paid_replies = tuple(state.paid)
+                    if self.gate is not None:
+                        self.gate_changed.set()
+                result.timing = state.timing(wall_offset, started, clock())
+                if state.maybe_billed:
+                    result.maybe_billed = state.maybe_billed
+                if state.paid:
+                    result.paid_replies = tuple(state.paid)
                 self.deliver(item, result)
         except BaseException as exc:
             # The source raised or yielded something that is not a request, or a client or
@@ -386,7 +451,8 @@ class _Run:
             except Exception as exc:
                 error = exc
                 if isinstance(reply := getattr(error, "response", None), CompletionResponse):
-                    state.paid.append(reply)  # a reply that was no answer, paid all the same
+                    # A reply that was no answer, paid all the same.
+                    (state.paid if state.paid is not None else state.new_paid()).append(reply)
                 paid_before = bool(state.maybe_billed or state.paid)
                 if isinstance(error, BudgetExceededError) and paid_before and previous is not None:
                     # Sent before and paid or maybe billed: not "never sent" (unfinished, with
@@ -486,45 +552,71 @@ class _Run:
 
     async def attempt(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
         """One admitted call. Raises what the call raised; the permit hears it first."""
-        cfg = self.cfg
-        req = item.request
         if self.admission is None:
             state.count += 1
-            return await self.call(item, state)
+            return await self.call(item, state, self.cfg.clock())
+        cfg = self.cfg
         asked = cfg.clock()
         state.asked = asked
         if self.listeners:
             self.emit(AttemptQueued(item, state.count + 1, asked))
         permit: Permit | None = None
         try:
-            async with self.admission.admit(req) as permit:
-                state.admitted(cfg.clock())
+            async with self.admission.admit(item.request) as permit:
+                now = cfg.clock()
+                state.admitted(now)
                 # After a refusal whose Retry-After the limiter paused for, that much of this
                 # wait is the retry's delay, which counts against max_retry_time; the rest
                 # (pacing, an outage) is queueing on our side, which does not.
-                state.waited += max(0.0, cfg.clock() - asked - state.pause)
-                state.pause = 0.0
+                if now != asked or state.pause:
+                    state.waited += max(0.0, now - asked - state.pause)
+                    state.pause = 0.0
                 state.count += 1
                 try:
-                    response = await self.call(item, state)
+                    response = await self.call(item, state, now)
                 except Exception as exc:
                     if self.breaker is not None and self.breaker.excuses(exc):
                         mark_outage(permit)  # the breaker waits it out; limiters must not cut
                     raise
                 permit.record(response)
         finally:
-            state.admitted(cfg.clock())  # refused or cancelled while waiting: still waited
+            if state.asked is not None:  # refused or cancelled while waiting: still waited
+                state.admitted(cfg.clock())
             # Read after the permit's release: did the limiter wait out the Retry-After?
             state.paused = permit is not None and permit.paused_for_retry
         return response
 
-    async def call(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
-        """`_call`, timed: every call adds one entry to the request's attempt log."""
-        called = self.cfg.clock()
+    async def call(self, item: BatchRequest, state: _Attempts, called: float) -> CompletionResponse:
+        """One call to the client, timed from `called` (a clock read of the caller's): every
+        call adds one entry to the request's attempt log."""
+        cfg = self.cfg
         response: CompletionResponse | None = None
         error: BaseException | None = None
         try:
-            response = await self._call(item, state)
+            if self.listeners:
+                self.emit(RequestStarted(item, state.count, called))
+            try:
+                async with asyncio.timeout(
+                    TierPolicy.timeout_for(item.request, cfg.request_timeout)
+                ):
+                    response = await self.client.complete(item.request)
+            except TimeoutError as exc:
+                if isinstance(exc, LLMBatchError):
+                    raise
+                raise RequestTimeoutError(
+                    f"attempt exceeded request_timeout={cfg.request_timeout}s"
+                ) from exc
+            except (asyncio.CancelledError, GeneratorExit) as exc:
+                task = asyncio.current_task()
+                if (
+                    isinstance(exc, asyncio.CancelledError)
+                    and task is not None
+                    and task.cancelling()
+                ):
+                    raise  # ours: a stop, the deadline or the consumer's cancel
+                # The client's own (an inner task's cancel leaking out, a closed generator):
+                # this request's failure, not a signal to unwind the worker.
+                raise ClientContractError(exc) from exc
             return response
         except BaseException as exc:
             error = exc
@@ -532,40 +624,19 @@ class _Run:
                 state.maybe_billed += 1
             raise
         finally:
-            now = self.cfg.clock()
+            now = cfg.clock()
             wait, outcome = state.called(now - called, response, error)
             if self.listeners:
                 self.emit(
                     AttemptFinished(item, state.count, wait, now - called, outcome, error, now)
                 )
 
-    async def _call(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
-        cfg = self.cfg
-        req = item.request
-        if self.listeners:
-            self.emit(RequestStarted(item, state.count, cfg.clock()))
-        try:
-            async with asyncio.timeout(TierPolicy.timeout_for(req, cfg.request_timeout)):
-                response = await self.client.complete(req)
-        except TimeoutError as exc:
-            if isinstance(exc, LLMBatchError):
-                raise
-            raise RequestTimeoutError(
-                f"attempt exceeded request_timeout={cfg.request_timeout}s"
-            ) from exc
-        except (asyncio.CancelledError, GeneratorExit) as exc:
-            task = asyncio.current_task()
-            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
-                raise  # ours: a stop, the deadline or the consumer's cancel
-            # The client's own (an inner task's cancel leaking out, a closed generator):
-            # this request's failure, not a signal to unwind the worker.
-            raise ClientContractError(exc) from exc
-        return response
-
     def follow_up(
         self, item: BatchRequest, error: ReplyError, state: _Attempts
     ) -> BatchRequest | None:
         """The re-ask (or roomier retry) the reply policy allows after `error`, or None."""
+        if state.replies is None:
+            state.replies = ReplyTries()
         request = self.cfg.replies.follow_up(item.request, error, state.replies)
         if request is None:
             return None
@@ -606,9 +677,9 @@ class _Attempts:
     waited: float = 0.0  # seconds spent waiting for admission
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
     pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
-    replies: ReplyTries = field(default_factory=ReplyTries)  # re-asks used
+    replies: ReplyTries | None = None  # re-asks used (made at the first re-ask)
     maybe_billed: int = 0  # calls sent whose reply was never read (`errors.may_be_billed`)
-    paid: list[CompletionResponse] = field(default_factory=list)  # replies that were no answer
+    paid: list[CompletionResponse] | None = None  # replies that were no answer
     # Where the time went (`Timing`): `waited` above leaves out Retry-After pauses, these don't.
     asked: float | None = None  # when the admission being waited for was asked
     wait: float = 0.0  # this attempt's admission wait, until its call is logged
@@ -616,6 +687,10 @@ class _Attempts:
     provider: float = 0.0
     backoff: float = 0.0
     log: list[tuple[float, float, Outcome]] = field(default_factory=list)
+
+    def new_paid(self) -> list[CompletionResponse]:
+        self.paid = []
+        return self.paid
 
     def admitted(self, now: float) -> None:
         if self.asked is not None:

@@ -31,14 +31,15 @@ settle step, no pause, and no adaptation to server feedback.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .admission import Feedback, PermitBase, feedback
 from .errors import TokenLimitError
 from .rate_control import CubicRate
-from .text import chars_to_tokens
 from .types import CompletionRequest, CompletionResponse, RateLimitInfo
 
 __all__ = [
@@ -58,13 +59,28 @@ DEFAULT_MAX_PAUSE = 120.0
 # A seconds-granular Retry-After of 1 says "within a second", usually far less: not worth
 # stopping every worker for. Longer ones, and precise ones sent with the limits, are.
 SHORT_RETRY_AFTER = 1.0
+# While nothing is known of a server's limits, the opening admissions are paced rather than
+# let go all at once (a burst that a small bucket refuses nearly whole): from OPENING_RATE
+# per second, doubling every OPENING_DOUBLING seconds, until a refusal or the server's
+# headers say more, and once per answer's latency when answers come faster. The first
+# refusal then comes back while few requests are in the air, even on a loaded machine where
+# the first answers take 50 ms to be read (a 1,000 req/min server's bucket holds 16); a
+# server without limits loses little (128 workers all admitted within 0.17 s, 512 within
+# 0.26 s, while their first answers are on the way).
+OPENING_RATE = 200.0
+OPENING_DOUBLING = 0.05
+_OPENING_DONE = 12  # doublings after which the opening pace holds nothing back (2M/s)
+_EWMA = 0.05  # weight of one request in the running mean of token estimates
+_SPEEDUP = 1.2  # a learned rate this much faster than the booked schedule's rebooks it
+_NO_LIMITS = (None, None, None, None)
+_NO_COSTS = (0.0, 0.0, 0.0, 0.0)
 
 
-@dataclass(slots=True, frozen=True)
-class Estimate:
+class Estimate(NamedTuple):
     """Tokens a request is charged before the call: input from its text, output from its
     output limit (`max_tokens` or the body's own; 0 when unset; settled with the real usage
-    afterwards)."""
+    afterwards). A named tuple: one is made per admission, and a frozen dataclass is three
+    times slower to build."""
 
     input: int
     output: int
@@ -77,8 +93,14 @@ class Estimate:
     def of(
         cls, request: CompletionRequest, chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
     ) -> Estimate:
-        chars = request.text_length()
-        return cls(chars_to_tokens(chars, chars_per_token), request.output_limit() or 0)
+        if request.messages is None and request.system is None and request.schema is None:
+            chars = len(request.prompt)  # a plain prompt: the common case, on the hot path
+            if request.extra:
+                chars = request.text_length()
+        else:
+            chars = request.text_length()
+        # `chars_to_tokens`, inlined.
+        return cls(math.ceil(chars / chars_per_token), request.output_limit() or 0)
 
 
 def estimate_tokens(
@@ -134,14 +156,36 @@ class _Timeline:
 class RatePermit(PermitBase):
     """One attempt admitted by a `RateLimiter`: `async with limiter.admit(req) as permit`."""
 
-    __slots__ = ("costs", "estimate", "generation", "limiter")
+    __slots__ = ("_estimate", "_request", "admitted_at", "booked", "costs", "generation", "limiter")
 
-    def __init__(self, limiter: RateLimiter, estimate: Estimate) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        estimate: Estimate | None,
+        request: CompletionRequest | None = None,
+    ) -> None:
         super().__init__()
         self.limiter = limiter
-        self.estimate = estimate
+        # Made from the request when first needed: a limiter that knows no limit yet (the
+        # default) admits without one.
+        self._estimate = estimate
+        self._request = request
         self.generation = 0
         self.costs: tuple[float, ...] = ()
+        # The slot `_admit_now` booked but could not take at once: (slot, costs, generation,
+        # pause epoch, cut epoch); `_acquire` waits for it.
+        self.booked: tuple[float, tuple[float, ...], int, int, int] | None = None
+        self.admitted_at: float | None = None  # set during the opening only (its latency)
+
+    @property
+    def estimate(self) -> Estimate:
+        if self._estimate is None:
+            assert self._request is not None
+            self._estimate = Estimate.of(self._request, self.limiter.chars_per_token)
+        return self._estimate
+
+    def _admit_now(self) -> bool:
+        return self.limiter._admit_now(self)
 
     async def _acquire(self) -> None:
         await self.limiter._acquire(self)
@@ -196,6 +240,21 @@ class RateLimiter:
         self._sleep = sleep
         self.control = CubicRate(clock=clock)
         self.control.ceiling = _per_second(requests_per_minute)
+        # The same law on tokens per second, cut with the request rate: on a server whose
+        # token budget refuses, requests of varying size then pace by their tokens.
+        self.token_control = CubicRate(clock=clock)
+        self.token_control.ceiling = _per_second(tokens_per_minute)
+        self.mean_tokens = 0.0  # running mean of admitted requests' token estimates
+        self._opening: float | None = None  # when the opening began (see OPENING_RATE)
+        self._opening_next = start
+        self._rebooked: asyncio.Event | None = None  # set by `_rebook`: sleeping waiters rebook
+        self._booked_at: tuple[float | None, float | None] = (None, None)  # rates at `_rebook`
+        self._opened = False  # the opening's pace no longer holds anything back
+        # No limit configured, stated or learned: nothing to book (kept up to date by
+        # `observe` and the cuts; `_limits()` is the truth, this the hot path's shortcut).
+        self._free = self._limits() == _NO_LIMITS
+        self._doublings = 0.0
+        self._fastest_answer = math.inf  # the quickest success seen during the opening
         self._pause_until = start
         self._epoch = 0  # bumped by a pause: sleeping waiters must then take a new slot
         self._cut_epoch = 0  # bumped by a cut: the booked schedule is void, rebook at the new rate
@@ -225,7 +284,13 @@ class RateLimiter:
 
     @property
     def tokens_per_minute(self) -> float | None:
-        return self._tok.limit()
+        """The effective token limit: configured, stated by the server, or learned."""
+        limit = self._tok.limit()
+        learned = self.token_control.rate
+        if learned is None:
+            return limit
+        learned_tpm = learned * 60.0
+        return learned_tpm if limit is None else min(limit, learned_tpm)
 
     @property
     def input_tokens_per_minute(self) -> float | None:
@@ -271,7 +336,7 @@ class RateLimiter:
     def admit(self, request: CompletionRequest) -> RatePermit:
         """`async with limiter.admit(request) as permit:` waits for a slot sized to the
         request's token estimate; leaving the block feeds the outcome back."""
-        return RatePermit(self, Estimate.of(request, self.chars_per_token))
+        return RatePermit(self, None, request)
 
     async def acquire(self, tokens: int = 0, *, output_tokens: int = 0) -> RatePermit:
         """Wait until one request of `tokens` estimated input tokens (plus `output_tokens`)
@@ -298,7 +363,7 @@ class RateLimiter:
         delays = []
         for i in range(count):
             units = (1, tokens, input_tokens, output_tokens) if i == 0 else (1, 0, 0, 0)
-            slot, _ = self._reserve_units(units)
+            slot, _, _ = self._reserve_units(units)
             delays.append(max(0.0, slot - now))
         return delays
 
@@ -322,7 +387,7 @@ class RateLimiter:
             (self._in, input_tokens),
             (self._out, output_tokens),
         ):
-            limit = budget.limit()
+            limit = self.tokens_per_minute if budget is self._tok else budget.limit()
             if limit and delta:
                 # A refund never creates more than the burst allowance.
                 budget.tat = max(budget.tat + delta * self._interval(limit), floor)
@@ -334,6 +399,13 @@ class RateLimiter:
 
         With a permit, `actual_tokens` is the input tokens used and `actual_output` the output
         tokens; with a bare estimate (the old form), `actual_tokens` is the total.
+
+        The output limit charged on the combined token budget is not refunded when the reply
+        was shorter: OpenAI's tokens-per-minute counts `max_tokens` as it admits a request and
+        gives nothing back (its `x-ratelimit-remaining-tokens` says so), and refunding it ran
+        ahead of the server by the unused output of every reply. Output beyond the estimate
+        is charged; the separate output budget (Anthropic's) is settled both ways, as
+        Anthropic does.
         """
         if isinstance(permit_or_estimate, RatePermit):
             est = permit_or_estimate.estimate
@@ -341,9 +413,9 @@ class RateLimiter:
         else:
             est = Estimate(permit_or_estimate, 0)
             actual = Estimate(actual_tokens, 0)
-        self.settle_tokens(
-            actual.total - est.total, actual.input - est.input, actual.output - est.output
-        )
+        input_delta = actual.input - est.input
+        output_delta = actual.output - est.output
+        self.settle_tokens(input_delta + max(0, output_delta), input_delta, output_delta)
 
     def pause(self, seconds: float) -> None:
         """Stop all admissions for `seconds`. Waiters are rescheduled after it."""
@@ -373,9 +445,12 @@ class RateLimiter:
             if not limit or limit <= 0:
                 continue
             budget.stated = float(limit)
+            self._free = False
             if budget is self._req:
                 # A stated limit is the ceiling of whatever the probing learned.
                 self.control.ceiling = _per_second(budget.limit())
+            elif budget is self._tok:
+                self.token_control.ceiling = _per_second(budget.limit())
             effective = self.requests_per_minute if budget is self._req else budget.limit()
             if remaining is not None and 0 <= remaining <= limit and effective:
                 floor = now + self.burst_seconds - remaining * self._interval(effective)
@@ -385,8 +460,9 @@ class RateLimiter:
         """Feed back how an attempt ended, for callers that hold no permit."""
         self.apply(feedback(response, error), self.generation)
 
-    def apply(self, fb: Feedback, generation: int) -> bool:
-        """Act on one attempt's feedback; `generation` is the one it was admitted under.
+    def apply(self, fb: Feedback, generation: int, tokens: float | None = None) -> bool:
+        """Act on one attempt's feedback; `generation` is the one it was admitted under,
+        `tokens` its token estimate (when known).
 
         Returns True when the limiter paused for the server's Retry-After (so the refused
         request need not sleep it again before its retry).
@@ -394,7 +470,7 @@ class RateLimiter:
         if fb.ok:
             if fb.rate_limit is not None:
                 self.observe(fb.rate_limit)
-            self.control.succeeded()
+            self.succeeded(1, tokens)
             return False
         if not fb.congested:
             return False
@@ -406,6 +482,9 @@ class RateLimiter:
         # The server said its limits: it refused because we ran ahead of its budget, which
         # the headers have just resynced. Otherwise probe: one cut per congestion event.
         cut = not states_limits(fb) and self.control.congested(generation)
+        if cut:
+            self._cut_tokens()
+            self._free = False
         if pauses_everyone(fb):
             assert fb.retry_after is not None
             self.pause(fb.retry_after)
@@ -414,7 +493,46 @@ class RateLimiter:
             self._rebook(self._clock())
         return False
 
+    def succeeded(self, count: int = 1, tokens: float | None = None) -> None:
+        """`count` attempts succeeded (`tokens`: their estimates; default: the running mean
+        each): regrow the learned rates along their curves."""
+        now = self._clock()
+        self.control.succeeded(count, now)
+        if not self.adaptive:
+            return
+        self.token_control.succeeded(self.mean_tokens * count if tokens is None else tokens, now)
+        if self._waiting and self.control.rate is not None and self._sped_up():
+            # The waiters booked their slots at the rate of their arrival: a queue of them
+            # holds seconds of the old, slower schedule. Rebook them at the new rate.
+            self._rebook(now)
+
+    def _sped_up(self) -> bool:
+        """The learned rates grew by `_SPEEDUP` or more since the schedule was booked."""
+        rpm, tpm = self._booked_at
+        now_rpm, now_tpm = self.requests_per_minute, self.tokens_per_minute
+        return bool(
+            (rpm and now_rpm and now_rpm > rpm * _SPEEDUP)
+            or (tpm and now_tpm and now_tpm > tpm * _SPEEDUP)
+        )
+
     # -- internals ------------------------------------------------------------------------
+
+    def _cut_tokens(self) -> None:
+        """The request rate was just cut: cut the token rate with it, in the same event.
+
+        The server did not say which budget refused. Both are cut; the one the server does
+        not limit regrows without refusals, the one it does finds its plateau. A request
+        rate alone would regrow past a token budget whenever the requests grow larger.
+        """
+        if self._tok.limit() or self._in.limit() or self._out.limit():
+            return  # a token budget is known (given or stated): it is paced exactly already
+        tokens = self.token_control
+        sent = tokens.measured()
+        requests = self.control.measured()
+        if sent <= 0 or requests <= 0:
+            return  # no token estimates measured (a Ray actor, empty requests): nothing to learn
+        tokens.unit = sent / requests  # tokens per request, lately
+        tokens.cut(self._clock())
 
     def _interval(self, per_minute: float) -> float:
         return 60.0 / (per_minute * (1.0 - self.safety_margin))
@@ -422,7 +540,7 @@ class RateLimiter:
     def _limits(self) -> tuple[float | None, float | None, float | None, float | None]:
         return (
             self.requests_per_minute,
-            self._tok.limit(),
+            self.tokens_per_minute,
             self._in.limit(),
             self._out.limit(),
         )
@@ -441,29 +559,56 @@ class RateLimiter:
                     " it can never be sent (shorten the prompt or lower max_tokens)"
                 )
 
-    async def _acquire(self, permit: RatePermit) -> None:
+    def _admit_now(self, permit: RatePermit) -> bool:
+        """Book the permit's slot; take it at once if it is due (True), else leave the
+        booking for `_acquire` to wait out."""
+        if (
+            self._free
+            and (self._opened or not self.adaptive)
+            and self._clock() >= self._pause_until
+        ):
+            # Nothing known yet (the default until the server pushes back): admit freely,
+            # book nothing.
+            self._admitted(permit, _NO_COSTS, self.control.generation)
+            return True
         est = permit.estimate
         self._check_fits(est)
+        # The schedule the slot belongs to: a refusal of an attempt booked before a cut is
+        # part of the event that cut.
+        generation = self.control.generation
+        slot, costs, now = self._reserve_units((1, est.total, est.input, est.output))
+        if slot <= now:
+            self._admitted(permit, costs, generation)
+            return True
+        permit.booked = (slot, costs, generation, self._epoch, self._cut_epoch)
+        return False
+
+    async def _acquire(self, permit: RatePermit) -> None:
+        est = permit.estimate
+        if permit.booked is None:  # called on its own, not after `_admit_now`
+            self._check_fits(est)
         self._waiting += 1
         try:
             while True:
-                epoch, cut_epoch = self._epoch, self._cut_epoch
-                # The schedule the slot belongs to: a refusal of an attempt booked before a
-                # cut is part of the event that cut.
-                generation = self.control.generation
-                slot, costs = self._reserve(est)
+                if permit.booked is not None:
+                    slot, costs, generation, epoch, cut_epoch = permit.booked
+                    permit.booked = None
+                else:
+                    epoch, cut_epoch = self._epoch, self._cut_epoch
+                    generation = self.control.generation
+                    slot, costs, _ = self._reserve_units((1, est.total, est.input, est.output))
                 delay = slot - self._clock()
                 if delay <= 0:
                     break
                 try:
-                    await self._sleep(delay)
+                    await self._nap(delay)
                 except BaseException:
                     if cut_epoch == self._cut_epoch:
                         self._unreserve(costs)
                     raise
                 if cut_epoch != self._cut_epoch:
-                    # A cut voided the schedule our slot was on: take one on the new, slower
-                    # one. Waiters wake in their old order, so they rebook in it too.
+                    # A cut (or a speedup) voided the schedule our slot was on: take one on
+                    # the new one. Waiters wake in their old order, so they rebook in it too.
                     continue
                 if self._epoch == epoch or self._clock() >= self._pause_until:
                     break
@@ -472,20 +617,36 @@ class RateLimiter:
                 self._unreserve(costs)
         finally:
             self._waiting -= 1
+        self._admitted(permit, costs, generation)
+
+    def _admitted(self, permit: RatePermit, costs: tuple[float, ...], generation: int) -> None:
         self._in_flight += 1
-        self.control.sent()
+        now = self._clock()
+        self.control.sent(1, now)
+        if self.adaptive:
+            est = permit.estimate
+            total = est.input + est.output
+            self.token_control.sent(total, now)
+            mean = self.mean_tokens
+            self.mean_tokens = mean + _EWMA * (total - mean) if mean else float(total)
+            if not self._opened:
+                permit.admitted_at = now
         permit.costs = costs
         permit.generation = generation
 
-    def _reserve(self, est: Estimate) -> tuple[float, tuple[float, ...]]:
-        """Book the next slot; return (start time, the cost booked on each timeline)."""
-        return self._reserve_units((1, est.total, est.input, est.output))
-
-    def _reserve_units(self, units: tuple[int, int, int, int]) -> tuple[float, tuple[float, ...]]:
+    def _reserve_units(
+        self, units: tuple[int, int, int, int]
+    ) -> tuple[float, tuple[float, ...], float]:
+        """Book the next slot; return (start time, the cost booked on each timeline, now)."""
         now = self._clock()
         slot = max(now, self._pause_until)
-        budgets = (self._req, self._tok, self._in, self._out)
         limits = self._limits()
+        if limits == _NO_LIMITS:
+            # Nothing known yet: book nothing; before the first answer, pace the opening.
+            if self.adaptive:
+                slot = self._opening_slot(slot)
+            return slot, _NO_COSTS, now
+        budgets = (self._req, self._tok, self._in, self._out)
         costs = tuple(
             u * self._interval(lim) if lim else 0.0 for u, lim in zip(units, limits, strict=True)
         )
@@ -497,7 +658,24 @@ class RateLimiter:
         for budget, cost, lim in zip(budgets, costs, limits, strict=True):
             if lim:
                 budget.tat = max(budget.tat, slot) + cost
-        return slot, costs
+        return slot, costs, now
+
+    def _opening_slot(self, earliest: float) -> float:
+        if self._opened:
+            return earliest
+        if self._opening is None:
+            self._opening = earliest
+        slot = max(earliest, self._opening_next)
+        # Double once per answer's latency (as TCP's slow start, once per round trip), or
+        # per OPENING_DOUBLING while answers take longer: a fast server is not held back.
+        period = min(OPENING_DOUBLING, self._fastest_answer)
+        self._doublings += (slot - self._opening) / period
+        self._opening = slot
+        if self._doublings > _OPENING_DONE:
+            self._opened = True  # millions per second: the opening is over
+            return slot
+        self._opening_next = slot + 1.0 / (OPENING_RATE * 2.0**self._doublings)
+        return slot
 
     def _unreserve(self, costs: tuple[float, ...]) -> None:
         # Never below "bucket full now", and never so low that a slot would fall inside a
@@ -512,16 +690,39 @@ class RateLimiter:
                 after_pause += max(0.0, self.burst_seconds - self._interval(rpm))
             budget.tat = max(floor, after_pause, budget.tat - cost)
 
+    async def _nap(self, delay: float) -> None:
+        """Sleep `delay` seconds, or until the schedule is rebooked (`_rebook`)."""
+        if self.control.rate is None:
+            await self._sleep(delay)  # nothing learned: no speedup to wake for
+            return
+        if self._rebooked is None:
+            self._rebooked = asyncio.Event()  # made here: bound to the loop that waits on it
+        rebooked = self._rebooked
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        woken = asyncio.ensure_future(rebooked.wait())
+        try:
+            await asyncio.wait((sleeper, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            woken.cancel()
+
     def _rebook(self, now: float) -> None:
         """After a cut: the slots booked at the old rate would keep sending too fast for as
-        long as the queue of waiters is long. Void them; the schedule starts again now, at
-        the new rate, without a burst into the server's emptied bucket."""
+        long as the queue of waiters is long (after a speedup: too slow). Void them; the
+        schedule starts again now, at the new rate, from the server's emptied bucket, and
+        every waiter wakes to book on it."""
         self._cut_epoch += 1
-        rpm = self.requests_per_minute
-        if rpm:
-            self._req.tat = max(now, self._pause_until) + max(
-                0.0, self.burst_seconds - self._interval(rpm)
-            )
+        self._booked_at = (self.requests_per_minute, self.tokens_per_minute)
+        if self._rebooked is not None:
+            self._rebooked.set()
+            self._rebooked = None
+        # The refusals said the server's bucket is empty: the next request waits for its own
+        # cost to refill (the request refused just now would be refused again at once).
+        empty = max(now, self._pause_until) + self.burst_seconds
+        if self.requests_per_minute:
+            self._req.tat = empty
+        if self.tokens_per_minute and self.token_control.rate is not None:
+            self._tok.tat = empty
 
     def _restart_schedule(self, at: float) -> None:
         """No burst into a server whose bucket is empty: the next slots start at `at`, one
@@ -531,7 +732,15 @@ class RateLimiter:
             resume = at + max(0.0, self.burst_seconds - self._interval(rpm))
             self._req.tat = max(self._req.tat, resume)
         for budget in (self._tok, self._in, self._out):
-            budget.tat = max(budget.tat, at)
+            limit = self.tokens_per_minute if budget is self._tok else budget.limit()
+            if limit:
+                # An empty bucket at `at`, room for one request: not a second's burst.
+                budget.tat = max(budget.tat, at + self._no_burst(limit))
+
+    def _no_burst(self, per_minute: float) -> float:
+        """How far ahead of now a token timeline's TAT stands when its bucket holds only
+        one (average) request: `burst_seconds` less that request's cost."""
+        return max(0.0, self.burst_seconds - self.mean_tokens * self._interval(per_minute))
 
     def _finish(
         self,
@@ -540,12 +749,17 @@ class RateLimiter:
         error: BaseException | None,
     ) -> None:
         self._in_flight -= 1
-        if response is not None:
+        if response is not None and permit.costs is not _NO_COSTS:
+            # Nothing booked (no limit was known): nothing to settle.
             usage = response.usage
             if usage.prompt_tokens or usage.completion_tokens:
                 self.settle(permit, usage.prompt_tokens, usage.completion_tokens)
         fb = permit.load_feedback(response, error)
-        permit.paused_for_retry = self.apply(fb, permit.generation)
+        if permit.admitted_at is not None and fb.ok:
+            latency = self._clock() - permit.admitted_at
+            self._fastest_answer = min(self._fastest_answer, max(latency, 1e-4))
+        tokens = sum(permit.estimate) if self.adaptive else None
+        permit.paused_for_retry = self.apply(fb, permit.generation, tokens)
 
 
 def states_limits(fb: Feedback) -> bool:

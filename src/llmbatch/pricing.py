@@ -20,9 +20,10 @@ price where it has one, else half the realtime price.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -125,7 +126,14 @@ class GenaiPrices:
             return None
         if rates.linear is not None:
             return rates.linear.apply(usage)
-        return _calc(model, rates.route, batch and rates.variant, usage) * rates.factor
+        variant = batch and rates.variant
+        usd = _calc(model, rates.route, variant, usage)
+        if hour := _hour_writes(usage):
+            # The library knows one write price (5 minutes); a 1-hour write is 2x the input.
+            usd += 2 * _calc(model, rates.route, variant, Usage(prompt_tokens=hour)) - _calc(
+                model, rates.route, variant, Usage(prompt_tokens=hour, cache_write_tokens=hour)
+            )
+        return usd * rates.factor
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,11 +149,13 @@ class _Linear:
     def apply(self, usage: Usage) -> float:
         cached = min(usage.cached_tokens, usage.prompt_tokens)
         written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+        hour = min(_hour_writes(usage), written)
         plain = usage.prompt_tokens - cached - written
         usd = (
             plain * self.input
             + cached * self.cache_read
-            + written * self.cache_write
+            + (written - hour) * self.cache_write
+            + hour * 2 * self.input  # Anthropic's 1-hour cache: twice the input price
             + usage.completion_tokens * self.output
         ) / _MILLION
         return usd * self.factor
@@ -164,6 +174,10 @@ class _Rates:
     variant: bool  # the library has a batch price for this model
     factor: float  # applied on top: BATCH_DISCOUNT for batch answers without a batch price
     linear: _Linear | None  # None: tiered prices, computed by the library each time
+
+
+def _hour_writes(usage: Usage) -> int:
+    return min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
 
 
 def _library_usage(usage: Usage) -> Any:
@@ -232,6 +246,27 @@ def _lookup(model: str, route: _Route, batch: bool) -> _Rates | None:
         factor=factor,
     )
     return _Rates(route, variant, factor, linear)
+
+
+def cache_ttls(request: CompletionRequest) -> set[str]:
+    """The TTLs of the `cache_control` breakpoints `request` carries (in its messages' blocks,
+    or a `system`/`tools` list in `extra`), "5m" where none is given; empty: no breakpoint."""
+    found: set[str] = set()
+
+    def scan(blocks: Any) -> None:
+        if not isinstance(blocks, list):
+            return
+        for block in blocks:
+            control = block.get("cache_control") if isinstance(block, Mapping) else None
+            if isinstance(control, Mapping):
+                found.add(str(control.get("ttl") or "5m"))
+
+    for message in request.messages or ():
+        scan(message.get("content") if isinstance(message, Mapping) else None)
+    extra = request.extra or {}
+    scan(extra.get("system"))
+    scan(extra.get("tools"))
+    return found
 
 
 def worst_input_tokens(request: CompletionRequest) -> int:
@@ -315,16 +350,44 @@ class Pricer:
             self._unknown("", "the answer names no model and no --model was given")
         return None
 
+    def cache_saved(self, response: CompletionResponse, model: str | None = None) -> float | None:
+        """USD the provider's prompt cache saved on `response`: its price with every input
+        token uncached, less its price as billed (negative when a cache write cost more).
+        None when the answer used no prompt cache or has no price."""
+        usage = response.usage
+        if response.cached or not (usage.cached_tokens or usage.cache_write_tokens):
+            return None
+        actual = self.cost(response, model)
+        if actual is None:
+            return None
+        plain = dataclasses.replace(
+            response, usage=Usage(usage.prompt_tokens, usage.completion_tokens)
+        )
+        uncached = self.cost(plain, model)
+        return None if uncached is None else uncached - actual
+
     def worst_case(self, request: CompletionRequest, batch: bool = False) -> float | None:
         """USD `request` can cost at most: its input bound (`worst_input_tokens`, all billed
         as uncached) plus its output limit (`CompletionRequest.output_limit`, or
         `worst_output_tokens` when it sets none) of output."""
         limit = request.output_limit()
+        tokens = worst_input_tokens(request)
         usage = Usage(
-            prompt_tokens=worst_input_tokens(request),
+            prompt_tokens=tokens,
             completion_tokens=self.worst_output_tokens if limit is None else limit,
         )
-        return self.usage_cost(request.model, usage, batch)
+        worst = self.usage_cost(request.model, usage, batch)
+        ttls = cache_ttls(request)
+        if worst is None or not ttls:
+            return worst
+        # Marked for Anthropic's prompt cache: every input token may be a write (1.25x the
+        # input price, 2x for the 1-hour cache), which the uncached bound would not cover.
+        written = dataclasses.replace(
+            usage,
+            cache_write_tokens=tokens,
+            cache_write_1h_tokens=tokens if "1h" in ttls else 0,
+        )
+        return max(worst, self.usage_cost(request.model, written, batch) or 0.0)
 
     def _unknown(self, model: str, why: str | None) -> None:
         if model in self.unknown:

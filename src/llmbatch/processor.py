@@ -267,26 +267,23 @@ class BatchProcessor:
             listeners.append(on_error)
         return listeners
 
-    async def stream(
+    def stream(
         self,
         requests: RequestSource,
         *,
         timeout: float | None = None,
         listeners: Sequence[Listener] = (),
     ) -> AsyncGenerator[BatchResult, None]:
-        """Yield results in completion order."""
+        """Yield results in completion order (the engine's own stream: no second generator
+        for every result to pass through)."""
         total = len(requests) if isinstance(requests, Sequence) else None
         schema = self.config.response_model
-        async with contextlib.aclosing(
-            self.engine.stream(
-                requests if schema is None else _with_schema(requests, schema),
-                timeout=timeout,
-                total=total,
-                listeners=[*self._batch_listeners(total), *listeners],
-            )
-        ) as results:
-            async for result in results:
-                yield result
+        return self.engine.stream(
+            requests if schema is None else _with_schema(requests, schema),
+            timeout=timeout,
+            total=total,
+            listeners=[*self._batch_listeners(total), *listeners],
+        )
 
     async def aprocess_batch(
         self,

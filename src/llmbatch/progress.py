@@ -187,6 +187,24 @@ class _CostColumn(ProgressColumn):
         return Text(text, style="green")
 
 
+class _PromptCacheColumn(ProgressColumn):
+    """The share of input tokens the provider's prompt cache served, and the money it saved;
+    blank until an answer reads the cache."""
+
+    def __init__(self, owner: RichProgress) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def render(self, task: Task) -> Text:
+        owner = self.owner
+        if not owner.cache_read or not owner.prompt_tokens:
+            return Text("")
+        text = f"cache {owner.cache_read / owner.prompt_tokens:.0%}"
+        if owner.cache_saved:
+            text += f" -${owner.cache_saved:,.4f}"
+        return Text(text, style="cyan")
+
+
 class RichProgress:
     """A progress bar on stderr: completed/total, %, failed, req/s, spend, elapsed, ETA.
 
@@ -212,6 +230,7 @@ class RichProgress:
             _FailedColumn(),
             _RateColumn(),
             _CostColumn(self),
+            _PromptCacheColumn(self),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -223,10 +242,19 @@ class RichProgress:
         self._task = self._progress.add_task(description, total=None, failed=0)
         self._failed = 0
         self.spent = 0.0  # USD, from `add_cost`
+        self.prompt_tokens = 0  # from `add_prompt_cache`
+        self.cache_read = 0
+        self.cache_saved = 0.0
 
     def add_cost(self, usd: float) -> None:
         """Count money spent (the sink calls it with each priced result)."""
         self.spent += usd
+
+    def add_prompt_cache(self, prompt_tokens: int, read: int, saved: float | None) -> None:
+        """Count one answer's input tokens, those read from the prompt cache, what it saved."""
+        self.prompt_tokens += prompt_tokens
+        self.cache_read += read
+        self.cache_saved += saved or 0.0
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RequestFinished):

@@ -39,6 +39,11 @@ time does not depend on the rate, is fast far from the last known limit and flat
   still, at `(1 + beta) / 2` of the rate at the cut.
 - **Growth is bounded by use**: the rate never grows past twice the measured send rate, so a
   run held back by its concurrency does not build up a rate it never tested.
+- **Units**: the same law paces tokens per second (the `RateLimiter`'s second control, for
+  servers whose token budget is what refuses). `unit` (tokens per request, set at each cut)
+  scales the law's absolute constants (`scale`, `min_rate`, the probe's floor), so the
+  curve in request-equivalents is the same whatever the unit: a token rate recovers as fast
+  as a request rate would.
 """
 
 from __future__ import annotations
@@ -58,10 +63,11 @@ _BUCKETS = 10
 _STABLE_BAND = 0.15  # two cuts this close in w_max: the limit looks stable
 _MAX_PROBE_SLOWDOWN = 8.0
 _FIRST_PROBE_SLOWDOWN = 1.0
-_PROBE_SECONDS = 20.0  # seconds above w_max to double it, before any slowdown
+_PROBE_SECONDS = 40.0  # seconds above w_max to double it, before any slowdown
 # An absolute part of the probe (requests/s per s^3), so that a rate that collapsed (a w_max
 # near zero) still climbs back: +5 req/s after 10 s, +17 after 15.
 _PROBE_FLOOR = 0.005
+_GUESS_DOUBLING = 1.0  # seconds per doubling while w_max is only a guess
 
 
 class CubicRate:
@@ -90,14 +96,21 @@ class CubicRate:
         self._w_max = 0.0
         self._cut_at = 0.0
         self._probe_slowdown = 1.0
+        self._guessed = False  # w_max is a guess, not a measurement (see `cut`)
+        self._first_sent: float | None = None
         self._sent = _Window(clock)
         self._ok = _Window(clock)
+        self.unit = 1.0  # what one request weighs in this control's unit (see the docstring)
 
     # -- measuring ----------------------------------------------------------------------------
 
-    def sent(self, count: int = 1) -> None:
-        """`count` attempts were admitted now."""
-        self._sent.add(count)
+    def sent(self, count: float = 1, now: float | None = None) -> None:
+        """`count` attempts (or tokens) were admitted now (`now`: the clock, if just read)."""
+        if now is None:
+            now = self._clock()
+        if self._first_sent is None:
+            self._first_sent = now
+        self._sent.add(count, now)
 
     def measured(self) -> float:
         """Admissions per second over the last second (a run younger than that reads low,
@@ -111,14 +124,26 @@ class CubicRate:
         now = self._clock()
         if generation < self.generation or (self.cuts and now - self._cut_at < self.cooldown):
             return False  # part of an event already answered by a cut
+        self.cut(now)
+        return True
+
+    def cut(self, now: float) -> None:
+        """Cut now, unconditionally: `congested` decided this is a new event (or, for a
+        control that follows another, the one it follows did)."""
         measured = self.measured()
         current = self.rate if self.rate is not None else math.inf
         at_cut = min(current, measured) if measured > 0 else current
         if not math.isfinite(at_cut):
-            at_cut = 1.0  # a refusal before anything was measured: start low, regrow fast
+            at_cut = self.unit  # a refusal before anything was measured: start low, regrow fast
         goodput = self._ok.rate()
         previous = self._w_max
-        if goodput > 0:
+        # A window younger than itself reads low (it divides by a full second): the first
+        # cut in the run's first second (the opening's) only guesses w_max, and grows out of
+        # the guess (see `_guessed`) instead of plateauing at it.
+        young = self._first_sent is None or now - self._first_sent < _WINDOW
+        if young and not self.cuts:
+            w_max = at_cut
+        elif goodput > 0:
             # What the server accepted in the second it began refusing is its limit, as near
             # as can be measured (bounded: a young or idle window reads low).
             w_max = min(at_cut, max(goodput, self.beta * at_cut))
@@ -133,38 +158,52 @@ class CubicRate:
             self._probe_slowdown = min(_MAX_PROBE_SLOWDOWN, self._probe_slowdown * 2)
         else:
             self._probe_slowdown = _FIRST_PROBE_SLOWDOWN
+        # A first cut with no success to measure (the opening's refusal came before any
+        # answer) guessed w_max from a young window, which reads low: regrow by doubling
+        # until the next refusal measures the limit, rather than plateau at the guess.
+        self._guessed = (goodput <= 0 or young) and not self.cuts
         self._w_max = w_max
         self._cut_at = now
-        self.rate = max(self.min_rate, w_max * self.beta)
+        self.rate = max(self.min_rate * self.unit, w_max * self.beta)
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling)
         self.generation += 1
         self.cuts += 1
-        return True
 
-    def succeeded(self, count: int = 1) -> None:
-        """`count` attempts succeeded: move the rate along the regrowth curve."""
-        self._ok.add(count)
+    def succeeded(self, count: float = 1, now: float | None = None) -> None:
+        """`count` attempts (or tokens) succeeded: move the rate along the regrowth curve."""
+        if now is None:
+            now = self._clock()
+        self._ok.add(count, now)
         if self.rate is None:
             return
-        self.rate = self._target(self._clock())
+        self.rate = self._target(now)
 
     def _target(self, now: float) -> float:
         t = now - self._cut_at
         w_max = self._w_max
-        c = self.scale
+        unit = self.unit
+        assert self.rate is not None
+        if self._guessed:
+            # Slow start: double every _GUESS_DOUBLING seconds from the cut rate (bounded by
+            # use like the curve below), until a refusal measures the limit.
+            target: float = w_max * self.beta * 2.0 ** (t / _GUESS_DOUBLING)
+            bound = max(self.rate, 2 * self.measured())
+            target = max(self.min_rate * unit, min(target, bound))
+            return target if self.ceiling is None else min(target, self.ceiling)
+        c = self.scale * unit
         k = math.cbrt(w_max * (1 - self.beta) / c)
         if t > k:
             # Above w_max: probe, slowly (a server's bucket hides an overshoot for a while, so
             # feedback comes late), and slower still when the limit has looked stable.
             tau = (t - k) / self._probe_slowdown
-            target = w_max + (w_max / _PROBE_SECONDS**3 + _PROBE_FLOOR) * tau**3
+            target = w_max + (w_max / _PROBE_SECONDS**3 + _PROBE_FLOOR * unit) * tau**3
         else:
             target = w_max + c * (t - k) ** 3
         assert self.rate is not None
         # Never grow past twice what is really being sent; never shrink on a success.
         bound = max(self.rate, 2 * self.measured())
-        target = max(self.min_rate, min(target, bound))
+        target = max(self.min_rate * unit, min(target, bound))
         if self.ceiling is not None:
             target = min(target, self.ceiling)
         return target
@@ -177,21 +216,22 @@ class _Window:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._counts = [0] * _BUCKETS
+        self._counts: list[float] = [0] * _BUCKETS
         self._slot = math.floor(clock() * _BUCKETS / _WINDOW)
 
-    def _advance(self) -> None:
-        slot = math.floor(self._clock() * _BUCKETS / _WINDOW)
+    def _advance(self, slot: int) -> None:
         gap = slot - self._slot
         if gap > 0:
             for i in range(1, min(gap, _BUCKETS) + 1):
                 self._counts[(self._slot + i) % _BUCKETS] = 0
             self._slot = slot
 
-    def add(self, count: int) -> None:
-        self._advance()
-        self._counts[self._slot % _BUCKETS] += count
+    def add(self, count: float, now: float) -> None:
+        slot = math.floor(now * _BUCKETS / _WINDOW)
+        if slot != self._slot:
+            self._advance(slot)
+        self._counts[slot % _BUCKETS] += count
 
     def rate(self) -> float:
-        self._advance()
+        self._advance(math.floor(self._clock() * _BUCKETS / _WINDOW))
         return sum(self._counts) / _WINDOW

@@ -96,6 +96,11 @@ class CompletionRequest:
         0 for embeddings, which have no output; None when nothing bounds it."""
         if self.endpoint == "embeddings":
             return 0
+        if not self.extra:  # the common case, on the hot path of every admission
+            cap = self.max_tokens
+            if type(cap) is int:
+                return cap if cap > 0 else None
+            return int(cap) if cap is not None and _is_count(cap) else None
         limits: list[Any] = [self.max_tokens]
         if self.extra:
             limits += [self.extra.get(name) for name in OUTPUT_LIMIT_FIELDS]
@@ -130,13 +135,15 @@ class Usage:
 
     `prompt_tokens` counts every input token; `cached_tokens` of them were read from the
     provider's prompt cache (billed lower) and `cache_write_tokens` were written to it
-    (Anthropic bills those higher).
+    (Anthropic bills those higher); `cache_write_1h_tokens` of the writes went to Anthropic's
+    1-hour cache (billed at twice the input price, where a 5-minute write is 1.25 times).
     """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -230,6 +237,7 @@ class BatchResult:
     `cost` is in USD, set where prices are known; `parsed` is the reply decoded and validated
     against the request's schema, when it had one. `timing` says where the time went
     (admission wait, provider calls, backoff), when the engine ran the request.
+    `cache_saved` is what the provider's prompt cache saved on it (USD, where priced).
     `maybe_billed` counts the attempts sent whose reply was never read (`errors.may_be_billed`:
     our timeout, an unreadable reply): the server may have billed them, so `cost` includes
     each at its worst case. `paid_replies`: the replies that were no answer (off-schema,
@@ -251,6 +259,9 @@ class BatchResult:
     maybe_billed: int = 0
     paid_replies: tuple[CompletionResponse, ...] = ()
     refused: BaseException | None = None
+    # USD the answer cost less thanks to the provider's prompt cache (negative: a cache
+    # write cost more than it saved), set where prices are known.
+    cache_saved: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -65,6 +65,11 @@ class RunDisplay:
                 self.spent += result.cost
                 if isinstance(self.progress, RichProgress):
                     self.progress.add_cost(result.cost)
+            if result.response is not None and isinstance(self.progress, RichProgress):
+                usage = result.response.usage
+                self.progress.add_prompt_cache(
+                    usage.prompt_tokens, usage.cached_tokens, result.cache_saved
+                )
             if self.progress is not None:
                 self.progress.add(result.error is None)
         elif isinstance(event, BatchSubmitted | BatchPolled | BatchEnded):
@@ -294,6 +299,8 @@ def print_summary(console: Console, config: RunConfig, summary: RunSummary) -> i
                 console,
                 "a server without structured output takes the schema with --schema-mode prompt",
             )
+        elif summary.last_error_setting == "prompt_cache":
+            say(console, "--prompt-cache off sends each line with only its own cache settings")
     lanes = summary.stats.answers_by_lane
     if lanes and set(lanes) != {"standard"}:
         costs = summary.stats.cost_by_lane

@@ -150,6 +150,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="fail: exit 2 before sending anything (default); skip: report and run the rest",
     )
     g.add_argument("--cache", metavar="PATH", help="SQLite response cache")
+    g.add_argument(
+        "--prompt-cache",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto (default): send requests that share a prefix (system prompt, leading "
+        "messages) together, warm each new prefix up with one request first, and mark it for "
+        "the provider's prompt cache (OpenAI prompt_cache_key, Anthropic cache_control); "
+        "off: input order, nothing added",
+    )
     g.add_argument("--error-log", metavar="DIR", help="write failed requests to DIR/*.jsonl")
     g.add_argument("--prompt-section", default="", help="label recorded in the error log")
     g.add_argument("--stats-json", metavar="PATH", help="write the final stats as JSON")

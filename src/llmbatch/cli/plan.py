@@ -101,6 +101,7 @@ def plan_table(plan: Plan, title: str) -> Table:
             if name != plan.bound_by:
                 rows.append((f"time under --{name}", format_duration(seconds)))
     rows += _deadline_rows(plan.deadline)
+    rows += _prompt_cache_rows(plan.prompt_cache)
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     notes = [f"expected output: {plan.expected_basis}"]
@@ -118,6 +119,22 @@ def plan_table(plan: Plan, title: str) -> Table:
     table.caption = Text("\n".join(notes))
     table.caption_justify = "left"
     return table
+
+
+def _prompt_cache_rows(c: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not c or not c["shared_prefixes"]:
+        return []
+    return [
+        (
+            "prompt cache (--prompt-cache auto)",
+            f"{c['shared_prefixes']:,} shared prefixes over {c['requests_in_groups']:,} requests: "
+            f"{c['input_share_cached']:.0%} of input tokens read from the cache at best",
+        ),
+        (
+            "saved by the cache (realtime / batch)",
+            f"{_money(c['saved_realtime'])} / {_money(c['saved_batch'])}",
+        ),
+    ]
 
 
 def _deadline_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:

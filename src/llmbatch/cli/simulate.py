@@ -128,6 +128,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     _add_structured_arguments(p)
     _add_batch_arguments(p)
+    _add_prompt_cache(p)
 
 
 def _add_structured_arguments(p: argparse.ArgumentParser) -> None:
@@ -247,6 +248,45 @@ def _add_batch_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_prompt_cache(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("prompt caches (OpenAI automatic, Anthropic cache_control)")
+    g.add_argument(
+        "--no-prompt-cache",
+        action="store_true",
+        help="cache nothing: usage never reports cached or cache-write tokens",
+    )
+    g.add_argument(
+        "--cache-machines",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="OpenAI: machines a prefix is routed over (by prefix hash + prompt_cache_key)",
+    )
+    g.add_argument(
+        "--cache-machine-tokens",
+        type=positive_int,
+        default=1_000_000,
+        metavar="N",
+        help="OpenAI: tokens of cache entries one machine holds (least recently used out)",
+    )
+    g.add_argument(
+        "--cache-spill-rpm",
+        type=float,
+        default=15.0,
+        metavar="R",
+        help="OpenAI: requests a minute of one prefix+key above which they spill to other "
+        "machines (default 15)",
+    )
+    g.add_argument(
+        "--cache-ttl",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="OpenAI: seconds an entry lives after its last use (default 300; an Anthropic "
+        "entry lives its breakpoint's ttl, 5m or 1h)",
+    )
+
+
 def _config(args: argparse.Namespace) -> SimulatorConfig:
     if (args.outage_at is None) != (args.outage_for is None):
         raise ValueError("--outage-at and --outage-for go together")
@@ -296,6 +336,11 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         flex_refusal_rate=args.flex_refusal_rate,
         flex_refusal_status=args.flex_refusal_status,
         flex_latency_factor=args.flex_latency_factor,
+        prompt_cache=not args.no_prompt_cache,
+        cache_machines=args.cache_machines,
+        cache_machine_tokens=args.cache_machine_tokens,
+        cache_spill_rpm=args.cache_spill_rpm,
+        cache_ttl=args.cache_ttl,
     )
 
 

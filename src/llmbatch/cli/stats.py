@@ -91,6 +91,16 @@ def cost_rows(stats: BatchStats) -> list[tuple[str, str]]:
             rows.append((f"lane: {lane}", f"{n:,} answers ({share:.1f}%{money})"))
     if stats.unpriced_count:
         rows.append(("unpriced", f"{stats.unpriced_count:,} (no price known for their model)"))
+    if stats.cached_prompt_tokens or stats.cache_write_tokens:
+        rows.append(
+            (
+                "prompt cache",
+                f"{stats.cache_hit_share:.1%} of input tokens read from it "
+                f"({stats.cached_prompt_tokens:,}); {stats.cache_write_tokens:,} written",
+            )
+        )
+        if stats.cache_saved is not None:
+            rows.append(("saved by the cache", f"${stats.cache_saved:,.6f}"))
     return rows
 
 

@@ -138,9 +138,12 @@ def _usage(usage: Mapping[str, Any]) -> Usage:
     # cache; our prompt_tokens counts every input token, as OpenAI's does.
     read = int(usage.get("cache_read_input_tokens") or 0)
     written = int(usage.get("cache_creation_input_tokens") or 0)
+    by_ttl = usage.get("cache_creation")
+    hour = by_ttl.get("ephemeral_1h_input_tokens") if isinstance(by_ttl, Mapping) else None
     return Usage(
         int(usage.get("input_tokens") or 0) + read + written,
         int(usage.get("output_tokens") or 0),
         cached_tokens=read,
         cache_write_tokens=written,
+        cache_write_1h_tokens=min(written, int(hour or 0)),
     )

@@ -83,6 +83,23 @@ def _schema_hint(request: CompletionRequest, error: LLMBatchError) -> LLMBatchEr
     return error
 
 
+def _prompt_cache_hint(request: CompletionRequest, error: LLMBatchError) -> LLMBatchError:
+    """A 400 about prompt-cache settings on a request that carries them names `prompt_cache`:
+    `prompt_cache="off"` sends the lines as they are, with only their own settings."""
+    if not isinstance(error, BadRequestError):
+        return error
+    text = error.message.lower()
+    if not any(word in text for word in ("cache_control", "prompt_cache_key", "cache control")):
+        return error
+    error.setting = "prompt_cache"
+    error.message = (
+        f"{error.message} (prompt-cache settings are added to requests that share a prefix "
+        'by prompt_cache="auto"; prompt_cache="off" sends each line with only its own)'
+    )
+    error.args = (error.message, *error.args[1:])
+    return error
+
+
 class ClientOptions(TypedDict, total=False):
     """The keyword options every `ProviderClient` takes (for subclasses' `**options`)."""
 
@@ -187,7 +204,7 @@ class ProviderClient:
         try:
             status, headers, body = await self.http.post_json(path, payload)
         except (BadRequestError, ServerError) as exc:
-            raise _schema_hint(request, exc) from None
+            raise _schema_hint(request, _prompt_cache_hint(request, exc)) from None
         try:
             return self.parse(request, status, headers, body)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:

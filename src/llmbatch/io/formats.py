@@ -22,7 +22,7 @@ import csv
 import glob
 import re
 import string
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -271,16 +271,25 @@ def _fill(row: Mapping[str, Any], fields: list[str], missing: MissingField) -> d
 
 
 def read_files(
-    template: str, pattern: str, base: CompletionRequest
+    template: str,
+    pattern: str,
+    base: CompletionRequest,
+    *,
+    leave_out: Callable[[str], bool] | None = None,
 ) -> Iterator[InputItem | BadLine]:
-    """One request per file matched by `pattern` (recursive `**`); id = path."""
+    """One request per file matched by `pattern` (recursive `**`); id = path. Paths for which
+    `leave_out` is true are not read at all (the run's own output, lock and index)."""
     fields = set(template_fields(template))
     if not fields <= {"path", "content"}:
         unknown = sorted(fields - {"path", "content"})[0]
         raise TemplateError(
             f"--template field {{{unknown}}}: with --files only {{path}} and {{content}} exist"
         )
-    paths = sorted(p for p in glob.iglob(pattern, recursive=True) if Path(p).is_file())
+    paths = sorted(
+        p
+        for p in glob.iglob(pattern, recursive=True)
+        if Path(p).is_file() and not (leave_out is not None and leave_out(p))
+    )
     for n, path in enumerate(paths, 1):
         try:
             content = Path(path).read_text(encoding="utf-8") if "content" in fields else ""
@@ -465,7 +474,11 @@ def _lines(first: int, last: int) -> str:
     return f"line {first}" if first == last else f"lines {first}-{last}"
 
 
-def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """The rows of a JSONL rows file, as every one is read (the run's `--rows`, export's
+    `--rows`/`--join`): (line number, the row), or (line number, what is wrong with the
+    line) for the caller to refuse or skip. A BOM before the first line is dropped; blank
+    lines are no rows."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if n == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -475,9 +488,11 @@ def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLin
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                yield n, BadLine(n, f"malformed JSON: {exc}", where="row")
+                yield n, f"malformed JSON: {exc}"
                 continue
-            if not isinstance(obj, dict):
-                yield n, BadLine(n, "expected a JSON object", where="row")
-                continue
-            yield n, obj
+            yield n, obj if isinstance(obj, dict) else "expected a JSON object"
+
+
+def _jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    for n, row in jsonl_rows(path):
+        yield n, BadLine(n, row, where="row") if isinstance(row, str) else row

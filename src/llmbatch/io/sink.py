@@ -173,6 +173,9 @@ class ResultSink:
             return
         if self.pricer and result.cost is None:
             result.cost = self._replies_cost(result, request)
+        if self.pricer and result.response is not None and result.cache_saved is None:
+            model = request.model if request is not None else None
+            result.cache_saved = self.pricer.cache_saved(result.response, model)
         if self.pricer and result.maybe_billed and request is not None:
             # Attempts sent but never read (our timeout) may have been billed: each counts at
             # its worst case, as the budget counted it, so a rerun's spend includes them.

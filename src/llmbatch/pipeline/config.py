@@ -90,6 +90,7 @@ class RunConfig:
     retry_failed: bool = False
     on_bad_line: Literal["fail", "skip"] = "fail"
     cache: str | None = None
+    prompt_cache: Literal["auto", "off"] = "auto"  # see `llmbatch.pipeline.prompt_cache`
     error_log: str | None = None
     prompt_section: str = ""
     stats_json: str | None = None
@@ -160,6 +161,7 @@ class RunConfig:
         _choice("on_bad_line", self.on_bad_line, ("fail", "skip"))
         _choice("expired", self.expired, ("fail", "realtime"))
         _choice("prefer", self.prefer, ("cost", "speed"))
+        _choice("prompt_cache", self.prompt_cache, ("auto", "off"))
         _choice("schema_mode", self.schema_mode, SCHEMA_MODES)
         if self.service_tier is not None:
             _choice("service_tier", self.service_tier, SERVICE_TIERS)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ from ..types import BatchRequest, BatchResult
 from .capacity import capacity_of, deadline_policy
 from .config import RunConfig
 from .events import DeadlineProgress, Emitter, PassStarted
+
+log = logging.getLogger("llmbatch")
 
 __all__ = [
     "BatchAPIExecutor",
@@ -160,7 +163,7 @@ class Context:
     @property
     def done(self) -> Callable[[str], bool]:
         """Ids whose answer the output already holds (a re-attached batch may return them)."""
-        return self.sink.journal.scan.ok.__contains__
+        return self.sink.journal.scan.is_ok
 
     @property
     def ledger(self) -> str:
@@ -303,6 +306,9 @@ class RayExecutor:
 
             task = asyncio.create_task(work())
             task.add_done_callback(lambda _: ready.put_nowait(None))
+            gauges = None
+            if context.metrics is not None:
+                gauges = asyncio.create_task(_cluster_gauges(limiter, context.metrics))
             try:
                 while (results := await ready.get()) is not None:
                     for result in results:
@@ -310,13 +316,29 @@ class RayExecutor:
                 await task  # its error, if it failed
             finally:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                if gauges is not None:
+                    gauges.cancel()
+                await asyncio.gather(task, *filter(None, [gauges]), return_exceptions=True)
         finally:
             if started:
                 ray.shutdown()
 
     def held(self) -> list[BatchResult]:
         return []
+
+
+async def _cluster_gauges(limiter: Any, metrics: Any, every: float = 1.0) -> None:
+    """The in-flight and waiting gauges of a Ray run: its engines run in the workers, whose
+    events never reach this process, so the cluster limiter's counts stand in for them."""
+    while True:
+        try:
+            status = await limiter.astatus()
+        except Exception:  # an observer: a failed read leaves the gauges as they were
+            log.debug("llmbatch: reading the cluster's gauges failed", exc_info=True)
+        else:
+            metrics.in_flight.set(status.get("in_flight", 0))
+            metrics.waiting.set(status.get("waiting", 0))
+        await asyncio.sleep(every)
 
 
 # -- the provider's batch API -----------------------------------------------------------------

@@ -10,7 +10,8 @@ them), the output tokens (bounded by `max_tokens`; expected: the average answer 
 the output if it holds any, else `expected_output` of the bound), the cost realtime and
 through a batch API, and the time the run needs under rpm/tpm/itpm/otpm: the largest of
 requests / rpm, (input + max_tokens) / tpm, input / itpm, max_tokens / otpm, in minutes, as
-the limiter charges.
+the limiter charges. With `prompt_cache="auto"`, what the provider's prompt cache should
+save at best (`llmbatch.prompt_cache.estimate`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from ..deadline import Work, assumed_latency, split_size
-from ..io.journal import iter_records
+from ..io.finished import IdTable
+from ..io.index import StaleIndex, entries, expected_lines
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS, Pricer
+from ..prompt_cache.census import PrefixCensus
+from ..prompt_cache.estimate import estimate
 from ..text import chars_to_tokens
 from ..types import CompletionRequest, Usage
 from .capacity import capacity_of, deadline_policy
@@ -80,6 +84,7 @@ class Plan:
     bound_by: str | None = None
     seconds_by_limit: dict[str, float] = field(default_factory=dict)
     deadline: dict[str, Any] | None = None  # with `finish_by`: the split and its feasibility
+    prompt_cache: dict[str, Any] | None = None  # with `prompt_cache="auto"`: what it saves
     check: Precheck | None = None  # the first pass: bad lines found
     where: str = ""  # how messages name the input
 
@@ -106,6 +111,7 @@ class Plan:
             "time_bound_by": self.bound_by,
             "time_seconds_by_limit": {k: round(v, 3) for k, v in self.seconds_by_limit.items()},
             "deadline": self.deadline,
+            "prompt_cache": self.prompt_cache,
         }
 
 
@@ -115,10 +121,10 @@ def _round(value: float | None) -> float | None:
 
 @dataclass(slots=True)
 class _Done:
-    """What an existing OUTPUT holds, read without locking or repairing it."""
+    """What an existing OUTPUT holds, read without locking or repairing it: its finished ids
+    (the compact table a resume uses; newest line per id) and the answers' averages."""
 
-    ok: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
+    finished: IdTable = field(default_factory=IdTable)
     answers: int = 0
     completion_tokens: int = 0
     realtime_answers: int = 0  # answers not from a batch API, and their seconds in total
@@ -126,35 +132,27 @@ class _Done:
 
 
 def _read_done(path: str | None) -> _Done:
-    done = _Done()
     if not path or not Path(path).is_file():
-        return done
-    for _, rec in iter_records(path):
-        if rec is None:
+        return _Done()
+    for trust in (True, False):
+        done = _Done(IdTable(expected_lines(path)))
+        try:
+            for e in entries(path, trust_index=trust):
+                if not e.custom_id:
+                    continue
+                done.finished.add(e.custom_id, e.line, e.ok)
+                if not e.ok:
+                    continue
+                if e.completion_tokens is not None:
+                    done.answers += 1
+                    done.completion_tokens += e.completion_tokens
+                if not e.batch_api and not e.cached and e.duration > 0:
+                    done.realtime_answers += 1
+                    done.realtime_seconds += e.duration
+        except StaleIndex:
             continue
-        cid = rec["custom_id"]
-        if rec.get("error") is None:
-            done.failed.discard(cid)
-            done.ok.add(cid)
-            meta = rec.get("llmbatch") or {}
-            usage = meta.get("usage")
-            tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-            if isinstance(tokens, int) and not isinstance(tokens, bool):
-                done.answers += 1
-                done.completion_tokens += tokens
-            duration = meta.get("duration")
-            if (
-                not meta.get("batch_api")
-                and not meta.get("cached")
-                and isinstance(duration, int | float)
-                and duration > 0
-            ):
-                done.realtime_answers += 1
-                done.realtime_seconds += float(duration)
-        else:
-            done.ok.discard(cid)
-            done.failed.add(cid)
-    return done
+        return done
+    raise AssertionError("unreachable: the second pass does not trust the index")
 
 
 def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None = None) -> Plan:
@@ -165,8 +163,11 @@ def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None =
     done = _read_done(config.output)
     retry_failed = config.retry_failed
 
+    status = done.finished.status
+
     def skip(rid: str) -> bool:
-        return rid in done.ok or (rid in done.failed and not retry_failed)
+        found = status(rid)
+        return found is True or (found is False and not retry_failed)
 
     loads: dict[str | None, _ModelLoad] = {}
     default_model = config.model
@@ -184,8 +185,15 @@ def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None =
             load.unbounded += 1
             load.max_output += DEFAULT_WORST_OUTPUT_TOKENS
 
+    census = PrefixCensus(model=config.model) if config.prompt_cache == "auto" else None
+
+    def observe_all(req: CompletionRequest) -> None:
+        observe(req)
+        if census is not None:
+            census.add(req)
+
     where = where_of(config)
-    check = check_input(source, skip, config, where, observe)
+    check = check_input(source, skip, config, where, observe_all)
     plan = Plan(
         requests=check.runnable,
         bad_lines=check.bad_count,
@@ -199,6 +207,8 @@ def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None =
     ratio, per_answer = _expected(config, expected_output, done, plan)
     _price(plan, loads, pricer, ratio, per_answer)
     _time(plan, config)
+    if census is not None:
+        _prompt_cache(plan, config, census, pricer, loads)
     if config.finish_by is not None:
         _deadline(plan, config, done)
     return plan
@@ -245,10 +255,14 @@ def _price(
         def cost(
             output: int, batch: bool, load: _ModelLoad = load, name: str = name
         ) -> float | None:
-            usage = Usage(prompt_tokens=load.input_tokens, completion_tokens=output)
+            # One average request times the requests: tiered prices (Claude above 200k
+            # input tokens) apply per request, never to the run's sum.
             if not name:
                 return None
-            return pricer.source.price(name, pricer.provider, usage, batch)
+            n = max(1, load.requests)
+            usage = Usage(round(load.input_tokens / n), round(output / n))
+            price = pricer.source.price(name, pricer.provider, usage, batch)
+            return None if price is None else price * n
 
         realtime = cost(expected, False)
         plan.cost_by_model[name] = realtime
@@ -264,6 +278,51 @@ def _price(
     if priced or not loads:  # nothing left to send costs nothing
         plan.cost_realtime, plan.cost_realtime_max = sums["rt"], sums["rt_max"]
         plan.cost_batch, plan.cost_batch_max = sums["b"], sums["b_max"]
+
+
+def _prompt_cache(
+    plan: Plan,
+    config: RunConfig,
+    census: PrefixCensus,
+    pricer: Pricer,
+    loads: dict[str | None, _ModelLoad],
+) -> None:
+    """The best case of `prompt_cache="auto"` (`llmbatch.prompt_cache.estimate`): tokens
+    read and written, and the input cost it saves, realtime and by batch API (priced as the
+    run's `model`: the census does not keep a prefix's model)."""
+    model = config.model
+    saved: dict[str, float | None] = {}
+    for mode, batch in (("realtime", False), ("batch", True)):
+        found = estimate(census, provider=config.provider, model=model, batch=batch)
+        if mode == "realtime":
+            plan.prompt_cache = {
+                "shared_prefixes": found.groups,
+                "requests_in_groups": found.requests,
+                "cached_tokens_expected": found.read_tokens,
+                "cache_write_tokens_expected": found.write_tokens,
+                "input_share_cached": round(found.read_tokens / plan.input_tokens, 4)
+                if plan.input_tokens
+                else 0.0,
+            }
+        if not model or not found.groups:
+            saved[mode] = 0.0 if found.groups == 0 else None
+            continue
+        # Priced as one average request times the requests: tiered prices (Claude above
+        # 200k input tokens) apply per request, not to the run's sum.
+        n = max(1, plan.requests)
+        inputs = sum(x.input_tokens for x in loads.values())
+        with_cache = Usage(
+            round(inputs / n),
+            cached_tokens=round(found.read_tokens / n),
+            cache_write_tokens=round(found.write_tokens / n),
+            cache_write_1h_tokens=round(found.write_1h_tokens / n),
+        )
+        plain = pricer.source.price(model, pricer.provider, Usage(round(inputs / n)), batch)
+        cached = pricer.source.price(model, pricer.provider, with_cache, batch)
+        saved[mode] = None if plain is None or cached is None else (plain - cached) * n
+    assert plan.prompt_cache is not None
+    plan.prompt_cache["saved_realtime"] = _round(saved["realtime"])
+    plan.prompt_cache["saved_batch"] = _round(saved["batch"])
 
 
 def _work(plan: Plan) -> Work:

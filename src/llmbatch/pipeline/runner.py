@@ -36,10 +36,12 @@ from ..clients.provider import ProviderClient
 from ..errorlog import ErrorHandler
 from ..io.atomic import os_reason
 from ..io.cache import CacheError, SQLiteCache, request_key
+from ..io.finished import IdTable
 from ..io.formats import BadLine
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
 from ..metrics import MetricsListener, MissingExtraError
+from ..prompt_cache.census import PrefixCensus
 from ..redact import redact
 from ..types import BatchRequest, CompletionRequest
 from .config import RunConfig
@@ -56,6 +58,7 @@ from .executors import (
 from .harness import RunControl, drain
 from .paths import check_paths
 from .precheck import Precheck, check_input
+from .prompt_cache import with_prompt_cache
 from .source import Source, source_of, where_of
 from .summary import DeadlineOutcome, RunSummary
 
@@ -95,10 +98,12 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
             scan = journal.scan
             emit(OutputOpened(config.output, scan.repaired_bytes, tuple(scan.corrupt_lines)))
             skip = _skip(config, scan)
-            check = _check_input(config, source, skip)
+            # The shared prefixes are counted in the same first pass (bounded memory).
+            census = PrefixCensus(model=config.model) if config.prompt_cache == "auto" else None
+            check = _check_input(config, source, skip, None if census is None else census.observe)
             emit(
                 InputChecked(
-                    where_of(config), check, 0 if config.retry_failed else len(scan.failed)
+                    where_of(config), check, 0 if config.retry_failed else scan.failed_count
                 )
             )
             sink = _build_sink(config, client, journal, check, emit)
@@ -131,8 +136,10 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
                         metrics=metrics,
                         replies=reply_policy(config),
                     )
-                    executor = executor_for(context)
-                    requests = reread()
+                    executor = with_prompt_cache(executor_for(context), context, census)
+                    # Nothing left to send (a rerun of a finished run): the input is not
+                    # read a second time.
+                    requests: Iterator[BatchRequest] = reread() if check.runnable else iter(())
                     if budget is not None and executor.name in ("realtime", "ray"):
                         # Once the budget refused one, the rest are not even pulled (they
                         # stay unfinished, for the rerun): the run ends with its last call.
@@ -327,18 +334,25 @@ def _open_output(config: RunConfig) -> Journal:
 
 def _skip(config: RunConfig, scan: JournalScan) -> Callable[[str], bool]:
     """The test for ids this run leaves alone: answered, or failed without `retry_failed`."""
-    done, failed, retry_failed = scan.ok, scan.failed, config.retry_failed
+    if config.retry_failed:
+        return scan.is_ok
 
     def skip(rid: str) -> bool:
-        return rid in done or (rid in failed and not retry_failed)
+        # `scan.finished` looked up per call, not bound: the summary frees the table.
+        return scan.finished.status(rid) is not None
 
     return skip
 
 
-def _check_input(config: RunConfig, source: Source, skip: Callable[[str], bool]) -> Precheck:
+def _check_input(
+    config: RunConfig,
+    source: Source,
+    skip: Callable[[str], bool],
+    observe: Callable[[CompletionRequest], None] | None = None,
+) -> Precheck:
     """The first pass: every line checked, the work counted; bad input stops the run here."""
     where = where_of(config)
-    check = check_input(source, skip, config, where)
+    check = check_input(source, skip, config, where, observe)
     if check.bad_count and config.on_bad_line == "fail":
         raise BadInput(check, where)
     return check
@@ -441,7 +455,9 @@ def _summarize(
     output_error: OutputError | None,
 ) -> RunSummary:
     """The whole output's stats, `stats_json` and the report, and the summary."""
-    stats = journal_stats(config.output)
+    scan = sink.journal.scan
+    scan.finished = IdTable()  # no longer asked (the output is closed): freed before the stats
+    stats = journal_stats(config.output, superseded=scan.superseded)
     unfinished = sink.unfinished
     stats_json_error = report_error = None
     if config.stats_json and output_error is None:

@@ -15,6 +15,7 @@ less); once the actor refuses, the worker refuses every later attempt without as
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..admission import PermitBase
@@ -48,10 +49,18 @@ class _ClusterPermit(PermitBase):
 class ClusterBudget:
     """A worker's `Admission` on the cluster's budget (from `ClusterLimiter.budget()`)."""
 
-    def __init__(self, actor: Any, pricer: Pricer, max_cost: float) -> None:
+    def __init__(
+        self,
+        actor: Any,
+        pricer: Pricer,
+        max_cost: float,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.actor = actor
         self.pricer = pricer
         self.max_cost = max_cost
+        self._sleep = sleep  # injectable: tests wait for others to settle in virtual time
         self.refused: str | None = None  # why the cluster's budget stopped admitting
 
     def admit(self, request: CompletionRequest) -> _ClusterPermit:
@@ -67,5 +76,5 @@ class ClusterBudget:
             if isinstance(fits, str):
                 self.refused = fits
                 break
-            await asyncio.sleep(RETRY_SECONDS)
+            await self._sleep(RETRY_SECONDS)
         raise BudgetExceededError(f"not sent under `max_cost` ${self.max_cost:g}: {self.refused}")

@@ -11,7 +11,13 @@ limiter adapts exactly as a local one does, for the whole cluster: workers forwa
 (headers, a congestion refusal with the generation its slot was leased under, how many slots
 they really used and whether they succeeded), never fabricated errors. One congestion event
 seen by several workers is one cut; a pause or a cut reaches every worker at its next lease
-(within one slice), which drops the slots of the discarded schedule.
+(within one slice), which drops the slots of the discarded schedule, held or slept for.
+
+A worker books at most one slice ahead of its own schedule: its waiters would otherwise
+lease slice after slice, holding seconds of the cluster's timeline booked at a rate that a
+cut has since made too fast (the cause of a cluster overshooting under load). Slots given
+back count only if the cluster's schedule is still the one they were leased under.
+`clock` and `sleep` are injectable (`ClusterLimiter.local`, `ClusterBudget`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import asyncio
 import collections
 import math
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -37,6 +45,7 @@ __all__ = ["ClusterLimiter", "LeasedLimiter"]
 DEFAULT_SLICE_SECONDS = 0.25
 UNLIMITED_SLICE = 64  # slots per lease while no rate is known
 OBSERVE_EVERY = 1.0  # seconds between forwarded rate-limit headers, per worker
+GAUGES_EVERY = 1.0  # seconds between a worker's in-flight / waiting reports
 
 Tokens = tuple[int, int, int]  # per budget: total, input, output
 
@@ -53,11 +62,13 @@ class _LimiterState:
         otpm: float | None = None,
         max_cost: float | None = None,
         spent: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limiter = RateLimiter(
-            rpm, tpm, input_tokens_per_minute=itpm, output_tokens_per_minute=otpm
+            rpm, tpm, input_tokens_per_minute=itpm, output_tokens_per_minute=otpm, clock=clock
         )
         self.slice = slice_seconds
+        self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)
         # The cluster's one money cap (`llmbatch.ray.budget`); workers price, it adds up.
         self.budget = None if max_cost is None else Budget(max_cost, _NO_PRICES, spent=spent)
 
@@ -84,17 +95,22 @@ class _LimiterState:
         used: int = 0,
         succeeded: int = 0,
         returned: int = 0,
+        schedule: tuple[int, int] | None = None,
     ) -> tuple[list[float], Tokens, int, int]:
         """(slot delays, tokens leased per budget, pause epoch, congestion generation).
 
         `need` is the next request's estimate per budget (total, input, output); `settle`
         what the worker's finished requests used beyond (or below) their estimates;
-        `returned` request slots of an older lease the worker will not use.
+        `returned` request slots of an older lease the worker will not use, leased under
+        `schedule` (the pause epoch and generation the worker last saw).
         """
         lim = self.limiter
         if any(settle):
             lim.settle_tokens(*settle)
-        if returned:
+        if returned and (schedule is None or schedule == (lim.epoch, lim.generation)):
+            # Only slots of the schedule still in force go back: a pause or a cut has since
+            # restarted the timeline, and returning older slots (priced at the new, slower
+            # rate) would hand out capacity the server never had.
             lim.give_back(returned)
         self.report(used, succeeded)
         rpm = lim.requests_per_minute
@@ -115,7 +131,7 @@ class _LimiterState:
         if used:
             self.limiter.control.sent(used)
         if succeeded:
-            self.limiter.control.succeeded(succeeded)
+            self.limiter.succeeded(succeeded)
 
     def congested(
         self,
@@ -133,8 +149,20 @@ class _LimiterState:
     def observe(self, info: dict[str, Any]) -> None:
         self.limiter.observe(RateLimitInfo(**info))
 
+    def gauges(self, worker: str, in_flight: int, waiting: int) -> None:
+        """A worker's attempts in flight and waiting for a slot, as it last counted them."""
+        if in_flight or waiting:
+            self._gauges[worker] = (in_flight, waiting)
+        else:
+            self._gauges.pop(worker, None)
+
     def status(self) -> dict[str, Any]:
-        return asdict(self.limiter.status())
+        """The limiter's status; `in_flight` and `waiting` are the cluster's, summed over
+        the workers' reports (the actor's own limiter only hands out leases)."""
+        status = asdict(self.limiter.status())
+        status["in_flight"] = sum(f for f, _ in self._gauges.values())
+        status["waiting"] = sum(w for _, w in self._gauges.values())
+        return status
 
 
 def _grant(need: int, limit: float | None, slice_seconds: float) -> int:
@@ -197,21 +225,35 @@ class ClusterLimiter:
             limiter.pricer = pricer if pricer is not None else Pricer()
         return limiter
 
-    def local(self) -> LeasedLimiter:
-        return LeasedLimiter(self.actor, self.slice_seconds)
+    def local(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> LeasedLimiter:
+        """A worker's `Admission` on the cluster's limit (`clock`, `sleep`: injectable)."""
+        return LeasedLimiter(self.actor, self.slice_seconds, clock=clock, sleep=sleep)
 
-    def budget(self) -> ClusterBudget | None:
+    def budget(
+        self, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> ClusterBudget | None:
         """A worker's admission on the cluster's money cap, or None without one."""
         if self.max_cost is None or self.pricer is None:
             return None
-        return ClusterBudget(self.actor, self.pricer, self.max_cost)
+        return ClusterBudget(self.actor, self.pricer, self.max_cost, sleep=sleep)
 
     def budget_status(self) -> dict[str, Any]:
         """{"spent", "reserved", "exhausted"} of the cluster's budget ({} without one)."""
         return ray.get(self.actor.budget_status.remote())  # type: ignore[no-any-return]
 
     def status(self) -> dict[str, Any]:
+        """The cluster limiter's status (`RateLimiterStatus` fields); `in_flight` and
+        `waiting` count every worker's attempts."""
         return ray.get(self.actor.status.remote())  # type: ignore[no-any-return]
+
+    async def astatus(self) -> dict[str, Any]:
+        """`status()` without blocking the event loop."""
+        return await self.actor.status.remote()  # type: ignore[no-any-return]
 
 
 class LeasedPermit(PermitBase):
@@ -235,12 +277,22 @@ class LeasedPermit(PermitBase):
 class LeasedLimiter:
     """A worker's view of the cluster limiter: an `Admission` that spends leased slices.
 
-    Bound to the event loop it is first used on.
+    Bound to the event loop it is first used on. `clock` and `sleep` are injectable, so the
+    leasing runs in virtual time in tests (the actor's own limiter takes the real clock).
     """
 
-    def __init__(self, actor: Any, slice_seconds: float = DEFAULT_SLICE_SECONDS) -> None:
+    def __init__(
+        self,
+        actor: Any,
+        slice_seconds: float = DEFAULT_SLICE_SECONDS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.actor = actor
         self.slice_seconds = slice_seconds
+        self._clock = clock
+        self._sleep = sleep
         self._slots: collections.deque[float] = collections.deque()
         # Leased tokens per budget (total, input, output); a budget the cluster does not
         # limit is leased as 0 and never checked.
@@ -252,9 +304,16 @@ class LeasedLimiter:
         self._used = 0  # slots spent since the last lease
         self._succeeded = 0
         self._paused_until = 0.0
+        self._schedule = 0  # bumped when the held schedule is voided (see `_void_schedule`)
+        self._horizon = 0.0  # the last slot leased: how far ahead this worker has booked
         self._last_observe = 0.0
         self._lock: asyncio.Lock | None = None
         self.leases = 0
+        self.in_flight = 0  # attempts admitted and not yet released
+        self.waiting = 0  # attempts waiting for a slot
+        self._key = uuid.uuid4().hex  # this worker, in the cluster's gauges
+        self._last_gauges = -math.inf
+        self._reported = (0, 0)
 
     def admit(self, request: CompletionRequest) -> LeasedPermit:
         est = Estimate.of(request)
@@ -272,34 +331,79 @@ class LeasedLimiter:
                 self._tokens[k] -= sign * need[k]
 
     async def _acquire(self, permit: LeasedPermit) -> None:
+        self.waiting += 1
+        self._report_gauges()
+        try:
+            await self._wait_for_slot(permit)
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+        self._report_gauges()
+
+    def _report_gauges(self, force: bool = False) -> None:
+        """Tell the cluster this worker's gauges: at most once a second (a fire-and-forget
+        call), at once when they fall to zero or when `force`d."""
+        now = self._clock()
+        counts = (self.in_flight, self.waiting)
+        idle = counts == (0, 0)
+        if counts == self._reported or not (
+            force or idle or now - self._last_gauges >= GAUGES_EVERY
+        ):
+            return
+        self._last_gauges = now
+        self._reported = counts
+        self.actor.gauges.remote(self._key, *counts)
+
+    async def _wait_for_slot(self, permit: LeasedPermit) -> None:
         need = permit.estimate
         if self._lock is None:
             self._lock = asyncio.Lock()
         while True:
-            now = time.monotonic()
+            now = self._clock()
             # Slots far in the past belong to an idle spell; using them now would be a burst.
             while self._slots and self._slots[0] < now - self.slice_seconds:
                 self._slots.popleft()
             if self._slots and self._enough(need) and now >= self._paused_until:
                 slot = self._slots.popleft()
                 self._take(need, 1)
+                schedule = self._schedule
+                delay = slot - self._clock()
+                if delay > 0:
+                    try:
+                        await self._sleep(delay)
+                    except BaseException:
+                        # Cancelled while waiting for our slot: it goes back, at the front
+                        # (unless a cut or pause voided it meanwhile).
+                        if self._schedule == schedule:
+                            self._slots.appendleft(slot)
+                        self._take(need, -1)
+                        raise
+                    if self._schedule != schedule:
+                        # A refusal or a new schedule from the cluster voided the slot we
+                        # slept for: it was booked at the old rate. Take one on the new.
+                        self._take(need, -1)
+                        continue
                 break
             async with self._lock:
                 if not self._slots or not self._enough(need):
+                    # Book at most a slice ahead: a worker whose waiters lease slot after
+                    # slot would hold seconds of the cluster's schedule, booked at a rate
+                    # that a cut has since made too fast (and a regrowth too slow).
+                    ahead = self._horizon - self._clock() - self.slice_seconds
+                    if ahead > 0:
+                        await self._sleep(ahead)
+                        continue
                     await self._refill(need)
-            if self._paused_until > time.monotonic():
-                await asyncio.sleep(self._paused_until - time.monotonic())
+            if self._paused_until > self._clock():
+                await self._sleep(self._paused_until - self._clock())
         permit.generation = self._generation
-        delay = slot - time.monotonic()
-        if delay > 0:
-            try:
-                await asyncio.sleep(delay)
-            except BaseException:
-                # Cancelled while waiting for our slot: it goes back, at the front.
-                self._slots.appendleft(slot)
-                self._take(need, -1)
-                raise
         self._used += 1
+
+    def _void_schedule(self) -> None:
+        """The slots held, and those waiters sleep for, belong to a discarded schedule."""
+        self._slots.clear()
+        self._schedule += 1
+        self._horizon = 0.0
 
     async def _refill(self, need: Tokens) -> None:
         settle = (self._settle[0], self._settle[1], self._settle[2])
@@ -310,19 +414,21 @@ class LeasedLimiter:
         if any(self._limited):
             # Tokens pace by the delay of a lease's first slot: a slot left from an older
             # lease would let the request go before it. Give those back.
-            now = time.monotonic()
+            now = self._clock()
             returned = sum(1 for t in self._slots if t >= now)
             self._slots.clear()
         delays, tokens, epoch, generation = await self.actor.lease.remote(
-            need, settle, used, succeeded, returned
+            need, settle, used, succeeded, returned, (self._epoch, self._generation)
         )
         self.leases += 1
-        now = time.monotonic()
+        now = self._clock()
         if epoch != self._epoch or generation != self._generation:
-            self._slots.clear()  # a pause or a cut discarded the schedule these came from
+            self._void_schedule()  # a pause or a cut discarded the schedule these came from
             self._epoch = epoch
             self._generation = generation
         self._slots.extend(now + d for d in delays)
+        if delays:
+            self._horizon = max(self._horizon, now + delays[-1])
         for k in range(3):
             self._limited[k] = tokens[k] > 0
             self._tokens[k] += tokens[k]
@@ -333,18 +439,28 @@ class LeasedLimiter:
         response: CompletionResponse | None,
         error: BaseException | None,
     ) -> None:
+        self.in_flight -= 1
+        self._report_gauges()
         if response is not None:
             usage = response.usage
             actual = (usage.total_tokens, usage.prompt_tokens, usage.completion_tokens)
             if any(actual):
+                est = permit.estimate
+                # As `RateLimiter.settle`: unused output is not given back on the combined
+                # budget (providers count `max_tokens` there), only on the output budget.
+                deltas = (
+                    actual[1] - est[1] + max(0, actual[2] - est[2]),
+                    actual[1] - est[1],
+                    actual[2] - est[2],
+                )
                 for k in range(3):
                     if self._limited[k]:
-                        self._settle[k] += actual[k] - permit.estimate[k]
+                        self._settle[k] += deltas[k]
         fb = permit.load_feedback(response, error)
         if fb.ok:
             self._succeeded += 1
             info = fb.rate_limit
-            now = time.monotonic()
+            now = self._clock()
             if info is not None and now - self._last_observe >= OBSERVE_EVERY:
                 self._last_observe = now
                 self.actor.observe.remote(asdict(info))
@@ -355,9 +471,9 @@ class LeasedLimiter:
             # after a round trip to the actor; the actor applies it for the cluster.
             if pauses_everyone(fb):
                 assert fb.retry_after is not None
-                self._paused_until = max(self._paused_until, time.monotonic() + fb.retry_after)
+                self._paused_until = max(self._paused_until, self._clock() + fb.retry_after)
                 permit.paused_for_retry = True
-            self._slots.clear()
+            self._void_schedule()
             info_dict = asdict(fb.rate_limit) if fb.rate_limit is not None else None
             used, self._used = self._used, 0
             succeeded, self._succeeded = self._succeeded, 0
@@ -367,7 +483,7 @@ class LeasedLimiter:
 
     def close(self) -> None:
         """Give unused slots and tokens back to the cluster."""
-        now = time.monotonic()
+        now = self._clock()
         unused = sum(1 for t in self._slots if t >= now)
         back = tuple(
             max(0, have - owed) for have, owed in zip(self._tokens, self._settle, strict=True)
@@ -377,3 +493,6 @@ class LeasedLimiter:
         self._slots.clear()
         self._tokens = [0, 0, 0]
         self._settle = [0, 0, 0]
+        if self._reported != (0, 0):
+            self.actor.gauges.remote(self._key, 0, 0)  # gone: nothing of ours in flight
+            self._reported = (0, 0)

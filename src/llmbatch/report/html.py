@@ -257,6 +257,17 @@ def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
     if lanes and set(lanes) != {"standard"}:
         by_lane = ", ".join(f"{lane} {n:,}" for lane, n in lanes.items())
         rows.insert(4, ["answers by lane", by_lane])
+    if s.get("cached_prompt_tokens"):
+        saved = s.get("cache_saved_usd")
+        after_cost = next(i for i, row in enumerate(rows) if row[0] == "cost") + 1
+        rows.insert(
+            after_cost,
+            [
+                "prompt cache",
+                f"{100 * s['cache_hit_share']:.1f}% of input tokens read from it"
+                + ("" if saved is None else f", saved ${saved:,.6f}"),
+            ],
+        )
     if s["untimed"]:
         rows.append(["lines without timing (older versions, cache hits)", f"{s['untimed']:,}"])
     return rows

@@ -56,6 +56,10 @@ class SimulatorConfig:
     Service tiers (`tiers.py`): a request with `service_tier: "flex"` is answered
     `flex_latency_factor` times slower and refused at `flex_refusal_rate` (status
     `flex_refusal_status`: 429 "Resource Unavailable" as OpenAI, or 498 as Groq).
+    Prompt caches (`prompt_cache.py`, on unless `prompt_cache=False`): OpenAI's automatic
+    cache over `cache_machines` machines of `cache_machine_tokens` tokens each, routed by
+    prefix and `prompt_cache_key`, spilling above `cache_spill_rpm` requests a minute per
+    route, entries living `cache_ttl` seconds; Anthropic's `cache_control` breakpoints.
 
     Batch APIs (`batches.py`): a batch takes about `batch_seconds` (+ a lognormal delay of
     median `batch_delay_median`, spread `batch_delay_sigma`), its window is
@@ -116,6 +120,13 @@ class SimulatorConfig:
     flex_refusal_rate: float = 0.0
     flex_refusal_status: int = 429
     flex_latency_factor: float = 3.0
+    # The providers' prompt caches (`prompt_cache.py`): OpenAI's machines, their size, the
+    # per-route rate above which requests spill to other machines, and the entries' TTL.
+    prompt_cache: bool = True
+    cache_machines: int = 8
+    cache_machine_tokens: int = 1_000_000
+    cache_spill_rpm: float = 15.0
+    cache_ttl: float = 300.0
 
     def __post_init__(self) -> None:
         if self.limit_style not in LIMIT_STYLES:
@@ -153,6 +164,9 @@ class SimulatorConfig:
             raise ValueError("an outage needs outage_at >= 0 and outage_for > 0")
         if self.echo_credentials is not None and self.echo_credentials < 0:
             raise ValueError(f"echo_credentials must be >= 0, got {self.echo_credentials}")
+        for name in ("cache_machines", "cache_machine_tokens", "cache_spill_rpm", "cache_ttl"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         self._check_batches()
 
     def _check_batches(self) -> None:

@@ -144,6 +144,8 @@ class Dialect(ABC):
         system = body.get("system")
         if isinstance(system, str):
             parts.append(system)
+        elif isinstance(system, list):  # text blocks (with cache_control breakpoints)
+            parts.extend(str(p.get("text", "")) for p in system if isinstance(p, dict))
         for m in body.get("messages") or ():
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, str):

@@ -46,6 +46,7 @@ from .dialects import ANTHROPIC, OPENAI, Dialect, reply_text, token_count
 from .gemini import GeminiRoutes
 from .limits import Charge, Limits
 from .outage import Outage
+from .prompt_cache import PromptCaches
 from .slots import Slots
 from .structured import Shaper, embeddings_reply, unsupported
 from .styles import STYLES
@@ -113,6 +114,13 @@ class Simulator:
             truncate_rate=c.truncate_rate,
             seed=c.seed,
         )
+        self._caches = PromptCaches(
+            machines=c.cache_machines,
+            machine_tokens=c.cache_machine_tokens,
+            spill_rpm=c.cache_spill_rpm,
+            ttl=c.cache_ttl,
+            rng=random.Random(c.seed),
+        )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = c.port
@@ -127,6 +135,7 @@ class Simulator:
         return (
             self._counters.as_dict()
             | self._shaper.counts()
+            | self._caches.counts()
             | {
                 "queue_depth": self._slots.waiting if self._slots is not None else 0,
                 "down": self._outage is not None and self._outage.down,
@@ -214,6 +223,7 @@ class Simulator:
     async def _reset_stats(self, request: web.Request) -> web.Response:
         self._counters.reset()
         self._shaper.reset()
+        self._caches.reset_counts()
         if self._outage is not None:
             self._outage.rearm()
         return web.json_response({"ok": True})
@@ -289,7 +299,7 @@ class Simulator:
             body = dialect.request_body(kind, body)
         except ValueError as exc:
             return self._respond(*dialect.bad_request(str(exc)))
-        problem = dialect.invalid(body) or unsupported(body)
+        problem = dialect.invalid(body) or unsupported(body) or self._caches.invalid(dialect, body)
         if problem is not None:
             return self._respond(*dialect.bad_request(problem))
         if c.reject_json_schema and _asks_json_schema(body):
@@ -311,6 +321,8 @@ class Simulator:
                 status = c.over_limit_status
                 headers = self._style.refusal_headers(dialect, self._limits.states(), wait)
                 return self._respond(status, dialect.refusal(status), headers)
+        if c.prompt_cache:
+            self._caches.arrive(kind, dialect, body)  # hits and misses as of now
         if self._slots is None:
             return await self._generate(request, kind, dialect, body, prompt, max_tokens)
         return await self._queued(request, kind, dialect, body, prompt, max_tokens)
@@ -423,4 +435,6 @@ class Simulator:
             payload = dialect.reply(kind, model, rid, text, prompt_tokens, output_tokens)
         if (tier := self._tiers.served(body)) is not None and isinstance(payload, dict):
             payload["service_tier"] = tier
+        if self.config.prompt_cache:
+            self._caches.settle(kind, dialect, body, payload)
         return self._respond(200, payload, headers)

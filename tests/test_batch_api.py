@@ -624,9 +624,9 @@ def test_stopped_mid_merge_the_rerun_writes_only_the_missing_answers(start_sim, 
         scan = journal.open()
         sink = ResultSink(journal, expected=len(requests))
         runner = BatchAPIRunner(client, BatchAPIConfig(out, poll_interval=0.05))
-        todo = [r for r in requests if r.id not in scan.ok]
+        todo = [r for r in requests if not scan.is_ok(r.id)]
         try:
-            stream = runner.stream(todo, done=scan.ok.__contains__, flush=sink.flush)
+            stream = runner.stream(todo, done=scan.is_ok, flush=sink.flush)
             async with contextlib.aclosing(stream) as results:
                 async for result in results:
                     sink.write(result)

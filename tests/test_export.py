@@ -291,3 +291,17 @@ def test_export_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert f"is {flag}: the export would overwrite the input" in proc.stderr
         assert source.read_bytes() == before
+
+
+def test_the_offset_index_is_sorted_across_runs(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Words are sorted in runs and merged (bounded memory): the result is one sorted array."""
+    import random
+
+    from llmbatch.io import export
+
+    monkeypatch.setattr(export._SortedWords, "RUN", 7)
+    words = export._SortedWords()
+    values = [random.Random(i).getrandbits(64) for i in range(100)]
+    for value in values:
+        words.add(value)
+    assert list(words.result()) == sorted(values)

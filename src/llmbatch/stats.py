@@ -152,6 +152,60 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+# A series longer than this is not sorted whole (a sorted copy costs 32 bytes per value):
+# its percentiles are found by counting (`_order_stats`), exactly, in bounded memory.
+SORT_LIMIT = 1 << 20
+
+
+def _quantiles(
+    series: array[float], limit: int = SORT_LIMIT
+) -> tuple[float, float, float, float, float]:
+    """(min, p50, p95, p99, max) of `series` (zeros when empty), nearest rank."""
+    n = len(series)
+    if not n:
+        return (0.0, 0.0, 0.0, 0.0, 0.0)
+    ranks = [max(1, math.ceil(q / 100.0 * n)) for q in (50, 95, 99)]
+    p50, p95, p99 = _order_stats(series, ranks, limit)
+    return (min(series), p50, p95, p99, max(series))
+
+
+def _order_stats(series: array[float], ranks: list[int], limit: int) -> list[float]:
+    """The values of the given ranks (from 1) in `series` sorted, exactly.
+
+    Up to `limit` values, or with a negative one, by sorting. Else by counting: a float that
+    is not negative orders as its 64-bit pattern does, so one pass counts values by their top
+    20 bits (1/256 of an octave), a second collects only the values of the buckets holding the
+    ranks, and sorts those; a bucket still too large (many equal values) is split by its next
+    bits the same way. Memory: the counts and one bucket, never the series twice.
+    """
+    if len(series) <= limit or min(series) < 0:
+        ordered = sorted(series)
+        return [ordered[r - 1] for r in ranks]
+    bits = memoryview(series).cast("B").cast("Q")
+    top = Counter(x >> 44 for x in bits)  # one pass shared by every rank
+    found: list[float] = []
+    for rank in ranks:
+        counts, shift = top, 44
+        bucket, left = _bucket_of(counts, rank)
+        while counts[bucket] > limit and shift > 0:  # many values alike: split by more bits
+            prefix, above, shift = bucket, shift, max(0, shift - 20)
+            counts = Counter(x >> shift for x in bits if x >> above == prefix)
+            bucket, left = _bucket_of(counts, left)
+        if shift:
+            bucket = sorted(x for x in bits if x >> shift == bucket)[left - 1]
+        found.append(array("d", array("Q", [bucket]).tobytes())[0])
+    return found
+
+
+def _bucket_of(counts: Counter[int], rank: int) -> tuple[int, int]:
+    """(the bucket holding the value of `rank`, its rank within the bucket)."""
+    for bucket in sorted(counts):
+        if rank <= counts[bucket]:
+            return bucket, rank
+        rank -= counts[bucket]
+    raise ValueError("rank past the end")
+
+
 class StatsCollector:
     """Accumulates results one by one; usable as an engine listener.
 
@@ -248,6 +302,49 @@ class StatsCollector:
             if cost is not None:  # paid, though no answer: still money spent
                 self.add_cost(model, cost)
 
+    def add_line(
+        self,
+        request_id: str,
+        duration: float,
+        attempts: int,
+        error_type: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached: bool,
+        wait: float | None,
+        provider: float,
+        cost: float | None,
+        model: str,
+        cached_prompt_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cache_saved: float | None = None,
+    ) -> None:
+        """`add_values`, positional: the form a reader of millions of lines calls (no keyword
+        parsing per line). `wait` is None for a line without timing (`provider` is ignored)."""
+        if wait is not None and attempts:
+            self._waits.append(wait)
+            self._providers.append(provider)
+        self._durations.append(duration)
+        self._attempts += attempts
+        if error_type is None:
+            self._success += 1
+            self._prompt += prompt_tokens
+            self._completion += completion_tokens
+            self._cached += cached
+            self._cache_read += cached_prompt_tokens
+            self._cache_write += cache_write_tokens
+            if cache_saved is not None:
+                self._cache_saved = (self._cache_saved or 0.0) + cache_saved
+            if cost is None:
+                self._unpriced += 1
+            else:
+                self._costs[model] = self._costs.get(model, 0.0) + cost
+        else:
+            self._failed.append(request_id)
+            self._errors[error_type] += 1
+            if cost is not None:  # paid, though no answer: still money spent
+                self.add_cost(model, cost)
+
     def add_prompt_cache(self, read: int, written: int, saved: float | None) -> None:
         """One answer's prompt-cache tokens and the USD they saved (None: not priced)."""
         self._cache_read += read
@@ -268,9 +365,10 @@ class StatsCollector:
             self._costs[model] = self._costs.get(model, 0.0) + cost
 
     def snapshot(self) -> BatchStats:
-        durations = sorted(self._durations)
-        waits, providers = sorted(self._waits), sorted(self._providers)
-        n = len(durations)
+        # One series sorted at a time: a sorted copy is a list of floats, 32 bytes each.
+        n = len(self._durations)
+        durations = _quantiles(self._durations)
+        waits, providers = _quantiles(self._waits), _quantiles(self._providers)
         cost = None
         if self.prices is not None:
             cost = (self._prompt * self.prices[0] + self._completion * self.prices[1]) / 1e6
@@ -281,25 +379,25 @@ class StatsCollector:
             success_count=self._success,
             failure_count=n - self._success,
             cached_count=self._cached,
-            average_duration=math.fsum(durations) / n if n else 0.0,
-            min_duration=durations[0] if n else 0.0,
-            max_duration=durations[-1] if n else 0.0,
-            p50_duration=_percentile(durations, 50),
-            p95_duration=_percentile(durations, 95),
-            p99_duration=_percentile(durations, 99),
+            average_duration=math.fsum(self._durations) / n if n else 0.0,
+            min_duration=durations[0],
+            max_duration=durations[4],
+            p50_duration=durations[1],
+            p95_duration=durations[2],
+            p99_duration=durations[3],
             prompt_tokens=self._prompt,
             completion_tokens=self._completion,
             total_attempts=self._attempts,
             failed_requests=tuple(self._failed),
             errors_by_type=dict(self._errors.most_common()),
             cost=cost,
-            p50_wait=_percentile(waits, 50),
-            p95_wait=_percentile(waits, 95),
-            p99_wait=_percentile(waits, 99),
-            p50_provider=_percentile(providers, 50),
-            p95_provider=_percentile(providers, 95),
-            p99_provider=_percentile(providers, 99),
-            timed_requests=len(waits),
+            p50_wait=waits[1],
+            p95_wait=waits[2],
+            p99_wait=waits[3],
+            p50_provider=providers[1],
+            p95_provider=providers[2],
+            p99_provider=providers[3],
+            timed_requests=len(self._waits),
             cost_by_model=dict(sorted(self._costs.items())),
             unpriced_count=self._unpriced,
             cached_prompt_tokens=self._cache_read,

@@ -1,7 +1,7 @@
 """One run over both paths: the batch API first, realtime for what would otherwise be late.
 
     runner = DeadlineRunner(batches, engine, DeadlinePolicy(deadline), capacity)
-    await runner.run(requests, on_result=sink.write, done=scan.ok.__contains__,
+    await runner.run(requests, on_result=sink.write, done=scan.is_ok,
                      flush=sink.flush, reread=lambda: read_requests())
     runner.duplicates          # ids answered by both paths around a switch (both paid)
 

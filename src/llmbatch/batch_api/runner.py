@@ -1,7 +1,7 @@
 """Running requests through a provider's batch API (half price), resumable and never paid twice.
 
     runner = BatchAPIRunner(client, BatchAPIConfig("out.jsonl", poll_interval=60))
-    async for result in runner.stream(requests, done=scan.ok.__contains__, flush=sink.flush):
+    async for result in runner.stream(requests, done=scan.is_ok, flush=sink.flush):
         sink.write(result)            # the same BatchResults as the engine's, batch_api=True
 
 The runner splits the requests into chunks under the provider's caps (`split`), and for each

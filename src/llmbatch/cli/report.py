@@ -50,7 +50,11 @@ def main(args: argparse.Namespace) -> int:
     if target.exists() and os.path.samefile(target, path):
         return fail(f"-o {target} is OUTPUT: the report would overwrite the results")
     real = path.resolve()
-    for suffix, what in ((".batches.json", "--batch-api ledger"), (".lock", "lock")):
+    for suffix, what in (
+        (".batches.json", "--batch-api ledger"),
+        (".lock", "lock"),
+        (".idx", "index"),
+    ):
         if target.resolve() == real.with_name(real.name + suffix):
             return fail(f"-o {target} is OUTPUT's {what}: pick another name")
     try:

@@ -24,9 +24,10 @@ import bisect
 import codecs
 import csv
 import glob
+import heapq
 import itertools
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -34,7 +35,7 @@ from typing import Any, BinaryIO, Literal
 import orjson
 
 from .formats import MAX_FIELD_CHARS, jsonl_rows, strict_csv
-from .journal import parse_record
+from .line import ResultLine
 from .tables import BadRow, Table, is_table, is_table_path, open_table
 
 __all__ = [
@@ -138,10 +139,9 @@ def _flatten(value: dict[str, Any], prefix: str, into: dict[str, Any], made: set
         into[name] = item
 
 
-def reply_text(record: Mapping[str, Any]) -> str | None:
+def reply_text(line: ResultLine) -> str | None:
     """The reply's text from a result line's provider body (OpenAI, Anthropic or Gemini)."""
-    response = record.get("response")
-    body = response.get("body") if isinstance(response, dict) else None
+    body = line.body
     if not isinstance(body, dict):
         return body if isinstance(body, str) else None
     choices = body.get("choices")
@@ -177,6 +177,38 @@ def reply_text(record: Mapping[str, Any]) -> str | None:
     return content if isinstance(content, str) else None
 
 
+class _SortedWords:
+    """64-bit words added in any order, given back as one sorted `array`, holding at most
+    `RUN` of them as Python ints at a time (a list of 10M ints is 400 MB; the array 80 MB):
+    runs are sorted as they fill, then merged."""
+
+    RUN = 1 << 20
+
+    def __init__(self) -> None:
+        self._runs: list[array[int]] = []
+        self._open: list[int] = []
+
+    def add(self, word: int) -> None:
+        self._open.append(word)
+        if len(self._open) >= self.RUN:
+            self._close_run()
+
+    def _close_run(self) -> None:
+        self._open.sort()
+        self._runs.append(array("Q", self._open))
+        self._open.clear()
+
+    def result(self) -> array[int]:
+        if self._open or not self._runs:
+            self._close_run()
+        runs, self._runs = self._runs, []
+        if len(runs) == 1:
+            return runs[0]
+        merged = array("Q")
+        merged.extend(heapq.merge(*runs))
+        return merged
+
+
 @dataclass(slots=True)
 class OutputIndex:
     """Where each result line of an output file starts, sorted by a hash of its id."""
@@ -193,33 +225,32 @@ class OutputIndex:
     def build(cls, path: str | Path, *, prefix: str = "") -> OutputIndex:
         """One pass over `path`: offsets of result lines, parsed columns and their kinds."""
         index = cls(Path(path), prefix=prefix)
-        words: list[int] = []
+        words = _SortedWords()
         offset = 0
         with open(path, "rb") as f:
             for raw in f:
                 start, offset = offset, offset + len(raw)
                 if not raw.endswith(b"\n"):
                     break  # a torn tail is never data
-                record = parse_record(raw)
+                record = ResultLine.decode(raw)
                 if record is None:
                     index.foreign_lines += 1
                     continue
                 if start > _OFFSET_MASK:
                     raise ValueError(f"{path} is larger than 1 TiB; split it to export")
-                words.append((_key(record["custom_id"]) << _OFFSET_BITS) | start)
+                words.add((_key(record.custom_id) << _OFFSET_BITS) | start)
                 index.lines += 1
-                parsed = (record.get("llmbatch") or {}).get("parsed")
+                parsed = record.parsed
                 if parsed is None:
                     index.unparsed = True
                     continue
                 try:
                     flat = flatten(parsed, prefix, {})
                 except ColumnClash as exc:
-                    raise ColumnClash(exc.column, record["custom_id"]) from None
+                    raise ColumnClash(exc.column, record.custom_id) from None
                 for name, value in flat.items():
                     index.columns.add(name, value)
-        words.sort()
-        index.entries = array("Q", words)
+        index.entries = words.result()
         return index
 
     def open(self) -> BinaryIO:
@@ -234,21 +265,21 @@ class _Reader:
         self.f = f
         self.used = bytearray(len(index.entries))
 
-    def read_at(self, position: int) -> dict[str, Any] | None:
+    def read_at(self, position: int) -> ResultLine | None:
         self.f.seek(self.index.entries[position] & _OFFSET_MASK)
-        return parse_record(self.f.readline())
+        return ResultLine.decode(self.f.readline())
 
-    def find(self, rid: str) -> tuple[int, dict[str, Any]] | None:
+    def find(self, rid: str) -> tuple[int, ResultLine] | None:
         """(position, line) of `rid`'s newest line; every line of `rid` is marked used."""
         entries = self.index.entries
         low = _key(rid) << _OFFSET_BITS
         first = bisect.bisect_left(entries, low)
         last = bisect.bisect_left(entries, low + (1 << _OFFSET_BITS))
-        found: tuple[int, dict[str, Any]] | None = None
+        found: tuple[int, ResultLine] | None = None
         # Highest offset first: the newest line of the id wins.
         for position in range(last - 1, first - 1, -1):
             record = self.read_at(position)
-            if record is None or record["custom_id"] != rid:
+            if record is None or record.custom_id != rid:
                 continue
             if found is None:
                 if self.used[position]:
@@ -293,14 +324,13 @@ class Shape:
 
 
 def _row(
-    shape: Shape, index: OutputIndex, rid: str, record: dict[str, Any] | None
+    shape: Shape, index: OutputIndex, rid: str, record: ResultLine | None
 ) -> dict[str, Any] | None:
     if record is None:
-        status, error, parsed = "missing", None, None
+        status, parsed = "missing", None
     else:
-        error = record.get("error")
-        status = "failed" if error else "ok"
-        parsed = (record.get("llmbatch") or {}).get("parsed")
+        status = "ok" if record.ok else "failed"
+        parsed = record.parsed
     if shape.failed == "skip" and status != "ok":
         return None
     if shape.failed == "only" and status == "ok":
@@ -308,8 +338,9 @@ def _row(
     p = shape.prefix if shape.join else ""
     row: dict[str, Any] = {} if shape.join else {"id": rid}
     row[f"{p}status"] = status
-    row[f"{p}error_code"] = error.get("code") if isinstance(error, dict) else None
-    row[f"{p}error_message"] = error.get("message") if isinstance(error, dict) else None
+    failed = record if record is not None and not record.ok else None
+    row[f"{p}error_code"] = failed.code if failed else None
+    row[f"{p}error_message"] = failed.message if failed else None
     if index.unparsed:
         row[f"{p}reply"] = reply_text(record) if record is not None and parsed is None else None
     if parsed is not None:
@@ -373,10 +404,10 @@ def ordered_records(
         )
         for offset in rest:
             f.seek(offset)
-            record = parse_record(f.readline())
+            record = ResultLine.decode(f.readline())
             if record is None:
                 continue
-            rid = record["custom_id"]
+            rid = record.custom_id
             position = bisect.bisect_left(entries, (_key(rid) << _OFFSET_BITS) | offset)
             if used[position]:
                 continue  # an older line of an id already exported
@@ -400,7 +431,7 @@ def _seen(reader: _Reader, rid: str) -> bool:
     for position in range(first, last):
         if reader.used[position]:
             record = reader.read_at(position)
-            if record is not None and record["custom_id"] == rid:
+            if record is not None and record.custom_id == rid:
                 return True
     return False
 
@@ -551,7 +582,7 @@ def guess_id_field(
     the data (the column whose values of the first `sample` rows are most often ids of the
     output), so `export --join` needs no `--id-field` again. None if no column matches.
     Memory: the sampled values only; the output is streamed."""
-    from .journal import iter_records
+    from .journal import iter_lines
 
     table = table_of(rows)
     found: Iterator[tuple[int, dict[str, Any]]]
@@ -570,8 +601,8 @@ def guess_id_field(
                 values.setdefault(column, set()).add(str(value))
     wanted = set().union(*values.values()) if values else set()
     hits: dict[str, int] = dict.fromkeys(values, 0)
-    for _, rec in iter_records(output):
-        cid = rec["custom_id"] if rec is not None else None
+    for _, rec in iter_lines(output):
+        cid = rec.custom_id if rec is not None else None
         if cid in wanted:
             for column, seen in values.items():
                 hits[column] += cid in seen

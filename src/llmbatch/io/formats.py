@@ -22,7 +22,7 @@ import csv
 import glob
 import re
 import string
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -271,16 +271,25 @@ def _fill(row: Mapping[str, Any], fields: list[str], missing: MissingField) -> d
 
 
 def read_files(
-    template: str, pattern: str, base: CompletionRequest
+    template: str,
+    pattern: str,
+    base: CompletionRequest,
+    *,
+    leave_out: Callable[[str], bool] | None = None,
 ) -> Iterator[InputItem | BadLine]:
-    """One request per file matched by `pattern` (recursive `**`); id = path."""
+    """One request per file matched by `pattern` (recursive `**`); id = path. Paths for which
+    `leave_out` is true are not read at all (the run's own output, lock and index)."""
     fields = set(template_fields(template))
     if not fields <= {"path", "content"}:
         unknown = sorted(fields - {"path", "content"})[0]
         raise TemplateError(
             f"--template field {{{unknown}}}: with --files only {{path}} and {{content}} exist"
         )
-    paths = sorted(p for p in glob.iglob(pattern, recursive=True) if Path(p).is_file())
+    paths = sorted(
+        p
+        for p in glob.iglob(pattern, recursive=True)
+        if Path(p).is_file() and not (leave_out is not None and leave_out(p))
+    )
     for n, path in enumerate(paths, 1):
         try:
             content = Path(path).read_text(encoding="utf-8") if "content" in fields else ""

@@ -4,14 +4,13 @@
         scan = journal.scan                         # ids already done, torn tail repaired
         journal.write(result)                       # one line, straight to the kernel
 
-Lines are in the OpenAI Batch output format, one per request, appended as results arrive:
+Lines are in the OpenAI Batch output format, one per request, appended as results arrive;
+`llmbatch.io.line.ResultLine` encodes and decodes them (the one place that knows the format).
 
-    {"id": "batch_req_...", "custom_id": "...", "response": {"status_code", "request_id",
-     "body"}, "error": null | {"code", "message"}, "llmbatch": {"duration", "attempts",
-     "cached", "usage", and where they apply "batch_api", "cost" (USD), "extra_cost" (USD
-     paid for lines of the id that compaction removed), "parsed", and the
-     timing: "started_at", "finished_at" (Unix seconds), "wait", "provider", "backoff"
-     (seconds) and "attempt_log": [[wait, provider, status or error code], ...]}}
+What the file holds is read through its sidecar index (`llmbatch.io.index`, `OUT.idx`,
+written as lines are fsynced and never trusted over the journal), into compact structures:
+the finished ids in an `IdTable` (about 23 bytes per id), the superseded lines as a set of
+line numbers (lines of ids written again; few). No reader holds a line per id.
 
 Each line is one `write(2)` on an O_APPEND descriptor, so a crash leaves at worst one torn
 last line, which the next open cuts off (that request is then simply redone). Data is
@@ -35,31 +34,44 @@ reported as corrupt and otherwise ignored, by resume and statistics alike.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from ..errorlog import redact
-from ..errors import error_code
 from ..stats import BatchStats, StatsCollector
-from ..types import BatchResult, Timing
+from ..types import BatchResult
+from .finished import IdTable
+from .index import (
+    Entry,
+    IndexWriter,
+    StaleIndex,
+    _scan,
+    entries,
+    expected_lines,
+    header,
+    ids,
+    index_path,
+    record,
+    set_summary,
+    summary,
+)
+from .line import ResultLine, timing_fields, with_money
 
 __all__ = [
     "CompactionError",
     "Journal",
     "JournalLocked",
     "JournalScan",
-    "iter_records",
+    "iter_lines",
     "journal_stats",
-    "parse_record",
+    "read_output",
     "result_line",
+    "superseded_lines",
     "timing_fields",
 ]
 
@@ -75,228 +87,154 @@ class CompactionError(OSError):
 
 @dataclass(slots=True)
 class JournalScan:
-    """What an existing output file holds. Sets are of custom_ids (newest line wins)."""
+    """What an output file holds: its finished ids (newest line of each wins) and more."""
 
-    ok: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
+    finished: IdTable = field(default_factory=IdTable)
     lines: int = 0
     repaired_bytes: int = 0
     corrupt_lines: list[int] = field(default_factory=list)
-    duplicated: set[str] = field(default_factory=set)
-    cost: float = 0.0  # USD over every line's `cost`, superseded lines too: money spent
+    superseded: set[int] = field(default_factory=set)  # lines a newer line of the id replaced
+    cost: float = 0.0  # USD over every line's money, superseded lines too: money spent
+    ok_count: int = 0  # ids whose newest line is an answer
+    failed_count: int = 0
 
+    def is_ok(self, rid: str) -> bool:
+        """True if `rid`'s newest line is an answer (`done` for the executors)."""
+        return self.finished.status(rid) is True
 
-def _safe_body(body: Any) -> Any:
-    """Error bodies may echo what was sent: mask anything shaped like a key."""
-    if body is None:
-        return None
-    text = body if isinstance(body, str) else orjson.dumps(body).decode()
-    masked = redact(text)
-    if masked == text:
-        return body
-    try:
-        return orjson.loads(masked) if not isinstance(body, str) else masked
-    except orjson.JSONDecodeError:
-        return masked
-
-
-def _plain(parsed: Any) -> Any:
-    """A parsed reply as JSON data: a pydantic model instance is dumped."""
-    dump = getattr(parsed, "model_dump", None)
-    return dump(mode="json") if callable(dump) else parsed
+    def is_failed(self, rid: str) -> bool:
+        return self.finished.status(rid) is False
 
 
 def result_line(result: BatchResult) -> bytes:
-    """The output line for one result, newline included."""
-    resp, err = result.response, result.error
-    meta: dict[str, Any] = {
-        "duration": round(result.duration, 6),
-        "attempts": result.attempts,
-        "cached": bool(resp is not None and resp.cached),
-    }
-    if err is None and resp is not None:
-        body = resp.raw if resp.raw is not None else {"content": resp.content}
-        response: dict[str, Any] | None = {
-            "status_code": resp.status_code,
-            "request_id": resp.request_id,
-            "body": body,
-        }
-        usage = resp.usage
-        meta["usage"] = {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-        }
-        if usage.cached_tokens:
-            meta["usage"]["cached_tokens"] = usage.cached_tokens
-        if usage.cache_write_tokens:
-            meta["usage"]["cache_write_tokens"] = usage.cache_write_tokens
-        if usage.cache_write_1h_tokens:
-            meta["usage"]["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
-        if resp.batch_api:
-            meta["batch_api"] = True
-        if result.parsed is not None:
-            meta["parsed"] = _plain(result.parsed)
-        error = None
-    else:
-        status = getattr(err, "status_code", None)
-        response = None
-        if status is not None:
-            body = _safe_body(getattr(err, "body", None))
-            # A ReplyError carries the reply: its line keeps the raw (or partial) body.
-            rid = getattr(err, "request_id", None)
-            response = {"status_code": status, "request_id": rid, "body": body}
-        error = {"code": error_code(err), "message": redact(f"{type(err).__name__}: {err}")}
-    if result.cost is not None:
-        meta["cost"] = round(result.cost, 10)
-    if result.cache_saved is not None:
-        meta["cache_saved"] = round(result.cache_saved, 10)
-    if result.timing is not None:
-        meta.update(timing_fields(result.timing))
-    line = {
-        "id": f"batch_req_{uuid.uuid4().hex}",
-        "custom_id": result.id,
-        "response": response,
-        "error": error,
-        "llmbatch": meta,
-    }
-    return orjson.dumps(line) + b"\n"
+    """The output line for one result, newline included (`ResultLine.of(result).encode()`)."""
+    return ResultLine.of(result).encode()
 
 
-def timing_fields(timing: Timing) -> dict[str, Any]:
-    """The `llmbatch` block's timing keys: wall times to the millisecond, spans to the µs."""
-    return {
-        "started_at": round(timing.started_at, 3),
-        "finished_at": round(timing.finished_at, 3),
-        "wait": round(timing.wait, 6),
-        "provider": round(timing.provider, 6),
-        "backoff": round(timing.backoff, 6),
-        "attempt_log": [[round(w, 6), round(p, 6), o] for w, p, o in timing.attempts],
-    }
-
-
-def _is_result(obj: Any) -> bool:
-    """A line this journal could have written: a string id, an error that is null or an object,
-    and bookkeeping that is an object if present. Anything else is a foreign line."""
-    return (
-        isinstance(obj, dict)
-        and isinstance(obj.get("custom_id"), str)
-        and obj["custom_id"] != ""
-        and (obj.get("error") is None or isinstance(obj["error"], dict))
-        and isinstance(obj.get("llmbatch") or {}, dict)
-    )
-
-
-def parse_record(raw: bytes) -> dict[str, Any] | None:
-    """One line decoded, if it is a result line (see `_is_result`); None otherwise."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if _is_result(obj) else None
-
-
-def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
+def iter_lines(path: str | Path) -> Iterator[tuple[int, ResultLine | None]]:
     """(line number, decoded result line, or None if it is not one) for each complete line."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 return  # a torn tail is never data
-            yield n, parse_record(raw)
+            yield n, ResultLine.decode(raw)
 
 
-def _number(value: Any, kind: type[int] | type[float]) -> Any:
-    # Hand-edited lines may hold anything: a statistic that cannot be read counts as 0.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return kind(0)
-    return kind(value)
+def read_output(
+    path: str | Path, *, write: bool = False, hash: Callable[[str], int] = hash
+) -> JournalScan:
+    """What `path` holds, through its index (`write`: the caller holds the lock, and the
+    index is brought up to date). The newest line of an id wins; older ones are superseded."""
+    for trust in (True, False):
+        scan = JournalScan(IdTable(expected_lines(path), hash=hash))
+        add, superseded, corrupt = scan.finished.add, scan.superseded, scan.corrupt_lines
+        cost, lines = 0.0, 0
+        try:
+            for lines, cid, ok, money in ids(path, write=write, trust_index=trust):
+                if not cid:
+                    corrupt.append(lines)
+                    continue
+                before = add(cid, lines, ok)
+                if before is not None:
+                    superseded.add(before)
+                cost += money
+        except StaleIndex:
+            continue
+        scan.lines = lines
+        scan.cost = cost
+        scan.ok_count, scan.failed_count = scan.finished.counts()
+        if write:
+            set_summary(path, os.stat(path).st_size, lines, scan.finished.repeats)
+        return scan
+    raise AssertionError("unreachable: the second pass does not trust the index")
 
 
-def journal_stats(path: str | Path) -> BatchStats:
+def superseded_lines(path: str | Path) -> set[int]:
+    """Line numbers of `path` a newer line of their id replaced (the file is not compacted
+    yet). Free when the index's summary says no id repeats; else one pass over the index."""
+    found = summary(path)
+    if found is not None and found.repeats == 0 and found.covered == _size(path):
+        return set()
+    return read_output(path).superseded
+
+
+def _size(path: str | Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def journal_stats(path: str | Path, *, superseded: set[int] | None = None) -> BatchStats:
     """Statistics of an output file: the newest line of each id, as a resume reads it.
 
     A file not compacted yet (a run killed after redoing failed ids) holds superseded lines;
-    only their cost is counted (they were paid for, as the compaction keeps it). Two passes, so
-    memory holds one line number per id, not the lines.
+    only their cost is counted (they were paid for, as the compaction keeps it). Read from
+    the index, not the lines; `superseded` (the journal that wrote the file knows them) spares
+    looking for them.
     """
-    newest: dict[str, int] = {}
-    for n, rec in iter_records(path):
-        if rec is not None:
-            newest[rec["custom_id"]] = n
+    for trust in (True, False):
+        try:
+            if superseded is None:
+                superseded = superseded_lines(path) if trust else _superseded(path)
+            return _stats(_scan(Path(path), False, trust), superseded)
+        except StaleIndex:
+            superseded = None
+    raise AssertionError("unreachable: the second pass does not trust the index")
+
+
+def _superseded(path: str | Path) -> set[int]:
+    table, superseded = IdTable(expected_lines(path)), set()
+    for n, cid, _, _ in ids(path, trust_index=False):
+        if cid and (before := table.add(cid, n)) is not None:
+            superseded.add(before)
+    return superseded
+
+
+def _stats(lines: Iterator[tuple[int, tuple[Any, ...], bytes]], superseded: set[int]) -> BatchStats:
+    """The stats of raw index records (`_scan`'s), the hot loop of `llmbatch stats`: fields
+    are read from the record tuple, the strings decoded once each (few models and codes)."""
     collector = StatsCollector()
-    for n, rec in iter_records(path):
-        if rec is None:
+    add, add_cost = collector.add_line, collector.add_cost
+    texts: dict[bytes, tuple[str, str]] = {}
+    for n, rec, var in lines:
+        flags = rec[2]
+        if not flags & 2:  # not a result line
             continue
-        meta = rec.get("llmbatch") or {}
-        if newest.get(rec["custom_id"]) != n:
-            if spent := _money(meta):
-                collector.add_cost(_model(rec), spent)
+        m = var[0]
+        head = var[: 2 + m + var[1 + m]]
+        found = texts.get(head)
+        if found is None:
+            model = var[1 : 1 + m].decode(errors="replace")
+            code = var[2 + m : len(head)].decode(errors="replace")
+            found = texts[head] = (model, code)
+        model, code = found
+        cost, extra = rec[10], rec[11]
+        if extra == extra:  # not NaN: the line carries what removed lines cost
+            cost = (0.0 if cost != cost else cost) + extra
+        money = None if cost != cost else cost
+        if superseded and n in superseded:
+            if money:
+                add_cost(model, money)
             continue
-        usage = meta.get("usage")
-        usage = usage if isinstance(usage, dict) else {}
-        err = rec.get("error")
-        collector.add_values(
-            rec["custom_id"],
-            duration=_number(meta.get("duration"), float),
-            attempts=_number(meta.get("attempts"), int),
-            error_type=None if err is None else str(err.get("code") or "unknown"),
-            prompt_tokens=_number(usage.get("prompt_tokens"), int),
-            completion_tokens=_number(usage.get("completion_tokens"), int),
-            cached=bool(meta.get("cached", False)),
-            **_line_timing(meta),
-            cost=_money(meta),
-            model=_model(rec),
-            cached_prompt_tokens=_number(usage.get("cached_tokens"), int),
-            cache_write_tokens=_number(usage.get("cache_write_tokens"), int),
-            cache_saved=_cost(meta, "cache_saved"),
+        wait, provider, pt, ct, saved = rec[8], rec[9], rec[12], rec[13], rec[16]
+        add(
+            var[len(head) :].decode("utf-8", "surrogatepass") if not flags & 1 else "",
+            rec[7],
+            rec[6],
+            None if flags & 1 else code,
+            pt if pt > 0 else 0,
+            ct if ct > 0 else 0,
+            bool(flags & 4),
+            None if wait != wait or provider != provider else wait,
+            provider,
+            money,
+            model,
+            rec[14] if rec[14] > 0 else 0,
+            rec[15] if rec[15] > 0 else 0,
+            None if saved != saved else saved,
         )
     return collector.snapshot()
-
-
-def _line_timing(meta: dict[str, Any]) -> dict[str, float]:
-    """A line's admission wait and provider time, if it has them (lines of older versions
-    and of results made elsewhere do not)."""
-    wait, provider = meta.get("wait"), meta.get("provider")
-    if wait is None or provider is None:
-        return {}
-    return {"wait": _number(wait, float), "provider": _number(provider, float)}
-
-
-def _cost(meta: dict[str, Any], key: str = "cost") -> float | None:
-    value = meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _money(meta: dict[str, Any]) -> float | None:
-    """USD a line stands for: its own `cost` plus `extra_cost`, what the lines compaction
-    removed for its id had cost (superseded attempts, an answer bought twice)."""
-    cost, extra = _cost(meta), _cost(meta, "extra_cost")
-    if extra is None:
-        return cost
-    return (cost or 0.0) + extra
-
-
-def _with_money(rec: dict[str, Any], total: float) -> bytes | None:
-    """`rec` as a line whose cost plus extra_cost is `total`; None if it is that already."""
-    meta = rec.get("llmbatch")
-    if not isinstance(meta, dict):
-        return None
-    extra = total - (_cost(meta) or 0.0)
-    if abs(extra - (_cost(meta, "extra_cost") or 0.0)) < 1e-12:
-        return None
-    meta["extra_cost"] = round(extra, 10)
-    return orjson.dumps(rec) + b"\n"
-
-
-def _model(rec: dict[str, Any]) -> str:
-    """The model that answered, as its body says (OpenAI and Anthropic bodies name it
-    `model`, Gemini's `modelVersion`)."""
-    body = (
-        (rec.get("response") or {}).get("body") if isinstance(rec.get("response"), dict) else None
-    )
-    model = (body.get("model") or body.get("modelVersion")) if isinstance(body, dict) else None
-    return model if isinstance(model, str) else ""
 
 
 class Journal:
@@ -304,6 +242,8 @@ class Journal:
 
     `write` and `fsync` default to the `os` functions; tests pass failing ones to play a full
     disk. Any `OSError` from writing or syncing propagates: the caller must stop the run.
+    `scan.finished` is kept up to date as lines are written (the newest line of an id wins).
+    `id_hash` is the finished-id table's hash (tests inject one that collides).
     """
 
     def __init__(
@@ -314,6 +254,7 @@ class Journal:
         clock: Callable[[], float] = time.monotonic,
         write: Callable[[int, memoryview], int] = os.write,
         fsync: Callable[[int], None] = os.fsync,
+        id_hash: Callable[[str], int] = hash,
     ) -> None:
         self.path = Path(path)
         # Symlinks resolved: the lock and the compaction act on the file, whatever its name.
@@ -323,13 +264,15 @@ class Journal:
         self._clock = clock
         self._write = write
         self._fsync = fsync
+        self._hash = id_hash
         self._fd: int | None = None
         self._lock_fd: int | None = None
+        self._index: IndexWriter | None = None
         self._last_sync = 0.0
         self._dirty = False
         self.scan = JournalScan()
         self.written = 0
-        self._rewritten: set[str] = set()
+        self._lines = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -337,8 +280,19 @@ class Journal:
         self._lock()
         try:
             self.scan = self._scan_and_repair()
+            self._lines = self.scan.lines
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._index = IndexWriter(
+                self.real_path,
+                self._fd,
+                start=os.fstat(self._fd).st_size,
+                lines=self.scan.lines,
+                repeats=self.scan.finished.repeats,
+            )
         except BaseException:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
             self._unlock()
             raise
         self._last_sync = self._clock()
@@ -351,11 +305,14 @@ class Journal:
                 fd, self._fd = self._fd, None
                 try:
                     self._fsync(fd)
+                    self._flush_index()
                 finally:
                     os.close(fd)
-                if self.scan.duplicated or self._rewritten:
+                    self._close_index()
+                if self.scan.superseded:
                     self._compact()
         finally:
+            self._close_index()
             self._unlock()
 
     def abandon(self) -> None:
@@ -368,8 +325,10 @@ class Journal:
                 fd, self._fd = self._fd, None
                 with contextlib.suppress(OSError):  # the disk already failed once
                     self._fsync(fd)
+                    self._flush_index()
                 os.close(fd)
         finally:
+            self._close_index()
             self._unlock()
 
     def __enter__(self) -> Journal:
@@ -382,23 +341,42 @@ class Journal:
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, result: BatchResult, *, replaces: bool = False) -> None:
-        """Append `result`'s line. `replaces`: this run already wrote a line for its id (the
-        newer one wins; close compacts)."""
-        self.write_line(result.id, result_line(result))
-        if replaces:
-            self._rewritten.add(result.id)
+        """Append `result`'s line. `replaces` is accepted for callers that know this run wrote
+        the id before: the journal knows it too (the newer line wins; close compacts)."""
+        line = ResultLine.of(result)
+        self._append(result.id, line.encode(), line)
 
     def write_line(self, custom_id: str, line: bytes) -> None:
         """Append a line made by `result_line` (possibly in another process)."""
+        self._append(custom_id, line, ResultLine.decode(line))
+
+    def _append(self, custom_id: str, raw: bytes, line: ResultLine | None) -> None:
         assert self._fd is not None, "journal is not open"
-        view = memoryview(line)
+        view = memoryview(raw)
         while view:  # a regular file takes it all at once; the loop is for the odd EINTR
-            n = self._write(self._fd, view)
+            try:
+                n = self._write(self._fd, view)
+            except OSError as exc:
+                index, self._index = self._index, None
+                if index is None:
+                    raise
+                # Part of the line may be there: the index is dropped (rebuilt next time). On
+                # a full disk that frees its space, so the line is tried once more: the index
+                # never costs a result.
+                index.drop()
+                if exc.errno != errno.ENOSPC:
+                    raise
+                continue
             view = view[n:]
         self.written += 1
+        self._lines += 1
         self._dirty = True
-        if custom_id in self.scan.ok or custom_id in self.scan.failed:
-            self._rewritten.add(custom_id)
+        ok = line is not None and line.ok
+        before = self.scan.finished.add(custom_id, self._lines, ok)
+        if before is not None:
+            self.scan.superseded.add(before)
+        if self._index is not None:
+            self._index.add(raw, line, repeat=before is not None)
         self.sync_if_due()
 
     def sync_if_due(self) -> None:
@@ -408,6 +386,7 @@ class Journal:
                 self._fsync(self._fd)
                 self._last_sync = now
                 self._dirty = False
+                self._flush_index()
 
     def sync(self) -> None:
         """fsync now, whatever the interval (before a provider batch is marked collected)."""
@@ -415,6 +394,17 @@ class Journal:
             self._fsync(self._fd)
             self._last_sync = self._clock()
             self._dirty = False
+            self._flush_index()
+
+    def _flush_index(self) -> None:
+        # Only after the journal's fsync: the index never claims a line not on disk.
+        if self._index is not None:
+            self._index.flush()
+
+    def _close_index(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
 
     # -- internals --------------------------------------------------------------------------
 
@@ -441,9 +431,9 @@ class Journal:
             self._lock_fd = None
 
     def _scan_and_repair(self) -> JournalScan:
-        scan = JournalScan()
+        repaired = 0
         if not self.path.exists():
-            return scan
+            return JournalScan(IdTable(hash=self._hash))
         size = self.path.stat().st_size
         if size:
             with open(self.path, "rb+") as f:
@@ -463,75 +453,96 @@ class Journal:
                         pos = start
                     f.truncate(cut)
                     os.fsync(f.fileno())
-                    scan.repaired_bytes = size - cut
-        ok, failed = scan.ok, scan.failed
-        for n, rec in iter_records(self.path):
-            scan.lines = n
-            if rec is None:
-                scan.corrupt_lines.append(n)
-                continue
-            cid = rec["custom_id"]
-            if cid in ok or cid in failed:
-                scan.duplicated.add(cid)
-                ok.discard(cid)
-                failed.discard(cid)
-            (ok if rec.get("error") is None else failed).add(cid)
-            spent = _money(rec.get("llmbatch") or {})
-            if spent:
-                scan.cost += spent
+                    repaired = size - cut
+        scan = read_output(self.real_path, write=True, hash=self._hash)
+        scan.repaired_bytes = repaired
         return scan
 
     def _compact(self) -> None:
         """Keep only the newest line of every id that has several; atomic via rename.
 
         Works on the real file (symlinks resolved), keeps its mode and, where permitted, its
-        owner; on failure removes the temp file and leaves the original untouched.
+        owner; on failure removes the temp file and leaves the original untouched. The kept
+        line of such an id carries what its removed lines cost (`extra_cost`), so a rerun's
+        spend still counts them. The index is rewritten beside it (a crash between the two
+        renames leaves an index naming the old file's inode: rebuilt on the next open).
         """
         target = self.real_path
-        multi = self.scan.duplicated | self._rewritten
-        newest: dict[str, int] = {}
-        # Money of every line of those ids; the kept line takes what the others cost, so a
-        # rerun's spend (the scan's cost) still counts what was paid for the removed lines.
-        money: dict[str, float] = {}
-        for n, rec in iter_records(target):
-            if rec is not None and rec["custom_id"] in multi:
-                cid = rec["custom_id"]
-                newest[cid] = n
-                money[cid] = money.get(cid, 0.0) + (_money(rec.get("llmbatch") or {}) or 0.0)
-        st = os.stat(target)
+        superseded = self.scan.superseded
         tmp = target.with_name(target.name + ".compact.tmp")
+        itmp = index_path(target).with_name(index_path(target).name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(target, "rb") as src, open(fd, "wb") as dst:
-                os.fchmod(dst.fileno(), st.st_mode & 0o7777)
-                with contextlib.suppress(OSError):  # only root may give a file away
-                    os.fchown(dst.fileno(), st.st_uid, st.st_gid)
-                for n, raw in enumerate(src, 1):
-                    if not raw.endswith(b"\n"):
-                        break
-                    try:
-                        obj = orjson.loads(raw)
-                        cid = obj.get("custom_id")
-                    except (orjson.JSONDecodeError, AttributeError):
-                        cid = None
-                    if isinstance(cid, str) and cid in newest:
-                        if newest[cid] != n:
-                            continue
-                        raw = _with_money(obj, money[cid]) or raw
-                    dst.write(raw)
-                dst.flush()
-                self._fsync(dst.fileno())
+            try:
+                self._rewrite(target, tmp, itmp, superseded, trust=True)
+            except StaleIndex:  # the index no longer matches: the journal's lines decoded
+                self._rewrite(target, tmp, itmp, superseded, trust=False)
             os.replace(tmp, target)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(itmp)
             if isinstance(exc, OSError):
                 raise CompactionError(exc.errno, exc.strerror) from exc
             raise
+        with contextlib.suppress(OSError):  # the index is a convenience: rebuilt if missing
+            os.replace(itmp, index_path(target))
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        self.scan.duplicated.clear()
-        self._rewritten.clear()
+        superseded.clear()
+
+    def _rewrite(
+        self, target: Path, tmp: Path, itmp: Path, superseded: set[int], *, trust: bool
+    ) -> None:
+        """Write `tmp` (the file without its superseded lines) and `itmp` (its index), reading
+        what each line is from the index (`trust`) or by decoding it."""
+        st = os.stat(target)
+        carry: dict[str, float] = {}  # money of the removed lines, by id (few)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(target, "rb") as src, open(fd, "wb") as dst:
+            os.fchmod(dst.fileno(), st.st_mode & 0o7777)
+            with contextlib.suppress(OSError):  # only root may give a file away
+                os.fchown(dst.fileno(), st.st_uid, st.st_gid)
+            new = os.fstat(dst.fileno())
+            index = _IndexCopy(itmp, new.st_dev, new.st_ino)
+            offset = lines = 0
+            for e in entries(target, trust_index=trust):
+                raw = src.readline()
+                if e.line in superseded:
+                    carry[e.custom_id] = carry.get(e.custom_id, 0.0) + (e.money or 0.0)
+                    continue
+                kept: Entry | ResultLine | None = e
+                if e.custom_id in carry:
+                    total = carry.pop(e.custom_id) + (e.money or 0.0)
+                    patched = with_money(raw, total)
+                    if patched is not None:
+                        raw = patched
+                        kept = ResultLine.decode(raw)
+                dst.write(raw)
+                index.add(record(kept, offset, raw))
+                offset += len(raw)
+                lines += 1
+            dst.flush()
+            self._fsync(dst.fileno())
+        index.close(header(new.st_dev, new.st_ino, offset, lines, 0))
+
+
+class _IndexCopy:
+    """The index of a compacted file, written beside it; a failure only loses the index."""
+
+    def __init__(self, path: Path, dev: int, ino: int) -> None:
+        self.path = path
+        self._f = open(path, "wb")  # noqa: SIM115 (closed in close)
+        self._f.write(header(dev, ino))
+
+    def add(self, rec: bytes) -> None:
+        self._f.write(rec)
+
+    def close(self, final_header: bytes) -> None:
+        """Close with the header that says what the index covers (no id repeats)."""
+        self._f.seek(0)
+        self._f.write(final_header)
+        self._f.close()

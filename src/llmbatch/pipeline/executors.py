@@ -156,7 +156,7 @@ class Context:
     @property
     def done(self) -> Callable[[str], bool]:
         """Ids whose answer the output already holds (a re-attached batch may return them)."""
-        return self.sink.journal.scan.ok.__contains__
+        return self.sink.journal.scan.is_ok
 
     @property
     def ledger(self) -> str:

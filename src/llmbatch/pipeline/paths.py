@@ -40,6 +40,8 @@ def path_roles(config: RunConfig) -> list[tuple[str, str, Path]]:
         ("output", "`output`", out),
         ("output", "the output's lock file", out.with_name(out.name + ".lock")),
         ("output", "the output's compaction file", out.with_name(out.name + ".compact.tmp")),
+        ("output", "the output's index", out.with_name(out.name + ".idx")),
+        ("output", "the output's index copy", out.with_name(out.name + ".idx.tmp")),
         ("output", "the batch ledger", ledger),
         ("output", "the batch ledger's directory", chunks),
     ]

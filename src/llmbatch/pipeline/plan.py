@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..deadline import Work, assumed_latency
-from ..io.journal import iter_records
+from ..io.finished import IdTable
+from ..io.index import StaleIndex, entries, expected_lines
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS, Pricer
 from ..prompt_cache.census import PrefixCensus
 from ..prompt_cache.estimate import estimate
@@ -119,10 +120,10 @@ def _round(value: float | None) -> float | None:
 
 @dataclass(slots=True)
 class _Done:
-    """What an existing OUTPUT holds, read without locking or repairing it."""
+    """What an existing OUTPUT holds, read without locking or repairing it: its finished ids
+    (the compact table a resume uses; newest line per id) and the answers' averages."""
 
-    ok: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
+    finished: IdTable = field(default_factory=IdTable)
     answers: int = 0
     completion_tokens: int = 0
     realtime_answers: int = 0  # answers not from a batch API, and their seconds in total
@@ -130,35 +131,27 @@ class _Done:
 
 
 def _read_done(path: str | None) -> _Done:
-    done = _Done()
     if not path or not Path(path).is_file():
-        return done
-    for _, rec in iter_records(path):
-        if rec is None:
+        return _Done()
+    for trust in (True, False):
+        done = _Done(IdTable(expected_lines(path)))
+        try:
+            for e in entries(path, trust_index=trust):
+                if not e.custom_id:
+                    continue
+                done.finished.add(e.custom_id, e.line, e.ok)
+                if not e.ok:
+                    continue
+                if e.completion_tokens is not None:
+                    done.answers += 1
+                    done.completion_tokens += e.completion_tokens
+                if not e.batch_api and not e.cached and e.duration > 0:
+                    done.realtime_answers += 1
+                    done.realtime_seconds += e.duration
+        except StaleIndex:
             continue
-        cid = rec["custom_id"]
-        if rec.get("error") is None:
-            done.failed.discard(cid)
-            done.ok.add(cid)
-            meta = rec.get("llmbatch") or {}
-            usage = meta.get("usage")
-            tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-            if isinstance(tokens, int) and not isinstance(tokens, bool):
-                done.answers += 1
-                done.completion_tokens += tokens
-            duration = meta.get("duration")
-            if (
-                not meta.get("batch_api")
-                and not meta.get("cached")
-                and isinstance(duration, int | float)
-                and duration > 0
-            ):
-                done.realtime_answers += 1
-                done.realtime_seconds += float(duration)
-        else:
-            done.ok.discard(cid)
-            done.failed.add(cid)
-    return done
+        return done
+    raise AssertionError("unreachable: the second pass does not trust the index")
 
 
 def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None = None) -> Plan:
@@ -169,8 +162,11 @@ def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None =
     done = _read_done(config.output)
     retry_failed = config.retry_failed
 
+    status = done.finished.status
+
     def skip(rid: str) -> bool:
-        return rid in done.ok or (rid in done.failed and not retry_failed)
+        found = status(rid)
+        return found is True or (found is False and not retry_failed)
 
     loads: dict[str | None, _ModelLoad] = {}
     default_model = config.model

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from ..io.finished import IdTable
 from ..io.formats import BadLine, InputItem, TemplateError
 from ..limiter import Estimate
 from ..text import chars_to_tokens
@@ -40,18 +41,22 @@ def precheck(
     skip: Callable[[str], bool],
     config: RunConfig,
     observe: Callable[[CompletionRequest], None] | None = None,
+    *,
+    id_hash: Callable[[str], int] = hash,
 ) -> Precheck:
     """Check every line; `observe` is called with each runnable request (`llmbatch plan`
-    counts its tokens there, so the input is read once)."""
+    counts its tokens there, so the input is read once). `id_hash`: the id table's hash
+    (tests inject one that collides)."""
     check = Precheck()
     # Without per-minute limits no request can be over a budget: skip the estimate (a third
     # of this pass's time on a million short lines).
     over_a_budget = _limit_check(config)
-    # Duplicates are found by a set of hashes (a third of the memory of a dict of ids), and
-    # confirmed, with their first line, by a second look only when some are suspected. Ids
+    # Duplicates are found by a compact table of the ids (`IdTable`, ~23 bytes each, where a
+    # set of str takes ~10x that) that keeps each id's first line; a suspect is confirmed by
+    # comparing the ids themselves in a second look, only when some are suspected. Ids
     # already done are left out: they are never sent twice whatever the input says.
-    seen: set[int] = set()
-    suspects: list[InputItem] = []
+    seen = IdTable(hash=id_hash)
+    suspects: dict[int, int] = {}  # line -> the line its id was first seen on
 
     def bad(entry: BadLine) -> None:
         check.bad_count += 1
@@ -67,22 +72,16 @@ def precheck(
         if skip(item.id):
             check.skipped_done += 1
             continue
-        key = hash(item.id)
-        if key in seen:
-            suspects.append(item)
+        first = seen.add(item.id, item.line)
+        if first is not None:
+            seen.add(item.id, first)  # the first line stays the one to name
+            suspects[item.line] = first
             continue
-        seen.add(key)
         req = item.request
         if config.max_input_tokens:
             prompt_tokens = chars_to_tokens(req.text_length())
             if prompt_tokens > config.max_input_tokens:
-                bad(
-                    BadLine(
-                        item.line,
-                        f"prompt is ~{prompt_tokens} tokens, over `max_input_tokens` "
-                        f"{config.max_input_tokens}",
-                    )
-                )
+                bad(BadLine(item.line, _over_input(prompt_tokens, config.max_input_tokens)))
                 continue
         if over_a_budget is not None and (too_big := over_a_budget(Estimate.of(req))):
             bad(BadLine(item.line, too_big))
@@ -90,9 +89,9 @@ def precheck(
         check.runnable += 1
         if observe is not None:
             observe(req)
-    del seen
+    del seen  # before the second look: the table is the largest thing held
     if suspects:
-        _confirm_duplicates(source, suspects, check, bad, observe)
+        _confirm_duplicates(source, suspects, check, bad, config, over_a_budget, observe)
     return check
 
 
@@ -119,24 +118,45 @@ def check_input(
 
 def _confirm_duplicates(
     source: Callable[[], Iterator[InputItem | BadLine]],
-    suspects: list[InputItem],
+    suspects: dict[int, int],
     check: Precheck,
     bad: Callable[[BadLine], None],
+    config: RunConfig,
+    over_a_budget: Callable[[Estimate], str | None] | None,
     observe: Callable[[CompletionRequest], None] | None = None,
 ) -> None:
-    first: dict[str, int] = {}
-    wanted = {s.id for s in suspects}
+    """Compare the ids of the suspect lines with those of the lines they were taken for:
+    equal, a duplicate; not (two ids with one fingerprint), checked as any other line."""
+    firsts = set(suspects.values())
+    ids: dict[int, str] = {}  # line -> id, for the first lines (few: one per duplicated id)
+    later: list[InputItem] = []
     for item in source():
-        if isinstance(item, InputItem) and item.id in wanted and item.id not in first:
-            first[item.id] = item.line
-    for item in suspects:
-        line = first.get(item.id)
-        if line is not None and line < item.line:
-            bad(BadLine(item.line, f"duplicate id {item.id!r} (first on line {line})"))
-        else:  # two ids with one hash: not a duplicate after all
-            check.runnable += 1
-            if observe is not None:
-                observe(item.request)
+        if isinstance(item, InputItem):
+            if item.line in firsts:
+                ids[item.line] = item.id
+            elif item.line in suspects:
+                later.append(item)
+    for item in later:
+        first = suspects[item.line]
+        if ids.get(first) == item.id:
+            bad(BadLine(item.line, f"duplicate id {item.id!r} (first on line {first})"))
+            continue
+        req = item.request
+        if config.max_input_tokens:
+            prompt_tokens = chars_to_tokens(req.text_length())
+            if prompt_tokens > config.max_input_tokens:
+                bad(BadLine(item.line, _over_input(prompt_tokens, config.max_input_tokens)))
+                continue
+        if over_a_budget is not None and (too_big := over_a_budget(Estimate.of(req))):
+            bad(BadLine(item.line, too_big))
+            continue
+        check.runnable += 1
+        if observe is not None:
+            observe(req)
+
+
+def _over_input(prompt_tokens: int, limit: int) -> str:
+    return f"prompt is ~{prompt_tokens} tokens, over `max_input_tokens` {limit}"
 
 
 def _limit_check(config: RunConfig) -> Callable[[Estimate], str | None] | None:

@@ -36,6 +36,7 @@ from ..clients.provider import ProviderClient
 from ..errorlog import ErrorHandler
 from ..io.atomic import os_reason
 from ..io.cache import CacheError, SQLiteCache, request_key
+from ..io.finished import IdTable
 from ..io.formats import BadLine
 from ..io.journal import Journal, JournalLocked, JournalScan, journal_stats
 from ..io.sink import OutputError, ResultSink
@@ -102,7 +103,7 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
             check = _check_input(config, source, skip, None if census is None else census.observe)
             emit(
                 InputChecked(
-                    where_of(config), check, 0 if config.retry_failed else len(scan.failed)
+                    where_of(config), check, 0 if config.retry_failed else scan.failed_count
                 )
             )
             sink = _build_sink(config, client, journal, check, emit)
@@ -136,7 +137,9 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
                         replies=reply_policy(config),
                     )
                     executor = with_prompt_cache(executor_for(context), context, census)
-                    requests = reread()
+                    # Nothing left to send (a rerun of a finished run): the input is not
+                    # read a second time.
+                    requests: Iterator[BatchRequest] = reread() if check.runnable else iter(())
                     if budget is not None and executor.name in ("realtime", "ray"):
                         # Once the budget refused one, the rest are not even pulled (they
                         # stay unfinished, for the rerun): the run ends with its last call.
@@ -317,10 +320,12 @@ def _open_output(config: RunConfig) -> Journal:
 
 def _skip(config: RunConfig, scan: JournalScan) -> Callable[[str], bool]:
     """The test for ids this run leaves alone: answered, or failed without `retry_failed`."""
-    done, failed, retry_failed = scan.ok, scan.failed, config.retry_failed
+    if config.retry_failed:
+        return scan.is_ok
 
     def skip(rid: str) -> bool:
-        return rid in done or (rid in failed and not retry_failed)
+        # `scan.finished` looked up per call, not bound: the summary frees the table.
+        return scan.finished.status(rid) is not None
 
     return skip
 
@@ -436,7 +441,9 @@ def _summarize(
     output_error: OutputError | None,
 ) -> RunSummary:
     """The whole output's stats, `stats_json` and the report, and the summary."""
-    stats = journal_stats(config.output)
+    scan = sink.journal.scan
+    scan.finished = IdTable()  # no longer asked (the output is closed): freed before the stats
+    stats = journal_stats(config.output, superseded=scan.superseded)
     unfinished = sink.unfinished
     stats_json_error = report_error = None
     if config.stats_json and output_error is None:

@@ -122,22 +122,22 @@ def _requests_source(given: object) -> Source:
 
 
 def own_files(output: str | None) -> set[str]:
-    """The files a run itself writes: the output, its lock and its compaction temp file."""
+    """The files a run itself writes: the output, its lock, index and compaction temp files."""
     if not output:  # `llmbatch plan` without an output
         return set()
     real = Path(os.path.realpath(output))
-    names = [real, real.with_name(real.name + ".lock"), real.with_name(real.name + ".compact.tmp")]
+    names = [real] + [
+        real.with_name(real.name + suffix)
+        for suffix in (".lock", ".compact.tmp", ".idx", ".idx.tmp")
+    ]
     return {str(p) for p in names} | {os.path.abspath(output)}
 
 
 def _files_source(template: str, pattern: str, base: CompletionRequest, own: set[str]) -> Source:
     # The output is created before the files are listed: a glob like "**/*" would otherwise
-    # send the run's own output and lock file as requests.
+    # send the run's own output, lock and index as requests (the index is not even text).
     def items() -> Iterator[InputItem | BadLine]:
-        for item in read_files(template, pattern, base):
-            if isinstance(item, InputItem) and os.path.realpath(item.id) in own:
-                continue
-            yield item
+        return read_files(template, pattern, base, leave_out=lambda p: os.path.realpath(p) in own)
 
     return items
 

@@ -9,10 +9,9 @@ merged whenever there would be more than `MAX_BUCKETS`), latencies into log-spac
 requests (a heap) and the first `MAX_FAILED` failures are kept by id.
 
 The newest line of each id counts, as for resume and `llmbatch stats`: a file not compacted
-yet (a run killed while redoing failed ids) holds superseded lines. Finding them takes a
-first, cheap pass over the ids alone, into an 8 MB bitmap of their hashes; ids whose bit was
-already set (real duplicates and a few collisions) are held back in the second pass and
-counted at its end, newest line first.
+yet (a run killed while redoing failed ids) holds superseded lines. They are found as a
+resume finds them (`llmbatch.io.journal.read_output`: the output's index into the compact
+table of finished ids), and skipped.
 
 Attempt-level series (refusals over time) place attempt i of a request at its start plus
 the admission waits and provider times of attempts 1..i, plus its backoff spread evenly over
@@ -29,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from ..io.journal import parse_record
+from ..io.journal import superseded_lines
+from ..io.line import ResultLine
 
 __all__ = ["BINS_PER_DECADE", "MAX_BUCKETS", "TOP_N", "aggregate"]
 
@@ -43,8 +41,6 @@ MAX_MESSAGE = 300
 _MIN_EXP = -4  # latencies below 0.1 ms share the first bin
 _MAX_EXP = 6
 _BITMAP_BITS = 1 << 26  # 8 MB
-
-_MARKER = b'"custom_id":'
 
 
 @dataclass(slots=True)
@@ -179,49 +175,12 @@ class _LogHistogram:
         return {"lo": lo, "hi": hi, "count": [float(coarse[k]) for k in keys]}
 
 
-def _custom_id_key(raw: bytes) -> bytes | None:
-    """The custom_id's JSON-encoded text (a cheap, canonical key), or None if the line has
-    none. Lines as the journal writes them are sliced; any other shape is parsed."""
-    at = raw.find(_MARKER)
-    if at >= 0:
-        start = at + len(_MARKER)
-        if raw[start : start + 1] == b'"':
-            end = raw.find(b'"', start + 1)
-            if end > 0 and b"\\" not in raw[start + 1 : end]:
-                return raw[start + 1 : end]
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    cid = obj.get("custom_id") if isinstance(obj, dict) else None
-    return orjson.dumps(cid)[1:-1] if isinstance(cid, str) else None
-
-
 def _complete_lines(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         for raw in f:
             if not raw.endswith(b"\n"):
                 return  # a torn tail is never data
             yield raw
-
-
-def _repeated_keys(path: Path) -> set[int]:
-    """Hashes of ids that may have more than one line (every real repeat, a few others)."""
-    seen = bytearray(_BITMAP_BITS // 8)
-    mask = _BITMAP_BITS - 1
-    repeated: set[int] = set()
-    for raw in _complete_lines(path):
-        key = _custom_id_key(raw)
-        if key is None:
-            continue
-        h = hash(key)
-        bit = h & mask
-        byte, flag = bit >> 3, 1 << (bit & 7)
-        if seen[byte] & flag:
-            repeated.add(h)
-        else:
-            seen[byte] |= flag
-    return repeated
 
 
 def _num(value: Any) -> float | None:
@@ -234,44 +193,39 @@ def _num(value: Any) -> float | None:
 _LATEST = 1e11
 
 
-def _span(meta: dict[str, Any]) -> tuple[float | None, float | None]:
+def _span(start: float | None, end: float | None) -> tuple[float | None, float | None]:
     """(started_at, finished_at), or (None, None) when they are not a plausible interval:
     one bad line must not stop the report (a datetime out of range) or stretch its axis."""
-    start, end = _num(meta.get("started_at")), _num(meta.get("finished_at"))
     if start is None or end is None or not 0 <= start <= end < _LATEST:
         return None, None
     return start, end
 
 
 def _parse(raw: bytes) -> _Line | None:
-    obj = parse_record(raw)  # a result line as resume and stats read it, or None
-    if obj is None:
+    line = ResultLine.decode(raw)  # a result line as resume and stats read it, or None
+    if line is None:
         return None
-    cid, err, meta = obj["custom_id"], obj.get("error"), obj.get("llmbatch") or {}
-    usage = meta.get("usage")
-    if not isinstance(usage, dict):
-        usage = {}
-    log = meta.get("attempt_log")
+    start, end = _span(line.started_at, line.finished_at)
     return _Line(
-        id=cid,
-        ok=err is None,
-        code="" if err is None else str(err.get("code") or "unknown"),
-        message="" if err is None else str(err.get("message") or "")[:MAX_MESSAGE],
-        cached=bool(meta.get("cached", False)),
-        batch_api=bool(meta.get("batch_api", False)),
-        duration=_num(meta.get("duration")) or 0.0,
-        attempts=int(_num(meta.get("attempts")) or 0),
-        tokens_in=int(_num(usage.get("prompt_tokens")) or 0),
-        tokens_out=int(_num(usage.get("completion_tokens")) or 0),
-        cost=_num(meta.get("cost")),
-        cache_read=int(_num(usage.get("cached_tokens")) or 0),
-        cache_saved=_num(meta.get("cache_saved")),
-        started_at=_span(meta)[0],
-        finished_at=_span(meta)[1],
-        wait=_num(meta.get("wait")),
-        provider=_num(meta.get("provider")),
-        backoff=_num(meta.get("backoff")) or 0.0,
-        attempt_log=log if isinstance(log, list) else [],
+        id=line.custom_id,
+        ok=line.ok,
+        code=line.code or "",
+        message=line.message[:MAX_MESSAGE],
+        cached=line.cached,
+        batch_api=line.batch_api,
+        duration=line.duration,
+        attempts=line.attempts,
+        tokens_in=line.prompt_tokens or 0,
+        tokens_out=line.completion_tokens or 0,
+        cost=line.cost,
+        cache_read=line.cached_tokens,
+        cache_saved=line.cache_saved,
+        started_at=start,
+        finished_at=end,
+        wait=line.wait,
+        provider=line.provider,
+        backoff=line.backoff or 0.0,
+        attempt_log=[list(e) for e in line.attempt_log or ()],
     )
 
 
@@ -470,20 +424,12 @@ def aggregate(path: str | Path, *, limit_rpm: float | None = None) -> dict[str, 
     """The report's data for the output file at `path` (JSON-ready). `limit_rpm` is the
     run's request limit, if known, shown beside the effective rate."""
     path = Path(path)
-    repeated = _repeated_keys(path)
+    superseded = superseded_lines(path)
     agg = _Aggregator()
-    held: dict[int, _Line] = {}  # lines of possibly repeated ids: the newest wins
-    for raw in _complete_lines(path):
-        line = _parse(raw)
-        if line is None:
+    for n, raw in enumerate(_complete_lines(path), 1):
+        if superseded and n in superseded:
             continue
-        if repeated:
-            h = hash(orjson.dumps(line.id)[1:-1])
-            if h in repeated:
-                held.pop(h, None)  # re-inserted: the dict keeps newest-last order
-                held[h] = line
-                continue
-        agg.add(line)
-    for line in held.values():
-        agg.add(line)
+        line = _parse(raw)
+        if line is not None:
+            agg.add(line)
     return agg.result(limit_rpm, str(path))

@@ -102,6 +102,11 @@ class CubicRate:
         self._ok = _Window(clock)
         self.unit = 1.0  # what one request weighs in this control's unit (see the docstring)
 
+    @property
+    def limit_estimate(self) -> float | None:
+        """The limit the last cut estimated (what the regrowth aims at), None before one."""
+        return self._w_max if self.cuts else None
+
     # -- measuring ----------------------------------------------------------------------------
 
     def sent(self, count: float = 1, now: float | None = None) -> None:

@@ -183,6 +183,37 @@ def test_a_forced_hash_collision_still_resumes_exactly(tmp_path: Path) -> None:
         assert journal.scan.lines == 200  # compacted: r0 once
 
 
+def test_an_unfinished_id_that_collides_on_both_hashes_is_not_taken_for_finished(
+    tmp_path: Path,
+) -> None:
+    """Both of the table's hashes injected to collide for every id (the 95-bit match that
+    used to decide): an unfinished id still reads as unfinished (the match is checked against
+    the id of the line it names), is written, and supersedes nobody's line: every id ends
+    exactly once, the finished ones with their own result."""
+    out = tmp_path / "out.jsonl"
+
+    def collide(rid: str) -> int:
+        return 42
+
+    with Journal(out, id_hash=collide, id_check=collide) as journal:
+        for i in range(50):
+            journal.write(ok(f"r{i}") if i % 2 else failed(f"r{i}"))
+        journal.write(ok("r0"))  # a failed one redone: the same id, so its old line goes
+        assert journal.scan.superseded == {1}
+    with Journal(out, id_hash=collide, id_check=collide) as journal:
+        scan = journal.scan
+        assert (scan.lines, scan.ok_count, scan.failed_count) == (50, 26, 24)
+        for i in range(50):
+            assert scan.finished.status(f"r{i}") is (i == 0 or i % 2 == 1), i
+        for other in ("x", "r50", "r1 ", "R1"):
+            assert scan.finished.status(other) is None, other
+            assert not scan.is_ok(other) and not scan.is_failed(other)
+        journal.write(ok("x"))
+        assert scan.superseded == set() and scan.is_ok("x") and scan.is_ok("r1")
+    assert set(ids_once(out)) == {f"r{i}" for i in range(50)} | {"x"}
+    assert from_index(out) == from_journal(out)
+
+
 def test_stats_from_the_index_match_stats_from_the_journal(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     write(out, [ok(f"r{i}", cost=0.01 * i) if i % 5 else failed(f"r{i}") for i in range(60)])

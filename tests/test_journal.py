@@ -212,3 +212,33 @@ def test_write_errors_reach_the_caller(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="No space left"):
             j.write(ok("c"))
     assert [r["custom_id"] for r in lines(tmp_path / "out.jsonl")] == ["a", "b"]
+
+
+def test_a_line_is_read_back_to_confirm_its_exact_id(tmp_path: Path) -> None:
+    """`_Lines.holds`, the exact check behind resume's finished ids: lines as the encoder
+    writes them are compared as bytes, any other form is decoded; never a near miss."""
+    from llmbatch.io.journal import _Lines
+
+    out = tmp_path / "out.jsonl"
+    lines = [
+        result_line(BatchResult("a", response=CompletionResponse("x"))),
+        result_line(BatchResult('q"é\\', response=CompletionResponse("x"))),
+        b'{"custom_id": "b", "id": "x", "error": null}\n',  # hand-written: another key order
+        b'{"id":"x","custom_id":"\\u0063","error":null}\n',  # "c", escaped
+        b'{"id":"x","custom_id":"d","response":{"body":{"custom_id":"e"}},"error":null}\n',
+        b'{"id":"x","custom_id":"f","error":null,"custom_id":"g"}\n',  # a key twice: decoded
+    ]
+    out.write_bytes(b"".join(lines))
+    found = _Lines(out)
+    start = 0
+    for raw in lines:
+        found.add(start, len(raw))
+        start += len(raw)
+    try:
+        for n, rid in enumerate(["a", 'q"é\\', "b", "c", "d"], 1):
+            assert found.holds(n, rid), rid
+            assert not found.holds(n, rid + " ") and not found.holds(n, rid.upper())
+        assert not found.holds(5, "e") and not found.holds(6, "f") and found.holds(6, "g")
+        assert not found.holds(0, "a") and not found.holds(7, "a")
+    finally:
+        found.close()

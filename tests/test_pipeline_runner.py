@@ -51,6 +51,36 @@ def test_requests_from_python_are_each_written_once(start_sim, tmp_path: Path) -
     assert again.total == 0 and again.skipped_done == 40 and sim.stats()["received"] == before
 
 
+def test_a_rerun_sends_an_id_whose_hashes_match_a_finished_one(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finished-id table's hash and check injected so that every id matches every other
+    on both: the rerun still skips exactly the finished ids (each match is confirmed against
+    the id of the output line it names) and sends the rest; every id ends exactly once."""
+    from llmbatch.io.journal import Journal
+    from llmbatch.pipeline import runner
+
+    sim = start_sim("--latency-ms", "1")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"c{i}" for i in range(60)]
+    write_requests(inp, ids[:40])
+    first = llmbatch.run(base(sim, out, input=str(inp)))
+    assert first.exit_code == 0 and first.written == 40
+
+    class Colliding(Journal):
+        def __init__(self, path: str | Path, **kw: Any) -> None:
+            super().__init__(path, id_hash=lambda rid: 7, id_check=lambda rid: 7, **kw)
+
+    monkeypatch.setattr(runner, "Journal", Colliding)
+    write_requests(inp, ids)
+    sim.reset()
+    again = llmbatch.run(base(sim, out, input=str(inp)))
+    assert again.exit_code == 0
+    assert again.skipped_done == 40 and again.written == 20
+    assert sim.stats()["received"] == 20
+    assert set(ids_once(out)) == set(ids)
+
+
 def test_a_one_shot_generator_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
     gen = (BatchRequest(f"r{i}", CompletionRequest(prompt="q")) for i in range(3))
     with pytest.raises(ConfigError) as caught:

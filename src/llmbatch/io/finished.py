@@ -9,10 +9,13 @@ ids an input check has seen. About 23 bytes per id, where a `set[str]` takes ~37
 The table is open addressing with linear probing over three typed arrays (`array`), so an id
 costs no Python object: its slot holds a 64-bit hash of it (`hash`, injectable), a second,
 independent 31-bit check (CRC-32 of its UTF-8 bytes) with the status bit, and the line it was
-last seen on. Two ids are taken for one only when both hashes agree: a 95-bit match, which for
-10 million finished ids against 10 million input ids happens by chance about once in 10^14
-resumes. Ids whose 64-bit hashes collide (the injected hash of the collision test makes every
-id collide) are still told apart by the check.
+last seen on. Without `same`, two ids are taken for one when both hashes agree (a 95-bit
+match: about once in 10^14 at 10M x 10M ids; enough for a plan's counts or a hint). With
+`same(line, id)` (the journal's: it reads the id back from that line of the output), a
+matching slot counts only if its line really holds the id: membership is exact, so a resume
+never skips an unfinished id, and a finished line is never taken for an older line of another
+id. `same` is called only when both hashes match (once per finished id a resume looks up).
+Hash and check are injectable (the collision tests make every id collide on both).
 
 Why our own table and not a library: `set`/`dict` hold an object per id (the memory this
 replaces), sortedcontainers too; numpy is not a dependency of the core. The table grows by
@@ -35,17 +38,41 @@ _MIN_SLOTS = 1024
 _ODD = bytes(i & 1 for i in range(256))
 
 
+def _crc(rid: str) -> int:
+    return zlib.crc32(rid.encode("utf-8", "surrogatepass"))
+
+
 class IdTable:
     """Ids, each with the line it was last added on and a status bit (ok / failed).
 
     `hash` maps an id to an int (Python's `hash` by default: salted per process, which is
-    fine, the table lives in one); tests inject a colliding one.
+    fine, the table lives in one), `check` to the second one (CRC-32); tests inject colliding
+    ones. `same(line, id)`: True if `line` (as added) holds exactly `id` (see the module).
     """
 
-    __slots__ = ("_checks", "_hash", "_keys", "_lines", "_slots", "count", "repeats")
+    __slots__ = (
+        "_check",
+        "_checks",
+        "_hash",
+        "_keys",
+        "_lines",
+        "_same",
+        "_slots",
+        "count",
+        "repeats",
+    )
 
-    def __init__(self, expect: int = 0, *, hash: Callable[[str], int] = hash) -> None:
+    def __init__(
+        self,
+        expect: int = 0,
+        *,
+        hash: Callable[[str], int] = hash,
+        check: Callable[[str], int] = _crc,
+        same: Callable[[int, str], bool] | None = None,
+    ) -> None:
         self._hash = hash
+        self._check = check
+        self._same = same
         self.count = 0  # distinct ids
         self.repeats = 0  # adds of an id already there
         self._alloc(max(_MIN_SLOTS, int(expect / _LOAD) + 1))
@@ -66,14 +93,14 @@ class IdTable:
         # Runs once per line of a whole output: inlined. A slot holds the hash (0: empty), the
         # check (31 bits of CRC-32) shifted left with the status in the low bit, and the line.
         key = (self._hash(rid) & _MASK64) or 1
-        check = (zlib.crc32(rid.encode("utf-8", "surrogatepass")) & 0x7FFF_FFFF) << 1
-        keys, checks, slots = self._keys, self._checks, self._slots
+        check = (self._check(rid) & 0x7FFF_FFFF) << 1
+        keys, checks, slots, same = self._keys, self._checks, self._slots, self._same
         i = key % slots
         while True:
             k = keys[i]
             if k == 0:
                 break
-            if k == key and checks[i] & ~1 == check:
+            if k == key and checks[i] & ~1 == check and (same is None or same(self._lines[i], rid)):
                 before = self._lines[i]
                 self._lines[i] = line
                 checks[i] = check | ok
@@ -103,8 +130,10 @@ class IdTable:
                 return -1
             if k == key:
                 if check < 0:
-                    check = (zlib.crc32(rid.encode("utf-8", "surrogatepass")) & 0x7FFF_FFFF) << 1
-                if self._checks[i] & ~1 == check:
+                    check = (self._check(rid) & 0x7FFF_FFFF) << 1
+                if self._checks[i] & ~1 == check and (
+                    self._same is None or self._same(self._lines[i], rid)
+                ):
                     return i
             i += 1
             if i == slots:

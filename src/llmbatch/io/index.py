@@ -272,18 +272,20 @@ def entries(
 
 def ids(
     output: str | Path, *, write: bool = False, trust_index: bool = True
-) -> Iterator[tuple[int, str, bool, float]]:
-    """(line, custom_id, ok, money) of every complete line, as `entries` reads them (and
-    raising as it does); the lean form a resume needs. custom_id is "" for a foreign line."""
+) -> Iterator[tuple[int, str, bool, float, int, int]]:
+    """(line, custom_id, ok, money, start, length) of every complete line, as `entries` reads
+    them (and raising as it does); the lean form a resume needs. custom_id is "" for a
+    foreign line."""
     for n, rec, var in _scan(Path(output), write, trust_index):
         flags = rec[2]
         if not flags & _RESULT:
-            yield n, "", False, 0.0
+            yield n, "", False, 0.0, rec[3], rec[4]
             continue
         cost, extra = rec[10], rec[11]
         money = (0.0 if cost != cost else cost) + (0.0 if extra != extra else extra)
         m = var[0]
-        yield n, var[2 + m + var[1 + m] :].decode("utf-8", "surrogatepass"), bool(flags & 1), money
+        cid = var[2 + m + var[1 + m] :].decode("utf-8", "surrogatepass")
+        yield n, cid, bool(flags & 1), money, rec[3], rec[4]
 
 
 def _scan(journal: Path, write: bool, trust: bool) -> Iterator[tuple[int, tuple[Any, ...], bytes]]:

@@ -10,7 +10,10 @@ Lines are in the OpenAI Batch output format, one per request, appended as result
 What the file holds is read through its sidecar index (`llmbatch.io.index`, `OUT.idx`,
 written as lines are fsynced and never trusted over the journal), into compact structures:
 the finished ids in an `IdTable` (about 23 bytes per id), the superseded lines as a set of
-line numbers (lines of ids written again; few). No reader holds a line per id.
+line numbers (lines of ids written again; few). No reader holds a line per id. A run's journal
+also keeps where each line starts (4 bytes a line, `_Lines`): an input id that matches a
+finished one on both of the table's hashes counts as finished only if the line named holds
+that very id (read back and decoded), so a resume never skips an unfinished id.
 
 Each line is one `write(2)` on an O_APPEND descriptor, so a crash leaves at worst one torn
 last line, which the next open cuts off (that request is then simply redone). Data is
@@ -38,14 +41,18 @@ import errno
 import fcntl
 import os
 import time
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..stats import BatchStats, StatsCollector
 from ..types import BatchResult
-from .finished import IdTable
+from .finished import IdTable, _crc
 from .index import (
     Entry,
     IndexWriter,
@@ -120,17 +127,89 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, ResultLine | None]]:
             yield n, ResultLine.decode(raw)
 
 
+class _Lines:
+    """Where each line of a journal starts (4 bytes a line: the low 32 bits, plus the first
+    line past each 4 GiB), to read back the id a line holds: the exact check behind the
+    journal's finished-id table (`IdTable(same=...)`), so a resume never takes an unfinished
+    id for a finished one whose hashes it shares. Reads through its own descriptor."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = path
+        self._fd = -1  # opened at the first look (the journal may not exist yet)
+        self.clear()
+
+    def clear(self) -> None:
+        self._low = array("I")
+        self._wraps: list[int] = []  # index of the first line starting at or past k * 4 GiB
+        self.end = 0  # where the last line ends
+
+    def add(self, start: int, length: int) -> None:
+        while start >> 32 > len(self._wraps):
+            self._wraps.append(len(self._low))
+        self._low.append(start & 0xFFFF_FFFF)
+        self.end = start + length
+
+    def holds(self, line: int, rid: str) -> bool:
+        """True if line `line` (from 1) of the journal holds exactly the id `rid` (the table
+        names only lines the scan read as result lines).
+
+        Runs once per finished id a resume looks up (~1 us): a line as the encoder writes it
+        (`{"id":"<plain>","custom_id":<id>,...`, no other `"custom_id":` key in it) is
+        compared as bytes; any other line is decoded (`ResultLine.decode`)."""
+        i = line - 1
+        low, wraps = self._low, self._wraps
+        if not 0 <= i < len(low):
+            return False
+        start = low[i] | (bisect_right(wraps, i) << 32 if wraps else 0)
+        if i + 1 < len(low):
+            end = low[i + 1] | (bisect_right(wraps, i + 1) << 32 if wraps else 0)
+        else:
+            end = self.end
+        if self._fd < 0:
+            self._fd = os.open(self._path, os.O_RDONLY)
+        raw = os.pread(self._fd, end - start, start)
+        if raw.startswith(b'{"id":"') and raw.count(b'"custom_id":') == 1:
+            j = raw.find(b'"', 7)
+            if j > 0 and raw.find(b"\\", 7, j) < 0:
+                try:
+                    want = b',"custom_id":' + orjson.dumps(rid) + b","
+                except orjson.JSONEncodeError:  # a lone surrogate: decoded below
+                    want = b""
+                if want and raw.startswith(want, j + 1):
+                    return True
+        decoded = ResultLine.decode(raw)
+        return decoded is not None and decoded.custom_id == rid
+
+    def close(self) -> None:
+        """Release the descriptor and the offsets (the journal is closed: nothing asks)."""
+        self.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 def read_output(
-    path: str | Path, *, write: bool = False, hash: Callable[[str], int] = hash
+    path: str | Path,
+    *,
+    write: bool = False,
+    hash: Callable[[str], int] = hash,
+    check: Callable[[str], int] = _crc,
+    lines_of: _Lines | None = None,
 ) -> JournalScan:
     """What `path` holds, through its index (`write`: the caller holds the lock, and the
-    index is brought up to date). The newest line of an id wins; older ones are superseded."""
+    index is brought up to date). The newest line of an id wins; older ones are superseded.
+    With `lines_of` (the journal's), the finished-id table is exact (see `_Lines`)."""
     for trust in (True, False):
-        scan = JournalScan(IdTable(expected_lines(path), hash=hash))
+        if lines_of is not None:
+            lines_of.clear()  # a second pass starts afresh
+        same = None if lines_of is None else lines_of.holds
+        scan = JournalScan(IdTable(expected_lines(path), hash=hash, check=check, same=same))
         add, superseded, corrupt = scan.finished.add, scan.superseded, scan.corrupt_lines
         cost, lines = 0.0, 0
         try:
-            for lines, cid, ok, money in ids(path, write=write, trust_index=trust):
+            for lines, cid, ok, money, start, length in ids(path, write=write, trust_index=trust):
+                if lines_of is not None:
+                    lines_of.add(start, length)
                 if not cid:
                     corrupt.append(lines)
                     continue
@@ -185,7 +264,7 @@ def journal_stats(path: str | Path, *, superseded: set[int] | None = None) -> Ba
 
 def _superseded(path: str | Path) -> set[int]:
     table, superseded = IdTable(expected_lines(path)), set()
-    for n, cid, _, _ in ids(path, trust_index=False):
+    for n, cid, _, _, _, _ in ids(path, trust_index=False):
         if cid and (before := table.add(cid, n)) is not None:
             superseded.add(before)
     return superseded
@@ -243,7 +322,8 @@ class Journal:
     `write` and `fsync` default to the `os` functions; tests pass failing ones to play a full
     disk. Any `OSError` from writing or syncing propagates: the caller must stop the run.
     `scan.finished` is kept up to date as lines are written (the newest line of an id wins).
-    `id_hash` is the finished-id table's hash (tests inject one that collides).
+    `id_hash` and `id_check` are the finished-id table's two hashes (tests inject colliding
+    ones); whatever they are, a match is confirmed by the id of the line it names (`_Lines`).
     """
 
     def __init__(
@@ -255,6 +335,7 @@ class Journal:
         write: Callable[[int, memoryview], int] = os.write,
         fsync: Callable[[int], None] = os.fsync,
         id_hash: Callable[[str], int] = hash,
+        id_check: Callable[[str], int] = _crc,
     ) -> None:
         self.path = Path(path)
         # Symlinks resolved: the lock and the compaction act on the file, whatever its name.
@@ -264,7 +345,9 @@ class Journal:
         self._clock = clock
         self._write = write
         self._fsync = fsync
-        self._hash = id_hash
+        self._hash, self._check = id_hash, id_check
+        # Where each line starts: the finished-id table checks a match against the line's id.
+        self._lines_of = _Lines(self.real_path)
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._index: IndexWriter | None = None
@@ -293,6 +376,7 @@ class Journal:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            self._lines_of.close()
             self._unlock()
             raise
         self._last_sync = self._clock()
@@ -313,6 +397,7 @@ class Journal:
                     self._compact()
         finally:
             self._close_index()
+            self._lines_of.close()
             self._unlock()
 
     def abandon(self) -> None:
@@ -329,6 +414,7 @@ class Journal:
                 os.close(fd)
         finally:
             self._close_index()
+            self._lines_of.close()
             self._unlock()
 
     def __enter__(self) -> Journal:
@@ -371,6 +457,7 @@ class Journal:
         self.written += 1
         self._lines += 1
         self._dirty = True
+        self._lines_of.add(self._lines_of.end, len(raw))
         ok = line is not None and line.ok
         before = self.scan.finished.add(custom_id, self._lines, ok)
         if before is not None:
@@ -432,8 +519,11 @@ class Journal:
 
     def _scan_and_repair(self) -> JournalScan:
         repaired = 0
+        self._lines_of.clear()
         if not self.path.exists():
-            return JournalScan(IdTable(hash=self._hash))
+            return JournalScan(
+                IdTable(hash=self._hash, check=self._check, same=self._lines_of.holds)
+            )
         size = self.path.stat().st_size
         if size:
             with open(self.path, "rb+") as f:
@@ -454,7 +544,13 @@ class Journal:
                     f.truncate(cut)
                     os.fsync(f.fileno())
                     repaired = size - cut
-        scan = read_output(self.real_path, write=True, hash=self._hash)
+        scan = read_output(
+            self.real_path,
+            write=True,
+            hash=self._hash,
+            check=self._check,
+            lines_of=self._lines_of,
+        )
         scan.repaired_bytes = repaired
         return scan
 

@@ -77,18 +77,7 @@ def precheck(
             seen.add(item.id, first)  # the first line stays the one to name
             suspects[item.line] = first
             continue
-        req = item.request
-        if config.max_input_tokens:
-            prompt_tokens = chars_to_tokens(req.text_length())
-            if prompt_tokens > config.max_input_tokens:
-                bad(BadLine(item.line, _over_input(prompt_tokens, config.max_input_tokens)))
-                continue
-        if over_a_budget is not None and (too_big := over_a_budget(Estimate.of(req))):
-            bad(BadLine(item.line, too_big))
-            continue
-        check.runnable += 1
-        if observe is not None:
-            observe(req)
+        _count(item, check, config, bad, over_a_budget, observe)
     del seen  # before the second look: the table is the largest thing held
     if suspects:
         _confirm_duplicates(source, suspects, check, bad, config, over_a_budget, observe)
@@ -141,18 +130,30 @@ def _confirm_duplicates(
         if ids.get(first) == item.id:
             bad(BadLine(item.line, f"duplicate id {item.id!r} (first on line {first})"))
             continue
-        req = item.request
-        if config.max_input_tokens:
-            prompt_tokens = chars_to_tokens(req.text_length())
-            if prompt_tokens > config.max_input_tokens:
-                bad(BadLine(item.line, _over_input(prompt_tokens, config.max_input_tokens)))
-                continue
-        if over_a_budget is not None and (too_big := over_a_budget(Estimate.of(req))):
-            bad(BadLine(item.line, too_big))
-            continue
-        check.runnable += 1
-        if observe is not None:
-            observe(req)
+        _count(item, check, config, bad, over_a_budget, observe)
+
+
+def _count(
+    item: InputItem,
+    check: Precheck,
+    config: RunConfig,
+    bad: Callable[[BadLine], None],
+    over_a_budget: Callable[[Estimate], str | None] | None,
+    observe: Callable[[CompletionRequest], None] | None,
+) -> None:
+    """A line with a new id: counted as runnable, or bad if over a limit it can never fit."""
+    req = item.request
+    if config.max_input_tokens:
+        prompt_tokens = chars_to_tokens(req.text_length())
+        if prompt_tokens > config.max_input_tokens:
+            bad(BadLine(item.line, _over_input(prompt_tokens, config.max_input_tokens)))
+            return
+    if over_a_budget is not None and (too_big := over_a_budget(Estimate.of(req))):
+        bad(BadLine(item.line, too_big))
+        return
+    check.runnable += 1
+    if observe is not None:
+        observe(req)
 
 
 def _over_input(prompt_tokens: int, limit: int) -> str:

@@ -7,19 +7,36 @@ starts to, for servers that queue instead of refusing.
 
 llama.cpp's server, vLLM and Ollama rarely answer 429: past their capacity they queue, and
 latency grows with everything in flight until requests time out. No rate limit helps there;
-the knob is how many requests are in flight. This is TCP Vegas applied to concurrency, as in
-Netflix's concurrency-limits library: with `rtt_min` the latency without queueing (the lowest
-recently seen) and `rtt` the recent latency, `queue = limit * (1 - rtt_min / rtt)` estimates
-how many of our requests wait in the server's queue. Fewer than `alpha` queued: there is idle
-capacity, grow; more than `beta`: shrink; in between: hold. A timeout or a refusal (429/503)
-is a drop: cut multiplicatively, once per latency interval. Chosen over Gradient2 because the
-queue estimate targets a small, bounded number of waiting requests directly, which is what
-keeps latency near the best fixed setting; Gradient2's long-term average drifts up under
-sustained queueing and lets latency creep.
+the knob is how many requests are in flight. The gate grows it while latency stays at the
+server's unloaded level and shrinks it once latency says requests wait in a queue.
 
-Vegas reads latency as load. An LLM's latency also grows with the length of its answer, so
-on providers whose answers vary a lot in length, `auto` can hold concurrency lower than a
-fixed setting would; this is why it is not the default (see the README).
+An LLM's latency varies for reasons other than load: the length of each answer (decode time
+is per token) and plain jitter (a cloud API's 100-700 ms for the same request). TCP Vegas,
+which this gate used before, compares each latency *sample* with the lowest one seen; with
+jitter that ratio reads most of the window as queued and holds a cloud API at a few requests
+in flight. So the gate works in rounds, as Gradient2 in Netflix's concurrency-limits does
+with its sample windows, and treats the spread of latency as noise to be measured:
+
+- Each sample is normalised by its answer's length: latency / (`TTFT_TOKENS` + output
+  tokens), so a run whose answers grow longer does not read as a growing queue.
+- A round is one turn of the window: `limit` samples (at least `MIN_ROUND`) of attempts
+  admitted since the last decision; older ones were sent under another limit.
+- A round's mean has a confidence interval `mean +- Z * cv * mean / sqrt(n)`, with `cv` the
+  spread of samples within rounds (smoothed over rounds). The baseline (the unloaded level)
+  is the lowest upper bound seen: a lucky round of a few fast samples cannot set it low.
+- Its lower bound more than `TOLERANCE` times the baseline: requests surely queue, shrink to
+  where latency would be `GROW_BELOW` times the baseline (at most halving). At most
+  `GROW_BELOW` times: grow (double until the first sign of a queue, then +25% a round).
+  In between: hold. On a server with N slots this settles at about 1.25-1.5 x N in flight:
+  every slot busy, a short queue.
+- A timeout or a refusal (429/503) is a drop: cut multiplicatively, once per latency.
+- A round that used less than half the limit (the rate limiter or the source held us back)
+  changes nothing but the baseline: its latency says nothing about a larger window.
+
+Gradient2 compares a long-term average with the recent one; under sustained queueing that
+average drifts up and lets latency creep, which is why the baseline here is a minimum (of
+upper confidence bounds), forgotten slowly (+1% per 30 s window at most) in case the server
+became slower for good.
 """
 
 from __future__ import annotations
@@ -38,18 +55,30 @@ __all__ = ["ConcurrencyLimiter", "ConcurrencyStatus"]
 
 DEFAULT_INITIAL = 1  # start low: the first latencies are then the server's unloaded ones
 DEFAULT_MAX = 256
+TTFT_TOKENS = 32  # the time to a first token, in tokens' worth of decoding (a rough guess)
+MIN_ROUND = 4  # samples in a round at least
+Z = 2.0  # width of a round mean's confidence interval, in standard errors
+TOLERANCE = 1.5  # surely this much slower than unloaded: requests queue, shrink
+GROW_BELOW = 1.25  # possibly no slower than this: room to grow
+_GROWTH = 0.25  # after slow start, per round
+_MAX_SHRINK = 0.5  # per round
 _DROP_FACTOR = 0.7
-_RTT_WINDOW = 30.0  # seconds after which the lowest latency is measured afresh
-_RTT_MIN_DRIFT = 1.01  # at most +1% per window
+_CV_INITIAL = 0.5  # the spread assumed before a round has measured one
+_CV_SMOOTHING = 0.3
+_BASELINE_WINDOW = 30.0  # seconds after which the baseline is measured afresh
+_BASELINE_DRIFT = 1.01  # at most +1% per window
 _SMOOTHING = 0.3  # weight of a new latency sample in the recent average (reported only)
 
 
 @dataclass(slots=True, frozen=True)
 class ConcurrencyStatus:
+    """`rtt`: the recent latency (seconds, smoothed); `baseline`: the unloaded latency per
+    token-equivalent (seconds / (`TTFT_TOKENS` + output tokens)); None until measured."""
+
     limit: int
     in_flight: int
     waiting: int
-    rtt_min: float | None
+    baseline: float | None
     rtt: float | None
 
 
@@ -89,9 +118,18 @@ class ConcurrencyLimiter:
         self._in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._rtt: float | None = None
-        self._rtt_min: float | None = None
-        self._rtt_min_next: float | None = None  # the minimum of the window being measured
-        self._window_start = clock()
+        self._slow_start = True
+        # The round being measured: samples of attempts admitted since `_round_start`.
+        self._round_start = clock()
+        self._n = 0
+        self._sum = 0.0
+        self._sumsq = 0.0
+        self._busy = 0  # the most attempts in flight seen in the round
+        self._cv = _CV_INITIAL
+        self._cv_measured = False
+        self._baseline: float | None = None
+        self._baseline_next: float | None = None  # the minimum of the window being measured
+        self._window_start = self._round_start
         self._last_drop = -math.inf
 
     @property
@@ -100,7 +138,7 @@ class ConcurrencyLimiter:
 
     def status(self) -> ConcurrencyStatus:
         return ConcurrencyStatus(
-            self.limit, self._in_flight, len(self._waiters), self._rtt_min, self._rtt
+            self.limit, self._in_flight, len(self._waiters), self._baseline, self._rtt
         )
 
     def admit(self, request: CompletionRequest) -> _Slot:
@@ -137,42 +175,76 @@ class ConcurrencyLimiter:
         self._in_flight -= 1
         fb = slot.load_feedback(response, error)
         if fb.ok:
-            self._sample(now - slot.started, now, in_flight)
+            tokens = response.usage.completion_tokens if response is not None else 0
+            self._sample(now - slot.started, slot.started, now, in_flight, tokens)
         elif fb.timed_out or fb.congested:
             self._drop(now)
         self._wake()
 
-    def _sample(self, rtt: float, now: float, in_flight: int) -> None:
+    def _sample(self, rtt: float, started: float, now: float, in_flight: int, tokens: int) -> None:
         if rtt <= 0:
             return
-        if now - self._window_start > _RTT_WINDOW:
+        self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
+        if started < self._round_start:
+            return  # admitted under an earlier limit: its latency is that limit's
+        x = rtt / (TTFT_TOKENS + max(0, tokens))
+        self._n += 1
+        self._sum += x
+        self._sumsq += x * x
+        self._busy = max(self._busy, in_flight)
+        if self._n >= max(MIN_ROUND, int(self._limit)):
+            self._end_round(now)
+
+    def _end_round(self, now: float) -> None:
+        n, busy = self._n, self._busy
+        mean = self._sum / n
+        spread = math.sqrt(max(0.0, self._sumsq / n - mean * mean) * n / (n - 1))
+        self._new_round(now)
+        cv = spread / mean
+        if self._cv_measured:
+            self._cv = (1 - _CV_SMOOTHING) * self._cv + _CV_SMOOTHING * cv
+        else:
+            self._cv, self._cv_measured = cv, True
+        margin = Z * self._cv * mean / math.sqrt(n)
+        baseline = self._update_baseline(mean + margin, now)
+        if busy * 2 < self._limit:
+            return  # not using the limit: the latency says nothing about it
+        low = (mean - margin) / baseline
+        limit = self._limit
+        if low > TOLERANCE:
+            # Shrink to where the queue would be short again: latency grows with the queue.
+            limit *= max(_MAX_SHRINK, GROW_BELOW * baseline / mean)
+            self._slow_start = False
+        elif low <= GROW_BELOW:
+            limit = 2 * limit if self._slow_start else limit + max(1.0, _GROWTH * limit)
+        else:
+            self._slow_start = False
+        self._limit = min(float(self.max_limit), max(float(self.min_limit), limit))
+
+    def _new_round(self, now: float) -> None:
+        self._round_start = now
+        self._n = self._busy = 0
+        self._sum = self._sumsq = 0.0
+
+    def _update_baseline(self, bound: float, now: float) -> float:
+        if now - self._window_start > _BASELINE_WINDOW:
             # Forget an old minimum slowly, in case the server became slower for good; not at
             # once, since while we keep it busy every recent latency includes its queue.
-            if self._rtt_min is not None and self._rtt_min_next is not None:
-                self._rtt_min = min(self._rtt_min_next, self._rtt_min * _RTT_MIN_DRIFT)
-            self._rtt_min_next = None
+            if self._baseline is not None and self._baseline_next is not None:
+                self._baseline = min(self._baseline_next, self._baseline * _BASELINE_DRIFT)
+            self._baseline_next = None
             self._window_start = now
-        self._rtt_min = rtt if self._rtt_min is None else min(self._rtt_min, rtt)
-        assert self._rtt_min is not None
-        self._rtt_min_next = rtt if self._rtt_min_next is None else min(self._rtt_min_next, rtt)
-        self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
-        limit = self._limit
-        if in_flight * 2 < limit:
-            return  # not using the limit: the latency says nothing about it
-        step = max(1.0, math.log10(limit))
-        alpha, beta = 2 * step, 4 * step
-        # The sample itself, not the smoothed latency: a lagging average lets the limit
-        # overshoot while the queue builds.
-        queue = limit * (1 - self._rtt_min / rtt)
-        if queue < alpha:
-            limit += step
-        elif queue > beta:
-            limit -= step
-        self._limit = min(float(self.max_limit), max(float(self.min_limit), limit))
+        self._baseline = bound if self._baseline is None else min(self._baseline, bound)
+        self._baseline_next = (
+            bound if self._baseline_next is None else min(self._baseline_next, bound)
+        )
+        return self._baseline
 
     def _drop(self, now: float) -> None:
         # Timeouts and refusals of one overload arrive together: cut once per latency.
-        if now - self._last_drop < (self._rtt_min or 0.0):
+        if now - self._last_drop < (self._rtt or 0.0):
             return
         self._last_drop = now
+        self._slow_start = False
         self._limit = max(float(self.min_limit), self._limit * _DROP_FACTOR)
+        self._new_round(now)  # what is in flight was sent under the old limit

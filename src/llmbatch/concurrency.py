@@ -26,7 +26,8 @@ with its sample windows, and treats the spread of latency as noise to be measure
   is the lowest upper bound seen: a lucky round of a few fast samples cannot set it low.
 - Its lower bound more than `TOLERANCE` times the baseline: requests surely queue, shrink to
   where latency would be `GROW_BELOW` times the baseline (at most halving). At most
-  `GROW_BELOW` times: grow (double until the first sign of a queue, then +25% a round).
+  `GROW_BELOW` times: grow (in slow start, one more per answer, doubling every latency,
+  until the first sign of a queue; then +25% a round, and only if the window was full).
   In between: hold. On a server with N slots this settles at about 1.25-1.5 x N in flight:
   every slot busy, a short queue.
 - A timeout or a refusal (429/503) is a drop: cut multiplicatively, once per latency.
@@ -121,12 +122,12 @@ class ConcurrencyLimiter:
         self._slow_start = True
         # The round being measured: samples of attempts admitted since `_round_start`.
         self._round_start = clock()
+        self._round_size = max(MIN_ROUND, initial)
         self._n = 0
         self._sum = 0.0
         self._sumsq = 0.0
         self._busy = 0  # the most attempts in flight seen in the round
         self._cv = _CV_INITIAL
-        self._cv_measured = False
         self._baseline: float | None = None
         self._baseline_next: float | None = None  # the minimum of the window being measured
         self._window_start = self._round_start
@@ -192,7 +193,12 @@ class ConcurrencyLimiter:
         self._sum += x
         self._sumsq += x * x
         self._busy = max(self._busy, in_flight)
-        if self._n >= max(MIN_ROUND, int(self._limit)):
+        if self._slow_start and self._baseline is not None and in_flight * 2 >= self._limit:
+            # One more per answer: the window doubles every latency, as in TCP's slow start,
+            # until a round shows a queue or leaves the window half empty. Not in the first
+            # round: its latencies, at the initial window, are the baseline's first measure.
+            self._limit = min(float(self.max_limit), self._limit + 1)
+        if self._n >= self._round_size:
             self._end_round(now)
 
     def _end_round(self, now: float) -> None:
@@ -200,11 +206,9 @@ class ConcurrencyLimiter:
         mean = self._sum / n
         spread = math.sqrt(max(0.0, self._sumsq / n - mean * mean) * n / (n - 1))
         self._new_round(now)
-        cv = spread / mean
-        if self._cv_measured:
-            self._cv = (1 - _CV_SMOOTHING) * self._cv + _CV_SMOOTHING * cv
-        else:
-            self._cv, self._cv_measured = cv, True
+        # Smoothed from a cautious prior: a first round of a few samples that happen to be
+        # alike must not set a tight bound (and a low baseline) for the whole run.
+        self._cv = (1 - _CV_SMOOTHING) * self._cv + _CV_SMOOTHING * spread / mean
         margin = Z * self._cv * mean / math.sqrt(n)
         baseline = self._update_baseline(mean + margin, now)
         if busy * 2 < self._limit:
@@ -215,14 +219,18 @@ class ConcurrencyLimiter:
             # Shrink to where the queue would be short again: latency grows with the queue.
             limit *= max(_MAX_SHRINK, GROW_BELOW * baseline / mean)
             self._slow_start = False
-        elif low <= GROW_BELOW:
-            limit = 2 * limit if self._slow_start else limit + max(1.0, _GROWTH * limit)
-        else:
-            self._slow_start = False
+        elif mean > GROW_BELOW * baseline:
+            self._slow_start = False  # maybe the start of a queue: hold
+        elif not self._slow_start and busy >= int(limit):
+            # Only a window that was full held the pace back; one the rate limiter keeps
+            # half empty would grow without end and only queue requests on our side.
+            limit += max(1.0, _GROWTH * limit)
         self._limit = min(float(self.max_limit), max(float(self.min_limit), limit))
+        self._round_size = max(MIN_ROUND, int(self._limit))
 
     def _new_round(self, now: float) -> None:
         self._round_start = now
+        self._round_size = max(MIN_ROUND, int(self._limit))
         self._n = self._busy = 0
         self._sum = self._sumsq = 0.0
 

@@ -24,12 +24,13 @@ with its sample windows, and treats the spread of latency as noise to be measure
 - A round's mean has a confidence interval `mean +- Z * cv * mean / sqrt(n)`, with `cv` the
   spread of samples within rounds (smoothed over rounds). The baseline (the unloaded level)
   is the lowest upper bound seen: a lucky round of a few fast samples cannot set it low.
-- Its lower bound more than `TOLERANCE` times the baseline: requests surely queue, shrink to
-  where latency would be `GROW_BELOW` times the baseline (at most halving). At most
-  `GROW_BELOW` times: grow (in slow start, one more per answer, doubling every latency,
+- The lower bound more than `TOLERANCE` times the baseline: requests surely queue, shrink to
+  where latency would be `GROW_BELOW` times the baseline (at most halving). The mean at
+  most `GROW_BELOW` times: grow (in slow start, one more per answer, doubling every latency,
   until the first sign of a queue; then +25% a round, and only if the window was full).
   In between: hold. On a server with N slots this settles at about 1.25-1.5 x N in flight:
-  every slot busy, a short queue.
+  every slot busy, a short queue. The first round runs at the initial window of 1: its
+  latencies are the unloaded ones, the baseline's first measure.
 - A timeout or a refusal (429/503) is a drop: cut multiplicatively, once per latency.
 - A round that used less than half the limit (the rate limiter or the source held us back)
   changes nothing but the baseline: its latency says nothing about a larger window.
@@ -60,7 +61,7 @@ TTFT_TOKENS = 32  # the time to a first token, in tokens' worth of decoding (a r
 MIN_ROUND = 4  # samples in a round at least
 Z = 2.0  # width of a round mean's confidence interval, in standard errors
 TOLERANCE = 1.5  # surely this much slower than unloaded: requests queue, shrink
-GROW_BELOW = 1.25  # possibly no slower than this: room to grow
+GROW_BELOW = 1.25  # a round's mean no slower than this: room to grow
 _GROWTH = 0.25  # after slow start, per round
 _MAX_SHRINK = 0.5  # per round
 _DROP_FACTOR = 0.7
@@ -186,6 +187,11 @@ class ConcurrencyLimiter:
         if rtt <= 0:
             return
         self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
+        if self._slow_start and self._baseline is not None and in_flight * 2 >= self._limit:
+            # One more per answer: the window doubles every latency, as in TCP's slow start,
+            # until a round shows a queue or leaves the window half empty. Not in the first
+            # round: its latencies, at the initial window, are the baseline's first measure.
+            self._limit = min(float(self.max_limit), self._limit + 1)
         if started < self._round_start:
             return  # admitted under an earlier limit: its latency is that limit's
         x = rtt / (TTFT_TOKENS + max(0, tokens))
@@ -193,11 +199,6 @@ class ConcurrencyLimiter:
         self._sum += x
         self._sumsq += x * x
         self._busy = max(self._busy, in_flight)
-        if self._slow_start and self._baseline is not None and in_flight * 2 >= self._limit:
-            # One more per answer: the window doubles every latency, as in TCP's slow start,
-            # until a round shows a queue or leaves the window half empty. Not in the first
-            # round: its latencies, at the initial window, are the baseline's first measure.
-            self._limit = min(float(self.max_limit), self._limit + 1)
         if self._n >= self._round_size:
             self._end_round(now)
 

@@ -198,3 +198,20 @@ async def test_a_server_that_stops_answering_in_time_is_cut_to_the_floor(
     trace = await drive(Cloud(stuck), clock, 120, gate=gate, timeout=5.0)
     assert trace.limit_at(19) >= 32 and trace.timeouts > 0
     assert trace.limit_at(120) <= 2
+
+
+async def test_a_window_held_half_empty_by_the_rate_limiter_is_brought_back_to_its_use(
+    clock: FakeClock,
+) -> None:
+    # An opening burst grew the window to 200, then the rate limiter lets only 40 through
+    # at a time: the rest of the window would only queue requests on our side.
+    gate = ConcurrencyLimiter(initial=200, clock=clock)
+    for _ in range(20):
+        slots = [gate.admit(REQ) for _ in range(40)]
+        for s in slots:
+            await s.__aenter__()
+        clock.advance(0.4)
+        for s in slots:
+            s.record(CompletionResponse("ok", usage=Usage(completion_tokens=16)))
+            await s.__aexit__(None, None, None)
+    assert 40 <= gate.limit <= 1.5 * 40

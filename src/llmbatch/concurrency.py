@@ -33,7 +33,8 @@ with its sample windows, and treats the spread of latency as noise to be measure
   latencies are the unloaded ones, the baseline's first measure.
 - A timeout or a refusal (429/503) is a drop: cut multiplicatively, once per latency.
 - A round that used less than half the limit (the rate limiter or the source held us back)
-  changes nothing but the baseline: its latency says nothing about a larger window.
+  changes only the baseline, and brings the limit down to 1.5 x what it used: its latency
+  says nothing about a larger window.
 
 Gradient2 compares a long-term average with the recent one; under sustained queueing that
 average drifts up and lets latency creep, which is why the baseline here is a minimum (of
@@ -64,6 +65,7 @@ TOLERANCE = 1.5  # surely this much slower than unloaded: requests queue, shrink
 GROW_BELOW = 1.25  # a round's mean no slower than this: room to grow
 _GROWTH = 0.25  # after slow start, per round
 _MAX_SHRINK = 0.5  # per round
+_UNUSED_HEADROOM = 1.5  # a window used at most half is brought to this times its use
 _DROP_FACTOR = 0.7
 _CV_INITIAL = 0.5  # the spread assumed before a round has measured one
 _CV_SMOOTHING = 0.3
@@ -187,10 +189,11 @@ class ConcurrencyLimiter:
         if rtt <= 0:
             return
         self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
-        if self._slow_start and self._baseline is not None and in_flight * 2 >= self._limit:
+        if self._slow_start and self._baseline is not None and in_flight * 4 >= 3 * self._limit:
             # One more per answer: the window doubles every latency, as in TCP's slow start,
-            # until a round shows a queue or leaves the window half empty. Not in the first
-            # round: its latencies, at the initial window, are the baseline's first measure.
+            # until a round shows a queue. Only while the window is (about) full: when the
+            # rate limiter holds the pace, a larger window only queues requests on our side.
+            # Not in the first round: its latencies are the baseline's first measure.
             self._limit = min(float(self.max_limit), self._limit + 1)
         if started < self._round_start:
             return  # admitted under an earlier limit: its latency is that limit's
@@ -213,7 +216,13 @@ class ConcurrencyLimiter:
         margin = Z * self._cv * mean / math.sqrt(n)
         baseline = self._update_baseline(mean + margin, now)
         if busy * 2 < self._limit:
-            return  # not using the limit: the latency says nothing about it
+            # Not using the limit (the rate limiter or the source holds the pace): the latency
+            # says nothing about it, but a window grown in an opening burst is brought back to
+            # what is used, as TCP validates an idle window (RFC 7661), so that a burst later
+            # cannot queue it all on our side.
+            self._limit = max(float(self.min_limit), _UNUSED_HEADROOM * busy)
+            self._round_size = max(MIN_ROUND, int(self._limit))
+            return
         low = (mean - margin) / baseline
         limit = self._limit
         if low > TOLERANCE:

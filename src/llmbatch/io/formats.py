@@ -81,7 +81,7 @@ class BadLine:
 
 
 class TemplateError(ValueError):
-    """The --template itself is unusable (syntax, or a field no source provides)."""
+    """The template itself is unusable (syntax, or a field no source provides)."""
 
 
 class _Bad(Exception):
@@ -228,16 +228,16 @@ def read_jsonl(path: str | Path) -> Iterator[InputItem | BadLine]:
 
 
 def template_fields(template: str) -> list[str]:
-    """The placeholders of a --template; raises `TemplateError` on bad syntax."""
+    """The placeholders of a template; raises `TemplateError` on bad syntax."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise TemplateError(f"--template is not a valid format string: {exc}") from None
+        raise TemplateError(f"`template` is not a valid format string: {exc}") from None
     fields = [name for _, name, _, _ in parsed if name is not None]
     if any(name == "" or name.isdigit() for name in fields):
-        raise TemplateError("--template fields must be named, like {content}")
+        raise TemplateError("`template` fields must be named, like {content}")
     if not fields:
-        raise TemplateError("--template has no {field}: every request would be the same")
+        raise TemplateError("`template` has no {field}: every request would be the same")
     return fields
 
 
@@ -284,7 +284,7 @@ def read_files(
     if not fields <= {"path", "content"}:
         unknown = sorted(fields - {"path", "content"})[0]
         raise TemplateError(
-            f"--template field {{{unknown}}}: with --files only {{path}} and {{content}} exist"
+            f"`template` field {{{unknown}}}: with `files` only {{path}} and {{content}} exist"
         )
     paths = sorted(
         p

@@ -24,7 +24,16 @@ from llmbatch.io.formats import BadLine, InputItem, parse_line
 from llmbatch.pipeline import RunConfig
 from llmbatch.simulate import Simulator, SimulatorConfig
 
-from .helpers import batch_run_args, cli, ids_once, read_out, run_args
+from .helpers import (
+    batch_run_args,
+    cli,
+    ids_once,
+    ledger_chunks,
+    read_out,
+    run_args,
+    start_cli,
+    wait_for,
+)
 
 SCHEMA = {
     "type": "object",
@@ -271,6 +280,29 @@ def test_cli_batch_api_runs_responses_and_chat_lines_in_separate_batches(
         assert rec["error"] is None and meta["batch_api"] is True
         assert body["object"] == ("response" if rid.startswith("r") else "chat.completion")
         assert meta["cost"] == pytest.approx(priced(meta, 2, 8, 2) / 2, rel=1e-9)  # batch price
+
+
+def test_kill_9_during_a_mixed_batch_run_then_a_rerun_pays_each_batch_once(
+    start_sim, tmp_path: Path
+) -> None:
+    sim = start_sim("--batch-seconds", "1.5")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [responses_line(f"r{i}", f"question {i}") for i in range(10)]
+    lines += [chat_line(f"c{i}", f"question {i}") for i in range(5)]
+    write_lines(inp, lines)
+    args = batch_run_args(sim, "openai", inp, out, "--batch-max-requests", "5")
+    proc = start_cli(*args)
+    try:
+        wait_for(lambda: any(c["batch_id"] for c in ledger_chunks(out)), "the first batch created")
+    finally:
+        proc.kill()  # SIGKILL: no cleanup of any kind
+        proc.communicate()
+    rerun = cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert ids_once(out) == {line["custom_id"]: 1 for line in lines}
+    chunks = ledger_chunks(out)
+    assert len(chunks) == 3  # 5 + 5 responses lines, 5 chat lines
+    assert sim.stats()["batches_created"] == 3  # whatever the kill interrupted
 
 
 def test_cli_schema_on_responses_lines_reasks_then_fails_the_line_with_its_reply(

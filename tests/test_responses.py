@@ -18,10 +18,11 @@ import pytest
 from openai.types.responses import Response
 
 import llmbatch
-from llmbatch import BatchRequest, CompletionRequest
+from llmbatch import BadRequestError, BatchRequest, CompletionRequest, Schema, ServerError
 from llmbatch.clients import OpenAIClient
 from llmbatch.io.formats import BadLine, InputItem, parse_line
 from llmbatch.pipeline import RunConfig
+from llmbatch.replies import check_reply
 from llmbatch.simulate import Simulator, SimulatorConfig
 
 from .helpers import (
@@ -170,6 +171,34 @@ async def test_the_client_sends_responses_requests_and_reads_text_usage_and_refu
         assert reply.content == output_text(reply.raw) and reply.finish_reason == "completed"
         assert reply.usage.prompt_tokens == reply.raw["usage"]["input_tokens"]
         assert reply.usage.completion_tokens == reply.raw["usage"]["output_tokens"]
+
+
+async def test_a_schema_in_prompt_mode_goes_in_the_instructions_with_json_mode() -> None:
+    request = CompletionRequest(
+        prompt="Classify: fog", endpoint="responses", schema=Schema.of(Verdict, mode="prompt")
+    )
+    async with Simulator(SimulatorConfig()) as sim:
+        client = OpenAIClient(api_key="sk-test", base_url=sim.url + "/v1", model="gpt-4o-mini")
+        async with client:
+            body = client.body_for(request)
+            reply = await client.complete(request)
+    assert body["text"] == {"format": {"type": "json_object"}}
+    assert "JSON Schema" in body["instructions"]
+    assert check_reply(request, reply) == Verdict.model_validate_json(reply.content)
+
+
+def test_a_failed_response_is_an_error_by_its_code() -> None:
+    client = OpenAIClient(api_key="x", model="m")
+    request = CompletionRequest(prompt="x", endpoint="responses")
+
+    def failed(code: str) -> dict[str, Any]:
+        error = {"code": code, "message": "it went wrong"}
+        return {"object": "response", "status": "failed", "error": error, "output": []}
+
+    with pytest.raises(ServerError, match="server_error"):  # retried
+        client.parse(request, 200, {}, failed("server_error"))
+    with pytest.raises(BadRequestError, match="invalid_prompt"):  # the request's fault
+        client.parse(request, 200, {}, failed("invalid_prompt"))
 
 
 def test_lines_name_their_endpoint_and_bad_ones_are_refused_by_line() -> None:

@@ -311,6 +311,24 @@ def test_cli_batch_api_runs_responses_and_chat_lines_in_separate_batches(
         assert meta["cost"] == pytest.approx(priced(meta, 2, 8, 2) / 2, rel=1e-9)  # batch price
 
 
+def test_cli_finish_by_answers_responses_lines_through_a_batch_at_half_price(
+    start_sim, tmp_path: Path
+) -> None:
+    sim = start_sim("--batch-seconds", "0.3", "--flex-latency-factor", "1")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(inp, [responses_line(f"r{i}", f"question {i}") for i in range(6)])
+    args = run_args(sim, inp, out, "--finish-by", "120s", "--service-tier", "flex")
+    done = cli(*args, "--poll-interval", "0.1", "--price-in", "1", "--price-out", "1")
+    assert done.returncode == 0, done.stderr
+    records = read_out(out)
+    assert ids_once(out) == {f"r{i}": 1 for i in range(6)}
+    for rec in records:
+        meta = rec["llmbatch"]
+        assert rec["error"] is None and rec["response"]["body"]["object"] == "response"
+        assert meta["batch_api"] is True  # the batch came back long before the deadline
+        assert meta["cost"] == pytest.approx(priced(meta, 1, 1, 1) / 2, rel=1e-9)  # half price
+
+
 def test_kill_9_during_a_mixed_batch_run_then_a_rerun_pays_each_batch_once(
     start_sim, tmp_path: Path
 ) -> None:

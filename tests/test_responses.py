@@ -24,6 +24,7 @@ from llmbatch.io.formats import BadLine, InputItem, parse_line
 from llmbatch.pipeline import RunConfig
 from llmbatch.replies import check_reply
 from llmbatch.simulate import Simulator, SimulatorConfig
+from llmbatch.types import Usage
 
 from .helpers import (
     batch_run_args,
@@ -185,6 +186,21 @@ async def test_a_schema_in_prompt_mode_goes_in_the_instructions_with_json_mode()
     assert body["text"] == {"format": {"type": "json_object"}}
     assert "JSON Schema" in body["instructions"]
     assert check_reply(request, reply) == Verdict.model_validate_json(reply.content)
+
+
+def test_usage_reads_cached_and_cache_written_input_tokens() -> None:
+    usage = {
+        "input_tokens": 3000,
+        "input_tokens_details": {"cached_tokens": 2048, "cache_write_tokens": 512},
+        "output_tokens": 90,
+        "output_tokens_details": {"reasoning_tokens": 64},
+        "total_tokens": 3090,
+    }
+    body = {"object": "response", "status": "completed", "output": [], "usage": usage}
+    request = CompletionRequest(prompt="x", endpoint="responses")
+    reply = OpenAIClient(api_key="x", model="m").parse(request, 200, {}, body)
+    assert reply.usage == Usage(3000, 90, cached_tokens=2048, cache_write_tokens=512)
+    assert reply.content == "" and reply.finish_reason == "completed"
 
 
 def test_a_failed_response_is_an_error_by_its_code() -> None:

@@ -16,8 +16,9 @@ the answer is the `output_text` parts of its `message` items, joined (the SDK's
 `Response.output_text`). A `refusal` part is the model declining. `status` is "completed",
 or "incomplete" with `incomplete_details.reason` ("max_output_tokens", "content_filter"),
 which becomes the response's `finish_reason`; "failed" carries `error: {code, message}`.
-Usage is `input_tokens` (cached ones included), `input_tokens_details.cached_tokens`,
-`output_tokens` (reasoning tokens included, in `output_tokens_details.reasoning_tokens`).
+Usage is `input_tokens` (cached ones included), `input_tokens_details.cached_tokens` and
+`.cache_write_tokens`, `output_tokens` (reasoning tokens included, in
+`output_tokens_details.reasoning_tokens`).
 """
 
 from __future__ import annotations
@@ -143,11 +144,16 @@ def read_reply(status: int, body: Any) -> tuple[str, str | None, str | None, Usa
 
 
 def usage_of(usage: Mapping[str, Any]) -> Usage:
-    """`Usage` of a Responses `usage` object (cached tokens are counted in `input_tokens`)."""
+    """`Usage` of a Responses `usage` object: `input_tokens` counts the cached ones and the
+    ones written to the cache (`input_tokens_details.cache_write_tokens`, reported with
+    OpenAI's breakpoint caching; priced at the model's cache-write price where one is known,
+    else as input)."""
     details = usage.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    if not isinstance(details, Mapping):
+        details = {}
     return Usage(
         int(usage.get("input_tokens") or 0),
         int(usage.get("output_tokens") or 0),
-        cached_tokens=int(cached or 0),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+        cache_write_tokens=int(details.get("cache_write_tokens") or 0),
     )

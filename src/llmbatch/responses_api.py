@@ -104,43 +104,52 @@ def is_response(body: Any) -> bool:
 
 def output_text(body: Mapping[str, Any]) -> str:
     """The `output_text` parts of the reply's `message` items, joined ("" if none)."""
-    texts: list[str] = []
-    for item in body.get("output") or ():
-        if isinstance(item, Mapping) and item.get("type") == "message":
-            for part in item.get("content") or ():
-                if isinstance(part, Mapping) and part.get("type") == "output_text":
-                    text = part.get("text")
-                    if isinstance(text, str):
-                        texts.append(text)
-    return "".join(texts)
+    return _read_output(body)[0]
 
 
 def refusal_of(body: Mapping[str, Any]) -> str | None:
     """The text of a `refusal` part of the reply's message items, if the model refused."""
+    return _read_output(body)[1]
+
+
+def _read_output(body: Mapping[str, Any]) -> tuple[str, str | None]:
+    # One pass, and `dict` checks (a decoded JSON body holds dicts): this runs per reply.
+    texts: list[str] = []
+    refusal = None
     for item in body.get("output") or ():
-        if isinstance(item, Mapping) and item.get("type") == "message":
-            for part in item.get("content") or ():
-                if isinstance(part, Mapping) and part.get("type") == "refusal":
-                    return str(part.get("refusal") or "refused")
-    return None
+        if type(item) is not dict or item.get("type") != "message":
+            continue  # reasoning, tool calls...
+        for part in item.get("content") or ():
+            if type(part) is not dict:
+                continue
+            kind = part.get("type")
+            if kind == "output_text":
+                text = part.get("text")
+                if type(text) is str:
+                    texts.append(text)
+            elif kind == "refusal" and refusal is None:
+                refusal = str(part.get("refusal") or "refused")
+    return "".join(texts), refusal
 
 
 def read_reply(status: int, body: Any) -> tuple[str, str | None, str | None, Usage]:
     """(text, finish reason, refusal, usage) of a reply; a failed response raises."""
-    if body.get("status") == "failed":
+    status_field = body.get("status")
+    if status_field == "failed":
         error = body.get("error") or {}
         code = str(error.get("code") or "failed") if isinstance(error, Mapping) else "failed"
         message = error.get("message") if isinstance(error, Mapping) else None
         kind = ServerError if code in _RETRYABLE_CODES else BadRequestError
         raise kind(f"the response failed ({code}): {message or ''}".strip(), body=body)
-    if not isinstance(body["output"], list):
+    if type(body["output"]) is not list:
         raise TypeError("output is not a list")
-    finish: str | None = body.get("status")
+    finish: str | None = status_field
     if finish == "incomplete":
         details = body.get("incomplete_details")
-        reason = details.get("reason") if isinstance(details, Mapping) else None
+        reason = details.get("reason") if type(details) is dict else None
         finish = str(reason) if reason else "incomplete"
-    return output_text(body), finish, refusal_of(body), usage_of(body.get("usage") or {})
+    text, refusal = _read_output(body)
+    return text, finish, refusal, usage_of(body.get("usage") or {})
 
 
 def usage_of(usage: Mapping[str, Any]) -> Usage:
@@ -149,7 +158,7 @@ def usage_of(usage: Mapping[str, Any]) -> Usage:
     OpenAI's breakpoint caching; priced at the model's cache-write price where one is known,
     else as input)."""
     details = usage.get("input_tokens_details")
-    if not isinstance(details, Mapping):
+    if type(details) is not dict:
         details = {}
     return Usage(
         int(usage.get("input_tokens") or 0),

@@ -129,18 +129,19 @@ def response_format(schema: Schema) -> dict[str, Any]:
 def _parse(
     request: CompletionRequest, status: int, headers: Mapping[str, str], body: Any
 ) -> CompletionResponse:
-    usage = _usage(body.get("usage") or {})
     refusal = None
     if request.endpoint == "responses":
         content, finish, refusal, usage = responses_api.read_reply(status, body)
-    elif request.endpoint == "embeddings":
+    else:
+        usage = _usage(body.get("usage") or {})
+    if request.endpoint == "embeddings":
         content = ""
         body["data"][0]["embedding"]
         finish = None
     elif request.endpoint == "completions":
         choice = body["choices"][0]
         content, finish = choice["text"], choice.get("finish_reason")
-    else:
+    elif request.endpoint != "responses":
         choice = body["choices"][0]
         content, finish = choice["message"]["content"] or "", choice.get("finish_reason")
         refusal = choice["message"].get("refusal") or None

@@ -19,8 +19,10 @@ with its sample windows, and treats the spread of latency as noise to be measure
 
 - Each sample is normalised by its answer's length: latency / (`TTFT_TOKENS` + output
   tokens), so a run whose answers grow longer does not read as a growing queue.
-- A round is one turn of the window: `limit` samples (at least `MIN_ROUND`) of attempts
-  admitted since the last decision; older ones were sent under another limit.
+- A round is one turn of the window: a cohort of `limit` attempts (at least `MIN_ROUND`)
+  admitted after the last decision (older ones were sent under another limit), measured
+  once all have returned: the first answers back are the fast ones, and a round of them
+  would read a jittery server as faster than it is.
 - A round's mean has a confidence interval `mean +- Z * cv * mean / sqrt(n)`, with `cv` the
   spread of samples within rounds (smoothed over rounds). The baseline (the unloaded level)
   is the lowest upper bound seen: a lucky round of a few fast samples cannot set it low.
@@ -87,16 +89,21 @@ class ConcurrencyStatus:
 
 
 class _Slot(PermitBase):
-    __slots__ = ("gate", "started")
+    __slots__ = ("gate", "round", "started")
 
     def __init__(self, gate: ConcurrencyLimiter) -> None:
         super().__init__()
         self.gate = gate
         self.started = 0.0
+        self.round = -1  # the round whose cohort it belongs to, if any
 
     async def _acquire(self) -> None:
-        await self.gate._acquire()
-        self.started = self.gate._clock()
+        gate = self.gate
+        await gate._acquire()
+        self.started = gate._clock()
+        if gate._enlisted < gate._round_size:
+            gate._enlisted += 1
+            self.round = gate._round
 
     def _release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
         self.gate._finish(self, response, error)
@@ -123,9 +130,13 @@ class ConcurrencyLimiter:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._rtt: float | None = None
         self._slow_start = True
-        # The round being measured: samples of attempts admitted since `_round_start`.
-        self._round_start = clock()
+        # The round being measured: a cohort of the first `_round_size` attempts admitted
+        # since it began, measured once all have returned. Not the first answers to come
+        # back: those are the fast ones, and would set the baseline low on a jittery server.
+        self._round = 0
         self._round_size = max(MIN_ROUND, initial)
+        self._enlisted = 0
+        self._returned = 0
         self._n = 0
         self._sum = 0.0
         self._sumsq = 0.0
@@ -133,7 +144,7 @@ class ConcurrencyLimiter:
         self._cv = _CV_INITIAL
         self._baseline: float | None = None
         self._baseline_next: float | None = None  # the minimum of the window being measured
-        self._window_start = self._round_start
+        self._window_start = clock()
         self._last_drop = -math.inf
 
     @property
@@ -178,14 +189,20 @@ class ConcurrencyLimiter:
         in_flight = self._in_flight
         self._in_flight -= 1
         fb = slot.load_feedback(response, error)
+        member = slot.round == self._round
         if fb.ok:
             tokens = response.usage.completion_tokens if response is not None else 0
-            self._sample(now - slot.started, slot.started, now, in_flight, tokens)
+            self._sample(now - slot.started, member, in_flight, tokens)
         elif fb.timed_out or fb.congested:
             self._drop(now)
+            member = False  # the drop began a new round
+        if member:
+            self._returned += 1
+            if self._returned >= self._round_size:
+                self._end_round(now)
         self._wake()
 
-    def _sample(self, rtt: float, started: float, now: float, in_flight: int, tokens: int) -> None:
+    def _sample(self, rtt: float, member: bool, in_flight: int, tokens: int) -> None:
         if rtt <= 0:
             return
         self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
@@ -195,18 +212,19 @@ class ConcurrencyLimiter:
             # rate limiter holds the pace, a larger window only queues requests on our side.
             # Not in the first round: its latencies are the baseline's first measure.
             self._limit = min(float(self.max_limit), self._limit + 1)
-        if started < self._round_start:
-            return  # admitted under an earlier limit: its latency is that limit's
+        if not member:
+            return  # admitted under an earlier limit, or past the round's cohort
         x = rtt / (TTFT_TOKENS + max(0, tokens))
         self._n += 1
         self._sum += x
         self._sumsq += x * x
         self._busy = max(self._busy, in_flight)
-        if self._n >= self._round_size:
-            self._end_round(now)
 
     def _end_round(self, now: float) -> None:
         n, busy = self._n, self._busy
+        if n < 2:  # the cohort failed or was cancelled: nothing to measure
+            self._new_round(now)
+            return
         mean = self._sum / n
         spread = math.sqrt(max(0.0, self._sumsq / n - mean * mean) * n / (n - 1))
         self._new_round(now)
@@ -239,8 +257,9 @@ class ConcurrencyLimiter:
         self._round_size = max(MIN_ROUND, int(self._limit))
 
     def _new_round(self, now: float) -> None:
-        self._round_start = now
+        self._round += 1
         self._round_size = max(MIN_ROUND, int(self._limit))
+        self._enlisted = self._returned = 0
         self._n = self._busy = 0
         self._sum = self._sumsq = 0.0
 

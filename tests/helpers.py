@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,33 @@ class SteppedClock:
             for _ in range(10):
                 await asyncio.sleep(0)
         self.now = max(self.now, until)
+
+
+class _Ref:
+    """What `.remote()` returns: awaiting it yields once, as a round trip would."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        yield from asyncio.sleep(0).__await__()
+        return self.value
+
+
+class _Method:
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> _Ref:
+        return _Ref(self.fn(*args))
+
+
+class LocalActor:
+    """A Ray actor's state in this process: `actor.lease.remote(...)` runs the state's method
+    at once; awaiting the result yields once, as a round trip would (virtual-time tests)."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(getattr(self.state, name))

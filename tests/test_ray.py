@@ -232,6 +232,30 @@ def ray_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_cli_on_ray_waits_out_an_outage_and_reports_it_once(tmp_path: Path) -> None:
+    # The workers share one outage breaker: the run waits the outage out (2 retries each
+    # would not survive it) and the driver's summary reports it once, as a local run does
+    # (before, each worker kept its own breaker and its outages: the summary said nothing).
+    sim = SimProcess("--latency-ms", "30", "--outage-at", "0.5", "--outage-for", "3")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = [f"q{i}" for i in range(300)]
+    inp.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}"}) + "\n" for i in ids))
+    try:
+        proc = ray_cli(
+            str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model", "sim",
+            "--no-progress", "--concurrency", "8", "--max-retries", "2",
+        )  # fmt: skip
+        outages = sim.stats()["outages"]
+    finally:
+        sim.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["custom_id"] for r in lines) == sorted(ids)
+    assert all(r["error"] is None for r in lines)
+    said = proc.stdout + proc.stderr
+    assert outages == 1 and said.count("server outage") == 1 and "came back" in said, said
+
+
 def test_cli_on_ray_with_a_cache_and_an_error_log(tmp_path: Path) -> None:
     sim = SimProcess("--fail-rate", "0.3", "--seed", "4")
     inp, logs, cache = tmp_path / "in.jsonl", tmp_path / "logs", tmp_path / "cache.db"

@@ -1,7 +1,8 @@
 """The cluster limiter's leases and the cluster budget, in virtual time (no Ray cluster).
 
 The actor's state runs in this process behind a stand-in for Ray's actor handle
-(`actor.method.remote(...)` calls the state and returns an awaitable, as an `ObjectRef` is);
+(`helpers.LocalActor`: `actor.method.remote(...)` calls the state and returns an awaitable,
+as an `ObjectRef` is);
 the workers' `LeasedLimiter` and `ClusterBudget` take the test clock's `sleep`, so nothing
 really waits and every time below is exact.
 """
@@ -9,7 +10,6 @@ really waits and every time below is exact.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -23,38 +23,9 @@ from llmbatch.ray.budget import RETRY_SECONDS, ClusterBudget
 from llmbatch.ray.limiter import OPENING_LEASE, LeasedLimiter, _LimiterState
 
 from .conftest import FakeClock
-from .helpers import SteppedClock
+from .helpers import LocalActor, SteppedClock
 
 REQ = CompletionRequest(prompt="q", max_tokens=8)
-
-
-class _Ref:
-    """What `.remote()` returns: awaiting it yields once, as a round trip would."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        yield from asyncio.sleep(0).__await__()
-        return self.value
-
-
-class _Method:
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def remote(self, *args: Any) -> _Ref:
-        return _Ref(self.fn(*args))
-
-
-class LocalActor:
-    """The limiter actor in this process: `actor.lease.remote(...)` runs the state at once."""
-
-    def __init__(self, state: _LimiterState) -> None:
-        self.state = state
-
-    def __getattr__(self, name: str) -> _Method:
-        return _Method(getattr(self.state, name))
 
 
 def cluster(

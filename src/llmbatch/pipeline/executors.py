@@ -35,12 +35,14 @@ from ..batch_api import (
     ledger_paths,
 )
 from ..batch_api.hybrid import DeadlineRunner, Switched, estimate_work
+from ..breaker import Outage
 from ..budget import Budget
 from ..clients import ClientSpec
 from ..clients.provider import ProviderClient
 from ..deadline import Work, assumed_latency, split_size
 from ..engine import Concurrency, Engine, EngineConfig
 from ..errors import InvalidOutputError, LLMBatchError, TruncatedReplyError
+from ..events import ProviderOutage
 from ..io.sink import ResultSink
 from ..limiter import RateLimiter
 from ..metrics import MetricsListener
@@ -300,6 +302,7 @@ class RayExecutor:
                             limiter,
                             ray_config,
                             on_results=ready.put_nowait,
+                            on_outages=self._outages,
                         )
                 except TimeoutError:
                     pass  # what was not written is counted by the sink as unfinished
@@ -325,6 +328,16 @@ class RayExecutor:
 
     def held(self) -> list[BatchResult]:
         return []
+
+    def _outages(self, outages: list[Outage]) -> None:
+        """The cluster breaker's outages, to the listeners a local engine reports them to."""
+        listeners: list[Any] = [self.context.sink]
+        if self.context.metrics is not None:
+            listeners.append(self.context.metrics)
+        for outage in outages:
+            event = ProviderOutage(outage, time.monotonic())
+            for listener in listeners:
+                listener(event)
 
 
 async def _cluster_gauges(limiter: Any, metrics: Any, every: float = 1.0) -> None:

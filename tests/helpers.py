@@ -7,9 +7,11 @@ import asyncio
 import heapq
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -211,3 +213,27 @@ class LocalActor:
 
     def __getattr__(self, name: str) -> _Method:
         return _Method(getattr(self.state, name))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for `--metrics-port`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The unlabelled samples served at 127.0.0.1:`port`/metrics ({} if it does not answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.labels
+    }

@@ -28,7 +28,7 @@ import ray
 
 from ..admission import PermitBase, feedback
 from ..breaker import DEFAULT_MAX_OUTAGE, Outage, OutageBreaker
-from ..errors import BatchCancelledError, ProviderOutageError, ServerError, TokenLimitError
+from ..errors import BatchCancelledError, ProviderOutageError, TokenLimitError
 from ..types import CompletionRequest, CompletionResponse
 
 __all__ = ["ClusterBreaker", "SharedBreaker"]
@@ -44,20 +44,20 @@ class _BreakerState:
     ) -> None:
         self.breaker = OutageBreaker(max_outage=max_outage, clock=clock)
 
-    def admit(self, key: int) -> tuple[float | None, float | None, str | None]:
+    def admit(self, key: int) -> tuple[float | None, float | None, ProviderOutageError | None]:
         """(seconds to wait, or None to go; the probe's send time if it goes as the probe;
-        why the breaker gave up, if it did)."""
+        the breaker's error if it gave up)."""
         permit = self.breaker.permit(key)
         try:
             wait = self.breaker.try_admit(permit)
         except ProviderOutageError as exc:
-            return None, None, str(exc)
+            return None, None, exc
         return wait, permit.sent_at if permit.probe else None, None
 
     def report(
         self, key: int, probe_sent_at: float | None, error: BaseException | None
-    ) -> tuple[bool, str | None]:
-        """One attempt's outcome (`error` None: answered); returns (open, gave up why)."""
+    ) -> tuple[bool, ProviderOutageError | None]:
+        """One attempt's outcome (`error` None: answered); returns (open, gave up with)."""
         permit = self.breaker.permit(key)
         if probe_sent_at is not None:
             permit.probe = True
@@ -65,12 +65,8 @@ class _BreakerState:
         self.breaker.finish(permit, None, error)
         return self.state()
 
-    def state(self) -> tuple[bool, str | None]:
-        gave_up = self.breaker.gave_up
-        return self.breaker.is_open, None if gave_up is None else str(gave_up)
-
-    def last_answer(self) -> ServerError | None:
-        return self.breaker.last_answer
+    def state(self) -> tuple[bool, ProviderOutageError | None]:
+        return self.breaker.is_open, self.breaker.gave_up
 
     def outages(self) -> list[Outage]:
         return list(self.breaker.outages)
@@ -151,7 +147,9 @@ class SharedBreaker:
         async with self._asking:  # one waiter asks for the worker; the others wait behind it
             while True:
                 if self.gave_up is not None:
-                    raise ProviderOutageError(str(self.gave_up))
+                    # Fresh: one traceback each.
+                    gave_up = self.gave_up
+                    raise ProviderOutageError(str(gave_up), last_answer=gave_up.last_answer)
                 if not self.is_open:
                     return
                 wait, probe_sent_at, gave_up = await self.actor.admit.remote(permit.key)
@@ -197,9 +195,9 @@ class SharedBreaker:
             self._give_up(gave_up)
         self.is_open = is_open
 
-    def _give_up(self, reason: str) -> None:
+    def _give_up(self, error: ProviderOutageError) -> None:
         if self.gave_up is None:
-            self.gave_up = ProviderOutageError(reason)
+            self.gave_up = error
 
 
 def _portable(error: BaseException | None) -> BaseException | None:

@@ -45,7 +45,9 @@ class LedgerError(Exception):
 
 @dataclass(slots=True)
 class ChunkRecord:
-    """What is known of one chunk's batch. `state` only moves forward."""
+    """What is known of one chunk's batch. `state` only moves forward, but for a batch the
+    provider failed for its enqueued-token limit: its chunk goes back to uploaded (or intent)
+    to be created again, `extra["refused"]` naming the refused batches."""
 
     n: int
     key: str

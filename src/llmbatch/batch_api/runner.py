@@ -36,6 +36,16 @@ A re-attached batch holds its recorded worst case until it is collected; a colle
 settles to what its answers cost (set as `result.cost`, invalid replies included: they were
 paid for).
 
+With `enqueued_tokens` (OpenAI's enqueued-token limit, per model; `enqueued`), a chunk is
+created only when its estimated input tokens fit beside those of this run's live batches of
+its model; until then the runner polls and collects (submission and polling interleave) and
+reads no further. A batch the provider fails for the limit (`token_limit_exceeded`) teaches
+the limit, goes back to waiting (its chunk keeps its uploaded file; the ledger records the
+refused batch, and the next create carries a new tag, so a rerun neither re-attaches the
+refused batch nor creates the chunk twice) and is created again when there is room: its
+lines are not failed. A chunk held before its intent is recorded has no ledger record: a
+rerun reads its requests again.
+
 Each answer is checked like a realtime reply (`llmbatch.replies.check_reply`, against the
 request's schema or JSON mode): `result.parsed` is set, and refusals, truncated JSON and
 replies that break the schema become the same errors as realtime (`RefusalError`,
@@ -82,8 +92,9 @@ from ..schema import Schema, SchemaMode
 from ..text import chars_to_tokens
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from .backend import BatchBackend, BatchInfo, LineOutcome
-from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
-from .ledger import CREATED, ENDED, UPLOADED, ChunkRecord, Ledger, LedgerError
+from .enqueued import MAX_HOLD, EnqueuedTokens, model_of, stated_limit
+from .events import BatchEnded, BatchEvent, BatchHeld, BatchPolled, BatchSubmitted
+from .ledger import CREATED, ENDED, INTENT, UPLOADED, ChunkRecord, Ledger, LedgerError
 from .providers import backend_for
 from .split import Chunk, Splitter, TooLarge, read_ids
 
@@ -128,6 +139,8 @@ class BatchAPIConfig:
         `response_model`: a pydantic model class (or `Schema`, or JSON Schema dict) every chat
         request without a schema of its own must answer in (`schema_mode` native or prompt).
         `validate_json`: JSON-mode replies must parse (as the engine's).
+        `enqueued_tokens`: the provider's enqueued-token limit per model (estimated input tokens
+        of live batches); None: learned from the provider's refusal, if one comes.
     """
 
     output: str | Path
@@ -146,6 +159,7 @@ class BatchAPIConfig:
     response_model: Any = None
     schema_mode: SchemaMode | None = None
     validate_json: bool = True
+    enqueued_tokens: int | None = None
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -188,13 +202,36 @@ class BatchAPIRunner:
         self._unrecorded: set[int] = set()  # re-attached chunks whose worst case is summed
         self.halted = False
         self._poked: asyncio.Future[None] | None = None
+        # The enqueued-token limit: live tokens per model; chunks with an intent recorded
+        # and no batch yet, created when there is room; when each may be tried again (a
+        # chunk refused while nothing of this run's was live); chunks refused in this run.
+        self.enqueued = EnqueuedTokens(config.enqueued_tokens)
+        self._waiting: list[ChunkRecord] = []
+        self._retry_at: dict[int, float] = {}
+        self._requeued: set[int] = set()
+        self._splitter: Splitter | None = None
+        self._changed = False
 
     # -- steering from outside (a deadline moving work to realtime) ----------------------------
 
     def halt(self) -> None:
         """Submit no more batches: requests not yet in one get no result from this runner.
-        Batches already created are still polled and collected."""
+        Batches already created are still polled and collected. Chunks waiting for room
+        under the enqueued-token limit end without a batch (and without results)."""
         self.halted = True
+        waiting, self._waiting = self._waiting, []
+        for record in waiting:
+            self._settle(record.n, 0.0)
+            self._checks.pop(record.n, None)
+            record.state, record.status = ENDED, "not created"
+            record.note = "waited for room under the enqueued-token limit; the run halted"
+            record.ended_at = self.config.clock()
+        if waiting and self.ledger is not None:
+            self.ledger.save()
+            for record in waiting:
+                self.ledger.forget_files(record)
+                self._emit(BatchEnded(record.n, None, "not created", record.count, 0))
+        self.poke()
 
     async def cancel_live(self, skip: Collection[str] = ()) -> list[str]:
         """Ask the provider to cancel every batch of this run that has not ended (but those
@@ -253,6 +290,9 @@ class BatchAPIRunner:
         )
         ledger.ensure_directory()
         self._done, self._flush = done, flush or (lambda: None)
+        for record in ledger.chunks:  # limits learned by earlier runs
+            if isinstance(limit := record.extra.get("enqueued_limit"), int):
+                self.enqueued.learn(model_of(record.key), limit)
         live = [r for r in ledger.chunks if r.live]
         covered: dict[str, int] = {}
         for record in live:
@@ -260,10 +300,12 @@ class BatchAPIRunner:
             self._hold(record)
         for record in live:
             if record.batch_id is None:
-                async for result in self._create(record, reattach=True):
-                    yield result
+                self._waiting.append(record)  # created below, or once there is room
             else:
+                self._track(record)
                 self._emit(BatchSubmitted(record.n, record.batch_id, record.count, True))
+        async for result in self._create_waiting():
+            yield result
         async for result in self._submit_new(requests, covered):
             yield result
         del covered
@@ -278,9 +320,10 @@ class BatchAPIRunner:
         assert self.ledger is not None
         backend, budget = self.backend, self.config.budget
         caps = backend.caps.lowered(self.config.max_requests, self.config.max_tokens)
-        splitter = Splitter(
+        splitter = self._splitter = Splitter(
             self.ledger.directory, caps, framing=backend.framing, start=self.ledger.next_n
         )
+        self._cap_tokens()
         stopped = False  # the budget refused a request: nothing more is submitted
         try:
             for item in requests:
@@ -333,10 +376,16 @@ class BatchAPIRunner:
                     yield result
         finally:
             splitter.discard()
+            self._splitter = None
 
     async def _start(self, chunk: Chunk) -> AsyncIterator[BatchResult]:
         assert self.ledger is not None
         if self.halted:  # halted while earlier chunks were being created: never sent
+            _drop(chunk)
+            return
+        async for result in self._room(chunk):
+            yield result
+        if self.halted:  # halted while it waited for room
             _drop(chunk)
             return
         budget = self.config.budget
@@ -351,6 +400,7 @@ class BatchAPIRunner:
                 return
             self._reserved[chunk.n] = chunk.cost
             extra["worst_cost"] = chunk.cost
+        extra["tokens"] = chunk.tokens
         record = self.ledger.add(chunk, self.config.clock(), extra)  # the intent, durable
         async for result in self._create(record, reattach=False):
             yield result
@@ -415,7 +465,7 @@ class BatchAPIRunner:
         batch already exists for it; record each step. A refused create fails its lines."""
         ledger, backend = self.ledger, self.backend
         assert ledger is not None
-        tag = f"{ledger.run_key}:{record.n}"
+        tag = _tag(ledger, record)
         path = ledger.input_path(record.n)
         try:
             # A backend with `inline_max_bytes` (Gemini) sends a chunk that small inline.
@@ -445,6 +495,7 @@ class BatchAPIRunner:
             return
         record.batch_id, record.status, record.state = info.id, info.status, CREATED
         ledger.save()
+        self._track(record)
         path.unlink(missing_ok=True)  # the provider holds the requests now
         self._emit(BatchSubmitted(record.n, info.id, record.count, reattach))
 
@@ -554,40 +605,187 @@ class BatchAPIRunner:
     # -- waiting and collecting -------------------------------------------------------------
 
     async def _poll(self) -> AsyncIterator[BatchResult]:
-        assert self.ledger is not None
-        pending = [r for r in self.ledger.chunks if r.live]
+        """Poll and collect until every batch of the run has ended and no chunk waits."""
         interval = self.config.poll_interval
-        while pending:
-            changed = False
-            for record in list(pending):
-                assert record.batch_id is not None
-                info = await self._call(partial(self.backend.get, record.batch_id))
+        while True:
+            async for result in self._poll_round():
+                yield result
+            changed = self._changed
+            async for result in self._create_waiting():
+                changed = True
+                yield result
+            if not self._waiting and not self._created():
+                return
+            poked = await self._nap(self._next_wait(interval))
+            interval = (
+                self.config.poll_interval
+                if changed or poked
+                else min(interval * 1.5, self.config.max_poll_interval)
+            )
+
+    def _created(self) -> list[ChunkRecord]:
+        """The live chunks with a batch at the provider."""
+        assert self.ledger is not None
+        return [r for r in self.ledger.chunks if r.live and r.batch_id is not None]
+
+    async def _poll_round(self) -> AsyncIterator[BatchResult]:
+        """Look at every live batch once; collect those that ended (`_changed`: any news)."""
+        assert self.ledger is not None
+        self._changed = False
+        for record in self._created():
+            assert record.batch_id is not None
+            info = await self._call(partial(self.backend.get, record.batch_id))
+            self._emit(
+                BatchPolled(
+                    record.n,
+                    info.id,
+                    info.status,
+                    info.total,
+                    info.succeeded,
+                    info.failed,
+                    self.config.clock() - record.intent_at,
+                )
+            )
+            if info.status != record.status:
+                record.status, self._changed = info.status, True
+                self.ledger.save()
+            if info.ended:
+                self._changed = True
+                self.enqueued.remove(record.n)
+                if info.refused is not None and self._requeue(record, info.id, info.refused):
+                    continue
+                async for result in self._collect(record, info):
+                    yield result
+
+    # -- the enqueued-token limit -----------------------------------------------------------
+
+    def _track(self, record: ChunkRecord) -> None:
+        """`record`'s batch is live: its tokens count against its model's limit."""
+        self.enqueued.add(record.n, model_of(record.key), _tokens(record))
+
+    def _cap_tokens(self) -> None:
+        """No new chunk holds more estimated tokens than a model's limit allows."""
+        splitter = self._splitter
+        limits = [self.enqueued.limit, *self.enqueued.learned.values()]
+        known = [x for x in limits if x is not None]
+        if splitter is None or not known:
+            return
+        cap = min(known)
+        if splitter.caps.max_tokens is None or cap < splitter.caps.max_tokens:
+            splitter.caps = dataclasses.replace(splitter.caps, max_tokens=cap)
+
+    def _must_wait(self, model: str, tokens: int) -> bool:
+        """True while a new chunk of `model` may not be created: no room, or chunks of its
+        model wait already (they go first)."""
+        if any(model_of(r.key) == model for r in self._waiting):
+            return True
+        return not self.enqueued.fits(model, tokens)
+
+    async def _room(self, chunk: Chunk) -> AsyncIterator[BatchResult]:
+        """Wait until `chunk` may be created, polling and collecting meanwhile."""
+        model = model_of(chunk.key)
+        interval, held = self.config.poll_interval, False
+        while True:
+            async for result in self._create_waiting():
+                yield result
+            if self.halted or not self._must_wait(model, chunk.tokens):
+                return
+            if not held:
+                held = True
                 self._emit(
-                    BatchPolled(
-                        record.n,
-                        info.id,
-                        info.status,
-                        info.total,
-                        info.succeeded,
-                        info.failed,
-                        self.config.clock() - record.intent_at,
+                    BatchHeld(
+                        chunk.n,
+                        model,
+                        chunk.count,
+                        chunk.tokens,
+                        self.enqueued.live_tokens(model),
+                        self.enqueued.limit_for(model),
                     )
                 )
-                if info.status != record.status:
-                    record.status, changed = info.status, True
-                    self.ledger.save()
-                if info.ended:
-                    async for result in self._collect(record, info):
-                        yield result
-                    pending.remove(record)
-                    changed = True
-            if pending:
-                poked = await self._nap(interval)
-                interval = (
-                    self.config.poll_interval
-                    if changed or poked
-                    else min(interval * 1.5, self.config.max_poll_interval)
-                )
+            async for result in self._poll_round():
+                yield result
+            if self._changed or self.halted or not self._must_wait(model, chunk.tokens):
+                interval = self.config.poll_interval
+                continue
+            poked = await self._nap(self._next_wait(interval))
+            interval = (
+                self.config.poll_interval
+                if poked
+                else min(interval * 1.5, self.config.max_poll_interval)
+            )
+
+    def _next_wait(self, interval: float) -> float:
+        """`interval`, or less when a refused chunk may be tried again sooner."""
+        if not self._retry_at:
+            return interval
+        now = self.config.clock()
+        return max(0.0, min(interval, min(self._retry_at.values()) - now))
+
+    async def _create_waiting(self) -> AsyncIterator[BatchResult]:
+        """Create the waiting chunks that fit now, in order (per model, first come first)."""
+        blocked: set[str] = set()
+        now = self.config.clock()
+        for record in list(self._waiting):
+            if self.halted:
+                return
+            model = model_of(record.key)
+            if model in blocked:
+                continue
+            if self._retry_at.get(record.n, now) > now or not self.enqueued.fits(
+                model, _tokens(record)
+            ):
+                blocked.add(model)
+                continue
+            self._waiting.remove(record)
+            self._retry_at.pop(record.n, None)
+            # A chunk from an earlier run may have been created before it stopped: looked
+            # for first. One refused in this run has a new tag no create has used yet.
+            reattach = record.n not in self._requeued
+            async for result in self._create(record, reattach=reattach):
+                yield result
+
+    def _requeue(self, record: ChunkRecord, batch_id: str, message: str) -> bool:
+        """The provider failed `record`'s batch for the enqueued-token limit: learn the
+        limit and put the chunk back to wait for room. False when it can never fit (it
+        alone is over the stated limit) or has waited `MAX_HOLD`: its lines then fail."""
+        assert self.ledger is not None
+        model, tokens = model_of(record.key), _tokens(record)
+        now = self.config.clock()
+        limit = self.enqueued.refused(model, tokens, message)
+        self._cap_tokens()
+        stated = stated_limit(message)
+        since = record.extra.get("held_at")
+        since = float(since) if isinstance(since, int | float) else now
+        if (stated is not None and tokens > stated) or now - since > MAX_HOLD:
+            return False
+        refused = [*record.extra.get("refused", ()), batch_id]
+        record.extra.update(refused=refused, held_at=since)
+        if limit is not None:
+            record.extra["enqueued_limit"] = limit
+        # Back to before its create (the uploaded file is used again): the ledger records
+        # the refused batch, and the next create's tag names the try.
+        record.batch_id, record.status = None, None
+        record.state = UPLOADED if record.file_id is not None else INTENT
+        self.ledger.save()
+        self._waiting.append(record)
+        self._requeued.add(record.n)
+        if self.enqueued.live_tokens(model) == 0:
+            # Nothing of this run's holds the queue: other programs' batches do. Try again
+            # after a wait that doubles with each refusal.
+            wait = self.config.poll_interval * 2 ** min(len(refused) - 1, 10)
+            self._retry_at[record.n] = now + min(wait, self.config.max_poll_interval)
+        self._emit(
+            BatchHeld(
+                record.n,
+                model,
+                record.count,
+                tokens,
+                self.enqueued.live_tokens(model),
+                self.enqueued.limit_for(model),
+                batch_id,
+            )
+        )
+        return True
 
     async def _collect(self, record: ChunkRecord, info: BatchInfo) -> AsyncIterator[BatchResult]:
         """Every id of an ended batch, once: its answer, its error, or why it has none."""
@@ -725,6 +923,19 @@ class BatchAPIRunner:
                 listener(event)
             except Exception:
                 log.exception("batch event listener %r failed", listener)
+
+
+def _tokens(record: ChunkRecord) -> int:
+    """A chunk's estimated input tokens (0 for a chunk recorded before they were kept)."""
+    tokens = record.extra.get("tokens")
+    return tokens if isinstance(tokens, int) else 0
+
+
+def _tag(ledger: Ledger, record: ChunkRecord) -> str:
+    """The metadata tag of `record`'s next create: the run key and chunk, and the try after
+    a refusal for the enqueued-token limit (so the refused batch is never taken for it)."""
+    tries = len(record.extra.get("refused", ()))
+    return f"{ledger.run_key}:{record.n}" + (f"/{tries}" if tries else "")
 
 
 def _drop(chunk: Chunk) -> None:

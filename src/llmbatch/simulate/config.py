@@ -70,10 +70,11 @@ class SimulatorConfig:
     `batch_max_bytes` lower the providers' caps; `batch_enqueued_tokens` is OpenAI's
     enqueued-token limit per model (a batch created over it fails, `enqueued.py`). Faults of
     single calls, to test that a client never pays twice nor guesses: `batch_lose_create` N
-    carries out the N-th batch create (1-based, both providers counted) but answers it 529 overloaded (Anthropic) /
-    500 (OpenAI), as if the answer were lost on the way; `batch_refuse_create` N answers the
-    N-th create the same way without creating anything; `batch_list_status` (e.g. 403, a
-    key without list permission) answers every listing of batches and files with it.
+    carries out the N-th batch create (1-based, both providers counted) but answers it 529
+    overloaded (Anthropic) / 500 (OpenAI), as if the answer were lost on the way;
+    `batch_refuse_create` N answers the N-th create the same way without creating anything;
+    `batch_list_status` (e.g. 403, a key without list permission) answers every listing of
+    batches and files with it.
     """
 
     host: str = "127.0.0.1"

@@ -250,3 +250,18 @@ def test_a_refusal_teaches_the_stated_limit_or_what_was_live() -> None:
     queue.remove(0)
     assert queue.fits("m", 10**6)  # nothing live: a chunk alone always goes
     assert EnqueuedTokens(limit=100).limit_for("m") == 100
+
+
+def test_plan_says_when_the_limit_serializes_the_batches(tmp_path) -> None:
+    inp = tmp_path / "in.jsonl"
+    write_simple(inp, N)  # 60 requests of 3 tokens: 180 input tokens
+    base = ["plan", str(inp), "--model", "gpt-4o-mini", "--batch-api", "--json"]
+    waves = cli(*base, "--batch-enqueued-tokens", LIMIT)
+    assert waves.returncode == 0, waves.stderr
+    enqueued = orjson.loads(waves.stdout)["enqueued"]
+    assert enqueued["batch_input_tokens_by_model"] == {"gpt-4o-mini": 180}
+    assert enqueued["waves"] == 3 and enqueued["extra_turnarounds"] == 2
+    roomy = cli(*base, "--batch-enqueued-tokens", "1000")
+    assert orjson.loads(roomy.stdout)["enqueued"]["waves"] == 1
+    shown = cli(*base[:-1], "--batch-enqueued-tokens", LIMIT)
+    assert "3 waves" in shown.stdout + shown.stderr

@@ -38,10 +38,13 @@ from .helpers import (
 N = 60
 LIMIT = "70"  # two batches of 30 tokens fit, a third does not
 PER_BATCH = ["--batch-max-requests", "10"]
+# A batch's time on the simulator: long enough that three chunks are created while the first
+# batch still runs, on a loaded machine too (the refusals the tests count depend on it).
+SECONDS = "4"
 
 
 def sim_args(*extra: str) -> list[str]:
-    return ["--batch-seconds", "1", "--batch-enqueued-tokens", LIMIT, *extra]
+    return ["--batch-seconds", SECONDS, "--batch-enqueued-tokens", LIMIT, *extra]
 
 
 def all_at_batch_price(out: Path, ids: list[str]) -> None:
@@ -129,8 +132,8 @@ def test_the_limit_is_learned_from_the_refusal(start_sim, tmp_path) -> None:
 def test_a_kill_while_chunks_wait_then_a_rerun_creates_each_batch_once(
     start_sim, tmp_path, given: bool
 ) -> None:
-    # Batches of 3 s: the kill comes while the third chunk waits (held, or refused).
-    sim = start_sim("--batch-seconds", "3", "--batch-enqueued-tokens", LIMIT)
+    # The kill comes while the third chunk waits (held, or refused).
+    sim = start_sim(*sim_args())
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_simple(inp, N)
     flag = ["--batch-enqueued-tokens", LIMIT] if given else []

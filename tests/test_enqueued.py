@@ -268,3 +268,27 @@ def test_plan_says_when_the_limit_serializes_the_batches(tmp_path) -> None:
     assert orjson.loads(roomy.stdout)["enqueued"]["waves"] == 1
     shown = cli(*base[:-1], "--batch-enqueued-tokens", LIMIT)
     assert "3 waves" in shown.stdout + shown.stderr
+
+
+def test_a_batch_alone_over_the_limit_fails_and_the_rerun_splits_under_it(
+    start_sim, tmp_path
+) -> None:
+    # Batches of ten hold 30 tokens; the limit is 25: each is refused even alone.
+    sim = start_sim("--batch-seconds", "1", "--batch-enqueued-tokens", "25")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 20)
+    args = batch_run_args(sim, "openai", inp, out, *PER_BATCH)
+    first = cli(*args)
+    assert first.returncode != 0
+    lines = read_out(out)
+    assert len(lines) == 20
+    assert all(rec["error"]["code"] == "batch_failed" for rec in lines)
+    assert "enqueued-token limit" in lines[0]["error"]["message"]
+    assert sim.stats()["batches_token_limited"] == 2
+    # The rerun knows the limit from the ledger: batches of at most 25 tokens, one at a time.
+    again = cli(*args, "--retry-failed")
+    assert again.returncode == 0, again.stderr
+    all_at_batch_price(out, ids)
+    stats = sim.stats()
+    assert stats["batches_token_limited"] == 2  # no refusal more
+    assert 0 < stats["enqueued_tokens_max"] <= 25

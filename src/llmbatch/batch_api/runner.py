@@ -753,15 +753,15 @@ class BatchAPIRunner:
         now = self.config.clock()
         limit = self.enqueued.refused(model, tokens, message)
         self._cap_tokens()
+        if limit is not None:
+            record.extra["enqueued_limit"] = limit  # a rerun splits under it from the start
         stated = stated_limit(message)
         since = record.extra.get("held_at")
         since = float(since) if isinstance(since, int | float) else now
         if (stated is not None and tokens > stated) or now - since > MAX_HOLD:
-            return False
+            return False  # saved with the chunk's end
         refused = [*record.extra.get("refused", ()), batch_id]
         record.extra.update(refused=refused, held_at=since)
-        if limit is not None:
-            record.extra["enqueued_limit"] = limit
         # Back to before its create (the uploaded file is used again): the ledger records
         # the refused batch, and the next create's tag names the try.
         record.batch_id, record.status = None, None
@@ -981,6 +981,13 @@ def _missing_error(info: BatchInfo, ids: list[str]) -> BatchAPIError:
     if info.outcome == "cancelled":
         return BatchAPIError(
             f"batch {info.id} was cancelled before this request ran", code="batch_cancelled"
+        )
+    if info.outcome == "failed" and info.refused is not None:
+        return BatchAPIError(
+            f"batch {info.id} alone is over the provider's enqueued-token limit "
+            f"({info.refused}); this request was not run: a rerun with retry_failed sends "
+            "it in batches under the limit",
+            code="batch_failed",
         )
     if info.outcome == "failed":
         reasons = "; ".join(_line_reason(line, text, ids) for line, text in info.errors[:5])

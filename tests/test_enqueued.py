@@ -13,6 +13,7 @@ batch of 10 requests holds 30 tokens, and a limit of 70 leaves room for two at a
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,36 @@ def test_a_batch_alone_over_the_limit_fails_and_the_rerun_splits_under_it(
     stats = sim.stats()
     assert stats["batches_token_limited"] == 2  # no refusal more
     assert 0 < stats["enqueued_tokens_max"] <= 25
+
+
+def test_a_kill_during_a_deadline_run_with_a_held_chunk_then_a_rerun(start_sim, tmp_path) -> None:
+    # Three batches of 100 (the deadline's split), room for two; both stall. The kill comes
+    # while the third chunk is held; the rerun re-attaches the two, holds the third again,
+    # and the deadline sends what no batch answered realtime: every id once.
+    sim = start_sim(
+        "--batch-seconds", "1", "--batch-stall-rate", "1", "--batch-expire-seconds", "600",
+        "--batch-enqueued-tokens", "800", "--latency-ms", "20",
+    )  # fmt: skip
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 300)
+    when = datetime.fromtimestamp(time.time() + 40, tz=UTC).isoformat()  # the same for both
+    args = [
+        "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model",
+        "gpt-4o-mini", "--finish-by", when, "--poll-interval", "0.1", "--no-progress",
+        "--batch-enqueued-tokens", "800",
+    ]  # fmt: skip
+    proc = start_cli(*args)
+    try:
+        wait_for(lambda: sim.stats()["batches_created"] >= 2, "two batches", 60)
+        time.sleep(0.5)  # the third chunk is held
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert len(ledger_chunks(out)) == 2  # the held chunk was never recorded
+    rerun = cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert set(ids_once(out)) == set(ids)
+    assert all(rec["error"] is None for rec in read_out(out))
+    stats = sim.stats()
+    assert stats["batches_created"] == 2  # re-attached, none created twice, the third never
+    assert stats["batches_token_limited"] == 0

@@ -217,9 +217,11 @@ class BatchAPIRunner:
     def halt(self) -> None:
         """Submit no more batches: requests not yet in one get no result from this runner.
         Batches already created are still polled and collected. Chunks waiting for room
-        under the enqueued-token limit end without a batch (and without results)."""
+        under the enqueued-token limit end without a batch (and without results), but those
+        an earlier run recorded: their create may have happened, so they are looked for."""
         self.halted = True
-        waiting, self._waiting = self._waiting, []
+        waiting = [r for r in self._waiting if r.n in self._requeued]
+        self._waiting = [r for r in self._waiting if r.n not in self._requeued]
         for record in waiting:
             self._settle(record.n, 0.0)
             self._checks.pop(record.n, None)
@@ -652,6 +654,16 @@ class BatchAPIRunner:
             if info.ended:
                 self._changed = True
                 self.enqueued.remove(record.n)
+                if info.refused is not None and self.halted:
+                    # No more batches are created: its lines go elsewhere (a deadline run
+                    # sends them realtime), as the batch never ran them.
+                    message = (
+                        f"batch {info.id} was refused for the provider's enqueued-token limit "
+                        f"({info.refused}) after the run stopped creating batches"
+                    )
+                    async for result in self._end_unsent(record, message):
+                        yield result
+                    continue
                 if info.refused is not None and self._requeue(record, info.id, info.refused):
                     continue
                 async for result in self._collect(record, info):
@@ -722,16 +734,19 @@ class BatchAPIRunner:
         return max(0.0, min(interval, min(self._retry_at.values()) - now))
 
     async def _create_waiting(self) -> AsyncIterator[BatchResult]:
-        """Create the waiting chunks that fit now, in order (per model, first come first)."""
+        """Create the waiting chunks that fit now, in order (per model, first come first).
+        Once halted, only chunks an earlier run recorded wait (`halt` ended the others):
+        each is looked for, since its create may have happened, and created if not found,
+        as a rerun always did (a deadline run then cancels it with the rest)."""
         blocked: set[str] = set()
         now = self.config.clock()
         for record in list(self._waiting):
-            if self.halted:
-                return
             model = model_of(record.key)
-            if model in blocked:
+            if self.halted:
+                pass
+            elif model in blocked:
                 continue
-            if self._retry_at.get(record.n, now) > now or not self.enqueued.fits(
+            elif self._retry_at.get(record.n, now) > now or not self.enqueued.fits(
                 model, _tokens(record)
             ):
                 blocked.add(model)

@@ -999,9 +999,10 @@ def _missing_error(info: BatchInfo, ids: list[str]) -> BatchAPIError:
         )
     if info.outcome == "failed" and info.refused is not None:
         return BatchAPIError(
-            f"batch {info.id} alone is over the provider's enqueued-token limit "
-            f"({info.refused}); this request was not run: a rerun with retry_failed sends "
-            "it in batches under the limit",
+            f"batch {info.id} was refused for the provider's enqueued-token limit "
+            f"({info.refused}) and cannot wait for room (it alone is over the limit, or it "
+            "waited 24 h); this request was not run: a rerun with retry_failed sends it in "
+            "batches under the limit",
             code="batch_failed",
         )
     if info.outcome == "failed":

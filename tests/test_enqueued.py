@@ -326,3 +326,28 @@ def test_a_kill_during_a_deadline_run_with_a_held_chunk_then_a_rerun(start_sim, 
     stats = sim.stats()
     assert stats["batches_created"] == 2  # re-attached, none created twice, the third never
     assert stats["batches_token_limited"] == 0
+
+
+def test_a_queue_full_of_other_programs_batches_is_waited_out(start_sim, tmp_path) -> None:
+    # Another program's batch holds 60 of the 70 tokens: this run's first batch is refused
+    # while nothing of its own is live; it is tried again (after a growing wait) until the
+    # other batch has ended.
+    sim = start_sim(*sim_args())
+    other = tmp_path / "other.jsonl"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 240}]}
+    line = {"custom_id": "o", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    other.write_bytes(orjson.dumps(line) + b"\n")
+    client = openai.OpenAI(api_key="sk-test", base_url=sim.url + "/v1", max_retries=0)
+    with other.open("rb") as f:
+        uploaded = client.files.create(file=f, purpose="batch")
+    client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 20)
+    run = cli(*batch_run_args(sim, "openai", inp, out, *PER_BATCH))
+    assert run.returncode == 0, run.stderr
+    all_at_batch_price(out, ids)
+    stats = sim.stats()
+    assert stats["batches_token_limited"] >= 1
+    assert stats["batches_created"] - stats["batches_token_limited"] == 3  # the other's + 2

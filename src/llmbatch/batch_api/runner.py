@@ -618,10 +618,12 @@ class BatchAPIRunner:
                 yield result
             if not self._waiting and not self._created():
                 return
+            if changed:
+                interval = self.config.poll_interval  # news: look again soon
             poked = await self._nap(self._next_wait(interval))
             interval = (
                 self.config.poll_interval
-                if changed or poked
+                if poked
                 else min(interval * 1.5, self.config.max_poll_interval)
             )
 
@@ -727,11 +729,11 @@ class BatchAPIRunner:
             )
 
     def _next_wait(self, interval: float) -> float:
-        """`interval`, or less when a refused chunk may be tried again sooner."""
-        if not self._retry_at:
-            return interval
+        """`interval`, or less when a refused chunk may be tried again sooner (one whose
+        time has come but that has no room waits for room, as the others)."""
         now = self.config.clock()
-        return max(0.0, min(interval, min(self._retry_at.values()) - now))
+        due = [at - now for at in self._retry_at.values() if at > now]
+        return min([interval, *due])
 
     async def _create_waiting(self) -> AsyncIterator[BatchResult]:
         """Create the waiting chunks that fit now, in order (per model, first come first).
@@ -766,10 +768,10 @@ class BatchAPIRunner:
         assert self.ledger is not None
         model, tokens = model_of(record.key), _tokens(record)
         now = self.config.clock()
-        limit = self.enqueued.refused(model, tokens, message)
+        if self.enqueued.refused(model, tokens, message) is not None:
+            # Kept for a rerun, which splits under it from the start.
+            record.extra["enqueued_limit"] = self.enqueued.learned[model]
         self._cap_tokens()
-        if limit is not None:
-            record.extra["enqueued_limit"] = limit  # a rerun splits under it from the start
         stated = stated_limit(message)
         since = record.extra.get("held_at")
         since = float(since) if isinstance(since, int | float) else now

@@ -90,7 +90,7 @@ from ..replies import check_reply
 from ..retry import RetryPolicy
 from ..schema import Schema, SchemaMode
 from ..text import chars_to_tokens
-from ..types import BatchRequest, BatchResult, CompletionRequest
+from ..types import BatchRequest, BatchResult, CompletionRequest, conversational
 from .backend import BatchBackend, BatchInfo, LineOutcome
 from .enqueued import MAX_HOLD, EnqueuedTokens, model_of, stated_limit
 from .events import BatchEnded, BatchEvent, BatchHeld, BatchPolled, BatchSubmitted
@@ -435,7 +435,7 @@ class BatchAPIRunner:
     def _with_model(self, item: BatchRequest) -> BatchRequest:
         schema = self.config.response_model
         request = item.request
-        if schema is None or request.schema is not None or request.endpoint != "chat":
+        if schema is None or request.schema is not None or not conversational(request):
             return item
         return BatchRequest(item.id, dataclasses.replace(request, schema=schema))
 

@@ -23,6 +23,7 @@ import pytest
 
 import llmbatch
 from llmbatch import RunConfig
+from llmbatch.batch_api import ledger_paths
 from llmbatch.batch_api.enqueued import EnqueuedTokens, stated_limit
 
 from .helpers import (
@@ -167,6 +168,25 @@ def test_a_kill_while_chunks_wait_then_a_rerun_creates_each_batch_once(
     chunks = ledger_chunks(out)
     tagged = [c["batch_id"] for c in chunks]
     assert len(set(tagged)) == len(tagged) == 6
+    assert not list(ledger_paths(out)[1].glob("chunk-*"))  # no file of a held chunk is left
+
+
+def test_the_files_of_a_chunk_held_when_a_run_was_killed_are_removed(start_sim, tmp_path) -> None:
+    # A held chunk is never recorded: a rerun that cuts its chunks differently would leave
+    # its files behind, but for the sweep at the start.
+    sim = start_sim(*sim_args())
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 10)
+    args = batch_run_args(sim, "openai", inp, out, *PER_BATCH, "--batch-enqueued-tokens", LIMIT)
+    assert cli(*args).returncode == 0
+    directory = ledger_paths(out)[1]
+    stray = [directory / "chunk-7.input", directory / "chunk-7.ids"]
+    for path in stray:
+        path.write_text("held when killed\n")
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert not any(path.exists() for path in stray)
+    assert set(ids_once(out)) == set(ids)
 
 
 def test_a_deadline_run_splits_its_batches_under_the_limit(start_sim, tmp_path) -> None:

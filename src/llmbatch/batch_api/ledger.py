@@ -202,6 +202,15 @@ class Ledger:
             )
         return entries
 
+    def sweep(self) -> None:
+        """Remove chunk files no live record names: a chunk held for room under the
+        enqueued-token limit when its run was killed (never recorded, never sent)."""
+        live = {str(c.n) for c in self.chunks if c.live}
+        for path in self.directory.glob("chunk-*"):
+            n = path.name.removeprefix("chunk-").split(".", 1)[0]
+            if n.isdigit() and n not in live:
+                path.unlink(missing_ok=True)
+
     def forget_files(self, record: ChunkRecord) -> None:
         """Remove an ended chunk's sidecar files (the ledger keeps its count and digest)."""
         for p in (self.input_path(record.n), self.ids_path(record.n)):

@@ -291,6 +291,7 @@ class BatchAPIRunner:
             self.config.output, provider=self.backend.name, base_url=self.client.base_url
         )
         ledger.ensure_directory()
+        ledger.sweep()
         self._done, self._flush = done, flush or (lambda: None)
         for record in ledger.chunks:  # limits learned by earlier runs
             if isinstance(limit := record.extra.get("enqueued_limit"), int):

@@ -371,3 +371,29 @@ def test_a_queue_full_of_other_programs_batches_is_waited_out(start_sim, tmp_pat
     stats = sim.stats()
     assert stats["batches_token_limited"] >= 1
     assert stats["batches_created"] - stats["batches_token_limited"] == 3  # the other's + 2
+
+
+def test_a_deadline_run_moves_a_refused_chunk_that_waits_to_realtime(start_sim, tmp_path) -> None:
+    # No flag: the third batch of the split is created, refused, and waits; the two live ones
+    # stall, so it never gets room, and the deadline moves its lines (and the rest) realtime.
+    sim = start_sim(
+        "--batch-seconds", "1", "--batch-stall-rate", "1", "--batch-expire-seconds", "600",
+        "--batch-enqueued-tokens", "800",
+    )  # fmt: skip
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_simple(inp, 300)
+    args = [
+        "run", str(inp), "-o", str(out), "--base-url", sim.url + "/v1", "--model",
+        "gpt-4o-mini", "--finish-by", "20s", "--poll-interval", "0.1", "--no-progress",
+    ]  # fmt: skip
+    run = cli(*args)
+    assert run.returncode == 0, run.stderr
+    assert set(ids_once(out)) == set(ids)
+    assert all(rec["error"] is None for rec in read_out(out))
+    stats = sim.stats()
+    assert stats["batches_token_limited"] >= 1
+    assert stats["batches_created"] - stats["batches_token_limited"] == 2
+    chunks = ledger_chunks(out)
+    assert all(c["state"] == "ended" for c in chunks)
+    held = [c for c in chunks if c["extra"].get("refused")]
+    assert held and all(c["status"] == "not created" for c in held)

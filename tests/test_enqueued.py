@@ -291,28 +291,39 @@ def test_plan_says_when_the_limit_serializes_the_batches(tmp_path) -> None:
     assert "3 waves" in shown.stdout + shown.stderr
 
 
-def test_a_batch_alone_over_the_limit_fails_and_the_rerun_splits_under_it(
-    start_sim, tmp_path
-) -> None:
-    # Batches of ten hold 30 tokens; the limit is 25: each is refused even alone.
+def test_a_batch_alone_over_the_limit_is_cut_into_batches_under_it(start_sim, tmp_path) -> None:
+    # Batches of ten hold 30 tokens; the limit is 25: each is refused even alone, then cut
+    # in two (15 tokens each), which go one at a time.
     sim = start_sim("--batch-seconds", "1", "--batch-enqueued-tokens", "25")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_simple(inp, 20)
-    args = batch_run_args(sim, "openai", inp, out, *PER_BATCH)
-    first = cli(*args)
-    assert first.returncode != 0
-    lines = read_out(out)
-    assert len(lines) == 20
-    assert all(rec["error"]["code"] == "batch_failed" for rec in lines)
-    assert "enqueued-token limit" in lines[0]["error"]["message"]
-    assert sim.stats()["batches_token_limited"] == 2
-    # The rerun knows the limit from the ledger: batches of at most 25 tokens, one at a time.
-    again = cli(*args, "--retry-failed")
-    assert again.returncode == 0, again.stderr
+    run = cli(*batch_run_args(sim, "openai", inp, out, *PER_BATCH))
+    assert run.returncode == 0, run.stderr
     all_at_batch_price(out, ids)
     stats = sim.stats()
-    assert stats["batches_token_limited"] == 2  # no refusal more
+    assert stats["batches_token_limited"] == 2  # the two first batches, not their halves
+    assert stats["batches_created"] == 6
     assert 0 < stats["enqueued_tokens_max"] <= 25
+    chunks = ledger_chunks(out)
+    assert sorted(c["count"] for c in chunks) == [5, 5, 5, 5, 10, 10]
+    assert sorted(c["extra"].get("split_from", -1) for c in chunks) == [-1, -1, 0, 0, 1, 1]
+    assert not list(ledger_paths(out)[1].glob("chunk-*"))  # every input file removed
+
+
+def test_a_batch_that_cannot_be_cut_fails_and_the_rerun_sends_it_under_the_limit(
+    start_sim, tmp_path
+) -> None:
+    # One request of about 60 tokens, the limit 25: no batch can hold it; the line fails
+    # saying why (nothing is billed), and the limit is kept in the ledger.
+    sim = start_sim("--batch-seconds", "1", "--batch-enqueued-tokens", "25")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(orjson.dumps({"id": "big", "prompt": "x" * 240}).decode() + "\n")
+    run = cli(*batch_run_args(sim, "openai", inp, out))
+    assert run.returncode != 0
+    (line,) = read_out(out)
+    assert line["error"]["code"] == "batch_failed"
+    assert "enqueued-token limit" in line["error"]["message"]
+    assert any(c["extra"].get("enqueued_limit") == 25 for c in ledger_chunks(out))
 
 
 def test_a_kill_during_a_deadline_run_with_a_held_chunk_then_a_rerun(start_sim, tmp_path) -> None:

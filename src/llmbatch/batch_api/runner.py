@@ -59,6 +59,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import re
 import time
 from collections.abc import (
@@ -96,7 +97,7 @@ from .enqueued import MAX_HOLD, EnqueuedTokens, model_of, stated_limit
 from .events import BatchEnded, BatchEvent, BatchHeld, BatchPolled, BatchSubmitted
 from .ledger import CREATED, ENDED, INTENT, UPLOADED, ChunkRecord, Ledger, LedgerError
 from .providers import backend_for
-from .split import Chunk, Splitter, TooLarge, read_ids
+from .split import JSONL, Caps, Chunk, Splitter, TooLarge, read_ids
 
 __all__ = ["BatchAPIConfig", "BatchAPIRunner", "is_redoable"]
 
@@ -108,6 +109,7 @@ DEFAULT_MAX_POLL_INTERVAL = 600.0
 # How far a provider's clock may be behind ours when matching a lost create to its intent.
 CLOCK_SKEW = 600.0
 _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
+VALIDATING = "validating"  # OpenAI's status before the input is checked (and the limit)
 
 
 def _never(rid: str) -> bool:
@@ -499,7 +501,8 @@ class BatchAPIRunner:
         record.batch_id, record.status, record.state = info.id, info.status, CREATED
         ledger.save()
         self._track(record)
-        path.unlink(missing_ok=True)  # the provider holds the requests now
+        if info.status != VALIDATING:
+            path.unlink(missing_ok=True)  # the provider holds the requests now
         self._emit(BatchSubmitted(record.n, info.id, record.count, reattach))
 
     async def _create_once(
@@ -654,6 +657,9 @@ class BatchAPIRunner:
             if info.status != record.status:
                 record.status, self._changed = info.status, True
                 self.ledger.save()
+            if info.status != VALIDATING and info.refused is None:
+                # Past validation: the chunk's input is no longer needed to cut it smaller.
+                self.ledger.input_path(record.n).unlink(missing_ok=True)
             if info.ended:
                 self._changed = True
                 self.enqueued.remove(record.n)
@@ -668,6 +674,10 @@ class BatchAPIRunner:
                         yield result
                     continue
                 if info.refused is not None and self._requeue(record, info.id, info.refused):
+                    continue
+                if info.refused is not None and self._split(record, info.id, info.refused):
+                    if not self.config.keep_files:
+                        await self.backend.cleanup(info, record.file_id)
                     continue
                 async for result in self._collect(record, info):
                     yield result
@@ -762,10 +772,76 @@ class BatchAPIRunner:
             async for result in self._create(record, reattach=reattach):
                 yield result
 
+    def _split(self, record: ChunkRecord, batch_id: str, message: str) -> bool:
+        """`record` alone is over the stated limit: cut its requests (its input file, kept
+        until the provider validated it) into chunks under the limit, which wait for room in
+        its place. One atomic ledger save records them and ends `record`; a crash before it
+        leaves `record` live, refused again by the rerun's poll, and cut again. False when it
+        cannot be cut (one request, not JSONL lines, the input gone): its lines then fail."""
+        ledger = self.ledger
+        assert ledger is not None
+        path = ledger.input_path(record.n)
+        stated = stated_limit(message)
+        tokens = _tokens(record)
+        if (
+            stated is None
+            or tokens <= stated  # it fits alone: it waited too long (`MAX_HOLD`)
+            or record.count < 2
+            or self.backend.framing != JSONL
+            or not path.exists()
+            or tokens <= 0
+        ):
+            return False
+        # A margin under the limit: the tokens of the requests are spread evenly here.
+        pieces = min(record.count, math.ceil(tokens / (0.9 * stated)))
+        per = math.ceil(record.count / pieces)
+        pieces = math.ceil(record.count / per)
+        start = self._splitter.reserve(pieces) if self._splitter is not None else ledger.next_n
+        worst = record.extra.get("worst_cost")
+        each_cost = float(worst) / record.count if isinstance(worst, int | float) else 0.0
+        each_tokens = math.ceil(tokens / record.count)
+        cutter = Splitter(ledger.directory, Caps(per, 1 << 62), framing=JSONL, start=start)
+        chunks: list[Chunk] = []
+        entries = ledger.entries(record)
+        with path.open("rb") as f:
+            for (rid, wire), line in zip(entries, f, strict=True):
+                closed = cutter.add(record.key, rid, line, each_tokens, each_cost, wire)
+                if closed is not None:
+                    chunks.append(closed)
+        chunks += cutter.finish()
+        now = self.config.clock()
+        checks = self._checks.pop(record.n, None)
+        reserved = self._reserved.pop(record.n, None)
+        pieces_made: list[ChunkRecord] = []
+        for chunk in chunks:
+            piece = ChunkRecord(chunk.n, chunk.key, chunk.count, chunk.digest, now)
+            piece.extra.update(tokens=chunk.tokens, split_from=record.n)
+            if isinstance(worst, int | float):
+                piece.extra["worst_cost"] = chunk.cost
+            if reserved is not None:
+                self._reserved[chunk.n] = reserved * chunk.count / record.count
+            if checks is not None:
+                mine = self._checks.setdefault(chunk.n, _Checks())
+                for rid, _ in read_ids(chunk.ids_path):
+                    mine.add(rid, checks.get(rid))
+            pieces_made.append(piece)
+        ledger.chunks.extend(pieces_made)
+        record.state, record.status, record.ended_at = ENDED, "failed", now
+        record.note = (
+            f"batch {batch_id} alone was over the enqueued-token limit ({message}); its "
+            f"requests were cut into chunks {', '.join(str(c.n) for c in chunks)}"
+        )
+        ledger.save()
+        ledger.forget_files(record)
+        self._waiting.extend(pieces_made)
+        self._requeued.update(c.n for c in chunks)
+        self._emit(BatchEnded(record.n, batch_id, "split", record.count, 0))
+        return True
+
     def _requeue(self, record: ChunkRecord, batch_id: str, message: str) -> bool:
         """The provider failed `record`'s batch for the enqueued-token limit: learn the
         limit and put the chunk back to wait for room. False when it can never fit (it
-        alone is over the stated limit) or has waited `MAX_HOLD`: its lines then fail."""
+        alone is over the stated limit: `_split`) or has waited `MAX_HOLD` (its lines fail)."""
         assert self.ledger is not None
         model, tokens = model_of(record.key), _tokens(record)
         now = self.config.clock()

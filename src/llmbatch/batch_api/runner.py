@@ -1079,9 +1079,9 @@ def _missing_error(info: BatchInfo, ids: list[str]) -> BatchAPIError:
     if info.outcome == "failed" and info.refused is not None:
         return BatchAPIError(
             f"batch {info.id} was refused for the provider's enqueued-token limit "
-            f"({info.refused}) and cannot wait for room (it alone is over the limit, or it "
-            "waited 24 h); this request was not run: a rerun with retry_failed sends it in "
-            "batches under the limit",
+            f"({info.refused}) and cannot wait for room (a request alone over the limit, or "
+            "held 24 h); this request was not run (nothing billed): a rerun with retry_failed "
+            "tries again",
             code="batch_failed",
         )
     if info.outcome == "failed":

@@ -10,6 +10,8 @@ a user runs it (`--batch-api`, batches of `--per-batch`), side by side in one ru
 - `before`: the CLI from another source tree (`--before`, e.g. the main branch before this
   change), if given: refused batches fail their lines;
 - `learned`: no flag; the limit is learned from the first refusal;
+- `learned, one batch`: no flag and the provider's caps: one batch of all the requests, refused
+  alone, is cut into batches under the limit;
 - `given`: `--batch-enqueued-tokens LIMIT`: batches wait for room, none is refused;
 - `deadline`: `--finish-by 10m` with the flag (the deadline splits the work into ~20 batches).
 
@@ -90,6 +92,7 @@ def main() -> None:
         modes.append(("before", args.before, per_batch))
     modes += [
         ("learned", None, per_batch),
+        ("learned, one batch", None, ("--batch-api",)),
         ("given", None, (*per_batch, "--batch-enqueued-tokens", limit)),
         ("deadline", None, ("--finish-by", "10m", "--batch-enqueued-tokens", limit)),
     ]

@@ -155,6 +155,7 @@ class Context:
             config.output,
             max_requests=config.batch_max_requests,
             max_tokens=config.batch_max_tokens,
+            enqueued_tokens=config.batch_enqueued_tokens,
             poll_interval=config.poll_interval,
             keep_files=config.keep_files,
             listeners=[self.emit],

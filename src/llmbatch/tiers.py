@@ -40,6 +40,7 @@ __all__ = [
     "FLEX_TIMEOUT",
     "FLEX_WORKERS_FACTOR",
     "LANES",
+    "PRIORITY",
     "SERVICE_TIERS",
     "TierPolicy",
     "lane_of",
@@ -52,6 +53,7 @@ __all__ = [
 
 FLEX = "flex"
 DEFAULT = "default"
+PRIORITY = "priority"
 # What `service_tier` (the run's setting) may be. "auto" is llmbatch's: flex first, then the
 # standard tier for a request flex keeps refusing (it is sent as "flex", never as OpenAI's
 # own "auto", which means "the project's default tier").

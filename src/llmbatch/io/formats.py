@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import csv
 import glob
+import io
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -80,7 +81,7 @@ class BadLine:
 
 
 class TemplateError(ValueError):
-    """The --template itself is unusable (syntax, or a field no source provides)."""
+    """The template itself is unusable (syntax, or a field no source provides)."""
 
 
 class _Bad(Exception):
@@ -227,16 +228,16 @@ def read_jsonl(path: str | Path) -> Iterator[InputItem | BadLine]:
 
 
 def template_fields(template: str) -> list[str]:
-    """The placeholders of a --template; raises `TemplateError` on bad syntax."""
+    """The placeholders of a template; raises `TemplateError` on bad syntax."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise TemplateError(f"--template is not a valid format string: {exc}") from None
+        raise TemplateError(f"`template` is not a valid format string: {exc}") from None
     fields = [name for _, name, _, _ in parsed if name is not None]
     if any(name == "" or name.isdigit() for name in fields):
-        raise TemplateError("--template fields must be named, like {content}")
+        raise TemplateError("`template` fields must be named, like {content}")
     if not fields:
-        raise TemplateError("--template has no {field}: every request would be the same")
+        raise TemplateError("`template` has no {field}: every request would be the same")
     return fields
 
 
@@ -283,7 +284,7 @@ def read_files(
     if not fields <= {"path", "content"}:
         unknown = sorted(fields - {"path", "content"})[0]
         raise TemplateError(
-            f"--template field {{{unknown}}}: with --files only {{path}} and {{content}} exist"
+            f"`template` field {{{unknown}}}: with `files` only {{path}} and {{content}} exist"
         )
     paths = sorted(
         p
@@ -355,9 +356,39 @@ def items_of_rows(
             yield BadLine(n, str(exc), where="row")
 
 
-def _decoded_lines(f: IO[bytes]) -> Iterator[str]:
+# Longest first: a UTF-32 LE mark begins with the UTF-16 LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def bom_encoding(head: bytes) -> str:
+    """The encoding a byte-order mark at the start of a file names, else "utf-8"."""
+    return next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+
+
+def _decoded_lines(f: IO[bytes], encoding: str) -> Iterator[str]:
     """The file's lines, decoded one at a time: a bad byte is kept as a lone surrogate
-    (`surrogateescape`) so it spoils only its own row, which is then reported."""
+    (`surrogateescape`) so it spoils only its own row, which is then reported.
+
+    Spreadsheets save "Unicode text" as UTF-16 with a byte-order mark: a mark names the
+    encoding (UTF-8, UTF-16, UTF-32) and the file is read in it; without one it is UTF-8."""
+    if encoding not in ("utf-8", "utf-8-sig"):
+        # newline="" keeps each line's ending, as iterating the bytes does.
+        text = io.TextIOWrapper(f, encoding=encoding, errors="surrogateescape", newline="")
+        try:
+            yield from text
+        except UnicodeDecodeError:
+            # A truncated code unit at the end (the handler only escapes bytes >= 0x80):
+            # one last row holding a lone surrogate, reported as undecodable.
+            yield "\udcff\n"
+        finally:
+            text.detach()
+        return
     first = True
     for raw in f:
         if first and raw.startswith(codecs.BOM_UTF8):
@@ -385,8 +416,11 @@ def _csv_rows(
     if csv.field_size_limit() < wanted:
         csv.field_size_limit(wanted)
     with open(path, "rb") as f:
+        encoding = bom_encoding(f.read(4))
+        f.seek(0)
+        named = "UTF-8" if encoding.startswith("utf-8") else encoding.upper()
         header: list[str] = []
-        for n, values, first_line, last_line in strict_csv(_decoded_lines(f)):
+        for n, values, first_line, last_line in strict_csv(_decoded_lines(f, encoding)):
             if isinstance(values, csv.Error):
                 where = _lines(first_line, last_line)
                 if n == 0:
@@ -403,7 +437,7 @@ def _csv_rows(
             if n == 0:
                 header = values
                 if _bad_utf8(header) is not None:
-                    yield 0, BadLine(0, "the CSV header is not valid UTF-8", where="row")
+                    yield 0, BadLine(0, f"the CSV header is not valid {named}", where="row")
                     return
                 continue
             where = _lines(first_line, last_line)
@@ -421,7 +455,7 @@ def _csv_rows(
                 continue
             if (col := _bad_utf8(values)) is not None:
                 name = header[col] if col < len(header) else f"#{col + 1}"
-                yield n, BadLine(n, f"field {name!r} is not valid UTF-8 ({where})", where="row")
+                yield n, BadLine(n, f"field {name!r} is not valid {named} ({where})", where="row")
                 continue
             if (big := max(map(len, values), default=0)) > max_field_chars:
                 yield (

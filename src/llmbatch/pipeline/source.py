@@ -21,6 +21,7 @@ from ..tiers import wire_tier, with_tier
 from ..types import BatchRequest, CompletionRequest
 from .config import RunConfig
 from .errors import ConfigError
+from .paths import output_files
 from .rows import rows_name, rows_source
 
 __all__ = ["Source", "load_schema", "source_of", "where_of"]
@@ -128,14 +129,11 @@ def _requests_source(given: object) -> Source:
 
 
 def own_files(output: str | None) -> set[str]:
-    """The files a run itself writes: the output, its lock, index and compaction temp files."""
+    """The files a run itself writes: the output and the files it keeps beside it."""
     if not output:  # `llmbatch plan` without an output
         return set()
     real = Path(os.path.realpath(output))
-    names = [real] + [
-        real.with_name(real.name + suffix)
-        for suffix in (".lock", ".compact.tmp", ".idx", ".idx.tmp")
-    ]
+    names = [real] + [path for _, path in output_files(real)]
     return {str(p) for p in names} | {os.path.abspath(output)}
 
 

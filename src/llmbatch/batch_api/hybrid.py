@@ -21,9 +21,17 @@ A deadline already past, or so near that the watcher would switch at once, creat
 every request goes realtime from the start (batches a crashed run left are cancelled).
 
 `tier`: the service tier realtime lines ask for. With "flex" (OpenAI's: the batch price,
-answered in the same request), late lines finish through flex while the deadline allows it,
-and through the default tier once realtime must start on all of its work at once
-(`flex_urgent`, which the engine's `TierPolicy.urgent` also asks when flex refuses a line).
+answered in the same request), a batch moved to flex costs nothing more, so flex does not
+wait for the deadline's switch: once every request is in a batch, a batch (the last created)
+moves to flex whenever flex is about to run out of work, timed by what flex really does
+(`flex_capacity`: time from admission to answer, refusal waits included, and its measured
+throughput). Late lines finish through flex while the deadline allows it, and through the
+default tier once realtime must start on all of its work at once (`flex_urgent`, which the
+engine's `TierPolicy.urgent` also asks when flex refuses a line).
+
+The realtime estimate (`current_capacity`) uses the latency seen and the throughput the
+default tier was seen to reach while it had more work than workers (`ThroughputMeter`): a
+client short of CPU shows there, and the switch comes earlier.
 
 Exactly once: the first final result of an id is the one passed to `on_result`; an answer
 that arrives later from the other path (a batch line finished just before its cancel took

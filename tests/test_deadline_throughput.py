@@ -27,6 +27,7 @@ from llmbatch.deadline import DeadlinePolicy, RealtimeCapacity, ThroughputMeter,
 from llmbatch.engine import Engine, EngineConfig
 from llmbatch.errors import CapacityError
 from llmbatch.limiter import RateLimiter
+from llmbatch.pricing import FixedPrices, GenaiPrices, Pricer, flex_costs_no_more
 from llmbatch.tiers import FLEX, TierPolicy, served_tier, tier_of
 from llmbatch.types import BatchRequest, BatchResult, CompletionRequest
 
@@ -83,6 +84,7 @@ async def _run(
     capacity: RealtimeCapacity,
     engine_config: EngineConfig,
     tier: str | None = None,
+    feed_flex: bool = True,
 ) -> tuple[DeadlineRunner, list[BatchResult], float]:
     loop = asyncio.get_running_loop()
     api = OpenAIClient(model="m", base_url="http://127.0.0.1:9/v1", api_key="k")
@@ -101,6 +103,7 @@ async def _run(
         capacity,
         clock=batches.clock,
         tier=tier,
+        feed_flex=feed_flex,
     )
     results: list[BatchResult] = []
     try:
@@ -206,6 +209,56 @@ def test_flex_takes_the_batches_while_it_has_room_so_late_lines_pay_the_batch_pr
     assert {served_tier(r.response) for r in results} == {FLEX}
     assert runner.switched is not None and runner.switched.at - runner.policy.deadline < -3000
     assert ended < 1500.0
+
+
+def test_flex_dearer_than_a_batch_takes_no_batch_before_the_deadline_needs_it(
+    tmp_path: Path,
+) -> None:
+    """The same run where flex costs more than a batch (`flex_costs_no_more` false, as for a
+    flex tier sold at the standard price): the batches are kept until the deadline's switch
+    (about 3,330 s), and only then moved."""
+
+    async def main() -> tuple[DeadlineRunner, list[BatchResult], float]:
+        loop = asyncio.get_running_loop()
+        batches = VirtualBatches(
+            OpenAIClient(model="m", base_url="http://127.0.0.1:9/v1", api_key="k"),
+            turnaround=math.inf,
+        )
+        config = EngineConfig(max_concurrency=40, max_in_flight=10, clock=loop.time)
+        return await _run(
+            tmp_path,
+            batches,
+            flex_provider(0.6, seed=1),
+            1000,
+            deadline=3600.0,
+            capacity=RealtimeCapacity(concurrency=10, latency=2.0),
+            engine_config=config,
+            tier=FLEX,
+            feed_flex=False,
+        )
+
+    runner, results, _ = in_virtual_time(main)
+    assert sorted(r.id for r in results) == [f"r{i:04d}" for i in range(1000)]
+    assert runner.switched is not None and runner.switched.at - runner.policy.deadline > -400
+
+
+class DearFlex:
+    """A user's price source knowing a flex price above the batch one (a flex tier sold at
+    the standard price, as Groq's)."""
+
+    def price(self, model: str, provider: str | None, usage: Usage, batch: bool) -> float:
+        return (usage.prompt_tokens + usage.completion_tokens) / 1e6 * (0.5 if batch else 1.0)
+
+    def tier_price(self, model: str, provider: str | None, usage: Usage, tier: str) -> float:
+        return self.price(model, provider, usage, False)
+
+
+def test_flex_is_fed_batches_only_where_it_costs_no_more_than_a_batch() -> None:
+    assert flex_costs_no_more(Pricer(GenaiPrices(), provider="openai"), "gpt-5-mini")
+    assert flex_costs_no_more(Pricer(GenaiPrices(), provider="openai"), "gpt-4o-mini")
+    assert flex_costs_no_more(Pricer(FixedPrices(1.0, 2.0)), "any")  # flex: the batch price
+    assert flex_costs_no_more(None, "gpt-5-mini")  # no prices: flex is sold at the batch price
+    assert not flex_costs_no_more(Pricer(DearFlex()), "m")
 
 
 def test_a_refused_flex_request_waits_without_holding_an_attempts_slot() -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "PriceSource",
     "Pricer",
     "TierPrices",
+    "flex_costs_no_more",
     "worst_input_tokens",
 ]
 
@@ -285,6 +286,20 @@ def _lookup(model: str, route: _Route, kind: str) -> _Rates | None:
         factor=factor,
     )
     return _Rates(route, context, factor, linear)
+
+
+def flex_costs_no_more(pricer: Pricer | None, model: str | None) -> bool:
+    """True unless `pricer` prices `model`'s flex answers above its batch answers: a deadline
+    run then moves batches to flex only when the deadline needs it (a source that knows no
+    flex price prices flex as batch; unknown prices are taken as equal)."""
+    if pricer is None or not model:
+        return True
+    usage = Usage(prompt_tokens=_MILLION, completion_tokens=_MILLION)
+    flex = pricer._price(model, usage, False, FLEX)
+    batch = pricer._price(model, usage, True, None)
+    if flex is None or batch is None:
+        return True
+    return flex[0] <= batch[0] * (1 + 1e-9)
 
 
 def cache_ttls(request: CompletionRequest) -> set[str]:

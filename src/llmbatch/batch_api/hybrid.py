@@ -121,6 +121,7 @@ class DeadlineRunner:
         on_duplicate: Callable[[BatchResult], None] | None = None,
         listeners: Iterable[Callable[[Switched], None]] = (),
         tier: str | None = None,
+        feed_flex: bool = True,
     ) -> None:
         self.batches = batches
         self.engine = engine
@@ -133,6 +134,8 @@ class DeadlineRunner:
         self.listeners = list(listeners)
         # The service tier realtime lines ask for; "flex": flex while the deadline allows it.
         self.tier = tier
+        # Flex may take batches before the deadline needs it (it costs no more than a batch).
+        self.feed_flex = feed_flex
         self.duplicates: list[str] = []
         self.switched: Switched | None = None
         # Requests not yet final in this run, with their estimated work.
@@ -429,7 +432,7 @@ class DeadlineRunner:
     def _feeds_flex(self) -> bool:
         """True when flex may take batches before the deadline asks for it: every request
         is in a batch (or with realtime) and flex is not urgent."""
-        return self._submitted and self._flex_lane()
+        return self.feed_flex and self._submitted and self._flex_lane()
 
     async def _move_batches(self, capacity: RealtimeCapacity) -> None:
         """Move live batches to realtime, the last created first, until realtime (at

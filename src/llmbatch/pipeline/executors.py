@@ -44,7 +44,7 @@ from ..errors import InvalidOutputError, LLMBatchError, TruncatedReplyError
 from ..io.sink import ResultSink
 from ..limiter import RateLimiter
 from ..metrics import MetricsListener
-from ..pricing import Pricer
+from ..pricing import Pricer, flex_costs_no_more
 from ..replies import ReplyPolicy, ReplyTries
 from ..retry import RetryPolicy
 from ..tiers import (
@@ -475,6 +475,7 @@ class DeadlineExecutor:
             on_duplicate=context.sink.count_duplicate,
             listeners=[context.emit],
             tier=None if config.service_tier is None else wire_tier(config.service_tier),
+            feed_flex=flex_costs_no_more(context.sink.pricer, config.model),
         )
         ready: asyncio.Queue[BatchResult | None] = asyncio.Queue()
 

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 
+from ..responses_api import is_response, output_text, refusal_of
 from .formats import MAX_FIELD_CHARS, bom_encoding, jsonl_rows, strict_csv
 from .line import ResultLine
 from .tables import BadRow, Table, is_table, is_table_path, open_table
@@ -139,10 +140,13 @@ def _flatten(value: dict[str, Any], prefix: str, into: dict[str, Any], made: set
 
 
 def reply_text(line: ResultLine) -> str | None:
-    """The reply's text from a result line's provider body (OpenAI, Anthropic or Gemini)."""
+    """The reply's text from a result line's provider body (OpenAI chat or Responses,
+    Anthropic or Gemini)."""
     body = line.body
     if not isinstance(body, dict):
         return body if isinstance(body, str) else None
+    if is_response(body):  # OpenAI Responses: the message items' output_text, or a refusal
+        return output_text(body) or refusal_of(body) or ""
     choices = body.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]

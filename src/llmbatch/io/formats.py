@@ -6,10 +6,14 @@
 
 Two line shapes are recognised per line:
 - the OpenAI Batch API line `{"custom_id", "method", "url", "body"}` for /v1/chat/completions,
-  /v1/embeddings and /v1/completions; unknown `body` fields are passed through to the provider;
-  a `response_format` of type `json_schema` becomes the request's `Schema` (checked, validated);
+  /v1/responses, /v1/embeddings and /v1/completions; unknown `body` fields are passed through
+  to the provider; a `response_format` (chat) or `text.format` (responses) of type
+  `json_schema` becomes the request's `Schema` (checked, validated). A Responses body's
+  `input` (a string, or a list of input items) and `instructions` become the request's
+  prompt or messages and its system text, `max_output_tokens` its `max_tokens`;
 - a simple line `{"id", "prompt", "temperature"?, "max_tokens"?, "response_format"?, "model"?,
-  "system"?}`; an unknown key here is an error (it is almost always a typo).
+  "system"?}`; an unknown key here is an error (it is almost always a typo). It goes to the
+  reader's `endpoint` ("chat" unless the run says "responses").
 
 Everything streams: one line in memory at a time. Problems come back as `BadLine` values
 naming the line (or row, or file) so the caller decides whether to stop or skip.
@@ -49,6 +53,7 @@ __all__ = [
 
 URLS = {
     "/v1/chat/completions": "chat",
+    "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
     "/v1/completions": "completions",
 }
@@ -61,6 +66,13 @@ MAX_FIELD_CHARS = 64 * 1024 * 1024
 MissingField = Literal["error", "empty"]
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _BODY_FIELDS = frozenset({"model", "messages", "temperature", "max_tokens", "response_format"})
+# Chat fields a Responses body names otherwise: dropping one would change the request.
+_NOT_RESPONSES = {
+    "messages": "input",
+    "max_tokens": "max_output_tokens",
+    "response_format": "text.format",
+}
+Endpoint = Literal["chat", "responses"]
 
 
 @dataclass(slots=True)
@@ -126,6 +138,10 @@ def _batch_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
     body = obj.get("body")
     if not isinstance(body, dict):
         raise _Bad("body must be a JSON object")
+    if endpoint == "responses":
+        for name, instead in _NOT_RESPONSES.items():
+            if name in body:
+                raise _Bad(f"body.{name} is a chat field; a /v1/responses body has {instead}")
     extra = {k: v for k, v in body.items() if k not in _BODY_FIELDS}
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -139,6 +155,11 @@ def _batch_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
     if endpoint == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
+            if "input" in body and "messages" not in body:
+                raise _Bad(
+                    f"body.messages is missing; a body with input is a Responses request: "
+                    f"give url /v1/responses (this line's url is {url})"
+                )
             raise _Bad("body.messages must be a non-empty list")
         if not all(isinstance(m, dict) and "role" in m for m in messages):
             raise _Bad("body.messages must hold objects with a 'role'")
@@ -151,6 +172,8 @@ def _batch_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
                 raise _Bad(str(exc)) from None
         else:
             req.response_format = _response_format(rf)
+    elif endpoint == "responses":
+        _responses_body(req, extra)
     elif endpoint == "embeddings":
         value = extra.pop("input", None)
         if isinstance(value, str):
@@ -168,7 +191,47 @@ def _batch_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
     return custom_id, req
 
 
-def _simple_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
+def _responses_body(req: CompletionRequest, extra: dict[str, Any]) -> None:
+    """`req` filled from a /v1/responses body's own fields, taken out of `extra`."""
+    value = extra.pop("input", None)
+    if isinstance(value, str) and value:
+        req.prompt = value
+    elif isinstance(value, list) and value:
+        if not all(isinstance(item, dict) for item in value):
+            raise _Bad("body.input must hold objects (input items)")
+        req.messages = value
+    else:
+        raise _Bad("body.input must be a non-empty string or a non-empty list of input items")
+    instructions = extra.pop("instructions", None)
+    if instructions is not None and not isinstance(instructions, str):
+        raise _Bad(f"body.instructions must be a string, got {instructions!r}")
+    req.system = instructions or None
+    req.max_tokens = _number(extra, "max_output_tokens", int, "body.")
+    extra.pop("max_output_tokens", None)
+    text = extra.pop("text", None)
+    if text is None:
+        return
+    if not isinstance(text, dict):
+        raise _Bad(f"body.text must be an object, got {text!r}")
+    rest = {k: v for k, v in text.items() if k != "format"}
+    if rest:  # verbosity and the like are sent as they are
+        extra["text"] = rest
+    fmt = text.get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        try:
+            req.schema = schema_of_response_format(fmt, where="body.text.format")
+        except SchemaError as exc:
+            raise _Bad(str(exc)) from None
+        return
+    try:
+        req.response_format = _response_format(fmt)
+    except _Bad:
+        raise _Bad(
+            f"body.text.format {fmt!r} is not supported (use json_schema, json_object or text)"
+        ) from None
+
+
+def _simple_line(obj: dict[str, Any], endpoint: Endpoint = "chat") -> tuple[str, CompletionRequest]:
     if not SIMPLE_KEYS.issuperset(obj):  # the common case costs one set test, no sort
         unknown = sorted(set(obj) - SIMPLE_KEYS)
         raise _Bad(
@@ -190,11 +253,13 @@ def _simple_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
         response_format=_response_format(obj.get("response_format")),
         model=obj.get("model"),
         system=obj.get("system"),
+        endpoint=endpoint,
     )
 
 
-def parse_line(raw: bytes, line: int) -> InputItem | BadLine | None:
-    """One JSONL line -> an item, a `BadLine`, or None for a blank line."""
+def parse_line(raw: bytes, line: int, endpoint: Endpoint = "chat") -> InputItem | BadLine | None:
+    """One JSONL line -> an item, a `BadLine`, or None for a blank line. A simple line goes
+    to `endpoint`; a batch line names its own (`url`)."""
     if not raw.strip():
         return None
     try:
@@ -211,7 +276,7 @@ def parse_line(raw: bytes, line: int) -> InputItem | BadLine | None:
         if "custom_id" in obj or "body" in obj or "url" in obj:
             rid, req = _batch_line(obj)
         elif "id" in obj or "prompt" in obj:
-            rid, req = _simple_line(obj)
+            rid, req = _simple_line(obj, endpoint)
         else:
             return BadLine(line, "no id or custom_id: not a request line")
     except _Bad as exc:
@@ -219,10 +284,10 @@ def parse_line(raw: bytes, line: int) -> InputItem | BadLine | None:
     return InputItem(line, rid, req)
 
 
-def read_jsonl(path: str | Path) -> Iterator[InputItem | BadLine]:
+def read_jsonl(path: str | Path, *, endpoint: Endpoint = "chat") -> Iterator[InputItem | BadLine]:
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
-            item = parse_line(raw, n)
+            item = parse_line(raw, n, endpoint)
             if item is not None:
                 yield item
 
@@ -253,6 +318,7 @@ def _render(template: str, values: Mapping[str, Any], base: CompletionRequest) -
         response_format=base.response_format,
         model=base.model,
         system=base.system,
+        endpoint=base.endpoint,
     )
 
 

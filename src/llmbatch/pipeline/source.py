@@ -18,7 +18,7 @@ from pathlib import Path
 from ..io.formats import BadLine, InputItem, read_files, read_jsonl
 from ..schema import Schema, SchemaError
 from ..tiers import wire_tier, with_tier
-from ..types import BatchRequest, CompletionRequest
+from ..types import BatchRequest, CompletionRequest, conversational
 from .config import RunConfig
 from .errors import ConfigError
 from .paths import output_files
@@ -79,6 +79,12 @@ def _plain_source(config: RunConfig) -> Source:
     if len(given) > 1:
         raise ConfigError(given[1], "give one of `input`, `template` or `requests`, not both")
     if config.requests is not None:
+        if config.endpoint != "chat":
+            raise ConfigError(
+                "endpoint",
+                "`endpoint` applies to JSONL and template input; a request from Python names "
+                'its own (CompletionRequest(endpoint="responses"))',
+            )
         return _requests_source(config.requests)
     if config.template is not None:
         base = CompletionRequest(
@@ -87,6 +93,7 @@ def _plain_source(config: RunConfig) -> Source:
             response_format="json" if config.json else "text",
             model=None,
             system=config.system,
+            endpoint=config.endpoint,
         )
         if bool(config.files) == _given(config.rows):
             raise ConfigError("template", "`template` needs exactly one of `files` or `rows`")
@@ -100,7 +107,7 @@ def _plain_source(config: RunConfig) -> Source:
     path = Path(config.input)
     if not path.is_file():
         raise ConfigError("input", f"`input` {path}: no such file")
-    return lambda: read_jsonl(path)
+    return lambda: read_jsonl(path, endpoint=config.endpoint)
 
 
 def _requests_source(given: object) -> Source:
@@ -161,10 +168,10 @@ def _with_schema(source: Source, schema: Schema) -> Source:
     def items() -> Iterator[InputItem | BadLine]:
         for item in source():
             if isinstance(item, InputItem):
-                if item.request.endpoint != "chat":
+                if not conversational(item.request):
                     yield BadLine(
                         item.line,
-                        f"`schema` applies to chat requests; this one is for "
+                        f"`schema` applies to chat and responses requests; this one is for "
                         f"{item.request.endpoint!r}",
                     )
                     continue

@@ -133,6 +133,9 @@ class EngineConfig:
     `budget`: a hard cap on money (`llmbatch.budget.Budget`), the last link of the admission
     chain; requests it refuses end with `BudgetExceededError` (unfinished, not failed).
     `replies`: how invalid (schema) and truncated replies are re-asked (`llmbatch.replies`).
+    `max_in_flight`: attempts in flight at most, when fewer than the workers: a request
+    waiting out a capacity refusal (`tiers`: flex) then holds a worker, not an attempt's
+    slot, so many such waits do not starve the lane (None: as many as workers).
     """
 
     max_concurrency: Concurrency = DEFAULT_CONCURRENCY
@@ -153,9 +156,12 @@ class EngineConfig:
     replies: ReplyPolicy = field(default_factory=ReplyPolicy)
     # A service tier's capacity refusals (flex): waited out, or moved to another tier.
     tiers: TierPolicy = field(default_factory=TierPolicy)
+    max_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         check_concurrency(self.max_concurrency)
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
         if self.max_outage is not None and self.max_outage < 0:
@@ -284,7 +290,7 @@ class _Run:
             self.breaker = OutageBreaker(
                 max_outage=self.cfg.max_outage, clock=self.cfg.clock, sleep=self.cfg.sleep
             )
-        chain = (self.breaker, engine.limiter, engine.gate, self.cfg.budget)
+        chain = (self.breaker, engine.limiter, engine.gate, engine.in_flight, self.cfg.budget)
         links = [x for x in chain if x is not None]
         self.admission: Admission | None = (
             links[0] if len(links) == 1 else AdmissionChain(*links) if links else None
@@ -768,6 +774,13 @@ class Engine:
 
             self.limiter = RateLimiter(clock=cfg.clock, sleep=cfg.sleep)
         self.gate: ConcurrencyLimiter | None = None
+        # A fixed bound on attempts in flight, below the workers (`max_in_flight`).
+        self.in_flight: ConcurrencyLimiter | None = None
+        if cfg.max_in_flight is not None and cfg.max_in_flight < cfg.workers:
+            n = cfg.max_in_flight
+            self.in_flight = ConcurrencyLimiter(
+                initial=n, min_limit=n, max_limit=n, clock=cfg.clock
+            )
         if cfg.max_concurrency == "auto":
             self.gate = ConcurrencyLimiter(max_limit=cfg.workers, clock=cfg.clock)
 

@@ -273,6 +273,9 @@ class BatchResult:
     # USD the answer cost less thanks to the provider's prompt cache (negative: a cache
     # write cost more than it saved), set where prices are known.
     cache_saved: float | None = None
+    # The price list that priced a flex or priority answer (`Pricer.price_list`): "flex" or
+    # "batch", "priority" or "standard"; None for the others (their lane says it).
+    price_list: str | None = None
 
     @property
     def ok(self) -> bool:

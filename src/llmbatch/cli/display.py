@@ -37,6 +37,7 @@ from ..pipeline import (
 from ..pipeline.errors import name_fields
 from ..pipeline.precheck import Precheck
 from ..progress import RichProgress
+from ..stats import price_note
 from ._common import say
 from .flags import flag_name
 from .stats import stats_table
@@ -328,12 +329,17 @@ def print_summary(console: Console, config: RunConfig, summary: RunSummary) -> i
             say(console, "--prompt-cache off sends each line with only its own cache settings")
     lanes = summary.stats.answers_by_lane
     if lanes and set(lanes) != {"standard"}:
-        costs = summary.stats.cost_by_lane
+        costs, priced = summary.stats.cost_by_lane, summary.stats.priced_by_lane
         say(
             console,
             "answered by lane: "
             + ", ".join(
-                f"{lane} {n:,}" + (f" (${costs[lane]:,.4f})" if lane in costs else "")
+                f"{lane} {n:,}"
+                + (
+                    f" (${costs[lane]:,.4f}{price_note(lane, priced.get(lane))})"
+                    if lane in costs
+                    else ""
+                )
                 for lane, n in lanes.items()
             ),
         )

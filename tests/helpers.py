@@ -237,3 +237,25 @@ def scrape(port: int) -> dict[str, float]:
         for s in family.samples
         if not s.labels
     }
+
+
+def deadline_args(
+    sim: SimulatorProcess, inp: Path, out: Path, finish_by: str, *extra: str
+) -> list[str]:
+    """`llmbatch run` with `--finish-by` against the simulator's batch API, polled fast."""
+    return [
+        "run",
+        str(inp),
+        "-o",
+        str(out),
+        "--base-url",
+        sim.url + "/v1",
+        "--model",
+        "gpt-4o-mini",
+        "--finish-by",
+        finish_by,
+        "--poll-interval",
+        "0.1",
+        "--no-progress",
+        *extra,
+    ]

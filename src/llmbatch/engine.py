@@ -55,7 +55,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .admission import Admission, AdmissionChain, Permit, mark_outage
+from .admission import Admission, AdmissionChain, Permit, PermitBase, mark_outage
 from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
 from .budget import BudgetExceededError
 from .clients.base import LLMClient
@@ -87,6 +87,8 @@ from .events import (
     RequestStarted,
     ResponseCache,
 )
+from .guarded import GuardedLimiter
+from .limiter import RateLimiter
 from .replies import ReplyPolicy, ReplyTries, check_reply
 from .retry import RetryPolicy
 from .throttled import ThrottledLLMClient
@@ -98,6 +100,7 @@ from .types import (
     CompletionResponse,
     Outcome,
     Timing,
+    make_timing,
 )
 
 __all__ = ["Concurrency", "Engine", "EngineConfig", "RequestSource"]
@@ -282,7 +285,12 @@ class _Run:
             self.breaker = OutageBreaker(
                 max_outage=self.cfg.max_outage, clock=self.cfg.clock, sleep=self.cfg.sleep
             )
-        chain = (self.breaker, engine.limiter, engine.gate, self.cfg.budget)
+        limiter = engine.limiter
+        guard: Admission | None = self.breaker
+        if self.breaker is not None and type(limiter) is RateLimiter:
+            # The default chain's first two links, as one permit (`llmbatch.guarded`).
+            guard, limiter = GuardedLimiter(self.breaker, limiter), None
+        chain = (guard, limiter, engine.gate, self.cfg.budget)
         links = [x for x in chain if x is not None]
         self.admission: Admission | None = (
             links[0] if len(links) == 1 else AdmissionChain(*links) if links else None
@@ -561,8 +569,20 @@ class _Run:
         if self.listeners:
             self.emit(AttemptQueued(item, state.count + 1, asked))
         permit: Permit | None = None
+        manager = self.admission.admit(item.request)
+        # `async with manager`, spelled out: a `PermitBase` (every admission of ours) is
+        # entered and left without a coroutine when its slot is due, the hot path.
+        base = manager if isinstance(manager, PermitBase) else None
         try:
-            async with self.admission.admit(item.request) as permit:
+            if base is None:
+                held = await manager.__aenter__()
+            elif base.enter_now():
+                held = base
+            else:
+                await base.enter_later()
+                held = base
+            permit = held
+            try:
                 now = cfg.clock()
                 state.admitted(now)
                 # After a refusal whose Retry-After the limiter paused for, that much of this
@@ -576,9 +596,19 @@ class _Run:
                     response = await self.call(item, state, now)
                 except Exception as exc:
                     if self.breaker is not None and self.breaker.excuses(exc):
-                        mark_outage(permit)  # the breaker waits it out; limiters must not cut
+                        mark_outage(held)  # the breaker waits it out; limiters must not cut
                     raise
-                permit.record(response)
+                held.record(response)
+            except BaseException as exc:
+                if base is not None:
+                    base.leave(exc)
+                else:
+                    await manager.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            if base is not None:
+                base.leave(None)
+            else:
+                await manager.__aexit__(None, None, None)
         finally:
             if state.asked is not None:  # refused or cancelled while waiting: still waited
                 state.admitted(cfg.clock())
@@ -709,13 +739,13 @@ class _Attempts:
         return wait, outcome
 
     def timing(self, wall_offset: float, started: float, now: float) -> Timing:
-        return Timing(
-            started_at=wall_offset + started,
-            finished_at=wall_offset + now,
-            wait=self.wait_total,
-            provider=self.provider,
-            backoff=self.backoff,
-            attempts=tuple(self.log),
+        return make_timing(
+            wall_offset + started,
+            wall_offset + now,
+            self.wait_total,
+            self.provider,
+            self.backoff,
+            tuple(self.log),
         )
 
 
@@ -762,8 +792,6 @@ class Engine:
             client, self.limiter = client.unwrap(cfg.limiter)
         self.client = client
         if self.limiter is None and cfg.adaptive:
-            from .limiter import RateLimiter
-
             self.limiter = RateLimiter(clock=cfg.clock, sleep=cfg.sleep)
         self.gate: ConcurrencyLimiter | None = None
         if cfg.max_concurrency == "auto":

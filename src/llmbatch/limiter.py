@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from .admission import Feedback, PermitBase, feedback
 from .errors import TokenLimitError
-from .rate_control import CubicRate
+from .rate_control import CubicRate, Meter
 from .types import CompletionRequest, CompletionResponse, RateLimitInfo
 
 __all__ = [
@@ -238,11 +238,13 @@ class RateLimiter:
         self.max_pause = max_pause
         self._clock = clock
         self._sleep = sleep
-        self.control = CubicRate(clock=clock)
+        # Both laws measure the same admissions: one meter, requests and tokens side by side.
+        self._meter = Meter(clock)
+        self.control = CubicRate(clock=clock, meter=self._meter, column=0)
         self.control.ceiling = _per_second(requests_per_minute)
         # The same law on tokens per second, cut with the request rate: on a server whose
         # token budget refuses, requests of varying size then pace by their tokens.
-        self.token_control = CubicRate(clock=clock)
+        self.token_control = CubicRate(clock=clock, meter=self._meter, column=1)
         self.token_control.ceiling = _per_second(tokens_per_minute)
         self.mean_tokens = 0.0  # running mean of admitted requests' token estimates
         self._opening: float | None = None  # when the opening began (see OPENING_RATE)
@@ -497,10 +499,14 @@ class RateLimiter:
         """`count` attempts succeeded (`tokens`: their estimates; default: the running mean
         each): regrow the learned rates along their curves."""
         now = self._clock()
-        self.control.succeeded(count, now)
         if not self.adaptive:
+            self.control.succeeded(count, now)
             return
-        self.token_control.succeeded(self.mean_tokens * count if tokens is None else tokens, now)
+        self._meter.succeeded(count, self.mean_tokens * count if tokens is None else tokens, now)
+        if self.control.rate is not None:
+            self.control.regrow(now)
+        if self.token_control.rate is not None:
+            self.token_control.regrow(now)
         if self._waiting and self.control.rate is not None and self._sped_up():
             # The waiters booked their slots at the rate of their arrival: a queue of them
             # holds seconds of the old, slower schedule. Rebook them at the new rate.
@@ -622,11 +628,12 @@ class RateLimiter:
     def _admitted(self, permit: RatePermit, costs: tuple[float, ...], generation: int) -> None:
         self._in_flight += 1
         now = self._clock()
-        self.control.sent(1, now)
-        if self.adaptive:
+        if not self.adaptive:
+            self.control.sent(1, now)
+        else:
             est = permit.estimate
             total = est.input + est.output
-            self.token_control.sent(total, now)
+            self._meter.sent(1, total, now)
             mean = self.mean_tokens
             self.mean_tokens = mean + _EWMA * (total - mean) if mean else float(total)
             if not self._opened:
@@ -748,13 +755,16 @@ class RateLimiter:
         response: CompletionResponse | None,
         error: BaseException | None,
     ) -> None:
+        self._heard(permit, response, permit.load_feedback(response, error))
+
+    def _heard(self, permit: RatePermit, response: CompletionResponse | None, fb: Feedback) -> None:
+        """The attempt admitted under `permit` ended with `fb` (as `load_feedback` reads it)."""
         self._in_flight -= 1
         if response is not None and permit.costs is not _NO_COSTS:
             # Nothing booked (no limit was known): nothing to settle.
             usage = response.usage
             if usage.prompt_tokens or usage.completion_tokens:
                 self.settle(permit, usage.prompt_tokens, usage.completion_tokens)
-        fb = permit.load_feedback(response, error)
         if permit.admitted_at is not None and fb.ok:
             latency = self._clock() - permit.admitted_at
             self._fastest_answer = min(self._fastest_answer, max(latency, 1e-4))

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .admission import Admission, AdmissionChain, Permit, PermitBase, mark_outage
+from .attempt_timer import AttemptTimer
 from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
 from .budget import BudgetExceededError
 from .clients.base import LLMClient
@@ -373,6 +374,7 @@ class _Run:
         clock = cfg.clock
         wall_offset = self.wall_started - self.started
         sync_source = self.source.sync
+        timer = AttemptTimer(task) if cfg.request_timeout is not None else None
         try:
             while self.stop_error is None:
                 if self.gate is not None:
@@ -400,6 +402,7 @@ class _Run:
                     self.deliver(item, self.stopped_result(index, item, started, 0))
                     return
                 state = _Attempts()
+                state.timer = timer
                 self.busy.add(task)
                 self.active += 1
                 try:
@@ -432,6 +435,8 @@ class _Run:
                 )
             self.stop(BatchCancelledError(f"the batch stopped: {exc!r}"))
         finally:
+            if timer is not None:
+                timer.close()
             self.wakeup.set()
 
     async def process(
@@ -626,10 +631,19 @@ class _Run:
             if self.listeners:
                 self.emit(RequestStarted(item, state.count, called))
             try:
-                async with asyncio.timeout(
-                    TierPolicy.timeout_for(item.request, cfg.request_timeout)
-                ):
+                timer = state.timer
+                if timer is None:
                     response = await self.client.complete(item.request)
+                else:
+                    # `async with asyncio.timeout(...)`, without a loop timer per attempt.
+                    timer.start(TierPolicy.timeout_for(item.request, cfg.request_timeout) or 0.0)
+                    try:
+                        response = await self.client.complete(item.request)
+                    except BaseException as exc:
+                        if timer.stop(exc):
+                            raise TimeoutError from exc
+                        raise
+                    timer.stop(None)
             except TimeoutError as exc:
                 if isinstance(exc, LLMBatchError):
                     raise
@@ -717,6 +731,7 @@ class _Attempts:
     provider: float = 0.0
     backoff: float = 0.0
     log: list[tuple[float, float, Outcome]] = field(default_factory=list)
+    timer: AttemptTimer | None = None  # the worker's, for the attempts' request_timeout
 
     def new_paid(self) -> list[CompletionResponse]:
         self.paid = []

@@ -103,7 +103,13 @@ async def test_a_probe_cancelled_while_the_limiter_holds_it_goes_back_to_the_bre
     clock: FakeClock,
 ) -> None:
     breaker = OutageBreaker(clock=clock, sleep=clock.sleep)
-    limiter = RateLimiter(60, clock=clock, sleep=clock.sleep, burst_seconds=0.0)
+    at_limiter = asyncio.Event()
+
+    async def stuck(_seconds: float) -> None:  # the limiter's wait for its slot
+        at_limiter.set()
+        await asyncio.Event().wait()
+
+    limiter = RateLimiter(60, clock=clock, sleep=stuck, burst_seconds=0.0)
     guarded = GuardedLimiter(breaker, limiter)
     for i in range(5):
         permit = guarded.admit(CompletionRequest(prompt=str(i)))
@@ -114,8 +120,8 @@ async def test_a_probe_cancelled_while_the_limiter_holds_it_goes_back_to_the_bre
     # and is cancelled there: the breaker must not wait for an answer it will never get.
     probe = guarded.admit(CompletionRequest(prompt="probe"))
     task = asyncio.ensure_future(probe.__aenter__())
-    while not probe.probe:
-        await asyncio.sleep(0)
+    await at_limiter.wait()
+    assert probe.probe
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -112,10 +112,11 @@ async def test_a_probe_cancelled_while_the_limiter_holds_it_goes_back_to_the_bre
     limiter = RateLimiter(60, clock=clock, sleep=stuck, burst_seconds=0.0)
     guarded = GuardedLimiter(breaker, limiter)
     for i in range(5):
-        permit = guarded.admit(CompletionRequest(prompt=str(i)))
+        permit = breaker.admit(CompletionRequest(prompt=str(i)))
         await permit.__aenter__()
         await permit.__aexit__(APIConnectionError, DOWN, None)
     assert breaker.is_open
+    await limiter.acquire()  # the limiter's slot for the next second is taken
     # The probe passes the breaker, then waits for the limiter's next slot (one a second),
     # and is cancelled there: the breaker must not wait for an answer it will never get.
     probe = guarded.admit(CompletionRequest(prompt="probe"))
@@ -125,9 +126,13 @@ async def test_a_probe_cancelled_while_the_limiter_holds_it_goes_back_to_the_bre
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    at_limiter.clear()
     again = guarded.admit(CompletionRequest(prompt="again"))
-    await again.__aenter__()
-    assert again.probe  # a new probe went out
+    task = asyncio.ensure_future(again.__aenter__())
+    reached = asyncio.ensure_future(at_limiter.wait())
+    await asyncio.wait({task, reached}, return_when=asyncio.FIRST_COMPLETED)
+    assert again.probe and not task.done()  # a new probe went out (it waits at the limiter)
+    task.cancel()
 
 
 async def test_a_request_larger_than_the_token_budget_is_refused_and_holds_nothing(

@@ -107,3 +107,13 @@ def test_a_directory_or_a_garbage_file_is_one_clear_error(tmp_path: Path) -> Non
     db.close()
     with pytest.raises(CacheError, match="not an llmbatch cache"):
         SQLiteCache(foreign, _key)
+
+
+def test_credentials_in_the_base_url_are_not_part_of_the_key() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    plain = request_key("openai", "https://host.example/v1", "m", body)
+    assert request_key("openai", "https://user:old@host.example/v1", "m", body) == plain
+    assert request_key("openai", "https://user:new@host.example/v1", "m", body) == plain
+    # The endpoint itself still decides the key.
+    assert request_key("openai", "https://other.example/v1", "m", body) != plain
+    assert request_key("openai", "https://host.example/v2", "m", body) != plain

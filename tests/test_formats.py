@@ -128,6 +128,30 @@ def test_a_csv_with_a_utf8_bom_reads_its_id_column(tmp_path: Path) -> None:
     assert [i.id for i in _rows(jsonl)] == ["a"]  # type: ignore[union-attr]
 
 
+def test_a_utf16_or_utf32_csv_with_a_mark_is_read_as_export_reads_it(tmp_path: Path) -> None:
+    # Spreadsheets save "Unicode text" as UTF-16 with a byte-order mark.
+    text = 'id,title\r\na,"Café\r\nau lait"\r\nb,日本\r\n'
+    for encoding in ("utf-16", "utf-16-be", "utf-32"):
+        path = tmp_path / f"{encoding}.csv"
+        data = text.encode(encoding)
+        if encoding == "utf-16-be":
+            data = codecs.BOM_UTF16_BE + data
+        path.write_bytes(data)
+        items = _rows(path)
+        assert [(i.id, i.request.prompt) for i in items] == [  # type: ignore[union-attr]
+            ("a", "T: Café\r\nau lait"),
+            ("b", "T: 日本"),
+        ], encoding
+    # A file cut inside a code unit: the rows before it are read, the last is reported.
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes(text.encode("utf-16") + b"\x00")
+    items = _rows(cut)
+    assert [i.id for i in items if isinstance(i, InputItem)] == ["a", "b"]
+    assert [str(i) for i in items if isinstance(i, BadLine)] == [
+        "row 3: field 'id' is not valid UTF-16 (line 5)"
+    ]
+
+
 def test_a_missing_or_empty_template_field_is_a_bad_row_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     path.write_text("id,title,abstract\na,T1,A1\nb,T2,\nc,T3\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,23 @@ def test_finish_by_takes_text_durations_and_dates_and_implies_the_batch_api() ->
     assert config.deadline is not None and before + 3599 < config.deadline < time.time() + 3601
     text = RunConfig(output="o.jsonl", finish_by="90m")
     assert text.deadline is not None and text.deadline - before == pytest.approx(5400, abs=5)
+
+
+def test_a_template_error_names_the_field_for_python_and_the_flag_for_the_cli(
+    tmp_path: Path,
+) -> None:
+    import llmbatch
+
+    (tmp_path / "a.txt").write_text("hello")
+    config = RunConfig(
+        files=str(tmp_path / "*.txt"),
+        template="no field at all",
+        output=str(tmp_path / "out.jsonl"),
+        base_url="http://127.0.0.1:9",  # never reached: the template is refused first
+        model="m",
+    )
+    with pytest.raises(ConfigError) as caught:
+        llmbatch.run(config)
+    assert caught.value.field == "template"
+    assert str(caught.value) == "template has no {field}: every request would be the same"
+    assert caught.value.render(flag_name).startswith("--template has no {field}")

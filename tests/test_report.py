@@ -257,9 +257,13 @@ def test_report_refuses_to_overwrite_its_output(tmp_path: Path) -> None:
     assert out.read_bytes() == before
     ledger = tmp_path / "out.jsonl.batches.json"
     ledger.write_text("{}")
-    for target, what in ((ledger, "--batch-api ledger"), (tmp_path / "out.jsonl.lock", "lock")):
+    for target, what in (
+        (ledger, "the batch ledger"),
+        (tmp_path / "out.jsonl.lock", "OUTPUT's lock file"),
+        (tmp_path / "out.jsonl.idx", "OUTPUT's index"),
+    ):
         proc = cli("report", str(out), "-o", str(target))
-        assert proc.returncode == 2 and f"is OUTPUT's {what}" in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and f"is {what}" in proc.stderr, proc.stderr
     assert ledger.read_text() == "{}"
 
 

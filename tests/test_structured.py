@@ -256,7 +256,10 @@ def test_flag_errors_are_clear_and_nothing_is_sent(tmp_path: Path, start_sim) ->
         + "\n"
     )
     proc = cli(*run_args(sim, emb, out, "--schema", str(write_schema(tmp_path))))
-    assert proc.returncode == 2 and "line 1: --schema applies to chat requests" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "line 1: --schema applies to chat and responses requests" in proc.stderr
+    )
     assert sim.stats()["received"] == 0
 
 

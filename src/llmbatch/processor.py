@@ -58,7 +58,7 @@ from .replies import ReplyPolicy
 from .retry import RetryPolicy
 from .schema import Schema, SchemaMode
 from .stats import BatchStats, StatsCollector
-from .types import BatchProgress, BatchRequest, BatchResult, PromptSection
+from .types import BatchProgress, BatchRequest, BatchResult, PromptSection, conversational
 
 __all__ = [
     "BatchInterrupted",
@@ -355,7 +355,7 @@ def _needs(request: BatchRequest, schema: Schema) -> BatchRequest:
     if not isinstance(request, BatchRequest):  # the engine names the bad item
         return request
     req = request.request
-    if req.schema is not None or req.endpoint != "chat":
+    if req.schema is not None or not conversational(req):
         return request
     return BatchRequest(request.id, dataclasses.replace(req, schema=schema))
 

@@ -41,7 +41,7 @@ from .errors import (
     TruncatedReplyError,
 )
 from .schema import SchemaViolation
-from .types import CompletionRequest, CompletionResponse
+from .types import CompletionRequest, CompletionResponse, conversational
 
 __all__ = [
     "DEFAULT_MAX_INVALID_RETRIES",
@@ -54,8 +54,9 @@ __all__ = [
 
 DEFAULT_MAX_INVALID_RETRIES = 2
 # finish_reason (OpenAI and compatible servers) / stop_reason (Anthropic) / finishReason
-# (Gemini) of a cut-off reply.
-TRUNCATED_REASONS = frozenset({"length", "max_tokens", "MAX_TOKENS"})
+# of a cut-off reply
+# (Gemini), and the Responses API's `incomplete_details.reason`.
+TRUNCATED_REASONS = frozenset({"length", "max_tokens", "MAX_TOKENS", "max_output_tokens"})
 _SNIPPET = 200
 
 
@@ -140,7 +141,7 @@ class ReplyPolicy:
     ) -> CompletionRequest | None:
         """The request to send after `error`, or None when `error` is final."""
         if isinstance(error, InvalidOutputError):
-            if tries.reasks >= self.max_invalid_retries or request.endpoint != "chat":
+            if tries.reasks >= self.max_invalid_retries or not conversational(request):
                 return None
             tries.reasks += 1
             return reask(request, error)

@@ -279,7 +279,9 @@ _LINE_SCHEMAS: dict[bytes, Schema] = {}
 
 
 def schema_of_response_format(value: Mapping[str, Any], *, where: str) -> Schema:
-    """The `Schema` of an OpenAI `{"type": "json_schema", "json_schema": {"name", "schema"}}`.
+    """The `Schema` of an OpenAI `{"type": "json_schema", "json_schema": {"name", "schema"}}`
+    (chat's `response_format`), or of the flat `{"type": "json_schema", "name", "schema"}`
+    (the Responses API's `text.format`).
 
     A million input lines usually share a few schemas: each distinct one is checked once.
     """
@@ -287,14 +289,14 @@ def schema_of_response_format(value: Mapping[str, Any], *, where: str) -> Schema
     schema = _LINE_SCHEMAS.get(key)
     if schema is not None:
         return schema
-    spec = value.get("json_schema")
+    flat = "json_schema" not in value
+    spec = value if flat else value.get("json_schema")
+    at = f"{where}.schema" if flat else f"{where}.json_schema.schema"
     if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
-        raise SchemaError(f"{where}.json_schema.schema must be a JSON Schema object")
+        raise SchemaError(f"{at} must be a JSON Schema object")
     name = spec.get("name")
     schema = Schema.from_dict(
-        spec["schema"],
-        name=name if isinstance(name, str) else "response",
-        where=f"{where}.json_schema.schema",
+        spec["schema"], name=name if isinstance(name, str) else "response", where=at
     )
     if len(_LINE_SCHEMAS) >= 256:
         _LINE_SCHEMAS.clear()

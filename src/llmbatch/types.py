@@ -59,11 +59,13 @@ class CompletionRequest:
                           response_format="json")
 
     `extra` is merged into the provider's request body as is (e.g. `{"top_p": 0.9}`).
-    `endpoint` selects the route for OpenAI-compatible servers: "chat", "completions" or
-    "embeddings" (for embeddings, `prompt` is the input text).
+    `endpoint` selects the route for OpenAI-compatible servers: "chat", "responses" (OpenAI's
+    Responses API: `system` is sent as `instructions`, `messages` and `prompt` as `input`),
+    "completions" or "embeddings" (for embeddings, `prompt` is the input text).
     `schema` (a `llmbatch.Schema`, or a pydantic model class or JSON Schema dict made into
-    one; chat only) is the shape the reply must have: sent the provider's native way (or in
-    the system prompt), every reply validated against it, `result.parsed` the decoded reply.
+    one; chat and responses only) is the shape the reply must have: sent the provider's
+    native way (or in the system prompt), every reply validated against it, `result.parsed`
+    the decoded reply.
     """
 
     prompt: str = ""
@@ -74,7 +76,7 @@ class CompletionRequest:
     messages: Sequence[Message] | None = None
     system: str | None = None
     extra: Mapping[str, Any] | None = None
-    endpoint: Literal["chat", "completions", "embeddings"] = "chat"
+    endpoint: Literal["chat", "responses", "completions", "embeddings"] = "chat"
     schema: Schema | None = None
 
     def __post_init__(self) -> None:
@@ -106,6 +108,15 @@ class CompletionRequest:
             limits += [self.extra.get(name) for name in OUTPUT_LIMIT_FIELDS]
         found = [int(v) for v in limits if _is_count(v)]
         return max(found) if found else None
+
+
+CONVERSATIONAL_ENDPOINTS = frozenset({"chat", "responses"})
+
+
+def conversational(request: CompletionRequest) -> bool:
+    """True for a conversation (chat or responses): it may carry a schema, be re-asked and
+    share a cached prefix; completions and embeddings may not."""
+    return request.endpoint in CONVERSATIONAL_ENDPOINTS
 
 
 def _listed_length(inputs: list[Any]) -> int:

@@ -36,6 +36,7 @@ COMPLETION_WINDOW = "24h"
 _ENDED = {"completed", "failed", "expired", "cancelled"}
 _ENDPOINTS = {
     "/v1/chat/completions": "chat",
+    "/v1/responses": "responses",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
 }

@@ -80,7 +80,7 @@ from ..replies import check_reply
 from ..retry import RetryPolicy
 from ..schema import Schema, SchemaMode
 from ..text import chars_to_tokens
-from ..types import BatchRequest, BatchResult, CompletionRequest
+from ..types import BatchRequest, BatchResult, CompletionRequest, conversational
 from .backend import BatchBackend, BatchInfo, LineOutcome
 from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
 from .ledger import CREATED, ENDED, UPLOADED, ChunkRecord, Ledger, LedgerError
@@ -383,7 +383,7 @@ class BatchAPIRunner:
     def _with_model(self, item: BatchRequest) -> BatchRequest:
         schema = self.config.response_model
         request = item.request
-        if schema is None or request.schema is not None or request.endpoint != "chat":
+        if schema is None or request.schema is not None or not conversational(request):
             return item
         return BatchRequest(item.id, dataclasses.replace(request, schema=schema))
 

@@ -111,6 +111,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "default, priority, or auto (flex, then default for a line flex keeps refusing). "
         "With --finish-by, flex and auto let late batches finish through flex",
     )
+    g.add_argument(
+        "--endpoint",
+        choices=("chat", "responses"),
+        default="chat",
+        help="OpenAI route for simple JSONL lines and template requests: chat "
+        "(/v1/chat/completions, the default) or responses (/v1/responses). A batch-format "
+        'line names its own ("url"), so one file may mix both',
+    )
     g = p.add_argument_group("templates (instead of INPUT)")
     g.add_argument("--template", help='prompt template, e.g. "Summarize this file: {content}"')
     g.add_argument("--files", metavar="GLOB", help="one request per file; {path}, {content}")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..metrics import MissingExtraError
+from ..pipeline.paths import output_files
 from ._common import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, os_reason, positive_float
 
 __all__ = ["add_parser", "main"]
@@ -49,14 +50,9 @@ def main(args: argparse.Namespace) -> int:
     target = Path(args.out)
     if target.exists() and os.path.samefile(target, path):
         return fail(f"-o {target} is OUTPUT: the report would overwrite the results")
-    real = path.resolve()
-    for suffix, what in (
-        (".batches.json", "--batch-api ledger"),
-        (".lock", "lock"),
-        (".idx", "index"),
-    ):
-        if target.resolve() == real.with_name(real.name + suffix):
-            return fail(f"-o {target} is OUTPUT's {what}: pick another name")
+    for what, sibling in output_files(path.resolve()):
+        if target.resolve() == sibling:
+            return fail(f"-o {target} is {what.replace('the output', 'OUTPUT')}: pick another name")
     try:
         from ..report import aggregate, render, write_atomic
 

@@ -6,8 +6,9 @@ LM Studio, Together, Groq...), on aiohttp.
 
     OpenAIClient(base_url="http://localhost:8000/v1", model="Qwen/Qwen2.5-7B", api_key="-")
 
-`CompletionRequest.endpoint` picks the route: "chat" (/chat/completions), "completions"
-(/completions) or "embeddings" (/embeddings; the response's `raw` holds the vectors).
+`CompletionRequest.endpoint` picks the route: "chat" (/chat/completions), "responses"
+(/responses, OpenAI's Responses API: `llmbatch.responses_api`), "completions" (/completions)
+or "embeddings" (/embeddings; the response's `raw` holds the vectors).
 
 A request's `schema` is sent as `response_format={"type": "json_schema", "json_schema":
 {"name", "schema", "strict"}}` (strict only when the schema qualifies, see `llmbatch.schema`),
@@ -20,9 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import responses_api
 from ..errors import UnsupportedRequestError
 from ..schema import Schema
-from ..types import CompletionRequest, CompletionResponse, Usage
+from ..types import CompletionRequest, CompletionResponse, Usage, conversational
 from ._http import rate_limit_info
 from .provider import ClientOptions, ProviderClient
 
@@ -32,7 +34,12 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIClient"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+_PATHS = {
+    "chat": "/chat/completions",
+    "responses": "/responses",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
 
 
 class OpenAIClient(ProviderClient):
@@ -61,6 +68,8 @@ class OpenAIClient(ProviderClient):
     def body_for(self, request: CompletionRequest) -> dict[str, Any]:
         """The JSON body this client sends for `request` (also the cache key's basis)."""
         model = request.model or self.model
+        if request.endpoint == "responses":
+            return responses_api.request_body(request, model)
         body: dict[str, Any] = {}
         if model:
             body["model"] = model
@@ -84,9 +93,9 @@ class OpenAIClient(ProviderClient):
                 body["response_format"] = response_format(request.schema)
             elif request.response_format == "json":
                 body["response_format"] = {"type": "json_object"}
-        if request.schema is not None and request.endpoint != "chat":
+        if request.schema is not None and not conversational(request):
             raise UnsupportedRequestError(
-                f"a schema needs a chat request; this one is for {request.endpoint!r}"
+                f"a schema needs a chat or responses request; this one is for {request.endpoint!r}"
             )
         if request.endpoint != "embeddings":
             if request.temperature is not None:
@@ -120,8 +129,11 @@ def response_format(schema: Schema) -> dict[str, Any]:
 def _parse(
     request: CompletionRequest, status: int, headers: Mapping[str, str], body: Any
 ) -> CompletionResponse:
-    usage = body.get("usage") or {}
     refusal = None
+    if request.endpoint == "responses":
+        content, finish, refusal, usage = responses_api.read_reply(status, body)
+    else:
+        usage = _usage(body.get("usage") or {})
     if request.endpoint == "embeddings":
         content = ""
         body["data"][0]["embedding"]
@@ -129,7 +141,7 @@ def _parse(
     elif request.endpoint == "completions":
         choice = body["choices"][0]
         content, finish = choice["text"], choice.get("finish_reason")
-    else:
+    elif request.endpoint != "responses":
         choice = body["choices"][0]
         content, finish = choice["message"]["content"] or "", choice.get("finish_reason")
         refusal = choice["message"].get("refusal") or None
@@ -138,7 +150,7 @@ def _parse(
     return CompletionResponse(
         content=content,
         model=body.get("model", ""),
-        usage=_usage(usage),
+        usage=usage,
         request_id=headers.get("x-request-id") or body.get("id"),
         finish_reason=finish,
         raw=body,

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -49,9 +50,22 @@ class CacheError(Exception):
 
 
 def request_key(provider: str, base_url: str, model: str | None, body: Any) -> str:
-    """A stable key: the same provider, endpoint, model and body always give the same key."""
-    blob = orjson.dumps([provider, base_url, model, body], option=orjson.OPT_SORT_KEYS)
+    """A stable key: the same provider, endpoint, model and body always give the same key.
+
+    Credentials in the URL (`https://user:secret@host/v1`) are not part of the endpoint:
+    rotating them must not empty the cache, so they are left out of the key.
+    """
+    blob = orjson.dumps(
+        [provider, _without_userinfo(base_url), model, body], option=orjson.OPT_SORT_KEYS
+    )
     return hashlib.sha256(blob).hexdigest()
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 # The first 16 bytes of every SQLite database file.

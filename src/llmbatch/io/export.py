@@ -21,7 +21,6 @@ last, in file order; input ids without a result come as `status: "missing"` rows
 from __future__ import annotations
 
 import bisect
-import codecs
 import csv
 import glob
 import heapq
@@ -34,7 +33,8 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 
-from .formats import MAX_FIELD_CHARS, jsonl_rows, strict_csv
+from ..responses_api import is_response, output_text, refusal_of
+from .formats import MAX_FIELD_CHARS, bom_encoding, jsonl_rows, strict_csv
 from .line import ResultLine
 from .tables import BadRow, Table, is_table, is_table_path, open_table
 
@@ -140,10 +140,13 @@ def _flatten(value: dict[str, Any], prefix: str, into: dict[str, Any], made: set
 
 
 def reply_text(line: ResultLine) -> str | None:
-    """The reply's text from a result line's provider body (OpenAI, Anthropic or Gemini)."""
+    """The reply's text from a result line's provider body (OpenAI chat or Responses,
+    Anthropic or Gemini)."""
     body = line.body
     if not isinstance(body, dict):
         return body if isinstance(body, str) else None
+    if is_response(body):  # OpenAI Responses: the message items' output_text, or a refusal
+        return output_text(body) or refusal_of(body) or ""
     choices = body.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]
@@ -496,16 +499,6 @@ class RowsEncodingError(ValueError):
         )
 
 
-# Longest first: a UTF-32 LE mark begins with the UTF-16 LE one.
-_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
-
-
 def csv_encoding(path: str | Path) -> str:
     """The encoding to read a rows CSV in, after checking the whole file decodes in it.
 
@@ -515,7 +508,7 @@ def csv_encoding(path: str | Path) -> str:
     garble all its other non-ASCII text. NUL bytes mean UTF-16 or UTF-32 without a mark."""
     with open(path, "rb") as f:
         head = f.read(4)
-        encoding = next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+        encoding = bom_encoding(head)
         f.seek(0)
         if encoding == "utf-8":
             offset = 0

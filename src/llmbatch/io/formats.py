@@ -6,10 +6,14 @@
 
 Two line shapes are recognised per line:
 - the OpenAI Batch API line `{"custom_id", "method", "url", "body"}` for /v1/chat/completions,
-  /v1/embeddings and /v1/completions; unknown `body` fields are passed through to the provider;
-  a `response_format` of type `json_schema` becomes the request's `Schema` (checked, validated);
+  /v1/responses, /v1/embeddings and /v1/completions; unknown `body` fields are passed through
+  to the provider; a `response_format` (chat) or `text.format` (responses) of type
+  `json_schema` becomes the request's `Schema` (checked, validated). A Responses body's
+  `input` (a string, or a list of input items) and `instructions` become the request's
+  prompt or messages and its system text, `max_output_tokens` its `max_tokens`;
 - a simple line `{"id", "prompt", "temperature"?, "max_tokens"?, "response_format"?, "model"?,
-  "system"?}`; an unknown key here is an error (it is almost always a typo).
+  "system"?}`; an unknown key here is an error (it is almost always a typo). It goes to the
+  reader's `endpoint` ("chat" unless the run says "responses").
 
 Everything streams: one line in memory at a time. Problems come back as `BadLine` values
 naming the line (or row, or file) so the caller decides whether to stop or skip.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import codecs
 import csv
 import glob
+import io
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -48,6 +53,7 @@ __all__ = [
 
 URLS = {
     "/v1/chat/completions": "chat",
+    "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
     "/v1/completions": "completions",
 }
@@ -60,6 +66,13 @@ MAX_FIELD_CHARS = 64 * 1024 * 1024
 MissingField = Literal["error", "empty"]
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _BODY_FIELDS = frozenset({"model", "messages", "temperature", "max_tokens", "response_format"})
+# Chat fields a Responses body names otherwise: dropping one would change the request.
+_NOT_RESPONSES = {
+    "messages": "input",
+    "max_tokens": "max_output_tokens",
+    "response_format": "text.format",
+}
+Endpoint = Literal["chat", "responses"]
 
 
 @dataclass(slots=True)
@@ -80,7 +93,7 @@ class BadLine:
 
 
 class TemplateError(ValueError):
-    """The --template itself is unusable (syntax, or a field no source provides)."""
+    """The template itself is unusable (syntax, or a field no source provides)."""
 
 
 class _Bad(Exception):
@@ -125,6 +138,10 @@ def _batch_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
     body = obj.get("body")
     if not isinstance(body, dict):
         raise _Bad("body must be a JSON object")
+    if endpoint == "responses":
+        for name, instead in _NOT_RESPONSES.items():
+            if name in body:
+                raise _Bad(f"body.{name} is a chat field; a /v1/responses body has {instead}")
     extra = {k: v for k, v in body.items() if k not in _BODY_FIELDS}
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -138,6 +155,11 @@ def _batch_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
     if endpoint == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
+            if "input" in body and "messages" not in body:
+                raise _Bad(
+                    f"body.messages is missing; a body with input is a Responses request: "
+                    f"give url /v1/responses (this line's url is {url})"
+                )
             raise _Bad("body.messages must be a non-empty list")
         if not all(isinstance(m, dict) and "role" in m for m in messages):
             raise _Bad("body.messages must hold objects with a 'role'")
@@ -150,6 +172,8 @@ def _batch_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
                 raise _Bad(str(exc)) from None
         else:
             req.response_format = _response_format(rf)
+    elif endpoint == "responses":
+        _responses_body(req, extra)
     elif endpoint == "embeddings":
         value = extra.pop("input", None)
         if isinstance(value, str):
@@ -167,7 +191,47 @@ def _batch_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
     return custom_id, req
 
 
-def _simple_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
+def _responses_body(req: CompletionRequest, extra: dict[str, Any]) -> None:
+    """`req` filled from a /v1/responses body's own fields, taken out of `extra`."""
+    value = extra.pop("input", None)
+    if isinstance(value, str) and value:
+        req.prompt = value
+    elif isinstance(value, list) and value:
+        if not all(isinstance(item, dict) for item in value):
+            raise _Bad("body.input must hold objects (input items)")
+        req.messages = value
+    else:
+        raise _Bad("body.input must be a non-empty string or a non-empty list of input items")
+    instructions = extra.pop("instructions", None)
+    if instructions is not None and not isinstance(instructions, str):
+        raise _Bad(f"body.instructions must be a string, got {instructions!r}")
+    req.system = instructions or None
+    req.max_tokens = _number(extra, "max_output_tokens", int, "body.")
+    extra.pop("max_output_tokens", None)
+    text = extra.pop("text", None)
+    if text is None:
+        return
+    if not isinstance(text, dict):
+        raise _Bad(f"body.text must be an object, got {text!r}")
+    rest = {k: v for k, v in text.items() if k != "format"}
+    if rest:  # verbosity and the like are sent as they are
+        extra["text"] = rest
+    fmt = text.get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        try:
+            req.schema = schema_of_response_format(fmt, where="body.text.format")
+        except SchemaError as exc:
+            raise _Bad(str(exc)) from None
+        return
+    try:
+        req.response_format = _response_format(fmt)
+    except _Bad:
+        raise _Bad(
+            f"body.text.format {fmt!r} is not supported (use json_schema, json_object or text)"
+        ) from None
+
+
+def _simple_line(obj: dict[str, Any], endpoint: Endpoint = "chat") -> tuple[str, CompletionRequest]:
     if not SIMPLE_KEYS.issuperset(obj):  # the common case costs one set test, no sort
         unknown = sorted(set(obj) - SIMPLE_KEYS)
         raise _Bad(
@@ -189,11 +253,13 @@ def _simple_line(obj: dict[str, Any]) -> tuple[str, CompletionRequest]:
         response_format=_response_format(obj.get("response_format")),
         model=obj.get("model"),
         system=obj.get("system"),
+        endpoint=endpoint,
     )
 
 
-def parse_line(raw: bytes, line: int) -> InputItem | BadLine | None:
-    """One JSONL line -> an item, a `BadLine`, or None for a blank line."""
+def parse_line(raw: bytes, line: int, endpoint: Endpoint = "chat") -> InputItem | BadLine | None:
+    """One JSONL line -> an item, a `BadLine`, or None for a blank line. A simple line goes
+    to `endpoint`; a batch line names its own (`url`)."""
     if not raw.strip():
         return None
     try:
@@ -210,7 +276,7 @@ def parse_line(raw: bytes, line: int) -> InputItem | BadLine | None:
         if "custom_id" in obj or "body" in obj or "url" in obj:
             rid, req = _batch_line(obj)
         elif "id" in obj or "prompt" in obj:
-            rid, req = _simple_line(obj)
+            rid, req = _simple_line(obj, endpoint)
         else:
             return BadLine(line, "no id or custom_id: not a request line")
     except _Bad as exc:
@@ -218,25 +284,25 @@ def parse_line(raw: bytes, line: int) -> InputItem | BadLine | None:
     return InputItem(line, rid, req)
 
 
-def read_jsonl(path: str | Path) -> Iterator[InputItem | BadLine]:
+def read_jsonl(path: str | Path, *, endpoint: Endpoint = "chat") -> Iterator[InputItem | BadLine]:
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
-            item = parse_line(raw, n)
+            item = parse_line(raw, n, endpoint)
             if item is not None:
                 yield item
 
 
 def template_fields(template: str) -> list[str]:
-    """The placeholders of a --template; raises `TemplateError` on bad syntax."""
+    """The placeholders of a template; raises `TemplateError` on bad syntax."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise TemplateError(f"--template is not a valid format string: {exc}") from None
+        raise TemplateError(f"`template` is not a valid format string: {exc}") from None
     fields = [name for _, name, _, _ in parsed if name is not None]
     if any(name == "" or name.isdigit() for name in fields):
-        raise TemplateError("--template fields must be named, like {content}")
+        raise TemplateError("`template` fields must be named, like {content}")
     if not fields:
-        raise TemplateError("--template has no {field}: every request would be the same")
+        raise TemplateError("`template` has no {field}: every request would be the same")
     return fields
 
 
@@ -252,6 +318,7 @@ def _render(template: str, values: Mapping[str, Any], base: CompletionRequest) -
         response_format=base.response_format,
         model=base.model,
         system=base.system,
+        endpoint=base.endpoint,
     )
 
 
@@ -283,7 +350,7 @@ def read_files(
     if not fields <= {"path", "content"}:
         unknown = sorted(fields - {"path", "content"})[0]
         raise TemplateError(
-            f"--template field {{{unknown}}}: with --files only {{path}} and {{content}} exist"
+            f"`template` field {{{unknown}}}: with `files` only {{path}} and {{content}} exist"
         )
     paths = sorted(
         p
@@ -355,9 +422,39 @@ def items_of_rows(
             yield BadLine(n, str(exc), where="row")
 
 
-def _decoded_lines(f: IO[bytes]) -> Iterator[str]:
+# Longest first: a UTF-32 LE mark begins with the UTF-16 LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def bom_encoding(head: bytes) -> str:
+    """The encoding a byte-order mark at the start of a file names, else "utf-8"."""
+    return next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+
+
+def _decoded_lines(f: IO[bytes], encoding: str) -> Iterator[str]:
     """The file's lines, decoded one at a time: a bad byte is kept as a lone surrogate
-    (`surrogateescape`) so it spoils only its own row, which is then reported."""
+    (`surrogateescape`) so it spoils only its own row, which is then reported.
+
+    Spreadsheets save "Unicode text" as UTF-16 with a byte-order mark: a mark names the
+    encoding (UTF-8, UTF-16, UTF-32) and the file is read in it; without one it is UTF-8."""
+    if encoding not in ("utf-8", "utf-8-sig"):
+        # newline="" keeps each line's ending, as iterating the bytes does.
+        text = io.TextIOWrapper(f, encoding=encoding, errors="surrogateescape", newline="")
+        try:
+            yield from text
+        except UnicodeDecodeError:
+            # A truncated code unit at the end (the handler only escapes bytes >= 0x80):
+            # one last row holding a lone surrogate, reported as undecodable.
+            yield "\udcff\n"
+        finally:
+            text.detach()
+        return
     first = True
     for raw in f:
         if first and raw.startswith(codecs.BOM_UTF8):
@@ -385,8 +482,11 @@ def _csv_rows(
     if csv.field_size_limit() < wanted:
         csv.field_size_limit(wanted)
     with open(path, "rb") as f:
+        encoding = bom_encoding(f.read(4))
+        f.seek(0)
+        named = "UTF-8" if encoding.startswith("utf-8") else encoding.upper()
         header: list[str] = []
-        for n, values, first_line, last_line in strict_csv(_decoded_lines(f)):
+        for n, values, first_line, last_line in strict_csv(_decoded_lines(f, encoding)):
             if isinstance(values, csv.Error):
                 where = _lines(first_line, last_line)
                 if n == 0:
@@ -403,7 +503,7 @@ def _csv_rows(
             if n == 0:
                 header = values
                 if _bad_utf8(header) is not None:
-                    yield 0, BadLine(0, "the CSV header is not valid UTF-8", where="row")
+                    yield 0, BadLine(0, f"the CSV header is not valid {named}", where="row")
                     return
                 continue
             where = _lines(first_line, last_line)
@@ -421,7 +521,7 @@ def _csv_rows(
                 continue
             if (col := _bad_utf8(values)) is not None:
                 name = header[col] if col < len(header) else f"#{col + 1}"
-                yield n, BadLine(n, f"field {name!r} is not valid UTF-8 ({where})", where="row")
+                yield n, BadLine(n, f"field {name!r} is not valid {named} ({where})", where="row")
                 continue
             if (big := max(map(len, values), default=0)) > max_field_chars:
                 yield (

@@ -73,6 +73,9 @@ class RunConfig:
     max_input_tokens: int | None = None
     # "flex" | "default" | "priority" | "auto" (flex, then standard for what flex refuses)
     service_tier: str | None = None
+    # the OpenAI route of simple lines and template requests: "chat" (/v1/chat/completions)
+    # or "responses" (/v1/responses); a batch line's `url` names its own
+    endpoint: Literal["chat", "responses"] = "chat"
     # -- templates
     template: str | None = None
     files: str | None = None
@@ -163,6 +166,7 @@ class RunConfig:
         _choice("prefer", self.prefer, ("cost", "speed"))
         _choice("prompt_cache", self.prompt_cache, ("auto", "off"))
         _choice("schema_mode", self.schema_mode, SCHEMA_MODES)
+        _choice("endpoint", self.endpoint, ("chat", "responses"))
         if self.service_tier is not None:
             _choice("service_tier", self.service_tier, SERVICE_TIERS)
         if self.finish_by is not None and not isinstance(self.finish_by, float | int):

@@ -19,7 +19,22 @@ from ..io.tables import DUCKDB_PREFIX
 from .config import RunConfig
 from .errors import ConfigError
 
-__all__ = ["check_paths", "path_roles"]
+__all__ = ["check_paths", "output_files", "path_roles"]
+
+
+def output_files(output: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """(what, path) for each file a run keeps beside its output: the one list that the path
+    checks, the `files` glob (which must not read them back) and `llmbatch report -o` use."""
+    out = Path(output)
+    ledger, chunks = ledger_paths(out)
+    return [
+        ("the output's lock file", out.with_name(out.name + ".lock")),
+        ("the output's compaction file", out.with_name(out.name + ".compact.tmp")),
+        ("the output's index", out.with_name(out.name + ".idx")),
+        ("the output's index copy", out.with_name(out.name + ".idx.tmp")),
+        ("the batch ledger", ledger),
+        ("the batch ledger's directory", chunks),
+    ]
 
 
 def path_roles(config: RunConfig) -> list[tuple[str, str, Path]]:
@@ -34,17 +49,8 @@ def path_roles(config: RunConfig) -> list[tuple[str, str, Path]]:
             roles.append((name, f"`{name}`", Path(value)))
     if isinstance(config.schema, str | os.PathLike):
         roles.append(("schema", "`schema`", Path(config.schema)))
-    out = Path(config.output)
-    ledger, chunks = ledger_paths(config.output)
-    roles += [
-        ("output", "`output`", out),
-        ("output", "the output's lock file", out.with_name(out.name + ".lock")),
-        ("output", "the output's compaction file", out.with_name(out.name + ".compact.tmp")),
-        ("output", "the output's index", out.with_name(out.name + ".idx")),
-        ("output", "the output's index copy", out.with_name(out.name + ".idx.tmp")),
-        ("output", "the batch ledger", ledger),
-        ("output", "the batch ledger's directory", chunks),
-    ]
+    roles.append(("output", "`output`", Path(config.output)))
+    roles += [("output", what, path) for what, path in output_files(config.output)]
     for name in ("stats_json", "cache", "error_log", "report"):
         value = getattr(config, name)
         if value:

@@ -180,6 +180,12 @@ def _check_modes(config: RunConfig) -> None:
             f"`provider`: unknown provider {config.provider!r}: use one of "
             + ", ".join(sorted(PROVIDERS)),
         )
+    if config.endpoint != "chat" and config.provider != "openai":
+        raise ConfigError(
+            "endpoint",
+            f"`endpoint` {config.endpoint!r} is OpenAI's Responses API; provider "
+            f"{config.provider!r} takes chat requests",
+        )
     if config.service_tier is not None:
         if config.provider != "openai":
             raise ConfigError(

@@ -18,9 +18,10 @@ from pathlib import Path
 from ..io.formats import BadLine, InputItem, read_files, read_jsonl
 from ..schema import Schema, SchemaError
 from ..tiers import wire_tier, with_tier
-from ..types import BatchRequest, CompletionRequest
+from ..types import BatchRequest, CompletionRequest, conversational
 from .config import RunConfig
 from .errors import ConfigError
+from .paths import output_files
 from .rows import rows_name, rows_source
 
 __all__ = ["Source", "load_schema", "source_of", "where_of"]
@@ -78,6 +79,12 @@ def _plain_source(config: RunConfig) -> Source:
     if len(given) > 1:
         raise ConfigError(given[1], "give one of `input`, `template` or `requests`, not both")
     if config.requests is not None:
+        if config.endpoint != "chat":
+            raise ConfigError(
+                "endpoint",
+                "`endpoint` applies to JSONL and template input; a request from Python names "
+                'its own (CompletionRequest(endpoint="responses"))',
+            )
         return _requests_source(config.requests)
     if config.template is not None:
         base = CompletionRequest(
@@ -86,6 +93,7 @@ def _plain_source(config: RunConfig) -> Source:
             response_format="json" if config.json else "text",
             model=None,
             system=config.system,
+            endpoint=config.endpoint,
         )
         if bool(config.files) == _given(config.rows):
             raise ConfigError("template", "`template` needs exactly one of `files` or `rows`")
@@ -99,7 +107,7 @@ def _plain_source(config: RunConfig) -> Source:
     path = Path(config.input)
     if not path.is_file():
         raise ConfigError("input", f"`input` {path}: no such file")
-    return lambda: read_jsonl(path)
+    return lambda: read_jsonl(path, endpoint=config.endpoint)
 
 
 def _requests_source(given: object) -> Source:
@@ -128,14 +136,11 @@ def _requests_source(given: object) -> Source:
 
 
 def own_files(output: str | None) -> set[str]:
-    """The files a run itself writes: the output, its lock, index and compaction temp files."""
+    """The files a run itself writes: the output and the files it keeps beside it."""
     if not output:  # `llmbatch plan` without an output
         return set()
     real = Path(os.path.realpath(output))
-    names = [real] + [
-        real.with_name(real.name + suffix)
-        for suffix in (".lock", ".compact.tmp", ".idx", ".idx.tmp")
-    ]
+    names = [real] + [path for _, path in output_files(real)]
     return {str(p) for p in names} | {os.path.abspath(output)}
 
 
@@ -163,10 +168,10 @@ def _with_schema(source: Source, schema: Schema) -> Source:
     def items() -> Iterator[InputItem | BadLine]:
         for item in source():
             if isinstance(item, InputItem):
-                if item.request.endpoint != "chat":
+                if not conversational(item.request):
                     yield BadLine(
                         item.line,
-                        f"`schema` applies to chat requests; this one is for "
+                        f"`schema` applies to chat and responses requests; this one is for "
                         f"{item.request.endpoint!r}",
                     )
                     continue

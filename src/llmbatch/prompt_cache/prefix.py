@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from ..text import chars_to_tokens, content_text
-from ..types import CompletionRequest
+from ..types import CompletionRequest, conversational
 
 __all__ = ["Prefix", "label_of", "prefix_of"]
 
@@ -78,7 +78,7 @@ def _parts(
 ) -> tuple[bytes, str, list[bytes], int] | None:
     """(what is sent around the conversation, the system prompt, the leading messages, and
     the characters of text in them), or None when there is no prefix."""
-    if request.endpoint != "chat":
+    if not conversational(request):
         return None
     messages: Sequence[Mapping[str, Any]] = request.messages or ()
     n = len(messages) if request.prompt else max(0, len(messages) - 1)

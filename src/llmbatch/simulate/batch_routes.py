@@ -62,6 +62,7 @@ ANTHROPIC_MAX_BYTES = 256 * 1024 * 1024
 # endpoint -> (kind as the realtime routes name it, the body field a line must have)
 _ENDPOINTS = {
     "/v1/chat/completions": ("chat", "messages"),
+    "/v1/responses": ("responses", "input"),
     "/v1/completions": ("completions", "prompt"),
     "/v1/embeddings": ("embeddings", "input"),
 }

@@ -31,7 +31,9 @@ __all__ = [
     "AnthropicDialect",
     "Dialect",
     "OpenAIDialect",
+    "max_output",
     "reply_text",
+    "response_object",
     "token_count",
 ]
 
@@ -60,6 +62,75 @@ def reply_text(prompt: str, max_tokens: int | None, json_mode: bool) -> str:
             {"summary": text, "label": words[0], "confidence": round(digest[0] / 255, 3)}
         ).decode()
     return text.capitalize() + "."
+
+
+def max_output(kind: str, body: Body) -> int | None:
+    """The output cap a request body sets (`max_output_tokens` on the Responses route)."""
+    value = body.get("max_output_tokens" if kind == "responses" else "max_tokens")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def response_object(
+    body: Body,
+    model: str,
+    rid: str,
+    text: str,
+    prompt_tokens: int,
+    output_tokens: int,
+    *,
+    refusal: bool = False,
+    cut: bool = False,
+) -> Body:
+    """A Responses API reply (`object: "response"`, openai-python's `Response`): one message
+    item holding `text` as an `output_text` part (or a `refusal` part); `cut`: stopped at
+    `max_output_tokens`, status "incomplete". Echoes the request's settings, as the API does."""
+    part: Body = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    if refusal:
+        part = {"type": "refusal", "refusal": text}
+    status = "incomplete" if cut else "completed"
+    message = {
+        "type": "message",
+        "id": "msg_" + rid,
+        "status": status,
+        "role": "assistant",
+        "content": [part],
+    }
+    created = int(time.time())
+    text_config = body.get("text") if isinstance(body.get("text"), dict) else None
+    return {
+        "id": "resp_" + rid,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "completed_at": None if cut else created,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": max_output("responses", body),
+        "metadata": body.get("metadata") or {},
+        "model": model,
+        "output": [message],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": bool(body.get("store", True)),
+        "temperature": body.get("temperature", 1.0),
+        "text": text_config or {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": body.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + output_tokens,
+        },
+        "user": None,
+    }
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -99,9 +170,17 @@ class Dialect(ABC):
 
     @abstractmethod
     def reply(
-        self, kind: str, model: str, rid: str, text: str, prompt_tokens: int, output_tokens: int
+        self,
+        kind: str,
+        model: str,
+        rid: str,
+        text: str,
+        prompt_tokens: int,
+        output_tokens: int,
+        body: Body | None = None,
     ) -> Body:
-        """A success body; for embeddings `text` is the prompt the vector is derived from."""
+        """A success body; for embeddings `text` is the prompt the vector is derived from.
+        `body` is the request (the Responses API echoes its settings)."""
 
     def unauthorized(self) -> tuple[int, Body]:
         # Like real providers, never echo the key that was sent.
@@ -140,6 +219,8 @@ class Dialect(ABC):
             return raw if isinstance(raw, str) else orjson.dumps(raw).decode()
         if kind == "completions":
             return str(body.get("prompt", ""))
+        if kind == "responses":
+            return _responses_prompt(body)
         parts: list[str] = []
         system = body.get("system")
         if isinstance(system, str):
@@ -183,6 +264,9 @@ class OpenAIDialect(Dialect):
 
     def json_mode(self, body: Body) -> bool:
         rf = body.get("response_format")
+        text = body.get("text")
+        if rf is None and isinstance(text, dict):
+            rf = text.get("format")  # the Responses API's
         return isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema")
 
     def limit_headers(self, states: list[BucketState]) -> dict[str, str]:
@@ -196,8 +280,17 @@ class OpenAIDialect(Dialect):
         return h
 
     def reply(
-        self, kind: str, model: str, rid: str, text: str, prompt_tokens: int, output_tokens: int
+        self,
+        kind: str,
+        model: str,
+        rid: str,
+        text: str,
+        prompt_tokens: int,
+        output_tokens: int,
+        body: Body | None = None,
     ) -> Body:
+        if kind == "responses":
+            return response_object(body or {}, model, rid, text, prompt_tokens, output_tokens)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": output_tokens,
@@ -286,7 +379,14 @@ class AnthropicDialect(Dialect):
         return h
 
     def reply(
-        self, kind: str, model: str, rid: str, text: str, prompt_tokens: int, output_tokens: int
+        self,
+        kind: str,
+        model: str,
+        rid: str,
+        text: str,
+        prompt_tokens: int,
+        output_tokens: int,
+        body: Body | None = None,
     ) -> Body:
         return {
             "id": "msg_" + rid,
@@ -298,6 +398,25 @@ class AnthropicDialect(Dialect):
             "stop_sequence": None,
             "usage": {"input_tokens": prompt_tokens, "output_tokens": output_tokens},
         }
+
+
+def _responses_prompt(body: Body) -> str:
+    """The text of a Responses request: `instructions`, then `input` (a string, or items
+    whose `content` is a string or a list of parts with text)."""
+    parts: list[str] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        parts.append(instructions)
+    raw = body.get("input")
+    if isinstance(raw, str):
+        parts.append(raw)
+    for item in raw if isinstance(raw, list) else ():
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "\n".join(parts)
 
 
 OPENAI = OpenAIDialect()

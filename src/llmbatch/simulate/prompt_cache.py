@@ -192,7 +192,9 @@ class PromptCaches:
             ticket.store()
         # The cache reads the text a little differently from `prompt_tokens` (roles marked,
         # block separators): never report more than the reply's input.
-        total = int(usage.get("input_tokens" if dialect is ANTHROPIC else "prompt_tokens") or 0)
+        responses = kind == "responses"
+        read_as = "input_tokens" if dialect is ANTHROPIC or responses else "prompt_tokens"
+        total = int(usage.get(read_as) or 0)
         ticket.read = min(ticket.read, total)
         ticket.write = min(ticket.write, total - ticket.read)
         ticket.write_1h = min(ticket.write_1h, ticket.write)
@@ -210,6 +212,8 @@ class PromptCaches:
                 "ephemeral_5m_input_tokens": ticket.write - ticket.write_1h,
                 "ephemeral_1h_input_tokens": ticket.write_1h,
             }
+        elif responses:
+            usage["input_tokens_details"] = {"cached_tokens": ticket.read, "cache_write_tokens": 0}
         else:
             usage["prompt_tokens_details"] = {"cached_tokens": ticket.read, "audio_tokens": 0}
             usage["completion_tokens_details"] = {
@@ -229,7 +233,7 @@ class PromptCaches:
     def _lookup(self, kind: str, dialect: Dialect, body: Body) -> _Ticket | None:
         if dialect is ANTHROPIC:
             return self._anthropic_lookup(body) if kind == "messages" else None
-        return self._openai_lookup(body) if kind == "chat" else None
+        return self._openai_lookup(body) if kind in ("chat", "responses") else None
 
     # -- OpenAI -------------------------------------------------------------------------------
 
@@ -400,9 +404,16 @@ def _chain(model: str, blocks: list[_Block]) -> tuple[list[bytes], list[int]]:
 
 def _openai_text(body: Body) -> str:
     """The prompt's text in order, as the cache reads it (roles marked, so a system and a
-    user message with one text differ)."""
+    user message with one text differ). A Responses body's `instructions` come first, as a
+    system message's, and its `input` (a string: one user message) as its messages."""
     parts: list[str] = []
-    for message in body.get("messages") or ():
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        parts.append(f"system\x1f{instructions}")
+    messages = body.get("messages") or body.get("input") or ()
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    for message in messages:
         if not isinstance(message, dict):
             continue
         content = message.get("content")

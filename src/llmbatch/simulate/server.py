@@ -7,9 +7,9 @@
 
     $ llmbatch simulate --port 8080 --latency-ms 200 --rpm 600 --limit-style retry-after
 
-Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings (OpenAI's wire format),
-/v1/messages (Anthropic's); GET /v1/models; GET /stats and POST /stats/reset (counters);
-GET /config. Replies are derived from the prompt (the same prompt always gets the same
+Routes: POST /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings (OpenAI's
+wire formats), /v1/messages (Anthropic's); GET /v1/models; GET /stats and POST /stats/reset
+(counters); GET /config. Replies are derived from the prompt (the same prompt always gets the same
 text; valid JSON in JSON mode) with usage of about one token per four characters.
 The batch APIs of both providers (OpenAI /v1/files + /v1/batches, Anthropic
 /v1/messages/batches) are in `batch_routes.py`, over the store of `batches.py`; Gemini's
@@ -42,7 +42,7 @@ from .batch_routes import BatchRoutes
 from .batches import BatchStore
 from .config import SimulatorConfig
 from .counters import Counters
-from .dialects import ANTHROPIC, OPENAI, Dialect, reply_text, token_count
+from .dialects import ANTHROPIC, OPENAI, Dialect, max_output, reply_text, token_count
 from .gemini import GeminiRoutes
 from .limits import Charge, Limits
 from .outage import Outage
@@ -57,6 +57,7 @@ __all__ = ["Simulator", "SimulatorConfig"]
 # path, kind (as counted in `by_path`), wire format
 _ROUTES = (
     ("/v1/chat/completions", "chat", OPENAI),
+    ("/v1/responses", "responses", OPENAI),
     ("/v1/completions", "completions", OPENAI),
     ("/v1/embeddings", "embeddings", OPENAI),
     ("/v1/messages", "messages", ANTHROPIC),
@@ -65,12 +66,6 @@ _ROUTES = (
 _REBIND_ATTEMPTS = 100
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value)
 
 
 def _asks_json_schema(body: dict[str, Any]) -> bool:
@@ -307,7 +302,7 @@ class Simulator:
             message = "Input should be 'text' or 'json_object'"
             return self._respond(500, dialect.error("server_error", message))
         prompt = dialect.prompt(kind, body)
-        max_tokens = _int(body.get("max_tokens"))
+        max_tokens = max_output(kind, body)
         prompt_tokens = token_count(prompt)
         if (refused := self._tiers.refusal(body)) is not None:
             return self._respond(*refused)  # flex capacity is short: before any limit
@@ -390,7 +385,7 @@ class Simulator:
         """A batch line answered as its realtime route would (same body, same usage), but
         outside the realtime limits, latency and faults: batch pools are separate."""
         prompt = dialect.prompt(kind, body)
-        response = self._answer(kind, dialect, body, prompt, _int(body.get("max_tokens")), False)
+        response = self._answer(kind, dialect, body, prompt, max_output(kind, body), False)
         assert isinstance(response.body, bytes)
         return response.status, response.body, response.headers[dialect.request_id_header]
 
@@ -408,7 +403,7 @@ class Simulator:
         # Schemas, forced tools and reply faults (`structured.py`); None: the plain reply.
         shaped = (
             self._shaper.shape(dialect, body, prompt, max_tokens)
-            if kind in ("chat", "messages")
+            if kind in ("chat", "responses", "messages")
             else None
         )
         if kind == "embeddings":
@@ -428,11 +423,11 @@ class Simulator:
         headers[dialect.request_id_header] = "req_" + rid
         model = str(body.get("model") or self.config.model)
         if shaped is not None:
-            payload = shaped.render(dialect, model, rid, prompt_tokens, output_tokens)
+            payload = shaped.render(dialect, model, rid, prompt_tokens, output_tokens, body, kind)
         elif kind == "embeddings" and isinstance(body.get("input"), list):
             payload = embeddings_reply(model, body["input"], prompt_tokens)
         else:
-            payload = dialect.reply(kind, model, rid, text, prompt_tokens, output_tokens)
+            payload = dialect.reply(kind, model, rid, text, prompt_tokens, output_tokens, body)
         if (tier := self._tiers.served(body)) is not None and isinstance(payload, dict):
             payload["service_tier"] = tier
         if self.config.prompt_cache:

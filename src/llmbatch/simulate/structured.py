@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from .dialects import ANTHROPIC, Dialect, reply_text, token_count
+from .dialects import ANTHROPIC, Dialect, reply_text, response_object, token_count
 
 __all__ = ["Shaped", "Shaper", "embeddings_reply", "unsupported"]
 
@@ -80,10 +80,22 @@ class Shaped:
     tool_input: Any = None
 
     def render(
-        self, dialect: Dialect, model: str, rid: str, prompt_tokens: int, output_tokens: int
+        self,
+        dialect: Dialect,
+        model: str,
+        rid: str,
+        prompt_tokens: int,
+        output_tokens: int,
+        body: dict[str, Any] | None = None,
+        kind: str = "chat",
     ) -> dict[str, Any]:
         if dialect is ANTHROPIC:
             return self._anthropic(model, rid, prompt_tokens, output_tokens)
+        if kind == "responses":
+            return response_object(
+                body or {}, model, rid, self.text, prompt_tokens, output_tokens,
+                refusal=self.refusal, cut=self.finish == "length",
+            )  # fmt: skip
         return self._openai(model, rid, prompt_tokens, output_tokens)
 
     def _openai(
@@ -216,11 +228,17 @@ def _requested(dialect: Dialect, body: dict[str, Any]) -> tuple[dict[str, Any], 
         system = body.get("system")
         return _from_prompt(system if isinstance(system, str) else "")
     fmt = body.get("response_format")
+    text = body.get("text")
+    responses = fmt is None and isinstance(text, dict)
+    if responses:
+        fmt = text.get("format")  # type: ignore[union-attr]  # the Responses API's, flat
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema")
+        spec = fmt if responses else fmt.get("json_schema")
         if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
             return spec["schema"], None
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        if responses:
+            return _from_prompt(str(body.get("instructions") or ""))
         for m in body.get("messages") or ():
             if isinstance(m, dict) and m.get("role") == "system":
                 found = _from_prompt(str(m.get("content") or ""))

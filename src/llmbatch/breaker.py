@@ -38,11 +38,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .admission import Admission, PermitBase, feedback
+from .admission import Admission, Feedback, PermitBase, feedback
 from .errors import BatchCancelledError, ProviderOutageError, ServerError, TokenLimitError
 from .types import CompletionRequest, CompletionResponse
 
-__all__ = ["MAX_ANSWERED_PROBES", "Breaker", "Outage", "OutageBreaker"]
+__all__ = ["MAX_ANSWERED_PROBES", "Breaker", "Outage", "OutageBreaker", "Probe"]
 
 DEFAULT_MAX_OUTAGE = 300.0
 DEFAULT_TRIP_AFTER = 5
@@ -72,6 +72,15 @@ class Breaker(Admission, Protocol):
     def excuses(self, error: BaseException) -> bool: ...
 
 
+class Probe(Protocol):
+    """What the breaker keeps on a permit it admitted: whether it went out as the probe of
+    an outage (and when), and which request it carries."""
+
+    probe: bool
+    sent_at: float
+    request_key: int
+
+
 class _BreakerPermit(PermitBase):
     __slots__ = ("breaker", "probe", "request_key", "sent_at")
 
@@ -83,8 +92,7 @@ class _BreakerPermit(PermitBase):
         self.sent_at = 0.0  # a probe's admission time: the server was up by then
 
     def _admit_now(self) -> bool:
-        breaker = self.breaker
-        return breaker._opened_at is None and breaker.gave_up is None
+        return self.breaker.closed()
 
     async def _acquire(self) -> None:
         await self.breaker._acquire(self)
@@ -153,11 +161,15 @@ class OutageBreaker:
         should not count against the request's retries."""
         return self._opened_at is not None and self.gave_up is None and feedback(None, error).down
 
-    async def _acquire(self, permit: _BreakerPermit) -> None:
+    def closed(self) -> bool:
+        """Admitting without a wait: no outage is being waited out, none was given up on."""
+        return self._opened_at is None and self.gave_up is None
+
+    async def _acquire(self, permit: Probe) -> None:
         while (wait := self.try_admit(permit)) is not None:
             await self._closed_or_timer(wait)
 
-    def try_admit(self, permit: _BreakerPermit) -> float | None:
+    def try_admit(self, permit: Probe) -> float | None:
         """None: `permit` may go (as the probe if `permit.probe`); else seconds to wait
         before asking again (unless the breaker closes first). Raises `ProviderOutageError`
         once the breaker gave up. Without I/O: the Ray cluster's breaker runs it in an actor."""
@@ -183,11 +195,14 @@ class OutageBreaker:
 
     def _finish(
         self,
-        permit: _BreakerPermit,
+        permit: Probe,
         response: CompletionResponse | None,
         error: BaseException | None,
     ) -> None:
-        fb = feedback(response, error)
+        self._heard(permit, feedback(response, error), error)
+
+    def _heard(self, permit: Probe, fb: Feedback, error: BaseException | None) -> None:
+        """An attempt admitted under `permit` ended with `fb` (read from `error`, if any)."""
         if fb.ok and not self._failures and self._opened_at is None and not permit.probe:
             return  # the hot path: a success while all is well changes nothing
         if permit.probe:

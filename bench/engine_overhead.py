@@ -16,19 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import json
-import pstats
-import statistics
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from rich.console import Console
 from rich.table import Table
 
+from _runs import interleaved, measure_here, report
 from llmbatch import BatchProcessor, BatchProcessorConfig, BatchRequest, CompletionRequest
 from llmbatch.types import CompletionResponse, Usage
 
@@ -73,45 +66,16 @@ async def engine(requests: list[BatchRequest], conc: int) -> int:
     return ok
 
 
-CONTENDERS: dict[str, Callable[[list[BatchRequest], int], object]] = {
+CONTENDERS: dict[str, Callable[[list[BatchRequest], int], Awaitable[int]]] = {
     "bare gather+semaphore": bare,
     "llmbatch engine": engine,
 }
 
 
 def worker(name: str, n: int, conc: int, profile: bool) -> None:
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
     requests = make_requests(n)  # built outside the timed part: both loops get the same list
-    fn: Callable[..., object] = CONTENDERS[name]
-    profiler = cProfile.Profile() if profile else None
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        if profiler is not None:
-            profiler.enable()
-        ok = runner.run(fn(requests, conc))  # type: ignore[arg-type]
-        if profiler is not None:
-            profiler.disable()
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    if profiler is not None:
-        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
-    print(json.dumps({"ok": ok, "elapsed": elapsed, "cpu": cpu}))
-
-
-def measure(name: str, n: int, conc: int) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", name, str(n), str(conc)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parent,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    fn = CONTENDERS[name]
+    report(measure_here(lambda: fn(requests, conc), profile=profile))  # type: ignore[arg-type, return-value]
 
 
 def main() -> None:
@@ -131,26 +95,19 @@ def main() -> None:
         worker(name, args.requests, args.concurrency, profile=True)
         return
     n, conc = args.requests, args.concurrency
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
-    for _ in range(args.repeat):  # interleaved: the machine is shared and noisy
-        for name in CONTENDERS:
-            runs[name].append(measure(name, n, conc))
+    rows = interleaved(__file__, list(CONTENDERS), args.repeat, str(n), str(conc))
     table = Table(title=f"Engine overhead: {n:,} zero-latency requests, concurrency {conc}")
     for col in ("contender", "ok", "req/s", "CPU us/req", "wall vs bare", "CPU vs bare"):
         table.add_column(col, justify="right")
-    bare_runs = runs["bare gather+semaphore"]
-    base = {k: statistics.median(r[k] for r in bare_runs) for k in ("elapsed", "cpu")}
-    for name, rs in runs.items():
-        elapsed = statistics.median(r["elapsed"] for r in rs)
-        cpu = statistics.median(r["cpu"] for r in rs)
-        ok = min(int(r["ok"]) for r in rs)
+    base = rows["bare gather+semaphore"]
+    for name, r in rows.items():
         table.add_row(
             name,
-            f"{ok}/{n}",
-            f"{n / elapsed:,.0f}",
-            f"{cpu / n * 1e6:.1f}",
-            f"{elapsed / base['elapsed']:.2f}x",
-            f"{cpu / base['cpu']:.2f}x",
+            f"{int(r['ok'])}/{n}",
+            f"{n / r['elapsed']:,.0f}",
+            f"{r['cpu'] / n * 1e6:.1f}",
+            f"{r['elapsed'] / base['elapsed']:.2f}x",
+            f"{r['cpu'] / base['cpu']:.2f}x",
         )
     Console(width=150).print(table)
 

@@ -16,19 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import resource
-import statistics
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from llmbatch.simulate import SimulatorProcess
+from _runs import in_process, interleaved, measure_here, report
+from _sim import simulator
 
 MODEL = "gemini-2.5-flash"
 
@@ -92,30 +85,7 @@ CONTENDERS = {
 
 
 def worker(name: str, url: str, n: int, conc: int) -> None:
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        ok = runner.run(CONTENDERS[name](url, n, conc))
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"ok": ok, "elapsed": elapsed, "cpu": cpu, "rss_mb": rss_mb}))
-
-
-def measure(name: str, url: str, n: int, conc: int) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", name, url, str(n), str(conc)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parent,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    report(measure_here(lambda: CONTENDERS[name](url, n, conc)))
 
 
 def main() -> None:
@@ -132,15 +102,9 @@ def main() -> None:
     table = Table(title=f"Gemini realtime, {n:,} requests, 50 ms latency, concurrency {conc}")
     for col in ("client", "ok", "req/s", "CPU ms/req", "peak RSS MB", "CPU vs OpenAIClient"):
         table.add_column(col, justify="right")
-    with SimulatorProcess("--latency-ms", "50") as sim:
-        measure("llmbatch OpenAIClient", sim.url, 200, conc)  # warm-up
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
-        for _ in range(args.repeat):
-            for name in CONTENDERS:
-                runs[name].append(measure(name, sim.url, n, conc))
-    rows = {
-        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()
-    }
+    with simulator("--latency-ms", "50") as url:
+        in_process(__file__, "llmbatch OpenAIClient", url, "200", str(conc))  # warm-up
+        rows = interleaved(__file__, list(CONTENDERS), args.repeat, url, str(n), str(conc))
     base_cpu = rows["llmbatch OpenAIClient"]["cpu"] / n
     for name, r in rows.items():
         cpu = r["cpu"] / n

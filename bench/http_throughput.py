@@ -17,19 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import resource
-import statistics
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from llmbatch.simulate import SimulatorProcess
+from _runs import in_process, interleaved, measure_here, report
+from _sim import simulator
 
 BODY = {"model": "sim-1", "max_tokens": 16}
 
@@ -103,30 +96,7 @@ CONTENDERS = {"bare aiohttp": bare_aiohttp, "llmbatch": llmbatch_run, "openai SD
 
 
 def worker(name: str, url: str, n: int, conc: int) -> None:
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        ok = runner.run(CONTENDERS[name](url, n, conc))
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"ok": ok, "elapsed": elapsed, "cpu": cpu, "rss_mb": rss_mb}))
-
-
-def measure(name: str, url: str, n: int, conc: int) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", name, url, str(n), str(conc)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parent,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    report(measure_here(lambda: CONTENDERS[name](url, n, conc)))
 
 
 def main() -> None:
@@ -158,18 +128,9 @@ def main() -> None:
     ):
         table.add_column(col, justify="right")
     for label, latency, n, conc, names in scenarios:
-        with SimulatorProcess("--latency-ms", str(latency)) as sim:
-            url = sim.url
-            measure("bare aiohttp", url, min(n, 500), conc)  # warm-up
-            # Interleaved repeats, median of each figure: this machine is shared and noisy.
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-            for _ in range(args.repeat):
-                for name in names:
-                    runs[name].append(measure(name, url, n, conc))
-            rows = {
-                name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-                for name, rs in runs.items()
-            }
+        with simulator("--latency-ms", str(latency)) as url:
+            in_process(__file__, "bare aiohttp", url, str(min(n, 500)), str(conc))  # warm-up
+            rows = interleaved(__file__, names, args.repeat, url, str(n), str(conc))
         bare = rows["bare aiohttp"]
         bare_rps, bare_cpu = n / bare["elapsed"], bare["cpu"] / n
         for name, r in rows.items():

@@ -177,33 +177,39 @@ def refusals(stats: dict[str, Any]) -> tuple[int, str]:
     return refused, detail or "-"
 
 
-def limits_matrix(console: Console, n: int, rpm: int, only: list[str] | None) -> None:
-    ideal = n / (rpm / 60)
-    cut = 5 * ideal
-    full_bucket = (n - rpm / 60) / (rpm / 60)
-    table = Table(
-        title=f"Server styles: {n} requests, limit {rpm} req/min, {LATENCY_MS} ms latency, "
-        f"concurrency {CONCURRENCY}; run cut at {cut:.0f} s; the server's bucket starts full, "
-        f"so a perfect pacer takes {full_bucket:.2f} s ({full_bucket / ideal:.2f}x ideal)"
-    )
+# A server style in a matrix: label, simulator flags, client kind, the limits a user would give.
+Style = tuple[str, tuple[str, ...], str, dict[str, int]]
+
+
+def style_matrix(
+    console: Console,
+    title: str,
+    styles: list[Style],
+    requests: list[BatchRequest],
+    ideal: float,
+    adaptive_share: float,
+) -> None:
+    """Each style run twice, its limits given and nothing given (adaptive), against a fresh
+    simulator: makespan vs `ideal`, refusals, lost, and the verdict. Targets: limit given
+    <= 1.05x ideal and no refusal; adaptive <= 1.15x and refusals <= `adaptive_share`."""
+    n, cut = len(requests), 5 * ideal
+    table = Table(title=title)
     for col in ("style", "mode", "makespan s", "ideal s", "x ideal", "refusals", "by status"):
         table.add_column(col, justify="right")
     for col in ("refusals %", "lost", "verdict"):
         table.add_column(col, justify="right" if col != "verdict" else "left")
-    for label, flags, kind in STYLES:
-        if only and label not in only:
-            continue
-        server = ("--rpm", str(rpm), "--latency-ms", str(LATENCY_MS), "--seed", "1", *flags)
+    for label, server, kind, limits in styles:
         for mode in ("limit given", "adaptive"):
-            limiter = RateLimiter(requests_per_minute=rpm) if mode == "limit given" else None
+            limiter = RateLimiter(**limits) if mode == "limit given" else None  # type: ignore[arg-type]
             config = BatchProcessorConfig(max_concurrency=CONCURRENCY, limiter=limiter)
-            run = measure(server, kind, n, config, cut)
+            run = measure(server, kind, n, config, cut, requests)
             refused, detail = refusals(run.stats)
             ratio = run.makespan / ideal
             if mode == "limit given":
                 checks = [(ratio <= 1.05, "> 1.05x"), (refused == 0, "refusals")]
             else:
-                checks = [(ratio <= 1.15, "> 1.15x"), (refused <= 0.05 * n, "refusals > 5%")]
+                share = f"refusals > {adaptive_share:.0%}"
+                checks = [(ratio <= 1.15, "> 1.15x"), (refused <= adaptive_share * n, share)]
             checks.append((run.lost == 0, "lost"))
             table.add_row(
                 label,
@@ -219,6 +225,27 @@ def limits_matrix(console: Console, n: int, rpm: int, only: list[str] | None) ->
             )
             console.print(f"  done: {label} / {mode}: {run.makespan:.1f} s", style="dim")
     console.print(table)
+
+
+def limits_matrix(console: Console, n: int, rpm: int, only: list[str] | None) -> None:
+    ideal = n / (rpm / 60)
+    full_bucket = (n - rpm / 60) / (rpm / 60)
+    styles: list[Style] = [
+        (
+            label,
+            ("--rpm", str(rpm), "--latency-ms", str(LATENCY_MS), "--seed", "1", *flags),
+            kind,
+            {"requests_per_minute": rpm},
+        )
+        for label, flags, kind in STYLES
+        if not only or label in only
+    ]
+    title = (
+        f"Server styles: {n} requests, limit {rpm} req/min, {LATENCY_MS} ms latency, "
+        f"concurrency {CONCURRENCY}; run cut at {5 * ideal:.0f} s; the server's bucket starts "
+        f"full, so a perfect pacer takes {full_bucket:.2f} s ({full_bucket / ideal:.2f}x ideal)"
+    )
+    style_matrix(console, title, styles, plain_requests(n), ideal, adaptive_share=0.05)
 
 
 def charged_tokens(request: CompletionRequest) -> int:
@@ -231,47 +258,19 @@ def tokens_matrix(console: Console, n: int, only: list[str] | None) -> None:
     total = sum(charged_tokens(r.request) for r in requests)
     per_second = TPM / 60
     ideal = total / per_second
-    cut = 5 * ideal
     full_bucket = (total - per_second) / per_second
-    table = Table(
-        title=f"Token-limited servers: {n} requests of 10-100 prompt tokens + max_tokens "
+    styles: list[Style] = [
+        (label, ("--latency-ms", str(LATENCY_MS), "--seed", "1", *flags), kind, limits)
+        for label, flags, kind, limits in TOKEN_STYLES
+        if not only or label in only
+    ]
+    title = (
+        f"Token-limited servers: {n} requests of 10-100 prompt tokens + max_tokens "
         f"{TOKEN_MAX_TOKENS} ({total:,} tokens charged), limit {TPM:,} tokens/min (split "
         f"half/half for in/out), {LATENCY_MS} ms latency, concurrency {CONCURRENCY}; a perfect "
         f"pacer takes {full_bucket:.2f} s ({full_bucket / ideal:.2f}x ideal)"
     )
-    for col in ("style", "mode", "makespan s", "ideal s", "x ideal", "refusals", "by status"):
-        table.add_column(col, justify="right")
-    for col in ("refusals %", "lost", "verdict"):
-        table.add_column(col, justify="right" if col != "verdict" else "left")
-    for label, flags, kind, limits in TOKEN_STYLES:
-        if only and label not in only:
-            continue
-        server = ("--latency-ms", str(LATENCY_MS), "--seed", "1", *flags)
-        for mode in ("limit given", "adaptive"):
-            limiter = RateLimiter(**limits) if mode == "limit given" else None  # type: ignore[arg-type]
-            config = BatchProcessorConfig(max_concurrency=CONCURRENCY, limiter=limiter)
-            run = measure(server, kind, n, config, cut, requests)
-            refused, detail = refusals(run.stats)
-            ratio = run.makespan / ideal
-            if mode == "limit given":
-                checks = [(ratio <= 1.05, "> 1.05x"), (refused == 0, "refusals")]
-            else:
-                checks = [(ratio <= 1.15, "> 1.15x"), (refused <= 0.02 * n, "refusals > 2%")]
-            checks.append((run.lost == 0, "lost"))
-            table.add_row(
-                label,
-                mode,
-                f"{run.makespan:.2f}",
-                f"{ideal:.2f}",
-                f"{ratio:.2f}x",
-                str(refused),
-                detail,
-                f"{100 * refused / n:.1f}",
-                str(run.lost),
-                verdict(checks),
-            )
-            console.print(f"  done: {label} / {mode}: {run.makespan:.1f} s", style="dim")
-    console.print(table)
+    style_matrix(console, title, styles, requests, ideal, adaptive_share=0.02)
 
 
 def queue_config(concurrency: int | str) -> BatchProcessorConfig:

@@ -107,9 +107,13 @@ async def test_a_token_budget_refusing_without_headers_is_paced_in_tokens(
     stats = sim.stats()
     assert stats["by_status"].get("200") == n
     refusals = stats["over_limit"]
-    # 1 to 4 on a quiet machine; up to 10 with a CPU burner beside (the opening's first
-    # refusal is read late). `bench/pacing.py --only tokens` measures them at scale.
-    assert refusals <= 0.15 * n, f"{refusals} refusals"
+    # Where they come from (traced): one or two at the opening (more when a loaded machine
+    # reads the first refusal late and the opening's pace has sent the next requests), one
+    # when the rate, doubling from the opening's guess, passes the budget (~1.3 s in), and
+    # one per probe above the learned limit (one every 5-10 s). Measured: 2 to 4 at load 5,
+    # 2 to 8 with a CPU burner beside (nine runs each). `bench/pacing.py --only tokens`
+    # measures them at scale (target: 2%).
+    assert refusals <= 10, f"{refusals} refusals"
     limiter = processor.engine.limiter
     assert isinstance(limiter, RateLimiter)
     # The token law was cut with the request law; the limit its last cut estimated from the

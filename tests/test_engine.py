@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 
+import looptime
 import pytest
 
 from llmbatch import (
@@ -15,6 +16,7 @@ from llmbatch import (
     BatchProcessor,
     BatchProcessorConfig,
     BatchRequest,
+    BatchResult,
     BatchTimeoutError,
     CompletionRequest,
     Engine,
@@ -186,6 +188,43 @@ async def test_per_attempt_timeout_is_a_retryable_timeout_error() -> None:
     assert isinstance(result.error, RequestTimeoutError)
     assert isinstance(result.error, TimeoutError)
     assert result.attempts == 2
+
+
+def _one_worker_in_virtual_time(latencies: list[float], timeout: float) -> list[BatchResult]:
+    """Requests of the given latencies through one worker, on looptime's virtual clock."""
+    loop = looptime.new_event_loop(start=0, end=1_000)
+
+    async def main() -> list[BatchResult]:
+        by_prompt = {f"p{i}": latency for i, latency in enumerate(latencies)}
+        client = FakeClient(latency=lambda r: by_prompt[r.prompt])
+        cfg = EngineConfig(
+            max_concurrency=1,
+            request_timeout=timeout,
+            retry=RetryPolicy(max_attempts=1),
+            clock=loop.time,
+        )
+        return [r async for r in Engine(client, cfg).stream(reqs(len(latencies)))]
+
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_an_attempt_times_out_a_full_timeout_after_its_own_start() -> None:
+    # One worker: r0 answers at 4 s, r1 never does. r1 is timed out at 14 s, a full 10 s
+    # after it started, not at 10 s, when a timer started with r0 would have fired.
+    r0, r1 = _one_worker_in_virtual_time([4.0, 100.0], timeout=10.0)
+    assert r0.ok
+    assert isinstance(r1.error, RequestTimeoutError)
+    assert r1.timing is not None and r1.timing.attempts[0][1] == pytest.approx(10.0)
+
+
+def test_attempts_that_answer_in_time_are_never_timed_out() -> None:
+    # Five 3 s answers in a row through one worker with a 10 s timeout: the fourth is running
+    # when 10 s have passed since the first began, and must not be cut.
+    results = _one_worker_in_virtual_time([3.0] * 5, timeout=10.0)
+    assert all(r.ok for r in results), [r.error for r in results]
 
 
 async def test_batch_deadline_gives_every_request_a_timeout_result() -> None:

@@ -58,10 +58,13 @@ async def test_exact_spacing_at_1200_per_minute(clock: FakeClock) -> None:
 
 
 async def test_burst_is_one_second_worth_never_a_minute(clock: FakeClock) -> None:
-    lim = limiter(clock, 600)  # default burst: 1 s = 10 requests
-    times = await admit_times(lim, clock, 30)
-    assert times.count(0) == 10
-    assert times[10:] == pytest.approx([0.1 * k for k in range(1, 21)])
+    lim = limiter(clock, 600)  # default burst: 1 s = 10 requests; the first one, half that
+    clock.advance(30)  # created long before its first request: the first burst is still half
+    times = await admit_times(lim, clock, 25)
+    assert times.count(0) == 5
+    assert times[5:] == pytest.approx([0.1 * k for k in range(1, 21)])
+    clock.advance(5)  # idle: the bucket refills to a second's worth
+    assert (await admit_times(lim, clock, 12)).count(0) == 10
     # Over any minute, never more than the limit plus the burst.
     lim2 = limiter(clock, 60)
     times = await admit_times(lim2, clock, 70)

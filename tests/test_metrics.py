@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from llmbatch import RateLimiter, RetryPolicy, ServerError
+from llmbatch import RateLimiter, RateLimitError, RetryPolicy, ServerError
 from llmbatch.clients import FakeClient, OpenAIClient
 from llmbatch.engine import Engine, EngineConfig
 from llmbatch.events import Event
@@ -25,6 +25,7 @@ from llmbatch.simulate import Simulator, SimulatorConfig
 from llmbatch.types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse
 
 from .conftest import FakeClock, SimProcess
+from .helpers import free_port
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -170,10 +171,11 @@ async def test_in_flight_and_waiting_follow_the_run(clock: FakeClock) -> None:
 
 
 def test_limiter_gauges_read_its_rate_and_pause(clock: FakeClock) -> None:
-    limiter = RateLimiter(600, clock=clock, sleep=clock.sleep)
+    limiter = RateLimiter(600, 90_000, clock=clock, sleep=clock.sleep)
     metrics = MetricsListener()
     metrics.watch(limiter)
     assert metrics.value("llmbatch_limiter_requests_per_minute") == 600
+    assert metrics.value("llmbatch_limiter_tokens_per_minute") == 90_000
     assert metrics.value("llmbatch_limiter_paused") == 0
     limiter.pause(30)
     clock.advance(10)
@@ -187,6 +189,28 @@ def test_limiter_gauges_read_its_rate_and_pause(clock: FakeClock) -> None:
     other = MetricsListener()
     other.watch(ClusterLike())
     assert other.value("llmbatch_limiter_requests_per_minute") == 90
+    assert other.registry.get_sample_value("llmbatch_limiter_tokens_per_minute") is None
+
+
+def test_the_token_gauge_reads_a_learned_token_rate(clock: FakeClock) -> None:
+    # No limit given: after a refusal without headers the limiter paces tokens at a learned
+    # rate (`status().tokens_per_minute`), which the gauge shows.
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    metrics = MetricsListener()
+    metrics.watch(limiter)
+    assert metrics.registry.get_sample_value("llmbatch_limiter_tokens_per_minute") is None
+    request = CompletionRequest(prompt="x" * 400, max_tokens=100)
+    for _ in range(20):
+        permit = limiter.admit(request)
+        permit.enter_now()
+        clock.advance(0.1)
+        permit.leave(None)
+    refused = limiter.admit(request)
+    refused.enter_now()
+    refused.leave(RateLimitError("slow down"))
+    learned = limiter.status().tokens_per_minute
+    assert learned is not None
+    assert metrics.value("llmbatch_limiter_tokens_per_minute") == pytest.approx(learned)
 
 
 def test_each_listener_has_its_own_registry() -> None:
@@ -197,12 +221,6 @@ def test_each_listener_has_its_own_registry() -> None:
 
 
 # -- the CLI ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_run_serves_metrics_while_it_runs(tmp_path: Path, start_sim: Any) -> None:

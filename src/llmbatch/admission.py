@@ -158,7 +158,10 @@ class PermitBase:
     ) -> Feedback:
         """`feedback(response, error)` as a pacing limiter should read it: an attempt lost to
         a server-wide outage (see `mark_outage`) says nothing about our sending rate."""
-        fb = feedback(response, error)
+        return self.as_load(feedback(response, error))
+
+    def as_load(self, fb: Feedback) -> Feedback:
+        """`fb` as a pacing limiter should read it (see `load_feedback`)."""
         if self.outage:
             return replace(fb, congested=False, timed_out=False, retry_after=None)
         return fb
@@ -172,10 +175,23 @@ class PermitBase:
     def _release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
         raise NotImplementedError
 
-    async def __aenter__(self) -> PermitBase:
-        if not self._admit_now():
-            await self._acquire()
+    def enter_now(self) -> bool:
+        """Enter without a coroutine if no wait is needed (True); else `await enter_later()`.
+
+        The engine's hot path: `async with` costs two coroutines per attempt."""
+        if self._admit_now():
+            self._entered = True
+            return True
+        return False
+
+    async def enter_later(self) -> None:
+        """Wait for the slot `enter_now` could not take at once."""
+        await self._acquire()
         self._entered = True
+
+    async def __aenter__(self) -> PermitBase:
+        if not self.enter_now():
+            await self.enter_later()
         return self
 
     def leave(self, error: BaseException | None) -> None:

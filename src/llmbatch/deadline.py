@@ -13,7 +13,10 @@ open (plus a margin), take that work out of the batches and finish it realtime. 
 is the mirror: realtime for what fits before the deadline, the batch API only for the rest.
 
 The realtime estimate is `max` over every limit (requests, tokens, input and output tokens per
-minute) and over concurrency x latency: whichever binds sets the pace. It is a lower bound on
+minute), over concurrency x latency, and over the throughput the run has measured
+(`ThroughputMeter`: answers per second while realtime had more work than requests in flight):
+whichever binds sets the pace. The measured bound sees what the others cannot: a client
+short of CPU (writing lines, parsing replies), a limit nobody gave. It is a lower bound on
 the real duration (retries and 429s only add), which is what the margin is for.
 """
 
@@ -30,6 +33,7 @@ __all__ = [
     "Prefer",
     "RealtimeCapacity",
     "SplitPlan",
+    "ThroughputMeter",
     "Work",
     "assumed_latency",
     "parse_deadline",
@@ -98,8 +102,9 @@ class Work:
 @dataclass(slots=True, frozen=True)
 class RealtimeCapacity:
     """What the realtime path can do: per-minute limits (None: not limited or not known),
-    requests in flight, and seconds per request (seen so far, or assumed; None: unknown, and
-    then concurrency sets no bound)."""
+    requests in flight, seconds per request (seen so far, or assumed; None: unknown, and
+    then concurrency sets no bound), and the requests per second it was seen to finish when
+    it had work to spare (`ThroughputMeter`; None: not measured)."""
 
     rpm: float | None = None
     tpm: float | None = None
@@ -107,6 +112,7 @@ class RealtimeCapacity:
     otpm: float | None = None
     concurrency: int = 32
     latency: float | None = None
+    throughput: float | None = None
 
     def limits(self, work: Work) -> dict[str, float]:
         """Seconds `work` needs under each limit, by the name of its flag."""
@@ -123,6 +129,8 @@ class RealtimeCapacity:
         if work.requests and self.latency is not None:
             waves = math.ceil(work.requests / max(1, self.concurrency))
             need["concurrency"] = waves * self.latency
+        if work.requests and self.throughput:
+            need["throughput"] = work.requests / self.throughput
         return need
 
     def seconds(self, work: Work) -> float:
@@ -153,7 +161,7 @@ class RealtimeCapacity:
             return {}
         out: dict[str, float] = {}
         for name, took in self.limits(work).items():
-            if took <= seconds:
+            if took <= seconds or name == "throughput":  # measured: no setting raises it
                 continue
             if name == "concurrency":
                 assert self.latency is not None
@@ -162,6 +170,46 @@ class RealtimeCapacity:
                 current = getattr(self, name)
                 out[name] = math.ceil(current * took / seconds)
         return out
+
+
+class ThroughputMeter:
+    """Answers per second of a path while it is saturated: more requests open than in flight.
+
+        meter = ThroughputMeter()
+        meter.finished(now, saturated=open_requests >= concurrency)   # at each answer
+        meter.rate                       # requests/s, or None before `min_count` were timed
+
+    Only the time between two answers with the path saturated throughout counts (work waiting
+    means the path, not the supply of work, set the pace): idle stretches, and a path fed a
+    few requests at a time (probes), say nothing of what it can do. The measure follows the
+    recent past (weights halve every `window` answers): a client that grows short of CPU
+    mid-run (batch results to write as well) is seen within a few hundred answers.
+    """
+
+    __slots__ = ("_since", "count", "min_count", "seconds", "timed", "window")
+
+    def __init__(self, *, min_count: int = 64, window: int = 1000) -> None:
+        self.min_count = min_count
+        self.window = window
+        self.seconds = 0.0  # weighted seconds saturated
+        self.count = 0.0  # weighted answers in them
+        self.timed = 0  # answers timed in all
+        self._since: float | None = None
+
+    def finished(self, now: float, *, saturated: bool) -> None:
+        """One answer at `now`; `saturated`: the path still has more open than in flight."""
+        if self._since is not None and now >= self._since:
+            keep = 0.5 ** (1.0 / self.window)
+            self.seconds = self.seconds * keep + (now - self._since)
+            self.count = self.count * keep + 1.0
+            self.timed += 1
+        self._since = now if saturated else None
+
+    @property
+    def rate(self) -> float | None:
+        if self.timed < self.min_count or self.seconds <= 0:
+            return None
+        return self.count / self.seconds
 
 
 @dataclass(slots=True, frozen=True)

@@ -55,8 +55,9 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .admission import Admission, AdmissionChain, Permit, mark_outage
-from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
+from .admission import Admission, AdmissionChain, Permit, PermitBase, mark_outage
+from .attempt_timer import AttemptTimer
+from .breaker import DEFAULT_MAX_OUTAGE, Breaker, OutageBreaker
 from .budget import BudgetExceededError
 from .clients.base import LLMClient
 from .concurrency import DEFAULT_MAX as AUTO_MAX_CONCURRENCY
@@ -87,6 +88,8 @@ from .events import (
     RequestStarted,
     ResponseCache,
 )
+from .guarded import GuardedLimiter
+from .limiter import RateLimiter
 from .replies import ReplyPolicy, ReplyTries, check_reply
 from .retry import RetryPolicy
 from .throttled import ThrottledLLMClient
@@ -98,6 +101,7 @@ from .types import (
     CompletionResponse,
     Outcome,
     Timing,
+    make_timing,
 )
 
 __all__ = ["Concurrency", "Engine", "EngineConfig", "RequestSource"]
@@ -128,10 +132,14 @@ class EngineConfig:
     when None and `adaptive` is true, each engine gets its own `RateLimiter()` with no limits,
     which admits freely until the server pushes back and then converges to its limit.
     `max_outage`: seconds a server-wide outage is waited out before the waiting requests fail
-    (None: fail per request, no breaker).
+    (None: fail per request, no breaker). `breaker`: one shared beyond this engine (a Ray
+    cluster's) instead of one of its own; `max_outage` is then the shared one's business.
     `budget`: a hard cap on money (`llmbatch.budget.Budget`), the last link of the admission
     chain; requests it refuses end with `BudgetExceededError` (unfinished, not failed).
     `replies`: how invalid (schema) and truncated replies are re-asked (`llmbatch.replies`).
+    `max_in_flight`: attempts in flight at most, when fewer than the workers: a request
+    waiting out a capacity refusal (`tiers`: flex) then holds a worker, not an attempt's
+    slot, so many such waits do not starve the lane (None: as many as workers).
     """
 
     max_concurrency: Concurrency = DEFAULT_CONCURRENCY
@@ -145,15 +153,19 @@ class EngineConfig:
     validate_json: bool = True
     max_auth_failures: int | None = DEFAULT_MAX_AUTH_FAILURES
     max_outage: float | None = DEFAULT_MAX_OUTAGE
+    breaker: Breaker | None = None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     budget: Admission | None = None
     replies: ReplyPolicy = field(default_factory=ReplyPolicy)
     # A service tier's capacity refusals (flex): waited out, or moved to another tier.
     tiers: TierPolicy = field(default_factory=TierPolicy)
+    max_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         check_concurrency(self.max_concurrency)
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
         if self.max_outage is not None and self.max_outage < 0:
@@ -277,12 +289,18 @@ class _Run:
     ) -> None:
         self.cfg = engine.config
         self.client = engine.client
-        self.breaker: OutageBreaker | None = None
-        if self.cfg.max_outage is not None:
+        self.breaker: Breaker | None = self.cfg.breaker
+        if self.breaker is None and self.cfg.max_outage is not None:
             self.breaker = OutageBreaker(
                 max_outage=self.cfg.max_outage, clock=self.cfg.clock, sleep=self.cfg.sleep
             )
-        chain = (self.breaker, engine.limiter, engine.gate, self.cfg.budget)
+        limiter = engine.limiter
+        guard: Admission | None = self.breaker
+        if type(self.breaker) is OutageBreaker and type(limiter) is RateLimiter:
+            # The default chain's first two links, as one permit (`llmbatch.guarded`). A
+            # breaker shared beyond this engine (a Ray cluster's) stays a link of its own.
+            guard, limiter = GuardedLimiter(self.breaker, limiter), None
+        chain = (guard, limiter, engine.gate, engine.in_flight, self.cfg.budget)
         links = [x for x in chain if x is not None]
         self.admission: Admission | None = (
             links[0] if len(links) == 1 else AdmissionChain(*links) if links else None
@@ -365,6 +383,7 @@ class _Run:
         clock = cfg.clock
         wall_offset = self.wall_started - self.started
         sync_source = self.source.sync
+        timer = AttemptTimer(task) if cfg.request_timeout is not None else None
         try:
             while self.stop_error is None:
                 if self.gate is not None:
@@ -392,6 +411,7 @@ class _Run:
                     self.deliver(item, self.stopped_result(index, item, started, 0))
                     return
                 state = _Attempts()
+                state.timer = timer
                 self.busy.add(task)
                 self.active += 1
                 try:
@@ -424,6 +444,8 @@ class _Run:
                 )
             self.stop(BatchCancelledError(f"the batch stopped: {exc!r}"))
         finally:
+            if timer is not None:
+                timer.close()
             self.wakeup.set()
 
     async def process(
@@ -561,8 +583,20 @@ class _Run:
         if self.listeners:
             self.emit(AttemptQueued(item, state.count + 1, asked))
         permit: Permit | None = None
+        manager = self.admission.admit(item.request)
+        # `async with manager`, spelled out: a `PermitBase` (every admission of ours) is
+        # entered and left without a coroutine when its slot is due, the hot path.
+        base = manager if isinstance(manager, PermitBase) else None
         try:
-            async with self.admission.admit(item.request) as permit:
+            if base is None:
+                held = await manager.__aenter__()
+            elif base.enter_now():
+                held = base
+            else:
+                await base.enter_later()
+                held = base
+            permit = held
+            try:
                 now = cfg.clock()
                 state.admitted(now)
                 # After a refusal whose Retry-After the limiter paused for, that much of this
@@ -576,9 +610,19 @@ class _Run:
                     response = await self.call(item, state, now)
                 except Exception as exc:
                     if self.breaker is not None and self.breaker.excuses(exc):
-                        mark_outage(permit)  # the breaker waits it out; limiters must not cut
+                        mark_outage(held)  # the breaker waits it out; limiters must not cut
                     raise
-                permit.record(response)
+                held.record(response)
+            except BaseException as exc:
+                if base is not None:
+                    base.leave(exc)
+                else:
+                    await manager.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            if base is not None:
+                base.leave(None)
+            else:
+                await manager.__aexit__(None, None, None)
         finally:
             if state.asked is not None:  # refused or cancelled while waiting: still waited
                 state.admitted(cfg.clock())
@@ -596,10 +640,19 @@ class _Run:
             if self.listeners:
                 self.emit(RequestStarted(item, state.count, called))
             try:
-                async with asyncio.timeout(
-                    TierPolicy.timeout_for(item.request, cfg.request_timeout)
-                ):
+                timer = state.timer
+                if timer is None:
                     response = await self.client.complete(item.request)
+                else:
+                    # `async with asyncio.timeout(...)`, without a loop timer per attempt.
+                    timer.start(TierPolicy.timeout_for(item.request, cfg.request_timeout) or 0.0)
+                    try:
+                        response = await self.client.complete(item.request)
+                    except BaseException as exc:
+                        if timer.stop(exc):
+                            raise TimeoutError from exc
+                        raise
+                    timer.stop(None)
             except TimeoutError as exc:
                 if isinstance(exc, LLMBatchError):
                     raise
@@ -687,6 +740,7 @@ class _Attempts:
     provider: float = 0.0
     backoff: float = 0.0
     log: list[tuple[float, float, Outcome]] = field(default_factory=list)
+    timer: AttemptTimer | None = None  # the worker's, for the attempts' request_timeout
 
     def new_paid(self) -> list[CompletionResponse]:
         self.paid = []
@@ -709,13 +763,13 @@ class _Attempts:
         return wait, outcome
 
     def timing(self, wall_offset: float, started: float, now: float) -> Timing:
-        return Timing(
-            started_at=wall_offset + started,
-            finished_at=wall_offset + now,
-            wait=self.wait_total,
-            provider=self.provider,
-            backoff=self.backoff,
-            attempts=tuple(self.log),
+        return make_timing(
+            wall_offset + started,
+            wall_offset + now,
+            self.wait_total,
+            self.provider,
+            self.backoff,
+            tuple(self.log),
         )
 
 
@@ -762,10 +816,15 @@ class Engine:
             client, self.limiter = client.unwrap(cfg.limiter)
         self.client = client
         if self.limiter is None and cfg.adaptive:
-            from .limiter import RateLimiter
-
             self.limiter = RateLimiter(clock=cfg.clock, sleep=cfg.sleep)
         self.gate: ConcurrencyLimiter | None = None
+        # A fixed bound on attempts in flight, below the workers (`max_in_flight`).
+        self.in_flight: ConcurrencyLimiter | None = None
+        if cfg.max_in_flight is not None and cfg.max_in_flight < cfg.workers:
+            n = cfg.max_in_flight
+            self.in_flight = ConcurrencyLimiter(
+                initial=n, min_limit=n, max_limit=n, clock=cfg.clock
+            )
         if cfg.max_concurrency == "auto":
             self.gate = ConcurrencyLimiter(max_limit=cfg.workers, clock=cfg.clock)
 

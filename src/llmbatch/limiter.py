@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from .admission import Feedback, PermitBase, feedback
 from .errors import TokenLimitError
-from .rate_control import CubicRate
+from .rate_control import CubicRate, Meter
 from .types import CompletionRequest, CompletionResponse, RateLimitInfo
 
 __all__ = [
@@ -68,6 +68,12 @@ SHORT_RETRY_AFTER = 1.0
 # server without limits loses little (128 workers all admitted within 0.17 s, 512 within
 # 0.26 s, while their first answers are on the way).
 OPENING_RATE = 200.0
+# The first burst on a limit the user gave is half of `burst_seconds`. A server's bucket
+# holds a second's worth; a full first burst (less the 2% margin) left it ~1 ms of slack,
+# and the first requests reach it spread over their connections' setup, so a paced request
+# that overtook the tail of the burst was refused (0-1 refusals a run on a 120k tokens/min
+# server, and a bare 429 then cut the learned rate: 2.4x the makespan).
+FIRST_BURST = 0.5
 OPENING_DOUBLING = 0.05
 _OPENING_DONE = 12  # doublings after which the opening pace holds nothing back (2M/s)
 _EWMA = 0.05  # weight of one request in the running mean of token estimates
@@ -238,11 +244,13 @@ class RateLimiter:
         self.max_pause = max_pause
         self._clock = clock
         self._sleep = sleep
-        self.control = CubicRate(clock=clock)
+        # Both laws measure the same admissions: one meter, requests and tokens side by side.
+        self._meter = Meter(clock)
+        self.control = CubicRate(clock=clock, meter=self._meter, column=0)
         self.control.ceiling = _per_second(requests_per_minute)
         # The same law on tokens per second, cut with the request rate: on a server whose
         # token budget refuses, requests of varying size then pace by their tokens.
-        self.token_control = CubicRate(clock=clock)
+        self.token_control = CubicRate(clock=clock, meter=self._meter, column=1)
         self.token_control.ceiling = _per_second(tokens_per_minute)
         self.mean_tokens = 0.0  # running mean of admitted requests' token estimates
         self._opening: float | None = None  # when the opening began (see OPENING_RATE)
@@ -256,6 +264,7 @@ class RateLimiter:
         self._doublings = 0.0
         self._fastest_answer = math.inf  # the quickest success seen during the opening
         self._pause_until = start
+        self._fresh = True  # nothing booked yet (see FIRST_BURST)
         self._epoch = 0  # bumped by a pause: sleeping waiters must then take a new slot
         self._cut_epoch = 0  # bumped by a cut: the booked schedule is void, rebook at the new rate
         self._waiting = 0
@@ -299,6 +308,12 @@ class RateLimiter:
     @property
     def output_tokens_per_minute(self) -> float | None:
         return self._out.limit()
+
+    @property
+    def opening(self) -> bool:
+        """Nothing is known of the server's limits yet and the opening paces admissions
+        (see OPENING_RATE): until the first refusal, the server's headers, or its end."""
+        return self.adaptive and not self._opened and self._limits() == _NO_LIMITS
 
     @property
     def epoch(self) -> int:
@@ -350,10 +365,17 @@ class RateLimiter:
         return permit
 
     def lease(
-        self, count: int, tokens: int = 0, *, input_tokens: int = 0, output_tokens: int = 0
+        self,
+        count: int,
+        tokens: int = 0,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        horizon: float | None = None,
     ) -> list[float]:
-        """Reserve `count` request slots at once (the tokens of each budget charged with the
-        first); return each slot's delay in seconds from now.
+        """Reserve up to `count` request slots at once (the tokens of each budget charged
+        with the first); return each slot's delay in seconds from now. With a `horizon`, stop
+        after the first slot due later than `horizon` seconds from now (one slot at least).
 
         For handing capacity to other processes in slices (the Ray cluster limiter): they
         wait out the delays locally instead of asking once per request.
@@ -365,6 +387,8 @@ class RateLimiter:
             units = (1, tokens, input_tokens, output_tokens) if i == 0 else (1, 0, 0, 0)
             slot, _, _ = self._reserve_units(units)
             delays.append(max(0.0, slot - now))
+            if horizon is not None and slot - now > horizon:
+                break
         return delays
 
     def give_back(
@@ -497,10 +521,14 @@ class RateLimiter:
         """`count` attempts succeeded (`tokens`: their estimates; default: the running mean
         each): regrow the learned rates along their curves."""
         now = self._clock()
-        self.control.succeeded(count, now)
         if not self.adaptive:
+            self.control.succeeded(count, now)
             return
-        self.token_control.succeeded(self.mean_tokens * count if tokens is None else tokens, now)
+        self._meter.succeeded(count, self.mean_tokens * count if tokens is None else tokens, now)
+        if self.control.rate is not None:
+            self.control.regrow(now)
+        if self.token_control.rate is not None:
+            self.token_control.regrow(now)
         if self._waiting and self.control.rate is not None and self._sped_up():
             # The waiters booked their slots at the rate of their arrival: a queue of them
             # holds seconds of the old, slower schedule. Rebook them at the new rate.
@@ -622,11 +650,12 @@ class RateLimiter:
     def _admitted(self, permit: RatePermit, costs: tuple[float, ...], generation: int) -> None:
         self._in_flight += 1
         now = self._clock()
-        self.control.sent(1, now)
-        if self.adaptive:
+        if not self.adaptive:
+            self.control.sent(1, now)
+        else:
             est = permit.estimate
             total = est.input + est.output
-            self.token_control.sent(total, now)
+            self._meter.sent(1, total, now)
             mean = self.mean_tokens
             self.mean_tokens = mean + _EWMA * (total - mean) if mean else float(total)
             if not self._opened:
@@ -647,6 +676,9 @@ class RateLimiter:
                 slot = self._opening_slot(slot)
             return slot, _NO_COSTS, now
         budgets = (self._req, self._tok, self._in, self._out)
+        if self._fresh:
+            self._fresh = False
+            self._hold_first_burst(slot)
         costs = tuple(
             u * self._interval(lim) if lim else 0.0 for u, lim in zip(units, limits, strict=True)
         )
@@ -659,6 +691,15 @@ class RateLimiter:
             if lim:
                 budget.tat = max(budget.tat, slot) + cost
         return slot, costs, now
+
+    def _hold_first_burst(self, at: float) -> None:
+        """The first booking: the buckets of configured limits start `FIRST_BURST` full, at
+        the first send, not at the limiter's creation (a bench or a CLI run creates it
+        seconds before the first request)."""
+        held = at + self.burst_seconds * (1.0 - FIRST_BURST)
+        for budget in (self._req, self._tok, self._in, self._out):
+            if budget.configured is not None:
+                budget.tat = max(budget.tat, held)
 
     def _opening_slot(self, earliest: float) -> float:
         if self._opened:
@@ -748,13 +789,16 @@ class RateLimiter:
         response: CompletionResponse | None,
         error: BaseException | None,
     ) -> None:
+        self._heard(permit, response, permit.load_feedback(response, error))
+
+    def _heard(self, permit: RatePermit, response: CompletionResponse | None, fb: Feedback) -> None:
+        """The attempt admitted under `permit` ended with `fb` (as `load_feedback` reads it)."""
         self._in_flight -= 1
         if response is not None and permit.costs is not _NO_COSTS:
             # Nothing booked (no limit was known): nothing to settle.
             usage = response.usage
             if usage.prompt_tokens or usage.completion_tokens:
                 self.settle(permit, usage.prompt_tokens, usage.completion_tokens)
-        fb = permit.load_feedback(response, error)
         if permit.admitted_at is not None and fb.ok:
             latency = self._clock() - permit.admitted_at
             self._fastest_answer = min(self._fastest_answer, max(latency, 1e-4))

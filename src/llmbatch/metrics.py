@@ -133,6 +133,10 @@ class _LimiterCollector:
             "llmbatch_limiter_requests_per_minute",
             "The limiter's current request rate (configured, stated by the server or learned)",
         )
+        tokens = GaugeMetricFamily(
+            "llmbatch_limiter_tokens_per_minute",
+            "The limiter's current token rate (configured, stated by the server or learned)",
+        )
         paused = GaugeMetricFamily(
             "llmbatch_limiter_paused", "1 while the limiter pauses every admission"
         )
@@ -149,10 +153,14 @@ class _LimiterCollector:
             rpm = fields.get("requests_per_minute")
             if rpm is not None:
                 rate.add_metric([], float(rpm))
+            tpm = fields.get("tokens_per_minute")
+            if tpm is not None:
+                tokens.add_metric([], float(tpm))
             pause = float(fields.get("paused_for") or 0.0)
             paused.add_metric([], 1.0 if pause > 0 else 0.0)
             left.add_metric([], pause)
         yield rate
+        yield tokens
         yield paused
         yield left
 

@@ -13,9 +13,15 @@ raising: a price is bookkeeping, never a reason to lose a result.
 
 Usage is counted as the clients report it (`llmbatch.types.Usage`): `prompt_tokens` counts
 every input token; `cached_tokens` of them were read from the provider's prompt cache and
-`cache_write_tokens` written to it. Answers through a provider's batch API (`batch_api`), and
-answers whose reply says the flex tier served them (`llmbatch.tiers`), get the library's batch
-price where it has one, else half the realtime price.
+`cache_write_tokens` written to it. Answers through a provider's batch API (`batch_api`) get
+the library's batch price where it has one, else half the realtime price.
+
+Answers whose reply names the service tier that served them (`llmbatch.tiers`) are priced by
+it, where the source knows that tier's price (`TierPrices`; genai-prices has per-tier prices
+for some models, OpenAI's `service_tier` "flex" and "priority"): a flex answer at the flex
+price, else the batch price; a priority answer at the priority price, else the standard one.
+Which price list priced it is the answer's `price_list` (`Pricer.priced`), recorded on its
+line: a priority answer priced as standard says so, rather than looking cheaper than it was.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .text import flatten_messages
-from .tiers import FLEX, served_tier
+from .tiers import FLEX, PRIORITY, lane_of, served_tier, tier_of
 from .types import CompletionRequest, CompletionResponse, Usage
 
 __all__ = [
@@ -38,6 +44,8 @@ __all__ = [
     "GenaiPrices",
     "PriceSource",
     "Pricer",
+    "TierPrices",
+    "flex_costs_no_more",
     "worst_input_tokens",
 ]
 
@@ -63,6 +71,17 @@ class PriceSource(Protocol):
 
     def price(
         self, model: str, provider: str | None, usage: Usage, batch: bool
+    ) -> float | None: ...
+
+
+@runtime_checkable
+class TierPrices(Protocol):
+    """A `PriceSource` that also knows some models' prices per service tier: USD for `usage`
+    of `model` served by `tier` ("flex", "priority"), or None when it has no such price (the
+    `Pricer` then uses the batch price for flex, the standard one for priority)."""
+
+    def tier_price(
+        self, model: str, provider: str | None, usage: Usage, tier: str
     ) -> float | None: ...
 
 
@@ -101,37 +120,46 @@ class GenaiPrices:
     `base_url`: the API the run talks to; the data knows many providers by their URL (Groq,
     Mistral, Together, ...), so that one is asked first, then `provider` by id. A model the
     data does not know (a self-hosted one) prices as None. Lookups are cached per (model,
-    provider, batch); for models with flat per-token prices (almost all), the cost of a usage
-    is then a few multiplications, not a call into the library per result.
+    provider, price list); for models with flat per-token prices (almost all), the cost of a
+    usage is then a few multiplications, not a call into the library per result.
+
+    `tier_price` (`TierPrices`) reads the data's per-tier prices (its price variants for a
+    `service_tier`, as OpenAI's flex and priority); None for a model without one.
     """
 
     def __init__(self, base_url: str | None = None) -> None:
         import genai_prices  # noqa: F401  (fails here, at construction, if it is missing)
 
         self.base_url = base_url
-        self._rates: dict[tuple[str, str | None, bool], _Rates | None] = {}
+        self._rates: dict[tuple[str, str | None, str], _Rates | None] = {}
 
     def price(self, model: str, provider: str | None, usage: Usage, batch: bool) -> float | None:
-        key = (model, provider, batch)
+        return self._price(model, provider, usage, "batch" if batch else "standard")
+
+    def tier_price(self, model: str, provider: str | None, usage: Usage, tier: str) -> float | None:
+        return self._price(model, provider, usage, tier)
+
+    def _price(self, model: str, provider: str | None, usage: Usage, kind: str) -> float | None:
+        key = (model, provider, kind)
         if key in self._rates:
             rates = self._rates[key]
         else:
             rates = None
             if self.base_url:
-                rates = _lookup(model, _Route(None, self.base_url), batch)
+                rates = _lookup(model, _Route(None, self.base_url), kind)
             if rates is None:
-                rates = _lookup(model, _Route(provider, None), batch)
+                rates = _lookup(model, _Route(provider, None), kind)
             self._rates[key] = rates
         if rates is None:
             return None
         if rates.linear is not None:
             return rates.linear.apply(usage)
-        variant = batch and rates.variant
-        usd = _calc(model, rates.route, variant, usage)
+        context = rates.context
+        usd = _calc(model, rates.route, context, usage)
         if hour := _hour_writes(usage):
             # The library knows one write price (5 minutes); a 1-hour write is 2x the input.
-            usd += 2 * _calc(model, rates.route, variant, Usage(prompt_tokens=hour)) - _calc(
-                model, rates.route, variant, Usage(prompt_tokens=hour, cache_write_tokens=hour)
+            usd += 2 * _calc(model, rates.route, context, Usage(prompt_tokens=hour)) - _calc(
+                model, rates.route, context, Usage(prompt_tokens=hour, cache_write_tokens=hour)
             )
         return usd * rates.factor
 
@@ -171,7 +199,7 @@ class _Route(NamedTuple):
 @dataclass(slots=True, frozen=True)
 class _Rates:
     route: _Route  # how the library finds the provider: by id or by URL
-    variant: bool  # the library has a batch price for this model
+    context: dict[str, str] | None  # the library's price variant to apply (batch, a tier)
     factor: float  # applied on top: BATCH_DISCOUNT for batch answers without a batch price
     linear: _Linear | None  # None: tiered prices, computed by the library each time
 
@@ -191,10 +219,9 @@ def _library_usage(usage: Usage) -> Any:
     )
 
 
-def _calc(model: str, route: _Route, batch: bool, usage: Usage) -> float:
+def _calc(model: str, route: _Route, context: dict[str, str] | None, usage: Usage) -> float:
     import genai_prices
 
-    context = {"processing": "batch"} if batch else None
     if route.api_url is not None:
         result = genai_prices.calc_price(
             _library_usage(usage),
@@ -212,7 +239,12 @@ def _calc(model: str, route: _Route, batch: bool, usage: Usage) -> float:
     return float(result.total_price)
 
 
-def _lookup(model: str, route: _Route, batch: bool) -> _Rates | None:
+_BATCH = {"processing": "batch"}
+
+
+def _lookup(model: str, route: _Route, kind: str) -> _Rates | None:
+    """The rates of `model` on a price list: "standard", "batch" (the library's batch price,
+    else half the standard), or a service tier's (None when the library has none for it)."""
     import genai_prices
     from genai_prices.types import TieredPrices
 
@@ -227,16 +259,24 @@ def _lookup(model: str, route: _Route, batch: bool) -> _Rates | None:
     except Exception:  # malformed data for one model must not stop a run
         log.debug("genai-prices failed on %r", model, exc_info=True)
         return None
-    variants = found.model.price_variants or ()
-    variant = any(v.when.get("processing") == "batch" for v in variants)
-    use_variant = batch and variant
-    factor = BATCH_DISCOUNT if batch and not variant else 1.0
+    whens = [v.when for v in found.model.price_variants or ()]
+    context: dict[str, str] | None = None
+    factor = 1.0
+    if kind == "batch":
+        if _BATCH in whens:
+            context = _BATCH
+        else:
+            factor = BATCH_DISCOUNT
+    elif kind != "standard":
+        context = {"service_tier": kind}
+        if context not in whens:
+            return None  # no price for this tier: the caller falls back
     prices = found.model_price.__dict__.values()
     if any(isinstance(p, TieredPrices) for p in prices):
-        return _Rates(route, variant, factor, None)
+        return _Rates(route, context, factor, None)
 
     def per_million(**kinds: int) -> float:
-        return _calc(model, route, use_variant, Usage(**kinds))
+        return _calc(model, route, context, Usage(**kinds))
 
     linear = _Linear(
         input=per_million(prompt_tokens=_MILLION),
@@ -245,7 +285,21 @@ def _lookup(model: str, route: _Route, batch: bool) -> _Rates | None:
         cache_write=per_million(prompt_tokens=_MILLION, cache_write_tokens=_MILLION),
         factor=factor,
     )
-    return _Rates(route, variant, factor, linear)
+    return _Rates(route, context, factor, linear)
+
+
+def flex_costs_no_more(pricer: Pricer | None, model: str | None) -> bool:
+    """True unless `pricer` prices `model`'s flex answers above its batch answers: a deadline
+    run then moves batches to flex only when the deadline needs it (a source that knows no
+    flex price prices flex as batch; unknown prices are taken as equal)."""
+    if pricer is None or not model:
+        return True
+    usage = Usage(prompt_tokens=_MILLION, completion_tokens=_MILLION)
+    flex = pricer._price(model, usage, False, FLEX)
+    batch = pricer._price(model, usage, True, None)
+    if flex is None or batch is None:
+        return True
+    return flex[0] <= batch[0] * (1 + 1e-9)
 
 
 def cache_ttls(request: CompletionRequest) -> set[str]:
@@ -319,36 +373,67 @@ class Pricer:
         self.notice = notice
         self.unknown: set[str] = set()  # models without a price, noticed once each
 
-    def usage_cost(self, model: str | None, usage: Usage, batch: bool = False) -> float | None:
-        """USD for `usage` of `model` (default: the pricer's), or None when it has no price."""
+    def usage_cost(
+        self, model: str | None, usage: Usage, batch: bool = False, tier: str | None = None
+    ) -> float | None:
+        """USD for `usage` of `model` (default: the pricer's), or None when it has no price;
+        `tier`: served by that service tier (priced as `priced` says)."""
         name = model or self.model
         if not name:
             self._unknown("", "the answer names no model and no --model was given")
             return None
-        usd = self.source.price(name, self.provider, usage, batch)
-        if usd is None:
+        found = self._price(name, usage, batch, tier)
+        if found is None:
             self._unknown(name, None)
-        return usd
+            return None
+        return found[0]
 
     def cost(self, response: CompletionResponse, model: str | None = None) -> float | None:
         """USD of one answer from its usage: the answer's model, else `model`, else the default.
 
         Answers from a response cache cost nothing (they were paid for when first bought).
         """
+        found = self.priced(response, model)
+        return None if found is None else found[0]
+
+    def priced(
+        self, response: CompletionResponse, model: str | None = None
+    ) -> tuple[float, str | None] | None:
+        """(USD, price list) of one answer, as `cost`; the price list is said for an answer a
+        service tier served (flex: "flex" or "batch"; priority: "priority" or "standard"),
+        None for the others (a batch answer is batch-priced, a standard one standard)."""
         if response.cached:
-            return 0.0
+            return 0.0, None
         names = [n for n in dict.fromkeys((response.model, model, self.model)) if n]
-        # Flex is sold at the batch price: the tier the reply says served it decides.
-        batch = response.batch_api or served_tier(response) == FLEX
+        # The tier the reply says served it decides, not the one asked for.
+        tier = None if response.batch_api else served_tier(response)
         for name in names:
-            usd = self.source.price(name, self.provider, response.usage, batch)
-            if usd is not None:
-                return usd
+            found = self._price(name, response.usage, response.batch_api, tier)
+            if found is not None:
+                return found
         if names:
             self._unknown(names[0], None)
         else:
             self._unknown("", "the answer names no model and no --model was given")
         return None
+
+    def _price(
+        self, name: str, usage: Usage, batch: bool, tier: str | None
+    ) -> tuple[float, str | None] | None:
+        """(USD, price list) of `usage` of model `name`; None when the source has no price."""
+        lane = lane_of(batch, tier)
+        if lane in (FLEX, PRIORITY):
+            if isinstance(self.source, TierPrices):
+                usd = self.source.tier_price(name, self.provider, usage, lane)
+                if usd is not None:
+                    return usd, lane
+            # No price of its own: flex is sold at the batch price, priority at least at the
+            # standard one (the line says which was used).
+            flex = lane == FLEX
+            usd = self.source.price(name, self.provider, usage, flex)
+            return None if usd is None else (usd, "batch" if flex else "standard")
+        usd = self.source.price(name, self.provider, usage, batch)
+        return None if usd is None else (usd, None)
 
     def cache_saved(self, response: CompletionResponse, model: str | None = None) -> float | None:
         """USD the provider's prompt cache saved on `response`: its price with every input
@@ -376,7 +461,9 @@ class Pricer:
             prompt_tokens=tokens,
             completion_tokens=self.worst_output_tokens if limit is None else limit,
         )
-        worst = self.usage_cost(request.model, usage, batch)
+        # A request asking for priority may be served (and billed) at the priority price.
+        tier = PRIORITY if not batch and tier_of(request) == PRIORITY else None
+        worst = self.usage_cost(request.model, usage, batch, tier)
         ttls = cache_ttls(request)
         if worst is None or not ttls:
             return worst
@@ -387,7 +474,7 @@ class Pricer:
             cache_write_tokens=tokens,
             cache_write_1h_tokens=tokens if "1h" in ttls else 0,
         )
-        return max(worst, self.usage_cost(request.model, written, batch) or 0.0)
+        return max(worst, self.usage_cost(request.model, written, batch, tier) or 0.0)
 
     def _unknown(self, model: str, why: str | None) -> None:
         if model in self.unknown:

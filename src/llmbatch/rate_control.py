@@ -43,7 +43,9 @@ time does not depend on the rate, is fast far from the last known limit and flat
   servers whose token budget is what refuses). `unit` (tokens per request, set at each cut)
   scales the law's absolute constants (`scale`, `min_rate`, the probe's floor), so the
   curve in request-equivalents is the same whatever the unit: a token rate recovers as fast
-  as a request rate would.
+  as a request rate would. The two laws measure the same admissions and successes, so they
+  share one `Meter` (requests in one column, tokens in the other): one count per admission
+  and per success for both.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import math
 import time
 from collections.abc import Callable
 
-__all__ = ["CubicRate"]
+__all__ = ["CubicRate", "Meter"]
 
 DEFAULT_BETA = 0.7
 DEFAULT_SCALE = 0.4  # requests/s per s^3
@@ -81,7 +83,11 @@ class CubicRate:
         cooldown: float = DEFAULT_COOLDOWN,
         min_rate: float = DEFAULT_MIN_RATE,
         clock: Callable[[], float] = time.monotonic,
+        meter: Meter | None = None,
+        column: int = 0,
     ) -> None:
+        """`meter` and `column`: measure in that column of a meter shared with another law
+        (default: a meter of its own)."""
         if not 0 < beta < 1 or scale <= 0 or min_rate <= 0 or cooldown < 0:
             raise ValueError("beta must be in (0, 1), scale and min_rate > 0, cooldown >= 0")
         self.beta = beta
@@ -97,9 +103,8 @@ class CubicRate:
         self._cut_at = 0.0
         self._probe_slowdown = 1.0
         self._guessed = False  # w_max is a guess, not a measurement (see `cut`)
-        self._first_sent: float | None = None
-        self._sent = _Window(clock)
-        self._ok = _Window(clock)
+        self._meter = meter if meter is not None else Meter(clock)
+        self._column = column
         self.unit = 1.0  # what one request weighs in this control's unit (see the docstring)
 
     @property
@@ -113,14 +118,12 @@ class CubicRate:
         """`count` attempts (or tokens) were admitted now (`now`: the clock, if just read)."""
         if now is None:
             now = self._clock()
-        if self._first_sent is None:
-            self._first_sent = now
-        self._sent.add(count, now)
+        self._meter.add(self._column, count, now)
 
     def measured(self) -> float:
         """Admissions per second over the last second (a run younger than that reads low,
         which errs on the side of a gentler first cut)."""
-        return self._sent.rate()
+        return self._meter.rate(self._column)
 
     # -- reacting -----------------------------------------------------------------------------
 
@@ -140,12 +143,13 @@ class CubicRate:
         at_cut = min(current, measured) if measured > 0 else current
         if not math.isfinite(at_cut):
             at_cut = self.unit  # a refusal before anything was measured: start low, regrow fast
-        goodput = self._ok.rate()
+        goodput = self._meter.rate(_OK + self._column)
         previous = self._w_max
         # A window younger than itself reads low (it divides by a full second): the first
         # cut in the run's first second (the opening's) only guesses w_max, and grows out of
         # the guess (see `_guessed`) instead of plateauing at it.
-        young = self._first_sent is None or now - self._first_sent < _WINDOW
+        first = self._meter.first_sent
+        young = first is None or now - first < _WINDOW
         if young and not self.cuts:
             w_max = at_cut
         elif goodput > 0:
@@ -179,10 +183,14 @@ class CubicRate:
         """`count` attempts (or tokens) succeeded: move the rate along the regrowth curve."""
         if now is None:
             now = self._clock()
-        self._ok.add(count, now)
-        if self.rate is None:
-            return
-        self.rate = self._target(now)
+        self._meter.add(_OK + self._column, count, now)
+        if self.rate is not None:
+            self.rate = self._target(now)
+
+    def regrow(self, now: float) -> None:
+        """Move the rate along the curve: a success the shared meter has counted already."""
+        if self.rate is not None:
+            self.rate = self._target(now)
 
     def _target(self, now: float) -> float:
         t = now - self._cut_at
@@ -214,29 +222,67 @@ class CubicRate:
         return target
 
 
-class _Window:
-    """Events per second over the last `_WINDOW` seconds, in a ring of buckets: O(1) each."""
+_COLUMNS = 4  # per bucket: sent and succeeded, each in two units
+_OK = 2  # the succeeded columns start here
 
-    __slots__ = ("_clock", "_counts", "_slot")
+
+class Meter:
+    """Admissions and successes per second over the last `_WINDOW` seconds, in two units
+    (column 0: requests, 1: tokens), in one ring of buckets: O(1) per count.
+
+        meter.sent(1, 640, now)         # one request of ~640 tokens admitted
+        meter.rate(0)                   # requests admitted per second, lately
+    """
+
+    __slots__ = ("_clock", "_counts", "_slot", "first_sent")
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._counts: list[float] = [0] * _BUCKETS
+        self._counts: list[float] = [0.0] * (_BUCKETS * _COLUMNS)
         self._slot = math.floor(clock() * _BUCKETS / _WINDOW)
+        self.first_sent: float | None = None  # the first admission's time
 
     def _advance(self, slot: int) -> None:
         gap = slot - self._slot
         if gap > 0:
+            counts = self._counts
             for i in range(1, min(gap, _BUCKETS) + 1):
-                self._counts[(self._slot + i) % _BUCKETS] = 0
+                base = (self._slot + i) % _BUCKETS * _COLUMNS
+                counts[base : base + _COLUMNS] = (0.0, 0.0, 0.0, 0.0)
             self._slot = slot
 
-    def add(self, count: float, now: float) -> None:
+    def add(self, column: int, count: float, now: float) -> None:
+        """Count `count` in `column` (0, 1: sent; `_OK` + 0, 1: succeeded)."""
         slot = math.floor(now * _BUCKETS / _WINDOW)
         if slot != self._slot:
             self._advance(slot)
-        self._counts[slot % _BUCKETS] += count
+        if column < _OK and self.first_sent is None:
+            self.first_sent = now
+        self._counts[slot % _BUCKETS * _COLUMNS + column] += count
 
-    def rate(self) -> float:
+    def sent(self, requests: float, tokens: float, now: float) -> None:
+        """An admission in both units at once (the limiter's hot path)."""
+        slot = math.floor(now * _BUCKETS / _WINDOW)
+        if slot != self._slot:
+            self._advance(slot)
+        if self.first_sent is None:
+            self.first_sent = now
+        base = slot % _BUCKETS * _COLUMNS
+        counts = self._counts
+        counts[base] += requests
+        counts[base + 1] += tokens
+
+    def succeeded(self, requests: float, tokens: float, now: float) -> None:
+        """Successes in both units at once."""
+        slot = math.floor(now * _BUCKETS / _WINDOW)
+        if slot != self._slot:
+            self._advance(slot)
+        base = slot % _BUCKETS * _COLUMNS + _OK
+        counts = self._counts
+        counts[base] += requests
+        counts[base + 1] += tokens
+
+    def rate(self, column: int) -> float:
+        """Per second, over the last `_WINDOW` seconds, in `column`."""
         self._advance(math.floor(self._clock() * _BUCKETS / _WINDOW))
-        return sum(self._counts) / _WINDOW
+        return sum(self._counts[column::_COLUMNS]) / _WINDOW

@@ -28,7 +28,7 @@ from .events import Event, RequestFinished
 from .tiers import lane_of, served_tier
 from .types import BatchResult
 
-__all__ = ["BatchStats", "StatsCollector", "calculate_batch_stats"]
+__all__ = ["BatchStats", "StatsCollector", "calculate_batch_stats", "price_note"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,9 +68,11 @@ class BatchStats:
     cost_by_model: dict[str, float] = field(default_factory=dict)
     unpriced_count: int = 0
     # Answers per lane ("batch", "flex", "standard", "priority": `llmbatch.tiers.lane_of`)
-    # and what they cost.
+    # and what they cost; for the flex and priority lanes, their answers per price list
+    # that priced them ({"priority": {"priority": 90, "standard": 10}}: the price source).
     answers_by_lane: dict[str, int] = field(default_factory=dict)
     cost_by_lane: dict[str, float] = field(default_factory=dict)
+    priced_by_lane: dict[str, dict[str, int]] = field(default_factory=dict)
     # The provider's prompt cache: input tokens read from it and written to it, and the USD
     # the answers cost less than the same answers without a cache would have (None: unpriced).
     cached_prompt_tokens: int = 0
@@ -115,6 +117,7 @@ class BatchStats:
             "unpriced_count": self.unpriced_count,
             "answers_by_lane": dict(self.answers_by_lane),
             "cost_by_lane": dict(self.cost_by_lane),
+            "priced_by_lane": {lane: dict(n) for lane, n in self.priced_by_lane.items()},
             "cached_prompt_tokens": self.cached_prompt_tokens,
             "cache_write_tokens": self.cache_write_tokens,
             "cache_hit_share": round(self.cache_hit_share, 4),
@@ -149,6 +152,22 @@ class BatchStats:
         if self.cost is not None:
             parts.append(f"Cost: ${self.cost:.4f}")
         return " | ".join(parts)
+
+
+def price_note(lane: str, priced: dict[str, int] | None) -> str:
+    """Which price lists priced a lane's answers, where the answers say (flex, priority):
+    "; at the priority price", or "; 10 at the standard price (no priority price known), 90
+    at the priority price"."""
+    if not priced:
+        return ""
+
+    def why(plist: str) -> str:
+        return "" if plist == lane else f" (no {lane} price known)"
+
+    if len(priced) == 1:
+        (plist,) = priced
+        return f"; at the {plist} price{why(plist)}"
+    return "; " + ", ".join(f"{n:,} at the {p} price{why(p)}" for p, n in priced.items())
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -238,6 +257,7 @@ class StatsCollector:
         self._providers = array("d")
         self._lanes: Counter[str] = Counter()
         self._lane_costs: dict[str, float] = {}
+        self._priced: dict[str, Counter[str]] = {}
         self._cache_read = 0
         self._cache_write = 0
         self._cache_saved: float | None = None
@@ -267,7 +287,8 @@ class StatsCollector:
                     cost = self.pricer.cost(result.response)
                 self.add_cost(result.response.model, cost)
                 tier = served_tier(result.response)
-                self.add_lane(lane_of(result.response.batch_api, tier), cost)
+                lane = lane_of(result.response.batch_api, tier)
+                self.add_lane(lane, cost, result.price_list)
         else:
             self._failed.append(result.id)
             self._errors[error_code(result.error)] += 1
@@ -313,11 +334,14 @@ class StatsCollector:
             if cost is not None:  # paid, though no answer: still money spent
                 self.add_cost(model, cost)
 
-    def add_lane(self, lane: str, cost: float | None) -> None:
-        """Count one answer under the lane that gave it (`llmbatch.tiers.lane_of`)."""
+    def add_lane(self, lane: str, cost: float | None, priced_as: str | None = None) -> None:
+        """Count one answer under the lane that gave it (`llmbatch.tiers.lane_of`), and the
+        price list that priced it when the answer says (flex and priority answers)."""
         self._lanes[lane] += 1
         if cost is not None:
             self._lane_costs[lane] = self._lane_costs.get(lane, 0.0) + cost
+        if priced_as is not None:
+            self._priced.setdefault(lane, Counter())[priced_as] += 1
 
     def add_line(
         self,
@@ -335,9 +359,12 @@ class StatsCollector:
         cached_prompt_tokens: int = 0,
         cache_write_tokens: int = 0,
         cache_saved: float | None = None,
+        lane: str = "",
+        priced_as: str | None = None,
     ) -> None:
         """`add_values`, positional: the form a reader of millions of lines calls (no keyword
-        parsing per line). `wait` is None for a line without timing (`provider` is ignored)."""
+        parsing per line). `wait` is None for a line without timing (`provider` is ignored).
+        `lane`: the lane that answered ("" if not known: not counted by lane)."""
         if wait is not None and attempts:
             self._waits.append(wait)
             self._providers.append(provider)
@@ -356,6 +383,8 @@ class StatsCollector:
                 self._unpriced += 1
             else:
                 self._costs[model] = self._costs.get(model, 0.0) + cost
+            if lane:
+                self.add_lane(lane, cost, priced_as)
         else:
             self._failed.append(request_id)
             self._errors[error_type] += 1
@@ -419,6 +448,7 @@ class StatsCollector:
             unpriced_count=self._unpriced,
             answers_by_lane=dict(self._lanes.most_common()),
             cost_by_lane=dict(self._lane_costs),
+            priced_by_lane={lane: dict(n.most_common()) for lane, n in self._priced.items()},
             cached_prompt_tokens=self._cache_read,
             cache_write_tokens=self._cache_write,
             cache_saved=self._cache_saved,

@@ -38,6 +38,9 @@ __all__ = [
     "FLEX",
     "FLEX_CONCURRENCY_FACTOR",
     "FLEX_TIMEOUT",
+    "FLEX_WORKERS_FACTOR",
+    "LANES",
+    "PRIORITY",
     "SERVICE_TIERS",
     "TierPolicy",
     "lane_of",
@@ -50,14 +53,22 @@ __all__ = [
 
 FLEX = "flex"
 DEFAULT = "default"
+PRIORITY = "priority"
 # What `service_tier` (the run's setting) may be. "auto" is llmbatch's: flex first, then the
 # standard tier for a request flex keeps refusing (it is sent as "flex", never as OpenAI's
 # own "auto", which means "the project's default tier").
 SERVICE_TIERS = ("flex", "default", "priority", "auto")
+# The lanes an answer comes by (`lane_of`), which are also the price lists that price it
+# (`llmbatch.pricing`): a provider batch, or a service tier.
+LANES = ("standard", "batch", "flex", "priority")
 FLEX_TIMEOUT = 900.0  # seconds: OpenAI's advice for flex requests
-# A deadline run that finishes late batches through flex runs this many times the
-# concurrency: flex answers slower, and a refused request waits in its worker.
+# A deadline run that finishes late batches through flex keeps this many times the
+# concurrency in flight: flex answers slower (the rate limits still pace it).
 FLEX_CONCURRENCY_FACTOR = 4
+# ... and has this many times the concurrency in workers: a refused request waits in its
+# worker without holding an attempt's slot (`EngineConfig.max_in_flight`), and when flex
+# refuses most requests, most of the lane's time is such waits.
+FLEX_WORKERS_FACTOR = 16
 DEFAULT_MAX_REFUSALS = 3
 URGENT_POLL = 0.5  # seconds between looks at `urgent` while a refused request waits
 DEFAULT_MAX_WAIT = 3600.0  # seconds of capacity refusals, in all, before one is final

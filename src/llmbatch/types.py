@@ -239,6 +239,34 @@ class Timing:
     attempts: tuple[tuple[float, float, Outcome], ...] = ()
 
 
+# The slots' own setters: a frozen dataclass's `__init__` goes through `object.__setattr__`
+# once per field, twice as slow, and the engine makes one `Timing` per request.
+_TIMING_SETTERS = tuple(
+    Timing.__dict__[name].__set__
+    for name in ("started_at", "finished_at", "wait", "provider", "backoff", "attempts")
+)
+
+
+def make_timing(
+    started_at: float,
+    finished_at: float,
+    wait: float,
+    provider: float,
+    backoff: float,
+    attempts: tuple[tuple[float, float, Outcome], ...],
+) -> Timing:
+    """`Timing(...)` for the engine's hot path: the same frozen object, built faster."""
+    timing: Timing = object.__new__(Timing)
+    s0, s1, s2, s3, s4, s5 = _TIMING_SETTERS
+    s0(timing, started_at)
+    s1(timing, finished_at)
+    s2(timing, wait)
+    s3(timing, provider)
+    s4(timing, backoff)
+    s5(timing, attempts)
+    return timing
+
+
 @dataclass(slots=True)
 class BatchResult:
     """The outcome of one request: exactly one of `response` and `error` is set.
@@ -273,6 +301,9 @@ class BatchResult:
     # USD the answer cost less thanks to the provider's prompt cache (negative: a cache
     # write cost more than it saved), set where prices are known.
     cache_saved: float | None = None
+    # The price list that priced a flex or priority answer (`Pricer.price_list`): "flex" or
+    # "batch", "priority" or "standard"; None for the others (their lane says it).
+    price_list: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -21,9 +21,17 @@ A deadline already past, or so near that the watcher would switch at once, creat
 every request goes realtime from the start (batches a crashed run left are cancelled).
 
 `tier`: the service tier realtime lines ask for. With "flex" (OpenAI's: the batch price,
-answered in the same request), late lines finish through flex while the deadline allows it,
-and through the default tier once realtime must start on all of its work at once
-(`flex_urgent`, which the engine's `TierPolicy.urgent` also asks when flex refuses a line).
+answered in the same request), a batch moved to flex costs nothing more, so flex does not
+wait for the deadline's switch: once every request is in a batch, a batch (the last created)
+moves to flex whenever flex is about to run out of work, timed by what flex really does
+(`flex_capacity`: time from admission to answer, refusal waits included, and its measured
+throughput). Late lines finish through flex while the deadline allows it, and through the
+default tier once realtime must start on all of its work at once (`flex_urgent`, which the
+engine's `TierPolicy.urgent` also asks when flex refuses a line).
+
+The realtime estimate (`current_capacity`) uses the latency seen and the throughput the
+default tier was seen to reach while it had more work than workers (`ThroughputMeter`): a
+client short of CPU shows there, and the switch comes earlier.
 
 Exactly once: the first final result of an id is the one passed to `on_result`; an answer
 that arrives later from the other path (a batch line finished just before its cancel took
@@ -44,13 +52,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from ..deadline import DeadlinePolicy, RealtimeCapacity, Work
+from ..deadline import DeadlinePolicy, RealtimeCapacity, ThroughputMeter, Work
 from ..engine import Engine
 from ..errors import BatchAPIError, InvalidOutputError
 from ..io.sink import is_unfinished
 from ..pricing import DEFAULT_WORST_OUTPUT_TOKENS
 from ..text import chars_to_tokens
-from ..tiers import DEFAULT, FLEX, with_tier
+from ..tiers import DEFAULT, FLEX, served_tier, with_tier
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from .ledger import ChunkRecord
 from .runner import BatchAPIRunner, is_redoable
@@ -113,6 +121,7 @@ class DeadlineRunner:
         on_duplicate: Callable[[BatchResult], None] | None = None,
         listeners: Iterable[Callable[[Switched], None]] = (),
         tier: str | None = None,
+        feed_flex: bool = True,
     ) -> None:
         self.batches = batches
         self.engine = engine
@@ -125,11 +134,14 @@ class DeadlineRunner:
         self.listeners = list(listeners)
         # The service tier realtime lines ask for; "flex": flex while the deadline allows it.
         self.tier = tier
+        # Flex may take batches before the deadline needs it (it costs no more than a batch).
+        self.feed_flex = feed_flex
         self.duplicates: list[str] = []
         self.switched: Switched | None = None
         # Requests not yet final in this run, with their estimated work.
         self._open: dict[str, Work] = {}
         self._open_work = Work()
+        self._unread = Work()  # of the `total` given to `run`, what the runner has not read
         self._realtime: set[str] = set()  # ids sent (or queued) realtime
         self._realtime_work = Work()  # of those, the ones still open
         self._final: set[str] = set()
@@ -137,6 +149,19 @@ class DeadlineRunner:
         self._realtime_done = 0
         self._latency_sum = 0.0
         self._latency_n = 0
+        # Flex answers: seconds each held its worker (refusal waits included), and the
+        # throughput of each lane while it had work to spare (`ThroughputMeter`).
+        self._flex_hold_sum = 0.0
+        self._flex_hold_n = 0
+        # Requests the engine holds at once (its workers; `capacity.concurrency` counts the
+        # attempts in flight, fewer when waits for flex hold no attempt's slot).
+        self._workers = max(capacity.concurrency, engine.config.workers)
+        least = max(64, 2 * self._workers)  # a few waves of answers, not one
+        self._meters = {
+            FLEX: ThroughputMeter(min_count=least),
+            DEFAULT: ThroughputMeter(min_count=least),
+        }
+        self._submitted = False  # every request went to a batch (or realtime)
         self._redo: set[str] = set()  # expired / retryable batch lines, to send realtime
         self._switching = False  # from now on every batch error goes realtime
         self._cancelled: set[str] = set()  # batch ids asked to cancel
@@ -159,11 +184,28 @@ class DeadlineRunner:
         )
 
     def current_capacity(self) -> RealtimeCapacity:
-        """The configured capacity, with the latency seen so far once there is some."""
+        """The configured capacity, with the latency seen so far once there is some, and the
+        throughput the default tier was seen to reach (a client short of CPU, a limit not
+        given): what realtime can do when everything must go at the default tier."""
+        capacity = self.capacity
         if self._latency_n >= PROBES:
             latency = self._latency_sum / self._latency_n
-            return dataclasses.replace(self.capacity, latency=latency)
-        return self.capacity
+            capacity = dataclasses.replace(capacity, latency=latency)
+        if (rate := self._meters[DEFAULT].rate) is not None:
+            capacity = dataclasses.replace(capacity, throughput=rate)
+        return capacity
+
+    def flex_capacity(self) -> RealtimeCapacity:
+        """What the flex lane does: each request holds its worker for its refusals' waits
+        too (the time from its admission to its answer, seen so far), at the throughput the
+        lane was seen to reach."""
+        capacity = dataclasses.replace(
+            self.current_capacity(), concurrency=self._workers, throughput=self._meters[FLEX].rate
+        )
+        if self._flex_hold_n >= PROBES:
+            hold = self._flex_hold_sum / self._flex_hold_n
+            capacity = dataclasses.replace(capacity, latency=max(hold, capacity.latency or 0.0))
+        return capacity
 
     async def run(
         self,
@@ -186,6 +228,9 @@ class DeadlineRunner:
         if self.policy.prefer == "speed" and total is None:
             raise ValueError('prefer="speed" needs the total work (total=Work(...))')
         self._on_result = on_result
+        # What the batch runner has not read yet (it stops reading while a chunk waits for
+        # room under the enqueued-token limit): late work too, if no batch takes it in time.
+        self._unread = Work() if total is None else total
         kept: dict[str, BatchRequest] | None = None if reread is not None else {}
         to_realtime: asyncio.Queue[BatchRequest | None] = asyncio.Queue()
         quota = probes = 0
@@ -205,9 +250,12 @@ class DeadlineRunner:
         def feed() -> Iterator[BatchRequest]:
             nonlocal quota
             for item in requests:
-                if done(item.id) or item.id in self._open or item.id in self._final:
+                if done(item.id):
                     continue
                 work = estimate_work(item.request)
+                self._unread -= work
+                if item.id in self._open or item.id in self._final:
+                    continue
                 self._open[item.id] = work
                 self._open_work += work
                 if kept is not None:
@@ -217,6 +265,7 @@ class DeadlineRunner:
                     self._send(item, to_realtime)
                     continue
                 yield item
+            self._submitted = True  # every request is in a batch, or with realtime
 
         source: Iterator[BatchRequest] = feed()
         if probes:
@@ -312,8 +361,8 @@ class DeadlineRunner:
         all that is open (realtime's own queue shares its pace); with "speed" what is in
         batches (the realtime share was sized to fill the time on its own)."""
         if self.policy.prefer == "cost":
-            return self._open_work
-        return self._open_work - self._realtime_work
+            return self._open_work + self._unread
+        return self._open_work - self._realtime_work + self._unread
 
     def _should_switch(self) -> bool:
         """True once the work still in batches must start leaving them: realtime would need
@@ -323,14 +372,15 @@ class DeadlineRunner:
     def _must_switch_all(self) -> bool:
         """True once realtime must start on all the late work now: no time is left to wait
         for a cancel to return what a batch finished."""
-        if (self._open_work - self._realtime_work).requests <= 0:
+        if (self._open_work - self._realtime_work + self._unread).requests <= 0:
             return False  # nothing left in batches to move
         need = self.current_capacity().seconds(self._late_work())
         return self.clock() >= self.policy.start_by(need)
 
     def _realtime_short(self) -> bool:
         """True when realtime's queue holds less than a cancel's lead of work."""
-        return self.current_capacity().seconds(self._realtime_work) <= self._cancel_lead()
+        capacity = self.flex_capacity() if self._flex_lane() else self.current_capacity()
+        return capacity.seconds(self._realtime_work) <= self._cancel_lead()
 
     def _cancel_lead(self) -> float:
         """Seconds from a cancel to the lines it gives back: the slowest cancel seen in this
@@ -366,6 +416,10 @@ class DeadlineRunner:
             return
         self._release()
         if not self._should_switch():
+            if self._feeds_flex():
+                # Flex answers at the batch price: a batch moved to it costs nothing more,
+                # and flex left idle is capacity lost to the late work to come.
+                await self._move_batches(self.flex_capacity())
             return
         if not self._switching:
             self._switching = True  # from now on every batch error goes realtime
@@ -374,7 +428,22 @@ class DeadlineRunner:
                 self._send(item, queue)
             covered = self._covered()
             self._send_open(queue, kept, reread, only=set(self._open).difference(covered))
-        capacity = self.current_capacity()
+        await self._move_batches(
+            self.flex_capacity() if self._flex_lane() else self.current_capacity()
+        )
+
+    def _flex_lane(self) -> bool:
+        """True while realtime lines go to flex (the run's tier, the deadline not urgent)."""
+        return self.tier == FLEX and not self.flex_urgent()
+
+    def _feeds_flex(self) -> bool:
+        """True when flex may take batches before the deadline asks for it: every request
+        is in a batch (or with realtime) and flex is not urgent."""
+        return self.feed_flex and self._submitted and self._flex_lane()
+
+    async def _move_batches(self, capacity: RealtimeCapacity) -> None:
+        """Move live batches to realtime, the last created first, until realtime (at
+        `capacity`) has work until a cancel made now could give lines back."""
         # The lines of batches still cancelling, or back and waiting for a pass over the
         # input, are realtime's work too, soon.
         coming = sum((work for _, work in self._moving.values()), self._realtime_work)
@@ -467,7 +536,7 @@ class DeadlineRunner:
     ) -> None:
         """Move everything open to realtime at once."""
         now = self.clock()
-        moving = self._open_work - self._realtime_work
+        moving = self._open_work - self._realtime_work + self._unread
         needed = self.current_capacity().seconds(moving)
         self._switching = self._all_moved = True
         self.batches.halt()
@@ -585,6 +654,13 @@ class DeadlineRunner:
             answered = calls[-1][1] if calls else result.timing.provider / result.attempts
             self._latency_sum += answered
             self._latency_n += 1
+            lane = FLEX if served_tier(result.response) == FLEX else DEFAULT
+            if lane == FLEX:
+                self._flex_hold_sum += result.duration
+                self._flex_hold_n += 1
+            # Saturated: more open realtime requests than the engine keeps in flight.
+            left = self._realtime_work.requests - (result.id in self._realtime)
+            self._meters[lane].finished(self.clock(), saturated=left >= self._workers)
         self._realtime_done += 1
         self._finish(result)
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..io.journal import journal_stats
-from ..stats import BatchStats
+from ..stats import BatchStats, price_note
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 __all__ = ["add_parser", "main", "stats_table"]
@@ -88,7 +88,8 @@ def cost_rows(stats: BatchStats) -> list[tuple[str, str]]:
             share = 100.0 * n / max(1, stats.success_count)
             spent = stats.cost_by_lane.get(lane)
             money = "" if spent is None else f", ${spent:,.6f}"
-            rows.append((f"lane: {lane}", f"{n:,} answers ({share:.1f}%{money})"))
+            note = price_note(lane, stats.priced_by_lane.get(lane))
+            rows.append((f"lane: {lane}", f"{n:,} answers ({share:.1f}%{money}){note}"))
     if stats.unpriced_count:
         rows.append(("unpriced", f"{stats.unpriced_count:,} (no price known for their model)"))
     if stats.cached_prompt_tokens or stats.cache_write_tokens:

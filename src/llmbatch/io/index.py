@@ -4,7 +4,9 @@
         entry.line, entry.custom_id, entry.ok, entry.money, entry.duration, ...
 
 `OUT.idx` holds one small binary record per line of the output (the journal): where the line
-is, a CRC-32 of its bytes, its id, status, money and the numbers `llmbatch stats` counts. The
+is, a CRC-32 of its bytes, its id, status, money, the lane that answered it (batch, flex,
+standard, priority) and the price list that priced it, and the numbers `llmbatch stats`
+counts. The
 journal appends records as its lines are fsynced (`IndexWriter`), never before, so the index
 never claims a line that is not on disk.
 
@@ -21,6 +23,10 @@ index is rebuilt from the journal. A missing or unreadable index is simply rebui
 Records are written only by the holder of the output's lock (a run); readers (`stats`,
 `plan -o`, `report`) read the index and the journal's tail without writing, so an output
 written by an older version is read line by line until its next run builds its index.
+
+The header's magic names the record format (`LLMBIDX4`: lanes and price lists in the flags
+word). An index of another format names no journal this version reads: it is read past (the
+journal decoded) and, by a run, rebuilt, so an older index is never taken for lanes it lacks.
 
 The header also carries a summary (journal bytes and lines covered, lines that repeated an
 id), updated after each flush: when it says no id repeats and covers the whole journal,
@@ -39,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..tiers import LANES
 from .line import ResultLine
 
 __all__ = [
@@ -52,24 +59,31 @@ __all__ = [
     "header",
     "ids",
     "index_path",
+    "lane_name",
+    "price_list",
     "record",
     "set_summary",
     "summary",
 ]
 
-_MAGIC = b"LLMBIDX3"
+_MAGIC = b"LLMBIDX4"
 # magic, journal st_dev, journal st_ino; then a summary the writer keeps up to date after
 # each flush: journal bytes covered, lines covered, lines that repeated an id (UNKNOWN when
 # not counted). The summary is a hint: a reader only uses it after checking it.
 _HEADER = struct.Struct("<8sQQQQQ")
 _IDENTITY = 24  # bytes of the header that name the journal
 UNKNOWN = (1 << 64) - 1
-# crc of the rest | var length | flags | line start | line length | line crc | attempts |
-# duration, wait, provider, cost, extra cost | prompt, completion, cached (read from the
-# prompt cache), cache-write tokens | USD the prompt cache saved; then the model, the error
-# code (one length byte each) and the id (the rest).
-_REC = struct.Struct("<IIBxxxQIIIdddddqqqqd")
+# crc of the rest | var length | flags (bits 0-7), lane (8-15), price list (16-23) | line
+# start | line length | line crc | attempts | duration, wait, provider, cost, extra cost |
+# prompt, completion, cached (read from the prompt cache), cache-write tokens | USD the
+# prompt cache saved; then the model, the error code (one length byte each), the lane's
+# name when it is none of `LANES` (a length byte, then the name), and the id (the rest).
+_REC = struct.Struct("<IIIQIIIdddddqqqqd")
 _OK, _RESULT, _CACHED, _BATCH = 1, 2, 4, 8
+# Lane and price-list codes: the position in LANES, from 1 (0: not a result line, or not
+# recorded); _NAMED: another tier, named in the record.
+_CODES = {lane: n for n, lane in enumerate(LANES, 1)}
+_NAMED = 0xFF
 _NAN = math.nan
 _READ = 1 << 20
 
@@ -108,6 +122,8 @@ class Entry:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     cache_saved: float | None = None
+    lane: str = ""  # `llmbatch.tiers.lane_of`: batch, flex, standard, priority, or a tier
+    priced_as: str | None = None  # the price list of a flex or priority answer, if recorded
 
     @property
     def is_result(self) -> bool:
@@ -130,15 +146,22 @@ def record(line: ResultLine | Entry | None, start: int, raw: bytes) -> bytes:
     else:
         model = line.model.encode()[:255]
         code = (line.code or "").encode()[:255]
+        lane = _CODES.get(line.lane, _NAMED)
+        named = b""
+        if lane == _NAMED:
+            name = line.lane.encode()[:255]
+            named = bytes((len(name),)) + name
         var = (
             bytes((len(model),))
             + model
             + bytes((len(code),))
             + code
+            + named
             + line.custom_id.encode("utf-8", "surrogatepass")
         )
         flags = _RESULT | (_OK if line.ok else 0)
         flags |= (_CACHED if line.cached else 0) | (_BATCH if line.batch_api else 0)
+        flags |= lane << 8 | _CODES.get(line.priced_as or "", 0) << 16
         fields = (
             min(max(line.attempts, 0), 0xFFFF_FFFF),
             line.duration,
@@ -169,6 +192,31 @@ def _opt(value: float) -> float | None:
     return None if value != value else value
 
 
+def _id_at(var: bytes, flags: int) -> int:
+    """Where the id starts in a result record's variable part."""
+    m = var[0]
+    at = 2 + m + var[1 + m]
+    if flags >> 8 & 0xFF == _NAMED:
+        at += 1 + var[at]
+    return at
+
+
+def lane_name(var: bytes, flags: int) -> str:
+    """The lane of a result record: its code's, or the name it carries."""
+    code = flags >> 8 & 0xFF
+    if code == _NAMED:
+        m = var[0]
+        at = 2 + m + var[1 + m]
+        return var[at + 1 : at + 1 + var[at]].decode(errors="replace")
+    return LANES[code - 1] if 0 < code <= len(LANES) else ""
+
+
+def price_list(flags: int) -> str | None:
+    """The price list a result record says priced it (None: not recorded)."""
+    code = flags >> 16 & 0xFF
+    return LANES[code - 1] if 0 < code <= len(LANES) else None
+
+
 def _entry(n: int, rec: tuple[Any, ...], var: bytes) -> Entry:
     (_, _, flags, start, length, _, attempts, duration, wait, provider, cost, extra, pt, ct) = rec[
         :14
@@ -197,7 +245,7 @@ def _entry(n: int, rec: tuple[Any, ...], var: bytes) -> Entry:
     model = var[1 : 1 + m].decode(errors="replace")
     c = var[1 + m]
     code = var[2 + m : 2 + m + c].decode(errors="replace")
-    cid = var[2 + m + c :].decode("utf-8", "surrogatepass")
+    cid = var[_id_at(var, flags) :].decode("utf-8", "surrogatepass")
     return Entry(
         n,
         start,
@@ -219,6 +267,8 @@ def _entry(n: int, rec: tuple[Any, ...], var: bytes) -> Entry:
         rec[14],
         rec[15],
         _opt(rec[16]),
+        lane_name(var, flags),
+        price_list(flags),
     )
 
 
@@ -283,8 +333,7 @@ def ids(
             continue
         cost, extra = rec[10], rec[11]
         money = (0.0 if cost != cost else cost) + (0.0 if extra != extra else extra)
-        m = var[0]
-        cid = var[2 + m + var[1 + m] :].decode("utf-8", "surrogatepass")
+        cid = var[_id_at(var, flags) :].decode("utf-8", "surrogatepass")
         yield n, cid, bool(flags & 1), money, rec[3], rec[4]
 
 

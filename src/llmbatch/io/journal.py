@@ -57,12 +57,15 @@ from .index import (
     Entry,
     IndexWriter,
     StaleIndex,
+    _id_at,
     _scan,
     entries,
     expected_lines,
     header,
     ids,
     index_path,
+    lane_name,
+    price_list,
     record,
     set_summary,
     summary,
@@ -272,22 +275,24 @@ def _superseded(path: str | Path) -> set[int]:
 
 def _stats(lines: Iterator[tuple[int, tuple[Any, ...], bytes]], superseded: set[int]) -> BatchStats:
     """The stats of raw index records (`_scan`'s), the hot loop of `llmbatch stats`: fields
-    are read from the record tuple, the strings decoded once each (few models and codes)."""
+    are read from the record tuple, the strings decoded once each (few models, codes, lanes
+    and price lists)."""
     collector = StatsCollector()
     add, add_cost = collector.add_line, collector.add_cost
-    texts: dict[bytes, tuple[str, str]] = {}
+    texts: dict[tuple[bytes, int], tuple[str, str, str, str | None]] = {}
     for n, rec, var in lines:
         flags = rec[2]
         if not flags & 2:  # not a result line
             continue
-        m = var[0]
-        head = var[: 2 + m + var[1 + m]]
-        found = texts.get(head)
+        at = _id_at(var, flags)
+        key = (var[:at], flags >> 8)
+        found = texts.get(key)
         if found is None:
+            m = var[0]
             model = var[1 : 1 + m].decode(errors="replace")
-            code = var[2 + m : len(head)].decode(errors="replace")
-            found = texts[head] = (model, code)
-        model, code = found
+            code = var[2 + m : 2 + m + var[1 + m]].decode(errors="replace")
+            found = texts[key] = (model, code, lane_name(var, flags), price_list(flags))
+        model, code, lane, priced = found
         cost, extra = rec[10], rec[11]
         if extra == extra:  # not NaN: the line carries what removed lines cost
             cost = (0.0 if cost != cost else cost) + extra
@@ -298,7 +303,7 @@ def _stats(lines: Iterator[tuple[int, tuple[Any, ...], bytes]], superseded: set[
             continue
         wait, provider, pt, ct, saved = rec[8], rec[9], rec[12], rec[13], rec[16]
         add(
-            var[len(head) :].decode("utf-8", "surrogatepass") if not flags & 1 else "",
+            var[at:].decode("utf-8", "surrogatepass") if not flags & 1 else "",
             rec[7],
             rec[6],
             None if flags & 1 else code,
@@ -312,6 +317,8 @@ def _stats(lines: Iterator[tuple[int, tuple[Any, ...], bytes]], superseded: set[
             rec[14] if rec[14] > 0 else 0,
             rec[15] if rec[15] > 0 else 0,
             None if saved != saved else saved,
+            lane,
+            priced,
         )
     return collector.snapshot()
 

@@ -9,6 +9,8 @@ One line per final result, in the OpenAI Batch output format with an `llmbatch` 
     {"id": "batch_req_...", "custom_id": "...", "response": {"status_code", "request_id",
      "body"}, "error": null | {"code", "message"}, "llmbatch": {"duration", "attempts",
      "cached", "usage", and where they apply "batch_api", "service_tier", "cost" (USD),
+     "priced_as" (the price list of a flex or priority answer: "flex" or "batch",
+     "priority" or "standard"),
      "extra_cost" (USD paid for lines of the id that compaction removed), "cache_saved"
      (USD the provider's prompt cache saved), "parsed", and the
      timing: "started_at", "finished_at" (Unix seconds), "wait", "provider", "backoff"
@@ -32,7 +34,7 @@ import orjson
 
 from ..errorlog import redact
 from ..errors import error_code
-from ..tiers import served_tier
+from ..tiers import lane_of, served_tier
 from ..types import BatchResult, Timing
 
 __all__ = ["ResultLine", "timing_fields", "with_money"]
@@ -124,6 +126,18 @@ class ResultLine:
         """The service tier the reply says served it (flex, default, ...), if it said."""
         tier = self._meta.get("service_tier")
         return tier if isinstance(tier, str) else None
+
+    @property
+    def lane(self) -> str:
+        """The lane that answered it (`llmbatch.tiers.lane_of`): batch, flex, standard, ..."""
+        return lane_of(self.batch_api, self.service_tier)
+
+    @property
+    def priced_as(self) -> str | None:
+        """The price list that priced a flex or priority answer ("flex" or "batch";
+        "priority" or "standard"), if the line says."""
+        found = self._meta.get("priced_as")
+        return found if isinstance(found, str) else None
 
     def _usage(self, key: str) -> int | None:
         usage = self._meta.get("usage")
@@ -261,6 +275,8 @@ class ResultLine:
             error = {"code": error_code(err), "message": redact(f"{type(err).__name__}: {err}")}
         if result.cost is not None:
             meta["cost"] = round(result.cost, 10)
+            if result.price_list is not None:
+                meta["priced_as"] = result.price_list
         if result.cache_saved is not None:
             meta["cache_saved"] = round(result.cache_saved, 10)
         if result.timing is not None:

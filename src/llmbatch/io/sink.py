@@ -217,7 +217,14 @@ class ResultSink:
         elif isinstance(last, CompletionResponse):  # made elsewhere: the last one only
             replies.append(last)
         model = request.model if request is not None else None
-        costs = [c for r in replies if (c := self.pricer.cost(r, model)) is not None]
+        costs = []
+        for reply in replies:
+            found = self.pricer.priced(reply, model)
+            if found is None:
+                continue
+            costs.append(found[0])
+            if reply is result.response:
+                result.price_list = found[1]  # a tier's answer: which price list priced it
         return math.fsum(costs) if costs else None
 
     def count_duplicate(self, result: BatchResult) -> None:

@@ -35,19 +35,27 @@ from ..batch_api import (
     ledger_paths,
 )
 from ..batch_api.hybrid import DeadlineRunner, Switched, estimate_work
+from ..breaker import Outage
 from ..budget import Budget
 from ..clients import ClientSpec
 from ..clients.provider import ProviderClient
 from ..deadline import Work, assumed_latency, split_size
 from ..engine import Concurrency, Engine, EngineConfig
 from ..errors import InvalidOutputError, LLMBatchError, TruncatedReplyError
+from ..events import ProviderOutage
 from ..io.sink import ResultSink
 from ..limiter import RateLimiter
 from ..metrics import MetricsListener
-from ..pricing import Pricer
+from ..pricing import Pricer, flex_costs_no_more
 from ..replies import ReplyPolicy, ReplyTries
 from ..retry import RetryPolicy
-from ..tiers import FLEX_CONCURRENCY_FACTOR, TierPolicy, tier_policy, wire_tier
+from ..tiers import (
+    FLEX_CONCURRENCY_FACTOR,
+    FLEX_WORKERS_FACTOR,
+    TierPolicy,
+    tier_policy,
+    wire_tier,
+)
 from ..types import BatchRequest, BatchResult
 from .capacity import capacity_of, deadline_policy
 from .config import RunConfig
@@ -123,8 +131,10 @@ class Context:
         replies: ReplyPolicy | None = None,
         tiers: TierPolicy | None = None,
         concurrency: Concurrency | None = None,
+        in_flight: int | None = None,
     ) -> Engine:
-        """The realtime engine of the run, as its config says."""
+        """The realtime engine of the run, as its config says (`concurrency` workers, at
+        most `in_flight` of them in an attempt)."""
         config = self.config
         listeners: list[Any] = [self.sink]
         if self.metrics is not None:
@@ -141,6 +151,7 @@ class Context:
                 budget=self.budget,
                 replies=replies or self.replies,
                 tiers=tiers or tier_policy(config.service_tier),
+                max_in_flight=in_flight,
             ),
         )
         if self.metrics is not None:
@@ -153,6 +164,7 @@ class Context:
             config.output,
             max_requests=config.batch_max_requests,
             max_tokens=config.batch_max_tokens,
+            enqueued_tokens=config.batch_enqueued_tokens,
             poll_interval=config.poll_interval,
             keep_files=config.keep_files,
             listeners=[self.emit],
@@ -300,6 +312,7 @@ class RayExecutor:
                             limiter,
                             ray_config,
                             on_results=ready.put_nowait,
+                            on_outages=self._outages,
                         )
                 except TimeoutError:
                     pass  # what was not written is counted by the sink as unfinished
@@ -325,6 +338,16 @@ class RayExecutor:
 
     def held(self) -> list[BatchResult]:
         return []
+
+    def _outages(self, outages: list[Outage]) -> None:
+        """The cluster breaker's outages, to the listeners a local engine reports them to."""
+        listeners: list[Any] = [self.context.sink]
+        if self.context.metrics is not None:
+            listeners.append(self.context.metrics)
+        for outage in outages:
+            event = ProviderOutage(outage, time.monotonic())
+            for listener in listeners:
+                listener(event)
 
 
 async def _cluster_gauges(limiter: Any, metrics: Any, every: float = 1.0) -> None:
@@ -444,26 +467,29 @@ class DeadlineExecutor:
             context.batch_config(),
             max_requests=split_size(total.requests, config.batch_max_requests),
         )
-        tiers, concurrency = None, config.concurrency
+        tiers, concurrency, in_flight = None, config.concurrency, None
         if config.service_tier is not None:
             # Flex waits out refusals only while the deadline allows (`flex_urgent`).
             tiers = dataclasses.replace(
                 tier_policy(config.service_tier), urgent=lambda: runner.flex_urgent()
             )
         if config.service_tier in ("flex", "auto") and isinstance(concurrency, int):
-            # Flex answers slower and a refused request waits in its worker: the same pace
-            # needs more requests in flight (the rate limits still pace them).
-            concurrency *= FLEX_CONCURRENCY_FACTOR
-            capacity = dataclasses.replace(capacity, concurrency=concurrency)
+            # Flex answers slower: the same pace needs more requests in flight (the rate
+            # limits still pace them); and a refused request waits in its worker, so there
+            # are more workers still, which hold no attempt's slot while they wait.
+            in_flight = concurrency * FLEX_CONCURRENCY_FACTOR
+            concurrency *= FLEX_WORKERS_FACTOR
+            capacity = dataclasses.replace(capacity, concurrency=in_flight)
         self.runner = runner = DeadlineRunner(
             BatchAPIRunner(context.client, batches),
-            context.engine(tiers=tiers, concurrency=concurrency),
+            context.engine(tiers=tiers, concurrency=concurrency, in_flight=in_flight),
             policy,
             capacity,
             check_interval=min(config.poll_interval, 5.0),
             on_duplicate=context.sink.count_duplicate,
             listeners=[context.emit],
             tier=None if config.service_tier is None else wire_tier(config.service_tier),
+            feed_flex=flex_costs_no_more(context.sink.pricer, config.model),
         )
         ready: asyncio.Queue[BatchResult | None] = asyncio.Queue()
 

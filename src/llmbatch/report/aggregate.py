@@ -30,7 +30,6 @@ from typing import Any
 
 from ..io.journal import superseded_lines
 from ..io.line import ResultLine
-from ..tiers import lane_of
 
 __all__ = ["BINS_PER_DECADE", "MAX_BUCKETS", "TOP_N", "aggregate"]
 
@@ -55,6 +54,7 @@ class _Line:
     cached: bool
     batch_api: bool
     lane: str  # `llmbatch.tiers.lane_of`: batch, flex, standard, priority
+    priced_as: str | None  # the price list of a flex or priority answer, if it says
     duration: float
     attempts: int
     tokens_in: int
@@ -215,7 +215,8 @@ def _parse(raw: bytes) -> _Line | None:
         message=line.message[:MAX_MESSAGE],
         cached=line.cached,
         batch_api=line.batch_api,
-        lane=lane_of(line.batch_api, line.service_tier),
+        lane=line.lane,
+        priced_as=line.priced_as,
         duration=line.duration,
         attempts=line.attempts,
         tokens_in=line.prompt_tokens or 0,
@@ -236,6 +237,8 @@ class _Aggregator:
     def __init__(self) -> None:
         self.requests = self.ok = self.failed = self.cached = self.batch_api = 0
         self.lanes: Counter[str] = Counter()  # answers per lane
+        self.lane_costs: dict[str, float] = {}
+        self.priced: dict[str, Counter[str]] = {}  # lane -> answers per price list
         self.attempts = self.tokens_in = self.tokens_out = 0
         self.cost: float | None = None
         self.cache_read = 0
@@ -266,6 +269,10 @@ class _Aggregator:
         if line.ok:
             self.ok += 1
             self.lanes[line.lane] += 1
+            if line.cost is not None:
+                self.lane_costs[line.lane] = self.lane_costs.get(line.lane, 0.0) + line.cost
+            if line.priced_as is not None:
+                self.priced.setdefault(line.lane, Counter())[line.priced_as] += 1
             self.cached += line.cached
             self.tokens_in += line.tokens_in
             self.tokens_out += line.tokens_out
@@ -346,6 +353,8 @@ class _Aggregator:
             "cached": self.cached,
             "batch_api": self.batch_api,
             "answers_by_lane": dict(self.lanes.most_common()),
+            "cost_by_lane": dict(self.lane_costs),
+            "priced_by_lane": {lane: dict(n.most_common()) for lane, n in self.priced.items()},
             "attempts": self.attempts,
             "retries": sum((n - 1) * c for n, c in self.attempts_per_request.items() if n > 1),
             "tokens_in": self.tokens_in,

@@ -24,6 +24,7 @@ import orjson
 
 from ..durations import format_duration
 from ..metrics import MissingExtraError
+from ..stats import price_note
 
 __all__ = ["figures", "render", "summary_rows"]
 
@@ -255,7 +256,14 @@ def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
         rows.insert(4, ["via batch API", f"{s['batch_api']:,}"])
     lanes = s.get("answers_by_lane") or {}
     if lanes and set(lanes) != {"standard"}:
-        by_lane = ", ".join(f"{lane} {n:,}" for lane, n in lanes.items())
+        costs, priced = s.get("cost_by_lane") or {}, s.get("priced_by_lane") or {}
+
+        def lane_cell(lane: str, n: int) -> str:
+            if lane not in costs:
+                return f"{lane} {n:,}"
+            return f"{lane} {n:,} (${costs[lane]:,.4f}{price_note(lane, priced.get(lane))})"
+
+        by_lane = ", ".join(lane_cell(lane, n) for lane, n in lanes.items())
         rows.insert(4, ["answers by lane", by_lane])
     if s.get("cached_prompt_tokens"):
         saved = s.get("cache_saved_usd")

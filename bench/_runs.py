@@ -1,0 +1,89 @@
+"""The benchmarks' contenders, each in a fresh process: run one, measure it, repeat interleaved.
+
+    # worker side (the script re-run with `--worker ...`): time one contender, print figures
+    report(measure_here(lambda: contender(url, n, conc)))
+    # driver side: every contender `repeat` times, interleaved; the median of each figure
+    rows = interleaved(__file__, names, repeat, url, str(n))
+
+A contender runs on the loop a user would use (uvloop when installed) in a process of its own,
+so its CPU time and peak RSS are its alone; the figures are `ok`, `elapsed` (wall seconds),
+`cpu` (seconds) and `rss_mb`. Runs are interleaved because the machine is shared and noisy;
+each figure is the median of its runs, except `ok`, the worst run's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import json
+import pstats
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+__all__ = ["in_process", "interleaved", "measure_here", "report"]
+
+Figures = dict[str, float]
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def measure_here(make: Callable[[], Awaitable[int]], *, profile: bool = False) -> Figures:
+    """Run `make()` (a contender's coroutine, returning its successes) on a fresh loop and
+    measure it; with `profile`, print its cProfile (top 30 by own time) to stderr."""
+    profiler = cProfile.Profile() if profile else None
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        if profiler is not None:
+            profiler.enable()
+        ok = runner.run(make())  # type: ignore[arg-type]
+        if profiler is not None:
+            profiler.disable()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    if profiler is not None:
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"ok": ok, "elapsed": elapsed, "cpu": cpu, "rss_mb": rss_mb}
+
+
+def report(figures: Figures) -> None:
+    """The worker's answer to `in_process`: one JSON line on stdout."""
+    print(json.dumps(figures))
+
+
+def in_process(script: str, *args: str) -> Figures:
+    """Run `script --worker *args` in a fresh Python and read the figures it reports."""
+    out = subprocess.run(
+        [sys.executable, script, "--worker", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(script).parent,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def interleaved(script: str, names: Sequence[str], repeat: int, *args: str) -> dict[str, Figures]:
+    """`in_process(script, name, *args)` for every name, `repeat` rounds, interleaved; each
+    name's medians."""
+    runs: dict[str, list[Figures]] = {name: [] for name in names}
+    for _ in range(repeat):
+        for name in names:
+            runs[name].append(in_process(script, name, *args))
+    return {
+        name: {
+            key: min(r[key] for r in rs) if key == "ok" else statistics.median(r[key] for r in rs)
+            for key in rs[0]
+        }
+        for name, rs in runs.items()
+    }

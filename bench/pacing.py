@@ -422,7 +422,11 @@ def concurrency_matrix(console: Console, seconds: float, only: list[str] | None)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="100 + 60 requests, not 400 + 200")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="100 + 60 requests and 10 s concurrency runs, not 400 + 200 and 30 s",
+    )
     parser.add_argument("--requests", type=int, help="requests per style run (default 400)")
     parser.add_argument(
         "--seconds", type=float, help="length of each concurrency run (default 30, quick 10)"

@@ -7,10 +7,13 @@ import asyncio
 import heapq
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +183,79 @@ class SteppedClock:
             for _ in range(10):
                 await asyncio.sleep(0)
         self.now = max(self.now, until)
+
+
+class _Ref:
+    """What `.remote()` returns: awaiting it yields once, as a round trip would."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        yield from asyncio.sleep(0).__await__()
+        return self.value
+
+
+class _Method:
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> _Ref:
+        return _Ref(self.fn(*args))
+
+
+class LocalActor:
+    """A Ray actor's state in this process: `actor.lease.remote(...)` runs the state's method
+    at once; awaiting the result yields once, as a round trip would (virtual-time tests)."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(getattr(self.state, name))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for `--metrics-port`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The unlabelled samples served at 127.0.0.1:`port`/metrics ({} if it does not answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.labels
+    }
+
+
+def deadline_args(
+    sim: SimulatorProcess, inp: Path, out: Path, finish_by: str, *extra: str
+) -> list[str]:
+    """`llmbatch run` with `--finish-by` against the simulator's batch API, polled fast."""
+    return [
+        "run",
+        str(inp),
+        "-o",
+        str(out),
+        "--base-url",
+        sim.url + "/v1",
+        "--model",
+        "gpt-4o-mini",
+        "--finish-by",
+        finish_by,
+        "--poll-interval",
+        "0.1",
+        "--no-progress",
+        *extra,
+    ]

@@ -12,8 +12,9 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
-from .helpers import cli, read_out, start_cli, wait_for, write_requests
-from .test_deadline_run import N, deadline_args
+from .helpers import cli, deadline_args, read_out, start_cli, wait_for, write_requests
+
+N = 60
 
 
 def lanes(out) -> Counter[str]:

@@ -26,8 +26,7 @@ from llmbatch.deadline import (
 from llmbatch.engine import Engine, EngineConfig
 from llmbatch.types import BatchResult
 
-from .test_deadline_runner import HOUR, in_virtual_time, provider, requests
-from .virtual_batches import VirtualBatches
+from .virtual_batches import HOUR, VirtualBatches, in_virtual_time, provider, requests
 
 
 def test_split_size_cuts_the_work_into_batches_within_the_caps() -> None:

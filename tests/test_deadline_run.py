@@ -21,29 +21,17 @@ from typing import Any
 
 import pytest
 
-from .conftest import SimProcess
-from .helpers import clean_env, cli, ledger_chunks, read_out, wait_for, write_requests
+from .helpers import (
+    clean_env,
+    cli,
+    deadline_args,
+    ledger_chunks,
+    read_out,
+    wait_for,
+    write_requests,
+)
 
 N = 60
-
-
-def deadline_args(sim: SimProcess, inp: Path, out: Path, finish_by: str, *extra: str) -> list[str]:
-    return [
-        "run",
-        str(inp),
-        "-o",
-        str(out),
-        "--base-url",
-        sim.url + "/v1",
-        "--model",
-        "gpt-4o-mini",
-        "--finish-by",
-        finish_by,
-        "--poll-interval",
-        "0.1",
-        "--no-progress",
-        *extra,
-    ]
 
 
 def paths(tmp_path: Path) -> tuple[Path, Path]:

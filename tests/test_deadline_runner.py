@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
-import looptime
 import pytest
 
 from llmbatch.batch_api import BatchAPIConfig, BatchAPIRunner
@@ -25,29 +22,11 @@ from llmbatch.clients import OpenAIClient
 from llmbatch.clients.fake import FakeClient
 from llmbatch.deadline import DeadlinePolicy, RealtimeCapacity, Work
 from llmbatch.engine import Engine, EngineConfig
-from llmbatch.types import BatchRequest, BatchResult, CompletionRequest
+from llmbatch.types import BatchRequest, BatchResult
 
-from .virtual_batches import EPOCH, VirtualBatches
+from .virtual_batches import EPOCH, HOUR, VirtualBatches, in_virtual_time, provider, requests
 
-HOUR = 3600.0
 LATENCY = 2.0  # seconds per realtime answer
-T = TypeVar("T")
-
-
-def in_virtual_time(main: Callable[[], Awaitable[T]], *, end: float = 48 * HOUR) -> T:
-    """Run `main()` on a loop whose clock starts at 0 and jumps; past `end` every task fails."""
-    loop = looptime.new_event_loop(start=0, end=end)
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
-
-
-def requests(n: int) -> list[BatchRequest]:
-    return [
-        BatchRequest(f"r{i:03d}", CompletionRequest(prompt=f"question {i}", max_tokens=16))
-        for i in range(n)
-    ]
 
 
 @dataclass
@@ -90,14 +69,6 @@ class Run:
 
     def from_batches(self) -> int:
         return sum(1 for r in self.results if r.response is not None and r.response.batch_api)
-
-
-def provider(**kwargs: Any) -> Callable[[], VirtualBatches]:
-    def make() -> VirtualBatches:
-        client = OpenAIClient(model="m", base_url="http://127.0.0.1:9/v1", api_key="k")
-        return VirtualBatches(client, **kwargs)
-
-    return make
 
 
 def test_a_batch_in_time_answers_everything_at_half_price_and_nothing_goes_realtime(

@@ -25,6 +25,7 @@ from llmbatch.simulate import Simulator, SimulatorConfig
 from llmbatch.types import BatchRequest, BatchResult, CompletionRequest, CompletionResponse
 
 from .conftest import FakeClock, SimProcess
+from .helpers import free_port
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -197,12 +198,6 @@ def test_each_listener_has_its_own_registry() -> None:
 
 
 # -- the CLI ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_run_serves_metrics_while_it_runs(tmp_path: Path, start_sim: Any) -> None:

@@ -1,7 +1,8 @@
 """The cluster limiter's leases and the cluster budget, in virtual time (no Ray cluster).
 
 The actor's state runs in this process behind a stand-in for Ray's actor handle
-(`actor.method.remote(...)` calls the state and returns an awaitable, as an `ObjectRef` is);
+(`helpers.LocalActor`: `actor.method.remote(...)` calls the state and returns an awaitable,
+as an `ObjectRef` is);
 the workers' `LeasedLimiter` and `ClusterBudget` take the test clock's `sleep`, so nothing
 really waits and every time below is exact.
 """
@@ -9,7 +10,6 @@ really waits and every time below is exact.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -20,41 +20,12 @@ from llmbatch import CompletionRequest, CompletionResponse, RateLimitError, Usag
 from llmbatch.budget import BudgetExceededError
 from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.ray.budget import RETRY_SECONDS, ClusterBudget
-from llmbatch.ray.limiter import LeasedLimiter, _LimiterState
+from llmbatch.ray.limiter import OPENING_LEASE, LeasedLimiter, _LimiterState
 
 from .conftest import FakeClock
-from .helpers import SteppedClock
+from .helpers import LocalActor, SteppedClock
 
 REQ = CompletionRequest(prompt="q", max_tokens=8)
-
-
-class _Ref:
-    """What `.remote()` returns: awaiting it yields once, as a round trip would."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        yield from asyncio.sleep(0).__await__()
-        return self.value
-
-
-class _Method:
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def remote(self, *args: Any) -> _Ref:
-        return _Ref(self.fn(*args))
-
-
-class LocalActor:
-    """The limiter actor in this process: `actor.lease.remote(...)` runs the state at once."""
-
-    def __init__(self, state: _LimiterState) -> None:
-        self.state = state
-
-    def __getattr__(self, name: str) -> _Method:
-        return _Method(getattr(self.state, name))
 
 
 def cluster(
@@ -219,3 +190,45 @@ async def test_the_cluster_counts_every_workers_attempts_in_flight_and_waiting()
     b.close()
     status = state.status()
     assert (status["in_flight"], status["waiting"]) == (0, 0)
+
+
+async def test_during_the_opening_a_cut_reaches_a_worker_within_a_short_lease() -> None:
+    # Nothing is known of the server: the actor paces the opening and workers lease from it.
+    # A lease of the opening used to hold 64 slots (a quarter second of it, more than a worker
+    # of 16 sends before the first refusal), so a worker never leased again before sending
+    # all of them: the first refusal's cut never reached it, and in a Ray run most of the
+    # opening's refusals (17 of 21 in a trace) were sent on slots leased before that cut.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    actor = LocalActor(state)
+    a = LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep)
+    b = LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep)
+    sent: list[tuple[float, int]] = []  # b's admissions: when, and under which generation
+    cut: list[float] = []
+
+    async def b_calls() -> None:
+        for _ in range(3):
+            async with b.admit(REQ) as permit:
+                sent.append((clock.now, permit.generation))
+                await clock.sleep(0.05)
+                permit.record(CompletionResponse("ok"))
+
+    async def a_refused() -> None:
+        with pytest.raises(RateLimitError):
+            async with a.admit(REQ):  # the opening's first slot: at once
+                await clock.sleep(0.001)
+                raise RateLimitError("rate limited")
+        cut.append(clock.now)
+
+    tasks = [asyncio.create_task(a_refused())]
+    tasks += [asyncio.create_task(b_calls()) for _ in range(16)]
+    await clock.advance_to(30.0)
+    await asyncio.gather(*tasks)
+    assert state.limiter.generation == 1  # the refusal cut
+    stale = [at for at, generation in sent if generation == 0 and at > cut[0]]
+    # After the cut, b sent on old slots only until its lease ran out (and the slot that
+    # ended it): none later than OPENING_LEASE after the cut (before: all of its first
+    # sixteen, a tenth of a second after it).
+    assert max(stale, default=0.0) <= cut[0] + OPENING_LEASE + 0.01, (cut, stale)
+    assert len(stale) <= 5, stale
+    assert len(sent) == 48

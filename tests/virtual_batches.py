@@ -18,16 +18,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
+import looptime
 import orjson
 
 from llmbatch.batch_api.backend import BatchInfo, LineOutcome
 from llmbatch.batch_api.openai import OpenAIBatches
+from llmbatch.clients import OpenAIClient
 from llmbatch.clients.provider import ProviderClient
 from llmbatch.errors import BadRequestError, BatchAPIError
+from llmbatch.types import BatchRequest, CompletionRequest
 
 EPOCH = 1_800_000_000.0  # the wall-clock moment virtual time 0 stands for
 
@@ -185,3 +189,31 @@ def _reply(rid: str) -> dict[str, object]:
         ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }
+
+
+HOUR = 3600.0
+T = TypeVar("T")
+
+
+def in_virtual_time(main: Callable[[], Awaitable[T]], *, end: float = 48 * HOUR) -> T:
+    """Run `main()` on a loop whose clock starts at 0 and jumps; past `end` every task fails."""
+    loop = looptime.new_event_loop(start=0, end=end)
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def requests(n: int) -> list[BatchRequest]:
+    return [
+        BatchRequest(f"r{i:03d}", CompletionRequest(prompt=f"question {i}", max_tokens=16))
+        for i in range(n)
+    ]
+
+
+def provider(**kwargs: Any) -> Callable[[], VirtualBatches]:
+    def make() -> VirtualBatches:
+        client = OpenAIClient(model="m", base_url="http://127.0.0.1:9/v1", api_key="k")
+        return VirtualBatches(client, **kwargs)
+
+    return make

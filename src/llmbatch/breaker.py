@@ -36,12 +36,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from .admission import PermitBase, feedback
+from .admission import Admission, PermitBase, feedback
 from .errors import BatchCancelledError, ProviderOutageError, ServerError, TokenLimitError
 from .types import CompletionRequest, CompletionResponse
 
-__all__ = ["MAX_ANSWERED_PROBES", "Outage", "OutageBreaker"]
+__all__ = ["MAX_ANSWERED_PROBES", "Breaker", "Outage", "OutageBreaker"]
 
 DEFAULT_MAX_OUTAGE = 300.0
 DEFAULT_TRIP_AFTER = 5
@@ -62,13 +63,22 @@ class Outage:
     recovered: bool
 
 
+class Breaker(Admission, Protocol):
+    """What the engine needs of an outage breaker: `OutageBreaker`, or a Ray worker's view of
+    the cluster's one (`llmbatch.ray.breaker.SharedBreaker`)."""
+
+    outages: list[Outage]
+
+    def excuses(self, error: BaseException) -> bool: ...
+
+
 class _BreakerPermit(PermitBase):
     __slots__ = ("breaker", "probe", "request_key", "sent_at")
 
-    def __init__(self, breaker: OutageBreaker, request: CompletionRequest) -> None:
+    def __init__(self, breaker: OutageBreaker, request_key: int) -> None:
         super().__init__()
         self.breaker = breaker
-        self.request_key = id(request)
+        self.request_key = request_key
         self.probe = False
         self.sent_at = 0.0  # a probe's admission time: the server was up by then
 
@@ -122,7 +132,21 @@ class OutageBreaker:
         return self._opened_at is not None
 
     def admit(self, request: CompletionRequest) -> _BreakerPermit:
-        return _BreakerPermit(self, request)
+        return _BreakerPermit(self, id(request))
+
+    def permit(self, request_key: int) -> _BreakerPermit:
+        """A permit for the request `request_key` names, used without entering it: the Ray
+        cluster's breaker admits (`try_admit`) and records outcomes (`finish`) for workers."""
+        return _BreakerPermit(self, request_key)
+
+    def finish(
+        self,
+        permit: _BreakerPermit,
+        response: CompletionResponse | None,
+        error: BaseException | None,
+    ) -> None:
+        """Record how `permit`'s attempt ended (what leaving an entered permit does)."""
+        self._finish(permit, response, error)
 
     def excuses(self, error: BaseException) -> bool:
         """True when `error` is part of an outage the breaker is waiting out: the attempt
@@ -130,12 +154,19 @@ class OutageBreaker:
         return self._opened_at is not None and self.gave_up is None and feedback(None, error).down
 
     async def _acquire(self, permit: _BreakerPermit) -> None:
+        while (wait := self.try_admit(permit)) is not None:
+            await self._closed_or_timer(wait)
+
+    def try_admit(self, permit: _BreakerPermit) -> float | None:
+        """None: `permit` may go (as the probe if `permit.probe`); else seconds to wait
+        before asking again (unless the breaker closes first). Raises `ProviderOutageError`
+        once the breaker gave up. Without I/O: the Ray cluster's breaker runs it in an actor."""
         while True:
             if self.gave_up is not None:
                 # Fresh: one traceback each.
                 raise ProviderOutageError(str(self.gave_up), last_answer=self.last_answer)
             if self._opened_at is None:
-                return
+                return None
             now = self._clock()
             if now - self._opened_at > self.max_outage:
                 self._give_up(now)
@@ -144,12 +175,11 @@ class OutageBreaker:
                 self._probe_out = True
                 permit.probe = True
                 permit.sent_at = now
-                return
+                return None
             # Wake at the next probe time (or after a backoff while a probe is out), or as
             # soon as the breaker closes.
             wait = self._backoff if self._probe_out else self._next_probe - now
-            wait = max(0.0, min(wait, self._opened_at + self.max_outage - now + 1e-3))
-            await self._closed_or_timer(wait)
+            return max(0.0, min(wait, self._opened_at + self.max_outage - now + 1e-3))
 
     def _finish(
         self,

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .admission import Admission, AdmissionChain, Permit, mark_outage
-from .breaker import DEFAULT_MAX_OUTAGE, OutageBreaker
+from .breaker import DEFAULT_MAX_OUTAGE, Breaker, OutageBreaker
 from .budget import BudgetExceededError
 from .clients.base import LLMClient
 from .concurrency import DEFAULT_MAX as AUTO_MAX_CONCURRENCY
@@ -128,7 +128,8 @@ class EngineConfig:
     when None and `adaptive` is true, each engine gets its own `RateLimiter()` with no limits,
     which admits freely until the server pushes back and then converges to its limit.
     `max_outage`: seconds a server-wide outage is waited out before the waiting requests fail
-    (None: fail per request, no breaker).
+    (None: fail per request, no breaker). `breaker`: one shared beyond this engine (a Ray
+    cluster's) instead of one of its own; `max_outage` is then the shared one's business.
     `budget`: a hard cap on money (`llmbatch.budget.Budget`), the last link of the admission
     chain; requests it refuses end with `BudgetExceededError` (unfinished, not failed).
     `replies`: how invalid (schema) and truncated replies are re-asked (`llmbatch.replies`).
@@ -148,6 +149,7 @@ class EngineConfig:
     validate_json: bool = True
     max_auth_failures: int | None = DEFAULT_MAX_AUTH_FAILURES
     max_outage: float | None = DEFAULT_MAX_OUTAGE
+    breaker: Breaker | None = None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     budget: Admission | None = None
@@ -283,8 +285,8 @@ class _Run:
     ) -> None:
         self.cfg = engine.config
         self.client = engine.client
-        self.breaker: OutageBreaker | None = None
-        if self.cfg.max_outage is not None:
+        self.breaker: Breaker | None = self.cfg.breaker
+        if self.breaker is None and self.cfg.max_outage is not None:
             self.breaker = OutageBreaker(
                 max_outage=self.cfg.max_outage, clock=self.cfg.clock, sleep=self.cfg.sleep
             )

@@ -301,6 +301,12 @@ class RateLimiter:
         return self._out.limit()
 
     @property
+    def opening(self) -> bool:
+        """Nothing is known of the server's limits yet and the opening paces admissions
+        (see OPENING_RATE): until the first refusal, the server's headers, or its end."""
+        return self.adaptive and not self._opened and self._limits() == _NO_LIMITS
+
+    @property
     def epoch(self) -> int:
         """Bumped by every pause: slots reserved before it belong to a discarded schedule."""
         return self._epoch
@@ -350,10 +356,17 @@ class RateLimiter:
         return permit
 
     def lease(
-        self, count: int, tokens: int = 0, *, input_tokens: int = 0, output_tokens: int = 0
+        self,
+        count: int,
+        tokens: int = 0,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        horizon: float | None = None,
     ) -> list[float]:
-        """Reserve `count` request slots at once (the tokens of each budget charged with the
-        first); return each slot's delay in seconds from now.
+        """Reserve up to `count` request slots at once (the tokens of each budget charged
+        with the first); return each slot's delay in seconds from now. With a `horizon`, stop
+        after the first slot due later than `horizon` seconds from now (one slot at least).
 
         For handing capacity to other processes in slices (the Ray cluster limiter): they
         wait out the delays locally instead of asking once per request.
@@ -365,6 +378,8 @@ class RateLimiter:
             units = (1, tokens, input_tokens, output_tokens) if i == 0 else (1, 0, 0, 0)
             slot, _, _ = self._reserve_units(units)
             delays.append(max(0.0, slot - now))
+            if horizon is not None and slot - now > horizon:
+                break
         return delays
 
     def give_back(

@@ -6,13 +6,13 @@ by tomorrow.
         ...                               # BatchResult, response.batch_api == True
 
 Modules: `split` (chunks under the caps), `ledger` (the durable record next to the output),
-`openai` / `anthropic` / `gemini` (the three APIs), `runner` (submit, re-attach, poll,
-collect), `events`.
+`openai` / `anthropic` / `gemini` (the three APIs), `enqueued` (the enqueued-token limit),
+`runner` (submit, re-attach, poll, collect), `events`.
 """
 
 from .anthropic import AnthropicBatches, wire_id
 from .backend import BatchBackend, BatchInfo, LineOutcome
-from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
+from .events import BatchEnded, BatchEvent, BatchHeld, BatchPolled, BatchSubmitted
 from .gemini import GEMINI_CAPS, GeminiBatches
 from .ledger import ChunkRecord, Ledger, LedgerError, ledger_paths
 from .openai import OpenAIBatches
@@ -30,6 +30,7 @@ __all__ = [
     "BatchBackend",
     "BatchEnded",
     "BatchEvent",
+    "BatchHeld",
     "BatchInfo",
     "BatchPolled",
     "BatchSubmitted",

@@ -27,7 +27,9 @@ __all__ = ["BatchBackend", "BatchInfo", "LineOutcome"]
 class BatchInfo:
     """A provider batch as last seen. `status` is the provider's own word; `ended` is True
     once no more results will come; `outcome` then says how it ended: completed, expired,
-    cancelled or failed (the batch as a whole; `errors` says why, by input line)."""
+    cancelled or failed (the batch as a whole; `errors` says why, by input line). `refused`:
+    the provider's message when it failed for the enqueued-token limit (`enqueued`): not a
+    failure of its lines, the chunk is created again when there is room."""
 
     id: str
     status: str
@@ -39,6 +41,7 @@ class BatchInfo:
     outcome: str | None = None
     errors: tuple[tuple[int | None, str], ...] = ()
     tag: str | None = None
+    refused: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BatchEnded", "BatchEvent", "BatchPolled", "BatchSubmitted"]
+__all__ = ["BatchEnded", "BatchEvent", "BatchHeld", "BatchPolled", "BatchSubmitted"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -51,4 +51,20 @@ class BatchEnded:
     written: int
 
 
-BatchEvent = BatchSubmitted | BatchPolled | BatchEnded
+@dataclass(slots=True, frozen=True)
+class BatchHeld:
+    """Chunk `n` (`count` requests, `tokens` estimated input tokens of `model`) waits for room
+    under the provider's enqueued-token `limit`, while this run's live batches of that model
+    hold `live` tokens. `refused`: the batch the provider failed for the limit (its chunk is
+    created again once there is room); None when the chunk was held before any create."""
+
+    n: int
+    model: str
+    count: int
+    tokens: int
+    live: int
+    limit: int | None
+    refused: str | None = None
+
+
+BatchEvent = BatchSubmitted | BatchPolled | BatchEnded | BatchHeld

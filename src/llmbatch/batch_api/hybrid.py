@@ -141,6 +141,7 @@ class DeadlineRunner:
         # Requests not yet final in this run, with their estimated work.
         self._open: dict[str, Work] = {}
         self._open_work = Work()
+        self._unread = Work()  # of the `total` given to `run`, what the runner has not read
         self._realtime: set[str] = set()  # ids sent (or queued) realtime
         self._realtime_work = Work()  # of those, the ones still open
         self._final: set[str] = set()
@@ -227,6 +228,9 @@ class DeadlineRunner:
         if self.policy.prefer == "speed" and total is None:
             raise ValueError('prefer="speed" needs the total work (total=Work(...))')
         self._on_result = on_result
+        # What the batch runner has not read yet (it stops reading while a chunk waits for
+        # room under the enqueued-token limit): late work too, if no batch takes it in time.
+        self._unread = Work() if total is None else total
         kept: dict[str, BatchRequest] | None = None if reread is not None else {}
         to_realtime: asyncio.Queue[BatchRequest | None] = asyncio.Queue()
         quota = probes = 0
@@ -246,9 +250,12 @@ class DeadlineRunner:
         def feed() -> Iterator[BatchRequest]:
             nonlocal quota
             for item in requests:
-                if done(item.id) or item.id in self._open or item.id in self._final:
+                if done(item.id):
                     continue
                 work = estimate_work(item.request)
+                self._unread -= work
+                if item.id in self._open or item.id in self._final:
+                    continue
                 self._open[item.id] = work
                 self._open_work += work
                 if kept is not None:
@@ -354,8 +361,8 @@ class DeadlineRunner:
         all that is open (realtime's own queue shares its pace); with "speed" what is in
         batches (the realtime share was sized to fill the time on its own)."""
         if self.policy.prefer == "cost":
-            return self._open_work
-        return self._open_work - self._realtime_work
+            return self._open_work + self._unread
+        return self._open_work - self._realtime_work + self._unread
 
     def _should_switch(self) -> bool:
         """True once the work still in batches must start leaving them: realtime would need
@@ -365,7 +372,7 @@ class DeadlineRunner:
     def _must_switch_all(self) -> bool:
         """True once realtime must start on all the late work now: no time is left to wait
         for a cancel to return what a batch finished."""
-        if (self._open_work - self._realtime_work).requests <= 0:
+        if (self._open_work - self._realtime_work + self._unread).requests <= 0:
             return False  # nothing left in batches to move
         need = self.current_capacity().seconds(self._late_work())
         return self.clock() >= self.policy.start_by(need)
@@ -529,7 +536,7 @@ class DeadlineRunner:
     ) -> None:
         """Move everything open to realtime at once."""
         now = self.clock()
-        moving = self._open_work - self._realtime_work
+        moving = self._open_work - self._realtime_work + self._unread
         needed = self.current_capacity().seconds(moving)
         self._switching = self._all_moved = True
         self.batches.halt()

@@ -45,7 +45,9 @@ class LedgerError(Exception):
 
 @dataclass(slots=True)
 class ChunkRecord:
-    """What is known of one chunk's batch. `state` only moves forward."""
+    """What is known of one chunk's batch. `state` only moves forward, but for a batch the
+    provider failed for its enqueued-token limit: its chunk goes back to uploaded (or intent)
+    to be created again, `extra["refused"]` naming the refused batches."""
 
     n: int
     key: str
@@ -199,6 +201,15 @@ class Ledger:
                 f"recorded for chunk {record.n} (changed by hand?)"
             )
         return entries
+
+    def sweep(self) -> None:
+        """Remove chunk files no live record names: a chunk held for room under the
+        enqueued-token limit when its run was killed (never recorded, never sent)."""
+        live = {str(c.n) for c in self.chunks if c.live}
+        for path in self.directory.glob("chunk-*"):
+            n = path.name.removeprefix("chunk-").split(".", 1)[0]
+            if n.isdigit() and n not in live:
+                path.unlink(missing_ok=True)
 
     def forget_files(self, record: ChunkRecord) -> None:
         """Remove an ended chunk's sidecar files (the ledger keeps its count and digest)."""

@@ -27,6 +27,7 @@ from ..clients.provider import ProviderClient
 from ..errors import BatchAPIError, InvalidResponseError, LLMBatchError
 from ..types import BatchRequest, CompletionRequest, CompletionResponse
 from .backend import BatchInfo, LineOutcome
+from .enqueued import REFUSAL_CODE
 from .split import JSONL, OPENAI_CAPS
 
 __all__ = ["TAG_KEY", "OpenAIBatches"]
@@ -147,10 +148,14 @@ def _field(body: Any, name: str) -> Any:
 def _info(body: Any) -> BatchInfo:
     status = str(_field(body, "status"))
     counts = body.get("request_counts") or {}
+    listed = [e for e in ((body.get("errors") or {}).get("data") or ()) if isinstance(e, dict)]
     errors = tuple(
         (e.get("line"), f"{e.get('code') or 'error'}: {e.get('message') or ''}".strip())
-        for e in ((body.get("errors") or {}).get("data") or ())
-        if isinstance(e, dict)
+        for e in listed
+    )
+    # Created over the enqueued-token limit: failed, but none of its lines was at fault.
+    refused = next(
+        (str(e.get("message") or "") for e in listed if e.get("code") == REFUSAL_CODE), None
     )
     ended = status in _ENDED
     metadata = body.get("metadata") or {}
@@ -165,6 +170,7 @@ def _info(body: Any) -> BatchInfo:
         outcome=status if ended else None,
         errors=errors,
         tag=metadata.get(TAG_KEY) if isinstance(metadata, dict) else None,
+        refused=refused if status == "failed" else None,
         raw=body,
     )
 

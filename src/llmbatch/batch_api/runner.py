@@ -36,6 +36,16 @@ A re-attached batch holds its recorded worst case until it is collected; a colle
 settles to what its answers cost (set as `result.cost`, invalid replies included: they were
 paid for).
 
+With `enqueued_tokens` (OpenAI's enqueued-token limit, per model; `enqueued`), a chunk is
+created only when its estimated input tokens fit beside those of this run's live batches of
+its model; until then the runner polls and collects (submission and polling interleave) and
+reads no further. A batch the provider fails for the limit (`token_limit_exceeded`) teaches
+the limit, goes back to waiting (its chunk keeps its uploaded file; the ledger records the
+refused batch, and the next create carries a new tag, so a rerun neither re-attaches the
+refused batch nor creates the chunk twice) and is created again when there is room: its
+lines are not failed. A chunk held before its intent is recorded has no ledger record: a
+rerun reads its requests again.
+
 Each answer is checked like a realtime reply (`llmbatch.replies.check_reply`, against the
 request's schema or JSON mode): `result.parsed` is set, and refusals, truncated JSON and
 replies that break the schema become the same errors as realtime (`RefusalError`,
@@ -49,6 +59,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import re
 import time
 from collections.abc import (
@@ -82,10 +93,11 @@ from ..schema import Schema, SchemaMode
 from ..text import chars_to_tokens
 from ..types import BatchRequest, BatchResult, CompletionRequest, conversational
 from .backend import BatchBackend, BatchInfo, LineOutcome
-from .events import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
-from .ledger import CREATED, ENDED, UPLOADED, ChunkRecord, Ledger, LedgerError
+from .enqueued import MAX_HOLD, EnqueuedTokens, model_of, stated_limit
+from .events import BatchEnded, BatchEvent, BatchHeld, BatchPolled, BatchSubmitted
+from .ledger import CREATED, ENDED, INTENT, UPLOADED, ChunkRecord, Ledger, LedgerError
 from .providers import backend_for
-from .split import Chunk, Splitter, TooLarge, read_ids
+from .split import JSONL, Caps, Chunk, Splitter, TooLarge, read_ids
 
 __all__ = ["BatchAPIConfig", "BatchAPIRunner", "is_redoable"]
 
@@ -97,6 +109,7 @@ DEFAULT_MAX_POLL_INTERVAL = 600.0
 # How far a provider's clock may be behind ours when matching a lost create to its intent.
 CLOCK_SKEW = 600.0
 _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
+VALIDATING = "validating"  # OpenAI's status before the input is checked (and the limit)
 
 
 def _never(rid: str) -> bool:
@@ -128,6 +141,8 @@ class BatchAPIConfig:
         `response_model`: a pydantic model class (or `Schema`, or JSON Schema dict) every chat
         request without a schema of its own must answer in (`schema_mode` native or prompt).
         `validate_json`: JSON-mode replies must parse (as the engine's).
+        `enqueued_tokens`: the provider's enqueued-token limit per model (estimated input tokens
+        of live batches); None: learned from the provider's refusal, if one comes.
     """
 
     output: str | Path
@@ -146,6 +161,7 @@ class BatchAPIConfig:
     response_model: Any = None
     schema_mode: SchemaMode | None = None
     validate_json: bool = True
+    enqueued_tokens: int | None = None
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -188,13 +204,38 @@ class BatchAPIRunner:
         self._unrecorded: set[int] = set()  # re-attached chunks whose worst case is summed
         self.halted = False
         self._poked: asyncio.Future[None] | None = None
+        # The enqueued-token limit: live tokens per model; chunks with an intent recorded
+        # and no batch yet, created when there is room; when each may be tried again (a
+        # chunk refused while nothing of this run's was live); chunks refused in this run.
+        self.enqueued = EnqueuedTokens(config.enqueued_tokens)
+        self._waiting: list[ChunkRecord] = []
+        self._retry_at: dict[int, float] = {}
+        self._requeued: set[int] = set()
+        self._splitter: Splitter | None = None
+        self._changed = False
 
     # -- steering from outside (a deadline moving work to realtime) ----------------------------
 
     def halt(self) -> None:
         """Submit no more batches: requests not yet in one get no result from this runner.
-        Batches already created are still polled and collected."""
+        Batches already created are still polled and collected. Chunks waiting for room
+        under the enqueued-token limit end without a batch (and without results), but those
+        an earlier run recorded: their create may have happened, so they are looked for."""
         self.halted = True
+        waiting = [r for r in self._waiting if r.n in self._requeued]
+        self._waiting = [r for r in self._waiting if r.n not in self._requeued]
+        for record in waiting:
+            self._settle(record.n, 0.0)
+            self._checks.pop(record.n, None)
+            record.state, record.status = ENDED, "not created"
+            record.note = "waited for room under the enqueued-token limit; the run halted"
+            record.ended_at = self.config.clock()
+        if waiting and self.ledger is not None:
+            self.ledger.save()
+            for record in waiting:
+                self.ledger.forget_files(record)
+                self._emit(BatchEnded(record.n, None, "not created", record.count, 0))
+        self.poke()
 
     async def cancel_live(self, skip: Collection[str] = ()) -> list[str]:
         """Ask the provider to cancel every batch of this run that has not ended (but those
@@ -252,7 +293,11 @@ class BatchAPIRunner:
             self.config.output, provider=self.backend.name, base_url=self.client.base_url
         )
         ledger.ensure_directory()
+        ledger.sweep()
         self._done, self._flush = done, flush or (lambda: None)
+        for record in ledger.chunks:  # limits learned by earlier runs
+            if isinstance(limit := record.extra.get("enqueued_limit"), int):
+                self.enqueued.learn(model_of(record.key), limit)
         live = [r for r in ledger.chunks if r.live]
         covered: dict[str, int] = {}
         for record in live:
@@ -260,10 +305,12 @@ class BatchAPIRunner:
             self._hold(record)
         for record in live:
             if record.batch_id is None:
-                async for result in self._create(record, reattach=True):
-                    yield result
+                self._waiting.append(record)  # created below, or once there is room
             else:
+                self._track(record)
                 self._emit(BatchSubmitted(record.n, record.batch_id, record.count, True))
+        async for result in self._create_waiting():
+            yield result
         async for result in self._submit_new(requests, covered):
             yield result
         del covered
@@ -278,9 +325,10 @@ class BatchAPIRunner:
         assert self.ledger is not None
         backend, budget = self.backend, self.config.budget
         caps = backend.caps.lowered(self.config.max_requests, self.config.max_tokens)
-        splitter = Splitter(
+        splitter = self._splitter = Splitter(
             self.ledger.directory, caps, framing=backend.framing, start=self.ledger.next_n
         )
+        self._cap_tokens()
         stopped = False  # the budget refused a request: nothing more is submitted
         try:
             for item in requests:
@@ -333,10 +381,16 @@ class BatchAPIRunner:
                     yield result
         finally:
             splitter.discard()
+            self._splitter = None
 
     async def _start(self, chunk: Chunk) -> AsyncIterator[BatchResult]:
         assert self.ledger is not None
         if self.halted:  # halted while earlier chunks were being created: never sent
+            _drop(chunk)
+            return
+        async for result in self._room(chunk):
+            yield result
+        if self.halted:  # halted while it waited for room
             _drop(chunk)
             return
         budget = self.config.budget
@@ -351,6 +405,7 @@ class BatchAPIRunner:
                 return
             self._reserved[chunk.n] = chunk.cost
             extra["worst_cost"] = chunk.cost
+        extra["tokens"] = chunk.tokens
         record = self.ledger.add(chunk, self.config.clock(), extra)  # the intent, durable
         async for result in self._create(record, reattach=False):
             yield result
@@ -415,7 +470,7 @@ class BatchAPIRunner:
         batch already exists for it; record each step. A refused create fails its lines."""
         ledger, backend = self.ledger, self.backend
         assert ledger is not None
-        tag = f"{ledger.run_key}:{record.n}"
+        tag = _tag(ledger, record)
         path = ledger.input_path(record.n)
         try:
             # A backend with `inline_max_bytes` (Gemini) sends a chunk that small inline.
@@ -445,7 +500,9 @@ class BatchAPIRunner:
             return
         record.batch_id, record.status, record.state = info.id, info.status, CREATED
         ledger.save()
-        path.unlink(missing_ok=True)  # the provider holds the requests now
+        self._track(record)
+        if info.status != VALIDATING:
+            path.unlink(missing_ok=True)  # the provider holds the requests now
         self._emit(BatchSubmitted(record.n, info.id, record.count, reattach))
 
     async def _create_once(
@@ -554,40 +611,275 @@ class BatchAPIRunner:
     # -- waiting and collecting -------------------------------------------------------------
 
     async def _poll(self) -> AsyncIterator[BatchResult]:
-        assert self.ledger is not None
-        pending = [r for r in self.ledger.chunks if r.live]
+        """Poll and collect until every batch of the run has ended and no chunk waits."""
         interval = self.config.poll_interval
-        while pending:
-            changed = False
-            for record in list(pending):
-                assert record.batch_id is not None
-                info = await self._call(partial(self.backend.get, record.batch_id))
+        while True:
+            async for result in self._poll_round():
+                yield result
+            changed = self._changed
+            async for result in self._create_waiting():
+                changed = True
+                yield result
+            if not self._waiting and not self._created():
+                return
+            if changed:
+                interval = self.config.poll_interval  # news: look again soon
+            poked = await self._nap(self._next_wait(interval))
+            interval = (
+                self.config.poll_interval
+                if poked
+                else min(interval * 1.5, self.config.max_poll_interval)
+            )
+
+    def _created(self) -> list[ChunkRecord]:
+        """The live chunks with a batch at the provider."""
+        assert self.ledger is not None
+        return [r for r in self.ledger.chunks if r.live and r.batch_id is not None]
+
+    async def _poll_round(self) -> AsyncIterator[BatchResult]:
+        """Look at every live batch once; collect those that ended (`_changed`: any news)."""
+        assert self.ledger is not None
+        self._changed = False
+        for record in self._created():
+            assert record.batch_id is not None
+            info = await self._call(partial(self.backend.get, record.batch_id))
+            self._emit(
+                BatchPolled(
+                    record.n,
+                    info.id,
+                    info.status,
+                    info.total,
+                    info.succeeded,
+                    info.failed,
+                    self.config.clock() - record.intent_at,
+                )
+            )
+            if info.status != record.status:
+                record.status, self._changed = info.status, True
+                self.ledger.save()
+            if info.status != VALIDATING and info.refused is None:
+                # Past validation: the chunk's input is no longer needed to cut it smaller.
+                self.ledger.input_path(record.n).unlink(missing_ok=True)
+            if info.ended:
+                self._changed = True
+                self.enqueued.remove(record.n)
+                if info.refused is not None and self.halted:
+                    # No more batches are created: its lines go elsewhere (a deadline run
+                    # sends them realtime), as the batch never ran them.
+                    message = (
+                        f"batch {info.id} was refused for the provider's enqueued-token limit "
+                        f"({info.refused}) after the run stopped creating batches"
+                    )
+                    async for result in self._end_unsent(record, message):
+                        yield result
+                    continue
+                if info.refused is not None and self._requeue(record, info.id, info.refused):
+                    continue
+                if info.refused is not None and self._split(record, info.id, info.refused):
+                    if not self.config.keep_files:
+                        await self.backend.cleanup(info, record.file_id)
+                    continue
+                async for result in self._collect(record, info):
+                    yield result
+
+    # -- the enqueued-token limit -----------------------------------------------------------
+
+    def _track(self, record: ChunkRecord) -> None:
+        """`record`'s batch is live: its tokens count against its model's limit."""
+        self.enqueued.add(record.n, model_of(record.key), _tokens(record))
+
+    def _cap_tokens(self) -> None:
+        """No new chunk holds more estimated tokens than a model's limit allows."""
+        splitter = self._splitter
+        limits = [self.enqueued.limit, *self.enqueued.learned.values()]
+        known = [x for x in limits if x is not None]
+        if splitter is None or not known:
+            return
+        cap = min(known)
+        if splitter.caps.max_tokens is None or cap < splitter.caps.max_tokens:
+            splitter.caps = dataclasses.replace(splitter.caps, max_tokens=cap)
+
+    def _must_wait(self, model: str, tokens: int) -> bool:
+        """True while a new chunk of `model` may not be created: no room, or chunks of its
+        model wait already (they go first)."""
+        if any(model_of(r.key) == model for r in self._waiting):
+            return True
+        return not self.enqueued.fits(model, tokens)
+
+    async def _room(self, chunk: Chunk) -> AsyncIterator[BatchResult]:
+        """Wait until `chunk` may be created, polling and collecting meanwhile."""
+        model = model_of(chunk.key)
+        interval, held = self.config.poll_interval, False
+        while True:
+            async for result in self._create_waiting():
+                yield result
+            if self.halted or not self._must_wait(model, chunk.tokens):
+                return
+            if not held:
+                held = True
                 self._emit(
-                    BatchPolled(
-                        record.n,
-                        info.id,
-                        info.status,
-                        info.total,
-                        info.succeeded,
-                        info.failed,
-                        self.config.clock() - record.intent_at,
+                    BatchHeld(
+                        chunk.n,
+                        model,
+                        chunk.count,
+                        chunk.tokens,
+                        self.enqueued.live_tokens(model),
+                        self.enqueued.limit_for(model),
                     )
                 )
-                if info.status != record.status:
-                    record.status, changed = info.status, True
-                    self.ledger.save()
-                if info.ended:
-                    async for result in self._collect(record, info):
-                        yield result
-                    pending.remove(record)
-                    changed = True
-            if pending:
-                poked = await self._nap(interval)
-                interval = (
-                    self.config.poll_interval
-                    if changed or poked
-                    else min(interval * 1.5, self.config.max_poll_interval)
-                )
+            async for result in self._poll_round():
+                yield result
+            if self._changed or self.halted or not self._must_wait(model, chunk.tokens):
+                interval = self.config.poll_interval
+                continue
+            poked = await self._nap(self._next_wait(interval))
+            interval = (
+                self.config.poll_interval
+                if poked
+                else min(interval * 1.5, self.config.max_poll_interval)
+            )
+
+    def _next_wait(self, interval: float) -> float:
+        """`interval`, or less when a refused chunk may be tried again sooner (one whose
+        time has come but that has no room waits for room, as the others)."""
+        now = self.config.clock()
+        due = [at - now for at in self._retry_at.values() if at > now]
+        return min([interval, *due])
+
+    async def _create_waiting(self) -> AsyncIterator[BatchResult]:
+        """Create the waiting chunks that fit now, in order (per model, first come first).
+        Once halted, only chunks an earlier run recorded wait (`halt` ended the others):
+        each is looked for, since its create may have happened, and created if not found,
+        as a rerun always did (a deadline run then cancels it with the rest)."""
+        blocked: set[str] = set()
+        now = self.config.clock()
+        for record in list(self._waiting):
+            model = model_of(record.key)
+            if self.halted:
+                pass
+            elif model in blocked:
+                continue
+            elif self._retry_at.get(record.n, now) > now or not self.enqueued.fits(
+                model, _tokens(record)
+            ):
+                blocked.add(model)
+                continue
+            self._waiting.remove(record)
+            self._retry_at.pop(record.n, None)
+            # A chunk from an earlier run may have been created before it stopped: looked
+            # for first. One refused in this run has a new tag no create has used yet.
+            reattach = record.n not in self._requeued
+            async for result in self._create(record, reattach=reattach):
+                yield result
+
+    def _split(self, record: ChunkRecord, batch_id: str, message: str) -> bool:
+        """`record` alone is over the stated limit: cut its requests (its input file, kept
+        until the provider validated it) into chunks under the limit, which wait for room in
+        its place. One atomic ledger save records them and ends `record`; a crash before it
+        leaves `record` live, refused again by the rerun's poll, and cut again. False when it
+        cannot be cut (one request, not JSONL lines, the input gone): its lines then fail."""
+        ledger = self.ledger
+        assert ledger is not None
+        path = ledger.input_path(record.n)
+        stated = stated_limit(message)
+        tokens = _tokens(record)
+        if (
+            stated is None
+            or tokens <= stated  # it fits alone: it waited too long (`MAX_HOLD`)
+            or record.count < 2
+            or self.backend.framing != JSONL
+            or not path.exists()
+            or tokens <= 0
+        ):
+            return False
+        # A margin under the limit: the tokens of the requests are spread evenly here.
+        pieces = min(record.count, math.ceil(tokens / (0.9 * stated)))
+        per = math.ceil(record.count / pieces)
+        pieces = math.ceil(record.count / per)
+        start = self._splitter.reserve(pieces) if self._splitter is not None else ledger.next_n
+        worst = record.extra.get("worst_cost")
+        each_cost = float(worst) / record.count if isinstance(worst, int | float) else 0.0
+        each_tokens = math.ceil(tokens / record.count)
+        cutter = Splitter(ledger.directory, Caps(per, 1 << 62), framing=JSONL, start=start)
+        chunks: list[Chunk] = []
+        entries = ledger.entries(record)
+        with path.open("rb") as f:
+            for (rid, wire), line in zip(entries, f, strict=True):
+                closed = cutter.add(record.key, rid, line, each_tokens, each_cost, wire)
+                if closed is not None:
+                    chunks.append(closed)
+        chunks += cutter.finish()
+        now = self.config.clock()
+        checks = self._checks.pop(record.n, None)
+        reserved = self._reserved.pop(record.n, None)
+        pieces_made: list[ChunkRecord] = []
+        for chunk in chunks:
+            piece = ChunkRecord(chunk.n, chunk.key, chunk.count, chunk.digest, now)
+            piece.extra.update(tokens=chunk.tokens, split_from=record.n)
+            if isinstance(worst, int | float):
+                piece.extra["worst_cost"] = chunk.cost
+            if reserved is not None:
+                self._reserved[chunk.n] = reserved * chunk.count / record.count
+            if checks is not None:
+                mine = self._checks.setdefault(chunk.n, _Checks())
+                for rid, _ in read_ids(chunk.ids_path):
+                    mine.add(rid, checks.get(rid))
+            pieces_made.append(piece)
+        ledger.chunks.extend(pieces_made)
+        record.state, record.status, record.ended_at = ENDED, "failed", now
+        record.note = (
+            f"batch {batch_id} alone was over the enqueued-token limit ({message}); its "
+            f"requests were cut into chunks {', '.join(str(c.n) for c in chunks)}"
+        )
+        ledger.save()
+        ledger.forget_files(record)
+        self._waiting.extend(pieces_made)
+        self._requeued.update(c.n for c in chunks)
+        self._emit(BatchEnded(record.n, batch_id, "split", record.count, 0))
+        return True
+
+    def _requeue(self, record: ChunkRecord, batch_id: str, message: str) -> bool:
+        """The provider failed `record`'s batch for the enqueued-token limit: learn the
+        limit and put the chunk back to wait for room. False when it can never fit (it
+        alone is over the stated limit: `_split`) or has waited `MAX_HOLD` (its lines fail)."""
+        assert self.ledger is not None
+        model, tokens = model_of(record.key), _tokens(record)
+        now = self.config.clock()
+        if self.enqueued.refused(model, tokens, message) is not None:
+            # Kept for a rerun, which splits under it from the start.
+            record.extra["enqueued_limit"] = self.enqueued.learned[model]
+        self._cap_tokens()
+        stated = stated_limit(message)
+        since = record.extra.get("held_at")
+        since = float(since) if isinstance(since, int | float) else now
+        if (stated is not None and tokens > stated) or now - since > MAX_HOLD:
+            return False  # saved with the chunk's end
+        refused = [*record.extra.get("refused", ()), batch_id]
+        record.extra.update(refused=refused, held_at=since)
+        # Back to before its create (the uploaded file is used again): the ledger records
+        # the refused batch, and the next create's tag names the try.
+        record.batch_id, record.status = None, None
+        record.state = UPLOADED if record.file_id is not None else INTENT
+        self.ledger.save()
+        self._waiting.append(record)
+        self._requeued.add(record.n)
+        if self.enqueued.live_tokens(model) == 0:
+            # Nothing of this run's holds the queue: other programs' batches do. Try again
+            # after a wait that doubles with each refusal.
+            wait = self.config.poll_interval * 2 ** min(len(refused) - 1, 10)
+            self._retry_at[record.n] = now + min(wait, self.config.max_poll_interval)
+        self._emit(
+            BatchHeld(
+                record.n,
+                model,
+                record.count,
+                tokens,
+                self.enqueued.live_tokens(model),
+                self.enqueued.limit_for(model),
+                batch_id,
+            )
+        )
+        return True
 
     async def _collect(self, record: ChunkRecord, info: BatchInfo) -> AsyncIterator[BatchResult]:
         """Every id of an ended batch, once: its answer, its error, or why it has none."""
@@ -727,6 +1019,19 @@ class BatchAPIRunner:
                 log.exception("batch event listener %r failed", listener)
 
 
+def _tokens(record: ChunkRecord) -> int:
+    """A chunk's estimated input tokens (0 for a chunk recorded before they were kept)."""
+    tokens = record.extra.get("tokens")
+    return tokens if isinstance(tokens, int) else 0
+
+
+def _tag(ledger: Ledger, record: ChunkRecord) -> str:
+    """The metadata tag of `record`'s next create: the run key and chunk, and the try after
+    a refusal for the enqueued-token limit (so the refused batch is never taken for it)."""
+    tries = len(record.extra.get("refused", ()))
+    return f"{ledger.run_key}:{record.n}" + (f"/{tries}" if tries else "")
+
+
 def _drop(chunk: Chunk) -> None:
     """Remove the files of a chunk that will not be submitted (the runner was halted)."""
     for path in (chunk.input_path, chunk.ids_path):
@@ -770,6 +1075,14 @@ def _missing_error(info: BatchInfo, ids: list[str]) -> BatchAPIError:
     if info.outcome == "cancelled":
         return BatchAPIError(
             f"batch {info.id} was cancelled before this request ran", code="batch_cancelled"
+        )
+    if info.outcome == "failed" and info.refused is not None:
+        return BatchAPIError(
+            f"batch {info.id} was refused for the provider's enqueued-token limit "
+            f"({info.refused}) and cannot wait for room (a request alone over the limit, or "
+            "held 24 h); this request was not run (nothing billed): a rerun with retry_failed "
+            "tries again",
+            code="batch_failed",
         )
     if info.outcome == "failed":
         reasons = "; ".join(_line_reason(line, text, ids) for line, text in info.errors[:5])

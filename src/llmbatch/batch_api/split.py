@@ -185,6 +185,11 @@ class Splitter:
         self._next = start
         self._open: dict[str, _Open] = {}
 
+    def reserve(self, count: int) -> int:
+        """Take `count` chunk numbers for chunks cut elsewhere; returns the first."""
+        first, self._next = self._next, self._next + count
+        return first
+
     @property
     def open_cost(self) -> float:
         """The worst case (USD) of the requests in open chunks: not yet reserved."""

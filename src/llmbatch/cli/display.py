@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.text import Text
 
-from ..batch_api import BatchEnded, BatchEvent, BatchPolled, BatchSubmitted
+from ..batch_api import BatchEnded, BatchEvent, BatchHeld, BatchPolled, BatchSubmitted
 from ..batch_api.hybrid import Switched
 from ..durations import format_duration
 from ..pipeline import (
@@ -54,6 +54,7 @@ class RunDisplay:
         self.progress: RichProgress | BatchProgressView | None = None
         self.batches: BatchProgressView | None = None
         self.spent = 0.0
+        self._told_held = False
         self.written = 0
         self.total = 0
         self.output = ""
@@ -76,6 +77,8 @@ class RunDisplay:
         elif isinstance(event, BatchSubmitted | BatchPolled | BatchEnded):
             if self.batches is not None:
                 self.batches(event)
+        elif isinstance(event, BatchHeld):
+            self._held(event)
         elif isinstance(event, DeadlineProgress):
             self._deadline(event)
         elif isinstance(event, RunNotice):
@@ -105,6 +108,24 @@ class RunDisplay:
             )
         elif isinstance(event, RunStopped) and self.progress is not None:
             self.progress.stop()
+
+    def _held(self, event: BatchHeld) -> None:
+        """A refusal is told each time; a chunk held by a known limit, the first time only."""
+        if event.refused is None and self._told_held:
+            return
+        self._told_held = True
+        limit = "unknown" if event.limit is None else f"{event.limit:,}"
+        why = (
+            f"the provider failed batch {event.refused} for its enqueued-token limit"
+            if event.refused is not None
+            else "the enqueued-token limit is reached"
+        )
+        say(
+            self.console,
+            f"batch {event.n}: {why} ({event.model}: {event.live:,} tokens live, limit "
+            f"{limit}); its {event.count:,} request(s) ({event.tokens:,} tokens) wait for "
+            "earlier batches to end",
+        )
 
     def _opened(self, event: OutputOpened) -> None:
         self.output = event.path
@@ -205,7 +226,9 @@ class BatchProgressView:
         if self.log_lines:
             self._log(event)
         p = self._progress
-        if isinstance(event, BatchSubmitted):
+        if isinstance(event, BatchSubmitted) and event.n in self._tasks:
+            p.update(self._tasks[event.n], completed=0, status="submitted")  # after a refusal
+        elif isinstance(event, BatchSubmitted):
             self._tasks[event.n] = p.add_task(
                 f"batch {event.n}",
                 total=event.count,
@@ -241,8 +264,10 @@ class BatchProgressView:
                 f"batch {event.n}: {event.status}, {event.succeeded:,} done, "
                 f"{event.failed:,} failed of {event.total:,} ({format_duration(event.elapsed)})"
             )
-        else:
+        elif isinstance(event, BatchEnded):
             line = f"batch {event.n}: {event.outcome}, {event.written:,} line(s) written"
+        else:
+            return  # held: told by `RunDisplay`
         self.console.print(line, markup=False, highlight=False)
 
     def note(self, text: str) -> None:

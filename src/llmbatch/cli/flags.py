@@ -319,7 +319,15 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-max-tokens",
         type=positive_int,
         metavar="N",
-        help="estimated input tokens per batch at most (for an enqueued-token limit)",
+        help="estimated input tokens per batch at most",
+    )
+    g.add_argument(
+        "--batch-enqueued-tokens",
+        type=positive_int,
+        metavar="N",
+        help="the provider's enqueued-token limit per model (OpenAI's batch queue limit): "
+        "batches wait for room under it instead of failing; learned from the provider's "
+        "refusal when not given",
     )
     g.add_argument(
         "--poll-interval",

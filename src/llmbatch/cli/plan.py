@@ -102,6 +102,7 @@ def plan_table(plan: Plan, title: str) -> Table:
                 rows.append((f"time under --{name}", format_duration(seconds)))
     rows += _deadline_rows(plan.deadline)
     rows += _prompt_cache_rows(plan.prompt_cache)
+    rows += _enqueued_rows(plan.enqueued)
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     notes = [f"expected output: {plan.expected_basis}"]
@@ -119,6 +120,21 @@ def plan_table(plan: Plan, title: str) -> Table:
     table.caption = Text("\n".join(notes))
     table.caption_justify = "left"
     return table
+
+
+def _enqueued_rows(e: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if e is None:
+        return []
+    tokens = max(e["batch_input_tokens_by_model"].values(), default=0)
+    if e["waves"] <= 1:
+        text = f"{tokens:,} input tokens fit under {e['limit']:,}: every batch at once"
+    else:
+        text = (
+            f"{tokens:,} input tokens over {e['limit']:,}: batches go in {e['waves']:,} waves, "
+            f"each after the one before ends (about {e['extra_turnarounds']:,} batch "
+            "turnaround(s) more, up to 24 h each)"
+        )
+    return [("enqueued-token limit (--batch-enqueued-tokens)", text)]
 
 
 def _prompt_cache_rows(c: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -227,6 +227,13 @@ def _add_batch_arguments(p: argparse.ArgumentParser) -> None:
         help="bytes per OpenAI input file / Anthropic create body (default 200 MB / 256 MB)",
     )
     g.add_argument(
+        "--batch-enqueued-tokens",
+        type=positive_int,
+        metavar="N",
+        help="OpenAI's enqueued-token limit per model: a batch created while the live "
+        "batches of its model hold more fails with token_limit_exceeded (default: none)",
+    )
+    g.add_argument(
         "--batch-lose-create",
         type=positive_int,
         metavar="N",
@@ -325,6 +332,7 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         batch_delay_sigma=args.batch_delay_sigma,
         batch_max_requests=args.batch_max_requests,
         batch_max_bytes=args.batch_max_bytes,
+        batch_enqueued_tokens=args.batch_enqueued_tokens,
         batch_lose_create=args.batch_lose_create,
         batch_refuse_create=args.batch_refuse_create,
         batch_list_status=args.batch_list_status,

@@ -122,6 +122,7 @@ class RunConfig:
     batch_api: bool = False
     batch_max_requests: int | None = None
     batch_max_tokens: int | None = None
+    batch_enqueued_tokens: int | None = None
     poll_interval: float = DEFAULT_POLL_INTERVAL
     keep_files: bool = False
     expired: Literal["fail", "realtime"] = "fail"
@@ -137,7 +138,7 @@ class RunConfig:
         _positive("request_timeout", self.request_timeout)
         for name in ("max_input_tokens", "max_tokens", "max_tokens_on_truncation"):
             _positive(name, getattr(self, name), integer=True)
-        for name in ("batch_max_requests", "batch_max_tokens", "workers"):
+        for name in ("batch_max_requests", "batch_max_tokens", "batch_enqueued_tokens", "workers"):
             _positive(name, getattr(self, name), integer=True)
         for name in ("max_outage", "max_cost", "price_in", "price_out", "price_cached_in"):
             _non_negative(name, getattr(self, name))

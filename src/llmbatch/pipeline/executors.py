@@ -35,12 +35,14 @@ from ..batch_api import (
     ledger_paths,
 )
 from ..batch_api.hybrid import DeadlineRunner, Switched, estimate_work
+from ..breaker import Outage
 from ..budget import Budget
 from ..clients import ClientSpec
 from ..clients.provider import ProviderClient
 from ..deadline import Work, assumed_latency, split_size
 from ..engine import Concurrency, Engine, EngineConfig
 from ..errors import InvalidOutputError, LLMBatchError, TruncatedReplyError
+from ..events import ProviderOutage
 from ..io.sink import ResultSink
 from ..limiter import RateLimiter
 from ..metrics import MetricsListener
@@ -162,6 +164,7 @@ class Context:
             config.output,
             max_requests=config.batch_max_requests,
             max_tokens=config.batch_max_tokens,
+            enqueued_tokens=config.batch_enqueued_tokens,
             poll_interval=config.poll_interval,
             keep_files=config.keep_files,
             listeners=[self.emit],
@@ -309,6 +312,7 @@ class RayExecutor:
                             limiter,
                             ray_config,
                             on_results=ready.put_nowait,
+                            on_outages=self._outages,
                         )
                 except TimeoutError:
                     pass  # what was not written is counted by the sink as unfinished
@@ -334,6 +338,16 @@ class RayExecutor:
 
     def held(self) -> list[BatchResult]:
         return []
+
+    def _outages(self, outages: list[Outage]) -> None:
+        """The cluster breaker's outages, to the listeners a local engine reports them to."""
+        listeners: list[Any] = [self.context.sink]
+        if self.context.metrics is not None:
+            listeners.append(self.context.metrics)
+        for outage in outages:
+            event = ProviderOutage(outage, time.monotonic())
+            for listener in listeners:
+                listener(event)
 
 
 async def _cluster_gauges(limiter: Any, metrics: Any, every: float = 1.0) -> None:

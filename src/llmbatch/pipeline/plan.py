@@ -85,6 +85,7 @@ class Plan:
     seconds_by_limit: dict[str, float] = field(default_factory=dict)
     deadline: dict[str, Any] | None = None  # with `finish_by`: the split and its feasibility
     prompt_cache: dict[str, Any] | None = None  # with `prompt_cache="auto"`: what it saves
+    enqueued: dict[str, Any] | None = None  # with `batch_enqueued_tokens`: batches in waves
     check: Precheck | None = None  # the first pass: bad lines found
     where: str = ""  # how messages name the input
 
@@ -112,6 +113,7 @@ class Plan:
             "time_seconds_by_limit": {k: round(v, 3) for k, v in self.seconds_by_limit.items()},
             "deadline": self.deadline,
             "prompt_cache": self.prompt_cache,
+            "enqueued": self.enqueued,
         }
 
 
@@ -211,7 +213,27 @@ def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None =
         _prompt_cache(plan, config, census, pricer, loads)
     if config.finish_by is not None:
         _deadline(plan, config, done)
+    if config.batch_api and config.batch_enqueued_tokens is not None:
+        _enqueued(plan, config.batch_enqueued_tokens, loads)
     return plan
+
+
+def _enqueued(plan: Plan, limit: int, loads: dict[str | None, _ModelLoad]) -> None:
+    """How the enqueued-token limit serializes the batches: a model whose batches hold more
+    input tokens than the limit sends them in waves, each after the one before has ended
+    (with `finish_by`, only the share planned for batches counts)."""
+    share = 1.0
+    if plan.deadline is not None and plan.requests:
+        share = plan.deadline["batch_requests"] / plan.requests
+    tokens = {model or "": round(load.input_tokens * share) for model, load in loads.items()}
+    waves = max((math.ceil(t / limit) for t in tokens.values() if t), default=0)
+    plan.enqueued = {
+        "limit": limit,
+        "batch_input_tokens_by_model": tokens,
+        "waves": waves,
+        # Each wave after the first waits for a batch's turnaround (up to the 24 h window).
+        "extra_turnarounds": max(0, waves - 1),
+    }
 
 
 def _expected(

@@ -11,8 +11,9 @@
     )
 
 Needs `pip install llmbatch[ray]`; importing this package is the only thing that imports Ray.
-Modules: `limiter` (the cluster limiter actor and the leased limiter), `data` (the Ray Data
-mapper), `run` (the CLI's workers and scheduler).
+Modules: `limiter` (the cluster limiter actor and the leased limiter), `breaker` (the
+cluster's one outage breaker), `data` (the Ray Data mapper), `run` (the CLI's workers and
+scheduler).
 
 The limiter: one actor owns a `RateLimiter` (requests and tokens per minute, adaptive mode
 included). Workers do not ask it once per request: each leases a slice of capacity (the
@@ -29,12 +30,14 @@ each worker reads it from its own environment.
 from __future__ import annotations
 
 from ..clients import ClientSpec
+from .breaker import ClusterBreaker
 from .data import LLMMapper
 from .limiter import ClusterLimiter, LeasedLimiter
 from .run import RayRunConfig, RayWorker, run_on_ray
 
 __all__ = [
     "ClientSpec",
+    "ClusterBreaker",
     "ClusterLimiter",
     "LLMMapper",
     "LeasedLimiter",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..admission import Admission
-from ..breaker import DEFAULT_MAX_OUTAGE
+from ..breaker import DEFAULT_MAX_OUTAGE, Breaker
 from ..clients.provider import ProviderClient
 from ..engine import Concurrency, Engine, EngineConfig
 from ..replies import ReplyPolicy
@@ -23,6 +23,7 @@ def worker_engine(
     budget: Admission | None = None,
     replies: ReplyPolicy | None = None,
     tiers: TierPolicy | None = None,
+    breaker: Breaker | None = None,
 ) -> Engine:
     return Engine(
         client,
@@ -32,6 +33,7 @@ def worker_engine(
             retry=retry or RetryPolicy(),
             limiter=limiter,
             max_outage=max_outage,
+            breaker=breaker,
             budget=budget,
             replies=replies or ReplyPolicy(),
             tiers=tiers or TierPolicy(),

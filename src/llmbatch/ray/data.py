@@ -22,6 +22,7 @@ from ..errors import error_code
 from ..retry import RetryPolicy
 from ..types import BatchRequest, BatchResult, CompletionRequest, ResponseFormat
 from ._engine import worker_engine
+from .breaker import ClusterBreaker
 from .limiter import ClusterLimiter
 
 __all__ = ["LLMMapper"]
@@ -64,6 +65,7 @@ class LLMMapper:
         system: str | None = None,
         request_timeout: float | None = 600.0,
         retry: RetryPolicy | None = None,
+        breaker: ClusterBreaker | None = None,
     ) -> None:
         if (template is None) == (prompt_column is None):
             raise ValueError("give exactly one of template= or prompt_column=")
@@ -78,8 +80,15 @@ class LLMMapper:
         self._runner = _LoopThread()
         self._client = client.build()
         self._limiter = limiter.local() if limiter is not None else None
+        # `breaker`: the cluster's one outage breaker (one probe per interval for all
+        # mappers while the server is down); without it each mapper has its own.
         self._engine = worker_engine(
-            self._client, self._limiter, concurrency, request_timeout, retry
+            self._client,
+            self._limiter,
+            concurrency,
+            request_timeout,
+            retry,
+            breaker=breaker.local() if breaker is not None else None,
         )
 
     def _prompt(self, row: Mapping[str, Any]) -> str:

@@ -46,6 +46,9 @@ DEFAULT_SLICE_SECONDS = 0.25
 UNLIMITED_SLICE = 64  # slots per lease while no rate is known
 OBSERVE_EVERY = 1.0  # seconds between forwarded rate-limit headers, per worker
 GAUGES_EVERY = 1.0  # seconds between a worker's in-flight / waiting reports
+# While the opening paces a server of unknown limits, a lease holds the slots of this many
+# seconds at most: a cut then reaches every worker within it (and one round trip).
+OPENING_LEASE = 0.02
 
 Tokens = tuple[int, int, int]  # per budget: total, input, output
 
@@ -96,8 +99,9 @@ class _LimiterState:
         succeeded: int = 0,
         returned: int = 0,
         schedule: tuple[int, int] | None = None,
-    ) -> tuple[list[float], Tokens, int, int]:
-        """(slot delays, tokens leased per budget, pause epoch, congestion generation).
+    ) -> tuple[list[float], Tokens, int, int, float]:
+        """(slot delays, tokens leased per budget, pause epoch, congestion generation, how
+        long a slot stays good once due).
 
         `need` is the next request's estimate per budget (total, input, output); `settle`
         what the worker's finished requests used beyond (or below) their estimates;
@@ -118,8 +122,17 @@ class _LimiterState:
         limits = (lim.tokens_per_minute, lim.input_tokens_per_minute, lim.output_tokens_per_minute)
         grant = tuple(_grant(n, limit, self.slice) for n, limit in zip(need, limits, strict=True))
         t, i, o = grant
-        delays = lim.lease(count, t, input_tokens=i, output_tokens=o)
-        return delays, (t, i, o), lim.epoch, lim.generation
+        # During the opening a lease holds only the slots due within OPENING_LEASE: the first
+        # refusal's cut reaches a worker at its next lease, and a worker holding a slice of
+        # the opening (64 slots, more than its concurrency sends before that refusal) never
+        # leased again before sending them all into the refusing server.
+        # Slots not used soon after they fall due are dropped by the worker (a burst after an
+        # idle spell otherwise); in the opening, as soon as a fresh lease could be asked for.
+        opening = lim.opening
+        horizon = OPENING_LEASE if opening else None
+        delays = lim.lease(count, t, input_tokens=i, output_tokens=o, horizon=horizon)
+        keep = OPENING_LEASE if opening else self.slice
+        return delays, (t, i, o), lim.epoch, lim.generation, keep
 
     def give_back(self, count: int, tokens: Tokens = (0, 0, 0)) -> None:
         t, i, o = tokens
@@ -306,6 +319,7 @@ class LeasedLimiter:
         self._paused_until = 0.0
         self._schedule = 0  # bumped when the held schedule is voided (see `_void_schedule`)
         self._horizon = 0.0  # the last slot leased: how far ahead this worker has booked
+        self._keep = slice_seconds  # a held slot this long past due is dropped (the lease says)
         self._last_observe = 0.0
         self._lock: asyncio.Lock | None = None
         self.leases = 0
@@ -360,8 +374,9 @@ class LeasedLimiter:
             self._lock = asyncio.Lock()
         while True:
             now = self._clock()
-            # Slots far in the past belong to an idle spell; using them now would be a burst.
-            while self._slots and self._slots[0] < now - self.slice_seconds:
+            # Slots far in the past belong to an idle spell; using them now would be a burst
+            # (or, in the opening, a send on a schedule the cluster may have cut since).
+            while self._slots and self._slots[0] < now - self._keep:
                 self._slots.popleft()
             if self._slots and self._enough(need) and now >= self._paused_until:
                 slot = self._slots.popleft()
@@ -417,10 +432,11 @@ class LeasedLimiter:
             now = self._clock()
             returned = sum(1 for t in self._slots if t >= now)
             self._slots.clear()
-        delays, tokens, epoch, generation = await self.actor.lease.remote(
+        delays, tokens, epoch, generation, keep = await self.actor.lease.remote(
             need, settle, used, succeeded, returned, (self._epoch, self._generation)
         )
         self.leases += 1
+        self._keep = keep
         now = self._clock()
         if epoch != self._epoch or generation != self._generation:
             self._void_schedule()  # a pause or a cut discarded the schedule these came from

@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 
-from ..breaker import DEFAULT_MAX_OUTAGE
+from ..breaker import DEFAULT_MAX_OUTAGE, Outage
 from ..clients import ClientSpec
 from ..engine import Concurrency
 from ..errors import LLMBatchError
@@ -34,11 +34,13 @@ from ..retry import RetryPolicy
 from ..tiers import TierPolicy
 from ..types import BatchRequest, BatchResult, CompletionRequest
 from ._engine import worker_engine
+from .breaker import ClusterBreaker
 from .limiter import ClusterLimiter
 
 __all__ = ["Lines", "RayRunConfig", "RayWorker", "run_on_ray"]
 
 AUTO_CHUNK = 64
+OUTAGES_TIMEOUT = 10.0  # seconds to wait for the breaker actor's outages at the end
 
 
 def _portable(result: BatchResult) -> BatchResult:
@@ -71,6 +73,7 @@ class _BatchWorker:
         max_outage: float | None = DEFAULT_MAX_OUTAGE,
         replies: ReplyPolicy | None = None,
         tiers: TierPolicy | None = None,
+        breaker: ClusterBreaker | None = None,
     ) -> None:
         self.client = client.build()
         self.limiter = limiter.local() if limiter is not None else None
@@ -85,6 +88,7 @@ class _BatchWorker:
             budget,
             replies,
             tiers,
+            breaker.local() if breaker is not None else None,
         )
         self.queue: asyncio.Queue[BatchRequest] | None = None
         self.waiting: dict[str, asyncio.Future[BatchResult]] = {}
@@ -157,9 +161,14 @@ async def run_on_ray(
     on_lines: Callable[[Lines], None] | None = None,
     *,
     on_results: Callable[[list[BatchResult]], None] | None = None,
+    on_outages: Callable[[list[Outage]], None] | None = None,
 ) -> None:
     """Spread `requests` over Ray workers; hand every finished chunk to `on_results` (or, as
     rendered output lines `(custom_id, line, ok)`, to `on_lines`): give exactly one.
+
+    With `max_outage` set, the workers share one outage breaker (`llmbatch.ray.breaker`):
+    one probe per interval while the server is down; its outages go to `on_outages` when the
+    run ends (however it ends).
 
     An exception from the callback (the output file failed) stops the run: no more chunks
     are sent, chunks in flight are cancelled and the workers killed.
@@ -182,6 +191,7 @@ async def run_on_ray(
     per_worker = AUTO_CHUNK if config.concurrency == "auto" else config.concurrency
     chunk_size = config.chunk_size or per_worker
     replacements = config.workers if config.max_replacements is None else config.max_replacements
+    breaker = None if config.max_outage is None else ClusterBreaker.create(config.max_outage)
 
     def start() -> Any:
         return RayWorker.remote(
@@ -193,6 +203,7 @@ async def run_on_ray(
             config.max_outage,
             config.replies,
             config.tiers,
+            breaker,
         )
 
     live: list[Any] = [start() for _ in range(config.workers)]
@@ -262,3 +273,20 @@ async def run_on_ray(
         await asyncio.sleep(0.1)  # let the give-backs leave before the workers go
         for worker in live:
             ray.kill(worker)
+        if breaker is not None:
+            await _report_outages(breaker, on_outages)
+
+
+async def _report_outages(
+    breaker: ClusterBreaker, on_outages: Callable[[list[Outage]], None] | None
+) -> None:
+    """Hand the cluster's outages to `on_outages`, then stop the breaker's actor."""
+    try:
+        if on_outages is not None:
+            outages = await asyncio.wait_for(breaker.outages(), OUTAGES_TIMEOUT)
+            if outages:
+                on_outages(outages)
+    except (TimeoutError, ray.exceptions.RayError):
+        pass  # the summary misses them; the results are all written
+    finally:
+        ray.kill(breaker.actor)

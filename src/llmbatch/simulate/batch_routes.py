@@ -23,7 +23,8 @@ the size cap ("File is too large."); the content of the input file is checked wh
 batch is `validating`, and a bad line makes the whole batch `failed` with
 `errors.data[{code, message, param, line}]` (codes `invalid_json_line`,
 `missing_required_parameter`, `url_mismatch`, `model_mismatch`, `duplicate_custom_id`,
-`empty_file`, `too_many_tasks`). Anthropic checks the request at create: a bad
+`empty_file`, `too_many_tasks`; `token_limit_exceeded` when the model's live batches hold
+more than `batch_enqueued_tokens`, `enqueued.py`). Anthropic checks the request at create: a bad
 `custom_id` (`^[a-zA-Z0-9_-]{1,64}$`), a duplicate one or params without `model`,
 `max_tokens` or `messages` is a 400 `invalid_request_error` naming `requests.{index}`;
 a body over the byte cap is a 413 `request_too_large`.
@@ -45,6 +46,7 @@ from aiohttp import BodyPartReader, web
 from .batches import BatchStore, Item, SimBatch, dumps
 from .config import SimulatorConfig
 from .dialects import ANTHROPIC, OPENAI, Dialect
+from .enqueued import EnqueuedQueue, batch_tokens
 
 __all__ = [
     "ANTHROPIC_MAX_BYTES",
@@ -249,6 +251,14 @@ def parse_anthropic_requests(body: Any, max_requests: int) -> tuple[list[Item], 
     return items, None
 
 
+def _model(items: list[Item]) -> str:
+    """The model of a batch's lines (one per batch, checked by `parse_openai_input`)."""
+    if not items:
+        return ""
+    model = orjson.loads(items[0][1]).get("model")
+    return model if isinstance(model, str) else ""
+
+
 class BatchRoutes:
     """Request handlers over a `BatchStore`; caps and auth from the simulator's config."""
 
@@ -261,6 +271,8 @@ class BatchRoutes:
         self.anthropic_max_requests = c.batch_max_requests or ANTHROPIC_MAX_REQUESTS
         self.anthropic_max_bytes = c.batch_max_bytes or ANTHROPIC_MAX_BYTES
         self._creates = 0  # batch creates asked for, both providers (for the faults)
+        limit = c.batch_enqueued_tokens
+        self.enqueued = EnqueuedQueue(store, limit) if limit is not None else None
 
     def add_to(self, app: web.Application) -> None:
         r = app.router
@@ -447,14 +459,16 @@ class BatchRoutes:
                     None,
                 )
             )
+        kind = _ENDPOINTS[endpoint][0]
+        model, tokens = _model(items), 0
+        if not errors and self.enqueued is not None:
+            tokens = batch_tokens(kind, items)
+            if (refusal := await self.enqueued.admit(model, tokens)) is not None:
+                errors.append(refusal)  # created, then failed: OpenAI's way
         batch = self.store.create_openai(
-            f.id,
-            endpoint,
-            metadata,
-            _ENDPOINTS[endpoint][0],
-            [] if errors else items,
-            errors or None,
+            f.id, endpoint, metadata, kind, [] if errors else items, errors or None
         )
+        batch.model, batch.tokens = model, tokens
         if fault == "lose":
             return self._failed_create(OPENAI)
         return _json(200, batch.openai_obj(self.store.clock()))

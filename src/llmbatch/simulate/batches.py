@@ -177,6 +177,8 @@ class SimBatch:
         self.input_file_id = input_file_id
         self.metadata = metadata
         self.errors = errors  # OpenAI validation errors: the batch will be `failed`
+        self.model: str | None = None  # OpenAI: the model and input tokens (`enqueued`)
+        self.tokens = 0
         self.finalize = finalize
         self.stop_grace = stop_grace
         self.cancel_at: float | None = None

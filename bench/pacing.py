@@ -1,6 +1,7 @@
 """Pacing on every kind of server: limit given vs adaptive, and fixed vs `auto` concurrency.
 
-    python bench/pacing.py [--quick] [--requests 400] [--rpm 1200] [--only limits|queue]
+    python bench/pacing.py [--quick] [--requests 400] [--rpm 1200] [--seconds 30]
+                            [--only limits|tokens|concurrency] [--style LABEL]
 
 Everything is built as a user would build it: library defaults, no hand-set pool sizes.
 Each run gets a fresh `llmbatch simulate` process (its bucket starts full).
@@ -14,12 +15,14 @@ Ideal makespan: requests / (rpm/60). Targets: adaptive <= 1.15x ideal, refusals 
 requests, 0 lost; limit given <= 1.05x ideal, 0 refusals, 0 lost. A run is cut at 5x ideal
 (what is unfinished then counts as lost).
 
-Matrix 2, the `queue` style (2 model slots, 200 ms a request, no refusals: latency grows
-with the queue), 200 requests at fixed concurrency 1, 4, 16, 64 and `auto`: throughput,
-p50/p95 latency (`BatchResult.duration`). Targets: auto >= 0.9x the best fixed throughput,
-auto p95 <= 2x the best fixed one's (best: the highest throughput, ties within 2% going to
-the lower p95). If the installed engine does not take `max_concurrency="auto"` yet, its row
-says so instead of failing.
+Matrix 2, token-limited servers (see `tokens_matrix`).
+
+Matrix 3, fixed concurrency 8, 32, 128, 512 vs `auto` on a cloud-like server (limit stated in
+headers, 100-700 ms latency whatever the load), a queueing one (2 slots of 200 ms, latency
+grows with the queue) and two header-less rate-limited ones (bare 429, 503): each run is cut
+at `--seconds` (30) and its throughput is what was answered by then; p50/p95 latency
+(`BatchResult.duration`), refusals, the gate's final limit. Best fixed: the highest req/s,
+ties within 2% going to the lower p95. Target: auto >= 0.9x the best fixed req/s.
 """
 
 from __future__ import annotations
@@ -88,7 +91,6 @@ TOKEN_STYLES: tuple[tuple[str, tuple[str, ...], str, dict[str, int]], ...] = (
         {"tokens_per_minute": TPM},
     ),
 )
-QUEUE_CONCURRENCIES: tuple[int | str, ...] = (1, 4, 16, 64, "auto")
 
 
 @dataclass
@@ -276,133 +278,179 @@ def queue_config(concurrency: int | str) -> BatchProcessorConfig:
     return BatchProcessorConfig(max_concurrency=value)
 
 
-def queue_matrix(console: Console, n: int) -> None:
-    table = Table(
-        title=f"Queueing server (2 slots, 200 ms each, ideal 10 req/s): {n} requests, "
-        "fixed concurrency vs auto"
-    )
-    for col in ("concurrency", "req/s", "p50 s", "p95 s", "max queue", "lost"):
-        table.add_column(col, justify="right")
-    table.add_column("vs best fixed", justify="left")
-    rows: dict[str, tuple[float, float, float, int, int] | str] = {}
-    for concurrency in QUEUE_CONCURRENCIES:
-        try:
-            config = queue_config(concurrency)
-            # 1 request at a time on 200 ms is 5 req/s; anything slower than 1 req/s is stuck.
-            run = measure(QUEUE_FLAGS, "openai", n, config, cut=max(60.0, n))
-        except (TypeError, ValueError) as exc:
-            rows[str(concurrency)] = f"n/a (not supported: {type(exc).__name__}: {exc})"
-            continue
-        if len(run.durations) >= 2:
-            q = statistics.quantiles(run.durations, n=20, method="inclusive")
-            p50, p95 = statistics.median(run.durations), q[18]
-        else:
-            p50 = p95 = float("nan")
-        rows[str(concurrency)] = (
-            (n - run.lost) / run.makespan,
-            p50,
-            p95,
-            int(run.stats.get("max_queue_depth", 0)),
-            run.lost,
-        )
-        console.print(f"  done: queue / concurrency {concurrency}", style="dim")
-    fixed = {k: v for k, v in rows.items() if k != "auto" and isinstance(v, tuple)}
-    # The best fixed concurrency: the highest throughput, and among those within 2% of it
-    # (noise), the lowest p95: 4 and 16 both saturate 2 slots, but 16 only adds queueing.
-    top = max((v[0] for v in fixed.values()), default=0.0)
-    near = [k for k, v in fixed.items() if v[0] >= 0.98 * top]
-    best_key = min(near, key=lambda k: fixed[k][2]) if near else None
-    for key, row in rows.items():
-        if isinstance(row, str):
-            table.add_row(key, "n/a", "", "", "", "", row)
-            continue
-        rps, p50, p95, depth, lost = row
-        note = ""
-        if best_key is not None:
-            best_rps, best_p95 = fixed[best_key][0], fixed[best_key][2]
-            if key == best_key:
-                note = "best fixed"
-            else:
-                note = f"{rps / best_rps:.2f}x req/s, {p95 / best_p95:.2f}x p95"
-            if key == "auto":
-                note += "  " + verdict(
-                    [
-                        (rps >= 0.9 * best_rps, "< 0.9x req/s"),
-                        (p95 <= 2 * best_p95, "> 2x p95"),
-                        (lost == 0, "lost"),
-                    ]
-                )
-        table.add_row(key, f"{rps:.2f}", f"{p50:.2f}", f"{p95:.2f}", str(depth), str(lost), note)
-    console.print(table)
-
-
-# A cloud-like API: a high limit it states in headers, no queueing, but latency that varies
-# with the length of each answer (100 to 700 ms): does `auto` hold the pace of a fixed 32?
-CLOUD_FLAGS = (
-    "--limit-style",
-    "openai",
-    "--rpm",
-    "12000",
-    "--latency-ms",
-    "400",
-    "--latency-jitter-ms",
-    "300",
-    "--seed",
-    "5",
+# Server styles for fixed concurrency vs `auto` (label, simulator flags, what it is).
+CONCURRENCY_STYLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (
+        "cloud-like",
+        (
+            "--limit-style",
+            "openai",
+            "--rpm",
+            "12000",
+            "--latency-ms",
+            "400",
+            "--latency-jitter-ms",
+            "300",
+            "--seed",
+            "5",
+        ),
+        "12,000 req/min stated in headers, 100-700 ms whatever the load: the best is "
+        "what the limit allows (200 req/s)",
+    ),
+    (
+        "queueing",
+        QUEUE_FLAGS,
+        "2 slots of 200 ms, no refusals (llama.cpp-like): 10 req/s at best, more in "
+        "flight only queues",
+    ),
+    (
+        "bare 429",
+        ("--limit-style", "bare", "--rpm", "1200", "--latency-ms", "50", "--seed", "1"),
+        "1,200 req/min, refusals with no header at all, 50 ms: the rate limiter's job",
+    ),
+    (
+        "503 over limit",
+        (
+            "--limit-style",
+            "bare",
+            "--over-limit-status",
+            "503",
+            "--rpm",
+            "1200",
+            "--latency-ms",
+            "50",
+            "--seed",
+            "1",
+        ),
+        "the same, refused with 503 overloaded",
+    ),
 )
+CONCURRENCY_LEVELS: tuple[int | str, ...] = (8, 32, 128, 512, "auto")
 
 
-def cloud_matrix(console: Console, n: int) -> None:
-    table = Table(
-        title=f"Cloud-like server (12,000 req/min stated, latency 100-700 ms): {n} requests, "
-        f"concurrency {CONCURRENCY} (the CLI default) vs auto"
+@dataclass
+class Span:
+    """A run bounded by time: requests answered in `seconds`, their latencies, refusals."""
+
+    ok: int
+    lost: int
+    durations: list[float]
+    refused: int
+    limit: int | None  # the auto gate's limit at the end
+    late: float = 0.0  # req/s in the second half of the run: the pace once ramped up
+
+
+async def run_span(url: str, concurrency: int | str, seconds: float) -> tuple[Span, float]:
+    # More requests than any setting can finish: the run is cut at `seconds`, and what was
+    # answered by then is the throughput (slow settings do not run for minutes).
+    requests = plain_requests(int(seconds * 400))
+    async with make_client("openai", url) as client:
+        processor = BatchProcessor(client, queue_config(concurrency))
+        start, wall = time.perf_counter(), time.time()
+        results = await processor.aprocess_batch(requests, timeout=seconds)
+        elapsed = time.perf_counter() - start
+    ok = [r for r in results if r.ok]
+    half = wall + elapsed / 2
+    late = sum(1 for r in ok if r.timing is not None and r.timing.finished_at >= half)
+    lost = sum(
+        1 for r in results if r.error is not None and type(r.error).__name__ != "BatchTimeoutError"
     )
-    for col in ("concurrency", "req/s", "p50 s", "p95 s", "lost", f"vs {CONCURRENCY}"):
+    gate = processor.engine.gate
+    span = Span(len(ok), lost, [r.duration for r in ok], 0, gate.limit if gate else None)
+    span.late = late / (elapsed / 2)
+    return span, elapsed
+
+
+def concurrency_matrix(console: Console, seconds: float, only: list[str] | None) -> None:
+    """Each style x fixed 8/32/128/512 and auto, each run cut at `seconds`."""
+    table = Table(
+        title=f"Fixed concurrency vs auto: requests answered in {seconds:.0f} s runs, "
+        "library defaults otherwise (adaptive rate limiter); best fixed = the highest req/s, "
+        "ties within 2% to the lower p95; 2nd half: req/s in the run's second half vs the best "
+        "fixed's (the pace once ramped up). Target: auto >= 0.9x the best fixed"
+    )
+    for col in ("style", "concurrency", "req/s", "vs best", "2nd half", "p50 s", "p95 s"):
         table.add_column(col, justify="right")
-    base: float | None = None
-    for concurrency in (CONCURRENCY, "auto"):
-        run = measure(CLOUD_FLAGS, "openai", n, queue_config(concurrency), cut=120.0)
-        q = statistics.quantiles(run.durations, n=20, method="inclusive")
-        rps = (n - run.lost) / run.makespan
-        base = base or rps
-        table.add_row(
-            str(concurrency),
-            f"{rps:.1f}",
-            f"{statistics.median(run.durations):.2f}",
-            f"{q[18]:.2f}",
-            str(run.lost),
-            f"{rps / base:.2f}x",
-        )
-        console.print(f"  done: cloud / concurrency {concurrency}", style="dim")
+    for col in ("refusals", "lost", "auto limit", "verdict"):
+        table.add_column(col, justify="right" if col != "verdict" else "left")
+    for label, flags, _about in CONCURRENCY_STYLES:
+        if only and label not in only:
+            continue
+        rows: dict[str, tuple[float, float, float, Span]] = {}
+        for concurrency in CONCURRENCY_LEVELS:
+            with SimulatorProcess(*flags) as sim:
+                span, elapsed = asyncio.run(run_span(sim.url, concurrency, seconds))
+                span.refused = refusals(sim.stats())[0]
+            if len(span.durations) >= 2:
+                q = statistics.quantiles(span.durations, n=20, method="inclusive")
+                p50, p95 = statistics.median(span.durations), q[18]
+            else:
+                p50 = p95 = float("nan")
+            rows[str(concurrency)] = (span.ok / elapsed, p50, p95, span)
+            console.print(
+                f"  done: {label} / {concurrency}: {span.ok / elapsed:.1f} req/s", style="dim"
+            )
+        fixed = {k: v for k, v in rows.items() if k != "auto"}
+        top = max(v[0] for v in fixed.values())
+        best = min((k for k, v in fixed.items() if v[0] >= 0.98 * top), key=lambda k: fixed[k][2])
+        best_rps, best_late = fixed[best][0], fixed[best][3].late
+        for key, (rps, p50, p95, span) in rows.items():
+            verdict_text = ""
+            if key == "auto":
+                verdict_text = verdict(
+                    [(rps >= 0.9 * best_rps, "< 0.9x req/s"), (span.lost == 0, "lost")]
+                )
+            table.add_row(
+                label if key == "8" else "",
+                key + (" (best)" if key == best else ""),
+                f"{rps:.1f}",
+                f"{rps / best_rps:.2f}x",
+                f"{span.late / best_late:.2f}x",
+                f"{p50:.2f}",
+                f"{p95:.2f}",
+                str(span.refused),
+                str(span.lost),
+                "" if span.limit is None else str(span.limit),
+                verdict_text,
+            )
+        table.add_section()
     console.print(table)
+    for label, _, about in CONCURRENCY_STYLES:
+        if not only or label in only:
+            console.print(f"  {label}: {about}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="100 + 60 requests, not 400 + 200")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="100 + 60 requests and 10 s concurrency runs, not 400 + 200 and 30 s",
+    )
     parser.add_argument("--requests", type=int, help="requests per style run (default 400)")
-    parser.add_argument("--queue-requests", type=int, help="requests per queue run (default 200)")
+    parser.add_argument(
+        "--seconds", type=float, help="length of each concurrency run (default 30, quick 10)"
+    )
     parser.add_argument("--rpm", type=int, default=1200)
-    parser.add_argument("--only", choices=("limits", "tokens", "queue", "cloud"))
+    parser.add_argument("--only", choices=("limits", "tokens", "concurrency"))
     parser.add_argument("--token-requests", type=int, help="requests per token run (200)")
     parser.add_argument(
         "--style",
         action="append",
-        choices=[label for label, _, _ in STYLES] + [label for label, *_ in TOKEN_STYLES],
+        choices=[label for label, _, _ in STYLES]
+        + [label for label, *_ in TOKEN_STYLES]
+        + [label for label, *_ in CONCURRENCY_STYLES],
         help="run only this server style (repeatable)",
     )
     args = parser.parse_args()
     n = args.requests or (100 if args.quick else 400)
-    nq = args.queue_requests or (60 if args.quick else 200)
     console = Console(width=170)
     if args.only in (None, "limits"):
         limits_matrix(console, n, args.rpm, args.style)
     if args.only in (None, "tokens"):
         tokens_matrix(console, args.token_requests or (60 if args.quick else 200), args.style)
-    if args.only in (None, "queue"):
-        queue_matrix(console, nq)
-    if args.only in (None, "cloud"):
-        cloud_matrix(console, 3 * nq)
+    if args.only in (None, "concurrency"):
+        concurrency_matrix(console, args.seconds or (10.0 if args.quick else 30.0), args.style)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -47,14 +48,20 @@ def requests(n: int) -> Iterator[BatchRequest]:
         yield BatchRequest(f"r{i}", CompletionRequest(prompt=f"question {i}", max_tokens=8))
 
 
-def run(sim: SimProcess, limiter: ClusterLimiter, n: int, workers: int) -> list:  # type: ignore[type-arg]
+def run(
+    sim: SimProcess,
+    limiter: ClusterLimiter,
+    n: int,
+    workers: int,
+    concurrency: int | Literal["auto"] = 16,
+) -> list:  # type: ignore[type-arg]
     lines: list = []  # type: ignore[type-arg]
     asyncio.run(
         run_on_ray(
             requests(n),
             ClientSpec(base_url=sim.url + "/v1", model="sim"),
             limiter,
-            RayRunConfig(workers=workers, concurrency=16),
+            RayRunConfig(workers=workers, concurrency=concurrency),
             lines.extend,
         )
     )
@@ -110,6 +117,19 @@ def test_with_no_header_at_all_the_cluster_still_converges() -> None:
     # slots, more than a worker sent before the first refusal, kept the actor's cut from
     # reaching the other workers: 3-34 refusals, most sent after the cut).
     assert stats["over_limit"] <= 15
+
+
+def test_auto_concurrency_on_workers_keeps_a_queueing_server_busy_without_a_long_queue() -> None:
+    # Each worker's own gate reads the shared server's latency: together they keep its two
+    # slots busy; a fixed 16 per worker would queue all 32 sent at once.
+    sim = SimProcess("--limit-style", "queue", "--slots", "2", "--latency-ms", "50")
+    try:
+        lines = run(sim, ClusterLimiter.create(), 120, 2, concurrency="auto")
+        stats = sim.stats()
+    finally:
+        sim.close()
+    assert len({cid for cid, _, _ in lines}) == 120 and all(ok for _, _, ok in lines)
+    assert stats["max_queue_depth"] <= 12
 
 
 def test_split_output_token_budget_is_shared_by_the_cluster() -> None:

@@ -341,7 +341,9 @@ def test_cli_finish_by_answers_responses_lines_through_a_batch_at_half_price(
     for rec in records:
         meta = rec["llmbatch"]
         assert rec["error"] is None and rec["response"]["body"]["object"] == "response"
-        assert meta["batch_api"] is True  # the batch came back long before the deadline
+        # Through the batch, or through flex, which takes batches while it has room (it is
+        # sold at the batch price): half price either way.
+        assert meta.get("batch_api") is True or meta.get("service_tier") == "flex"
         assert meta["cost"] == pytest.approx(priced(meta, 1, 1, 1) / 2, rel=1e-9)  # half price
 
 

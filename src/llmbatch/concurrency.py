@@ -7,19 +7,41 @@ starts to, for servers that queue instead of refusing.
 
 llama.cpp's server, vLLM and Ollama rarely answer 429: past their capacity they queue, and
 latency grows with everything in flight until requests time out. No rate limit helps there;
-the knob is how many requests are in flight. This is TCP Vegas applied to concurrency, as in
-Netflix's concurrency-limits library: with `rtt_min` the latency without queueing (the lowest
-recently seen) and `rtt` the recent latency, `queue = limit * (1 - rtt_min / rtt)` estimates
-how many of our requests wait in the server's queue. Fewer than `alpha` queued: there is idle
-capacity, grow; more than `beta`: shrink; in between: hold. A timeout or a refusal (429/503)
-is a drop: cut multiplicatively, once per latency interval. Chosen over Gradient2 because the
-queue estimate targets a small, bounded number of waiting requests directly, which is what
-keeps latency near the best fixed setting; Gradient2's long-term average drifts up under
-sustained queueing and lets latency creep.
+the knob is how many requests are in flight. The gate grows it while latency stays at the
+server's unloaded level and shrinks it once latency says requests wait in a queue.
 
-Vegas reads latency as load. An LLM's latency also grows with the length of its answer, so
-on providers whose answers vary a lot in length, `auto` can hold concurrency lower than a
-fixed setting would; this is why it is not the default (see the README).
+An LLM's latency varies for reasons other than load: the length of each answer (decode time
+is per token) and plain jitter (a cloud API's 100-700 ms for the same request). TCP Vegas,
+which this gate used before, compares each latency *sample* with the lowest one seen; with
+jitter that ratio reads most of the window as queued and holds a cloud API at a few requests
+in flight. So the gate works in rounds, as Gradient2 in Netflix's concurrency-limits does
+with its sample windows, and treats the spread of latency as noise to be measured:
+
+- Each sample is normalised by its answer's length: latency / (`TTFT_TOKENS` + output
+  tokens), so a run whose answers grow longer does not read as a growing queue.
+- A round is one turn of the window: a cohort of `limit` attempts (at least `MIN_ROUND`)
+  admitted after the last decision (older ones were sent under another limit), measured
+  once all have returned: the first answers back are the fast ones, and a round of them
+  would read a jittery server as faster than it is.
+- A round's mean has a confidence interval `mean +- Z * cv * mean / sqrt(n)`, with `cv` the
+  spread of samples within rounds (smoothed over rounds). The baseline (the unloaded level)
+  is the lowest upper bound seen: a lucky round of a few fast samples cannot set it low.
+- The lower bound more than `TOLERANCE` times the baseline: requests surely queue, shrink to
+  where latency would be `GROW_BELOW` times the baseline (at most halving). The mean at
+  most `GROW_BELOW` times: grow (in slow start, one more per answer, doubling every latency,
+  until the first sign of a queue; then +25% a round, and only if the window was full).
+  In between: hold. On a server with N slots this settles at about 1.25-1.5 x N in flight:
+  every slot busy, a short queue. The first round runs at the initial window of 1: its
+  latencies are the unloaded ones, the baseline's first measure.
+- A timeout or a refusal (429/503) is a drop: cut multiplicatively, once per latency.
+- A round that used less than half the limit (the rate limiter or the source held us back)
+  changes only the baseline, and brings the limit down to 1.5 x what it used: its latency
+  says nothing about a larger window.
+
+Gradient2 compares a long-term average with the recent one; under sustained queueing that
+average drifts up and lets latency creep, which is why the baseline here is a minimum (of
+upper confidence bounds), forgotten slowly (+1% per 30 s window at most) in case the server
+became slower for good.
 """
 
 from __future__ import annotations
@@ -38,32 +60,50 @@ __all__ = ["ConcurrencyLimiter", "ConcurrencyStatus"]
 
 DEFAULT_INITIAL = 1  # start low: the first latencies are then the server's unloaded ones
 DEFAULT_MAX = 256
+TTFT_TOKENS = 32  # the time to a first token, in tokens' worth of decoding (a rough guess)
+MIN_ROUND = 4  # samples in a round at least
+Z = 2.0  # width of a round mean's confidence interval, in standard errors
+TOLERANCE = 1.5  # surely this much slower than unloaded: requests queue, shrink
+GROW_BELOW = 1.25  # a round's mean no slower than this: room to grow
+_GROWTH = 0.25  # after slow start, per round
+_MAX_SHRINK = 0.5  # per round
+_UNUSED_HEADROOM = 1.5  # a window used at most half is brought to this times its use
 _DROP_FACTOR = 0.7
-_RTT_WINDOW = 30.0  # seconds after which the lowest latency is measured afresh
-_RTT_MIN_DRIFT = 1.01  # at most +1% per window
+_CV_INITIAL = 0.5  # the spread assumed before a round has measured one
+_CV_SMOOTHING = 0.3
+_BASELINE_WINDOW = 30.0  # seconds after which the baseline is measured afresh
+_BASELINE_DRIFT = 1.01  # at most +1% per window
 _SMOOTHING = 0.3  # weight of a new latency sample in the recent average (reported only)
 
 
 @dataclass(slots=True, frozen=True)
 class ConcurrencyStatus:
+    """`rtt`: the recent latency (seconds, smoothed); `baseline`: the unloaded latency per
+    token-equivalent (seconds / (`TTFT_TOKENS` + output tokens)); None until measured."""
+
     limit: int
     in_flight: int
     waiting: int
-    rtt_min: float | None
+    baseline: float | None
     rtt: float | None
 
 
 class _Slot(PermitBase):
-    __slots__ = ("gate", "started")
+    __slots__ = ("gate", "round", "started")
 
     def __init__(self, gate: ConcurrencyLimiter) -> None:
         super().__init__()
         self.gate = gate
         self.started = 0.0
+        self.round = -1  # the round whose cohort it belongs to, if any
 
     async def _acquire(self) -> None:
-        await self.gate._acquire()
-        self.started = self.gate._clock()
+        gate = self.gate
+        await gate._acquire()
+        self.started = gate._clock()
+        if gate._enlisted < gate._round_size:
+            gate._enlisted += 1
+            self.round = gate._round
 
     def _release(self, response: CompletionResponse | None, error: BaseException | None) -> None:
         self.gate._finish(self, response, error)
@@ -89,8 +129,21 @@ class ConcurrencyLimiter:
         self._in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._rtt: float | None = None
-        self._rtt_min: float | None = None
-        self._rtt_min_next: float | None = None  # the minimum of the window being measured
+        self._slow_start = True
+        # The round being measured: a cohort of the first `_round_size` attempts admitted
+        # since it began, measured once all have returned. Not the first answers to come
+        # back: those are the fast ones, and would set the baseline low on a jittery server.
+        self._round = 0
+        self._round_size = max(MIN_ROUND, initial)
+        self._enlisted = 0
+        self._returned = 0
+        self._n = 0
+        self._sum = 0.0
+        self._sumsq = 0.0
+        self._busy = 0  # the most attempts in flight seen in the round
+        self._cv = _CV_INITIAL
+        self._baseline: float | None = None
+        self._baseline_next: float | None = None  # the minimum of the window being measured
         self._window_start = clock()
         self._last_drop = -math.inf
 
@@ -100,7 +153,7 @@ class ConcurrencyLimiter:
 
     def status(self) -> ConcurrencyStatus:
         return ConcurrencyStatus(
-            self.limit, self._in_flight, len(self._waiters), self._rtt_min, self._rtt
+            self.limit, self._in_flight, len(self._waiters), self._baseline, self._rtt
         )
 
     def admit(self, request: CompletionRequest) -> _Slot:
@@ -136,43 +189,99 @@ class ConcurrencyLimiter:
         in_flight = self._in_flight
         self._in_flight -= 1
         fb = slot.load_feedback(response, error)
+        member = slot.round == self._round
         if fb.ok:
-            self._sample(now - slot.started, now, in_flight)
+            tokens = response.usage.completion_tokens if response is not None else 0
+            self._sample(now - slot.started, member, in_flight, tokens)
         elif fb.timed_out or fb.congested:
             self._drop(now)
+            member = False  # the drop began a new round
+        if member:
+            self._returned += 1
+            if self._returned >= self._round_size:
+                self._end_round(now)
         self._wake()
 
-    def _sample(self, rtt: float, now: float, in_flight: int) -> None:
+    def _sample(self, rtt: float, member: bool, in_flight: int, tokens: int) -> None:
         if rtt <= 0:
             return
-        if now - self._window_start > _RTT_WINDOW:
+        self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
+        if self._slow_start and self._baseline is not None and in_flight * 4 >= 3 * self._limit:
+            # One more per answer: the window doubles every latency, as in TCP's slow start,
+            # until a round shows a queue. Only while the window is (about) full: when the
+            # rate limiter holds the pace, a larger window only queues requests on our side.
+            # Not in the first round: its latencies are the baseline's first measure.
+            self._limit = min(float(self.max_limit), self._limit + 1)
+        if not member:
+            return  # admitted under an earlier limit, or past the round's cohort
+        x = rtt / (TTFT_TOKENS + max(0, tokens))
+        self._n += 1
+        self._sum += x
+        self._sumsq += x * x
+        self._busy = max(self._busy, in_flight)
+
+    def _end_round(self, now: float) -> None:
+        n, busy = self._n, self._busy
+        if n < 2:  # the cohort failed or was cancelled: nothing to measure
+            self._new_round(now)
+            return
+        mean = self._sum / n
+        spread = math.sqrt(max(0.0, self._sumsq / n - mean * mean) * n / (n - 1))
+        self._new_round(now)
+        # Smoothed from a cautious prior: a first round of a few samples that happen to be
+        # alike must not set a tight bound (and a low baseline) for the whole run.
+        self._cv = (1 - _CV_SMOOTHING) * self._cv + _CV_SMOOTHING * spread / mean
+        margin = Z * self._cv * mean / math.sqrt(n)
+        baseline = self._update_baseline(mean + margin, now)
+        if busy * 2 < self._limit:
+            # Not using the limit (the rate limiter or the source holds the pace): the latency
+            # says nothing about it, but a window grown in an opening burst is brought back to
+            # what is used, as TCP validates an idle window (RFC 7661), so that a burst later
+            # cannot queue it all on our side.
+            self._limit = max(float(self.min_limit), _UNUSED_HEADROOM * busy)
+            self._round_size = max(MIN_ROUND, int(self._limit))
+            return
+        low = (mean - margin) / baseline
+        limit = self._limit
+        if low > TOLERANCE:
+            # Shrink to where the queue would be short again: latency grows with the queue.
+            limit *= max(_MAX_SHRINK, GROW_BELOW * baseline / mean)
+            self._slow_start = False
+        elif mean > GROW_BELOW * baseline:
+            self._slow_start = False  # maybe the start of a queue: hold
+        elif not self._slow_start and busy >= int(limit):
+            # Only a window that was full held the pace back; one the rate limiter keeps
+            # half empty would grow without end and only queue requests on our side.
+            limit += max(1.0, _GROWTH * limit)
+        self._limit = min(float(self.max_limit), max(float(self.min_limit), limit))
+        self._round_size = max(MIN_ROUND, int(self._limit))
+
+    def _new_round(self, now: float) -> None:
+        self._round += 1
+        self._round_size = max(MIN_ROUND, int(self._limit))
+        self._enlisted = self._returned = 0
+        self._n = self._busy = 0
+        self._sum = self._sumsq = 0.0
+
+    def _update_baseline(self, bound: float, now: float) -> float:
+        if now - self._window_start > _BASELINE_WINDOW:
             # Forget an old minimum slowly, in case the server became slower for good; not at
             # once, since while we keep it busy every recent latency includes its queue.
-            if self._rtt_min is not None and self._rtt_min_next is not None:
-                self._rtt_min = min(self._rtt_min_next, self._rtt_min * _RTT_MIN_DRIFT)
-            self._rtt_min_next = None
+            if self._baseline is not None and self._baseline_next is not None:
+                self._baseline = min(self._baseline_next, self._baseline * _BASELINE_DRIFT)
+            self._baseline_next = None
             self._window_start = now
-        self._rtt_min = rtt if self._rtt_min is None else min(self._rtt_min, rtt)
-        assert self._rtt_min is not None
-        self._rtt_min_next = rtt if self._rtt_min_next is None else min(self._rtt_min_next, rtt)
-        self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
-        limit = self._limit
-        if in_flight * 2 < limit:
-            return  # not using the limit: the latency says nothing about it
-        step = max(1.0, math.log10(limit))
-        alpha, beta = 2 * step, 4 * step
-        # The sample itself, not the smoothed latency: a lagging average lets the limit
-        # overshoot while the queue builds.
-        queue = limit * (1 - self._rtt_min / rtt)
-        if queue < alpha:
-            limit += step
-        elif queue > beta:
-            limit -= step
-        self._limit = min(float(self.max_limit), max(float(self.min_limit), limit))
+        self._baseline = bound if self._baseline is None else min(self._baseline, bound)
+        self._baseline_next = (
+            bound if self._baseline_next is None else min(self._baseline_next, bound)
+        )
+        return self._baseline
 
     def _drop(self, now: float) -> None:
         # Timeouts and refusals of one overload arrive together: cut once per latency.
-        if now - self._last_drop < (self._rtt_min or 0.0):
+        if now - self._last_drop < (self._rtt or 0.0):
             return
         self._last_drop = now
+        self._slow_start = False
         self._limit = max(float(self.min_limit), self._limit * _DROP_FACTOR)
+        self._new_round(now)  # what is in flight was sent under the old limit

@@ -80,6 +80,26 @@ def test_goodput_is_the_limit_estimate_when_there_is_one(clock: FakeClock) -> No
     assert c.rate == pytest.approx(0.7 * 25)
 
 
+def test_a_burst_the_servers_bucket_stored_during_a_lull_is_not_the_limit(
+    clock: FakeClock,
+) -> None:
+    # Three seconds at 15/s (held back: the server's bucket filled), then a second at 30/s:
+    # the server let 28 through (its sustained rate plus what its bucket had stored) and
+    # refused. The last second alone would estimate 28; the seconds before bound it.
+    c = control(clock)
+    for _ in range(30):
+        clock.advance(0.1)
+        c.sent(1.5)
+        c.succeeded(1.5)
+    for _ in range(10):
+        clock.advance(0.1)
+        c.sent(3)
+        c.succeeded(2.8)
+    c.congested(c.generation)
+    # 4 s averaged 18.25 accepted a second; the cut's floor is beta times the 30 it sent.
+    assert c.limit_estimate == pytest.approx(0.7 * 30)
+
+
 def test_regrowth_reaches_90_percent_of_the_estimate_within_seconds(clock: FakeClock) -> None:
     c = control(clock)
     for _ in range(20):

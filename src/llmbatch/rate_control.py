@@ -34,9 +34,14 @@ time does not depend on the rate, is fast far from the last known limit and flat
   rarely change mid-run. When cuts keep finding the same `w_max`, the probe slows further
   (its time scale doubling up to 8x), so a stable limit is overshot rarely.
 - **The limit estimate** (`w_max`) is the goodput, what the server accepted in the second it
-  began refusing, when there is one; without it, CUBIC's fast convergence: the first cut (an
-  unpaced opening burst overstates the limit) and a cut well below the last one aim lower
-  still, at `(1 + beta) / 2` of the rate at the cut.
+  began refusing, and no more than its average over the seconds before (up to 4, since the
+  last cut), when there is one. A server's bucket holds a burst (a second's worth at the
+  providers that police per second), so the last second alone counts the sustained rate plus
+  what the bucket had stored when the second began: up to twice the limit after a lull (a run
+  held back by its concurrency, a loaded machine) that let the bucket fill. Over 4 s the
+  stored burst weighs a quarter as much. Without a goodput, CUBIC's fast convergence: the
+  first cut (an unpaced opening burst overstates the limit) and a cut well below the last one
+  aim lower still, at `(1 + beta) / 2` of the rate at the cut.
 - **Growth is bounded by use**: the rate never grows past twice the measured send rate, so a
   run held back by its concurrency does not build up a rate it never tested.
 - **Units**: the same law paces tokens per second (the `RateLimiter`'s second control, for
@@ -61,7 +66,9 @@ DEFAULT_SCALE = 0.4  # requests/s per s^3
 DEFAULT_COOLDOWN = 1.0
 DEFAULT_MIN_RATE = 1.0 / 60.0  # one request a minute
 _WINDOW = 1.0  # seconds of admissions that make the measured send rate
-_BUCKETS = 10
+_BUCKETS = 10  # per _WINDOW
+_GOODPUT_LOOKBACK = 4.0  # seconds of successes that bound the goodput at a cut (see `cut`)
+_HISTORY = int(_GOODPUT_LOOKBACK / _WINDOW * _BUCKETS)  # buckets the meter keeps
 _STABLE_BAND = 0.15  # two cuts this close in w_max: the limit looks stable
 _MAX_PROBE_SLOWDOWN = 8.0
 _FIRST_PROBE_SLOWDOWN = 1.0
@@ -143,7 +150,7 @@ class CubicRate:
         at_cut = min(current, measured) if measured > 0 else current
         if not math.isfinite(at_cut):
             at_cut = self.unit  # a refusal before anything was measured: start low, regrow fast
-        goodput = self._meter.rate(_OK + self._column)
+        goodput = self._goodput(now)
         previous = self._w_max
         # A window younger than itself reads low (it divides by a full second): the first
         # cut in the run's first second (the opening's) only guesses w_max, and grows out of
@@ -178,6 +185,28 @@ class CubicRate:
             self.rate = min(self.rate, self.ceiling)
         self.generation += 1
         self.cuts += 1
+
+    def _goodput(self, now: float) -> float:
+        """Successes per second at a cut: the last second's, bounded by the average since the
+        last cut (or the first admission), up to `_GOODPUT_LOOKBACK` seconds back.
+
+        The server's bucket stored a burst while it was sent less than its limit, and lets it
+        through on top of its sustained rate: in the second before a refusal it may have
+        accepted twice its limit (traced: 1,320 tokens/s against a bucket refilling 1,000 a
+        second, after a lull on a loaded machine). Spread over 4 s the burst counts a quarter
+        as much; an average that reaches back into the slower regrowth after the last cut only
+        reads low, which the cut bounds (`beta` times the rate at the cut).
+        """
+        column = _OK + self._column
+        goodput = self._meter.rate(column)
+        first = self._meter.first_sent
+        if goodput <= 0 or first is None:
+            return goodput
+        start = max(now - _GOODPUT_LOOKBACK, self._cut_at if self.cuts else first)
+        span = now - start
+        if span >= 2 * _WINDOW:  # shorter: no better than the last second's
+            goodput = min(goodput, self._meter.rate(column, span))
+        return goodput
 
     def succeeded(self, count: float = 1, now: float | None = None) -> None:
         """`count` attempts (or tokens) succeeded: move the rate along the regrowth curve."""
@@ -227,8 +256,9 @@ _OK = 2  # the succeeded columns start here
 
 
 class Meter:
-    """Admissions and successes per second over the last `_WINDOW` seconds, in two units
-    (column 0: requests, 1: tokens), in one ring of buckets: O(1) per count.
+    """Admissions and successes per second over the last `_WINDOW` seconds (or up to
+    `_GOODPUT_LOOKBACK`), in two units (column 0: requests, 1: tokens), in one ring of
+    buckets: O(1) per count.
 
         meter.sent(1, 640, now)         # one request of ~640 tokens admitted
         meter.rate(0)                   # requests admitted per second, lately
@@ -238,7 +268,7 @@ class Meter:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._counts: list[float] = [0.0] * (_BUCKETS * _COLUMNS)
+        self._counts: list[float] = [0.0] * (_HISTORY * _COLUMNS)
         self._slot = math.floor(clock() * _BUCKETS / _WINDOW)
         self.first_sent: float | None = None  # the first admission's time
 
@@ -246,8 +276,8 @@ class Meter:
         gap = slot - self._slot
         if gap > 0:
             counts = self._counts
-            for i in range(1, min(gap, _BUCKETS) + 1):
-                base = (self._slot + i) % _BUCKETS * _COLUMNS
+            for i in range(1, min(gap, _HISTORY) + 1):
+                base = (self._slot + i) % _HISTORY * _COLUMNS
                 counts[base : base + _COLUMNS] = (0.0, 0.0, 0.0, 0.0)
             self._slot = slot
 
@@ -258,7 +288,7 @@ class Meter:
             self._advance(slot)
         if column < _OK and self.first_sent is None:
             self.first_sent = now
-        self._counts[slot % _BUCKETS * _COLUMNS + column] += count
+        self._counts[slot % _HISTORY * _COLUMNS + column] += count
 
     def sent(self, requests: float, tokens: float, now: float) -> None:
         """An admission in both units at once (the limiter's hot path)."""
@@ -267,7 +297,7 @@ class Meter:
             self._advance(slot)
         if self.first_sent is None:
             self.first_sent = now
-        base = slot % _BUCKETS * _COLUMNS
+        base = slot % _HISTORY * _COLUMNS
         counts = self._counts
         counts[base] += requests
         counts[base + 1] += tokens
@@ -277,12 +307,18 @@ class Meter:
         slot = math.floor(now * _BUCKETS / _WINDOW)
         if slot != self._slot:
             self._advance(slot)
-        base = slot % _BUCKETS * _COLUMNS + _OK
+        base = slot % _HISTORY * _COLUMNS + _OK
         counts = self._counts
         counts[base] += requests
         counts[base + 1] += tokens
 
-    def rate(self, column: int) -> float:
-        """Per second, over the last `_WINDOW` seconds, in `column`."""
-        self._advance(math.floor(self._clock() * _BUCKETS / _WINDOW))
-        return sum(self._counts[column::_COLUMNS]) / _WINDOW
+    def rate(self, column: int, seconds: float = _WINDOW) -> float:
+        """Per second, over the last `seconds` (at most `_GOODPUT_LOOKBACK`), in `column`."""
+        slot = math.floor(self._clock() * _BUCKETS / _WINDOW)
+        self._advance(slot)
+        n = min(_HISTORY, max(1, round(seconds * _BUCKETS / _WINDOW)))
+        counts = self._counts
+        total = 0.0
+        for s in range(slot - n + 1, slot + 1):
+            total += counts[s % _HISTORY * _COLUMNS + column]
+        return total / (n * _WINDOW / _BUCKETS)

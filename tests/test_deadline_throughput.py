@@ -12,11 +12,7 @@ import asyncio
 import dataclasses
 import math
 import random
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
-
-import looptime
 
 from llmbatch import CompletionResponse, Usage
 from llmbatch.batch_api import BatchAPIConfig, BatchAPIRunner
@@ -31,17 +27,7 @@ from llmbatch.pricing import FixedPrices, GenaiPrices, Pricer, flex_costs_no_mor
 from llmbatch.tiers import FLEX, TierPolicy, served_tier, tier_of
 from llmbatch.types import BatchRequest, BatchResult, CompletionRequest
 
-from .virtual_batches import VirtualBatches
-
-T = TypeVar("T")
-
-
-def in_virtual_time(main: Callable[[], Awaitable[T]]) -> T:
-    loop = looptime.new_event_loop(start=0, end=48 * 3600)
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
+from .virtual_batches import VirtualBatches, in_virtual_time
 
 
 def requests(n: int) -> list[BatchRequest]:

@@ -54,11 +54,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .admission import PermitBase
-from .types import CompletionRequest, CompletionResponse
+from .types import CompletionRequest, CompletionResponse, RateLimitInfo
 
 __all__ = ["ConcurrencyLimiter", "ConcurrencyStatus"]
 
-DEFAULT_INITIAL = 1  # start low: the first latencies are then the server's unloaded ones
+# The opening window: one cohort sent at once, as a fixed 8 would (a first round at 1 in
+# flight took 4 latencies, then 7 doublings to a cloud API's 128: 4-5 s of a 30 s run). It
+# may queue on a server with fewer slots; the dip (`DIP_WINDOW`) then re-measures the baseline.
+DEFAULT_INITIAL = 8
 DEFAULT_MAX = 256
 TTFT_TOKENS = 32  # the time to a first token, in tokens' worth of decoding (a rough guess)
 MIN_ROUND = 4  # samples in a round at least
@@ -74,6 +77,8 @@ _CV_SMOOTHING = 0.3
 _BASELINE_WINDOW = 30.0  # seconds after which the baseline is measured afresh
 _BASELINE_DRIFT = 1.01  # at most +1% per window
 _SMOOTHING = 0.3  # weight of a new latency sample in the recent average (reported only)
+# A round at this window measures the unloaded latency: few servers have fewer slots.
+DIP_WINDOW = 2
 
 
 @dataclass(slots=True, frozen=True)
@@ -146,10 +151,26 @@ class ConcurrencyLimiter:
         self._baseline_next: float | None = None  # the minimum of the window being measured
         self._window_start = clock()
         self._last_drop = -math.inf
+        # Whether the baseline is known to be the unloaded latency: measured at most
+        # `DIP_WINDOW` in flight, or not exceeded by a round with twice the opening's window
+        # (a queue at the opening window would have doubled it). While a dip's round is
+        # measured: the limit before it, the window and mean latency of the round that led
+        # to it.
+        self._unloaded = False
+        self._opening: int | None = None  # the first measured round's window
+        self._dip: tuple[float, int, float] | None = None
+        # The server states its rate limits: the rate limiter paces by them (see `_finish`).
+        self._paced = False
 
     @property
     def limit(self) -> int:
         return max(self.min_limit, int(self._limit))
+
+    @property
+    def paced(self) -> bool:
+        """True once a reply carried rate-limit headers: latency and refusals are then the
+        rate limiter's to act on, and the window only follows what it lets through."""
+        return self._paced
 
     def status(self) -> ConcurrencyStatus:
         return ConcurrencyStatus(
@@ -189,12 +210,21 @@ class ConcurrencyLimiter:
         in_flight = self._in_flight
         self._in_flight -= 1
         fb = slot.load_feedback(response, error)
+        if fb.rate_limit is not None and not self._paced and _states_limits(fb.rate_limit):
+            # The server states its limits, so the rate limiter knows them and paces by them:
+            # the gate steps aside. Its latency rules no longer bind (a cloud API's latency
+            # does not grow with load; what it refuses, the limiter answers), and the window
+            # grows while full, so it follows what the limiter lets through (see `_end_round`).
+            self._paced = True
+            self._slow_start = True
+            if self._dip is not None:
+                self._limit = self._dip[0]
+                self._dip = None
         member = slot.round == self._round
         if fb.ok:
             tokens = response.usage.completion_tokens if response is not None else 0
             self._sample(now - slot.started, member, in_flight, tokens)
-        elif fb.timed_out or fb.congested:
-            self._drop(now)
+        elif (fb.timed_out or (fb.congested and not self._paced)) and self._drop(slot, now):
             member = False  # the drop began a new round
         if member:
             self._returned += 1
@@ -206,7 +236,11 @@ class ConcurrencyLimiter:
         if rtt <= 0:
             return
         self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
-        if self._slow_start and self._baseline is not None and in_flight * 4 >= 3 * self._limit:
+        if (
+            self._slow_start
+            and (self._baseline is not None or self._paced)
+            and in_flight * 4 >= 3 * self._limit
+        ):
             # One more per answer: the window doubles every latency, as in TCP's slow start,
             # until a round shows a queue. Only while the window is (about) full: when the
             # rate limiter holds the pace, a larger window only queues requests on our side.
@@ -233,26 +267,58 @@ class ConcurrencyLimiter:
         self._cv = (1 - _CV_SMOOTHING) * self._cv + _CV_SMOOTHING * spread / mean
         margin = Z * self._cv * mean / math.sqrt(n)
         baseline = self._update_baseline(mean + margin, now)
+        if self._opening is None:
+            self._opening = busy
+        if busy <= DIP_WINDOW or (busy >= 2 * self._opening and mean <= GROW_BELOW * baseline):
+            self._unloaded = True
+        if self._dip is not None:
+            # The dip's round measured the baseline at a window few servers queue at. Back to
+            # the window before it (as BBR's ProbeRTT restores its window), or to where the
+            # round that led to the dip would have had latency `GROW_BELOW` times the new
+            # baseline, if less: on a queueing server latency grows with the window.
+            limit, busy_then, mean_then = self._dip
+            self._dip = None
+            self._set_limit(
+                max(DIP_WINDOW, min(limit, busy_then * GROW_BELOW * baseline / mean_then))
+            )
+            return
         if busy * 2 < self._limit:
             # Not using the limit (the rate limiter or the source holds the pace): the latency
             # says nothing about it, but a window grown in an opening burst is brought back to
             # what is used, as TCP validates an idle window (RFC 7661), so that a burst later
             # cannot queue it all on our side.
-            self._limit = max(float(self.min_limit), _UNUSED_HEADROOM * busy)
-            self._round_size = max(MIN_ROUND, int(self._limit))
+            self._set_limit(max(float(self.min_limit), _UNUSED_HEADROOM * busy))
             return
-        low = (mean - margin) / baseline
         limit = self._limit
-        if low > TOLERANCE:
+        if self._paced:
+            # The limiter paces by the server's stated limits: grow while the window is full
+            # (slow start goes on), so the window is never what holds the run below them.
+            if not self._slow_start and busy >= int(limit):
+                limit += max(1.0, _GROWTH * limit)
+            self._set_limit(limit)
+            return
+        if mean <= GROW_BELOW * baseline:
+            if not self._slow_start and busy >= int(limit):
+                # Only a window that was full held the pace back; one the rate limiter keeps
+                # half empty would grow without end and only queue requests on our side.
+                limit += max(1.0, _GROWTH * limit)
+            self._set_limit(limit)
+            return
+        self._slow_start = False
+        if (mean - margin) / baseline > TOLERANCE:
             # Shrink to where the queue would be short again: latency grows with the queue.
             limit *= max(_MAX_SHRINK, GROW_BELOW * baseline / mean)
-            self._slow_start = False
-        elif mean > GROW_BELOW * baseline:
-            self._slow_start = False  # maybe the start of a queue: hold
-        elif not self._slow_start and busy >= int(limit):
-            # Only a window that was full held the pace back; one the rate limiter keeps
-            # half empty would grow without end and only queue requests on our side.
-            limit += max(1.0, _GROWTH * limit)
+        # Else maybe the start of a queue: hold.
+        if not self._unloaded and limit > DIP_WINDOW:
+            # Latency rose, against a baseline measured with more in flight than this server
+            # may have slots (the opening window): it may include a queue, which would then
+            # read as the server's unloaded latency for good. One round at `DIP_WINDOW`
+            # measures it (as BBR's ProbeRTT does); then back (see above).
+            self._dip = (limit, busy, mean)
+            limit = DIP_WINDOW
+        self._set_limit(limit)
+
+    def _set_limit(self, limit: float) -> None:
         self._limit = min(float(self.max_limit), max(float(self.min_limit), limit))
         self._round_size = max(MIN_ROUND, int(self._limit))
 
@@ -277,11 +343,26 @@ class ConcurrencyLimiter:
         )
         return self._baseline
 
-    def _drop(self, now: float) -> None:
-        # Timeouts and refusals of one overload arrive together: cut once per latency.
-        if now - self._last_drop < (self._rtt or 0.0):
-            return
+    def _drop(self, slot: _Slot, now: float) -> bool:
+        """A timeout or a refusal: cut, once per overload. Returns True if it cut."""
+        # The refusals and timeouts of one overload arrive together: only an attempt admitted
+        # after the last cut, and a latency after it, says the cut was not enough (TCP cuts
+        # once per window of losses; the rate limiter once per generation).
+        if slot.started < self._last_drop or now - self._last_drop < (self._rtt or 0.0):
+            return False
         self._last_drop = now
         self._slow_start = False
-        self._limit = max(float(self.min_limit), self._limit * _DROP_FACTOR)
+        limit = self._limit if self._dip is None else self._dip[0]
+        self._dip = None
+        self._set_limit(max(float(self.min_limit), limit * _DROP_FACTOR))
         self._new_round(now)  # what is in flight was sent under the old limit
+        return True
+
+
+def _states_limits(info: RateLimitInfo) -> bool:
+    return (
+        info.limit_requests is not None
+        or info.limit_tokens is not None
+        or info.limit_input_tokens is not None
+        or info.limit_output_tokens is not None
+    )

@@ -308,6 +308,7 @@ class _Run:
         self.outages_reported = 0
         self.gate = engine.gate
         self.active = 0  # requests pulled and not yet finished
+        self.backing_off = 0  # of those, sleeping out a retry's backoff
         self.gate_changed = asyncio.Event()
         self.listeners = [*engine.listeners, *listeners]
         self.source = _Source(source)
@@ -353,7 +354,11 @@ class _Run:
         a request must not wait inside the engine (its duration running) for a slot that
         the gate will not give for a while."""
         gate = self.gate
-        while gate is not None and self.active >= gate.limit and self.stop_error is None:
+        while (
+            gate is not None
+            and self.active - self.backing_off >= gate.limit
+            and self.stop_error is None
+        ):
             self.gate_changed.clear()
             await self.gate_changed.wait()
 
@@ -567,9 +572,15 @@ class _Run:
             self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
             if delay > 0:
                 slept_from = cfg.clock()
+                # A request sleeping out a backoff holds no attempt: with "auto", it must not
+                # hold the gate's room either (a window cut to 1 would pull nothing meanwhile).
+                self.backing_off += 1
+                if self.gate is not None:
+                    self.gate_changed.set()
                 try:
                     await cfg.sleep(delay)
                 finally:
+                    self.backing_off -= 1
                     state.backoff += cfg.clock() - slept_from
 
     async def attempt(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:

@@ -2,14 +2,16 @@
 
     python bench/pacing.py [--quick] [--requests 400] [--rpm 1200] [--seconds 30]
                             [--only limits|tokens|concurrency] [--style LABEL]
+                            [--concurrency N|auto]
 
 Everything is built as a user would build it: library defaults, no hand-set pool sizes.
 Each run gets a fresh `llmbatch simulate` process (its bucket starts full).
 
 Matrix 1, server styles at `--rpm` (1200/min) with 50 ms latency, 400 requests, concurrency
-32: openai (x-ratelimit-* headers), anthropic (anthropic-ratelimit-*, AnthropicClient on
-/v1/messages), retry-after (only that header), bare (429 with nothing), and a server that
-answers 503 "overloaded" with no header over its limit. Modes: "limit given"
+`--concurrency` (default: the library's, as a user would run): openai (x-ratelimit-*
+headers), anthropic (anthropic-ratelimit-*, AnthropicClient on /v1/messages), retry-after
+(only that header), bare (429 with nothing), and a server that answers 503 "overloaded" with
+no header over its limit. Modes: "limit given"
 (`limiter=RateLimiter(requests_per_minute=rpm)`) and "adaptive" (nothing given).
 Ideal makespan: requests / (rpm/60). Targets: adaptive <= 1.15x ideal, refusals <= 5% of
 requests, 0 lost; limit given <= 1.05x ideal, 0 refusals, 0 lost. A run is cut at 5x ideal
@@ -40,11 +42,11 @@ from rich.table import Table
 
 from llmbatch import BatchProcessor, BatchProcessorConfig, BatchRequest, CompletionRequest
 from llmbatch.clients import AnthropicClient, OpenAIClient
+from llmbatch.engine import DEFAULT_CONCURRENCY, Concurrency, check_concurrency
 from llmbatch.limiter import RateLimiter
 from llmbatch.simulate import SimulatorProcess
 
 LATENCY_MS = 50
-CONCURRENCY = 32
 # style label, simulator flags, client ("openai" or "anthropic")
 STYLES = (
     ("openai", ("--limit-style", "openai"), "openai"),
@@ -188,6 +190,7 @@ def style_matrix(
     requests: list[BatchRequest],
     ideal: float,
     adaptive_share: float,
+    concurrency: Concurrency,
 ) -> None:
     """Each style run twice, its limits given and nothing given (adaptive), against a fresh
     simulator: makespan vs `ideal`, refusals, lost, and the verdict. Targets: limit given
@@ -201,7 +204,7 @@ def style_matrix(
     for label, server, kind, limits in styles:
         for mode in ("limit given", "adaptive"):
             limiter = RateLimiter(**limits) if mode == "limit given" else None  # type: ignore[arg-type]
-            config = BatchProcessorConfig(max_concurrency=CONCURRENCY, limiter=limiter)
+            config = BatchProcessorConfig(max_concurrency=concurrency, limiter=limiter)
             run = measure(server, kind, n, config, cut, requests)
             refused, detail = refusals(run.stats)
             ratio = run.makespan / ideal
@@ -227,7 +230,9 @@ def style_matrix(
     console.print(table)
 
 
-def limits_matrix(console: Console, n: int, rpm: int, only: list[str] | None) -> None:
+def limits_matrix(
+    console: Console, n: int, rpm: int, only: list[str] | None, concurrency: Concurrency
+) -> None:
     ideal = n / (rpm / 60)
     full_bucket = (n - rpm / 60) / (rpm / 60)
     styles: list[Style] = [
@@ -242,10 +247,18 @@ def limits_matrix(console: Console, n: int, rpm: int, only: list[str] | None) ->
     ]
     title = (
         f"Server styles: {n} requests, limit {rpm} req/min, {LATENCY_MS} ms latency, "
-        f"concurrency {CONCURRENCY}; run cut at {5 * ideal:.0f} s; the server's bucket starts "
+        f"concurrency {concurrency}; run cut at {5 * ideal:.0f} s; the server's bucket starts "
         f"full, so a perfect pacer takes {full_bucket:.2f} s ({full_bucket / ideal:.2f}x ideal)"
     )
-    style_matrix(console, title, styles, plain_requests(n), ideal, adaptive_share=0.05)
+    style_matrix(
+        console,
+        title,
+        styles,
+        plain_requests(n),
+        ideal,
+        adaptive_share=0.05,
+        concurrency=concurrency,
+    )
 
 
 def charged_tokens(request: CompletionRequest) -> int:
@@ -253,7 +266,9 @@ def charged_tokens(request: CompletionRequest) -> int:
     return max(1, -(-len(request.prompt) // 4)) + (request.max_tokens or 0)
 
 
-def tokens_matrix(console: Console, n: int, only: list[str] | None) -> None:
+def tokens_matrix(
+    console: Console, n: int, only: list[str] | None, concurrency: Concurrency
+) -> None:
     requests = token_requests(n)
     total = sum(charged_tokens(r.request) for r in requests)
     per_second = TPM / 60
@@ -267,10 +282,12 @@ def tokens_matrix(console: Console, n: int, only: list[str] | None) -> None:
     title = (
         f"Token-limited servers: {n} requests of 10-100 prompt tokens + max_tokens "
         f"{TOKEN_MAX_TOKENS} ({total:,} tokens charged), limit {TPM:,} tokens/min (split "
-        f"half/half for in/out), {LATENCY_MS} ms latency, concurrency {CONCURRENCY}; a perfect "
+        f"half/half for in/out), {LATENCY_MS} ms latency, concurrency {concurrency}; a perfect "
         f"pacer takes {full_bucket:.2f} s ({full_bucket / ideal:.2f}x ideal)"
     )
-    style_matrix(console, title, styles, requests, ideal, adaptive_share=0.02)
+    style_matrix(
+        console, title, styles, requests, ideal, adaptive_share=0.02, concurrency=concurrency
+    )
 
 
 def queue_config(concurrency: int | str) -> BatchProcessorConfig:
@@ -420,6 +437,12 @@ def concurrency_matrix(console: Console, seconds: float, only: list[str] | None)
             console.print(f"  {label}: {about}")
 
 
+def concurrency_arg(text: str) -> Concurrency:
+    value: Concurrency = "auto" if text == "auto" else int(text)
+    check_concurrency(value)
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -442,13 +465,20 @@ def main() -> None:
         + [label for label, *_ in CONCURRENCY_STYLES],
         help="run only this server style (repeatable)",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=concurrency_arg,
+        default=DEFAULT_CONCURRENCY,
+        help=f"of matrices 1 and 2 (default: the library's, {DEFAULT_CONCURRENCY})",
+    )
     args = parser.parse_args()
     n = args.requests or (100 if args.quick else 400)
     console = Console(width=170)
     if args.only in (None, "limits"):
-        limits_matrix(console, n, args.rpm, args.style)
+        limits_matrix(console, n, args.rpm, args.style, args.concurrency)
     if args.only in (None, "tokens"):
-        tokens_matrix(console, args.token_requests or (60 if args.quick else 200), args.style)
+        requests = args.token_requests or (60 if args.quick else 200)
+        tokens_matrix(console, requests, args.style, args.concurrency)
     if args.only in (None, "concurrency"):
         concurrency_matrix(console, args.seconds or (10.0 if args.quick else 30.0), args.style)
 

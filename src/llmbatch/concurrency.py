@@ -31,9 +31,24 @@ with its sample windows, and treats the spread of latency as noise to be measure
   most `GROW_BELOW` times: grow (in slow start, one more per answer, doubling every latency,
   until the first sign of a queue; then +25% a round, and only if the window was full).
   In between: hold. On a server with N slots this settles at about 1.25-1.5 x N in flight:
-  every slot busy, a short queue. The first round runs at the initial window of 1: its
-  latencies are the unloaded ones, the baseline's first measure.
-- A timeout or a refusal (429/503) is a drop: cut multiplicatively, once per latency.
+  every slot busy, a short queue.
+- The opening: a first cohort of `DEFAULT_INITIAL` (8) sent at once, the baseline's first
+  measure. (Opening at 1 measured an unloaded server for sure, but a first round of four
+  latencies at 1 in flight and seven doublings after it cost a cloud API 4-5 s of a 30 s
+  run; and on a server refusing without headers, the doubling window met the empty bucket
+  at ~10 in flight, all refused at once.) On a server with fewer slots than that, the
+  opening queues and its baseline includes the queue. So the baseline counts as unloaded
+  only once a round with twice the opening's window did not read slower; until then, the
+  first sign of a queue brings one round at `DIP_WINDOW` (2) in flight, which measures the
+  unloaded latency, as BBR's ProbeRTT drains its queue to measure the path's; then the
+  window goes back to where that queued round's latency would have been `GROW_BELOW` times
+  the new baseline.
+- A timeout or a refusal (429/503) is a drop: cut multiplicatively, once per overload (only
+  an attempt admitted after the last cut, a latency after it, cuts again).
+- Replies stating rate limits (`x-ratelimit-*`, `anthropic-ratelimit-*`): the rate limiter
+  knows the limits and paces by them, so the gate steps aside: from then on its window only
+  grows while full (bounded by use, below), latency does not shrink it and refusals are
+  the limiter's alone; timeouts still cut it.
 - A round that used less than half the limit (the rate limiter or the source held us back)
   changes only the baseline, and brings the limit down to 1.5 x what it used: its latency
   says nothing about a larger window.
@@ -120,11 +135,14 @@ class ConcurrencyLimiter:
     def __init__(
         self,
         *,
-        initial: int = DEFAULT_INITIAL,
+        initial: int | None = None,
         min_limit: int = 1,
         max_limit: int = DEFAULT_MAX,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`initial`: the opening window (default `DEFAULT_INITIAL`, or `max_limit` if less)."""
+        if initial is None:
+            initial = max(min_limit, min(DEFAULT_INITIAL, max_limit))
         if not 1 <= min_limit <= initial <= max_limit:
             raise ValueError("need 1 <= min_limit <= initial <= max_limit")
         self.min_limit = min_limit
@@ -151,13 +169,12 @@ class ConcurrencyLimiter:
         self._baseline_next: float | None = None  # the minimum of the window being measured
         self._window_start = clock()
         self._last_drop = -math.inf
-        # Whether the baseline is known to be the unloaded latency: measured at most
-        # `DIP_WINDOW` in flight, or not exceeded by a round with twice the opening's window
-        # (a queue at the opening window would have doubled it). While a dip's round is
-        # measured: the limit before it, the window and mean latency of the round that led
-        # to it.
-        self._unloaded = False
-        self._opening: int | None = None  # the first measured round's window
+        # Whether the baseline may be the unloaded latency, so that the window may grow;
+        # whether it surely is (see `_end_round`); the opening round's window and mean; and
+        # while a dip's round is measured: the limit before it, the window and mean latency
+        # of the round that led to it.
+        self._unloaded = self._confirmed = initial <= DIP_WINDOW
+        self._opening: tuple[int, float] | None = None
         self._dip: tuple[float, int, float] | None = None
         # The server states its rate limits: the rate limiter paces by them (see `_finish`).
         self._paced = False
@@ -238,13 +255,13 @@ class ConcurrencyLimiter:
         self._rtt = rtt if self._rtt is None else (1 - _SMOOTHING) * self._rtt + _SMOOTHING * rtt
         if (
             self._slow_start
-            and (self._baseline is not None or self._paced)
+            and ((self._unloaded and self._baseline is not None) or self._paced)
             and in_flight * 4 >= 3 * self._limit
         ):
             # One more per answer: the window doubles every latency, as in TCP's slow start,
             # until a round shows a queue. Only while the window is (about) full: when the
             # rate limiter holds the pace, a larger window only queues requests on our side.
-            # Not in the first round: its latencies are the baseline's first measure.
+            # Not before the baseline is measured and known to be the unloaded latency.
             self._limit = min(float(self.max_limit), self._limit + 1)
         if not member:
             return  # admitted under an earlier limit, or past the round's cohort
@@ -267,10 +284,31 @@ class ConcurrencyLimiter:
         self._cv = (1 - _CV_SMOOTHING) * self._cv + _CV_SMOOTHING * spread / mean
         margin = Z * self._cv * mean / math.sqrt(n)
         baseline = self._update_baseline(mean + margin, now)
-        if self._opening is None:
-            self._opening = busy
-        if busy <= DIP_WINDOW or (busy >= 2 * self._opening and mean <= GROW_BELOW * baseline):
+        if busy <= DIP_WINDOW:
+            self._unloaded = self._confirmed = True
+        elif not self._unloaded and self._dip is None and not self._paced:
+            # The opening: its first round is sent at once. On a server with fewer slots the
+            # cohort queues, its latencies a staircase from one service time up; at the same
+            # window, the next round then waits behind a full queue all along, and reads
+            # slower (about twice, with a few slots). On a server with room for the window,
+            # both read the same: the baseline may be the unloaded latency.
+            if self._opening is None:
+                self._opening = (busy, mean)
+                return
+            if mean > GROW_BELOW * self._opening[1]:
+                self._dip_now(busy, mean)
+                return
             self._unloaded = True
+        elif (
+            not self._confirmed
+            and self._opening is not None
+            and busy >= 2 * self._opening[0]
+            and mean <= GROW_BELOW * baseline
+        ):
+            # Twice the opening's window, no slower: the opening did not queue. (A server
+            # that shares its capacity among all in flight reads the same at the same window,
+            # queue or not: only a larger window tells.)
+            self._confirmed = True
         if self._dip is not None:
             # The dip's round measured the baseline at a window few servers queue at. Back to
             # the window before it (as BBR's ProbeRTT restores its window), or to where the
@@ -309,14 +347,19 @@ class ConcurrencyLimiter:
             # Shrink to where the queue would be short again: latency grows with the queue.
             limit *= max(_MAX_SHRINK, GROW_BELOW * baseline / mean)
         # Else maybe the start of a queue: hold.
-        if not self._unloaded and limit > DIP_WINDOW:
-            # Latency rose, against a baseline measured with more in flight than this server
-            # may have slots (the opening window): it may include a queue, which would then
-            # read as the server's unloaded latency for good. One round at `DIP_WINDOW`
-            # measures it (as BBR's ProbeRTT does); then back (see above).
-            self._dip = (limit, busy, mean)
-            limit = DIP_WINDOW
         self._set_limit(limit)
+        if not self._confirmed:
+            self._dip_now(busy, mean)
+
+    def _dip_now(self, busy: int, mean: float) -> None:
+        """Latency rose, against a baseline measured with more in flight than this server may
+        have slots: it may include a queue, which would then read as the server's unloaded
+        latency for good. One round at `DIP_WINDOW` in flight measures it, as BBR's ProbeRTT
+        drains the queue to measure a path's delay; then back (see `_end_round`)."""
+        self._slow_start = False
+        if self._limit > DIP_WINDOW:
+            self._dip = (self._limit, busy, mean)
+            self._set_limit(DIP_WINDOW)
 
     def _set_limit(self, limit: float) -> None:
         self._limit = min(float(self.max_limit), max(float(self.min_limit), limit))

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import looptime
+import pytest
 
 from llmbatch import (
     BatchRequest,
+    CapacityError,
     CompletionRequest,
     CompletionResponse,
     ConcurrencyLimiter,
@@ -344,13 +346,21 @@ def test_auto_draws_no_more_refusals_from_a_header_less_server_than_a_fixed_wind
     assert auto_refused <= fixed_refused + 2, (auto_refused, fixed_refused)
 
 
-def test_a_request_sleeping_out_a_backoff_leaves_the_gate_room_to_others() -> None:
-    # The gate cut to 1 in flight; r0 was refused and sleeps 10 s before its retry. It holds
-    # no attempt meanwhile, so the others must go on, not wait 10 s behind it.
+@pytest.mark.parametrize(
+    "refusal",
+    [RateLimitError(retry_after=10.0), CapacityError(retry_after=10.0)],
+    ids=["backoff", "flex wait"],
+)
+def test_a_request_sleeping_out_a_refusal_leaves_the_gate_room_to_others(
+    refusal: Exception,
+) -> None:
+    # The gate cut to 1 in flight; r0 was refused and sleeps 10 s before trying again (a
+    # retry's backoff, or a flex tier's wait). It holds no attempt meanwhile, so the others
+    # must go on, not wait 10 s behind it.
     loop = looptime.new_event_loop(start=0, end=1_000)
 
     async def main() -> list[str]:
-        client = FakeClient(latency=0.1, failures={"p0": [RateLimitError(retry_after=10.0)]})
+        client = FakeClient(latency=0.1, failures={"p0": [refusal]})
         cfg = EngineConfig(max_concurrency="auto", adaptive=False, clock=loop.time)
         engine = Engine(client, cfg)
         engine.gate = ConcurrencyLimiter(initial=1, max_limit=1, clock=loop.time)

@@ -362,6 +362,19 @@ class _Run:
             self.gate_changed.clear()
             await self.gate_changed.wait()
 
+    @contextlib.contextmanager
+    def sleeping(self) -> Iterator[None]:
+        """Around a backoff or a tier's wait: a request sleeping holds no attempt, so with
+        "auto" it must not hold the gate's room either (a window cut to 1 would pull nothing
+        meanwhile)."""
+        self.backing_off += 1
+        if self.gate is not None:
+            self.gate_changed.set()
+        try:
+            yield
+        finally:
+            self.backing_off -= 1
+
     def deliver(self, item: BatchRequest, result: BatchResult) -> None:
         self.completed += 1
         if result.error is not None:
@@ -534,7 +547,8 @@ class _Run:
                     if wait > 0:
                         slept_from = cfg.clock()
                         try:
-                            await cfg.tiers.wait(wait, cfg.sleep)
+                            with self.sleeping():
+                                await cfg.tiers.wait(wait, cfg.sleep)
                         finally:
                             state.backoff += cfg.clock() - slept_from
                             state.refused_for += cfg.clock() - slept_from
@@ -572,15 +586,10 @@ class _Run:
             self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
             if delay > 0:
                 slept_from = cfg.clock()
-                # A request sleeping out a backoff holds no attempt: with "auto", it must not
-                # hold the gate's room either (a window cut to 1 would pull nothing meanwhile).
-                self.backing_off += 1
-                if self.gate is not None:
-                    self.gate_changed.set()
                 try:
-                    await cfg.sleep(delay)
+                    with self.sleeping():
+                        await cfg.sleep(delay)
                 finally:
-                    self.backing_off -= 1
                     state.backoff += cfg.clock() - slept_from
 
     async def attempt(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:

@@ -372,3 +372,8 @@ def test_a_request_sleeping_out_a_refusal_leaves_the_gate_room_to_others(
     finally:
         loop.close()
     assert order == ["r1", "r2", "r3", "r4", "r0"]
+
+
+def test_auto_is_the_engine_default_and_a_number_fixes_the_concurrency() -> None:
+    assert Engine(FakeClient()).gate is not None
+    assert Engine(FakeClient(), EngineConfig(max_concurrency=8)).gate is None

@@ -668,14 +668,20 @@ def test_a_full_disk_in_compaction_keeps_the_output_and_exits_1(tmp_path: Path, 
     assert set(newest) == set(ids) and all(r["error"] is None for r in newest.values())
 
 
-def test_concurrency_auto_on_a_queueing_server(tmp_path: Path, start_sim) -> None:  # type: ignore[no-untyped-def]
+def test_concurrency_auto_is_the_default_and_a_number_still_fixes_it(
+    tmp_path: Path, start_sim
+) -> None:  # type: ignore[no-untyped-def]
     sim = start_sim("--limit-style", "queue", "--slots", "2", "--latency-ms", "50")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_simple(inp, 60)
-    proc = cli(*run_args(sim, inp, out, "--concurrency", "auto"))
+    proc = cli(*run_args(sim, inp, out))  # no --concurrency: auto
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["custom_id"] for r in read_out(out)) == sorted(ids)
-    assert sim.stats()["max_queue_depth"] <= 10  # --concurrency 32 would queue 30 at once
+    assert sim.stats()["max_queue_depth"] <= 10
+    # A number is kept as given: 32 in flight at once queue 30 at the 2 slots.
+    fixed = cli(*run_args(sim, inp, tmp_path / "o3.jsonl", "--concurrency", "32"))
+    assert fixed.returncode == 0, fixed.stderr
+    assert sim.stats()["max_queue_depth"] >= 25
     bad = cli(*run_args(sim, inp, tmp_path / "o2.jsonl", "--concurrency", "lots"))
     assert bad.returncode == 2 and '"auto"' in bad.stderr
 

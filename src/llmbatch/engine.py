@@ -108,22 +108,25 @@ __all__ = ["Concurrency", "Engine", "EngineConfig", "RequestSource"]
 
 log = logging.getLogger("llmbatch")
 
-# The one default of the engine and of a run (`RunConfig.concurrency`, the CLI's flag);
-# `BatchProcessorConfig` keeps the seed's 10.
-DEFAULT_CONCURRENCY = 32
-DEFAULT_REQUEST_TIMEOUT = 600.0
-DEFAULT_MAX_AUTH_FAILURES = 5
-
 RequestSource = Iterable[BatchRequest] | AsyncIterable[BatchRequest]
 Concurrency = int | Literal["auto"]
+
+# The one default of the engine and of a run (`RunConfig.concurrency`, the CLI's flag): the
+# adaptive gate, which steps aside for servers that state their rate limits (the rate
+# limiter paces those) and finds the concurrency of those that do not (`llmbatch.concurrency`;
+# `bench/pacing.py --only concurrency`). `BatchProcessorConfig` keeps the seed's 10.
+DEFAULT_CONCURRENCY: Concurrency = "auto"
+DEFAULT_REQUEST_TIMEOUT = 600.0
+DEFAULT_MAX_AUTH_FAILURES = 5
 
 
 @dataclass(slots=True)
 class EngineConfig:
     """How the engine runs a batch. Every bound has a finite default.
 
-    `max_concurrency`: attempts in flight at most, or "auto" to find the best number from
-    latency (`llmbatch.concurrency`; for servers that queue rather than refuse).
+    `max_concurrency`: attempts in flight at most, or "auto" (the default) to find the best
+    number from latency (`llmbatch.concurrency`: for servers that queue rather than refuse;
+    it steps aside once replies state rate limits, which the rate limiter then paces by).
     `request_timeout` bounds one attempt (None: unbounded); `max_pending` bounds requests
     pulled but whose result the consumer has not taken yet (default 2 x concurrency).
     `clock` and `sleep` are injectable so backoff tests never really wait.

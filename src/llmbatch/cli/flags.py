@@ -72,8 +72,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=concurrency,
         default=DEFAULT_CONCURRENCY,
-        help=f'requests in flight (default {DEFAULT_CONCURRENCY}), or "auto": found from '
-        "latency, for servers that queue instead of refusing (llama.cpp, vLLM, Ollama)",
+        help=f"requests in flight: a number, or auto (default {DEFAULT_CONCURRENCY}): found "
+        "from latency, for servers that queue instead of refusing (llama.cpp, vLLM, Ollama); "
+        "out of the rate limiter's way once replies state rate limits",
     )
     g.add_argument("--rpm", type=positive_float, help="requests per minute (default: adaptive)")
     g.add_argument("--tpm", type=positive_float, help="tokens per minute (default: adaptive)")

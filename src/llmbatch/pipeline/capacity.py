@@ -13,11 +13,13 @@ from ..deadline import (
     Prefer,
     RealtimeCapacity,
 )
-from ..engine import DEFAULT_CONCURRENCY
 from .config import RunConfig
 
 __all__ = ["ALLOWANCE_SHARE", "capacity_of", "deadline_policy"]
 
+# What a plan assumes "auto" keeps in flight: it may reach more (up to 256), but only where
+# latency allows, so a plan counts on the old fixed default's 32.
+AUTO_PLANNED = 32
 ALLOWANCE_SHARE = 0.05  # of the time given, at most, for each of the margin and the cancel
 
 
@@ -29,7 +31,7 @@ def capacity_of(config: RunConfig, latency: float | None) -> RealtimeCapacity:
         tpm=config.tpm,
         itpm=config.itpm,
         otpm=config.otpm,
-        concurrency=concurrency if isinstance(concurrency, int) else DEFAULT_CONCURRENCY,
+        concurrency=concurrency if isinstance(concurrency, int) else AUTO_PLANNED,
         latency=latency,
     )
 

@@ -163,6 +163,8 @@ class ConcurrencyLimiter:
         self._n = 0
         self._sum = 0.0
         self._sumsq = 0.0
+        self._latency = 0.0  # the round's latencies in seconds, summed
+        self._round_latency: float | None = None  # the last round's mean, in seconds
         self._busy = 0  # the most attempts in flight seen in the round
         self._cv = _CV_INITIAL
         self._baseline: float | None = None
@@ -176,8 +178,10 @@ class ConcurrencyLimiter:
         self._unloaded = self._confirmed = initial <= DIP_WINDOW
         self._opening: tuple[int, float] | None = None
         self._dip: tuple[float, int, float] | None = None
-        # The server states its rate limits: the rate limiter paces by them (see `_finish`).
+        # The server states its rate limits: the rate limiter paces by them (see `_finish`);
+        # its requests per second, if it states that one.
         self._paced = False
+        self._stated_rate: float | None = None
 
     @property
     def limit(self) -> int:
@@ -227,16 +231,21 @@ class ConcurrencyLimiter:
         in_flight = self._in_flight
         self._in_flight -= 1
         fb = slot.load_feedback(response, error)
-        if fb.rate_limit is not None and not self._paced and _states_limits(fb.rate_limit):
-            # The server states its limits, so the rate limiter knows them and paces by them:
-            # the gate steps aside. Its latency rules no longer bind (a cloud API's latency
-            # does not grow with load; what it refuses, the limiter answers), and the window
-            # grows while full, so it follows what the limiter lets through (see `_end_round`).
-            self._paced = True
-            self._slow_start = True
-            if self._dip is not None:
-                self._limit = self._dip[0]
-                self._dip = None
+        info = fb.rate_limit
+        if info is not None and _states_limits(info):
+            if info.limit_requests:
+                self._stated_rate = info.limit_requests / 60
+            if not self._paced:
+                # The server states its limits, so the rate limiter knows them and paces by
+                # them: the gate steps aside. Its latency rules no longer bind (a cloud API's
+                # latency does not grow with load; what it refuses, the limiter answers), and
+                # the window grows while full, so it follows what the limiter lets through
+                # (see `_end_round`).
+                self._paced = True
+                self._slow_start = True
+                if self._dip is not None:
+                    self._limit = self._dip[0]
+                    self._dip = None
         member = slot.round == self._round
         if fb.ok:
             tokens = response.usage.completion_tokens if response is not None else 0
@@ -262,13 +271,14 @@ class ConcurrencyLimiter:
             # until a round shows a queue. Only while the window is (about) full: when the
             # rate limiter holds the pace, a larger window only queues requests on our side.
             # Not before the baseline is measured and known to be the unloaded latency.
-            self._limit = min(float(self.max_limit), self._limit + 1)
+            self._limit = min(float(self.max_limit), self._limit + 1, self._stated_window())
         if not member:
             return  # admitted under an earlier limit, or past the round's cohort
         x = rtt / (TTFT_TOKENS + max(0, tokens))
         self._n += 1
         self._sum += x
         self._sumsq += x * x
+        self._latency += rtt
         self._busy = max(self._busy, in_flight)
 
     def _end_round(self, now: float) -> None:
@@ -277,6 +287,7 @@ class ConcurrencyLimiter:
             self._new_round(now)
             return
         mean = self._sum / n
+        self._round_latency = self._latency / n
         spread = math.sqrt(max(0.0, self._sumsq / n - mean * mean) * n / (n - 1))
         self._new_round(now)
         # Smoothed from a cautious prior: a first round of a few samples that happen to be
@@ -333,7 +344,7 @@ class ConcurrencyLimiter:
             # (slow start goes on), so the window is never what holds the run below them.
             if not self._slow_start and busy >= int(limit):
                 limit += max(1.0, _GROWTH * limit)
-            self._set_limit(limit)
+            self._set_limit(min(limit, self._stated_window()))
             return
         if mean <= GROW_BELOW * baseline:
             if not self._slow_start and busy >= int(limit):
@@ -361,6 +372,15 @@ class ConcurrencyLimiter:
             self._dip = (self._limit, busy, mean)
             self._set_limit(DIP_WINDOW)
 
+    def _stated_window(self) -> float:
+        """What the stated request rate needs in flight at the latency seen, with the same
+        headroom a window is validated to (`_UNUSED_HEADROOM`): more would only wait at the
+        rate limiter, their time running (inf: no stated request rate)."""
+        if self._stated_rate is None or self._round_latency is None:
+            return math.inf
+        latency = self._round_latency  # a round's mean: one sample's is too noisy a bound
+        return max(float(self.min_limit), _UNUSED_HEADROOM * self._stated_rate * latency)
+
     def _set_limit(self, limit: float) -> None:
         self._limit = min(float(self.max_limit), max(float(self.min_limit), limit))
         self._round_size = max(MIN_ROUND, int(self._limit))
@@ -370,7 +390,7 @@ class ConcurrencyLimiter:
         self._round_size = max(MIN_ROUND, int(self._limit))
         self._enlisted = self._returned = 0
         self._n = self._busy = 0
-        self._sum = self._sumsq = 0.0
+        self._sum = self._sumsq = self._latency = 0.0
 
     def _update_baseline(self, bound: float, now: float) -> float:
         if now - self._window_start > _BASELINE_WINDOW:

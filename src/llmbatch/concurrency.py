@@ -374,12 +374,13 @@ class ConcurrencyLimiter:
 
     def _stated_window(self) -> float:
         """What the stated request rate needs in flight at the latency seen, with the same
-        headroom a window is validated to (`_UNUSED_HEADROOM`): more would only wait at the
-        rate limiter, their time running (inf: no stated request rate)."""
+        headroom a window is validated to (`_UNUSED_HEADROOM`), and never below the opening
+        window (a fast server's one or two in flight leave no room for jitter): more would
+        only wait at the rate limiter, their time running (inf: no stated request rate)."""
         if self._stated_rate is None or self._round_latency is None:
             return math.inf
         latency = self._round_latency  # a round's mean: one sample's is too noisy a bound
-        return max(float(self.min_limit), _UNUSED_HEADROOM * self._stated_rate * latency)
+        return max(DEFAULT_INITIAL, _UNUSED_HEADROOM * self._stated_rate * latency)
 
     def _set_limit(self, limit: float) -> None:
         self._limit = min(float(self.max_limit), max(float(self.min_limit), limit))

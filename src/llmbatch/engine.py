@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import (
@@ -88,6 +87,7 @@ from .events import (
     RequestStarted,
     ResponseCache,
 )
+from .fifo import FifoSemaphore
 from .guarded import GuardedLimiter
 from .limiter import RateLimiter
 from .replies import ReplyPolicy, ReplyTries, check_reply
@@ -237,50 +237,6 @@ class _Source:
         return index, item
 
 
-class _Room:
-    """A FIFO counting semaphore whose release hands the unit to the next waiter directly.
-
-    `asyncio.Semaphore` (3.11) scans its queue past the waiters it already woke on every
-    release: with a worker per slot waiting for room, that was O(workers) per result.
-    """
-
-    __slots__ = ("_value", "_waiters")
-
-    def __init__(self, value: int) -> None:
-        self._value = value
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def take(self) -> bool:
-        """Take a unit without waiting, if one is free and nobody queues for it."""
-        if self._value > 0 and not self._waiters:
-            self._value -= 1
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        if self.take():
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        try:
-            await future
-        except BaseException:
-            if future.done() and not future.cancelled():
-                self.release()  # handed a unit as we were cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(future)
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-                return
-        self._value += 1
-
-
 class _Run:
     """The state of one `Engine.stream` call."""
 
@@ -313,7 +269,7 @@ class _Run:
         self.source = _Source(source)
         self.ready: collections.deque[BatchResult] = collections.deque()
         self.wakeup = asyncio.Event()
-        self.room = _Room(self.cfg.max_pending or 2 * self.cfg.workers)
+        self.room = FifoSemaphore(self.cfg.max_pending or 2 * self.cfg.workers)
         self.workers: list[asyncio.Task[None]] = []
         # Workers cancelled on stop: those inside `process`, and those awaiting an async
         # source (a source that blocks must not hold the run past its deadline or an early

@@ -322,15 +322,29 @@ class _Run:
         if self.listeners:
             self.emit(RequestFinished(item, result, self.cfg.clock()))
 
-    def stopped_result(self, index: int, item: BatchRequest, started: float, n: int) -> BatchResult:
-        assert self.stop_error is not None
+    def failed_result(
+        self,
+        index: int,
+        item: BatchRequest,
+        error: BaseException,
+        started: float,
+        attempts: int,
+        refused: BaseException | None = None,
+    ) -> BatchResult:
+        """The result of a request that ends with `error` after `attempts` calls, timed from
+        `started`; `refused`: what stopped a request that had been sent (the budget)."""
         return BatchResult(
             item.id,
-            error=self.stop_error,
+            error=error,
             duration=self.cfg.clock() - started,
-            attempts=n,
+            attempts=attempts,
             index=index,
+            refused=refused,
         )
+
+    def stopped_result(self, index: int, item: BatchRequest, started: float, n: int) -> BatchResult:
+        assert self.stop_error is not None
+        return self.failed_result(index, item, self.stop_error, started, n)
 
     async def worker(self) -> None:
         task = asyncio.current_task()
@@ -419,9 +433,7 @@ class _Run:
                 )
         while True:
             if self.abort_error is not None:
-                return BatchResult(
-                    item.id, error=self.abort_error, attempts=state.count, index=index
-                )
+                return self.failed_result(index, item, self.abort_error, started, state.count)
             try:
                 response = await self.attempt(item, state)
                 # After the attempt's permit recorded the tokens the reply really used.
@@ -436,14 +448,7 @@ class _Run:
                     # Sent before and paid or maybe billed: not "never sent" (unfinished, with
                     # no line, so a rerun would forget that money); it ends with its last
                     # attempt's error and its line carries the cost.
-                    return BatchResult(
-                        item.id,
-                        error=previous,
-                        duration=cfg.clock() - started,
-                        attempts=state.count,
-                        index=index,
-                        refused=error,
-                    )
+                    return self.failed_result(index, item, previous, started, state.count, error)
                 previous = error
             else:
                 self.report_outages()
@@ -492,13 +497,7 @@ class _Run:
                         if (moved := cfg.tiers.after_wait(item.request)) is not item.request:
                             item = BatchRequest(item.id, moved)
                     continue
-                return BatchResult(
-                    item.id,
-                    error=error,
-                    duration=cfg.clock() - started,
-                    attempts=state.count,
-                    index=index,
-                )
+                return self.failed_result(index, item, error, started, state.count)
             if self.breaker is not None and self.breaker.excuses(error):
                 # The server is down for everyone: wait at the breaker, not in a backoff,
                 # and do not count this attempt against the request's retries.
@@ -513,13 +512,7 @@ class _Run:
                 retry_after_handled=state.paused,
             )
             if delay is None:
-                return BatchResult(
-                    item.id,
-                    error=error,
-                    duration=cfg.clock() - started,
-                    attempts=state.count,
-                    index=index,
-                )
+                return self.failed_result(index, item, error, started, state.count)
             self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
             if delay > 0:
                 slept_from = cfg.clock()
@@ -674,7 +667,9 @@ class _Run:
         assert self.stop_error is not None
         while (pulled := await self.source.next()) is not None:
             index, item = pulled
-            self.deliver(item, BatchResult(item.id, error=self.stop_error, index=index))
+            self.deliver(
+                item, self.failed_result(index, item, self.stop_error, self.cfg.clock(), 0)
+            )
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ import pytest
 
 import llmbatch
 from llmbatch import RunConfig
+from llmbatch.io.journal import Journal
 
 from .helpers import cli, run_args, write_simple
 
@@ -110,3 +111,21 @@ def test_a_refused_resume_keeps_the_earlier_output_whole(tmp_path: Path, start_s
     assert files_under(tmp_path) == names  # the lock file too: it was there before
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
     assert sim.stats()["received"] == 3
+
+
+def test_a_run_refused_for_a_busy_output_leaves_no_error_log_folder(tmp_path: Path) -> None:
+    """Another run holds the output (here, its journal open in this process)."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_simple(inp, 2)
+    holder = Journal(out)
+    holder.open()
+    try:
+        before = files_under(tmp_path)
+        proc = cli(
+            "run", str(inp), "-o", str(out), "--base-url", "http://127.0.0.1:9/v1",
+            "--model", "m", "--error-log", str(tmp_path / "logs"), "--no-progress",
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert proc.returncode == 2 and "another llmbatch run" in proc.stderr, proc.stderr
+    assert files_under(tmp_path) == before

@@ -101,7 +101,11 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
         fresh.remove()
         raise
     try:
-        journal = _open_output(config)
+        try:
+            journal = _open_output(config)
+        except BaseException:  # locked by another run, say
+            fresh.remove()
+            raise
         try:
             scan = journal.scan
             emit(OutputOpened(config.output, scan.repaired_bytes, tuple(scan.corrupt_lines)))

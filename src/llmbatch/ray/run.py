@@ -26,7 +26,7 @@ import ray
 
 from ..breaker import DEFAULT_MAX_OUTAGE, Outage
 from ..clients import ClientSpec
-from ..engine import Concurrency
+from ..engine import DEFAULT_CONCURRENCY, Concurrency
 from ..errors import LLMBatchError
 from ..io.journal import result_line
 from ..replies import ReplyPolicy
@@ -140,7 +140,7 @@ class RayRunConfig:
     """How `run_on_ray` spreads a batch over workers."""
 
     workers: int = 2
-    concurrency: Concurrency = 32  # per worker, or "auto"
+    concurrency: Concurrency = DEFAULT_CONCURRENCY  # per worker: "auto", or a number
     chunk_size: int | None = None  # default: the per-worker concurrency
     request_timeout: float | None = 600.0
     retry: RetryPolicy | None = None

@@ -23,7 +23,6 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from llmbatch import BatchRequest, CompletionRequest  # noqa: E402
-from llmbatch.retry import RetryPolicy  # noqa: E402
 from llmbatch.ray import (  # noqa: E402
     ClientSpec,
     ClusterBreaker,
@@ -32,6 +31,7 @@ from llmbatch.ray import (  # noqa: E402
     RayRunConfig,
     run_on_ray,
 )
+from llmbatch.retry import RetryPolicy  # noqa: E402
 
 from .conftest import SimProcess  # noqa: E402
 from .helpers import free_port, scrape  # noqa: E402

@@ -371,4 +371,3 @@ async def test_a_starved_worker_lets_a_slot_it_woke_late_for_pass() -> None:
     # Before: five of b's six went on the opening's slots at 0.15 s, long after the cut.
     late = [at for at, generation in sent if generation == 0 and at > 0.01]
     assert late == [], sent
-

@@ -23,6 +23,7 @@ from llmbatch.ray.budget import RETRY_SECONDS, ClusterBudget
 from llmbatch.ray.limiter import (
     NO_BURST_AFTER_CUT,
     OPENING_LEASE,
+    WINDOW_PRESUME,
     WINDOW_START,
     LeasedLimiter,
     _LimiterState,
@@ -274,6 +275,30 @@ async def test_answers_not_time_clock_the_clusters_opening() -> None:
     # fourth round trip, so the last of 256 attempts goes out in the seventh (had the window
     # stayed at WINDOW_START: the 32nd).
     assert last < 0.3 * 7, last
+
+
+async def test_the_opening_of_a_slow_server_still_doubles_without_answers() -> None:
+    # An LLM may take seconds to answer while a refusal comes back at once: a slot in the
+    # air WINDOW_PRESUME without a refusal counts as answered, so the window doubles every
+    # WINDOW_PRESUME instead of waiting six answers' latencies for a cluster's 64 callers.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    actor = LocalActor(state)
+    workers = [LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep) for _ in range(4)]
+    sent: list[float] = []
+
+    async def call(lim: LeasedLimiter) -> None:
+        async with lim.admit(REQ) as permit:
+            sent.append(clock.now)
+            await clock.sleep(5.0)
+            permit.record(CompletionResponse("ok"))
+
+    tasks = [asyncio.create_task(call(w)) for w in workers for _ in range(16)]
+    await clock.advance_to(10.0)
+    await asyncio.gather(*tasks)
+    assert len(sent) == 64
+    assert sum(1 for at in sent if at < WINDOW_PRESUME) == WINDOW_START
+    assert max(sent) <= 3 * WINDOW_PRESUME + 0.05  # 8, 24, 56, 64 sent
 
 
 async def test_slots_let_pass_unused_give_the_opening_window_back() -> None:

@@ -56,6 +56,11 @@ OPENING_LEASE = 0.02
 # then at every worker's full width before the first refusal reached the actor. Eight: half
 # the bucket of a 1,000 req/min server, sent before anything is known of it.
 WINDOW_START = 8
+# An LLM may take seconds to answer, while a refusal comes back at once: a slot in the air
+# this long without a refusal counts as answered, so the opening of a slow server still
+# doubles every WINDOW_PRESUME (it once took 0.6 s in all; answers alone would take six of its
+# latencies). Well above the 100-200 ms a loaded machine took to read a refusal and report it.
+WINDOW_PRESUME = 0.5
 WINDOW_DONE = 4096  # a window this wide holds nothing back: slow start is over
 WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or an answer
 # After a cut the cluster runs its server's bucket near empty: for this long a lease starts
@@ -90,6 +95,8 @@ class _LimiterState:
         self._window_leased = 0
         self._window_finished = 0
         self._window_answers = 0
+        self._window_sent: collections.deque[tuple[float, int]] = collections.deque()
+        self._window_aged = 0  # slots leased more than WINDOW_PRESUME ago
         self._cut_at = -math.inf
         self._last_slot = -math.inf  # the latest slot leased so far
         self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)
@@ -173,6 +180,8 @@ class _LimiterState:
         delays = lim.lease(count, t, input_tokens=i, output_tokens=o, horizon=horizon)
         if window is not None:
             self._window_leased += len(delays)
+            if delays:
+                self._window_sent.append((self._clock() + delays[-1], len(delays)))
         if delays:
             self._last_slot = max(self._last_slot, self._clock() + delays[-1])
         keep = OPENING_LEASE if opening else self.slice
@@ -183,11 +192,18 @@ class _LimiterState:
         known: a refusal's cut, the server's headers; or the window is wide open)."""
         if not self._window_on:
             return None
-        cwnd = WINDOW_START + self._window_answers
-        if self.limiter.limits_known or cwnd >= WINDOW_DONE:
+        sent, old = self._window_sent, self._clock() - WINDOW_PRESUME
+        while sent and sent[0][0] <= old:
+            self._window_aged += sent.popleft()[1]
+        # Answered (or in the air long enough without a refusal): each widens the window by
+        # one and leaves it, as an acknowledgement in TCP's slow start.
+        aged = min(self._window_aged, self._window_leased)
+        answered = max(self._window_answers, aged)
+        if self.limiter.limits_known or WINDOW_START + answered >= WINDOW_DONE:
             self._window_on = False
             return None
-        return cwnd - (self._window_leased - self._window_finished)
+        freed = max(self._window_answers + self._window_finished, 2 * aged)
+        return WINDOW_START + freed - self._window_leased
 
     def give_back(self, count: int, tokens: Tokens = (0, 0, 0)) -> None:
         self._give_back(count, tokens)

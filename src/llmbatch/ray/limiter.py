@@ -16,7 +16,12 @@ seen by several workers is one cut; a pause or a cut reaches every worker at its
 A worker books at most one slice ahead of its own schedule: its waiters would otherwise
 lease slice after slice, holding seconds of the cluster's timeline booked at a rate that a
 cut has since made too fast (the cause of a cluster overshooting under load). Slots given
-back count only if the cluster's schedule is still the one they were leased under.
+back count only if the cluster's schedule is still the one they were leased under, and never
+rebook slots another worker holds.
+
+While nothing is known of the server the opening is a slow start clocked by answers (see
+WINDOW_START): workers report slots let pass and attempts finished with their leases. After a
+cut no lease bursts for NO_BURST_AFTER_CUT; a worker woken late for a slot lets it pass.
 `clock` and `sleep` are injectable (`ClusterLimiter.local`, `ClusterBudget`).
 """
 

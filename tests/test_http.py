@@ -288,6 +288,11 @@ async def _small_chunked(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _echo_agent(request: web.Request) -> web.Response:
+    agent = request.headers.get("User-Agent", "")
+    return web.json_response({**_CHAT_OK, "choices": [{"message": {"content": agent or "-"}}]})
+
+
 async def _impossible_headers(request: web.Request) -> web.Response:
     headers = {
         "x-ratelimit-limit-requests": "NaN",
@@ -307,6 +312,7 @@ async def hostile() -> AsyncIterator[str]:
     app.router.add_post("/huge/chat/completions", _huge)
     app.router.add_post("/headers/chat/completions", _impossible_headers)
     app.router.add_post("/bomb/chat/completions", _gzip_bomb)
+    app.router.add_post("/agent/chat/completions", _echo_agent)
     app.router.add_post("/chunked/chat/completions", _small_chunked)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -352,6 +358,15 @@ async def test_an_undeclared_body_that_arrives_whole_is_capped_too(hostile: str)
     roomy = OpenAIClient(base_url=hostile + "/chunked", api_key="k", max_response_bytes=10_000)
     async with roomy:
         assert (await roomy.complete(CompletionRequest(prompt="x"))).content == "ok"
+
+
+async def test_no_user_agent_is_sent_unless_the_caller_sets_one(hostile: str) -> None:
+    # aiohttp's own would name the library and the Python version.
+    async with OpenAIClient(base_url=hostile + "/agent", api_key="k") as client:
+        assert (await client.complete(CompletionRequest(prompt="x"))).content == "-"
+    mine = {"User-Agent": "my-batch/1.0"}
+    async with OpenAIClient(base_url=hostile + "/agent", api_key="k", extra_headers=mine) as client:
+        assert (await client.complete(CompletionRequest(prompt="x"))).content == "my-batch/1.0"
 
 
 async def test_impossible_rate_limit_headers_are_ignored(hostile: str) -> None:

@@ -22,6 +22,8 @@ build it: llmbatch with its defaults (only `max_concurrency` set); the bare loop
 hand-written one (one session, a pool as wide as the concurrency, `concurrency` workers
 pulling from one iterator, orjson both ways, the key in the session's headers); the SDK with
 its defaults, on a quarter of the requests (it runs 3-4x slower, so its runs last as long).
+`--breakdown` adds "llmbatch client, no engine": `OpenAIClient.complete` in the bare loop's
+workers, so the table splits llmbatch's cost into the client's and the engine's.
 `--baseline DIR` adds "llmbatch (baseline)": the same contender importing llmbatch from
 DIR/src (e.g. `git worktree add DIR main`), interleaved with the others: before/after in one
 run, on one machine state.
@@ -86,6 +88,27 @@ async def llmbatch_run(url: str, n: int, conc: int) -> int:
     return ok
 
 
+async def llmbatch_client(url: str, n: int, conc: int) -> int:
+    """`OpenAIClient.complete` in the bare loop's workers, no engine: the client path alone."""
+    from llmbatch import CompletionRequest
+    from llmbatch.clients import OpenAIClient
+
+    ok = 0
+    todo = iter(range(n))
+    async with OpenAIClient(base_url=url + "/v1", api_key="sk-bench", model="sim-1") as client:
+
+        async def worker() -> None:
+            nonlocal ok
+            for i in todo:
+                reply = await client.complete(
+                    CompletionRequest(prompt=f"question {i}", max_tokens=16)
+                )
+                ok += bool(reply.content)
+
+        await asyncio.gather(*(worker() for _ in range(conc)))
+    return ok
+
+
 async def openai_sdk(url: str, n: int, conc: int) -> int:
     import openai
 
@@ -109,14 +132,16 @@ async def openai_sdk(url: str, n: int, conc: int) -> int:
 
 
 BASELINE = "llmbatch (baseline)"
+CLIENT = "llmbatch client, no engine"
 CONTENDERS = {
     "bare aiohttp": bare_aiohttp,
     "llmbatch": llmbatch_run,
     BASELINE: llmbatch_run,
+    CLIENT: llmbatch_client,
     "openai SDK": openai_sdk,
 }
 # The share of a scenario's requests each contender runs (the SDK is 3-4x slower).
-SHARE = {"bare aiohttp": 1.0, "llmbatch": 1.0, BASELINE: 1.0, "openai SDK": 0.25}
+SHARE = {"bare aiohttp": 1.0, "llmbatch": 1.0, BASELINE: 1.0, CLIENT: 1.0, "openai SDK": 0.25}
 ALL = ["bare aiohttp", "llmbatch", "openai SDK"]
 
 # label, server, latency ms, concurrency, contenders
@@ -158,6 +183,9 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated scenario labels (S1,S3)")
     parser.add_argument("--baseline", help="a source tree: adds llmbatch from DIR/src")
     parser.add_argument("--no-sdk", action="store_true", help="leave the openai SDK out")
+    parser.add_argument(
+        "--breakdown", action="store_true", help=f"add {CLIENT!r}: the engine's share apart"
+    )
     args = parser.parse_args()
     if args.worker:
         name, url, n, conc = args.worker
@@ -184,6 +212,8 @@ def main() -> None:
             continue
         if args.baseline and "llmbatch" in names:
             names = [*names[:2], BASELINE, *names[2:]]
+        if args.breakdown and "llmbatch" in names:
+            names = [*names[:2], CLIENT, *names[2:]]
         if args.no_sdk:
             names = [name for name in names if name != "openai SDK"]
         ideal = conc / (latency / 1000) if latency else None

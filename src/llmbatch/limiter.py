@@ -316,6 +316,23 @@ class RateLimiter:
         return self.adaptive and not self._opened and self._limits() == _NO_LIMITS
 
     @property
+    def limits_known(self) -> bool:
+        """A limit is configured, stated by the server or learned from its refusals."""
+        return self._limits() != _NO_LIMITS
+
+    def hold_burst(self, after: float | None = None) -> None:
+        """No burst: the next slot goes no earlier than now (or one interval after the slot
+        `after`), the ones after it one interval apart, whatever credit the timelines hold
+        (slots given back, an idle spell). For a Ray cluster's limiter: it runs its server's
+        bucket near empty after a refusal, and slots given back must not rebook slots
+        already handed out."""
+        at = self._clock()
+        rpm = self.requests_per_minute
+        if after is not None and rpm:
+            at = max(at, after + self._interval(rpm))
+        self._restart_schedule(at)
+
+    @property
     def epoch(self) -> int:
         """Bumped by every pause: slots reserved before it belong to a discarded schedule."""
         return self._epoch

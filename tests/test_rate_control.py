@@ -445,7 +445,9 @@ async def test_a_cut_rebooks_the_waiters_already_sleeping_at_the_old_rate() -> N
             permit.record(CompletionResponse("ok"))
 
     warm = await lim.acquire()  # a run a second old: its first cut is no opening's guess
-    warm.release(CompletionResponse("ok"), None)
+    # Refused: on a given limit, a first bare 429 only holds; the next event, within the
+    # strike window, says the limit is wrong and cuts.
+    warm.release(None, RateLimitError())
     await clock.advance_to(1.0)
     first = await lim.acquire()  # t=1
     waiters = [asyncio.create_task(one()) for _ in range(10)]  # booked 0.1 s apart
@@ -590,15 +592,18 @@ async def test_an_attempt_booked_before_a_cut_and_already_due_is_part_of_its_eve
     clock: FakeClock,
 ) -> None:
     # Sleeping waiters are rebooked by a cut (see the rebooking test); an attempt admitted on
-    # the old schedule before it, refused after the cooldown, is still the same event.
+    # the old schedule before it, refused after the cooldown, is still the same event. (The
+    # limit was given: the first event is answered by a hold, the next one by a cut.)
     lim = limiter(clock, requests_per_minute=60)
-    first = await lim.acquire()
-    old = await lim.acquire()  # admitted on the old schedule
-    first.release(None, RateLimitError())
-    assert lim.status().cuts == 1
-    clock.advance(2)
-    old.release(None, RateLimitError())
-    assert lim.status().cuts == 1
+    for answered_by in ("hold", "cut"):
+        first = await lim.acquire()
+        old = await lim.acquire()  # admitted on the old schedule
+        first.release(None, RateLimitError())
+        events = (lim.holds, lim.status().cuts)
+        assert events == ((1, 0) if answered_by == "hold" else (1, 1))
+        clock.advance(2)
+        old.release(None, RateLimitError())
+        assert (lim.holds, lim.status().cuts) == events
 
 
 async def test_an_attempt_marked_as_lost_to_an_outage_cuts_neither_rate_nor_concurrency(

@@ -21,7 +21,14 @@ or 529 "overloaded") is probed with CUBIC congestion control, one cut per conges
 (see `llmbatch.rate_control`). A Retry-After the server states precisely (with its limits, or
 longer than a second) pauses the whole limiter, so no worker hammers the server meanwhile;
 a bare `retry-after: 1` (the smallest a seconds-granular header can say) only delays the
-refused request, since the cut already lets the server's bucket refill. With no limits
+refused request, since the cut already lets the server's bucket refill.
+
+When the limits are known (given, or stated by the server earlier), a refusal that states
+none is first taken for a stray (another client on the same key spent the bucket): the
+limiter holds every admission `HOLD_SECONDS` and keeps the known rate, rather than learn a
+rate below it for the rest of the run. Only a second refusal event within
+`STRIKE_WINDOW` of the last says the known limit is wrong (more than ~10% over what the
+server lets through): that one cuts, and the limit is learned below it. With no limits
 configured the limiter admits freely until the server first pushes back.
 
 Written here rather than taken from aiolimiter: that library has no token/request pair, no
@@ -75,6 +82,15 @@ OPENING_RATE = 200.0
 # server, and a bare 429 then cut the learned rate: 2.4x the makespan).
 FIRST_BURST = 0.5
 OPENING_DOUBLING = 0.05
+# A refusal stating no limit on a run whose limits are known: hold everything this long (the
+# server's bucket, emptied by someone else, refills half of its second) and keep the rate.
+# A one-off (another client on the key) then costs half a second; a learned cut cost 2.4x the
+# makespan of a token-limited run (its CUBIC rate regrew from 0.7x, then probed slowly).
+HOLD_SECONDS = 0.5
+# A refusal event this soon after the last hold or cut: the known limit is wrong (after a
+# hold, the bucket holds HOLD_SECONDS of slack, so a refusal within 5 s means sending more
+# than ~10% over the server's real rate). Cut and learn below it.
+STRIKE_WINDOW = 5.0
 _OPENING_DONE = 12  # doublings after which the opening pace holds nothing back (2M/s)
 _EWMA = 0.05  # weight of one request in the running mean of token estimates
 _SPEEDUP = 1.2  # a learned rate this much faster than the booked schedule's rebooks it
@@ -270,6 +286,8 @@ class RateLimiter:
         self._waiting = 0
         self._in_flight = 0
         self._rate_limited = 0
+        self._struck_at = -math.inf  # the last refusal event answered (hold or cut)
+        self.holds = 0  # refusals answered by a hold, the known rate kept (see HOLD_SECONDS)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -505,8 +523,14 @@ class RateLimiter:
             self.observe(fb.rate_limit)
         # The server said its limits: it refused because we ran ahead of its budget, which
         # the headers have just resynced. Otherwise probe: one cut per congestion event.
-        cut = not states_limits(fb) and self.control.congested(generation)
+        if states_limits(fb):
+            cut = False
+        elif self._stray(generation):
+            return self._hold(fb)
+        else:
+            cut = self.control.congested(generation)
         if cut:
+            self._struck_at = self._clock()
             self._cut_tokens()
             self._free = False
         if pauses_everyone(fb):
@@ -516,6 +540,32 @@ class RateLimiter:
         if cut:
             self._rebook(self._clock())
         return False
+
+    def _stray(self, generation: int) -> bool:
+        """A new refusal event, with no limit stated in it, while the rate in force is a
+        known limit (given, or stated earlier) and no event came in `STRIKE_WINDOW`: take it
+        for another client's doing, not for a wrong limit."""
+        control = self.control
+        if generation < control.generation:
+            return False  # part of an event already answered
+        if self._clock() - self._struck_at < STRIKE_WINDOW:
+            return False  # refusals persist: the known limit is wrong
+        if not (self._req.limit() or self._tok.limit() or self._in.limit() or self._out.limit()):
+            return False  # nothing known: learn
+        for law in (control, self.token_control):
+            if law.rate is not None and (law.ceiling is None or law.rate < law.ceiling):
+                return False  # a learned rate is in force: CUBIC's business
+        return True
+
+    def _hold(self, fb: Feedback) -> bool:
+        """Answer a stray refusal: everyone waits `HOLD_SECONDS` (or the server's longer
+        Retry-After) and the known rate stays. The attempts admitted before it belong to this
+        event (a new generation), as they would to a cut."""
+        self._struck_at = self._clock()
+        self.holds += 1
+        self.control.held()
+        self.pause(max(HOLD_SECONDS, fb.retry_after or 0.0))
+        return True
 
     def succeeded(self, count: int = 1, tokens: float | None = None) -> None:
         """`count` attempts succeeded (`tokens`: their estimates; default: the running mean

@@ -15,7 +15,8 @@ time and slow at high rates (minutes to climb back after one cut), while CUBIC's
 time does not depend on the rate, is fast far from the last known limit and flat near it.
 
 - **One decrease per congestion event.** Every admission carries the `generation` (the number
-  of cuts so far) it was admitted under. A refusal cuts only if its attempt was admitted after
+  of events answered so far: cuts, and `held` ones a limiter answered otherwise) it was
+  admitted under. A refusal cuts only if its attempt was admitted after
   the last cut, and not within `cooldown` (1 s) of it: the burst of 429s answering one
   overshoot is one event, as TCP cuts once per window of losses, and a server whose bucket
   the overshoot emptied needs a moment to refill before its answers say anything new.
@@ -141,6 +142,11 @@ class CubicRate:
             return False  # part of an event already answered by a cut
         self.cut(now)
         return True
+
+    def held(self) -> None:
+        """A congestion event answered without a cut (a limiter that knows its limit held
+        instead): refusals of attempts admitted before now are part of it."""
+        self.generation += 1
 
     def cut(self, now: float) -> None:
         """Cut now, unconditionally: `congested` decided this is a new event (or, for a

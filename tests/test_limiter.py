@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 
+import looptime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -512,3 +513,38 @@ async def test_a_given_limit_that_is_wrong_is_learned_below_it(clock: FakeClock)
     learned = lim.requests_per_minute
     assert lim.status().cuts >= 1 and learned is not None and learned <= 1.05 * 900, learned
     assert refused <= 0.04 * (answered + refused), (refused, answered)
+
+
+def test_waiters_whose_slots_a_pause_voided_requeue_one_interval_apart() -> None:
+    # 20 waiters booked 50 ms apart (1,200/min); a half-second pause at 0.3 s voids the slots
+    # of those due inside it. They queue again behind the ones booked after it, one interval
+    # apart: the server's bucket, emptied by whatever caused the pause, gets no burst. (Each
+    # voided slot used to be given back off the END of the timeline, so every requeued waiter
+    # booked the same last slot again: ten sent in one instant.)
+    loop = looptime.new_event_loop(start=0, end=1_000)
+
+    async def main() -> list[float]:
+        lim = RateLimiter(1200, burst_seconds=0.0, clock=loop.time)
+        admitted: list[float] = []
+
+        async def one() -> None:
+            permit = await lim.acquire()
+            admitted.append(loop.time())
+            permit.release(CompletionResponse("ok"), None)
+
+        waiters = [asyncio.create_task(one()) for _ in range(20)]
+        await asyncio.sleep(0.3)
+        lim.pause(0.5)
+        await asyncio.gather(*waiters)
+        return admitted
+
+    try:
+        admitted = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    interval = 60 / (1200 * (1 - 0.02))
+    assert len(admitted) == 20
+    assert not [t for t in admitted if 0.3 < t < 0.8]  # nothing inside the pause
+    after = sorted(t for t in admitted if t >= 0.8)
+    gaps = [b - a for a, b in itertools.pairwise(after)]
+    assert min(gaps) >= 0.99 * interval, gaps

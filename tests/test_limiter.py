@@ -31,6 +31,7 @@ from llmbatch.simulate.limits import Charge, Limits
 from llmbatch.throttled import ThrottledLLMClient
 
 from .conftest import FakeClock
+from .helpers import SteppedClock
 
 
 def limiter(clock: FakeClock, rpm: float | None = None, tpm: float | None = None, **kw: object):  # type: ignore[no-untyped-def]
@@ -61,13 +62,20 @@ async def test_exact_spacing_at_1200_per_minute(clock: FakeClock) -> None:
 
 
 async def test_burst_is_one_second_worth_never_a_minute(clock: FakeClock) -> None:
-    lim = limiter(clock, 600)  # default burst: 1 s = 10 requests; the first one, half that
+    # Default burst: 1 s = 10 requests; on a limit given, what goes at once is half that (the
+    # server's bucket keeps the other half for requests that reach it bunched).
+    lim = limiter(clock, 600)
     clock.advance(30)  # created long before its first request: the first burst is still half
     times = await admit_times(lim, clock, 25)
     assert times.count(0) == 5
     assert times[5:] == pytest.approx([0.1 * k for k in range(1, 21)])
-    clock.advance(5)  # idle: the bucket refills to a second's worth
-    assert (await admit_times(lim, clock, 12)).count(0) == 10
+    clock.advance(5)  # idle: the bucket refills; half of it goes at once (and one more)
+    assert (await admit_times(lim, clock, 12)).count(0) == 6
+    # A limit the server stated (not given): its remaining budget, a second's worth at once.
+    stated = limiter(clock)
+    stated.observe(RateLimitInfo(limit_requests=600, remaining_requests=600))
+    clock.advance(5)
+    assert (await admit_times(stated, clock, 12)).count(0) == 10
     # Over any minute, never more than the limit plus the burst.
     lim2 = limiter(clock, 60)
     times = await admit_times(lim2, clock, 70)
@@ -548,3 +556,35 @@ def test_waiters_whose_slots_a_pause_voided_requeue_one_interval_apart() -> None
     after = sorted(t for t in admitted if t >= 0.8)
     gaps = [b - a for a, b in itertools.pairwise(after)]
     assert min(gaps) >= 0.99 * interval, gaps
+
+
+async def test_a_stalled_loop_does_not_send_every_overdue_slot_at_once() -> None:
+    # 80 waiters on 1,200/min. The process gets no CPU for a second (two CPU burners beside
+    # it, traced: 0.3-1.0 s stalls): when it runs again, every waiter whose slot passed
+    # meanwhile is due. The server's bucket holds a second's worth; requests admitted before
+    # the stall are sent with these, so no more than half a second's worth goes at once
+    # (before: all twenty at once, and one of them refused).
+    clock = SteppedClock()
+    lim = RateLimiter(1200, clock=clock, sleep=clock.sleep)
+    admitted: list[float] = []
+
+    async def one() -> None:
+        permit = await lim.acquire()
+        admitted.append(clock.now)
+        permit.release(CompletionResponse("ok"), None)
+
+    waiters = [asyncio.create_task(one()) for _ in range(80)]
+    await clock.advance_to(1.0)
+    clock.now = 2.0  # the stall: a second passes and nothing runs
+    await clock.advance_to(2.0)
+    at_once = admitted.count(2.0)
+    await clock.advance_to(100.0)
+    await asyncio.gather(*waiters)
+    assert len(admitted) == 80
+    half = 0.5 * 1200 / 60 * 0.98
+    assert 5 <= at_once <= half + 1, at_once
+    # And after it, the pace again: never more than half a second's worth above it.
+    after = [t for t in admitted if t > 2.0]
+    for start in after:
+        inside = sum(start <= t < start + 1.0 for t in after)
+        assert inside <= 1200 / 60 + half + 1, (start, inside)

@@ -281,6 +281,13 @@ class RateLimiter:
         self._fastest_answer = math.inf  # the quickest success seen during the opening
         self._pause_until = start
         self._fresh = True  # nothing booked yet (see FIRST_BURST)
+        # The send gate (see `_send_wait`): a timeline per budget of when admissions really
+        # went, on the budgets the user gave (None: no limit given, no gate).
+        # No gate on a zero burst: its schedule sends nothing at once already.
+        given = [b.configured is not None for b in (self._req, self._tok, self._in, self._out)]
+        gated = any(given) and burst_seconds > 0
+        self._sent_tat: list[float] | None = [start] * 4 if gated else None
+        self._gated = tuple(given)
         self._epoch = 0  # bumped by a pause: sleeping waiters must then take a new slot
         self._cut_epoch = 0  # bumped by a cut: the booked schedule is void, rebook at the new rate
         self._waiting = 0
@@ -433,6 +440,11 @@ class RateLimiter:
             if limit and delta:
                 # A refund never creates more than the burst allowance.
                 budget.tat = max(budget.tat + delta * self._interval(limit), floor)
+                if self._sent_tat is not None:  # what went was what was used
+                    i = (self._req, self._tok, self._in, self._out).index(budget)
+                    self._sent_tat[i] = max(
+                        self._sent_tat[i] + delta * self._interval(limit), floor
+                    )
 
     def settle(
         self, permit_or_estimate: RatePermit | int, actual_tokens: int, actual_output: int = 0
@@ -657,7 +669,7 @@ class RateLimiter:
         # part of the event that cut.
         generation = self.control.generation
         slot, costs, now = self._reserve_units((1, est.total, est.input, est.output))
-        if slot <= now:
+        if slot <= now and (self._sent_tat is None or self._send_wait(costs, now) <= 0):
             self._admitted(permit, costs, generation)
             return True
         permit.booked = (slot, costs, generation, self._epoch, self._cut_epoch)
@@ -697,6 +709,15 @@ class RateLimiter:
                 # back: that takes a cost off the END of the timeline, so every waiter
                 # requeued this way booked the same last slot again (traced: ten admitted in
                 # one millisecond after a half-second hold, seven of them refused).
+            if self._sent_tat is not None:
+                # Due by the schedule; the send gate may still hold it (a stalled loop).
+                while (gap := self._send_wait(costs, self._clock())) > 0:
+                    try:
+                        await self._nap(gap)
+                    except BaseException:
+                        if cut_epoch == self._cut_epoch:
+                            self._unreserve(costs)
+                        raise
         finally:
             self._waiting -= 1
         self._admitted(permit, costs, generation)
@@ -716,6 +737,34 @@ class RateLimiter:
                 permit.admitted_at = now
         permit.costs = costs
         permit.generation = generation
+        sent = self._sent_tat
+        if sent is not None and costs is not _NO_COSTS:
+            for i, cost in enumerate(costs):
+                if cost:
+                    sent[i] = max(sent[i], now) + cost
+
+    def _send_wait(self, costs: tuple[float, ...], now: float) -> float:
+        """Seconds until `costs` may go now by the send gate (<= 0: at once).
+
+        The schedule (the TATs) books slots; when the event loop stalls (a starved process:
+        under two CPU burners it went 0.3-1.0 s without running), the waiters whose slots
+        passed meanwhile all wake at once, and requests admitted before the stall are sent
+        with them: the server's bucket, a second's worth, got 16 requests and 1.01 s of budget
+        in one millisecond (traced: one refused). The gate keeps what really went, on each
+        budget the user gave, within FIRST_BURST of a burst above the limit's pace, as the
+        first burst is: the server keeps half its bucket for requests that reach it bunched.
+        """
+        assert self._sent_tat is not None
+        # A unit goes when what went before it is at most `room` ahead of the pace. Only units
+        # smaller than the room are gated: on a slow limit (one request in seconds) a stall
+        # bunches one or two, and the gate would hold each to the exact send time of the one
+        # before, which a loop's jitter moves.
+        room = self.burst_seconds * FIRST_BURST
+        wait = 0.0
+        for sent, cost, gated in zip(self._sent_tat, costs, self._gated, strict=True):
+            if gated and 0 < cost < room:
+                wait = max(wait, sent - room - now)
+        return wait
 
     def _reserve_units(
         self, units: tuple[int, int, int, int]

@@ -139,7 +139,8 @@ def estimate_tokens(
 class RateLimiterStatus:
     """A snapshot, like the seed's `GetStatus()`. Limits are the effective ones (after
     adaptation); `available_*` is what could go right now; `paused_for` is seconds left of a
-    pause; `cuts` counts congestion events answered by a rate cut."""
+    pause; `cuts` counts congestion events answered by a rate cut, `holds` those answered by
+    a hold on a known limit (see HOLD_SECONDS)."""
 
     requests_per_minute: float | None
     tokens_per_minute: float | None
@@ -152,6 +153,7 @@ class RateLimiterStatus:
     input_tokens_per_minute: float | None = None
     output_tokens_per_minute: float | None = None
     cuts: int = 0
+    holds: int = 0
 
 
 class _Timeline:
@@ -371,6 +373,7 @@ class RateLimiter:
             input_tokens_per_minute=self.input_tokens_per_minute,
             output_tokens_per_minute=self.output_tokens_per_minute,
             cuts=self.control.cuts,
+            holds=self.holds,
         )
 
     def admit(self, request: CompletionRequest) -> RatePermit:

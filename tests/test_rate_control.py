@@ -62,6 +62,26 @@ def test_a_new_event_cuts_again_but_not_within_the_cooldown(clock: FakeClock) ->
     assert c.rate is not None and first is not None and c.rate < first
 
 
+def test_a_guess_at_the_opening_that_is_still_refused_cuts_again_within_the_cooldown(
+    clock: FakeClock,
+) -> None:
+    # The run's first refusal, read late (a loaded machine): the opening's pace had sent 33
+    # in its first 0.15 s against a 20/s server, and the first cut only guesses from that
+    # young window (23/s). An attempt admitted at the guessed rate and refused says the guess
+    # is too high: cut again now, not after the cooldown (which cost a refusal every 0.15 s).
+    c = CubicRate(clock=clock)
+    c.sent(33)
+    clock.advance(0.15)
+    assert c.congested(c.generation)
+    guessed = c.rate
+    clock.advance(0.2)
+    c.sent(5)
+    assert c.congested(c.generation)  # within the cooldown, admitted after the first cut
+    assert c.rate is not None and guessed is not None and c.rate < guessed
+    clock.advance(0.2)
+    assert not c.congested(c.generation)  # a measured cut: its cooldown holds again
+
+
 def test_the_cut_is_relative_to_the_measured_send_rate(clock: FakeClock) -> None:
     c = control(clock)
     c.sent(40)  # 40 admissions in the last second, no success yet

@@ -111,6 +111,7 @@ class CubicRate:
         self._cut_at = 0.0
         self._probe_slowdown = 1.0
         self._guessed = False  # w_max is a guess, not a measurement (see `cut`)
+        self._opening_guess = False  # ... made in the run's first second (see `congested`)
         self._meter = meter if meter is not None else Meter(clock)
         self._column = column
         self.unit = 1.0  # what one request weighs in this control's unit (see the docstring)
@@ -138,8 +139,15 @@ class CubicRate:
     def congested(self, generation: int) -> bool:
         """A refusal of an attempt admitted under `generation`. Returns True if it cut."""
         now = self._clock()
-        if generation < self.generation or (self.cuts and now - self._cut_at < self.cooldown):
+        if generation < self.generation:
             return False  # part of an event already answered by a cut
+        if self.cuts and now - self._cut_at < self.cooldown and not self._opening_guess:
+            return False  # the server's bucket, emptied by the overshoot, is refilling
+        # (After a first cut in the run's first second, which only guessed the limit from a
+        # young window, an attempt admitted at the guessed rate and refused says at once that
+        # the guess is too high: an opening read late on a loaded machine had measured 33/s
+        # against a 20/s server, and its guessed rate drew a refusal every 0.15 s for the
+        # whole cooldown: 8 of a run's 21.)
         self.cut(now)
         return True
 
@@ -184,6 +192,7 @@ class CubicRate:
         # answer) guessed w_max from a young window, which reads low: regrow by doubling
         # until the next refusal measures the limit, rather than plateau at the guess.
         self._guessed = (goodput <= 0 or young) and not self.cuts
+        self._opening_guess = young and not self.cuts
         self._w_max = w_max
         self._cut_at = now
         self.rate = max(self.min_rate * self.unit, w_max * self.beta)

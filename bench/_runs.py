@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import json
+import os
 import pstats
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["in_process", "interleaved", "measure_here", "report"]
@@ -40,8 +41,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def measure_here(make: Callable[[], Awaitable[int]], *, profile: bool = False) -> Figures:
     """Run `make()` (a contender's coroutine, returning its successes) on a fresh loop and
-    measure it; with `profile`, print its cProfile (top 30 by own time) to stderr."""
-    profiler = cProfile.Profile() if profile else None
+    measure it; with `profile`, print its cProfile (top 30 by own time) to stderr.
+
+    The profile counts CPU time, not wall time: on a shared machine, the time a process waits
+    for a core would otherwise be charged to whichever frame it was in (the loop's `run`, a
+    socket write)."""
+    profiler = cProfile.Profile(time.process_time) if profile else None
     cpu0, t0 = time.process_time(), time.perf_counter()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         if profiler is not None:
@@ -61,25 +66,34 @@ def report(figures: Figures) -> None:
     print(json.dumps(figures))
 
 
-def in_process(script: str, *args: str) -> Figures:
-    """Run `script --worker *args` in a fresh Python and read the figures it reports."""
+def in_process(script: str, *args: str, env: Mapping[str, str] | None = None) -> Figures:
+    """Run `script --worker *args` in a fresh Python and read the figures it reports; `env`
+    adds variables to the child's environment."""
     out = subprocess.run(
         [sys.executable, script, "--worker", *args],
         capture_output=True,
         text=True,
         check=True,
         cwd=Path(script).parent,
+        env={**os.environ, **env} if env else None,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def interleaved(script: str, names: Sequence[str], repeat: int, *args: str) -> dict[str, Figures]:
+def interleaved(
+    script: str,
+    names: Sequence[str],
+    repeat: int,
+    *args: str,
+    envs: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, Figures]:
     """`in_process(script, name, *args)` for every name, `repeat` rounds, interleaved; each
-    name's medians."""
+    name's medians. `envs` gives some names environment variables of their own (a baseline
+    contender: the same code path run on another source tree through `PYTHONPATH`)."""
     runs: dict[str, list[Figures]] = {name: [] for name in names}
     for _ in range(repeat):
         for name in names:
-            runs[name].append(in_process(script, name, *args))
+            runs[name].append(in_process(script, name, *args, env=(envs or {}).get(name)))
     return {
         name: {
             key: min(r[key] for r in rs) if key == "ok" else statistics.median(r[key] for r in rs)

@@ -645,3 +645,24 @@ def test_stopped_mid_merge_the_rerun_writes_only_the_missing_answers(start_sim, 
     assert Counter(rec["custom_id"] for rec in read_out(out)) == Counter(r.id for r in requests)
     assert sim.stats()["batches_created"] == 1
     assert ledger_chunks(out)[0]["state"] == "ended"
+
+
+@pytest.mark.parametrize(
+    ("provider", "raw"),
+    [
+        ("openai", b"not json"),
+        ("openai", b'{"id": "batch_req_1"}'),  # no custom_id
+        ("anthropic", b'{"custom_id": "a"}'),  # no result
+        ("anthropic", b'{"custom_id": "a", "result": "x"}'),  # a result that is no object
+    ],
+)
+def test_a_result_line_that_cannot_be_read_is_an_invalid_response_quoting_it(
+    provider: str, raw: bytes
+) -> None:
+    from llmbatch.batch_api import anthropic, openai
+    from llmbatch.errors import InvalidResponseError
+
+    outcome = {"openai": openai._outcome, "anthropic": anthropic._outcome}[provider]
+    with pytest.raises(InvalidResponseError, match="a batch result line is not valid") as err:
+        outcome(raw)
+    assert repr(raw[:20])[2:-1] in str(err.value)

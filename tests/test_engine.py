@@ -271,6 +271,32 @@ async def test_repeated_auth_failures_stop_the_batch_early() -> None:
     assert "not sent" in str(results[-1].error)
 
 
+async def test_a_request_stopped_by_the_auth_abort_between_retries_keeps_its_duration(
+    clock: FakeClock,
+) -> None:
+    """r0 fails, backs off; meanwhile r1's 401 stops the batch: r0 ends "not sent" after its
+    one call, its duration the time it really took (its backoff), as every failed result."""
+    client = FakeClient(
+        failures={
+            "p0": [ServerError("busy")],
+            "p1": [AuthenticationError("bad key", status_code=401)],
+        }
+    )
+    policy = RetryPolicy(max_attempts=5, base_delay=4.0, max_delay=4.0, rng=random.Random(1))
+    engine = Engine(
+        client,
+        EngineConfig(
+            max_concurrency=2, max_auth_failures=1, retry=policy, clock=clock, sleep=clock.sleep
+        ),
+    )
+    results = {r.id: r async for r in engine.stream(reqs(2))}
+    first = results["r0"]
+    assert isinstance(first.error, AuthenticationError) and "not sent" in str(first.error)
+    assert first.attempts == 1
+    assert clock.sleeps and clock.sleeps[0] > 0
+    assert first.duration == pytest.approx(clock.sleeps[0])
+
+
 async def test_a_failing_listener_does_not_break_the_batch() -> None:
     def broken(event: object) -> None:
         raise RuntimeError("listener bug")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import email.utils
+import gzip
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -271,6 +272,27 @@ async def _huge(request: web.Request) -> web.Response:
     return web.Response(body=b" " * (3 * 1024 * 1024), content_type="application/json")
 
 
+async def _gzip_bomb(request: web.Request) -> web.Response:
+    # ~3 KiB on the wire (its Content-Length), 3 MiB once decoded.
+    body = gzip.compress(b" " * (3 * 1024 * 1024))
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    return web.Response(body=body, headers=headers)
+
+
+async def _small_chunked(request: web.Request) -> web.StreamResponse:
+    # No Content-Length, and small enough to arrive in one read.
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    await resp.write(orjson.dumps({**_CHAT_OK, "padding": "x" * 5000}))
+    await resp.write_eof()
+    return resp
+
+
+async def _echo_agent(request: web.Request) -> web.Response:
+    agent = request.headers.get("User-Agent", "")
+    return web.json_response({**_CHAT_OK, "choices": [{"message": {"content": agent or "-"}}]})
+
+
 async def _impossible_headers(request: web.Request) -> web.Response:
     headers = {
         "x-ratelimit-limit-requests": "NaN",
@@ -289,6 +311,9 @@ async def hostile() -> AsyncIterator[str]:
     app.router.add_post("/endless/chat/completions", _endless)
     app.router.add_post("/huge/chat/completions", _huge)
     app.router.add_post("/headers/chat/completions", _impossible_headers)
+    app.router.add_post("/bomb/chat/completions", _gzip_bomb)
+    app.router.add_post("/agent/chat/completions", _echo_agent)
+    app.router.add_post("/chunked/chat/completions", _small_chunked)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -315,6 +340,33 @@ async def test_a_huge_body_fails_the_request_and_a_small_one_still_passes(hostil
     ok = OpenAIClient(base_url=hostile + "/headers", api_key="k", max_response_bytes=2**20)
     async with ok:
         assert (await ok.complete(CompletionRequest(prompt="x"))).content == "ok"
+
+
+async def test_a_gzip_bomb_fails_at_the_cap_on_its_decoded_size(hostile: str) -> None:
+    # Its declared (compressed) length is under the cap: only the bytes read can catch it.
+    client = OpenAIClient(base_url=hostile + "/bomb", api_key="k", max_response_bytes=2**20)
+    async with client:
+        with pytest.raises(InvalidResponseError, match="exceeds max_response_bytes"):
+            await client.complete(CompletionRequest(prompt="x"))
+
+
+async def test_an_undeclared_body_that_arrives_whole_is_capped_too(hostile: str) -> None:
+    client = OpenAIClient(base_url=hostile + "/chunked", api_key="k", max_response_bytes=1000)
+    async with client:
+        with pytest.raises(InvalidResponseError, match="exceeds max_response_bytes"):
+            await client.complete(CompletionRequest(prompt="x"))
+    roomy = OpenAIClient(base_url=hostile + "/chunked", api_key="k", max_response_bytes=10_000)
+    async with roomy:
+        assert (await roomy.complete(CompletionRequest(prompt="x"))).content == "ok"
+
+
+async def test_no_user_agent_is_sent_unless_the_caller_sets_one(hostile: str) -> None:
+    # aiohttp's own would name the library and the Python version.
+    async with OpenAIClient(base_url=hostile + "/agent", api_key="k") as client:
+        assert (await client.complete(CompletionRequest(prompt="x"))).content == "-"
+    mine = {"User-Agent": "my-batch/1.0"}
+    async with OpenAIClient(base_url=hostile + "/agent", api_key="k", extra_headers=mine) as client:
+        assert (await client.complete(CompletionRequest(prompt="x"))).content == "my-batch/1.0"
 
 
 async def test_impossible_rate_limit_headers_are_ignored(hostile: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmbatch.errors import ServerError
+from llmbatch.io import journal as journal_module
 from llmbatch.io.journal import Journal, JournalLocked, journal_stats, result_line
 from llmbatch.types import BatchResult, CompletionResponse, Usage
 
@@ -242,3 +244,47 @@ def test_a_line_is_read_back_to_confirm_its_exact_id(tmp_path: Path) -> None:
         assert not found.holds(0, "a") and not found.holds(7, "a")
     finally:
         found.close()
+
+
+def test_a_discarded_journal_removes_what_it_created_and_a_racing_open_takes_a_fresh_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused run's journal removes the output, index and lock its open created. A second
+    run that opened the old lock file just before it went must not hold that dead inode as
+    its lock (a third would then lock the new file too): it sees the swap and locks anew."""
+    out = tmp_path / "out.jsonl"
+    first = Journal(out)
+    first.open()
+    assert {p.name for p in tmp_path.iterdir()} == {"out.jsonl", "out.jsonl.idx", "out.jsonl.lock"}
+    real_flock = fcntl.flock
+    raced = []
+
+    def flock(fd: int, op: int) -> None:
+        if op & fcntl.LOCK_EX and not raced:  # the second open, between its open and flock
+            raced.append(fd)
+            first.discard()
+        real_flock(fd, op)
+
+    monkeypatch.setattr(journal_module.fcntl, "flock", flock)
+    second = Journal(out)
+    second.open()
+    assert raced
+    lock = out.with_name("out.jsonl.lock")
+    assert second._lock_fd is not None
+    assert os.fstat(second._lock_fd).st_ino == os.stat(lock).st_ino  # the file at the path
+    with pytest.raises(JournalLocked):
+        Journal(out).open()
+    second.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_discard_keeps_an_output_that_holds_lines(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    with Journal(out) as journal:
+        journal.write(BatchResult("a", response=CompletionResponse("x")))
+    kept = out.read_bytes()
+    journal = Journal(out)
+    journal.open()
+    journal.discard()
+    assert out.read_bytes() == kept
+    assert {p.name for p in tmp_path.iterdir()} == {"out.jsonl", "out.jsonl.idx", "out.jsonl.lock"}

@@ -669,3 +669,30 @@ async def test_a_probe_that_times_out_keeps_the_breaker_open(clock: FakeClock) -
     assert breaker.is_open  # a hanging server gave no proof of life
     await fail(breaker, RequestTimeoutError("queue"), 1)  # nor does a timeout trip or close it
     assert breaker.is_open
+
+
+async def test_a_learned_token_rate_is_in_the_tokens_the_answers_used(clock: FakeClock) -> None:
+    # Prompts of one estimated token and no max_tokens, answers that used 25 (20 in, 5 out):
+    # the token law must learn in the tokens each request is finally charged, or a cut
+    # learns "20 tokens a second" while every request costs 25 of them (traced: a Gemini
+    # run of 160 requests at 1,200/min took 110 s instead of 8, one request a second).
+    lim = limiter(clock)
+    tiny = CompletionRequest(prompt="q")
+    used = CompletionResponse("ok", usage=Usage(20, 5))
+    for _ in range(40):  # two seconds at 20 a second
+        async with lim.admit(tiny) as permit:
+            permit.record(used)
+        clock.advance(0.05)
+    refused = await lim.acquire()
+    refused.release(None, RateLimitError())  # a bare 429: one cut of both laws
+    assert lim.status().cuts == 1
+    tokens = lim.tokens_per_minute
+    requests = lim.requests_per_minute
+    assert tokens is not None and requests is not None
+    assert tokens == pytest.approx(25 * requests, rel=0.1)
+    start = clock.now
+    for _ in range(20):
+        async with lim.admit(tiny) as permit:
+            permit.record(used)
+    # At the request rate the cut left (~14 a second), not one a second.
+    assert clock.now - start < 20 / (requests / 60) * 1.5

@@ -25,11 +25,13 @@ ray = pytest.importorskip("ray")
 from llmbatch import BatchRequest, CompletionRequest  # noqa: E402
 from llmbatch.ray import (  # noqa: E402
     ClientSpec,
+    ClusterBreaker,
     ClusterLimiter,
     LLMMapper,
     RayRunConfig,
     run_on_ray,
 )
+from llmbatch.retry import RetryPolicy  # noqa: E402
 
 from .conftest import SimProcess  # noqa: E402
 from .helpers import free_port, scrape  # noqa: E402
@@ -115,7 +117,9 @@ def test_with_no_header_at_all_the_cluster_still_converges() -> None:
     # The opening is paced, a worker books at most a slice ahead, a cut voids the slots its
     # waiters sleep for, and a lease of the opening holds at most 20 ms of it (a lease of 64
     # slots, more than a worker sent before the first refusal, kept the actor's cut from
-    # reaching the other workers: 3-34 refusals, most sent after the cut).
+    # reaching the other workers: 3-34 refusals, most sent after the cut), and the opening is
+    # a slow start clocked by answers (it doubled with wall time: on a loaded machine every
+    # worker sent at full width before the first refusal was read).
     assert stats["over_limit"] <= 15
 
 
@@ -170,6 +174,40 @@ def test_ray_data_mapper_adds_result_columns() -> None:
     assert all(row["error"] is None and row["content"] for row in out)
     assert all(row["attempts"] == 1 and row["completion_tokens"] > 0 for row in out)
     assert received == 120
+
+
+def test_ray_data_mappers_share_the_clusters_outage_breaker() -> None:
+    # `LLMMapper(breaker=)`: the mappers wait an outage out behind the cluster's one breaker
+    # (two retries each would not survive it) and its actor records the outage once, for
+    # the driver to report. Without the wiring each mapper kept a breaker of its own and the
+    # cluster's recorded nothing.
+    sim = SimProcess("--latency-ms", "30", "--outage-at", "0.5", "--outage-for", "2")
+    breaker = ClusterBreaker.create(max_outage=60)
+    try:
+        ds = ray.data.from_items([{"key": i, "text": f"document {i}"} for i in range(300)])
+        out = ds.map_batches(
+            LLMMapper,
+            fn_constructor_kwargs={
+                "client": ClientSpec(base_url=sim.url + "/v1", model="sim"),
+                "template": "Summarize: {text}",
+                "limiter": ClusterLimiter.create(requests_per_minute=6000),
+                "max_tokens": 16,
+                "concurrency": 8,
+                "retry": RetryPolicy(max_attempts=3),
+                "breaker": breaker,
+            },
+            concurrency=2,
+            batch_size=50,
+            num_cpus=0.5,
+        ).take_all()
+        down = sim.stats()["outages"]
+        outages = asyncio.run(breaker.outages())
+    finally:
+        sim.close()
+    assert sorted(row["key"] for row in out) == list(range(300))
+    assert all(row["error"] is None and row["content"] for row in out)
+    assert down == 1
+    assert len(outages) == 1 and outages[0].recovered, outages
 
 
 def test_cli_on_ray_survives_a_killed_worker(tmp_path: Path) -> None:

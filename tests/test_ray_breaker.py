@@ -18,7 +18,7 @@ import itertools
 from llmbatch import CompletionRequest, CompletionResponse
 from llmbatch.breaker import OutageBreaker
 from llmbatch.errors import APIConnectionError, ProviderOutageError
-from llmbatch.ray.breaker import POLL_SECONDS, SharedBreaker, _BreakerState
+from llmbatch.ray.breaker import POLL_SECONDS, PROBE_TIMEOUT, SharedBreaker, _BreakerState
 
 from .helpers import LocalActor, SteppedClock
 
@@ -132,3 +132,32 @@ async def test_the_cluster_gives_up_for_every_worker_after_max_outage() -> None:
     assert all(w.gave_up is not None for w in workers)
     outages = state.outages()
     assert len(outages) == 1 and not outages[0].recovered
+
+
+async def test_a_probe_whose_worker_died_is_taken_as_lost() -> None:
+    # A worker dies while its caller holds the cluster's probe: its report never comes. The
+    # actor used to keep the probe out for good, so the cluster sent nothing until max_outage
+    # and gave up. After PROBE_TIMEOUT another caller probes.
+    clock = SteppedClock()
+    state, _ = _cluster(clock)
+    for key in range(6):
+        state.report(key, None, APIConnectionError("connection refused"))
+    assert state.state() == (True, None)  # open
+    clock.now = 1.0
+    wait, lost, _ = state.admit(100)  # the probe; then the worker sending it dies
+    assert wait is None and lost is not None
+    probe = None
+    while clock.now < 400.0:  # the other workers ask once a poll
+        clock.now += POLL_SECONDS
+        wait, probe, gave_up = state.admit(200)
+        assert gave_up is None, clock.now  # before: given up at max_outage, 300 s
+        if wait is None:
+            break
+    assert probe is not None and probe - lost <= PROBE_TIMEOUT + POLL_SECONDS
+    # Had the lost probe's report come after all, it would not free the new probe's turn.
+    state.report(100, lost, APIConnectionError("connection refused"))
+    assert state.admit(300)[0] is not None  # waits: one probe is out
+    state.report(200, probe, None)  # the new probe answered: the server is back
+    assert state.state() == (False, None)
+    outages = state.outages()
+    assert len(outages) == 1 and outages[0].recovered

@@ -20,7 +20,14 @@ from llmbatch import CompletionRequest, CompletionResponse, RateLimitError, Usag
 from llmbatch.budget import BudgetExceededError
 from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.ray.budget import RETRY_SECONDS, ClusterBudget
-from llmbatch.ray.limiter import OPENING_LEASE, LeasedLimiter, _LimiterState
+from llmbatch.ray.limiter import (
+    NO_BURST_AFTER_CUT,
+    OPENING_LEASE,
+    WINDOW_PRESUME,
+    WINDOW_START,
+    LeasedLimiter,
+    _LimiterState,
+)
 
 from .conftest import FakeClock
 from .helpers import LocalActor, SteppedClock
@@ -232,3 +239,160 @@ async def test_during_the_opening_a_cut_reaches_a_worker_within_a_short_lease() 
     assert max(stale, default=0.0) <= cut[0] + OPENING_LEASE + 0.01, (cut, stale)
     assert len(stale) <= 5, stale
     assert len(sent) == 48
+
+
+async def test_answers_not_time_clock_the_clusters_opening() -> None:
+    # On a loaded machine answers (and the first refusal) are read late. The opening used to
+    # grow with wall time (doubling every 50 ms): by the time the first answer was read, every
+    # worker sent at its full width (64 here), and a bare-429 server's small bucket refused
+    # most of them. As TCP's slow start, the cluster now sends at most WINDOW_START + 2 x the
+    # answers it has heard of, however late they come.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    actor = LocalActor(state)
+    workers = [LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep) for _ in range(4)]
+    sent = answered = 0
+    ahead: list[int] = []  # at each admission: sent less twice the answers so far
+    last = 0.0
+
+    async def call(lim: LeasedLimiter) -> None:
+        nonlocal sent, answered, last
+        for _ in range(4):
+            async with lim.admit(REQ) as permit:
+                sent += 1
+                ahead.append(sent - 2 * answered)
+                last = clock.now
+                await clock.sleep(0.3)  # an answer read 300 ms after the send
+                permit.record(CompletionResponse("ok"))
+            answered += 1
+
+    tasks = [asyncio.create_task(call(w)) for w in workers for _ in range(16)]
+    await clock.advance_to(60.0)
+    await asyncio.gather(*tasks)
+    assert sent == 256
+    assert max(ahead) <= WINDOW_START, max(ahead)  # before: 64, all sent before any answer
+    # The window doubles with each round of answers: 8, 16, 32, then all 64 callers from the
+    # fourth round trip, so the last of 256 attempts goes out in the seventh (had the window
+    # stayed at WINDOW_START: the 32nd).
+    assert last < 0.3 * 7, last
+
+
+async def test_the_opening_of_a_slow_server_still_doubles_without_answers() -> None:
+    # An LLM may take seconds to answer while a refusal comes back at once: a slot in the
+    # air WINDOW_PRESUME without a refusal counts as answered, so the window doubles every
+    # WINDOW_PRESUME instead of waiting six answers' latencies for a cluster's 64 callers.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    actor = LocalActor(state)
+    workers = [LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep) for _ in range(4)]
+    sent: list[float] = []
+
+    async def call(lim: LeasedLimiter) -> None:
+        async with lim.admit(REQ) as permit:
+            sent.append(clock.now)
+            await clock.sleep(5.0)
+            permit.record(CompletionResponse("ok"))
+
+    tasks = [asyncio.create_task(call(w)) for w in workers for _ in range(16)]
+    await clock.advance_to(10.0)
+    await asyncio.gather(*tasks)
+    assert len(sent) == 64
+    assert sum(1 for at in sent if at < WINDOW_PRESUME) == WINDOW_START
+    assert max(sent) <= 3 * WINDOW_PRESUME + 0.05  # 8, 24, 56, 64 sent
+
+
+async def test_slots_let_pass_unused_give_the_opening_window_back() -> None:
+    # A worker that drops slots (stale, or voided) reports them with its next lease: the
+    # window is for attempts in the air, and slots never sent must not shut it for good.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+
+    def room(**report: int) -> int:
+        """Slots leased until the window is full (the first lease carries `report`)."""
+        total = 0
+        for _ in range(100):
+            delays = state.lease((0, 0, 0), **report)[0]
+            if not delays:
+                return total
+            total += len(delays)
+            report = {}
+            clock.now += 0.001
+        return total  # never full
+
+    assert room() == WINDOW_START  # nothing answered yet
+    assert room() == 0
+    assert room(dropped=3) == 3  # three let pass unused: three again
+    # One answered: one attempt less in the air and the window one wider.
+    assert room(used=1, succeeded=1, finished=1) == 2
+    assert room(used=1, finished=1) == 1  # one failed: its slot back, no wider
+
+
+async def test_after_a_cut_an_idle_cluster_gets_no_burst(clock: FakeClock) -> None:
+    # The cluster learned its rate from a refusal: the server's bucket is run near empty. A
+    # lease after a pause in leasing (workers busy, slots let pass) found a second of credit
+    # on the actor's timeline and handed it out at once: a burst the server refused.
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    for _ in range(40):  # 20 a second, all answered
+        state.lease((0, 0, 0), used=1, succeeded=1, finished=1)
+        clock.advance(0.05)
+    state.congested(0, None, None)
+    rpm = state.limiter.requests_per_minute
+    assert rpm is not None and rpm < 20 * 60
+    interval = 60 / rpm / (1 - state.limiter.safety_margin)
+    clock.advance(2.0)
+    delays = state.lease((0, 0, 0))[0]
+    assert len(delays) >= 3
+    # One slot now, the others one interval apart (before: all at once).
+    assert delays[1] == pytest.approx(interval) and delays[2] == pytest.approx(2 * interval)
+    clock.advance(NO_BURST_AFTER_CUT + 2.0)  # long after the cut: an idle spell's burst again
+    assert state.lease((0, 0, 0))[0][:3] == [0.0, 0.0, 0.0]
+
+
+async def test_slots_given_back_do_not_rebook_slots_held_by_others(clock: FakeClock) -> None:
+    state, _ = cluster(clock, 600)  # ten a second, no burst: the slots are 0.1 s apart
+    first = state.lease((0, 0, 0))[0]  # worker a: 0, 0.1, 0.2
+    held = state.lease((0, 0, 0))[0]  # worker b: 0.3, 0.4, 0.5
+    assert held == pytest.approx([0.3, 0.4, 0.5])
+    # Worker a gives its three back with its next lease: it gets slots after b's, not on
+    # them (before: 0.3, 0.4, 0.5 again, two sends at once).
+    later = state.lease((0, 0, 0), returned=len(first), schedule=(0, 0))[0]
+    assert later == pytest.approx([0.6, 0.7, 0.8])
+
+
+async def test_a_starved_worker_lets_a_slot_it_woke_late_for_pass() -> None:
+    # A worker starved of CPU wakes for its slots long after they fell due; meanwhile another
+    # worker's refusal cut the cluster's rate. Those slots belong to the discarded schedule:
+    # sending on them is sending into the refusing server (traced: 12 attempts 170 ms after
+    # a cut).
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    actor = LocalActor(state)
+    a = LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep)
+
+    async def starved_sleep(seconds: float) -> None:
+        # No CPU for this process until t=0.15: every timer set before fires then.
+        await clock.sleep(max(seconds, 0.15 - clock.now) if clock.now < 0.15 else seconds)
+
+    b = LeasedLimiter(actor, 0.25, clock=clock, sleep=starved_sleep)
+    sent: list[tuple[float, int]] = []
+
+    async def b_call() -> None:
+        async with b.admit(REQ) as permit:
+            sent.append((clock.now, permit.generation))
+            permit.record(CompletionResponse("ok"))
+
+    async def a_refused() -> None:
+        await clock.sleep(0.01)
+        with pytest.raises(RateLimitError):
+            async with a.admit(REQ):
+                raise RateLimitError("rate limited")
+
+    tasks = [asyncio.create_task(a_refused())]
+    tasks += [asyncio.create_task(b_call()) for _ in range(6)]
+    await clock.advance_to(30.0)
+    await asyncio.gather(*tasks)
+    assert state.limiter.generation == 1
+    assert len(sent) == 6
+    # Before: five of b's six went on the opening's slots at 0.15 s, long after the cut.
+    late = [at for at, generation in sent if generation == 0 and at > 0.01]
+    assert late == [], sent

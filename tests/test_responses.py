@@ -330,10 +330,14 @@ def test_cli_batch_api_runs_responses_and_chat_lines_in_separate_batches(
 def test_cli_finish_by_answers_responses_lines_through_a_batch_at_half_price(
     start_sim, tmp_path: Path
 ) -> None:
-    sim = start_sim("--batch-seconds", "0.3", "--flex-latency-factor", "1")
+    """Every line goes into a provider batch, and the lane stats say so. No flex: sold at the
+    batch price, it takes the batches' work while it has room, and the lines could all be
+    answered realtime; the deadline is far off, so the cheap plan (all batch) holds."""
+    sim = start_sim("--batch-seconds", "0.3")
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    stats_json = tmp_path / "stats.json"
     write_lines(inp, [responses_line(f"r{i}", f"question {i}") for i in range(6)])
-    args = run_args(sim, inp, out, "--finish-by", "120s", "--service-tier", "flex")
+    args = run_args(sim, inp, out, "--finish-by", "2h", "--stats-json", str(stats_json))
     done = cli(*args, "--poll-interval", "0.1", "--price-in", "1", "--price-out", "1")
     assert done.returncode == 0, done.stderr
     records = read_out(out)
@@ -341,10 +345,11 @@ def test_cli_finish_by_answers_responses_lines_through_a_batch_at_half_price(
     for rec in records:
         meta = rec["llmbatch"]
         assert rec["error"] is None and rec["response"]["body"]["object"] == "response"
-        # Through the batch, or through flex, which takes batches while it has room (it is
-        # sold at the batch price): half price either way.
-        assert meta.get("batch_api") is True or meta.get("service_tier") == "flex"
+        assert meta.get("batch_api") is True
         assert meta["cost"] == pytest.approx(priced(meta, 1, 1, 1) / 2, rel=1e-9)  # half price
+    stats = json.loads(stats_json.read_text())
+    assert stats["answers_by_lane"] == {"batch": 6}  # the batch lane, and only it
+    assert sim.stats()["batches_created"] >= 1
 
 
 def test_kill_9_during_a_mixed_batch_run_then_a_rerun_pays_each_batch_once(

@@ -16,7 +16,6 @@ import pytest
 
 from llmbatch.simulate import Simulator, SimulatorConfig
 from llmbatch.simulate.limits import Charge, Limits
-from llmbatch.simulate.slots import Slots
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -277,36 +276,6 @@ async def test_a_request_bigger_than_a_seconds_worth_is_served_and_leaves_debt(
         after = await post(http, sim, prompt="x", max_tokens=1)
     assert big.status == 200
     assert after.status == 429 and int(after.headers["retry-after"]) >= 4
-
-
-async def test_slots_are_first_come_first_served_and_a_cancelled_waiter_leaves_no_hole() -> None:
-    slots = Slots(1)
-    await slots.acquire()
-    order: list[str] = []
-
-    async def wait(name: str) -> None:
-        await slots.acquire()
-        order.append(name)
-
-    a, b, c = (asyncio.create_task(wait(n)) for n in "abc")
-    await asyncio.sleep(0)
-    assert slots.waiting == 3
-    b.cancel()
-    await asyncio.sleep(0)
-    assert slots.waiting == 2
-    slots.release()  # to a
-    await a
-    slots.release()  # to c: b's place was given up
-    await c
-    assert order == ["a", "c"] and slots.free == 0 and slots.waiting == 0
-    # Cancelled just after being handed the slot: the slot goes on, it is not lost.
-    d = asyncio.create_task(wait("d"))
-    await asyncio.sleep(0)
-    slots.release()
-    d.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await d
-    assert slots.free == 1 and order == ["a", "c"]
 
 
 def test_a_phantom_client_sharing_the_key_takes_its_share_in_bursts() -> None:

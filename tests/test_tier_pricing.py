@@ -14,10 +14,20 @@ from pathlib import Path
 import genai_prices
 import pytest
 
-from llmbatch import CompletionRequest, CompletionResponse, Usage
-from llmbatch.pricing import FixedPrices, GenaiPrices, Pricer, TierPrices
+from llmbatch import BatchResult, CompletionRequest, CompletionResponse, RunConfig, Usage
+from llmbatch.budget import Budget, attempt_cost
+from llmbatch.pipeline.costs import pricer_of
+from llmbatch.pricing import (
+    FixedPrices,
+    GenaiPrices,
+    Pricer,
+    TierPrices,
+    flex_costs_no_more,
+    vendor_at,
+)
+from llmbatch.stats import calculate_batch_stats
 
-from .helpers import cli, read_out
+from .helpers import cli, read_out, write_requests
 
 USAGE = Usage(prompt_tokens=1200, completion_tokens=300)
 
@@ -132,3 +142,79 @@ def test_a_run_records_the_price_list_on_each_tier_answer(start_sim, tmp_path: P
         )
         assert meta["cost"] == pytest.approx(expected, rel=1e-6)
     assert "priced_as" not in lines["s0"]["llmbatch"]  # a standard answer: nothing to say
+
+
+GROQ_URL = "https://api.groq.com/openai/v1"
+GROQ_MODEL = "llama-3.3-70b-versatile"
+
+
+def groq_library(context: dict[str, str] | None) -> float:
+    """What genai-prices says `USAGE` of `GROQ_MODEL` at Groq's URL costs under `context`."""
+    usage = genai_prices.Usage(input_tokens=USAGE.prompt_tokens, output_tokens=300)
+    found = genai_prices.calc_price(
+        usage, model_ref=GROQ_MODEL, provider_api_url=GROQ_URL, price_context=context
+    )
+    return float(found.total_price)
+
+
+def test_groq_flex_answers_cost_the_standard_price_not_the_batch_one() -> None:
+    """Groq sells flex at its on-demand price (only its batch API is 50% off), and genai-prices
+    has no Groq flex price: a Groq flex answer costs the standard price, and says so."""
+    assert vendor_at(GROQ_URL) == "groq"
+    pricer = Pricer(GenaiPrices(base_url=GROQ_URL), provider="openai")
+    standard = groq_library(None)
+    assert pricer.priced(answer(GROQ_MODEL, "flex")) == (pytest.approx(standard), "standard")
+    assert pricer.cost(answer(GROQ_MODEL, None)) == pytest.approx(standard)
+    batch = CompletionResponse("ok", model=GROQ_MODEL, usage=USAGE, batch_api=True)
+    batch_usd = pricer.cost(batch)
+    assert batch_usd is not None and batch_usd < standard  # the batch API is the cheap one
+    # OpenAI's flex, where the library has no flex price, is still the batch price.
+    openai = Pricer(GenaiPrices(), provider="openai")
+    assert openai.priced(answer("gpt-4o-mini", "flex")) == (
+        pytest.approx(library("gpt-4o-mini", {"processing": "batch"})),
+        "batch",
+    )
+
+
+def test_the_deadline_runner_feeds_groq_flex_only_when_it_must() -> None:
+    """`flex_costs_no_more` decides whether a deadline run feeds its batches' work to flex
+    early: never for Groq, whose flex is dearer than its batch API."""
+    assert not flex_costs_no_more(Pricer(GenaiPrices(base_url=GROQ_URL)), GROQ_MODEL)
+    assert flex_costs_no_more(Pricer(GenaiPrices(), provider="openai"), "gpt-4o-mini")
+
+
+def test_a_run_at_groq_with_its_own_prices_pays_flex_at_them_in_full() -> None:
+    """`--price-in/--price-out` at Groq's URL: flex answers pay the one price given, whole."""
+    config = RunConfig(
+        input="in.jsonl", output="out.jsonl", base_url=GROQ_URL, model=GROQ_MODEL,
+        price_in=1.0, price_out=2.0,
+    )  # fmt: skip
+    pricer = pricer_of(config, lambda message: None)
+    full = (1200 * 1.0 + 300 * 2.0) / 1e6
+    assert pricer.priced(answer(GROQ_MODEL, "flex")) == (pytest.approx(full), "standard")
+    assert not flex_costs_no_more(pricer, GROQ_MODEL)
+
+
+def test_stats_and_the_budget_count_groq_flex_at_the_standard_price() -> None:
+    pricer = Pricer(GenaiPrices(base_url=GROQ_URL), model=GROQ_MODEL)
+    standard = groq_library(None)
+    results = [BatchResult(f"r{i}", response=answer(GROQ_MODEL, "flex")) for i in range(3)]
+    stats = calculate_batch_stats(results, pricer=pricer)
+    assert stats.cost == pytest.approx(3 * standard)
+    budget = Budget(1.0, pricer)
+    request = CompletionRequest(prompt="x", model=GROQ_MODEL, max_tokens=300)
+    spent = attempt_cost(budget.pricer, 0.5, request, answer(GROQ_MODEL, "flex"), None)
+    assert spent == pytest.approx(standard)
+
+
+def test_plan_prices_late_groq_batches_going_to_flex_at_the_full_price(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    write_requests(inp, [f"q{i}" for i in range(450)])
+    args = ["plan", str(inp), "--base-url", GROQ_URL, "--model", GROQ_MODEL, "--rpm", "600"]
+    args += ["--json", "--finish-by", "2h", "--service-tier", "flex"]
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)["deadline"]
+    assert plan["late_lane"] == "flex" and plan["batch_requests"] > 0
+    # Late batches go to Groq's flex, which costs what the realtime (standard) lane does.
+    assert plan["cost_if_every_batch_late"] > 1.9 * plan["cost_batch_part"]

@@ -156,6 +156,10 @@ class OutageBreaker:
         """Record how `permit`'s attempt ended (what leaving an entered permit does)."""
         self._finish(permit, response, error)
 
+    def probe_lost(self) -> None:
+        """The probe out will never report (the Ray worker sending it died): another may go."""
+        self._probe_out = False
+
     def excuses(self, error: BaseException) -> bool:
         """True when `error` is part of an outage the breaker is waiting out: the attempt
         should not count against the request's retries."""

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import (
@@ -88,6 +87,7 @@ from .events import (
     RequestStarted,
     ResponseCache,
 )
+from .fifo import FifoSemaphore
 from .guarded import GuardedLimiter
 from .limiter import RateLimiter
 from .replies import ReplyPolicy, ReplyTries, check_reply
@@ -237,50 +237,6 @@ class _Source:
         return index, item
 
 
-class _Room:
-    """A FIFO counting semaphore whose release hands the unit to the next waiter directly.
-
-    `asyncio.Semaphore` (3.11) scans its queue past the waiters it already woke on every
-    release: with a worker per slot waiting for room, that was O(workers) per result.
-    """
-
-    __slots__ = ("_value", "_waiters")
-
-    def __init__(self, value: int) -> None:
-        self._value = value
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def take(self) -> bool:
-        """Take a unit without waiting, if one is free and nobody queues for it."""
-        if self._value > 0 and not self._waiters:
-            self._value -= 1
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        if self.take():
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        try:
-            await future
-        except BaseException:
-            if future.done() and not future.cancelled():
-                self.release()  # handed a unit as we were cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(future)
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-                return
-        self._value += 1
-
-
 class _Run:
     """The state of one `Engine.stream` call."""
 
@@ -313,7 +269,7 @@ class _Run:
         self.source = _Source(source)
         self.ready: collections.deque[BatchResult] = collections.deque()
         self.wakeup = asyncio.Event()
-        self.room = _Room(self.cfg.max_pending or 2 * self.cfg.workers)
+        self.room = FifoSemaphore(self.cfg.max_pending or 2 * self.cfg.workers)
         self.workers: list[asyncio.Task[None]] = []
         # Workers cancelled on stop: those inside `process`, and those awaiting an async
         # source (a source that blocks must not hold the run past its deadline or an early
@@ -366,15 +322,29 @@ class _Run:
         if self.listeners:
             self.emit(RequestFinished(item, result, self.cfg.clock()))
 
-    def stopped_result(self, index: int, item: BatchRequest, started: float, n: int) -> BatchResult:
-        assert self.stop_error is not None
+    def failed_result(
+        self,
+        index: int,
+        item: BatchRequest,
+        error: BaseException,
+        started: float,
+        attempts: int,
+        refused: BaseException | None = None,
+    ) -> BatchResult:
+        """The result of a request that ends with `error` after `attempts` calls, timed from
+        `started`; `refused`: what stopped a request that had been sent (the budget)."""
         return BatchResult(
             item.id,
-            error=self.stop_error,
+            error=error,
             duration=self.cfg.clock() - started,
-            attempts=n,
+            attempts=attempts,
             index=index,
+            refused=refused,
         )
+
+    def stopped_result(self, index: int, item: BatchRequest, started: float, n: int) -> BatchResult:
+        assert self.stop_error is not None
+        return self.failed_result(index, item, self.stop_error, started, n)
 
     async def worker(self) -> None:
         task = asyncio.current_task()
@@ -463,9 +433,7 @@ class _Run:
                 )
         while True:
             if self.abort_error is not None:
-                return BatchResult(
-                    item.id, error=self.abort_error, attempts=state.count, index=index
-                )
+                return self.failed_result(index, item, self.abort_error, started, state.count)
             try:
                 response = await self.attempt(item, state)
                 # After the attempt's permit recorded the tokens the reply really used.
@@ -480,14 +448,7 @@ class _Run:
                     # Sent before and paid or maybe billed: not "never sent" (unfinished, with
                     # no line, so a rerun would forget that money); it ends with its last
                     # attempt's error and its line carries the cost.
-                    return BatchResult(
-                        item.id,
-                        error=previous,
-                        duration=cfg.clock() - started,
-                        attempts=state.count,
-                        index=index,
-                        refused=error,
-                    )
+                    return self.failed_result(index, item, previous, started, state.count, error)
                 previous = error
             else:
                 self.report_outages()
@@ -536,13 +497,7 @@ class _Run:
                         if (moved := cfg.tiers.after_wait(item.request)) is not item.request:
                             item = BatchRequest(item.id, moved)
                     continue
-                return BatchResult(
-                    item.id,
-                    error=error,
-                    duration=cfg.clock() - started,
-                    attempts=state.count,
-                    index=index,
-                )
+                return self.failed_result(index, item, error, started, state.count)
             if self.breaker is not None and self.breaker.excuses(error):
                 # The server is down for everyone: wait at the breaker, not in a backoff,
                 # and do not count this attempt against the request's retries.
@@ -557,13 +512,7 @@ class _Run:
                 retry_after_handled=state.paused,
             )
             if delay is None:
-                return BatchResult(
-                    item.id,
-                    error=error,
-                    duration=cfg.clock() - started,
-                    attempts=state.count,
-                    index=index,
-                )
+                return self.failed_result(index, item, error, started, state.count)
             self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
             if delay > 0:
                 slept_from = cfg.clock()
@@ -718,7 +667,9 @@ class _Run:
         assert self.stop_error is not None
         while (pulled := await self.source.next()) is not None:
             index, item = pulled
-            self.deliver(item, BatchResult(item.id, error=self.stop_error, index=index))
+            self.deliver(
+                item, self.failed_result(index, item, self.stop_error, self.cfg.clock(), 0)
+            )
 
 
 @dataclass(slots=True)

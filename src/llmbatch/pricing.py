@@ -19,7 +19,9 @@ the library's batch price where it has one, else half the realtime price.
 Answers whose reply names the service tier that served them (`llmbatch.tiers`) are priced by
 it, where the source knows that tier's price (`TierPrices`; genai-prices has per-tier prices
 for some models, OpenAI's `service_tier` "flex" and "priority"): a flex answer at the flex
-price, else the batch price; a priority answer at the priority price, else the standard one.
+price, else at the price list its vendor sells flex at (`flex_price_list`: the batch price,
+but Groq's flex is its on-demand price, only its batch API is discounted); a priority answer
+at the priority price, else the standard one.
 Which price list priced it is the answer's `price_list` (`Pricer.priced`), recorded on its
 line: a priority answer priced as standard says so, rather than looking cheaper than it was.
 """
@@ -46,6 +48,7 @@ __all__ = [
     "Pricer",
     "TierPrices",
     "flex_costs_no_more",
+    "flex_price_list",
     "worst_input_tokens",
 ]
 
@@ -60,6 +63,30 @@ DEFAULT_WORST_OUTPUT_TOKENS = 4096
 _FRAME_TOKENS = 16
 _MESSAGE_TOKENS = 8
 _MILLION = 1_000_000
+
+# Where the price data has no flex price: the price list a vendor (genai-prices' provider id)
+# sells its flex tier at. Groq bills flex at the on-demand price (its batch API is the one 50%
+# off); OpenAI's flex is the batch price, which genai-prices has for most models anyway.
+_FLEX_PRICED_AS: dict[str, str] = {"groq": "standard"}
+
+
+def flex_price_list(vendor: str | None) -> str:
+    """The price list ("batch" or "standard") of `vendor`'s flex answers where no flex price is
+    known: what its flex tier costs compared with its batch API and its standard tier."""
+    return _FLEX_PRICED_AS.get(vendor or "", "batch")
+
+
+def vendor_at(base_url: str | None) -> str | None:
+    """The genai-prices provider id of the API at `base_url` ("groq" for api.groq.com), by the
+    library's URL patterns; None for a URL it does not know (a local server)."""
+    if not base_url:
+        return None
+    from genai_prices.data_snapshot import get_snapshot
+
+    try:
+        return str(get_snapshot().find_provider(None, None, base_url).id)
+    except LookupError:
+        return None
 
 
 @runtime_checkable
@@ -139,17 +166,26 @@ class GenaiPrices:
     def tier_price(self, model: str, provider: str | None, usage: Usage, tier: str) -> float | None:
         return self._price(model, provider, usage, tier)
 
-    def _price(self, model: str, provider: str | None, usage: Usage, kind: str) -> float | None:
+    def vendor(self, model: str, provider: str | None) -> str | None:
+        """The genai-prices provider id that prices `model` (at `base_url` first, then
+        `provider`); None when the data does not know the model."""
+        rates = self._rates_of(model, provider, "standard")
+        return None if rates is None else rates.vendor
+
+    def _rates_of(self, model: str, provider: str | None, kind: str) -> _Rates | None:
         key = (model, provider, kind)
         if key in self._rates:
-            rates = self._rates[key]
-        else:
-            rates = None
-            if self.base_url:
-                rates = _lookup(model, _Route(None, self.base_url), kind)
-            if rates is None:
-                rates = _lookup(model, _Route(provider, None), kind)
-            self._rates[key] = rates
+            return self._rates[key]
+        rates = None
+        if self.base_url:
+            rates = _lookup(model, _Route(None, self.base_url), kind)
+        if rates is None:
+            rates = _lookup(model, _Route(provider, None), kind)
+        self._rates[key] = rates
+        return rates
+
+    def _price(self, model: str, provider: str | None, usage: Usage, kind: str) -> float | None:
+        rates = self._rates_of(model, provider, kind)
         if rates is None:
             return None
         if rates.linear is not None:
@@ -202,6 +238,7 @@ class _Rates:
     context: dict[str, str] | None  # the library's price variant to apply (batch, a tier)
     factor: float  # applied on top: BATCH_DISCOUNT for batch answers without a batch price
     linear: _Linear | None  # None: tiered prices, computed by the library each time
+    vendor: str  # the library's provider id for the model's price
 
 
 def _hour_writes(usage: Usage) -> int:
@@ -273,7 +310,7 @@ def _lookup(model: str, route: _Route, kind: str) -> _Rates | None:
             return None  # no price for this tier: the caller falls back
     prices = found.model_price.__dict__.values()
     if any(isinstance(p, TieredPrices) for p in prices):
-        return _Rates(route, context, factor, None)
+        return _Rates(route, context, factor, None, found.provider.id)
 
     def per_million(**kinds: int) -> float:
         return _calc(model, route, context, Usage(**kinds))
@@ -285,13 +322,13 @@ def _lookup(model: str, route: _Route, kind: str) -> _Rates | None:
         cache_write=per_million(prompt_tokens=_MILLION, cache_write_tokens=_MILLION),
         factor=factor,
     )
-    return _Rates(route, context, factor, linear)
+    return _Rates(route, context, factor, linear, found.provider.id)
 
 
 def flex_costs_no_more(pricer: Pricer | None, model: str | None) -> bool:
-    """True unless `pricer` prices `model`'s flex answers above its batch answers: a deadline
-    run then moves batches to flex only when the deadline needs it (a source that knows no
-    flex price prices flex as batch; unknown prices are taken as equal)."""
+    """True unless `pricer` prices `model`'s flex answers above its batch answers (Groq's flex
+    is its standard price): a deadline run then moves batches to flex only when the deadline
+    needs it (unknown prices are taken as equal)."""
     if pricer is None or not model:
         return True
     usage = Usage(prompt_tokens=_MILLION, completion_tokens=_MILLION)
@@ -354,7 +391,10 @@ class Pricer:
     (once per model) when a model has no price.
 
     `provider` is the genai-prices provider id ("openai", "anthropic", ...); None lets the
-    library guess from the model name. `model` prices answers that name no model.
+    library guess from the model name. `model` prices answers that name no model. `vendor`:
+    the genai-prices provider id of the service really called (`vendor_at(base_url)`), whose
+    rule prices flex answers without a flex price of their own (`flex_price_list`); by
+    default the one the source priced the model under, else `provider`.
     """
 
     def __init__(
@@ -365,9 +405,11 @@ class Pricer:
         model: str | None = None,
         worst_output_tokens: int = DEFAULT_WORST_OUTPUT_TOKENS,
         notice: Callable[[str], None] = log.warning,
+        vendor: str | None = None,
     ) -> None:
         self.source: PriceSource = source if source is not None else GenaiPrices()
         self.provider = provider
+        self.vendor = vendor
         self.model = model
         self.worst_output_tokens = worst_output_tokens
         self.notice = notice
@@ -427,13 +469,23 @@ class Pricer:
                 usd = self.source.tier_price(name, self.provider, usage, lane)
                 if usd is not None:
                     return usd, lane
-            # No price of its own: flex is sold at the batch price, priority at least at the
-            # standard one (the line says which was used).
-            flex = lane == FLEX
-            usd = self.source.price(name, self.provider, usage, flex)
-            return None if usd is None else (usd, "batch" if flex else "standard")
+            # No price of its own: flex is sold at its vendor's flex price list (the batch
+            # price, Groq's standard), priority at least at the standard price (the line says
+            # which was used).
+            price_list = self.flex_price_list(name) if lane == FLEX else "standard"
+            usd = self.source.price(name, self.provider, usage, price_list == "batch")
+            return None if usd is None else (usd, price_list)
         usd = self.source.price(name, self.provider, usage, batch)
         return None if usd is None else (usd, None)
+
+    def flex_price_list(self, model: str | None = None) -> str:
+        """The price list ("batch" or "standard") of `model`'s flex answers where the source
+        knows no flex price: its vendor's rule (`flex_price_list`)."""
+        vendor = self.vendor
+        name = model or self.model
+        if vendor is None and name and isinstance(self.source, GenaiPrices):
+            vendor = self.source.vendor(name, self.provider)
+        return flex_price_list(vendor if vendor is not None else self.provider)
 
     def cache_saved(self, response: CompletionResponse, model: str | None = None) -> float | None:
         """USD the provider's prompt cache saved on `response`: its price with every input

@@ -141,13 +141,8 @@ class CubicRate:
         now = self._clock()
         if generation < self.generation:
             return False  # part of an event already answered by a cut
-        if self.cuts and now - self._cut_at < self.cooldown and not self._opening_guess:
+        if self.cuts and now - self._cut_at < self.cooldown and not self._tested_guess(now):
             return False  # the server's bucket, emptied by the overshoot, is refilling
-        # (After a first cut in the run's first second, which only guessed the limit from a
-        # young window, an attempt admitted at the guessed rate and refused says at once that
-        # the guess is too high: an opening read late on a loaded machine had measured 33/s
-        # against a 20/s server, and its guessed rate drew a refusal every 0.15 s for the
-        # whole cooldown: 8 of a run's 21.)
         self.cut(now)
         return True
 
@@ -155,6 +150,18 @@ class CubicRate:
         """A congestion event answered without a cut (a limiter that knows its limit held
         instead): refusals of attempts admitted before now are part of it."""
         self.generation += 1
+
+    def _tested_guess(self, now: float) -> bool:
+        """The last cut was the run's first, in its first second (a guess from a young
+        window), and an attempt admitted on the schedule it started (one interval at the
+        guessed rate after it, at the earliest) was refused: the guess is too high, and that
+        is known now, not after the cooldown. An opening read late on a loaded machine had
+        measured 33/s against a 20/s server, and its guess drew a refusal every 0.15 s for
+        the whole cooldown: 8 of a run's 21."""
+        rate = self.rate
+        if not self._opening_guess or not rate:
+            return False
+        return now - self._cut_at >= self.unit / rate
 
     def cut(self, now: float) -> None:
         """Cut now, unconditionally: `congested` decided this is a new event (or, for a

@@ -35,7 +35,7 @@ from ..clients._http import APIRequests, error_for_status
 from ..clients.provider import ProviderClient
 from ..errors import BatchAPIError, InvalidResponseError
 from ..types import BatchRequest, CompletionRequest, CompletionResponse
-from .backend import BatchInfo, LineOutcome
+from .backend import BatchInfo, LineOutcome, read_result_line
 from .split import ANTHROPIC_CAPS, JSON_REQUESTS
 
 __all__ = ["AnthropicBatches", "proof_id", "wire_id"]
@@ -180,15 +180,9 @@ def _info(body: Any) -> BatchInfo:
 
 
 def _outcome(raw: bytes) -> LineOutcome:
-    try:
-        line = orjson.loads(raw)
-        custom_id = str(line["custom_id"])
-        result = line["result"]
-        kind = result["type"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InvalidResponseError(
-            f"a batch result line is not valid ({exc}): {raw[:200]!r}"
-        ) from None
+    custom_id, result, kind = read_result_line(
+        raw, lambda line: (str(line["custom_id"]), line["result"], line["result"]["type"])
+    )
     if kind == "succeeded":
         message = result.get("message")
         return LineOutcome(custom_id, 200, message, (message or {}).get("id"))

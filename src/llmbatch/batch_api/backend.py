@@ -12,15 +12,18 @@ its `parse`, so a batch line and a realtime line of the same request are the sam
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import orjson
+
+from ..errors import InvalidResponseError
 from ..types import BatchRequest, CompletionResponse
 from .split import Caps, Framing
 
-__all__ = ["BatchBackend", "BatchInfo", "LineOutcome"]
+__all__ = ["BatchBackend", "BatchInfo", "LineOutcome", "read_result_line"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -103,3 +106,17 @@ class BatchBackend(Protocol):
     async def cleanup(self, info: BatchInfo, file_id: str | None) -> None:
         """Delete what the batch left at the provider (files), where that applies."""
         ...
+
+
+T = TypeVar("T")
+
+
+def read_result_line(raw: bytes, read: Callable[[Any], T]) -> T:
+    """`read` applied to a result line's JSON: a line that is not JSON, or lacks what `read`
+    takes from it (a `KeyError` or `TypeError`), is an `InvalidResponseError` quoting it."""
+    try:
+        return read(orjson.loads(raw))
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InvalidResponseError(
+            f"a batch result line is not valid ({exc}): {raw[:200]!r}"
+        ) from None

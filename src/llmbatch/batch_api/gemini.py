@@ -58,7 +58,7 @@ from ..errors import (
     UnsupportedRequestError,
 )
 from ..types import BatchRequest, CompletionRequest, CompletionResponse
-from .backend import BatchInfo, LineOutcome
+from .backend import BatchInfo, LineOutcome, read_result_line
 from .split import JSONL, Caps
 
 __all__ = ["GEMINI_CAPS", "INLINE_MAX_BYTES", "GeminiBatches", "grpc_http_status"]
@@ -251,13 +251,7 @@ class GeminiBatches:
         path = f"/{API_VERSION}/{file_name}:download?alt=media"
         try:
             async for raw in self.api.lines(path):
-                try:
-                    line = orjson.loads(raw)
-                    key = str(line["key"])
-                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise InvalidResponseError(
-                        f"a batch result line is not valid ({exc}): {raw[:200]!r}"
-                    ) from None
+                line, key = read_result_line(raw, lambda line: (line, str(line["key"])))
                 yield _outcome(key, line)
         except AuthenticationError as exc:
             # Google answers a file that is gone (deleted, or past its 48 hours) with 403

@@ -26,7 +26,7 @@ from ..clients._http import APIRequests, error_for_status
 from ..clients.provider import ProviderClient
 from ..errors import BatchAPIError, InvalidResponseError, LLMBatchError
 from ..types import BatchRequest, CompletionRequest, CompletionResponse
-from .backend import BatchInfo, LineOutcome
+from .backend import BatchInfo, LineOutcome, read_result_line
 from .enqueued import REFUSAL_CODE
 from .split import JSONL, OPENAI_CAPS
 
@@ -176,13 +176,7 @@ def _info(body: Any) -> BatchInfo:
 
 
 def _outcome(raw: bytes) -> LineOutcome:
-    try:
-        line = orjson.loads(raw)
-        custom_id = str(line["custom_id"])
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InvalidResponseError(
-            f"a batch result line is not valid ({exc}): {raw[:200]!r}"
-        ) from None
+    line, custom_id = read_result_line(raw, lambda line: (line, str(line["custom_id"])))
     response, error = line.get("response"), line.get("error")
     if isinstance(response, dict) and response.get("status_code") == 200 and not error:
         return LineOutcome(custom_id, 200, response.get("body"), response.get("request_id") or None)

@@ -18,12 +18,14 @@ import asyncio
 import datetime as dt
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiohttp import hdrs
+from multidict import CIMultiDict
 
 from ..errors import (
     APIConnectionError,
@@ -138,35 +140,38 @@ def rate_limit_info(headers: Mapping[str, str]) -> RateLimitInfo | None:
             remaining_tokens=_count(headers.get("x-ratelimit-remaining-tokens")),
             reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
         )
-    if any(f"anthropic-ratelimit-{kind}-limit" in headers for kind in _ANTHROPIC_KINDS):
-        now = dt.datetime.now(dt.UTC).timestamp()
-        return RateLimitInfo(
-            limit_requests=_count(headers.get("anthropic-ratelimit-requests-limit"), positive=True),
-            remaining_requests=_count(headers.get("anthropic-ratelimit-requests-remaining")),
-            reset_requests=_parse_reset_time(
-                headers.get("anthropic-ratelimit-requests-reset"), now
-            ),
-            limit_tokens=_count(headers.get("anthropic-ratelimit-tokens-limit"), positive=True),
-            remaining_tokens=_count(headers.get("anthropic-ratelimit-tokens-remaining")),
-            reset_tokens=_parse_reset_time(headers.get("anthropic-ratelimit-tokens-reset"), now),
-            # Anthropic limits input and output tokens per minute apart.
-            limit_input_tokens=_count(
-                headers.get("anthropic-ratelimit-input-tokens-limit"), positive=True
-            ),
-            remaining_input_tokens=_count(
-                headers.get("anthropic-ratelimit-input-tokens-remaining")
-            ),
-            limit_output_tokens=_count(
-                headers.get("anthropic-ratelimit-output-tokens-limit"), positive=True
-            ),
-            remaining_output_tokens=_count(
-                headers.get("anthropic-ratelimit-output-tokens-remaining")
-            ),
-        )
+    for name in _ANTHROPIC_LIMITS:
+        if name in headers:
+            return _anthropic_info(headers)
     return None
 
 
-_ANTHROPIC_KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
+def _anthropic_info(headers: Mapping[str, str]) -> RateLimitInfo:
+    """Anthropic's `anthropic-ratelimit-*` headers (resets are RFC 3339 times)."""
+    now = dt.datetime.now(dt.UTC).timestamp()
+    return RateLimitInfo(
+        limit_requests=_count(headers.get("anthropic-ratelimit-requests-limit"), positive=True),
+        remaining_requests=_count(headers.get("anthropic-ratelimit-requests-remaining")),
+        reset_requests=_parse_reset_time(headers.get("anthropic-ratelimit-requests-reset"), now),
+        limit_tokens=_count(headers.get("anthropic-ratelimit-tokens-limit"), positive=True),
+        remaining_tokens=_count(headers.get("anthropic-ratelimit-tokens-remaining")),
+        reset_tokens=_parse_reset_time(headers.get("anthropic-ratelimit-tokens-reset"), now),
+        # Anthropic limits input and output tokens per minute apart.
+        limit_input_tokens=_count(
+            headers.get("anthropic-ratelimit-input-tokens-limit"), positive=True
+        ),
+        remaining_input_tokens=_count(headers.get("anthropic-ratelimit-input-tokens-remaining")),
+        limit_output_tokens=_count(
+            headers.get("anthropic-ratelimit-output-tokens-limit"), positive=True
+        ),
+        remaining_output_tokens=_count(headers.get("anthropic-ratelimit-output-tokens-remaining")),
+    )
+
+
+_ANTHROPIC_LIMITS = tuple(
+    f"anthropic-ratelimit-{kind}-limit"
+    for kind in ("requests", "tokens", "input-tokens", "output-tokens")
+)
 
 
 def _error_message(body: Any, fallback: str) -> str:
@@ -301,12 +306,36 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     declared = resp.content_length
     if declared is not None and declared > cap:
         raise _TooLarge(f"declared {declared} bytes")
-    buf = bytearray()
-    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+    content = resp.content
+    # `read(n)` calls, not `iter_chunked(n)`: the same chunks without an async iterator per
+    # response, and a body that arrived whole (most answers) is one call.
+    chunk = await content.read(_READ_CHUNK)
+    if content.at_eof():
+        if len(chunk) > cap:
+            raise _TooLarge(f"more than {cap} bytes sent")
+        return chunk
+    buf = bytearray(chunk)
+    while chunk:
+        chunk = await content.read(_READ_CHUNK)
         buf += chunk
         if len(buf) > cap:
             raise _TooLarge(f"more than {cap} bytes sent")
     return bytes(buf)
+
+
+class _NoAgentRequest(aiohttp.ClientRequest):
+    """A request without aiohttp's `User-Agent` (it names the library and the Python version).
+
+    The session's `skip_auto_headers=("User-Agent",)` did the same, but aiohttp then builds
+    and sorts a header set for every request (several microseconds each); this removes the
+    one header after aiohttp's fast path. A User-Agent the caller set is kept.
+    """
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        agent = self.headers.get(hdrs.USER_AGENT)
+        super().update_auto_headers(skip_auto_headers)
+        if agent is None:
+            self.headers.popall(hdrs.USER_AGENT, None)
 
 
 class HTTPClient:
@@ -351,7 +380,10 @@ class HTTPClient:
                 "holds credentials (user:password@) and an Authorization header is set too "
                 "(the API key): both cannot be sent, use one of them",
             )
-        self._headers = {**dict(headers), "Content-Type": "application/json"}
+        # A CIMultiDict, which aiohttp takes as it is (a dict is converted on every request).
+        self._headers: CIMultiDict[str] = CIMultiDict(
+            {**dict(headers), "Content-Type": "application/json"}
+        )
         self.max_connections = max_connections
         self._connect_timeout = connect_timeout
         self.max_retry_after = max_retry_after
@@ -377,7 +409,7 @@ class HTTPClient:
                 # slot, failing healthy requests when the user caps the pool.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
                 json_serialize=lambda o: orjson.dumps(o).decode(),
-                skip_auto_headers=("User-Agent",),
+                request_class=_NoAgentRequest,
             )
             self._loop = loop
         return self._session
@@ -389,45 +421,44 @@ class HTTPClient:
 
         Every error raised here has been through the client's `Redactor`.
         """
+        # One coroutine, not a wrapper around another: every resumption of a request in
+        # flight passes through each frame of its await chain.
         try:
-            return await self._post_json(path, payload)
+            session = self._get_session()
+            data = orjson.dumps(payload)
+            # Transport errors are translated here, once, and without their aiohttp chain
+            # (`from None`): the cause's text is kept in the message, where it can be redacted.
+            where = self.public_url
+            try:
+                async with session.post(
+                    self.base_url + path, data=data, headers=self._headers
+                ) as resp:
+                    status, headers = resp.status, resp.headers
+                    try:
+                        raw = await _read_capped(resp, self.max_response_bytes)
+                    except _TooLarge as too_large:
+                        resp.close()  # drop the connection: the rest of the body is never read
+                        raise InvalidResponseError(
+                            f"HTTP {status} response body from {where} exceeds "
+                            f"max_response_bytes={self.max_response_bytes} ({too_large}); "
+                            "the request failed",
+                            status_code=status,
+                        ) from None
+            except aiohttp.ConnectionTimeoutError:
+                raise APIConnectionError(
+                    f"connection to {where} not established within {self._connect_timeout}s"
+                ) from None
+            except aiohttp.ClientConnectionError as exc:
+                raise APIConnectionError(f"connection to {where} failed: {exc}") from None
+            except aiohttp.ClientPayloadError as exc:
+                raise APIConnectionError(f"response from {where} cut short: {exc}") from None
+            except aiohttp.ClientResponseError as exc:
+                raise APIConnectionError(f"bad response from {where}: {exc}") from None
+            except TimeoutError:
+                raise RequestTimeoutError(f"request to {where} timed out") from None
+            return status, headers, _decoded(status, headers, raw, self.max_retry_after)
         except LLMBatchError as exc:
             raise scrub_error(exc, self.redactor) from None
-
-    async def _post_json(
-        self, path: str, payload: Mapping[str, Any]
-    ) -> tuple[int, Mapping[str, str], Any]:
-        session = self._get_session()
-        data = orjson.dumps(payload)
-        # Transport errors are translated here, once, and without their aiohttp chain
-        # (`from None`): the cause's text is kept in the message, where it can be redacted.
-        where = self.public_url
-        try:
-            async with session.post(self.base_url + path, data=data, headers=self._headers) as resp:
-                status, headers = resp.status, resp.headers
-                try:
-                    raw = await _read_capped(resp, self.max_response_bytes)
-                except _TooLarge as too_large:
-                    resp.close()  # drop the connection: the rest of the body is never read
-                    raise InvalidResponseError(
-                        f"HTTP {status} response body from {where} exceeds "
-                        f"max_response_bytes={self.max_response_bytes} ({too_large}); "
-                        "the request failed",
-                        status_code=status,
-                    ) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise APIConnectionError(
-                f"connection to {where} not established within {self._connect_timeout}s"
-            ) from None
-        except aiohttp.ClientConnectionError as exc:
-            raise APIConnectionError(f"connection to {where} failed: {exc}") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise APIConnectionError(f"response from {where} cut short: {exc}") from None
-        except aiohttp.ClientResponseError as exc:
-            raise APIConnectionError(f"bad response from {where}: {exc}") from None
-        except TimeoutError:
-            raise RequestTimeoutError(f"request to {where} timed out") from None
-        return status, headers, _decoded(status, headers, raw, self.max_retry_after)
 
     async def aclose(self) -> None:
         """Close the session this client made (an injected one is left to its owner)."""

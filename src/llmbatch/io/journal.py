@@ -28,7 +28,11 @@ result, and the next close tries again.
 
 A second process on the same file is refused by a `flock` on `REAL.lock`, where REAL is the
 path with symlinks resolved (two names for one file share one lock); the kernel releases it
-even when the holder is killed with -9.
+even when the holder is killed with -9. A run refused before it wrote anything closes with
+`discard`, which removes the files its `open` created (output, index, lock: a refused run
+leaves nothing new behind, and never touches what an earlier run left). The lock file is
+removed while still held, and `open` checks that the file it locked is still the one at
+the path, so a run that opened the old one just before takes the new one instead.
 
 Lines that parse as JSON but are not result lines (hand edits, another tool's output) are
 reported as corrupt and otherwise ignored, by resume and statistics alike.
@@ -360,6 +364,7 @@ class Journal:
         self._index: IndexWriter | None = None
         self._last_sync = 0.0
         self._dirty = False
+        self._created: list[Path] = []  # by `open`, for `discard`: output and index, lock last
         self.scan = JournalScan()
         self.written = 0
         self._lines = 0
@@ -367,7 +372,10 @@ class Journal:
     # -- lifecycle --------------------------------------------------------------------------
 
     def open(self) -> JournalScan:
-        self._lock()
+        new_lock = self._lock()
+        # Under the lock: what is there now is no other run's work in progress.
+        new = [p for p in (self.real_path, index_path(self.real_path)) if not p.exists()]
+        self._created = [*new, *([self.lock_path] if new_lock else [])]
         try:
             self.scan = self._scan_and_repair()
             self._lines = self.scan.lines
@@ -422,6 +430,25 @@ class Journal:
         finally:
             self._close_index()
             self._lines_of.close()
+            self._unlock()
+
+    def discard(self) -> None:
+        """Close a journal its run never used (the run was refused): the files `open` created
+        go if nothing was written (else as `abandon`); files that were there stay."""
+        if self._lock_fd is None or self.written or self._lines:
+            self.abandon()
+            return
+        created, self._created = self._created, []
+        try:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+        finally:
+            self._close_index()
+            self._lines_of.close()
+            for path in created:  # the lock last, while still held (see `_lock`)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             self._unlock()
 
     def __enter__(self) -> Journal:
@@ -502,20 +529,41 @@ class Journal:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _lock(self) -> None:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+    def _lock(self) -> bool:
+        """Take the lock; True if this call created the lock file."""
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                created = True
+            except FileExistsError:
+                try:
+                    fd = os.open(self.lock_path, os.O_RDWR)
+                except FileNotFoundError:  # removed by a refused run just now: make it
+                    continue
+                created = False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise JournalLocked(
+                    f"{self.path} is being written by another llmbatch run (pid {holder}); "
+                    f"wait for it to finish or stop it"
+                ) from None
+            # A refused run removes the lock file it created while holding it (`discard`):
+            # locked after that, this one is no longer the path's lock; take the new one.
+            held = os.fstat(fd)
+            try:
+                now = os.stat(self.lock_path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                break
             os.close(fd)
-            raise JournalLocked(
-                f"{self.path} is being written by another llmbatch run (pid {holder}); "
-                f"wait for it to finish or stop it"
-            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        return created
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:

@@ -289,13 +289,17 @@ class ResultSink:
         finally:
             self._close_extras()
 
-    def abandon(self) -> None:
-        """Close after a failure: keep what reached the file, skip the rewrite."""
+    def abandon(self, *, discard: bool = False) -> None:
+        """Close after a failure: keep what reached the file, skip the rewrite. `discard`:
+        the run was refused before anything was sent (`Journal.discard`)."""
         if self._closed:
             return
         self._closed = True
         try:
-            self.journal.abandon()
+            if discard:
+                self.journal.discard()
+            else:
+                self.journal.abandon()
         finally:
             self._close_extras()
 

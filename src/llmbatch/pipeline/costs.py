@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from ..budget import Budget
-from ..pricing import FixedPrices, GenaiPrices, Pricer, PriceSource
+from ..pricing import FixedPrices, GenaiPrices, Pricer, PriceSource, vendor_at
 from ..types import BatchRequest, Usage
 from .config import RunConfig
 from .errors import ConfigError
@@ -34,7 +34,11 @@ def pricer_of(config: RunConfig, warn: Callable[[str], None]) -> Pricer:
     else:
         source = GenaiPrices(base_url=config.base_url)
     return Pricer(
-        source, provider=_PRICE_PROVIDER.get(config.provider), model=config.model, notice=warn
+        source,
+        provider=_PRICE_PROVIDER.get(config.provider),
+        model=config.model,
+        notice=warn,
+        vendor=vendor_at(config.base_url),  # Groq prices its flex tier its own way
     )
 
 

@@ -288,7 +288,10 @@ class RayExecutor:
                 pricer=None
                 if budget is None
                 else Pricer(
-                    budget.pricer.source, provider=budget.pricer.provider, model=config.model
+                    budget.pricer.source,
+                    provider=budget.pricer.provider,
+                    model=config.model,
+                    vendor=budget.pricer.vendor,
                 ),
             )
             if context.metrics is not None:

@@ -212,7 +212,7 @@ def make_plan(config: RunConfig, pricer: Pricer, expected_output: float | None =
     if census is not None:
         _prompt_cache(plan, config, census, pricer, loads)
     if config.finish_by is not None:
-        _deadline(plan, config, done)
+        _deadline(plan, config, done, pricer)
     if config.batch_api and config.batch_enqueued_tokens is not None:
         _enqueued(plan, config.batch_enqueued_tokens, loads)
     return plan
@@ -358,7 +358,7 @@ def _time(plan: Plan, config: RunConfig) -> None:
         plan.bound_by, plan.seconds = max(plan.seconds_by_limit.items(), key=lambda kv: kv[1])
 
 
-def _deadline(plan: Plan, config: RunConfig, done: _Done) -> None:
+def _deadline(plan: Plan, config: RunConfig, done: _Done, pricer: Pricer) -> None:
     """`finish_by`: how the work splits between the batch API and realtime, and whether the
     deadline is reachable at all (by the realtime path alone, under the known limits)."""
     if done.realtime_answers:
@@ -375,6 +375,9 @@ def _deadline(plan: Plan, config: RunConfig, done: _Done) -> None:
     split = deadline_policy(deadline, config.prefer, now).plan(now, work, capacity)
     size = split_size(work.requests, config.batch_max_requests)
     late_lane = "flex" if config.service_tier in ("flex", "auto") else "standard"
+
+    flex_at_batch = late_lane == "flex" and pricer.flex_price_list() == "batch"
+    late_cost = plan.cost_batch if flex_at_batch else plan.cost_realtime
 
     def cost(part: Work, total: float | None) -> float | None:
         if total is None:
@@ -399,11 +402,10 @@ def _deadline(plan: Plan, config: RunConfig, done: _Done) -> None:
             None if split.switch_in is None else round(split.switch_in, 3)
         ),
         # Several batches, so that a late one costs only its share; its lines go to the
-        # late lane: flex (at the batch price) where the run allows it, else standard.
+        # late lane: flex where the run allows it (at the batch price, or the standard one
+        # where its vendor sells flex so: Groq), else standard.
         "batch_size": size,
         "batch_count": math.ceil(split.batch.requests / size) if size else 0,
         "late_lane": late_lane,
-        "cost_if_every_batch_late": _round(
-            cost(split.batch, plan.cost_batch if late_lane == "flex" else plan.cost_realtime)
-        ),
+        "cost_if_every_batch_late": _round(cost(split.batch, late_cost)),
     }

@@ -87,13 +87,25 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
         raise ConfigError("output", "`output` is required: the file results are written to")
     emit = Emitter(config.listeners)
     source = source_of(config)
-    check_paths(config)
-    _check_modes(config)
-    client, spec = _client(config)
-    _check_report(config)
-    _check_watch(config)
+    # Until the executor starts, the run may still be refused (a setting, the input): then it
+    # leaves nothing new behind (`_Fresh`, `Journal.discard`), whatever it already created.
+    fresh = _Fresh(config)
+    refused = True
     try:
-        journal = _open_output(config)
+        check_paths(config)
+        _check_modes(config)
+        _check_report(config)
+        _check_watch(config)
+        client, spec = _client(config)
+    except BaseException:
+        fresh.remove()
+        raise
+    try:
+        try:
+            journal = _open_output(config)
+        except BaseException:  # locked by another run, say
+            fresh.remove()
+            raise
         try:
             scan = journal.scan
             emit(OutputOpened(config.output, scan.repaired_bytes, tuple(scan.corrupt_lines)))
@@ -140,6 +152,7 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
                     # Nothing left to send (a rerun of a finished run): the input is not
                     # read a second time.
                     requests: Iterator[BatchRequest] = reread() if check.runnable else iter(())
+                    refused = False
                     if budget is not None and executor.name in ("realtime", "ray"):
                         # Once the budget refused one, the rest are not even pulled (they
                         # stay unfinished, for the rerun): the run ends with its last call.
@@ -160,13 +173,50 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
                 sink.abandon()
                 output_error, interrupted = exc, False
             finally:
-                sink.abandon()  # after an exception; a no-op once closed
+                sink.abandon(discard=refused)  # after an exception; a no-op once closed
         finally:
-            journal.abandon()  # the same
+            if refused:
+                journal.discard()  # what the refused run created goes
+                fresh.remove()
+            journal.abandon()  # after an exception; a no-op once closed
     finally:
         if config.client is None:
             await client.aclose()
     return _summarize(config, sink, check, executor, interrupted, output_error)
+
+
+class _Fresh:
+    """The paths a run creates besides its output's (the error log's directories, the cache
+    file): those not there when the run began are removed if it is refused, empty
+    directories only. The output's own files are the journal's (`Journal.discard`)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.new: list[Path] = []
+        if config.cache:
+            cache = Path(config.cache)
+            self.new += [
+                p
+                for p in (cache, *(cache.with_name(cache.name + x) for x in _SQLITE_SIDECARS))
+                if not os.path.lexists(p)
+            ]
+        if config.error_log:
+            folder = Path(config.error_log).absolute()
+            for level in (folder, *folder.parents):  # deepest first
+                if os.path.lexists(level):
+                    break
+                self.new.append(level)
+
+    def remove(self) -> None:
+        for path in self.new:
+            with contextlib.suppress(OSError):  # a directory something was put in stays
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                else:
+                    path.unlink()
+        self.new = []
+
+
+_SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
 
 
 # -- the steps, in order ----------------------------------------------------------------------

@@ -34,32 +34,53 @@ from ..types import CompletionRequest, CompletionResponse
 __all__ = ["ClusterBreaker", "SharedBreaker"]
 
 POLL_SECONDS = 0.25  # a worker's waiters learn the cluster's breaker closed within this
+# A probe that has not reported after this long is taken as lost (its worker died, and with
+# it the report): another caller may probe. Without it the cluster waited out max_outage.
+# Well under a request's timeout: while the breaker is open the server has been refusing or
+# resetting connections, and a probe that long without an answer says no more than a failure.
+PROBE_TIMEOUT = 30.0
 
 
 class _BreakerState:
     """The actor: the cluster's `OutageBreaker`, driven by the workers' calls."""
 
     def __init__(
-        self, max_outage: float = DEFAULT_MAX_OUTAGE, clock: Callable[[], float] = time.monotonic
+        self,
+        max_outage: float = DEFAULT_MAX_OUTAGE,
+        clock: Callable[[], float] = time.monotonic,
+        probe_timeout: float = PROBE_TIMEOUT,
     ) -> None:
         self.breaker = OutageBreaker(max_outage=max_outage, clock=clock)
+        self._clock = clock
+        self.probe_timeout = probe_timeout
+        self._probe_sent_at: float | None = None  # the probe out, as the actor gave it
 
     def admit(self, key: int) -> tuple[float | None, float | None, ProviderOutageError | None]:
         """(seconds to wait, or None to go; the probe's send time if it goes as the probe;
         the breaker's error if it gave up)."""
+        sent_at = self._probe_sent_at
+        if sent_at is not None and self._clock() - sent_at > self.probe_timeout:
+            self._probe_sent_at = None
+            self.breaker.probe_lost()
         permit = self.breaker.permit(key)
         try:
             wait = self.breaker.try_admit(permit)
         except ProviderOutageError as exc:
             return None, None, exc
-        return wait, permit.sent_at if permit.probe else None, None
+        if permit.probe:
+            self._probe_sent_at = permit.sent_at
+            return wait, permit.sent_at, None
+        return wait, None, None
 
     def report(
         self, key: int, probe_sent_at: float | None, error: BaseException | None
     ) -> tuple[bool, ProviderOutageError | None]:
         """One attempt's outcome (`error` None: answered); returns (open, gave up with)."""
         permit = self.breaker.permit(key)
-        if probe_sent_at is not None:
+        if probe_sent_at is not None and probe_sent_at == self._probe_sent_at:
+            # The probe out. One taken as lost meanwhile reports as any attempt: another
+            # probe is out now, and this report must not free its turn.
+            self._probe_sent_at = None
             permit.probe = True
             permit.sent_at = probe_sent_at
         self.breaker.finish(permit, None, error)
@@ -82,8 +103,12 @@ class ClusterBreaker:
         self.actor = actor
 
     @classmethod
-    def create(cls, max_outage: float = DEFAULT_MAX_OUTAGE) -> ClusterBreaker:
-        return cls(_BreakerActor.remote(max_outage))
+    def create(
+        cls, max_outage: float = DEFAULT_MAX_OUTAGE, *, probe_timeout: float = PROBE_TIMEOUT
+    ) -> ClusterBreaker:
+        """`probe_timeout`: seconds after which a probe that has not reported is taken as
+        lost (its worker died) and another caller may probe."""
+        return cls(_BreakerActor.remote(max_outage, probe_timeout=probe_timeout))
 
     def local(self, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> SharedBreaker:
         """A worker's admission on the cluster's breaker (`sleep`: injectable)."""

@@ -16,7 +16,12 @@ seen by several workers is one cut; a pause or a cut reaches every worker at its
 A worker books at most one slice ahead of its own schedule: its waiters would otherwise
 lease slice after slice, holding seconds of the cluster's timeline booked at a rate that a
 cut has since made too fast (the cause of a cluster overshooting under load). Slots given
-back count only if the cluster's schedule is still the one they were leased under.
+back count only if the cluster's schedule is still the one they were leased under, and never
+rebook slots another worker holds.
+
+While nothing is known of the server the opening is a slow start clocked by answers (see
+WINDOW_START): workers report slots let pass and attempts finished with their leases. After a
+cut no lease bursts for NO_BURST_AFTER_CUT; a worker woken late for a slot lets it pass.
 `clock` and `sleep` are injectable (`ClusterLimiter.local`, `ClusterBudget`).
 """
 
@@ -49,6 +54,23 @@ GAUGES_EVERY = 1.0  # seconds between a worker's in-flight / waiting reports
 # While the opening paces a server of unknown limits, a lease holds the slots of this many
 # seconds at most: a cut then reaches every worker within it (and one round trip).
 OPENING_LEASE = 0.02
+# Slow start (as TCP's): while nothing is known of the server's limits, the cluster holds at
+# most WINDOW_START + (answers so far) slots leased and not yet finished, so it sends at most
+# WINDOW_START + 2 x answers before the first refusal: answers clock the opening, not time.
+# A loaded machine reads answers (and refusals) late; an opening that grew with wall time was
+# then at every worker's full width before the first refusal reached the actor. Eight: half
+# the bucket of a 1,000 req/min server, sent before anything is known of it.
+WINDOW_START = 8
+# An LLM may take seconds to answer, while a refusal comes back at once: a slot in the air
+# this long without a refusal counts as answered, so the opening of a slow server still
+# doubles every WINDOW_PRESUME (it once took 0.6 s in all; answers alone would take six of its
+# latencies). Well above the 100-200 ms a loaded machine took to read a refusal and report it.
+WINDOW_PRESUME = 0.5
+WINDOW_DONE = 4096  # a window this wide holds nothing back: slow start is over
+WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or an answer
+# After a cut the cluster runs its server's bucket near empty: for this long a lease starts
+# at most one slot ahead of the pace, whatever credit the actor's timeline holds.
+NO_BURST_AFTER_CUT = 5.0
 
 Tokens = tuple[int, int, int]  # per budget: total, input, output
 
@@ -71,6 +93,17 @@ class _LimiterState:
             rpm, tpm, input_tokens_per_minute=itpm, output_tokens_per_minute=otpm, clock=clock
         )
         self.slice = slice_seconds
+        self._clock = clock
+        # Slow start (see WINDOW_START): slots leased in it less those dropped unused, the
+        # attempts finished (any outcome) and answered.
+        self._window_on = self.limiter.adaptive
+        self._window_leased = 0
+        self._window_finished = 0
+        self._window_answers = 0
+        self._window_sent: collections.deque[tuple[float, int]] = collections.deque()
+        self._window_aged = 0  # slots leased more than WINDOW_PRESUME ago
+        self._cut_at = -math.inf
+        self._last_slot = -math.inf  # the latest slot leased so far
         self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)
         # The cluster's one money cap (`llmbatch.ray.budget`); workers price, it adds up.
         self.budget = None if max_cost is None else Budget(max_cost, _NO_PRICES, spent=spent)
@@ -99,26 +132,45 @@ class _LimiterState:
         succeeded: int = 0,
         returned: int = 0,
         schedule: tuple[int, int] | None = None,
+        dropped: int = 0,
+        finished: int = 0,
+        want: int = UNLIMITED_SLICE,
     ) -> tuple[list[float], Tokens, int, int, float]:
         """(slot delays, tokens leased per budget, pause epoch, congestion generation, how
-        long a slot stays good once due).
+        long a slot stays good once due). No delays: the opening's window is full, ask again
+        after an answer.
 
         `need` is the next request's estimate per budget (total, input, output); `settle`
         what the worker's finished requests used beyond (or below) their estimates;
         `returned` request slots of an older lease the worker will not use, leased under
-        `schedule` (the pause epoch and generation the worker last saw).
+        `schedule` (the pause epoch and generation the worker last saw); `dropped` slots it
+        let pass unused since its last lease; `finished` its attempts ended since then;
+        `want` how many of its attempts wait for a slot (the window leases no more).
         """
         lim = self.limiter
+        self._window_leased -= dropped
+        self._window_finished += finished
         if any(settle):
             lim.settle_tokens(*settle)
         if returned and (schedule is None or schedule == (lim.epoch, lim.generation)):
             # Only slots of the schedule still in force go back: a pause or a cut has since
             # restarted the timeline, and returning older slots (priced at the new, slower
             # rate) would hand out capacity the server never had.
-            lim.give_back(returned)
+            self._give_back(returned, (0, 0, 0))
         self.report(used, succeeded)
         rpm = lim.requests_per_minute
         count = max(1, math.ceil(rpm * self.slice / 60)) if rpm else UNLIMITED_SLICE
+        window = self._window()
+        if window is not None:
+            # No more than the worker's waiters take: a slot held by a worker whose callers
+            # are all busy would keep the window shut for the others.
+            count = min(count, window, max(1, want))
+            if count <= 0:
+                return [], (0, 0, 0), lim.epoch, lim.generation, OPENING_LEASE
+        if self._clock() - self._cut_at < NO_BURST_AFTER_CUT:
+            # The server's bucket has no burst left to take: the actor's timeline may hold
+            # some (slots given back or let pass unused), a lease of it would go at once.
+            lim.hold_burst()
         limits = (lim.tokens_per_minute, lim.input_tokens_per_minute, lim.output_tokens_per_minute)
         grant = tuple(_grant(n, limit, self.slice) for n, limit in zip(need, limits, strict=True))
         t, i, o = grant
@@ -128,15 +180,47 @@ class _LimiterState:
         # leased again before sending them all into the refusing server.
         # Slots not used soon after they fall due are dropped by the worker (a burst after an
         # idle spell otherwise); in the opening, as soon as a fresh lease could be asked for.
-        opening = lim.opening
+        opening = lim.opening or window is not None
         horizon = OPENING_LEASE if opening else None
         delays = lim.lease(count, t, input_tokens=i, output_tokens=o, horizon=horizon)
+        if window is not None:
+            self._window_leased += len(delays)
+            if delays:
+                self._window_sent.append((self._clock() + delays[-1], len(delays)))
+        if delays:
+            self._last_slot = max(self._last_slot, self._clock() + delays[-1])
         keep = OPENING_LEASE if opening else self.slice
         return delays, (t, i, o), lim.epoch, lim.generation, keep
 
+    def _window(self) -> int | None:
+        """Slots the opening's window has room for; None once slow start is over (a limit is
+        known: a refusal's cut, the server's headers; or the window is wide open)."""
+        if not self._window_on:
+            return None
+        sent, old = self._window_sent, self._clock() - WINDOW_PRESUME
+        while sent and sent[0][0] <= old:
+            self._window_aged += sent.popleft()[1]
+        # Answered (or in the air long enough without a refusal): each widens the window by
+        # one and leaves it, as an acknowledgement in TCP's slow start.
+        aged = min(self._window_aged, self._window_leased)
+        answered = max(self._window_answers, aged)
+        if self.limiter.limits_known or WINDOW_START + answered >= WINDOW_DONE:
+            self._window_on = False
+            return None
+        freed = max(self._window_answers + self._window_finished, 2 * aged)
+        return WINDOW_START + freed - self._window_leased
+
     def give_back(self, count: int, tokens: Tokens = (0, 0, 0)) -> None:
+        self._give_back(count, tokens)
+
+    def _give_back(self, count: int, tokens: Tokens) -> None:
         t, i, o = tokens
+        self._window_leased -= count
         self.limiter.give_back(count, t, input_tokens=i, output_tokens=o)
+        # GCRA takes slots back from the end of its timeline, but these come from the middle
+        # (other workers leased after them): the next lease would be given the times of slots
+        # already handed out, two sends at once. Their room comes back after the last slot.
+        self.limiter.hold_burst(after=self._last_slot)
 
     def report(self, used: int, succeeded: int) -> None:
         # The send rate the control law measures is what workers really sent, not what they
@@ -144,6 +228,7 @@ class _LimiterState:
         if used:
             self.limiter.control.sent(used)
         if succeeded:
+            self._window_answers += succeeded
             self.limiter.succeeded(succeeded)
 
     def congested(
@@ -157,7 +242,11 @@ class _LimiterState:
         self.report(used, succeeded)  # first: the cut is relative to the measured rates
         rate_limit = RateLimitInfo(**info) if info else None
         fb = Feedback(congested=True, retry_after=retry_after, rate_limit=rate_limit)
-        return self.limiter.apply(fb, generation)
+        before = self.limiter.generation
+        paused = self.limiter.apply(fb, generation)
+        if self.limiter.generation != before:
+            self._cut_at = self._clock()
+        return paused
 
     def observe(self, info: dict[str, Any]) -> None:
         self.limiter.observe(RateLimitInfo(**info))
@@ -316,6 +405,9 @@ class LeasedLimiter:
         self._settle = [0, 0, 0]
         self._used = 0  # slots spent since the last lease
         self._succeeded = 0
+        self._dropped = 0  # slots let pass unused since the last lease
+        self._finished = 0  # attempts ended since the last lease
+        self._answered: asyncio.Event | None = None  # set by an attempt's end (`_release`)
         self._paused_until = 0.0
         self._schedule = 0  # bumped when the held schedule is voided (see `_void_schedule`)
         self._horizon = 0.0  # the last slot leased: how far ahead this worker has booked
@@ -378,6 +470,7 @@ class LeasedLimiter:
             # (or, in the opening, a send on a schedule the cluster may have cut since).
             while self._slots and self._slots[0] < now - self._keep:
                 self._slots.popleft()
+                self._dropped += 1
             if self._slots and self._enough(need) and now >= self._paused_until:
                 slot = self._slots.popleft()
                 self._take(need, 1)
@@ -391,11 +484,22 @@ class LeasedLimiter:
                         # (unless a cut or pause voided it meanwhile).
                         if self._schedule == schedule:
                             self._slots.appendleft(slot)
+                        else:
+                            self._dropped += 1
                         self._take(need, -1)
                         raise
                     if self._schedule != schedule:
                         # A refusal or a new schedule from the cluster voided the slot we
                         # slept for: it was booked at the old rate. Take one on the new.
+                        self._dropped += 1
+                        self._take(need, -1)
+                        continue
+                    if self._clock() > slot + self._keep:
+                        # Woken this late, the process was starved of CPU: the cluster may have
+                        # cut since, on a refusal not read here yet (in the opening, where a
+                        # slot keeps 20 ms, sending now is sending into the refusing server).
+                        # Let the slot pass; the next lease brings the schedule in force.
+                        self._dropped += 1
                         self._take(need, -1)
                         continue
                 break
@@ -416,6 +520,7 @@ class LeasedLimiter:
 
     def _void_schedule(self) -> None:
         """The slots held, and those waiters sleep for, belong to a discarded schedule."""
+        self._dropped += len(self._slots)
         self._slots.clear()
         self._schedule += 1
         self._horizon = 0.0
@@ -425,15 +530,29 @@ class LeasedLimiter:
         self._settle = [0, 0, 0]
         used, self._used = self._used, 0
         succeeded, self._succeeded = self._succeeded, 0
+        dropped, self._dropped = self._dropped, 0
+        finished, self._finished = self._finished, 0
         returned = 0
         if any(self._limited):
             # Tokens pace by the delay of a lease's first slot: a slot left from an older
             # lease would let the request go before it. Give those back.
             now = self._clock()
             returned = sum(1 for t in self._slots if t >= now)
+            dropped += len(self._slots) - returned
             self._slots.clear()
+        if self._answered is None:
+            self._answered = asyncio.Event()  # made here: bound to the loop that waits on it
+        self._answered.clear()
         delays, tokens, epoch, generation, keep = await self.actor.lease.remote(
-            need, settle, used, succeeded, returned, (self._epoch, self._generation)
+            need,
+            settle,
+            used,
+            succeeded,
+            returned,
+            (self._epoch, self._generation),
+            dropped,
+            finished,
+            self.waiting,
         )
         self.leases += 1
         self._keep = keep
@@ -448,6 +567,20 @@ class LeasedLimiter:
         for k in range(3):
             self._limited[k] = tokens[k] > 0
             self._tokens[k] += tokens[k]
+        if not delays:
+            # The opening's window is full: room comes with answers (ours, or another
+            # worker's reported with its lease).
+            await self._answer_or_timer(WINDOW_POLL)
+
+    async def _answer_or_timer(self, seconds: float) -> None:
+        assert self._answered is not None
+        answered = asyncio.ensure_future(self._answered.wait())
+        timer = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait({answered, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            answered.cancel()
+            timer.cancel()
 
     def _release(
         self,
@@ -456,6 +589,9 @@ class LeasedLimiter:
         error: BaseException | None,
     ) -> None:
         self.in_flight -= 1
+        self._finished += 1
+        if self._answered is not None:
+            self._answered.set()
         self._report_gauges()
         if response is not None:
             usage = response.usage

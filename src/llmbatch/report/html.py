@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from ..durations import format_duration
+from ..durations import format_seconds
 from ..metrics import MissingExtraError
 from ..stats import price_note
 
@@ -49,16 +49,6 @@ def _plotly() -> Any:
 
 def _times(ts: list[float]) -> list[str]:
     return [dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] for t in ts]
-
-
-def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    if s < 1:
-        return f"{s * 1000:,.0f} ms"
-    if s < 120:
-        return f"{s:,.2f} s"
-    return format_duration(s)
 
 
 def _layout(go: Any, title: str, **kw: Any) -> Any:
@@ -136,7 +126,7 @@ def _histogram(go: Any, hist: dict[str, Any], title: str, color: str, marks: boo
                 x=[value, value],
                 y=[0, top * 1.05],
                 mode="lines",
-                name=f"{name} {_fmt_seconds(value)}",
+                name=f"{name} {format_seconds(value)}",
                 line={"color": _PERCENTILE_COLORS[name], "dash": "dash"},
             )
     return fig
@@ -245,11 +235,11 @@ def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
         ["cost", "–" if s["cost_usd"] is None else f"${s['cost_usd']:,.6f}"],
         ["first start", when(s["started_at"])],
         ["last finish", when(s["finished_at"])],
-        ["wall time", _fmt_seconds(s["wall_seconds"]) if s["wall_seconds"] else "–"],
+        ["wall time", format_seconds(s["wall_seconds"]) if s["wall_seconds"] else "–"],
         ["effective rate", rate],
-        ["admission wait (sum)", _fmt_seconds(s["wait_seconds"])],
-        ["provider time (sum)", _fmt_seconds(s["provider_seconds"])],
-        ["backoff (sum)", _fmt_seconds(s["backoff_seconds"])],
+        ["admission wait (sum)", format_seconds(s["wait_seconds"])],
+        ["provider time (sum)", format_seconds(s["provider_seconds"])],
+        ["backoff (sum)", format_seconds(s["backoff_seconds"])],
         ["share of time waiting for admission", share],
     ]
     if s["batch_api"]:
@@ -327,7 +317,7 @@ def render(data: dict[str, Any], title: str | None = None) -> str:
     )
     lat = data["latency"]
     latency_rows = [
-        [f"{name} {q}", _fmt_seconds(data[key][q]) if data[key]["count"] else "–"]
+        [f"{name} {q}", format_seconds(data[key][q]) if data[key]["count"] else "–"]
         for key, name in (
             ("latency", "duration"),
             ("wait", "admission wait"),
@@ -338,11 +328,11 @@ def render(data: dict[str, Any], title: str | None = None) -> str:
     slowest = [
         [
             r["id"],
-            _fmt_seconds(r["duration"]),
+            format_seconds(r["duration"]),
             str(r["attempts"]),
-            _fmt_seconds(r["wait"]),
-            _fmt_seconds(r["provider"]),
-            _fmt_seconds(r["backoff"]),
+            format_seconds(r["wait"]),
+            format_seconds(r["provider"]),
+            format_seconds(r["backoff"]),
             "ok" if r["ok"] else r["code"],
         ]
         for r in data["slowest"]
@@ -364,7 +354,7 @@ def render(data: dict[str, Any], title: str | None = None) -> str:
 </head><body>
 <h1>{html.escape(title)}</h1>
 <p class="sub">generated {generated}; {lat["count"]:,} requests with a call; time buckets of
-{_fmt_seconds(data["bucket_seconds"])}</p>
+{format_seconds(data["bucket_seconds"])}</p>
 <div class="cols">
 <div><h2>Summary</h2>{_table(["", ""], _summary_rows(s))}</div>
 <div><h2>Latency</h2>{_table(["", ""], latency_rows)}

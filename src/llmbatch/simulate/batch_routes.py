@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from .batches import BatchStore, Item, SimBatch, dumps
+from .batches import BatchStore, CreateFaults, Item, SimBatch, dumps
 from .config import SimulatorConfig
 from .dialects import ANTHROPIC, OPENAI, Dialect
 from .enqueued import EnqueuedQueue, batch_tokens
@@ -270,7 +270,7 @@ class BatchRoutes:
         self.openai_max_bytes = c.batch_max_bytes or OPENAI_MAX_BYTES
         self.anthropic_max_requests = c.batch_max_requests or ANTHROPIC_MAX_REQUESTS
         self.anthropic_max_bytes = c.batch_max_bytes or ANTHROPIC_MAX_BYTES
-        self._creates = 0  # batch creates asked for, both providers (for the faults)
+        self._faults = CreateFaults(config)  # creates of both providers count
         limit = c.batch_enqueued_tokens
         self.enqueued = EnqueuedQueue(store, limit) if limit is not None else None
 
@@ -293,15 +293,6 @@ class BatchRoutes:
         r.add_get(
             "/v1/messages/batches/{id}/results", self._auth(ANTHROPIC, self.anthropic_results)
         )
-
-    def _create_fault(self) -> str | None:
-        """'lose' or 'refuse' when this create is the one the config fails, else None."""
-        self._creates += 1
-        if self._creates == self.config.batch_lose_create:
-            return "lose"
-        if self._creates == self.config.batch_refuse_create:
-            return "refuse"
-        return None
 
     @staticmethod
     def _failed_create(dialect: Dialect) -> web.Response:
@@ -446,7 +437,7 @@ class BatchRoutes:
                 f"The input file {f.id} must be uploaded with purpose 'batch'.",
                 "input_file_id",
             )
-        fault = self._create_fault()
+        fault = self._faults.next()
         if fault == "refuse":
             return self._failed_create(OPENAI)
         items, errors = parse_openai_input(f.data, endpoint, self.openai_max_requests)
@@ -546,7 +537,7 @@ class BatchRoutes:
             problem = "requests: the batch failed validation (forced by --batch-fail-validation)"
         if problem is not None:
             return _anthropic_error(400, "invalid_request_error", problem)
-        fault = self._create_fault()
+        fault = self._faults.next()
         if fault == "refuse":
             return self._failed_create(ANTHROPIC)
         batch = self.store.create_anthropic(items)

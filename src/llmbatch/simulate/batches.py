@@ -112,6 +112,23 @@ class StoredFile:
         }
 
 
+class CreateFaults:
+    """Which batch create the config fails (`batch_lose_create`, `batch_refuse_create`: the
+    Nth create asked for): `next()` counts one create and says "lose", "refuse" or None."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.creates = 0
+
+    def next(self) -> str | None:
+        self.creates += 1
+        if self.creates == self.config.batch_lose_create:
+            return "lose"
+        if self.creates == self.config.batch_refuse_create:
+            return "refuse"
+        return None
+
+
 @dataclass(slots=True)
 class Timeline:
     """When each line of a batch finishes, on the monotonic clock.
@@ -144,6 +161,29 @@ class Timeline:
             return math.inf
         end = self.start + self.span
         return end if end <= self.deadline else math.inf
+
+    def due(self, now: float, cancel_at: float | None) -> int:
+        """Lines finished by `now`; none after a cancel."""
+        return self.done_by(now if cancel_at is None else min(now, cancel_at))
+
+    def ending(
+        self,
+        now: float,
+        answered: int,
+        cancel_at: float | None,
+        stop_grace: float,
+        finalize: float,
+    ) -> tuple[EndState, float] | None:
+        """How a batch whose due lines are answered ends, and when, if it has by `now`:
+        cancelled `stop_grace` after its cancel, completed `finalize` after its last line,
+        expired at the deadline; None while it runs on (every provider's batches alike)."""
+        if cancel_at is not None:
+            end = cancel_at + stop_grace
+            return ("cancelled", end) if now >= end else None
+        if answered == self.n:
+            end = min(self.all_done_at, now) + finalize
+            return ("completed", end) if now >= end else None
+        return ("expired", self.deadline) if now >= self.deadline else None
 
 
 class SimBatch:
@@ -443,21 +483,14 @@ class BatchStore:
             if now >= tl.start:
                 self._finish(batch, "failed", tl.start)
             return True
-        cut = now if batch.cancel_at is None else min(now, batch.cancel_at)
-        due = tl.done_by(cut)
+        due = tl.due(now, batch.cancel_at)
         upto = due if most is None else min(due, batch.answered + most)
         self._answer_lines(batch, upto)
         if upto < due:
             return False
-        if batch.cancel_at is not None:
-            if now >= batch.cancel_at + batch.stop_grace:
-                self._finish(batch, "cancelled", batch.cancel_at + batch.stop_grace)
-        elif batch.answered == batch.n:
-            done_at = min(tl.all_done_at, now)
-            if now >= done_at + batch.finalize:
-                self._finish(batch, "completed", done_at + batch.finalize)
-        elif now >= tl.deadline:
-            self._finish(batch, "expired", tl.deadline)
+        ending = tl.ending(now, batch.answered, batch.cancel_at, batch.stop_grace, batch.finalize)
+        if ending is not None:
+            self._finish(batch, *ending)
         return True
 
     def _answer_lines(self, batch: SimBatch, upto: int) -> None:

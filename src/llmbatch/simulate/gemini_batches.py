@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from .batches import Timeline, dumps
+from .batches import CreateFaults, Timeline, dumps
 from .gemini_files import GeminiFiles, error, json_response, page, rfc3339
 from .gemini_wire import GEMINI, GRPC_CODES, from_chat_reply, to_chat
 
@@ -71,6 +71,14 @@ def _status(code_name: str, message: str) -> dict[str, Any]:
 
 # A line to run: (key, the chat body as JSON bytes) or (key, why the API refuses it).
 _Line = tuple[str, bytes | str]
+
+
+# The common ends of a batch (`batches.Timeline.ending`), as Gemini names them.
+_STATES = {
+    "cancelled": "BATCH_STATE_CANCELLED",
+    "completed": "BATCH_STATE_SUCCEEDED",
+    "expired": "BATCH_STATE_EXPIRED",
+}
 
 
 class GeminiBatch:
@@ -158,7 +166,7 @@ class GeminiBatchRoutes:
         self.max_requests = c.batch_max_requests or MAX_REQUESTS
         self.files = files
         self.batches: dict[str, GeminiBatch] = {}
-        self._creates = 0
+        self._faults = CreateFaults(c)
 
     def add_to(self, app: web.Application) -> None:
         r, auth = app.router, self.files.auth
@@ -166,14 +174,6 @@ class GeminiBatchRoutes:
         r.add_get("/v1beta/batches/{id}", auth(self.get_batch))
         r.add_post("/v1beta/batches/{call}", auth(self.cancel_batch))
         r.add_delete("/v1beta/batches/{id}", auth(self.delete_batch))
-
-    def _create_fault(self) -> str | None:
-        self._creates += 1
-        if self._creates == self.config.batch_lose_create:
-            return "lose"
-        if self._creates == self.config.batch_refuse_create:
-            return "refuse"
-        return None
 
     async def create(self, request: web.Request, model: str) -> web.StreamResponse:
         if (refused := self.files.refuse_key(request)) is not None:
@@ -217,7 +217,7 @@ class GeminiBatchRoutes:
             return error(400, "The batch has no requests.")
         if failure is None and self.config.batch_fail_validation:
             failure = "The batch failed validation (forced by --batch-fail-validation)."
-        fault = self._create_fault()
+        fault = self._faults.next()
         if fault == "refuse":
             return error(503, "The service is currently unavailable.")
         now = self.store.clock()
@@ -304,21 +304,15 @@ class GeminiBatchRoutes:
             if now >= tl.start:
                 self._finish(batch, "BATCH_STATE_FAILED", tl.start)
             return True
-        cut = now if batch.cancel_at is None else min(now, batch.cancel_at)
-        due = tl.done_by(cut)
+        due = tl.due(now, batch.cancel_at)
         upto = min(due, batch.answered + most)
         self._answer(batch, upto)
         if upto < due:
             return False
-        if batch.cancel_at is not None:
-            if now >= batch.cancel_at + batch.grace:
-                self._finish(batch, "BATCH_STATE_CANCELLED", batch.cancel_at + batch.grace)
-        elif batch.answered == batch.n:
-            done_at = min(tl.all_done_at, now)
-            if now >= done_at + batch.grace:
-                self._finish(batch, "BATCH_STATE_SUCCEEDED", done_at + batch.grace)
-        elif now >= tl.deadline:
-            self._finish(batch, "BATCH_STATE_EXPIRED", tl.deadline)
+        ending = tl.ending(now, batch.answered, batch.cancel_at, batch.grace, batch.grace)
+        if ending is not None:
+            end, at = ending
+            self._finish(batch, _STATES[end], at)
         return True
 
     def _answer(self, batch: GeminiBatch, upto: int) -> None:

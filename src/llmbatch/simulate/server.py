@@ -19,7 +19,7 @@ routes (realtime, Batch and File API) in `gemini.py`, `gemini_batches.py` and
 This module routes and sequences; each concern lives in its own module: the wire formats
 in `dialects.py`, schema-shaped replies and their faults in `structured.py`, the rate-limit
 buckets in `limits.py`, what a refusal says in `styles.py`,
-the FIFO model slots of the `queue` style in `slots.py`, downtime in `outage.py`, the
+the FIFO model slots of the `queue` style in `llmbatch.fifo`, downtime in `outage.py`, the
 counters in `counters.py`. A request goes: outage check, key, body, `overload_rate`
 (answered at once, no limit charged), limits (refused with `over_limit_status`) or a slot
 in the queue, then hang / reset / latency / 500 / malformed faults, then the reply.
@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..fifo import FifoSemaphore
 from .batch_routes import BatchRoutes
 from .batches import BatchStore
 from .config import SimulatorConfig
@@ -47,7 +48,6 @@ from .gemini import GeminiRoutes
 from .limits import Charge, Limits
 from .outage import Outage
 from .prompt_cache import PromptCaches
-from .slots import Slots
 from .structured import Shaper, embeddings_reply, unsupported
 from .styles import STYLES
 from .tiers import Tiers
@@ -97,7 +97,7 @@ class Simulator:
         )  # fmt: skip
         self._limits = Limits.from_config(c, time.monotonic)
         self._style = STYLES[c.limit_style]
-        self._slots = Slots(c.slots) if self._style.queue else None
+        self._slots = FifoSemaphore(c.slots) if self._style.queue else None
         self._outage = (
             Outage(c.outage_at, c.outage_for, self.take_down, self.bring_up)
             if c.outage_at is not None

@@ -8,7 +8,7 @@ Real servers differ most in what they say when they refuse: OpenAI sends `x-rate
 on every reply plus `retry-after`/`retry-after-ms`; Anthropic sends `anthropic-ratelimit-*`
 with input and output tokens apart; gateways and proxies often send only `retry-after`,
 or nothing at all; self-hosted servers (llama.cpp, vLLM, Ollama) do not refuse, they queue
-(`queue`, served by `slots.py`). The header names and formats belong to the dialects.
+(`queue`, served by `llmbatch.fifo`). The header names and formats belong to the dialects.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from ..batch_api import Ledger, LedgerError, ledger_paths
-from ..durations import format_duration
+from ..durations import format_duration, format_seconds
 
 __all__ = ["COST_FACTOR", "MIN_REFRESH", "LiveState"]
 
@@ -36,7 +36,7 @@ RECENT = 60.0  # the current rate: results finished in the last minute (or two b
 
 
 class LiveState:
-    """The page's data for `output`, recomputed at most every `refresh_seconds()`."""
+    """The page's data for `output`, recomputed at most every `refreshformat_seconds()`."""
 
     def __init__(
         self,
@@ -55,14 +55,14 @@ class LiveState:
         self._at = 0.0
         self._cost = 0.0
 
-    def refresh_seconds(self) -> float:
+    def refreshformat_seconds(self) -> float:
         return max(MIN_REFRESH, COST_FACTOR * self._cost)
 
     def payload(self) -> bytes:
         """The latest data as JSON (computed now if the last is older than a refresh)."""
         with self._lock:
             now = time.monotonic()
-            if self._payload is None or now - self._at >= self.refresh_seconds():
+            if self._payload is None or now - self._at >= self.refreshformat_seconds():
                 self._payload = orjson.dumps(self.compute(), option=orjson.OPT_SERIALIZE_NUMPY)
                 self._cost = time.monotonic() - now
                 self._at = time.monotonic()
@@ -83,7 +83,7 @@ class LiveState:
         page: dict[str, Any] = {
             "output": str(self.output),
             "generated_at": now,
-            "refresh_ms": int(self.refresh_seconds() * 1000),
+            "refresh_ms": int(self.refreshformat_seconds() * 1000),
             "exists": exists,
             "progress": progress,
             "batches": batches,
@@ -93,7 +93,7 @@ class LiveState:
             return page
         page["summary"] = summary_rows(data["summary"])
         page["latency"] = [
-            [f"{name} {q}", _seconds(data[key][q]) if data[key]["count"] else "–"]
+            [f"{name} {q}", format_seconds(data[key][q]) if data[key]["count"] else "–"]
             for key, name in (("latency", "duration"), ("provider", "provider"))
             for q in ("p50", "p95", "p99")
         ]
@@ -103,7 +103,12 @@ class LiveState:
             for r in data["failed_requests"][:20]
         ]
         page["slowest"] = [
-            [r["id"], _seconds(r["duration"]), str(r["attempts"]), "ok" if r["ok"] else r["code"]]
+            [
+                r["id"],
+                format_seconds(r["duration"]),
+                str(r["attempts"]),
+                "ok" if r["ok"] else r["code"],
+            ]
             for r in data["slowest"][:10]
         ]
         page["figures"] = [
@@ -179,13 +184,3 @@ def _progress(data: dict[str, Any] | None, total: int | None, now: float) -> dic
         "projected": projected,
         "last_result_ago": None if last is None else format_duration(max(0.0, now - last)),
     }
-
-
-def _seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    if s < 1:
-        return f"{s * 1000:,.0f} ms"
-    if s < 120:
-        return f"{s:,.2f} s"
-    return format_duration(s)

@@ -62,6 +62,26 @@ def test_a_new_event_cuts_again_but_not_within_the_cooldown(clock: FakeClock) ->
     assert c.rate is not None and first is not None and c.rate < first
 
 
+def test_a_guess_at_the_opening_that_is_still_refused_cuts_again_within_the_cooldown(
+    clock: FakeClock,
+) -> None:
+    # The run's first refusal, read late (a loaded machine): the opening's pace had sent 33
+    # in its first 0.15 s against a 20/s server, and the first cut only guesses from that
+    # young window (23/s). An attempt admitted at the guessed rate and refused says the guess
+    # is too high: cut again now, not after the cooldown (which cost a refusal every 0.15 s).
+    c = CubicRate(clock=clock)
+    c.sent(33)
+    clock.advance(0.15)
+    assert c.congested(c.generation)
+    guessed = c.rate
+    clock.advance(0.2)
+    c.sent(5)
+    assert c.congested(c.generation)  # within the cooldown, admitted after the first cut
+    assert c.rate is not None and guessed is not None and c.rate < guessed
+    clock.advance(0.2)
+    assert not c.congested(c.generation)  # a measured cut: its cooldown holds again
+
+
 def test_the_cut_is_relative_to_the_measured_send_rate(clock: FakeClock) -> None:
     c = control(clock)
     c.sent(40)  # 40 admissions in the last second, no success yet
@@ -445,7 +465,9 @@ async def test_a_cut_rebooks_the_waiters_already_sleeping_at_the_old_rate() -> N
             permit.record(CompletionResponse("ok"))
 
     warm = await lim.acquire()  # a run a second old: its first cut is no opening's guess
-    warm.release(CompletionResponse("ok"), None)
+    # Refused: on a given limit, a first bare 429 only holds; the next event, within the
+    # strike window, says the limit is wrong and cuts.
+    warm.release(None, RateLimitError())
     await clock.advance_to(1.0)
     first = await lim.acquire()  # t=1
     waiters = [asyncio.create_task(one()) for _ in range(10)]  # booked 0.1 s apart
@@ -590,15 +612,18 @@ async def test_an_attempt_booked_before_a_cut_and_already_due_is_part_of_its_eve
     clock: FakeClock,
 ) -> None:
     # Sleeping waiters are rebooked by a cut (see the rebooking test); an attempt admitted on
-    # the old schedule before it, refused after the cooldown, is still the same event.
+    # the old schedule before it, refused after the cooldown, is still the same event. (The
+    # limit was given: the first event is answered by a hold, the next one by a cut.)
     lim = limiter(clock, requests_per_minute=60)
-    first = await lim.acquire()
-    old = await lim.acquire()  # admitted on the old schedule
-    first.release(None, RateLimitError())
-    assert lim.status().cuts == 1
-    clock.advance(2)
-    old.release(None, RateLimitError())
-    assert lim.status().cuts == 1
+    for answered_by in ("hold", "cut"):
+        first = await lim.acquire()
+        old = await lim.acquire()  # admitted on the old schedule
+        first.release(None, RateLimitError())
+        events = (lim.holds, lim.status().cuts)
+        assert events == ((1, 0) if answered_by == "hold" else (1, 1))
+        clock.advance(2)
+        old.release(None, RateLimitError())
+        assert (lim.holds, lim.status().cuts) == events
 
 
 async def test_an_attempt_marked_as_lost_to_an_outage_cuts_neither_rate_nor_concurrency(

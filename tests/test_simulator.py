@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from llmbatch.simulate import Simulator, SimulatorConfig
+from llmbatch.simulate.limits import Charge, Limits
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -275,3 +276,20 @@ async def test_a_request_bigger_than_a_seconds_worth_is_served_and_leaves_debt(
         after = await post(http, sim, prompt="x", max_tokens=1)
     assert big.status == 200
     assert after.status == 429 and int(after.headers["retry-after"]) >= 4
+
+
+def test_a_phantom_client_sharing_the_key_takes_its_share_in_bursts() -> None:
+    # 600 requests a minute: a bucket of 10 refilling 10 a second. The other client takes half
+    # of it, 10 requests' worth every 2 s from the first request: the bucket is empty then.
+    now = [100.0]
+    config = SimulatorConfig(rpm=600, phantom_share=0.5, phantom_every=2.0)
+    limits = Limits.from_config(config, lambda: now[0])
+    assert limits.admit(Charge(1, 1)) == 0.0  # the first request starts the phantom's clock
+    now[0] += 1.9
+    assert limits.admit(Charge(1, 1)) == 0.0  # full again, no burst yet
+    now[0] += 0.1
+    assert limits.admit(Charge(1, 1)) == pytest.approx(0.1)  # the burst emptied the bucket
+    now[0] += 2.0  # refilled 20 (10 held), the next burst took 10
+    assert limits.admit(Charge(1, 1)) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="phantom_share"):
+        SimulatorConfig(phantom_share=1.5)

@@ -21,7 +21,14 @@ or 529 "overloaded") is probed with CUBIC congestion control, one cut per conges
 (see `llmbatch.rate_control`). A Retry-After the server states precisely (with its limits, or
 longer than a second) pauses the whole limiter, so no worker hammers the server meanwhile;
 a bare `retry-after: 1` (the smallest a seconds-granular header can say) only delays the
-refused request, since the cut already lets the server's bucket refill. With no limits
+refused request, since the cut already lets the server's bucket refill.
+
+When the limits are known (given, or stated by the server earlier), a refusal that states
+none is first taken for a stray (another client on the same key spent the bucket): the
+limiter holds every admission `HOLD_SECONDS` and keeps the known rate, rather than learn a
+rate below it for the rest of the run. Only a second refusal event within
+`STRIKE_WINDOW` of the last says the known limit is wrong (more than ~10% over what the
+server lets through): that one cuts, and the limit is learned below it. With no limits
 configured the limiter admits freely until the server first pushes back.
 
 Written here rather than taken from aiolimiter: that library has no token/request pair, no
@@ -75,6 +82,15 @@ OPENING_RATE = 200.0
 # server, and a bare 429 then cut the learned rate: 2.4x the makespan).
 FIRST_BURST = 0.5
 OPENING_DOUBLING = 0.05
+# A refusal stating no limit on a run whose limits are known: hold everything this long (the
+# server's bucket, emptied by someone else, refills half of its second) and keep the rate.
+# A one-off (another client on the key) then costs half a second; a learned cut cost 2.4x the
+# makespan of a token-limited run (its CUBIC rate regrew from 0.7x, then probed slowly).
+HOLD_SECONDS = 0.5
+# A refusal event this soon after the last hold or cut: the known limit is wrong (after a
+# hold, the bucket holds HOLD_SECONDS of slack, so a refusal within 5 s means sending more
+# than ~10% over the server's real rate). Cut and learn below it.
+STRIKE_WINDOW = 5.0
 _OPENING_DONE = 12  # doublings after which the opening pace holds nothing back (2M/s)
 _EWMA = 0.05  # weight of one request in the running mean of token estimates
 _SPEEDUP = 1.2  # a learned rate this much faster than the booked schedule's rebooks it
@@ -123,7 +139,8 @@ def estimate_tokens(
 class RateLimiterStatus:
     """A snapshot, like the seed's `GetStatus()`. Limits are the effective ones (after
     adaptation); `available_*` is what could go right now; `paused_for` is seconds left of a
-    pause; `cuts` counts congestion events answered by a rate cut."""
+    pause; `cuts` counts congestion events answered by a rate cut, `holds` those answered by
+    a hold on a known limit (see HOLD_SECONDS)."""
 
     requests_per_minute: float | None
     tokens_per_minute: float | None
@@ -136,6 +153,7 @@ class RateLimiterStatus:
     input_tokens_per_minute: float | None = None
     output_tokens_per_minute: float | None = None
     cuts: int = 0
+    holds: int = 0
 
 
 class _Timeline:
@@ -265,11 +283,20 @@ class RateLimiter:
         self._fastest_answer = math.inf  # the quickest success seen during the opening
         self._pause_until = start
         self._fresh = True  # nothing booked yet (see FIRST_BURST)
+        # The send gate (see `_send_wait`): a timeline per budget of when admissions really
+        # went, on the budgets the user gave (None: no limit given, no gate).
+        # No gate on a zero burst: its schedule sends nothing at once already.
+        given = [b.configured is not None for b in (self._req, self._tok, self._in, self._out)]
+        gated = any(given) and burst_seconds > 0
+        self._sent_tat: list[float] | None = [start] * 4 if gated else None
+        self._gated = tuple(given)
         self._epoch = 0  # bumped by a pause: sleeping waiters must then take a new slot
         self._cut_epoch = 0  # bumped by a cut: the booked schedule is void, rebook at the new rate
         self._waiting = 0
         self._in_flight = 0
         self._rate_limited = 0
+        self._struck_at = -math.inf  # the last refusal event answered (hold or cut)
+        self.holds = 0  # refusals answered by a hold, the known rate kept (see HOLD_SECONDS)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -363,6 +390,7 @@ class RateLimiter:
             input_tokens_per_minute=self.input_tokens_per_minute,
             output_tokens_per_minute=self.output_tokens_per_minute,
             cuts=self.control.cuts,
+            holds=self.holds,
         )
 
     def admit(self, request: CompletionRequest) -> RatePermit:
@@ -432,6 +460,11 @@ class RateLimiter:
             if limit and delta:
                 # A refund never creates more than the burst allowance.
                 budget.tat = max(budget.tat + delta * self._interval(limit), floor)
+                if self._sent_tat is not None:  # what went was what was used
+                    i = (self._req, self._tok, self._in, self._out).index(budget)
+                    self._sent_tat[i] = max(
+                        self._sent_tat[i] + delta * self._interval(limit), floor
+                    )
 
     def settle(
         self, permit_or_estimate: RatePermit | int, actual_tokens: int, actual_output: int = 0
@@ -522,8 +555,14 @@ class RateLimiter:
             self.observe(fb.rate_limit)
         # The server said its limits: it refused because we ran ahead of its budget, which
         # the headers have just resynced. Otherwise probe: one cut per congestion event.
-        cut = not states_limits(fb) and self.control.congested(generation)
+        if states_limits(fb):
+            cut = False
+        elif self._stray(generation):
+            return self._hold(fb)
+        else:
+            cut = self.control.congested(generation)
         if cut:
+            self._struck_at = self._clock()
             self._cut_tokens()
             self._free = False
         if pauses_everyone(fb):
@@ -533,6 +572,34 @@ class RateLimiter:
         if cut:
             self._rebook(self._clock())
         return False
+
+    def _stray(self, generation: int) -> bool:
+        """A new refusal event, with no limit stated in it, while the rate in force is a
+        known limit (given, or stated earlier) and no event came in `STRIKE_WINDOW`: take it
+        for another client's doing, not for a wrong limit."""
+        control = self.control
+        if generation < control.generation:
+            return False  # part of an event already answered
+        if self._clock() - self._struck_at < STRIKE_WINDOW:
+            return False  # refusals persist: the known limit is wrong
+        if not (self._req.limit() or self._tok.limit() or self._in.limit() or self._out.limit()):
+            return False  # nothing known: learn
+        for law in (control, self.token_control):
+            if law.rate is not None and (law.ceiling is None or law.rate < law.ceiling):
+                return False  # a learned rate is in force: CUBIC's business
+        return True
+
+    def _hold(self, fb: Feedback) -> bool:
+        """Answer a stray refusal: everyone waits `HOLD_SECONDS` (or a Retry-After over a
+        second, which the pause rule would obey anyway; a bare `retry-after: 1` is only the
+        smallest a seconds-granular header says) and the known rate stays. The attempts
+        admitted before it belong to this event (a new generation), as they would to a cut."""
+        self._struck_at = self._clock()
+        self.holds += 1
+        self.control.held()
+        after = fb.retry_after
+        self.pause(after if after is not None and after > SHORT_RETRY_AFTER else HOLD_SECONDS)
+        return True
 
     def succeeded(self, count: int = 1, tokens: float | None = None) -> None:
         """`count` attempts succeeded (`tokens`: their estimates; default: the running mean
@@ -622,7 +689,7 @@ class RateLimiter:
         # part of the event that cut.
         generation = self.control.generation
         slot, costs, now = self._reserve_units((1, est.total, est.input, est.output))
-        if slot <= now:
+        if slot <= now and (self._sent_tat is None or self._send_wait(costs, now) <= 0):
             self._admitted(permit, costs, generation)
             return True
         permit.booked = (slot, costs, generation, self._epoch, self._cut_epoch)
@@ -657,9 +724,20 @@ class RateLimiter:
                     continue
                 if self._epoch == epoch or self._clock() >= self._pause_until:
                     break
-                # A pause began while we slept and our slot falls inside it: give the slot
-                # back and queue again behind the pause.
-                self._unreserve(costs)
+                # A pause began while we slept and our slot falls inside it: queue again,
+                # behind the waiters already booked after the pause. The slot is not given
+                # back: that takes a cost off the END of the timeline, so every waiter
+                # requeued this way booked the same last slot again (traced: ten admitted in
+                # one millisecond after a half-second hold, seven of them refused).
+            if self._sent_tat is not None:
+                # Due by the schedule; the send gate may still hold it (a stalled loop).
+                while (gap := self._send_wait(costs, self._clock())) > 0:
+                    try:
+                        await self._nap(gap)
+                    except BaseException:
+                        if cut_epoch == self._cut_epoch:
+                            self._unreserve(costs)
+                        raise
         finally:
             self._waiting -= 1
         self._admitted(permit, costs, generation)
@@ -679,6 +757,34 @@ class RateLimiter:
                 permit.admitted_at = now
         permit.costs = costs
         permit.generation = generation
+        sent = self._sent_tat
+        if sent is not None and costs is not _NO_COSTS:
+            for i, cost in enumerate(costs):
+                if cost:
+                    sent[i] = max(sent[i], now) + cost
+
+    def _send_wait(self, costs: tuple[float, ...], now: float) -> float:
+        """Seconds until `costs` may go now by the send gate (<= 0: at once).
+
+        The schedule (the TATs) books slots; when the event loop stalls (a starved process:
+        under two CPU burners it went 0.3-1.0 s without running), the waiters whose slots
+        passed meanwhile all wake at once, and requests admitted before the stall are sent
+        with them: the server's bucket, a second's worth, got 16 requests and 1.01 s of budget
+        in one millisecond (traced: one refused). The gate keeps what really went, on each
+        budget the user gave, within FIRST_BURST of a burst above the limit's pace, as the
+        first burst is: the server keeps half its bucket for requests that reach it bunched.
+        """
+        assert self._sent_tat is not None
+        # A unit goes when what went before it is at most `room` ahead of the pace. Only units
+        # smaller than the room are gated: on a slow limit (one request in seconds) a stall
+        # bunches one or two, and the gate would hold each to the exact send time of the one
+        # before, which a loop's jitter moves.
+        room = self.burst_seconds * FIRST_BURST
+        wait = 0.0
+        for sent, cost, gated in zip(self._sent_tat, costs, self._gated, strict=True):
+            if gated and 0 < cost < room:
+                wait = max(wait, sent - room - now)
+        return wait
 
     def _reserve_units(
         self, units: tuple[int, int, int, int]

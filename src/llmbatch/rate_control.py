@@ -15,7 +15,8 @@ time and slow at high rates (minutes to climb back after one cut), while CUBIC's
 time does not depend on the rate, is fast far from the last known limit and flat near it.
 
 - **One decrease per congestion event.** Every admission carries the `generation` (the number
-  of cuts so far) it was admitted under. A refusal cuts only if its attempt was admitted after
+  of events answered so far: cuts, and `held` ones a limiter answered otherwise) it was
+  admitted under. A refusal cuts only if its attempt was admitted after
   the last cut, and not within `cooldown` (1 s) of it: the burst of 429s answering one
   overshoot is one event, as TCP cuts once per window of losses, and a server whose bucket
   the overshoot emptied needs a moment to refill before its answers say anything new.
@@ -110,6 +111,7 @@ class CubicRate:
         self._cut_at = 0.0
         self._probe_slowdown = 1.0
         self._guessed = False  # w_max is a guess, not a measurement (see `cut`)
+        self._opening_guess = False  # ... made in the run's first second (see `congested`)
         self._meter = meter if meter is not None else Meter(clock)
         self._column = column
         self.unit = 1.0  # what one request weighs in this control's unit (see the docstring)
@@ -137,10 +139,29 @@ class CubicRate:
     def congested(self, generation: int) -> bool:
         """A refusal of an attempt admitted under `generation`. Returns True if it cut."""
         now = self._clock()
-        if generation < self.generation or (self.cuts and now - self._cut_at < self.cooldown):
+        if generation < self.generation:
             return False  # part of an event already answered by a cut
+        if self.cuts and now - self._cut_at < self.cooldown and not self._tested_guess(now):
+            return False  # the server's bucket, emptied by the overshoot, is refilling
         self.cut(now)
         return True
+
+    def held(self) -> None:
+        """A congestion event answered without a cut (a limiter that knows its limit held
+        instead): refusals of attempts admitted before now are part of it."""
+        self.generation += 1
+
+    def _tested_guess(self, now: float) -> bool:
+        """The last cut was the run's first, in its first second (a guess from a young
+        window), and an attempt admitted on the schedule it started (one interval at the
+        guessed rate after it, at the earliest) was refused: the guess is too high, and that
+        is known now, not after the cooldown. An opening read late on a loaded machine had
+        measured 33/s against a 20/s server, and its guess drew a refusal every 0.15 s for
+        the whole cooldown: 8 of a run's 21."""
+        rate = self.rate
+        if not self._opening_guess or not rate:
+            return False
+        return now - self._cut_at >= self.unit / rate
 
     def cut(self, now: float) -> None:
         """Cut now, unconditionally: `congested` decided this is a new event (or, for a
@@ -178,6 +199,7 @@ class CubicRate:
         # answer) guessed w_max from a young window, which reads low: regrow by doubling
         # until the next refusal measures the limit, rather than plateau at the guess.
         self._guessed = (goodput <= 0 or young) and not self.cuts
+        self._opening_guess = young and not self.cuts
         self._w_max = w_max
         self._cut_at = now
         self.rate = max(self.min_rate * self.unit, w_max * self.beta)

@@ -104,6 +104,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--hang-seconds", type=float, default=120.0, help="how long a hang lasts")
     p.add_argument("--api-key-env", help="require the key held by this environment variable")
     p.add_argument(
+        "--phantom-share",
+        type=fraction,
+        default=0.0,
+        metavar="F",
+        help="a key shared with another client: it takes this share of every limit "
+        "(default 0), in one burst every --phantom-every seconds",
+    )
+    p.add_argument(
+        "--phantom-every",
+        type=positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds between the other client's bursts (default 5)",
+    )
+    p.add_argument(
         "--outage-at",
         type=float,
         metavar="S",
@@ -317,6 +332,8 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         reset_rate=args.reset_rate,
         hang_rate=args.hang_rate,
         malformed_rate=args.malformed_rate,
+        phantom_share=args.phantom_share,
+        phantom_every=args.phantom_every,
         outage_at=args.outage_at,
         outage_for=args.outage_for or 0.0,
         hang_seconds=args.hang_seconds,

@@ -43,6 +43,8 @@ class SimulatorConfig:
     charged), `reset_rate`, `hang_rate` (no answer for `hang_seconds`), `malformed_rate`.
     Structured-output faults (`structured.py`, drawn per request body): `invalid_rate`
     (replies that parse but break the requested schema), `refusal_rate`, `truncate_rate`.
+    `phantom_share`/`phantom_every`: a key shared with another client, which takes that share
+    of every limit in one burst every `phantom_every` seconds (see `limits.py`).
     `outage_at`/`outage_for`: `outage_at` seconds after the first request (counted again
     after a stats reset) the server goes down for `outage_for` seconds.
 
@@ -93,6 +95,8 @@ class SimulatorConfig:
     reset_rate: float = 0.0
     hang_rate: float = 0.0
     malformed_rate: float = 0.0
+    phantom_share: float = 0.0
+    phantom_every: float = 5.0
     outage_at: float | None = None
     outage_for: float = 0.0
     seed: int | None = None
@@ -155,6 +159,7 @@ class SimulatorConfig:
             "refusal_rate",
             "truncate_rate",
             "flex_refusal_rate",
+            "phantom_share",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -163,6 +168,8 @@ class SimulatorConfig:
             raise ValueError("flex_refusal_status must be 429 or 498")
         if not self.flex_latency_factor > 0:
             raise ValueError("flex_latency_factor must be positive")
+        if self.phantom_every <= 0:
+            raise ValueError(f"phantom_every must be positive, got {self.phantom_every}")
         if self.outage_at is not None and (self.outage_at < 0 or self.outage_for <= 0):
             raise ValueError("an outage needs outage_at >= 0 and outage_for > 0")
         if self.echo_credentials is not None and self.echo_credentials < 0:

@@ -10,6 +10,11 @@ only if every bucket can take its share, and then all are charged, so a refusal 
 nothing. A request larger than one second's worth is admitted once the bucket is full and
 leaves it in debt: otherwise a big `max_tokens` would be refused forever, which no real
 provider does, and the debt keeps the long-run rate exact.
+
+A key shared with another client (`phantom_share`, `phantom_every`): a phantom client takes
+that share of every budget, in one burst every `phantom_every` seconds from the first request
+(as much as the buckets hold then: it is refused too when they are empty). Its requests are
+not answered nor counted; a client pacing to the full limit meets refusals it did not cause.
 """
 
 from __future__ import annotations
@@ -63,6 +68,11 @@ class _Bucket:
     def take(self, amount: float) -> None:
         self.level -= amount
 
+    def drain(self, amount: float) -> None:
+        """Another client took up to `amount` (what the bucket holds)."""
+        self._refill()
+        self.level -= max(0.0, min(amount, self.level))
+
     def give_back(self, amount: float) -> None:
         self._refill()
         self.level = min(self.capacity, self.level + amount)
@@ -76,9 +86,19 @@ class _Bucket:
 class Limits:
     """All configured buckets; `admit` charges every one of them or none."""
 
-    def __init__(self, buckets: list[tuple[_Bucket, Callable[[Charge], int]]]) -> None:
+    def __init__(
+        self,
+        buckets: list[tuple[_Bucket, Callable[[Charge], int]]],
+        phantom_share: float = 0.0,
+        phantom_every: float = 5.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._buckets = buckets
         self._output = next((b for b, _ in buckets if b.name == "output-tokens"), None)
+        self._phantom_share = phantom_share
+        self._phantom_every = phantom_every
+        self._clock = clock
+        self._phantom_next: float | None = None  # the phantom's next burst (from the first request)
 
     @classmethod
     def from_config(cls, config: SimulatorConfig, clock: Callable[[], float]) -> Limits:
@@ -88,13 +108,16 @@ class Limits:
             ("input-tokens", config.itpm, lambda c: c.input_tokens),
             ("output-tokens", config.otpm, lambda c: c.output_tokens),
         ]
-        return cls([(_Bucket(n, pm, clock), cost) for n, pm, cost in specs if pm is not None])
+        buckets = [(_Bucket(n, pm, clock), cost) for n, pm, cost in specs if pm is not None]
+        return cls(buckets, config.phantom_share, config.phantom_every, clock)
 
     def __bool__(self) -> bool:
         return bool(self._buckets)
 
     def admit(self, charge: Charge) -> float:
         """Charge every bucket and return 0, or charge none and return seconds to wait."""
+        if self._phantom_share:
+            self._phantom()
         costs = [(bucket, cost(charge)) for bucket, cost in self._buckets]
         wait = max((bucket.wait_for(amount) for bucket, amount in costs), default=0.0)
         if wait > 0:
@@ -102,6 +125,17 @@ class Limits:
         for bucket, amount in costs:
             bucket.take(amount)
         return 0.0
+
+    def _phantom(self) -> None:
+        """The other client's bursts due by now, each its share of `phantom_every` seconds."""
+        assert self._clock is not None
+        now = self._clock()
+        if self._phantom_next is None:
+            self._phantom_next = now + self._phantom_every
+        while self._phantom_next <= now:
+            for bucket, _ in self._buckets:
+                bucket.drain(self._phantom_share * bucket.rate * self._phantom_every)
+            self._phantom_next += self._phantom_every
 
     def settle_output(self, charged: int, used: int) -> None:
         """Give back the output tokens charged from `max_tokens` but not generated."""

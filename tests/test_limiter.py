@@ -588,3 +588,27 @@ async def test_a_stalled_loop_does_not_send_every_overdue_slot_at_once() -> None
     for start in after:
         inside = sum(start <= t < start + 1.0 for t in after)
         assert inside <= 1200 / 60 + half + 1, (start, inside)
+
+
+async def test_a_pause_stops_the_waiters_the_send_gate_holds_too() -> None:
+    # After a stall, overdue waiters queue at the send gate. A hold (or any pause) that begins
+    # then must stop them as it stops the schedule's sleepers: before, a gate nap ended in an
+    # admission without looking at the pause, and requests went into the emptied bucket.
+    clock = SteppedClock()
+    lim = RateLimiter(1200, clock=clock, sleep=clock.sleep)
+    admitted: list[float] = []
+
+    async def one() -> None:
+        permit = await lim.acquire()
+        admitted.append(clock.now)
+        permit.release(CompletionResponse("ok"), None)
+
+    waiters = [asyncio.create_task(one()) for _ in range(80)]
+    await clock.advance_to(1.0)
+    clock.now = 2.0  # the stall
+    await clock.advance_to(2.0)
+    lim.pause(1.0)  # refused meanwhile: hold everyone until t=3
+    await clock.advance_to(100.0)
+    await asyncio.gather(*waiters)
+    assert len(admitted) == 80
+    assert not [t for t in admitted if 2.0 < t < 3.0], admitted

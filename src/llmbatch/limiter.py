@@ -366,8 +366,8 @@ class RateLimiter:
 
     @property
     def generation(self) -> int:
-        """Congestion events answered by a cut so far; attempts carry the one they were
-        admitted under, so the refusals of one event cut once."""
+        """Congestion events answered so far (by a cut, or by a hold on a known limit);
+        attempts carry the one they were admitted under, so one event is answered once."""
         return self.control.generation
 
     def status(self) -> RateLimiterStatus:
@@ -709,38 +709,46 @@ class RateLimiter:
                     epoch, cut_epoch = self._epoch, self._cut_epoch
                     generation = self.control.generation
                     slot, costs, _ = self._reserve_units((1, est.total, est.input, est.output))
-                delay = slot - self._clock()
-                if delay <= 0:
+                if await self._wait_for(slot, costs, epoch, cut_epoch):
                     break
-                try:
-                    await self._nap(delay)
-                except BaseException:
-                    if cut_epoch == self._cut_epoch:
-                        self._unreserve(costs)
-                    raise
-                if cut_epoch != self._cut_epoch:
-                    # A cut (or a speedup) voided the schedule our slot was on: take one on
-                    # the new one. Waiters wake in their old order, so they rebook in it too.
-                    continue
-                if self._epoch == epoch or self._clock() >= self._pause_until:
-                    break
+        finally:
+            self._waiting -= 1
+        self._admitted(permit, costs, generation)
+
+    async def _wait_for(
+        self, slot: float, costs: tuple[float, ...], epoch: int, cut_epoch: int
+    ) -> bool:
+        """Sleep until `slot` is due and the send gate (see `_send_wait`) lets it go. False:
+        a cut or a pause voided the slot while we slept, take another.
+
+        One loop for both waits, so that a pause or a cut that begins while a due waiter is
+        held by the gate stops it too (a gate nap that ended in an admission sent requests
+        into the bucket a hold had just emptied)."""
+        gated = self._sent_tat is not None
+        while True:
+            now = self._clock()
+            delay = slot - now
+            if gated:
+                delay = max(delay, self._send_wait(costs, now))
+            if delay <= 0:
+                return True
+            try:
+                await self._nap(delay)
+            except BaseException:
+                if cut_epoch == self._cut_epoch:
+                    self._unreserve(costs)
+                raise
+            if cut_epoch != self._cut_epoch:
+                # A cut (or a speedup) voided the schedule our slot was on: take one on the
+                # new one. Waiters wake in their old order, so they rebook in it too.
+                return False
+            if self._epoch != epoch and self._clock() < self._pause_until:
                 # A pause began while we slept and our slot falls inside it: queue again,
                 # behind the waiters already booked after the pause. The slot is not given
                 # back: that takes a cost off the END of the timeline, so every waiter
                 # requeued this way booked the same last slot again (traced: ten admitted in
                 # one millisecond after a half-second hold, seven of them refused).
-            if self._sent_tat is not None:
-                # Due by the schedule; the send gate may still hold it (a stalled loop).
-                while (gap := self._send_wait(costs, self._clock())) > 0:
-                    try:
-                        await self._nap(gap)
-                    except BaseException:
-                        if cut_epoch == self._cut_epoch:
-                            self._unreserve(costs)
-                        raise
-        finally:
-            self._waiting -= 1
-        self._admitted(permit, costs, generation)
+                return False
 
     def _admitted(self, permit: RatePermit, costs: tuple[float, ...], generation: int) -> None:
         self._in_flight += 1

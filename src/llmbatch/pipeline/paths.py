@@ -19,7 +19,7 @@ from ..io.tables import DUCKDB_PREFIX
 from .config import RunConfig
 from .errors import ConfigError
 
-__all__ = ["check_paths", "output_files", "path_roles"]
+__all__ = ["check_paths", "make_error_log_dir", "output_files", "path_roles"]
 
 
 def output_files(output: str | os.PathLike[str]) -> list[tuple[str, Path]]:
@@ -103,14 +103,8 @@ def check_paths(config: RunConfig) -> None:
         )
     if config.error_log:
         log_dir = Path(config.error_log)
-        try:
-            log_dir.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise ConfigError(
-                "error_log", f"`error_log` {log_dir} is a file; it needs a directory"
-            ) from None
-        except OSError as exc:
-            raise ConfigError("error_log", f"`error_log` {log_dir}: {os_reason(exc)}") from None
+        if log_dir.exists() and not log_dir.is_dir():
+            raise ConfigError("error_log", f"`error_log` {log_dir} is a file; it needs a directory")
     for name in ("stats_json", "report"):
         value = getattr(config, name)
         if value:
@@ -127,3 +121,18 @@ def _shown(config: RunConfig, name: str) -> str:
 
 def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
+
+
+def make_error_log_dir(config: RunConfig) -> None:
+    """Create `config.error_log`'s directory (once the run holds its output: see `arun`)."""
+    if not config.error_log:
+        return
+    log_dir = Path(config.error_log)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(
+            "error_log", f"`error_log` {log_dir} is a file; it needs a directory"
+        ) from None
+    except OSError as exc:
+        raise ConfigError("error_log", f"`error_log` {log_dir}: {os_reason(exc)}") from None

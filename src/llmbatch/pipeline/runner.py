@@ -56,7 +56,7 @@ from .executors import (
     reply_policy,
 )
 from .harness import RunControl, drain
-from .paths import check_paths
+from .paths import check_paths, make_error_log_dir
 from .precheck import Precheck, check_input
 from .prompt_cache import with_prompt_cache
 from .source import Source, source_of, where_of
@@ -89,24 +89,20 @@ async def arun(config: RunConfig, *, control: RunControl | None = None) -> RunSu
     source = source_of(config)
     # Until the executor starts, the run may still be refused (a setting, the input): then it
     # leaves nothing new behind (`_Fresh`, `Journal.discard`), whatever it already created.
-    fresh = _Fresh(config)
+    # Nothing is created before the output's lock is held, and what is new is noted only then:
+    # a run refused for a busy output, or one noting a cache as new that another run made a
+    # moment later, would otherwise remove the other run's files.
     refused = True
+    check_paths(config)
+    _check_modes(config)
+    _check_report(config)
+    _check_watch(config)
+    client, spec = _client(config)
     try:
-        check_paths(config)
-        _check_modes(config)
-        _check_report(config)
-        _check_watch(config)
-        client, spec = _client(config)
-    except BaseException:
-        fresh.remove()
-        raise
-    try:
+        journal = _open_output(config)
+        fresh = _Fresh(config)
         try:
-            journal = _open_output(config)
-        except BaseException:  # locked by another run, say
-            fresh.remove()
-            raise
-        try:
+            make_error_log_dir(config)
             scan = journal.scan
             emit(OutputOpened(config.output, scan.repaired_bytes, tuple(scan.corrupt_lines)))
             skip = _skip(config, scan)

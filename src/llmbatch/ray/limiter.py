@@ -219,7 +219,8 @@ class _LimiterState:
         self.limiter.give_back(count, t, input_tokens=i, output_tokens=o)
         # GCRA takes slots back from the end of its timeline, but these come from the middle
         # (other workers leased after them): the next lease would be given the times of slots
-        # already handed out, two sends at once. Their room comes back after the last slot.
+        # already handed out, two sends at once. So the schedule restarts one interval
+        # after the last slot handed out: the slots given back are given up, not rebooked.
         self.limiter.hold_burst(after=self._last_slot)
 
     def report(self, used: int, succeeded: int) -> None:
@@ -245,6 +246,8 @@ class _LimiterState:
         before = self.limiter.generation
         paused = self.limiter.apply(fb, generation)
         if self.limiter.generation != before:
+            # A cut, or a hold on a known limit: either way the server's bucket is empty
+            # now, so no lease bursts for a while (see NO_BURST_AFTER_CUT).
             self._cut_at = self._clock()
         return paused
 

@@ -18,6 +18,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..clients import ClientSpec
+from ..engine import DEFAULT_CONCURRENCY, Concurrency
 from ..errors import error_code
 from ..retry import RetryPolicy
 from ..types import BatchRequest, BatchResult, CompletionRequest, ResponseFormat
@@ -49,6 +50,7 @@ class LLMMapper:
     Each row becomes a request from `template` (fields by column name) or from the text in
     `prompt_column`. Added columns: `content`, `error`, `prompt_tokens`, `completion_tokens`,
     `duration`, `attempts`. Failed rows are kept, with `error` set, never dropped.
+    `concurrency` is per mapper, `"auto"` by default as everywhere in the library.
     """
 
     def __init__(
@@ -58,7 +60,7 @@ class LLMMapper:
         template: str | None = None,
         prompt_column: str | None = None,
         limiter: ClusterLimiter | None = None,
-        concurrency: int = 32,
+        concurrency: Concurrency = DEFAULT_CONCURRENCY,
         max_tokens: int | None = None,
         temperature: float | None = None,
         response_format: ResponseFormat = "text",

@@ -91,6 +91,9 @@ HOLD_SECONDS = 0.5
 # hold, the bucket holds HOLD_SECONDS of slack, so a refusal within 5 s means sending more
 # than ~10% over the server's real rate). Cut and learn below it.
 STRIKE_WINDOW = 5.0
+# A wait shorter than this is none: a virtual clock may not advance by less, and a sleeper
+# woken a rounding short of its time must not sleep again (it spun).
+_DUE = 1e-6
 _OPENING_DONE = 12  # doublings after which the opening pace holds nothing back (2M/s)
 _EWMA = 0.05  # weight of one request in the running mean of token estimates
 _SPEEDUP = 1.2  # a learned rate this much faster than the booked schedule's rebooks it
@@ -730,7 +733,7 @@ class RateLimiter:
             delay = slot - now
             if gated:
                 delay = max(delay, self._send_wait(costs, now))
-            if delay <= 0:
+            if delay <= _DUE:
                 return True
             try:
                 await self._nap(delay)
@@ -749,6 +752,9 @@ class RateLimiter:
                 # requeued this way booked the same last slot again (traced: ten admitted in
                 # one millisecond after a half-second hold, seven of them refused).
                 return False
+            # Slept until the slot: it is due, whatever the clock reads (a virtual clock may
+            # wake a sleeper a rounding short of it, and waiting again spun for ever).
+            slot = -math.inf
 
     def _admitted(self, permit: RatePermit, costs: tuple[float, ...], generation: int) -> None:
         self._in_flight += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 
 import looptime
 import pytest
@@ -558,12 +559,11 @@ def test_waiters_whose_slots_a_pause_voided_requeue_one_interval_apart() -> None
     assert min(gaps) >= 0.99 * interval, gaps
 
 
-async def test_a_stalled_loop_does_not_send_every_overdue_slot_at_once() -> None:
-    # 80 waiters on 1,200/min. The process gets no CPU for a second (two CPU burners beside
-    # it, traced: 0.3-1.0 s stalls): when it runs again, every waiter whose slot passed
-    # meanwhile is due. The server's bucket holds a second's worth; requests admitted before
-    # the stall are sent with these, so no more than half a second's worth goes at once
-    # (before: all twenty at once, and one of them refused).
+async def _stall_then(
+    after_stall: Callable[[RateLimiter], None],
+) -> tuple[list[float], int]:
+    """80 waiters on 1,200/min; at t=1 the process stalls for a second (nothing runs), then
+    `after_stall(limiter)`. Returns the admission times and how many went at t=2 at once."""
     clock = SteppedClock()
     lim = RateLimiter(1200, clock=clock, sleep=clock.sleep)
     admitted: list[float] = []
@@ -578,8 +578,19 @@ async def test_a_stalled_loop_does_not_send_every_overdue_slot_at_once() -> None
     clock.now = 2.0  # the stall: a second passes and nothing runs
     await clock.advance_to(2.0)
     at_once = admitted.count(2.0)
+    after_stall(lim)
     await clock.advance_to(100.0)
     await asyncio.gather(*waiters)
+    return admitted, at_once
+
+
+async def test_a_stalled_loop_does_not_send_every_overdue_slot_at_once() -> None:
+    # 80 waiters on 1,200/min. The process gets no CPU for a second (two CPU burners beside
+    # it, traced: 0.3-1.0 s stalls): when it runs again, every waiter whose slot passed
+    # meanwhile is due. The server's bucket holds a second's worth; requests admitted before
+    # the stall are sent with these, so no more than half a second's worth goes at once
+    # (before: all twenty at once, and one of them refused).
+    admitted, at_once = await _stall_then(lambda lim: None)
     assert len(admitted) == 80
     half = 0.5 * 1200 / 60 * 0.98
     assert 5 <= at_once <= half + 1, at_once
@@ -594,21 +605,7 @@ async def test_a_pause_stops_the_waiters_the_send_gate_holds_too() -> None:
     # After a stall, overdue waiters queue at the send gate. A hold (or any pause) that begins
     # then must stop them as it stops the schedule's sleepers: before, a gate nap ended in an
     # admission without looking at the pause, and requests went into the emptied bucket.
-    clock = SteppedClock()
-    lim = RateLimiter(1200, clock=clock, sleep=clock.sleep)
-    admitted: list[float] = []
-
-    async def one() -> None:
-        permit = await lim.acquire()
-        admitted.append(clock.now)
-        permit.release(CompletionResponse("ok"), None)
-
-    waiters = [asyncio.create_task(one()) for _ in range(80)]
-    await clock.advance_to(1.0)
-    clock.now = 2.0  # the stall
-    await clock.advance_to(2.0)
-    lim.pause(1.0)  # refused meanwhile: hold everyone until t=3
-    await clock.advance_to(100.0)
-    await asyncio.gather(*waiters)
+    # Refused meanwhile: hold everyone until t=3.
+    admitted, _ = await _stall_then(lambda lim: lim.pause(1.0))
     assert len(admitted) == 80
     assert not [t for t in admitted if 2.0 < t < 3.0], admitted

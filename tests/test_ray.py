@@ -330,13 +330,18 @@ def test_cli_on_ray_serves_the_clusters_in_flight_and_waiting_gauges(tmp_path: P
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     seen: list[tuple[float, float]] = []
+    rates: set[float] = set()
     try:
         deadline = time.monotonic() + 120
+        # Scraped often up to the process's end: a scrape that reached Ray after the run
+        # shut it down ended the process with an error (it failed CI once).
         while time.monotonic() < deadline and proc.poll() is None:
             got = scrape(port)
             if "llmbatch_in_flight" in got:
                 seen.append((got["llmbatch_in_flight"], got["llmbatch_waiting_admission"]))
-            time.sleep(0.2)
+            if "llmbatch_limiter_requests_per_minute" in got:
+                rates.add(got["llmbatch_limiter_requests_per_minute"])
+            time.sleep(0.05)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -346,6 +351,7 @@ def test_cli_on_ray_serves_the_clusters_in_flight_and_waiting_gauges(tmp_path: P
     assert len(out.read_text().splitlines()) == 30
     assert any(f >= 1 for f, _ in seen) and any(w >= 1 for _, w in seen), seen
     assert all(f + w <= 8 for f, w in seen), seen
+    assert rates == {120.0}, rates  # the cluster limiter's rate, as the loop last read it
 
 
 def test_cli_on_ray_with_a_cache_and_an_error_log(tmp_path: Path) -> None:

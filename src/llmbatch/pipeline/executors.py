@@ -294,8 +294,11 @@ class RayExecutor:
                     vendor=budget.pricer.vendor,
                 ),
             )
+            # The scrape thread reads what the gauges task last read: a scrape calling into
+            # Ray itself could land after `ray.shutdown()`, and Ray ends the process then.
+            seen = _ClusterStatus()
             if context.metrics is not None:
-                context.metrics.watch(limiter)
+                context.metrics.watch(seen)
             ray_config = lray.RayRunConfig(
                 workers=config.workers,
                 concurrency=config.concurrency,
@@ -324,7 +327,7 @@ class RayExecutor:
             task.add_done_callback(lambda _: ready.put_nowait(None))
             gauges = None
             if context.metrics is not None:
-                gauges = asyncio.create_task(_cluster_gauges(limiter, context.metrics))
+                gauges = asyncio.create_task(_cluster_gauges(limiter, context.metrics, seen))
             try:
                 while (results := await ready.get()) is not None:
                     for result in results:
@@ -353,7 +356,19 @@ class RayExecutor:
                 listener(event)
 
 
-async def _cluster_gauges(limiter: Any, metrics: Any, every: float = 1.0) -> None:
+class _ClusterStatus:
+    """The cluster limiter's status as last read by the run's loop, for the metrics scrape."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] = {}
+
+    def status(self) -> dict[str, Any]:
+        return self.last
+
+
+async def _cluster_gauges(
+    limiter: Any, metrics: Any, seen: _ClusterStatus, every: float = 1.0
+) -> None:
     """The in-flight and waiting gauges of a Ray run: its engines run in the workers, whose
     events never reach this process, so the cluster limiter's counts stand in for them."""
     while True:
@@ -362,6 +377,7 @@ async def _cluster_gauges(limiter: Any, metrics: Any, every: float = 1.0) -> Non
         except Exception:  # an observer: a failed read leaves the gauges as they were
             log.debug("llmbatch: reading the cluster's gauges failed", exc_info=True)
         else:
+            seen.last = status
             metrics.in_flight.set(status.get("in_flight", 0))
             metrics.waiting.set(status.get("waiting", 0))
         await asyncio.sleep(every)

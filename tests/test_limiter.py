@@ -24,9 +24,10 @@ from llmbatch import (
     TokenLimitError,
     Usage,
     calculate_batch_stats,
+    opening,
 )
 from llmbatch.clients import FakeClient
-from llmbatch.limiter import OPENING_DOUBLING, OPENING_RATE, RateLimiter, estimate_tokens
+from llmbatch.limiter import OPENING_RATE, RateLimiter, estimate_tokens
 from llmbatch.simulate import SimulatorConfig
 from llmbatch.simulate.limits import Charge, Limits
 from llmbatch.throttled import ThrottledLLMClient
@@ -178,11 +179,7 @@ async def test_sleeping_waiters_are_rescheduled_after_a_pause(clock: FakeClock) 
 
 
 async def test_headers_tighten_the_limit_and_sync_remaining(clock: FakeClock) -> None:
-    lim = limiter(clock)  # nothing configured: free until told, after a short opening
-    await admit_times(lim, clock, 1)
-    clock.advance(1.0)
-    await admit_times(lim, clock, 1)  # the opening has sped up past any real rate
-    assert await admit_times(lim, clock, 3) == [0, 0, 0]
+    lim = limiter(clock)  # nothing configured: an opening, then free until told
     r = await lim.acquire()
     resp = CompletionResponse(
         "x", rate_limit=RateLimitInfo(limit_requests=600, remaining_requests=0)
@@ -407,22 +404,83 @@ async def test_with_nothing_known_the_opening_is_paced_then_speeds_up(clock: Fak
     assert times[0] == 0 and times[1] == pytest.approx(1 / OPENING_RATE)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < gaps[0]  # faster and faster
-    clock.advance(20 * OPENING_DOUBLING)  # far more doublings than the opening needs
-    await admit_times(lim, clock, 1)
-    assert await admit_times(lim, clock, 50) == [0] * 50  # free from then on
+    # Answers widen the window until it holds nothing back: then free, nothing booked.
+    for _ in range(2 * (opening.DONE - opening.START)):
+        permit = await lim.acquire()
+        clock.advance(0.001)
+        permit.release(CompletionResponse("ok"), None)
+    assert await admit_times(lim, clock, 50) == [0] * 50
 
 
-async def test_a_quick_answer_ends_the_opening_within_a_few_of_its_latencies(
-    clock: FakeClock,
-) -> None:
-    slow, quick = limiter(clock), limiter(clock)
-    first = await quick.acquire()
-    clock.advance(0.001)  # answered in a millisecond: the server is fast
-    first.release(CompletionResponse("ok"), None)
-    quick_times = await admit_times(quick, clock, 40)
-    slow_times = await admit_times(slow, clock, 40)
-    assert quick_times[-1] < 0.03  # doubling once per millisecond-long answer
-    assert slow_times[-1] > 2 * quick_times[-1]
+async def _opening_run(latency: float | None, callers: int = 40) -> list[float]:
+    """`callers` at once on a limiter that knows nothing; each answered `latency` after its
+    admission (None: never). Returns the admission times."""
+    clock = SteppedClock()
+    lim = RateLimiter(clock=clock, sleep=clock.sleep)
+    admitted: list[float] = []
+
+    async def one() -> None:
+        permit = await lim.acquire()
+        admitted.append(clock.now)
+        if latency is not None:
+            await clock.sleep(latency)
+            permit.release(CompletionResponse("ok"), None)
+
+    tasks = [asyncio.create_task(one()) for _ in range(callers)]
+    await clock.advance_to(10.0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return admitted
+
+
+async def test_answers_clock_the_opening_and_a_slow_server_still_opens() -> None:
+    # Each answer makes room for 1.5 more: 8, 12, 18, ... in the air. A quick server (1 ms)
+    # gets its 40 callers out within a few of its latencies; one that never answers within
+    # the run (an LLM taking seconds) gets 8 at first, and 1.5x more each half second
+    # without a refusal.
+    quick = await _opening_run(0.001)
+    slow = await _opening_run(None)
+    assert len(quick) == len(slow) == 40
+    assert quick[-1] < 0.05
+    assert sum(t < opening.PRESUME for t in slow) == opening.START
+    assert sum(t < 2 * opening.PRESUME - opening.POLL for t in slow) == 2.5 * opening.START
+    assert slow[-1] < 6 * opening.PRESUME
+
+
+async def test_a_stalled_loop_does_not_widen_the_opening_past_what_answers_allow() -> None:
+    # Nothing known, 64 callers. The first 8 go out; then the process gets no CPU for a
+    # second (two CPU burners beside it) while their answers, and the server's first refusal,
+    # wait unread. Time alone must not open the window: when the process runs again, no more
+    # go out than the answers it read allow (before: the opening's pace had doubled through
+    # the stall, and all 56 waiters went at once into the refusing server).
+    clock = SteppedClock()
+    lim = RateLimiter(clock=clock, sleep=clock.sleep)
+    permits: list[object] = []
+
+    async def one() -> None:
+        permits.append(await lim.acquire())
+
+    tasks = [asyncio.create_task(one()) for _ in range(64)]
+    await clock.advance_to(0.05)
+    assert len(permits) <= opening.START
+    clock.now = 1.05  # the stall: a second passes and nothing runs
+    await clock.advance_to(1.06)
+    assert len(permits) == opening.START, len(permits)
+    # The answers are read at last: four successes, then the refusal.
+    for permit in permits[:4]:
+        permit.release(CompletionResponse("ok"), None)  # type: ignore[attr-defined]
+    await clock.advance_to(1.07)
+    assert len(permits) <= opening.START + 1.5 * 4, len(permits)
+    refused = len(permits)
+    permits[4].release(None, RateLimitError("rate limited"))  # type: ignore[attr-defined]
+    assert lim.status().cuts == 1 and lim.requests_per_minute is not None
+    # Then the learned rate paces the rest: nothing at once.
+    await clock.advance_to(1.08)
+    assert len(permits) <= refused + 1
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_a_limiter_told_its_limits_or_not_adaptive_has_no_opening(clock: FakeClock) -> None:

@@ -38,6 +38,7 @@ settle step, no pause, and no adaptation to server feedback.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ from typing import NamedTuple
 
 from .admission import Feedback, PermitBase, feedback
 from .errors import TokenLimitError
+from .opening import POLL, STALL, OpeningWindow
 from .rate_control import CubicRate, Meter
 from .types import CompletionRequest, CompletionResponse, RateLimitInfo
 
@@ -183,7 +185,16 @@ class _Timeline:
 class RatePermit(PermitBase):
     """One attempt admitted by a `RateLimiter`: `async with limiter.admit(req) as permit`."""
 
-    __slots__ = ("_estimate", "_request", "admitted_at", "booked", "costs", "generation", "limiter")
+    __slots__ = (
+        "_estimate",
+        "_request",
+        "admitted_at",
+        "booked",
+        "costs",
+        "generation",
+        "limiter",
+        "window",
+    )
 
     def __init__(
         self,
@@ -203,6 +214,7 @@ class RatePermit(PermitBase):
         # pause epoch, cut epoch); `_acquire` waits for it.
         self.booked: tuple[float, tuple[float, ...], int, int, int] | None = None
         self.admitted_at: float | None = None  # set during the opening only (its latency)
+        self.window = False  # holds a slot of the opening's window (see `llmbatch.opening`)
 
     @property
     def estimate(self) -> Estimate:
@@ -284,6 +296,12 @@ class RateLimiter:
         self._free = self._limits() == _NO_LIMITS
         self._doublings = 0.0
         self._fastest_answer = math.inf  # the quickest success seen during the opening
+        # The opening's window (see `llmbatch.opening`): admissions in the air bounded by the
+        # answers read, while nothing is known; None once a limit is known or it is over.
+        # Its waiters queue in arrival order; one ticker looks again every POLL for them.
+        self._window = OpeningWindow(clock) if adaptive and self._free else None
+        self._window_queue: collections.deque[asyncio.Future[bool]] = collections.deque()
+        self._window_ticker: asyncio.Future[None] | None = None
         self._pause_until = start
         self._fresh = True  # nothing booked yet (see FIRST_BURST)
         # The send gate (see `_send_wait`): a timeline per budget of when admissions really
@@ -680,6 +698,7 @@ class RateLimiter:
         if (
             self._free
             and (self._opened or not self.adaptive)
+            and self._window is None
             and self._clock() >= self._pause_until
         ):
             # Nothing known yet (the default until the server pushes back): admit freely,
@@ -688,10 +707,16 @@ class RateLimiter:
             return True
         est = permit.estimate
         self._check_fits(est)
+        if self._window is not None:
+            if self._window_queue or self._window_room() < 1:
+                return False  # the opening's window is full: `_acquire` queues for it
+            self._window_take(permit)
         # The schedule the slot belongs to: a refusal of an attempt booked before a cut is
         # part of the event that cut.
         generation = self.control.generation
         slot, costs, now = self._reserve_units((1, est.total, est.input, est.output))
+        if permit.window and costs is not _NO_COSTS:
+            self._window_untake(permit)  # the window is over (a limit is known)
         if slot <= now and (self._sent_tat is None or self._send_wait(costs, now) <= 0):
             self._admitted(permit, costs, generation)
             return True
@@ -709,11 +734,19 @@ class RateLimiter:
                     slot, costs, generation, epoch, cut_epoch = permit.booked
                     permit.booked = None
                 else:
+                    if self._window is not None and not permit.window:
+                        await self._window_slot(permit)
                     epoch, cut_epoch = self._epoch, self._cut_epoch
                     generation = self.control.generation
                     slot, costs, _ = self._reserve_units((1, est.total, est.input, est.output))
+                    if permit.window and costs is not _NO_COSTS:
+                        self._window_untake(permit)  # the window is over (a limit is known)
                 if await self._wait_for(slot, costs, epoch, cut_epoch):
                     break
+                self._window_untake(permit)  # a cut or a pause voided the slot: book again
+        except BaseException:
+            self._window_untake(permit)
+            raise
         finally:
             self._waiting -= 1
         self._admitted(permit, costs, generation)
@@ -847,13 +880,81 @@ class RateLimiter:
         # Double once per answer's latency (as TCP's slow start, once per round trip), or
         # per OPENING_DOUBLING while answers take longer: a fast server is not held back.
         period = min(OPENING_DOUBLING, self._fastest_answer)
-        self._doublings += (slot - self._opening) / period
+        # A gap longer than STALL is the process starved of CPU, not time the server had to
+        # answer in (it once opened the pace wide in one stall): it counts STALL.
+        self._doublings += min(slot - self._opening, STALL) / period
         self._opening = slot
         if self._doublings > _OPENING_DONE:
             self._opened = True  # millions per second: the opening is over
             return slot
         self._opening_next = slot + 1.0 / (OPENING_RATE * 2.0**self._doublings)
         return slot
+
+    # -- the opening's window (see `llmbatch.opening`) ------------------------------------
+
+    def _window_room(self) -> float:
+        """Room in the opening's window; closes it (None) once a limit is known or it holds
+        nothing back."""
+        window = self._window
+        if window is None:
+            return math.inf
+        room = window.room() if self._free else math.inf
+        if room == math.inf:
+            self._window = None
+        return room
+
+    def _window_take(self, permit: RatePermit) -> None:
+        if self._window is not None:  # (the room asked for may just have closed it)
+            self._window.take()
+            permit.window = True
+
+    def _window_untake(self, permit: RatePermit) -> None:
+        if permit.window:
+            permit.window = False
+            if self._window is not None:
+                self._window.give_back()
+
+    def _window_grant(self) -> None:
+        """Hand the window's room to its queued waiters, in arrival order (a slot taken for
+        each before it wakes: exactly as many wake as there is room for). A closed window
+        lets them all go."""
+        queue = self._window_queue
+        while queue:
+            if queue[0].done():  # cancelled
+                queue.popleft()
+                continue
+            room = self._window_room()
+            if room < 1:
+                return
+            waiter = queue.popleft()
+            if self._window is not None:
+                self._window.take()
+                waiter.set_result(True)
+            else:
+                waiter.set_result(False)
+
+    async def _window_slot(self, permit: RatePermit) -> None:
+        """Wait for room in the opening's window, behind the waiters already queued."""
+        if not self._window_queue and self._window_room() >= 1:
+            self._window_take(permit)
+            return
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._window_queue.append(waiter)
+        if self._window_ticker is None or self._window_ticker.done():
+            self._window_ticker = asyncio.ensure_future(self._window_tick())
+        try:
+            permit.window = await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                permit.window = True  # granted as it was cancelled: give the slot back
+            raise
+
+    async def _window_tick(self) -> None:
+        """While waiters queue for the window: look again every POLL (a slot in the air long
+        enough counts as answered, see `llmbatch.opening`)."""
+        while self._window_queue:
+            await self._sleep(POLL)
+            self._window_grant()
 
     def _unreserve(self, costs: tuple[float, ...]) -> None:
         # Never below "bucket full now", and never so low that a slot would fall inside a
@@ -943,7 +1044,13 @@ class RateLimiter:
         if permit.admitted_at is not None and fb.ok:
             latency = self._clock() - permit.admitted_at
             self._fastest_answer = min(self._fastest_answer, max(latency, 1e-4))
+        if permit.window:
+            permit.window = False
+            if self._window is not None:
+                self._window.finished(fb.ok)
         permit.paused_for_retry = self.apply(fb, permit.generation, tokens)
+        if self._window_queue:
+            self._window_grant()  # after `apply`: a refusal's cut closes the window first
 
     def _used(self, est: Estimate, input_tokens: int, output_tokens: int) -> int:
         """Meter what an answered request finally cost on the token timeline (its input plus

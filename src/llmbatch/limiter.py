@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 from .admission import Feedback, PermitBase, feedback
 from .errors import TokenLimitError
-from .opening import POLL, STALL, OpeningWindow
+from .opening import POLL, OpeningWindow
 from .rate_control import CubicRate, Meter
 from .types import CompletionRequest, CompletionResponse, RateLimitInfo
 
@@ -880,9 +880,10 @@ class RateLimiter:
         # Double once per answer's latency (as TCP's slow start, once per round trip), or
         # per OPENING_DOUBLING while answers take longer: a fast server is not held back.
         period = min(OPENING_DOUBLING, self._fastest_answer)
-        # A gap longer than STALL is the process starved of CPU, not time the server had to
-        # answer in (it once opened the pace wide in one stall): it counts STALL.
-        self._doublings += min(slot - self._opening, STALL) / period
+        # (A stall of the process doubles the pace too; the window, clocked by answers,
+        # bounds what goes out after it. The Ray cluster's actor leases on this pace while
+        # its own window is full, and needs the time it waited counted.)
+        self._doublings += (slot - self._opening) / period
         self._opening = slot
         if self._doublings > _OPENING_DONE:
             self._opened = True  # millions per second: the opening is over

@@ -194,6 +194,22 @@ def test_growth_is_bounded_by_what_is_really_sent(clock: FakeClock) -> None:
     assert rates[-1] == rates[20]
 
 
+def test_the_regrowth_after_the_openings_guess_is_bounded_by_answers(clock: FakeClock) -> None:
+    # The opening's first cut guesses the limit from a young window and regrows by doubling
+    # until the next refusal. On a loaded machine answers are read late: 30 sent a second and
+    # only 20 answers read. The rate never outgrows what answers say (1.5x them), not what
+    # was sent (2x: 60 a second into a 20-a-second server before a refusal is read).
+    c = CubicRate(clock=clock)
+    c.sent(10)
+    clock.advance(0.2)
+    assert c.congested(c.generation) and c.limit_estimate is not None  # the guess
+    for _ in range(100):  # five seconds
+        clock.advance(0.05)
+        c.sent(1.5)
+        c.succeeded(1)
+    assert c.rate is not None and 25 <= c.rate <= 1.5 * 20 * 1.01, c.rate
+
+
 # -- the RateLimiter: adaptive feedback, split budgets --------------------------------------
 
 

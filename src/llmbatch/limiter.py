@@ -998,11 +998,16 @@ class RateLimiter:
             self._rebooked = None
         # The refusals said the server's bucket is empty: the next request waits for its own
         # cost to refill (the request refused just now would be refused again at once).
-        empty = max(now, self._pause_until) + self.burst_seconds
-        if self.requests_per_minute:
-            self._req.tat = empty
-        if self.tokens_per_minute and self.token_control.rate is not None:
-            self._tok.tat = empty
+        # (With no burst allowed the bucket's "full" mark is `now` itself, so it is one
+        # request's cost ahead: otherwise the next went at once, and a success that sped the
+        # rate up twice in one instant sent two beside the one just answered.)
+        start = max(now, self._pause_until)
+        rpm, tpm = self.requests_per_minute, self.tokens_per_minute
+        if rpm:
+            self._req.tat = start + max(self.burst_seconds, self._interval(rpm))
+        if tpm and self.token_control.rate is not None:
+            one = self.mean_tokens * self._interval(tpm)
+            self._tok.tat = start + max(self.burst_seconds, one)
 
     def _restart_schedule(self, at: float) -> None:
         """No burst into a server whose bucket is empty: the next slots start at `at`, one

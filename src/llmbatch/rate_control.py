@@ -44,7 +44,8 @@ time does not depend on the rate, is fast far from the last known limit and flat
   first cut (an unpaced opening burst overstates the limit) and a cut well below the last one
   aim lower still, at `(1 + beta) / 2` of the rate at the cut.
 - **Growth is bounded by use**: the rate never grows past twice the measured send rate, so a
-  run held back by its concurrency does not build up a rate it never tested.
+  run held back by its concurrency does not build up a rate it never tested. After the
+  opening's guessed cut (below), by answers: 1.5 times the successes of the last second.
 - **Units**: the same law paces tokens per second (the `RateLimiter`'s second control, for
   servers whose token budget is what refuses). `unit` (tokens per request, set at each cut)
   scales the law's absolute constants (`scale`, `min_rate`, the probe's floor), so the
@@ -78,6 +79,11 @@ _PROBE_SECONDS = 40.0  # seconds above w_max to double it, before any slowdown
 # near zero) still climbs back: +5 req/s after 10 s, +17 after 15.
 _PROBE_FLOOR = 0.005
 _GUESS_DOUBLING = 1.0  # seconds per doubling while w_max is only a guess
+# ... and at most this many times the answers of the last second: the regrowth after the
+# opening's guessed cut is a slow start clocked by answers, as the opening was (bounded by
+# twice the sends, a loaded machine that read its answers late had doubled into the refusing
+# server before reading the refusal).
+_GUESS_GROWTH = 1.5
 
 
 class CubicRate:
@@ -249,10 +255,12 @@ class CubicRate:
         unit = self.unit
         assert self.rate is not None
         if self._guessed:
-            # Slow start: double every _GUESS_DOUBLING seconds from the cut rate (bounded by
-            # use like the curve below), until a refusal measures the limit.
+            # Slow start: double every _GUESS_DOUBLING seconds from the cut rate, until a
+            # refusal measures the limit; never past 1.5x the answers of the last second (nor
+            # twice the sends, like the curve below).
             target: float = w_max * self.beta * 2.0 ** (t / _GUESS_DOUBLING)
-            bound = max(self.rate, 2 * self.measured())
+            answers = self._meter.rate(_OK + self._column)
+            bound = max(self.rate, min(2 * self.measured(), _GUESS_GROWTH * answers))
             target = max(self.min_rate * unit, min(target, bound))
             return target if self.ceiling is None else min(target, self.ceiling)
         c = self.scale * unit

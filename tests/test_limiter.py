@@ -437,15 +437,43 @@ async def _opening_run(latency: float | None, callers: int = 40) -> list[float]:
 async def test_answers_clock_the_opening_and_a_slow_server_still_opens() -> None:
     # Each answer makes room for 1.5 more: 8, 12, 18, ... in the air. A quick server (1 ms)
     # gets its 40 callers out within a few of its latencies; one that never answers within
-    # the run (an LLM taking seconds) gets 8 at first, and 1.5x more each half second
-    # without a refusal.
+    # the run (an LLM taking seconds, or a server that never refuses) gets 8 at first, and
+    # twice as many each PRESUME (50 ms) without a refusal, in a process that keeps its
+    # timers.
     quick = await _opening_run(0.001)
     slow = await _opening_run(None)
     assert len(quick) == len(slow) == 40
     assert quick[-1] < 0.05
     assert sum(t < opening.PRESUME for t in slow) == opening.START
-    assert sum(t < 2 * opening.PRESUME - opening.POLL for t in slow) == 2.5 * opening.START
-    assert slow[-1] < 6 * opening.PRESUME
+    assert sum(t < 2 * opening.PRESUME - opening.POLL for t in slow) == 3 * opening.START
+    assert slow[-1] < 4 * opening.PRESUME
+
+
+async def test_a_busy_process_presumes_slowly() -> None:
+    # A process whose timers all wake 20 ms late (loaded, or busy with its own work) reads a
+    # refusal late as well: a slot 50 ms in the air without one says nothing there. Only the
+    # slow presumption opens the window for a server that does not answer: 8, then 12 more
+    # after half a second's worth of looks (late looks: about 1.5 s).
+    clock = SteppedClock()
+
+    async def late_sleep(seconds: float) -> None:
+        await clock.sleep(seconds + 0.02)
+
+    lim = RateLimiter(clock=clock, sleep=late_sleep)
+    admitted: list[float] = []
+
+    async def one() -> None:
+        await lim.acquire()
+        admitted.append(clock.now)
+
+    tasks = [asyncio.create_task(one()) for _ in range(64)]
+    await clock.advance_to(1.4)
+    assert len(admitted) == opening.START, admitted
+    await clock.advance_to(1.6)
+    assert len(admitted) == opening.START + opening.GROWTH * opening.START
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_a_stalled_loop_does_not_widen_the_opening_past_what_answers_allow() -> None:
@@ -462,21 +490,21 @@ async def test_a_stalled_loop_does_not_widen_the_opening_past_what_answers_allow
         permits.append(await lim.acquire())
 
     tasks = [asyncio.create_task(one()) for _ in range(64)]
-    await clock.advance_to(0.05)
-    assert len(permits) <= opening.START
-    clock.now = 1.05  # the stall: a second passes and nothing runs
-    await clock.advance_to(1.06)
+    await clock.advance_to(0.03)
+    assert len(permits) == opening.START
+    clock.now = 1.03  # the stall: a second passes and nothing runs
+    await clock.advance_to(1.035)  # the process runs again; its sockets are read next
     assert len(permits) == opening.START, len(permits)
     # The answers are read at last: four successes, then the refusal.
     for permit in permits[:4]:
         permit.release(CompletionResponse("ok"), None)  # type: ignore[attr-defined]
-    await clock.advance_to(1.07)
+    await clock.advance_to(1.036)
     assert len(permits) <= opening.START + 1.5 * 4, len(permits)
     refused = len(permits)
     permits[4].release(None, RateLimitError("rate limited"))  # type: ignore[attr-defined]
     assert lim.status().cuts == 1 and lim.requests_per_minute is not None
     # Then the learned rate paces the rest: nothing at once.
-    await clock.advance_to(1.08)
+    await clock.advance_to(1.05)
     assert len(permits) <= refused + 1
     for task in tasks:
         task.cancel()

@@ -299,7 +299,7 @@ class RateLimiter:
         # The opening's window (see `llmbatch.opening`): admissions in the air bounded by the
         # answers read, while nothing is known; None once a limit is known or it is over.
         # Its waiters queue in arrival order; one ticker looks again every POLL for them.
-        self._window = OpeningWindow(clock) if adaptive and self._free else None
+        self._window = OpeningWindow() if adaptive and self._free else None
         self._window_queue: collections.deque[asyncio.Future[bool]] = collections.deque()
         self._window_ticker: asyncio.Future[None] | None = None
         self._pause_until = start
@@ -952,9 +952,12 @@ class RateLimiter:
 
     async def _window_tick(self) -> None:
         """While waiters queue for the window: look again every POLL (a slot in the air long
-        enough counts as answered, see `llmbatch.opening`)."""
+        enough, in prompt time, counts as answered: see `llmbatch.opening`)."""
         while self._window_queue:
+            due = self._clock() + POLL
             await self._sleep(POLL)
+            if self._window is not None:
+                self._window.looked(self._clock() - due)
             self._window_grant()
 
     def _unreserve(self, costs: tuple[float, ...]) -> None:

@@ -637,7 +637,7 @@ class RateLimiter:
         if self._waiting and self.control.rate is not None and self._sped_up():
             # The waiters booked their slots at the rate of their arrival: a queue of them
             # holds seconds of the old, slower schedule. Rebook them at the new rate.
-            self._rebook(now)
+            self._rebook(now, speedup=True)
 
     def _sped_up(self) -> bool:
         """The learned rates grew by `_SPEEDUP` or more since the schedule was booked."""
@@ -989,7 +989,7 @@ class RateLimiter:
             sleeper.cancel()
             woken.cancel()
 
-    def _rebook(self, now: float) -> None:
+    def _rebook(self, now: float, speedup: bool = False) -> None:
         """After a cut: the slots booked at the old rate would keep sending too fast for as
         long as the queue of waiters is long (after a speedup: too slow). Void them; the
         schedule starts again now, at the new rate, from the server's emptied bucket, and
@@ -1001,15 +1001,16 @@ class RateLimiter:
             self._rebooked = None
         # The refusals said the server's bucket is empty: the next request waits for its own
         # cost to refill (the request refused just now would be refused again at once).
-        # (With no burst allowed the bucket's "full" mark is `now` itself, so it is one
-        # request's cost ahead: otherwise the next went at once, and a success that sped the
-        # rate up twice in one instant sent two beside the one just answered.)
+        # (After a speedup with no burst allowed, one request's cost out: the bucket's "full"
+        # mark is `now` itself, and a success that sped the rate up twice in one instant sent
+        # two beside the one just admitted.)
         start = max(now, self._pause_until)
         rpm, tpm = self.requests_per_minute, self.tokens_per_minute
         if rpm:
-            self._req.tat = start + max(self.burst_seconds, self._interval(rpm))
+            one = self._interval(rpm) if speedup else 0.0
+            self._req.tat = start + max(self.burst_seconds, one)
         if tpm and self.token_control.rate is not None:
-            one = self.mean_tokens * self._interval(tpm)
+            one = self.mean_tokens * self._interval(tpm) if speedup else 0.0
             self._tok.tat = start + max(self.burst_seconds, one)
 
     def _restart_schedule(self, at: float) -> None:

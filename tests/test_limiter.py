@@ -405,7 +405,7 @@ async def test_with_nothing_known_the_opening_is_paced_then_speeds_up(clock: Fak
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < gaps[0]  # faster and faster
     # Answers widen the window until it holds nothing back: then free, nothing booked.
-    for _ in range(2 * (opening.DONE - opening.START)):
+    for _ in range(round((opening.DONE - opening.START) / (opening.GROWTH - 1))):
         permit = await lim.acquire()
         clock.advance(0.001)
         permit.release(CompletionResponse("ok"), None)

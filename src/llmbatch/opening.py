@@ -61,8 +61,9 @@ POLL = 0.01
 # 0.3 to 1.0 s under two CPU burners) or busy, and reads refusals late too: the interval is
 # not counted towards PRESUME.
 LAG = 0.005
-# A window this wide holds nothing back: the opening is over.
-DONE = 4096
+# A window this wide (in the air, by answers) holds nothing back: the opening is over, and
+# admissions take the limiter's fast path again (`auto` concurrency goes up to 256).
+DONE = 1024
 
 
 class OpeningWindow:
@@ -118,7 +119,7 @@ class OpeningWindow:
         aged = min(self._aged, self._taken)
         aged_slowly = min(self._aged_slowly, self._taken)
         answers = max(self._answers, aged, aged_slowly)
-        if START + answers >= DONE:
+        if START + (GROWTH - 1.0) * answers >= DONE:
             self.on = False
             return float("inf")
         freed = max(

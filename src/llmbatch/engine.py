@@ -570,11 +570,15 @@ class _Run:
         try:
             if manager is None:
                 called = clock()
+            elif base is not None and base.enter_now():
+                # Admitted without waiting: no wait to time (the clock read at the ask).
+                held = base
+                called = asked
+                state.asked = None
+                state.pause = 0.0  # a Retry-After's pause, if any, is over: none of it waited
             else:
                 if base is None:
                     held = await manager.__aenter__()
-                elif base.enter_now():
-                    held = base
                 else:
                     await base.enter_later()
                     held = base
@@ -753,10 +757,15 @@ class _Attempts:
         self, seconds: float, response: CompletionResponse | None, error: BaseException | None
     ) -> tuple[float, Outcome]:
         """Log one call; return its admission wait and outcome."""
-        outcome = attempt_outcome(response, error)
-        wait, self.wait = self.wait, 0.0
+        if error is None and response is not None:
+            outcome: Outcome = response.status_code
+        else:
+            outcome = attempt_outcome(response, error)
+        wait = self.wait
+        if wait:
+            self.wait = 0.0
         self.provider += seconds
-        self.log.append((round(wait, 6), round(seconds, 6), outcome))
+        self.log.append((round(wait, 6) if wait else 0.0, round(seconds, 6), outcome))
         return wait, outcome
 
     def timing(self, wall_offset: float, started: float, now: float) -> Timing:

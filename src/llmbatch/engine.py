@@ -101,7 +101,6 @@ from .types import (
     CompletionRequest,
     CompletionResponse,
     Outcome,
-    Timing,
     make_timing,
 )
 
@@ -212,7 +211,12 @@ class _Source:
         if self.exhausted:
             return None
         assert self._sync is not None
-        return self._take(next(self._sync, _END))
+        item = next(self._sync, _END)
+        if type(item) is not BatchRequest:  # `_take`, its common case inlined (once a request)
+            return self._take(item)
+        index = self._index
+        self._index = index + 1
+        return index, item
 
     async def next(self) -> tuple[int, BatchRequest] | None:
         if self.exhausted:
@@ -417,7 +421,14 @@ class _Run:
                     self.active -= 1
                     if self.gate is not None:
                         self.gate_changed.set()
-                result.timing = state.timing(wall_offset, started, clock())
+                result.timing = make_timing(
+                    wall_offset + started,
+                    wall_offset + clock(),
+                    state.wait_total,
+                    state.provider,
+                    state.backoff,
+                    tuple(state.log),
+                )
                 if state.maybe_billed:
                     result.maybe_billed = state.maybe_billed
                 if state.paid:
@@ -473,7 +484,8 @@ class _Run:
                     return self.failed_result(index, item, previous, started, state.count, error)
                 previous = error
             else:
-                self.report_outages()
+                if self.listeners and self.breaker is not None:
+                    self.report_outages()
                 if cfg.cache is not None:
                     cfg.cache.put(req, response)
                 return BatchResult(
@@ -767,16 +779,6 @@ class _Attempts:
         self.provider += seconds
         self.log.append((round(wait, 6) if wait else 0.0, round(seconds, 6), outcome))
         return wait, outcome
-
-    def timing(self, wall_offset: float, started: float, now: float) -> Timing:
-        return make_timing(
-            wall_offset + started,
-            wall_offset + now,
-            self.wait_total,
-            self.provider,
-            self.backoff,
-            tuple(self.log),
-        )
 
 
 def attempt_outcome(response: CompletionResponse | None, error: BaseException | None) -> Outcome:

@@ -427,7 +427,7 @@ class _Run:
                     state.wait_total,
                     state.provider,
                     state.backoff,
-                    tuple(state.log),
+                    state.log,
                 )
                 if state.maybe_billed:
                     result.maybe_billed = state.maybe_billed
@@ -752,7 +752,7 @@ class _Attempts:
     wait_total: float = 0.0
     provider: float = 0.0
     backoff: float = 0.0
-    log: list[tuple[float, float, Outcome]] = field(default_factory=list)
+    log: tuple[tuple[float, float, Outcome], ...] = ()
     timer: AttemptTimer | None = None  # the worker's, for the attempts' request_timeout
 
     def new_paid(self) -> list[CompletionResponse]:
@@ -777,7 +777,8 @@ class _Attempts:
         if wait:
             self.wait = 0.0
         self.provider += seconds
-        self.log.append((round(wait, 6) if wait else 0.0, round(seconds, 6), outcome))
+        # A tuple grown per call, not a list copied at the end: most requests make one call.
+        self.log += ((round(wait, 6) if wait else 0.0, round(seconds, 6), outcome),)
         return wait, outcome
 
 

@@ -82,31 +82,6 @@ def test_a_guess_at_the_opening_that_is_still_refused_cuts_again_within_the_cool
     assert not c.congested(c.generation)  # a measured cut: its cooldown holds again
 
 
-def test_a_first_cut_that_is_still_refused_cuts_again_within_the_cooldown(
-    clock: FakeClock,
-) -> None:
-    # An opening the answers held back on a loaded machine: its first refusal after 1.4 s,
-    # when the last second's successes (31) include the 20 the server's bucket had stored.
-    # The first cut aims above the server's 20/s; two attempts admitted a full interval after
-    # it and refused say so at once, not after the cooldown.
-    c = CubicRate(clock=clock)
-    c.sent(0)
-    clock.advance(0.5)
-    c.sent(31)
-    c.succeeded(31)
-    clock.advance(0.9)
-    assert c.congested(c.generation)
-    first = c.rate
-    assert first is not None and first > 20
-    clock.advance(1.0 / first)
-    assert not c.congested(c.generation)  # one: maybe the tail of what the bucket had
-    clock.advance(0.2)
-    assert c.congested(c.generation)
-    assert c.rate is not None and c.rate < first
-    clock.advance(0.2)
-    assert not c.congested(c.generation)  # the second cut's cooldown holds
-
-
 def test_the_cut_is_relative_to_the_measured_send_rate(clock: FakeClock) -> None:
     c = control(clock)
     c.sent(40)  # 40 admissions in the last second, no success yet

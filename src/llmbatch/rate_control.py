@@ -117,9 +117,7 @@ class CubicRate:
         self._cut_at = 0.0
         self._probe_slowdown = 1.0
         self._guessed = False  # w_max is a guess, not a measurement (see `cut`)
-        self._opening_guess = False  # the last cut was the run's first (see `congested`)
-        self._young_guess = False  # ... made in the run's first second
-        self._strikes = 0  # refusals of the schedule the last cut started, in its cooldown
+        self._opening_guess = False  # ... made in the run's first second (see `congested`)
         self._meter = meter if meter is not None else Meter(clock)
         self._column = column
         self.unit = 1.0  # what one request weighs in this control's unit (see the docstring)
@@ -160,22 +158,16 @@ class CubicRate:
         self.generation += 1
 
     def _tested_guess(self, now: float) -> bool:
-        """The last cut was the run's first (its estimate comes from the opening: a young
-        window, or a second whose successes include the burst the server's bucket stored
-        while the opening was slow), and an attempt admitted on the schedule it started (one
-        interval at the new rate after it, at the earliest) was refused: the estimate is too
-        high, and that is known now, not after the cooldown. An opening read late on a loaded
-        machine had measured 33/s against a 20/s server, and its guess drew a refusal every
-        0.15 s for the whole cooldown: 8 of a run's 21. An opening the answers held back
-        (1.4 s to its first refusal) measured a goodput of 31/s, the bucket's 20 on top of
-        the server's 20/s: 1,302/min, and five refusals in the cooldown. A guess from a
-        young window is too high at its first such refusal; an estimate from a measured
-        second at its second (one could be the stored burst's tail)."""
+        """The last cut was the run's first, in its first second (a guess from a young
+        window), and an attempt admitted on the schedule it started (one interval at the
+        guessed rate after it, at the earliest) was refused: the guess is too high, and that
+        is known now, not after the cooldown. An opening read late on a loaded machine had
+        measured 33/s against a 20/s server, and its guess drew a refusal every 0.15 s for
+        the whole cooldown: 8 of a run's 21."""
         rate = self.rate
-        if not self._opening_guess or not rate or now - self._cut_at < self.unit / rate:
+        if not self._opening_guess or not rate:
             return False
-        self._strikes += 1
-        return self._young_guess or self._strikes >= 2
+        return now - self._cut_at >= self.unit / rate
 
     def cut(self, now: float) -> None:
         """Cut now, unconditionally: `congested` decided this is a new event (or, for a
@@ -213,9 +205,7 @@ class CubicRate:
         # answer) guessed w_max from a young window, which reads low: regrow by doubling
         # until the next refusal measures the limit, rather than plateau at the guess.
         self._guessed = (goodput <= 0 or young) and not self.cuts
-        self._opening_guess = not self.cuts
-        self._young_guess = young and not self.cuts
-        self._strikes = 0
+        self._opening_guess = young and not self.cuts
         self._w_max = w_max
         self._cut_at = now
         self.rate = max(self.min_rate * self.unit, w_max * self.beta)

@@ -1,7 +1,8 @@
 """Engine overhead: `BatchProcessor` (defaults) vs a bare `asyncio.gather` + semaphore loop.
 
     python bench/engine_overhead.py [--requests 50000] [--concurrency 64] [--repeat 5]
-    python bench/engine_overhead.py --profile engine      # cProfile of one engine run
+    python bench/engine_overhead.py --profile engine      # cProfile (CPU time) of one engine run
+    python bench/engine_overhead.py --baseline DIR         # + the engine from DIR/src
 
 Both contenders call the same zero-latency client, which answers at once with a prebuilt
 reply (usage included), so what is measured is the per-request cost of everything around
@@ -10,6 +11,12 @@ is built as a user builds it: `BatchProcessor(client, BatchProcessorConfig(max_c
 consumed as a stream. Each contender runs in a fresh process (same loop policy: uvloop when
 installed), interleaved, median of `--repeat` runs; the table gives the ratio of the engine's
 wall time to the bare loop's. Target (issue #28): <= 1.5x, stretch 1.3x.
+
+A second bare contender, "bare worker loop": `concurrency` tasks pulling from one iterator,
+no task per request. It is the cheapest loop one can write (a gather pays a task per
+request), so "vs worker loop" is the figure a user who compares with that loop would see.
+`--baseline DIR` adds "llmbatch engine (baseline)": the same contender importing llmbatch
+from DIR/src (e.g. `git worktree add DIR main`), interleaved: before/after in one run.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -58,6 +66,21 @@ async def bare(requests: list[BatchRequest], conc: int) -> int:
     return sum(results)
 
 
+async def bare_workers(requests: list[BatchRequest], conc: int) -> int:
+    client = InstantClient()
+    todo = iter(requests)
+    ok = 0
+
+    async def worker() -> None:
+        nonlocal ok
+        for item in todo:
+            response = await client.complete(item.request)
+            ok += bool(response.content)
+
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    return ok
+
+
 async def engine(requests: list[BatchRequest], conc: int) -> int:
     processor = BatchProcessor(InstantClient(), BatchProcessorConfig(max_concurrency=conc))
     ok = 0
@@ -68,13 +91,15 @@ async def engine(requests: list[BatchRequest], conc: int) -> int:
 
 CONTENDERS: dict[str, Callable[[list[BatchRequest], int], Awaitable[int]]] = {
     "bare gather+semaphore": bare,
+    "bare worker loop": bare_workers,
     "llmbatch engine": engine,
 }
+BASELINE = "llmbatch engine (baseline)"
 
 
 def worker(name: str, n: int, conc: int, profile: bool) -> None:
     requests = make_requests(n)  # built outside the timed part: both loops get the same list
-    fn = CONTENDERS[name]
+    fn = CONTENDERS["llmbatch engine" if name == BASELINE else name]
     report(measure_here(lambda: fn(requests, conc), profile=profile))  # type: ignore[arg-type, return-value]
 
 
@@ -85,6 +110,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5, help="runs per contender (median)")
     parser.add_argument("--profile", choices=("engine", "bare"), help="cProfile one run")
+    parser.add_argument("--baseline", help="a source tree: adds the engine from DIR/src")
     args = parser.parse_args()
     if args.worker:
         name, n, conc = args.worker
@@ -95,11 +121,19 @@ def main() -> None:
         worker(name, args.requests, args.concurrency, profile=True)
         return
     n, conc = args.requests, args.concurrency
-    rows = interleaved(__file__, list(CONTENDERS), args.repeat, str(n), str(conc))
+    names, envs = list(CONTENDERS), {}
+    if args.baseline:
+        src = Path(args.baseline).resolve() / "src"
+        if not (src / "llmbatch").is_dir():
+            parser.error(f"--baseline: no llmbatch package under {src}")
+        names.append(BASELINE)
+        envs[BASELINE] = {"PYTHONPATH": str(src)}
+    rows = interleaved(__file__, names, args.repeat, str(n), str(conc), envs=envs)
     table = Table(title=f"Engine overhead: {n:,} zero-latency requests, concurrency {conc}")
-    for col in ("contender", "ok", "req/s", "CPU us/req", "wall vs bare", "CPU vs bare"):
+    columns = ("contender", "ok", "req/s", "CPU us/req", "wall vs bare", "CPU vs bare")
+    for col in (*columns, "wall vs worker loop"):
         table.add_column(col, justify="right")
-    base = rows["bare gather+semaphore"]
+    base, loop = rows["bare gather+semaphore"], rows["bare worker loop"]
     for name, r in rows.items():
         table.add_row(
             name,
@@ -108,6 +142,7 @@ def main() -> None:
             f"{r['cpu'] / n * 1e6:.1f}",
             f"{r['elapsed'] / base['elapsed']:.2f}x",
             f"{r['cpu'] / base['cpu']:.2f}x",
+            f"{r['elapsed'] / loop['elapsed']:.2f}x",
         )
     Console(width=150).print(table)
 

@@ -101,7 +101,6 @@ from .types import (
     CompletionRequest,
     CompletionResponse,
     Outcome,
-    Timing,
     make_timing,
 )
 
@@ -212,7 +211,12 @@ class _Source:
         if self.exhausted:
             return None
         assert self._sync is not None
-        return self._take(next(self._sync, _END))
+        item = next(self._sync, _END)
+        if type(item) is not BatchRequest:  # `_take`, its common case inlined (once a request)
+            return self._take(item)
+        index = self._index
+        self._index = index + 1
+        return index, item
 
     async def next(self) -> tuple[int, BatchRequest] | None:
         if self.exhausted:
@@ -417,7 +421,14 @@ class _Run:
                     self.active -= 1
                     if self.gate is not None:
                         self.gate_changed.set()
-                result.timing = state.timing(wall_offset, started, clock())
+                result.timing = make_timing(
+                    wall_offset + started,
+                    wall_offset + clock(),
+                    state.wait_total,
+                    state.provider,
+                    state.backoff,
+                    state.log,
+                )
                 if state.maybe_billed:
                     result.maybe_billed = state.maybe_billed
                 if state.paid:
@@ -473,7 +484,8 @@ class _Run:
                     return self.failed_result(index, item, previous, started, state.count, error)
                 previous = error
             else:
-                self.report_outages()
+                if self.listeners and self.breaker is not None:
+                    self.report_outages()
                 if cfg.cache is not None:
                     cfg.cache.put(req, response)
                 return BatchResult(
@@ -546,116 +558,142 @@ class _Run:
                     state.backoff += cfg.clock() - slept_from
 
     async def attempt(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
-        """One admitted call. Raises what the call raised; the permit hears it first."""
-        if self.admission is None:
-            state.count += 1
-            return await self.call(item, state, self.cfg.clock())
+        """One admitted call, timed: every call adds one entry to the request's attempt log.
+        Raises what the call raised; the permit hears it first.
+
+        The call is spelled out here, not a coroutine of its own: every resumption of a
+        request in flight (its connect, its write, its read) passes through each frame of
+        its await chain, and each frame costs CPU per resumption."""
         cfg = self.cfg
-        asked = cfg.clock()
-        state.asked = asked
-        if self.listeners:
-            self.emit(AttemptQueued(item, state.count + 1, asked))
-        permit: Permit | None = None
-        manager = self.admission.admit(item.request)
-        # `async with manager`, spelled out: a `PermitBase` (every admission of ours) is
-        # entered and left without a coroutine when its slot is due, the hot path.
-        base = manager if isinstance(manager, PermitBase) else None
+        clock = cfg.clock
+        admission = self.admission
+        manager: Any = None
+        base: PermitBase | None = None
+        held: Permit | None = None
+        if admission is not None:
+            asked = clock()
+            state.asked = asked
+            if self.listeners:
+                self.emit(AttemptQueued(item, state.count + 1, asked))
+            manager = admission.admit(item.request)
+            # `async with manager`, spelled out: a `PermitBase` (every admission of ours) is
+            # entered and left without a coroutine when its slot is due, the hot path.
+            base = manager if isinstance(manager, PermitBase) else None
         try:
-            if base is None:
-                held = await manager.__aenter__()
-            elif base.enter_now():
+            if manager is None:
+                called = clock()
+            elif base is not None and base.enter_now():
+                # Admitted without waiting: no wait to time (the clock read at the ask).
                 held = base
+                called = asked
+                state.asked = None
+                state.pause = 0.0  # a Retry-After's pause, if any, is over: none of it waited
             else:
-                await base.enter_later()
-                held = base
-            permit = held
-            try:
-                now = cfg.clock()
-                state.admitted(now)
+                if base is None:
+                    held = await manager.__aenter__()
+                else:
+                    await base.enter_later()
+                    held = base
+                called = clock()
+                state.admitted(called)
                 # After a refusal whose Retry-After the limiter paused for, that much of this
                 # wait is the retry's delay, which counts against max_retry_time; the rest
                 # (pacing, an outage) is queueing on our side, which does not.
-                if now != asked or state.pause:
-                    state.waited += max(0.0, now - asked - state.pause)
+                if called != asked or state.pause:
+                    state.waited += max(0.0, called - asked - state.pause)
                     state.pause = 0.0
-                state.count += 1
-                try:
-                    response = await self.call(item, state, now)
-                except Exception as exc:
-                    if self.breaker is not None and self.breaker.excuses(exc):
-                        mark_outage(held)  # the breaker waits it out; limiters must not cut
-                    raise
-                held.record(response)
-            except BaseException as exc:
-                if base is not None:
-                    base.leave(exc)
-                else:
-                    await manager.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-            if base is not None:
-                base.leave(None)
-            else:
-                await manager.__aexit__(None, None, None)
-        finally:
-            if state.asked is not None:  # refused or cancelled while waiting: still waited
-                state.admitted(cfg.clock())
-            # Read after the permit's release: did the limiter wait out the Retry-After?
-            state.paused = permit is not None and permit.paused_for_retry
-        return response
-
-    async def call(self, item: BatchRequest, state: _Attempts, called: float) -> CompletionResponse:
-        """One call to the client, timed from `called` (a clock read of the caller's): every
-        call adds one entry to the request's attempt log."""
-        cfg = self.cfg
-        response: CompletionResponse | None = None
-        error: BaseException | None = None
-        try:
-            if self.listeners:
-                self.emit(RequestStarted(item, state.count, called))
+            state.count += 1
+            response: CompletionResponse | None = None
             try:
-                timer = state.timer
-                if timer is None:
-                    response = await self.client.complete(item.request)
-                else:
-                    # `async with asyncio.timeout(...)`, without a loop timer per attempt.
-                    timer.start(TierPolicy.timeout_for(item.request, cfg.request_timeout) or 0.0)
-                    try:
-                        response = await self.client.complete(item.request)
-                    except BaseException as exc:
-                        if timer.stop(exc):
-                            raise TimeoutError from exc
+                if self.listeners:
+                    self.emit(RequestStarted(item, state.count, called))
+                request = item.request
+                try:
+                    timer = state.timer
+                    if timer is None:
+                        response = await self.client.complete(request)
+                    else:
+                        # `async with asyncio.timeout(...)`, without a loop timer per attempt.
+                        timeout = cfg.request_timeout
+                        if request.extra:  # a tier may ask for longer (flex)
+                            timeout = TierPolicy.timeout_for(request, timeout)
+                        timer.start(timeout or 0.0)
+                        try:
+                            response = await self.client.complete(request)
+                        except BaseException as exc:
+                            if timer.stop(exc):
+                                raise TimeoutError from exc
+                            raise
+                        timer.stop(None)
+                except (TimeoutError, asyncio.CancelledError, GeneratorExit) as exc:
+                    error = self.call_error(exc)
+                    if error is exc:
                         raise
-                    timer.stop(None)
-            except TimeoutError as exc:
-                if isinstance(exc, LLMBatchError):
-                    raise
-                raise RequestTimeoutError(
-                    f"attempt exceeded request_timeout={cfg.request_timeout}s"
-                ) from exc
-            except (asyncio.CancelledError, GeneratorExit) as exc:
-                task = asyncio.current_task()
-                if (
-                    isinstance(exc, asyncio.CancelledError)
-                    and task is not None
-                    and task.cancelling()
-                ):
-                    raise  # ours: a stop, the deadline or the consumer's cancel
-                # The client's own (an inner task's cancel leaking out, a closed generator):
-                # this request's failure, not a signal to unwind the worker.
-                raise ClientContractError(exc) from exc
-            return response
-        except BaseException as exc:
-            error = exc
-            if may_be_billed(exc):
-                state.maybe_billed += 1
-            raise
-        finally:
-            now = cfg.clock()
-            wait, outcome = state.called(now - called, response, error)
+                    raise error from exc
+            except BaseException as exc:
+                if may_be_billed(exc):
+                    state.maybe_billed += 1
+                now = clock()
+                wait, outcome = state.called(now - called, response, exc)
+                if self.listeners:
+                    self.emit(
+                        AttemptFinished(item, state.count, wait, now - called, outcome, exc, now)
+                    )
+                if held is not None:
+                    if (
+                        isinstance(exc, Exception)
+                        and self.breaker is not None
+                        and self.breaker.excuses(exc)
+                    ):
+                        mark_outage(held)  # the breaker waits it out; limiters must not cut
+                    if base is not None:
+                        base.leave(exc)
+                    else:
+                        await manager.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            now = clock()
+            wait, outcome = state.called(now - called, response, None)
             if self.listeners:
                 self.emit(
-                    AttemptFinished(item, state.count, wait, now - called, outcome, error, now)
+                    AttemptFinished(item, state.count, wait, now - called, outcome, None, now)
                 )
+            if held is not None:
+                try:
+                    held.record(response)
+                except BaseException as exc:
+                    if base is not None:
+                        base.leave(exc)
+                    else:
+                        await manager.__aexit__(type(exc), exc, exc.__traceback__)
+                    raise
+                if base is not None:
+                    base.leave(None)
+                else:
+                    await manager.__aexit__(None, None, None)
+        finally:
+            if admission is not None:
+                if state.asked is not None:  # refused or cancelled while waiting: still waited
+                    state.admitted(clock())
+                # Read after the permit's release: did the limiter wait out the Retry-After?
+                state.paused = held is not None and held.paused_for_retry
+        return response
+
+    def call_error(self, exc: BaseException) -> BaseException:
+        """What the engine raises for a call that ended with `exc`, a timeout or a cancel
+        (`exc` itself: raised as it is): the attempt's own timeout becomes a
+        `RequestTimeoutError`; a cancel that is ours (a stop, the deadline, the consumer's
+        cancel) goes through; the client's own (an inner task's cancel leaking out, a closed
+        generator) is this request's failure, not a signal to unwind the worker."""
+        if isinstance(exc, TimeoutError):
+            if isinstance(exc, LLMBatchError):
+                return exc
+            return RequestTimeoutError(
+                f"attempt exceeded request_timeout={self.cfg.request_timeout}s"
+            )
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            return exc
+        return ClientContractError(exc)
 
     def follow_up(
         self, item: BatchRequest, error: ReplyError, state: _Attempts
@@ -714,7 +752,7 @@ class _Attempts:
     wait_total: float = 0.0
     provider: float = 0.0
     backoff: float = 0.0
-    log: list[tuple[float, float, Outcome]] = field(default_factory=list)
+    log: tuple[tuple[float, float, Outcome], ...] = ()
     timer: AttemptTimer | None = None  # the worker's, for the attempts' request_timeout
 
     def new_paid(self) -> list[CompletionResponse]:
@@ -731,21 +769,17 @@ class _Attempts:
         self, seconds: float, response: CompletionResponse | None, error: BaseException | None
     ) -> tuple[float, Outcome]:
         """Log one call; return its admission wait and outcome."""
-        outcome = attempt_outcome(response, error)
-        wait, self.wait = self.wait, 0.0
+        if error is None and response is not None:
+            outcome: Outcome = response.status_code
+        else:
+            outcome = attempt_outcome(response, error)
+        wait = self.wait
+        if wait:
+            self.wait = 0.0
         self.provider += seconds
-        self.log.append((round(wait, 6), round(seconds, 6), outcome))
+        # A tuple grown per call, not a list copied at the end: most requests make one call.
+        self.log += ((round(wait, 6) if wait else 0.0, round(seconds, 6), outcome),)
         return wait, outcome
-
-    def timing(self, wall_offset: float, started: float, now: float) -> Timing:
-        return make_timing(
-            wall_offset + started,
-            wall_offset + now,
-            self.wait_total,
-            self.provider,
-            self.backoff,
-            tuple(self.log),
-        )
 
 
 def attempt_outcome(response: CompletionResponse | None, error: BaseException | None) -> Outcome:

@@ -278,7 +278,7 @@ async def test_answers_not_time_clock_the_clusters_opening() -> None:
     assert last < 0.3 * 9, last
 
 
-async def test_the_opening_of_a_slow_server_still_doubles_without_answers() -> None:
+async def test_the_opening_of_a_slow_server_still_grows_without_answers() -> None:
     # An LLM may take seconds to answer while a refusal comes back at once: a slot in the
     # air WINDOW_PRESUME without a refusal counts as answered, so the window grows every
     # WINDOW_PRESUME instead of waiting many answers' latencies for a cluster's 64 callers.

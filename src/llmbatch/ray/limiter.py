@@ -55,16 +55,24 @@ GAUGES_EVERY = 1.0  # seconds between a worker's in-flight / waiting reports
 # seconds at most: a cut then reaches every worker within it (and one round trip).
 OPENING_LEASE = 0.02
 # Slow start (as TCP's): while nothing is known of the server's limits, the cluster holds at
-# most WINDOW_START + (answers so far) slots leased and not yet finished, so it sends at most
-# WINDOW_START + 2 x answers before the first refusal: answers clock the opening, not time.
+# most WINDOW_START + WINDOW_GROWTH x (answers so far) slots leased and not yet finished, so it
+# sends at most
+# WINDOW_START + 1.5 x answers before the first refusal (see WINDOW_GROWTH): answers clock the
+# opening, not time.
 # A loaded machine reads answers (and refusals) late; an opening that grew with wall time was
 # then at every worker's full width before the first refusal reached the actor. Eight: half
 # the bucket of a 1,000 req/min server, sent before anything is known of it.
 WINDOW_START = 8
+# Each answer widens the window by this much (TCP's slow start: by one, a doubling per round
+# trip). The round that crosses a server's bucket goes out whole before its first refusal is
+# read, and a loaded machine reads it late: at a doubling that round was twice what the
+# server had just accepted, and up to half of it was refused (15 of 300 at one instant with
+# two CPU burners beside the cluster). At 1.5x per round the crossing round is a third new.
+WINDOW_GROWTH = 0.5
 # An LLM may take seconds to answer, while a refusal comes back at once: a slot in the air
 # this long without a refusal counts as answered, so the opening of a slow server still
-# doubles every WINDOW_PRESUME (it once took 0.6 s in all; answers alone would take six of its
-# latencies). Well above the 100-200 ms a loaded machine took to read a refusal and report it.
+# grows every WINDOW_PRESUME (answers alone would take many of its latencies). Well above the
+# 100-200 ms a loaded machine took to read a refusal and report it.
 WINDOW_PRESUME = 0.5
 WINDOW_DONE = 4096  # a window this wide holds nothing back: slow start is over
 WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or an answer
@@ -200,15 +208,16 @@ class _LimiterState:
         sent, old = self._window_sent, self._clock() - WINDOW_PRESUME
         while sent and sent[0][0] <= old:
             self._window_aged += sent.popleft()[1]
-        # Answered (or in the air long enough without a refusal): each widens the window by
-        # one and leaves it, as an acknowledgement in TCP's slow start.
+        # Answered (or in the air long enough without a refusal): each leaves the window and
+        # widens it by WINDOW_GROWTH, as an acknowledgement in TCP's slow start.
         aged = min(self._window_aged, self._window_leased)
         answered = max(self._window_answers, aged)
         if self.limiter.limits_known or WINDOW_START + answered >= WINDOW_DONE:
             self._window_on = False
             return None
-        freed = max(self._window_answers + self._window_finished, 2 * aged)
-        return WINDOW_START + freed - self._window_leased
+        grown = WINDOW_GROWTH * self._window_answers + self._window_finished
+        freed = max(grown, (1 + WINDOW_GROWTH) * aged)
+        return math.floor(WINDOW_START + freed) - self._window_leased
 
     def give_back(self, count: int, tokens: Tokens = (0, 0, 0)) -> None:
         self._give_back(count, tokens)
@@ -415,6 +424,8 @@ class LeasedLimiter:
         self._schedule = 0  # bumped when the held schedule is voided (see `_void_schedule`)
         self._horizon = 0.0  # the last slot leased: how far ahead this worker has booked
         self._keep = slice_seconds  # a held slot this long past due is dropped (the lease says)
+        self._round_trip = math.inf  # the quickest lease round trip seen
+        self._stale_lease = False  # the last lease's slots were all past their keep when read
         self._last_observe = 0.0
         self._lock: asyncio.Lock | None = None
         self.leases = 0
@@ -546,6 +557,7 @@ class LeasedLimiter:
         if self._answered is None:
             self._answered = asyncio.Event()  # made here: bound to the loop that waits on it
         self._answered.clear()
+        asked = self._clock()
         delays, tokens, epoch, generation, keep = await self.actor.lease.remote(
             need,
             settle,
@@ -559,14 +571,24 @@ class LeasedLimiter:
         )
         self.leases += 1
         self._keep = keep
+        # The slots count from when the actor booked them: a reply read later than this
+        # worker's quickest round trip (its process starved of CPU) holds slots as old as the
+        # delay, maybe of a schedule a cut has since discarded (traced: six sent 30 ms after
+        # the cluster's first cut, on slots leased before it). Counted from the reply's
+        # reading they looked fresh; now the stale ones are let pass (see `_keep`). A lease
+        # asked for after a stale one knows of any cut before it: its slots count as read, so
+        # a worker whose replies are always slow still sends.
         now = self._clock()
+        self._round_trip = min(self._round_trip, now - asked)
+        booked = now if self._stale_lease else asked + self._round_trip
+        self._stale_lease = bool(delays) and booked + delays[-1] < now - keep
         if epoch != self._epoch or generation != self._generation:
             self._void_schedule()  # a pause or a cut discarded the schedule these came from
             self._epoch = epoch
             self._generation = generation
-        self._slots.extend(now + d for d in delays)
+        self._slots.extend(booked + d for d in delays)
         if delays:
-            self._horizon = max(self._horizon, now + delays[-1])
+            self._horizon = max(self._horizon, booked + delays[-1])
         for k in range(3):
             self._limited[k] = tokens[k] > 0
             self._tokens[k] += tokens[k]

@@ -361,6 +361,26 @@ async def test_slots_given_back_do_not_rebook_slots_held_by_others(clock: FakeCl
     assert later == pytest.approx([0.6, 0.7, 0.8])
 
 
+async def answered(lim: LeasedLimiter, clock: SteppedClock, sent: list[tuple[float, int]]) -> None:
+    """One attempt through `lim`, answered; notes when it went and on which schedule."""
+    async with lim.admit(REQ) as permit:
+        sent.append((clock.now, permit.generation))
+        permit.record(CompletionResponse("ok"))
+
+
+async def refused(
+    lim: LeasedLimiter, clock: SteppedClock, *, after: float = 0.0, held: float = 0.0
+) -> None:
+    """One attempt through `lim`, asked `after` seconds and refused `held` seconds later."""
+    if after:
+        await clock.sleep(after)
+    with pytest.raises(RateLimitError):
+        async with lim.admit(REQ):
+            if held:
+                await clock.sleep(held)
+            raise RateLimitError("rate limited")
+
+
 async def test_a_starved_worker_lets_a_slot_it_woke_late_for_pass() -> None:
     # A worker starved of CPU wakes for its slots long after they fell due; meanwhile another
     # worker's refusal cut the cluster's rate. Those slots belong to the discarded schedule:
@@ -377,20 +397,8 @@ async def test_a_starved_worker_lets_a_slot_it_woke_late_for_pass() -> None:
 
     b = LeasedLimiter(actor, 0.25, clock=clock, sleep=starved_sleep)
     sent: list[tuple[float, int]] = []
-
-    async def b_call() -> None:
-        async with b.admit(REQ) as permit:
-            sent.append((clock.now, permit.generation))
-            permit.record(CompletionResponse("ok"))
-
-    async def a_refused() -> None:
-        await clock.sleep(0.01)
-        with pytest.raises(RateLimitError):
-            async with a.admit(REQ):
-                raise RateLimitError("rate limited")
-
-    tasks = [asyncio.create_task(a_refused())]
-    tasks += [asyncio.create_task(b_call()) for _ in range(6)]
+    tasks = [asyncio.create_task(refused(a, clock, after=0.01))]
+    tasks += [asyncio.create_task(answered(b, clock, sent)) for _ in range(6)]
     await clock.advance_to(30.0)
     await asyncio.gather(*tasks)
     assert state.limiter.generation == 1
@@ -436,24 +444,12 @@ async def test_a_lease_read_late_does_not_send_on_a_schedule_cut_since() -> None
     handle = _LateReplies(actor, clock)
     b = LeasedLimiter(handle, 0.25, clock=clock, sleep=clock.sleep)
     sent: list[tuple[float, int]] = []
-
-    async def b_call() -> None:
-        async with b.admit(REQ) as permit:
-            sent.append((clock.now, permit.generation))
-            permit.record(CompletionResponse("ok"))
-
-    async def a_refused() -> None:
-        with pytest.raises(RateLimitError):
-            async with a.admit(REQ):
-                await clock.sleep(0.01)  # refused at 0.11, read at once
-                raise RateLimitError("rate limited")
-
-    first = asyncio.create_task(b_call())  # a quick round trip: b's quickest
+    first = asyncio.create_task(answered(b, clock, sent))  # a quick round trip: b's quickest
     await clock.advance_to(0.1)
     assert first.done()
     handle.late = 0.05  # b's next lease, booked at 0.1, is read at 0.15
-    tasks = [asyncio.create_task(a_refused())]
-    tasks += [asyncio.create_task(b_call()) for _ in range(3)]
+    tasks = [asyncio.create_task(refused(a, clock, held=0.01))]  # refused at 0.11, read at once
+    tasks += [asyncio.create_task(answered(b, clock, sent)) for _ in range(3)]
     await clock.advance_to(30.0)
     await asyncio.gather(*tasks)
     assert state.limiter.generation == 1
@@ -471,17 +467,11 @@ async def test_a_worker_whose_lease_replies_are_always_slow_still_sends() -> Non
     state = _LimiterState(None, None, 0.25, clock=clock)
     handle = _LateReplies(LocalActor(state), clock)
     b = LeasedLimiter(handle, 0.25, clock=clock, sleep=clock.sleep)
-    sent: list[float] = []
-
-    async def b_call() -> None:
-        async with b.admit(REQ) as permit:
-            sent.append(clock.now)
-            permit.record(CompletionResponse("ok"))
-
-    first = asyncio.create_task(b_call())
+    sent: list[tuple[float, int]] = []
+    first = asyncio.create_task(answered(b, clock, sent))
     await clock.advance_to(0.1)
     assert first.done()
     handle.late = 0.05
-    tasks = [asyncio.create_task(b_call()) for _ in range(6)]
+    tasks = [asyncio.create_task(answered(b, clock, sent)) for _ in range(6)]
     await clock.advance_to(5.0)
     assert all(task.done() for task in tasks) and len(sent) == 7, sent

@@ -633,12 +633,7 @@ class _Run:
             except BaseException as exc:
                 if may_be_billed(exc):
                     state.maybe_billed += 1
-                now = clock()
-                wait, outcome = state.called(now - called, response, exc)
-                if self.listeners:
-                    self.emit(
-                        AttemptFinished(item, state.count, wait, now - called, outcome, exc, now)
-                    )
+                self.attempt_finished(item, state, called, response, exc)
                 if held is not None:
                     if (
                         isinstance(exc, Exception)
@@ -651,12 +646,7 @@ class _Run:
                     else:
                         await manager.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
-            now = clock()
-            wait, outcome = state.called(now - called, response, None)
-            if self.listeners:
-                self.emit(
-                    AttemptFinished(item, state.count, wait, now - called, outcome, None, now)
-                )
+            self.attempt_finished(item, state, called, response, None)
             if held is not None:
                 try:
                     held.record(response)
@@ -677,6 +667,20 @@ class _Run:
                 # Read after the permit's release: did the limiter wait out the Retry-After?
                 state.paused = held is not None and held.paused_for_retry
         return response
+
+    def attempt_finished(
+        self,
+        item: BatchRequest,
+        state: _Attempts,
+        called: float,
+        response: CompletionResponse | None,
+        error: BaseException | None,
+    ) -> None:
+        """Log the call made at `called` in the request's attempt log, and tell listeners."""
+        now = self.cfg.clock()
+        wait, outcome = state.called(now - called, response, error)
+        if self.listeners:
+            self.emit(AttemptFinished(item, state.count, wait, now - called, outcome, error, now))
 
     def call_error(self, exc: BaseException) -> BaseException:
         """What the engine raises for a call that ended with `exc`, a timeout or a cancel

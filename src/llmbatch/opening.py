@@ -5,7 +5,6 @@ answers, not by time.
     if window.room() >= 1:
         window.take()                  # an admission goes out in the opening
     window.finished(ok=True)           # its answer came back: room for GROWTH more
-    window.close()                     # a refusal cut, or the server stated its limits
     window.looked(late=0.0)            # every POLL while callers wait: prompt time passes
 
 While nothing is known of a server's limits, at most `START` + (`GROWTH` - 1) x answers
@@ -146,7 +145,3 @@ class OpeningWindow:
         self._finished += 1
         if ok:
             self._answers += 1
-
-    def close(self) -> None:
-        """The opening is over: a limit is known (a cut, the server's headers)."""
-        self.on = False

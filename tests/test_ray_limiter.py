@@ -22,6 +22,7 @@ from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.ray.budget import RETRY_SECONDS, ClusterBudget
 from llmbatch.ray.limiter import (
     NO_BURST_AFTER_CUT,
+    OPENING_GRANT_MIN,
     OPENING_LEASE,
     WINDOW_GROWTH,
     WINDOW_PRESUME,
@@ -327,6 +328,28 @@ async def test_slots_let_pass_unused_give_the_opening_window_back() -> None:
     # Two answered: two attempts less in the air and the window one wider (WINDOW_GROWTH).
     assert room(used=2, succeeded=2, finished=2) == 3
     assert room(used=1, finished=1) == 1  # one failed: its slot back, no wider
+
+
+async def test_answers_read_together_open_the_window_a_few_slots_per_lease() -> None:
+    # A worker starved of CPU reads its answers late and together, and reports them with one
+    # lease: all the room they made came back in that lease, admitted at one instant and, the
+    # process starved again, written together later into a bucket crossed meanwhile (traced
+    # with two CPU burners: 8-14 of one lease refused at once, most of a run's refusals).
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    first = state.lease((0, 0, 0))[0]
+    while (more := state.lease((0, 0, 0))[0]) and len(first) < WINDOW_START:
+        first += more
+    assert len(first) == WINDOW_START
+    clock.now += 0.3  # the worker reads all eight answers at once, and leases
+    grants = [state.lease((0, 0, 0), used=8, succeeded=8, finished=8)[0]]
+    while grants[-1]:
+        grants.append(state.lease((0, 0, 0))[0])
+    sizes = [len(g) for g in grants if g]
+    # The room is all there (12: eight finished, the window four wider) but handed out a
+    # few slots per lease, each new lease bringing any cut made since (before: one of 12).
+    assert sum(sizes) == WINDOW_START + 8 * WINDOW_GROWTH
+    assert max(sizes) == OPENING_GRANT_MIN, sizes
 
 
 async def test_after_a_cut_an_idle_cluster_gets_no_burst(clock: FakeClock) -> None:

@@ -182,8 +182,8 @@ class _LimiterState:
         if window is not None:
             # No more than the worker's waiters take: a slot held by a worker whose callers
             # are all busy would keep the window shut for the others.
-            grant = max(OPENING_GRANT_MIN, math.floor(OPENING_GRANT_SHARE * self._window_size))
-            count = min(count, window, max(1, want), grant)
+            most = max(OPENING_GRANT_MIN, math.floor(OPENING_GRANT_SHARE * self._window_size))
+            count = min(count, window, max(1, want), most)
             if count <= 0:
                 return [], (0, 0, 0), lim.epoch, lim.generation, OPENING_LEASE
         if self._clock() - self._cut_at < NO_BURST_AFTER_CUT:

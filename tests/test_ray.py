@@ -121,8 +121,8 @@ def test_with_no_header_at_all_the_cluster_still_converges() -> None:
     # a slow start clocked by answers, 1.5x per round (it doubled with wall time: on a loaded
     # machine every worker sent at full width before the first refusal was read), and a
     # lease's reply read late holds slots as old as the delay (they were sent as fresh), and a
-    # lease of the opening grants at most an eighth of the window (with two CPU burners, a
-    # starved worker's lease of 8-14 went out together after the bucket emptied: 13-22).
+    # lease's slots in the opening are spread over its 20 ms (with two CPU burners, a starved
+    # worker's 8-14 slots due at once went out together after the bucket emptied: 13-22).
     assert stats["over_limit"] <= 15
 
 

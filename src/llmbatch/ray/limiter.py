@@ -74,15 +74,12 @@ WINDOW_GROWTH = 0.5
 # grows every WINDOW_PRESUME (answers alone would take many of its latencies). Well above the
 # 100-200 ms a loaded machine took to read a refusal and report it.
 WINDOW_PRESUME = 0.5
-# A lease of the opening hands a worker at most this share of the cluster's window (and at
-# least OPENING_GRANT_MIN), not all the room its answers just made: a worker admits a lease's
-# slots at one instant, and one starved of CPU right after sends them together much later,
-# into a bucket that was crossed meanwhile (traced with two CPU burners: one worker's six to
-# eight admitted in a millisecond, written 20-330 ms later, all refused). Smaller grants mean
-# the worker leases again, and a lease after a stall brings the cut in force. A round of the
-# window costs each worker one or two leases more.
-OPENING_GRANT_SHARE = 1 / 8
-OPENING_GRANT_MIN = 2
+# A lease of the opening spreads its slots over OPENING_LEASE rather than handing them all
+# due at once: a worker admits the slots due together at one instant, and one starved of CPU
+# right after sends them together much later, into a bucket crossed meanwhile (traced with
+# two CPU burners: one worker's 8-14 admitted within a few milliseconds, written 20-330 ms
+# later, all refused). Spread, a stall holds one or two admitted; the slots it overran are
+# let pass (see `keep`) and the next lease brings the cut in force.
 WINDOW_DONE = 4096  # a window this wide holds nothing back: slow start is over
 WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or an answer
 # After a cut the cluster runs its server's bucket near empty: for this long a lease starts
@@ -119,7 +116,6 @@ class _LimiterState:
         self._window_answers = 0
         self._window_sent: collections.deque[tuple[float, int]] = collections.deque()
         self._window_aged = 0  # slots leased more than WINDOW_PRESUME ago
-        self._window_size = WINDOW_START  # attempts the window lets be in the air
         self._cut_at = -math.inf
         self._last_slot = -math.inf  # the latest slot leased so far
         self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)
@@ -182,8 +178,7 @@ class _LimiterState:
         if window is not None:
             # No more than the worker's waiters take: a slot held by a worker whose callers
             # are all busy would keep the window shut for the others.
-            most = max(OPENING_GRANT_MIN, math.floor(OPENING_GRANT_SHARE * self._window_size))
-            count = min(count, window, max(1, want), most)
+            count = min(count, window, max(1, want))
             if count <= 0:
                 return [], (0, 0, 0), lim.epoch, lim.generation, OPENING_LEASE
         if self._clock() - self._cut_at < NO_BURST_AFTER_CUT:
@@ -203,6 +198,8 @@ class _LimiterState:
         horizon = OPENING_LEASE if opening else None
         delays = lim.lease(count, t, input_tokens=i, output_tokens=o, horizon=horizon)
         if window is not None:
+            step = OPENING_LEASE / len(delays)
+            delays = [max(delay, k * step) for k, delay in enumerate(delays)]
             self._window_leased += len(delays)
             if delays:
                 self._window_sent.append((self._clock() + delays[-1], len(delays)))
@@ -228,7 +225,6 @@ class _LimiterState:
             return None
         grown = WINDOW_GROWTH * self._window_answers + self._window_finished
         freed = max(grown, (1 + WINDOW_GROWTH) * aged)
-        self._window_size = math.floor(WINDOW_START + WINDOW_GROWTH * answered)
         return math.floor(WINDOW_START + freed) - self._window_leased
 
     def give_back(self, count: int, tokens: Tokens = (0, 0, 0)) -> None:

@@ -499,3 +499,27 @@ async def test_a_worker_whose_lease_replies_are_always_slow_still_sends() -> Non
     tasks = [asyncio.create_task(answered(b, clock, sent)) for _ in range(6)]
     await clock.advance_to(5.0)
     assert all(task.done() for task in tasks) and len(sent) == 7, sent
+
+
+async def test_a_worker_woken_late_for_its_opening_slots_admits_them_spaced() -> None:
+    # The opening's lease spreads its slots over OPENING_LEASE, but a process without CPU
+    # wakes for all of them at once: they were admitted at one instant and written together
+    # (traced: six of one worker at 0.941 s, refused 50 ms later). Woken late, the worker
+    # admits them no closer together than the lease spaced them.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    stall = 0.015  # no CPU until then: every timer set before fires at once
+
+    async def starved_sleep(seconds: float) -> None:
+        await clock.sleep(max(seconds, stall - clock.now) if clock.now < stall else seconds)
+
+    b = LeasedLimiter(LocalActor(state), 0.25, clock=clock, sleep=starved_sleep)
+    sent: list[tuple[float, int]] = []
+    tasks = [asyncio.create_task(answered(b, clock, sent)) for _ in range(WINDOW_START)]
+    await clock.advance_to(5.0)
+    await asyncio.gather(*tasks)
+    times = sorted(at for at, _ in sent)
+    assert len(times) == WINDOW_START
+    # Before: the first at once, the other seven at 0.015 s together.
+    gap = OPENING_LEASE / WINDOW_START
+    assert min(later - earlier for earlier, later in itertools.pairwise(times)) >= gap * 0.99, times

@@ -85,6 +85,9 @@ WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or
 # After a cut the cluster runs its server's bucket near empty: for this long a lease starts
 # at most one slot ahead of the pace, whatever credit the actor's timeline holds.
 NO_BURST_AFTER_CUT = 5.0
+# A wait shorter than this is none (a virtual clock may not advance by less: a sleeper woken
+# a rounding short of its time must not sleep again).
+_DUE = 1e-6
 
 Tokens = tuple[int, int, int]  # per budget: total, input, output
 
@@ -432,6 +435,7 @@ class LeasedLimiter:
         self._schedule = 0  # bumped when the held schedule is voided (see `_void_schedule`)
         self._horizon = 0.0  # the last slot leased: how far ahead this worker has booked
         self._keep = slice_seconds  # a held slot this long past due is dropped (the lease says)
+        self._lag = 0.0  # how late the process woke for its opening slots (they shift by it)
         self._round_trip = math.inf  # the quickest lease round trip seen
         self._stale_lease = False  # the last lease's slots were all past their keep when read
         self._last_observe = 0.0
@@ -497,8 +501,8 @@ class LeasedLimiter:
                 slot = self._slots.popleft()
                 self._take(need, 1)
                 schedule = self._schedule
-                delay = slot - self._clock()
-                if delay > 0:
+                voided = False
+                while (delay := slot + self._lag - self._clock()) > _DUE:
                     try:
                         await self._sleep(delay)
                     except BaseException:
@@ -510,20 +514,24 @@ class LeasedLimiter:
                             self._dropped += 1
                         self._take(need, -1)
                         raise
-                    if self._schedule != schedule:
-                        # A refusal or a new schedule from the cluster voided the slot we
-                        # slept for: it was booked at the old rate. Take one on the new.
-                        self._dropped += 1
-                        self._take(need, -1)
-                        continue
-                    if self._clock() > slot + self._keep:
-                        # Woken this late, the process was starved of CPU: the cluster may have
-                        # cut since, on a refusal not read here yet (in the opening, where a
-                        # slot keeps 20 ms, sending now is sending into the refusing server).
-                        # Let the slot pass; the next lease brings the schedule in force.
-                        self._dropped += 1
-                        self._take(need, -1)
-                        continue
+                    # A refusal or a new schedule from the cluster voided the slot we slept
+                    # for: it was booked at the old rate. Or woken this late, the process was
+                    # starved of CPU: the cluster may have cut since, on a refusal not read
+                    # here yet (in the opening, where a slot keeps 20 ms, sending now is
+                    # sending into the refusing server). Let the slot pass; take one on the
+                    # schedule in force (the next lease brings it).
+                    voided = self._schedule != schedule or self._clock() > slot + self._keep
+                    if voided:
+                        break
+                    if self._keep < self.slice_seconds:
+                        # Woken late in the opening: the lease's later slots shift by as
+                        # much, so that those overdue go out spaced as leased (OPENING_LEASE),
+                        # not all at the instant the process runs again.
+                        self._lag = max(self._lag, self._clock() - slot)
+                if voided:
+                    self._dropped += 1
+                    self._take(need, -1)
+                    continue
                 break
             async with self._lock:
                 if not self._slots or not self._enough(need):
@@ -579,6 +587,7 @@ class LeasedLimiter:
         )
         self.leases += 1
         self._keep = keep
+        self._lag = 0.0  # fresh slots: see `_wait_for_slot`
         # The slots count from when the actor booked them: a reply read later than this
         # worker's quickest round trip (its process starved of CPU) holds slots as old as the
         # delay, maybe of a schedule a cut has since discarded (traced: six sent 30 ms after

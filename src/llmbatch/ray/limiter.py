@@ -74,12 +74,6 @@ WINDOW_GROWTH = 0.5
 # grows every WINDOW_PRESUME (answers alone would take many of its latencies). Well above the
 # 100-200 ms a loaded machine took to read a refusal and report it.
 WINDOW_PRESUME = 0.5
-# A lease of the opening spreads its slots over OPENING_LEASE rather than handing them all
-# due at once: a worker admits the slots due together at one instant, and one starved of CPU
-# right after sends them together much later, into a bucket crossed meanwhile (traced with
-# two CPU burners: one worker's 8-14 admitted within a few milliseconds, written 20-330 ms
-# later, all refused). Spread, a stall holds one or two admitted; the slots it overran are
-# let pass (see `keep`) and the next lease brings the cut in force.
 WINDOW_DONE = 4096  # a window this wide holds nothing back: slow start is over
 WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or an answer
 # After a cut the cluster runs its server's bucket near empty: for this long a lease starts
@@ -201,6 +195,13 @@ class _LimiterState:
         horizon = OPENING_LEASE if opening else None
         delays = lim.lease(count, t, input_tokens=i, output_tokens=o, horizon=horizon)
         if window is not None:
+            # The slots spread over OPENING_LEASE, not all due at once: a worker admits the
+            # slots due together at one instant, and one starved of CPU right after sends them
+            # together much later, into a bucket crossed meanwhile (traced with two CPU
+            # burners: one worker's 8-14 admitted within a few milliseconds, written 20-330 ms
+            # later, all refused). Spread, a stall holds one or two admitted; the worker lets
+            # the slots it overran pass, or shifts them (see `LeasedLimiter._lag`), and its
+            # next lease brings the cut in force.
             step = OPENING_LEASE / len(delays)
             delays = [max(delay, k * step) for k, delay in enumerate(delays)]
             self._window_leased += len(delays)

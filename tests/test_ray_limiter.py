@@ -523,3 +523,26 @@ async def test_a_worker_woken_late_for_its_opening_slots_admits_them_spaced() ->
     # Before: the first at once, the other seven at 0.015 s together.
     gap = OPENING_LEASE / WINDOW_START
     assert min(later - earlier for earlier, later in itertools.pairwise(times)) >= gap * 0.99, times
+
+
+async def test_a_lease_read_late_in_the_opening_still_goes_out_spread() -> None:
+    # A reply read 15 ms late (within the opening's 20 ms keep) holds slots already due: they
+    # were all admitted at the instant it was read (traced: six of one worker at 0.870 s,
+    # written together 235 ms later, refused). They now go out spaced as leased.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    handle = _LateReplies(LocalActor(state), clock)
+    b = LeasedLimiter(handle, 0.25, clock=clock, sleep=clock.sleep)
+    sent: list[tuple[float, int]] = []
+    first = asyncio.create_task(answered(b, clock, sent))  # a quick round trip: b's quickest
+    await clock.advance_to(0.1)
+    assert first.done()
+    handle.late = 0.015
+    tasks = [asyncio.create_task(answered(b, clock, sent)) for _ in range(WINDOW_START)]
+    await clock.advance_to(5.0)
+    await asyncio.gather(*tasks)
+    times = sorted(at for at, _ in sent[1:])
+    assert len(times) == WINDOW_START
+    # Before: each lease's slots all at the instant its reply was read (0.13 s: seven).
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) > 0.001, times

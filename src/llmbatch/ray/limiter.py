@@ -503,7 +503,17 @@ class LeasedLimiter:
                 self._take(need, 1)
                 schedule = self._schedule
                 voided = False
-                while (delay := slot + self._lag - self._clock()) > _DUE:
+                while True:
+                    now = self._clock()
+                    if self._keep < self.slice_seconds:
+                        # Late for the slot in the opening (woken late, or the lease's reply
+                        # read late): the lease's later slots shift by as much, so that those
+                        # overdue go out spaced as leased (OPENING_LEASE), not all at the
+                        # instant the process runs again.
+                        self._lag = max(self._lag, now - slot)
+                    delay = slot + self._lag - now
+                    if delay <= _DUE:
+                        break
                     try:
                         await self._sleep(delay)
                     except BaseException:
@@ -524,11 +534,6 @@ class LeasedLimiter:
                     voided = self._schedule != schedule or self._clock() > slot + self._keep
                     if voided:
                         break
-                    if self._keep < self.slice_seconds:
-                        # Woken late in the opening: the lease's later slots shift by as
-                        # much, so that those overdue go out spaced as leased (OPENING_LEASE),
-                        # not all at the instant the process runs again.
-                        self._lag = max(self._lag, self._clock() - slot)
                 if voided:
                     self._dropped += 1
                     self._take(need, -1)

@@ -74,6 +74,11 @@ WINDOW_GROWTH = 0.5
 # grows every WINDOW_PRESUME (answers alone would take many of its latencies). Well above the
 # 100-200 ms a loaded machine took to read a refusal and report it.
 WINDOW_PRESUME = 0.5
+# A lease's slots are spread (see `_LimiterState.lease`) until this many answers: a
+# bucket the opening has not crossed by then holds well over a hundred requests, and the
+# spread costs a server that never refuses a timer per slot (measured: +4-18% on 4,000
+# requests at 200 ms when every lease was spread).
+WINDOW_SPREAD = 256
 WINDOW_DONE = 4096  # a window this wide holds nothing back: slow start is over
 WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or an answer
 # After a cut the cluster runs its server's bucket near empty: for this long a lease starts
@@ -113,6 +118,7 @@ class _LimiterState:
         self._window_answers = 0
         self._window_sent: collections.deque[tuple[float, int]] = collections.deque()
         self._window_aged = 0  # slots leased more than WINDOW_PRESUME ago
+        self._window_answered = 0  # answers so far (or slots aged as answered)
         self._cut_at = -math.inf
         self._last_slot = -math.inf  # the latest slot leased so far
         self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)
@@ -202,8 +208,9 @@ class _LimiterState:
             # later, all refused). Spread, a stall holds one or two admitted; the worker lets
             # the slots it overran pass, or shifts them (see `LeasedLimiter._lag`), and its
             # next lease brings the cut in force.
-            step = OPENING_LEASE / len(delays)
-            delays = [max(delay, k * step) for k, delay in enumerate(delays)]
+            if self._window_answered < WINDOW_SPREAD:
+                step = OPENING_LEASE / len(delays)
+                delays = [max(delay, k * step) for k, delay in enumerate(delays)]
             self._window_leased += len(delays)
             if delays:
                 self._window_sent.append((self._clock() + delays[-1], len(delays)))
@@ -224,6 +231,7 @@ class _LimiterState:
         # widens it by WINDOW_GROWTH, as an acknowledgement in TCP's slow start.
         aged = min(self._window_aged, self._window_leased)
         answered = max(self._window_answers, aged)
+        self._window_answered = answered
         if self.limiter.limits_known or WINDOW_START + answered >= WINDOW_DONE:
             self._window_on = False
             return None

@@ -26,6 +26,7 @@ from llmbatch.ray.limiter import (
     OPENING_LEASE,
     WINDOW_GROWTH,
     WINDOW_PRESUME,
+    WINDOW_SPREAD,
     WINDOW_START,
     LeasedLimiter,
     _LimiterState,
@@ -351,6 +352,11 @@ async def test_answers_read_together_open_the_window_spread_over_a_short_lease()
     gaps = [later - earlier for earlier, later in itertools.pairwise(delays)]
     assert min(gaps) >= OPENING_LEASE / len(delays) * 0.99, delays
     assert max(delays) < OPENING_LEASE
+    # Once WINDOW_SPREAD have been answered (a bucket not crossed by then is large), slots
+    # come due at once again: a spread costs a server that never refuses a timer a slot.
+    clock.now += 1.0
+    n = WINDOW_SPREAD
+    assert state.lease((0, 0, 0), used=n, succeeded=n, finished=n, want=16)[0] == [0.0] * 16
 
 
 async def test_after_a_cut_an_idle_cluster_gets_no_burst(clock: FakeClock) -> None:

@@ -144,3 +144,14 @@ async def test_a_request_larger_than_the_token_budget_is_refused_and_holds_nothi
     with pytest.raises(TokenLimitError):
         await guarded.admit(CompletionRequest(prompt="x" * 400, max_tokens=200)).__aenter__()
     assert limiter.status().in_flight == 0 and not breaker.is_open
+
+
+def test_the_guarded_permit_sets_every_field_of_its_classes() -> None:
+    # Its one `__init__` spells out the fields of `PermitBase` and `RatePermit`: a field added
+    # to either must be set there too.
+    clock = FakeClock()
+    admission, _, _ = admissions("guarded", clock)
+    permit = admission.admit(CompletionRequest(prompt="hi"))
+    slots = [name for cls in type(permit).__mro__ for name in getattr(cls, "__slots__", ())]
+    assert len(slots) > 10
+    assert [name for name in slots if not hasattr(permit, name)] == []

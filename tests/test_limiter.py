@@ -18,6 +18,7 @@ from llmbatch import (
     BatchRequest,
     CompletionRequest,
     CompletionResponse,
+    OutageBreaker,
     PromptSection,
     RateLimitError,
     RateLimitInfo,
@@ -27,6 +28,7 @@ from llmbatch import (
     opening,
 )
 from llmbatch.clients import FakeClient
+from llmbatch.guarded import GuardedLimiter
 from llmbatch.limiter import OPENING_RATE, RateLimiter, estimate_tokens
 from llmbatch.simulate import SimulatorConfig
 from llmbatch.simulate.limits import Charge, Limits
@@ -560,6 +562,35 @@ async def test_a_token_budget_that_refuses_without_headers_is_learned_in_tokens(
     learned = lim.tokens_per_minute
     assert learned is not None and 0.6 * 6000 <= learned <= 1.2 * 6000, learned
     assert refusals_late <= 0.02 * sent_late, (refusals_late, sent_late)
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["limiter", "with-breaker"])
+async def test_the_first_cut_learns_the_token_unit_from_the_answers_of_a_free_run(
+    clock: FakeClock, guarded: bool
+) -> None:
+    # While nothing is known the limiter admits without booking anything (the hot path of a
+    # default run), but it still meters each admission's token estimate, corrected by the
+    # usage its answer reports: the first refusal without headers learns the token unit (the
+    # tokens of a request, lately) from that, and cuts the token rate with the request rate.
+    lim = RateLimiter(clock=clock, sleep=clock.sleep)
+    admission = (
+        GuardedLimiter(OutageBreaker(clock=clock, sleep=clock.sleep), lim) if guarded else lim
+    )
+    request = CompletionRequest(prompt="x" * 400, max_tokens=50)  # estimated 100 + 50
+    # The answers used 120 input tokens: 170 on the token timeline, not the 150 estimated.
+    answer = CompletionResponse("ok", usage=Usage(prompt_tokens=120, completion_tokens=10))
+    for _ in range(1500):  # 1.5 s: past the opening, the last second all admitted freely
+        async with admission.admit(request) as permit:
+            clock.advance(0.001)
+            permit.record(answer)
+    assert lim.tokens_per_minute is None and not lim.opening
+    with pytest.raises(RateLimitError):
+        async with admission.admit(request):
+            raise RateLimitError("rate limited")  # a bare 429: no limits stated
+    assert lim.control.cuts == 1
+    # The refused request's estimate (150) is in the last second's count too.
+    assert lim.token_control.unit == pytest.approx(170, abs=0.1)
+    assert lim.tokens_per_minute is not None
 
 
 async def _paced_against(

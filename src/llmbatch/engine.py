@@ -647,19 +647,15 @@ class _Run:
                         await manager.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
             self.attempt_finished(item, state, called, response, None)
-            if held is not None:
+            if base is not None:
+                base.answered(response)  # `record` and `leave(None)` in one call
+            elif held is not None:
                 try:
                     held.record(response)
                 except BaseException as exc:
-                    if base is not None:
-                        base.leave(exc)
-                    else:
-                        await manager.__aexit__(type(exc), exc, exc.__traceback__)
+                    await manager.__aexit__(type(exc), exc, exc.__traceback__)
                     raise
-                if base is not None:
-                    base.leave(None)
-                else:
-                    await manager.__aexit__(None, None, None)
+                await manager.__aexit__(None, None, None)
         finally:
             if admission is not None:
                 if state.asked is not None:  # refused or cancelled while waiting: still waited

@@ -126,8 +126,12 @@ class Estimate(NamedTuple):
                 chars = request.text_length()
         else:
             chars = request.text_length()
-        # `chars_to_tokens`, inlined.
-        return cls(math.ceil(chars / chars_per_token), request.output_limit() or 0)
+        # `chars_to_tokens`, inlined; built as the tuple it is (`cls(...)` runs a Python
+        # `__new__` frame per admission).
+        return _new_tuple(cls, (math.ceil(chars / chars_per_token), request.output_limit() or 0))
+
+
+_new_tuple = tuple.__new__
 
 
 def estimate_tokens(
@@ -630,6 +634,10 @@ class RateLimiter:
             self.control.succeeded(count, now)
             return
         self._meter.succeeded(count, self.mean_tokens * count if tokens is None else tokens, now)
+        self._regrow(now)
+
+    def _regrow(self, now: float) -> None:
+        """After a success the meter has counted: regrow the learned rates along their curves."""
         if self.control.rate is not None:
             self.control.regrow(now)
         if self.token_control.rate is not None:
@@ -695,16 +703,13 @@ class RateLimiter:
     def _admit_now(self, permit: RatePermit) -> bool:
         """Book the permit's slot; take it at once if it is due (True), else leave the
         booking for `_acquire` to wait out."""
-        if (
-            self._free
-            and (self._opened or not self.adaptive)
-            and self._window is None
-            and self._clock() >= self._pause_until
-        ):
-            # Nothing known yet (the default until the server pushes back): admit freely,
-            # book nothing.
-            self._admitted(permit, _NO_COSTS, self.control.generation)
-            return True
+        if self._free and (self._opened or not self.adaptive) and self._window is None:
+            now = self._clock()
+            if now >= self._pause_until:
+                # Nothing known yet (the default until the server pushes back): admit freely,
+                # book nothing.
+                self._admitted(permit, _NO_COSTS, self.control.generation, now)
+                return True
         est = permit.estimate
         self._check_fits(est)
         if self._window is not None:
@@ -718,7 +723,7 @@ class RateLimiter:
         if permit.window and costs is not _NO_COSTS:
             self._window_untake(permit)  # the window is over (a limit is known)
         if slot <= now and (self._sent_tat is None or self._send_wait(costs, now) <= 0):
-            self._admitted(permit, costs, generation)
+            self._admitted(permit, costs, generation, now)
             return True
         permit.booked = (slot, costs, generation, self._epoch, self._cut_epoch)
         return False
@@ -749,7 +754,7 @@ class RateLimiter:
             raise
         finally:
             self._waiting -= 1
-        self._admitted(permit, costs, generation)
+        self._admitted(permit, costs, generation, self._clock())
 
     async def _wait_for(
         self, slot: float, costs: tuple[float, ...], epoch: int, cut_epoch: int
@@ -789,13 +794,21 @@ class RateLimiter:
             # wake a sleeper a rounding short of it, and waiting again spun for ever).
             slot = -math.inf
 
-    def _admitted(self, permit: RatePermit, costs: tuple[float, ...], generation: int) -> None:
+    def _admitted(
+        self, permit: RatePermit, costs: tuple[float, ...], generation: int, now: float
+    ) -> None:
+        """Count the permit in flight and its admission, at `now` (the clock just read)."""
         self._in_flight += 1
-        now = self._clock()
         if not self.adaptive:
             self.control.sent(1, now)
         else:
-            est = permit.estimate
+            # Metered from the first admission, while no limit is known too: the first cut
+            # learns the token unit from it (`_cut_tokens`). (`permit.estimate`, inlined: this
+            # runs for every request.)
+            est = permit._estimate
+            if est is None:
+                assert permit._request is not None
+                est = permit._estimate = Estimate.of(permit._request, self.chars_per_token)
             total = est.input + est.output
             self._meter.sent(1, total, now)
             mean = self.mean_tokens
@@ -1042,15 +1055,19 @@ class RateLimiter:
     def _heard(self, permit: RatePermit, response: CompletionResponse | None, fb: Feedback) -> None:
         """The attempt admitted under `permit` ended with `fb` (as `load_feedback` reads it)."""
         self._in_flight -= 1
-        est = permit.estimate
-        tokens = est.input + est.output if self.adaptive else None
+        est = permit._estimate  # `permit.estimate`, inlined (every request passes here)
+        if est is None:
+            est = permit.estimate
+        adaptive = self.adaptive
+        tokens = est.input + est.output if adaptive else None
+        resent = 0  # tokens the usage adds to what the admission metered (see `_used`)
         if response is not None:
             usage = response.usage
             if usage.prompt_tokens or usage.completion_tokens:
                 if permit.costs is not _NO_COSTS:  # nothing booked: nothing to settle
                     self.settle(permit, usage.prompt_tokens, usage.completion_tokens)
                 if tokens is not None:
-                    tokens = self._used(est, usage.prompt_tokens, usage.completion_tokens)
+                    tokens, resent = self._used(est, usage.prompt_tokens, usage.completion_tokens)
         if permit.admitted_at is not None and fb.ok:
             latency = self._clock() - permit.admitted_at
             self._fastest_answer = min(self._fastest_answer, max(latency, 1e-4))
@@ -1058,14 +1075,27 @@ class RateLimiter:
             permit.window = False
             if self._window is not None:
                 self._window.finished(fb.ok)
-        permit.paused_for_retry = self.apply(fb, permit.generation, tokens)
+        if fb.ok and adaptive:
+            # `apply`'s success, spelled out (every answer passes here): the usage's
+            # correction and the success are metered at one reading of the clock.
+            assert tokens is not None
+            if fb.rate_limit is not None:
+                self.observe(fb.rate_limit)
+            now = self._clock()
+            self._meter.succeeded(1, tokens, now, resent)
+            if self.control.rate is not None or self.token_control.rate is not None:
+                self._regrow(now)  # a rate was learned (no call while none is)
+        else:
+            if resent:
+                self._meter.sent(0, resent, self._clock())
+            permit.paused_for_retry = self.apply(fb, permit.generation, tokens)
         if self._window_queue:
             self._window_grant()  # after `apply`: a refusal's cut closes the window first
 
-    def _used(self, est: Estimate, input_tokens: int, output_tokens: int) -> int:
-        """Meter what an answered request finally cost on the token timeline (its input plus
-        the larger of its output and the output charged, as `settle` books it) in place of
-        the estimate metered at its admission; return it.
+    def _used(self, est: Estimate, input_tokens: int, output_tokens: int) -> tuple[int, int]:
+        """What an answered request finally cost on the token timeline (its input plus the
+        larger of its output and the output charged, as `settle` books it), and how much that
+        adds to the estimate metered at its admission (the caller meters it in its place).
 
         The token law must learn in the unit the timeline is charged in: learned from
         estimates (a prompt's characters, no output when `max_tokens` is unset) and charged
@@ -1075,9 +1105,8 @@ class RateLimiter:
         used = input_tokens + max(output_tokens, est.output)
         delta = used - est.input - est.output
         if delta:
-            self._meter.sent(0, delta, self._clock())
             self.mean_tokens += _EWMA * delta
-        return used
+        return used, delta
 
 
 def states_limits(fb: Feedback) -> bool:

@@ -332,15 +332,18 @@ class Meter:
         counts[base] += requests
         counts[base + 1] += tokens
 
-    def succeeded(self, requests: float, tokens: float, now: float) -> None:
-        """Successes in both units at once."""
+    def succeeded(self, requests: float, tokens: float, now: float, resent: float = 0.0) -> None:
+        """Successes in both units at once; `resent`: tokens to add to what was sent (an
+        answer's usage correcting its admission's estimate), counted in the same step."""
         slot = math.floor(now * _BUCKETS / _WINDOW)
         if slot != self._slot:
             self._advance(slot)
-        base = slot % _HISTORY * _COLUMNS + _OK
+        base = slot % _HISTORY * _COLUMNS
         counts = self._counts
-        counts[base] += requests
-        counts[base + 1] += tokens
+        if resent:
+            counts[base + 1] += resent
+        counts[base + _OK] += requests
+        counts[base + _OK + 1] += tokens
 
     def rate(self, column: int, seconds: float = _WINDOW) -> float:
         """Per second, over the last `seconds` (at most `_GOODPUT_LOOKBACK`), in `column`."""

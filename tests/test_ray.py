@@ -120,7 +120,9 @@ def test_with_no_header_at_all_the_cluster_still_converges() -> None:
     # reaching the other workers: 3-34 refusals, most sent after the cut), and the opening is
     # a slow start clocked by answers, 1.5x per round (it doubled with wall time: on a loaded
     # machine every worker sent at full width before the first refusal was read), and a
-    # lease's reply read late holds slots as old as the delay (they were sent as fresh).
+    # lease's reply read late holds slots as old as the delay (they were sent as fresh), and a
+    # lease's slots in the opening are spread over its 20 ms (with two CPU burners, a starved
+    # worker's 8-14 slots due at once went out together after the bucket emptied: 13-22).
     assert stats["over_limit"] <= 15
 
 

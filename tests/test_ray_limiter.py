@@ -10,6 +10,7 @@ really waits and every time below is exact.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from llmbatch.ray.limiter import (
     OPENING_LEASE,
     WINDOW_GROWTH,
     WINDOW_PRESUME,
+    WINDOW_SPREAD,
     WINDOW_START,
     LeasedLimiter,
     _LimiterState,
@@ -299,8 +301,9 @@ async def test_the_opening_of_a_slow_server_still_grows_without_answers() -> Non
     await asyncio.gather(*tasks)
     assert len(sent) == 64
     assert sum(1 for at in sent if at < WINDOW_PRESUME) == WINDOW_START
-    # 8, 20, 38, 64 sent (each step 1.5 x those in the air, a poll or two after it).
-    assert max(sent) <= 3 * WINDOW_PRESUME + 0.1
+    # 8, 20, 38, 64 sent (each step 1.5 x those in the air, a poll or two after it, the
+    # last lease's slots spread over OPENING_LEASE).
+    assert max(sent) <= 3 * WINDOW_PRESUME + 0.1 + OPENING_LEASE
 
 
 async def test_slots_let_pass_unused_give_the_opening_window_back() -> None:
@@ -327,6 +330,33 @@ async def test_slots_let_pass_unused_give_the_opening_window_back() -> None:
     # Two answered: two attempts less in the air and the window one wider (WINDOW_GROWTH).
     assert room(used=2, succeeded=2, finished=2) == 3
     assert room(used=1, finished=1) == 1  # one failed: its slot back, no wider
+
+
+async def test_answers_read_together_open_the_window_spread_over_a_short_lease() -> None:
+    # A worker starved of CPU reads its answers late and together, and reports them with one
+    # lease: all the room they made came back due at once, was admitted at one instant and,
+    # the process starved again, written together later into a bucket crossed meanwhile
+    # (traced with two CPU burners: 8-14 of one worker refused at once, most of a run's).
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    first = state.lease((0, 0, 0))[0]
+    while (more := state.lease((0, 0, 0))[0]) and len(first) < WINDOW_START:
+        first += more
+    assert len(first) == WINDOW_START
+    clock.now += 1.0  # the opening's own pace is long over; all eight answers read at once
+    delays = state.lease((0, 0, 0), used=8, succeeded=8, finished=8)[0]
+    # The room is all there (12: eight finished, the window four wider), one slot at a time
+    # within OPENING_LEASE: a stall overruns the rest, which the worker lets pass (before:
+    # all twelve due at once).
+    assert len(delays) == WINDOW_START + 8 * WINDOW_GROWTH
+    gaps = [later - earlier for earlier, later in itertools.pairwise(delays)]
+    assert min(gaps) >= OPENING_LEASE / len(delays) * 0.99, delays
+    assert max(delays) < OPENING_LEASE
+    # Once WINDOW_SPREAD have been answered (a bucket not crossed by then is large), slots
+    # come due at once again: a spread costs a server that never refuses a timer a slot.
+    clock.now += 1.0
+    n = WINDOW_SPREAD
+    assert state.lease((0, 0, 0), used=n, succeeded=n, finished=n, want=16)[0] == [0.0] * 16
 
 
 async def test_after_a_cut_an_idle_cluster_gets_no_burst(clock: FakeClock) -> None:
@@ -475,3 +505,50 @@ async def test_a_worker_whose_lease_replies_are_always_slow_still_sends() -> Non
     tasks = [asyncio.create_task(answered(b, clock, sent)) for _ in range(6)]
     await clock.advance_to(5.0)
     assert all(task.done() for task in tasks) and len(sent) == 7, sent
+
+
+async def test_a_worker_woken_late_for_its_opening_slots_admits_them_spaced() -> None:
+    # The opening's lease spreads its slots over OPENING_LEASE, but a process without CPU
+    # wakes for all of them at once: they were admitted at one instant and written together
+    # (traced: six of one worker at 0.941 s, refused 50 ms later). Woken late, the worker
+    # admits them no closer together than the lease spaced them.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    stall = 0.015  # no CPU until then: every timer set before fires at once
+
+    async def starved_sleep(seconds: float) -> None:
+        await clock.sleep(max(seconds, stall - clock.now) if clock.now < stall else seconds)
+
+    b = LeasedLimiter(LocalActor(state), 0.25, clock=clock, sleep=starved_sleep)
+    sent: list[tuple[float, int]] = []
+    tasks = [asyncio.create_task(answered(b, clock, sent)) for _ in range(WINDOW_START)]
+    await clock.advance_to(5.0)
+    await asyncio.gather(*tasks)
+    times = sorted(at for at, _ in sent)
+    assert len(times) == WINDOW_START
+    # Before: the first at once, the other seven at 0.015 s together.
+    gap = OPENING_LEASE / WINDOW_START
+    assert min(later - earlier for earlier, later in itertools.pairwise(times)) >= gap * 0.99, times
+
+
+async def test_a_lease_read_late_in_the_opening_still_goes_out_spread() -> None:
+    # A reply read 15 ms late (within the opening's 20 ms keep) holds slots already due: they
+    # were all admitted at the instant it was read (traced: six of one worker at 0.870 s,
+    # written together 235 ms later, refused). They now go out spaced as leased.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    handle = _LateReplies(LocalActor(state), clock)
+    b = LeasedLimiter(handle, 0.25, clock=clock, sleep=clock.sleep)
+    sent: list[tuple[float, int]] = []
+    first = asyncio.create_task(answered(b, clock, sent))  # a quick round trip: b's quickest
+    await clock.advance_to(0.1)
+    assert first.done()
+    handle.late = 0.015
+    tasks = [asyncio.create_task(answered(b, clock, sent)) for _ in range(WINDOW_START)]
+    await clock.advance_to(5.0)
+    await asyncio.gather(*tasks)
+    times = sorted(at for at, _ in sent[1:])
+    assert len(times) == WINDOW_START
+    # Before: each lease's slots all at the instant its reply was read (0.13 s: seven).
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) > 0.001, times

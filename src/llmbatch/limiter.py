@@ -626,18 +626,16 @@ class RateLimiter:
         self.pause(after if after is not None and after > SHORT_RETRY_AFTER else HOLD_SECONDS)
         return True
 
-    def succeeded(self, count: int = 1, tokens: float | None = None) -> None:
+    def succeeded(self, count: int = 1, tokens: float | None = None, resent: float = 0) -> None:
         """`count` attempts succeeded (`tokens`: their estimates; default: the running mean
-        each): regrow the learned rates along their curves."""
+        each; `resent`: what their usage adds to the tokens metered at their admission):
+        regrow the learned rates along their curves."""
         now = self._clock()
         if not self.adaptive:
             self.control.succeeded(count, now)
             return
-        self._meter.succeeded(count, self.mean_tokens * count if tokens is None else tokens, now)
-        self._regrow(now)
-
-    def _regrow(self, now: float) -> None:
-        """After a success the meter has counted: regrow the learned rates along their curves."""
+        tokens = self.mean_tokens * count if tokens is None else tokens
+        self._meter.succeeded(count, tokens, now, resent)
         if self.control.rate is not None:
             self.control.regrow(now)
         if self.token_control.rate is not None:
@@ -1076,15 +1074,10 @@ class RateLimiter:
             if self._window is not None:
                 self._window.finished(fb.ok)
         if fb.ok and adaptive:
-            # `apply`'s success, spelled out (every answer passes here): the usage's
-            # correction and the success are metered at one reading of the clock.
-            assert tokens is not None
+            # `apply`'s success with the usage's correction: both metered in one step.
             if fb.rate_limit is not None:
                 self.observe(fb.rate_limit)
-            now = self._clock()
-            self._meter.succeeded(1, tokens, now, resent)
-            if self.control.rate is not None or self.token_control.rate is not None:
-                self._regrow(now)  # a rate was learned (no call while none is)
+            self.succeeded(1, tokens, resent)
         else:
             if resent:
                 self._meter.sent(0, resent, self._clock())

@@ -560,7 +560,7 @@ async def test_a_window_not_filled_does_not_widen_for_a_worker_that_joins_late()
     # against a quick server heard ~80 answers in two seconds and each widened the window, to
     # 48 slots it never sent at; the worker that joined then found all that room and sent
     # its 32 callers at once into a bucket never tested at that width (traced with two CPU
-    # burners: 13 of a run's 16 refusals). A window widens only while half of it is in use.
+    # burners: all 16 refusals of a run). A window widens only while half of it is in use.
     clock = SteppedClock()
     state = _LimiterState(None, None, 0.25, clock=clock)
     actor = LocalActor(state)

@@ -619,3 +619,65 @@ async def test_slots_let_pass_never_age_as_answered() -> None:
     clock.now += 0.001
     room = len(state.lease((0, 0, 0), used=held, succeeded=1, finished=1, want=64)[0])
     assert held + room == WINDOW_START + 8 * WINDOW_GROWTH, (held, room)
+
+
+async def test_a_window_held_on_its_way_to_workers_counts_as_in_use() -> None:
+    # A server quicker than a lease's round trip: most of the window is slots on their way
+    # to a worker or held for their time, few attempts are in the air. Counted by attempts
+    # in the air alone, the window never looked half used and stopped widening: 2,000
+    # requests at 1 ms on four workers took twice as long (0.38 -> 0.76 s).
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    actor = _LateReplies(LocalActor(state), clock)
+    actor.late = 0.01  # a lease's round trip
+    workers = [LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep) for _ in range(4)]
+    todo = list(range(2000))
+    last = 0.0
+
+    async def call(lim: LeasedLimiter) -> None:
+        nonlocal last
+        while todo:
+            todo.pop()
+            async with lim.admit(REQ) as permit:
+                await clock.sleep(0.001)
+                permit.record(CompletionResponse("ok"))
+            last = clock.now
+
+    tasks = [asyncio.create_task(call(w)) for w in workers for _ in range(64)]
+    await clock.advance_to(60.0)
+    await asyncio.gather(*tasks)
+    assert last < 0.45, last
+
+
+async def test_slots_held_by_workers_that_let_them_pass_do_not_widen_the_window() -> None:
+    # Two workers starved of CPU each send one slot of every lease and let the rest pass.
+    # Slots leased and not yet reported count as in use in the share workers lately sent
+    # (a quick server's window is mostly such slots); counted whole, each worker's held
+    # lease made the window look used at the other's report, and it widened with every
+    # answer to a width never sent at (here: 12 -> 22 wide).
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    first = state.lease((0, 0, 0), want=16)[0]
+    while (more := state.lease((0, 0, 0), want=16)[0]) and len(first) < WINDOW_START:
+        first += more
+    state.lease((0, 0, 0), used=WINDOW_START)
+    clock.now += 1.0  # the opening's own pace is long over
+    state.lease((0, 0, 0), succeeded=8, finished=8, want=0)  # the window in use: 12 wide
+    state.give_back(1)  # (the one slot that lease took)
+    width = WINDOW_START + 8 * WINDOW_GROWTH
+    held = {"a": 0, "b": 0}
+    answered = {"a": 0, "b": 0}
+    for _ in range(50):
+        for w in held:
+            clock.now += 0.01
+            sent = min(1, held[w])
+            report = {"succeeded": answered[w], "finished": answered[w]}
+            report.update(used=sent, dropped=held[w] - sent, want=8)
+            held[w] = len(state.lease((0, 0, 0), **report)[0])
+            answered[w] = sent
+    # Everything resolved but b's last lease: a finds the rest of the window, no wider.
+    for w in held:
+        clock.now += 0.01
+        report = {"succeeded": answered[w], "finished": answered[w], "dropped": held[w]}
+        held[w] = len(state.lease((0, 0, 0), **report, want=8 if w == "b" else 64)[0])
+    assert held["a"] + held["b"] == width, held

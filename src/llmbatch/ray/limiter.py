@@ -80,6 +80,9 @@ WINDOW_PRESUME = 0.5
 # spread costs a server that never refuses a timer per slot (measured: +4-18% on 4,000
 # requests at 200 ms when every lease was spread).
 WINDOW_SPREAD = 256
+# Each lease weighs the slots sent and let pass before it by this (see `lease`: the share
+# of a window's held slots counted as in use); about the last twenty leases count.
+_KEEP_DECAY = 0.95
 WINDOW_DONE = 4096  # a window this wide holds nothing back: slow start is over
 WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or an answer
 # After a cut the cluster runs its server's bucket near empty: for this long a lease starts
@@ -124,7 +127,10 @@ class _LimiterState:
         self._window_acked = 0  # of those, the ones the window has been widened (or not) by
         self._window_growth = 0.0  # the window's width beyond WINDOW_START
         self._window_used = 0  # slots workers sent on (their attempts admitted)
-        self._window_flight = 0  # the most attempts in the air seen since the last lease
+        self._window_flight = 0.0  # the most slots in use seen since the last lease
+        # Of the slots workers resolved lately, those sent and those let pass (decaying)
+        self._window_kept = 0.0
+        self._window_lost = 0.0
         self._cut_at = -math.inf
         self._last_slot = -math.inf  # the latest slot leased so far
         self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)
@@ -171,11 +177,21 @@ class _LimiterState:
         `want` how many of its attempts wait for a slot (the window leases no more).
         """
         lim = self.limiter
-        # Attempts in the air as the workers last told (the ones this lease reports as
-        # finished still count: their answers were for slots sent with these in the air).
-        in_air = self._window_used + used - self._window_finished
-        self._window_flight = max(self._window_flight, in_air)
         self._window_leased -= dropped
+        # Slots in use: attempts in the air as the workers last told (the ones this lease
+        # reports as finished still count: their answers were for slots sent with these in
+        # the air), and of the slots leased and not yet reported (held, or on their way to
+        # a worker: with a server quicker than a lease's round trip, most of the window) the
+        # share workers lately sent rather than let pass. A worker starved of CPU lets most
+        # of its slots pass: they are no use of the window.
+        self._window_kept = self._window_kept * _KEEP_DECAY + used
+        self._window_lost = self._window_lost * _KEEP_DECAY + dropped
+        resolved = self._window_kept + self._window_lost
+        share = self._window_kept / resolved if resolved else 1.0
+        used_all = self._window_used + used
+        held = max(0, self._window_leased - used_all)
+        in_use = used_all - self._window_finished + share * held
+        self._window_flight = max(self._window_flight, in_use)
         self._window_removed += dropped
         self._window_finished += finished
         if any(settle):
@@ -261,7 +277,7 @@ class _LimiterState:
             if WINDOW_START + self._window_growth < 2 * self._window_flight:
                 self._window_growth += WINDOW_GROWTH * (answered - self._window_acked)
             self._window_acked = answered
-        self._window_flight = self._window_used - self._window_finished
+        self._window_flight = 0.0
         out = max(self._window_finished, aged)  # answered, refused or aged out of the air
         return math.floor(WINDOW_START + self._window_growth + out) - self._window_leased
 

@@ -277,7 +277,9 @@ class _Run:
         self.listeners = [*engine.listeners, *listeners]
         self.source = _Source(source)
         self.ready: collections.deque[BatchResult] = collections.deque()
-        self.wakeup = asyncio.Event()
+        # The consumer's wait for a result (or for the workers' end), when it waits: a
+        # worker wakes it only then, not at every result (an awake consumer drains `ready`).
+        self.waiter: asyncio.Future[None] | None = None
         self.room = FifoSemaphore(self.cfg.max_pending or 2 * self.cfg.workers)
         self.workers: list[asyncio.Task[None]] = []
         # Workers cancelled on stop: those running a request's attempts, and those awaiting an async
@@ -311,7 +313,15 @@ class _Run:
             for _ in self.workers:
                 self.room.release()
             self.gate_changed.set()
-            self.wakeup.set()
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the consumer, if it waits (`Engine.stream`)."""
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():  # cancelled with its consumer
+                waiter.set_result(None)
 
     async def gate_room(self) -> None:
         """With `max_concurrency="auto"`, pull a request only when the gate has room for it:
@@ -344,7 +354,8 @@ class _Run:
         if result.error is not None:
             self.failed += 1
         self.ready.append(result)
-        self.wakeup.set()
+        if self.waiter is not None:
+            self.wake()
         if self.listeners:
             self.emit(RequestFinished(item, result, self.cfg.clock()))
 
@@ -485,7 +496,7 @@ class _Run:
         finally:
             if timer is not None:
                 timer.close()
-            self.wakeup.set()
+            self.wake()
 
     def cached(self, index: int, item: BatchRequest) -> BatchResult | None:
         """The result of a request the cache answers (no admission, no call), or None."""
@@ -899,9 +910,9 @@ class Engine:
                     yield result
                 if all(w.done() for w in run.workers):
                     break
-                run.wakeup.clear()
-                if not run.ready:
-                    await run.wakeup.wait()
+                # `ready` is empty here: wait for a worker's result or its end (`wake`).
+                run.waiter = loop.create_future()
+                await run.waiter
             if run.crash is not None:
                 raise run.crash
             if run.stop_error is not None:

@@ -677,7 +677,19 @@ class _Run:
                     else:
                         await manager.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
-            self.attempt_finished(item, state, called, response, None)
+            # `attempt_finished` for an answer, spelled out: the log entry of `_Attempts.called`.
+            now = clock()
+            seconds = now - called
+            outcome: Outcome = 200 if response is None else response.status_code
+            wait = state.wait
+            if wait:
+                state.wait = 0.0
+                state.log += ((round(wait, 6), round(seconds, 6), outcome),)
+            else:
+                state.log += ((0.0, round(seconds, 6), outcome),)
+            state.provider += seconds
+            if self.listeners:
+                self.emit(AttemptFinished(item, state.count, wait, seconds, outcome, None, now))
             if base is not None:
                 base.answered(response)  # `record` and `leave(None)` in one call
             elif held is not None:

@@ -420,16 +420,16 @@ class _Run:
                     self.deliver(item, self.stopped_result(index, item, started, 0))
                     return
                 state = _Attempts()
+                state.timer = timer
                 self.busy.add(task)
                 self.active += 1
                 try:
-                    # The request's attempts, spelled out in the worker: it awaits the
-                    # client itself, with no coroutine of ours in between. Every resumption
-                    # of a request in flight (its connect, its write, its read) passes
-                    # through each frame of its await chain, and each frame costs CPU per
-                    # resumption. What only a failed or waiting attempt needs is in helpers
-                    # it alone enters: `after_failure` (retries, re-asks, tiers),
-                    # `attempt_failed`, `enter_later`, `exit_answered`.
+                    # The request's attempts. A plain answer's path is this loop's body and
+                    # `attempt`: the worker awaits `attempt` itself (no coroutine in between:
+                    # every resumption of a request in flight, its connect, its write, its
+                    # read, passes through each frame of its await chain, and each costs CPU
+                    # per resumption); retries, re-asks and tiers are `after_failure`'s,
+                    # which only a failed attempt enters.
                     result = None if cache is None else self.cached(index, item)
                     request, asked = item.request, item  # `asked`: a re-ask or a tier's move
                     while result is None:
@@ -439,104 +439,7 @@ class _Run:
                             )
                             break
                         try:
-                            # One attempt, spelled out here (see the comment above): one
-                            # admission, one call, timed; every call adds one entry to the
-                            # request's attempt log. What it raised goes to `after_failure`
-                            # below, once the permit has heard it (`attempt_failed`).
-                            admission = self.admission
-                            manager: Any = None
-                            base: PermitBase | None = None
-                            held: Permit | None = None
-                            if admission is not None:
-                                asked_at = clock()
-                                state.asked = asked_at
-                                if self.listeners:
-                                    self.emit(AttemptQueued(asked, state.count + 1, asked_at))
-                                manager = admission.admit(asked.request)
-                                # `async with manager`, spelled out: a `PermitBase` (every
-                                # admission of ours) is entered and left without a coroutine
-                                # when its slot is due, the hot path.
-                                base = manager if isinstance(manager, PermitBase) else None
-                            try:
-                                if manager is None:
-                                    called = clock()
-                                elif base is not None and base.enter_now():
-                                    # Admitted at once: no wait to time (the ask's clock read).
-                                    held = base
-                                    called = asked_at
-                                    state.asked = None
-                                    state.pause = 0.0  # a Retry-After's pause is over, unwaited
-                                else:
-                                    held = await self.enter_later(manager, base)
-                                    called = clock()
-                                    state.entered(called, asked_at)
-                                state.count += 1
-                                response: CompletionResponse | None = None
-                                try:
-                                    if self.listeners:
-                                        self.emit(RequestStarted(asked, state.count, called))
-                                    call = asked.request
-                                    try:
-                                        if timer is None:
-                                            response = await self.client.complete(call)
-                                        else:
-                                            # `async with asyncio.timeout(...)`, without a loop
-                                            # timer per attempt.
-                                            timeout = cfg.request_timeout
-                                            if call.extra:  # a tier may ask for longer (flex)
-                                                timeout = TierPolicy.timeout_for(call, timeout)
-                                            timer.start(timeout or 0.0)
-                                            try:
-                                                response = await self.client.complete(call)
-                                            except BaseException as exc:
-                                                if timer.stop(exc):
-                                                    raise TimeoutError from exc
-                                                raise
-                                            timer.stop(None)
-                                    except (
-                                        TimeoutError,
-                                        asyncio.CancelledError,
-                                        GeneratorExit,
-                                    ) as exc:
-                                        error = self.call_error(exc)
-                                        if error is exc:
-                                            raise
-                                        raise error from exc
-                                except BaseException as exc:
-                                    if self.attempt_failed(
-                                        asked, state, called, response, exc, held, base
-                                    ):
-                                        await manager.__aexit__(type(exc), exc, exc.__traceback__)
-                                    raise
-                                # `attempt_finished` for an answer, spelled out: the log entry
-                                # of `_Attempts.called`.
-                                now = clock()
-                                seconds = now - called
-                                outcome: Outcome = 200 if response is None else response.status_code
-                                wait = state.wait
-                                if wait:
-                                    state.wait = 0.0
-                                    state.log += ((round(wait, 6), round(seconds, 6), outcome),)
-                                else:
-                                    state.log += ((0.0, round(seconds, 6), outcome),)
-                                state.provider += seconds
-                                if self.listeners:
-                                    self.emit(
-                                        AttemptFinished(
-                                            asked, state.count, wait, seconds, outcome, None, now
-                                        )
-                                    )
-                                if base is not None:
-                                    base.answered(response)  # `record` and `leave(None)`
-                                elif held is not None:
-                                    await self.exit_answered(manager, held, response)
-                            finally:
-                                if admission is not None:
-                                    if state.asked is not None:  # refused or cancelled waiting
-                                        state.admitted(clock())  # still waited
-                                    # Read after the permit's release: did the limiter wait
-                                    # out the Retry-After?
-                                    state.paused = held is not None and held.paused_for_retry
+                            response = await self.attempt(asked, state)
                             # After the attempt's permit recorded the tokens the reply used.
                             parsed = check_reply(asked.request, response, validate_json=validate)
                         except Exception as exc:
@@ -626,7 +529,7 @@ class _Run:
             return self.failed_result(index, item, previous, started, state.count, error), item
         self.report_outages()
         # The Retry-After the limiter paused every admission for, if it did: that much of
-        # the next admission wait is this retry's delay (see `_Attempts.entered`).
+        # the next admission wait is this retry's delay (see `attempt`).
         retry_after = getattr(error, "retry_after", None) if state.paused else None
         state.pause = float(retry_after or 0.0)
         if isinstance(error, AuthenticationError):
@@ -685,48 +588,112 @@ class _Run:
                 state.backoff += cfg.clock() - slept_from
         return None, item
 
-    async def enter_later(self, manager: Any, base: PermitBase | None) -> Permit:
-        """The admission of an attempt not admitted at once: its wait (pacing, an outage, a
-        gate), or any admission's `async with` that is not a `PermitBase`."""
-        if base is None:
-            held: Permit = await manager.__aenter__()
-            return held
-        await base.enter_later()
-        return base
+    async def attempt(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
+        """One admitted call, timed: every call adds one entry to the request's attempt log.
+        Raises what the call raised; the permit hears it first.
 
-    async def exit_answered(self, manager: Any, held: Permit, response: CompletionResponse) -> None:
-        """An answered attempt's release, for an admission that is not a `PermitBase`."""
+        The call is spelled out here, not a coroutine of its own: every resumption of a
+        request in flight (its connect, its write, its read) passes through each frame of
+        its await chain, and each frame costs CPU per resumption."""
+        cfg = self.cfg
+        clock = cfg.clock
+        admission = self.admission
+        manager: Any = None
+        base: PermitBase | None = None
+        held: Permit | None = None
+        if admission is not None:
+            asked = clock()
+            state.asked = asked
+            if self.listeners:
+                self.emit(AttemptQueued(item, state.count + 1, asked))
+            manager = admission.admit(item.request)
+            # `async with manager`, spelled out: a `PermitBase` (every admission of ours) is
+            # entered and left without a coroutine when its slot is due, the hot path.
+            base = manager if isinstance(manager, PermitBase) else None
         try:
-            held.record(response)
-        except BaseException as exc:
-            await manager.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        await manager.__aexit__(None, None, None)
-
-    def attempt_failed(
-        self,
-        item: BatchRequest,
-        state: _Attempts,
-        called: float,
-        response: CompletionResponse | None,
-        exc: BaseException,
-        held: Permit | None,
-        base: PermitBase | None,
-    ) -> bool:
-        """An attempt's call raised `exc`: count it, log it, and let its permit (`held`,
-        entered as `base` when a `PermitBase`) hear it. True when the caller must still await
-        the admission's `__aexit__` (an admission that is not a `PermitBase`)."""
-        if may_be_billed(exc):
-            state.maybe_billed += 1
-        self.attempt_finished(item, state, called, response, exc)
-        if held is None:
-            return False
-        if isinstance(exc, Exception) and self.breaker is not None and self.breaker.excuses(exc):
-            mark_outage(held)  # the breaker waits it out; limiters must not cut
-        if base is not None:
-            base.leave(exc)
-            return False
-        return True
+            if manager is None:
+                called = clock()
+            elif base is not None and base.enter_now():
+                # Admitted without waiting: no wait to time (the clock read at the ask).
+                held = base
+                called = asked
+                state.asked = None
+                state.pause = 0.0  # a Retry-After's pause, if any, is over: none of it waited
+            else:
+                if base is None:
+                    held = await manager.__aenter__()
+                else:
+                    await base.enter_later()
+                    held = base
+                called = clock()
+                state.admitted(called)
+                # After a refusal whose Retry-After the limiter paused for, that much of this
+                # wait is the retry's delay, which counts against max_retry_time; the rest
+                # (pacing, an outage) is queueing on our side, which does not.
+                if called != asked or state.pause:
+                    state.waited += max(0.0, called - asked - state.pause)
+                    state.pause = 0.0
+            state.count += 1
+            response: CompletionResponse | None = None
+            try:
+                if self.listeners:
+                    self.emit(RequestStarted(item, state.count, called))
+                request = item.request
+                try:
+                    timer = state.timer
+                    if timer is None:
+                        response = await self.client.complete(request)
+                    else:
+                        # `async with asyncio.timeout(...)`, without a loop timer per attempt.
+                        timeout = cfg.request_timeout
+                        if request.extra:  # a tier may ask for longer (flex)
+                            timeout = TierPolicy.timeout_for(request, timeout)
+                        timer.start(timeout or 0.0)
+                        try:
+                            response = await self.client.complete(request)
+                        except BaseException as exc:
+                            if timer.stop(exc):
+                                raise TimeoutError from exc
+                            raise
+                        timer.stop(None)
+                except (TimeoutError, asyncio.CancelledError, GeneratorExit) as exc:
+                    error = self.call_error(exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
+            except BaseException as exc:
+                if may_be_billed(exc):
+                    state.maybe_billed += 1
+                self.attempt_finished(item, state, called, response, exc)
+                if held is not None:
+                    if (
+                        isinstance(exc, Exception)
+                        and self.breaker is not None
+                        and self.breaker.excuses(exc)
+                    ):
+                        mark_outage(held)  # the breaker waits it out; limiters must not cut
+                    if base is not None:
+                        base.leave(exc)
+                    else:
+                        await manager.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            self.attempt_finished(item, state, called, response, None)
+            if base is not None:
+                base.answered(response)  # `record` and `leave(None)` in one call
+            elif held is not None:
+                try:
+                    held.record(response)
+                except BaseException as exc:
+                    await manager.__aexit__(type(exc), exc, exc.__traceback__)
+                    raise
+                await manager.__aexit__(None, None, None)
+        finally:
+            if admission is not None:
+                if state.asked is not None:  # refused or cancelled while waiting: still waited
+                    state.admitted(clock())
+                # Read after the permit's release: did the limiter wait out the Retry-After?
+                state.paused = held is not None and held.paused_for_retry
+        return response
 
     def attempt_finished(
         self,
@@ -819,20 +786,11 @@ class _Attempts:
     provider: float = 0.0
     backoff: float = 0.0
     log: tuple[tuple[float, float, Outcome], ...] = ()
+    timer: AttemptTimer | None = None  # the worker's, for the attempts' request_timeout
 
     def new_paid(self) -> list[CompletionResponse]:
         self.paid = []
         return self.paid
-
-    def entered(self, called: float, asked: float) -> None:
-        """Admitted at `called` after waiting since `asked`."""
-        self.admitted(called)
-        # After a refusal whose Retry-After the limiter paused for, that much of this wait is
-        # the retry's delay, which counts against max_retry_time; the rest (pacing, an outage)
-        # is queueing on our side, which does not.
-        if called != asked or self.pause:
-            self.waited += max(0.0, called - asked - self.pause)
-            self.pause = 0.0
 
     def admitted(self, now: float) -> None:
         if self.asked is not None:

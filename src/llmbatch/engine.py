@@ -277,10 +277,12 @@ class _Run:
         self.listeners = [*engine.listeners, *listeners]
         self.source = _Source(source)
         self.ready: collections.deque[BatchResult] = collections.deque()
-        self.wakeup = asyncio.Event()
+        # The consumer's wait for a result (or for the workers' end), when it waits: a
+        # worker wakes it only then, not at every result (an awake consumer drains `ready`).
+        self.waiter: asyncio.Future[None] | None = None
         self.room = FifoSemaphore(self.cfg.max_pending or 2 * self.cfg.workers)
         self.workers: list[asyncio.Task[None]] = []
-        # Workers cancelled on stop: those inside `process`, and those awaiting an async
+        # Workers cancelled on stop: those running a request's attempts, and those awaiting an async
         # source (a source that blocks must not hold the run past its deadline or an early
         # close; cancelling the pull closes an async generator, so requests it had not yet
         # yielded get no result).
@@ -311,7 +313,15 @@ class _Run:
             for _ in self.workers:
                 self.room.release()
             self.gate_changed.set()
-            self.wakeup.set()
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the consumer, if it waits (`Engine.stream`)."""
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():  # cancelled with its consumer
+                waiter.set_result(None)
 
     async def gate_room(self) -> None:
         """With `max_concurrency="auto"`, pull a request only when the gate has room for it:
@@ -344,7 +354,8 @@ class _Run:
         if result.error is not None:
             self.failed += 1
         self.ready.append(result)
-        self.wakeup.set()
+        if self.waiter is not None:
+            self.wake()
         if self.listeners:
             self.emit(RequestFinished(item, result, self.cfg.clock()))
 
@@ -380,6 +391,8 @@ class _Run:
         wall_offset = self.wall_started - self.started
         sync_source = self.source.sync
         timer = AttemptTimer(task) if cfg.request_timeout is not None else None
+        cache = cfg.cache
+        validate = cfg.validate_json
         try:
             while self.stop_error is None:
                 if self.gate is not None:
@@ -411,7 +424,41 @@ class _Run:
                 self.busy.add(task)
                 self.active += 1
                 try:
-                    result = await self.process(index, item, started, state)
+                    # The request's attempts. A plain answer's path is this loop's body and
+                    # `attempt`: the worker awaits `attempt` itself (no coroutine in between:
+                    # every resumption of a request in flight, its connect, its write, its
+                    # read, passes through each frame of its await chain, and each costs CPU
+                    # per resumption); retries, re-asks and tiers are `after_failure`'s,
+                    # which only a failed attempt enters.
+                    result = None if cache is None else self.cached(index, item)
+                    request, asked = item.request, item  # `asked`: a re-ask or a tier's move
+                    while result is None:
+                        if self.abort_error is not None:
+                            result = self.failed_result(
+                                index, item, self.abort_error, started, state.count
+                            )
+                            break
+                        try:
+                            response = await self.attempt(asked, state)
+                            # After the attempt's permit recorded the tokens the reply used.
+                            parsed = check_reply(asked.request, response, validate_json=validate)
+                        except Exception as exc:
+                            result, asked = await self.after_failure(
+                                index, asked, started, state, exc
+                            )
+                            continue
+                        if self.listeners and self.breaker is not None:
+                            self.report_outages()
+                        if cache is not None:
+                            cache.put(request, response)
+                        result = BatchResult(
+                            item.id,
+                            response=response,
+                            duration=clock() - started,
+                            attempts=state.count,
+                            index=index,
+                            parsed=parsed,
+                        )
                 except asyncio.CancelledError:
                     if self.stop_error is None:
                         raise
@@ -449,113 +496,97 @@ class _Run:
         finally:
             if timer is not None:
                 timer.close()
-            self.wakeup.set()
+            self.wake()
 
-    async def process(
-        self, index: int, item: BatchRequest, started: float, state: _Attempts
-    ) -> BatchResult:
-        cfg = self.cfg
+    def cached(self, index: int, item: BatchRequest) -> BatchResult | None:
+        """The result of a request the cache answers (no admission, no call), or None."""
+        assert self.cfg.cache is not None
         req = item.request
-        invalid = 0
-        previous: Exception | None = None  # the last attempt's error
-        if cfg.cache is not None and (hit := cfg.cache.get(req)) is not None:
-            cached = _cached_answer(req, hit, cfg.validate_json)
+        if (hit := self.cfg.cache.get(req)) is not None:
+            cached = _cached_answer(req, hit, self.cfg.validate_json)
             if cached is not None:
                 return BatchResult(
                     item.id, response=hit, attempts=0, index=index, parsed=cached.parsed
                 )
-        while True:
-            if self.abort_error is not None:
-                return self.failed_result(index, item, self.abort_error, started, state.count)
-            try:
-                response = await self.attempt(item, state)
-                # After the attempt's permit recorded the tokens the reply really used.
-                parsed = check_reply(item.request, response, validate_json=cfg.validate_json)
-            except Exception as exc:
-                error = exc
-                if isinstance(reply := getattr(error, "response", None), CompletionResponse):
-                    # A reply that was no answer, paid all the same.
-                    (state.paid if state.paid is not None else state.new_paid()).append(reply)
-                paid_before = bool(state.maybe_billed or state.paid)
-                if isinstance(error, BudgetExceededError) and paid_before and previous is not None:
-                    # Sent before and paid or maybe billed: not "never sent" (unfinished, with
-                    # no line, so a rerun would forget that money); it ends with its last
-                    # attempt's error and its line carries the cost.
-                    return self.failed_result(index, item, previous, started, state.count, error)
-                previous = error
-            else:
-                if self.listeners and self.breaker is not None:
-                    self.report_outages()
-                if cfg.cache is not None:
-                    cfg.cache.put(req, response)
-                return BatchResult(
-                    item.id,
-                    response=response,
-                    duration=cfg.clock() - started,
-                    attempts=state.count,
-                    index=index,
-                    parsed=parsed,
-                )
-            self.report_outages()
-            # The Retry-After the limiter paused every admission for, if it did: that much of
-            # the next admission wait is this retry's delay (see `attempt`).
-            retry_after = getattr(error, "retry_after", None) if state.paused else None
-            state.pause = float(retry_after or 0.0)
-            if isinstance(error, AuthenticationError):
-                self.note_auth_failure(error)
-            if isinstance(error, InvalidResponseError):
-                invalid += 1
-            if isinstance(error, ReplyError) and (follow := self.follow_up(item, error, state)):
-                item = follow
-                continue
-            if isinstance(error, CapacityError):
-                # A tier short of room (flex): not this request's failure, not a sign of our
-                # pace (`llmbatch.tiers`). It waits, or moves tier, its retries untouched.
-                state.excused += 1
-                state.refusals += 1
-                step = cfg.tiers.after_refusal(item.request, state.refusals, state.refused_for)
-                if step is not None:
-                    request, wait = step
-                    if request is not item.request:
-                        item = BatchRequest(item.id, request)
-                    elif error.retry_after is not None:
-                        wait = min(max(error.retry_after, 0.0), cfg.retry.max_retry_after)
-                    self.emit(RequestRetrying(item, state.count, error, wait, cfg.clock()))
-                    if wait > 0:
-                        slept_from = cfg.clock()
-                        try:
-                            with self.sleeping():
-                                await cfg.tiers.wait(wait, cfg.sleep)
-                        finally:
-                            state.backoff += cfg.clock() - slept_from
-                            state.refused_for += cfg.clock() - slept_from
-                        if (moved := cfg.tiers.after_wait(item.request)) is not item.request:
-                            item = BatchRequest(item.id, moved)
-                    continue
-                return self.failed_result(index, item, error, started, state.count)
-            if self.breaker is not None and self.breaker.excuses(error):
-                # The server is down for everyone: wait at the breaker, not in a backoff,
-                # and do not count this attempt against the request's retries.
-                state.excused += 1
-                self.emit(RequestRetrying(item, state.count, error, 0.0, cfg.clock()))
-                continue
-            delay = cfg.retry.next_delay(
-                error,
-                attempt=state.count - state.excused,
-                elapsed=cfg.clock() - started - state.waited - state.refused_for,
-                invalid_count=invalid,
-                retry_after_handled=state.paused,
-            )
-            if delay is None:
-                return self.failed_result(index, item, error, started, state.count)
-            self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
-            if delay > 0:
+        return None
+
+    async def after_failure(
+        self, index: int, item: BatchRequest, started: float, state: _Attempts, error: Exception
+    ) -> tuple[BatchResult | None, BatchRequest]:
+        """After an attempt that failed with `error`: the request's result when it ends here
+        (no retry left, refused, stopped), else None and the request to try next (itself,
+        its re-ask or its move to another tier), once its backoff or its tier's wait is over."""
+        cfg = self.cfg
+        if isinstance(reply := getattr(error, "response", None), CompletionResponse):
+            # A reply that was no answer, paid all the same.
+            (state.paid if state.paid is not None else state.new_paid()).append(reply)
+        paid_before = bool(state.maybe_billed or state.paid)
+        previous, state.previous = state.previous, error
+        if isinstance(error, BudgetExceededError) and paid_before and previous is not None:
+            # Sent before and paid or maybe billed: not "never sent" (unfinished, with
+            # no line, so a rerun would forget that money); it ends with its last
+            # attempt's error and its line carries the cost.
+            return self.failed_result(index, item, previous, started, state.count, error), item
+        self.report_outages()
+        # The Retry-After the limiter paused every admission for, if it did: that much of
+        # the next admission wait is this retry's delay (see `attempt`).
+        retry_after = getattr(error, "retry_after", None) if state.paused else None
+        state.pause = float(retry_after or 0.0)
+        if isinstance(error, AuthenticationError):
+            self.note_auth_failure(error)
+        if isinstance(error, InvalidResponseError):
+            state.invalid += 1
+        if isinstance(error, ReplyError) and (follow := self.follow_up(item, error, state)):
+            return None, follow
+        if isinstance(error, CapacityError):
+            # A tier short of room (flex): not this request's failure, not a sign of our
+            # pace (`llmbatch.tiers`). It waits, or moves tier, its retries untouched.
+            state.excused += 1
+            state.refusals += 1
+            step = cfg.tiers.after_refusal(item.request, state.refusals, state.refused_for)
+            if step is None:
+                return self.failed_result(index, item, error, started, state.count), item
+            request, wait = step
+            if request is not item.request:
+                item = BatchRequest(item.id, request)
+            elif error.retry_after is not None:
+                wait = min(max(error.retry_after, 0.0), cfg.retry.max_retry_after)
+            self.emit(RequestRetrying(item, state.count, error, wait, cfg.clock()))
+            if wait > 0:
                 slept_from = cfg.clock()
                 try:
                     with self.sleeping():
-                        await cfg.sleep(delay)
+                        await cfg.tiers.wait(wait, cfg.sleep)
                 finally:
                     state.backoff += cfg.clock() - slept_from
+                    state.refused_for += cfg.clock() - slept_from
+                if (moved := cfg.tiers.after_wait(item.request)) is not item.request:
+                    item = BatchRequest(item.id, moved)
+            return None, item
+        if self.breaker is not None and self.breaker.excuses(error):
+            # The server is down for everyone: wait at the breaker, not in a backoff,
+            # and do not count this attempt against the request's retries.
+            state.excused += 1
+            self.emit(RequestRetrying(item, state.count, error, 0.0, cfg.clock()))
+            return None, item
+        delay = cfg.retry.next_delay(
+            error,
+            attempt=state.count - state.excused,
+            elapsed=cfg.clock() - started - state.waited - state.refused_for,
+            invalid_count=state.invalid,
+            retry_after_handled=state.paused,
+        )
+        if delay is None:
+            return self.failed_result(index, item, error, started, state.count), item
+        self.emit(RequestRetrying(item, state.count, error, delay, cfg.clock()))
+        if delay > 0:
+            slept_from = cfg.clock()
+            try:
+                with self.sleeping():
+                    await cfg.sleep(delay)
+            finally:
+                state.backoff += cfg.clock() - slept_from
+        return None, item
 
     async def attempt(self, item: BatchRequest, state: _Attempts) -> CompletionResponse:
         """One admitted call, timed: every call adds one entry to the request's attempt log.
@@ -744,6 +775,8 @@ class _Attempts:
     paused: bool = False  # the limiter waited out the last refusal's Retry-After
     pause: float = 0.0  # that Retry-After, in seconds: the next admission's wait is the retry's
     replies: ReplyTries | None = None  # re-asks used (made at the first re-ask)
+    invalid: int = 0  # attempts whose reply was unreadable (`InvalidResponseError`)
+    previous: Exception | None = None  # the last failed attempt's error
     maybe_billed: int = 0  # calls sent whose reply was never read (`errors.may_be_billed`)
     paid: list[CompletionResponse] | None = None  # replies that were no answer
     # Where the time went (`Timing`): `waited` above leaves out Retry-After pauses, these don't.
@@ -877,9 +910,9 @@ class Engine:
                     yield result
                 if all(w.done() for w in run.workers):
                     break
-                run.wakeup.clear()
-                if not run.ready:
-                    await run.wakeup.wait()
+                # `ready` is empty here: wait for a worker's result or its end (`wake`).
+                run.waiter = loop.create_future()
+                await run.waiter
             if run.crash is not None:
                 raise run.crash
             if run.stop_error is not None:

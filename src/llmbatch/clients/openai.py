@@ -162,7 +162,11 @@ def _parse(
 
 def _usage(usage: Mapping[str, Any]) -> Usage:
     details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    cached = None
+    # A dict (what orjson decodes) or None is told apart without `Mapping`'s ABC check, a
+    # Python-level call on every reply.
+    if details is not None and (type(details) is dict or isinstance(details, Mapping)):
+        cached = details.get("cached_tokens")
     return Usage(
         int(usage.get("prompt_tokens") or 0),
         int(usage.get("completion_tokens") or 0),

@@ -327,8 +327,9 @@ async def test_slots_let_pass_unused_give_the_opening_window_back() -> None:
     assert room() == WINDOW_START  # nothing answered yet
     assert room() == 0
     assert room(dropped=3) == 3  # three let pass unused: three again
-    # Two answered: two attempts less in the air and the window one wider (WINDOW_GROWTH).
-    assert room(used=2, succeeded=2, finished=2) == 3
+    # Two answered, of the eight sent: two attempts less in the air and the window one wider
+    # (WINDOW_GROWTH; the window was in use, see the test of a window not filled).
+    assert room(used=8, succeeded=2, finished=2) == 3
     assert room(used=1, finished=1) == 1  # one failed: its slot back, no wider
 
 
@@ -552,3 +553,131 @@ async def test_a_lease_read_late_in_the_opening_still_goes_out_spread() -> None:
     # Before: each lease's slots all at the instant its reply was read (0.13 s: seven).
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert min(gaps) > 0.001, times
+
+
+async def test_a_window_not_filled_does_not_widen_for_a_worker_that_joins_late() -> None:
+    # Ray starts workers seconds apart on a loaded machine. One worker with two callers
+    # against a quick server heard ~80 answers in two seconds and each widened the window, to
+    # 48 slots it never sent at; the worker that joined then found all that room and sent
+    # its 32 callers at once into a bucket never tested at that width (traced with two CPU
+    # burners: all 16 refusals of a run). A window widens only while half of it is in use.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    actor = LocalActor(state)
+    early, late = (LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep) for _ in range(2))
+    joined = 2.0
+    late_sent: list[float] = []
+
+    async def steady() -> None:
+        while clock.now < joined + 1.0:
+            async with early.admit(REQ) as permit:
+                await clock.sleep(0.05)
+                permit.record(CompletionResponse("ok"))
+
+    async def joiner() -> None:
+        await clock.sleep(joined)
+        async with late.admit(REQ) as permit:
+            late_sent.append(clock.now)
+            await clock.sleep(0.05)
+            permit.record(CompletionResponse("ok"))
+
+    tasks = [asyncio.create_task(steady()) for _ in range(2)]
+    tasks += [asyncio.create_task(joiner()) for _ in range(32)]
+    await clock.advance_to(10.0)
+    await asyncio.gather(*tasks)
+    assert len(late_sent) == 32
+    # Within its first lease: what the window holds less the early worker's two in the air
+    # (before: all 32).
+    at_once = sum(1 for at in late_sent if at < joined + OPENING_LEASE)
+    assert at_once <= WINDOW_START - 2, sorted(late_sent)
+    # The window then grows with the answers of a window in use, 1.5x a round: 6, 9, 13.
+    assert max(late_sent) < joined + 4 * 0.05 + 0.1, sorted(late_sent)
+
+
+async def test_slots_let_pass_never_age_as_answered() -> None:
+    # A worker starved of CPU sends a slot or two of each lease and lets the rest pass. Slots
+    # leased WINDOW_PRESUME ago count as answered (a slow server's opening grows so), but
+    # those let pass were never in the air: counted, they made every attempt in the air look
+    # answered, and the window look empty to a worker that then took all of it.
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    first = state.lease((0, 0, 0), want=16)[0]
+    while (more := state.lease((0, 0, 0), want=16)[0]) and len(first) < WINDOW_START:
+        first += more
+    assert len(first) == WINDOW_START
+    assert state.lease((0, 0, 0), used=WINDOW_START)[0] == []  # all eight in the air
+    clock.now += 1.0  # the opening's own pace is long over
+    held = len(state.lease((0, 0, 0), succeeded=8, finished=8, want=16)[0])
+    assert held == WINDOW_START + 8 * WINDOW_GROWTH  # answered with the window full: wider
+    answered = 0
+    for _ in range(50):  # a second: one sent of each lease, the rest let pass
+        clock.now += 0.02
+        report = {"succeeded": answered, "finished": answered}  # the one sent before
+        held = len(state.lease((0, 0, 0), used=1, dropped=held - 1, want=16, **report)[0])
+        answered = 1
+    # The last lease all sent at once, fresh: only the rest of the window is free.
+    clock.now += 0.001
+    room = len(state.lease((0, 0, 0), used=held, succeeded=1, finished=1, want=64)[0])
+    assert held + room == WINDOW_START + 8 * WINDOW_GROWTH, (held, room)
+
+
+async def test_a_window_held_on_its_way_to_workers_counts_as_in_use() -> None:
+    # A server quicker than a lease's round trip: most of the window is slots on their way
+    # to a worker or held for their time, few attempts are in the air. Counted by attempts
+    # in the air alone, the window never looked half used and stopped widening: 2,000
+    # requests at 1 ms on four workers took twice as long (0.38 -> 0.76 s).
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    actor = _LateReplies(LocalActor(state), clock)
+    actor.late = 0.01  # a lease's round trip
+    workers = [LeasedLimiter(actor, 0.25, clock=clock, sleep=clock.sleep) for _ in range(4)]
+    todo = list(range(2000))
+    last = 0.0
+
+    async def call(lim: LeasedLimiter) -> None:
+        nonlocal last
+        while todo:
+            todo.pop()
+            async with lim.admit(REQ) as permit:
+                await clock.sleep(0.001)
+                permit.record(CompletionResponse("ok"))
+            last = clock.now
+
+    tasks = [asyncio.create_task(call(w)) for w in workers for _ in range(64)]
+    await clock.advance_to(60.0)
+    await asyncio.gather(*tasks)
+    assert last < 0.45, last
+
+
+async def test_slots_held_by_workers_that_let_them_pass_do_not_widen_the_window() -> None:
+    # Two workers starved of CPU each send one slot of every lease and let the rest pass.
+    # Slots leased and not yet reported count as in use in the share workers lately sent
+    # (a quick server's window is mostly such slots); counted whole, each worker's held
+    # lease made the window look used at the other's report, and it widened with every
+    # answer to a width never sent at (here: 12 -> 22 wide).
+    clock = SteppedClock()
+    state = _LimiterState(None, None, 0.25, clock=clock)
+    first = state.lease((0, 0, 0), want=16)[0]
+    while (more := state.lease((0, 0, 0), want=16)[0]) and len(first) < WINDOW_START:
+        first += more
+    state.lease((0, 0, 0), used=WINDOW_START)
+    clock.now += 1.0  # the opening's own pace is long over
+    state.lease((0, 0, 0), succeeded=8, finished=8, want=0)  # the window in use: 12 wide
+    state.give_back(1)  # (the one slot that lease took)
+    width = WINDOW_START + 8 * WINDOW_GROWTH
+    held = {"a": 0, "b": 0}
+    answered = {"a": 0, "b": 0}
+    for _ in range(50):
+        for w in held:
+            clock.now += 0.01
+            sent = min(1, held[w])
+            report = {"succeeded": answered[w], "finished": answered[w]}
+            report.update(used=sent, dropped=held[w] - sent, want=8)
+            held[w] = len(state.lease((0, 0, 0), **report)[0])
+            answered[w] = sent
+    # Everything resolved but b's last lease: a finds the rest of the window, no wider.
+    for w in held:
+        clock.now += 0.01
+        report = {"succeeded": answered[w], "finished": answered[w], "dropped": held[w]}
+        held[w] = len(state.lease((0, 0, 0), **report, want=8 if w == "b" else 64)[0])
+    assert held["a"] + held["b"] == width, held

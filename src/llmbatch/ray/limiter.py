@@ -68,6 +68,7 @@ WINDOW_START = 8
 # read, and a loaded machine reads it late: at a doubling that round was twice what the
 # server had just accepted, and up to half of it was refused (15 of 300 at one instant with
 # two CPU burners beside the cluster). At 1.5x per round the crossing round is a third new.
+# Only while at least half the window is in use (see `_LimiterState._window`).
 WINDOW_GROWTH = 0.5
 # An LLM may take seconds to answer, while a refusal comes back at once: a slot in the air
 # this long without a refusal counts as answered, so the opening of a slow server still
@@ -79,6 +80,9 @@ WINDOW_PRESUME = 0.5
 # spread costs a server that never refuses a timer per slot (measured: +4-18% on 4,000
 # requests at 200 ms when every lease was spread).
 WINDOW_SPREAD = 256
+# Each lease weighs the slots sent and let pass before it by this (see `lease`: the share
+# of a window's held slots counted as in use); about the last twenty leases count.
+_KEEP_DECAY = 0.95
 WINDOW_DONE = 4096  # a window this wide holds nothing back: slow start is over
 WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or an answer
 # After a cut the cluster runs its server's bucket near empty: for this long a lease starts
@@ -118,7 +122,15 @@ class _LimiterState:
         self._window_answers = 0
         self._window_sent: collections.deque[tuple[float, int]] = collections.deque()
         self._window_aged = 0  # slots leased more than WINDOW_PRESUME ago
+        self._window_removed = 0  # slots leased, then let pass unused or given back
         self._window_answered = 0  # answers so far (or slots aged as answered)
+        self._window_acked = 0  # of those, the ones the window has been widened (or not) by
+        self._window_growth = 0.0  # the window's width beyond WINDOW_START
+        self._window_used = 0  # slots workers sent on (their attempts admitted)
+        self._window_flight = 0.0  # the most slots in use seen since the last lease
+        # Of the slots workers resolved lately, those sent and those let pass (decaying)
+        self._window_kept = 0.0
+        self._window_lost = 0.0
         self._cut_at = -math.inf
         self._last_slot = -math.inf  # the latest slot leased so far
         self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)
@@ -166,6 +178,21 @@ class _LimiterState:
         """
         lim = self.limiter
         self._window_leased -= dropped
+        # Slots in use: attempts in the air as the workers last told (the ones this lease
+        # reports as finished still count: their answers were for slots sent with these in
+        # the air), and of the slots leased and not yet reported (held, or on their way to
+        # a worker: with a server quicker than a lease's round trip, most of the window) the
+        # share workers lately sent rather than let pass. A worker starved of CPU lets most
+        # of its slots pass: they are no use of the window.
+        self._window_kept = self._window_kept * _KEEP_DECAY + used
+        self._window_lost = self._window_lost * _KEEP_DECAY + dropped
+        resolved = self._window_kept + self._window_lost
+        share = self._window_kept / resolved if resolved else 1.0
+        used_all = self._window_used + used
+        held = max(0, self._window_leased - used_all)
+        in_use = used_all - self._window_finished + share * held
+        self._window_flight = max(self._window_flight, in_use)
+        self._window_removed += dropped
         self._window_finished += finished
         if any(settle):
             lim.settle_tokens(*settle)
@@ -228,16 +255,31 @@ class _LimiterState:
         while sent and sent[0][0] <= old:
             self._window_aged += sent.popleft()[1]
         # Answered (or in the air long enough without a refusal): each leaves the window and
-        # widens it by WINDOW_GROWTH, as an acknowledgement in TCP's slow start.
-        aged = min(self._window_aged, self._window_leased)
+        # widens it by WINDOW_GROWTH, as an acknowledgement in TCP's slow start. Slots let
+        # pass or given back are no attempts in the air: they never age as answered (a
+        # starved worker drops most of its slots; aged, they had counted its whole lease
+        # as answered, and the window as empty).
+        aged = max(0, min(self._window_aged - self._window_removed, self._window_leased))
         answered = max(self._window_answers, aged)
         self._window_answered = answered
         if self.limiter.limits_known or WINDOW_START + answered >= WINDOW_DONE:
             self._window_on = False
             return None
-        grown = WINDOW_GROWTH * self._window_answers + self._window_finished
-        freed = max(grown, (1 + WINDOW_GROWTH) * aged)
-        return math.floor(WINDOW_START + freed) - self._window_leased
+        if answered > self._window_acked:
+            # TCP's congestion-window validation (RFC 7661; Linux grows in slow start only
+            # while the window is under twice the packets out): an answer widens the window
+            # only if at least half of it was in use. Workers that cannot fill it (few
+            # callers, starved of CPU) widened it with every answer, to a width never sent
+            # at; workers that joined later (Ray starts them 2-4.5 s apart on a loaded
+            # machine) found all that room and took it at once (traced: a window of ~30 grown
+            # while 1-4 were in the air; two workers joining at 2.2 s and a starved one
+            # waking sent 34 within 30 ms, all 16 of the run's refusals).
+            if WINDOW_START + self._window_growth < 2 * self._window_flight:
+                self._window_growth += WINDOW_GROWTH * (answered - self._window_acked)
+            self._window_acked = answered
+        self._window_flight = 0.0
+        out = max(self._window_finished, aged)  # answered, refused or aged out of the air
+        return math.floor(WINDOW_START + self._window_growth + out) - self._window_leased
 
     def give_back(self, count: int, tokens: Tokens = (0, 0, 0)) -> None:
         self._give_back(count, tokens)
@@ -245,6 +287,7 @@ class _LimiterState:
     def _give_back(self, count: int, tokens: Tokens) -> None:
         t, i, o = tokens
         self._window_leased -= count
+        self._window_removed += count
         self.limiter.give_back(count, t, input_tokens=i, output_tokens=o)
         # GCRA takes slots back from the end of its timeline, but these come from the middle
         # (other workers leased after them): the next lease would be given the times of slots
@@ -256,6 +299,7 @@ class _LimiterState:
         # The send rate the control law measures is what workers really sent, not what they
         # leased (an unlimited lease hands out far more slots than get used).
         if used:
+            self._window_used += used
             self.limiter.control.sent(used)
         if succeeded:
             self._window_answers += succeeded

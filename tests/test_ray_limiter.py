@@ -21,16 +21,8 @@ from llmbatch import CompletionRequest, CompletionResponse, RateLimitError, Usag
 from llmbatch.budget import BudgetExceededError
 from llmbatch.pricing import FixedPrices, Pricer
 from llmbatch.ray.budget import RETRY_SECONDS, ClusterBudget
-from llmbatch.ray.limiter import (
-    NO_BURST_AFTER_CUT,
-    OPENING_LEASE,
-    WINDOW_GROWTH,
-    WINDOW_PRESUME,
-    WINDOW_SPREAD,
-    WINDOW_START,
-    LeasedLimiter,
-    _LimiterState,
-)
+from llmbatch.ray.limiter import NO_BURST_AFTER_CUT, OPENING_LEASE, LeasedLimiter, _LimiterState
+from llmbatch.ray.window import WINDOW_GROWTH, WINDOW_PRESUME, WINDOW_SPREAD, WINDOW_START
 
 from .conftest import FakeClock
 from .helpers import LocalActor, SteppedClock

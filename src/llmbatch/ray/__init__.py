@@ -11,9 +11,9 @@
     )
 
 Needs `pip install llmbatch[ray]`; importing this package is the only thing that imports Ray.
-Modules: `limiter` (the cluster limiter actor and the leased limiter), `breaker` (the
-cluster's one outage breaker), `data` (the Ray Data mapper), `run` (the CLI's workers and
-scheduler).
+Modules: `limiter` (the cluster limiter actor and the leased limiter), `window` (its
+opening's slow start), `breaker` (the cluster's one outage breaker), `data` (the Ray Data
+mapper), `run` (the CLI's workers and scheduler).
 
 The limiter: one actor owns a `RateLimiter` (requests and tokens per minute, adaptive mode
 included). Workers do not ask it once per request: each leases a slice of capacity (the

@@ -19,9 +19,10 @@ cut has since made too fast (the cause of a cluster overshooting under load). Sl
 back count only if the cluster's schedule is still the one they were leased under, and never
 rebook slots another worker holds.
 
-While nothing is known of the server the opening is a slow start clocked by answers (see
-WINDOW_START): workers report slots let pass and attempts finished with their leases. After a
-cut no lease bursts for NO_BURST_AFTER_CUT; a worker woken late for a slot lets it pass.
+While nothing is known of the server the opening is a slow start clocked by answers
+(`llmbatch.ray.window`): workers report slots let pass and attempts finished with their
+leases. After a cut no lease bursts for NO_BURST_AFTER_CUT; a worker woken late for a slot
+lets it pass.
 `clock` and `sleep` are injectable (`ClusterLimiter.local`, `ClusterBudget`).
 """
 
@@ -44,6 +45,7 @@ from ..limiter import Estimate, RateLimiter, pauses_everyone
 from ..pricing import FixedPrices, Pricer
 from ..types import CompletionRequest, CompletionResponse, RateLimitInfo
 from .budget import ClusterBudget
+from .window import OpeningWindow
 
 __all__ = ["ClusterLimiter", "LeasedLimiter"]
 
@@ -54,36 +56,6 @@ GAUGES_EVERY = 1.0  # seconds between a worker's in-flight / waiting reports
 # While the opening paces a server of unknown limits, a lease holds the slots of this many
 # seconds at most: a cut then reaches every worker within it (and one round trip).
 OPENING_LEASE = 0.02
-# Slow start (as TCP's): while nothing is known of the server's limits, the cluster holds at
-# most WINDOW_START + WINDOW_GROWTH x (answers so far) slots leased and not yet finished, so it
-# sends at most
-# WINDOW_START + 1.5 x answers before the first refusal (see WINDOW_GROWTH): answers clock the
-# opening, not time.
-# A loaded machine reads answers (and refusals) late; an opening that grew with wall time was
-# then at every worker's full width before the first refusal reached the actor. Eight: half
-# the bucket of a 1,000 req/min server, sent before anything is known of it.
-WINDOW_START = 8
-# Each answer widens the window by this much (TCP's slow start: by one, a doubling per round
-# trip). The round that crosses a server's bucket goes out whole before its first refusal is
-# read, and a loaded machine reads it late: at a doubling that round was twice what the
-# server had just accepted, and up to half of it was refused (15 of 300 at one instant with
-# two CPU burners beside the cluster). At 1.5x per round the crossing round is a third new.
-# Only while at least half the window is in use (see `_LimiterState._window`).
-WINDOW_GROWTH = 0.5
-# An LLM may take seconds to answer, while a refusal comes back at once: a slot in the air
-# this long without a refusal counts as answered, so the opening of a slow server still
-# grows every WINDOW_PRESUME (answers alone would take many of its latencies). Well above the
-# 100-200 ms a loaded machine took to read a refusal and report it.
-WINDOW_PRESUME = 0.5
-# A lease's slots are spread (see `_LimiterState.lease`) until this many answers: a
-# bucket the opening has not crossed by then holds well over a hundred requests, and the
-# spread costs a server that never refuses a timer per slot (measured: +4-18% on 4,000
-# requests at 200 ms when every lease was spread).
-WINDOW_SPREAD = 256
-# Each lease weighs the slots sent and let pass before it by this (see `lease`: the share
-# of a window's held slots counted as in use); about the last twenty leases count.
-_KEEP_DECAY = 0.95
-WINDOW_DONE = 4096  # a window this wide holds nothing back: slow start is over
 WINDOW_POLL = 0.025  # a worker the window turned away asks again after this, or an answer
 # After a cut the cluster runs its server's bucket near empty: for this long a lease starts
 # at most one slot ahead of the pace, whatever credit the actor's timeline holds.
@@ -114,23 +86,9 @@ class _LimiterState:
         )
         self.slice = slice_seconds
         self._clock = clock
-        # Slow start (see WINDOW_START): slots leased in it less those dropped unused, the
-        # attempts finished (any outcome) and answered.
-        self._window_on = self.limiter.adaptive
-        self._window_leased = 0
-        self._window_finished = 0
-        self._window_answers = 0
-        self._window_sent: collections.deque[tuple[float, int]] = collections.deque()
-        self._window_aged = 0  # slots leased more than WINDOW_PRESUME ago
-        self._window_removed = 0  # slots leased, then let pass unused or given back
-        self._window_answered = 0  # answers so far (or slots aged as answered)
-        self._window_acked = 0  # of those, the ones the window has been widened (or not) by
-        self._window_growth = 0.0  # the window's width beyond WINDOW_START
-        self._window_used = 0  # slots workers sent on (their attempts admitted)
-        self._window_flight = 0.0  # the most slots in use seen since the last lease
-        # Of the slots workers resolved lately, those sent and those let pass (decaying)
-        self._window_kept = 0.0
-        self._window_lost = 0.0
+        # The opening's slow start (`llmbatch.ray.window`), while nothing is known.
+        self.window = OpeningWindow(clock)
+        self.window.on = self.limiter.adaptive
         self._cut_at = -math.inf
         self._last_slot = -math.inf  # the latest slot leased so far
         self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)
@@ -177,23 +135,7 @@ class _LimiterState:
         `want` how many of its attempts wait for a slot (the window leases no more).
         """
         lim = self.limiter
-        self._window_leased -= dropped
-        # Slots in use: attempts in the air as the workers last told (the ones this lease
-        # reports as finished still count: their answers were for slots sent with these in
-        # the air), and of the slots leased and not yet reported (held, or on their way to
-        # a worker: with a server quicker than a lease's round trip, most of the window) the
-        # share workers lately sent rather than let pass. A worker starved of CPU lets most
-        # of its slots pass: they are no use of the window.
-        self._window_kept = self._window_kept * _KEEP_DECAY + used
-        self._window_lost = self._window_lost * _KEEP_DECAY + dropped
-        resolved = self._window_kept + self._window_lost
-        share = self._window_kept / resolved if resolved else 1.0
-        used_all = self._window_used + used
-        held = max(0, self._window_leased - used_all)
-        in_use = used_all - self._window_finished + share * held
-        self._window_flight = max(self._window_flight, in_use)
-        self._window_removed += dropped
-        self._window_finished += finished
+        self.window.resolved(used, dropped, finished)
         if any(settle):
             lim.settle_tokens(*settle)
         if returned and (schedule is None or schedule == (lim.epoch, lim.generation)):
@@ -204,7 +146,7 @@ class _LimiterState:
         self.report(used, succeeded)
         rpm = lim.requests_per_minute
         count = max(1, math.ceil(rpm * self.slice / 60)) if rpm else UNLIMITED_SLICE
-        window = self._window()
+        window = self.window.room(lim.limits_known)
         if window is not None:
             # No more than the worker's waiters take: a slot held by a worker whose callers
             # are all busy would keep the window shut for the others.
@@ -228,66 +170,18 @@ class _LimiterState:
         horizon = OPENING_LEASE if opening else None
         delays = lim.lease(count, t, input_tokens=i, output_tokens=o, horizon=horizon)
         if window is not None:
-            # The slots spread over OPENING_LEASE, not all due at once: a worker admits the
-            # slots due together at one instant, and one starved of CPU right after sends them
-            # together much later, into a bucket crossed meanwhile (traced with two CPU
-            # burners: one worker's 8-14 admitted within a few milliseconds, written 20-330 ms
-            # later, all refused). Spread, a stall holds one or two admitted; the worker lets
-            # the slots it overran pass, or shifts them (see `LeasedLimiter._lag`), and its
-            # next lease brings the cut in force.
-            if self._window_answered < WINDOW_SPREAD:
-                step = OPENING_LEASE / len(delays)
-                delays = [max(delay, k * step) for k, delay in enumerate(delays)]
-            self._window_leased += len(delays)
-            if delays:
-                self._window_sent.append((self._clock() + delays[-1], len(delays)))
+            delays = self.window.leased(delays, spread_over=OPENING_LEASE)
         if delays:
             self._last_slot = max(self._last_slot, self._clock() + delays[-1])
         keep = OPENING_LEASE if opening else self.slice
         return delays, (t, i, o), lim.epoch, lim.generation, keep
-
-    def _window(self) -> int | None:
-        """Slots the opening's window has room for; None once slow start is over (a limit is
-        known: a refusal's cut, the server's headers; or the window is wide open)."""
-        if not self._window_on:
-            return None
-        sent, old = self._window_sent, self._clock() - WINDOW_PRESUME
-        while sent and sent[0][0] <= old:
-            self._window_aged += sent.popleft()[1]
-        # Answered (or in the air long enough without a refusal): each leaves the window and
-        # widens it by WINDOW_GROWTH, as an acknowledgement in TCP's slow start. Slots let
-        # pass or given back are no attempts in the air: they never age as answered (a
-        # starved worker drops most of its slots; aged, they had counted its whole lease
-        # as answered, and the window as empty).
-        aged = max(0, min(self._window_aged - self._window_removed, self._window_leased))
-        answered = max(self._window_answers, aged)
-        self._window_answered = answered
-        if self.limiter.limits_known or WINDOW_START + answered >= WINDOW_DONE:
-            self._window_on = False
-            return None
-        if answered > self._window_acked:
-            # TCP's congestion-window validation (RFC 7661; Linux grows in slow start only
-            # while the window is under twice the packets out): an answer widens the window
-            # only if at least half of it was in use. Workers that cannot fill it (few
-            # callers, starved of CPU) widened it with every answer, to a width never sent
-            # at; workers that joined later (Ray starts them 2-4.5 s apart on a loaded
-            # machine) found all that room and took it at once (traced: a window of ~30 grown
-            # while 1-4 were in the air; two workers joining at 2.2 s and a starved one
-            # waking sent 34 within 30 ms, all 16 of the run's refusals).
-            if WINDOW_START + self._window_growth < 2 * self._window_flight:
-                self._window_growth += WINDOW_GROWTH * (answered - self._window_acked)
-            self._window_acked = answered
-        self._window_flight = 0.0
-        out = max(self._window_finished, aged)  # answered, refused or aged out of the air
-        return math.floor(WINDOW_START + self._window_growth + out) - self._window_leased
 
     def give_back(self, count: int, tokens: Tokens = (0, 0, 0)) -> None:
         self._give_back(count, tokens)
 
     def _give_back(self, count: int, tokens: Tokens) -> None:
         t, i, o = tokens
-        self._window_leased -= count
-        self._window_removed += count
+        self.window.given_back(count)
         self.limiter.give_back(count, t, input_tokens=i, output_tokens=o)
         # GCRA takes slots back from the end of its timeline, but these come from the middle
         # (other workers leased after them): the next lease would be given the times of slots
@@ -299,10 +193,10 @@ class _LimiterState:
         # The send rate the control law measures is what workers really sent, not what they
         # leased (an unlimited lease hands out far more slots than get used).
         if used:
-            self._window_used += used
+            self.window.sent(used)
             self.limiter.control.sent(used)
         if succeeded:
-            self._window_answers += succeeded
+            self.window.answered(succeeded)
             self.limiter.succeeded(succeeded)
 
     def congested(

@@ -87,8 +87,7 @@ class _LimiterState:
         self.slice = slice_seconds
         self._clock = clock
         # The opening's slow start (`llmbatch.ray.window`), while nothing is known.
-        self.window = OpeningWindow(clock)
-        self.window.on = self.limiter.adaptive
+        self.window = OpeningWindow(clock, on=self.limiter.adaptive)
         self._cut_at = -math.inf
         self._last_slot = -math.inf  # the latest slot leased so far
         self._gauges: dict[str, tuple[int, int]] = {}  # per worker: (in flight, waiting)

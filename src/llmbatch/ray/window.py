@@ -1,6 +1,6 @@
 """The Ray cluster's opening: a slow start clocked by answers, as TCP's congestion window.
 
-    window = OpeningWindow(clock)
+    window = OpeningWindow(clock, on=True)              # off: nothing to learn (limits given)
     window.resolved(used=3, dropped=1, finished=2)    # what a worker's lease reports
     window.sent(3); window.answered(2)
     room = window.room(limits_known=False)             # slots the cluster may lease now
@@ -60,9 +60,9 @@ class OpeningWindow:
     """The opening's slots: leased, let pass or given back, sent, finished and answered,
     summed over the cluster's workers as their leases report them."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], on: bool = True) -> None:
         self._clock = clock
-        self.on = True
+        self.on = on  # off for good once slow start is over (see `room`)
         self._leased = 0  # slots leased, less those let pass unused or given back
         self._finished = 0  # attempts ended, any outcome
         self._answers = 0
